@@ -1,0 +1,55 @@
+//! Choosing the compute device at run time (`--device cpu|cuda[:N]`).
+
+use burn::tensor::Device;
+
+use crate::{Error, Result};
+
+/// A parsed `--device` value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeviceSpec {
+    /// The pure-Rust CPU backend.
+    Cpu,
+    /// An NVIDIA GPU through Burn's CUDA backend (needs the `cuda` feature).
+    Cuda(usize),
+}
+
+impl std::str::FromStr for DeviceSpec {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        let s = s.trim();
+        if s.eq_ignore_ascii_case("cpu") {
+            return Ok(DeviceSpec::Cpu);
+        }
+        if let Some(rest) = s.strip_prefix("cuda") {
+            if rest.is_empty() {
+                return Ok(DeviceSpec::Cuda(0));
+            }
+            if let Some(idx) = rest.strip_prefix(':')
+                && let Ok(i) = idx.parse::<usize>()
+            {
+                return Ok(DeviceSpec::Cuda(i));
+            }
+        }
+        Err(Error::usage(
+            format!("unknown device '{s}'"),
+            "use --device cpu, cuda or cuda:N",
+        ))
+    }
+}
+
+impl DeviceSpec {
+    /// The Burn device for this spec; CUDA fails clearly when the binary was built without it.
+    pub fn device(self) -> Result<Device> {
+        match self {
+            DeviceSpec::Cpu => Ok(Device::flex()),
+            #[cfg(feature = "cuda")]
+            DeviceSpec::Cuda(i) => Ok(Device::cuda(i)),
+            #[cfg(not(feature = "cuda"))]
+            DeviceSpec::Cuda(_) => Err(Error::usage(
+                "this genomamba was built without GPU support",
+                "rebuild with `cargo build --release --features cuda`, or use --device cpu",
+            )),
+        }
+    }
+}

@@ -1,0 +1,118 @@
+//! The chunk runner: records are cut into chunks of `chunk_size` positions and every layer's
+//! state (convolution window and SSM state) is carried from one chunk to the next, so the
+//! hidden states equal one pass over the whole record while memory holds one chunk.
+//!
+//! Short records are batched: a batch is right-padded with `[PAD]` to its longest member.
+//! The model is causal, so padding after a record never changes that record's hidden states;
+//! consumers ignore positions past each record's length.
+
+pub mod pool;
+
+use burn::tensor::{Device, Int, Tensor, TensorData};
+
+use crate::alphabet::PAD;
+use crate::model::Mamba;
+use crate::model::weights::host_values;
+use crate::{Error, Result};
+
+/// Default positions per chunk.
+pub const DEFAULT_CHUNK: usize = 8192;
+
+/// Hidden states of one chunk of a batch, on the host.
+pub struct ChunkOut<'a> {
+    /// Position of the chunk's first element within each record (0-based).
+    pub start: usize,
+    /// Positions in this chunk (the same for every batch row).
+    pub len: usize,
+    /// Width of each hidden state.
+    pub d: usize,
+    /// `[batch, len, d]`, row-major.
+    pub values: &'a [f32],
+}
+
+impl ChunkOut<'_> {
+    /// Hidden state of batch row `b` at chunk position `t`.
+    pub fn at(&self, b: usize, t: usize) -> &[f32] {
+        let o = (b * self.len + t) * self.d;
+        &self.values[o..o + self.d]
+    }
+}
+
+/// Runs the backbone over a batch of records, chunk by chunk with carried state, handing
+/// each chunk's final hidden states to `sink` (tensor on the device, `[batch, len, d_model]`).
+pub fn run_batch_tensor(
+    model: &Mamba,
+    records: &[&[u8]],
+    chunk_size: usize,
+    device: &Device,
+    sink: &mut dyn FnMut(usize, Tensor<3>) -> Result<()>,
+) -> Result<()> {
+    if chunk_size == 0 {
+        return Err(Error::usage(
+            "--chunk-size must be at least 1",
+            "pass a positive number of bases",
+        ));
+    }
+    let batch = records.len();
+    let max_len = records.iter().map(|r| r.len()).max().unwrap_or(0);
+    if batch == 0 || max_len == 0 {
+        return Ok(());
+    }
+    let mut state = model.zero_state(batch, device);
+    let mut start = 0;
+    let mut ids: Vec<i64> = Vec::with_capacity(batch * chunk_size.min(max_len));
+    while start < max_len {
+        let end = (start + chunk_size).min(max_len);
+        let len = end - start;
+        ids.clear();
+        for r in records {
+            for p in start..end {
+                ids.push(r.get(p).copied().unwrap_or(PAD) as i64);
+            }
+        }
+        let tokens: Tensor<2, Int> =
+            Tensor::from_data(TensorData::new(ids.clone(), [batch, len]), device);
+        let (hidden, next) = model.forward(tokens, state);
+        state = next;
+        sink(start, hidden)?;
+        start = end;
+    }
+    Ok(())
+}
+
+/// Like [`run_batch_tensor`], with each chunk's hidden states copied to the host.
+pub fn run_batch(
+    model: &Mamba,
+    records: &[&[u8]],
+    chunk_size: usize,
+    device: &Device,
+    sink: &mut dyn FnMut(&ChunkOut<'_>) -> Result<()>,
+) -> Result<()> {
+    let d = model.d_model();
+    run_batch_tensor(model, records, chunk_size, device, &mut |start, hidden| {
+        let [_, len, _] = hidden.dims();
+        let values = host_values(hidden);
+        sink(&ChunkOut {
+            start,
+            len,
+            d,
+            values: &values,
+        })
+    })
+}
+
+/// Hidden states of one record, whole, on the host: `[len, d_model]` row-major.
+pub fn hidden_states(
+    model: &Mamba,
+    tokens: &[u8],
+    chunk_size: usize,
+    device: &Device,
+) -> Result<Vec<f32>> {
+    let d = model.d_model();
+    let mut out = Vec::with_capacity(tokens.len() * d);
+    run_batch(model, &[tokens], chunk_size, device, &mut |c| {
+        out.extend_from_slice(&c.values[..c.len * d]);
+        Ok(())
+    })?;
+    Ok(out)
+}

@@ -1,0 +1,562 @@
+//! Streaming FASTA/FASTQ input, one tokenised record at a time.
+//!
+//! Compression is detected from the first bytes of the stream, never from the file name:
+//! gzip and bgzip (any number of members), bzip2, xz and zstd, with the same decoder crates
+//! needletail uses. FASTA records are split by needletail's FASTA reader and tokenised straight
+//! from its buffer, line by line, so the sequence is never copied before it becomes tokens.
+//! FASTQ records go through a small parser here, because needletail 0.7 only reads four-line
+//! FASTQ: this one also reads multi-line records (htslib/kseq rules: sequence lines up to the
+//! `+` line, then quality lines until they are as long as the sequence).
+//!
+//! Every failure becomes one [`Error`] line naming the file, the record (id, or `#N` for the
+//! 1-based record number) and the line or 1-based base position. A compressed stream that ends
+//! early or is damaged is an error ("truncated or corrupt ... data"), never a silent early end.
+
+use std::fs::File;
+use std::io::{self, BufRead, BufReader, Cursor, Read};
+use std::sync::{Arc, Mutex};
+
+use needletail::errors::{ParseError, ParseErrorKind};
+use needletail::parser::{FastaReader, FastxReader};
+
+use crate::alphabet::{self, BadByte};
+use crate::{Error, Result};
+
+/// One sequence ready for the model.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Record {
+    /// First word of the header (FASTA/FASTQ); for a region: `chr:start-end` (1-based, as the
+    /// user typed it).
+    pub id: String,
+    /// Sequence name for coordinates in BED output (= `id` for whole records; the chromosome
+    /// name for regions).
+    pub chrom: String,
+    /// 0-based start of `tokens[0]` in `chrom` (0 for whole records).
+    pub offset: u64,
+    /// The path as given (`-` for stdin).
+    pub source: String,
+    /// 1-based record number in its file.
+    pub number: usize,
+    /// Token ids from [`crate::alphabet`] (validated).
+    pub tokens: Vec<u8>,
+}
+
+/// Fix for a byte that is not a nucleotide code.
+pub(crate) const BAD_BASE_FIX: &str = "remove or replace it; allowed: ACGTUN, IUPAC codes, lowercase";
+/// Fix for a damaged compressed stream.
+const CORRUPT_FIX: &str = "re-download or re-compress the file";
+/// Fix for a file that is neither FASTA nor FASTQ.
+const FORMAT_FIX: &str = "pass a FASTA ('>') or FASTQ ('@') file, plain or compressed with gzip, bgzip, bzip2, xz or zstd";
+/// Fix for a malformed FASTQ record.
+const FASTQ_FIX: &str = "fix or remove the record; a FASTQ record is '@id', sequence line(s), '+', quality line(s) as long as the sequence";
+
+/// Size of the buffer between the decoder and the parsers.
+const BUF_SIZE: usize = 256 * 1024;
+
+/// Streams the records of one FASTA/FASTQ file (path `-` = stdin), compression detected from
+/// content (gzip, bgzip, bzip2, xz, zstd). Calls `f` for each record in order; stops at the
+/// first error (its own or one returned by `f`).
+///
+/// An empty input (no bytes, or only blank lines) is an error; records with an empty sequence
+/// are passed to `f` with empty `tokens`.
+pub fn for_each_record(path: &str, f: &mut dyn FnMut(Record) -> Result<()>) -> Result<()> {
+    let mut input = Input::open(path)?;
+    match input.first_byte()? {
+        None => {
+            let what = match input.ctx.compression {
+                Compression::Plain => "empty input: no FASTA/FASTQ records".to_string(),
+                c => format!(
+                    "empty input: no FASTA/FASTQ records (the {} data decompresses to nothing)",
+                    c.name()
+                ),
+            };
+            Err(Error::input(
+                path,
+                what,
+                "check the path, or the command that produced the file",
+            ))
+        }
+        Some(b'>') => read_fasta(input, f),
+        Some(b'@') => read_fastq(input, f),
+        Some(other) => Err(not_fastx(path, other, input.reader.fill_buf().unwrap_or(&[]))),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Opening and decompressing
+
+/// How the bytes of a file are compressed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Compression {
+    Plain,
+    Gzip,
+    Bzip2,
+    Xz,
+    Zstd,
+}
+
+impl Compression {
+    fn name(self) -> &'static str {
+        match self {
+            Compression::Plain => "plain",
+            Compression::Gzip => "gzip",
+            Compression::Bzip2 => "bzip2",
+            Compression::Xz => "xz",
+            Compression::Zstd => "zstd",
+        }
+    }
+
+    /// Detects the compression from the first bytes (magic numbers).
+    fn detect(head: &[u8]) -> Compression {
+        if head.starts_with(&[0x1f, 0x8b]) {
+            Compression::Gzip
+        } else if head.starts_with(b"BZh") {
+            Compression::Bzip2
+        } else if head.starts_with(&[0xfd, b'7', b'z', b'X', b'Z', 0x00]) {
+            Compression::Xz
+        } else if head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
+            Compression::Zstd
+        } else {
+            Compression::Plain
+        }
+    }
+}
+
+/// The first failure seen below the parsers, so that an `io::Error` that comes out of a
+/// parser (which keeps only its message) can still be told apart: a failing read of the file
+/// (a runtime error) or a decoder that met damaged or truncated data (bad input).
+#[derive(Debug, Clone)]
+enum Failure {
+    Read(io::ErrorKind, String),
+    Decode(Compression, String),
+}
+
+type FailureSlot = Arc<Mutex<Option<Failure>>>;
+
+/// A reader that records its first error in the shared slot (unless a lower layer already
+/// did) and passes it on unchanged.
+struct Tap<R> {
+    inner: R,
+    slot: FailureSlot,
+    /// `None` for the raw file, the compression for a decoder.
+    decoder: Option<Compression>,
+}
+
+impl<R: Read> Read for Tap<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let result = self.inner.read(buf);
+        if let Err(e) = &result
+            && e.kind() != io::ErrorKind::Interrupted
+            && let Ok(mut slot) = self.slot.lock()
+            && slot.is_none()
+        {
+            *slot = Some(match self.decoder {
+                None => Failure::Read(e.kind(), e.to_string()),
+                Some(c) => Failure::Decode(c, e.to_string()),
+            });
+        }
+        result
+    }
+}
+
+/// A decoded input stream positioned at its first byte.
+struct Input {
+    reader: Box<dyn BufRead + Send>,
+    ctx: Ctx,
+}
+
+/// What error messages need to know about an input.
+struct Ctx {
+    path: String,
+    compression: Compression,
+    slot: FailureSlot,
+    /// Blank lines skipped before the first record (added to line numbers).
+    lines_skipped: u64,
+}
+
+impl Input {
+    fn open(path: &str) -> Result<Input> {
+        let raw: Box<dyn Read + Send> = if path == "-" {
+            Box::new(io::stdin())
+        } else {
+            let file = File::open(path)
+                .map_err(|e| Error::input(path, format!("cannot open: {e}"), "check the path"))?;
+            if file.metadata().map(|m| m.is_dir()).unwrap_or(false) {
+                return Err(Error::input(
+                    path,
+                    "cannot open: is a directory",
+                    "pass a FASTA or FASTQ file",
+                ));
+            }
+            Box::new(file)
+        };
+        let slot = FailureSlot::default();
+        let mut raw = Tap {
+            inner: raw,
+            slot: slot.clone(),
+            decoder: None,
+        };
+        let mut head = [0u8; 6];
+        let n = read_up_to(&mut raw, &mut head).map_err(|e| Error::io(path, e))?;
+        let compression = Compression::detect(&head[..n]);
+        // The peeked bytes go back in front of the rest of the stream.
+        let rest = BufReader::with_capacity(BUF_SIZE, Cursor::new(head[..n].to_vec()).chain(raw));
+        let decoder: Box<dyn Read + Send> = match compression {
+            // Plain input is already buffered.
+            Compression::Plain => {
+                return Ok(Input {
+                    reader: Box::new(rest),
+                    ctx: Ctx::new(path, compression, slot),
+                });
+            }
+            Compression::Gzip => Box::new(flate2::bufread::MultiGzDecoder::new(rest)),
+            Compression::Bzip2 => Box::new(bzip2::bufread::MultiBzDecoder::new(rest)),
+            Compression::Xz => Box::new(liblzma::bufread::XzDecoder::new_multi_decoder(rest)),
+            Compression::Zstd => Box::new(zstd::stream::read::Decoder::with_buffer(rest).map_err(
+                |e| Error::input(path, format!("cannot start the zstd decoder: {e}"), CORRUPT_FIX),
+            )?),
+        };
+        let decoded = Tap {
+            inner: decoder,
+            slot: slot.clone(),
+            decoder: Some(compression),
+        };
+        Ok(Input {
+            reader: Box::new(BufReader::with_capacity(BUF_SIZE, decoded)),
+            ctx: Ctx::new(path, compression, slot),
+        })
+    }
+
+    /// Skips a UTF-8 byte-order mark and leading blank lines; returns the first byte of the
+    /// content (not consumed), or `None` at the end of the input.
+    fn first_byte(&mut self) -> Result<Option<u8>> {
+        const BOM: &[u8] = &[0xef, 0xbb, 0xbf];
+        let buf = self.reader.fill_buf().map_err(|e| self.ctx.io_error(e, None))?;
+        if buf.starts_with(BOM) {
+            self.reader.consume(BOM.len());
+        }
+        loop {
+            let buf = self.reader.fill_buf().map_err(|e| self.ctx.io_error(e, None))?;
+            let Some(&byte) = buf.first() else {
+                return Ok(None);
+            };
+            match byte {
+                b'\n' => self.ctx.lines_skipped += 1,
+                b'\r' | b' ' | b'\t' => {}
+                _ => return Ok(Some(byte)),
+            }
+            self.reader.consume(1);
+        }
+    }
+}
+
+impl Ctx {
+    fn new(path: &str, compression: Compression, slot: FailureSlot) -> Ctx {
+        Ctx {
+            path: path.to_string(),
+            compression,
+            slot,
+            lines_skipped: 0,
+        }
+    }
+
+    /// Turns an I/O error from the decoded stream into the right [`Error`]: damaged or
+    /// truncated compressed data is bad input (exit 2), a failing read is a runtime error.
+    fn io_error(&self, e: io::Error, record: Option<&str>) -> Error {
+        let failure = self.slot.lock().ok().and_then(|slot| slot.clone());
+        let err = match failure {
+            Some(Failure::Decode(c, msg)) => Error::input(
+                &self.path,
+                format!("truncated or corrupt {} data ({msg})", c.name()),
+                CORRUPT_FIX,
+            ),
+            Some(Failure::Read(kind, msg)) => Error::io(&self.path, io::Error::new(kind, msg)),
+            None => Error::io(&self.path, e),
+        };
+        match record {
+            Some(r) => err.in_record(r),
+            None => err,
+        }
+    }
+}
+
+/// Reads until `buf` is full or the input ends; returns the number of bytes read.
+fn read_up_to(r: &mut dyn Read, buf: &mut [u8]) -> io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match r.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
+}
+
+/// The error for content that is neither FASTA nor FASTQ, with a hint for common formats.
+fn not_fastx(path: &str, first: u8, head: &[u8]) -> Error {
+    let (what, fix): (String, &str) = if head.starts_with(b"BAM\x01") {
+        (
+            "this is a BAM file, not FASTA or FASTQ".into(),
+            "convert it first, e.g. `samtools fasta FILE > FILE.fa`",
+        )
+    } else if head.starts_with(b"CRAM") {
+        (
+            "this is a CRAM file, not FASTA or FASTQ".into(),
+            "convert it first, e.g. `samtools fasta FILE > FILE.fa`",
+        )
+    } else if head.starts_with(b"PK\x03\x04") {
+        ("zip archives are not supported".into(), "unzip it first")
+    } else if head.starts_with(&[0x04, 0x22, 0x4d, 0x18]) {
+        (
+            "lz4 compression is not supported".into(),
+            "decompress it (lz4 -d) or recompress with gzip, bgzip, bzip2, xz or zstd",
+        )
+    } else {
+        (
+            format!(
+                "not FASTA or FASTQ: the first character is {}, expected '>' or '@'",
+                BadByte {
+                    offset: 0,
+                    byte: first
+                }
+                .describe()
+            ),
+            FORMAT_FIX,
+        )
+    };
+    Error::input(path, what, fix)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Records
+
+/// The first whitespace-separated word of a header (empty for an empty header).
+fn first_word(header: &[u8]) -> String {
+    let word = header
+        .split(|b| b.is_ascii_whitespace())
+        .find(|w| !w.is_empty())
+        .unwrap_or(&[]);
+    String::from_utf8_lossy(word).into_owned()
+}
+
+/// How a record is named in errors: its id, or `#N` when the header is empty.
+fn label(id: &str, number: usize) -> String {
+    if id.is_empty() {
+        format!("#{number}")
+    } else {
+        id.to_string()
+    }
+}
+
+/// The error for a byte that is not a nucleotide.
+fn bad_base(path: &str, record: &str, line: u64, base: u64, bad: BadByte) -> Error {
+    Error::input(
+        path,
+        format!("invalid character {} on line {line}", bad.describe()),
+        BAD_BASE_FIX,
+    )
+    .in_record(record)
+    .at(base)
+}
+
+/// Tokenises the sequence lines of a FASTA record (a slice of the parser's buffer that still
+/// holds the line breaks). On error returns the 0-based line index within `raw` and the bad
+/// byte; `out` then holds the tokens before it.
+fn tokenize_lines(raw: &[u8], out: &mut Vec<u8>) -> std::result::Result<(), (u64, BadByte)> {
+    for (i, line) in raw.split(|&b| b == b'\n').enumerate() {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        alphabet::tokenize_into(line, out).map_err(|bad| (i as u64, bad))?;
+    }
+    Ok(())
+}
+
+fn read_fasta(input: Input, f: &mut dyn FnMut(Record) -> Result<()>) -> Result<()> {
+    let Input { reader, ctx } = input;
+    let path = &ctx.path;
+    // needletail 0.7 reports a header on the very last line (a final empty record, or a
+    // header without a line break) as an unexpected end; one extra line break at the end of
+    // the stream turns it into the empty record it is, and changes nothing else.
+    let mut fasta = FastaReader::new(reader.chain(&b"\n"[..]));
+    let mut number = 0usize;
+    while let Some(next) = fasta.next() {
+        number += 1;
+        let rec = next.map_err(|e| ctx.parse_error(e, number))?;
+        let id = first_word(rec.id());
+        let raw = rec.raw_seq();
+        let header_line = rec.start_line_number() + ctx.lines_skipped;
+        // Exact: the raw length less its line breaks.
+        let mut tokens = Vec::with_capacity(rec.num_bases());
+        if let Err((line, bad)) = tokenize_lines(raw, &mut tokens) {
+            let base = tokens.len() as u64 + 1;
+            return Err(bad_base(
+                path,
+                &label(&id, number),
+                header_line + 1 + line,
+                base,
+                bad,
+            ));
+        }
+        f(Record {
+            chrom: id.clone(),
+            id,
+            offset: 0,
+            source: path.clone(),
+            number,
+            tokens,
+        })?;
+    }
+    Ok(())
+}
+
+impl Ctx {
+    /// Maps a needletail parse error (FASTA) to an [`Error`].
+    fn parse_error(&self, e: ParseError, number: usize) -> Error {
+        let record = e.position.id.clone().unwrap_or_else(|| format!("#{number}"));
+        if e.kind == ParseErrorKind::Io {
+            return self.io_error(io::Error::other(e.msg), Some(&record));
+        }
+        let line = e.position.line + self.lines_skipped;
+        let what = match e.kind {
+            ParseErrorKind::UnexpectedEnd => "unexpected end of input".to_string(),
+            _ => e.msg,
+        };
+        Error::input(
+            &self.path,
+            format!("cannot parse FASTA: {what} on line {line}"),
+            "check that the file is valid FASTA and complete",
+        )
+        .in_record(record)
+    }
+}
+
+/// Reads lines from the decoded stream, counting them and stripping `\n` / `\r\n`.
+struct Lines {
+    input: Input,
+    buf: Vec<u8>,
+    /// 1-based number of the line in `buf`.
+    line: u64,
+}
+
+impl Lines {
+    /// The next line without its line break, or `None` at the end of the input.
+    fn next(&mut self, record: Option<&str>) -> Result<Option<&[u8]>> {
+        self.buf.clear();
+        let n = self
+            .input
+            .reader
+            .read_until(b'\n', &mut self.buf)
+            .map_err(|e| self.input.ctx.io_error(e, record))?;
+        if n == 0 {
+            return Ok(None);
+        }
+        self.line += 1;
+        let mut line = &self.buf[..];
+        line = line.strip_suffix(b"\n").unwrap_or(line);
+        line = line.strip_suffix(b"\r").unwrap_or(line);
+        Ok(Some(line))
+    }
+}
+
+fn read_fastq(input: Input, f: &mut dyn FnMut(Record) -> Result<()>) -> Result<()> {
+    let path = input.ctx.path.clone();
+    let line = input.ctx.lines_skipped;
+    let mut lines = Lines {
+        input,
+        buf: Vec::with_capacity(1024),
+        line,
+    };
+    let fastq_err = |what: String, record: &str| Error::input(&path, what, FASTQ_FIX).in_record(record);
+    let mut number = 0usize;
+    loop {
+        // Header (blank lines between records are skipped).
+        let header = loop {
+            match lines.next(None)? {
+                None => return Ok(()),
+                Some(l) if l.iter().all(|b| b.is_ascii_whitespace()) => continue,
+                Some(l) => break l,
+            }
+        };
+        number += 1;
+        if header[0] != b'@' {
+            let found = BadByte {
+                offset: 0,
+                byte: header[0],
+            }
+            .describe();
+            return Err(fastq_err(
+                format!(
+                    "expected '@' at the start of FASTQ record {number}, found {found} on line {}",
+                    lines.line
+                ),
+                &format!("#{number}"),
+            ));
+        }
+        let id = first_word(&header[1..]);
+        let name = label(&id, number);
+
+        // Sequence lines up to the '+' line.
+        let mut tokens = Vec::new();
+        loop {
+            let at = lines.line + 1;
+            let Some(l) = lines.next(Some(&name))? else {
+                return Err(fastq_err(
+                    format!("unexpected end of input before the '+' line (line {at})"),
+                    &name,
+                ));
+            };
+            match l.first() {
+                Some(b'+') => break,
+                Some(b'@') if !tokens.is_empty() => {
+                    return Err(fastq_err(
+                        format!(
+                            "expected the '+' line, found a new header on line {at} (quality missing?)"
+                        ),
+                        &name,
+                    ));
+                }
+                _ => {}
+            }
+            if let Err(bad) = alphabet::tokenize_into(l, &mut tokens) {
+                let base = tokens.len() as u64 + 1;
+                return Err(bad_base(&path, &name, at, base, bad));
+            }
+        }
+
+        // Quality lines until they cover the sequence.
+        let mut qual_len = 0usize;
+        while qual_len < tokens.len() {
+            let at = lines.line + 1;
+            let Some(l) = lines.next(Some(&name))? else {
+                return Err(fastq_err(
+                    format!(
+                        "unexpected end of input in the quality (line {at}): {qual_len} quality characters for {} bases",
+                        tokens.len()
+                    ),
+                    &name,
+                ));
+            };
+            qual_len += l.len();
+        }
+        if qual_len != tokens.len() {
+            return Err(fastq_err(
+                format!(
+                    "quality length {qual_len} differs from sequence length {} (line {})",
+                    tokens.len(),
+                    lines.line
+                ),
+                &name,
+            ));
+        }
+
+        f(Record {
+            chrom: id.clone(),
+            id,
+            offset: 0,
+            source: path.clone(),
+            number,
+            tokens,
+        })?;
+    }
+}

@@ -1,0 +1,459 @@
+//! samtools-style regions (`name`, `name:start-end`, `name:start`) and reading one region of
+//! an indexed FASTA file.
+//!
+//! Coordinates: users write regions the way `samtools faidx` and htslib's `hts_parse_region`
+//! take them: 1-based, both ends inclusive (`20:1-10` is the first ten bases of `20`).
+//! [`Region`] stores them 0-based and half-open, like BED (`start = 0`, `end = Some(10)`). The
+//! conversion in both directions happens in this module only: in [`Region::from_str`] and in
+//! [`Region::display_1based`], plus the `noodles_core::Position` (1-based) built for the query.
+//!
+//! Regions are read through the `.fai` index (and the `.gzi` index for bgzip files) with
+//! noodles' indexed reader, which seeks to the region: the rest of the file is never read.
+
+use std::fmt;
+use std::fs::File;
+use std::io::{self, BufRead, BufReader, Read, Seek};
+use std::path::Path;
+use std::str::FromStr;
+
+use noodles::bgzf;
+use noodles::core::Position;
+use noodles::fasta;
+
+use super::fastx::{BAD_BASE_FIX, Record};
+use crate::alphabet;
+use crate::{Error, Result};
+
+/// A samtools-style region: `name`, or `name:start-end` (1-based inclusive, commas allowed in
+/// numbers), or `name:start` (to the end).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Region {
+    /// Sequence (chromosome) name as in the `.fai` index.
+    pub name: String,
+    /// 0-based, inclusive.
+    pub start: u64,
+    /// 0-based, exclusive; `None` = to the end of the sequence.
+    pub end: Option<u64>,
+}
+
+/// How a region is written, for usage errors.
+const REGION_FORM: &str = "write it as NAME, NAME:START-END or NAME:START (1-based, inclusive; commas allowed), e.g. 20:1,000,001-1,010,000";
+
+impl FromStr for Region {
+    type Err = Error;
+
+    /// Parses `name`, `name:start-end`, `name:start`, `name:start-` or `name:-end`.
+    ///
+    /// The text after the last `:` is read as coordinates when it starts with a digit, `,` or
+    /// `-`; otherwise the whole string is a sequence name (names may contain `:`).
+    fn from_str(s: &str) -> Result<Region> {
+        let bad = |why: String| Error::usage(format!("bad region '{s}': {why}"), REGION_FORM);
+        if s.is_empty() {
+            return Err(bad("it is empty".into()));
+        }
+        if s.chars().any(char::is_whitespace) {
+            return Err(bad("it contains whitespace".into()));
+        }
+        let (name, coords) = match s.rsplit_once(':') {
+            Some((name, c))
+                if c.is_empty() || c.starts_with(|ch: char| ch.is_ascii_digit() || ch == ',' || ch == '-') =>
+            {
+                (name, Some(c))
+            }
+            _ => (s, None),
+        };
+        if name.is_empty() {
+            return Err(bad("the sequence name is missing".into()));
+        }
+        let Some(coords) = coords else {
+            return Ok(Region {
+                name: name.to_string(),
+                start: 0,
+                end: None,
+            });
+        };
+        let (first, last) = match coords.split_once('-') {
+            Some((a, b)) => (a, Some(b)),
+            None => (coords, None),
+        };
+        if first.is_empty() && last.is_none_or(str::is_empty) {
+            return Err(bad("no coordinates after ':'".into()));
+        }
+        let number = |text: &str| -> Result<u64> {
+            let digits: String = text.chars().filter(|&c| c != ',').collect();
+            if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+                return Err(bad(format!("'{text}' is not a position")));
+            }
+            digits
+                .parse::<u64>()
+                .map_err(|_| bad(format!("position '{text}' is too large")))
+        };
+        // samtools: an omitted start is the first base, an omitted end is the last one.
+        let start_1based = if first.is_empty() { 1 } else { number(first)? };
+        let end_1based = match last {
+            None | Some("") => None,
+            Some(text) => Some(number(text)?),
+        };
+        if start_1based == 0 {
+            return Err(bad("positions are 1-based: the first base is 1, not 0".into()));
+        }
+        if let Some(end) = end_1based
+            && end < start_1based
+        {
+            return Err(bad(format!("the end ({end}) is before the start ({start_1based})")));
+        }
+        // 1-based inclusive [s, e] -> 0-based half-open [s - 1, e).
+        Ok(Region {
+            name: name.to_string(),
+            start: start_1based - 1,
+            end: end_1based,
+        })
+    }
+}
+
+impl Region {
+    /// The region the way samtools writes it (1-based, inclusive): `20`, `20:1000001` (to the
+    /// end) or `20:1000001-1010000`.
+    pub fn display_1based(&self) -> String {
+        // 0-based half-open [start, end) -> 1-based inclusive [start + 1, end].
+        match self.end {
+            None if self.start == 0 => self.name.clone(),
+            None => format!("{}:{}", self.name, self.start + 1),
+            Some(end) => format!("{}:{}-{}", self.name, self.start + 1, end),
+        }
+    }
+}
+
+impl fmt::Display for Region {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.display_1based())
+    }
+}
+
+/// `1234567` -> `"1,234,567"`.
+fn thousands(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::with_capacity(digits.len() + digits.len() / 3);
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// How the bytes of a file to be read by region are stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Layout {
+    Plain,
+    Bgzf,
+}
+
+/// Looks at the first bytes: plain text and BGZF can be read by region; plain gzip and the
+/// other compressions cannot.
+fn layout(path: &str, file: &mut File) -> Result<Layout> {
+    let mut head = [0u8; 18];
+    let mut n = 0;
+    while n < head.len() {
+        match file.read(&mut head[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(Error::io(path, e)),
+        }
+    }
+    let head = &head[..n];
+    let recompress = format!(
+        "recompress it with bgzip and index it: `zcat {path} | bgzip > FILE.fa.gz && samtools faidx FILE.fa.gz` (or decompress it and run `samtools faidx`)"
+    );
+    if head.starts_with(&[0x1f, 0x8b]) {
+        // BGZF (SAM/BAM spec 4.1): a gzip member with FEXTRA whose first subfield is "BC".
+        let is_bgzf = head.len() == 18
+            && head[3] & 4 != 0
+            && head[12] == b'B'
+            && head[13] == b'C'
+            && u16::from_le_bytes([head[14], head[15]]) == 2;
+        if is_bgzf {
+            return Ok(Layout::Bgzf);
+        }
+        return Err(Error::input(
+            path,
+            "regions cannot be read from plain gzip (not bgzip) files",
+            recompress,
+        ));
+    }
+    let other = if head.starts_with(b"BZh") {
+        Some("bzip2")
+    } else if head.starts_with(&[0xfd, b'7', b'z', b'X', b'Z', 0x00]) {
+        Some("xz")
+    } else if head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
+        Some("zstd")
+    } else {
+        None
+    };
+    match other {
+        Some(name) => Err(Error::input(
+            path,
+            format!("regions cannot be read from {name}-compressed files"),
+            recompress.replace("zcat", &format!("{name} -dc")),
+        )),
+        None => Ok(Layout::Plain),
+    }
+}
+
+/// Reads one region of an indexed FASTA (plain with `.fai`, or bgzip with `.fai` + `.gzi`)
+/// using noodles' indexed reader; only the bytes of the region are read.
+///
+/// The record's `id` is [`Region::display_1based`], `chrom` the sequence name, `offset` the
+/// 0-based start, `number` the 1-based number of the sequence in the index.
+pub fn read_region(path: &str, region: &Region) -> Result<Record> {
+    if path == "-" {
+        return Err(Error::usage(
+            format!("--region {region} needs an indexed file, not stdin (-)"),
+            "pass the FASTA path (indexed with `samtools faidx FILE`)",
+        ));
+    }
+    let mut file = File::open(path)
+        .map_err(|e| Error::input(path, format!("cannot open: {e}"), "check the path"))?;
+    if file.metadata().map(|m| m.is_dir()).unwrap_or(false) {
+        return Err(Error::input(path, "cannot open: is a directory", "pass a FASTA file"));
+    }
+    let layout = layout(path, &mut file)?;
+    file.rewind().map_err(|e| Error::io(path, e))?;
+
+    let reindex = format!("re-create the index with `samtools faidx {path}`");
+    let fai_path = format!("{path}.fai");
+    if !Path::new(&fai_path).exists() {
+        return Err(Error::input(
+            path,
+            format!("no index {fai_path}, needed to read --region {region}"),
+            format!("run `samtools faidx {path}`"),
+        ));
+    }
+    let index = fasta::fai::fs::read(&fai_path)
+        .map_err(|e| Error::input(&fai_path, format!("invalid FASTA index: {e}"), &reindex))?;
+
+    let found = index
+        .as_ref()
+        .iter()
+        .enumerate()
+        .find(|(_, r)| <[u8]>::eq(r.name().as_ref(), region.name.as_bytes()));
+    let Some((i, entry)) = found else {
+        return Err(unknown_sequence(path, region, &index));
+    };
+    let number = i + 1;
+    let length = entry.length();
+
+    // Checks against the sequence length, in the user's 1-based terms.
+    let fix_range = format!(
+        "use positions 1..{length} for {name} (e.g. {name}:1-{end}), or {name}:START to read to the end",
+        name = region.name,
+        end = length.min(1000),
+    );
+    let too_far = |what: String| {
+        Error::input(
+            path,
+            format!("{what}: sequence {} is {} bp long", region.name, thousands(length)),
+            &fix_range,
+        )
+        .in_record(&region.name)
+    };
+    if region.start >= length {
+        return Err(too_far(format!(
+            "region {region} starts after the end of the sequence"
+        )));
+    }
+    let end = region.end.unwrap_or(length);
+    if end > length {
+        return Err(too_far(format!("region {region} ends past the end of the sequence")));
+    }
+    if end <= region.start {
+        return Err(too_far(format!("region {region} is empty (its end is not after its start)")));
+    }
+
+    // 0-based half-open [start, end) -> 1-based inclusive positions for noodles.
+    let to_position = |p: u64| {
+        usize::try_from(p)
+            .ok()
+            .and_then(|p| Position::try_from(p).ok())
+            .ok_or_else(|| Error::usage(format!("region {region}: position {p} is out of range"), REGION_FORM))
+    };
+    let query = noodles::core::Region::new(
+        region.name.as_str(),
+        to_position(region.start + 1)?..=to_position(end)?,
+    );
+
+    let fetched = match layout {
+        Layout::Plain => query_with(BufReader::new(file), index, &query),
+        Layout::Bgzf => {
+            let gzi_path = format!("{path}.gzi");
+            if !Path::new(&gzi_path).exists() {
+                return Err(Error::input(
+                    path,
+                    format!(
+                        "bgzip file without its {gzi_path} index, needed to read --region {region}"
+                    ),
+                    format!("index it with `samtools faidx {path}` (writes .fai and .gzi)"),
+                ));
+            }
+            let gzi = bgzf::gzi::fs::read(&gzi_path).map_err(|e| {
+                Error::input(&gzi_path, format!("invalid bgzip index: {e}"), &reindex)
+            })?;
+            query_with(bgzf::io::IndexedReader::new(file, gzi), index, &query)
+        }
+    }
+    .map_err(|e| {
+        Error::input(
+            path,
+            format!("cannot read region {region}: {e}"),
+            format!("the file may be damaged or its index out of date; {reindex}"),
+        )
+    })?;
+
+    let sequence: &[u8] = fetched.sequence().as_ref();
+    let id = region.display_1based();
+    let mut tokens = Vec::with_capacity(sequence.len());
+    if let Err(bad) = alphabet::tokenize_into(sequence, &mut tokens) {
+        // 1-based position in the sequence, as samtools would print it.
+        let position = region.start + bad.offset as u64 + 1;
+        return Err(Error::input(
+            path,
+            format!("invalid character {} in region {region}", bad.describe()),
+            format!("{BAD_BASE_FIX}; if the file changed since it was indexed, {reindex}"),
+        )
+        .in_record(&region.name)
+        .at(position));
+    }
+    let expected = end - region.start;
+    if tokens.len() as u64 != expected {
+        return Err(Error::input(
+            path,
+            format!(
+                "region {region}: read {} bases, expected {expected}; the index does not match the file",
+                tokens.len()
+            ),
+            reindex,
+        )
+        .in_record(&region.name));
+    }
+    Ok(Record {
+        id,
+        chrom: region.name.clone(),
+        offset: region.start,
+        source: path.to_string(),
+        number,
+        tokens,
+    })
+}
+
+/// Runs the noodles query; the record's sequence holds the bases without line breaks.
+fn query_with<R: BufRead + Seek>(
+    reader: R,
+    index: fasta::fai::Index,
+    query: &noodles::core::Region,
+) -> io::Result<fasta::Record> {
+    fasta::io::IndexedReader::new(reader, index).query(query)
+}
+
+/// The error for a name that is not in the index, listing a few names it has.
+fn unknown_sequence(path: &str, region: &Region, index: &fasta::fai::Index) -> Error {
+    const SHOWN: usize = 5;
+    let names: Vec<String> = index
+        .as_ref()
+        .iter()
+        .map(|r| String::from_utf8_lossy(r.name().as_ref()).into_owned())
+        .collect();
+    let mut listed = names.iter().take(SHOWN).cloned().collect::<Vec<_>>().join(", ");
+    if names.len() > SHOWN {
+        listed.push_str(&format!(", ... ({} sequences)", names.len()));
+    }
+    // A common mix-up: "chr20" vs "20".
+    let alias = region
+        .name
+        .strip_prefix("chr")
+        .map(str::to_string)
+        .unwrap_or_else(|| format!("chr{}", region.name));
+    let fix = if names.contains(&alias) {
+        let coords = region.display_1based().split_off(region.name.len());
+        format!("this file calls it '{alias}': use --region {alias}{coords}")
+    } else {
+        format!("use a sequence name from {path}.fai")
+    };
+    Error::input(
+        path,
+        format!("no sequence named '{}' in the index (it has: {listed})", region.name),
+        fix,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(s: &str) -> Region {
+        s.parse().unwrap()
+    }
+
+    fn region(name: &str, start: u64, end: Option<u64>) -> Region {
+        Region {
+            name: name.to_string(),
+            start,
+            end,
+        }
+    }
+
+    #[test]
+    fn parses_samtools_forms() {
+        assert_eq!(parse("20"), region("20", 0, None));
+        assert_eq!(parse("chr1:1-10"), region("chr1", 0, Some(10)));
+        assert_eq!(parse("20:1,000,001-1,010,000"), region("20", 1_000_000, Some(1_010_000)));
+        assert_eq!(parse("chrII:5"), region("chrII", 4, None));
+        assert_eq!(parse("chrII:5-"), region("chrII", 4, None));
+        assert_eq!(parse("chrII:-5"), region("chrII", 0, Some(5)));
+        assert_eq!(parse("chrM:7-7"), region("chrM", 6, Some(7)));
+        // Names may contain ':' and '-' when the text after the last ':' is not coordinates.
+        assert_eq!(parse("HLA-A:x"), region("HLA-A:x", 0, None));
+        assert_eq!(parse("gi|1|ref|NC_1.1|"), region("gi|1|ref|NC_1.1|", 0, None));
+        assert_eq!(parse("seq:v2:1-3"), region("seq:v2", 0, Some(3)));
+    }
+
+    #[test]
+    fn displays_1based_and_round_trips() {
+        for text in ["20", "20:1000001-1010000", "chrII:5", "chrM:7-7", "chr1:1-1"] {
+            let r = parse(text);
+            assert_eq!(r.display_1based(), text);
+            assert_eq!(r.to_string(), text);
+            assert_eq!(parse(&r.display_1based()), r);
+        }
+        assert_eq!(parse("20:1,000,001-1,010,000").display_1based(), "20:1000001-1010000");
+    }
+
+    #[test]
+    fn rejects_bad_syntax_as_usage_errors_with_the_right_form() {
+        for text in [
+            "", "chr1:", ":1-10", "chr1:0-10", "chr1:0", "chr1:10-5", "chr1:1-2-3", "chr1:1-x",
+            "chr1:1x-5", "chr1:-", "chr1 :1-5", "chr1:99999999999999999999999",
+        ] {
+            let err = text.parse::<Region>().unwrap_err();
+            assert!(matches!(err, Error::Usage { .. }), "{text}: {err:?}");
+            assert_eq!(err.exit_code(), 2);
+            let msg = err.to_string();
+            assert!(msg.contains(&format!("'{text}'")), "{msg}");
+            assert!(msg.contains("NAME:START-END") && msg.contains("e.g."), "{msg}");
+            assert!(!msg.contains('\n'), "{msg}");
+        }
+        let msg = "chr1:0-10".parse::<Region>().unwrap_err().to_string();
+        assert!(msg.contains("1-based"), "{msg}");
+        let msg = "chr1:10-5".parse::<Region>().unwrap_err().to_string();
+        assert!(msg.contains("before the start"), "{msg}");
+    }
+
+    #[test]
+    fn thousands_separators() {
+        assert_eq!(thousands(0), "0");
+        assert_eq!(thousands(999), "999");
+        assert_eq!(thousands(1000), "1,000");
+        assert_eq!(thousands(63_025_520), "63,025,520");
+    }
+}

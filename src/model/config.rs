@@ -1,0 +1,206 @@
+//! Architecture configuration (ours and Hugging Face's `MambaConfig`), saved as `config.json`.
+
+use serde::{Deserialize, Serialize};
+
+use crate::alphabet::VOCAB_SIZE;
+use crate::{Error, Result};
+
+/// Mamba-1 architecture. Derived sizes follow the official implementation.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MambaConfig {
+    /// Width of the residual stream.
+    pub d_model: usize,
+    /// Number of residual blocks.
+    pub n_layer: usize,
+    /// SSM state size per channel (N).
+    #[serde(default = "default_d_state")]
+    pub d_state: usize,
+    /// Expansion factor: `d_inner = expand * d_model`.
+    #[serde(default = "default_expand")]
+    pub expand: usize,
+    /// Width of the causal depthwise convolution.
+    #[serde(default = "default_d_conv")]
+    pub d_conv: usize,
+    /// Rank of the Δ projection; `None` means `ceil(d_model / 16)`.
+    #[serde(default)]
+    pub dt_rank: Option<usize>,
+    /// Rows of the embedding table.
+    #[serde(default = "default_vocab")]
+    pub vocab_size: usize,
+    /// Bias on the convolution.
+    #[serde(default = "default_true")]
+    pub conv_bias: bool,
+    /// Bias on `in_proj` and `out_proj`.
+    #[serde(default)]
+    pub bias: bool,
+    /// RMSNorm epsilon.
+    #[serde(default = "default_eps")]
+    pub norm_eps: f64,
+}
+
+fn default_d_state() -> usize {
+    16
+}
+fn default_expand() -> usize {
+    2
+}
+fn default_d_conv() -> usize {
+    4
+}
+fn default_vocab() -> usize {
+    VOCAB_SIZE
+}
+fn default_true() -> bool {
+    true
+}
+fn default_eps() -> f64 {
+    1e-5
+}
+
+impl MambaConfig {
+    /// A configuration with the official defaults for everything but width and depth.
+    pub fn new(d_model: usize, n_layer: usize) -> Self {
+        MambaConfig {
+            d_model,
+            n_layer,
+            d_state: default_d_state(),
+            expand: default_expand(),
+            d_conv: default_d_conv(),
+            dt_rank: None,
+            vocab_size: VOCAB_SIZE,
+            conv_bias: true,
+            bias: false,
+            norm_eps: default_eps(),
+        }
+    }
+
+    /// `expand * d_model`.
+    pub fn d_inner(&self) -> usize {
+        self.expand * self.d_model
+    }
+
+    /// Rank of the Δ projection.
+    pub fn dt_rank(&self) -> usize {
+        self.dt_rank.unwrap_or(self.d_model.div_ceil(16))
+    }
+
+    /// Checks the sizes for values the model cannot be built with.
+    pub fn validate(&self) -> std::result::Result<(), String> {
+        let checks = [
+            (self.d_model == 0, "d_model must be at least 1"),
+            (self.n_layer == 0, "n_layer must be at least 1"),
+            (self.d_state == 0, "d_state must be at least 1"),
+            (self.expand == 0, "expand must be at least 1"),
+            (self.d_conv == 0, "d_conv must be at least 1"),
+            (self.dt_rank() == 0, "dt_rank must be at least 1"),
+            (
+                self.vocab_size < 12,
+                "vocab_size must cover the DNA tokens (at least 12)",
+            ),
+            (
+                !(self.norm_eps > 0.0 && self.norm_eps.is_finite()),
+                "norm_eps must be a positive number",
+            ),
+        ];
+        for (bad, msg) in checks {
+            if bad {
+                return Err(msg.to_string());
+            }
+        }
+        Ok(())
+    }
+
+    /// Number of parameters of the backbone (embedding, blocks, final norm).
+    pub fn num_params(&self) -> usize {
+        let (d, di, n, r, k) = (
+            self.d_model,
+            self.d_inner(),
+            self.d_state,
+            self.dt_rank(),
+            self.d_conv,
+        );
+        let block = d // norm
+            + d * 2 * di + if self.bias { 2 * di } else { 0 } // in_proj
+            + di * k + if self.conv_bias { di } else { 0 } // conv
+            + di * (r + 2 * n) // x_proj
+            + r * di + di // dt_proj
+            + di * n + di // A_log, D
+            + di * d + if self.bias { d } else { 0 }; // out_proj
+        self.vocab_size * d + self.n_layer * block + d
+    }
+
+    /// Reads a Hugging Face `MambaConfig` (`"model_type": "mamba"`), honouring every field
+    /// that changes the math and refusing values this implementation does not support.
+    pub fn from_hf(v: &serde_json::Value, path: &str) -> Result<Self> {
+        let bad = |what: String| {
+            Error::input(
+                path,
+                what,
+                "use a Hugging Face Mamba (v1) config.json or a genomamba model directory",
+            )
+        };
+        let get_usize = |key: &str, default: Option<usize>| -> Result<usize> {
+            match v.get(key) {
+                Some(x) => x
+                    .as_u64()
+                    .map(|x| x as usize)
+                    .ok_or_else(|| bad(format!("field '{key}' must be a non-negative integer"))),
+                None => default.ok_or_else(|| bad(format!("missing field '{key}'"))),
+            }
+        };
+        let get_bool = |key: &str, default: bool| -> Result<bool> {
+            match v.get(key) {
+                Some(x) => x
+                    .as_bool()
+                    .ok_or_else(|| bad(format!("field '{key}' must be true or false"))),
+                None => Ok(default),
+            }
+        };
+        let d_model = get_usize("hidden_size", None)?;
+        let expand = get_usize("expand", Some(2))?;
+        if let Some(inter) = v.get("intermediate_size").and_then(|x| x.as_u64())
+            && inter as usize != expand * d_model
+        {
+            return Err(bad(format!(
+                "intermediate_size {inter} is not expand x hidden_size ({expand} x {d_model})"
+            )));
+        }
+        let dt_rank = match v.get("time_step_rank") {
+            None => None,
+            Some(serde_json::Value::String(s)) if s == "auto" => None,
+            Some(x) => Some(x.as_u64().map(|x| x as usize).ok_or_else(|| {
+                bad("field 'time_step_rank' must be \"auto\" or an integer".into())
+            })?),
+        };
+        if let Some(act) = v.get("hidden_act").and_then(|x| x.as_str())
+            && act != "silu"
+            && act != "swish"
+        {
+            return Err(bad(format!(
+                "hidden_act '{act}' is not supported (only silu)"
+            )));
+        }
+        let norm_eps = v
+            .get("layer_norm_epsilon")
+            .map(|x| {
+                x.as_f64()
+                    .ok_or_else(|| bad("field 'layer_norm_epsilon' must be a number".into()))
+            })
+            .transpose()?
+            .unwrap_or(1e-5);
+        let cfg = MambaConfig {
+            d_model,
+            n_layer: get_usize("num_hidden_layers", None)?,
+            d_state: get_usize("state_size", Some(16))?,
+            expand,
+            d_conv: get_usize("conv_kernel", Some(4))?,
+            dt_rank,
+            vocab_size: get_usize("vocab_size", None)?,
+            conv_bias: get_bool("use_conv_bias", true)?,
+            bias: get_bool("use_bias", false)?,
+            norm_eps,
+        };
+        cfg.validate().map_err(bad)?;
+        Ok(cfg)
+    }
+}

@@ -1,0 +1,195 @@
+//! The Mamba-1 backbone in Burn: embedding, residual blocks, final RMSNorm.
+//!
+//! One code path serves the three uses of a block: the whole sequence (a chunk that starts
+//! from the zero state), a chunk continuing from a carried [`LayerState`], and a single step
+//! (a chunk of length 1).
+
+use burn::module::{Module, Param};
+use burn::nn::Linear;
+use burn::tensor::activation::silu;
+use burn::tensor::{Device, Int, Tensor};
+
+use super::config::MambaConfig;
+use super::state::{LayerState, MambaState};
+use crate::ops::{ScanArgs, selective_scan};
+
+/// Root-mean-square layer norm: `x / sqrt(mean(x²) + eps) * weight`.
+#[derive(Module, Debug)]
+pub struct RmsNorm {
+    /// Per-channel scale, `[d_model]`.
+    pub weight: Param<Tensor<1>>,
+    /// Added to the mean square before the square root.
+    #[module(skip)]
+    pub eps: f64,
+}
+
+impl RmsNorm {
+    /// # Shapes
+    /// - x: `[batch, length, d_model]` -> same
+    pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
+        let ms = x.clone().square().mean_dim(2);
+        let inv = ms.add_scalar(self.eps).sqrt().recip();
+        x * inv * self.weight.val().unsqueeze::<3>()
+    }
+}
+
+/// The Mamba mixer of one residual block, with its pre-norm.
+#[derive(Module, Debug)]
+pub struct MambaBlock {
+    /// Pre-norm of the block.
+    pub norm: RmsNorm,
+    /// `d_model -> 2·d_inner` (x and gate z).
+    pub in_proj: Linear,
+    /// Depthwise causal convolution weights, `[d_conv, d_inner]` (tap k multiplies x[t-(d_conv-1)+k]).
+    pub conv_weight: Param<Tensor<2>>,
+    /// Convolution bias, `[d_inner]`.
+    pub conv_bias: Option<Param<Tensor<1>>>,
+    /// `d_inner -> dt_rank + 2·d_state` (Δ, B, C), no bias.
+    pub x_proj: Linear,
+    /// `dt_rank -> d_inner`, no bias (its bias is [`Self::dt_bias`], applied inside the scan).
+    pub dt_proj: Linear,
+    /// Bias of the Δ projection, `[d_inner]`.
+    pub dt_bias: Param<Tensor<1>>,
+    /// `log(-A)`, `[d_inner, d_state]`.
+    pub a_log: Param<Tensor<2>>,
+    /// Skip connection, `[d_inner]`.
+    pub d: Param<Tensor<1>>,
+    /// `d_inner -> d_model`.
+    pub out_proj: Linear,
+    /// Sizes: d_inner, d_state, dt_rank, d_conv.
+    #[module(skip)]
+    pub sizes: [usize; 4],
+}
+
+impl MambaBlock {
+    /// A zero state for this block.
+    pub fn zero_state(&self, batch: usize, device: &Device) -> LayerState {
+        let [d_inner, d_state, _, d_conv] = self.sizes;
+        LayerState {
+            conv: Tensor::zeros([batch, d_conv.saturating_sub(1), d_inner], device),
+            ssm: Tensor::zeros([batch, d_inner, d_state], device),
+        }
+    }
+
+    /// Runs the block over a chunk, continuing from `state`; returns the residual output and
+    /// the state after the chunk.
+    ///
+    /// # Shapes
+    /// - x: `[batch, length, d_model]` -> `[batch, length, d_model]`
+    pub fn forward(&self, x: Tensor<3>, state: LayerState) -> (Tensor<3>, LayerState) {
+        let [d_inner, d_state, dt_rank, d_conv] = self.sizes;
+        let [batch, len, _] = x.dims();
+        let residual = x.clone();
+        let xz = self.in_proj.forward(self.norm.forward(x));
+        let xs = xz.clone().slice([0..batch, 0..len, 0..d_inner]);
+        let z = xz.slice([0..batch, 0..len, d_inner..2 * d_inner]);
+
+        // Causal depthwise conv over [carried window | chunk].
+        let k1 = d_conv.saturating_sub(1);
+        let xpad = Tensor::cat(vec![state.conv, xs], 1);
+        let w = self.conv_weight.val();
+        let mut conv = xpad.clone().slice([0..batch, 0..len, 0..d_inner])
+            * w.clone().slice([0..1, 0..d_inner]).unsqueeze::<3>();
+        for k in 1..d_conv {
+            conv = conv
+                + xpad.clone().slice([0..batch, k..k + len, 0..d_inner])
+                    * w.clone().slice([k..k + 1, 0..d_inner]).unsqueeze::<3>();
+        }
+        if let Some(b) = &self.conv_bias {
+            conv = conv + b.val().unsqueeze::<3>();
+        }
+        let new_conv = xpad.slice([0..batch, len..len + k1, 0..d_inner]);
+        let u = silu(conv);
+
+        // Input-dependent Δ, B, C (Algorithm 2, lines 3-5).
+        let dbc = self.x_proj.forward(u.clone());
+        let dt = dbc.clone().slice([0..batch, 0..len, 0..dt_rank]);
+        let b = dbc
+            .clone()
+            .slice([0..batch, 0..len, dt_rank..dt_rank + d_state]);
+        let c = dbc.slice([0..batch, 0..len, dt_rank + d_state..dt_rank + 2 * d_state]);
+        let delta = self.dt_proj.forward(dt);
+        let a = self.a_log.val().exp().neg();
+        let (y, ssm) = selective_scan(ScanArgs {
+            u,
+            delta,
+            a,
+            b,
+            c,
+            d: self.d.val(),
+            z,
+            delta_bias: self.dt_bias.val(),
+            h0: state.ssm,
+        });
+        let out = self.out_proj.forward(y);
+        (
+            residual + out,
+            LayerState {
+                conv: new_conv,
+                ssm,
+            },
+        )
+    }
+}
+
+/// The Mamba backbone: embedding, blocks, final norm.
+#[derive(Module, Debug)]
+pub struct Mamba {
+    /// Token embedding, `[vocab_size, d_model]`.
+    pub embedding: Param<Tensor<2>>,
+    /// Residual blocks.
+    pub layers: Vec<MambaBlock>,
+    /// Final norm.
+    pub norm_f: RmsNorm,
+}
+
+impl Mamba {
+    /// Width of the hidden states.
+    pub fn d_model(&self) -> usize {
+        self.embedding.val().dims()[1]
+    }
+
+    /// A zero state for every layer.
+    pub fn zero_state(&self, batch: usize, device: &Device) -> MambaState {
+        MambaState {
+            layers: self
+                .layers
+                .iter()
+                .map(|l| l.zero_state(batch, device))
+                .collect(),
+        }
+    }
+
+    /// Embeds token ids.
+    ///
+    /// # Shapes
+    /// - tokens: `[batch, length]` -> `[batch, length, d_model]`
+    pub fn embed(&self, tokens: Tensor<2, Int>) -> Tensor<3> {
+        let [batch, len] = tokens.dims();
+        let w = self.embedding.val();
+        let d = w.dims()[1];
+        w.select(0, tokens.reshape([batch * len]))
+            .reshape([batch, len, d])
+    }
+
+    /// Hidden states of the final layer (after the final norm) for one chunk, continuing from
+    /// `state`; returns them and the state after the chunk.
+    ///
+    /// # Shapes
+    /// - tokens: `[batch, length]` -> `[batch, length, d_model]`
+    pub fn forward(&self, tokens: Tensor<2, Int>, state: MambaState) -> (Tensor<3>, MambaState) {
+        let mut x = self.embed(tokens);
+        let mut next = Vec::with_capacity(self.layers.len());
+        for (layer, st) in self.layers.iter().zip(state.layers) {
+            let (y, s) = layer.forward(x, st);
+            x = y;
+            next.push(s);
+        }
+        (self.norm_f.forward(x), MambaState { layers: next })
+    }
+}
+
+/// Builds an untrained backbone from a config (parameters set by [`super::init`]).
+pub fn sizes_of(cfg: &MambaConfig) -> [usize; 4] {
+    [cfg.d_inner(), cfg.d_state, cfg.dt_rank(), cfg.d_conv]
+}

@@ -1,0 +1,234 @@
+//! The model: configuration, Mamba blocks with carried state, heads, weights on disk.
+//!
+//! A model directory holds `config.json` ([`ModelConfig`]) and `model.safetensors`; a
+//! Hugging Face Mamba checkpoint directory (`"model_type": "mamba"`) loads as-is.
+
+pub mod config;
+pub mod init;
+pub mod mamba;
+pub mod state;
+pub mod weights;
+
+use std::path::{Path, PathBuf};
+
+use burn::nn::Linear;
+use burn::tensor::activation::softmax;
+use burn::tensor::{Device, Tensor};
+use serde::{Deserialize, Serialize};
+
+pub use config::MambaConfig;
+pub use mamba::{Mamba, MambaBlock};
+pub use state::{LayerState, MambaState};
+use weights::TensorMap;
+
+use crate::{Error, Result};
+
+/// What a model's head predicts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HeadKind {
+    /// One label per sequence, from the mean of the final hidden states.
+    Sequence,
+    /// One label per position.
+    Position,
+}
+
+/// The head of a model.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HeadConfig {
+    /// Sequence or per-position.
+    pub kind: HeadKind,
+    /// Class names, in output order.
+    pub labels: Vec<String>,
+}
+
+/// `config.json` of a genomamba model directory.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelConfig {
+    /// Always `"genomamba"`.
+    pub format: String,
+    /// The backbone.
+    pub architecture: MambaConfig,
+    /// Token vocabulary; always `"caduceus-char"` (see [`crate::alphabet`]).
+    pub tokenizer: String,
+    /// The head, if any.
+    #[serde(default)]
+    pub head: Option<HeadConfig>,
+    /// Where the weights came from (free-form: command, data checksums, metrics).
+    #[serde(default)]
+    pub provenance: serde_json::Value,
+}
+
+/// Name of the tokenizer this crate implements.
+pub const TOKENIZER: &str = "caduceus-char";
+/// Value of [`ModelConfig::format`].
+pub const FORMAT: &str = "genomamba";
+
+impl ModelConfig {
+    /// A config with no head and empty provenance.
+    pub fn new(architecture: MambaConfig) -> Self {
+        ModelConfig {
+            format: FORMAT.into(),
+            architecture,
+            tokenizer: TOKENIZER.into(),
+            head: None,
+            provenance: serde_json::Value::Null,
+        }
+    }
+}
+
+/// A loaded model: backbone plus optional head, on one device.
+#[derive(Debug)]
+pub struct GenoModel {
+    /// Configuration as read from (or to be written to) `config.json`.
+    pub config: ModelConfig,
+    /// The backbone.
+    pub backbone: Mamba,
+    /// The head's linear layer, `d_model -> n_labels`.
+    pub head: Option<Linear>,
+    /// Where it was loaded from, if anywhere.
+    pub dir: Option<PathBuf>,
+}
+
+impl GenoModel {
+    /// A freshly initialised model (official initialisation, seeded).
+    pub fn init(config: ModelConfig, seed: u64, device: &Device) -> Result<Self> {
+        config
+            .architecture
+            .validate()
+            .map_err(|e| Error::usage(format!("invalid architecture: {e}"), "change the flags"))?;
+        let mut map = init::init_tensors(&config.architecture, seed);
+        if let Some(h) = &config.head {
+            init::init_head(&mut map, h.labels.len(), config.architecture.d_model, seed);
+        }
+        Self::from_map(config, &mut map, device, None)
+    }
+
+    fn from_map(
+        config: ModelConfig,
+        map: &mut TensorMap,
+        device: &Device,
+        dir: Option<PathBuf>,
+    ) -> Result<Self> {
+        let backbone = weights::mamba_from_tensors(&config.architecture, map, device)?;
+        let head = match &config.head {
+            Some(h) => Some(weights::head_from_tensors(
+                map,
+                h.labels.len(),
+                config.architecture.d_model,
+                device,
+            )?),
+            None => None,
+        };
+        Ok(GenoModel {
+            config,
+            backbone,
+            head,
+            dir,
+        })
+    }
+
+    /// Loads a model directory (genomamba's or a Hugging Face Mamba checkpoint).
+    pub fn load(dir: &Path, device: &Device) -> Result<Self> {
+        let cfg_path = dir.join("config.json");
+        let fix_dir = "point -m at a directory holding config.json and model.safetensors";
+        if !dir.is_dir() {
+            return Err(Error::model(dir, "not a directory", fix_dir));
+        }
+        let text = std::fs::read_to_string(&cfg_path)
+            .map_err(|e| Error::model(dir, format!("cannot read config.json: {e}"), fix_dir))?;
+        let value: serde_json::Value = serde_json::from_str(&text).map_err(|e| {
+            Error::model(
+                dir,
+                format!("config.json is not valid JSON: {e}"),
+                "repair or regenerate config.json",
+            )
+        })?;
+        let config = if value.get("model_type").is_some() {
+            let mt = value.get("model_type").and_then(|v| v.as_str()).unwrap_or("");
+            if mt != "mamba" {
+                return Err(Error::model(
+                    dir,
+                    format!("model_type '{mt}' is not supported"),
+                    "only Mamba (v1) checkpoints (\"model_type\": \"mamba\") load",
+                ));
+            }
+            let arch = MambaConfig::from_hf(&value, &cfg_path.display().to_string())?;
+            let mut c = ModelConfig::new(arch);
+            c.provenance = serde_json::json!({"source": "huggingface", "dir": dir.display().to_string()});
+            c
+        } else {
+            let c: ModelConfig = serde_json::from_value(value).map_err(|e| {
+                Error::model(
+                    dir,
+                    format!("config.json is not a genomamba config: {e}"),
+                    "regenerate it with `genomamba init`",
+                )
+            })?;
+            if c.format != FORMAT || c.tokenizer != TOKENIZER {
+                return Err(Error::model(
+                    dir,
+                    format!("unknown format '{}' / tokenizer '{}'", c.format, c.tokenizer),
+                    "regenerate it with `genomamba init`",
+                ));
+            }
+            c.architecture
+                .validate()
+                .map_err(|e| Error::model(dir, e, "repair config.json"))?;
+            c
+        };
+        let weights = dir.join("model.safetensors");
+        if !weights.is_file() {
+            return Err(Error::model(
+                dir,
+                "model.safetensors is missing",
+                "copy the weights next to config.json, or create a model with `genomamba init`",
+            ));
+        }
+        let mut map = TensorMap::read(&weights, dir)?;
+        Self::from_map(config, &mut map, device, Some(dir.to_path_buf()))
+    }
+
+    /// Writes `config.json` and `model.safetensors` into `dir` (created if needed). Both files
+    /// are written to temporary names first and renamed into place.
+    pub fn save(&self, dir: &Path) -> Result<()> {
+        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir.display().to_string(), e))?;
+        let mut map = TensorMap::new();
+        weights::mamba_to_tensors(&self.backbone, &mut map);
+        if let Some(h) = &self.head {
+            weights::head_to_tensors(h, &mut map);
+        }
+        let json = serde_json::to_string_pretty(&self.config)
+            .map_err(|e| Error::Runtime(format!("cannot serialise config: {e}")))?;
+        let tmp_w = crate::io::output::temp_path(&dir.join("model.safetensors"));
+        map.write(&tmp_w)?;
+        let tmp_c = crate::io::output::temp_path(&dir.join("config.json"));
+        std::fs::write(&tmp_c, json + "\n").map_err(|e| Error::io(tmp_c.display().to_string(), e))?;
+        for (tmp, name) in [(tmp_w, "model.safetensors"), (tmp_c, "config.json")] {
+            std::fs::rename(&tmp, dir.join(name))
+                .map_err(|e| Error::io(dir.join(name).display().to_string(), e))?;
+        }
+        Ok(())
+    }
+
+    /// Class probabilities from final hidden states.
+    ///
+    /// # Shapes
+    /// - hidden: `[..., d_model]` -> `[..., n_labels]`
+    pub fn head_probs<const D: usize>(&self, hidden: Tensor<D>) -> Option<Tensor<D>> {
+        self.head
+            .as_ref()
+            .map(|h| softmax(h.forward(hidden), D - 1))
+    }
+
+    /// Number of parameters (backbone and head).
+    pub fn num_params(&self) -> usize {
+        let head = self
+            .config
+            .head
+            .as_ref()
+            .map(|h| h.labels.len() * (self.config.architecture.d_model + 1))
+            .unwrap_or(0);
+        self.config.architecture.num_params() + head
+    }
+}

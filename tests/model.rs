@@ -1,0 +1,143 @@
+//! The model against Hugging Face transformers, and chunked inference against one pass.
+
+use std::path::PathBuf;
+
+use burn::tensor::Device;
+use genomamba::alphabet::tokenize;
+use genomamba::infer::hidden_states;
+use genomamba::model::{GenoModel, MambaConfig, ModelConfig};
+
+fn fixtures() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/hf")
+}
+
+/// max |a - b| / max |b|
+fn rel_err(a: &[f32], b: &[f64]) -> f64 {
+    assert_eq!(a.len(), b.len(), "length mismatch");
+    let num = a
+        .iter()
+        .zip(b)
+        .map(|(x, y)| (*x as f64 - y).abs())
+        .fold(0.0, f64::max);
+    let den = b.iter().map(|y| y.abs()).fold(0.0, f64::max);
+    num / den
+}
+
+#[test]
+fn hugging_face_checkpoints_match_transformers_hidden_states() {
+    let device = Device::flex();
+    let mut cases = 0;
+    for entry in std::fs::read_dir(fixtures()).unwrap() {
+        let dir = entry.unwrap().path();
+        if !dir.join("config.json").is_file() {
+            continue;
+        }
+        let model = GenoModel::load(&dir, &device)
+            .unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
+        let expected: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.join("expected.json")).unwrap())
+                .unwrap();
+        for seq in expected["sequences"].as_array().unwrap() {
+            let dna = seq["dna"].as_str().unwrap();
+            let tokens = tokenize(dna.as_bytes()).unwrap();
+            let ids: Vec<u8> = seq["token_ids"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_u64().unwrap() as u8)
+                .collect();
+            assert_eq!(tokens, ids, "tokenizer disagrees with the fixture");
+            let want: Vec<f64> = seq["hidden"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .flat_map(|row| row.as_array().unwrap().iter().map(|v| v.as_f64().unwrap()))
+                .collect();
+            for chunk in [1usize, 7, 64, 100_000] {
+                let got = hidden_states(&model.backbone, &tokens, chunk, &device).unwrap();
+                let err = rel_err(&got, &want);
+                assert!(
+                    err <= 1e-4,
+                    "{}: chunk {chunk}: relative error {err:e} > 1e-4",
+                    dir.display()
+                );
+            }
+        }
+        cases += 1;
+    }
+    assert!(cases >= 6, "expected at least 6 fixture checkpoints, found {cases}");
+}
+
+fn test_dna() -> Vec<u8> {
+    // Real-looking DNA with soft-masked runs, an N run and IUPAC codes, ~1.8 kb.
+    let mut s = Vec::new();
+    let unit = b"ACGTTGCAacgtgGGATCCNNNNNNNNNNNNNNNNNNNNttagcRYACGATCGATCGGGCTAGCTAGGCTTAAGCTTAG";
+    let mut x: u32 = 12345;
+    while s.len() < 1800 {
+        s.extend_from_slice(unit);
+        for _ in 0..40 {
+            x = x.wrapping_mul(1_103_515_245).wrapping_add(12345);
+            s.push(b"ACGTacgt"[(x >> 16) as usize % 8]);
+        }
+    }
+    s
+}
+
+#[test]
+fn chunked_inference_equals_one_pass() {
+    let device = Device::flex();
+    let mut arch = MambaConfig::new(32, 3);
+    arch.d_state = 8;
+    let model = GenoModel::init(ModelConfig::new(arch), 7, &device).unwrap();
+    let tokens = tokenize(&test_dna()).unwrap();
+    let whole = hidden_states(&model.backbone, &tokens, tokens.len(), &device).unwrap();
+    let whole64: Vec<f64> = whole.iter().map(|v| *v as f64).collect();
+    for chunk in [1usize, 3, 4, 7, 64, 1000, tokens.len() + 5] {
+        let got = hidden_states(&model.backbone, &tokens, chunk, &device).unwrap();
+        let err = rel_err(&got, &whole64);
+        assert!(err <= 1e-5, "chunk {chunk}: relative error {err:e} > 1e-5");
+    }
+}
+
+#[test]
+fn padding_a_batch_does_not_change_a_record() {
+    let device = Device::flex();
+    let model = GenoModel::init(ModelConfig::new(MambaConfig::new(16, 2)), 3, &device).unwrap();
+    let a = tokenize(b"ACGTACGGTTNNacgtAC").unwrap();
+    let b = tokenize(&test_dna()[..300]).unwrap();
+    let alone = hidden_states(&model.backbone, &a, 5, &device).unwrap();
+    let d = 16;
+    let mut batched = Vec::new();
+    genomamba::infer::run_batch(&model.backbone, &[&a, &b], 5, &device, &mut |c| {
+        for t in 0..c.len {
+            if c.start + t < a.len() {
+                batched.extend_from_slice(c.at(0, t));
+            }
+        }
+        Ok(())
+    })
+    .unwrap();
+    assert_eq!(batched.len(), a.len() * d);
+    let alone64: Vec<f64> = alone.iter().map(|v| *v as f64).collect();
+    assert!(rel_err(&batched, &alone64) <= 1e-5);
+}
+
+#[test]
+fn saved_model_reloads_identically() {
+    let device = Device::flex();
+    let mut cfg = ModelConfig::new(MambaConfig::new(16, 2));
+    cfg.head = Some(genomamba::model::HeadConfig {
+        kind: genomamba::model::HeadKind::Sequence,
+        labels: vec!["a".into(), "b".into()],
+    });
+    let m = GenoModel::init(cfg, 11, &device).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    m.save(dir.path()).unwrap();
+    let m2 = GenoModel::load(dir.path(), &device).unwrap();
+    assert_eq!(m.config, m2.config);
+    let t = tokenize(b"ACGTNNACGTTTGACA").unwrap();
+    let h1 = hidden_states(&m.backbone, &t, 4, &device).unwrap();
+    let h2 = hidden_states(&m2.backbone, &t, 4, &device).unwrap();
+    assert_eq!(h1, h2);
+    assert!(m2.head.is_some());
+}
