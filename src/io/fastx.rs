@@ -50,6 +50,9 @@ const FORMAT_FIX: &str = "pass a FASTA ('>') or FASTQ ('@') file, plain or compr
 /// Fix for a malformed FASTQ record.
 const FASTQ_FIX: &str = "fix or remove the record; a FASTQ record is '@id', sequence line(s), '+', quality line(s) as long as the sequence";
 
+/// How far past a parse error compressed input is decoded to look for damage.
+const CORRUPTION_LOOKAHEAD: usize = 64 << 20;
+
 /// Size of the buffer between the decoder and the parsers.
 const BUF_SIZE: usize = 256 * 1024;
 
@@ -76,8 +79,31 @@ pub fn for_each_record(path: &str, f: &mut dyn FnMut(Record) -> Result<()>) -> R
                 "check the path, or the command that produced the file",
             ))
         }
-        Some(b'>') => read_fasta(input, f),
-        Some(b'@') => read_fastq(input, f),
+        Some(first @ (b'>' | b'@')) => {
+            let Input { mut reader, ctx } = input;
+            let mut from_callback = false;
+            let result = {
+                let mut g = |r: Record| {
+                    let res = f(r);
+                    from_callback = res.is_err();
+                    res
+                };
+                if first == b'>' {
+                    read_fasta(&mut reader, &ctx, &mut g)
+                } else {
+                    read_fastq(&mut reader, &ctx, &mut g)
+                }
+            };
+            match result {
+                // Damaged compressed data can decode to garbage before the decoder notices
+                // (gzip checks its CRC at the end of each member): when parsing fails inside
+                // compressed input, read on a little to report the real cause.
+                Err(err @ Error::Input { .. }) if !from_callback => {
+                    Err(ctx.corruption_after(&mut reader).unwrap_or(err))
+                }
+                other => other,
+            }
+        }
         Some(other) => Err(not_fastx(path, other, input.reader.fill_buf().unwrap_or(&[]))),
     }
 }
@@ -251,6 +277,34 @@ impl Input {
 }
 
 impl Ctx {
+    /// After a parse error in compressed input: decodes up to [`CORRUPTION_LOOKAHEAD`] more
+    /// bytes and returns the decoder's error, if it reports one.
+    fn corruption_after(&self, reader: &mut Box<dyn BufRead + Send>) -> Option<Error> {
+        let already = self.slot.lock().map(|s| s.is_some()).unwrap_or(true);
+        if self.compression == Compression::Plain || already {
+            return None;
+        }
+        let mut left = CORRUPTION_LOOKAHEAD;
+        while left > 0 {
+            match reader.fill_buf() {
+                Ok([]) => return None,
+                Ok(buf) => {
+                    let n = buf.len().min(left);
+                    reader.consume(n);
+                    left -= n;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    return match self.io_error(e, None) {
+                        err @ Error::Input { .. } => Some(err),
+                        _ => None,
+                    };
+                }
+            }
+        }
+        None
+    }
+
     fn new(path: &str, compression: Compression, slot: FailureSlot) -> Ctx {
         Ctx {
             path: path.to_string(),
@@ -372,13 +426,17 @@ fn tokenize_lines(raw: &[u8], out: &mut Vec<u8>) -> std::result::Result<(), (u64
     Ok(())
 }
 
-fn read_fasta(input: Input, f: &mut dyn FnMut(Record) -> Result<()>) -> Result<()> {
-    let Input { reader, ctx } = input;
+fn read_fasta(
+    reader: &mut Box<dyn BufRead + Send>,
+    ctx: &Ctx,
+    f: &mut dyn FnMut(Record) -> Result<()>,
+) -> Result<()> {
     let path = &ctx.path;
     // needletail 0.7 reports a header on the very last line (a final empty record, or a
-    // header without a line break) as an unexpected end; one extra line break at the end of
-    // the stream turns it into the empty record it is, and changes nothing else.
-    let mut fasta = FastaReader::new(reader.chain(&b"\n"[..]));
+    // header without a line break) as an unexpected end; two extra line breaks at the end of
+    // the stream make it the empty record it is, and add nothing to other records (blank
+    // lines are skipped).
+    let mut fasta = FastaReader::new(reader.chain(&b"\n\n"[..]));
     let mut number = 0usize;
     while let Some(next) = fasta.next() {
         number += 1;
@@ -432,22 +490,22 @@ impl Ctx {
 }
 
 /// Reads lines from the decoded stream, counting them and stripping `\n` / `\r\n`.
-struct Lines {
-    input: Input,
+struct Lines<'a> {
+    reader: &'a mut Box<dyn BufRead + Send>,
+    ctx: &'a Ctx,
     buf: Vec<u8>,
     /// 1-based number of the line in `buf`.
     line: u64,
 }
 
-impl Lines {
+impl Lines<'_> {
     /// The next line without its line break, or `None` at the end of the input.
     fn next(&mut self, record: Option<&str>) -> Result<Option<&[u8]>> {
         self.buf.clear();
         let n = self
-            .input
             .reader
             .read_until(b'\n', &mut self.buf)
-            .map_err(|e| self.input.ctx.io_error(e, record))?;
+            .map_err(|e| self.ctx.io_error(e, record))?;
         if n == 0 {
             return Ok(None);
         }
@@ -459,13 +517,17 @@ impl Lines {
     }
 }
 
-fn read_fastq(input: Input, f: &mut dyn FnMut(Record) -> Result<()>) -> Result<()> {
-    let path = input.ctx.path.clone();
-    let line = input.ctx.lines_skipped;
+fn read_fastq(
+    reader: &mut Box<dyn BufRead + Send>,
+    ctx: &Ctx,
+    f: &mut dyn FnMut(Record) -> Result<()>,
+) -> Result<()> {
+    let path = ctx.path.clone();
     let mut lines = Lines {
-        input,
+        reader,
+        ctx,
         buf: Vec::with_capacity(1024),
-        line,
+        line: ctx.lines_skipped,
     };
     let fastq_err = |what: String, record: &str| Error::input(&path, what, FASTQ_FIX).in_record(record);
     let mut number = 0usize;

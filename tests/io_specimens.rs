@@ -1,0 +1,867 @@
+//! Sequence input against the real files in `../shared/data`: record counts, awkward
+//! specimens, every compression, truncated and corrupt streams, indexed region reads checked
+//! against `samtools faidx`, and the one-line errors for bad input.
+//!
+//! The region tests need `samtools` on the PATH (`apt-get install samtools`); without it they
+//! fail with a message saying so.
+
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Instant;
+
+use genomamba::Error;
+use genomamba::alphabet::{self, A, C, G, N, T};
+use genomamba::io::fastx::{self, Record};
+use genomamba::io::region::{self, Region};
+
+// ---------------------------------------------------------------------------------------------
+// Helpers
+
+/// A path under `../shared/data` (read-only).
+fn data(rel: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data").join(rel)
+}
+
+fn s(path: &Path) -> &str {
+    path.to_str().expect("test paths are UTF-8")
+}
+
+/// All records of a file.
+fn read_all(path: &str) -> Result<Vec<Record>, Error> {
+    let mut out = Vec::new();
+    fastx::for_each_record(path, &mut |r| {
+        out.push(r);
+        Ok(())
+    })?;
+    Ok(out)
+}
+
+/// Count, total bases, longest and shortest record, without keeping the records.
+#[derive(Debug, PartialEq, Eq)]
+struct Summary {
+    records: usize,
+    bases: u64,
+    longest: u64,
+    shortest: u64,
+}
+
+fn summarize(path: &str) -> Result<Summary, Error> {
+    let mut sum = Summary {
+        records: 0,
+        bases: 0,
+        longest: 0,
+        shortest: u64::MAX,
+    };
+    fastx::for_each_record(path, &mut |r| {
+        sum.records += 1;
+        assert_eq!(r.number, sum.records, "record numbers are 1-based and in order");
+        assert_eq!(r.source, path);
+        assert_eq!(r.offset, 0);
+        assert_eq!(r.chrom, r.id);
+        assert!(
+            r.tokens.iter().all(|&t| (A..=N).contains(&t)),
+            "{}: record {} holds a token outside A..N",
+            path,
+            r.id
+        );
+        let n = r.tokens.len() as u64;
+        sum.bases += n;
+        sum.longest = sum.longest.max(n);
+        sum.shortest = sum.shortest.min(n);
+        Ok(())
+    })?;
+    Ok(sum)
+}
+
+fn expect_err(result: Result<impl std::fmt::Debug, Error>) -> (Error, String) {
+    let err = result.expect_err("expected an error");
+    let msg = err.to_string();
+    assert!(!msg.contains('\n'), "errors are one line: {msg}");
+    (err, msg)
+}
+
+/// Asserts an input error: exit code 2, one line, naming the file and containing `parts`.
+fn assert_input_error(result: Result<impl std::fmt::Debug, Error>, path: &str, parts: &[&str]) -> Error {
+    let (err, msg) = expect_err(result);
+    assert_eq!(err.exit_code(), 2, "{msg}");
+    assert!(msg.starts_with(path), "message should start with the file {path}: {msg}");
+    for part in parts {
+        assert!(msg.contains(part), "message should contain {part:?}: {msg}");
+    }
+    err
+}
+
+fn write_file(dir: &Path, name: &str, bytes: &[u8]) -> PathBuf {
+    let path = dir.join(name);
+    fs::write(&path, bytes).expect("write temp file");
+    path
+}
+
+fn tempdir() -> tempfile::TempDir {
+    tempfile::tempdir().expect("temp dir")
+}
+
+fn gzip(bytes: &[u8]) -> Vec<u8> {
+    let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    enc.write_all(bytes).unwrap();
+    enc.finish().unwrap()
+}
+
+fn bgzip(bytes: &[u8]) -> Vec<u8> {
+    let mut w = noodles::bgzf::io::Writer::new(Vec::new());
+    w.write_all(bytes).unwrap();
+    w.finish().unwrap()
+}
+
+fn bzip2(bytes: &[u8]) -> Vec<u8> {
+    let mut enc = bzip2::write::BzEncoder::new(Vec::new(), bzip2::Compression::default());
+    enc.write_all(bytes).unwrap();
+    enc.finish().unwrap()
+}
+
+fn xz(bytes: &[u8]) -> Vec<u8> {
+    let mut enc = liblzma::write::XzEncoder::new(Vec::new(), 6);
+    enc.write_all(bytes).unwrap();
+    enc.finish().unwrap()
+}
+
+fn zstd(bytes: &[u8]) -> Vec<u8> {
+    zstd::stream::encode_all(bytes, 3).unwrap()
+}
+
+/// Runs `samtools faidx FILE REGION` and tokenises its output. Fails when samtools is missing.
+fn samtools_tokens(path: &str, region: &str) -> Vec<u8> {
+    let out = Command::new("samtools")
+        .args(["faidx", path, region])
+        .output()
+        .unwrap_or_else(|e| {
+            panic!(
+                "samtools is needed for the region tests but could not be run ({e}); install it, e.g. `apt-get install -y samtools`"
+            )
+        });
+    assert!(
+        out.status.success(),
+        "samtools faidx {path} {region} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = out.stdout;
+    let mut lines = text.split(|&b| b == b'\n');
+    let header = lines.next().unwrap_or_default();
+    assert!(header.starts_with(b">"), "samtools output starts with a header");
+    let mut tokens = Vec::new();
+    for line in lines {
+        alphabet::tokenize_into(line, &mut tokens).expect("samtools output is DNA");
+    }
+    tokens
+}
+
+fn require_samtools() {
+    let ok = Command::new("samtools")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    assert!(
+        ok,
+        "samtools is not installed: the region tests compare against `samtools faidx`; install it (apt-get install -y samtools)"
+    );
+}
+
+/// Reads `region` from `path` with our reader and with samtools, and compares.
+fn check_region(path: &str, text: &str) -> Record {
+    let reg: Region = text.parse().unwrap();
+    let rec = region::read_region(path, &reg).unwrap_or_else(|e| panic!("{text}: {e}"));
+    let expected = samtools_tokens(path, text);
+    assert_eq!(rec.tokens.len(), expected.len(), "{path} {text}: length");
+    assert!(rec.tokens == expected, "{path} {text}: tokens differ from samtools faidx");
+    assert_eq!(rec.chrom, reg.name);
+    assert_eq!(rec.offset, reg.start);
+    assert_eq!(rec.id, reg.display_1based());
+    assert_eq!(rec.source, path);
+    rec
+}
+
+// ---------------------------------------------------------------------------------------------
+// Every file of ../shared/data
+
+/// What each file of the data folder must give: record count and total bases, or a rejection.
+enum Expect {
+    Records { records: usize, bases: u64 },
+    /// Too big to read whole in every test run: only the index is checked here (the whole
+    /// chr2R read has its own test; chr20 is read by region).
+    Indexed { records: usize, bases: u64 },
+    Rejected(&'static str),
+}
+
+fn expectations() -> Vec<(&'static str, Expect)> {
+    use Expect::*;
+    const NOT_FASTX: Expect = Rejected("not FASTA or FASTQ");
+    vec![
+        ("README.md", NOT_FASTX),
+        ("genomes/dm3_chr2R.fa.gz", Indexed { records: 1, bases: 21_146_708 }),
+        ("genomes/dm3_chr2R.fa.gz.fai", NOT_FASTX),
+        ("genomes/dm3_chr2R.fa.gz.gzi", NOT_FASTX),
+        ("genomes/dm3_chr2R.refseq_exon.bed", NOT_FASTX),
+        ("genomes/dm3_chr2R.refseq_gene.bed", NOT_FASTX),
+        ("genomes/dm3_chr2R.refseq_tss.bed", NOT_FASTX),
+        ("genomes/ecoli_k12.fa.gz", Records { records: 1, bases: 4_639_675 }),
+        ("genomes/ecoli_k12.fa.gz.fai", NOT_FASTX),
+        ("genomes/ecoli_k12.fa.gz.gzi", NOT_FASTX),
+        ("genomes/ecoli_k12.features.bed", NOT_FASTX),
+        ("genomes/hg19_chr20.cpg_islands.bed", NOT_FASTX),
+        ("genomes/hg19_chr20.fa.gz", Indexed { records: 1, bases: 63_025_520 }),
+        ("genomes/hg19_chr20.fa.gz.fai", NOT_FASTX),
+        ("genomes/hg19_chr20.fa.gz.gzi", NOT_FASTX),
+        ("genomes/hg19_chr20.refseq_exon.bed", NOT_FASTX),
+        ("genomes/yeast_chrI_II.fa", Records { records: 2, bases: 230_208 + 813_178 }),
+        ("genomes/yeast_chrI_II.fa.fai", NOT_FASTX),
+        ("genomes/yeast_chrI_II.genes.bed", NOT_FASTX),
+        ("genomes/yeast_chrI_II.sgd.gff3", NOT_FASTX),
+        ("labeled/oct4_vs_mafk/mafk_peaks.fa", Records { records: 3_900, bases: 3_900 * 200 }),
+        ("labeled/oct4_vs_mafk/oct4_peaks.fa", Records { records: 3_897, bases: 3_897 * 200 }),
+        ("labeled/rrna16s_taxonomy/dada2_ten_16s.fa.gz", Records { records: 3_994, bases: 5_870_306 }),
+        ("reads/illumina_150bp.fq.gz", Records { records: 10_000, bases: 1_500_000 }),
+        ("reads/illumina_pairs_1.fq.gz", Records { records: 2_500, bases: 567_516 }),
+        ("reads/illumina_pairs_2.fq.gz", Records { records: 2_500, bases: 560_002 }),
+        ("reads/nanopore_reads.fq.gz", Records { records: 371, bases: 8_611_871 }),
+        ("specimens/crlf_line_endings.fasta", Records { records: 20, bases: 69_469 }),
+        ("specimens/htslib_faidx_edge_cases.fa", Records { records: 6, bases: 130 }),
+        ("specimens/htslib_longline.fq", Records { records: 1, bases: 4 }),
+        ("specimens/htslib_minimal.fq", Records { records: 1, bases: 1 }),
+        ("specimens/htslib_multiline.fq", Records { records: 2, bases: 78 }),
+        ("specimens/zero_length_records.fa", Records { records: 20, bases: 0 }),
+    ]
+}
+
+fn files_under(dir: &Path, out: &mut Vec<PathBuf>) {
+    for entry in fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            files_under(&path, out);
+        } else {
+            out.push(path);
+        }
+    }
+}
+
+#[test]
+fn every_data_file_parses_with_its_record_count_or_is_rejected_clearly() {
+    let root = data("");
+    let table = expectations();
+    let mut files = Vec::new();
+    files_under(&root, &mut files);
+    files.sort();
+    for file in &files {
+        let rel = file.strip_prefix(&root).unwrap().to_str().unwrap().to_string();
+        assert!(
+            table.iter().any(|(name, _)| *name == rel),
+            "{rel} is new in shared/data: add it to expectations() in tests/io_specimens.rs"
+        );
+    }
+    for (rel, expect) in table {
+        let path = data(rel);
+        let path = s(&path);
+        match expect {
+            Expect::Records { records, bases } => {
+                let sum = summarize(path).unwrap_or_else(|e| panic!("{rel}: {e}"));
+                assert_eq!((sum.records, sum.bases), (records, bases), "{rel}");
+            }
+            Expect::Indexed { records, bases } => {
+                let fai = fs::read_to_string(format!("{path}.fai")).unwrap();
+                let lengths: Vec<u64> = fai
+                    .lines()
+                    .map(|l| l.split('\t').nth(1).unwrap().parse().unwrap())
+                    .collect();
+                assert_eq!((lengths.len(), lengths.iter().sum::<u64>()), (records, bases), "{rel}");
+            }
+            Expect::Rejected(why) => {
+                assert_input_error(summarize(path), path, &[why, "expected '>' or '@'"]);
+            }
+        }
+    }
+}
+
+#[test]
+fn small_genomes_read_whole() {
+    let recs = read_all(s(&data("genomes/yeast_chrI_II.fa"))).unwrap();
+    let names: Vec<_> = recs.iter().map(|r| (r.id.as_str(), r.tokens.len())).collect();
+    assert_eq!(names, [("chrI", 230_208), ("chrII", 813_178)]);
+
+    let recs = read_all(s(&data("genomes/ecoli_k12.fa.gz"))).unwrap();
+    assert_eq!(recs.len(), 1);
+    assert_eq!(recs[0].id, "NC_000913");
+    assert_eq!(recs[0].tokens.len(), 4_639_675);
+    // The genome starts AGCTTTTCATTCTGACTGCAACGGGCAATATGTC (NC_000913.2).
+    assert_eq!(&recs[0].tokens[..8], &[A, G, C, T, T, T, T, C]);
+}
+
+#[test]
+fn dm3_chr2r_reads_whole_with_soft_masking_and_n_run() {
+    let start = Instant::now();
+    let recs = read_all(s(&data("genomes/dm3_chr2R.fa.gz"))).unwrap();
+    let elapsed = start.elapsed();
+    eprintln!("dm3 chr2R (21.1 Mb, bgzip) read in {elapsed:.2?}");
+    assert_eq!(recs.len(), 1);
+    assert_eq!(recs[0].id, "chr2R");
+    assert_eq!(recs[0].tokens.len(), 21_146_708);
+    // Soft-masked (lowercase) bases are tokens like any other; the one N run is 100 long.
+    assert_eq!(recs[0].tokens.iter().filter(|&&t| t == N).count(), 100);
+}
+
+#[test]
+fn labeled_sets_keep_headers_as_ids() {
+    let recs = read_all(s(&data("labeled/oct4_vs_mafk/oct4_peaks.fa"))).unwrap();
+    assert_eq!(recs.len(), 3_897);
+    assert_eq!(recs[0].id, "chr1:15710957-15711157");
+    assert!(recs.iter().all(|r| r.tokens.len() == 200));
+
+    let recs = read_all(s(&data("labeled/rrna16s_taxonomy/dada2_ten_16s.fa.gz"))).unwrap();
+    assert_eq!(recs.len(), 3_994);
+    // The header's first word is the id (the lineage follows without a space here).
+    assert!(recs[0].id.starts_with("gi_961555154;tax=d:Bacteria"), "{}", recs[0].id);
+}
+
+#[test]
+fn reads_keep_ids_and_lengths() {
+    let one = read_all(s(&data("reads/illumina_pairs_1.fq.gz"))).unwrap();
+    let two = read_all(s(&data("reads/illumina_pairs_2.fq.gz"))).unwrap();
+    assert_eq!(one.len(), 2_500);
+    assert_eq!(two.len(), 2_500);
+    // First word of the header: mates share it (the " 1:N:0:..." comment is dropped).
+    assert_eq!(one[0].id, "HWI-D00523:240:HF3WGBCXX:1:1101:2574:2226");
+    assert!(one.iter().zip(&two).all(|(a, b)| a.id == b.id));
+
+    let sum = summarize(s(&data("reads/nanopore_reads.fq.gz"))).unwrap();
+    assert_eq!(
+        sum,
+        Summary {
+            records: 371,
+            bases: 8_611_871,
+            longest: 393_431,
+            shortest: 212
+        }
+    );
+    let sum = summarize(s(&data("reads/illumina_150bp.fq.gz"))).unwrap();
+    assert_eq!((sum.records, sum.longest, sum.shortest), (10_000, 150, 150));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Specimens
+
+#[test]
+fn crlf_fasta_parses_without_carriage_returns() {
+    let recs = read_all(s(&data("specimens/crlf_line_endings.fasta"))).unwrap();
+    assert_eq!(recs.len(), 20);
+    assert_eq!(recs[0].id, "gi|563317589|dbj|AB821309.1|");
+    // Lengths as `samtools faidx` indexes them.
+    assert_eq!(recs[0].tokens.len(), 3_510);
+    assert_eq!(recs[1].tokens.len(), 481);
+    assert_eq!(recs[2].tokens.len(), 642);
+    assert_eq!(&recs[0].tokens[..6], &[A, T, G, G, T, C]);
+    for r in &recs {
+        assert!(r.tokens.iter().all(|&t| (A..=N).contains(&t)), "{}", r.id);
+    }
+}
+
+#[test]
+fn htslib_faidx_edge_cases_match_samtools_names_and_lengths() {
+    let recs = read_all(s(&data("specimens/htslib_faidx_edge_cases.fa"))).unwrap();
+    let got: Vec<_> = recs.iter().map(|r| (r.id.as_str(), r.tokens.len())).collect();
+    // `samtools faidx` on this file: "" 4, trailingblank1 33, trailingblank2 72,
+    // trailingblank3 5, foo 8, bar 8 (">  foo": leading blanks are not part of the name).
+    assert_eq!(
+        got,
+        [
+            ("", 4),
+            ("trailingblank1", 33),
+            ("trailingblank2", 72),
+            ("trailingblank3", 5),
+            ("foo", 8),
+            ("bar", 8)
+        ]
+    );
+    assert_eq!(recs[0].tokens, [A, T, G, C]);
+    assert_eq!(recs[3].tokens, [A, C, G, T, A]);
+}
+
+#[test]
+fn zero_length_records_are_yielded_empty() {
+    let recs = read_all(s(&data("specimens/zero_length_records.fa"))).unwrap();
+    assert_eq!(recs.len(), 20);
+    for (i, r) in recs.iter().enumerate() {
+        assert_eq!(r.id, format!("seq{}", i + 1));
+        assert_eq!(r.number, i + 1);
+        assert!(r.tokens.is_empty());
+    }
+}
+
+#[test]
+fn multiline_fastq_and_quality_lines_starting_with_at() {
+    let recs = read_all(s(&data("specimens/htslib_multiline.fq"))).unwrap();
+    assert_eq!(recs.len(), 2);
+    let expected = |first: u8, last: u8| {
+        let mut v = vec![first];
+        v.extend([A; 9]);
+        v.extend([C; 10]);
+        v.extend([G; 10]);
+        v.extend([T; 8]);
+        v.push(last);
+        v
+    };
+    assert_eq!(recs[0].id, "seq1");
+    assert_eq!(recs[0].tokens, expected(N, N));
+    assert_eq!(recs[1].id, "seq2");
+    assert_eq!(recs[1].tokens, expected(N, N)); // R and Y are IUPAC codes -> N
+}
+
+#[test]
+fn long_and_minimal_fastq() {
+    let recs = read_all(s(&data("specimens/htslib_longline.fq"))).unwrap();
+    assert_eq!(recs.len(), 1);
+    assert_eq!(recs[0].id, "readname"); // the tab-separated tag is not part of the id
+    assert_eq!(recs[0].tokens, [A, T, G, C]);
+
+    // "@x / A / + / +": the quality of the single base is '+'.
+    let recs = read_all(s(&data("specimens/htslib_minimal.fq"))).unwrap();
+    assert_eq!(recs.len(), 1);
+    assert_eq!(recs[0].id, "x");
+    assert_eq!(recs[0].tokens, [A]);
+}
+
+#[test]
+fn small_fasta_oddities() {
+    let dir = tempdir();
+    // Final header without a line break, a BOM and leading blank lines, blank lines inside,
+    // lowercase, U and IUPAC codes.
+    let path = write_file(
+        dir.path(),
+        "odd.fa",
+        b"\xef\xbb\xbf\n\n>a desc\nacgU\n\nRYN\n>b\r\nAC\r\n>c",
+    );
+    let recs = read_all(s(&path)).unwrap();
+    let got: Vec<_> = recs.iter().map(|r| (r.id.as_str(), r.tokens.clone())).collect();
+    assert_eq!(
+        got,
+        [
+            ("a", vec![A, C, G, T, N, N, N]),
+            ("b", vec![A, C]),
+            ("c", vec![])
+        ]
+    );
+    // Line numbers in errors count the skipped blank lines.
+    let path = write_file(dir.path(), "odd2.fa", b"\n\n>a\nAC\nA*\n");
+    assert_input_error(read_all(s(&path)), s(&path), &["'*'", "line 5", "record a", "position 4"]);
+
+    // Multi-line FASTQ with CRLF and a zero-length record.
+    let path = write_file(
+        dir.path(),
+        "odd.fq",
+        b"@r1 x\r\nAC\r\nGT\r\n+r1\r\nII\r\nII\r\n@r2\r\n\r\n+\r\n\r\n@r3\nN\n+\n@\n",
+    );
+    let recs = read_all(s(&path)).unwrap();
+    let got: Vec<_> = recs.iter().map(|r| (r.id.as_str(), r.tokens.clone(), r.number)).collect();
+    assert_eq!(
+        got,
+        [
+            ("r1", vec![A, C, G, T], 1),
+            ("r2", vec![], 2),
+            ("r3", vec![N], 3)
+        ]
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Compression
+
+#[test]
+fn every_compression_gives_the_same_records() {
+    let dir = tempdir();
+    for specimen in ["specimens/crlf_line_endings.fasta", "specimens/htslib_multiline.fq"] {
+        let plain_path = data(specimen);
+        let plain = fs::read(&plain_path).unwrap();
+        let expected = read_all(s(&plain_path)).unwrap();
+        let name = Path::new(specimen).file_name().unwrap().to_str().unwrap();
+        let mut two_members = gzip(&plain[..plain.len() / 2]);
+        two_members.extend(gzip(&plain[plain.len() / 2..]));
+        let variants: [(&str, Vec<u8>); 6] = [
+            ("gz", gzip(&plain)),
+            ("bgz", bgzip(&plain)),
+            ("two_members.gz", two_members),
+            ("bz2", bzip2(&plain)),
+            ("xz", xz(&plain)),
+            ("zst", zstd(&plain)),
+        ];
+        for (ext, bytes) in variants {
+            // Names say nothing: detection is by content.
+            let path = write_file(dir.path(), &format!("{name}.{ext}.bin"), &bytes);
+            let got = read_all(s(&path)).unwrap_or_else(|e| panic!("{ext}: {e}"));
+            assert_eq!(got.len(), expected.len(), "{specimen} {ext}");
+            for (g, e) in got.iter().zip(&expected) {
+                assert_eq!((&g.id, &g.tokens, g.number), (&e.id, &e.tokens, e.number), "{ext}");
+                assert_eq!(g.source, s(&path));
+            }
+        }
+    }
+}
+
+const STDIN_CHILD: &str = "GENOMAMBA_IO_SPECIMENS_STDIN_CHILD";
+
+#[test]
+fn stdin_dash_reads_compressed_input() {
+    if std::env::var_os(STDIN_CHILD).is_some() {
+        // Child process: stdin is the file.
+        let sum = summarize("-").unwrap();
+        println!("SUMMARY {} {}", sum.records, sum.bases);
+        return;
+    }
+    let file = fs::File::open(data("reads/illumina_pairs_1.fq.gz")).unwrap();
+    let out = Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "stdin_dash_reads_compressed_input", "--nocapture", "--test-threads=1"])
+        .env(STDIN_CHILD, "1")
+        .stdin(file)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("SUMMARY 2500 567516"), "{stdout}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Truncated and corrupt compressed data
+
+#[test]
+fn truncated_gzip_of_a_real_file_is_an_error_not_an_early_end() {
+    let dir = tempdir();
+    for rel in ["reads/illumina_150bp.fq.gz", "labeled/rrna16s_taxonomy/dada2_ten_16s.fa.gz"] {
+        let bytes = fs::read(data(rel)).unwrap();
+        for cut in [bytes.len() / 2, bytes.len() - 4] {
+            let path = write_file(dir.path(), "cut.gz", &bytes[..cut]);
+            let mut seen = 0;
+            let result = fastx::for_each_record(s(&path), &mut |_| {
+                seen += 1;
+                Ok(())
+            });
+            assert_input_error(
+                result,
+                s(&path),
+                &["truncated or corrupt gzip data", "re-download or re-compress"],
+            );
+            assert!(seen > 0, "records before the cut are delivered first");
+        }
+    }
+    // A bgzip chromosome cut after 100 kB: fails inside the first (only) record.
+    let bytes = fs::read(data("genomes/hg19_chr20.fa.gz")).unwrap();
+    let path = write_file(dir.path(), "chr20_cut.fa.gz", &bytes[..100_000]);
+    assert_input_error(
+        read_all(s(&path)),
+        s(&path),
+        &["truncated or corrupt gzip data", "record #1"],
+    );
+}
+
+#[test]
+fn truncated_and_corrupt_streams_of_every_compression_are_errors() {
+    let dir = tempdir();
+    let plain = fs::read(data("labeled/oct4_vs_mafk/mafk_peaks.fa")).unwrap();
+    let cases: [(&str, Vec<u8>); 4] = [
+        ("gzip", gzip(&plain)),
+        ("bzip2", bzip2(&plain)),
+        ("xz", xz(&plain)),
+        ("zstd", zstd(&plain)),
+    ];
+    for (name, bytes) in cases {
+        for cut in [bytes.len() / 2, bytes.len() - 4] {
+            let path = write_file(dir.path(), &format!("cut.{name}"), &bytes[..cut]);
+            assert_input_error(
+                read_all(s(&path)),
+                s(&path),
+                &[&format!("truncated or corrupt {name} data"), "re-download or re-compress"],
+            );
+        }
+        // Damage in the middle of the stream.
+        let mut bad = bytes.clone();
+        let mid = bad.len() / 2;
+        for b in &mut bad[mid..mid + 16] {
+            *b ^= 0x5a;
+        }
+        let path = write_file(dir.path(), &format!("corrupt.{name}"), &bad);
+        assert_input_error(read_all(s(&path)), s(&path), &[&format!("truncated or corrupt {name} data")]);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Bad input
+
+#[test]
+fn stray_character_names_file_record_position_and_fix() {
+    let dir = tempdir();
+    let path = write_file(dir.path(), "stray.fa", b">r1\nACGT\n>r2 second\nACGTAC\nGG#T\n>r3\nAC\n");
+    let mut ids = Vec::new();
+    let err = assert_input_error(
+        fastx::for_each_record(s(&path), &mut |r| {
+            ids.push(r.id);
+            Ok(())
+        }),
+        s(&path),
+        &[
+            "invalid character '#'",
+            "line 5",
+            "record r2",
+            "position 9",
+            "remove or replace it; allowed: ACGTUN, IUPAC codes, lowercase",
+        ],
+    );
+    assert_eq!(ids, ["r1"], "stops at the first error");
+    assert!(matches!(err, Error::Input { position: Some(9), .. }), "{err:?}");
+
+    // Same in FASTQ, and a control byte is shown in hex.
+    let path = write_file(dir.path(), "stray.fq", b"@q1\nACGT\n+\nIIII\n@q2\nAC\x07T\n+\nIIII\n");
+    assert_input_error(read_all(s(&path)), s(&path), &["byte 0x07", "line 6", "record q2", "position 3"]);
+
+    // A record without a name is named by its number.
+    let path = write_file(dir.path(), "noname.fa", b">\nAC GT\n");
+    assert_input_error(read_all(s(&path)), s(&path), &["byte 0x20", "record #1", "position 3"]);
+}
+
+#[test]
+fn fastq_structure_errors() {
+    let dir = tempdir();
+    let cases: [(&str, &[u8], &[&str]); 5] = [
+        (
+            "longer_quality.fq",
+            b"@r1\nACGT\n+\nIIIII\n",
+            &["quality length 5 differs from sequence length 4", "record r1"],
+        ),
+        (
+            "short_quality_at_end.fq",
+            b"@r1\nACGT\n+\nIIII\n@r2\nACGT\n+\nIII\n",
+            &["unexpected end of input", "3 quality characters for 4 bases", "record r2"],
+        ),
+        ("no_plus.fq", b"@r1\nACGT\n", &["before the '+' line", "record r1"]),
+        ("missing_quality.fq", b"@r1\nACGT\n@r2\nACGT\n+\nIIII\n", &["found a new header", "line 3"]),
+        (
+            "bad_start.fq",
+            b"@r1\nACGT\n+\nIIII\nr2\nACGT\n+\nIIII\n",
+            &["expected '@' at the start of FASTQ record 2", "found 'r'", "line 5"],
+        ),
+    ];
+    for (name, bytes, parts) in cases {
+        let path = write_file(dir.path(), name, bytes);
+        assert_input_error(read_all(s(&path)), s(&path), parts);
+    }
+}
+
+#[test]
+fn empty_missing_and_unknown_inputs() {
+    let dir = tempdir();
+    let empty = write_file(dir.path(), "empty.fa", b"");
+    assert_input_error(read_all(s(&empty)), s(&empty), &["empty input", "no FASTA/FASTQ records"]);
+    let blank = write_file(dir.path(), "blank.fa", b"\n\r\n \n");
+    assert_input_error(read_all(s(&blank)), s(&blank), &["empty input"]);
+    let empty_gz = write_file(dir.path(), "empty.fa.gz", &gzip(b""));
+    assert_input_error(read_all(s(&empty_gz)), s(&empty_gz), &["empty input", "gzip"]);
+
+    let missing = dir.path().join("missing.fa");
+    assert_input_error(read_all(s(&missing)), s(&missing), &["cannot open", "check the path"]);
+    assert_input_error(read_all(s(dir.path())), s(dir.path()), &["is a directory"]);
+
+    let bed = data("genomes/yeast_chrI_II.genes.bed");
+    assert_input_error(
+        read_all(s(&bed)),
+        s(&bed),
+        &["not FASTA or FASTQ", "first character is 'c'", "pass a FASTA"],
+    );
+    // The same, compressed: the check is on the decompressed content.
+    let bed_gz = write_file(dir.path(), "genes.bed.gz", &gzip(&fs::read(&bed).unwrap()));
+    assert_input_error(read_all(s(&bed_gz)), s(&bed_gz), &["not FASTA or FASTQ"]);
+    let zip = write_file(dir.path(), "x.zip", b"PK\x03\x04rest");
+    assert_input_error(read_all(s(&zip)), s(&zip), &["zip"]);
+}
+
+#[test]
+fn callback_errors_stop_the_stream() {
+    let path = data("labeled/oct4_vs_mafk/oct4_peaks.fa");
+    let mut seen = 0;
+    let err = fastx::for_each_record(s(&path), &mut |r| {
+        seen += 1;
+        if r.number == 3 {
+            return Err(Error::usage("stop here", "nothing"));
+        }
+        Ok(())
+    })
+    .unwrap_err();
+    assert_eq!(seen, 3);
+    assert!(matches!(err, Error::Usage { .. }), "{err:?}");
+}
+
+#[test]
+#[ignore = "writes and reads a 250 Mb record (about 1 GB of memory); run with --ignored"]
+fn a_250_mb_record_streams() {
+    let dir = tempdir();
+    let path = dir.path().join("big.fa");
+    let mut w = std::io::BufWriter::new(fs::File::create(&path).unwrap());
+    w.write_all(b">big\n").unwrap();
+    let line = [b"ACGTACGTAC".as_slice(); 6].concat();
+    let lines = 250_000_000 / 60;
+    for _ in 0..lines {
+        w.write_all(&line).unwrap();
+        w.write_all(b"\n").unwrap();
+    }
+    drop(w);
+    let start = Instant::now();
+    let recs = read_all(s(&path)).unwrap();
+    eprintln!("250 Mb record read in {:.2?}", start.elapsed());
+    assert_eq!(recs[0].tokens.len(), lines * 60);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Regions
+
+#[test]
+fn regions_on_bgzip_chr20_match_samtools() {
+    require_samtools();
+    let path = data("genomes/hg19_chr20.fa.gz");
+    let path = s(&path);
+    for text in [
+        "20:1-60",
+        "20:59-62",     // spans a line break (60 bases a line)
+        "20:60-61",     // the last base of a line and the first of the next
+        "20:1,000,001-1,010,000",
+        "20:30000000-30000100",
+        "20:63025461-63025520", // the last line
+        "20:63025520-63025520", // the last base
+        "20:63,000,000",        // to the end
+    ] {
+        let rec = check_region(path, text);
+        assert_eq!(rec.number, 1);
+    }
+    let rec = check_region(path, "20:1,000,001-1,010,000");
+    assert_eq!(rec.id, "20:1000001-1010000");
+    assert_eq!(rec.offset, 1_000_000);
+    assert_eq!(rec.tokens.len(), 10_000);
+    let rec = check_region(path, "20:63,000,000");
+    assert_eq!(rec.tokens.len(), 63_025_520 - 63_000_000 + 1);
+}
+
+#[test]
+fn regions_on_plain_yeast_and_other_genomes_match_samtools() {
+    require_samtools();
+    let yeast = data("genomes/yeast_chrI_II.fa");
+    let yeast = s(&yeast);
+    for text in ["chrI:1-1", "chrI:100-200", "chrI:59-62", "chrI:230208-230208", "chrII:1-1", "chrII:813,000"] {
+        check_region(yeast, text);
+    }
+    let whole = check_region(yeast, "chrII");
+    assert_eq!(whole.tokens.len(), 813_178);
+    assert_eq!(whole.number, 2);
+    assert_eq!(whole.id, "chrII");
+
+    let ecoli = data("genomes/ecoli_k12.fa.gz");
+    check_region(s(&ecoli), "NC_000913:4639600-4639675");
+    check_region(s(&ecoli), "NC_000913:79-82");
+    // Soft-masked bases and the N run of chr2R.
+    let dm3 = data("genomes/dm3_chr2R.fa.gz");
+    check_region(s(&dm3), "chr2R:1-5000");
+    check_region(s(&dm3), "chr2R:21,146,650");
+}
+
+#[test]
+fn regions_on_a_crlf_fasta_match_samtools() {
+    require_samtools();
+    let dir = tempdir();
+    let path = dir.path().join("crlf.fasta");
+    fs::copy(data("specimens/crlf_line_endings.fasta"), &path).unwrap();
+    let status = Command::new("samtools").args(["faidx", s(&path)]).status().unwrap();
+    assert!(status.success());
+    for text in [
+        "gi|557361099|gb|KF435150.1|:65-80",
+        "gi|557361099|gb|KF435150.1|:481-481",
+        "gi|563317589|dbj|AB821309.1|:3400",
+    ] {
+        let rec = check_region(s(&path), text);
+        assert!(rec.tokens.iter().all(|&t| (A..=N).contains(&t)));
+    }
+}
+
+#[test]
+fn region_errors_say_what_and_how_to_fix() {
+    let chr20 = data("genomes/hg19_chr20.fa.gz");
+    let chr20 = s(&chr20);
+    let yeast = data("genomes/yeast_chrI_II.fa");
+    let yeast = s(&yeast);
+    let read = |path: &str, text: &str| region::read_region(path, &text.parse::<Region>().unwrap());
+
+    assert_input_error(
+        read(chr20, "chr20:1-10"),
+        chr20,
+        &["no sequence named 'chr20'", "it has: 20", "use --region 20:1-10"],
+    );
+    assert_input_error(
+        read(yeast, "chrX:1-10"),
+        yeast,
+        &["no sequence named 'chrX'", "chrI, chrII", ".fai"],
+    );
+    assert_input_error(
+        read(chr20, "20:63025500-63025530"),
+        chr20,
+        &["ends past the end", "63,025,520 bp", "1..63025520"],
+    );
+    assert_input_error(
+        read(yeast, "chrI:230209"),
+        yeast,
+        &["starts after the end", "230,208 bp", "record chrI"],
+    );
+    // Start 0 and reversed ranges are caught when the region is parsed.
+    for text in ["20:0-10", "20:20-10"] {
+        let (err, msg) = expect_err(text.parse::<Region>());
+        assert_eq!(err.exit_code(), 2);
+        assert!(msg.contains(text) && msg.contains("e.g. 20:1,000,001-1,010,000"), "{msg}");
+    }
+    let reversed = Region {
+        name: "chrI".into(),
+        start: 10,
+        end: Some(10),
+    };
+    assert_input_error(region::read_region(yeast, &reversed), yeast, &["is empty", "230,208 bp"]);
+
+    let dir = tempdir();
+    // No .fai.
+    let bare = dir.path().join("yeast.fa");
+    fs::copy(yeast, &bare).unwrap();
+    assert_input_error(read(s(&bare), "chrI:1-10"), s(&bare), &["no index", ".fai", "samtools faidx"]);
+    // bgzip with .fai but no .gzi.
+    let no_gzi = dir.path().join("ecoli.fa.gz");
+    fs::copy(data("genomes/ecoli_k12.fa.gz"), &no_gzi).unwrap();
+    fs::copy(data("genomes/ecoli_k12.fa.gz.fai"), dir.path().join("ecoli.fa.gz.fai")).unwrap();
+    assert_input_error(
+        read(s(&no_gzi), "NC_000913:1-10"),
+        s(&no_gzi),
+        &[".gzi", "samtools faidx", "writes .fai and .gzi"],
+    );
+    // Plain gzip (not bgzip), even with an index next to it.
+    let gz = write_file(dir.path(), "yeast_plain.fa.gz", &gzip(&fs::read(yeast).unwrap()));
+    fs::copy(format!("{yeast}.fai"), dir.path().join("yeast_plain.fa.gz.fai")).unwrap();
+    assert_input_error(read(s(&gz), "chrI:1-10"), s(&gz), &["plain gzip (not bgzip)", "bgzip"]);
+    // Other compressions.
+    let xz_path = write_file(dir.path(), "yeast.fa.xz", &xz(b">chrI\nACGT\n"));
+    assert_input_error(read(s(&xz_path), "chrI:1-2"), s(&xz_path), &["xz-compressed", "bgzip"]);
+    // An index that does not belong to the file.
+    let stale = dir.path().join("stale.fa");
+    fs::copy(yeast, &stale).unwrap();
+    fs::write(dir.path().join("stale.fa.fai"), "chrI\t230208\t0\t60\t61\n").unwrap();
+    assert_input_error(
+        read(s(&stale), "chrI:1-10"),
+        s(&stale),
+        &["read 0 bases, expected 10", "does not match the file", "samtools faidx"],
+    );
+    // Missing file, stdin.
+    let missing = dir.path().join("missing.fa");
+    assert_input_error(read(s(&missing), "chrI"), s(&missing), &["cannot open", "check the path"]);
+    let (err, msg) = expect_err(read("-", "chrI:1-10"));
+    assert_eq!(err.exit_code(), 2);
+    assert!(msg.contains("stdin"), "{msg}");
+}
