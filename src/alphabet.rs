@@ -168,7 +168,13 @@ mod tests {
     #[test]
     fn rejects_non_nucleotides_with_offset() {
         let err = tokenize(b"ACG#T").unwrap_err();
-        assert_eq!(err, BadByte { offset: 3, byte: b'#' });
+        assert_eq!(
+            err,
+            BadByte {
+                offset: 3,
+                byte: b'#'
+            }
+        );
         assert_eq!(err.describe(), "'#'");
         assert!(tokenize(b"AC GT").is_err());
         assert!(tokenize(b"E").is_err());

@@ -104,11 +104,7 @@ impl Error {
     }
 
     /// Builds an [`Error::Model`].
-    pub fn model(
-        dir: impl Into<PathBuf>,
-        what: impl Into<String>,
-        fix: impl Into<String>,
-    ) -> Self {
+    pub fn model(dir: impl Into<PathBuf>, what: impl Into<String>, fix: impl Into<String>) -> Self {
         Error::Model {
             dir: dir.into(),
             what: what.into(),

@@ -21,7 +21,9 @@ use genomamba::io::region::{self, Region};
 
 /// A path under `../shared/data` (read-only).
 fn data(rel: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data").join(rel)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../shared/data")
+        .join(rel)
 }
 
 fn s(path: &Path) -> &str {
@@ -56,7 +58,10 @@ fn summarize(path: &str) -> Result<Summary, Error> {
     };
     fastx::for_each_record(path, &mut |r| {
         sum.records += 1;
-        assert_eq!(r.number, sum.records, "record numbers are 1-based and in order");
+        assert_eq!(
+            r.number, sum.records,
+            "record numbers are 1-based and in order"
+        );
         assert_eq!(r.source, path);
         assert_eq!(r.offset, 0);
         assert_eq!(r.chrom, r.id);
@@ -83,10 +88,17 @@ fn expect_err(result: Result<impl std::fmt::Debug, Error>) -> (Error, String) {
 }
 
 /// Asserts an input error: exit code 2, one line, naming the file and containing `parts`.
-fn assert_input_error(result: Result<impl std::fmt::Debug, Error>, path: &str, parts: &[&str]) -> Error {
+fn assert_input_error(
+    result: Result<impl std::fmt::Debug, Error>,
+    path: &str,
+    parts: &[&str],
+) -> Error {
     let (err, msg) = expect_err(result);
     assert_eq!(err.exit_code(), 2, "{msg}");
-    assert!(msg.starts_with(path), "message should start with the file {path}: {msg}");
+    assert!(
+        msg.starts_with(path),
+        "message should start with the file {path}: {msg}"
+    );
     for part in parts {
         assert!(msg.contains(part), "message should contain {part:?}: {msg}");
     }
@@ -149,7 +161,10 @@ fn samtools_tokens(path: &str, region: &str) -> Vec<u8> {
     let text = out.stdout;
     let mut lines = text.split(|&b| b == b'\n');
     let header = lines.next().unwrap_or_default();
-    assert!(header.starts_with(b">"), "samtools output starts with a header");
+    assert!(
+        header.starts_with(b">"),
+        "samtools output starts with a header"
+    );
     let mut tokens = Vec::new();
     for line in lines {
         alphabet::tokenize_into(line, &mut tokens).expect("samtools output is DNA");
@@ -177,7 +192,10 @@ fn check_region(path: &str, text: &str) -> Record {
     let rec = region::read_region(path, &reg).unwrap_or_else(|e| panic!("{text}: {e}"));
     let expected = samtools_tokens(path, text);
     assert_eq!(rec.tokens.len(), expected.len(), "{path} {text}: length");
-    assert!(rec.tokens == expected, "{path} {text}: tokens differ from samtools faidx");
+    assert!(
+        rec.tokens == expected,
+        "{path} {text}: tokens differ from samtools faidx"
+    );
     assert_eq!(rec.chrom, reg.name);
     assert_eq!(rec.offset, reg.start);
     assert_eq!(rec.id, reg.display_1based());
@@ -190,10 +208,16 @@ fn check_region(path: &str, text: &str) -> Record {
 
 /// What each file of the data folder must give: record count and total bases, or a rejection.
 enum Expect {
-    Records { records: usize, bases: u64 },
+    Records {
+        records: usize,
+        bases: u64,
+    },
     /// Too big to read whole in every test run: only the index is checked here (the whole
     /// chr2R read has its own test; chr20 is read by region).
-    Indexed { records: usize, bases: u64 },
+    Indexed {
+        records: usize,
+        bases: u64,
+    },
     Rejected(&'static str),
 }
 
@@ -202,38 +226,140 @@ fn expectations() -> Vec<(&'static str, Expect)> {
     const NOT_FASTX: Expect = Rejected("not FASTA or FASTQ");
     vec![
         ("README.md", NOT_FASTX),
-        ("genomes/dm3_chr2R.fa.gz", Indexed { records: 1, bases: 21_146_708 }),
+        (
+            "genomes/dm3_chr2R.fa.gz",
+            Indexed {
+                records: 1,
+                bases: 21_146_708,
+            },
+        ),
         ("genomes/dm3_chr2R.fa.gz.fai", NOT_FASTX),
         ("genomes/dm3_chr2R.fa.gz.gzi", NOT_FASTX),
         ("genomes/dm3_chr2R.refseq_exon.bed", NOT_FASTX),
         ("genomes/dm3_chr2R.refseq_gene.bed", NOT_FASTX),
         ("genomes/dm3_chr2R.refseq_tss.bed", NOT_FASTX),
-        ("genomes/ecoli_k12.fa.gz", Records { records: 1, bases: 4_639_675 }),
+        (
+            "genomes/ecoli_k12.fa.gz",
+            Records {
+                records: 1,
+                bases: 4_639_675,
+            },
+        ),
         ("genomes/ecoli_k12.fa.gz.fai", NOT_FASTX),
         ("genomes/ecoli_k12.fa.gz.gzi", NOT_FASTX),
         ("genomes/ecoli_k12.features.bed", NOT_FASTX),
         ("genomes/hg19_chr20.cpg_islands.bed", NOT_FASTX),
-        ("genomes/hg19_chr20.fa.gz", Indexed { records: 1, bases: 63_025_520 }),
+        (
+            "genomes/hg19_chr20.fa.gz",
+            Indexed {
+                records: 1,
+                bases: 63_025_520,
+            },
+        ),
         ("genomes/hg19_chr20.fa.gz.fai", NOT_FASTX),
         ("genomes/hg19_chr20.fa.gz.gzi", NOT_FASTX),
         ("genomes/hg19_chr20.refseq_exon.bed", NOT_FASTX),
-        ("genomes/yeast_chrI_II.fa", Records { records: 2, bases: 230_208 + 813_178 }),
+        (
+            "genomes/yeast_chrI_II.fa",
+            Records {
+                records: 2,
+                bases: 230_208 + 813_178,
+            },
+        ),
         ("genomes/yeast_chrI_II.fa.fai", NOT_FASTX),
         ("genomes/yeast_chrI_II.genes.bed", NOT_FASTX),
         ("genomes/yeast_chrI_II.sgd.gff3", NOT_FASTX),
-        ("labeled/oct4_vs_mafk/mafk_peaks.fa", Records { records: 3_900, bases: 3_900 * 200 }),
-        ("labeled/oct4_vs_mafk/oct4_peaks.fa", Records { records: 3_897, bases: 3_897 * 200 }),
-        ("labeled/rrna16s_taxonomy/dada2_ten_16s.fa.gz", Records { records: 3_994, bases: 5_870_306 }),
-        ("reads/illumina_150bp.fq.gz", Records { records: 10_000, bases: 1_500_000 }),
-        ("reads/illumina_pairs_1.fq.gz", Records { records: 2_500, bases: 567_516 }),
-        ("reads/illumina_pairs_2.fq.gz", Records { records: 2_500, bases: 560_002 }),
-        ("reads/nanopore_reads.fq.gz", Records { records: 371, bases: 8_611_871 }),
-        ("specimens/crlf_line_endings.fasta", Records { records: 20, bases: 69_469 }),
-        ("specimens/htslib_faidx_edge_cases.fa", Records { records: 6, bases: 130 }),
-        ("specimens/htslib_longline.fq", Records { records: 1, bases: 4 }),
-        ("specimens/htslib_minimal.fq", Records { records: 1, bases: 1 }),
-        ("specimens/htslib_multiline.fq", Records { records: 2, bases: 78 }),
-        ("specimens/zero_length_records.fa", Records { records: 20, bases: 0 }),
+        (
+            "labeled/oct4_vs_mafk/mafk_peaks.fa",
+            Records {
+                records: 3_900,
+                bases: 3_900 * 200,
+            },
+        ),
+        (
+            "labeled/oct4_vs_mafk/oct4_peaks.fa",
+            Records {
+                records: 3_897,
+                bases: 3_897 * 200,
+            },
+        ),
+        (
+            "labeled/rrna16s_taxonomy/dada2_ten_16s.fa.gz",
+            Records {
+                records: 3_994,
+                bases: 5_870_306,
+            },
+        ),
+        (
+            "reads/illumina_150bp.fq.gz",
+            Records {
+                records: 10_000,
+                bases: 1_500_000,
+            },
+        ),
+        (
+            "reads/illumina_pairs_1.fq.gz",
+            Records {
+                records: 2_500,
+                bases: 567_516,
+            },
+        ),
+        (
+            "reads/illumina_pairs_2.fq.gz",
+            Records {
+                records: 2_500,
+                bases: 560_002,
+            },
+        ),
+        (
+            "reads/nanopore_reads.fq.gz",
+            Records {
+                records: 371,
+                bases: 8_611_871,
+            },
+        ),
+        (
+            "specimens/crlf_line_endings.fasta",
+            Records {
+                records: 20,
+                bases: 69_469,
+            },
+        ),
+        (
+            "specimens/htslib_faidx_edge_cases.fa",
+            Records {
+                records: 6,
+                bases: 130,
+            },
+        ),
+        (
+            "specimens/htslib_longline.fq",
+            Records {
+                records: 1,
+                bases: 4,
+            },
+        ),
+        (
+            "specimens/htslib_minimal.fq",
+            Records {
+                records: 1,
+                bases: 1,
+            },
+        ),
+        (
+            "specimens/htslib_multiline.fq",
+            Records {
+                records: 2,
+                bases: 78,
+            },
+        ),
+        (
+            "specimens/zero_length_records.fa",
+            Records {
+                records: 20,
+                bases: 0,
+            },
+        ),
     ]
 }
 
@@ -256,7 +382,12 @@ fn every_data_file_parses_with_its_record_count_or_is_rejected_clearly() {
     files_under(&root, &mut files);
     files.sort();
     for file in &files {
-        let rel = file.strip_prefix(&root).unwrap().to_str().unwrap().to_string();
+        let rel = file
+            .strip_prefix(&root)
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .to_string();
         assert!(
             table.iter().any(|(name, _)| *name == rel),
             "{rel} is new in shared/data: add it to expectations() in tests/io_specimens.rs"
@@ -276,7 +407,11 @@ fn every_data_file_parses_with_its_record_count_or_is_rejected_clearly() {
                     .lines()
                     .map(|l| l.split('\t').nth(1).unwrap().parse().unwrap())
                     .collect();
-                assert_eq!((lengths.len(), lengths.iter().sum::<u64>()), (records, bases), "{rel}");
+                assert_eq!(
+                    (lengths.len(), lengths.iter().sum::<u64>()),
+                    (records, bases),
+                    "{rel}"
+                );
             }
             Expect::Rejected(why) => {
                 assert_input_error(summarize(path), path, &[why, "expected '>' or '@'"]);
@@ -288,7 +423,10 @@ fn every_data_file_parses_with_its_record_count_or_is_rejected_clearly() {
 #[test]
 fn small_genomes_read_whole() {
     let recs = read_all(s(&data("genomes/yeast_chrI_II.fa"))).unwrap();
-    let names: Vec<_> = recs.iter().map(|r| (r.id.as_str(), r.tokens.len())).collect();
+    let names: Vec<_> = recs
+        .iter()
+        .map(|r| (r.id.as_str(), r.tokens.len()))
+        .collect();
     assert_eq!(names, [("chrI", 230_208), ("chrII", 813_178)]);
 
     let recs = read_all(s(&data("genomes/ecoli_k12.fa.gz"))).unwrap();
@@ -322,7 +460,11 @@ fn labeled_sets_keep_headers_as_ids() {
     let recs = read_all(s(&data("labeled/rrna16s_taxonomy/dada2_ten_16s.fa.gz"))).unwrap();
     assert_eq!(recs.len(), 3_994);
     // The header's first word is the id (the lineage follows without a space here).
-    assert!(recs[0].id.starts_with("gi_961555154;tax=d:Bacteria"), "{}", recs[0].id);
+    assert!(
+        recs[0].id.starts_with("gi_961555154;tax=d:Bacteria"),
+        "{}",
+        recs[0].id
+    );
 }
 
 #[test]
@@ -370,7 +512,10 @@ fn crlf_fasta_parses_without_carriage_returns() {
 #[test]
 fn htslib_faidx_edge_cases_match_samtools_names_and_lengths() {
     let recs = read_all(s(&data("specimens/htslib_faidx_edge_cases.fa"))).unwrap();
-    let got: Vec<_> = recs.iter().map(|r| (r.id.as_str(), r.tokens.len())).collect();
+    let got: Vec<_> = recs
+        .iter()
+        .map(|r| (r.id.as_str(), r.tokens.len()))
+        .collect();
     // `samtools faidx` on this file: "" 4, trailingblank1 33, trailingblank2 72,
     // trailingblank3 5, foo 8, bar 8 (">  foo": leading blanks are not part of the name).
     assert_eq!(
@@ -443,7 +588,10 @@ fn small_fasta_oddities() {
         b"\xef\xbb\xbf\n\n>a desc\nacgU\n\nRYN\n>b\r\nAC\r\n>c",
     );
     let recs = read_all(s(&path)).unwrap();
-    let got: Vec<_> = recs.iter().map(|r| (r.id.as_str(), r.tokens.clone())).collect();
+    let got: Vec<_> = recs
+        .iter()
+        .map(|r| (r.id.as_str(), r.tokens.clone()))
+        .collect();
     assert_eq!(
         got,
         [
@@ -454,7 +602,11 @@ fn small_fasta_oddities() {
     );
     // Line numbers in errors count the skipped blank lines.
     let path = write_file(dir.path(), "odd2.fa", b"\n\n>a\nAC\nA*\n");
-    assert_input_error(read_all(s(&path)), s(&path), &["'*'", "line 5", "record a", "position 4"]);
+    assert_input_error(
+        read_all(s(&path)),
+        s(&path),
+        &["'*'", "line 5", "record a", "position 4"],
+    );
 
     // Multi-line FASTQ with CRLF and a zero-length record.
     let path = write_file(
@@ -463,7 +615,10 @@ fn small_fasta_oddities() {
         b"@r1 x\r\nAC\r\nGT\r\n+r1\r\nII\r\nII\r\n@r2\r\n\r\n+\r\n\r\n@r3\nN\n+\n@\n",
     );
     let recs = read_all(s(&path)).unwrap();
-    let got: Vec<_> = recs.iter().map(|r| (r.id.as_str(), r.tokens.clone(), r.number)).collect();
+    let got: Vec<_> = recs
+        .iter()
+        .map(|r| (r.id.as_str(), r.tokens.clone(), r.number))
+        .collect();
     assert_eq!(
         got,
         [
@@ -480,7 +635,10 @@ fn small_fasta_oddities() {
 #[test]
 fn every_compression_gives_the_same_records() {
     let dir = tempdir();
-    for specimen in ["specimens/crlf_line_endings.fasta", "specimens/htslib_multiline.fq"] {
+    for specimen in [
+        "specimens/crlf_line_endings.fasta",
+        "specimens/htslib_multiline.fq",
+    ] {
         let plain_path = data(specimen);
         let plain = fs::read(&plain_path).unwrap();
         let expected = read_all(s(&plain_path)).unwrap();
@@ -501,7 +659,11 @@ fn every_compression_gives_the_same_records() {
             let got = read_all(s(&path)).unwrap_or_else(|e| panic!("{ext}: {e}"));
             assert_eq!(got.len(), expected.len(), "{specimen} {ext}");
             for (g, e) in got.iter().zip(&expected) {
-                assert_eq!((&g.id, &g.tokens, g.number), (&e.id, &e.tokens, e.number), "{ext}");
+                assert_eq!(
+                    (&g.id, &g.tokens, g.number),
+                    (&e.id, &e.tokens, e.number),
+                    "{ext}"
+                );
                 assert_eq!(g.source, s(&path));
             }
         }
@@ -520,13 +682,22 @@ fn stdin_dash_reads_compressed_input() {
     }
     let file = fs::File::open(data("reads/illumina_pairs_1.fq.gz")).unwrap();
     let out = Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "stdin_dash_reads_compressed_input", "--nocapture", "--test-threads=1"])
+        .args([
+            "--exact",
+            "stdin_dash_reads_compressed_input",
+            "--nocapture",
+            "--test-threads=1",
+        ])
         .env(STDIN_CHILD, "1")
         .stdin(file)
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(stdout.contains("SUMMARY 2500 567516"), "{stdout}");
 }
 
@@ -536,7 +707,10 @@ fn stdin_dash_reads_compressed_input() {
 #[test]
 fn truncated_gzip_of_a_real_file_is_an_error_not_an_early_end() {
     let dir = tempdir();
-    for rel in ["reads/illumina_150bp.fq.gz", "labeled/rrna16s_taxonomy/dada2_ten_16s.fa.gz"] {
+    for rel in [
+        "reads/illumina_150bp.fq.gz",
+        "labeled/rrna16s_taxonomy/dada2_ten_16s.fa.gz",
+    ] {
         let bytes = fs::read(data(rel)).unwrap();
         for cut in [bytes.len() / 2, bytes.len() - 4] {
             let path = write_file(dir.path(), "cut.gz", &bytes[..cut]);
@@ -548,7 +722,10 @@ fn truncated_gzip_of_a_real_file_is_an_error_not_an_early_end() {
             assert_input_error(
                 result,
                 s(&path),
-                &["truncated or corrupt gzip data", "re-download or re-compress"],
+                &[
+                    "truncated or corrupt gzip data",
+                    "re-download or re-compress",
+                ],
             );
             assert!(seen > 0, "records before the cut are delivered first");
         }
@@ -579,7 +756,10 @@ fn truncated_and_corrupt_streams_of_every_compression_are_errors() {
             assert_input_error(
                 read_all(s(&path)),
                 s(&path),
-                &[&format!("truncated or corrupt {name} data"), "re-download or re-compress"],
+                &[
+                    &format!("truncated or corrupt {name} data"),
+                    "re-download or re-compress",
+                ],
             );
         }
         // Damage in the middle of the stream.
@@ -589,7 +769,11 @@ fn truncated_and_corrupt_streams_of_every_compression_are_errors() {
             *b ^= 0x5a;
         }
         let path = write_file(dir.path(), &format!("corrupt.{name}"), &bad);
-        assert_input_error(read_all(s(&path)), s(&path), &[&format!("truncated or corrupt {name} data")]);
+        assert_input_error(
+            read_all(s(&path)),
+            s(&path),
+            &[&format!("truncated or corrupt {name} data")],
+        );
     }
 }
 
@@ -599,7 +783,11 @@ fn truncated_and_corrupt_streams_of_every_compression_are_errors() {
 #[test]
 fn stray_character_names_file_record_position_and_fix() {
     let dir = tempdir();
-    let path = write_file(dir.path(), "stray.fa", b">r1\nACGT\n>r2 second\nACGTAC\nGG#T\n>r3\nAC\n");
+    let path = write_file(
+        dir.path(),
+        "stray.fa",
+        b">r1\nACGT\n>r2 second\nACGTAC\nGG#T\n>r3\nAC\n",
+    );
     let mut ids = Vec::new();
     let err = assert_input_error(
         fastx::for_each_record(s(&path), &mut |r| {
@@ -616,15 +804,36 @@ fn stray_character_names_file_record_position_and_fix() {
         ],
     );
     assert_eq!(ids, ["r1"], "stops at the first error");
-    assert!(matches!(err, Error::Input { position: Some(9), .. }), "{err:?}");
+    assert!(
+        matches!(
+            err,
+            Error::Input {
+                position: Some(9),
+                ..
+            }
+        ),
+        "{err:?}"
+    );
 
     // Same in FASTQ, and a control byte is shown in hex.
-    let path = write_file(dir.path(), "stray.fq", b"@q1\nACGT\n+\nIIII\n@q2\nAC\x07T\n+\nIIII\n");
-    assert_input_error(read_all(s(&path)), s(&path), &["byte 0x07", "line 6", "record q2", "position 3"]);
+    let path = write_file(
+        dir.path(),
+        "stray.fq",
+        b"@q1\nACGT\n+\nIIII\n@q2\nAC\x07T\n+\nIIII\n",
+    );
+    assert_input_error(
+        read_all(s(&path)),
+        s(&path),
+        &["byte 0x07", "line 6", "record q2", "position 3"],
+    );
 
     // A record without a name is named by its number.
     let path = write_file(dir.path(), "noname.fa", b">\nAC GT\n");
-    assert_input_error(read_all(s(&path)), s(&path), &["byte 0x20", "record #1", "position 3"]);
+    assert_input_error(
+        read_all(s(&path)),
+        s(&path),
+        &["byte 0x20", "record #1", "position 3"],
+    );
 }
 
 #[test]
@@ -634,19 +843,38 @@ fn fastq_structure_errors() {
         (
             "longer_quality.fq",
             b"@r1\nACGT\n+\nIIIII\n",
-            &["quality length 5 differs from sequence length 4", "record r1"],
+            &[
+                "quality length 5 differs from sequence length 4",
+                "record r1",
+            ],
         ),
         (
             "short_quality_at_end.fq",
             b"@r1\nACGT\n+\nIIII\n@r2\nACGT\n+\nIII\n",
-            &["unexpected end of input", "3 quality characters for 4 bases", "record r2"],
+            &[
+                "unexpected end of input",
+                "3 quality characters for 4 bases",
+                "record r2",
+            ],
         ),
-        ("no_plus.fq", b"@r1\nACGT\n", &["before the '+' line", "record r1"]),
-        ("missing_quality.fq", b"@r1\nACGT\n@r2\nACGT\n+\nIIII\n", &["found a new header", "line 3"]),
+        (
+            "no_plus.fq",
+            b"@r1\nACGT\n",
+            &["before the '+' line", "record r1"],
+        ),
+        (
+            "missing_quality.fq",
+            b"@r1\nACGT\n@r2\nACGT\n+\nIIII\n",
+            &["found a new header", "line 3"],
+        ),
         (
             "bad_start.fq",
             b"@r1\nACGT\n+\nIIII\nr2\nACGT\n+\nIIII\n",
-            &["expected '@' at the start of FASTQ record 2", "found 'r'", "line 5"],
+            &[
+                "expected '@' at the start of FASTQ record 2",
+                "found 'r'",
+                "line 5",
+            ],
         ),
     ];
     for (name, bytes, parts) in cases {
@@ -659,21 +887,37 @@ fn fastq_structure_errors() {
 fn empty_missing_and_unknown_inputs() {
     let dir = tempdir();
     let empty = write_file(dir.path(), "empty.fa", b"");
-    assert_input_error(read_all(s(&empty)), s(&empty), &["empty input", "no FASTA/FASTQ records"]);
+    assert_input_error(
+        read_all(s(&empty)),
+        s(&empty),
+        &["empty input", "no FASTA/FASTQ records"],
+    );
     let blank = write_file(dir.path(), "blank.fa", b"\n\r\n \n");
     assert_input_error(read_all(s(&blank)), s(&blank), &["empty input"]);
     let empty_gz = write_file(dir.path(), "empty.fa.gz", &gzip(b""));
-    assert_input_error(read_all(s(&empty_gz)), s(&empty_gz), &["empty input", "gzip"]);
+    assert_input_error(
+        read_all(s(&empty_gz)),
+        s(&empty_gz),
+        &["empty input", "gzip"],
+    );
 
     let missing = dir.path().join("missing.fa");
-    assert_input_error(read_all(s(&missing)), s(&missing), &["cannot open", "check the path"]);
+    assert_input_error(
+        read_all(s(&missing)),
+        s(&missing),
+        &["cannot open", "check the path"],
+    );
     assert_input_error(read_all(s(dir.path())), s(dir.path()), &["is a directory"]);
 
     let bed = data("genomes/yeast_chrI_II.genes.bed");
     assert_input_error(
         read_all(s(&bed)),
         s(&bed),
-        &["not FASTA or FASTQ", "first character is 'c'", "pass a FASTA"],
+        &[
+            "not FASTA or FASTQ",
+            "first character is 'c'",
+            "pass a FASTA",
+        ],
     );
     // The same, compressed: the check is on the decompressed content.
     let bed_gz = write_file(dir.path(), "genes.bed.gz", &gzip(&fs::read(&bed).unwrap()));
@@ -728,8 +972,8 @@ fn regions_on_bgzip_chr20_match_samtools() {
     let path = s(&path);
     for text in [
         "20:1-60",
-        "20:59-62",     // spans a line break (60 bases a line)
-        "20:60-61",     // the last base of a line and the first of the next
+        "20:59-62", // spans a line break (60 bases a line)
+        "20:60-61", // the last base of a line and the first of the next
         "20:1,000,001-1,010,000",
         "20:30000000-30000100",
         "20:63025461-63025520", // the last line
@@ -752,7 +996,14 @@ fn regions_on_plain_yeast_and_other_genomes_match_samtools() {
     require_samtools();
     let yeast = data("genomes/yeast_chrI_II.fa");
     let yeast = s(&yeast);
-    for text in ["chrI:1-1", "chrI:100-200", "chrI:59-62", "chrI:230208-230208", "chrII:1-1", "chrII:813,000"] {
+    for text in [
+        "chrI:1-1",
+        "chrI:100-200",
+        "chrI:59-62",
+        "chrI:230208-230208",
+        "chrII:1-1",
+        "chrII:813,000",
+    ] {
         check_region(yeast, text);
     }
     let whole = check_region(yeast, "chrII");
@@ -775,7 +1026,10 @@ fn regions_on_a_crlf_fasta_match_samtools() {
     let dir = tempdir();
     let path = dir.path().join("crlf.fasta");
     fs::copy(data("specimens/crlf_line_endings.fasta"), &path).unwrap();
-    let status = Command::new("samtools").args(["faidx", s(&path)]).status().unwrap();
+    let status = Command::new("samtools")
+        .args(["faidx", s(&path)])
+        .status()
+        .unwrap();
     assert!(status.success());
     for text in [
         "gi|557361099|gb|KF435150.1|:65-80",
@@ -798,7 +1052,11 @@ fn region_errors_say_what_and_how_to_fix() {
     assert_input_error(
         read(chr20, "chr20:1-10"),
         chr20,
-        &["no sequence named 'chr20'", "it has: 20", "use --region 20:1-10"],
+        &[
+            "no sequence named 'chr20'",
+            "it has: 20",
+            "use --region 20:1-10",
+        ],
     );
     assert_input_error(
         read(yeast, "chrX:1-10"),
@@ -819,36 +1077,67 @@ fn region_errors_say_what_and_how_to_fix() {
     for text in ["20:0-10", "20:20-10"] {
         let (err, msg) = expect_err(text.parse::<Region>());
         assert_eq!(err.exit_code(), 2);
-        assert!(msg.contains(text) && msg.contains("e.g. 20:1,000,001-1,010,000"), "{msg}");
+        assert!(
+            msg.contains(text) && msg.contains("e.g. 20:1,000,001-1,010,000"),
+            "{msg}"
+        );
     }
     let reversed = Region {
         name: "chrI".into(),
         start: 10,
         end: Some(10),
     };
-    assert_input_error(region::read_region(yeast, &reversed), yeast, &["is empty", "230,208 bp"]);
+    assert_input_error(
+        region::read_region(yeast, &reversed),
+        yeast,
+        &["is empty", "230,208 bp"],
+    );
 
     let dir = tempdir();
     // No .fai.
     let bare = dir.path().join("yeast.fa");
     fs::copy(yeast, &bare).unwrap();
-    assert_input_error(read(s(&bare), "chrI:1-10"), s(&bare), &["no index", ".fai", "samtools faidx"]);
+    assert_input_error(
+        read(s(&bare), "chrI:1-10"),
+        s(&bare),
+        &["no index", ".fai", "samtools faidx"],
+    );
     // bgzip with .fai but no .gzi.
     let no_gzi = dir.path().join("ecoli.fa.gz");
     fs::copy(data("genomes/ecoli_k12.fa.gz"), &no_gzi).unwrap();
-    fs::copy(data("genomes/ecoli_k12.fa.gz.fai"), dir.path().join("ecoli.fa.gz.fai")).unwrap();
+    fs::copy(
+        data("genomes/ecoli_k12.fa.gz.fai"),
+        dir.path().join("ecoli.fa.gz.fai"),
+    )
+    .unwrap();
     assert_input_error(
         read(s(&no_gzi), "NC_000913:1-10"),
         s(&no_gzi),
         &[".gzi", "samtools faidx", "writes .fai and .gzi"],
     );
     // Plain gzip (not bgzip), even with an index next to it.
-    let gz = write_file(dir.path(), "yeast_plain.fa.gz", &gzip(&fs::read(yeast).unwrap()));
-    fs::copy(format!("{yeast}.fai"), dir.path().join("yeast_plain.fa.gz.fai")).unwrap();
-    assert_input_error(read(s(&gz), "chrI:1-10"), s(&gz), &["plain gzip (not bgzip)", "bgzip"]);
+    let gz = write_file(
+        dir.path(),
+        "yeast_plain.fa.gz",
+        &gzip(&fs::read(yeast).unwrap()),
+    );
+    fs::copy(
+        format!("{yeast}.fai"),
+        dir.path().join("yeast_plain.fa.gz.fai"),
+    )
+    .unwrap();
+    assert_input_error(
+        read(s(&gz), "chrI:1-10"),
+        s(&gz),
+        &["plain gzip (not bgzip)", "bgzip"],
+    );
     // Other compressions.
     let xz_path = write_file(dir.path(), "yeast.fa.xz", &xz(b">chrI\nACGT\n"));
-    assert_input_error(read(s(&xz_path), "chrI:1-2"), s(&xz_path), &["xz-compressed", "bgzip"]);
+    assert_input_error(
+        read(s(&xz_path), "chrI:1-2"),
+        s(&xz_path),
+        &["xz-compressed", "bgzip"],
+    );
     // An index that does not belong to the file.
     let stale = dir.path().join("stale.fa");
     fs::copy(yeast, &stale).unwrap();
@@ -856,11 +1145,19 @@ fn region_errors_say_what_and_how_to_fix() {
     assert_input_error(
         read(s(&stale), "chrI:1-10"),
         s(&stale),
-        &["read 0 bases, expected 10", "does not match the file", "samtools faidx"],
+        &[
+            "read 0 bases, expected 10",
+            "does not match the file",
+            "samtools faidx",
+        ],
     );
     // Missing file, stdin.
     let missing = dir.path().join("missing.fa");
-    assert_input_error(read(s(&missing), "chrI"), s(&missing), &["cannot open", "check the path"]);
+    assert_input_error(
+        read(s(&missing), "chrI"),
+        s(&missing),
+        &["cannot open", "check the path"],
+    );
     let (err, msg) = expect_err(read("-", "chrI:1-10"));
     assert_eq!(err.exit_code(), 2);
     assert!(msg.contains("stdin"), "{msg}");

@@ -32,8 +32,8 @@ fn hugging_face_checkpoints_match_transformers_hidden_states() {
         if !dir.join("config.json").is_file() {
             continue;
         }
-        let model = GenoModel::load(&dir, &device)
-            .unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
+        let model =
+            GenoModel::load(&dir, &device).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
         let expected: serde_json::Value =
             serde_json::from_str(&std::fs::read_to_string(dir.join("expected.json")).unwrap())
                 .unwrap();
@@ -65,7 +65,10 @@ fn hugging_face_checkpoints_match_transformers_hidden_states() {
         }
         cases += 1;
     }
-    assert!(cases >= 6, "expected at least 6 fixture checkpoints, found {cases}");
+    assert!(
+        cases >= 6,
+        "expected at least 6 fixture checkpoints, found {cases}"
+    );
 }
 
 fn test_dna() -> Vec<u8> {

@@ -101,55 +101,62 @@ pub fn run(a: AnnotateArgs) -> Result<()> {
         // Records of a multi-record batch all fit in one chunk, so chunks arrive record by
         // record for long records and all at once for short ones: output stays in order.
         let mut started = vec![false; batch.len()];
-        run_batch_tensor(&model.backbone, &seqs, a.input.chunk_size, &device, &mut |start, hidden| {
-            let [_, len, _] = hidden.dims();
-            let probs = model
-                .head_probs(hidden)
-                .map(host_values)
-                .ok_or_else(|| Error::Runtime("model head vanished".into()))?;
-            for (b, rec) in batch.iter().enumerate() {
-                if !started[b] {
-                    started[b] = true;
-                    if let Some(o) = &mut bed {
-                        seg.start_chrom(o, &rec.chrom)?;
-                    }
-                    if let Some(o) = &mut bg {
-                        graph.start_chrom(o, &rec.chrom)?;
-                    }
-                }
-                let valid = seqs[b].len().saturating_sub(start).min(len);
-                for t in 0..valid {
-                    let p = &probs[(b * len + t) * n..(b * len + t + 1) * n];
-                    let pos = rec.offset + (start + t) as u64;
-                    if let Some(o) = &mut bed {
-                        seg.push(o, pos, p)?;
-                    }
-                    if let Some(o) = &mut bg {
-                        graph.push(o, pos, p[track])?;
-                    }
-                    if let Some(o) = &mut tsv {
-                        use std::fmt::Write;
-                        line.clear();
-                        let _ = write!(line, "{}\t{}\t{}", rec.chrom, pos + 1, labels[argmax(p)]);
-                        for v in p {
-                            let _ = write!(line, "\t{v:.4}");
+        run_batch_tensor(
+            &model.backbone,
+            &seqs,
+            a.input.chunk_size,
+            &device,
+            &mut |start, hidden| {
+                let [_, len, _] = hidden.dims();
+                let probs = model
+                    .head_probs(hidden)
+                    .map(host_values)
+                    .ok_or_else(|| Error::Runtime("model head vanished".into()))?;
+                for (b, rec) in batch.iter().enumerate() {
+                    if !started[b] {
+                        started[b] = true;
+                        if let Some(o) = &mut bed {
+                            seg.start_chrom(o, &rec.chrom)?;
                         }
-                        line.push('\n');
-                        o.write_all(line.as_bytes())?;
+                        if let Some(o) = &mut bg {
+                            graph.start_chrom(o, &rec.chrom)?;
+                        }
+                    }
+                    let valid = seqs[b].len().saturating_sub(start).min(len);
+                    for t in 0..valid {
+                        let p = &probs[(b * len + t) * n..(b * len + t + 1) * n];
+                        let pos = rec.offset + (start + t) as u64;
+                        if let Some(o) = &mut bed {
+                            seg.push(o, pos, p)?;
+                        }
+                        if let Some(o) = &mut bg {
+                            graph.push(o, pos, p[track])?;
+                        }
+                        if let Some(o) = &mut tsv {
+                            use std::fmt::Write;
+                            line.clear();
+                            let _ =
+                                write!(line, "{}\t{}\t{}", rec.chrom, pos + 1, labels[argmax(p)]);
+                            for v in p {
+                                let _ = write!(line, "\t{v:.4}");
+                            }
+                            line.push('\n');
+                            o.write_all(line.as_bytes())?;
+                        }
+                    }
+                    if start + len >= seqs[b].len() {
+                        if let Some(o) = &mut bed {
+                            seg.finish(o)?;
+                        }
+                        if let Some(o) = &mut bg {
+                            graph.finish(o)?;
+                        }
                     }
                 }
-                if start + len >= seqs[b].len() {
-                    if let Some(o) = &mut bed {
-                        seg.finish(o)?;
-                    }
-                    if let Some(o) = &mut bg {
-                        graph.finish(o)?;
-                    }
-                }
-            }
-            pb.inc((len * seqs.len()) as u64);
-            Ok(())
-        })
+                pb.inc((len * seqs.len()) as u64);
+                Ok(())
+            },
+        )
     })?;
     for o in [bed, bg, tsv].into_iter().flatten() {
         o.commit()?;

@@ -54,16 +54,22 @@ pub fn run(a: ClassifyArgs) -> Result<()> {
     a.input.for_each_batch(&mut skipped, &mut |batch| {
         let seqs: Vec<&[u8]> = batch.iter().map(|r| r.tokens.as_slice()).collect();
         let mut pools = vec![Pooler::new(Pool::Mean, d); batch.len()];
-        run_batch(&model.backbone, &seqs, a.input.chunk_size, &device, &mut |c| {
-            for (b, p) in pools.iter_mut().enumerate() {
-                let valid = seqs[b].len().saturating_sub(c.start).min(c.len);
-                for t in 0..valid {
-                    p.push(c.at(b, t));
+        run_batch(
+            &model.backbone,
+            &seqs,
+            a.input.chunk_size,
+            &device,
+            &mut |c| {
+                for (b, p) in pools.iter_mut().enumerate() {
+                    let valid = seqs[b].len().saturating_sub(c.start).min(c.len);
+                    for t in 0..valid {
+                        p.push(c.at(b, t));
+                    }
                 }
-            }
-            pb.inc((c.len * seqs.len()) as u64);
-            Ok(())
-        })?;
+                pb.inc((c.len * seqs.len()) as u64);
+                Ok(())
+            },
+        )?;
         let pooled: Vec<f32> = pools
             .iter()
             .flat_map(|p| p.finish().unwrap_or_else(|| vec![0.0; d]))

@@ -67,7 +67,9 @@ impl InputArgs {
                 ));
             }
             // Ignored if the pool was already built (only in tests running several commands).
-            let _ = rayon::ThreadPoolBuilder::new().num_threads(n).build_global();
+            let _ = rayon::ThreadPoolBuilder::new()
+                .num_threads(n)
+                .build_global();
         }
         let regions = self.parsed_regions()?;
         if !regions.is_empty() && self.inputs.iter().any(|i| i == "-") {

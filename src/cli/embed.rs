@@ -71,16 +71,22 @@ pub fn run(a: EmbedArgs) -> Result<()> {
             a.input.for_each_batch(&mut skipped, &mut |batch| {
                 let seqs: Vec<&[u8]> = batch.iter().map(|r| r.tokens.as_slice()).collect();
                 let mut pools = vec![Pooler::new(pool, d); batch.len()];
-                run_batch(&model.backbone, &seqs, a.input.chunk_size, &device, &mut |c| {
-                    for (b, p) in pools.iter_mut().enumerate() {
-                        let valid = seqs[b].len().saturating_sub(c.start).min(c.len);
-                        for t in 0..valid {
-                            p.push(c.at(b, t));
+                run_batch(
+                    &model.backbone,
+                    &seqs,
+                    a.input.chunk_size,
+                    &device,
+                    &mut |c| {
+                        for (b, p) in pools.iter_mut().enumerate() {
+                            let valid = seqs[b].len().saturating_sub(c.start).min(c.len);
+                            for t in 0..valid {
+                                p.push(c.at(b, t));
+                            }
                         }
-                    }
-                    pb.inc((c.len * seqs.len()) as u64);
-                    Ok(())
-                })?;
+                        pb.inc((c.len * seqs.len()) as u64);
+                        Ok(())
+                    },
+                )?;
                 for (rec, p) in batch.iter().zip(&pools) {
                     let mut line = format!("{}\t{}", rec.id, rec.tokens.len());
                     if let Some(v) = p.finish() {
@@ -118,20 +124,26 @@ pub fn run(a: EmbedArgs) -> Result<()> {
                     o.write_all(&npy_header(&[rec.tokens.len(), d]))?;
                     outs.push(o);
                 }
-                run_batch(&model.backbone, &seqs, a.input.chunk_size, &device, &mut |c| {
-                    for (b, o) in outs.iter_mut().enumerate() {
-                        let valid = seqs[b].len().saturating_sub(c.start).min(c.len);
-                        let mut bytes = Vec::with_capacity(valid * d * 4);
-                        for t in 0..valid {
-                            for x in c.at(b, t) {
-                                bytes.extend_from_slice(&x.to_le_bytes());
+                run_batch(
+                    &model.backbone,
+                    &seqs,
+                    a.input.chunk_size,
+                    &device,
+                    &mut |c| {
+                        for (b, o) in outs.iter_mut().enumerate() {
+                            let valid = seqs[b].len().saturating_sub(c.start).min(c.len);
+                            let mut bytes = Vec::with_capacity(valid * d * 4);
+                            for t in 0..valid {
+                                for x in c.at(b, t) {
+                                    bytes.extend_from_slice(&x.to_le_bytes());
+                                }
                             }
+                            o.write_all(&bytes)?;
                         }
-                        o.write_all(&bytes)?;
-                    }
-                    pb.inc((c.len * seqs.len()) as u64);
-                    Ok(())
-                })?;
+                        pb.inc((c.len * seqs.len()) as u64);
+                        Ok(())
+                    },
+                )?;
                 for o in outs {
                     o.commit()?;
                 }

@@ -9,7 +9,6 @@ mod init;
 
 use clap::{Parser, Subcommand};
 
-
 /// Mamba state-space models over DNA at single-nucleotide resolution.
 #[derive(Debug, Parser)]
 #[command(name = "genomamba", version, about, long_about = None)]

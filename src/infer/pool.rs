@@ -53,7 +53,11 @@ impl Pooler {
     /// Adds one position's hidden state.
     pub fn push(&mut self, h: &[f32]) {
         match self.pool {
-            Pool::Mean => self.acc.iter_mut().zip(h).for_each(|(a, &x)| *a += x as f64),
+            Pool::Mean => self
+                .acc
+                .iter_mut()
+                .zip(h)
+                .for_each(|(a, &x)| *a += x as f64),
             Pool::Max => self
                 .acc
                 .iter_mut()

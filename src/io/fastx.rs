@@ -42,7 +42,8 @@ pub struct Record {
 }
 
 /// Fix for a byte that is not a nucleotide code.
-pub(crate) const BAD_BASE_FIX: &str = "remove or replace it; allowed: ACGTUN, IUPAC codes, lowercase";
+pub(crate) const BAD_BASE_FIX: &str =
+    "remove or replace it; allowed: ACGTUN, IUPAC codes, lowercase";
 /// Fix for a damaged compressed stream.
 const CORRUPT_FIX: &str = "re-download or re-compress the file";
 /// Fix for a file that is neither FASTA nor FASTQ.
@@ -104,7 +105,11 @@ pub fn for_each_record(path: &str, f: &mut dyn FnMut(Record) -> Result<()>) -> R
                 other => other,
             }
         }
-        Some(other) => Err(not_fastx(path, other, input.reader.fill_buf().unwrap_or(&[]))),
+        Some(other) => Err(not_fastx(
+            path,
+            other,
+            input.reader.fill_buf().unwrap_or(&[]),
+        )),
     }
 }
 
@@ -238,9 +243,15 @@ impl Input {
             Compression::Gzip => Box::new(flate2::bufread::MultiGzDecoder::new(rest)),
             Compression::Bzip2 => Box::new(bzip2::bufread::MultiBzDecoder::new(rest)),
             Compression::Xz => Box::new(liblzma::bufread::XzDecoder::new_multi_decoder(rest)),
-            Compression::Zstd => Box::new(zstd::stream::read::Decoder::with_buffer(rest).map_err(
-                |e| Error::input(path, format!("cannot start the zstd decoder: {e}"), CORRUPT_FIX),
-            )?),
+            Compression::Zstd => {
+                Box::new(zstd::stream::read::Decoder::with_buffer(rest).map_err(|e| {
+                    Error::input(
+                        path,
+                        format!("cannot start the zstd decoder: {e}"),
+                        CORRUPT_FIX,
+                    )
+                })?)
+            }
         };
         let decoded = Tap {
             inner: decoder,
@@ -257,12 +268,18 @@ impl Input {
     /// content (not consumed), or `None` at the end of the input.
     fn first_byte(&mut self) -> Result<Option<u8>> {
         const BOM: &[u8] = &[0xef, 0xbb, 0xbf];
-        let buf = self.reader.fill_buf().map_err(|e| self.ctx.io_error(e, None))?;
+        let buf = self
+            .reader
+            .fill_buf()
+            .map_err(|e| self.ctx.io_error(e, None))?;
         if buf.starts_with(BOM) {
             self.reader.consume(BOM.len());
         }
         loop {
-            let buf = self.reader.fill_buf().map_err(|e| self.ctx.io_error(e, None))?;
+            let buf = self
+                .reader
+                .fill_buf()
+                .map_err(|e| self.ctx.io_error(e, None))?;
             let Some(&byte) = buf.first() else {
                 return Ok(None);
             };
@@ -471,7 +488,11 @@ fn read_fasta(
 impl Ctx {
     /// Maps a needletail parse error (FASTA) to an [`Error`].
     fn parse_error(&self, e: ParseError, number: usize) -> Error {
-        let record = e.position.id.clone().unwrap_or_else(|| format!("#{number}"));
+        let record = e
+            .position
+            .id
+            .clone()
+            .unwrap_or_else(|| format!("#{number}"));
         if e.kind == ParseErrorKind::Io {
             return self.io_error(io::Error::other(e.msg), Some(&record));
         }
@@ -529,7 +550,8 @@ fn read_fastq(
         buf: Vec::with_capacity(1024),
         line: ctx.lines_skipped,
     };
-    let fastq_err = |what: String, record: &str| Error::input(&path, what, FASTQ_FIX).in_record(record);
+    let fastq_err =
+        |what: String, record: &str| Error::input(&path, what, FASTQ_FIX).in_record(record);
     let mut number = 0usize;
     loop {
         // Header (blank lines between records are skipped).
@@ -564,7 +586,7 @@ fn read_fastq(
             let at = lines.line + 1;
             let Some(l) = lines.next(Some(&name))? else {
                 return Err(fastq_err(
-                    format!("unexpected end of input before the '+' line (line {at})"),
+                    format!("unexpected end of input on line {at}, before the '+' line"),
                     &name,
                 ));
             };
@@ -593,7 +615,7 @@ fn read_fastq(
             let Some(l) = lines.next(Some(&name))? else {
                 return Err(fastq_err(
                     format!(
-                        "unexpected end of input in the quality (line {at}): {qual_len} quality characters for {} bases",
+                        "unexpected end of input on line {at}, in the quality: {qual_len} quality characters for {} bases",
                         tokens.len()
                     ),
                     &name,
@@ -604,7 +626,7 @@ fn read_fastq(
         if qual_len != tokens.len() {
             return Err(fastq_err(
                 format!(
-                    "quality length {qual_len} differs from sequence length {} (line {})",
+                    "quality length {qual_len} differs from sequence length {}, quality ending on line {}",
                     tokens.len(),
                     lines.line
                 ),

@@ -44,7 +44,10 @@ impl Output {
         };
         if !dir.is_dir() {
             return Err(Error::usage(
-                format!("cannot write {dest}: directory {} does not exist", dir.display()),
+                format!(
+                    "cannot write {dest}: directory {} does not exist",
+                    dir.display()
+                ),
                 "create the directory first or choose another output path",
             ));
         }
@@ -162,7 +165,11 @@ mod tests {
         assert!(!dest.exists());
         drop(o);
         assert!(!dest.exists());
-        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0, "temp file left behind");
+        assert_eq!(
+            std::fs::read_dir(dir.path()).unwrap().count(),
+            0,
+            "temp file left behind"
+        );
         let mut o = Output::create(d).unwrap();
         o.write_all(b"hello\n").unwrap();
         o.commit().unwrap();

@@ -56,7 +56,8 @@ impl FromStr for Region {
         }
         let (name, coords) = match s.rsplit_once(':') {
             Some((name, c))
-                if c.is_empty() || c.starts_with(|ch: char| ch.is_ascii_digit() || ch == ',' || ch == '-') =>
+                if c.is_empty()
+                    || c.starts_with(|ch: char| ch.is_ascii_digit() || ch == ',' || ch == '-') =>
             {
                 (name, Some(c))
             }
@@ -95,12 +96,16 @@ impl FromStr for Region {
             Some(text) => Some(number(text)?),
         };
         if start_1based == 0 {
-            return Err(bad("positions are 1-based: the first base is 1, not 0".into()));
+            return Err(bad(
+                "positions are 1-based: the first base is 1, not 0".into()
+            ));
         }
         if let Some(end) = end_1based
             && end < start_1based
         {
-            return Err(bad(format!("the end ({end}) is before the start ({start_1based})")));
+            return Err(bad(format!(
+                "the end ({end}) is before the start ({start_1based})"
+            )));
         }
         // 1-based inclusive [s, e] -> 0-based half-open [s - 1, e).
         Ok(Region {
@@ -135,7 +140,7 @@ fn thousands(n: u64) -> String {
     let digits = n.to_string();
     let mut out = String::with_capacity(digits.len() + digits.len() / 3);
     for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i) % 3 == 0 {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
             out.push(',');
         }
         out.push(c);
@@ -217,7 +222,11 @@ pub fn read_region(path: &str, region: &Region) -> Result<Record> {
     let mut file = File::open(path)
         .map_err(|e| Error::input(path, format!("cannot open: {e}"), "check the path"))?;
     if file.metadata().map(|m| m.is_dir()).unwrap_or(false) {
-        return Err(Error::input(path, "cannot open: is a directory", "pass a FASTA file"));
+        return Err(Error::input(
+            path,
+            "cannot open: is a directory",
+            "pass a FASTA file",
+        ));
     }
     let layout = layout(path, &mut file)?;
     file.rewind().map_err(|e| Error::io(path, e))?;
@@ -254,7 +263,11 @@ pub fn read_region(path: &str, region: &Region) -> Result<Record> {
     let too_far = |what: String| {
         Error::input(
             path,
-            format!("{what}: sequence {} is {} bp long", region.name, thousands(length)),
+            format!(
+                "{what}: sequence {} is {} bp long",
+                region.name,
+                thousands(length)
+            ),
             &fix_range,
         )
         .in_record(&region.name)
@@ -266,10 +279,14 @@ pub fn read_region(path: &str, region: &Region) -> Result<Record> {
     }
     let end = region.end.unwrap_or(length);
     if end > length {
-        return Err(too_far(format!("region {region} ends past the end of the sequence")));
+        return Err(too_far(format!(
+            "region {region} ends past the end of the sequence"
+        )));
     }
     if end <= region.start {
-        return Err(too_far(format!("region {region} is empty (its end is not after its start)")));
+        return Err(too_far(format!(
+            "region {region} is empty (its end is not after its start)"
+        )));
     }
 
     // 0-based half-open [start, end) -> 1-based inclusive positions for noodles.
@@ -277,7 +294,12 @@ pub fn read_region(path: &str, region: &Region) -> Result<Record> {
         usize::try_from(p)
             .ok()
             .and_then(|p| Position::try_from(p).ok())
-            .ok_or_else(|| Error::usage(format!("region {region}: position {p} is out of range"), REGION_FORM))
+            .ok_or_else(|| {
+                Error::usage(
+                    format!("region {region}: position {p} is out of range"),
+                    REGION_FORM,
+                )
+            })
     };
     let query = noodles::core::Region::new(
         region.name.as_str(),
@@ -364,7 +386,12 @@ fn unknown_sequence(path: &str, region: &Region, index: &fasta::fai::Index) -> E
         .iter()
         .map(|r| String::from_utf8_lossy(r.name().as_ref()).into_owned())
         .collect();
-    let mut listed = names.iter().take(SHOWN).cloned().collect::<Vec<_>>().join(", ");
+    let mut listed = names
+        .iter()
+        .take(SHOWN)
+        .cloned()
+        .collect::<Vec<_>>()
+        .join(", ");
     if names.len() > SHOWN {
         listed.push_str(&format!(", ... ({} sequences)", names.len()));
     }
@@ -382,7 +409,10 @@ fn unknown_sequence(path: &str, region: &Region, index: &fasta::fai::Index) -> E
     };
     Error::input(
         path,
-        format!("no sequence named '{}' in the index (it has: {listed})", region.name),
+        format!(
+            "no sequence named '{}' in the index (it has: {listed})",
+            region.name
+        ),
         fix,
     )
 }
@@ -407,40 +437,68 @@ mod tests {
     fn parses_samtools_forms() {
         assert_eq!(parse("20"), region("20", 0, None));
         assert_eq!(parse("chr1:1-10"), region("chr1", 0, Some(10)));
-        assert_eq!(parse("20:1,000,001-1,010,000"), region("20", 1_000_000, Some(1_010_000)));
+        assert_eq!(
+            parse("20:1,000,001-1,010,000"),
+            region("20", 1_000_000, Some(1_010_000))
+        );
         assert_eq!(parse("chrII:5"), region("chrII", 4, None));
         assert_eq!(parse("chrII:5-"), region("chrII", 4, None));
         assert_eq!(parse("chrII:-5"), region("chrII", 0, Some(5)));
         assert_eq!(parse("chrM:7-7"), region("chrM", 6, Some(7)));
         // Names may contain ':' and '-' when the text after the last ':' is not coordinates.
         assert_eq!(parse("HLA-A:x"), region("HLA-A:x", 0, None));
-        assert_eq!(parse("gi|1|ref|NC_1.1|"), region("gi|1|ref|NC_1.1|", 0, None));
+        assert_eq!(
+            parse("gi|1|ref|NC_1.1|"),
+            region("gi|1|ref|NC_1.1|", 0, None)
+        );
         assert_eq!(parse("seq:v2:1-3"), region("seq:v2", 0, Some(3)));
     }
 
     #[test]
     fn displays_1based_and_round_trips() {
-        for text in ["20", "20:1000001-1010000", "chrII:5", "chrM:7-7", "chr1:1-1"] {
+        for text in [
+            "20",
+            "20:1000001-1010000",
+            "chrII:5",
+            "chrM:7-7",
+            "chr1:1-1",
+        ] {
             let r = parse(text);
             assert_eq!(r.display_1based(), text);
             assert_eq!(r.to_string(), text);
             assert_eq!(parse(&r.display_1based()), r);
         }
-        assert_eq!(parse("20:1,000,001-1,010,000").display_1based(), "20:1000001-1010000");
+        assert_eq!(
+            parse("20:1,000,001-1,010,000").display_1based(),
+            "20:1000001-1010000"
+        );
     }
 
     #[test]
     fn rejects_bad_syntax_as_usage_errors_with_the_right_form() {
         for text in [
-            "", "chr1:", ":1-10", "chr1:0-10", "chr1:0", "chr1:10-5", "chr1:1-2-3", "chr1:1-x",
-            "chr1:1x-5", "chr1:-", "chr1 :1-5", "chr1:99999999999999999999999",
+            "",
+            "chr1:",
+            ":1-10",
+            "chr1:0-10",
+            "chr1:0",
+            "chr1:10-5",
+            "chr1:1-2-3",
+            "chr1:1-x",
+            "chr1:1x-5",
+            "chr1:-",
+            "chr1 :1-5",
+            "chr1:99999999999999999999999",
         ] {
             let err = text.parse::<Region>().unwrap_err();
             assert!(matches!(err, Error::Usage { .. }), "{text}: {err:?}");
             assert_eq!(err.exit_code(), 2);
             let msg = err.to_string();
             assert!(msg.contains(&format!("'{text}'")), "{msg}");
-            assert!(msg.contains("NAME:START-END") && msg.contains("e.g."), "{msg}");
+            assert!(
+                msg.contains("NAME:START-END") && msg.contains("e.g."),
+                "{msg}"
+            );
             assert!(!msg.contains('\n'), "{msg}");
         }
         let msg = "chr1:0-10".parse::<Region>().unwrap_err().to_string();

@@ -4,8 +4,8 @@
 //! 0-based half-open intervals, as BED and bedGraph define them. Rows come out sorted by
 //! start within each chromosome, so `bedtools merge` accepts them unchanged.
 
-use std::collections::BinaryHeap;
 use std::cmp::Reverse;
+use std::collections::BinaryHeap;
 use std::io::Write;
 
 use crate::Result;
@@ -93,7 +93,9 @@ impl BedSegmenter {
             if min_open.is_some_and(|m| r.start > m) {
                 break;
             }
-            let Some(Reverse(r)) = self.done.pop() else { break };
+            let Some(Reverse(r)) = self.done.pop() else {
+                break;
+            };
             self.write_row(out, &r)?;
         }
         Ok(())
@@ -209,7 +211,10 @@ mod tests {
             [0.0, 1.0, 0.0],
         ];
         let bed = run_bed(&probs, 0.5);
-        assert_eq!(bed, "c\t101\t103\ta\t700\t.\nc\t102\t104\tb\t700\t.\nc\t105\t106\ta\t1000\t.\n");
+        assert_eq!(
+            bed,
+            "c\t101\t103\ta\t700\t.\nc\t102\t104\tb\t700\t.\nc\t105\t106\ta\t1000\t.\n"
+        );
     }
 
     #[test]

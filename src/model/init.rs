@@ -51,11 +51,17 @@ pub fn init_tensors(cfg: &MambaConfig, seed: u64) -> TensorMap {
         vec![cfg.vocab_size, d],
         normal(&mut rng, cfg.vocab_size * d, 0.02),
     );
-    let lin = |rng: &mut StdRng, out: usize, inp: usize| uniform(rng, out * inp, 1.0 / (inp as f64).sqrt());
+    let lin = |rng: &mut StdRng, out: usize, inp: usize| {
+        uniform(rng, out * inp, 1.0 / (inp as f64).sqrt())
+    };
     for i in 0..cfg.n_layer {
         let p = format!("layers.{i}.mixer");
         m.insert(format!("layers.{i}.norm.weight"), vec![d], vec![1.0; d]);
-        m.insert(format!("{p}.in_proj.weight"), vec![2 * di, d], lin(&mut rng, 2 * di, d));
+        m.insert(
+            format!("{p}.in_proj.weight"),
+            vec![2 * di, d],
+            lin(&mut rng, 2 * di, d),
+        );
         if cfg.bias {
             m.insert(format!("{p}.in_proj.bias"), vec![2 * di], vec![0.0; 2 * di]);
         }
@@ -98,7 +104,10 @@ pub fn init_tensors(cfg: &MambaConfig, seed: u64) -> TensorMap {
         m.insert(format!("{p}.A_log"), vec![di, n], a_log);
         m.insert(format!("{p}.D"), vec![di], vec![1.0; di]);
         let scale = 1.0 / (cfg.n_layer as f32).sqrt();
-        let out: Vec<f32> = lin(&mut rng, d, di).into_iter().map(|w| w * scale).collect();
+        let out: Vec<f32> = lin(&mut rng, d, di)
+            .into_iter()
+            .map(|w| w * scale)
+            .collect();
         m.insert(format!("{p}.out_proj.weight"), vec![d, di], out);
         if cfg.bias {
             m.insert(format!("{p}.out_proj.bias"), vec![d], vec![0.0; d]);

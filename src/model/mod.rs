@@ -145,7 +145,10 @@ impl GenoModel {
             )
         })?;
         let config = if value.get("model_type").is_some() {
-            let mt = value.get("model_type").and_then(|v| v.as_str()).unwrap_or("");
+            let mt = value
+                .get("model_type")
+                .and_then(|v| v.as_str())
+                .unwrap_or("");
             if mt != "mamba" {
                 return Err(Error::model(
                     dir,
@@ -155,7 +158,8 @@ impl GenoModel {
             }
             let arch = MambaConfig::from_hf(&value, &cfg_path.display().to_string())?;
             let mut c = ModelConfig::new(arch);
-            c.provenance = serde_json::json!({"source": "huggingface", "dir": dir.display().to_string()});
+            c.provenance =
+                serde_json::json!({"source": "huggingface", "dir": dir.display().to_string()});
             c
         } else {
             let c: ModelConfig = serde_json::from_value(value).map_err(|e| {
@@ -168,7 +172,10 @@ impl GenoModel {
             if c.format != FORMAT || c.tokenizer != TOKENIZER {
                 return Err(Error::model(
                     dir,
-                    format!("unknown format '{}' / tokenizer '{}'", c.format, c.tokenizer),
+                    format!(
+                        "unknown format '{}' / tokenizer '{}'",
+                        c.format, c.tokenizer
+                    ),
                     "regenerate it with `genomamba init`",
                 ));
             }
@@ -203,7 +210,8 @@ impl GenoModel {
         let tmp_w = crate::io::output::temp_path(&dir.join("model.safetensors"));
         map.write(&tmp_w)?;
         let tmp_c = crate::io::output::temp_path(&dir.join("config.json"));
-        std::fs::write(&tmp_c, json + "\n").map_err(|e| Error::io(tmp_c.display().to_string(), e))?;
+        std::fs::write(&tmp_c, json + "\n")
+            .map_err(|e| Error::io(tmp_c.display().to_string(), e))?;
         for (tmp, name) in [(tmp_w, "model.safetensors"), (tmp_c, "config.json")] {
             std::fs::rename(&tmp, dir.join(name))
                 .map_err(|e| Error::io(dir.join(name).display().to_string(), e))?;

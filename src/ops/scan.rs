@@ -19,9 +19,9 @@
 //! (the CPU backend with a host loop); the reference stays the truth they are tested against,
 //! and autodiff devices differentiate through it.
 
+use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
 use burn::backend::tensor::FloatTensor;
 use burn::backend::{Autodiff, Backend, Dispatch, ExtensionType, Flex, backend_extension};
-use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
 use burn::tensor::Tensor;
 
 /// Inputs of the selective scan, as backend primitives.
@@ -153,7 +153,7 @@ pub fn selective_scan(args: ScanArgs) -> (Tensor<3>, Tensor<3>) {
 
 /// Runs the reference implementation of the selective scan (plain tensor operations).
 pub fn selective_scan_reference(args: ScanArgs) -> (Tensor<3>, Tensor<3>) {
-    from_dispatch(<Dispatch as SelectiveScanBackend>::selective_scan_reference(
-        args.into_dispatch(),
-    ))
+    from_dispatch(
+        <Dispatch as SelectiveScanBackend>::selective_scan_reference(args.into_dispatch()),
+    )
 }

@@ -16,7 +16,8 @@ fn host(t: &FlexTensor) -> Option<std::borrow::Cow<'_, [f32]>> {
         Some(s) if t.is_contiguous() => Some(std::borrow::Cow::Borrowed(s)),
         _ => {
             let c = t.to_contiguous();
-            c.as_slice::<f32>().map(|s| std::borrow::Cow::Owned(s.to_vec()))
+            c.as_slice::<f32>()
+                .map(|s| std::borrow::Cow::Owned(s.to_vec()))
         }
     }
 }
@@ -82,6 +83,10 @@ pub(crate) fn scan_flex(input: ScanInput<Flex>) -> ScanOutput<Flex> {
         [b, l, d] => (*b, *l, *d),
         _ => return super::scan_reference::scan_reference::<Flex>(input),
     };
+    if batch == 0 || len == 0 || d_inner == 0 || d_state == 0 {
+        // Degenerate shapes: nothing to fuse; the reference handles them.
+        return super::scan_reference::scan_reference::<Flex>(input);
+    }
     let parts = (
         host(&input.u),
         host(&input.delta),
@@ -93,8 +98,17 @@ pub(crate) fn scan_flex(input: ScanInput<Flex>) -> ScanOutput<Flex> {
         host(&input.delta_bias),
         host(&input.h0),
     );
-    let (Some(u), Some(delta), Some(a), Some(bm), Some(cm), Some(dv), Some(z), Some(bias), Some(h0)) =
-        parts
+    let (
+        Some(u),
+        Some(delta),
+        Some(a),
+        Some(bm),
+        Some(cm),
+        Some(dv),
+        Some(z),
+        Some(bias),
+        Some(h0),
+    ) = parts
     else {
         drop(parts);
         return super::scan_reference::scan_reference::<Flex>(input);
@@ -109,13 +123,10 @@ pub(crate) fn scan_flex(input: ScanInput<Flex>) -> ScanOutput<Flex> {
     let mut h_out = h0.to_vec();
     let mut y_cm = vec![0.0f32; batch * d_inner * len]; // channel-major scratch
     h_out
-        .par_chunks_mut(d_state.max(1))
-        .zip(y_cm.par_chunks_mut(len.max(1)))
+        .par_chunks_mut(d_state)
+        .zip(y_cm.par_chunks_mut(len))
         .enumerate()
         .for_each(|(idx, (h, y))| {
-            if d_state == 0 || len == 0 {
-                return;
-            }
             let bi = idx / d_inner;
             let ch = idx % d_inner;
             let off = bi * len * d_inner;
@@ -137,7 +148,7 @@ pub(crate) fn scan_flex(input: ScanInput<Flex>) -> ScanOutput<Flex> {
         });
     // Back to time-major [batch, len, d_inner].
     let mut y = vec![0.0f32; batch * len * d_inner];
-    y.par_chunks_mut(len.max(1) * d_inner)
+    y.par_chunks_mut(len * d_inner)
         .enumerate()
         .for_each(|(bi, yb)| {
             for ch in 0..d_inner {

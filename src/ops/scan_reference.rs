@@ -50,6 +50,10 @@ pub fn scan_reference<B: Backend>(input: ScanInput<B>) -> ScanOutput<B> {
     } = input;
     let [batch, len, d_inner] = <[usize; 3]>::try_from(dims::<B>(&u)).unwrap_or([0, 0, 0]);
     let d_state = dims::<B>(&a).get(1).copied().unwrap_or(0);
+    if batch == 0 || len == 0 {
+        // No time steps: the output is empty and the state is unchanged.
+        return ScanOutput { y: u, h: h0 };
+    }
 
     // Δ = softplus(delta + bias)   (Algorithm 2, line 5-6)
     let bias = B::float_reshape(delta_bias, Shape::new([1, 1, d_inner]));
@@ -105,11 +109,7 @@ pub fn scan_reference<B: Backend>(input: ScanInput<B>) -> ScanOutput<B> {
         ys.push(B::float_reshape(y, Shape::new([batch, tl, d_inner])));
         t0 = t1;
     }
-    let y = if ys.is_empty() {
-        B::float_mul_scalar(u.clone(), Scalar::from(0.0f32))
-    } else {
-        B::float_cat(ys, 1)
-    };
+    let y = B::float_cat(ys, 1);
     // + D·u, then gate with SiLU(z).
     let dskip = B::float_reshape(d, Shape::new([1, 1, d_inner]));
     let y = B::float_add(y, B::float_mul(u, dskip));

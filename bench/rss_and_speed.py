@@ -1,0 +1,62 @@
+#!/usr/bin/env python3
+"""Speed and peak memory of `genomamba embed` on real chromosomes (CPU).
+
+Runs the release binary as a user would (whole process, wall clock) and reads the child's
+peak RSS from getrusage. Usage (from the repository root, after `cargo build --release`):
+
+    python3 bench/rss_and_speed.py [--whole] [--threads 2] [--d-model 64] [--n-layer 4]
+
+Prints one line per run: what, bases, seconds, bases/s, peak RSS (MiB).
+"""
+import argparse, os, resource, subprocess, sys, tempfile, time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BIN = os.path.join(ROOT, "target", "release", "genomamba")
+CHR20 = os.path.join(ROOT, "..", "shared", "data", "genomes", "hg19_chr20.fa.gz")
+CHR20_LEN = 63_025_520
+
+
+def run(cmd):
+    """Runs cmd in a fresh process; returns (seconds, peak RSS in MiB of that process)."""
+    t0 = time.perf_counter()
+    pid = os.fork()
+    if pid == 0:
+        os.execv(cmd[0], cmd)
+    _, status, ru = os.wait4(pid, 0)
+    secs = time.perf_counter() - t0
+    if os.waitstatus_to_exitcode(status) != 0:
+        sys.exit(f"failed: {' '.join(cmd)}")
+    return secs, ru.ru_maxrss / 1024.0
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--threads", default="2")
+    ap.add_argument("--d-model", default="64")
+    ap.add_argument("--n-layer", default="4")
+    ap.add_argument("--chunk-size", default="8192")
+    ap.add_argument("--whole", action="store_true", help="also embed the whole of chr20 (63 Mb)")
+    ap.add_argument("--sizes", default="2,8", help="region sizes in Mb")
+    a = ap.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        model = os.path.join(tmp, "m")
+        subprocess.run([BIN, "init", "-o", model, "--d-model", a.d_model, "--n-layer", a.n_layer],
+                       check=True, capture_output=True)
+        print(f"model d_model={a.d_model} n_layer={a.n_layer} threads={a.threads} chunk={a.chunk_size}")
+        print("what\tbases\tseconds\tbases_per_s\tpeak_rss_MiB")
+        jobs = []
+        for mb in [int(x) for x in a.sizes.split(",") if x]:
+            start = 30_000_001
+            jobs.append((f"chr20 {mb} Mb", ["--region", f"20:{start}-{start + mb * 1_000_000 - 1}"], mb * 1_000_000))
+        if a.whole:
+            jobs.append(("chr20 whole", [], CHR20_LEN))
+        for what, extra, bases in jobs:
+            out = os.path.join(tmp, "out.tsv")
+            cmd = [BIN, "embed", "-m", model, CHR20, "-o", out, "--quiet", "--threads", a.threads,
+                   "--chunk-size", a.chunk_size] + extra
+            secs, rss = run(cmd)
+            print(f"{what}\t{bases}\t{secs:.1f}\t{bases / secs:,.0f}\t{rss:.0f}", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Builds genomamba and runs its main jobs on the bundled data in data/.
+# Outputs go to target/quickstart/.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+cargo build --release --quiet
+G=target/release/genomamba
+OUT=target/quickstart
+mkdir -p "$OUT"
+
+echo "== a small random model with a per-position head (no trained model ships yet)"
+$G init -o "$OUT/model-pos" --d-model 64 --n-layer 4 --head position --labels background,feature --force
+$G info -m "$OUT/model-pos"
+
+echo "== embed 40 ChIP-seq peaks (mean-pooled, one row per record)"
+$G embed -m "$OUT/model-pos" data/peaks.fa -o "$OUT/peaks.embeddings.tsv"
+cut -f1-5 "$OUT/peaks.embeddings.tsv" | head -n 4
+
+echo "== per-position embeddings of 20 kb of yeast chrI as .npy"
+$G embed -m "$OUT/model-pos" data/yeast_chrI_20k.fa --pool none --format npy -o "$OUT/npy"
+ls -l "$OUT/npy"
+
+echo "== annotate 20 kb of yeast chrI base by base (BED6 + bedGraph), in chunks of 1000 bases"
+$G annotate -m "$OUT/model-pos" data/yeast_chrI_20k.fa --chunk-size 1000 \
+  --bed "$OUT/yeast.bed" --bedgraph "$OUT/yeast.bedgraph"
+head -n 3 "$OUT/yeast.bed" "$OUT/yeast.bedgraph"
+
+echo "== classify the peaks with a sequence-head model"
+$G init -o "$OUT/model-seq" --d-model 64 --n-layer 4 --head sequence --labels oct4,mafk --force
+$G classify -m "$OUT/model-seq" data/peaks.fa -o "$OUT/peaks.classes.tsv"
+head -n 4 "$OUT/peaks.classes.tsv"
+echo "done: outputs in $OUT"

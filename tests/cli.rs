@@ -1,0 +1,526 @@
+//! The command line as a user runs it: outputs, chunk invariance, regions, external
+//! validators (bedtools, samtools), and bad input (exit 2, one line, nothing left behind).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use assert_cmd::cargo::CommandCargoExt;
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn shared() -> PathBuf {
+    root().join("../shared/data")
+}
+
+fn gm() -> Command {
+    let mut c = Command::cargo_bin("genomamba").unwrap();
+    c.env_remove("RUST_LOG");
+    c
+}
+
+struct Out {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+fn run(args: &[&str]) -> Out {
+    let o = gm().args(args).output().unwrap();
+    Out {
+        code: o.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+    }
+}
+
+fn ok(args: &[&str]) -> String {
+    let o = run(args);
+    assert_eq!(o.code, 0, "genomamba {args:?} failed: {}", o.stderr);
+    o.stdout
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+fn init(dir: &Path, name: &str, extra: &[&str]) -> PathBuf {
+    let m = dir.join(name);
+    let mut args = vec![
+        "init",
+        "-o",
+        s(&m),
+        "--d-model",
+        "16",
+        "--n-layer",
+        "2",
+        "--seed",
+        "5",
+    ];
+    args.extend_from_slice(extra);
+    ok(&args);
+    m
+}
+
+fn tsv_values(path: &Path) -> Vec<Vec<String>> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(|l| l.split('\t').map(String::from).collect())
+        .collect()
+}
+
+/// Asserts a failed run: exit 2, one line on stderr mentioning `needle`.
+fn assert_bad(o: &Out, needle: &str) {
+    assert_eq!(o.code, 2, "expected exit 2, got {}: {}", o.code, o.stderr);
+    let lines: Vec<&str> = o.stderr.lines().collect();
+    assert_eq!(
+        lines.len(),
+        1,
+        "expected one line on stderr, got: {}",
+        o.stderr
+    );
+    assert!(
+        lines[0].contains(needle),
+        "error line should mention '{needle}': {}",
+        lines[0]
+    );
+}
+
+fn need(tool: &str) {
+    let found = Command::new(tool).arg("--version").output().is_ok();
+    assert!(
+        found,
+        "{tool} is not installed: apt-get install -y bedtools samtools (CI installs them)"
+    );
+}
+
+#[test]
+fn embed_tsv_is_one_row_per_record_and_chunk_size_does_not_matter() {
+    let t = tempfile::tempdir().unwrap();
+    let m = init(t.path(), "m", &[]);
+    let input = root().join("data/peaks.fa");
+    let mut tables = Vec::new();
+    for chunk in ["1", "7", "64", "1000", "100000"] {
+        let out = t.path().join(format!("e{chunk}.tsv"));
+        ok(&[
+            "embed",
+            "-m",
+            s(&m),
+            s(&input),
+            "-o",
+            s(&out),
+            "--chunk-size",
+            chunk,
+            "--batch-size",
+            "3",
+        ]);
+        tables.push(tsv_values(&out));
+    }
+    let base = &tables[0];
+    assert_eq!(base.len(), 41, "header + 40 records");
+    assert_eq!(base[0][..3], ["id", "length", "dim_0"]);
+    assert_eq!(base[0].len(), 2 + 16);
+    assert_eq!(base[1][1], "200");
+    for tab in &tables[1..] {
+        for (r1, r2) in base.iter().zip(tab).skip(1) {
+            assert_eq!(r1[0], r2[0]);
+            for (a, b) in r1[2..].iter().zip(&r2[2..]) {
+                let (a, b): (f64, f64) = (a.parse().unwrap(), b.parse().unwrap());
+                assert!((a - b).abs() <= 1e-5 * (1.0 + a.abs()), "{a} vs {b}");
+            }
+        }
+    }
+}
+
+#[test]
+fn per_position_npy_matches_pooled_mean_and_stdin_works() {
+    let t = tempfile::tempdir().unwrap();
+    let m = init(t.path(), "m", &[]);
+    let fa = t.path().join("x.fa");
+    std::fs::write(
+        &fa,
+        ">r1 desc\nACGTNNNNacgtRYAC\nGGTT\n>r2\nTTTTGGGGCCCCAAAAN\n",
+    )
+    .unwrap();
+    let npy = t.path().join("npy");
+    ok(&[
+        "embed",
+        "-m",
+        s(&m),
+        s(&fa),
+        "-o",
+        s(&npy),
+        "--pool",
+        "none",
+        "--format",
+        "npy",
+        "--chunk-size",
+        "3",
+    ]);
+    let bytes = std::fs::read(npy.join("r1.npy")).unwrap();
+    assert_eq!(&bytes[..6], b"\x93NUMPY");
+    let hlen = u16::from_le_bytes([bytes[8], bytes[9]]) as usize;
+    let header = String::from_utf8_lossy(&bytes[10..10 + hlen]).into_owned();
+    assert!(header.contains("'shape': (20, 16)"), "{header}");
+    let vals: Vec<f32> = bytes[10 + hlen..]
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect();
+    assert_eq!(vals.len(), 20 * 16);
+    // The mean of the per-position rows is the pooled embedding, read here from stdin.
+    let o = gm()
+        .args(["embed", "-m", s(&m), "-", "-o", "-"])
+        .stdin(std::fs::File::open(&fa).unwrap())
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let text = String::from_utf8_lossy(&o.stdout).into_owned();
+    let row: Vec<&str> = text.lines().nth(1).unwrap().split('\t').collect();
+    assert_eq!(row[..2], ["r1", "20"]);
+    for dim in 0..16 {
+        let mean: f32 = (0..20).map(|t| vals[t * 16 + dim]).sum::<f32>() / 20.0;
+        let pooled: f32 = row[2 + dim].parse().unwrap();
+        assert!(
+            (mean - pooled).abs() < 1e-5,
+            "dim {dim}: {mean} vs {pooled}"
+        );
+    }
+    assert_eq!(text.lines().count(), 3);
+}
+
+#[test]
+fn classify_writes_labels_and_probabilities() {
+    let t = tempfile::tempdir().unwrap();
+    let m = init(
+        t.path(),
+        "m",
+        &["--head", "sequence", "--labels", "oct4,mafk"],
+    );
+    let out = t.path().join("c.tsv");
+    ok(&[
+        "classify",
+        "-m",
+        s(&m),
+        s(&root().join("data/peaks.fa")),
+        "-o",
+        s(&out),
+    ]);
+    let rows = tsv_values(&out);
+    assert_eq!(rows[0], ["id", "length", "label", "p_oct4", "p_mafk"]);
+    assert_eq!(rows.len(), 41);
+    for r in &rows[1..] {
+        let p: Vec<f64> = r[3..].iter().map(|v| v.parse().unwrap()).collect();
+        assert!((p.iter().sum::<f64>() - 1.0).abs() < 1e-4);
+        let best = if p[0] >= p[1] { "oct4" } else { "mafk" };
+        assert_eq!(r[2], best);
+    }
+    // A model without the right head is refused.
+    let plain = init(t.path(), "plain", &[]);
+    let o = run(&[
+        "classify",
+        "-m",
+        s(&plain),
+        s(&root().join("data/peaks.fa")),
+        "-o",
+        s(&t.path().join("x.tsv")),
+    ]);
+    assert_bad(&o, "no classification head");
+    assert!(!t.path().join("x.tsv").exists());
+}
+
+#[test]
+fn annotate_bed_is_accepted_by_bedtools_and_region_coordinates_are_chromosomal() {
+    need("bedtools");
+    let t = tempfile::tempdir().unwrap();
+    let m = init(
+        t.path(),
+        "m",
+        &["--head", "position", "--labels", "background,coding"],
+    );
+    let fa = t.path().join("yeast.fa");
+    std::fs::copy(shared().join("genomes/yeast_chrI_II.fa"), &fa).unwrap();
+    std::fs::copy(
+        shared().join("genomes/yeast_chrI_II.fa.fai"),
+        t.path().join("yeast.fa.fai"),
+    )
+    .unwrap();
+    let (bed, bg, tsv) = (
+        t.path().join("a.bed"),
+        t.path().join("a.bg"),
+        t.path().join("a.tsv"),
+    );
+    ok(&[
+        "annotate",
+        "-m",
+        s(&m),
+        s(&fa),
+        "--region",
+        "chrII:100001-130000",
+        "--region",
+        "chrI:229001-230208",
+        "--bed",
+        s(&bed),
+        "--bedgraph",
+        s(&bg),
+        "--tsv",
+        s(&tsv),
+        "--threshold",
+        "0.5",
+        "--chunk-size",
+        "4096",
+    ]);
+    let bed_text = std::fs::read_to_string(&bed).unwrap();
+    assert!(
+        bed_text.lines().count() > 10,
+        "expected segments, got {bed_text}"
+    );
+    for line in bed_text.lines() {
+        let f: Vec<&str> = line.split('\t').collect();
+        assert_eq!(f.len(), 6, "BED6: {line}");
+        let (a, b): (u64, u64) = (f[1].parse().unwrap(), f[2].parse().unwrap());
+        assert!(a < b, "{line}");
+        match f[0] {
+            "chrII" => assert!(a >= 100_000 && b <= 130_000, "{line}"),
+            "chrI" => assert!(a >= 229_000 && b <= 230_208, "{line}"),
+            other => panic!("unexpected chromosome {other}"),
+        }
+        assert_eq!(f[3], "coding");
+        let score: u32 = f[4].parse().unwrap();
+        assert!((500..=1000).contains(&score), "{line}");
+        assert_eq!(f[5], ".");
+    }
+    // bedtools accepts the file unchanged: sorting per chromosome changes nothing within a
+    // chromosome, and merge runs without complaint.
+    let sorted = Command::new("bedtools")
+        .args(["sort", "-i", s(&bed)])
+        .output()
+        .unwrap();
+    assert!(
+        sorted.status.success(),
+        "{}",
+        String::from_utf8_lossy(&sorted.stderr)
+    );
+    let by_chrom = |text: &str, c: &str| -> Vec<String> {
+        text.lines()
+            .filter(|l| l.starts_with(&format!("{c}\t")))
+            .map(String::from)
+            .collect()
+    };
+    let sorted_text = String::from_utf8_lossy(&sorted.stdout).into_owned();
+    for c in ["chrI", "chrII"] {
+        assert_eq!(by_chrom(&bed_text, c), by_chrom(&sorted_text, c));
+    }
+    let merged = Command::new("bedtools")
+        .args(["merge", "-i", s(&bed)])
+        .output()
+        .unwrap();
+    assert!(
+        merged.status.success(),
+        "{}",
+        String::from_utf8_lossy(&merged.stderr)
+    );
+    // bedGraph: covers each region exactly, run-length merged, equals the TSV.
+    let bg_text = std::fs::read_to_string(&bg).unwrap();
+    let mut covered = 0u64;
+    let mut prev: Option<(String, u64, String)> = None;
+    for line in bg_text.lines() {
+        let f: Vec<&str> = line.split('\t').collect();
+        let (a, b): (u64, u64) = (f[1].parse().unwrap(), f[2].parse().unwrap());
+        covered += b - a;
+        if let Some((c, end, v)) = &prev
+            && c == f[0]
+            && *end == a
+        {
+            assert_ne!(v, f[3], "adjacent equal values not merged: {line}");
+        }
+        prev = Some((f[0].to_string(), b, f[3].to_string()));
+    }
+    assert_eq!(covered, 30_000 + 1_208);
+    let tsv_rows = tsv_values(&tsv);
+    assert_eq!(tsv_rows.len(), 1 + 30_000 + 1_208);
+    assert_eq!(tsv_rows[1][..2], ["chrII", "100001"]);
+    assert_eq!(tsv_rows.last().unwrap()[..2], ["chrI", "230208"]);
+    let bedtools_check = Command::new("bedtools")
+        .args(["merge", "-i", s(&bg)])
+        .output()
+        .unwrap();
+    assert!(bedtools_check.status.success());
+}
+
+#[test]
+fn region_embeddings_equal_those_of_samtools_extracted_bases() {
+    need("samtools");
+    let t = tempfile::tempdir().unwrap();
+    let m = init(t.path(), "m", &[]);
+    let genome = shared().join("genomes/hg19_chr20.fa.gz");
+    let region = "20:31000001-31002000";
+    let extracted = Command::new("samtools")
+        .args(["faidx", s(&genome), region])
+        .output()
+        .unwrap();
+    assert!(
+        extracted.status.success(),
+        "{}",
+        String::from_utf8_lossy(&extracted.stderr)
+    );
+    let fa = t.path().join("samtools.fa");
+    std::fs::write(&fa, &extracted.stdout).unwrap();
+    let (a, b) = (t.path().join("a"), t.path().join("b"));
+    ok(&[
+        "embed",
+        "-m",
+        s(&m),
+        s(&genome),
+        "--region",
+        region,
+        "-o",
+        s(&a),
+        "--pool",
+        "none",
+    ]);
+    ok(&["embed", "-m", s(&m), s(&fa), "-o", s(&b), "--pool", "none"]);
+    let name = "20_31000001-31002000.npy";
+    let (x, y) = (
+        std::fs::read(a.join(name)).unwrap(),
+        std::fs::read(b.join(name)).unwrap(),
+    );
+    assert!(x.len() > 2000 * 16 * 4);
+    assert_eq!(x, y, "region read differs from samtools faidx");
+}
+
+#[test]
+fn bad_input_exits_2_with_one_line_and_leaves_no_output() {
+    let t = tempfile::tempdir().unwrap();
+    let m = init(t.path(), "m", &[]);
+    let out = t.path().join("out.tsv");
+    let check = |args: &[&str], needle: &str| {
+        let mut full = vec!["embed", "-m", s(&m), "-o", s(&out)];
+        full.extend_from_slice(args);
+        let o = run(&full);
+        assert_bad(&o, needle);
+        assert!(!out.exists(), "output left behind for {args:?}");
+        let leftovers: Vec<_> = std::fs::read_dir(t.path())
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_name().to_string_lossy().ends_with(".tmp"))
+            .collect();
+        assert!(leftovers.is_empty(), "temp files left behind");
+    };
+    // A stray '#' in record 2.
+    let hash = t.path().join("hash.fa");
+    std::fs::write(&hash, ">one\nACGT\n>two\nACG#TT\n").unwrap();
+    check(&[s(&hash)], "two");
+    // A truncated gzip.
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    std::io::Write::write_all(
+        &mut gz,
+        &std::fs::read(root().join("data/peaks.fa")).unwrap(),
+    )
+    .unwrap();
+    let data = gz.finish().unwrap();
+    let trunc = t.path().join("trunc.fa.gz");
+    std::fs::write(&trunc, &data[..data.len() / 2]).unwrap();
+    check(&[s(&trunc)], "trunc.fa.gz");
+    // FASTQ whose quality length is wrong.
+    let fq = t.path().join("bad.fq");
+    std::fs::write(&fq, "@r1\nACGT\n+\nIIII\n@r2\nACGTA\n+\nIII\n").unwrap();
+    check(&[s(&fq)], "bad.fq");
+    // A region past the chromosome end.
+    let yeast = shared().join("genomes/yeast_chrI_II.fa");
+    check(&[s(&yeast), "--region", "chrI:230000-240000"], "230208");
+    // A model directory without weights.
+    let broken = t.path().join("broken");
+    std::fs::create_dir(&broken).unwrap();
+    std::fs::copy(m.join("config.json"), broken.join("config.json")).unwrap();
+    let o = run(&["embed", "-m", s(&broken), s(&hash), "-o", s(&out)]);
+    assert_bad(&o, "model.safetensors");
+    assert!(!out.exists());
+    // Bad usage.
+    assert_bad(
+        &run(&[
+            "embed",
+            "-m",
+            s(&m),
+            s(&hash),
+            "-o",
+            s(&out),
+            "--chunk-size",
+            "0",
+        ]),
+        "chunk-size",
+    );
+    assert_bad(
+        &run(&[
+            "embed",
+            "-m",
+            s(&m),
+            s(&hash),
+            "-o",
+            s(&out),
+            "--device",
+            "tpu",
+        ]),
+        "device",
+    );
+    assert_bad(
+        &run(&[
+            "embed",
+            "-m",
+            s(&m),
+            s(&hash),
+            "-o",
+            s(&out),
+            "--region",
+            "chrI:9-3",
+        ]),
+        "chrI:9-3",
+    );
+    assert_bad(
+        &run(&["embed", "-m", s(&m), "/no/such/file.fa", "-o", s(&out)]),
+        "/no/such/file.fa",
+    );
+}
+
+#[test]
+fn closed_stdout_pipe_exits_quietly() {
+    let t = tempfile::tempdir().unwrap();
+    let m = init(t.path(), "m", &[]);
+    let bin = assert_cmd::cargo::cargo_bin("genomamba");
+    let script = format!(
+        "set -o pipefail; {} embed -m {} {} -o - --batch-size 1 | head -n 1 >/dev/null",
+        s(&bin),
+        s(&m),
+        s(&root().join("data/peaks.fa"))
+    );
+    let o = Command::new("bash").args(["-c", &script]).output().unwrap();
+    assert!(
+        o.status.success(),
+        "stderr: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(
+        o.stderr.is_empty(),
+        "stderr: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+#[test]
+fn info_describes_the_model() {
+    let t = tempfile::tempdir().unwrap();
+    let m = init(t.path(), "m", &["--head", "sequence", "--labels", "a,b,c"]);
+    let text = ok(&["info", "-m", s(&m)]);
+    assert!(text.contains("d_model\t16"));
+    assert!(text.contains("n_layer\t2"));
+    assert!(text.contains("labels\ta,b,c"));
+    assert!(text.contains("head\tsequence"));
+    // HF checkpoints load too.
+    let hf = root().join("tests/fixtures/hf/d24_l3_n8_e1_k3_bias");
+    let text = ok(&["info", "-m", s(&hf)]);
+    assert!(
+        text.contains("d_model\t24") && text.contains("bias\ttrue"),
+        "{text}"
+    );
+}
