@@ -1,12 +1,20 @@
-//! Fused selective scan for the CPU backend: one pass over time per (batch, channel) pair,
-//! the `d_state` values of the state held in registers/cache, channels spread over rayon's
-//! threads. No `[L, d_inner, d_state]` intermediate is formed.
+//! Fused selective scan for the CPU backend.
+//!
+//! One pass over time for each (batch row, group of [`LANES`] channels): the state of the
+//! group (`d_state x LANES` values) stays in registers/L1, the inner loops run across the
+//! channels of the group so the compiler vectorises them, and `exp`/`softplus` use
+//! branch-free polynomial approximations (relative error ~1e-7, below f32 rounding of the
+//! recurrence). Groups are spread over rayon's threads. No `[L, d_inner, d_state]`
+//! intermediate is formed.
 
 use burn::backend::flex::FlexTensor;
 use burn::backend::{DType, Flex, TensorData, TensorMetadata};
 use rayon::prelude::*;
 
 use super::scan::{ScanInput, ScanOutput};
+
+/// Channels processed together (one SIMD-friendly group).
+pub const LANES: usize = 8;
 
 fn host(t: &FlexTensor) -> Option<std::borrow::Cow<'_, [f32]>> {
     if t.dtype() != DType::F32 {
@@ -22,60 +30,200 @@ fn host(t: &FlexTensor) -> Option<std::borrow::Cow<'_, [f32]>> {
     }
 }
 
-#[inline]
-fn softplus(x: f32) -> f32 {
-    x.max(0.0) + (-x.abs()).exp().ln_1p()
+/// `exp(x)` for f32: range reduction `x = n·ln2 + r`, a degree-6 polynomial for `exp(r)` on
+/// `|r| <= ln2/2`, and `2^n` built from the exponent bits. Inputs are clamped to the range
+/// where the result is a normal f32 (below it the true value is < 1.2e-38 anyway).
+#[inline(always)]
+pub fn fast_exp(x: f32) -> f32 {
+    const LOG2E: f32 = std::f32::consts::LOG2_E;
+    const LN2_HI: f32 = 0.693_359_4;
+    const LN2_LO: f32 = -2.121_944_4e-4;
+    const ROUND: f32 = 12_582_912.0; // 1.5 * 2^23: adding it rounds to an integer
+    let x = x.clamp(-87.0, 88.0);
+    let t = x * LOG2E + ROUND;
+    let n = t - ROUND;
+    // The integer n sits in the low mantissa bits of t: integer ops only, so this vectorises.
+    let ni = t.to_bits().wrapping_sub(ROUND.to_bits());
+    let r = x - n * LN2_HI - n * LN2_LO;
+    let mut p = 1.987_569_2e-4f32;
+    p = p * r + 1.398_199_9e-3;
+    p = p * r + 8.333_452e-3;
+    p = p * r + 4.166_579_6e-2;
+    p = p * r + 1.666_666_5e-1;
+    p = p * r + 0.5;
+    let e = p * r * r + r + 1.0;
+    let scale = f32::from_bits(ni.wrapping_add(127) << 23);
+    e * scale
 }
 
-#[inline]
+/// `ln(u)` for `u` in `[1, 2]`: `2·atanh(s)` with `s = (u-1)/(u+1) <= 1/3`, series to `s^13`.
+#[inline(always)]
+fn ln_1_2(u: f32) -> f32 {
+    let s = (u - 1.0) / (u + 1.0);
+    let s2 = s * s;
+    let mut p = 1.0f32 / 13.0;
+    p = p * s2 + 1.0 / 11.0;
+    p = p * s2 + 1.0 / 9.0;
+    p = p * s2 + 1.0 / 7.0;
+    p = p * s2 + 1.0 / 5.0;
+    p = p * s2 + 1.0 / 3.0;
+    p = p * s2 + 1.0;
+    2.0 * s * p
+}
+
+/// Softplus `max(x, 0) + log1p(exp(-|x|))`, with `log1p(y)` computed as
+/// `ln(1+y) · y / ((1+y) - 1)` so that tiny `y` keeps its relative accuracy.
+#[inline(always)]
+pub fn fast_softplus(x: f32) -> f32 {
+    let y = fast_exp(-x.abs());
+    let u = 1.0 + y;
+    let d = u - 1.0;
+    let l = if d == 0.0 { y } else { ln_1_2(u) * (y / d) };
+    x.max(0.0) + l
+}
+
+#[inline(always)]
 fn silu(x: f32) -> f32 {
-    x / (1.0 + (-x).exp())
+    x / (1.0 + fast_exp(-x))
 }
 
-/// Per-channel slices of one (batch row, channel) pair's work.
+/// Copies a group's values into a full-width array: a fixed-size copy (vector loads, no
+/// `memcpy` call) for full groups, element by element for the last, narrower group.
+#[inline(always)]
+fn load(dst: &mut [f32; LANES], src: &[f32]) {
+    match <&[f32; LANES]>::try_from(src) {
+        Ok(full) => *dst = *full,
+        Err(_) => {
+            for (d, s) in dst.iter_mut().zip(src) {
+                *d = *s;
+            }
+        }
+    }
+}
+
+/// One group's outputs: `y` as `[len][LANES]` and the final state as `[d_state][LANES]`.
+type GroupOut = (Vec<[f32; LANES]>, Vec<[f32; LANES]>);
+
 struct Dims {
     len: usize,
     d_inner: usize,
     d_state: usize,
 }
 
-/// The scan for one batch row and one channel; writes `y[t]` for every t (stride `d_inner`)
-/// and the final state into `h` (`d_state` values, holding `h0` on entry).
+/// [`scan_group_body`] compiled for AVX2 + FMA (8 lanes per instruction).
+///
+/// # Safety
+/// The CPU must support AVX2 and FMA (checked by the caller at run time).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
 #[allow(clippy::too_many_arguments)]
-#[inline]
-fn scan_channel(
+unsafe fn scan_group_avx2(
     dm: &Dims,
-    ch: usize,
+    c0: usize,
+    width: usize,
     u: &[f32],
     delta: &[f32],
-    a: &[f32],
+    z: &[f32],
     b: &[f32],
     c: &[f32],
+    a_t: &[f32],
+    dskip: &[f32; LANES],
+    bias: &[f32; LANES],
+    h: &mut [[f32; LANES]],
+    y: &mut [[f32; LANES]],
+) {
+    scan_group_body(dm, c0, width, u, delta, z, b, c, a_t, dskip, bias, h, y)
+}
+
+/// Runs the fastest compiled variant of the group scan this CPU supports.
+#[allow(clippy::too_many_arguments)]
+fn scan_group(
+    dm: &Dims,
+    c0: usize,
+    width: usize,
+    u: &[f32],
+    delta: &[f32],
     z: &[f32],
-    dskip: f32,
-    bias: f32,
-    h: &mut [f32],
-    y: &mut [f32],
+    b: &[f32],
+    c: &[f32],
+    a_t: &[f32],
+    dskip: &[f32; LANES],
+    bias: &[f32; LANES],
+    h: &mut [[f32; LANES]],
+    y: &mut [[f32; LANES]],
+) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+        // SAFETY: the features the function is compiled for were detected just above.
+        unsafe { scan_group_avx2(dm, c0, width, u, delta, z, b, c, a_t, dskip, bias, h, y) };
+        return;
+    }
+    scan_group_body(dm, c0, width, u, delta, z, b, c, a_t, dskip, bias, h, y)
+}
+
+/// Scans one group of channels `[c0, c0 + width)` of one batch row.
+///
+/// `u`, `delta`, `z`: this row's `[len, d_inner]`; `b`, `c`: this row's `[len, d_state]`;
+/// `a_t`: `A` transposed to `[d_state, d_inner]`; `h`: `[d_state][LANES]`, the group's state
+/// (initial on entry, final on exit); `y`: `[len][LANES]` output.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn scan_group_body(
+    dm: &Dims,
+    c0: usize,
+    width: usize,
+    u: &[f32],
+    delta: &[f32],
+    z: &[f32],
+    b: &[f32],
+    c: &[f32],
+    a_t: &[f32],
+    dskip: &[f32; LANES],
+    bias: &[f32; LANES],
+    h: &mut [[f32; LANES]],
+    y: &mut [[f32; LANES]],
 ) {
     let n = dm.d_state;
+    let mut a = vec![[0.0f32; LANES]; n];
+    for (k, ak) in a.iter_mut().enumerate() {
+        ak[..width].copy_from_slice(&a_t[k * dm.d_inner + c0..k * dm.d_inner + c0 + width]);
+    }
+    let mut ut = [0.0f32; LANES];
+    let mut dt = [0.0f32; LANES];
+    let mut zt = [0.0f32; LANES];
     for t in 0..dm.len {
-        let i = t * dm.d_inner + ch;
-        let dt = softplus(delta[i] + bias);
-        let ut = u[i];
-        let dtu = dt * ut;
+        let row = t * dm.d_inner + c0;
+        load(&mut ut, &u[row..row + width]);
+        load(&mut dt, &delta[row..row + width]);
+        load(&mut zt, &z[row..row + width]);
+        let mut dtu = [0.0f32; LANES];
+        for l in 0..LANES {
+            // Δ = softplus(delta + bias)   (Algorithm 2, line 6)
+            dt[l] = fast_softplus(dt[l] + bias[l]);
+            dtu[l] = dt[l] * ut[l];
+        }
         let bt = &b[t * n..(t + 1) * n];
         let ct = &c[t * n..(t + 1) * n];
-        let mut acc = 0.0f32;
+        let mut acc = [0.0f32; LANES];
         for k in 0..n {
-            let hk = (dt * a[k]).exp() * h[k] + dtu * bt[k];
-            h[k] = hk;
-            acc += hk * ct[k];
+            let (bk, ck) = (bt[k], ct[k]);
+            let hk = &mut h[k];
+            let ak = &a[k];
+            for l in 0..LANES {
+                // h = exp(Δ·A) ⊙ h + Δ·B·u   (eq. 2a with zero-order hold, eq. 4)
+                hk[l] = fast_exp(dt[l] * ak[l]) * hk[l] + dtu[l] * bk;
+                // y = C·h   (eq. 2b)
+                acc[l] += hk[l] * ck;
+            }
         }
-        y[t] = (acc + dskip * ut) * silu(z[i]);
+        let yt = &mut y[t];
+        for l in 0..LANES {
+            yt[l] = (acc[l] + dskip[l] * ut[l]) * silu(zt[l]);
+        }
     }
 }
 
-/// The fused CPU scan; falls back to the reference for non-f32 tensors.
+/// The fused CPU scan; falls back to the reference for non-f32 tensors and empty shapes.
 pub(crate) fn scan_flex(input: ScanInput<Flex>) -> ScanOutput<Flex> {
     let shape = input.u.shape().to_vec();
     let d_state = input.a.shape().to_vec().get(1).copied().unwrap_or(0);
@@ -84,7 +232,6 @@ pub(crate) fn scan_flex(input: ScanInput<Flex>) -> ScanOutput<Flex> {
         _ => return super::scan_reference::scan_reference::<Flex>(input),
     };
     if batch == 0 || len == 0 || d_inner == 0 || d_state == 0 {
-        // Degenerate shapes: nothing to fuse; the reference handles them.
         return super::scan_reference::scan_reference::<Flex>(input);
     }
     let parts = (
@@ -118,47 +265,106 @@ pub(crate) fn scan_flex(input: ScanInput<Flex>) -> ScanOutput<Flex> {
         d_inner,
         d_state,
     };
-    // Work items: (batch row, channel). Each produces y for one channel (time-strided) and
-    // its final state.
-    let mut h_out = h0.to_vec();
-    let mut y_cm = vec![0.0f32; batch * d_inner * len]; // channel-major scratch
-    h_out
-        .par_chunks_mut(d_state)
-        .zip(y_cm.par_chunks_mut(len))
-        .enumerate()
-        .for_each(|(idx, (h, y))| {
-            let bi = idx / d_inner;
-            let ch = idx % d_inner;
-            let off = bi * len * d_inner;
-            let offn = bi * len * d_state;
-            scan_channel(
+    // A as [d_state, d_inner], so a group's channels are contiguous for each state index.
+    let mut a_t = vec![0.0f32; d_state * d_inner];
+    for ch in 0..d_inner {
+        for k in 0..d_state {
+            a_t[k * d_inner + ch] = a[ch * d_state + k];
+        }
+    }
+    let groups = d_inner.div_ceil(LANES);
+    let results: Vec<GroupOut> = (0..batch * groups)
+        .into_par_iter()
+        .map(|item| {
+            let (bi, g) = (item / groups, item % groups);
+            let c0 = g * LANES;
+            let width = LANES.min(d_inner - c0);
+            let mut dskip = [0.0f32; LANES];
+            let mut bs = [0.0f32; LANES];
+            dskip[..width].copy_from_slice(&dv[c0..c0 + width]);
+            bs[..width].copy_from_slice(&bias[c0..c0 + width]);
+            let mut h = vec![[0.0f32; LANES]; d_state];
+            for (l, ch) in (c0..c0 + width).enumerate() {
+                for (k, hk) in h.iter_mut().enumerate() {
+                    hk[l] = h0[(bi * d_inner + ch) * d_state + k];
+                }
+            }
+            let mut y = vec![[0.0f32; LANES]; len];
+            let (o, on) = (bi * len * d_inner, bi * len * d_state);
+            scan_group(
                 &dm,
-                ch,
-                &u[off..off + len * d_inner],
-                &delta[off..off + len * d_inner],
-                &a[ch * d_state..(ch + 1) * d_state],
-                &bm[offn..offn + len * d_state],
-                &cm[offn..offn + len * d_state],
-                &z[off..off + len * d_inner],
-                dv[ch],
-                bias[ch],
-                h,
-                y,
+                c0,
+                width,
+                &u[o..o + len * d_inner],
+                &delta[o..o + len * d_inner],
+                &z[o..o + len * d_inner],
+                &bm[on..on + len * d_state],
+                &cm[on..on + len * d_state],
+                &a_t,
+                &dskip,
+                &bs,
+                &mut h,
+                &mut y,
             );
-        });
-    // Back to time-major [batch, len, d_inner].
+            (y, h)
+        })
+        .collect();
+    // Scatter the groups back to time-major y [batch, len, d_inner] and h [batch, d_inner, d_state].
     let mut y = vec![0.0f32; batch * len * d_inner];
+    let mut h_out = vec![0.0f32; batch * d_inner * d_state];
     y.par_chunks_mut(len * d_inner)
+        .zip(h_out.par_chunks_mut(d_inner * d_state))
         .enumerate()
-        .for_each(|(bi, yb)| {
-            for ch in 0..d_inner {
-                let src = &y_cm[(bi * d_inner + ch) * len..(bi * d_inner + ch + 1) * len];
-                for (t, v) in src.iter().enumerate() {
-                    yb[t * d_inner + ch] = *v;
+        .for_each(|(bi, (yb, hb))| {
+            for g in 0..groups {
+                let (gy, gh) = &results[bi * groups + g];
+                let c0 = g * LANES;
+                let width = LANES.min(d_inner - c0);
+                for (t, row) in gy.iter().enumerate() {
+                    yb[t * d_inner + c0..t * d_inner + c0 + width].copy_from_slice(&row[..width]);
+                }
+                for (k, hk) in gh.iter().enumerate() {
+                    for l in 0..width {
+                        hb[(c0 + l) * d_state + k] = hk[l];
+                    }
                 }
             }
         });
     let y = FlexTensor::from_data(TensorData::new(y, [batch, len, d_inner]));
     let h = FlexTensor::from_data(TensorData::new(h_out, [batch, d_inner, d_state]));
     ScanOutput { y, h }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fast_exp_is_accurate() {
+        let mut worst = 0.0f64;
+        let mut x = -87.0f32;
+        while x < 88.0 {
+            let want = (x as f64).exp();
+            let got = fast_exp(x) as f64;
+            worst = worst.max(((got - want) / want).abs());
+            x += 0.0137;
+        }
+        assert!(worst < 3e-7, "max relative error {worst:e}");
+        assert_eq!(fast_exp(0.0), 1.0);
+        assert!(fast_exp(-1000.0) < 1e-37);
+    }
+
+    #[test]
+    fn fast_softplus_is_accurate() {
+        let mut worst = 0.0f64;
+        let mut x = -40.0f32;
+        while x < 40.0 {
+            let xd = x as f64;
+            let want = xd.max(0.0) + (-xd.abs()).exp().ln_1p();
+            let got = fast_softplus(x) as f64;
+            worst = worst.max(((got - want) / want).abs());
+            x += 0.00731;
+        }
+        assert!(worst < 5e-7, "max relative error {worst:e}");
+    }
 }
