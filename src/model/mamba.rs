@@ -6,7 +6,6 @@
 
 use burn::module::{Module, Param};
 use burn::nn::Linear;
-use burn::tensor::activation::silu;
 use burn::tensor::{Device, Int, Tensor};
 
 use super::config::MambaConfig;
@@ -27,9 +26,7 @@ impl RmsNorm {
     /// # Shapes
     /// - x: `[batch, length, d_model]` -> same
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
-        let ms = x.clone().square().mean_dim(2);
-        let inv = ms.add_scalar(self.eps).sqrt().recip();
-        x * inv * self.weight.val().unsqueeze::<3>()
+        crate::ops::block::rms_norm(x, self.weight.val(), self.eps)
     }
 }
 
@@ -77,29 +74,20 @@ impl MambaBlock {
     /// # Shapes
     /// - x: `[batch, length, d_model]` -> `[batch, length, d_model]`
     pub fn forward(&self, x: Tensor<3>, state: LayerState) -> (Tensor<3>, LayerState) {
-        let [d_inner, d_state, dt_rank, d_conv] = self.sizes;
+        let [d_inner, d_state, dt_rank, _] = self.sizes;
         let [batch, len, _] = x.dims();
         let residual = x.clone();
         let xz = self.in_proj.forward(self.norm.forward(x));
-        let xs = xz.clone().slice([0..batch, 0..len, 0..d_inner]);
-        let z = xz.slice([0..batch, 0..len, d_inner..2 * d_inner]);
+        let z = xz.clone().slice([0..batch, 0..len, d_inner..2 * d_inner]);
 
-        // Causal depthwise conv over [carried window | chunk].
-        let k1 = d_conv.saturating_sub(1);
-        let xpad = Tensor::cat(vec![state.conv, xs], 1);
-        let w = self.conv_weight.val();
-        let mut conv = xpad.clone().slice([0..batch, 0..len, 0..d_inner])
-            * w.clone().slice([0..1, 0..d_inner]).unsqueeze::<3>();
-        for k in 1..d_conv {
-            conv = conv
-                + xpad.clone().slice([0..batch, k..k + len, 0..d_inner])
-                    * w.clone().slice([k..k + 1, 0..d_inner]).unsqueeze::<3>();
-        }
-        if let Some(b) = &self.conv_bias {
-            conv = conv + b.val().unsqueeze::<3>();
-        }
-        let new_conv = xpad.slice([0..batch, len..len + k1, 0..d_inner]);
-        let u = silu(conv);
+        // Causal depthwise conv over [carried window | chunk], fused with SiLU; it reads the
+        // first d_inner channels of in_proj's output (the x branch).
+        let bias = match &self.conv_bias {
+            Some(b) => b.val(),
+            None => Tensor::zeros([d_inner], &xz.device()),
+        };
+        let (u, new_conv) =
+            crate::ops::block::causal_conv_silu(xz, state.conv, self.conv_weight.val(), bias);
 
         // Input-dependent Δ, B, C (Algorithm 2, lines 3-5).
         let dbc = self.x_proj.forward(u.clone());

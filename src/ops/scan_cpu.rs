@@ -30,6 +30,51 @@ fn host(t: &FlexTensor) -> Option<std::borrow::Cow<'_, [f32]>> {
     }
 }
 
+/// A 3-D f32 tensor read in place: element `[b, t, j]` is at `off + b·sb + t·st + j`.
+/// Views whose last dimension is contiguous (slices of a wider tensor, such as the gate `z`
+/// or the `B`/`C` columns of `x_proj`'s output) are read without a copy.
+#[derive(Clone, Copy)]
+struct Rows<'a> {
+    data: &'a [f32],
+    off: usize,
+    sb: usize,
+    st: usize,
+}
+
+impl<'a> Rows<'a> {
+    /// The first `n` values of row `[b, t]`.
+    #[inline(always)]
+    fn row(&self, b: usize, t: usize, n: usize) -> &'a [f32] {
+        let o = self.off + b * self.sb + t * self.st;
+        &self.data[o..o + n]
+    }
+}
+
+/// A tensor usable as [`Rows`]: the tensor itself when its layout allows, else a contiguous copy.
+fn rows_source(t: &FlexTensor) -> Option<std::borrow::Cow<'_, FlexTensor>> {
+    if t.dtype() != DType::F32 || t.shape().num_dims() != 3 {
+        return None;
+    }
+    let l = t.layout();
+    let s = l.strides();
+    if s.len() == 3 && s[2] == 1 && s[0] >= 0 && s[1] >= 0 {
+        Some(std::borrow::Cow::Borrowed(t))
+    } else {
+        Some(std::borrow::Cow::Owned(t.to_contiguous()))
+    }
+}
+
+fn rows(t: &FlexTensor) -> Rows<'_> {
+    let l = t.layout();
+    let s = l.strides();
+    Rows {
+        data: t.storage::<f32>(),
+        off: l.start_offset(),
+        sb: s[0] as usize,
+        st: s[1] as usize,
+    }
+}
+
 /// `exp(x)` for f32: range reduction `x = n·ln2 + r`, a degree-6 polynomial for `exp(r)` on
 /// `|r| <= ln2/2`, and `2^n` built from the exponent bits. Inputs are clamped to the range
 /// where the result is a normal f32 (below it the true value is < 1.2e-38 anyway).
@@ -101,11 +146,27 @@ fn load(dst: &mut [f32; LANES], src: &[f32]) {
     }
 }
 
-/// One group's outputs: `y` as `[len][LANES]` and the final state as `[d_state][LANES]`.
-type GroupOut = (Vec<[f32; LANES]>, Vec<[f32; LANES]>);
+/// Time steps scanned by all groups before moving on (rows of one block stay in cache).
+const TIME_BLOCK: usize = 256;
+
+/// One work item: a batch row's group of channels, with its running state.
+struct GroupState {
+    bi: usize,
+    c0: usize,
+    width: usize,
+    dskip: [f32; LANES],
+    bias: [f32; LANES],
+    /// `[d_state][LANES]`, carried from block to block.
+    h: Vec<[f32; LANES]>,
+    /// The current block's output, `[block][LANES]`.
+    y: Vec<[f32; LANES]>,
+}
 
 struct Dims {
-    len: usize,
+    /// First time step of the block being scanned.
+    t0: usize,
+    /// One past its last time step.
+    t1: usize,
     d_inner: usize,
     d_state: usize,
 }
@@ -121,18 +182,19 @@ unsafe fn scan_group_avx2(
     dm: &Dims,
     c0: usize,
     width: usize,
-    u: &[f32],
-    delta: &[f32],
-    z: &[f32],
-    b: &[f32],
-    c: &[f32],
+    bi: usize,
+    u: Rows<'_>,
+    delta: Rows<'_>,
+    z: Rows<'_>,
+    b: Rows<'_>,
+    c: Rows<'_>,
     a_t: &[f32],
     dskip: &[f32; LANES],
     bias: &[f32; LANES],
     h: &mut [[f32; LANES]],
     y: &mut [[f32; LANES]],
 ) {
-    scan_group_body(dm, c0, width, u, delta, z, b, c, a_t, dskip, bias, h, y)
+    scan_group_body(dm, c0, width, bi, u, delta, z, b, c, a_t, dskip, bias, h, y)
 }
 
 /// Runs the fastest compiled variant of the group scan this CPU supports.
@@ -141,11 +203,12 @@ fn scan_group(
     dm: &Dims,
     c0: usize,
     width: usize,
-    u: &[f32],
-    delta: &[f32],
-    z: &[f32],
-    b: &[f32],
-    c: &[f32],
+    bi: usize,
+    u: Rows<'_>,
+    delta: Rows<'_>,
+    z: Rows<'_>,
+    b: Rows<'_>,
+    c: Rows<'_>,
     a_t: &[f32],
     dskip: &[f32; LANES],
     bias: &[f32; LANES],
@@ -155,10 +218,10 @@ fn scan_group(
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
         // SAFETY: the features the function is compiled for were detected just above.
-        unsafe { scan_group_avx2(dm, c0, width, u, delta, z, b, c, a_t, dskip, bias, h, y) };
+        unsafe { scan_group_avx2(dm, c0, width, bi, u, delta, z, b, c, a_t, dskip, bias, h, y) };
         return;
     }
-    scan_group_body(dm, c0, width, u, delta, z, b, c, a_t, dskip, bias, h, y)
+    scan_group_body(dm, c0, width, bi, u, delta, z, b, c, a_t, dskip, bias, h, y)
 }
 
 /// Scans one group of channels `[c0, c0 + width)` of one batch row.
@@ -172,11 +235,12 @@ fn scan_group_body(
     dm: &Dims,
     c0: usize,
     width: usize,
-    u: &[f32],
-    delta: &[f32],
-    z: &[f32],
-    b: &[f32],
-    c: &[f32],
+    bi: usize,
+    u: Rows<'_>,
+    delta: Rows<'_>,
+    z: Rows<'_>,
+    b: Rows<'_>,
+    c: Rows<'_>,
     a_t: &[f32],
     dskip: &[f32; LANES],
     bias: &[f32; LANES],
@@ -191,34 +255,36 @@ fn scan_group_body(
     let mut ut = [0.0f32; LANES];
     let mut dt = [0.0f32; LANES];
     let mut zt = [0.0f32; LANES];
-    for t in 0..dm.len {
-        let row = t * dm.d_inner + c0;
-        load(&mut ut, &u[row..row + width]);
-        load(&mut dt, &delta[row..row + width]);
-        load(&mut zt, &z[row..row + width]);
+    for t in dm.t0..dm.t1 {
+        load(&mut ut, &u.row(bi, t, c0 + width)[c0..]);
+        load(&mut dt, &delta.row(bi, t, c0 + width)[c0..]);
+        load(&mut zt, &z.row(bi, t, c0 + width)[c0..]);
         let mut dtu = [0.0f32; LANES];
         for l in 0..LANES {
             // Δ = softplus(delta + bias)   (Algorithm 2, line 6)
             dt[l] = fast_softplus(dt[l] + bias[l]);
             dtu[l] = dt[l] * ut[l];
         }
-        let bt = &b[t * n..(t + 1) * n];
-        let ct = &c[t * n..(t + 1) * n];
-        let mut acc = [0.0f32; LANES];
+        let bt = b.row(bi, t, n);
+        let ct = c.row(bi, t, n);
+        // Four partial sums for C·h break the serial add chain over the state index.
+        let mut acc = [[0.0f32; LANES]; 4];
         for k in 0..n {
             let (bk, ck) = (bt[k], ct[k]);
             let hk = &mut h[k];
             let ak = &a[k];
+            let acck = &mut acc[k & 3];
             for l in 0..LANES {
                 // h = exp(Δ·A) ⊙ h + Δ·B·u   (eq. 2a with zero-order hold, eq. 4)
                 hk[l] = fast_exp(dt[l] * ak[l]) * hk[l] + dtu[l] * bk;
                 // y = C·h   (eq. 2b)
-                acc[l] += hk[l] * ck;
+                acck[l] += hk[l] * ck;
             }
         }
-        let yt = &mut y[t];
+        let yt = &mut y[t - dm.t0];
         for l in 0..LANES {
-            yt[l] = (acc[l] + dskip[l] * ut[l]) * silu(zt[l]);
+            let sum = (acc[0][l] + acc[1][l]) + (acc[2][l] + acc[3][l]);
+            yt[l] = (sum + dskip[l] * ut[l]) * silu(zt[l]);
         }
     }
 }
@@ -235,24 +301,24 @@ pub(crate) fn scan_flex(input: ScanInput<Flex>) -> ScanOutput<Flex> {
         return super::scan_reference::scan_reference::<Flex>(input);
     }
     let parts = (
-        host(&input.u),
-        host(&input.delta),
+        rows_source(&input.u),
+        rows_source(&input.delta),
         host(&input.a),
-        host(&input.b),
-        host(&input.c),
+        rows_source(&input.b),
+        rows_source(&input.c),
         host(&input.d),
-        host(&input.z),
+        rows_source(&input.z),
         host(&input.delta_bias),
         host(&input.h0),
     );
     let (
-        Some(u),
-        Some(delta),
+        Some(u_src),
+        Some(delta_src),
         Some(a),
-        Some(bm),
-        Some(cm),
+        Some(b_src),
+        Some(c_src),
         Some(dv),
-        Some(z),
+        Some(z_src),
         Some(bias),
         Some(h0),
     ) = parts
@@ -260,11 +326,13 @@ pub(crate) fn scan_flex(input: ScanInput<Flex>) -> ScanOutput<Flex> {
         drop(parts);
         return super::scan_reference::scan_reference::<Flex>(input);
     };
-    let dm = Dims {
-        len,
-        d_inner,
-        d_state,
-    };
+    let (u, delta, z, bm, cm) = (
+        rows(&u_src),
+        rows(&delta_src),
+        rows(&z_src),
+        rows(&b_src),
+        rows(&c_src),
+    );
     // A as [d_state, d_inner], so a group's channels are contiguous for each state index.
     let mut a_t = vec![0.0f32; d_state * d_inner];
     for ch in 0..d_inner {
@@ -273,63 +341,69 @@ pub(crate) fn scan_flex(input: ScanInput<Flex>) -> ScanOutput<Flex> {
         }
     }
     let groups = d_inner.div_ceil(LANES);
-    let results: Vec<GroupOut> = (0..batch * groups)
-        .into_par_iter()
+    // Per work item (batch row, channel group): its state [d_state][LANES] and parameters.
+    let mut items: Vec<GroupState> = (0..batch * groups)
         .map(|item| {
             let (bi, g) = (item / groups, item % groups);
             let c0 = g * LANES;
             let width = LANES.min(d_inner - c0);
-            let mut dskip = [0.0f32; LANES];
-            let mut bs = [0.0f32; LANES];
-            dskip[..width].copy_from_slice(&dv[c0..c0 + width]);
-            bs[..width].copy_from_slice(&bias[c0..c0 + width]);
-            let mut h = vec![[0.0f32; LANES]; d_state];
+            let mut st = GroupState {
+                bi,
+                c0,
+                width,
+                dskip: [0.0; LANES],
+                bias: [0.0; LANES],
+                h: vec![[0.0f32; LANES]; d_state],
+                y: Vec::new(),
+            };
+            st.dskip[..width].copy_from_slice(&dv[c0..c0 + width]);
+            st.bias[..width].copy_from_slice(&bias[c0..c0 + width]);
             for (l, ch) in (c0..c0 + width).enumerate() {
-                for (k, hk) in h.iter_mut().enumerate() {
+                for (k, hk) in st.h.iter_mut().enumerate() {
                     hk[l] = h0[(bi * d_inner + ch) * d_state + k];
                 }
             }
-            let mut y = vec![[0.0f32; LANES]; len];
-            let (o, on) = (bi * len * d_inner, bi * len * d_state);
-            scan_group(
-                &dm,
-                c0,
-                width,
-                &u[o..o + len * d_inner],
-                &delta[o..o + len * d_inner],
-                &z[o..o + len * d_inner],
-                &bm[on..on + len * d_state],
-                &cm[on..on + len * d_state],
-                &a_t,
-                &dskip,
-                &bs,
-                &mut h,
-                &mut y,
-            );
-            (y, h)
+            st
         })
         .collect();
-    // Scatter the groups back to time-major y [batch, len, d_inner] and h [batch, d_inner, d_state].
+    // Time runs in blocks of TIME_BLOCK steps; within a block every group is scanned (in
+    // parallel), so the block's rows of u, delta, z stay in cache while all groups read them
+    // instead of each group streaming the whole sequence with a large stride.
     let mut y = vec![0.0f32; batch * len * d_inner];
-    let mut h_out = vec![0.0f32; batch * d_inner * d_state];
-    y.par_chunks_mut(len * d_inner)
-        .zip(h_out.par_chunks_mut(d_inner * d_state))
-        .enumerate()
-        .for_each(|(bi, (yb, hb))| {
-            for g in 0..groups {
-                let (gy, gh) = &results[bi * groups + g];
-                let c0 = g * LANES;
-                let width = LANES.min(d_inner - c0);
-                for (t, row) in gy.iter().enumerate() {
-                    yb[t * d_inner + c0..t * d_inner + c0 + width].copy_from_slice(&row[..width]);
-                }
-                for (k, hk) in gh.iter().enumerate() {
-                    for l in 0..width {
-                        hb[(c0 + l) * d_state + k] = hk[l];
-                    }
-                }
-            }
+    let mut t0 = 0;
+    while t0 < len {
+        let t1 = (t0 + TIME_BLOCK).min(len);
+        let dm = Dims {
+            t0,
+            t1,
+            d_inner,
+            d_state,
+        };
+        items.par_iter_mut().for_each(|st| {
+            st.y.clear();
+            st.y.resize(t1 - t0, [0.0; LANES]);
+            scan_group(
+                &dm, st.c0, st.width, st.bi, u, delta, z, bm, cm, &a_t, &st.dskip, &st.bias,
+                &mut st.h, &mut st.y,
+            );
         });
+        for st in &items {
+            let base = st.bi * len * d_inner;
+            for (i, row) in st.y.iter().enumerate() {
+                let o = base + (t0 + i) * d_inner + st.c0;
+                y[o..o + st.width].copy_from_slice(&row[..st.width]);
+            }
+        }
+        t0 = t1;
+    }
+    let mut h_out = vec![0.0f32; batch * d_inner * d_state];
+    for st in &items {
+        for (k, hk) in st.h.iter().enumerate() {
+            for l in 0..st.width {
+                h_out[(st.bi * d_inner + st.c0 + l) * d_state + k] = hk[l];
+            }
+        }
+    }
     let y = FlexTensor::from_data(TensorData::new(y, [batch, len, d_inner]));
     let h = FlexTensor::from_data(TensorData::new(h_out, [batch, d_inner, d_state]));
     ScanOutput { y, h }

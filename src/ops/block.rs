@@ -1,0 +1,295 @@
+//! The other per-position operations of a Mamba block, as a backend extension: the causal
+//! depthwise convolution over a carried window fused with SiLU, and RMSNorm.
+//!
+//! Like the scan, each has a reference in plain tensor operations (the default body, which
+//! every backend and autodiff get) and a fused, multi-threaded host loop for the CPU backend.
+
+use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
+use burn::backend::flex::FlexTensor;
+use burn::backend::tensor::FloatTensor;
+use burn::backend::{
+    Autodiff, Backend, DType, Dispatch, ExtensionType, Flex, Scalar, TensorData, TensorMetadata,
+    backend_extension,
+};
+use burn::tensor::{Shape, Slice, Tensor};
+use rayon::prelude::*;
+
+use super::scan_cpu::fast_exp;
+
+/// Inputs of the causal convolution.
+///
+/// # Shapes
+/// - `x`: `[batch, length, channels]` where `channels >= d_inner`; the convolution reads
+///   channels `0..d_inner` (the conv branch of `in_proj`'s output)
+/// - `window`: `[batch, d_conv - 1, d_inner]`, the inputs before this chunk
+/// - `weight`: `[d_conv, d_inner]`; tap `k` multiplies `x[t - (d_conv - 1) + k]`
+/// - `bias`: `[d_inner]`
+#[derive(ExtensionType)]
+pub struct ConvInput<B: Backend> {
+    /// Chunk input.
+    pub x: FloatTensor<B>,
+    /// Carried window.
+    pub window: FloatTensor<B>,
+    /// Depthwise weights.
+    pub weight: FloatTensor<B>,
+    /// Bias (zeros when the model has none).
+    pub bias: FloatTensor<B>,
+}
+
+/// Outputs of the causal convolution.
+///
+/// # Shapes
+/// - `u`: `[batch, length, d_inner]`, `SiLU(conv(x) + bias)`
+/// - `window`: `[batch, d_conv - 1, d_inner]`, the window after this chunk
+#[derive(ExtensionType)]
+pub struct ConvOutput<B: Backend> {
+    /// Activated output.
+    pub u: FloatTensor<B>,
+    /// Next window.
+    pub window: FloatTensor<B>,
+}
+
+/// Per-position block operations.
+#[backend_extension(Flex, Autodiff)]
+pub trait BlockOpsBackend: Backend {
+    /// `SiLU(causal_depthwise_conv([window | x]) + bias)` and the next window.
+    fn causal_conv_silu(#[extension_type] input: ConvInput<Self>) -> ConvOutput<Self> {
+        conv_reference::<Self>(input)
+    }
+
+    /// `x / sqrt(mean(x², last dim) + eps) * weight`.
+    fn rms_norm(x: FloatTensor<Self>, weight: FloatTensor<Self>, eps: f64) -> FloatTensor<Self> {
+        rms_reference::<Self>(x, weight, eps)
+    }
+}
+
+impl BlockOpsBackend for Flex {
+    fn causal_conv_silu(input: ConvInput<Self>) -> ConvOutput<Self> {
+        conv_flex(input)
+    }
+
+    fn rms_norm(x: FloatTensor<Self>, weight: FloatTensor<Self>, eps: f64) -> FloatTensor<Self> {
+        rms_flex(x, weight, eps)
+    }
+}
+
+impl<B: Backend + BlockOpsBackend, C: CheckpointStrategy> BlockOpsBackend for Autodiff<B, C> {}
+
+fn dims<B: Backend>(t: &FloatTensor<B>) -> Vec<usize> {
+    t.shape().to_vec()
+}
+
+/// The convolution in plain tensor operations.
+pub fn conv_reference<B: Backend>(input: ConvInput<B>) -> ConvOutput<B> {
+    let ConvInput {
+        x,
+        window,
+        weight,
+        bias,
+    } = input;
+    let xd = dims::<B>(&x);
+    let (batch, len) = (xd[0], xd[1]);
+    let wd = dims::<B>(&weight);
+    let (k, d) = (wd[0], wd[1]);
+    let xs = B::float_slice(x, &[Slice::from(..), Slice::from(..), Slice::from(0..d)]);
+    let xpad = B::float_cat(vec![window, xs], 1);
+    let mut acc: Option<FloatTensor<B>> = None;
+    for j in 0..k {
+        let tap = B::float_slice(
+            xpad.clone(),
+            &[Slice::from(..), Slice::from(j..j + len), Slice::from(..)],
+        );
+        let w = B::float_reshape(
+            B::float_slice(weight.clone(), &[Slice::from(j..j + 1), Slice::from(..)]),
+            Shape::new([1, 1, d]),
+        );
+        let term = B::float_mul(tap, w);
+        acc = Some(match acc {
+            None => term,
+            Some(a) => B::float_add(a, term),
+        });
+    }
+    let conv = match acc {
+        Some(a) => a,
+        None => B::float_mul_scalar(
+            B::float_slice(
+                xpad.clone(),
+                &[Slice::from(..), Slice::from(0..len), Slice::from(..)],
+            ),
+            Scalar::from(0.0f32),
+        ),
+    };
+    let conv = B::float_add(conv, B::float_reshape(bias, Shape::new([1, 1, d])));
+    let u = B::float_mul(conv.clone(), B::sigmoid(conv));
+    let next = B::float_slice(
+        xpad,
+        &[
+            Slice::from(..),
+            Slice::from(len..len + k.saturating_sub(1)),
+            Slice::from(..),
+        ],
+    );
+    let _ = batch;
+    ConvOutput { u, window: next }
+}
+
+/// RMSNorm in plain tensor operations.
+pub fn rms_reference<B: Backend>(
+    x: FloatTensor<B>,
+    weight: FloatTensor<B>,
+    eps: f64,
+) -> FloatTensor<B> {
+    let xd = dims::<B>(&x);
+    let last = xd.len() - 1;
+    let ms = B::float_mean_dim(B::float_mul(x.clone(), x.clone()), last);
+    let inv = B::float_recip(B::float_sqrt(B::float_add_scalar(ms, Scalar::from(eps))));
+    let mut wshape = vec![1; xd.len()];
+    wshape[last] = xd[last];
+    B::float_mul(
+        B::float_mul(x, inv),
+        B::float_reshape(weight, Shape::from(wshape)),
+    )
+}
+
+fn host(t: &FlexTensor) -> Option<std::borrow::Cow<'_, [f32]>> {
+    if t.dtype() != DType::F32 {
+        return None;
+    }
+    match t.as_slice::<f32>() {
+        Some(s) if t.is_contiguous() => Some(std::borrow::Cow::Borrowed(s)),
+        _ => {
+            let c = t.to_contiguous();
+            c.as_slice::<f32>()
+                .map(|s| std::borrow::Cow::Owned(s.to_vec()))
+        }
+    }
+}
+
+/// Rows of positions handled per parallel task.
+const ROWS_PER_TASK: usize = 64;
+
+fn conv_flex(input: ConvInput<Flex>) -> ConvOutput<Flex> {
+    let xd = input.x.shape().to_vec();
+    let wd = input.weight.shape().to_vec();
+    let (Some(&batch), Some(&len), Some(&cx), Some(&k), Some(&d)) =
+        (xd.first(), xd.get(1), xd.get(2), wd.first(), wd.get(1))
+    else {
+        return conv_reference::<Flex>(input);
+    };
+    let parts = (
+        host(&input.x),
+        host(&input.window),
+        host(&input.weight),
+        host(&input.bias),
+    );
+    let (Some(x), Some(win), Some(w), Some(bias)) = parts else {
+        drop(parts);
+        return conv_reference::<Flex>(input);
+    };
+    if k == 0 || batch == 0 || len == 0 || d == 0 || cx < d {
+        drop((x, win, w, bias));
+        return conv_reference::<Flex>(input);
+    }
+    let k1 = k - 1;
+    // Input of position p (-k1 <= p < len) of batch row b, channel slice.
+    let row = |b: usize, p: isize| -> &[f32] {
+        if p < 0 {
+            let r = (k1 as isize + p) as usize;
+            &win[(b * k1 + r) * d..(b * k1 + r + 1) * d]
+        } else {
+            let o = (b * len + p as usize) * cx;
+            &x[o..o + d]
+        }
+    };
+    let mut u = vec![0.0f32; batch * len * d];
+    u.par_chunks_mut(ROWS_PER_TASK * d)
+        .enumerate()
+        .for_each(|(task, out)| {
+            let first = task * ROWS_PER_TASK;
+            for (i, o) in out.chunks_mut(d).enumerate() {
+                let pos = first + i;
+                let (b, t) = (pos / len, pos % len);
+                o.copy_from_slice(bias.as_ref());
+                for j in 0..k {
+                    let src = row(b, t as isize - k1 as isize + j as isize);
+                    let wj = &w[j * d..(j + 1) * d];
+                    for ((acc, s), wv) in o.iter_mut().zip(src).zip(wj) {
+                        *acc += s * wv;
+                    }
+                }
+                for v in o.iter_mut() {
+                    *v /= 1.0 + fast_exp(-*v);
+                }
+            }
+        });
+    let mut next = vec![0.0f32; batch * k1 * d];
+    for b in 0..batch {
+        for r in 0..k1 {
+            let src = row(b, len as isize - k1 as isize + r as isize);
+            next[(b * k1 + r) * d..(b * k1 + r + 1) * d].copy_from_slice(src);
+        }
+    }
+    ConvOutput {
+        u: FlexTensor::from_data(TensorData::new(u, [batch, len, d])),
+        window: FlexTensor::from_data(TensorData::new(next, [batch, k1, d])),
+    }
+}
+
+fn rms_flex(x: FlexTensor, weight: FlexTensor, eps: f64) -> FlexTensor {
+    let shape = x.shape().to_vec();
+    let d = shape.last().copied().unwrap_or(0);
+    let (Some(xs), Some(w)) = (host(&x), host(&weight)) else {
+        return rms_reference::<Flex>(x, weight, eps);
+    };
+    if d == 0 || w.len() != d {
+        drop((xs, w));
+        return rms_reference::<Flex>(x, weight, eps);
+    }
+    let mut out = vec![0.0f32; xs.len()];
+    out.par_chunks_mut(ROWS_PER_TASK * d)
+        .zip(xs.par_chunks(ROWS_PER_TASK * d))
+        .for_each(|(o, src)| {
+            for (orow, xrow) in o.chunks_mut(d).zip(src.chunks(d)) {
+                let ms: f64 =
+                    xrow.iter().map(|v| (*v as f64) * (*v as f64)).sum::<f64>() / d as f64;
+                let inv = (1.0 / (ms + eps).sqrt()) as f32;
+                for ((ov, xv), wv) in orow.iter_mut().zip(xrow).zip(w.iter()) {
+                    *ov = xv * inv * wv;
+                }
+            }
+        });
+    FlexTensor::from_data(TensorData::new(out, shape))
+}
+
+/// Causal depthwise convolution + SiLU on the device of `x`; returns `(u, next_window)`.
+///
+/// # Shapes
+/// - x: `[batch, length, >= d_inner]`, window: `[batch, d_conv - 1, d_inner]`,
+///   weight: `[d_conv, d_inner]`, bias: `[d_inner]`
+/// - returns u: `[batch, length, d_inner]`, next window: `[batch, d_conv - 1, d_inner]`
+pub fn causal_conv_silu(
+    x: Tensor<3>,
+    window: Tensor<3>,
+    weight: Tensor<2>,
+    bias: Tensor<1>,
+) -> (Tensor<3>, Tensor<3>) {
+    let out = <Dispatch as BlockOpsBackend>::causal_conv_silu(ConvInput {
+        x: x.into_dispatch(),
+        window: window.into_dispatch(),
+        weight: weight.into_dispatch(),
+        bias: bias.into_dispatch(),
+    });
+    (
+        Tensor::from_dispatch(out.u),
+        Tensor::from_dispatch(out.window),
+    )
+}
+
+/// RMSNorm over the last dimension on the device of `x`.
+pub fn rms_norm(x: Tensor<3>, weight: Tensor<1>, eps: f64) -> Tensor<3> {
+    Tensor::from_dispatch(<Dispatch as BlockOpsBackend>::rms_norm(
+        x.into_dispatch(),
+        weight.into_dispatch(),
+        eps,
+    ))
+}
