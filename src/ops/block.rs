@@ -61,6 +61,20 @@ pub trait BlockOpsBackend: Backend {
     fn rms_norm(x: FloatTensor<Self>, weight: FloatTensor<Self>, eps: f64) -> FloatTensor<Self> {
         rms_reference::<Self>(x, weight, eps)
     }
+
+    /// The convolution's reference (never overridden; fused versions are tested against it).
+    fn causal_conv_silu_reference(#[extension_type] input: ConvInput<Self>) -> ConvOutput<Self> {
+        conv_reference::<Self>(input)
+    }
+
+    /// RMSNorm's reference (never overridden).
+    fn rms_norm_reference(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        eps: f64,
+    ) -> FloatTensor<Self> {
+        rms_reference::<Self>(x, weight, eps)
+    }
 }
 
 impl BlockOpsBackend for Flex {
@@ -261,6 +275,48 @@ fn rms_flex(x: FlexTensor, weight: FlexTensor, eps: f64) -> FlexTensor {
     FlexTensor::from_data(TensorData::new(out, shape))
 }
 
+/// Which implementation to run: the backend's fastest, or the tensor-op reference.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Impl {
+    /// The backend's override (fused on the CPU), or the reference where there is none.
+    Fastest,
+    /// The reference in plain tensor operations.
+    Reference,
+}
+
+/// [`causal_conv_silu`] with a choice of implementation.
+pub fn causal_conv_silu_with(
+    which: Impl,
+    x: Tensor<3>,
+    window: Tensor<3>,
+    weight: Tensor<2>,
+    bias: Tensor<1>,
+) -> (Tensor<3>, Tensor<3>) {
+    let input = ConvInput {
+        x: x.into_dispatch(),
+        window: window.into_dispatch(),
+        weight: weight.into_dispatch(),
+        bias: bias.into_dispatch(),
+    };
+    let out = match which {
+        Impl::Fastest => <Dispatch as BlockOpsBackend>::causal_conv_silu(input),
+        Impl::Reference => <Dispatch as BlockOpsBackend>::causal_conv_silu_reference(input),
+    };
+    (
+        Tensor::from_dispatch(out.u),
+        Tensor::from_dispatch(out.window),
+    )
+}
+
+/// [`rms_norm`] with a choice of implementation.
+pub fn rms_norm_with(which: Impl, x: Tensor<3>, weight: Tensor<1>, eps: f64) -> Tensor<3> {
+    let (x, w) = (x.into_dispatch(), weight.into_dispatch());
+    Tensor::from_dispatch(match which {
+        Impl::Fastest => <Dispatch as BlockOpsBackend>::rms_norm(x, w, eps),
+        Impl::Reference => <Dispatch as BlockOpsBackend>::rms_norm_reference(x, w, eps),
+    })
+}
+
 /// Causal depthwise convolution + SiLU on the device of `x`; returns `(u, next_window)`.
 ///
 /// # Shapes
@@ -273,23 +329,10 @@ pub fn causal_conv_silu(
     weight: Tensor<2>,
     bias: Tensor<1>,
 ) -> (Tensor<3>, Tensor<3>) {
-    let out = <Dispatch as BlockOpsBackend>::causal_conv_silu(ConvInput {
-        x: x.into_dispatch(),
-        window: window.into_dispatch(),
-        weight: weight.into_dispatch(),
-        bias: bias.into_dispatch(),
-    });
-    (
-        Tensor::from_dispatch(out.u),
-        Tensor::from_dispatch(out.window),
-    )
+    causal_conv_silu_with(Impl::Fastest, x, window, weight, bias)
 }
 
 /// RMSNorm over the last dimension on the device of `x`.
 pub fn rms_norm(x: Tensor<3>, weight: Tensor<1>, eps: f64) -> Tensor<3> {
-    Tensor::from_dispatch(<Dispatch as BlockOpsBackend>::rms_norm(
-        x.into_dispatch(),
-        weight.into_dispatch(),
-        eps,
-    ))
+    rms_norm_with(Impl::Fastest, x, weight, eps)
 }
