@@ -89,8 +89,44 @@ impl InputArgs {
 
     /// Streams records in input order, grouped into batches: a record longer than one chunk
     /// runs alone; shorter ones are grouped up to `--batch-size`. Zero-length records are
-    /// counted and skipped.
+    /// counted and skipped. Reading and tokenising run on their own thread, one batch ahead
+    /// of `f`, so input overlaps with compute.
     pub fn for_each_batch(
+        &self,
+        skipped_empty: &mut usize,
+        f: &mut dyn FnMut(Vec<Record>) -> Result<()>,
+    ) -> Result<()> {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Result<Vec<Record>>>(1);
+        std::thread::scope(|scope| {
+            let reader = scope.spawn(move || {
+                let mut skipped = 0;
+                let res = self.read_batches(&mut skipped, &mut |batch| {
+                    tx.send(Ok(batch))
+                        .map_err(|_| Error::Runtime("the consumer stopped".into()))
+                });
+                if let Err(e) = res {
+                    // Fails silently when the consumer already stopped with its own error.
+                    let _ = tx.send(Err(e));
+                }
+                skipped
+            });
+            let mut result = Ok(());
+            for msg in rx.iter() {
+                match msg.and_then(&mut *f) {
+                    Ok(()) => {}
+                    Err(e) => {
+                        result = Err(e);
+                        break;
+                    }
+                }
+            }
+            drop(rx);
+            *skipped_empty += reader.join().unwrap_or(0);
+            result
+        })
+    }
+
+    fn read_batches(
         &self,
         skipped_empty: &mut usize,
         f: &mut dyn FnMut(Vec<Record>) -> Result<()>,
