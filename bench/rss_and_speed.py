@@ -44,9 +44,9 @@ def main():
         print(f"model d_model={a.d_model} n_layer={a.n_layer} threads={a.threads} chunk={a.chunk_size}")
         print("what\tbases\tseconds\tbases_per_s\tpeak_rss_MiB")
         jobs = []
-        for mb in [int(x) for x in a.sizes.split(",") if x]:
-            start = 30_000_001
-            jobs.append((f"chr20 {mb} Mb", ["--region", f"20:{start}-{start + mb * 1_000_000 - 1}"], mb * 1_000_000))
+        for mb in [float(x) for x in a.sizes.split(",") if x]:
+            start, bases = 30_000_001, int(mb * 1_000_000)
+            jobs.append((f"chr20 {mb:g} Mb", ["--region", f"20:{start}-{start + bases - 1}"], bases))
         if a.whole:
             jobs.append(("chr20 whole", [], CHR20_LEN))
         for what, extra, bases in jobs:

@@ -15,7 +15,7 @@ fn t3(v: &[f32], s: [usize; 3], dev: &Device) -> Tensor<3> {
 }
 
 fn host<const D: usize>(t: Tensor<D>) -> Vec<f32> {
-    t.into_data().convert::<f32>().to_vec::<f32>().unwrap()
+    t.into_data().convert::<f32>().try_to_vec::<f32>().unwrap()
 }
 
 fn max_rel(a: &[f32], b: &[f64]) -> f64 {
