@@ -19,13 +19,15 @@ CHR20_LEN = 63_025_520
 def run(cmd):
     """Runs cmd in a fresh process; returns (seconds, peak RSS in MiB of that process)."""
     t0 = time.perf_counter()
-    # posix_spawn, not fork: a forked child would count this python's own pages in its RSS.
-    pid = os.posix_spawnp(cmd[0], cmd, os.environ)
-    _, status, ru = os.wait4(pid, 0)
-    secs = time.perf_counter() - t0
-    if os.waitstatus_to_exitcode(status) != 0:
-        sys.exit(f"failed: {' '.join(cmd)}")
-    return secs, ru.ru_maxrss / 1024.0
+    # Peak RSS comes from GNU time: a child forked or vforked from this python would count
+    # the interpreter's own pages (torch included) in its maxrss, even after exec.
+    with tempfile.NamedTemporaryFile("r") as rss:
+        proc = subprocess.run(["/usr/bin/time", "-f", "%M", "-o", rss.name] + cmd)
+        secs = time.perf_counter() - t0
+        if proc.returncode != 0:
+            sys.exit(f"failed: {' '.join(cmd)}")
+        kib = int(rss.read().split()[-1])
+    return secs, kib / 1024.0
 
 
 def main():

@@ -524,3 +524,76 @@ fn info_describes_the_model() {
         "{text}"
     );
 }
+
+#[test]
+fn progress_shows_on_a_terminal_and_not_with_quiet() {
+    // `script` (util-linux) runs the command on a pseudo-terminal, as a user's shell would.
+    assert!(
+        Command::new("script").arg("--version").output().is_ok(),
+        "util-linux `script` is needed for this test"
+    );
+    let t = tempfile::tempdir().unwrap();
+    let m = init(t.path(), "m", &[]);
+    let bin = assert_cmd::cargo::cargo_bin("genomamba");
+    let input = root().join("data/yeast_chrI_20k.fa");
+    let run_tty = |quiet: bool| -> String {
+        let out = t.path().join("e.tsv");
+        let cmd = format!(
+            "{} embed -m {} {} -o {} --chunk-size 64 {}",
+            s(&bin),
+            s(&m),
+            s(&input),
+            s(&out),
+            if quiet { "--quiet" } else { "" }
+        );
+        let o = Command::new("script")
+            .args(["-qec", &cmd, "/dev/null"])
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    let shown = run_tty(false);
+    assert!(
+        shown.contains("bases"),
+        "no progress on a terminal: {shown:?}"
+    );
+    let quiet = run_tty(true);
+    assert!(
+        !quiet.contains("bases"),
+        "progress shown despite --quiet: {quiet:?}"
+    );
+}
+
+#[test]
+fn thread_count_does_not_change_results() {
+    let t = tempfile::tempdir().unwrap();
+    let m = init(t.path(), "m", &[]);
+    let input = root().join("data/yeast_chrI_20k.fa");
+    let mut tables = Vec::new();
+    for threads in ["1", "2"] {
+        let out = t.path().join(format!("t{threads}.tsv"));
+        ok(&[
+            "embed",
+            "-m",
+            s(&m),
+            s(&input),
+            "-o",
+            s(&out),
+            "--threads",
+            threads,
+            "--pool",
+            "max",
+        ]);
+        tables.push(tsv_values(&out));
+    }
+    assert_eq!(tables[0].len(), 2);
+    for (a, b) in tables[0][1][2..].iter().zip(&tables[1][1][2..]) {
+        let (a, b): (f64, f64) = (a.parse().unwrap(), b.parse().unwrap());
+        assert!((a - b).abs() <= 1e-6 * (1.0 + a.abs()), "{a} vs {b}");
+    }
+    assert_bad(
+        &run(&["embed", "-m", s(&m), s(&input), "-o", "-", "--threads", "0"]),
+        "threads",
+    );
+}

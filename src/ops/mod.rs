@@ -2,11 +2,14 @@
 //!
 //! - [`block`]: causal convolution fused with SiLU over a carried window, and RMSNorm.
 //! - [`scan`]: the selective scan of Mamba (S6), with a reference written in plain tensor
-//!   operations that every backend gets, and a fused host loop for the CPU backend.
+//!   operations that every backend gets, a fused host loop for the CPU backend, and (with the
+//!   `cuda` feature) a chunked-time GPU kernel for the CubeCL backend.
 
 pub mod block;
 pub mod scan;
 mod scan_cpu;
+#[cfg(feature = "cuda")]
+mod scan_cube;
 mod scan_reference;
 
 pub use scan::{

@@ -16,8 +16,14 @@
 //! Every backend gets the reference ([`scan_reference`](super::scan_reference)), written in
 //! ordinary tensor operations and processing time in blocks so that `[L, d_inner, d_state]`
 //! is never materialised for the whole sequence. Backends override it with fused kernels
-//! (the CPU backend with a host loop); the reference stays the truth they are tested against,
-//! and autodiff devices differentiate through it.
+//! (the CPU backend with a host loop; the CubeCL backend, i.e. CUDA devices, with the chunked
+//! GPU kernel of `scan_cube.rs` when the `cuda` feature is on); the reference
+//! stays the truth they are tested against, and autodiff devices differentiate through it.
+//!
+//! With the `cuda` feature, Burn's CUDA devices run `Fusion<CubeBackend>`: the extension lists
+//! `Fusion`, so the macro registers `selective_scan` as one opaque custom operation in the fusion
+//! stream (its output shapes come from the `#[fusion(meta = ...)]` callback) and runs
+//! `CubeBackend`'s implementation, the kernel, when the stream executes.
 
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
 use burn::backend::tensor::FloatTensor;
@@ -33,6 +39,7 @@ use burn::tensor::Tensor;
 /// - `d`, `delta_bias`: `[d_inner]`
 /// - `h0`: `[batch, d_inner, d_state]`
 #[derive(ExtensionType)]
+#[extension_type(fusion: cfg(feature = "cuda"))]
 pub struct ScanInput<B: Backend> {
     /// Input sequence (after the convolution and SiLU).
     pub u: FloatTensor<B>,
@@ -60,6 +67,7 @@ pub struct ScanInput<B: Backend> {
 /// - `y`: `[batch, length, d_inner]`
 /// - `h`: `[batch, d_inner, d_state]`, the state after the last time step
 #[derive(ExtensionType)]
+#[extension_type(fusion: cfg(feature = "cuda"))]
 pub struct ScanOutput<B: Backend> {
     /// Gated output.
     pub y: FloatTensor<B>,
@@ -71,14 +79,23 @@ pub struct ScanOutput<B: Backend> {
 ///
 /// `selective_scan` may be overridden by a backend with a fused implementation;
 /// `selective_scan_reference` is never overridden and is what fused versions are tested against.
-#[backend_extension(Flex, Autodiff)]
+#[backend_extension(
+    Flex,
+    Autodiff,
+    Cube: cfg(feature = "cuda"),
+    Fusion: cfg(feature = "cuda")
+)]
 pub trait SelectiveScanBackend: Backend {
     /// The selective scan; see the module documentation for the recurrence.
+    // Under Fusion: one custom operation; `y` is shaped like `u`, the last state like `h0`.
+    #[fusion(meta = |input| ScanOutputMetadata { y: input.u.clone(), h: input.h0.clone() })]
     fn selective_scan(#[extension_type] input: ScanInput<Self>) -> ScanOutput<Self> {
         super::scan_reference::scan_reference::<Self>(input)
     }
 
     /// The reference implementation in plain tensor operations (every backend, every device).
+    // Under Fusion: the default body, i.e. the reference in fused tensor operations.
+    #[fusion(default)]
     fn selective_scan_reference(#[extension_type] input: ScanInput<Self>) -> ScanOutput<Self> {
         super::scan_reference::scan_reference::<Self>(input)
     }
@@ -87,6 +104,13 @@ pub trait SelectiveScanBackend: Backend {
 impl SelectiveScanBackend for Flex {
     fn selective_scan(input: ScanInput<Self>) -> ScanOutput<Self> {
         super::scan_cpu::scan_flex(input)
+    }
+}
+
+#[cfg(feature = "cuda")]
+impl SelectiveScanBackend for burn_cubecl::CubeBackend {
+    fn selective_scan(input: ScanInput<Self>) -> ScanOutput<Self> {
+        super::scan_cube::scan_cube(input)
     }
 }
 

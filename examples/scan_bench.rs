@@ -1,0 +1,92 @@
+//! Times the selective scan alone on `cuda:0`: batch 1, d_inner 1024, d_state 16, lengths
+//! 2^12 to 2^20, random inputs already on the device.
+//!
+//! For each length: a warm-up call (kernel compilation), then `REPS` timed calls, each between
+//! two device synchronisations. Reports the best and median time, elements (time steps ×
+//! channels) per second, and the bandwidth against the byte floor: `u`, `delta`, `z`, `B`, `C`
+//! read once and `y` written once, 4 bytes each.
+//!
+//! Run: `cargo run --release --features cuda --example scan_bench`
+//! (optional first argument: the largest log2 length, default 20).
+
+use std::time::Instant;
+
+use burn::tensor::{Device, Distribution, Tensor};
+use genomamba::ops::{ScanArgs, selective_scan};
+
+const BATCH: usize = 1;
+const D_INNER: usize = 1024;
+const D_STATE: usize = 16;
+const REPS: usize = 10;
+
+fn inputs(len: usize, device: &Device) -> ScanArgs {
+    let normal = Distribution::Normal(0.0, 1.0);
+    let seq = |width: usize| Tensor::<3>::random([BATCH, len, width], normal, device);
+    // A = -exp(U(0, log 16)), delta_bias = inverse softplus of U(0.001, 0.1).
+    let a = Tensor::<2>::random(
+        [D_INNER, D_STATE],
+        Distribution::Uniform(0.0, 16f64.ln()),
+        device,
+    )
+    .exp()
+    .neg();
+    let dt = Tensor::<1>::random([D_INNER], Distribution::Uniform(0.001, 0.1), device);
+    let delta_bias = (dt.exp() - 1.0).log();
+    ScanArgs {
+        u: seq(D_INNER),
+        delta: seq(D_INNER),
+        a,
+        b: seq(D_STATE),
+        c: seq(D_STATE),
+        d: Tensor::<1>::random([D_INNER], normal, device),
+        z: seq(D_INNER),
+        delta_bias,
+        h0: Tensor::<3>::zeros([BATCH, D_INNER, D_STATE], device),
+    }
+}
+
+/// One scan between two synchronisations; seconds.
+fn timed(args: &ScanArgs, device: &Device) -> f64 {
+    device.sync().expect("device sync");
+    let start = Instant::now();
+    let out = selective_scan(args.clone());
+    device.sync().expect("device sync");
+    let secs = start.elapsed().as_secs_f64();
+    drop(out);
+    secs
+}
+
+fn main() {
+    let max_log2: u32 = std::env::args()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(20);
+    let device = Device::cuda(0);
+    println!(
+        "selective scan on cuda:0: batch {BATCH}, d_inner {D_INNER}, d_state {D_STATE}, \
+         best and median of {REPS}"
+    );
+    println!(
+        "{:>9} {:>10} {:>10} {:>12} {:>14} {:>12}",
+        "L", "best ms", "median ms", "Gelem/s", "floor GB", "GB/s (best)"
+    );
+    for log2 in (12..=max_log2).step_by(2) {
+        let len = 1usize << log2;
+        let args = inputs(len, &device);
+        let first = timed(&args, &device);
+        let mut times: Vec<f64> = (0..REPS).map(|_| timed(&args, &device)).collect();
+        times.sort_by(f64::total_cmp);
+        let (best, median) = (times[0], times[REPS / 2]);
+        let elems = (BATCH * len * D_INNER) as f64;
+        let bytes = 4.0 * (BATCH * len * (4 * D_INNER + 2 * D_STATE)) as f64;
+        println!(
+            "{len:>9} {:>10.3} {:>10.3} {:>12.2} {:>14.3} {:>12.1}   (first call {:.1} ms)",
+            best * 1e3,
+            median * 1e3,
+            elems / best / 1e9,
+            bytes / 1e9,
+            bytes / best / 1e9,
+            first * 1e3,
+        );
+    }
+}

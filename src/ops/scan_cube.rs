@@ -1,0 +1,485 @@
+//! The selective scan as CubeCL kernels, for the CubeCL backend (CUDA devices).
+//!
+//! # Design
+//!
+//! The recurrence (see [`scan`](super::scan)) is, for each batch row `b`, channel `d` and state
+//! index `n`, `h[t] = exp(Δ[t]·A)·h[t-1] + Δ[t]·B[t]·u[t]`, a first-order linear recurrence in
+//! time. A chunk of time steps `[t0, t1)` maps an incoming state `h_in` to
+//!
+//! ```text
+//! h[t1-1] = P·h_in + S,    P = exp(A · Σ_{t0≤t<t1} Δ[t]),    S = the chunk's state scanned from 0
+//! ```
+//!
+//! (the product of `exp(Δ[t]·A)` over the chunk collapses to one exponential because `A` is
+//! constant in time). So time is split into `chunks` chunks of `chunk_len` steps and the scan
+//! runs in three launches:
+//!
+//! 1. [`scan_chunk_state_kernel`], one thread per `(b, chunk, d)`: scans its chunk from a zero
+//!    state, all `d_state` states in registers, and writes `S` (`[batch, chunks, d_state,
+//!    d_inner]`) and `ΣΔ` (`[batch, chunks, d_inner]`).
+//! 2. [`scan_chunk_combine_kernel`], one thread per `(b, n, d)`: walks the chunks in order,
+//!    `h_in[k+1] = P_k·h_in[k] + S_k` from `h_in[0] = h0`, overwrites `S_k` with `h_in[k]`, and
+//!    writes the last state. Sequential over chunks only, which is cheap.
+//! 3. [`scan_chunk_output_kernel`], one thread per `(b, chunk, d)`: rescans its chunk from its
+//!    true incoming state and writes `y[t] = (Σ_n C[t,n]·h[t,n] + D·u[t]) · SiLU(z[t])`.
+//!
+//! With a single chunk (short sequences, or enough batch rows × channels to fill the GPU on their
+//! own) only pass 3 runs, reading `h0` and writing the last state itself.
+//!
+//! Every thread owns one channel and all `d_state` states of it (`d_state` is a compile-time
+//! constant of the kernel, so the state lives in registers and the reduction over `n` for `y`
+//! needs no communication between threads). Adjacent threads handle adjacent channels, so the
+//! time-major reads of `u`, `delta`, `z` and the writes of `y` are coalesced, and the rows of
+//! `B` and `C` are the same for all threads of a chunk (broadcast loads, served by L1).
+//! Softplus, the `D` skip and the SiLU gate are fused. State and arithmetic are f32; indices use
+//! the 64-bit address type when a buffer has more than `u32::MAX` elements.
+//!
+//! Cost: pass 1 reads `u`, `delta`, `B`; pass 3 reads `u`, `delta`, `z`, `B`, `C` and writes
+//! `y`; so about 1.5 times the byte floor (`u`, `delta`, `z`, `B`, `C` read once and `y` written
+//! once), plus `2·d_state` exponentials per `(t, d)`.
+//!
+//! Inputs other than f32, `d_state` above [`MAX_D_STATE`], and empty shapes go to the reference.
+
+use burn::backend::{DType, TensorMetadata};
+use burn::tensor::Shape;
+use burn_cubecl::CubeBackend;
+use burn_cubecl::kernel::into_contiguous;
+use burn_cubecl::ops::numeric::empty_device_contiguous_dtype;
+use burn_cubecl::tensor::CubeTensor;
+use cubecl::prelude::*;
+use cubecl::{CubeCount, CubeDim, calculate_cube_count_elemwise};
+
+use super::scan::{ScanInput, ScanOutput};
+use super::scan_reference::scan_reference;
+
+/// Largest `d_state` the kernels take (each thread keeps `2·d_state` values in registers).
+pub const MAX_D_STATE: usize = 256;
+
+/// Threads per cube.
+const CUBE_THREADS: u32 = 128;
+
+/// Threads the chunking aims for: a few times what an H100/H200 keeps resident, so that a
+/// batch-1 scan over a long sequence fills the GPU.
+const TARGET_THREADS: usize = 1 << 19;
+
+/// Shortest chunk worth its own pass-1/pass-2 work.
+const MIN_CHUNK: usize = 64;
+
+/// `softplus(x) = max(x, 0) + log1p(exp(-|x|))`, as the reference computes it.
+#[cube]
+fn softplus(x: f32) -> f32 {
+    let pos = if x > 0.0f32 { x } else { 0.0f32 };
+    pos + (-x.abs()).exp().log1p()
+}
+
+/// Pass 1: each chunk's state from zero, and the chunk's sum of `Δ`.
+///
+/// Thread `((b·chunks) + k)·d_inner + d`. `state`: `[batch, chunks, d_state, d_inner]`;
+/// `dsum`: `[batch, chunks, d_inner]`.
+#[cube(launch_unchecked, address_type = "dynamic")]
+#[allow(clippy::too_many_arguments)]
+fn scan_chunk_state_kernel(
+    u: &Tensor<f32>,
+    delta: &Tensor<f32>,
+    a: &Tensor<f32>,
+    b: &Tensor<f32>,
+    delta_bias: &Tensor<f32>,
+    state: &mut Tensor<f32>,
+    dsum: &mut Tensor<f32>,
+    batch: usize,
+    len: usize,
+    d_inner: usize,
+    chunks: usize,
+    chunk_len: usize,
+    #[comptime] d_state: usize,
+) {
+    let pos = ABSOLUTE_POS;
+    if pos >= batch * chunks * d_inner {
+        terminate!();
+    }
+    let ch = pos % d_inner;
+    let bk = pos / d_inner;
+    let k = bk % chunks;
+    let bi = bk / chunks;
+    let t0 = k * chunk_len;
+    let t1 = if t0 + chunk_len < len {
+        t0 + chunk_len
+    } else {
+        len
+    };
+
+    let mut av = Array::<f32>::new(d_state);
+    let mut h = Array::<f32>::new(d_state);
+    #[unroll]
+    for n in 0..d_state {
+        av[n] = a[ch * d_state + n];
+        h[n] = 0.0f32;
+    }
+    let bias = delta_bias[ch];
+    let mut sum = 0.0f32;
+    for t in t0..t1 {
+        let row = bi * len + t;
+        // Δ = softplus(delta + bias)   (Algorithm 2, line 6)
+        let dt = softplus(delta[row * d_inner + ch] + bias);
+        let dtu = dt * u[row * d_inner + ch];
+        sum += dt;
+        #[unroll]
+        for n in 0..d_state {
+            // h = exp(Δ·A) ⊙ h + Δ·B·u   (eq. 2a, zero-order hold of eq. 4)
+            h[n] = (dt * av[n]).exp() * h[n] + dtu * b[row * d_state + n];
+        }
+    }
+    #[unroll]
+    for n in 0..d_state {
+        state[(bk * d_state + n) * d_inner + ch] = h[n];
+    }
+    dsum[pos] = sum;
+}
+
+/// Pass 2: incoming state of every chunk, in place of the chunk states, and the last state.
+///
+/// Thread `((b·d_state) + n)·d_inner + d`. `h0`, `h_last`: `[batch, d_inner, d_state]`.
+#[cube(launch_unchecked, address_type = "dynamic")]
+#[allow(clippy::too_many_arguments)]
+fn scan_chunk_combine_kernel(
+    a: &Tensor<f32>,
+    h0: &Tensor<f32>,
+    dsum: &Tensor<f32>,
+    state: &mut Tensor<f32>,
+    h_last: &mut Tensor<f32>,
+    batch: usize,
+    d_inner: usize,
+    d_state: usize,
+    chunks: usize,
+) {
+    let pos = ABSOLUTE_POS;
+    if pos >= batch * d_state * d_inner {
+        terminate!();
+    }
+    let ch = pos % d_inner;
+    let bn = pos / d_inner;
+    let n = bn % d_state;
+    let bi = bn / d_state;
+    let an = a[ch * d_state + n];
+    let hpos = (bi * d_inner + ch) * d_state + n;
+    let mut h = h0[hpos];
+    for k in 0..chunks {
+        let bk = bi * chunks + k;
+        let idx = (bk * d_state + n) * d_inner + ch;
+        let s = state[idx];
+        state[idx] = h;
+        // Across a chunk: h_out = exp(A·ΣΔ)·h_in + S.
+        h = (an * dsum[bk * d_inner + ch]).exp() * h + s;
+    }
+    h_last[hpos] = h;
+}
+
+/// Pass 3: every chunk rescanned from its incoming state, writing the gated output.
+///
+/// Thread `((b·chunks) + k)·d_inner + d`. With `single_chunk`, `h_in` is `h0`
+/// (`[batch, d_inner, d_state]`) and the last state goes to `h_last`; otherwise `h_in` is pass
+/// 2's `[batch, chunks, d_state, d_inner]` and `h_last` is left alone.
+#[cube(launch_unchecked, address_type = "dynamic")]
+#[allow(clippy::too_many_arguments)]
+fn scan_chunk_output_kernel(
+    u: &Tensor<f32>,
+    delta: &Tensor<f32>,
+    a: &Tensor<f32>,
+    b: &Tensor<f32>,
+    c: &Tensor<f32>,
+    d: &Tensor<f32>,
+    z: &Tensor<f32>,
+    delta_bias: &Tensor<f32>,
+    h_in: &Tensor<f32>,
+    y: &mut Tensor<f32>,
+    h_last: &mut Tensor<f32>,
+    batch: usize,
+    len: usize,
+    d_inner: usize,
+    chunks: usize,
+    chunk_len: usize,
+    #[comptime] d_state: usize,
+    #[comptime] single_chunk: bool,
+) {
+    let pos = ABSOLUTE_POS;
+    if pos >= batch * chunks * d_inner {
+        terminate!();
+    }
+    let ch = pos % d_inner;
+    let bk = pos / d_inner;
+    let k = bk % chunks;
+    let bi = bk / chunks;
+    let t0 = k * chunk_len;
+    let t1 = if t0 + chunk_len < len {
+        t0 + chunk_len
+    } else {
+        len
+    };
+
+    let mut av = Array::<f32>::new(d_state);
+    let mut h = Array::<f32>::new(d_state);
+    #[unroll]
+    for n in 0..d_state {
+        av[n] = a[ch * d_state + n];
+        if single_chunk {
+            h[n] = h_in[(bi * d_inner + ch) * d_state + n];
+        } else {
+            h[n] = h_in[(bk * d_state + n) * d_inner + ch];
+        }
+    }
+    let bias = delta_bias[ch];
+    let dskip = d[ch];
+    for t in t0..t1 {
+        let row = bi * len + t;
+        let i = row * d_inner + ch;
+        let ut = u[i];
+        // Δ = softplus(delta + bias)   (Algorithm 2, line 6)
+        let dt = softplus(delta[i] + bias);
+        let dtu = dt * ut;
+        let mut acc = 0.0f32;
+        #[unroll]
+        for n in 0..d_state {
+            // h = exp(Δ·A) ⊙ h + Δ·B·u   (eq. 2a, zero-order hold of eq. 4)
+            h[n] = (dt * av[n]).exp() * h[n] + dtu * b[row * d_state + n];
+            // y = C·h   (eq. 2b)
+            acc += c[row * d_state + n] * h[n];
+        }
+        // + D·u, gated by SiLU(z) = z / (1 + exp(-z)).
+        let zt = z[i];
+        y[i] = (acc + dskip * ut) * (zt / (1.0f32 + (-zt).exp()));
+    }
+    if single_chunk {
+        #[unroll]
+        for n in 0..d_state {
+            h_last[(bi * d_inner + ch) * d_state + n] = h[n];
+        }
+    }
+}
+
+/// How time is split into chunks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct ChunkPlan {
+    chunks: usize,
+    chunk_len: usize,
+}
+
+impl ChunkPlan {
+    /// Enough chunks that `batch · d_inner · chunks` threads fill the GPU, none shorter than
+    /// [`MIN_CHUNK`] steps (unless the sequence is).
+    fn new(batch: usize, len: usize, d_inner: usize) -> Self {
+        let wanted = TARGET_THREADS.div_ceil(batch * d_inner);
+        let most = (len / MIN_CHUNK).max(1);
+        let chunks = wanted.clamp(1, most);
+        let chunk_len = len.div_ceil(chunks);
+        // Rounding the length up can leave the last chunks empty: count only non-empty ones.
+        let chunks = len.div_ceil(chunk_len);
+        Self { chunks, chunk_len }
+    }
+}
+
+fn cube_count(client: &Client, threads: usize) -> (CubeCount, CubeDim) {
+    let dim = CubeDim::new_1d(CUBE_THREADS);
+    (calculate_cube_count_elemwise(client, threads, dim), dim)
+}
+
+/// The fused GPU scan; falls back to the reference for non-f32 inputs, shapes it does not
+/// expect, `d_state > MAX_D_STATE`, and empty shapes.
+pub(crate) fn scan_cube(input: ScanInput<CubeBackend>) -> ScanOutput<CubeBackend> {
+    let ushape = input.u.shape().to_vec();
+    let ashape = input.a.shape().to_vec();
+    let (batch, len, d_inner) = match ushape.as_slice() {
+        [bt, l, di] => (*bt, *l, *di),
+        _ => return scan_reference::<CubeBackend>(input),
+    };
+    let d_state = match ashape.as_slice() {
+        [_, n] => *n,
+        _ => return scan_reference::<CubeBackend>(input),
+    };
+    let usable = {
+        let want: [(&CubeTensor, &[usize]); 9] = [
+            (&input.u, &[batch, len, d_inner]),
+            (&input.delta, &[batch, len, d_inner]),
+            (&input.z, &[batch, len, d_inner]),
+            (&input.a, &[d_inner, d_state]),
+            (&input.b, &[batch, len, d_state]),
+            (&input.c, &[batch, len, d_state]),
+            (&input.d, &[d_inner]),
+            (&input.delta_bias, &[d_inner]),
+            (&input.h0, &[batch, d_inner, d_state]),
+        ];
+        want.iter()
+            .all(|(t, dims)| t.dtype == DType::F32 && t.shape().to_vec() == *dims)
+    };
+    if !usable || batch == 0 || len == 0 || d_inner == 0 || d_state == 0 || d_state > MAX_D_STATE {
+        return scan_reference::<CubeBackend>(input);
+    }
+
+    let ScanInput {
+        u,
+        delta,
+        a,
+        b,
+        c,
+        d,
+        z,
+        delta_bias,
+        h0,
+    } = input;
+    // The kernels index row-major: make every input contiguous (a no-op for those that are).
+    let [u, delta, a, b, c, d, z, delta_bias, h0] =
+        [u, delta, a, b, c, d, z, delta_bias, h0].map(into_contiguous);
+
+    let client = u.client.clone();
+    let device = u.device.clone();
+    let empty = |shape: Vec<usize>| {
+        empty_device_contiguous_dtype(
+            client.clone(),
+            device.clone(),
+            Shape::from(shape),
+            DType::F32,
+        )
+    };
+    let y = empty(vec![batch, len, d_inner]);
+    let h_last = empty(vec![batch, d_inner, d_state]);
+    let plan = ChunkPlan::new(batch, len, d_inner);
+    let chunk_threads = batch * plan.chunks * d_inner;
+    let state_len = chunk_threads * d_state;
+    let address = AddressType::from_len(
+        [
+            batch * len * d_inner,
+            batch * len * d_state,
+            state_len,
+            chunk_threads,
+        ]
+        .into_iter()
+        .max()
+        .unwrap_or(0),
+    );
+
+    let (count, dim) = cube_count(&client, chunk_threads);
+    if plan.chunks == 1 {
+        // SAFETY: every index the kernel forms is below the length of the tensor it reads or
+        // writes: threads past `batch · d_inner` return at once, `t < len`, `n < d_state`, and all
+        // tensors are contiguous with the shapes checked above.
+        unsafe {
+            scan_chunk_output_kernel::launch_unchecked(
+                &client,
+                count,
+                dim,
+                address,
+                u.into_tensor_arg(),
+                delta.into_tensor_arg(),
+                a.into_tensor_arg(),
+                b.into_tensor_arg(),
+                c.into_tensor_arg(),
+                d.into_tensor_arg(),
+                z.into_tensor_arg(),
+                delta_bias.into_tensor_arg(),
+                h0.into_tensor_arg(),
+                y.clone().into_tensor_arg(),
+                h_last.clone().into_tensor_arg(),
+                batch,
+                len,
+                d_inner,
+                1,
+                len,
+                d_state,
+                true,
+            );
+        }
+        return ScanOutput { y, h: h_last };
+    }
+
+    let state = empty(vec![batch, plan.chunks, d_state, d_inner]);
+    let dsum = empty(vec![batch, plan.chunks, d_inner]);
+    // SAFETY (all three launches): threads past their work item count return at once; every
+    // other index is below the length of its tensor (`t < len`, `k < chunks`, `n < d_state`,
+    // `ch < d_inner`), all tensors being contiguous with the shapes checked or allocated above.
+    unsafe {
+        scan_chunk_state_kernel::launch_unchecked(
+            &client,
+            count.clone(),
+            dim,
+            address,
+            u.clone().into_tensor_arg(),
+            delta.clone().into_tensor_arg(),
+            a.clone().into_tensor_arg(),
+            b.clone().into_tensor_arg(),
+            delta_bias.clone().into_tensor_arg(),
+            state.clone().into_tensor_arg(),
+            dsum.clone().into_tensor_arg(),
+            batch,
+            len,
+            d_inner,
+            plan.chunks,
+            plan.chunk_len,
+            d_state,
+        );
+    }
+    let (combine_count, combine_dim) = cube_count(&client, batch * d_state * d_inner);
+    unsafe {
+        scan_chunk_combine_kernel::launch_unchecked(
+            &client,
+            combine_count,
+            combine_dim,
+            address,
+            a.clone().into_tensor_arg(),
+            h0.into_tensor_arg(),
+            dsum.into_tensor_arg(),
+            state.clone().into_tensor_arg(),
+            h_last.clone().into_tensor_arg(),
+            batch,
+            d_inner,
+            d_state,
+            plan.chunks,
+        );
+    }
+    unsafe {
+        scan_chunk_output_kernel::launch_unchecked(
+            &client,
+            count,
+            dim,
+            address,
+            u.into_tensor_arg(),
+            delta.into_tensor_arg(),
+            a.into_tensor_arg(),
+            b.into_tensor_arg(),
+            c.into_tensor_arg(),
+            d.into_tensor_arg(),
+            z.into_tensor_arg(),
+            delta_bias.into_tensor_arg(),
+            state.into_tensor_arg(),
+            y.clone().into_tensor_arg(),
+            h_last.clone().into_tensor_arg(),
+            batch,
+            len,
+            d_inner,
+            plan.chunks,
+            plan.chunk_len,
+            d_state,
+            false,
+        );
+    }
+    ScanOutput { y, h: h_last }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunk_plan_covers_the_sequence() {
+        for batch in [1, 2, 7] {
+            for d_inner in [1, 37, 1024, 1536] {
+                for len in [1, 2, 63, 64, 65, 1000, 4096, 2049, 1 << 20] {
+                    let p = ChunkPlan::new(batch, len, d_inner);
+                    assert!(p.chunks >= 1 && p.chunk_len >= 1, "{p:?}");
+                    assert!(p.chunks * p.chunk_len >= len, "{p:?} len {len}");
+                    assert!((p.chunks - 1) * p.chunk_len < len, "{p:?} len {len}");
+                    assert!(p.chunk_len >= MIN_CHUNK.min(len), "{p:?} len {len}");
+                }
+            }
+        }
+        assert_eq!(ChunkPlan::new(1, 1 << 20, 1024).chunks, 512);
+    }
+}

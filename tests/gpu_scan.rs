@@ -1,0 +1,299 @@
+//! The GPU selective scan (`selective_scan` on `cuda:0`, the CubeCL kernel) against the
+//! tensor-op reference (`selective_scan_reference` on the Flex CPU device), on random inputs of
+//! many shapes: lengths 1, 7, 2049 (one chunk and many chunks of the kernel) and 2^20 for a
+//! small `d_inner`; `d_inner` not a power of two (5, 37, 1536); `d_state` 1, 16, 64; zero and
+//! random initial state; strided input views; state carried across two calls.
+//!
+//! Errors are `max |gpu - ref| / max |ref|` over each output tensor. The scan does no matrix
+//! products, so TF32 is not involved and f32 accuracy is expected.
+//!
+//! Without a CUDA device every test prints "skipped: no CUDA device" and passes.
+//!
+//! Run: `cargo test --release --features cuda --test gpu_scan -- --nocapture --test-threads 1`
+#![cfg(feature = "cuda")]
+
+use std::panic::{AssertUnwindSafe, catch_unwind};
+
+use burn::tensor::{Device, DeviceType, Tensor, TensorData};
+use genomamba::ops::{ScanArgs, selective_scan, selective_scan_reference};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+/// Relative tolerance of the GPU scan against the reference.
+const TOL: f64 = 1e-4;
+
+/// `cuda:0` when a CUDA device answers, detected without panicking the test.
+fn cuda_device() -> Option<Device> {
+    let found = catch_unwind(|| Device::enumerate(DeviceType::Cuda).len()).unwrap_or(0);
+    if found == 0 {
+        return None;
+    }
+    let device = Device::cuda(0);
+    let works = catch_unwind(AssertUnwindSafe(|| {
+        let t = Tensor::<1>::ones([4], &device);
+        t.sum().into_scalar::<f32>() == 4.0
+    }))
+    .unwrap_or(false);
+    works.then_some(device)
+}
+
+macro_rules! require_cuda {
+    () => {
+        match cuda_device() {
+            Some(device) => device,
+            None => {
+                println!("skipped: no CUDA device");
+                return;
+            }
+        }
+    };
+}
+
+/// Host copies of one set of inputs (`f32`), with their shapes.
+#[derive(Clone)]
+struct Case {
+    batch: usize,
+    len: usize,
+    d_inner: usize,
+    d_state: usize,
+    zero_h0: bool,
+    u: Vec<f32>,
+    delta: Vec<f32>,
+    a: Vec<f32>,
+    b: Vec<f32>,
+    c: Vec<f32>,
+    d: Vec<f32>,
+    z: Vec<f32>,
+    delta_bias: Vec<f32>,
+    h0: Vec<f32>,
+}
+
+impl Case {
+    fn describe(&self) -> String {
+        format!(
+            "batch {} len {} d_inner {} d_state {} h0 {}",
+            self.batch,
+            self.len,
+            self.d_inner,
+            self.d_state,
+            if self.zero_h0 { "zero" } else { "random" }
+        )
+    }
+}
+
+/// Standard normal by Box-Muller.
+fn normal(rng: &mut StdRng) -> f32 {
+    let u1: f64 = 1.0 - rng.random::<f64>();
+    let u2: f64 = rng.random::<f64>();
+    ((-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()) as f32
+}
+
+fn normals(rng: &mut StdRng, n: usize, scale: f32) -> Vec<f32> {
+    (0..n).map(|_| scale * normal(rng)).collect()
+}
+
+/// Mamba-like magnitudes: `A = -exp(U(0, log 16))`, `delta_bias` the inverse softplus of
+/// `U(0.001, 0.1)`, everything else `N(0, 1)`.
+fn random_case(seed: u64, [batch, len, d_inner, d_state]: [usize; 4], zero_h0: bool) -> Case {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let a = (0..d_inner * d_state)
+        .map(|_| -(rng.random_range(0.0..16f64.ln())).exp() as f32)
+        .collect();
+    let delta_bias = (0..d_inner)
+        .map(|_| rng.random_range(0.001f64..0.1).exp_m1().ln() as f32)
+        .collect();
+    let h0 = if zero_h0 {
+        vec![0.0; batch * d_inner * d_state]
+    } else {
+        normals(&mut rng, batch * d_inner * d_state, 1.0)
+    };
+    Case {
+        batch,
+        len,
+        d_inner,
+        d_state,
+        zero_h0,
+        u: normals(&mut rng, batch * len * d_inner, 1.0),
+        delta: normals(&mut rng, batch * len * d_inner, 1.0),
+        a,
+        b: normals(&mut rng, batch * len * d_state, 1.0),
+        c: normals(&mut rng, batch * len * d_state, 1.0),
+        d: normals(&mut rng, d_inner, 1.0),
+        z: normals(&mut rng, batch * len * d_inner, 1.0),
+        delta_bias,
+        h0,
+    }
+}
+
+fn tensor<const D: usize>(v: &[f32], shape: [usize; D], device: &Device) -> Tensor<D> {
+    Tensor::from_data(TensorData::new(v.to_vec(), shape), device)
+}
+
+fn host<const D: usize>(t: Tensor<D>) -> Vec<f32> {
+    t.into_data()
+        .convert::<f32>()
+        .try_into_vec::<f32>()
+        .expect("tensor data as f32")
+}
+
+fn args(x: &Case, device: &Device) -> ScanArgs {
+    let (nb, nl, ni, ns) = (x.batch, x.len, x.d_inner, x.d_state);
+    ScanArgs {
+        u: tensor(&x.u, [nb, nl, ni], device),
+        delta: tensor(&x.delta, [nb, nl, ni], device),
+        a: tensor(&x.a, [ni, ns], device),
+        b: tensor(&x.b, [nb, nl, ns], device),
+        c: tensor(&x.c, [nb, nl, ns], device),
+        d: tensor(&x.d, [ni], device),
+        z: tensor(&x.z, [nb, nl, ni], device),
+        delta_bias: tensor(&x.delta_bias, [ni], device),
+        h0: tensor(&x.h0, [nb, ni, ns], device),
+    }
+}
+
+/// `max |got - want| / max |want|` (the absolute error where `want` is all zero).
+#[track_caller]
+fn rel_err(got: &[f32], want: &[f32]) -> f64 {
+    assert_eq!(got.len(), want.len(), "length mismatch");
+    assert!(got.iter().all(|v| v.is_finite()), "non-finite GPU value");
+    let num = got
+        .iter()
+        .zip(want)
+        .map(|(g, w)| (*g as f64 - *w as f64).abs())
+        .fold(0.0, f64::max);
+    let den = want.iter().map(|w| (*w as f64).abs()).fold(0.0, f64::max);
+    if den > 0.0 { num / den } else { num }
+}
+
+/// `(y, h_last)` of one scan, checked for shape, as host values.
+#[track_caller]
+fn outputs(x: &Case, (y, h): (Tensor<3>, Tensor<3>), what: &str) -> (Vec<f32>, Vec<f32>) {
+    assert_eq!(y.dims(), [x.batch, x.len, x.d_inner], "{what}: y shape");
+    assert_eq!(h.dims(), [x.batch, x.d_inner, x.d_state], "{what}: h shape");
+    (host(y), host(h))
+}
+
+/// The reference on the CPU, once per case.
+fn reference(x: &Case) -> (Vec<f32>, Vec<f32>) {
+    outputs(
+        x,
+        selective_scan_reference(args(x, &Device::flex())),
+        "reference",
+    )
+}
+
+/// Compares the GPU scan with the reference for one case; returns `(err y, err h)`.
+fn compare(x: &Case, gpu: &Device) -> (f64, f64) {
+    let (want_y, want_h) = reference(x);
+    let (got_y, got_h) = outputs(x, selective_scan(args(x, gpu)), "gpu");
+    let (ey, eh) = (rel_err(&got_y, &want_y), rel_err(&got_h, &want_h));
+    println!("{:<58} y {ey:9.2e}   h_last {eh:9.2e}", x.describe());
+    (ey, eh)
+}
+
+#[test]
+fn gpu_scan_matches_reference_over_shapes() {
+    let gpu = require_cuda!();
+    let mut shapes = Vec::new();
+    for len in [1, 7, 2049] {
+        for d_inner in [5, 37, 1536] {
+            for d_state in [1, 16, 64] {
+                let batch = if d_inner == 1536 { 1 } else { 2 };
+                shapes.push([batch, len, d_inner, d_state]);
+            }
+        }
+    }
+    // One long sequence (many chunks, long sequential combine) for a small d_inner.
+    shapes.push([1, 1 << 20, 5, 16]);
+
+    let mut worst = (0.0f64, String::new());
+    let mut failures = Vec::new();
+    for (i, shape) in shapes.iter().enumerate() {
+        for zero_h0 in [true, false] {
+            let x = random_case(1000 + 2 * i as u64 + zero_h0 as u64, *shape, zero_h0);
+            let (ey, eh) = compare(&x, &gpu);
+            let e = ey.max(eh);
+            if e > worst.0 {
+                worst = (e, x.describe());
+            }
+            if !e.is_finite() || e > TOL {
+                failures.push(format!("{}: y {ey:.2e} h {eh:.2e}", x.describe()));
+            }
+        }
+    }
+    println!("max relative error {:.2e} ({})", worst.0, worst.1);
+    assert!(
+        failures.is_empty(),
+        "GPU scan off the reference by more than {TOL:e}:\n{}",
+        failures.join("\n")
+    );
+}
+
+#[test]
+fn gpu_scan_reads_strided_views() {
+    let gpu = require_cuda!();
+    // u|z and dt|B|C side by side in wider tensors, as the Mamba block produces them.
+    let x = random_case(7, [2, 300, 37, 16], false);
+    let (want_y, want_h) = reference(&x);
+    let (nb, nl, ni, ns) = (x.batch, x.len, x.d_inner, x.d_state);
+    let mut uz = Vec::with_capacity(nb * nl * 2 * ni);
+    let mut xbc = Vec::with_capacity(nb * nl * (3 + 2 * ns));
+    for row in 0..nb * nl {
+        uz.extend_from_slice(&x.u[row * ni..(row + 1) * ni]);
+        uz.extend_from_slice(&x.z[row * ni..(row + 1) * ni]);
+        xbc.extend_from_slice(&[0.5, -1.0, 2.0]);
+        xbc.extend_from_slice(&x.b[row * ns..(row + 1) * ns]);
+        xbc.extend_from_slice(&x.c[row * ns..(row + 1) * ns]);
+    }
+    let uz = tensor(&uz, [nb, nl, 2 * ni], &gpu);
+    let xbc = tensor(&xbc, [nb, nl, 3 + 2 * ns], &gpu);
+    let mut a = args(&x, &gpu);
+    a.u = uz.clone().slice([0..nb, 0..nl, 0..ni]);
+    a.z = uz.slice([0..nb, 0..nl, ni..2 * ni]);
+    a.b = xbc.clone().slice([0..nb, 0..nl, 3..3 + ns]);
+    a.c = xbc.slice([0..nb, 0..nl, 3 + ns..3 + 2 * ns]);
+    // A transposed view of a [d_state, d_inner] tensor.
+    let mut a_t = vec![0.0f32; ns * ni];
+    for ch in 0..ni {
+        for n in 0..ns {
+            a_t[n * ni + ch] = x.a[ch * ns + n];
+        }
+    }
+    a.a = tensor(&a_t, [ns, ni], &gpu).transpose();
+    let (got_y, got_h) = outputs(&x, selective_scan(a), "gpu views");
+    let (ey, eh) = (rel_err(&got_y, &want_y), rel_err(&got_h, &want_h));
+    println!(
+        "strided views, {:<40} y {ey:9.2e}   h_last {eh:9.2e}",
+        x.describe()
+    );
+    assert!(ey <= TOL && eh <= TOL, "strided views: y {ey:e}, h {eh:e}");
+}
+
+#[test]
+fn gpu_scan_carries_state_across_calls() {
+    let gpu = require_cuda!();
+    let x = random_case(11, [1, 5000, 64, 16], false);
+    let (want_y, want_h) = reference(&x);
+    let (nb, nl, ni) = (x.batch, x.len, x.d_inner);
+    let split = 1777;
+    let full = args(&x, &gpu);
+    let part = |t0: usize, t1: usize, h0: Tensor<3>| ScanArgs {
+        u: full.u.clone().slice([0..nb, t0..t1, 0..ni]),
+        delta: full.delta.clone().slice([0..nb, t0..t1, 0..ni]),
+        z: full.z.clone().slice([0..nb, t0..t1, 0..ni]),
+        b: full.b.clone().slice([0..nb, t0..t1, 0..x.d_state]),
+        c: full.c.clone().slice([0..nb, t0..t1, 0..x.d_state]),
+        h0,
+        ..full.clone()
+    };
+    let (y1, h1) = selective_scan(part(0, split, full.h0.clone()));
+    let (y2, h2) = selective_scan(part(split, nl, h1));
+    let y = Tensor::cat(vec![y1, y2], 1);
+    let (got_y, got_h) = outputs(&x, (y, h2), "gpu split");
+    let (ey, eh) = (rel_err(&got_y, &want_y), rel_err(&got_h, &want_h));
+    println!(
+        "split at {split}, {:<40} y {ey:9.2e}   h_last {eh:9.2e}",
+        x.describe()
+    );
+    assert!(ey <= TOL && eh <= TOL, "split scan: y {ey:e}, h {eh:e}");
+}
