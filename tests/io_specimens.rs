@@ -730,13 +730,13 @@ fn truncated_gzip_of_a_real_file_is_an_error_not_an_early_end() {
             assert!(seen > 0, "records before the cut are delivered first");
         }
     }
-    // A bgzip chromosome cut after 100 kB: fails inside the first (only) record.
+    // A bgzip chromosome cut after 100 kB: fails inside the first (only) record, named by its id.
     let bytes = fs::read(data("genomes/hg19_chr20.fa.gz")).unwrap();
     let path = write_file(dir.path(), "chr20_cut.fa.gz", &bytes[..100_000]);
     assert_input_error(
         read_all(s(&path)),
         s(&path),
-        &["truncated or corrupt gzip data", "record #1"],
+        &["truncated or corrupt gzip data", "(record 20)"],
     );
 }
 
@@ -1161,4 +1161,45 @@ fn region_errors_say_what_and_how_to_fix() {
     let (err, msg) = expect_err(read("-", "chrI:1-10"));
     assert_eq!(err.exit_code(), 2);
     assert!(msg.contains("stdin"), "{msg}");
+}
+
+#[test]
+fn pieces_stream_a_record_in_order_and_concatenate_to_it() {
+    let path = data("genomes/yeast_chrI_II.fa");
+    let mut whole: Vec<(String, Vec<u8>)> = Vec::new();
+    fastx::for_each_record(s(&path), &mut |r| {
+        whole.push((r.id.clone(), r.tokens));
+        Ok(())
+    })
+    .unwrap();
+    for piece_len in [1000usize, 4096, 230_208, 230_207] {
+        let mut rebuilt: Vec<(String, Vec<u8>)> = Vec::new();
+        let mut lasts = 0;
+        fastx::for_each_piece(s(&path), piece_len, &mut |p| {
+            assert!(p.tokens.len() <= piece_len, "piece longer than asked");
+            assert!(!p.tokens.is_empty(), "empty piece of a non-empty record");
+            if p.start == 0 {
+                rebuilt.push((p.meta.id.clone(), Vec::new()));
+            }
+            let cur = &mut rebuilt
+                .last_mut()
+                .expect("a first piece starts each record")
+                .1;
+            assert_eq!(p.start, cur.len(), "pieces must be contiguous");
+            cur.extend_from_slice(&p.tokens);
+            if p.last {
+                lasts += 1;
+            } else {
+                assert_eq!(
+                    p.tokens.len(),
+                    piece_len,
+                    "only the last piece may be short"
+                );
+            }
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(lasts, 2);
+        assert_eq!(rebuilt, whole, "piece length {piece_len}");
+    }
 }

@@ -2,15 +2,14 @@
 
 use clap::Args;
 
-use genomamba::infer::run_batch_tensor;
+use genomamba::io::fastx::RecordMeta;
 use genomamba::io::output::Output;
 use genomamba::io::segments::{BedGraphWriter, BedSegmenter};
-use genomamba::model::HeadKind;
-use genomamba::model::weights::host_values;
+use genomamba::model::{HeadKind, HostHead};
 use genomamba::{Error, Result};
 
 use super::classify::argmax;
-use super::common::{InputArgs, progress, report_skipped};
+use super::common::{InputArgs, RecordSink, progress, report_skipped};
 
 /// Arguments of `annotate`.
 #[derive(Debug, Args)]
@@ -79,8 +78,8 @@ pub fn run(a: AnnotateArgs) -> Result<()> {
         })?,
         None => usize::from(n > 1),
     };
-    let mut bed = a.bed.as_deref().map(Output::create).transpose()?;
-    let mut bg = a.bedgraph.as_deref().map(Output::create).transpose()?;
+    let bed = a.bed.as_deref().map(Output::create).transpose()?;
+    let bg = a.bedgraph.as_deref().map(Output::create).transpose()?;
     let mut tsv = a.tsv.as_deref().map(Output::create).transpose()?;
     if let Some(t) = &mut tsv {
         let mut h = String::from("chrom\tposition\tlabel");
@@ -91,77 +90,102 @@ pub fn run(a: AnnotateArgs) -> Result<()> {
         t.write_all(h.as_bytes())?;
     }
     let emit: Vec<bool> = (0..n).map(|i| i > 0 || n == 1).collect();
-    let mut seg = BedSegmenter::new(labels.clone(), emit, a.threshold);
-    let mut graph = BedGraphWriter::new(a.digits);
+    let head = model
+        .host_head()
+        .ok_or_else(|| Error::Runtime("the model's head has no weights".into()))?;
     let pb = progress(a.input.quiet, "annotate");
-    let mut skipped = 0;
-    let mut line = String::new();
-    a.input.for_each_batch(&mut skipped, &mut |batch| {
-        let seqs: Vec<&[u8]> = batch.iter().map(|r| r.tokens.as_slice()).collect();
-        // Records of a multi-record batch all fit in one chunk, so chunks arrive record by
-        // record for long records and all at once for short ones: output stays in order.
-        let mut started = vec![false; batch.len()];
-        run_batch_tensor(
-            &model.backbone,
-            &seqs,
-            a.input.chunk_size,
-            &device,
-            &mut |start, hidden| {
-                let [_, len, _] = hidden.dims();
-                let probs = model
-                    .head_probs(hidden)
-                    .map(host_values)
-                    .ok_or_else(|| Error::Runtime("model head vanished".into()))?;
-                for (b, rec) in batch.iter().enumerate() {
-                    if !started[b] {
-                        started[b] = true;
-                        if let Some(o) = &mut bed {
-                            seg.start_chrom(o, &rec.chrom)?;
-                        }
-                        if let Some(o) = &mut bg {
-                            graph.start_chrom(o, &rec.chrom)?;
-                        }
-                    }
-                    let valid = seqs[b].len().saturating_sub(start).min(len);
-                    for t in 0..valid {
-                        let p = &probs[(b * len + t) * n..(b * len + t + 1) * n];
-                        let pos = rec.offset + (start + t) as u64;
-                        if let Some(o) = &mut bed {
-                            seg.push(o, pos, p)?;
-                        }
-                        if let Some(o) = &mut bg {
-                            graph.push(o, pos, p[track])?;
-                        }
-                        if let Some(o) = &mut tsv {
-                            use std::fmt::Write;
-                            line.clear();
-                            let _ =
-                                write!(line, "{}\t{}\t{}", rec.chrom, pos + 1, labels[argmax(p)]);
-                            for v in p {
-                                let _ = write!(line, "\t{v:.4}");
-                            }
-                            line.push('\n');
-                            o.write_all(line.as_bytes())?;
-                        }
-                    }
-                    if start + len >= seqs[b].len() {
-                        if let Some(o) = &mut bed {
-                            seg.finish(o)?;
-                        }
-                        if let Some(o) = &mut bg {
-                            graph.finish(o)?;
-                        }
-                    }
-                }
-                pb.inc((len * seqs.len()) as u64);
-                Ok(())
-            },
-        )
-    })?;
+    let mut sink = AnnotateSink {
+        head,
+        labels: labels.clone(),
+        track,
+        bed: bed.map(|o| (o, BedSegmenter::new(labels.clone(), emit, a.threshold))),
+        bg: bg.map(|o| (o, BedGraphWriter::new(a.digits))),
+        tsv,
+        probs: vec![0.0; n],
+        line: String::new(),
+    };
+    let skipped = a.input.drive(&model, &device, &pb, &mut sink)?;
+    let AnnotateSink { bed, bg, tsv, .. } = sink;
+    let (bed, bg) = (bed.map(|(o, _)| o), bg.map(|(o, _)| o));
     for o in [bed, bg, tsv].into_iter().flatten() {
         o.commit()?;
     }
     pb.finish_and_clear();
     report_skipped(skipped, a.input.quiet);
     Ok(())
+}
+
+/// Writes per-position predictions as they stream in.
+struct AnnotateSink {
+    head: HostHead,
+    labels: Vec<String>,
+    track: usize,
+    bed: Option<(Output, BedSegmenter)>,
+    bg: Option<(Output, BedGraphWriter)>,
+    tsv: Option<Output>,
+    probs: Vec<f32>,
+    line: String,
+}
+
+impl RecordSink for AnnotateSink {
+    type Acc = ();
+
+    fn begin(&mut self, meta: &RecordMeta) -> Result<()> {
+        if let Some((o, seg)) = &mut self.bed {
+            seg.start_chrom(o, &meta.chrom)?;
+        }
+        if let Some((o, g)) = &mut self.bg {
+            g.start_chrom(o, &meta.chrom)?;
+        }
+        Ok(())
+    }
+
+    fn rows(
+        &mut self,
+        _: &mut (),
+        meta: &RecordMeta,
+        start: usize,
+        rows: &[f32],
+        d: usize,
+    ) -> Result<()> {
+        use std::fmt::Write;
+        for (t, h) in rows.chunks_exact(d).enumerate() {
+            self.head.probs(h, &mut self.probs);
+            let p = &self.probs;
+            // BED coordinates are those of the chromosome (a region's offset added).
+            let pos = meta.offset + (start + t) as u64;
+            if let Some((o, seg)) = &mut self.bed {
+                seg.push(o, pos, p)?;
+            }
+            if let Some((o, g)) = &mut self.bg {
+                g.push(o, pos, p[self.track])?;
+            }
+            if let Some(o) = &mut self.tsv {
+                self.line.clear();
+                let _ = write!(
+                    self.line,
+                    "{}\t{}\t{}",
+                    meta.chrom,
+                    pos + 1,
+                    self.labels[argmax(p)]
+                );
+                for v in p {
+                    let _ = write!(self.line, "\t{v:.4}");
+                }
+                self.line.push('\n');
+                o.write_all(self.line.as_bytes())?;
+            }
+        }
+        Ok(())
+    }
+
+    fn end(&mut self, _: (), _: &RecordMeta, _: usize) -> Result<()> {
+        if let Some((o, seg)) = &mut self.bed {
+            seg.finish(o)?;
+        }
+        if let Some((o, g)) = &mut self.bg {
+            g.finish(o)?;
+        }
+        Ok(())
+    }
 }

@@ -1,16 +1,14 @@
 //! `genomamba classify`: one label per record from the sequence head (mean-pooled states).
 
-use burn::tensor::{Tensor, TensorData};
 use clap::Args;
 
 use genomamba::infer::pool::{Pool, Pooler};
-use genomamba::infer::run_batch;
+use genomamba::io::fastx::RecordMeta;
 use genomamba::io::output::Output;
-use genomamba::model::HeadKind;
-use genomamba::model::weights::host_values;
+use genomamba::model::{HeadKind, HostHead};
 use genomamba::{Error, Result};
 
-use super::common::{InputArgs, progress, report_skipped};
+use super::common::{InputArgs, RecordSink, progress, report_skipped};
 
 /// Arguments of `classify`.
 #[derive(Debug, Args)]
@@ -20,6 +18,45 @@ pub struct ClassifyArgs {
     /// Output TSV (`-` for stdout): id, length, label, p_<label> per class.
     #[arg(short = 'o', long = "output")]
     pub output: String,
+}
+
+struct ClassifySink {
+    out: Output,
+    head: HostHead,
+    labels: Vec<String>,
+    d: usize,
+}
+
+impl RecordSink for ClassifySink {
+    type Acc = Pooler;
+
+    fn begin(&mut self, _: &RecordMeta) -> Result<Pooler> {
+        Ok(Pooler::new(Pool::Mean, self.d))
+    }
+
+    fn rows(
+        &mut self,
+        acc: &mut Pooler,
+        _: &RecordMeta,
+        _: usize,
+        rows: &[f32],
+        d: usize,
+    ) -> Result<()> {
+        rows.chunks_exact(d).for_each(|h| acc.push(h));
+        Ok(())
+    }
+
+    fn end(&mut self, acc: Pooler, meta: &RecordMeta, len: usize) -> Result<()> {
+        let pooled = acc.finish().unwrap_or_else(|| vec![0.0; self.d]);
+        let mut p = vec![0.0f32; self.labels.len()];
+        self.head.probs(&pooled, &mut p);
+        let mut line = format!("{}\t{len}\t{}", meta.id, self.labels[argmax(&p)]);
+        for v in &p {
+            line.push_str(&format!("\t{v:.6}"));
+        }
+        line.push('\n');
+        self.out.write_all(line.as_bytes())
+    }
 }
 
 pub fn run(a: ClassifyArgs) -> Result<()> {
@@ -41,7 +78,9 @@ pub fn run(a: ClassifyArgs) -> Result<()> {
             ));
         }
     };
-    let d = model.backbone.d_model();
+    let head = model
+        .host_head()
+        .ok_or_else(|| Error::Runtime("the model's head has no weights".into()))?;
     let mut out = Output::create(&a.output)?;
     let mut header = String::from("id\tlength\tlabel");
     for l in &labels {
@@ -50,49 +89,14 @@ pub fn run(a: ClassifyArgs) -> Result<()> {
     header.push('\n');
     out.write_all(header.as_bytes())?;
     let pb = progress(a.input.quiet, "classify");
-    let mut skipped = 0;
-    a.input.for_each_batch(&mut skipped, &mut |batch| {
-        let seqs: Vec<&[u8]> = batch.iter().map(|r| r.tokens.as_slice()).collect();
-        let mut pools = vec![Pooler::new(Pool::Mean, d); batch.len()];
-        run_batch(
-            &model.backbone,
-            &seqs,
-            a.input.chunk_size,
-            &device,
-            &mut |c| {
-                for (b, p) in pools.iter_mut().enumerate() {
-                    let valid = seqs[b].len().saturating_sub(c.start).min(c.len);
-                    for t in 0..valid {
-                        p.push(c.at(b, t));
-                    }
-                }
-                pb.inc((c.len * seqs.len()) as u64);
-                Ok(())
-            },
-        )?;
-        let pooled: Vec<f32> = pools
-            .iter()
-            .flat_map(|p| p.finish().unwrap_or_else(|| vec![0.0; d]))
-            .collect();
-        let x: Tensor<2> = Tensor::from_data(TensorData::new(pooled, [batch.len(), d]), &device);
-        let probs = model
-            .head_probs(x)
-            .map(host_values)
-            .ok_or_else(|| Error::Runtime("model head vanished".into()))?;
-        let n = labels.len();
-        for (i, rec) in batch.iter().enumerate() {
-            let p = &probs[i * n..(i + 1) * n];
-            let best = argmax(p);
-            let mut line = format!("{}\t{}\t{}", rec.id, rec.tokens.len(), labels[best]);
-            for v in p {
-                line.push_str(&format!("\t{v:.6}"));
-            }
-            line.push('\n');
-            out.write_all(line.as_bytes())?;
-        }
-        Ok(())
-    })?;
-    out.commit()?;
+    let mut sink = ClassifySink {
+        out,
+        head,
+        labels,
+        d: model.backbone.d_model(),
+    };
+    let skipped = a.input.drive(&model, &device, &pb, &mut sink)?;
+    sink.out.commit()?;
     pb.finish_and_clear();
     report_skipped(skipped, a.input.quiet);
     Ok(())

@@ -9,9 +9,11 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use genomamba::device::DeviceSpec;
 use genomamba::infer::DEFAULT_CHUNK;
-use genomamba::io::fastx::{Record, for_each_record};
+use genomamba::infer::{run_batch, run_piece};
+use genomamba::io::fastx::{Piece, RecordMeta, for_each_piece};
 use genomamba::io::region::{Region, read_region};
 use genomamba::model::GenoModel;
+use genomamba::model::MambaState;
 use genomamba::{Error, Result};
 
 /// Inputs, device and chunking, shared by `embed`, `classify` and `annotate`.
@@ -87,21 +89,67 @@ impl InputArgs {
         self.regions.iter().map(|r| r.parse::<Region>()).collect()
     }
 
-    /// Streams records in input order, grouped into batches: a record longer than one chunk
-    /// runs alone; shorter ones are grouped up to `--batch-size`. Zero-length records are
-    /// counted and skipped. Reading and tokenising run on their own thread, one batch ahead
-    /// of `f`, so input overlaps with compute.
-    pub fn for_each_batch(
+    /// Runs the model over every input record and hands the final hidden states to `sink`,
+    /// record by record, in input order. Whole records shorter than a chunk are batched (up
+    /// to `--batch-size`); longer ones arrive and run piece by piece (one chunk each) with
+    /// the state carried, so no record is ever held whole. Reading and tokenising run on
+    /// their own thread, one group ahead of the model. Returns the number of skipped empty
+    /// records.
+    pub fn drive<S: RecordSink>(
         &self,
-        skipped_empty: &mut usize,
-        f: &mut dyn FnMut(Vec<Record>) -> Result<()>,
-    ) -> Result<()> {
-        let (tx, rx) = std::sync::mpsc::sync_channel::<Result<Vec<Record>>>(1);
+        model: &GenoModel,
+        device: &Device,
+        pb: &ProgressBar,
+        sink: &mut S,
+    ) -> Result<usize> {
+        let d = model.backbone.d_model();
+        let mut long: Option<(MambaState, S::Acc)> = None;
+        let mut consume = |group: Vec<Piece>| -> Result<()> {
+            if let [piece] = group.as_slice()
+                && !piece.is_whole()
+            {
+                let meta = &*piece.meta;
+                let (state, mut acc) = match long.take() {
+                    Some((st, acc)) if piece.start > 0 => (Some(st), acc),
+                    _ => (None, sink.begin(meta)?),
+                };
+                let (rows, next) = run_piece(&model.backbone, &piece.tokens, state, device);
+                sink.rows(&mut acc, meta, piece.start, &rows, d)?;
+                pb.inc(piece.tokens.len() as u64);
+                if piece.last {
+                    sink.end(acc, meta, piece.start + piece.tokens.len())?;
+                } else {
+                    long = Some((next, acc));
+                }
+                return Ok(());
+            }
+            let seqs: Vec<&[u8]> = group.iter().map(|p| p.tokens.as_slice()).collect();
+            let mut accs = Vec::with_capacity(group.len());
+            for p in &group {
+                accs.push(sink.begin(&p.meta)?);
+            }
+            run_batch(&model.backbone, &seqs, self.chunk_size, device, &mut |c| {
+                for (b, acc) in accs.iter_mut().enumerate() {
+                    let valid = seqs[b].len().saturating_sub(c.start).min(c.len);
+                    if valid > 0 {
+                        let o = b * c.len * d;
+                        sink.rows(acc, &group[b].meta, c.start, &c.values[o..o + valid * d], d)?;
+                    }
+                }
+                pb.inc((c.len * seqs.len()) as u64);
+                Ok(())
+            })?;
+            for (p, acc) in group.iter().zip(accs) {
+                sink.end(acc, &p.meta, p.tokens.len())?;
+            }
+            Ok(())
+        };
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Result<Vec<Piece>>>(1);
         std::thread::scope(|scope| {
             let reader = scope.spawn(move || {
                 let mut skipped = 0;
-                let res = self.read_batches(&mut skipped, &mut |batch| {
-                    tx.send(Ok(batch))
+                let res = self.read_groups(&mut skipped, &mut |group| {
+                    tx.send(Ok(group))
                         .map_err(|_| Error::Runtime("the consumer stopped".into()))
                 });
                 if let Err(e) = res {
@@ -112,41 +160,39 @@ impl InputArgs {
             });
             let mut result = Ok(());
             for msg in rx.iter() {
-                match msg.and_then(&mut *f) {
-                    Ok(()) => {}
-                    Err(e) => {
-                        result = Err(e);
-                        break;
-                    }
+                if let Err(e) = msg.and_then(&mut consume) {
+                    result = Err(e);
+                    break;
                 }
             }
             drop(rx);
-            *skipped_empty += reader.join().unwrap_or(0);
-            result
+            let skipped = reader.join().unwrap_or(0);
+            result.map(|()| skipped)
         })
     }
 
-    fn read_batches(
+    /// Reads the inputs as groups of pieces: a batch of whole short records, or one piece
+    /// of a long record.
+    fn read_groups(
         &self,
         skipped_empty: &mut usize,
-        f: &mut dyn FnMut(Vec<Record>) -> Result<()>,
+        f: &mut dyn FnMut(Vec<Piece>) -> Result<()>,
     ) -> Result<()> {
         let regions = self.parsed_regions()?;
-        let mut batch: Vec<Record> = Vec::new();
-        let chunk = self.chunk_size;
+        let mut batch: Vec<Piece> = Vec::new();
         let max_batch = self.batch_size;
-        let mut push = |rec: Record, batch: &mut Vec<Record>| -> Result<()> {
-            if rec.tokens.is_empty() {
+        let mut push = |p: Piece, batch: &mut Vec<Piece>| -> Result<()> {
+            if p.is_whole() && p.tokens.is_empty() {
                 *skipped_empty += 1;
                 return Ok(());
             }
-            if rec.tokens.len() > chunk {
+            if !p.is_whole() {
                 if !batch.is_empty() {
                     f(std::mem::take(batch))?;
                 }
-                return f(vec![rec]);
+                return f(vec![p]);
             }
-            batch.push(rec);
+            batch.push(p);
             if batch.len() >= max_batch {
                 f(std::mem::take(batch))?;
             }
@@ -154,11 +200,11 @@ impl InputArgs {
         };
         for input in &self.inputs {
             if regions.is_empty() {
-                for_each_record(input, &mut |rec| push(rec, &mut batch))?;
+                for_each_piece(input, self.chunk_size, &mut |p| push(p, &mut batch))?;
             } else {
                 for region in &regions {
-                    let rec = read_region(input, region)?;
-                    push(rec, &mut batch)?;
+                    read_region(input, region)?
+                        .into_pieces(self.chunk_size, &mut |p| push(p, &mut batch))?;
                 }
             }
         }
@@ -167,6 +213,25 @@ impl InputArgs {
         }
         Ok(())
     }
+}
+
+/// What a subcommand does with the hidden states of each record.
+pub trait RecordSink {
+    /// Per-record accumulator.
+    type Acc;
+    /// A record starts.
+    fn begin(&mut self, meta: &RecordMeta) -> Result<Self::Acc>;
+    /// Final hidden states of positions `start..start + rows.len() / d` of the record.
+    fn rows(
+        &mut self,
+        acc: &mut Self::Acc,
+        meta: &RecordMeta,
+        start: usize,
+        rows: &[f32],
+        d: usize,
+    ) -> Result<()>;
+    /// The record ends; `len` is its length.
+    fn end(&mut self, acc: Self::Acc, meta: &RecordMeta, len: usize) -> Result<()>;
 }
 
 /// A progress display on stderr counting bases; hidden with `--quiet` or when stderr is not

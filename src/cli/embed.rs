@@ -1,16 +1,16 @@
 //! `genomamba embed`: final hidden states, pooled per record (TSV) or per position (.npy).
 
 use std::collections::HashSet;
-use std::path::Path;
+use std::path::PathBuf;
 
 use clap::Args;
 
 use genomamba::infer::pool::{Pool, Pooler};
-use genomamba::infer::run_batch;
-use genomamba::io::output::{Output, npy_header, safe_file_name};
+use genomamba::io::fastx::RecordMeta;
+use genomamba::io::output::{Output, npy_header_fixed, safe_file_name};
 use genomamba::{Error, Result};
 
-use super::common::{InputArgs, fmt_f32, progress, report_skipped};
+use super::common::{InputArgs, RecordSink, fmt_f32, progress, report_skipped};
 
 /// Arguments of `embed`.
 #[derive(Debug, Args)]
@@ -28,6 +28,88 @@ pub struct EmbedArgs {
     pub format: Option<String>,
 }
 
+/// Pooled rows into one TSV.
+struct PooledSink {
+    out: Output,
+    pool: Pool,
+    d: usize,
+}
+
+impl RecordSink for PooledSink {
+    type Acc = Pooler;
+
+    fn begin(&mut self, _meta: &RecordMeta) -> Result<Pooler> {
+        Ok(Pooler::new(self.pool, self.d))
+    }
+
+    fn rows(
+        &mut self,
+        acc: &mut Pooler,
+        _: &RecordMeta,
+        _: usize,
+        rows: &[f32],
+        d: usize,
+    ) -> Result<()> {
+        rows.chunks_exact(d).for_each(|h| acc.push(h));
+        Ok(())
+    }
+
+    fn end(&mut self, acc: Pooler, meta: &RecordMeta, len: usize) -> Result<()> {
+        let mut line = format!("{}\t{len}", meta.id);
+        if let Some(v) = acc.finish() {
+            for x in v {
+                line.push('\t');
+                fmt_f32(x, &mut line);
+            }
+        }
+        line.push('\n');
+        self.out.write_all(line.as_bytes())
+    }
+}
+
+/// One `.npy` per record; the header is rewritten with the length once the record ends.
+struct NpySink {
+    dir: PathBuf,
+    d: usize,
+    seen: HashSet<String>,
+}
+
+impl RecordSink for NpySink {
+    type Acc = Output;
+
+    fn begin(&mut self, meta: &RecordMeta) -> Result<Output> {
+        let name = format!("{}.npy", safe_file_name(&meta.id));
+        if !self.seen.insert(name.clone()) {
+            return Err(Error::input(
+                &meta.source,
+                format!("two records map to the same output file {name}"),
+                "give records unique ids",
+            )
+            .in_record(&meta.id));
+        }
+        let mut o = Output::create(&self.dir.join(&name).to_string_lossy())?;
+        o.write_all(&npy_header_fixed(&[0, self.d]))?;
+        Ok(o)
+    }
+
+    fn rows(
+        &mut self,
+        out: &mut Output,
+        _: &RecordMeta,
+        _: usize,
+        rows: &[f32],
+        _: usize,
+    ) -> Result<()> {
+        let bytes: Vec<u8> = rows.iter().flat_map(|x| x.to_le_bytes()).collect();
+        out.write_all(&bytes)
+    }
+
+    fn end(&mut self, mut out: Output, _: &RecordMeta, len: usize) -> Result<()> {
+        out.patch(0, &npy_header_fixed(&[len, self.d]))?;
+        out.commit()
+    }
+}
+
 pub fn run(a: EmbedArgs) -> Result<()> {
     let per_position = a.pool == "none";
     let format = a
@@ -35,8 +117,7 @@ pub fn run(a: EmbedArgs) -> Result<()> {
         .clone()
         .unwrap_or_else(|| if per_position { "npy" } else { "tsv" }.to_string());
     match (per_position, format.as_str()) {
-        (true, "npy") => {}
-        (false, "tsv") => {}
+        (true, "npy") | (false, "tsv") => {}
         (true, f) => {
             return Err(Error::usage(
                 format!("--pool none writes per-position arrays; format '{f}' cannot hold them"),
@@ -58,8 +139,7 @@ pub fn run(a: EmbedArgs) -> Result<()> {
     let (device, model) = a.input.setup()?;
     let d = model.backbone.d_model();
     let pb = progress(a.input.quiet, "embed");
-    let mut skipped = 0;
-    match pool {
+    let skipped = match pool {
         Some(pool) => {
             let mut out = Output::create(&a.output)?;
             let mut line = String::from("id\tlength");
@@ -68,89 +148,22 @@ pub fn run(a: EmbedArgs) -> Result<()> {
             }
             line.push('\n');
             out.write_all(line.as_bytes())?;
-            a.input.for_each_batch(&mut skipped, &mut |batch| {
-                let seqs: Vec<&[u8]> = batch.iter().map(|r| r.tokens.as_slice()).collect();
-                let mut pools = vec![Pooler::new(pool, d); batch.len()];
-                run_batch(
-                    &model.backbone,
-                    &seqs,
-                    a.input.chunk_size,
-                    &device,
-                    &mut |c| {
-                        for (b, p) in pools.iter_mut().enumerate() {
-                            let valid = seqs[b].len().saturating_sub(c.start).min(c.len);
-                            for t in 0..valid {
-                                p.push(c.at(b, t));
-                            }
-                        }
-                        pb.inc((c.len * seqs.len()) as u64);
-                        Ok(())
-                    },
-                )?;
-                for (rec, p) in batch.iter().zip(&pools) {
-                    let mut line = format!("{}\t{}", rec.id, rec.tokens.len());
-                    if let Some(v) = p.finish() {
-                        for x in v {
-                            line.push('\t');
-                            fmt_f32(x, &mut line);
-                        }
-                    }
-                    line.push('\n');
-                    out.write_all(line.as_bytes())?;
-                }
-                Ok(())
-            })?;
-            out.commit()?;
+            let mut sink = PooledSink { out, pool, d };
+            let skipped = a.input.drive(&model, &device, &pb, &mut sink)?;
+            sink.out.commit()?;
+            skipped
         }
         None => {
-            let dir = Path::new(&a.output);
-            std::fs::create_dir_all(dir).map_err(|e| Error::io(&a.output, e))?;
-            let mut seen = HashSet::new();
-            a.input.for_each_batch(&mut skipped, &mut |batch| {
-                let seqs: Vec<&[u8]> = batch.iter().map(|r| r.tokens.as_slice()).collect();
-                let mut outs = Vec::with_capacity(batch.len());
-                for rec in &batch {
-                    let name = format!("{}.npy", safe_file_name(&rec.id));
-                    if !seen.insert(name.clone()) {
-                        return Err(Error::input(
-                            &rec.source,
-                            format!("two records map to the same output file {name}"),
-                            "give records unique ids",
-                        )
-                        .in_record(&rec.id));
-                    }
-                    let path = dir.join(&name);
-                    let mut o = Output::create(&path.to_string_lossy())?;
-                    o.write_all(&npy_header(&[rec.tokens.len(), d]))?;
-                    outs.push(o);
-                }
-                run_batch(
-                    &model.backbone,
-                    &seqs,
-                    a.input.chunk_size,
-                    &device,
-                    &mut |c| {
-                        for (b, o) in outs.iter_mut().enumerate() {
-                            let valid = seqs[b].len().saturating_sub(c.start).min(c.len);
-                            let mut bytes = Vec::with_capacity(valid * d * 4);
-                            for t in 0..valid {
-                                for x in c.at(b, t) {
-                                    bytes.extend_from_slice(&x.to_le_bytes());
-                                }
-                            }
-                            o.write_all(&bytes)?;
-                        }
-                        pb.inc((c.len * seqs.len()) as u64);
-                        Ok(())
-                    },
-                )?;
-                for o in outs {
-                    o.commit()?;
-                }
-                Ok(())
-            })?;
+            let dir = PathBuf::from(&a.output);
+            std::fs::create_dir_all(&dir).map_err(|e| Error::io(&a.output, e))?;
+            let mut sink = NpySink {
+                dir,
+                d,
+                seen: HashSet::new(),
+            };
+            a.input.drive(&model, &device, &pb, &mut sink)?
         }
-    }
+    };
     pb.finish_and_clear();
     report_skipped(skipped, a.input.quiet);
     Ok(())

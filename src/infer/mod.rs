@@ -11,8 +11,8 @@ pub mod pool;
 use burn::tensor::{Device, Int, Tensor, TensorData};
 
 use crate::alphabet::PAD;
-use crate::model::Mamba;
 use crate::model::weights::host_values;
+use crate::model::{Mamba, MambaState};
 use crate::{Error, Result};
 
 /// Default positions per chunk.
@@ -115,4 +115,20 @@ pub fn hidden_states(
         Ok(())
     })?;
     Ok(out)
+}
+
+/// Runs one piece of a long record (one batch row), continuing from `state` (a zero state
+/// when `None`); returns the piece's final hidden states on the host (`[len, d_model]`
+/// row-major) and the state after it.
+pub fn run_piece(
+    model: &Mamba,
+    tokens: &[u8],
+    state: Option<MambaState>,
+    device: &Device,
+) -> (Vec<f32>, MambaState) {
+    let state = state.unwrap_or_else(|| model.zero_state(1, device));
+    let ids: Vec<i64> = tokens.iter().map(|&t| t as i64).collect();
+    let t: Tensor<2, Int> = Tensor::from_data(TensorData::new(ids, [1, tokens.len()]), device);
+    let (hidden, next) = model.forward(t, state);
+    (host_values(hidden), next)
 }

@@ -1,12 +1,13 @@
-//! Streaming FASTA/FASTQ input, one tokenised record at a time.
+//! Streaming FASTA/FASTQ input.
 //!
 //! Compression is detected from the first bytes of the stream, never from the file name:
-//! gzip and bgzip (any number of members), bzip2, xz and zstd, with the same decoder crates
-//! needletail uses. FASTA records are split by needletail's FASTA reader and tokenised straight
-//! from its buffer, line by line, so the sequence is never copied before it becomes tokens.
-//! FASTQ records go through a small parser here, because needletail 0.7 only reads four-line
-//! FASTQ: this one also reads multi-line records (htslib/kseq rules: sequence lines up to the
-//! `+` line, then quality lines until they are as long as the sequence).
+//! gzip and bgzip (any number of members), bzip2, xz and zstd (flate2, bzip2, liblzma, zstd).
+//! FASTA is read line by line and tokenised as it goes; a record is handed on in [`Piece`]s
+//! of a chosen length, so a chromosome is never held whole ([`for_each_piece`]). Record
+//! parsers that buffer whole records (needletail's among them) cannot do that, which is why
+//! this module reads lines itself. FASTQ records may span several lines (htslib/kseq rules:
+//! sequence lines up to the `+` line, then quality lines until they are as long as the
+//! sequence).
 //!
 //! Every failure becomes one [`Error`] line naming the file, the record (id, or `#N` for the
 //! 1-based record number) and the line or 1-based base position. A compressed stream that ends
@@ -15,9 +16,6 @@
 use std::fs::File;
 use std::io::{self, BufRead, BufReader, Cursor, Read};
 use std::sync::{Arc, Mutex};
-
-use needletail::errors::{ParseError, ParseErrorKind};
-use needletail::parser::{FastaReader, FastxReader};
 
 use crate::alphabet::{self, BadByte};
 use crate::{Error, Result};
@@ -41,6 +39,83 @@ pub struct Record {
     pub tokens: Vec<u8>,
 }
 
+/// Where a record comes from, without its bases (shared by all pieces of a record).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordMeta {
+    /// As [`Record::id`].
+    pub id: String,
+    /// As [`Record::chrom`].
+    pub chrom: String,
+    /// As [`Record::offset`].
+    pub offset: u64,
+    /// As [`Record::source`].
+    pub source: String,
+    /// As [`Record::number`].
+    pub number: usize,
+}
+
+/// A consecutive run of one record's tokens. A record arrives as one or more pieces in
+/// order; the first has `start == 0`, the last has `last == true` (a record that fits in one
+/// piece has both). Only a record of length 0 has an empty piece.
+#[derive(Debug, Clone)]
+pub struct Piece {
+    /// The record.
+    pub meta: std::sync::Arc<RecordMeta>,
+    /// Position of `tokens[0]` within the record (0-based).
+    pub start: usize,
+    /// The tokens.
+    pub tokens: Vec<u8>,
+    /// Whether this piece ends the record.
+    pub last: bool,
+}
+
+impl Piece {
+    /// Whether the piece holds a whole record.
+    pub fn is_whole(&self) -> bool {
+        self.start == 0 && self.last
+    }
+}
+
+impl Record {
+    /// The record's metadata.
+    pub fn meta(&self) -> RecordMeta {
+        RecordMeta {
+            id: self.id.clone(),
+            chrom: self.chrom.clone(),
+            offset: self.offset,
+            source: self.source.clone(),
+            number: self.number,
+        }
+    }
+
+    /// Splits the record into pieces of at most `size` tokens (at least one piece).
+    pub fn into_pieces(self, size: usize, f: &mut dyn FnMut(Piece) -> Result<()>) -> Result<()> {
+        let meta = std::sync::Arc::new(self.meta());
+        let size = size.max(1);
+        let n = self.tokens.len();
+        if n <= size {
+            return f(Piece {
+                meta,
+                start: 0,
+                tokens: self.tokens,
+                last: true,
+            });
+        }
+        let mut start = 0;
+        while start < n {
+            let end = (start + size).min(n);
+            f(Piece {
+                meta: meta.clone(),
+                start,
+                tokens: self.tokens[start..end].to_vec(),
+                last: end == n,
+            })?;
+            start = end;
+        }
+        Ok(())
+    }
+}
+
 /// Fix for a byte that is not a nucleotide code.
 pub(crate) const BAD_BASE_FIX: &str =
     "remove or replace it; allowed: ACGTUN, IUPAC codes, lowercase";
@@ -62,8 +137,39 @@ const BUF_SIZE: usize = 256 * 1024;
 /// first error (its own or one returned by `f`).
 ///
 /// An empty input (no bytes, or only blank lines) is an error; records with an empty sequence
-/// are passed to `f` with empty `tokens`.
+/// are passed to `f` with empty `tokens`. Each record is held whole in memory; use
+/// [`for_each_piece`] to stream long records.
 pub fn for_each_record(path: &str, f: &mut dyn FnMut(Record) -> Result<()>) -> Result<()> {
+    let mut tokens: Vec<u8> = Vec::new();
+    for_each_piece(path, usize::MAX, &mut |piece| {
+        if piece.start == 0 {
+            tokens.clear();
+        }
+        tokens.extend_from_slice(&piece.tokens);
+        if piece.last {
+            let m = &*piece.meta;
+            f(Record {
+                id: m.id.clone(),
+                chrom: m.chrom.clone(),
+                offset: m.offset,
+                source: m.source.clone(),
+                number: m.number,
+                tokens: std::mem::take(&mut tokens),
+            })?;
+        }
+        Ok(())
+    })
+}
+
+/// Streams one FASTA/FASTQ file as [`Piece`]s of at most `piece_len` tokens: a FASTA record is
+/// read line by line and handed on piece by piece, so a chromosome never has to be in
+/// memory whole. FASTQ records (reads) are parsed whole, then cut into pieces.
+pub fn for_each_piece(
+    path: &str,
+    piece_len: usize,
+    f: &mut dyn FnMut(Piece) -> Result<()>,
+) -> Result<()> {
+    let piece_len = piece_len.max(1);
     let mut input = Input::open(path)?;
     match input.first_byte()? {
         None => {
@@ -84,15 +190,17 @@ pub fn for_each_record(path: &str, f: &mut dyn FnMut(Record) -> Result<()>) -> R
             let Input { mut reader, ctx } = input;
             let mut from_callback = false;
             let result = {
-                let mut g = |r: Record| {
-                    let res = f(r);
+                let mut g = |p: Piece| {
+                    let res = f(p);
                     from_callback = res.is_err();
                     res
                 };
                 if first == b'>' {
-                    read_fasta(&mut reader, &ctx, &mut g)
+                    read_fasta(&mut reader, &ctx, piece_len, &mut g)
                 } else {
-                    read_fastq(&mut reader, &ctx, &mut g)
+                    read_fastq(&mut reader, &ctx, &mut |r: Record| {
+                        r.into_pieces(piece_len, &mut g)
+                    })
                 }
             };
             match result {
@@ -432,82 +540,71 @@ fn bad_base(path: &str, record: &str, line: u64, base: u64, bad: BadByte) -> Err
     .at(base)
 }
 
-/// Tokenises the sequence lines of a FASTA record (a slice of the parser's buffer that still
-/// holds the line breaks). On error returns the 0-based line index within `raw` and the bad
-/// byte; `out` then holds the tokens before it.
-fn tokenize_lines(raw: &[u8], out: &mut Vec<u8>) -> std::result::Result<(), (u64, BadByte)> {
-    for (i, line) in raw.split(|&b| b == b'\n').enumerate() {
-        let line = line.strip_suffix(b"\r").unwrap_or(line);
-        alphabet::tokenize_into(line, out).map_err(|bad| (i as u64, bad))?;
-    }
-    Ok(())
-}
-
 fn read_fasta(
     reader: &mut Box<dyn BufRead + Send>,
     ctx: &Ctx,
-    f: &mut dyn FnMut(Record) -> Result<()>,
+    piece_len: usize,
+    f: &mut dyn FnMut(Piece) -> Result<()>,
 ) -> Result<()> {
-    let path = &ctx.path;
-    // needletail 0.7 reports a header on the very last line (a final empty record, or a
-    // header without a line break) as an unexpected end; two extra line breaks at the end of
-    // the stream make it the empty record it is, and add nothing to other records (blank
-    // lines are skipped).
-    let mut fasta = FastaReader::new(reader.chain(&b"\n\n"[..]));
+    let path = ctx.path.clone();
+    let mut lines = Lines {
+        reader,
+        ctx,
+        buf: Vec::with_capacity(1024),
+        line: ctx.lines_skipped,
+    };
+    // The first line is a header ('>' was checked by the caller).
+    let Some(first) = lines.next(None)? else {
+        return Ok(());
+    };
+    let mut header: Option<Vec<u8>> = Some(first[1..].to_vec());
     let mut number = 0usize;
-    while let Some(next) = fasta.next() {
+    while let Some(h) = header.take() {
         number += 1;
-        let rec = next.map_err(|e| ctx.parse_error(e, number))?;
-        let id = first_word(rec.id());
-        let raw = rec.raw_seq();
-        let header_line = rec.start_line_number() + ctx.lines_skipped;
-        // Exact: the raw length less its line breaks.
-        let mut tokens = Vec::with_capacity(rec.num_bases());
-        if let Err((line, bad)) = tokenize_lines(raw, &mut tokens) {
-            let base = tokens.len() as u64 + 1;
-            return Err(bad_base(
-                path,
-                &label(&id, number),
-                header_line + 1 + line,
-                base,
-                bad,
-            ));
-        }
-        f(Record {
+        let id = first_word(&h);
+        let meta = std::sync::Arc::new(RecordMeta {
             chrom: id.clone(),
-            id,
+            id: id.clone(),
             offset: 0,
             source: path.clone(),
             number,
+        });
+        let name = label(&id, number);
+        let cap = piece_len.min(1 << 20);
+        let mut tokens: Vec<u8> = Vec::with_capacity(cap);
+        let mut start = 0usize;
+        while let Some(line) = lines.next(Some(&name))? {
+            if let Some(rest) = line.strip_prefix(b">") {
+                header = Some(rest.to_vec());
+                break;
+            }
+            if let Err(bad) = alphabet::tokenize_into(line, &mut tokens) {
+                let base = (start + tokens.len()) as u64 + 1;
+                return Err(bad_base(&path, &name, lines.line, base, bad));
+            }
+            // Hand on full pieces, keeping at least one token back so that the record's last
+            // piece is never empty (unless the record is).
+            while tokens.len() > piece_len {
+                let rest = tokens.split_off(piece_len);
+                let piece = std::mem::replace(&mut tokens, rest);
+                let n = piece.len();
+                f(Piece {
+                    meta: meta.clone(),
+                    start,
+                    tokens: piece,
+                    last: false,
+                })?;
+                start += n;
+            }
+        }
+        f(Piece {
+            meta,
+            start,
             tokens,
+            last: true,
         })?;
     }
     Ok(())
-}
-
-impl Ctx {
-    /// Maps a needletail parse error (FASTA) to an [`Error`].
-    fn parse_error(&self, e: ParseError, number: usize) -> Error {
-        let record = e
-            .position
-            .id
-            .clone()
-            .unwrap_or_else(|| format!("#{number}"));
-        if e.kind == ParseErrorKind::Io {
-            return self.io_error(io::Error::other(e.msg), Some(&record));
-        }
-        let line = e.position.line + self.lines_skipped;
-        let what = match e.kind {
-            ParseErrorKind::UnexpectedEnd => "unexpected end of input".to_string(),
-            _ => e.msg,
-        };
-        Error::input(
-            &self.path,
-            format!("cannot parse FASTA: {what} on line {line}"),
-            "check that the file is valid FASTA and complete",
-        )
-        .in_record(record)
-    }
 }
 
 /// Reads lines from the decoded stream, counting them and stripping `\n` / `\r\n`.

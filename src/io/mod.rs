@@ -1,6 +1,6 @@
 //! Reading DNA and writing results.
 //!
-//! - [`fastx`]: FASTA/FASTQ streaming through needletail (compression detected from content).
+//! - [`fastx`]: FASTA/FASTQ streaming in pieces (compression detected from content).
 //! - [`region`]: `chr:start-end` regions read through the `.fai` / `.gzi` index with noodles.
 //! - [`output`]: atomic output files, `.npy` headers.
 //! - [`segments`]: BED6 and bedGraph writers for per-position predictions.

@@ -24,6 +24,8 @@ pub fn temp_path(dest: &Path) -> PathBuf {
 pub struct Output {
     inner: BufWriter<Box<dyn Write + Send>>,
     temp: Option<tempfile::TempPath>,
+    /// A second handle on the temporary file, for rewriting a header in place.
+    file: Option<std::fs::File>,
     dest: String,
 }
 
@@ -34,6 +36,7 @@ impl Output {
             return Ok(Output {
                 inner: BufWriter::with_capacity(1 << 16, Box::new(std::io::stdout())),
                 temp: None,
+                file: None,
                 dest: dest.into(),
             });
         }
@@ -61,9 +64,11 @@ impl Output {
             .tempfile_in(&dir)
             .map_err(|e| Error::io(dest, e))?;
         let (file, temp) = tmp.into_parts();
+        let second = file.try_clone().map_err(|e| Error::io(dest, e))?;
         Ok(Output {
             inner: BufWriter::with_capacity(1 << 16, Box::new(file) as Box<dyn Write + Send>),
             temp: Some(temp),
+            file: Some(second),
             dest: dest.into(),
         })
     }
@@ -83,6 +88,22 @@ impl Output {
         Ok(())
     }
 
+    /// Overwrites bytes already written at `offset` (a header whose values are known only
+    /// at the end). Not available for stdout.
+    pub fn patch(&mut self, offset: u64, bytes: &[u8]) -> Result<()> {
+        use std::os::unix::fs::FileExt;
+        self.inner.flush().map_err(|e| Error::io(&self.dest, e))?;
+        match &self.file {
+            Some(f) => f
+                .write_all_at(bytes, offset)
+                .map_err(|e| Error::io(&self.dest, e)),
+            None => Err(Error::usage(
+                format!("{}: cannot rewrite a header on a stream", self.dest),
+                "write to a file",
+            )),
+        }
+    }
+
     /// Writes bytes, mapping errors to the destination path.
     pub fn write_all(&mut self, bytes: &[u8]) -> Result<()> {
         self.inner
@@ -98,6 +119,24 @@ impl Write for Output {
     fn flush(&mut self) -> std::io::Result<()> {
         self.inner.flush()
     }
+}
+
+/// Length of the `.npy` headers written by [`npy_header_fixed`]: room for any shape of two
+/// 20-digit dimensions, so a header can be rewritten in place once the length is known.
+pub const NPY_FIXED_HEADER: usize = 128;
+
+/// An `.npy` header of exactly [`NPY_FIXED_HEADER`] bytes.
+pub fn npy_header_fixed(shape: &[usize]) -> Vec<u8> {
+    let mut h = npy_header(shape);
+    if h.len() < NPY_FIXED_HEADER {
+        let pad = NPY_FIXED_HEADER - h.len();
+        h.pop(); // the final '\n'
+        h.extend(std::iter::repeat_n(b' ', pad));
+        h.push(b'\n');
+        let dict_len = (NPY_FIXED_HEADER - 10) as u16;
+        h[8..10].copy_from_slice(&dict_len.to_le_bytes());
+    }
+    h
 }
 
 /// Writes an `.npy` (format 1.0) header for a little-endian float32 C-order array.
@@ -153,6 +192,17 @@ mod tests {
         assert!(text.ends_with('\n'));
         let h1 = npy_header(&[5]);
         assert!(String::from_utf8_lossy(&h1).contains("(5,)"));
+    }
+
+    #[test]
+    fn fixed_npy_header_has_constant_length() {
+        for shape in [[0usize, 1], [7, 16], [250_000_000, 1024]] {
+            let h = npy_header_fixed(&shape);
+            assert_eq!(h.len(), NPY_FIXED_HEADER);
+            let dict = u16::from_le_bytes([h[8], h[9]]) as usize;
+            assert_eq!(10 + dict, NPY_FIXED_HEADER);
+            assert!(String::from_utf8_lossy(&h).contains(&format!("({}, {})", shape[0], shape[1])));
+        }
     }
 
     #[test]

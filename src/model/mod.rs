@@ -240,3 +240,60 @@ impl GenoModel {
         self.config.architecture.num_params() + head
     }
 }
+
+/// A head's weights on the host, for applying it to hidden states already copied back from
+/// the device (a `d_model x n_labels` product per position: cheap next to the backbone).
+#[derive(Debug, Clone)]
+pub struct HostHead {
+    /// `[n_labels][d_model]`, row-major.
+    w: Vec<f32>,
+    b: Vec<f32>,
+    d: usize,
+}
+
+impl HostHead {
+    /// Number of classes.
+    pub fn n_labels(&self) -> usize {
+        self.b.len()
+    }
+
+    /// Softmax class probabilities of one hidden state into `out` (`n_labels` values).
+    pub fn probs(&self, h: &[f32], out: &mut [f32]) {
+        let mut max = f32::NEG_INFINITY;
+        for (i, o) in out.iter_mut().enumerate() {
+            let row = &self.w[i * self.d..(i + 1) * self.d];
+            let mut acc = self.b[i];
+            for (w, x) in row.iter().zip(h) {
+                acc += w * x;
+            }
+            *o = acc;
+            max = max.max(acc);
+        }
+        let mut sum = 0.0;
+        for o in out.iter_mut() {
+            *o = (*o - max).exp();
+            sum += *o;
+        }
+        for o in out.iter_mut() {
+            *o /= sum;
+        }
+    }
+}
+
+impl GenoModel {
+    /// The head's weights on the host, if the model has a head.
+    pub fn host_head(&self) -> Option<HostHead> {
+        let h = self.head.as_ref()?;
+        let w = h.weight.val(); // [d_model, n_labels]
+        let [d, n] = w.dims();
+        let b = match &h.bias {
+            Some(b) => weights::host_values(b.val()),
+            None => vec![0.0; n],
+        };
+        Some(HostHead {
+            w: weights::host_values(w.transpose()),
+            b,
+            d,
+        })
+    }
+}
