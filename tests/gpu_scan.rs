@@ -2,7 +2,7 @@
 //! tensor-op reference (`selective_scan_reference` on the Flex CPU device), on random inputs of
 //! many shapes: lengths 1, 7, 2049 (one chunk and many chunks of the kernel) and 2^20 for a
 //! small `d_inner`; `d_inner` not a power of two (5, 37, 1536); `d_state` 1, 16, 64; zero and
-//! random initial state; strided input views; state carried across two calls.
+//! random initial state; strided and offset input views; state carried across two calls.
 //!
 //! Errors are `max |gpu - ref| / max |ref|` over each output tensor. The scan does no matrix
 //! products, so TF32 is not involved and f32 accuracy is expected.
@@ -250,8 +250,13 @@ fn gpu_scan_reads_strided_views() {
     let mut a = args(&x, &gpu);
     a.u = uz.clone().slice([0..nb, 0..nl, 0..ni]);
     a.z = uz.slice([0..nb, 0..nl, ni..2 * ni]);
-    a.b = xbc.clone().slice([0..nb, 0..nl, 3..3 + ns]);
-    a.c = xbc.slice([0..nb, 0..nl, 3 + ns..3 + 2 * ns]);
+    a.b = xbc.slice([0..nb, 0..nl, 3..3 + ns]);
+    // C as a contiguous view that starts one float into its buffer (not on a vector boundary).
+    let mut padded = vec![9.0f32];
+    padded.extend_from_slice(&x.c);
+    a.c = tensor(&padded, [1 + nb * nl * ns], &gpu)
+        .narrow(0, 1, nb * nl * ns)
+        .reshape([nb, nl, ns]);
     // A transposed view of a [d_state, d_inner] tensor.
     let mut a_t = vec![0.0f32; ns * ni];
     for ch in 0..ni {

@@ -25,6 +25,7 @@ use super::scan_cpu::fast_exp;
 /// - `weight`: `[d_conv, d_inner]`; tap `k` multiplies `x[t - (d_conv - 1) + k]`
 /// - `bias`: `[d_inner]`
 #[derive(ExtensionType)]
+#[extension_type(fusion: cfg(feature = "cuda"))]
 pub struct ConvInput<B: Backend> {
     /// Chunk input.
     pub x: FloatTensor<B>,
@@ -42,6 +43,7 @@ pub struct ConvInput<B: Backend> {
 /// - `u`: `[batch, length, d_inner]`, `SiLU(conv(x) + bias)`
 /// - `window`: `[batch, d_conv - 1, d_inner]`, the window after this chunk
 #[derive(ExtensionType)]
+#[extension_type(fusion: cfg(feature = "cuda"))]
 pub struct ConvOutput<B: Backend> {
     /// Activated output.
     pub u: FloatTensor<B>,
@@ -50,24 +52,36 @@ pub struct ConvOutput<B: Backend> {
 }
 
 /// Per-position block operations.
-#[backend_extension(Flex, Autodiff)]
+///
+/// On GPU devices (the `cuda` feature) the references run as ordinary tensor operations,
+/// which Burn's fusion compiles into few kernels.
+#[backend_extension(
+    Flex,
+    Autodiff,
+    Cube: cfg(feature = "cuda"),
+    Fusion: cfg(feature = "cuda")
+)]
 pub trait BlockOpsBackend: Backend {
     /// `SiLU(causal_depthwise_conv([window | x]) + bias)` and the next window.
+    #[fusion(default)]
     fn causal_conv_silu(#[extension_type] input: ConvInput<Self>) -> ConvOutput<Self> {
         conv_reference::<Self>(input)
     }
 
     /// `x / sqrt(mean(x², last dim) + eps) * weight`.
+    #[fusion(default)]
     fn rms_norm(x: FloatTensor<Self>, weight: FloatTensor<Self>, eps: f64) -> FloatTensor<Self> {
         rms_reference::<Self>(x, weight, eps)
     }
 
     /// The convolution's reference (never overridden; fused versions are tested against it).
+    #[fusion(default)]
     fn causal_conv_silu_reference(#[extension_type] input: ConvInput<Self>) -> ConvOutput<Self> {
         conv_reference::<Self>(input)
     }
 
     /// RMSNorm's reference (never overridden).
+    #[fusion(default)]
     fn rms_norm_reference(
         x: FloatTensor<Self>,
         weight: FloatTensor<Self>,
@@ -88,6 +102,10 @@ impl BlockOpsBackend for Flex {
 }
 
 impl<B: Backend + BlockOpsBackend, C: CheckpointStrategy> BlockOpsBackend for Autodiff<B, C> {}
+
+// The GPU backend uses the references (tensor operations); a fused kernel can override them.
+#[cfg(feature = "cuda")]
+impl BlockOpsBackend for burn_cubecl::CubeBackend {}
 
 fn dims<B: Backend>(t: &FloatTensor<B>) -> Vec<usize> {
     t.shape().to_vec()

@@ -30,13 +30,30 @@
 //! constant of the kernel, so the state lives in registers and the reduction over `n` for `y`
 //! needs no communication between threads). Adjacent threads handle adjacent channels, so the
 //! time-major reads of `u`, `delta`, `z` and the writes of `y` are coalesced, and the rows of
-//! `B` and `C` are the same for all threads of a chunk (broadcast loads, served by L1).
-//! Softplus, the `D` skip and the SiLU gate are fused. State and arithmetic are f32; indices use
-//! the 64-bit address type when a buffer has more than `u32::MAX` elements.
+//! `B` and `C` are the same for all threads of a chunk (broadcast loads, served by L1, four
+//! floats per load where `d_state` allows). Softplus, the `D` skip and the SiLU gate are fused.
+//! State and arithmetic are f32; indices use the 64-bit address type when a buffer has more
+//! than `u32::MAX` elements.
 //!
-//! Cost: pass 1 reads `u`, `delta`, `B`; pass 3 reads `u`, `delta`, `z`, `B`, `C` and writes
-//! `y`; so about 1.5 times the byte floor (`u`, `delta`, `z`, `B`, `C` read once and `y` written
-//! once), plus `2·d_state` exponentials per `(t, d)`.
+//! # Cost, as measured on an H200 (batch 1, `d_inner` 1024, `d_state` 16)
+//!
+//! Pass 1 reads `u`, `delta`, `B`; pass 3 reads `u`, `delta`, `z`, `B`, `C` and writes `y`:
+//! about 1.5 times the byte floor (`u`, `delta`, `z`, `B`, `C` read once, `y` written once). The
+//! kernels are not memory-bound but bound by instruction issue on the FMA pipe (77% and 62% of
+//! issue slots busy in passes 1 and 3, DRAM at under 20%): `2·d_state` exponentials per
+//! `(t, d)`, each lowered by CubeCL's LLVM path to libdevice's accurate `expf`, about eight
+//! FMA-pipe instructions around one `MUFU.EX2`. L = 2^20 takes 25-27 ms (40-43 G(t,d)/s;
+//! 650-690 GB/s against the byte floor), of which pass 2 is 0.2 ms; L = 2^12 takes 0.3 ms.
+//! (Two channels per thread, sharing each load of `B` and `C`, measured slower; the thread
+//! target and the cube size barely mattered.)
+//!
+//! Ways forward, if the scan dominates a profile: a cheaper exponential (`ex2.approx`, one
+//! instruction, which CubeCL 0.11's LLVM path does not expose); and fewer exponentials. A
+//! single chunk needs `N` per `(t, d)` instead of `2N`: that is already the path when
+//! batch × d_inner reaches [`TARGET_THREADS`], and where that threshold should sit for
+//! training-sized batches is unmeasured. For batch 1, a block-wide scan over time per state
+//! index (as the official Mamba kernel does) would keep each chunk's `exp(Δ·A)` in registers
+//! instead of recomputing it.
 //!
 //! Inputs other than f32, `d_state` above [`MAX_D_STATE`], and empty shapes go to the reference.
 
@@ -74,15 +91,15 @@ fn softplus(x: f32) -> f32 {
 
 /// Pass 1: each chunk's state from zero, and the chunk's sum of `Δ`.
 ///
-/// Thread `((b·chunks) + k)·d_inner + d`. `state`: `[batch, chunks, d_state, d_inner]`;
-/// `dsum`: `[batch, chunks, d_inner]`.
+/// Thread `((b·chunks) + k)·d_inner + d`. `b` is read `vec` floats at a time.
+/// `state`: `[batch, chunks, d_state, d_inner]`; `dsum`: `[batch, chunks, d_inner]`.
 #[cube(launch_unchecked, address_type = "dynamic")]
 #[allow(clippy::too_many_arguments)]
-fn scan_chunk_state_kernel(
+fn scan_chunk_state_kernel<V: Size>(
     u: &Tensor<f32>,
     delta: &Tensor<f32>,
     a: &Tensor<f32>,
-    b: &Tensor<f32>,
+    b: &Tensor<Vector<f32, V>>,
     delta_bias: &Tensor<f32>,
     state: &mut Tensor<f32>,
     dsum: &mut Tensor<f32>,
@@ -92,6 +109,7 @@ fn scan_chunk_state_kernel(
     chunks: usize,
     chunk_len: usize,
     #[comptime] d_state: usize,
+    #[comptime] vec: usize,
 ) {
     let pos = ABSOLUTE_POS;
     if pos >= batch * chunks * d_inner {
@@ -107,6 +125,7 @@ fn scan_chunk_state_kernel(
     } else {
         len
     };
+    let nvec = comptime!(d_state / vec);
 
     let mut av = Array::<f32>::new(d_state);
     let mut h = Array::<f32>::new(d_state);
@@ -119,14 +138,20 @@ fn scan_chunk_state_kernel(
     let mut sum = 0.0f32;
     for t in t0..t1 {
         let row = bi * len + t;
+        let i = row * d_inner + ch;
         // Δ = softplus(delta + bias)   (Algorithm 2, line 6)
-        let dt = softplus(delta[row * d_inner + ch] + bias);
-        let dtu = dt * u[row * d_inner + ch];
+        let dt = softplus(delta[i] + bias);
+        let dtu = dt * u[i];
         sum += dt;
         #[unroll]
-        for n in 0..d_state {
-            // h = exp(Δ·A) ⊙ h + Δ·B·u   (eq. 2a, zero-order hold of eq. 4)
-            h[n] = (dt * av[n]).exp() * h[n] + dtu * b[row * d_state + n];
+        for q in 0..nvec {
+            let bq = b[row * nvec + q];
+            #[unroll]
+            for e in 0..vec {
+                let n = q * vec + e;
+                // h = exp(Δ·A) ⊙ h + Δ·B·u   (eq. 2a, zero-order hold of eq. 4)
+                h[n] = (dt * av[n]).exp() * h[n] + dtu * bq.extract(e);
+            }
         }
     }
     #[unroll]
@@ -138,7 +163,8 @@ fn scan_chunk_state_kernel(
 
 /// Pass 2: incoming state of every chunk, in place of the chunk states, and the last state.
 ///
-/// Thread `((b·d_state) + n)·d_inner + d`. `h0`, `h_last`: `[batch, d_inner, d_state]`.
+/// Thread `((b·d_state) + n)·d_inner + d`. `h0`, `h_last`: `[batch, d_inner, d_state]`. The
+/// chunk loop is latency-bound; it loads [`COMBINE_BATCH`] chunks' values before combining them.
 #[cube(launch_unchecked, address_type = "dynamic")]
 #[allow(clippy::too_many_arguments)]
 fn scan_chunk_combine_kernel(
@@ -163,12 +189,29 @@ fn scan_chunk_combine_kernel(
     let an = a[ch * d_state + n];
     let hpos = (bi * d_inner + ch) * d_state + n;
     let mut h = h0[hpos];
-    for k in 0..chunks {
+    let full = chunks / COMBINE_BATCH;
+    let mut sv = Array::<f32>::new(COMBINE_BATCH);
+    let mut pv = Array::<f32>::new(COMBINE_BATCH);
+    for kb in 0..full {
+        #[unroll]
+        for j in 0..COMBINE_BATCH {
+            let bk = bi * chunks + kb * COMBINE_BATCH + j;
+            sv[j] = state[(bk * d_state + n) * d_inner + ch];
+            pv[j] = dsum[bk * d_inner + ch];
+        }
+        #[unroll]
+        for j in 0..COMBINE_BATCH {
+            let bk = bi * chunks + kb * COMBINE_BATCH + j;
+            state[(bk * d_state + n) * d_inner + ch] = h;
+            // Across a chunk: h_out = exp(A·ΣΔ)·h_in + S.
+            h = (an * pv[j]).exp() * h + sv[j];
+        }
+    }
+    for k in full * COMBINE_BATCH..chunks {
         let bk = bi * chunks + k;
         let idx = (bk * d_state + n) * d_inner + ch;
         let s = state[idx];
         state[idx] = h;
-        // Across a chunk: h_out = exp(A·ΣΔ)·h_in + S.
         h = (an * dsum[bk * d_inner + ch]).exp() * h + s;
     }
     h_last[hpos] = h;
@@ -176,17 +219,17 @@ fn scan_chunk_combine_kernel(
 
 /// Pass 3: every chunk rescanned from its incoming state, writing the gated output.
 ///
-/// Thread `((b·chunks) + k)·d_inner + d`. With `single_chunk`, `h_in` is `h0`
-/// (`[batch, d_inner, d_state]`) and the last state goes to `h_last`; otherwise `h_in` is pass
-/// 2's `[batch, chunks, d_state, d_inner]` and `h_last` is left alone.
+/// Threads as in pass 1; `b` and `c` are read `vec` floats at a time. With `single_chunk`,
+/// `h_in` is `h0` (`[batch, d_inner, d_state]`) and the last state goes to `h_last`; otherwise
+/// `h_in` is pass 2's `[batch, chunks, d_state, d_inner]` and `h_last` is left alone.
 #[cube(launch_unchecked, address_type = "dynamic")]
 #[allow(clippy::too_many_arguments)]
-fn scan_chunk_output_kernel(
+fn scan_chunk_output_kernel<V: Size>(
     u: &Tensor<f32>,
     delta: &Tensor<f32>,
     a: &Tensor<f32>,
-    b: &Tensor<f32>,
-    c: &Tensor<f32>,
+    b: &Tensor<Vector<f32, V>>,
+    c: &Tensor<Vector<f32, V>>,
     d: &Tensor<f32>,
     z: &Tensor<f32>,
     delta_bias: &Tensor<f32>,
@@ -199,6 +242,7 @@ fn scan_chunk_output_kernel(
     chunks: usize,
     chunk_len: usize,
     #[comptime] d_state: usize,
+    #[comptime] vec: usize,
     #[comptime] single_chunk: bool,
 ) {
     let pos = ABSOLUTE_POS;
@@ -215,6 +259,7 @@ fn scan_chunk_output_kernel(
     } else {
         len
     };
+    let nvec = comptime!(d_state / vec);
 
     let mut av = Array::<f32>::new(d_state);
     let mut h = Array::<f32>::new(d_state);
@@ -238,11 +283,17 @@ fn scan_chunk_output_kernel(
         let dtu = dt * ut;
         let mut acc = 0.0f32;
         #[unroll]
-        for n in 0..d_state {
-            // h = exp(Δ·A) ⊙ h + Δ·B·u   (eq. 2a, zero-order hold of eq. 4)
-            h[n] = (dt * av[n]).exp() * h[n] + dtu * b[row * d_state + n];
-            // y = C·h   (eq. 2b)
-            acc += c[row * d_state + n] * h[n];
+        for q in 0..nvec {
+            let bq = b[row * nvec + q];
+            let cq = c[row * nvec + q];
+            #[unroll]
+            for e in 0..vec {
+                let n = q * vec + e;
+                // h = exp(Δ·A) ⊙ h + Δ·B·u   (eq. 2a, zero-order hold of eq. 4)
+                h[n] = (dt * av[n]).exp() * h[n] + dtu * bq.extract(e);
+                // y = C·h   (eq. 2b)
+                acc += cq.extract(e) * h[n];
+            }
         }
         // + D·u, gated by SiLU(z) = z / (1 + exp(-z)).
         let zt = z[i];
@@ -256,30 +307,51 @@ fn scan_chunk_output_kernel(
     }
 }
 
-/// How time is split into chunks.
+/// Chunks whose values pass 2 loads together.
+const COMBINE_BATCH: usize = 4;
+
+/// How the work is laid out: time split into chunks, `B`/`C` rows read `vec` floats at a time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct ChunkPlan {
+struct Plan {
     chunks: usize,
     chunk_len: usize,
+    /// Floats per load of a row of `B` or `C` (divides `d_state`).
+    vec: usize,
 }
 
-impl ChunkPlan {
-    /// Enough chunks that `batch · d_inner · chunks` threads fill the GPU, none shorter than
-    /// [`MIN_CHUNK`] steps (unless the sequence is).
-    fn new(batch: usize, len: usize, d_inner: usize) -> Self {
+impl Plan {
+    /// The widest `B`/`C` loads `d_state` allows, and enough chunks that the threads fill the
+    /// GPU, none shorter than [`MIN_CHUNK`] steps (unless the sequence is).
+    fn new(batch: usize, len: usize, d_inner: usize, d_state: usize) -> Self {
+        let vec = [4, 2, 1]
+            .into_iter()
+            .find(|v| d_state.is_multiple_of(*v))
+            .unwrap_or(1);
         let wanted = TARGET_THREADS.div_ceil(batch * d_inner);
         let most = (len / MIN_CHUNK).max(1);
         let chunks = wanted.clamp(1, most);
         let chunk_len = len.div_ceil(chunks);
         // Rounding the length up can leave the last chunks empty: count only non-empty ones.
         let chunks = len.div_ceil(chunk_len);
-        Self { chunks, chunk_len }
+        Self {
+            chunks,
+            chunk_len,
+            vec,
+        }
     }
 }
 
 fn cube_count(client: &Client, threads: usize) -> (CubeCount, CubeDim) {
     let dim = CubeDim::new_1d(CUBE_THREADS);
     (calculate_cube_count_elemwise(client, threads, dim), dim)
+}
+
+/// Whether a tensor's data starts on a `vec`-float boundary (for vector loads).
+fn aligned(t: &CubeTensor, vec: usize) -> bool {
+    t.handle
+        .offset_start
+        .unwrap_or(0)
+        .is_multiple_of(4 * vec as u64)
 }
 
 /// The fused GPU scan; falls back to the reference for non-f32 inputs, shapes it does not
@@ -341,32 +413,37 @@ pub(crate) fn scan_cube(input: ScanInput<CubeBackend>) -> ScanOutput<CubeBackend
     };
     let y = empty(vec![batch, len, d_inner]);
     let h_last = empty(vec![batch, d_inner, d_state]);
-    let plan = ChunkPlan::new(batch, len, d_inner);
-    let chunk_threads = batch * plan.chunks * d_inner;
-    let state_len = chunk_threads * d_state;
+    let mut plan = Plan::new(batch, len, d_inner, d_state);
+    if !(aligned(&b, plan.vec) && aligned(&c, plan.vec)) {
+        plan.vec = 1;
+    }
+    let Plan {
+        chunks,
+        chunk_len,
+        vec,
+    } = plan;
+    let chunk_threads = batch * chunks * d_inner;
+    let state_len = batch * chunks * d_inner * d_state;
     let address = AddressType::from_len(
-        [
-            batch * len * d_inner,
-            batch * len * d_state,
-            state_len,
-            chunk_threads,
-        ]
-        .into_iter()
-        .max()
-        .unwrap_or(0),
+        [batch * len * d_inner, batch * len * d_state, state_len]
+            .into_iter()
+            .max()
+            .unwrap_or(0),
     );
 
     let (count, dim) = cube_count(&client, chunk_threads);
-    if plan.chunks == 1 {
+    if chunks == 1 {
         // SAFETY: every index the kernel forms is below the length of the tensor it reads or
-        // writes: threads past `batch · d_inner` return at once, `t < len`, `n < d_state`, and all
-        // tensors are contiguous with the shapes checked above.
+        // writes: threads past `batch · d_inner` return at once, `t < len`, `n < d_state`, and
+        // all tensors are contiguous with the shapes checked above (`B` and `C` rows are whole
+        // vectors: `vec` divides `d_state`, and their data starts on a vector boundary).
         unsafe {
             scan_chunk_output_kernel::launch_unchecked(
                 &client,
                 count,
                 dim,
                 address,
+                vec,
                 u.into_tensor_arg(),
                 delta.into_tensor_arg(),
                 a.into_tensor_arg(),
@@ -384,23 +461,26 @@ pub(crate) fn scan_cube(input: ScanInput<CubeBackend>) -> ScanOutput<CubeBackend
                 1,
                 len,
                 d_state,
+                vec,
                 true,
             );
         }
         return ScanOutput { y, h: h_last };
     }
 
-    let state = empty(vec![batch, plan.chunks, d_state, d_inner]);
-    let dsum = empty(vec![batch, plan.chunks, d_inner]);
+    let state = empty(vec![batch, chunks, d_state, d_inner]);
+    let dsum = empty(vec![batch, chunks, d_inner]);
     // SAFETY (all three launches): threads past their work item count return at once; every
     // other index is below the length of its tensor (`t < len`, `k < chunks`, `n < d_state`,
-    // `ch < d_inner`), all tensors being contiguous with the shapes checked or allocated above.
+    // `ch < d_inner`), all tensors being contiguous with the shapes checked or allocated above,
+    // `B` and `C` read in whole, aligned vectors as for the single-chunk launch.
     unsafe {
         scan_chunk_state_kernel::launch_unchecked(
             &client,
             count.clone(),
             dim,
             address,
+            vec,
             u.clone().into_tensor_arg(),
             delta.clone().into_tensor_arg(),
             a.clone().into_tensor_arg(),
@@ -411,9 +491,10 @@ pub(crate) fn scan_cube(input: ScanInput<CubeBackend>) -> ScanOutput<CubeBackend
             batch,
             len,
             d_inner,
-            plan.chunks,
-            plan.chunk_len,
+            chunks,
+            chunk_len,
             d_state,
+            vec,
         );
     }
     let (combine_count, combine_dim) = cube_count(&client, batch * d_state * d_inner);
@@ -431,7 +512,7 @@ pub(crate) fn scan_cube(input: ScanInput<CubeBackend>) -> ScanOutput<CubeBackend
             batch,
             d_inner,
             d_state,
-            plan.chunks,
+            chunks,
         );
     }
     unsafe {
@@ -440,6 +521,7 @@ pub(crate) fn scan_cube(input: ScanInput<CubeBackend>) -> ScanOutput<CubeBackend
             count,
             dim,
             address,
+            vec,
             u.into_tensor_arg(),
             delta.into_tensor_arg(),
             a.into_tensor_arg(),
@@ -454,9 +536,10 @@ pub(crate) fn scan_cube(input: ScanInput<CubeBackend>) -> ScanOutput<CubeBackend
             batch,
             len,
             d_inner,
-            plan.chunks,
-            plan.chunk_len,
+            chunks,
+            chunk_len,
             d_state,
+            vec,
             false,
         );
     }
@@ -468,18 +551,20 @@ mod tests {
     use super::*;
 
     #[test]
-    fn chunk_plan_covers_the_sequence() {
+    fn plan_covers_the_sequence() {
         for batch in [1, 2, 7] {
             for d_inner in [1, 37, 1024, 1536] {
-                for len in [1, 2, 63, 64, 65, 1000, 4096, 2049, 1 << 20] {
-                    let p = ChunkPlan::new(batch, len, d_inner);
-                    assert!(p.chunks >= 1 && p.chunk_len >= 1, "{p:?}");
-                    assert!(p.chunks * p.chunk_len >= len, "{p:?} len {len}");
-                    assert!((p.chunks - 1) * p.chunk_len < len, "{p:?} len {len}");
-                    assert!(p.chunk_len >= MIN_CHUNK.min(len), "{p:?} len {len}");
+                for d_state in [1, 6, 16, 64] {
+                    for len in [1, 2, 63, 64, 65, 1000, 4096, 2049, 1 << 20] {
+                        let p = Plan::new(batch, len, d_inner, d_state);
+                        assert!(p.chunks >= 1 && p.chunk_len >= 1, "{p:?}");
+                        assert!(p.chunks * p.chunk_len >= len, "{p:?} len {len}");
+                        assert!((p.chunks - 1) * p.chunk_len < len, "{p:?} len {len}");
+                        assert!(p.chunk_len >= MIN_CHUNK.min(len), "{p:?} len {len}");
+                        assert_eq!(d_state % p.vec, 0, "{p:?}");
+                    }
                 }
             }
         }
-        assert_eq!(ChunkPlan::new(1, 1 << 20, 1024).chunks, 512);
     }
 }
