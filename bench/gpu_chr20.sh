@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Run on the GPU machine from the repository root, with gpu/ holding genomamba.xz (the stripped,
+# xz-compressed `--features cuda` release binary) and hg19_chr20.fa.gz with its .fai and .gzi.
+set -u
+python3 -c "import lzma,shutil; shutil.copyfileobj(lzma.open('gpu/genomamba.xz'), open('/tmp/g','wb'))"; chmod +x /tmp/g
+G=/tmp/g; FA=gpu/hg19_chr20.fa.gz
+nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
+$G init -o /tmp/m256 --d-model 256 --n-layer 16 --seed 1 --force 2>&1 | tail -1
+echo "== correctness: 200 kb region, cuda vs cpu (mean and max pooled, per-position npy)"
+R=20:31000001-31200000
+TIMEFORMAT="cpu %R s"; time $G embed -m /tmp/m256 $FA --region $R -o /tmp/cpu.tsv -q --device cpu
+TIMEFORMAT="cuda %R s"; time $G embed -m /tmp/m256 $FA --region $R -o /tmp/gpu.tsv -q --device cuda
+$G embed -m /tmp/m256 $FA --region 20:31000001-31020000 -o /tmp/npc -q --device cpu --pool none
+$G embed -m /tmp/m256 $FA --region 20:31000001-31020000 -o /tmp/npg -q --device cuda --pool none
+python3 - <<'PY'
+import numpy as np
+a=np.loadtxt('/tmp/cpu.tsv',skiprows=1,usecols=range(2,258)); b=np.loadtxt('/tmp/gpu.tsv',skiprows=1,usecols=range(2,258))
+print("mean-pooled 200 kb: max|gpu-cpu|/max|cpu| = %.2e" % (abs(a-b).max()/abs(a).max()))
+x=np.load('/tmp/npc/20_31000001-31020000.npy'); y=np.load('/tmp/npg/20_31000001-31020000.npy')
+print("per-position 20 kb:", x.shape, "max rel %.2e" % (abs(x-y).max()/abs(x).max()), "mean abs %.2e" % abs(x-y).mean())
+PY
+echo "== timings (cuda), peak GPU memory from nvidia-smi every 100 ms"
+for spec in "1 20:30000001-31000000" "4 20:30000001-34000000" "16 20:30000001-46000000" "63 whole"; do
+  set -- $spec; mb=$1; reg=$2
+  if [ "$reg" = whole ]; then ra=""; else ra="--region $reg"; fi
+  for chunk in 8192 65536; do
+    nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -lms 100 > /tmp/mem.log & P=$!
+    s=$(date +%s.%N)
+    timeout 200 $G embed -m /tmp/m256 $FA $ra -o /tmp/t.tsv -q --device cuda --chunk-size $chunk; rc=$?
+    e=$(date +%s.%N); kill $P 2>/dev/null; wait $P 2>/dev/null
+    python3 -c "
+import sys; s,e,mb,ch,rc=float('$s'),float('$e'),'$mb','$chunk','$rc'
+mem=[int(x) for x in open('/tmp/mem.log').read().split() if x.strip().isdigit()]
+bases={'1':1e6,'4':4e6,'16':16e6,'63':63025520}[mb]
+print(f'{mb} Mb chunk {ch}: rc {rc} {e-s:.2f} s {bases/(e-s):,.0f} bases/s peak GPU mem {max(mem) if mem else -1} MiB')"
+  done
+done
