@@ -63,6 +63,14 @@ impl Output {
             .suffix(".tmp")
             .tempfile_in(&dir)
             .map_err(|e| Error::io(dest, e))?;
+        // Temporary files are created private (0600); the output should get the usual
+        // permissions of a new file.
+        {
+            use std::os::unix::fs::PermissionsExt;
+            tmp.as_file()
+                .set_permissions(std::fs::Permissions::from_mode(0o644))
+                .map_err(|e| Error::io(dest, e))?;
+        }
         let (file, temp) = tmp.into_parts();
         let second = file.try_clone().map_err(|e| Error::io(dest, e))?;
         Ok(Output {
@@ -224,6 +232,12 @@ mod tests {
         o.write_all(b"hello\n").unwrap();
         o.commit().unwrap();
         assert_eq!(std::fs::read_to_string(&dest).unwrap(), "hello\n");
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&dest).unwrap().permissions().mode() & 0o777;
+        assert_eq!(
+            mode, 0o644,
+            "outputs are readable by others, like any new file"
+        );
     }
 
     #[test]
