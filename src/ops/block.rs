@@ -8,13 +8,13 @@ use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
 use burn::backend::flex::FlexTensor;
 use burn::backend::tensor::FloatTensor;
 use burn::backend::{
-    Autodiff, Backend, DType, Dispatch, ExtensionType, Flex, Scalar, TensorData, TensorMetadata,
+    Autodiff, Backend, Dispatch, ExtensionType, Flex, Scalar, TensorData, TensorMetadata,
     backend_extension,
 };
 use burn::tensor::{Shape, Slice, Tensor};
 use rayon::prelude::*;
 
-use super::scan_cpu::fast_exp;
+use super::scan_cpu::{fast_exp, host};
 
 /// Inputs of the causal convolution.
 ///
@@ -181,20 +181,6 @@ pub fn rms_reference<B: Backend>(
         B::float_mul(x, inv),
         B::float_reshape(weight, Shape::from(wshape)),
     )
-}
-
-fn host(t: &FlexTensor) -> Option<std::borrow::Cow<'_, [f32]>> {
-    if t.dtype() != DType::F32 {
-        return None;
-    }
-    match t.as_slice::<f32>() {
-        Some(s) if t.is_contiguous() => Some(std::borrow::Cow::Borrowed(s)),
-        _ => {
-            let c = t.to_contiguous();
-            c.as_slice::<f32>()
-                .map(|s| std::borrow::Cow::Owned(s.to_vec()))
-        }
-    }
 }
 
 /// Rows of positions handled per parallel task.

@@ -16,7 +16,8 @@ use super::scan::{ScanInput, ScanOutput};
 /// Channels processed together (one SIMD-friendly group).
 pub const LANES: usize = 8;
 
-fn host(t: &FlexTensor) -> Option<std::borrow::Cow<'_, [f32]>> {
+/// The f32 values of a tensor in row-major order: borrowed when contiguous, else copied.
+pub(crate) fn host(t: &FlexTensor) -> Option<std::borrow::Cow<'_, [f32]>> {
     if t.dtype() != DType::F32 {
         return None;
     }
