@@ -8,26 +8,15 @@ peak RSS from getrusage. Usage (from the repository root, after `cargo build --r
 
 Prints one line per run: what, bases, seconds, bases/s, peak RSS (MiB).
 """
-import argparse, os, resource, subprocess, sys, tempfile, time
+import argparse, os, subprocess, sys, tempfile
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from timing import timed  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.path.join(ROOT, "target", "release", "genomamba")
 CHR20 = os.path.join(ROOT, "..", "shared", "data", "genomes", "hg19_chr20.fa.gz")
 CHR20_LEN = 63_025_520
-
-
-def run(cmd):
-    """Runs cmd in a fresh process; returns (seconds, peak RSS in MiB of that process)."""
-    t0 = time.perf_counter()
-    # Peak RSS comes from GNU time: a child forked or vforked from this python would count
-    # the interpreter's own pages (torch included) in its maxrss, even after exec.
-    with tempfile.NamedTemporaryFile("r") as rss:
-        proc = subprocess.run(["/usr/bin/time", "-f", "%M", "-o", rss.name] + cmd)
-        secs = time.perf_counter() - t0
-        if proc.returncode != 0:
-            sys.exit(f"failed: {' '.join(cmd)}")
-        kib = int(rss.read().split()[-1])
-    return secs, kib / 1024.0
 
 
 def main():
@@ -55,7 +44,7 @@ def main():
             out = os.path.join(tmp, "out.tsv")
             cmd = [BIN, "embed", "-m", model, CHR20, "-o", out, "--quiet", "--threads", a.threads,
                    "--chunk-size", a.chunk_size] + extra
-            secs, rss = run(cmd)
+            secs, rss = timed(cmd)
             print(f"{what}\t{bases}\t{secs:.1f}\t{bases / secs:,.0f}\t{rss:.0f}", flush=True)
 
 

@@ -11,7 +11,10 @@ It also checks that both give the same mean-pooled hidden states (relative error
 Usage: python3 bench/vs_transformers.py --d-model 256 --n-layer 16 --length 4096 [--threads 2]
 Needs: pip install torch transformers safetensors; cargo build --release.
 """
-import argparse, json, os, subprocess, sys, tempfile, time
+import argparse, json, os, sys, tempfile
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from timing import timed  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.path.join(ROOT, "target", "release", "genomamba")
@@ -27,19 +30,6 @@ with torch.no_grad():
     h = m(torch.tensor([ids]), use_cache=False).last_hidden_state[0]
 json.dump(h.mean(0).tolist(), open(sys.argv[4], "w"))
 """
-
-
-def timed(cmd):
-    t0 = time.perf_counter()
-    # Peak RSS comes from GNU time: a child forked or vforked from this python would count
-    # the interpreter's own pages (torch included) in its maxrss, even after exec.
-    with tempfile.NamedTemporaryFile("r") as rss:
-        proc = subprocess.run(["/usr/bin/time", "-f", "%M", "-o", rss.name] + cmd)
-        secs = time.perf_counter() - t0
-        if proc.returncode != 0:
-            sys.exit(f"failed: {' '.join(cmd)}")
-        kib = int(rss.read().split()[-1])
-    return secs, kib / 1024.0
 
 
 def main():

@@ -42,7 +42,7 @@ impl RecordSink for ClassifySink {
         rows: &[f32],
         d: usize,
     ) -> Result<()> {
-        rows.chunks_exact(d).for_each(|h| acc.push(h));
+        acc.push_rows(rows, d);
         Ok(())
     }
 

@@ -68,6 +68,11 @@ impl Pooler {
         self.count += 1;
     }
 
+    /// Adds consecutive hidden states stored row-major, `d` values each.
+    pub fn push_rows(&mut self, rows: &[f32], d: usize) {
+        rows.chunks_exact(d).for_each(|h| self.push(h));
+    }
+
     /// Positions seen.
     pub fn count(&self) -> usize {
         self.count

@@ -547,12 +547,7 @@ fn read_fasta(
     f: &mut dyn FnMut(Piece) -> Result<()>,
 ) -> Result<()> {
     let path = ctx.path.clone();
-    let mut lines = Lines {
-        reader,
-        ctx,
-        buf: Vec::with_capacity(1024),
-        line: ctx.lines_skipped,
-    };
+    let mut lines = Lines::new(reader, ctx);
     // The first line is a header ('>' was checked by the caller).
     let Some(first) = lines.next(None)? else {
         return Ok(());
@@ -616,7 +611,16 @@ struct Lines<'a> {
     line: u64,
 }
 
-impl Lines<'_> {
+impl<'a> Lines<'a> {
+    fn new(reader: &'a mut Box<dyn BufRead + Send>, ctx: &'a Ctx) -> Self {
+        Lines {
+            reader,
+            ctx,
+            buf: Vec::with_capacity(1024),
+            line: ctx.lines_skipped,
+        }
+    }
+
     /// The next line without its line break, or `None` at the end of the input.
     fn next(&mut self, record: Option<&str>) -> Result<Option<&[u8]>> {
         self.buf.clear();
@@ -641,12 +645,7 @@ fn read_fastq(
     f: &mut dyn FnMut(Record) -> Result<()>,
 ) -> Result<()> {
     let path = ctx.path.clone();
-    let mut lines = Lines {
-        reader,
-        ctx,
-        buf: Vec::with_capacity(1024),
-        line: ctx.lines_skipped,
-    };
+    let mut lines = Lines::new(reader, ctx);
     let fastq_err =
         |what: String, record: &str| Error::input(&path, what, FASTQ_FIX).in_record(record);
     let mut number = 0usize;
