@@ -11,6 +11,7 @@
 //! - [`ops`]: the selective-scan backend extension and its reference.
 //! - [`infer`]: the chunk runner, pooling.
 //! - [`device`]: choosing the compute device at run time.
+//! - [`train`]: labeled data, metrics, baseline, training loop.
 
 pub mod alphabet;
 pub mod device;
@@ -19,5 +20,6 @@ pub mod infer;
 pub mod io;
 pub mod model;
 pub mod ops;
+pub mod train;
 
 pub use error::{Error, Result};

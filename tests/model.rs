@@ -132,6 +132,7 @@ fn saved_model_reloads_identically() {
     cfg.head = Some(genomamba::model::HeadConfig {
         kind: genomamba::model::HeadKind::Sequence,
         labels: vec!["a".into(), "b".into()],
+        rc_average: true,
     });
     let m = GenoModel::init(cfg, 11, &device).unwrap();
     let dir = tempfile::tempdir().unwrap();

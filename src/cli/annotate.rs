@@ -93,6 +93,7 @@ pub fn run(a: AnnotateArgs) -> Result<()> {
     let head = model
         .host_head()
         .ok_or_else(|| Error::Runtime("the model's head has no weights".into()))?;
+    let rc = model.config.head.as_ref().is_some_and(|h| h.rc_average);
     let pb = progress(a.input.quiet, "annotate");
     let mut sink = AnnotateSink {
         head,
@@ -103,8 +104,9 @@ pub fn run(a: AnnotateArgs) -> Result<()> {
         tsv,
         probs: vec![0.0; n],
         line: String::new(),
+        rc,
     };
-    let skipped = a.input.drive(&model, &device, &pb, &mut sink)?;
+    let skipped = a.input.drive(&model, &device, &pb, &mut sink, rc)?;
     let AnnotateSink { bed, bg, tsv, .. } = sink;
     let (bed, bg) = (bed.map(|(o, _)| o), bg.map(|(o, _)| o));
     for o in [bed, bg, tsv].into_iter().flatten() {
@@ -125,61 +127,104 @@ struct AnnotateSink {
     tsv: Option<Output>,
     probs: Vec<f32>,
     line: String,
+    /// Average both strands (heads with `rc_average`).
+    rc: bool,
+}
+
+impl AnnotateSink {
+    /// Writes the prediction `p` of chromosome position `pos` to every output.
+    fn emit(&mut self, meta: &RecordMeta, pos: u64, p: &[f32]) -> Result<()> {
+        use std::fmt::Write;
+        if let Some((o, seg)) = &mut self.bed {
+            seg.push(o, pos, p)?;
+        }
+        if let Some((o, g)) = &mut self.bg {
+            g.push(o, pos, p[self.track])?;
+        }
+        if let Some(o) = &mut self.tsv {
+            self.line.clear();
+            let _ = write!(
+                self.line,
+                "{}\t{}\t{}",
+                meta.chrom,
+                pos + 1,
+                self.labels[argmax(p)]
+            );
+            for v in p {
+                let _ = write!(self.line, "\t{v:.4}");
+            }
+            self.line.push('\n');
+            o.write_all(self.line.as_bytes())?;
+        }
+        Ok(())
+    }
 }
 
 impl RecordSink for AnnotateSink {
-    type Acc = ();
+    /// With strand averaging: the forward strand's probabilities of the whole record
+    /// (`n_labels` per position), completed by the reverse strand's before they are written.
+    type Acc = Vec<f32>;
 
-    fn begin(&mut self, meta: &RecordMeta) -> Result<()> {
+    fn begin(&mut self, meta: &RecordMeta) -> Result<Vec<f32>> {
         if let Some((o, seg)) = &mut self.bed {
             seg.start_chrom(o, &meta.chrom)?;
         }
         if let Some((o, g)) = &mut self.bg {
             g.start_chrom(o, &meta.chrom)?;
         }
-        Ok(())
+        Ok(Vec::new())
     }
 
     fn rows(
         &mut self,
-        _: &mut (),
+        acc: &mut Vec<f32>,
         meta: &RecordMeta,
         start: usize,
         rows: &[f32],
         d: usize,
     ) -> Result<()> {
-        use std::fmt::Write;
+        let mut probs = std::mem::take(&mut self.probs);
         for (t, h) in rows.chunks_exact(d).enumerate() {
-            self.head.probs(h, &mut self.probs);
-            let p = &self.probs;
-            // BED coordinates are those of the chromosome (a region's offset added).
-            let pos = meta.offset + (start + t) as u64;
-            if let Some((o, seg)) = &mut self.bed {
-                seg.push(o, pos, p)?;
-            }
-            if let Some((o, g)) = &mut self.bg {
-                g.push(o, pos, p[self.track])?;
-            }
-            if let Some(o) = &mut self.tsv {
-                self.line.clear();
-                let _ = write!(
-                    self.line,
-                    "{}\t{}\t{}",
-                    meta.chrom,
-                    pos + 1,
-                    self.labels[argmax(p)]
-                );
-                for v in p {
-                    let _ = write!(self.line, "\t{v:.4}");
-                }
-                self.line.push('\n');
-                o.write_all(self.line.as_bytes())?;
+            self.head.probs(h, &mut probs);
+            if self.rc {
+                acc.extend_from_slice(&probs);
+            } else {
+                // BED coordinates are those of the chromosome (a region's offset added).
+                self.emit(meta, meta.offset + (start + t) as u64, &probs)?;
             }
         }
+        self.probs = probs;
         Ok(())
     }
 
-    fn end(&mut self, _: (), _: &RecordMeta, _: usize) -> Result<()> {
+    fn rows_rc(
+        &mut self,
+        acc: &mut Vec<f32>,
+        _: &RecordMeta,
+        start: usize,
+        rows: &[f32],
+        d: usize,
+    ) -> Result<()> {
+        // Position j of the reverse complement is position len - 1 - j of the record.
+        let n = self.labels.len();
+        let len = acc.len() / n;
+        let mut probs = std::mem::take(&mut self.probs);
+        for (t, h) in rows.chunks_exact(d).enumerate() {
+            self.head.probs(h, &mut probs);
+            let p = len - 1 - (start + t);
+            for (a, q) in acc[p * n..(p + 1) * n].iter_mut().zip(&probs) {
+                *a = 0.5 * (*a + q);
+            }
+        }
+        self.probs = probs;
+        Ok(())
+    }
+
+    fn end(&mut self, acc: Vec<f32>, meta: &RecordMeta, _: usize) -> Result<()> {
+        let n = self.labels.len();
+        for (t, p) in acc.chunks_exact(n).enumerate() {
+            self.emit(meta, meta.offset + t as u64, p)?;
+        }
         if let Some((o, seg)) = &mut self.bed {
             seg.finish(o)?;
         }

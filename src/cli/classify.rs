@@ -25,31 +25,57 @@ struct ClassifySink {
     head: HostHead,
     labels: Vec<String>,
     d: usize,
+    rc: bool,
 }
 
 impl RecordSink for ClassifySink {
-    type Acc = Pooler;
+    /// Mean of the forward strand's states, and of the reverse complement's (rc heads).
+    type Acc = (Pooler, Pooler);
 
-    fn begin(&mut self, _: &RecordMeta) -> Result<Pooler> {
-        Ok(Pooler::new(Pool::Mean, self.d))
+    fn begin(&mut self, _: &RecordMeta) -> Result<Self::Acc> {
+        Ok((
+            Pooler::new(Pool::Mean, self.d),
+            Pooler::new(Pool::Mean, self.d),
+        ))
     }
 
     fn rows(
         &mut self,
-        acc: &mut Pooler,
+        acc: &mut Self::Acc,
         _: &RecordMeta,
         _: usize,
         rows: &[f32],
         d: usize,
     ) -> Result<()> {
-        acc.push_rows(rows, d);
+        acc.0.push_rows(rows, d);
         Ok(())
     }
 
-    fn end(&mut self, acc: Pooler, meta: &RecordMeta, len: usize) -> Result<()> {
-        let pooled = acc.finish().unwrap_or_else(|| vec![0.0; self.d]);
+    fn rows_rc(
+        &mut self,
+        acc: &mut Self::Acc,
+        _: &RecordMeta,
+        _: usize,
+        rows: &[f32],
+        d: usize,
+    ) -> Result<()> {
+        acc.1.push_rows(rows, d);
+        Ok(())
+    }
+
+    fn end(&mut self, acc: Self::Acc, meta: &RecordMeta, len: usize) -> Result<()> {
+        let pooled = acc.0.finish().unwrap_or_else(|| vec![0.0; self.d]);
         let mut p = vec![0.0f32; self.labels.len()];
         self.head.probs(&pooled, &mut p);
+        if self.rc {
+            // Strand-symmetric prediction: the mean of both strands' probabilities.
+            let pooled_rc = acc.1.finish().unwrap_or_else(|| vec![0.0; self.d]);
+            let mut q = vec![0.0f32; self.labels.len()];
+            self.head.probs(&pooled_rc, &mut q);
+            for (a, b) in p.iter_mut().zip(&q) {
+                *a = 0.5 * (*a + b);
+            }
+        }
         let mut line = format!("{}\t{len}\t{}", meta.id, self.labels[argmax(&p)]);
         for v in &p {
             line.push_str(&format!("\t{v:.6}"));
@@ -78,6 +104,7 @@ pub fn run(a: ClassifyArgs) -> Result<()> {
             ));
         }
     };
+    let rc = model.config.head.as_ref().is_some_and(|h| h.rc_average);
     let head = model
         .host_head()
         .ok_or_else(|| Error::Runtime("the model's head has no weights".into()))?;
@@ -94,8 +121,9 @@ pub fn run(a: ClassifyArgs) -> Result<()> {
         head,
         labels,
         d: model.backbone.d_model(),
+        rc,
     };
-    let skipped = a.input.drive(&model, &device, &pb, &mut sink)?;
+    let skipped = a.input.drive(&model, &device, &pb, &mut sink, rc)?;
     sink.out.commit()?;
     pb.finish_and_clear();
     report_skipped(skipped, a.input.quiet);

@@ -7,6 +7,7 @@ use burn::tensor::Device;
 use clap::Args;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
+use genomamba::alphabet::reverse_complement_tokens;
 use genomamba::device::DeviceSpec;
 use genomamba::infer::DEFAULT_CHUNK;
 use genomamba::infer::{run_batch, run_piece};
@@ -95,15 +96,22 @@ impl InputArgs {
     /// the state carried, so no record is ever held whole. Reading and tokenising run on
     /// their own thread, one group ahead of the model. Returns the number of skipped empty
     /// records.
+    ///
+    /// With `rc`, every record's reverse complement runs too and its hidden states go to
+    /// [`RecordSink::rows_rc`] (in the order of the reverse complement). A long record's
+    /// tokens are then kept (one byte per base) until its last piece, when its reverse
+    /// complement runs chunk by chunk.
     pub fn drive<S: RecordSink>(
         &self,
         model: &GenoModel,
         device: &Device,
         pb: &ProgressBar,
         sink: &mut S,
+        rc: bool,
     ) -> Result<usize> {
         let d = model.backbone.d_model();
         let mut long: Option<(MambaState, S::Acc)> = None;
+        let mut long_tokens: Vec<u8> = Vec::new();
         let mut consume = |group: Vec<Piece>| -> Result<()> {
             if let [piece] = group.as_slice()
                 && !piece.is_whole()
@@ -111,12 +119,31 @@ impl InputArgs {
                 let meta = &*piece.meta;
                 let (state, mut acc) = match long.take() {
                     Some((st, acc)) if piece.start > 0 => (Some(st), acc),
-                    _ => (None, sink.begin(meta)?),
+                    _ => {
+                        long_tokens.clear();
+                        (None, sink.begin(meta)?)
+                    }
                 };
                 let (rows, next) = run_piece(&model.backbone, &piece.tokens, state, device);
                 sink.rows(&mut acc, meta, piece.start, &rows, d)?;
                 pb.inc(piece.tokens.len() as u64);
+                if rc {
+                    long_tokens.extend_from_slice(&piece.tokens);
+                }
                 if piece.last {
+                    if rc {
+                        let rev = reverse_complement_tokens(&long_tokens);
+                        long_tokens = Vec::new();
+                        run_batch(
+                            &model.backbone,
+                            &[&rev],
+                            self.chunk_size,
+                            device,
+                            &mut |c| {
+                                sink.rows_rc(&mut acc, meta, c.start, &c.values[..c.len * d], d)
+                            },
+                        )?;
+                    }
                     sink.end(acc, meta, piece.start + piece.tokens.len())?;
                 } else {
                     long = Some((next, acc));
@@ -139,6 +166,27 @@ impl InputArgs {
                 pb.inc((c.len * seqs.len()) as u64);
                 Ok(())
             })?;
+            if rc {
+                let revs: Vec<Vec<u8>> =
+                    seqs.iter().map(|s| reverse_complement_tokens(s)).collect();
+                let revs: Vec<&[u8]> = revs.iter().map(|r| r.as_slice()).collect();
+                run_batch(&model.backbone, &revs, self.chunk_size, device, &mut |c| {
+                    for (b, acc) in accs.iter_mut().enumerate() {
+                        let valid = revs[b].len().saturating_sub(c.start).min(c.len);
+                        if valid > 0 {
+                            let o = b * c.len * d;
+                            sink.rows_rc(
+                                acc,
+                                &group[b].meta,
+                                c.start,
+                                &c.values[o..o + valid * d],
+                                d,
+                            )?;
+                        }
+                    }
+                    Ok(())
+                })?;
+            }
             for (p, acc) in group.iter().zip(accs) {
                 sink.end(acc, &p.meta, p.tokens.len())?;
             }
@@ -230,6 +278,18 @@ pub trait RecordSink {
         rows: &[f32],
         d: usize,
     ) -> Result<()>;
+    /// Final hidden states of the record's reverse complement, positions `start..` of it
+    /// (only when [`InputArgs::drive`] runs with `rc`).
+    fn rows_rc(
+        &mut self,
+        _acc: &mut Self::Acc,
+        _meta: &RecordMeta,
+        _start: usize,
+        _rows: &[f32],
+        _d: usize,
+    ) -> Result<()> {
+        Ok(())
+    }
     /// The record ends; `len` is its length.
     fn end(&mut self, acc: Self::Acc, meta: &RecordMeta, len: usize) -> Result<()>;
 }

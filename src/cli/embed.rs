@@ -149,7 +149,7 @@ pub fn run(a: EmbedArgs) -> Result<()> {
             line.push('\n');
             out.write_all(line.as_bytes())?;
             let mut sink = PooledSink { out, pool, d };
-            let skipped = a.input.drive(&model, &device, &pb, &mut sink)?;
+            let skipped = a.input.drive(&model, &device, &pb, &mut sink, false)?;
             sink.out.commit()?;
             skipped
         }
@@ -161,7 +161,7 @@ pub fn run(a: EmbedArgs) -> Result<()> {
                 d,
                 seen: HashSet::new(),
             };
-            a.input.drive(&model, &device, &pb, &mut sink)?
+            a.input.drive(&model, &device, &pb, &mut sink, false)?
         }
     };
     pb.finish_and_clear();

@@ -87,6 +87,7 @@ pub fn run(a: InitArgs) -> Result<()> {
                     HeadKind::Position
                 },
                 labels: a.labels.clone(),
+                rc_average: false,
             })
         }
         other => {

@@ -1,11 +1,13 @@
 //! The command-line interface: argument parsing (clap derive) and one file per subcommand.
 
 mod annotate;
+mod baseline;
 mod classify;
 mod common;
 mod embed;
 mod info;
 mod init;
+mod train;
 
 use clap::{Parser, Subcommand};
 
@@ -27,6 +29,10 @@ pub enum Command {
     Classify(classify::ClassifyArgs),
     /// Per-position prediction with the model's per-position head: BED6, bedGraph, TSV.
     Annotate(annotate::AnnotateArgs),
+    /// Train or fine-tune a model on labeled data (per-class FASTA, TSV, or FASTA + BED).
+    Train(Box<train::TrainArgs>),
+    /// The k-mer logistic-regression baseline on the same data and split as `train`.
+    Baseline(baseline::BaselineArgs),
     /// Create a randomly initialised model directory of a given architecture.
     Init(init::InitArgs),
     /// Describe a model: architecture, parameter count, head, labels, provenance.
@@ -39,6 +45,8 @@ pub fn run(cli: Cli) -> genomamba::Result<()> {
         Command::Embed(a) => embed::run(a),
         Command::Classify(a) => classify::run(a),
         Command::Annotate(a) => annotate::run(a),
+        Command::Train(a) => train::run(*a),
+        Command::Baseline(a) => baseline::run(a),
         Command::Init(a) => init::run(a),
         Command::Info(a) => info::run(a),
     }

@@ -40,6 +40,12 @@ pub struct HeadConfig {
     pub kind: HeadKind,
     /// Class names, in output order.
     pub labels: Vec<String>,
+    /// Average the probabilities of each sequence and of its reverse complement: a
+    /// strand-symmetric ensemble; for per-position heads it also gives every position both
+    /// its left (forward strand) and its right context (reverse strand). Costs a second pass,
+    /// and per-position heads then hold each record's probabilities until it ends.
+    #[serde(default)]
+    pub rc_average: bool,
 }
 
 /// `config.json` of a genomamba model directory.
@@ -283,17 +289,23 @@ impl HostHead {
 impl GenoModel {
     /// The head's weights on the host, if the model has a head.
     pub fn host_head(&self) -> Option<HostHead> {
-        let h = self.head.as_ref()?;
+        self.head.as_ref().map(HostHead::from_linear)
+    }
+}
+
+impl HostHead {
+    /// Copies a head's linear layer (`d_model -> n_labels`) to the host.
+    pub fn from_linear(h: &Linear) -> HostHead {
         let w = h.weight.val(); // [d_model, n_labels]
         let [d, n] = w.dims();
         let b = match &h.bias {
             Some(b) => weights::host_values(b.val()),
             None => vec![0.0; n],
         };
-        Some(HostHead {
+        HostHead {
             w: weights::host_values(w.transpose()),
             b,
             d,
-        })
+        }
     }
 }

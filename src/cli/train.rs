@@ -1,0 +1,586 @@
+//! `genomamba train`: trains or fine-tunes a model on labeled data.
+//!
+//! Sequence classification from one FASTA/FASTQ per class (`--class NAME=PATH`) or a TSV
+//! (`--tsv`, columns `sequence` and `label`); per-position segmentation from a reference
+//! FASTA and a BED of labeled intervals (`--fasta` + `--bed`, column 4 = class). Every input is
+//! read and checked before anything is written.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+
+use clap::Args;
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+use genomamba::device::DeviceSpec;
+use genomamba::model::{GenoModel, HeadKind, MambaConfig, ModelConfig};
+use genomamba::train::data::{
+    self, FileDigest, PositionDataset, SeqDataset, check_exists, contiguous_split,
+    load_class_files, load_position, load_tsv, parse_bed_class, parse_class_spec, remap_labels,
+    stratified_split,
+};
+use genomamba::train::trainer::{
+    Event, RunSpec, Task, TrainOptions, monitored_metric, prepare_head, train,
+};
+use genomamba::{Error, Result};
+
+/// Arguments of `train`.
+#[derive(Debug, Args)]
+pub struct TrainArgs {
+    /// Output model directory (best model, `checkpoint/`, `metrics.jsonl`).
+    #[arg(short = 'o', long = "output")]
+    pub output: PathBuf,
+
+    /// Sequence task: a class and its FASTA/FASTQ file, `NAME=PATH`; repeat per class.
+    #[arg(long = "class", value_name = "NAME=PATH")]
+    pub classes: Vec<String>,
+    /// Sequence task: a TSV with a header and columns `sequence` and `label`.
+    #[arg(long)]
+    pub tsv: Option<String>,
+    /// Separate validation set for `--class`: `NAME=PATH`, repeat per class.
+    #[arg(long = "val-class", value_name = "NAME=PATH")]
+    pub val_classes: Vec<String>,
+    /// Separate validation TSV for `--tsv`.
+    #[arg(long)]
+    pub val_tsv: Option<String>,
+
+    /// Position task: the reference FASTA.
+    #[arg(long)]
+    pub fasta: Option<String>,
+    /// Position task: BED of labeled intervals (column 4 = name; other bases are background).
+    #[arg(long)]
+    pub bed: Option<String>,
+    /// Position task: which BED names form a class, `CLASS=NAME[,NAME...]`; repeatable
+    /// (default: every distinct name is a class).
+    #[arg(long = "bed-class", value_name = "CLASS=NAMES")]
+    pub bed_classes: Vec<String>,
+    /// Position task: only these FASTA records (comma-separated; default all).
+    #[arg(long, value_delimiter = ',')]
+    pub records: Vec<String>,
+    /// Position task: bases per training window.
+    #[arg(long, default_value_t = 2048)]
+    pub window: usize,
+    /// Position task: windows drawn per epoch.
+    #[arg(long, default_value_t = 1024)]
+    pub windows_per_epoch: usize,
+
+    /// Fraction held out for validation when no separate validation files are given
+    /// (sequence task: stratified random; position task: the last stretch of every record).
+    #[arg(long, default_value_t = 0.1)]
+    pub val_fraction: f64,
+
+    /// Start from this model (genomamba or Hugging Face Mamba checkpoint) instead of a new one.
+    #[arg(long = "from", value_name = "MODEL")]
+    pub from: Option<PathBuf>,
+    /// Replace the starting model's head by a new one for this task's classes.
+    #[arg(long)]
+    pub replace_head: bool,
+    /// New model: width of the residual stream.
+    #[arg(long, default_value_t = 128)]
+    pub d_model: usize,
+    /// New model: number of Mamba blocks.
+    #[arg(long, default_value_t = 4)]
+    pub n_layer: usize,
+    /// New model: SSM state size per channel.
+    #[arg(long, default_value_t = 16)]
+    pub d_state: usize,
+    /// New model: d_inner = expand x d_model.
+    #[arg(long, default_value_t = 2)]
+    pub expand: usize,
+    /// New model: convolution width.
+    #[arg(long, default_value_t = 4)]
+    pub d_conv: usize,
+
+    /// Epochs (passes over the sequences, or rounds of --windows-per-epoch windows).
+    #[arg(long, default_value_t = 10)]
+    pub epochs: usize,
+    /// Sequences or windows per step.
+    #[arg(long, default_value_t = 32)]
+    pub batch_size: usize,
+    /// Peak learning rate (AdamW).
+    #[arg(long, default_value_t = 2e-3)]
+    pub lr: f64,
+    /// Final learning rate of the cosine decay, as a fraction of --lr.
+    #[arg(long, default_value_t = 0.05)]
+    pub min_lr_ratio: f64,
+    /// Steps of linear warm-up.
+    #[arg(long, default_value_t = 100)]
+    pub warmup_steps: usize,
+    /// AdamW weight decay (never on A_log, D, norms, biases).
+    #[arg(long, default_value_t = 0.05)]
+    pub weight_decay: f64,
+    /// Clip the global gradient norm to this (0 = off).
+    #[arg(long, default_value_t = 1.0)]
+    pub clip_norm: f64,
+    /// Stop after this many epochs without a better validation score (0 = never).
+    #[arg(long, default_value_t = 0)]
+    pub patience: usize,
+    /// Seed for initialisation, split, order, windows and augmentation.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Do not train on reverse complements.
+    #[arg(long)]
+    pub no_rc_augment: bool,
+    /// Predict with the average of both strands (saved in the model; per-position heads then
+    /// see context on both sides of every position).
+    #[arg(long)]
+    pub rc_average: bool,
+    /// Positions per chunk during validation.
+    #[arg(long, default_value_t = genomamba::infer::DEFAULT_CHUNK)]
+    pub chunk_size: usize,
+
+    /// Continue the run saved in OUTPUT/checkpoint (same options).
+    #[arg(long)]
+    pub resume: bool,
+    /// Stop (as if interrupted) after this many epochs in total; `--resume` continues.
+    #[arg(long, hide = true)]
+    pub stop_after: Option<usize>,
+    /// Overwrite an existing output directory.
+    #[arg(long)]
+    pub force: bool,
+    /// Compute device: `cpu` or `cuda[:N]`.
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// CPU threads (default: all cores).
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// No progress display or per-epoch lines.
+    #[arg(short, long)]
+    pub quiet: bool,
+}
+
+enum Loaded {
+    Sequence {
+        train: SeqDataset,
+        val: SeqDataset,
+        split: serde_json::Value,
+    },
+    Position {
+        data: PositionDataset,
+        split: serde_json::Value,
+        fraction: f64,
+    },
+}
+
+fn load(a: &TrainArgs) -> Result<Loaded> {
+    let seq = !a.classes.is_empty() || a.tsv.is_some();
+    let pos = a.fasta.is_some() || a.bed.is_some();
+    if seq == pos {
+        return Err(Error::usage(
+            if seq {
+                "both sequence (--class/--tsv) and position (--fasta/--bed) data given"
+            } else {
+                "no training data given"
+            },
+            "give --class NAME=PATH (repeat) or --tsv FILE for sequence labels, or --fasta REF --bed LABELS.bed for per-position labels",
+        ));
+    }
+    if !(0.0..1.0).contains(&a.val_fraction) {
+        return Err(Error::usage(
+            format!("--val-fraction {} is not in [0, 1)", a.val_fraction),
+            "pass e.g. --val-fraction 0.1",
+        ));
+    }
+    if seq {
+        let (train, val, split) = load_sequence_sets(&SeqSources {
+            classes: &a.classes,
+            tsv: a.tsv.as_deref(),
+            val_classes: &a.val_classes,
+            val_tsv: a.val_tsv.as_deref(),
+            val_fraction: a.val_fraction,
+            seed: a.seed,
+        })?;
+        Ok(Loaded::Sequence { train, val, split })
+    } else {
+        let (Some(fasta), Some(bed)) = (&a.fasta, &a.bed) else {
+            return Err(Error::usage(
+                "--fasta and --bed go together",
+                "give both the reference FASTA and the BED of labeled intervals",
+            ));
+        };
+        check_exists(fasta, "--fasta")?;
+        check_exists(bed, "--bed")?;
+        if a.val_fraction <= 0.0 {
+            return Err(Error::usage(
+                "validation is always reported: per-position training needs --val-fraction > 0",
+                "pass e.g. --val-fraction 0.1 (the last 10% of every record is held out)",
+            ));
+        }
+        let classes = a
+            .bed_classes
+            .iter()
+            .map(|s| parse_bed_class(s))
+            .collect::<Result<Vec<_>>>()?;
+        let data = load_position(fasta, bed, &classes, &a.records)?;
+        let split = serde_json::json!({"kind": "contiguous hold-out: the last stretch of every record", "val_fraction": a.val_fraction});
+        Ok(Loaded::Position {
+            data,
+            split,
+            fraction: a.val_fraction,
+        })
+    }
+}
+
+fn check_output(a: &TrainArgs) -> Result<()> {
+    let out = &a.output;
+    if a.resume {
+        if !genomamba::train::trainer::checkpoint_dir(out)
+            .join("trainer.json")
+            .is_file()
+        {
+            return Err(Error::usage(
+                format!("--resume: no checkpoint in {}", out.display()),
+                "resume into the output directory of an earlier run, or leave out --resume",
+            ));
+        }
+        return Ok(());
+    }
+    let non_empty = out.is_dir()
+        && std::fs::read_dir(out)
+            .map(|mut d| d.next().is_some())
+            .unwrap_or(false);
+    if out.exists() && !out.is_dir() {
+        return Err(Error::usage(
+            format!("{} exists and is not a directory", out.display()),
+            "choose another --output",
+        ));
+    }
+    if non_empty && !a.force {
+        return Err(Error::usage(
+            format!("{} already exists", out.display()),
+            "pass --force to overwrite it, --resume to continue its run, or choose another --output",
+        ));
+    }
+    Ok(())
+}
+
+pub fn run(a: TrainArgs) -> Result<()> {
+    if let Some(n) = a.threads {
+        if n == 0 {
+            return Err(Error::usage(
+                "--threads must be at least 1",
+                "pass a positive number or leave it out",
+            ));
+        }
+        let _ = rayon::ThreadPoolBuilder::new()
+            .num_threads(n)
+            .build_global();
+    }
+    if a.replace_head && a.from.is_none() {
+        return Err(Error::usage(
+            "--replace-head needs --from MODEL",
+            "add --from, or leave out --replace-head",
+        ));
+    }
+    let opts = TrainOptions {
+        epochs: a.epochs,
+        batch_size: a.batch_size,
+        lr: a.lr,
+        min_lr_ratio: a.min_lr_ratio,
+        warmup_steps: a.warmup_steps,
+        weight_decay: a.weight_decay,
+        clip_norm: a.clip_norm,
+        seed: a.seed,
+        patience: a.patience,
+        rc_augment: !a.no_rc_augment,
+        window: a.window,
+        windows_per_epoch: a.windows_per_epoch,
+        eval_chunk: a.chunk_size,
+    };
+    opts.validate()?;
+    check_output(&a)?;
+    let device = a.device.parse::<DeviceSpec>()?.device()?;
+    let loaded = load(&a)?;
+
+    let (mut model, base) = match &a.from {
+        Some(dir) => (
+            GenoModel::load(dir, &device)?,
+            serde_json::json!(dir.display().to_string()),
+        ),
+        None => {
+            let mut arch = MambaConfig::new(a.d_model, a.n_layer);
+            arch.d_state = a.d_state;
+            arch.expand = a.expand;
+            arch.d_conv = a.d_conv;
+            (
+                GenoModel::init(ModelConfig::new(arch), a.seed, &device)?,
+                serde_json::Value::Null,
+            )
+        }
+    };
+    let (task, split, files, counts) = match &loaded {
+        Loaded::Sequence { train, val, split } => {
+            if let (Some(h), false) = (&model.config.head, a.replace_head)
+                && h.kind == HeadKind::Sequence
+            {
+                // Fine-tuning a head: the data's classes must be the head's.
+                let mut t = train.clone();
+                let mut v = val.clone();
+                remap_labels(&mut t, &h.labels, "the training data")?;
+                remap_labels(&mut v, &h.labels, "the validation data")?;
+                let counts =
+                    serde_json::json!({"train": t.class_counts(), "val": v.class_counts()});
+                let files: Vec<FileDigest> = t.files.iter().chain(&v.files).cloned().collect();
+                (TaskData::Seq(t, v), split.clone(), files, counts)
+            } else {
+                let counts =
+                    serde_json::json!({"train": train.class_counts(), "val": val.class_counts()});
+                let files: Vec<FileDigest> =
+                    train.files.iter().chain(&val.files).cloned().collect();
+                (
+                    TaskData::Seq(train.clone(), val.clone()),
+                    split.clone(),
+                    files,
+                    counts,
+                )
+            }
+        }
+        Loaded::Position {
+            data,
+            split,
+            fraction,
+        } => {
+            let (tr, va) = contiguous_split(data, *fraction);
+            let counts = serde_json::json!({
+                "train_bases": tr.iter().map(|s| s.len()).sum::<usize>(),
+                "val_bases": va.iter().map(|s| s.len()).sum::<usize>(),
+                "val_spans": va,
+            });
+            (
+                TaskData::Pos(tr, va),
+                split.clone(),
+                data.files.clone(),
+                counts,
+            )
+        }
+    };
+    let task = match (&task, &loaded) {
+        (TaskData::Seq(t, v), _) => Task::Sequence { train: t, val: v },
+        (TaskData::Pos(tr, va), Loaded::Position { data, .. }) => Task::Position {
+            data,
+            train: tr.clone(),
+            val: va.clone(),
+        },
+        _ => return Err(Error::Runtime("inconsistent task".into())),
+    };
+    prepare_head(&mut model, &task, a.replace_head, a.seed, &device)?;
+    if let Some(h) = &mut model.config.head {
+        h.rc_average = a.rc_average;
+    }
+    let labels = model
+        .config
+        .head
+        .as_ref()
+        .map(|h| h.labels.clone())
+        .unwrap_or_default();
+    let command: Vec<String> = std::env::args().collect();
+    let provenance = serde_json::json!({
+        "trained_by": format!("genomamba {}", env!("CARGO_PKG_VERSION")),
+        "command": command.join(" "),
+        "task": if matches!(task, Task::Sequence { .. }) { "sequence" } else { "position" },
+        "labels": labels,
+        "data": files,
+        "split": split,
+        "counts": counts,
+        "base_model": base,
+        "device": a.device,
+        "threads": rayon::current_num_threads(),
+    });
+    if a.force && !a.resume && a.output.is_dir() {
+        for name in ["config.json", "model.safetensors", "metrics.jsonl"] {
+            let _ = std::fs::remove_file(a.output.join(name));
+        }
+        let _ = std::fs::remove_dir_all(genomamba::train::trainer::checkpoint_dir(&a.output));
+    }
+    let spec = RunSpec {
+        out: &a.output,
+        resume: a.resume,
+        device: device.clone(),
+        provenance,
+        stop_after: a.stop_after,
+    };
+    let kind = model
+        .config
+        .head
+        .as_ref()
+        .map(|h| h.kind)
+        .unwrap_or(HeadKind::Sequence);
+    let metric = monitored_metric(kind, labels.len());
+
+    let show = !a.quiet && std::io::stderr().is_terminal();
+    let mut pb: Option<ProgressBar> = None;
+    let epochs = a.epochs;
+    let quiet = a.quiet;
+    let mut loss_avg = None::<f64>;
+    let state = train(model, &task, &opts, &spec, &mut |ev| match ev {
+        Event::EpochStart { epoch, steps } => {
+            if show {
+                let p =
+                    ProgressBar::with_draw_target(Some(steps as u64), ProgressDrawTarget::stderr());
+                p.set_style(
+                    ProgressStyle::with_template("epoch {prefix} [{bar:30}] {pos}/{len} steps, {msg}, {elapsed_precise} (eta {eta})")
+                        .unwrap_or_else(|_| ProgressStyle::default_bar())
+                        .progress_chars("=> "),
+                );
+                p.set_prefix(format!("{epoch}/{epochs}"));
+                pb = Some(p);
+            }
+            loss_avg = None;
+        }
+        Event::Step { loss } => {
+            let avg = loss_avg.map_or(loss, |m| 0.95 * m + 0.05 * loss);
+            loss_avg = Some(avg);
+            if let Some(p) = &pb {
+                p.set_message(format!("loss {avg:.4}"));
+                p.inc(1);
+            }
+        }
+        Event::Validating => {
+            if let Some(p) = &pb {
+                p.set_message("validating".to_string());
+            }
+        }
+        Event::EpochEnd(log, best) => {
+            if let Some(p) = pb.take() {
+                p.finish_and_clear();
+            }
+            if !quiet {
+                let mut line = format!(
+                    "epoch {}/{}: train loss {:.4}, {:.0} bases/s; validation",
+                    log.epoch, epochs, log.train_loss, log.train_bases_per_s
+                );
+                for k in ["loss", "accuracy", "auroc", "auprc", "f1", "mcc"] {
+                    if let Some(v) = log.val.get(k) {
+                        line.push_str(&format!(" {k} {v:.4}"));
+                    }
+                }
+                if best {
+                    line.push_str(&format!(" (best {metric})"));
+                }
+                eprintln!("{line}");
+            }
+        }
+    })?;
+    if !a.quiet {
+        eprintln!(
+            "genomamba: best epoch {} ({} {:.4}); model in {}",
+            state.best_epoch,
+            metric,
+            state.best_score.unwrap_or(f64::NAN),
+            a.output.display()
+        );
+    }
+    Ok(())
+}
+
+enum TaskData {
+    Seq(SeqDataset, SeqDataset),
+    Pos(Vec<data::Span>, Vec<data::Span>),
+}
+
+/// Where sequence-level data comes from (shared with `baseline`).
+pub struct SeqSources<'a> {
+    pub classes: &'a [String],
+    pub tsv: Option<&'a str>,
+    pub val_classes: &'a [String],
+    pub val_tsv: Option<&'a str>,
+    pub val_fraction: f64,
+    pub seed: u64,
+}
+
+/// Reads sequence-level training data and its validation set (separate files, or a
+/// stratified random split of `val_fraction` seeded with `seed`).
+pub fn load_sequence_sets(
+    src: &SeqSources<'_>,
+) -> Result<(SeqDataset, SeqDataset, serde_json::Value)> {
+    if src.classes.is_empty() && src.tsv.is_none() {
+        return Err(Error::usage(
+            "no training data given",
+            "give --class NAME=PATH (repeat) or --tsv FILE",
+        ));
+    }
+    if !(0.0..1.0).contains(&src.val_fraction) {
+        return Err(Error::usage(
+            format!("--val-fraction {} is not in [0, 1)", src.val_fraction),
+            "pass e.g. --val-fraction 0.1",
+        ));
+    }
+    if !src.classes.is_empty() && src.tsv.is_some() {
+        return Err(Error::usage(
+            "both --class and --tsv given",
+            "use one of them",
+        ));
+    }
+    let mut train = if src.classes.is_empty() {
+        let tsv = src.tsv.unwrap_or("");
+        check_exists(tsv, "--tsv")?;
+        load_tsv(tsv, None)?
+    } else {
+        let specs = src
+            .classes
+            .iter()
+            .map(|s| parse_class_spec(s))
+            .collect::<Result<Vec<_>>>()?;
+        for (_, p) in &specs {
+            check_exists(p, "--class")?;
+        }
+        load_class_files(&specs)?
+    };
+    let separate = !src.val_classes.is_empty() || src.val_tsv.is_some();
+    if separate {
+        let mut val = if let Some(t) = src.val_tsv {
+            check_exists(t, "--val-tsv")?;
+            load_tsv(t, Some(&train.labels))?
+        } else {
+            let specs = src
+                .val_classes
+                .iter()
+                .map(|s| parse_class_spec(s))
+                .collect::<Result<Vec<_>>>()?;
+            for (name, p) in &specs {
+                check_exists(p, "--val-class")?;
+                if !train.labels.contains(name) {
+                    return Err(Error::usage(
+                        format!(
+                            "--val-class names unknown class '{name}' (training classes: {})",
+                            train.labels.join(", ")
+                        ),
+                        "use the class names given with --class",
+                    ));
+                }
+            }
+            let mut v = load_class_files(&specs)?;
+            remap_labels(&mut v, &train.labels.clone(), "--val-class")?;
+            v
+        };
+        val.labels = train.labels.clone();
+        let split = serde_json::json!({"kind": "separate files", "val_files": val.files});
+        return Ok((train, val, split));
+    }
+    if src.val_fraction <= 0.0 {
+        return Err(Error::usage(
+            "validation is always reported: --val-fraction 0 needs separate validation files",
+            "give --val-fraction > 0, or --val-class / --val-tsv",
+        ));
+    }
+    let labels: Vec<usize> = train.examples.iter().map(|e| e.label).collect();
+    let (tr, va) = stratified_split(&labels, train.labels.len(), src.val_fraction, src.seed);
+    let mut val = SeqDataset {
+        labels: train.labels.clone(),
+        examples: Vec::new(),
+        files: Vec::new(),
+    };
+    let all = std::mem::take(&mut train.examples);
+    let mut keep = vec![false; all.len()];
+    for &i in &tr {
+        keep[i] = true;
+    }
+    for (i, e) in all.into_iter().enumerate() {
+        if keep[i] {
+            train.examples.push(e)
+        } else {
+            val.examples.push(e)
+        }
+    }
+    let split = serde_json::json!({"kind": "stratified random", "val_fraction": src.val_fraction, "seed": src.seed, "train": tr.len(), "val": va.len()});
+    Ok((train, val, split))
+}

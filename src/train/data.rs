@@ -1,0 +1,724 @@
+//! Labeled training data: sequence-level sets (one FASTA per class, or a TSV of `sequence` and
+//! `label`) and per-position sets (a reference FASTA plus a BED of labeled intervals), the
+//! validation split, and the windows drawn from per-position data.
+//!
+//! Everything is checked while loading, so that a bad input stops training before anything
+//! is written: unknown class names, empty classes, BED rows naming chromosomes that the FASTA
+//! lacks or running past their ends, malformed rows, and the reader's own errors (truncated
+//! compression, stray characters) all become [`Error`]s naming the file and line.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::{BufRead, Read};
+use std::path::Path;
+
+use rand::SeedableRng;
+use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::alphabet::{self, N};
+use crate::io::fastx::for_each_record;
+use crate::{Error, Result};
+
+/// Label value of positions that do not count in the loss or the metrics (N bases).
+pub const IGNORE: u8 = u8::MAX;
+
+/// Name of the class of unlabeled positions in per-position data (always class 0).
+pub const BACKGROUND: &str = "background";
+
+/// A data file and its SHA-256, recorded in the trained model's provenance.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileDigest {
+    /// The path as given.
+    pub path: String,
+    /// Hex SHA-256 of the file's bytes (compressed bytes for compressed files).
+    pub sha256: String,
+    /// Size in bytes.
+    pub bytes: u64,
+}
+
+/// SHA-256 of a file.
+pub fn digest(path: &str) -> Result<FileDigest> {
+    let mut f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 16];
+    let mut bytes = 0u64;
+    loop {
+        let n = f.read(&mut buf).map_err(|e| Error::io(path, e))?;
+        if n == 0 {
+            break;
+        }
+        bytes += n as u64;
+        h.update(&buf[..n]);
+    }
+    let sha256 = h.finalize().iter().map(|b| format!("{b:02x}")).collect();
+    Ok(FileDigest {
+        path: path.to_string(),
+        sha256,
+        bytes,
+    })
+}
+
+/// One labeled sequence.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SeqExample {
+    /// Token ids ([`crate::alphabet`]).
+    pub tokens: Vec<u8>,
+    /// Class index.
+    pub label: usize,
+    /// Where it came from (`file:record` or `file:line`), for messages.
+    pub origin: String,
+}
+
+/// A sequence-level data set.
+#[derive(Debug, Clone, Default)]
+pub struct SeqDataset {
+    /// Class names, in head order.
+    pub labels: Vec<String>,
+    /// The examples.
+    pub examples: Vec<SeqExample>,
+    /// The files read, with checksums.
+    pub files: Vec<FileDigest>,
+}
+
+impl SeqDataset {
+    /// Number of examples of each class.
+    pub fn class_counts(&self) -> Vec<usize> {
+        let mut c = vec![0; self.labels.len()];
+        for e in &self.examples {
+            c[e.label] += 1;
+        }
+        c
+    }
+}
+
+/// Parses a `NAME=PATH` class specification.
+pub fn parse_class_spec(spec: &str) -> Result<(String, String)> {
+    match spec.split_once('=') {
+        Some((name, path)) if valid_class_name(name) && !path.is_empty() => {
+            Ok((name.to_string(), path.to_string()))
+        }
+        _ => Err(Error::usage(
+            format!("bad class specification '{spec}'"),
+            "write --class NAME=PATH, e.g. --class oct4=oct4_peaks.fa (names without spaces or '=')",
+        )),
+    }
+}
+
+/// Whether a class name is usable (non-empty, no whitespace, no `=` or `,`).
+pub fn valid_class_name(name: &str) -> bool {
+    !name.is_empty()
+        && !name
+            .chars()
+            .any(|c| c.is_whitespace() || c == '=' || c == ',')
+}
+
+/// Checks that class names are valid and distinct.
+pub fn check_labels(labels: &[String]) -> Result<()> {
+    let mut seen = std::collections::HashSet::new();
+    for l in labels {
+        if !valid_class_name(l) || !seen.insert(l) {
+            return Err(Error::usage(
+                format!("bad or repeated class name '{l}'"),
+                "use distinct class names without spaces, '=' or ','",
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Reads one FASTA/FASTQ file per class. Class order is the order given.
+pub fn load_class_files(specs: &[(String, String)]) -> Result<SeqDataset> {
+    let labels: Vec<String> = specs.iter().map(|(n, _)| n.clone()).collect();
+    check_labels(&labels)?;
+    if labels.len() < 2 {
+        return Err(Error::usage(
+            "sequence training needs at least two classes",
+            "give --class NAME=PATH at least twice",
+        ));
+    }
+    let mut ds = SeqDataset {
+        labels,
+        ..Default::default()
+    };
+    for (i, (name, path)) in specs.iter().enumerate() {
+        let before = ds.examples.len();
+        for_each_record(path, &mut |r| {
+            ds.examples.push(SeqExample {
+                origin: format!("{path}:{}", r.id),
+                tokens: r.tokens,
+                label: i,
+            });
+            Ok(())
+        })?;
+        let n = ds.examples.len() - before;
+        if ds.examples[before..].iter().all(|e| e.tokens.is_empty()) {
+            return Err(Error::input(
+                path.as_str(),
+                format!("class '{name}' has no sequences ({n} empty records)"),
+                "give a FASTA/FASTQ file with at least one non-empty record for each class",
+            ));
+        }
+        ds.files.push(digest(path)?);
+    }
+    Ok(ds)
+}
+
+/// Reads a TSV with a header naming `sequence` and `label` columns (other columns are
+/// ignored). Class order is `labels` when given (every label must be one of them), else the
+/// sorted distinct labels.
+pub fn load_tsv(path: &str, labels: Option<&[String]>) -> Result<SeqDataset> {
+    let mut lines = open_text(path)?.lines();
+    let fix = "the TSV needs a header line with columns named `sequence` and `label`";
+    let mut lineno = 0u64;
+    let read_err = |e: std::io::Error, ln: u64| {
+        Error::input(
+            path,
+            format!("cannot read: {e}"),
+            "give a complete plain or gzip-compressed TSV",
+        )
+        .at(ln)
+    };
+    let header = loop {
+        let Some(l) = lines.next() else {
+            return Err(Error::input(path, "empty TSV", fix));
+        };
+        lineno += 1;
+        let s = l.map_err(|e| read_err(e, lineno))?;
+        let s = s.trim_end().to_string();
+        if !s.is_empty() && !s.starts_with('#') {
+            break s;
+        }
+    };
+    let cols: Vec<&str> = header.split('\t').map(str::trim).collect();
+    let seq_col = cols.iter().position(|c| *c == "sequence");
+    let lab_col = cols.iter().position(|c| *c == "label");
+    let (Some(seq_col), Some(lab_col)) = (seq_col, lab_col) else {
+        return Err(Error::input(
+            path,
+            format!("header '{header}' lacks a `sequence` or `label` column"),
+            fix,
+        )
+        .at(lineno));
+    };
+    let mut rows: Vec<(Vec<u8>, String, u64)> = Vec::new();
+    for l in lines {
+        lineno += 1;
+        let s = l.map_err(|e| read_err(e, lineno))?;
+        let s = s.trim_end_matches(['\r', '\n']);
+        if s.trim().is_empty() || s.starts_with('#') {
+            continue;
+        }
+        let f: Vec<&str> = s.split('\t').collect();
+        let (Some(seq), Some(lab)) = (f.get(seq_col), f.get(lab_col)) else {
+            return Err(Error::input(
+                path,
+                format!("{} columns where the header has {}", f.len(), cols.len()),
+                "give every row a sequence and a label, separated by tabs",
+            )
+            .at(lineno));
+        };
+        let lab = lab.trim();
+        if lab.is_empty() {
+            return Err(Error::input(
+                path,
+                "empty label",
+                "give every row a class name in the `label` column",
+            )
+            .at(lineno));
+        }
+        let tokens = alphabet::tokenize(seq.trim().as_bytes()).map_err(|b| {
+            Error::input(
+                path,
+                format!("sequence: {}", b.describe()),
+                "the `sequence` column holds DNA letters (ACGTN and IUPAC codes) only",
+            )
+            .at(lineno)
+        })?;
+        if tokens.is_empty() {
+            return Err(Error::input(
+                path,
+                "empty sequence",
+                "remove the row or give it a sequence",
+            )
+            .at(lineno));
+        }
+        rows.push((tokens, lab.to_string(), lineno));
+    }
+    let labels: Vec<String> = match labels {
+        Some(l) => l.to_vec(),
+        None => {
+            let mut l: Vec<String> = rows.iter().map(|r| r.1.clone()).collect();
+            l.sort();
+            l.dedup();
+            l
+        }
+    };
+    check_labels(&labels)?;
+    if labels.len() < 2 {
+        return Err(Error::input(
+            path,
+            format!("only {} distinct label(s)", labels.len()),
+            "sequence training needs at least two classes in the `label` column",
+        ));
+    }
+    let index: HashMap<&str, usize> = labels
+        .iter()
+        .enumerate()
+        .map(|(i, l)| (l.as_str(), i))
+        .collect();
+    let mut ds = SeqDataset {
+        labels: labels.clone(),
+        ..Default::default()
+    };
+    for (tokens, lab, ln) in rows {
+        let Some(&i) = index.get(lab.as_str()) else {
+            return Err(Error::input(
+                path,
+                format!(
+                    "unknown class '{lab}' (the model's classes: {})",
+                    labels.join(", ")
+                ),
+                "fix the label, or train a new head with --replace-head",
+            )
+            .at(ln));
+        };
+        ds.examples.push(SeqExample {
+            tokens,
+            label: i,
+            origin: format!("{path}:{ln}"),
+        });
+    }
+    ds.files.push(digest(path)?);
+    Ok(ds)
+}
+
+/// Reorders a data set's classes to `labels` (e.g. those of an existing head); every class
+/// of the data must be among them.
+pub fn remap_labels(ds: &mut SeqDataset, labels: &[String], what: &str) -> Result<()> {
+    let index: HashMap<&str, usize> = labels
+        .iter()
+        .enumerate()
+        .map(|(i, l)| (l.as_str(), i))
+        .collect();
+    let mut map = Vec::with_capacity(ds.labels.len());
+    for l in &ds.labels {
+        match index.get(l.as_str()) {
+            Some(&i) => map.push(i),
+            None => {
+                return Err(Error::usage(
+                    format!(
+                        "unknown class '{l}' in {what}: the model's classes are {}",
+                        labels.join(", ")
+                    ),
+                    "use the model's class names, or train a new head with --replace-head",
+                ));
+            }
+        }
+    }
+    for e in &mut ds.examples {
+        e.label = map[e.label];
+    }
+    ds.labels = labels.to_vec();
+    Ok(())
+}
+
+/// A stratified random split: within each class, `fraction` of the examples (rounded, at
+/// least one when the class has two or more) go to validation. Returns `(train, val)` indices,
+/// each sorted.
+pub fn stratified_split(
+    labels: &[usize],
+    n_classes: usize,
+    fraction: f64,
+    seed: u64,
+) -> (Vec<usize>, Vec<usize>) {
+    let mut rng = StdRng::seed_from_u64(seed ^ SPLIT_SALT);
+    let mut train = Vec::new();
+    let mut val = Vec::new();
+    for c in 0..n_classes {
+        let mut idx: Vec<usize> = (0..labels.len()).filter(|&i| labels[i] == c).collect();
+        idx.shuffle(&mut rng);
+        let mut k = (idx.len() as f64 * fraction).round() as usize;
+        if fraction > 0.0 && k == 0 && idx.len() >= 2 {
+            k = 1;
+        }
+        let k = k.min(idx.len());
+        val.extend_from_slice(&idx[..k]);
+        train.extend_from_slice(&idx[k..]);
+    }
+    train.sort_unstable();
+    val.sort_unstable();
+    (train, val)
+}
+
+/// Mixed into the seed of the validation split, so it differs from the training shuffles.
+const SPLIT_SALT: u64 = 0x5eed_5b11;
+
+/// One chromosome of per-position data: tokens and one label per base.
+#[derive(Debug, Clone)]
+pub struct LabeledRecord {
+    /// Record name (first word of the header).
+    pub name: String,
+    /// Token ids.
+    pub tokens: Vec<u8>,
+    /// Class index per base; [`IGNORE`] at N bases.
+    pub labels: Vec<u8>,
+}
+
+/// A per-position data set: class 0 is [`BACKGROUND`].
+#[derive(Debug, Clone, Default)]
+pub struct PositionDataset {
+    /// Class names; `labels[0] == "background"`.
+    pub labels: Vec<String>,
+    /// The records.
+    pub records: Vec<LabeledRecord>,
+    /// The files read, with checksums.
+    pub files: Vec<FileDigest>,
+}
+
+/// Which BED names (column 4) make up each class: `CLASS=NAME[,NAME...]`. Without any, every
+/// distinct name is its own class.
+pub fn parse_bed_class(spec: &str) -> Result<(String, Vec<String>)> {
+    let bad = || {
+        Error::usage(
+            format!("bad --bed-class '{spec}'"),
+            "write --bed-class CLASS=NAME[,NAME...], e.g. --bed-class coding=CDS",
+        )
+    };
+    let (class, names) = spec.split_once('=').ok_or_else(bad)?;
+    let names: Vec<String> = names
+        .split(',')
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .collect();
+    if !valid_class_name(class) || names.is_empty() {
+        return Err(bad());
+    }
+    Ok((class.to_string(), names))
+}
+
+/// Reads a reference FASTA and a BED of labeled intervals (column 4 = name). `classes` maps
+/// class names to the BED names they cover (see [`parse_bed_class`]); bases covered by no
+/// chosen interval are background; where intervals of different classes overlap, the class
+/// given later wins. N bases are [`IGNORE`]d. When `records` is non-empty only those FASTA
+/// records are kept (and BED rows on other records are skipped).
+pub fn load_position(
+    fasta: &str,
+    bed: &str,
+    classes: &[(String, Vec<String>)],
+    records: &[String],
+) -> Result<PositionDataset> {
+    let mut recs: Vec<LabeledRecord> = Vec::new();
+    for_each_record(fasta, &mut |r| {
+        if records.is_empty() || records.contains(&r.id) {
+            let n = r.tokens.len();
+            let labels = r
+                .tokens
+                .iter()
+                .map(|&t| if t == N { IGNORE } else { 0 })
+                .collect::<Vec<u8>>();
+            debug_assert_eq!(labels.len(), n);
+            recs.push(LabeledRecord {
+                name: r.id,
+                tokens: r.tokens,
+                labels,
+            });
+        }
+        Ok(())
+    })?;
+    for want in records {
+        if !recs.iter().any(|r| &r.name == want) {
+            return Err(Error::usage(
+                format!("record '{want}' is not in {fasta}"),
+                "name records that the FASTA holds",
+            ));
+        }
+    }
+    if recs.is_empty() {
+        return Err(Error::input(
+            fasta,
+            "no records",
+            "give the reference FASTA the BED refers to",
+        ));
+    }
+    let by_name: HashMap<String, usize> = recs
+        .iter()
+        .enumerate()
+        .map(|(i, r)| (r.name.clone(), i))
+        .collect();
+    let known: std::collections::HashSet<String> = {
+        // All record names in the FASTA (even those not kept), to tell a wrong BED from a
+        // filtered record.
+        let mut s = std::collections::HashSet::new();
+        if records.is_empty() {
+            s.extend(by_name.keys().cloned());
+        } else {
+            for_each_record(fasta, &mut |r| {
+                s.insert(r.id);
+                Ok(())
+            })?;
+        }
+        s
+    };
+
+    let rows = read_bed(bed)?;
+    // Class names: explicit mapping, or every distinct BED name in order of first appearance.
+    let classes: Vec<(String, Vec<String>)> = if classes.is_empty() {
+        let mut seen: BTreeMap<String, usize> = BTreeMap::new();
+        for r in &rows {
+            let k = seen.len();
+            seen.entry(r.name.clone()).or_insert(k);
+        }
+        let mut v: Vec<(String, usize)> = seen.into_iter().collect();
+        v.sort_by_key(|x| x.1);
+        v.into_iter().map(|(n, _)| (n.clone(), vec![n])).collect()
+    } else {
+        classes.to_vec()
+    };
+    let mut labels = vec![BACKGROUND.to_string()];
+    labels.extend(classes.iter().map(|c| c.0.clone()));
+    check_labels(&labels)?;
+    if labels.len() > IGNORE as usize {
+        return Err(Error::usage(
+            format!("{} classes", labels.len()),
+            "per-position training supports at most 254 classes; map BED names with --bed-class",
+        ));
+    }
+    let mut name_class: HashMap<&str, u8> = HashMap::new();
+    for (ci, (_, names)) in classes.iter().enumerate() {
+        for n in names {
+            name_class.insert(n.as_str(), (ci + 1) as u8);
+        }
+    }
+    for (class, names) in &classes {
+        for n in names {
+            if !rows.iter().any(|r| &r.name == n) {
+                return Err(Error::input(
+                    bed,
+                    format!("class '{class}': no BED row is named '{n}' (column 4)"),
+                    "use --bed-class CLASS=NAME with names that occur in column 4 of the BED",
+                ));
+            }
+        }
+    }
+    for r in &rows {
+        if !known.contains(&r.chrom) {
+            return Err(Error::input(
+                bed,
+                format!("chromosome '{}' is not in {fasta}", r.chrom),
+                "use a BED whose column 1 names records of the FASTA (same spelling, e.g. `chr1` vs `1`)",
+            )
+            .at(r.line));
+        }
+        let Some(&ri) = by_name.get(&r.chrom) else {
+            continue;
+        };
+        let Some(&cls) = name_class.get(r.name.as_str()) else {
+            continue;
+        };
+        let rec = &mut recs[ri];
+        if r.end as usize > rec.tokens.len() {
+            return Err(Error::input(
+                bed,
+                format!(
+                    "interval {}:{}-{} ends past the end of '{}' ({} bases)",
+                    r.chrom,
+                    r.start,
+                    r.end,
+                    r.chrom,
+                    rec.tokens.len()
+                ),
+                "use a BED made for this FASTA (0-based, half-open coordinates)",
+            )
+            .at(r.line));
+        }
+        for p in r.start as usize..r.end as usize {
+            if rec.labels[p] != IGNORE {
+                rec.labels[p] = cls;
+            }
+        }
+    }
+    let mut files = vec![digest(fasta)?, digest(bed)?];
+    files.dedup();
+    Ok(PositionDataset {
+        labels,
+        records: recs,
+        files,
+    })
+}
+
+/// One BED interval.
+#[derive(Debug, Clone)]
+struct BedRow {
+    chrom: String,
+    start: u64,
+    end: u64,
+    name: String,
+    line: u64,
+}
+
+/// Opens a text file, gzip-compressed or plain (told apart by the gzip magic bytes).
+fn open_text(path: &str) -> Result<Box<dyn BufRead>> {
+    let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let mut r = std::io::BufReader::new(file);
+    let head = r.fill_buf().map_err(|e| Error::io(path, e))?;
+    if head.starts_with(&[0x1f, 0x8b]) {
+        Ok(Box::new(std::io::BufReader::new(
+            flate2::bufread::MultiGzDecoder::new(r),
+        )))
+    } else {
+        Ok(Box::new(r))
+    }
+}
+
+fn read_bed(path: &str) -> Result<Vec<BedRow>> {
+    let reader = open_text(path)?;
+    let mut rows = Vec::new();
+    for (i, line) in reader.lines().enumerate() {
+        let ln = i as u64 + 1;
+        let line = line.map_err(|e| {
+            Error::input(
+                path,
+                format!("cannot read line: {e}"),
+                "give a plain-text BED file",
+            )
+            .at(ln)
+        })?;
+        let line = line.trim_end_matches('\r');
+        if line.trim().is_empty()
+            || line.starts_with('#')
+            || line.starts_with("track")
+            || line.starts_with("browser")
+        {
+            continue;
+        }
+        let f: Vec<&str> = line.split('\t').collect();
+        let fix = "BED rows need chrom, start, end and a name in column 4, tab-separated, 0-based half-open";
+        if f.len() < 4 {
+            return Err(Error::input(
+                path,
+                format!("{} columns; column 4 (the class name) is needed", f.len()),
+                fix,
+            )
+            .at(ln));
+        }
+        let start: u64 = f[1].trim().parse().map_err(|_| {
+            Error::input(path, format!("start '{}' is not a number", f[1]), fix).at(ln)
+        })?;
+        let end: u64 = f[2].trim().parse().map_err(|_| {
+            Error::input(path, format!("end '{}' is not a number", f[2]), fix).at(ln)
+        })?;
+        if end < start {
+            return Err(Error::input(path, format!("end {end} before start {start}"), fix).at(ln));
+        }
+        rows.push(BedRow {
+            chrom: f[0].trim().to_string(),
+            start,
+            end,
+            name: f[3].trim().to_string(),
+            line: ln,
+        });
+    }
+    if rows.is_empty() {
+        return Err(Error::input(
+            path,
+            "no intervals",
+            "give a BED file with at least one labeled interval",
+        ));
+    }
+    Ok(rows)
+}
+
+/// A stretch of a record: `[start, end)`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Span {
+    /// Index into [`PositionDataset::records`].
+    pub record: usize,
+    /// 0-based start.
+    pub start: usize,
+    /// Exclusive end.
+    pub end: usize,
+}
+
+impl Span {
+    /// Number of bases.
+    pub fn len(&self) -> usize {
+        self.end - self.start
+    }
+
+    /// Whether the span is empty.
+    pub fn is_empty(&self) -> bool {
+        self.end == self.start
+    }
+}
+
+/// Splits each record into a training part and a contiguous validation stretch: the last
+/// `fraction` of every record is held out. Returns `(train, val)` spans.
+pub fn contiguous_split(ds: &PositionDataset, fraction: f64) -> (Vec<Span>, Vec<Span>) {
+    let mut train = Vec::new();
+    let mut val = Vec::new();
+    for (i, r) in ds.records.iter().enumerate() {
+        let n = r.tokens.len();
+        let cut = n - ((n as f64 * fraction).round() as usize).min(n);
+        if cut > 0 {
+            train.push(Span {
+                record: i,
+                start: 0,
+                end: cut,
+            });
+        }
+        if cut < n {
+            val.push(Span {
+                record: i,
+                start: cut,
+                end: n,
+            });
+        }
+    }
+    (train, val)
+}
+
+/// Start positions of windows of `window` bases drawn uniformly from `spans` (weighted by
+/// length), `count` of them, seeded.
+pub fn draw_windows(spans: &[Span], window: usize, count: usize, rng: &mut StdRng) -> Vec<Span> {
+    use rand::Rng;
+    let usable: Vec<&Span> = spans.iter().filter(|s| s.len() >= window).collect();
+    let total: usize = usable.iter().map(|s| s.len() - window + 1).sum();
+    if total == 0 {
+        return Vec::new();
+    }
+    (0..count)
+        .map(|_| {
+            let mut k = rng.random_range(0..total);
+            for s in &usable {
+                let n = s.len() - window + 1;
+                if k < n {
+                    return Span {
+                        record: s.record,
+                        start: s.start + k,
+                        end: s.start + k + window,
+                    };
+                }
+                k -= n;
+            }
+            // Unreachable: k < total.
+            Span {
+                record: usable[0].record,
+                start: usable[0].start,
+                end: usable[0].start + window,
+            }
+        })
+        .collect()
+}
+
+/// Checks that a path exists before reading, with a message that says which option named it.
+pub fn check_exists(path: &str, option: &str) -> Result<()> {
+    if path != "-" && !Path::new(path).exists() {
+        return Err(Error::usage(
+            format!("{option} {path}: no such file"),
+            "check the path",
+        ));
+    }
+    Ok(())
+}

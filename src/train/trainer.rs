@@ -1,0 +1,1098 @@
+//! The training loop: AdamW with parameter groups (no weight decay on `A_log`, `D`, norms and
+//! biases), linear warm-up then cosine decay of the learning rate, clipping of the global
+//! gradient norm, validation after every epoch, checkpoints that let `--resume` continue
+//! exactly, early stopping, a JSON-lines metrics log.
+//!
+//! Optimisation runs on an autodiff device (`device.autodiff()`); validation runs the same
+//! weights without autodiff through the chunked inference path. All randomness (order of
+//! examples, windows, reverse-complement augmentation) is drawn from generators seeded with
+//! `(seed, epoch)`, so an epoch does the same work whether or not the run was resumed before it.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use burn::module::{Module, ModuleMapper, ModuleVisitor, Param, ParamGroup, ParamId};
+use burn::nn::Linear;
+use burn::optim::{AdamWConfig, GradientsParams, ModuleOptimizer};
+use burn::tensor::activation::{log_softmax, softmax};
+use burn::tensor::{Device, Int, Tensor, TensorData};
+use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
+use serde::{Deserialize, Serialize};
+
+use super::data::{IGNORE, PositionDataset, SeqDataset, Span, draw_windows};
+use super::metrics::{ConfusionMatrix, ScoreHistogram, auprc, auroc};
+use crate::alphabet::{PAD, complement};
+use crate::model::weights::host_values;
+use crate::model::{GenoModel, HeadKind, Mamba};
+use crate::{Error, Result};
+
+/// Backbone plus head, as one module for the optimiser.
+#[derive(Module, Debug)]
+pub struct Net {
+    /// The Mamba backbone.
+    pub backbone: Mamba,
+    /// `d_model -> n_classes`.
+    pub head: Linear,
+}
+
+impl Net {
+    /// Mean-pooled sequence logits.
+    ///
+    /// # Shapes
+    /// - tokens: `[batch, length]` (right-padded), mask: `[batch, length]` (1 on real bases)
+    /// - returns `[batch, n_classes]`
+    pub fn sequence_logits(&self, tokens: Tensor<2, Int>, mask: Tensor<2>) -> Tensor<2> {
+        let [batch, _] = tokens.dims();
+        let device = tokens.device();
+        let (h, _) = self
+            .backbone
+            .forward(tokens, self.backbone.zero_state(batch, &device));
+        let m: Tensor<3> = mask.unsqueeze_dim(2);
+        let summed: Tensor<2> = (h * m.clone()).sum_dim(1).squeeze_dim(1);
+        let count: Tensor<2> = m.sum_dim(1).squeeze_dim(1).clamp_min(1.0);
+        self.head.forward(summed / count)
+    }
+
+    /// Per-position logits.
+    ///
+    /// # Shapes
+    /// - tokens: `[batch, length]` -> `[batch, length, n_classes]`
+    pub fn position_logits(&self, tokens: Tensor<2, Int>) -> Tensor<3> {
+        let [batch, _] = tokens.dims();
+        let device = tokens.device();
+        let (h, _) = self
+            .backbone
+            .forward(tokens, self.backbone.zero_state(batch, &device));
+        self.head.forward(h)
+    }
+}
+
+/// What is being trained, with its data and split.
+pub enum Task<'a> {
+    /// One label per sequence.
+    Sequence {
+        /// Training examples.
+        train: &'a SeqDataset,
+        /// Validation examples (same classes).
+        val: &'a SeqDataset,
+    },
+    /// One label per position.
+    Position {
+        /// The labeled records.
+        data: &'a PositionDataset,
+        /// Stretches windows are drawn from.
+        train: Vec<Span>,
+        /// Stretches validated on (whole, chunked).
+        val: Vec<Span>,
+    },
+}
+
+impl Task<'_> {
+    fn kind(&self) -> HeadKind {
+        match self {
+            Task::Sequence { .. } => HeadKind::Sequence,
+            Task::Position { .. } => HeadKind::Position,
+        }
+    }
+
+    fn labels(&self) -> &[String] {
+        match self {
+            Task::Sequence { train, .. } => &train.labels,
+            Task::Position { data, .. } => &data.labels,
+        }
+    }
+}
+
+/// Hyper-parameters of a run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainOptions {
+    /// Passes over the data (sequence task) or rounds of windows (position task).
+    pub epochs: usize,
+    /// Sequences or windows per optimiser step.
+    pub batch_size: usize,
+    /// Peak learning rate.
+    pub lr: f64,
+    /// Learning rate at the end of the cosine decay, as a fraction of `lr`.
+    pub min_lr_ratio: f64,
+    /// Steps of linear warm-up from 0 to `lr`.
+    pub warmup_steps: usize,
+    /// AdamW decoupled weight decay (not applied to `A_log`, `D`, norms, biases).
+    pub weight_decay: f64,
+    /// Maximum global gradient norm (0 = no clipping).
+    pub clip_norm: f64,
+    /// Seed of every random choice.
+    pub seed: u64,
+    /// Stop after this many epochs without a better validation score (0 = never).
+    pub patience: usize,
+    /// Train on the reverse complement half of the time (labels reversed along).
+    pub rc_augment: bool,
+    /// Window length of the position task.
+    pub window: usize,
+    /// Windows per epoch of the position task.
+    pub windows_per_epoch: usize,
+    /// Positions per chunk during validation.
+    pub eval_chunk: usize,
+}
+
+impl Default for TrainOptions {
+    fn default() -> Self {
+        TrainOptions {
+            epochs: 10,
+            batch_size: 32,
+            lr: 2e-3,
+            min_lr_ratio: 0.05,
+            warmup_steps: 100,
+            weight_decay: 0.05,
+            clip_norm: 1.0,
+            seed: 0,
+            patience: 0,
+            rc_augment: true,
+            window: 2048,
+            windows_per_epoch: 1024,
+            eval_chunk: 8192,
+        }
+    }
+}
+
+impl TrainOptions {
+    /// Checks the numbers.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |what: &str, fix: &str| Err(Error::usage(what.to_string(), fix.to_string()));
+        if self.epochs == 0 {
+            return bad("--epochs must be at least 1", "pass e.g. --epochs 10");
+        }
+        if self.batch_size == 0 {
+            return bad(
+                "--batch-size must be at least 1",
+                "pass e.g. --batch-size 32",
+            );
+        }
+        if !(self.lr > 0.0 && self.lr.is_finite()) {
+            return bad("--lr must be a positive number", "pass e.g. --lr 0.002");
+        }
+        if !(0.0..=1.0).contains(&self.min_lr_ratio) {
+            return bad("--min-lr-ratio must be between 0 and 1", "pass e.g. 0.05");
+        }
+        if !(self.weight_decay >= 0.0 && self.clip_norm >= 0.0) {
+            return bad(
+                "--weight-decay and --clip-norm must not be negative",
+                "pass 0 to switch them off",
+            );
+        }
+        if self.window == 0 || self.windows_per_epoch == 0 || self.eval_chunk == 0 {
+            return bad(
+                "--window, --windows-per-epoch and --chunk-size must be at least 1",
+                "pass positive numbers",
+            );
+        }
+        Ok(())
+    }
+
+    /// Learning rate at optimiser step `step` (0-based) of `total`: linear warm-up, then
+    /// cosine decay from `lr` to `lr · min_lr_ratio`.
+    pub fn lr_at(&self, step: usize, total: usize) -> f64 {
+        if step < self.warmup_steps {
+            return self.lr * (step + 1) as f64 / self.warmup_steps as f64;
+        }
+        let span = total.saturating_sub(self.warmup_steps).max(1);
+        let progress = ((step - self.warmup_steps) as f64 / span as f64).min(1.0);
+        let floor = self.lr * self.min_lr_ratio;
+        floor + (self.lr - floor) * 0.5 * (1.0 + (std::f64::consts::PI * progress).cos())
+    }
+}
+
+/// Validation results of one epoch (names: `loss`, `accuracy`, `auroc`, `auprc`, `f1`, `mcc`;
+/// per-position runs report them per base).
+pub type Scores = std::collections::BTreeMap<String, f64>;
+
+/// One line of the metrics log.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EpochLog {
+    /// 1-based epoch.
+    pub epoch: usize,
+    /// Optimiser steps done so far.
+    pub step: usize,
+    /// Learning rate of the epoch's last step.
+    pub lr: f64,
+    /// Mean training loss over the epoch.
+    pub train_loss: f64,
+    /// Bases (tokens, padding excluded) trained on per second of the epoch.
+    pub train_bases_per_s: f64,
+    /// Validation results.
+    pub val: Scores,
+    /// Seconds for the epoch (training and validation).
+    pub seconds: f64,
+}
+
+/// Progress of a run, saved with every checkpoint.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct TrainerState {
+    /// Epochs finished.
+    pub epochs_done: usize,
+    /// Optimiser steps done.
+    pub step: usize,
+    /// Best validation score so far (the monitored metric).
+    pub best_score: Option<f64>,
+    /// Epoch that reached it.
+    pub best_epoch: usize,
+    /// Epochs since the best.
+    pub epochs_since_best: usize,
+    /// Metrics of every finished epoch.
+    pub history: Vec<EpochLog>,
+    /// The options the run started with (a resumed run must use the same).
+    pub options: Option<TrainOptions>,
+}
+
+/// What the loop reports while it runs.
+pub enum Event<'a> {
+    /// An epoch starts with this many steps.
+    EpochStart {
+        /// 1-based.
+        epoch: usize,
+        /// Steps in it.
+        steps: usize,
+    },
+    /// A step finished.
+    Step {
+        /// Loss of the step's batch.
+        loss: f64,
+    },
+    /// Validation starts.
+    Validating,
+    /// An epoch finished.
+    EpochEnd(&'a EpochLog, bool),
+}
+
+/// Name of the metric that picks the best epoch: auROC for two classes of sequences, MCC
+/// otherwise.
+pub fn monitored_metric(kind: HeadKind, n_classes: usize) -> &'static str {
+    if kind == HeadKind::Sequence && n_classes == 2 {
+        "auroc"
+    } else {
+        "mcc"
+    }
+}
+
+/// Directory of the resumable checkpoint inside the output directory.
+pub fn checkpoint_dir(out: &Path) -> PathBuf {
+    out.join("checkpoint")
+}
+
+/// Gives every parameter an id derived from its path in the module, so that optimiser state
+/// saved in a checkpoint finds its parameter again after the model is reloaded; records the
+/// parameters exempt from weight decay.
+struct StableIds {
+    path: Vec<String>,
+    no_decay: Vec<ParamId>,
+    all: Vec<(ParamId, usize)>,
+}
+
+impl StableIds {
+    fn id_of(path: &str) -> ParamId {
+        // FNV-1a 64: stable across runs and platforms.
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for b in path.bytes() {
+            h ^= b as u64;
+            h = h.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+        ParamId::from(h)
+    }
+
+    fn exempt(path: &str) -> bool {
+        let last = path.rsplit('.').next().unwrap_or(path);
+        last == "a_log"
+            || last == "d"
+            || last.contains("bias")
+            || path.contains("norm")
+            || last == "dt_bias"
+    }
+}
+
+impl ModuleMapper for StableIds {
+    fn enter_module(&mut self, name: &str, _container_type: &str) {
+        self.path.push(name.to_string());
+    }
+
+    fn exit_module(&mut self, _name: &str, _container_type: &str) {
+        self.path.pop();
+    }
+
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+        let path = self.path.join(".");
+        let id = Self::id_of(&path);
+        if Self::exempt(&path) {
+            self.no_decay.push(id);
+        }
+        self.all.push((id, D));
+        // A contiguous copy: loaded weights can be transposed views, and the order of sums in
+        // a product depends on the layout; a fresh run and a resumed one must compute alike.
+        let (_, value, mapper) = param.consume();
+        let value = Tensor::from_data(value.to_data(), &value.device());
+        Param::from_mapped_value(id, value, mapper)
+    }
+}
+
+/// Collects the ids of float parameters with their ranks.
+struct Ranks(Vec<(ParamId, usize)>);
+
+impl ModuleVisitor for Ranks {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+        self.0.push((param.id, D));
+    }
+}
+
+/// Scales the gradients so that their global L2 norm is at most `max_norm`; returns the norm
+/// before scaling.
+fn clip_global_norm(
+    grads: &mut GradientsParams,
+    params: &[(ParamId, usize)],
+    max_norm: f64,
+) -> f64 {
+    let mut sq = 0.0f64;
+    for &(id, rank) in params {
+        let s = match rank {
+            1 => grads
+                .get::<1>(id)
+                .map(|g| g.square().sum().into_scalar::<f32>()),
+            2 => grads
+                .get::<2>(id)
+                .map(|g| g.square().sum().into_scalar::<f32>()),
+            3 => grads
+                .get::<3>(id)
+                .map(|g| g.square().sum().into_scalar::<f32>()),
+            _ => None,
+        };
+        sq += s.unwrap_or(0.0) as f64;
+    }
+    let norm = sq.sqrt();
+    if max_norm > 0.0 && norm > max_norm {
+        let scale = (max_norm / (norm + 1e-6)) as f32;
+        for &(id, rank) in params {
+            match rank {
+                1 => {
+                    if let Some(g) = grads.remove::<1>(id) {
+                        grads.register(id, g.mul_scalar(scale));
+                    }
+                }
+                2 => {
+                    if let Some(g) = grads.remove::<2>(id) {
+                        grads.register(id, g.mul_scalar(scale));
+                    }
+                }
+                3 => {
+                    if let Some(g) = grads.remove::<3>(id) {
+                        grads.register(id, g.mul_scalar(scale));
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+    norm
+}
+
+/// A batch ready for the device.
+struct Batch {
+    tokens: Vec<i64>,
+    /// Sequence task: 1 on real bases. Position task: 1 where the label counts.
+    mask: Vec<f32>,
+    /// Sequence task: one label per row; position task: one per position (0 where masked).
+    labels: Vec<i64>,
+    rows: usize,
+    len: usize,
+    bases: usize,
+}
+
+fn seq_batch(examples: &[(&[u8], usize)], rc: &[bool]) -> Batch {
+    let rows = examples.len();
+    let len = examples.iter().map(|e| e.0.len()).max().unwrap_or(0);
+    let mut tokens = Vec::with_capacity(rows * len);
+    let mut mask = Vec::with_capacity(rows * len);
+    let mut labels = Vec::with_capacity(rows);
+    let mut bases = 0;
+    for (i, (t, l)) in examples.iter().enumerate() {
+        let n = t.len();
+        bases += n;
+        for p in 0..len {
+            let tok = if p >= n {
+                PAD
+            } else if rc[i] {
+                complement(t[n - 1 - p])
+            } else {
+                t[p]
+            };
+            tokens.push(tok as i64);
+            mask.push(if p < n { 1.0 } else { 0.0 });
+        }
+        labels.push(*l as i64);
+    }
+    Batch {
+        tokens,
+        mask,
+        labels,
+        rows,
+        len,
+        bases,
+    }
+}
+
+fn window_batch(data: &PositionDataset, windows: &[Span], rc: &[bool]) -> Batch {
+    let rows = windows.len();
+    let len = windows.first().map(|w| w.len()).unwrap_or(0);
+    let mut tokens = Vec::with_capacity(rows * len);
+    let mut mask = Vec::with_capacity(rows * len);
+    let mut labels = Vec::with_capacity(rows * len);
+    for (i, w) in windows.iter().enumerate() {
+        let r = &data.records[w.record];
+        for p in 0..len {
+            let (tok, lab) = if rc[i] {
+                let q = w.end - 1 - p;
+                (complement(r.tokens[q]), r.labels[q])
+            } else {
+                let q = w.start + p;
+                (r.tokens[q], r.labels[q])
+            };
+            tokens.push(tok as i64);
+            if lab == IGNORE {
+                mask.push(0.0);
+                labels.push(0);
+            } else {
+                mask.push(1.0);
+                labels.push(lab as i64);
+            }
+        }
+    }
+    Batch {
+        tokens,
+        mask,
+        labels,
+        rows,
+        len,
+        bases: rows * len,
+    }
+}
+
+/// Cross-entropy of a batch on the autodiff device.
+fn batch_loss(net: &Net, kind: HeadKind, b: &Batch, device: &Device) -> Tensor<1> {
+    let tokens: Tensor<2, Int> =
+        Tensor::from_data(TensorData::new(b.tokens.clone(), [b.rows, b.len]), device);
+    let mask: Tensor<2> =
+        Tensor::from_data(TensorData::new(b.mask.clone(), [b.rows, b.len]), device);
+    match kind {
+        HeadKind::Sequence => {
+            let logits = net.sequence_logits(tokens, mask);
+            let labels: Tensor<2, Int> =
+                Tensor::from_data(TensorData::new(b.labels.clone(), [b.rows, 1]), device);
+            let picked = log_softmax(logits, 1).gather(1, labels);
+            picked.mean().neg()
+        }
+        HeadKind::Position => {
+            let logits = net.position_logits(tokens);
+            let labels: Tensor<3, Int> = Tensor::from_data(
+                TensorData::new(b.labels.clone(), [b.rows, b.len, 1]),
+                device,
+            );
+            let picked = log_softmax(logits, 2).gather(2, labels);
+            let m: Tensor<3> = mask.unsqueeze_dim(2);
+            let count = m.clone().sum().clamp_min(1.0);
+            (picked * m).sum().neg() / count
+        }
+    }
+}
+
+/// Class probabilities of sequences (no autodiff), optionally averaged with those of the
+/// reverse complements. Returns `[n][n_classes]` row-major.
+pub fn predict_sequences(
+    net: &Net,
+    seqs: &[&[u8]],
+    batch_size: usize,
+    rc_average: bool,
+    device: &Device,
+) -> Vec<f32> {
+    let mut out = Vec::new();
+    // Sort by length so padding stays small; write back in input order.
+    let mut order: Vec<usize> = (0..seqs.len()).collect();
+    order.sort_by_key(|&i| seqs[i].len());
+    let n_classes = net.head.weight.val().dims()[1];
+    out.resize(seqs.len() * n_classes, 0.0);
+    for chunk in order.chunks(batch_size.max(1)) {
+        let ex: Vec<(&[u8], usize)> = chunk.iter().map(|&i| (seqs[i], 0)).collect();
+        let strands: &[bool] = if rc_average { &[false, true] } else { &[false] };
+        let mut acc = vec![0.0f32; chunk.len() * n_classes];
+        for &rc in strands {
+            let b = seq_batch(&ex, &vec![rc; ex.len()]);
+            let tokens: Tensor<2, Int> =
+                Tensor::from_data(TensorData::new(b.tokens, [b.rows, b.len]), device);
+            let mask: Tensor<2> =
+                Tensor::from_data(TensorData::new(b.mask, [b.rows, b.len]), device);
+            let p = host_values(softmax(net.sequence_logits(tokens, mask), 1));
+            for (a, v) in acc.iter_mut().zip(p) {
+                *a += v / strands.len() as f32;
+            }
+        }
+        for (k, &i) in chunk.iter().enumerate() {
+            out[i * n_classes..(i + 1) * n_classes]
+                .copy_from_slice(&acc[k * n_classes..(k + 1) * n_classes]);
+        }
+    }
+    out
+}
+
+/// Validation scores of sequence predictions (`probs`: `[n][n_classes]` row-major).
+pub fn sequence_scores(probs: &[f32], labels: &[usize], n_classes: usize) -> Scores {
+    let n = labels.len();
+    let mut s = Scores::new();
+    let mut cm = ConfusionMatrix::new(n_classes);
+    let mut loss = 0.0f64;
+    for i in 0..n {
+        let p = &probs[i * n_classes..(i + 1) * n_classes];
+        let pred = argmax(p);
+        cm.add(pred, labels[i]);
+        loss -= (p[labels[i]].max(1e-12) as f64).ln();
+    }
+    s.insert("loss".into(), loss / n.max(1) as f64);
+    s.insert("accuracy".into(), cm.accuracy());
+    s.insert("mcc".into(), cm.mcc());
+    s.insert("f1".into(), cm.macro_f1());
+    // auROC / auPRC: of the second class for two classes, else averaged one-vs-rest.
+    let classes: Vec<usize> = if n_classes == 2 {
+        vec![1]
+    } else {
+        (0..n_classes).collect()
+    };
+    let (mut roc, mut prc, mut k) = (0.0, 0.0, 0.0);
+    for c in classes {
+        let scores: Vec<f32> = (0..n).map(|i| probs[i * n_classes + c]).collect();
+        let pos: Vec<bool> = labels.iter().map(|&l| l == c).collect();
+        if let (Some(r), Some(p)) = (auroc(&scores, &pos), auprc(&scores, &pos)) {
+            roc += r;
+            prc += p;
+            k += 1.0;
+        }
+    }
+    if k > 0.0 {
+        s.insert("auroc".into(), roc / k);
+        s.insert("auprc".into(), prc / k);
+    }
+    s
+}
+
+/// Index of the largest value.
+pub fn argmax(p: &[f32]) -> usize {
+    let mut best = 0;
+    for (i, &v) in p.iter().enumerate() {
+        if v > p[best] {
+            best = i;
+        }
+    }
+    best
+}
+
+/// Per-position class probabilities of one stretch of tokens (chunked, state carried), with
+/// the reverse strand's averaged in when `rc`. Returns `[len][n_classes]` row-major.
+pub fn predict_positions(
+    net: &Net,
+    tokens: &[u8],
+    chunk: usize,
+    rc: bool,
+    device: &Device,
+) -> Result<Vec<f32>> {
+    let head = crate::model::HostHead::from_linear(&net.head);
+    let n = head.n_labels();
+    let len = tokens.len();
+    let mut out = vec![0.0f32; len * n];
+    let mut probs = vec![0.0f32; n];
+    crate::infer::run_batch(&net.backbone, &[tokens], chunk, device, &mut |c| {
+        for t in 0..c.len {
+            head.probs(c.at(0, t), &mut probs);
+            let p = c.start + t;
+            out[p * n..(p + 1) * n].copy_from_slice(&probs);
+        }
+        Ok(())
+    })?;
+    if rc {
+        let rev = crate::alphabet::reverse_complement_tokens(tokens);
+        crate::infer::run_batch(&net.backbone, &[&rev], chunk, device, &mut |c| {
+            for t in 0..c.len {
+                head.probs(c.at(0, t), &mut probs);
+                let p = len - 1 - (c.start + t);
+                for (a, q) in out[p * n..(p + 1) * n].iter_mut().zip(&probs) {
+                    *a = 0.5 * (*a + q);
+                }
+            }
+            Ok(())
+        })?;
+    }
+    Ok(out)
+}
+
+/// Per-base validation of a position model over whole stretches (chunked, state carried).
+fn position_scores(
+    net: &Net,
+    data: &PositionDataset,
+    spans: &[Span],
+    chunk: usize,
+    rc: bool,
+    device: &Device,
+) -> Result<Scores> {
+    let n_classes = data.labels.len();
+    let mut cm = ConfusionMatrix::new(n_classes);
+    let mut hists: Vec<ScoreHistogram> = (0..n_classes).map(|_| ScoreHistogram::new()).collect();
+    let mut loss = 0.0f64;
+    let mut counted = 0usize;
+    for s in spans {
+        let r = &data.records[s.record];
+        let probs = predict_positions(net, &r.tokens[s.start..s.end], chunk, rc, device)?;
+        for (t, p) in probs.chunks_exact(n_classes).enumerate() {
+            let lab = r.labels[s.start + t];
+            if lab == IGNORE {
+                continue;
+            }
+            let lab = lab as usize;
+            cm.add(argmax(p), lab);
+            loss -= (p[lab].max(1e-12) as f64).ln();
+            counted += 1;
+            for (k, h) in hists.iter_mut().enumerate() {
+                h.add(p[k], lab == k);
+            }
+        }
+    }
+    let mut s = Scores::new();
+    s.insert("loss".into(), loss / counted.max(1) as f64);
+    s.insert("accuracy".into(), cm.accuracy());
+    s.insert("mcc".into(), cm.mcc());
+    s.insert("f1".into(), cm.macro_f1());
+    let (mut roc, mut prc, mut k) = (0.0, 0.0, 0.0);
+    for h in hists.iter().skip(1) {
+        if let (Some(r), Some(p)) = (h.auroc(), h.auprc()) {
+            roc += r;
+            prc += p;
+            k += 1.0;
+        }
+    }
+    if k > 0.0 {
+        s.insert("auroc".into(), roc / k);
+        s.insert("auprc".into(), prc / k);
+    }
+    s.insert("bases".into(), counted as f64);
+    Ok(s)
+}
+
+/// Checks that a model's head fits the task; with `replace_head` (or no head) a new head is
+/// initialised for the task's classes.
+pub fn prepare_head(
+    model: &mut GenoModel,
+    task: &Task<'_>,
+    replace_head: bool,
+    seed: u64,
+    device: &Device,
+) -> Result<()> {
+    let labels = task.labels().to_vec();
+    let kind = task.kind();
+    let fits = match &model.config.head {
+        Some(h) => h.kind == kind && h.labels == labels && model.head.is_some(),
+        None => false,
+    };
+    if fits && !replace_head {
+        return Ok(());
+    }
+    if let Some(h) = &model.config.head
+        && !replace_head
+    {
+        let what = if h.kind != kind {
+            format!(
+                "the model's head is a {:?} head; this task needs a {:?} head",
+                h.kind, kind
+            )
+        } else {
+            format!(
+                "the model's classes are {}; the data's are {}",
+                h.labels.join(", "),
+                labels.join(", ")
+            )
+        };
+        return Err(Error::usage(
+            what,
+            "pass --replace-head to train a new head",
+        ));
+    }
+    let d = model.config.architecture.d_model;
+    let mut map = crate::model::weights::TensorMap::new();
+    crate::model::init::init_head(&mut map, labels.len(), d, seed);
+    model.head = Some(crate::model::weights::head_from_tensors(
+        &mut map,
+        labels.len(),
+        d,
+        device,
+    )?);
+    model.config.head = Some(crate::model::HeadConfig {
+        kind,
+        labels,
+        rc_average: false,
+    });
+    Ok(())
+}
+
+/// Everything a run needs besides the task.
+pub struct RunSpec<'a> {
+    /// Output directory (best model, `checkpoint/`, `metrics.jsonl`).
+    pub out: &'a Path,
+    /// Continue from `out/checkpoint`.
+    pub resume: bool,
+    /// The compute device (plain; autodiff is switched on here).
+    pub device: Device,
+    /// Provenance recorded in the saved model's config (extended with metrics).
+    pub provenance: serde_json::Value,
+    /// Stop after this many epochs in total, as if interrupted (tests of `--resume`).
+    pub stop_after: Option<usize>,
+}
+
+/// Trains `model` on `task`; the best epoch's weights end up in `spec.out`. Returns the state
+/// at the end (history, best epoch).
+pub fn train(
+    mut model: GenoModel,
+    task: &Task<'_>,
+    opts: &TrainOptions,
+    spec: &RunSpec<'_>,
+    on_event: &mut dyn FnMut(Event<'_>),
+) -> Result<TrainerState> {
+    opts.validate()?;
+    let kind = task.kind();
+    let n_classes = task.labels().len();
+    let metric = monitored_metric(kind, n_classes);
+    let device = &spec.device;
+    let ad = device.clone().autodiff();
+    let ckpt = checkpoint_dir(spec.out);
+
+    let mut state = TrainerState {
+        options: Some(opts.clone()),
+        ..Default::default()
+    };
+    if spec.resume {
+        let st_path = ckpt.join("trainer.json");
+        let text = std::fs::read_to_string(&st_path).map_err(|e| {
+            Error::usage(
+                format!("cannot resume: {} unreadable ({e})", st_path.display()),
+                "resume only into an output directory of an earlier `genomamba train` run, or leave out --resume",
+            )
+        })?;
+        state = serde_json::from_str(&text).map_err(|e| {
+            Error::usage(
+                format!("cannot resume: {} is damaged ({e})", st_path.display()),
+                "start a new run without --resume",
+            )
+        })?;
+        if state.options.as_ref() != Some(opts) {
+            return Err(Error::usage(
+                "cannot resume: the training options differ from those of the checkpoint",
+                "resume with the same options as the first run (see checkpoint/trainer.json)",
+            ));
+        }
+        model = GenoModel::load(&ckpt, device)?;
+    }
+    let head = model
+        .head
+        .take()
+        .ok_or_else(|| Error::Runtime("training needs a head (prepare_head first)".into()))?;
+    let mut config = model.config.clone();
+    let net = Net {
+        backbone: model.backbone,
+        head,
+    };
+    let mut ids = StableIds {
+        path: Vec::new(),
+        no_decay: Vec::new(),
+        all: Vec::new(),
+    };
+    let mut net = net.map(&mut ids).fork(&ad).train();
+    let mut ranks = Ranks(Vec::new());
+    net.visit(&mut ranks);
+    let params = ranks.0;
+
+    let mut optim: ModuleOptimizer = AdamWConfig::new()
+        .with_weight_decay(opts.weight_decay as f32)
+        .with_epsilon(1e-8)
+        .init()
+        .with_group(
+            ParamGroup::from_ids(ids.no_decay.clone()),
+            AdamWConfig::new()
+                .with_weight_decay(0.0)
+                .with_epsilon(1e-8)
+                .build(),
+            None,
+        );
+    if spec.resume {
+        let p = ckpt.join("optimizer.bpk");
+        optim = optim.load(&p).map_err(|e| {
+            Error::usage(
+                format!(
+                    "cannot resume: optimizer state {} unreadable ({e:?})",
+                    p.display()
+                ),
+                "start a new run without --resume",
+            )
+        })?;
+    }
+
+    let steps_per_epoch = match task {
+        Task::Sequence { train, .. } => train.examples.len().div_ceil(opts.batch_size),
+        Task::Position { .. } => opts.windows_per_epoch.div_ceil(opts.batch_size),
+    };
+    let total_steps = steps_per_epoch * opts.epochs;
+    std::fs::create_dir_all(spec.out).map_err(|e| Error::io(spec.out.display().to_string(), e))?;
+    let log_path = spec.out.join("metrics.jsonl");
+    if !spec.resume {
+        // A fresh run starts a fresh log.
+        let _ = std::fs::remove_file(&log_path);
+    }
+
+    for epoch in state.epochs_done + 1..=opts.epochs {
+        if opts.patience > 0 && state.epochs_since_best >= opts.patience {
+            break;
+        }
+        if spec.stop_after.is_some_and(|n| epoch > n) {
+            break;
+        }
+        let t0 = Instant::now();
+        let mut rng =
+            StdRng::seed_from_u64(opts.seed.wrapping_mul(1_000_003).wrapping_add(epoch as u64));
+        // The epoch's batches, drawn up front.
+        let batches: Vec<Batch> = match task {
+            Task::Sequence { train, .. } => {
+                let mut order: Vec<usize> = (0..train.examples.len()).collect();
+                order.shuffle(&mut rng);
+                order
+                    .chunks(opts.batch_size)
+                    .map(|idx| {
+                        let ex: Vec<(&[u8], usize)> = idx
+                            .iter()
+                            .map(|&i| {
+                                (train.examples[i].tokens.as_slice(), train.examples[i].label)
+                            })
+                            .collect();
+                        let rc: Vec<bool> = idx
+                            .iter()
+                            .map(|_| opts.rc_augment && rng.random_bool(0.5))
+                            .collect();
+                        seq_batch(&ex, &rc)
+                    })
+                    .collect()
+            }
+            Task::Position { data, train, .. } => {
+                let windows = draw_windows(train, opts.window, opts.windows_per_epoch, &mut rng);
+                if windows.is_empty() {
+                    return Err(Error::usage(
+                        format!("no training stretch is as long as --window {}", opts.window),
+                        "use a smaller --window or a smaller --val-fraction",
+                    ));
+                }
+                windows
+                    .chunks(opts.batch_size)
+                    .map(|w| {
+                        let rc: Vec<bool> = w
+                            .iter()
+                            .map(|_| opts.rc_augment && rng.random_bool(0.5))
+                            .collect();
+                        window_batch(data, w, &rc)
+                    })
+                    .collect()
+            }
+        };
+        on_event(Event::EpochStart {
+            epoch,
+            steps: batches.len(),
+        });
+        let mut loss_sum = 0.0f64;
+        let mut bases = 0usize;
+        let mut lr = 0.0;
+        for b in &batches {
+            let loss = batch_loss(&net, kind, b, &ad);
+            let loss_value = loss.clone().into_scalar::<f32>() as f64;
+            if !loss_value.is_finite() {
+                return Err(Error::Runtime(format!(
+                    "training diverged at step {} (loss {loss_value}); lower --lr or keep --clip-norm on",
+                    state.step + 1
+                )));
+            }
+            let grads = loss.backward();
+            let mut grads = GradientsParams::from_grads(grads, &net);
+            clip_global_norm(&mut grads, &params, opts.clip_norm);
+            lr = opts.lr_at(state.step, total_steps);
+            net = optim.step(lr, net, grads);
+            state.step += 1;
+            loss_sum += loss_value;
+            bases += b.bases;
+            on_event(Event::Step { loss: loss_value });
+        }
+        let train_secs = t0.elapsed().as_secs_f64();
+        on_event(Event::Validating);
+        let valid = net.valid();
+        let rc_average = config.head.as_ref().is_some_and(|h| h.rc_average);
+        let val = match task {
+            Task::Sequence { val, .. } => {
+                let seqs: Vec<&[u8]> = val.examples.iter().map(|e| e.tokens.as_slice()).collect();
+                let labels: Vec<usize> = val.examples.iter().map(|e| e.label).collect();
+                let p =
+                    predict_sequences(&valid, &seqs, opts.batch_size.max(32), rc_average, device);
+                sequence_scores(&p, &labels, n_classes)
+            }
+            Task::Position { data, val, .. } => {
+                position_scores(&valid, data, val, opts.eval_chunk, rc_average, device)?
+            }
+        };
+        let log = EpochLog {
+            epoch,
+            step: state.step,
+            lr,
+            train_loss: loss_sum / batches.len().max(1) as f64,
+            train_bases_per_s: bases as f64 / train_secs.max(1e-9),
+            val,
+            seconds: t0.elapsed().as_secs_f64(),
+        };
+        let score = log.val.get(metric).copied().unwrap_or(f64::NEG_INFINITY);
+        let improved = state.best_score.is_none_or(|b| score > b);
+        state.epochs_done = epoch;
+        if improved {
+            state.best_score = Some(score);
+            state.best_epoch = epoch;
+            state.epochs_since_best = 0;
+        } else {
+            state.epochs_since_best += 1;
+        }
+        state.history.push(log.clone());
+        append_line(&log_path, &log)?;
+
+        // Save: the best model into `out`, the resumable checkpoint into `out/checkpoint`.
+        if improved {
+            let mut best = to_model(&valid, &config);
+            best.config.provenance = provenance(&spec.provenance, &state, opts, metric);
+            best.save(spec.out)?;
+        }
+        config.provenance = provenance(&spec.provenance, &state, opts, metric);
+        let snapshot = to_model(&valid, &config);
+        save_checkpoint(&ckpt, &snapshot, &optim, &state)?;
+        on_event(Event::EpochEnd(&log, improved));
+    }
+    Ok(state)
+}
+
+fn to_model(net: &Net, config: &crate::model::ModelConfig) -> GenoModel {
+    GenoModel {
+        config: config.clone(),
+        backbone: net.backbone.clone(),
+        head: Some(net.head.clone()),
+        dir: None,
+    }
+}
+
+fn provenance(
+    base: &serde_json::Value,
+    state: &TrainerState,
+    opts: &TrainOptions,
+    metric: &str,
+) -> serde_json::Value {
+    let mut p = base.clone();
+    if let Some(obj) = p.as_object_mut() {
+        obj.insert(
+            "options".into(),
+            serde_json::to_value(opts).unwrap_or_default(),
+        );
+        obj.insert("monitored_metric".into(), metric.into());
+        obj.insert("best_epoch".into(), state.best_epoch.into());
+        obj.insert("epochs_run".into(), state.epochs_done.into());
+        obj.insert("steps".into(), state.step.into());
+        if let Some(best) = state.history.iter().find(|h| h.epoch == state.best_epoch) {
+            obj.insert(
+                "validation".into(),
+                serde_json::to_value(&best.val).unwrap_or_default(),
+            );
+            obj.insert("train_bases_per_s".into(), best.train_bases_per_s.into());
+        }
+        let secs: f64 = state.history.iter().map(|h| h.seconds).sum();
+        obj.insert("train_seconds".into(), secs.into());
+    }
+    p
+}
+
+fn append_line(path: &Path, log: &EpochLog) -> Result<()> {
+    use std::io::Write;
+    let line = serde_json::to_string(log)
+        .map_err(|e| Error::Runtime(format!("cannot serialise metrics: {e}")))?;
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map_err(|e| Error::io(path.display().to_string(), e))?;
+    writeln!(f, "{line}").map_err(|e| Error::io(path.display().to_string(), e))
+}
+
+/// Writes the checkpoint into a temporary directory and swaps it in, so a crash never leaves
+/// a half-written checkpoint.
+fn save_checkpoint(
+    dir: &Path,
+    model: &GenoModel,
+    optim: &ModuleOptimizer,
+    state: &TrainerState,
+) -> Result<()> {
+    let parent = dir.parent().unwrap_or(Path::new("."));
+    let tmp = parent.join(".checkpoint.tmp");
+    let old = parent.join(".checkpoint.old");
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir_all(&tmp).map_err(|e| Error::io(tmp.display().to_string(), e))?;
+    model.save(&tmp)?;
+    optim
+        .save(tmp.join("optimizer.bpk"))
+        .map_err(|e| Error::Runtime(format!("cannot save optimizer state: {e:?}")))?;
+    let json = serde_json::to_string_pretty(state)
+        .map_err(|e| Error::Runtime(format!("cannot serialise state: {e}")))?;
+    std::fs::write(tmp.join("trainer.json"), json)
+        .map_err(|e| Error::io(tmp.display().to_string(), e))?;
+    let _ = std::fs::remove_dir_all(&old);
+    if dir.exists() {
+        std::fs::rename(dir, &old).map_err(|e| Error::io(dir.display().to_string(), e))?;
+    }
+    std::fs::rename(&tmp, dir).map_err(|e| Error::io(dir.display().to_string(), e))?;
+    let _ = std::fs::remove_dir_all(&old);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn schedule_warms_up_then_decays_to_floor() {
+        let o = TrainOptions {
+            lr: 1.0,
+            warmup_steps: 10,
+            min_lr_ratio: 0.1,
+            ..Default::default()
+        };
+        assert!((o.lr_at(0, 110) - 0.1).abs() < 1e-12);
+        assert!((o.lr_at(9, 110) - 1.0).abs() < 1e-12);
+        assert!((o.lr_at(10, 110) - 1.0).abs() < 1e-12);
+        assert!((o.lr_at(60, 110) - 0.55).abs() < 1e-9);
+        assert!((o.lr_at(110, 110) - 0.1).abs() < 1e-12);
+        // Monotone after warm-up.
+        for s in 10..109 {
+            assert!(o.lr_at(s + 1, 110) <= o.lr_at(s, 110));
+        }
+    }
+
+    #[test]
+    fn exempt_parameters_by_path() {
+        assert!(StableIds::exempt("backbone.layers.0.a_log"));
+        assert!(StableIds::exempt("backbone.layers.3.d"));
+        assert!(StableIds::exempt("backbone.layers.3.norm.weight"));
+        assert!(StableIds::exempt("backbone.norm_f.weight"));
+        assert!(StableIds::exempt("head.bias"));
+        assert!(StableIds::exempt("backbone.layers.1.dt_bias"));
+        assert!(StableIds::exempt("backbone.layers.1.conv_bias"));
+        assert!(!StableIds::exempt("backbone.layers.1.in_proj.weight"));
+        assert!(!StableIds::exempt("backbone.embedding"));
+        assert!(!StableIds::exempt("head.weight"));
+        assert_ne!(StableIds::id_of("a"), StableIds::id_of("b"));
+    }
+}

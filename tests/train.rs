@@ -1,0 +1,550 @@
+//! `genomamba train` and `genomamba baseline` as a user runs them: both tasks learn an easy
+//! synthetic signal, the model directory works with `classify`/`annotate`, `--resume`
+//! continues exactly, fine-tuning a Hugging Face checkpoint, and bad inputs (exit 2, one line,
+//! nothing written).
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use assert_cmd::cargo::CommandCargoExt;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+struct Out {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+fn run(args: &[&str]) -> Out {
+    let o = Command::cargo_bin("genomamba")
+        .unwrap()
+        .args(args)
+        .output()
+        .unwrap();
+    Out {
+        code: o.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+    }
+}
+
+fn ok(args: &[&str]) -> String {
+    let o = run(args);
+    assert_eq!(o.code, 0, "genomamba {args:?} failed: {}", o.stderr);
+    o.stdout
+}
+
+fn bad(args: &[&str], needle: &str) {
+    let o = run(args);
+    assert_eq!(o.code, 2, "expected exit 2 for {args:?}: {}", o.stderr);
+    let lines: Vec<&str> = o.stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "one line expected: {}", o.stderr);
+    assert!(o.stderr.contains(needle), "'{needle}' not in: {}", o.stderr);
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+fn random_dna(rng: &mut StdRng, n: usize) -> String {
+    (0..n)
+        .map(|_| b"ACGT"[rng.random_range(0..4)] as char)
+        .collect()
+}
+
+/// Two classes of 60-base sequences: class `motif` carries GGGCCCGGG somewhere, `plain` not.
+fn write_classes(dir: &Path, n: usize, seed: u64) -> (PathBuf, PathBuf) {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let a = dir.join("motif.fa");
+    let b = dir.join("plain.fa");
+    let mut fa = std::fs::File::create(&a).unwrap();
+    let mut fb = std::fs::File::create(&b).unwrap();
+    for i in 0..n {
+        let mut s = random_dna(&mut rng, 60);
+        let p = rng.random_range(0..50);
+        s.replace_range(p..p + 9, "GGGCCCGGG");
+        writeln!(fa, ">m{i}\n{s}").unwrap();
+        let n = 50 + rng.random_range(0..20);
+        let t = random_dna(&mut rng, n);
+        writeln!(fb, ">p{i}\n{t}").unwrap();
+    }
+    (a, b)
+}
+
+fn last_val(out: &Path, key: &str) -> f64 {
+    let text = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap();
+    let last = text.lines().last().unwrap();
+    let v: serde_json::Value = serde_json::from_str(last).unwrap();
+    v["val"][key].as_f64().unwrap()
+}
+
+const TINY: &[&str] = &[
+    "--d-model",
+    "16",
+    "--n-layer",
+    "2",
+    "--d-state",
+    "4",
+    "--threads",
+    "2",
+    "--quiet",
+];
+
+#[test]
+fn sequence_training_learns_and_classifies() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = write_classes(dir.path(), 150, 1);
+    let out = dir.path().join("model");
+    let ca = format!("motif={}", s(&a));
+    let cb = format!("plain={}", s(&b));
+    let mut args = vec![
+        "train",
+        "-o",
+        s(&out),
+        "--class",
+        &ca,
+        "--class",
+        &cb,
+        "--epochs",
+        "6",
+        "--batch-size",
+        "16",
+        "--lr",
+        "0.01",
+        "--warmup-steps",
+        "5",
+        "--seed",
+        "3",
+        "--rc-average",
+    ];
+    args.extend_from_slice(TINY);
+    ok(&args);
+    // A log line per epoch with validation metrics; the easy motif is learned.
+    let log = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap();
+    assert_eq!(log.lines().count(), 6);
+    let cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).unwrap()).unwrap();
+    assert_eq!(cfg["head"]["kind"], "sequence");
+    assert_eq!(cfg["head"]["labels"], serde_json::json!(["motif", "plain"]));
+    assert_eq!(cfg["head"]["rc_average"], true);
+    let prov = &cfg["provenance"];
+    assert_eq!(prov["data"].as_array().unwrap().len(), 2);
+    assert_eq!(prov["data"][0]["sha256"].as_str().unwrap().len(), 64);
+    assert!(prov["command"].as_str().unwrap().contains("train"));
+    let best = prov["validation"]["auroc"].as_f64().unwrap();
+    assert!(best > 0.9, "validation auROC {best}");
+
+    // The directory works with classify; RC averaging makes a sequence and its reverse
+    // complement score the same.
+    let q = dir.path().join("q.fa");
+    std::fs::write(
+        &q,
+        ">f\nACGTTGGGCCCGGGATTACAGATTACAGGATCCATGC\n>r\nGCATGGATCCTGTAATCTGTAATCCCGGGCCCAACGT\n",
+    )
+    .unwrap();
+    let t = dir.path().join("pred.tsv");
+    ok(&["classify", "-m", s(&out), s(&q), "-o", s(&t), "--quiet"]);
+    let text = std::fs::read_to_string(&t).unwrap();
+    let rows: Vec<Vec<&str>> = text
+        .lines()
+        .skip(1)
+        .map(|l| l.split('\t').collect())
+        .collect();
+    assert_eq!(rows.len(), 2);
+    let pf: f64 = rows[0][3].parse().unwrap();
+    let pr: f64 = rows[1][3].parse().unwrap();
+    assert!((pf - pr).abs() < 2e-5, "{pf} vs {pr}");
+    assert!(pf > 0.5, "the motif sequence is called motif: {pf}");
+    // `info` shows the provenance.
+    let info = ok(&["info", "-m", s(&out)]);
+    assert!(info.contains("motif"));
+}
+
+#[test]
+fn resume_continues_exactly() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = write_classes(dir.path(), 40, 2);
+    let ca = format!("motif={}", s(&a));
+    let cb = format!("plain={}", s(&b));
+    let whole = dir.path().join("whole");
+    let parts = dir.path().join("parts");
+    let base = |out: &Path| -> Vec<String> {
+        let mut v: Vec<String> = [
+            "train",
+            "-o",
+            s(out),
+            "--class",
+            &ca,
+            "--class",
+            &cb,
+            "--epochs",
+            "3",
+            "--batch-size",
+            "8",
+            "--warmup-steps",
+            "3",
+            "--seed",
+            "9",
+        ]
+        .iter()
+        .map(|x| x.to_string())
+        .collect();
+        v.extend(TINY.iter().map(|x| x.to_string()));
+        v
+    };
+    let w = base(&whole);
+    ok(&w.iter().map(String::as_str).collect::<Vec<_>>());
+    let mut p1 = base(&parts);
+    p1.extend(["--stop-after".to_string(), "1".to_string()]);
+    ok(&p1.iter().map(String::as_str).collect::<Vec<_>>());
+    assert_eq!(
+        std::fs::read_to_string(parts.join("metrics.jsonl"))
+            .unwrap()
+            .lines()
+            .count(),
+        1
+    );
+    // Resuming with other options is refused.
+    let mut changed = base(&parts);
+    changed.extend(["--resume", "--lr", "0.5"].map(String::from));
+    let o = run(&changed.iter().map(String::as_str).collect::<Vec<_>>());
+    assert_eq!(o.code, 2, "{}", o.stderr);
+    let mut p2 = base(&parts);
+    p2.push("--resume".to_string());
+    ok(&p2.iter().map(String::as_str).collect::<Vec<_>>());
+    let strip = |p: &Path| -> Vec<serde_json::Value> {
+        std::fs::read_to_string(p.join("metrics.jsonl"))
+            .unwrap()
+            .lines()
+            .map(|l| {
+                let mut v: serde_json::Value = serde_json::from_str(l).unwrap();
+                let o = v.as_object_mut().unwrap();
+                o.remove("seconds");
+                o.remove("train_bases_per_s");
+                v
+            })
+            .collect()
+    };
+    // Same epochs, steps and learning rates; losses and scores equal to float noise (the
+    // weights, below, are bit-identical).
+    let (w, p) = (strip(&whole), strip(&parts));
+    assert_eq!(w.len(), p.len());
+    for (a, b) in w.iter().zip(&p) {
+        assert_eq!(a["epoch"], b["epoch"]);
+        assert_eq!(a["step"], b["step"]);
+        assert_eq!(a["lr"], b["lr"]);
+        let close = |x: &serde_json::Value, y: &serde_json::Value| {
+            (x.as_f64().unwrap() - y.as_f64().unwrap()).abs() <= 1e-6
+        };
+        assert!(close(&a["train_loss"], &b["train_loss"]), "{a} vs {b}");
+        for (k, v) in a["val"].as_object().unwrap() {
+            assert!(close(v, &b["val"][k]), "{k}: {a} vs {b}");
+        }
+    }
+    assert_eq!(
+        std::fs::read(whole.join("checkpoint/model.safetensors")).unwrap(),
+        std::fs::read(parts.join("checkpoint/model.safetensors")).unwrap(),
+        "resumed weights differ from an uninterrupted run"
+    );
+}
+
+/// A reference with a repeated "gene" pattern labeled in a BED; a position model learns it.
+#[test]
+fn position_training_learns_and_annotates() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut rng = StdRng::seed_from_u64(4);
+    let mut seq = String::new();
+    let mut bed = String::new();
+    while seq.len() < 30_000 {
+        let gap = rng.random_range(80..200);
+        seq.push_str(&random_dna(&mut rng, gap));
+        let start = seq.len();
+        // A low-complexity "feature": alternating CA repeats.
+        let n = rng.random_range(40..120);
+        for _ in 0..n {
+            seq.push_str("CA");
+        }
+        bed.push_str(&format!("chrT\t{start}\t{}\trepeat\n", seq.len()));
+    }
+    // N run: masked from the loss.
+    seq.push_str(&"N".repeat(300));
+    seq.push_str(&random_dna(&mut rng, 500));
+    let fa = dir.path().join("ref.fa");
+    std::fs::write(&fa, format!(">chrT\n{seq}\n")).unwrap();
+    let bedp = dir.path().join("labels.bed");
+    std::fs::write(&bedp, &bed).unwrap();
+    let out = dir.path().join("pos");
+    let mut args = vec![
+        "train",
+        "-o",
+        s(&out),
+        "--fasta",
+        s(&fa),
+        "--bed",
+        s(&bedp),
+        "--bed-class",
+        "cpg=repeat",
+        "--window",
+        "256",
+        "--windows-per-epoch",
+        "64",
+        "--batch-size",
+        "8",
+        "--epochs",
+        "4",
+        "--lr",
+        "0.01",
+        "--warmup-steps",
+        "4",
+        "--val-fraction",
+        "0.2",
+        "--rc-average",
+    ];
+    args.extend_from_slice(TINY);
+    ok(&args);
+    let mcc = last_val(&out, "mcc");
+    assert!(mcc > 0.5, "per-base MCC {mcc}");
+    let cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).unwrap()).unwrap();
+    assert_eq!(
+        cfg["head"]["labels"],
+        serde_json::json!(["background", "cpg"])
+    );
+    let outbed = dir.path().join("pred.bed");
+    ok(&[
+        "annotate",
+        "-m",
+        s(&out),
+        s(&fa),
+        "--bed",
+        s(&outbed),
+        "--quiet",
+    ]);
+    let pred = std::fs::read_to_string(&outbed).unwrap();
+    assert!(pred.lines().count() > 10, "{pred}");
+
+    // Both strands are averaged: a stretch and its reverse complement get mirrored
+    // probabilities, whether the record runs whole or in chunks of 700 (state carried).
+    let stretch: String = seq[1000..4000].to_string();
+    let rc: String = stretch
+        .bytes()
+        .rev()
+        .map(|b| match b {
+            b'A' => 'T',
+            b'C' => 'G',
+            b'G' => 'C',
+            b'T' => 'A',
+            _ => 'N',
+        })
+        .collect();
+    let fwd = dir.path().join("f.fa");
+    let rev = dir.path().join("r.fa");
+    std::fs::write(&fwd, format!(">s\n{stretch}\n")).unwrap();
+    std::fs::write(&rev, format!(">s\n{rc}\n")).unwrap();
+    let probs = |input: &Path, chunk: &str| -> Vec<f64> {
+        let t = dir.path().join("p.tsv");
+        ok(&[
+            "annotate",
+            "-m",
+            s(&out),
+            s(input),
+            "--tsv",
+            s(&t),
+            "--chunk-size",
+            chunk,
+            "--quiet",
+        ]);
+        std::fs::read_to_string(&t)
+            .unwrap()
+            .lines()
+            .skip(1)
+            .map(|l| l.split('\t').nth(4).unwrap().parse().unwrap())
+            .collect()
+    };
+    let pf = probs(&fwd, "8192");
+    let mut pr = probs(&rev, "700");
+    pr.reverse();
+    assert_eq!(pf.len(), 3000);
+    let worst = pf
+        .iter()
+        .zip(&pr)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0, f64::max);
+    assert!(worst <= 2e-4, "strand mismatch {worst}");
+}
+
+#[test]
+fn fine_tunes_a_hugging_face_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = write_classes(dir.path(), 30, 5);
+    let ca = format!("motif={}", s(&a));
+    let cb = format!("plain={}", s(&b));
+    let hf = root().join("tests/fixtures/hf/d16_l2_n16_e2_k4");
+    let out = dir.path().join("ft");
+    ok(&[
+        "train",
+        "-o",
+        s(&out),
+        "--from",
+        s(&hf),
+        "--class",
+        &ca,
+        "--class",
+        &cb,
+        "--epochs",
+        "1",
+        "--batch-size",
+        "8",
+        "--quiet",
+    ]);
+    let cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).unwrap()).unwrap();
+    assert_eq!(cfg["format"], "genomamba");
+    assert!(
+        cfg["provenance"]["base_model"]
+            .as_str()
+            .unwrap()
+            .contains("d16_l2_n16_e2_k4")
+    );
+    // The fine-tuned model trains on top of the checkpoint: a model with the same head but
+    // random backbone differs from it.
+    let q = dir.path().join("q.fa");
+    std::fs::write(&q, ">x\nACGTGGGCCCGGGTTT\n").unwrap();
+    ok(&[
+        "classify",
+        "-m",
+        s(&out),
+        s(&q),
+        "-o",
+        s(&dir.path().join("p.tsv")),
+        "--quiet",
+    ]);
+    // Its head now exists: fine-tuning it again with other classes needs --replace-head.
+    let other = format!("x={}", s(&a));
+    let other2 = format!("y={}", s(&b));
+    bad(
+        &[
+            "train",
+            "-o",
+            s(&dir.path().join("ft2")),
+            "--from",
+            s(&out),
+            "--class",
+            &other,
+            "--class",
+            &other2,
+            "--epochs",
+            "1",
+            "--quiet",
+        ],
+        "--replace-head",
+    );
+    assert!(!dir.path().join("ft2").exists());
+}
+
+#[test]
+fn baseline_reports_on_the_same_split() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = write_classes(dir.path(), 200, 6);
+    let ca = format!("motif={}", s(&a));
+    let cb = format!("plain={}", s(&b));
+    let out = ok(&[
+        "baseline", "--class", &ca, "--class", &cb, "-k", "4", "--seed", "1",
+    ]);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["val"], 40);
+    assert_eq!(v["train"], 360);
+    let auroc = v["validation"]["auroc"].as_f64().unwrap();
+    assert!(auroc > 0.8, "k-mer baseline auROC {auroc}");
+}
+
+#[test]
+fn bad_training_input_exits_2_and_writes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = write_classes(dir.path(), 20, 7);
+    let ca = format!("motif={}", s(&a));
+    let cb = format!("plain={}", s(&b));
+    let out = dir.path().join("never");
+    let o = s(&out);
+    // A truncated gzip class file.
+    let gz = dir.path().join("cut.fa.gz");
+    {
+        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        e.write_all(std::fs::read(&b).unwrap().as_slice()).unwrap();
+        let bytes = e.finish().unwrap();
+        std::fs::write(&gz, &bytes[..bytes.len() / 2]).unwrap();
+    }
+    let cgz = format!("plain={}", s(&gz));
+    let o1 = run(&["train", "-o", o, "--class", &ca, "--class", &cgz, "--quiet"]);
+    assert_eq!(o1.code, 2, "{}", o1.stderr);
+    assert!(o1.stderr.contains("cut.fa.gz"), "{}", o1.stderr);
+    // Unknown class in the validation files.
+    let vx = format!("other={}", s(&a));
+    bad(
+        &[
+            "train",
+            "-o",
+            o,
+            "--class",
+            &ca,
+            "--class",
+            &cb,
+            "--val-class",
+            &vx,
+        ],
+        "unknown class 'other'",
+    );
+    // A bad class spec.
+    bad(
+        &["train", "-o", o, "--class", "justapath.fa", "--class", &cb],
+        "NAME=PATH",
+    );
+    // A TSV row without a label.
+    let tsv = dir.path().join("t.tsv");
+    std::fs::write(&tsv, "sequence\tlabel\nACGT\ta\nACGG\tb\nACCA\t\n").unwrap();
+    bad(&["train", "-o", o, "--tsv", s(&tsv)], "line 4");
+    // Position data: BED chromosome missing from the FASTA, and an unknown BED name.
+    let fa = dir.path().join("r.fa");
+    std::fs::write(&fa, ">chr1\nACGTACGTACGTACGTACGT\n").unwrap();
+    let bedp = dir.path().join("x.bed");
+    std::fs::write(&bedp, "chr1\t0\t5\tgene\nchr9\t2\t4\tgene\n").unwrap();
+    bad(
+        &["train", "-o", o, "--fasta", s(&fa), "--bed", s(&bedp)],
+        "chromosome 'chr9' is not in",
+    );
+    std::fs::write(&bedp, "chr1\t0\t5\tgene\n").unwrap();
+    bad(
+        &[
+            "train",
+            "-o",
+            o,
+            "--fasta",
+            s(&fa),
+            "--bed",
+            s(&bedp),
+            "--bed-class",
+            "c=CDS",
+        ],
+        "no BED row is named 'CDS'",
+    );
+    std::fs::write(&bedp, "chr1\t0\t50\tgene\n").unwrap();
+    bad(
+        &["train", "-o", o, "--fasta", s(&fa), "--bed", s(&bedp)],
+        "past the end",
+    );
+    assert!(!out.exists(), "nothing may be written on bad input");
+    // An existing output directory is not overwritten without --force.
+    let existing = dir.path().join("existing");
+    std::fs::create_dir(&existing).unwrap();
+    std::fs::write(existing.join("keep.txt"), "x").unwrap();
+    bad(
+        &["train", "-o", s(&existing), "--class", &ca, "--class", &cb],
+        "already exists",
+    );
+}
