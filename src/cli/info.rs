@@ -37,6 +37,7 @@ pub fn run(a: InfoArgs) -> Result<()> {
         Some(h) => {
             s.push_str(&format!("head\t{:?}\n", h.kind).to_lowercase());
             s.push_str(&format!("labels\t{}\n", h.labels.join(",")));
+            s.push_str(&format!("rc_average\t{}\n", h.rc_average));
         }
         None => s.push_str("head\tnone\n"),
     }

@@ -3,15 +3,20 @@
 //! - [`block`]: causal convolution fused with SiLU over a carried window, and RMSNorm.
 //! - [`scan`]: the selective scan of Mamba (S6), with a reference written in plain tensor
 //!   operations that every backend gets, a fused host loop for the CPU backend, and (with the
-//!   `cuda` feature) a chunked-time GPU kernel for the CubeCL backend.
+//!   `cuda` feature) a chunked-time GPU kernel for the CubeCL backend; on autodiff devices a
+//!   hand-written backward step (tensor operations for every backend, a fused host loop for
+//!   the CPU backend).
 
 pub mod block;
 pub mod scan;
+mod scan_backward;
 mod scan_cpu;
 #[cfg(feature = "cuda")]
 mod scan_cube;
 mod scan_reference;
 
 pub use scan::{
-    ScanArgs, ScanInput, ScanOutput, SelectiveScanBackend, selective_scan, selective_scan_reference,
+    ScanArgs, ScanGradTensors, ScanGrads, ScanInput, ScanOutput, SelectiveScanBackend,
+    selective_scan, selective_scan_backward, selective_scan_backward_reference,
+    selective_scan_reference,
 };

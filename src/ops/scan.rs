@@ -18,7 +18,14 @@
 //! is never materialised for the whole sequence. Backends override it with fused kernels
 //! (the CPU backend with a host loop; the CubeCL backend, i.e. CUDA devices, with the chunked
 //! GPU kernel of `scan_cube.rs` when the `cuda` feature is on); the reference
-//! stays the truth they are tested against, and autodiff devices differentiate through it.
+//! stays the truth they are tested against.
+//!
+//! On autodiff devices `selective_scan` runs the backend's fast forward and registers a
+//! hand-written backward step, `selective_scan_backward` (see
+//! [`scan_backward`](super::scan_backward) for the equations): a tensor-operation body every
+//! backend gets, overridden for the CPU backend by a fused host loop.
+//! `selective_scan_reference` is not overridden there, so autodiff differentiates through its
+//! primitive operations: that is the oracle the hand-written gradients are tested against.
 //!
 //! With the `cuda` feature, Burn's CUDA devices run `Fusion<CubeBackend>`: the extension lists
 //! `Fusion`, so the macro registers `selective_scan` as one opaque custom operation in the fusion
@@ -75,6 +82,33 @@ pub struct ScanOutput<B: Backend> {
     pub h: FloatTensor<B>,
 }
 
+/// Gradients of a scalar loss with respect to every input of the selective scan.
+///
+/// # Shapes
+/// Each field has the shape of the [`ScanInput`] field of the same name.
+#[derive(ExtensionType)]
+#[extension_type(fusion: cfg(feature = "cuda"))]
+pub struct ScanGrads<B: Backend> {
+    /// `[batch, length, d_inner]`
+    pub u: FloatTensor<B>,
+    /// `[batch, length, d_inner]`, with respect to `delta` before the bias and softplus
+    pub delta: FloatTensor<B>,
+    /// `[d_inner, d_state]`, summed over batch and time
+    pub a: FloatTensor<B>,
+    /// `[batch, length, d_state]`, summed over channels
+    pub b: FloatTensor<B>,
+    /// `[batch, length, d_state]`, summed over channels
+    pub c: FloatTensor<B>,
+    /// `[d_inner]`
+    pub d: FloatTensor<B>,
+    /// `[batch, length, d_inner]`
+    pub z: FloatTensor<B>,
+    /// `[d_inner]`
+    pub delta_bias: FloatTensor<B>,
+    /// `[batch, d_inner, d_state]`
+    pub h0: FloatTensor<B>,
+}
+
 /// The selective scan as a backend extension.
 ///
 /// `selective_scan` may be overridden by a backend with a fused implementation;
@@ -99,14 +133,42 @@ pub trait SelectiveScanBackend: Backend {
     fn selective_scan_reference(#[extension_type] input: ScanInput<Self>) -> ScanOutput<Self> {
         super::scan_reference::scan_reference::<Self>(input)
     }
+
+    /// Gradients of the scan's inputs from the gradients of its outputs (the backward step of
+    /// `selective_scan` on autodiff devices); the forward states are recomputed.
+    ///
+    /// # Shapes
+    /// - `input`: as in [`ScanInput`]
+    /// - `grad_y`: `[batch, length, d_inner]`, the gradient of `y`
+    /// - `grad_h`: `[batch, d_inner, d_state]`, the gradient of the last state
+    /// - returns one gradient per input, shaped like that input
+    // Under Fusion: the default body, i.e. the tensor-operation backward in fused operations.
+    #[fusion(default)]
+    fn selective_scan_backward(
+        #[extension_type] input: ScanInput<Self>,
+        grad_y: FloatTensor<Self>,
+        grad_h: FloatTensor<Self>,
+    ) -> ScanGrads<Self> {
+        super::scan_backward::scan_backward_reference::<Self>(input, grad_y, grad_h)
+    }
 }
 
 impl SelectiveScanBackend for Flex {
     fn selective_scan(input: ScanInput<Self>) -> ScanOutput<Self> {
         super::scan_cpu::scan_flex(input)
     }
+
+    fn selective_scan_backward(
+        input: ScanInput<Self>,
+        grad_y: FloatTensor<Self>,
+        grad_h: FloatTensor<Self>,
+    ) -> ScanGrads<Self> {
+        super::scan_backward::scan_backward_flex(input, grad_y, grad_h)
+    }
 }
 
+// `selective_scan_backward` keeps its default body here (tensor operations; under Fusion they
+// are fused) until a backward kernel overrides it.
 #[cfg(feature = "cuda")]
 impl SelectiveScanBackend for burn_cubecl::CubeBackend {
     fn selective_scan(input: ScanInput<Self>) -> ScanOutput<Self> {
@@ -114,11 +176,16 @@ impl SelectiveScanBackend for burn_cubecl::CubeBackend {
     }
 }
 
-// On autodiff devices the default bodies run the reference through differentiable tensor
-// operations, so gradients come from autodiff of the reference.
+// On autodiff devices `selective_scan` runs the inner backend's fast scan and registers the
+// hand-written backward step. The reference and the backward itself keep their default
+// bodies, which run through differentiable tensor operations (so the reference is
+// differentiated op by op, as the oracle of the hand-written gradients).
 impl<B: Backend + SelectiveScanBackend, C: CheckpointStrategy> SelectiveScanBackend
     for Autodiff<B, C>
 {
+    fn selective_scan(input: ScanInput<Self>) -> ScanOutput<Self> {
+        super::scan_backward::scan_autodiff::<B, C>(input)
+    }
 }
 
 /// Tensor-level arguments of [`selective_scan`]; shapes as in [`ScanInput`].
@@ -160,6 +227,45 @@ impl ScanArgs {
     }
 }
 
+/// Gradients of every scan input, as tensors; shapes as in [`ScanArgs`].
+#[derive(Clone, Debug)]
+pub struct ScanGradTensors {
+    /// `[batch, length, d_inner]`
+    pub u: Tensor<3>,
+    /// `[batch, length, d_inner]`
+    pub delta: Tensor<3>,
+    /// `[d_inner, d_state]`
+    pub a: Tensor<2>,
+    /// `[batch, length, d_state]`
+    pub b: Tensor<3>,
+    /// `[batch, length, d_state]`
+    pub c: Tensor<3>,
+    /// `[d_inner]`
+    pub d: Tensor<1>,
+    /// `[batch, length, d_inner]`
+    pub z: Tensor<3>,
+    /// `[d_inner]`
+    pub delta_bias: Tensor<1>,
+    /// `[batch, d_inner, d_state]`
+    pub h0: Tensor<3>,
+}
+
+impl ScanGradTensors {
+    fn from_dispatch(g: ScanGrads<Dispatch>) -> Self {
+        Self {
+            u: Tensor::from_dispatch(g.u),
+            delta: Tensor::from_dispatch(g.delta),
+            a: Tensor::from_dispatch(g.a),
+            b: Tensor::from_dispatch(g.b),
+            c: Tensor::from_dispatch(g.c),
+            d: Tensor::from_dispatch(g.d),
+            z: Tensor::from_dispatch(g.z),
+            delta_bias: Tensor::from_dispatch(g.delta_bias),
+            h0: Tensor::from_dispatch(g.h0),
+        }
+    }
+}
+
 fn from_dispatch(out: ScanOutput<Dispatch>) -> (Tensor<3>, Tensor<3>) {
     (Tensor::from_dispatch(out.y), Tensor::from_dispatch(out.h))
 }
@@ -180,4 +286,40 @@ pub fn selective_scan_reference(args: ScanArgs) -> (Tensor<3>, Tensor<3>) {
     from_dispatch(
         <Dispatch as SelectiveScanBackend>::selective_scan_reference(args.into_dispatch()),
     )
+}
+
+/// The backward step of the scan with the backend's fastest implementation: the gradients of
+/// every input, given the gradients of `y` and of the last state.
+///
+/// Training does not call this directly (autodiff devices register it behind
+/// [`selective_scan`]); it is public for tests and benchmarks.
+///
+/// # Shapes
+/// - `grad_y`: `[batch, length, d_inner]`, `grad_h`: `[batch, d_inner, d_state]`
+/// - returns gradients shaped like the inputs
+pub fn selective_scan_backward(
+    args: ScanArgs,
+    grad_y: Tensor<3>,
+    grad_h: Tensor<3>,
+) -> ScanGradTensors {
+    ScanGradTensors::from_dispatch(<Dispatch as SelectiveScanBackend>::selective_scan_backward(
+        args.into_dispatch(),
+        grad_y.into_dispatch(),
+        grad_h.into_dispatch(),
+    ))
+}
+
+/// The tensor-operation backward step (the default body of
+/// [`SelectiveScanBackend::selective_scan_backward`]) on the device of its inputs, whatever
+/// the backend overrides it with; shapes as in [`selective_scan_backward`].
+pub fn selective_scan_backward_reference(
+    args: ScanArgs,
+    grad_y: Tensor<3>,
+    grad_h: Tensor<3>,
+) -> ScanGradTensors {
+    ScanGradTensors::from_dispatch(super::scan_backward::scan_backward_reference::<Dispatch>(
+        args.into_dispatch(),
+        grad_y.into_dispatch(),
+        grad_h.into_dispatch(),
+    ))
 }
