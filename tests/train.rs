@@ -548,3 +548,38 @@ fn bad_training_input_exits_2_and_writes_nothing() {
         "already exists",
     );
 }
+
+#[test]
+fn early_stopping_ends_the_run() {
+    // With a learning rate too small to change any f32 weight, the validation score never
+    // improves after the first epoch: patience 1 stops the run after epoch 2 of 6.
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = write_classes(dir.path(), 20, 8);
+    let ca = format!("motif={}", s(&a));
+    let cb = format!("plain={}", s(&b));
+    let out = dir.path().join("es");
+    let mut args = vec![
+        "train",
+        "-o",
+        s(&out),
+        "--class",
+        &ca,
+        "--class",
+        &cb,
+        "--epochs",
+        "6",
+        "--lr",
+        "1e-12",
+        "--patience",
+        "1",
+        "--batch-size",
+        "8",
+    ];
+    args.extend_from_slice(TINY);
+    ok(&args);
+    let log = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap();
+    assert_eq!(log.lines().count(), 2, "{log}");
+    let cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).unwrap()).unwrap();
+    assert_eq!(cfg["provenance"]["best_epoch"], 1);
+}
