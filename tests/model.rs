@@ -133,6 +133,7 @@ fn saved_model_reloads_identically() {
         kind: genomamba::model::HeadKind::Sequence,
         labels: vec!["a".into(), "b".into()],
         rc_average: true,
+        bidirectional: false,
     });
     let m = GenoModel::init(cfg, 11, &device).unwrap();
     let dir = tempfile::tempdir().unwrap();

@@ -347,12 +347,12 @@ fn position_training_learns_and_annotates() {
     let rev = dir.path().join("r.fa");
     std::fs::write(&fwd, format!(">s\n{stretch}\n")).unwrap();
     std::fs::write(&rev, format!(">s\n{rc}\n")).unwrap();
-    let probs = |input: &Path, chunk: &str| -> Vec<f64> {
+    let probs = |model: &Path, input: &Path, chunk: &str| -> Vec<f64> {
         let t = dir.path().join("p.tsv");
         ok(&[
             "annotate",
             "-m",
-            s(&out),
+            s(model),
             s(input),
             "--tsv",
             s(&t),
@@ -367,15 +367,35 @@ fn position_training_learns_and_annotates() {
             .map(|l| l.split('\t').nth(4).unwrap().parse().unwrap())
             .collect()
     };
-    let pf = probs(&fwd, "8192");
-    let mut pr = probs(&rev, "700");
-    pr.reverse();
-    assert_eq!(pf.len(), 3000);
-    let worst = pf
+    let mirrored = |model: &Path| -> f64 {
+        let pf = probs(model, &fwd, "8192");
+        let mut pr = probs(model, &rev, "700");
+        pr.reverse();
+        assert_eq!(pf.len(), 3000);
+        pf.iter()
+            .zip(&pr)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0, f64::max)
+    };
+    let worst = mirrored(&out);
+    assert!(worst <= 2e-4, "strand mismatch {worst}");
+
+    // A bidirectional head (trained on both strands' states at every position) learns the
+    // task too and is strand-symmetric as well.
+    let bi = dir.path().join("bi");
+    let mut args2: Vec<&str> = args
         .iter()
-        .zip(&pr)
-        .map(|(a, b)| (a - b).abs())
-        .fold(0.0, f64::max);
+        .map(|a| if *a == s(&out) { s(&bi) } else { *a })
+        .filter(|a| *a != "--rc-average")
+        .collect();
+    args2.push("--bidirectional");
+    ok(&args2);
+    let mcc = last_val(&bi, "mcc");
+    assert!(mcc > 0.5, "bidirectional per-base MCC {mcc}");
+    let cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(bi.join("config.json")).unwrap()).unwrap();
+    assert_eq!(cfg["head"]["bidirectional"], true);
+    let worst = mirrored(&bi);
     assert!(worst <= 2e-4, "strand mismatch {worst}");
 }
 

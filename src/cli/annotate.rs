@@ -5,7 +5,8 @@ use clap::Args;
 use genomamba::io::fastx::RecordMeta;
 use genomamba::io::output::Output;
 use genomamba::io::segments::{BedGraphWriter, BedSegmenter};
-use genomamba::model::{HeadKind, HostHead};
+use genomamba::model::{HeadKind, HostHead, softmax_in_place};
+use genomamba::train::trainer::Strands;
 use genomamba::{Error, Result};
 
 use super::classify::argmax;
@@ -93,7 +94,8 @@ pub fn run(a: AnnotateArgs) -> Result<()> {
     let head = model
         .host_head()
         .ok_or_else(|| Error::Runtime("the model's head has no weights".into()))?;
-    let rc = model.config.head.as_ref().is_some_and(|h| h.rc_average);
+    let strands = Strands::of(model.config.head.as_ref());
+    let rc = strands != Strands::Forward;
     let pb = progress(a.input.quiet, "annotate");
     let mut sink = AnnotateSink {
         head,
@@ -105,6 +107,7 @@ pub fn run(a: AnnotateArgs) -> Result<()> {
         probs: vec![0.0; n],
         line: String::new(),
         rc,
+        logits: strands == Strands::AverageStates,
     };
     let skipped = a.input.drive(&model, &device, &pb, &mut sink, rc)?;
     let AnnotateSink { bed, bg, tsv, .. } = sink;
@@ -127,8 +130,10 @@ struct AnnotateSink {
     tsv: Option<Output>,
     probs: Vec<f32>,
     line: String,
-    /// Average both strands (heads with `rc_average`).
+    /// Combine both strands (heads with `rc_average` or `bidirectional`).
     rc: bool,
+    /// Buffer logits and average them (bidirectional heads), not probabilities.
+    logits: bool,
 }
 
 impl AnnotateSink {
@@ -161,8 +166,9 @@ impl AnnotateSink {
 }
 
 impl RecordSink for AnnotateSink {
-    /// With strand averaging: the forward strand's probabilities of the whole record
-    /// (`n_labels` per position), completed by the reverse strand's before they are written.
+    /// With both strands: the forward strand's probabilities (or logits, for bidirectional
+    /// heads) of the whole record, `n_labels` per position, averaged with the reverse strand's
+    /// before they are written.
     type Acc = Vec<f32>;
 
     fn begin(&mut self, meta: &RecordMeta) -> Result<Vec<f32>> {
@@ -185,7 +191,11 @@ impl RecordSink for AnnotateSink {
     ) -> Result<()> {
         let mut probs = std::mem::take(&mut self.probs);
         for (t, h) in rows.chunks_exact(d).enumerate() {
-            self.head.probs(h, &mut probs);
+            if self.logits {
+                self.head.logits(h, &mut probs);
+            } else {
+                self.head.probs(h, &mut probs);
+            }
             if self.rc {
                 acc.extend_from_slice(&probs);
             } else {
@@ -210,7 +220,11 @@ impl RecordSink for AnnotateSink {
         let len = acc.len() / n;
         let mut probs = std::mem::take(&mut self.probs);
         for (t, h) in rows.chunks_exact(d).enumerate() {
-            self.head.probs(h, &mut probs);
+            if self.logits {
+                self.head.logits(h, &mut probs);
+            } else {
+                self.head.probs(h, &mut probs);
+            }
             let p = len - 1 - (start + t);
             for (a, q) in acc[p * n..(p + 1) * n].iter_mut().zip(&probs) {
                 *a = 0.5 * (*a + q);
@@ -220,9 +234,12 @@ impl RecordSink for AnnotateSink {
         Ok(())
     }
 
-    fn end(&mut self, acc: Vec<f32>, meta: &RecordMeta, _: usize) -> Result<()> {
+    fn end(&mut self, mut acc: Vec<f32>, meta: &RecordMeta, _: usize) -> Result<()> {
         let n = self.labels.len();
-        for (t, p) in acc.chunks_exact(n).enumerate() {
+        for (t, p) in acc.chunks_exact_mut(n).enumerate() {
+            if self.logits {
+                softmax_in_place(p);
+            }
             self.emit(meta, meta.offset + t as u64, p)?;
         }
         if let Some((o, seg)) = &mut self.bed {

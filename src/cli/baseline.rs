@@ -52,10 +52,13 @@ fn ascii(tokens: &[u8]) -> Vec<u8> {
 }
 
 pub fn run(a: BaselineArgs) -> Result<()> {
-    if !(1..=12).contains(&a.k) {
+    if !(1..=genomamba::train::kmer::MAX_K).contains(&a.k) {
         return Err(Error::usage(
             format!("-k {} is out of range", a.k),
-            "use a k-mer length between 1 and 12",
+            format!(
+                "use a k-mer length between 1 and {}",
+                genomamba::train::kmer::MAX_K
+            ),
         ));
     }
     let (train, val, split) = load_sequence_sets(&SeqSources {

@@ -88,6 +88,7 @@ pub fn run(a: InitArgs) -> Result<()> {
                 },
                 labels: a.labels.clone(),
                 rc_average: false,
+                bidirectional: false,
             })
         }
         other => {

@@ -124,6 +124,10 @@ pub struct TrainArgs {
     /// see context on both sides of every position).
     #[arg(long)]
     pub rc_average: bool,
+    /// Per-position heads: predict from both strands' hidden states at each position
+    /// (trained that way; saved in the model).
+    #[arg(long, conflicts_with = "rc_average")]
+    pub bidirectional: bool,
     /// Positions per chunk during validation.
     #[arg(long, default_value_t = genomamba::infer::DEFAULT_CHUNK)]
     pub chunk_size: usize,
@@ -363,8 +367,15 @@ pub fn run(a: TrainArgs) -> Result<()> {
         _ => return Err(Error::Runtime("inconsistent task".into())),
     };
     prepare_head(&mut model, &task, a.replace_head, a.seed, &device)?;
+    if a.bidirectional && !matches!(task, Task::Position { .. }) {
+        return Err(Error::usage(
+            "--bidirectional applies to per-position heads",
+            "leave it out, or use --rc-average for sequence heads",
+        ));
+    }
     if let Some(h) = &mut model.config.head {
         h.rc_average = a.rc_average;
+        h.bidirectional = a.bidirectional;
     }
     let labels = model
         .config

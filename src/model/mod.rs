@@ -46,6 +46,11 @@ pub struct HeadConfig {
     /// and per-position heads then hold each record's probabilities until it ends.
     #[serde(default)]
     pub rc_average: bool,
+    /// Per-position heads: the head reads the mean of the forward strand's hidden state at a
+    /// position and the reverse strand's at the same position (both passes share the
+    /// backbone), so every prediction sees the sequence on both sides. Trained that way.
+    #[serde(default)]
+    pub bidirectional: bool,
 }
 
 /// `config.json` of a genomamba model directory.
@@ -263,9 +268,8 @@ impl HostHead {
         self.b.len()
     }
 
-    /// Softmax class probabilities of one hidden state into `out` (`n_labels` values).
-    pub fn probs(&self, h: &[f32], out: &mut [f32]) {
-        let mut max = f32::NEG_INFINITY;
+    /// Logits (before the softmax) of one hidden state into `out` (`n_labels` values).
+    pub fn logits(&self, h: &[f32], out: &mut [f32]) {
         for (i, o) in out.iter_mut().enumerate() {
             let row = &self.w[i * self.d..(i + 1) * self.d];
             let mut acc = self.b[i];
@@ -273,16 +277,26 @@ impl HostHead {
                 acc += w * x;
             }
             *o = acc;
-            max = max.max(acc);
         }
-        let mut sum = 0.0;
-        for o in out.iter_mut() {
-            *o = (*o - max).exp();
-            sum += *o;
-        }
-        for o in out.iter_mut() {
-            *o /= sum;
-        }
+    }
+
+    /// Softmax class probabilities of one hidden state into `out` (`n_labels` values).
+    pub fn probs(&self, h: &[f32], out: &mut [f32]) {
+        self.logits(h, out);
+        softmax_in_place(out);
+    }
+}
+
+/// Turns logits into probabilities, in place.
+pub fn softmax_in_place(v: &mut [f32]) {
+    let max = v.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let mut sum = 0.0;
+    for o in v.iter_mut() {
+        *o = (*o - max).exp();
+        sum += *o;
+    }
+    for o in v.iter_mut() {
+        *o /= sum;
     }
 }
 
