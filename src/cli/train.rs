@@ -59,6 +59,11 @@ pub struct TrainArgs {
     /// Position task: bases per training window.
     #[arg(long, default_value_t = 2048)]
     pub window: usize,
+    /// Position task: composition augmentation, the largest per-base rate at which A/T bases
+    /// become G/C (or the reverse) in a training window, never creating or destroying a stop
+    /// codon (0 = off).
+    #[arg(long, default_value_t = 0.0)]
+    pub gc_augment: f64,
     /// Position task: windows drawn per epoch.
     #[arg(long, default_value_t = 1024)]
     pub windows_per_epoch: usize,
@@ -289,6 +294,7 @@ pub fn run(a: TrainArgs) -> Result<()> {
         window: a.window,
         windows_per_epoch: a.windows_per_epoch,
         eval_chunk: a.chunk_size,
+        gc_augment: a.gc_augment,
     };
     opts.validate()?;
     check_output(&a)?;

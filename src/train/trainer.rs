@@ -163,6 +163,10 @@ pub struct TrainOptions {
     pub windows_per_epoch: usize,
     /// Positions per chunk during validation.
     pub eval_chunk: usize,
+    /// Position task: largest per-base rate of the composition augmentation
+    /// ([`shift_composition`]); 0 turns it off.
+    #[serde(default)]
+    pub gc_augment: f64,
 }
 
 impl Default for TrainOptions {
@@ -181,6 +185,7 @@ impl Default for TrainOptions {
             window: 2048,
             windows_per_epoch: 1024,
             eval_chunk: 8192,
+            gc_augment: 0.0,
         }
     }
 }
@@ -208,6 +213,12 @@ impl TrainOptions {
             return bad(
                 "--weight-decay and --clip-norm must not be negative",
                 "pass 0 to switch them off",
+            );
+        }
+        if !(0.0..1.0).contains(&self.gc_augment) {
+            return bad(
+                "--gc-augment must be in [0, 1)",
+                "pass e.g. --gc-augment 0.3, or 0 to turn it off",
             );
         }
         if self.window == 0 || self.windows_per_epoch == 0 || self.eval_chunk == 0 {
@@ -500,6 +511,60 @@ fn window_batch(data: &PositionDataset, windows: &[Span], rc: &[bool]) -> Batch 
         rows,
         len,
         bases: rows * len,
+    }
+}
+
+/// Whether tokens `t[i..i + 3]` (as ids) are a stop codon of the standard bacterial code on
+/// either strand: TAA, TAG, TGA, or their reverse complements TTA, CTA, TCA.
+fn stop_either_strand(t: &[i64]) -> bool {
+    use crate::alphabet::{A, C, G, T};
+    let (a, c, g, tt) = (A as i64, C as i64, G as i64, T as i64);
+    matches!(
+        (t[0], t[1], t[2]),
+        (x, y, z) if (x == tt && y == a && (z == a || z == g))
+            || (x == tt && y == g && z == a)
+            || (y == tt && z == a && (x == tt || x == c))
+            || (x == tt && y == c && z == a)
+    )
+}
+
+/// Composition augmentation: moves a window's GC content up (`up`) or down by changing each
+/// A/T (or G/C) base to a random G/C (or A/T) with probability `rate`, skipping any change
+/// that would create or destroy a stop codon on either strand in any reading frame. Gene
+/// structure (open reading frames, their lengths and ends) is kept while base composition
+/// varies like it does between genomes, so the model cannot lean on one genome's composition.
+pub fn shift_composition(row: &mut [i64], up: bool, rate: f64, rng: &mut StdRng) {
+    use crate::alphabet::{A, C, G, T};
+    let n = row.len();
+    let (a, c, g, t) = (A as i64, C as i64, G as i64, T as i64);
+    let touches_stop = |row: &[i64], p: usize| -> bool {
+        (p.saturating_sub(2)..=p)
+            .filter(|&s| s + 3 <= n)
+            .any(|s| stop_either_strand(&row[s..s + 3]))
+    };
+    for p in 0..n {
+        let b = row[p];
+        let eligible = if up {
+            b == a || b == t
+        } else {
+            b == c || b == g
+        };
+        if !eligible || !rng.random_bool(rate) {
+            continue;
+        }
+        if touches_stop(row, p) {
+            continue;
+        }
+        let new = match (up, rng.random_bool(0.5)) {
+            (true, true) => g,
+            (true, false) => c,
+            (false, true) => a,
+            (false, false) => t,
+        };
+        row[p] = new;
+        if touches_stop(row, p) {
+            row[p] = b;
+        }
     }
 }
 
@@ -970,7 +1035,15 @@ pub fn train(
                             .iter()
                             .map(|_| opts.rc_augment && rng.random_bool(0.5))
                             .collect();
-                        window_batch(data, w, &rc)
+                        let mut b = window_batch(data, w, &rc);
+                        if opts.gc_augment > 0.0 {
+                            for row in b.tokens.chunks_mut(b.len.max(1)) {
+                                let up = rng.random_bool(0.5);
+                                let rate = rng.random_range(0.0..opts.gc_augment);
+                                shift_composition(row, up, rate, &mut rng);
+                            }
+                        }
+                        b
                     })
                     .collect()
             }
@@ -1155,6 +1228,61 @@ mod tests {
         Net {
             backbone: m.backbone,
             head: m.head.unwrap(),
+        }
+    }
+
+    #[test]
+    fn stop_codons_on_both_strands() {
+        use crate::alphabet::{A, C, G, T};
+        let id = |s: &str| -> Vec<i64> {
+            s.bytes()
+                .map(|b| match b {
+                    b'A' => A,
+                    b'C' => C,
+                    b'G' => G,
+                    _ => T,
+                } as i64)
+                .collect()
+        };
+        let mut stops = Vec::new();
+        for x in "ACGT".chars() {
+            for y in "ACGT".chars() {
+                for z in "ACGT".chars() {
+                    let c = format!("{x}{y}{z}");
+                    if stop_either_strand(&id(&c)) {
+                        stops.push(c);
+                    }
+                }
+            }
+        }
+        assert_eq!(stops, ["CTA", "TAA", "TAG", "TCA", "TGA", "TTA"]);
+    }
+
+    #[test]
+    fn composition_shift_keeps_every_stop_codon() {
+        use crate::alphabet::{C, G};
+        let mut rng = StdRng::seed_from_u64(5);
+        for up in [true, false] {
+            let orig: Vec<i64> = (0..5000).map(|_| 7 + rng.random_range(0..4i64)).collect();
+            let mut row = orig.clone();
+            shift_composition(&mut row, up, 0.5, &mut rng);
+            let gc = |r: &[i64]| {
+                r.iter()
+                    .filter(|&&b| b == C as i64 || b == G as i64)
+                    .count()
+            };
+            if up {
+                assert!(gc(&row) > gc(&orig) + 500, "{} vs {}", gc(&row), gc(&orig));
+            } else {
+                assert!(gc(&row) + 500 < gc(&orig));
+            }
+            let stops = |r: &[i64]| -> Vec<usize> {
+                (0..r.len() - 2)
+                    .filter(|&i| stop_either_strand(&r[i..i + 3]))
+                    .collect()
+            };
+            assert_eq!(stops(&orig), stops(&row), "stop codons moved");
+            assert!(!stops(&orig).is_empty());
         }
     }
 
