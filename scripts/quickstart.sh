@@ -25,8 +25,21 @@ $G annotate -m "$OUT/model-pos" data/yeast_chrI_20k.fa --chunk-size 1000 \
   --bed "$OUT/yeast.bed" --bedgraph "$OUT/yeast.bedgraph"
 head -n 3 "$OUT/yeast.bed" "$OUT/yeast.bedgraph"
 
-echo "== classify the peaks with a sequence-head model"
-$G init -o "$OUT/model-seq" --d-model 64 --n-layer 4 --head sequence --labels oct4,mafk --force
-$G classify -m "$OUT/model-seq" data/peaks.fa -o "$OUT/peaks.classes.tsv"
+echo "== classify the peaks with the shipped Oct4-vs-MafK model (models/oct4-mafk)"
+$G classify -m models/oct4-mafk data/peaks.fa -o "$OUT/peaks.classes.tsv"
 head -n 4 "$OUT/peaks.classes.tsv"
+
+echo "== annotate coding bases in 30 kb of the E. coli stretch held out from training (models/coding-bacteria)"
+EC=../shared/data/genomes/ecoli_k12.fa.gz
+if [ -f "$EC" ]; then
+  $G annotate -m models/coding-bacteria "$EC" --region NC_000913:4300001-4330000 --bed "$OUT/ecoli.coding.bed"
+  head -n 3 "$OUT/ecoli.coding.bed"
+else
+  echo "(skipped: $EC not found)"
+fi
+
+echo "== train a tiny sequence classifier for one epoch (the full recipe is in models/oct4-mafk/MODEL_CARD.md)"
+$G train -o "$OUT/tiny-train" --force --class oct4=data/peaks_oct4.fa --class mafk=data/peaks_mafk.fa \
+  --d-model 16 --n-layer 1 --epochs 2 --batch-size 8 --val-fraction 0.25 --warmup-steps 2
+cat "$OUT/tiny-train/metrics.jsonl" | cut -c1-160
 echo "done: outputs in $OUT"
