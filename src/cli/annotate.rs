@@ -191,11 +191,7 @@ impl RecordSink for AnnotateSink {
     ) -> Result<()> {
         let mut probs = std::mem::take(&mut self.probs);
         for (t, h) in rows.chunks_exact(d).enumerate() {
-            if self.logits {
-                self.head.logits(h, &mut probs);
-            } else {
-                self.head.probs(h, &mut probs);
-            }
+            self.head.values(h, &mut probs, self.logits);
             if self.rc {
                 acc.extend_from_slice(&probs);
             } else {
@@ -220,11 +216,7 @@ impl RecordSink for AnnotateSink {
         let len = acc.len() / n;
         let mut probs = std::mem::take(&mut self.probs);
         for (t, h) in rows.chunks_exact(d).enumerate() {
-            if self.logits {
-                self.head.logits(h, &mut probs);
-            } else {
-                self.head.probs(h, &mut probs);
-            }
+            self.head.values(h, &mut probs, self.logits);
             let p = len - 1 - (start + t);
             for (a, q) in acc[p * n..(p + 1) * n].iter_mut().zip(&probs) {
                 *a = 0.5 * (*a + q);

@@ -130,13 +130,4 @@ pub fn run(a: ClassifyArgs) -> Result<()> {
     Ok(())
 }
 
-/// Index of the largest value (first on ties).
-pub fn argmax(p: &[f32]) -> usize {
-    let mut best = 0;
-    for (i, v) in p.iter().enumerate() {
-        if *v > p[best] {
-            best = i;
-        }
-    }
-    best
-}
+pub use genomamba::train::trainer::argmax;

@@ -280,6 +280,15 @@ impl HostHead {
         }
     }
 
+    /// Logits (`logits == true`) or probabilities of one hidden state into `out`.
+    pub fn values(&self, h: &[f32], out: &mut [f32], logits: bool) {
+        if logits {
+            self.logits(h, out);
+        } else {
+            self.probs(h, out);
+        }
+    }
+
     /// Softmax class probabilities of one hidden state into `out` (`n_labels` values).
     pub fn probs(&self, h: &[f32], out: &mut [f32]) {
         self.logits(h, out);

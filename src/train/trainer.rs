@@ -731,11 +731,7 @@ pub fn predict_positions(
     let logits = strands == Strands::AverageStates;
     crate::infer::run_batch(&net.backbone, &[tokens], chunk, device, &mut |c| {
         for t in 0..c.len {
-            if logits {
-                head.logits(c.at(0, t), &mut v);
-            } else {
-                head.probs(c.at(0, t), &mut v);
-            }
+            head.values(c.at(0, t), &mut v, logits);
             let p = c.start + t;
             out[p * n..(p + 1) * n].copy_from_slice(&v);
         }
@@ -745,11 +741,7 @@ pub fn predict_positions(
         let rev = crate::alphabet::reverse_complement_tokens(tokens);
         crate::infer::run_batch(&net.backbone, &[&rev], chunk, device, &mut |c| {
             for t in 0..c.len {
-                if logits {
-                    head.logits(c.at(0, t), &mut v);
-                } else {
-                    head.probs(c.at(0, t), &mut v);
-                }
+                head.values(c.at(0, t), &mut v, logits);
                 let p = len - 1 - (c.start + t);
                 for (a, q) in out[p * n..(p + 1) * n].iter_mut().zip(&v) {
                     *a = 0.5 * (*a + q);
