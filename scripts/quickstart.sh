@@ -8,7 +8,7 @@ G=target/release/genomamba
 OUT=target/quickstart
 mkdir -p "$OUT"
 
-echo "== a small random model with a per-position head (no trained model ships yet)"
+echo "== a small random model with a per-position head"
 $G init -o "$OUT/model-pos" --d-model 64 --n-layer 4 --head position --labels background,feature --force
 $G info -m "$OUT/model-pos"
 
@@ -38,7 +38,7 @@ else
   echo "(skipped: $EC not found)"
 fi
 
-echo "== train a tiny sequence classifier for one epoch (the full recipe is in models/oct4-mafk/MODEL_CARD.md)"
+echo "== train a tiny sequence classifier for two epochs (the full recipe is in models/oct4-mafk/MODEL_CARD.md)"
 $G train -o "$OUT/tiny-train" --force --class oct4=data/peaks_oct4.fa --class mafk=data/peaks_mafk.fa \
   --d-model 16 --n-layer 1 --epochs 2 --batch-size 8 --val-fraction 0.25 --warmup-steps 2
 cat "$OUT/tiny-train/metrics.jsonl" | cut -c1-160
