@@ -10,23 +10,14 @@ use genomamba::train::kmer::{KmerConfig, KmerModel};
 use genomamba::train::trainer::{argmax, sequence_scores};
 use genomamba::{Error, Result};
 
+use super::common::SeqDataArgs;
 use super::train::{SeqSources, load_sequence_sets};
 
 /// Arguments of `baseline`.
 #[derive(Debug, Args)]
 pub struct BaselineArgs {
-    /// A class and its FASTA/FASTQ file, `NAME=PATH`; repeat per class.
-    #[arg(long = "class", value_name = "NAME=PATH")]
-    pub classes: Vec<String>,
-    /// A TSV with a header and columns `sequence` and `label`.
-    #[arg(long)]
-    pub tsv: Option<String>,
-    /// Separate validation set: `NAME=PATH`, repeat per class.
-    #[arg(long = "val-class", value_name = "NAME=PATH")]
-    pub val_classes: Vec<String>,
-    /// Separate validation TSV.
-    #[arg(long)]
-    pub val_tsv: Option<String>,
+    #[command(flatten)]
+    pub data: SeqDataArgs,
     /// Fraction held out (stratified, seeded) when no validation files are given.
     #[arg(long, default_value_t = 0.1)]
     pub val_fraction: f64,
@@ -62,10 +53,10 @@ pub fn run(a: BaselineArgs) -> Result<()> {
         ));
     }
     let (train, val, split) = load_sequence_sets(&SeqSources {
-        classes: &a.classes,
-        tsv: a.tsv.as_deref(),
-        val_classes: &a.val_classes,
-        val_tsv: a.val_tsv.as_deref(),
+        classes: &a.data.classes,
+        tsv: a.data.tsv.as_deref(),
+        val_classes: &a.data.val_classes,
+        val_tsv: a.data.val_tsv.as_deref(),
         val_fraction: a.val_fraction,
         seed: a.seed,
     })?;

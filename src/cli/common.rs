@@ -324,3 +324,55 @@ pub fn fmt_f32(v: f32, out: &mut String) {
     use std::fmt::Write;
     let _ = write!(out, "{v}");
 }
+
+/// Architecture flags of a new model (`init`, and `train` without `--from`).
+#[derive(Debug, Args)]
+pub struct ArchArgs {
+    /// Width of the residual stream.
+    #[arg(long, default_value_t = 128)]
+    pub d_model: usize,
+    /// Number of Mamba blocks.
+    #[arg(long, default_value_t = 4)]
+    pub n_layer: usize,
+    /// SSM state size per channel.
+    #[arg(long, default_value_t = 16)]
+    pub d_state: usize,
+    /// d_inner = expand x d_model.
+    #[arg(long, default_value_t = 2)]
+    pub expand: usize,
+    /// Convolution width.
+    #[arg(long, default_value_t = 4)]
+    pub d_conv: usize,
+    /// Rank of the Δ projection (default ceil(d_model/16)).
+    #[arg(long)]
+    pub dt_rank: Option<usize>,
+}
+
+impl ArchArgs {
+    /// The backbone configuration these flags describe.
+    pub fn config(&self) -> genomamba::model::MambaConfig {
+        let mut arch = genomamba::model::MambaConfig::new(self.d_model, self.n_layer);
+        arch.d_state = self.d_state;
+        arch.expand = self.expand;
+        arch.d_conv = self.d_conv;
+        arch.dt_rank = self.dt_rank;
+        arch
+    }
+}
+
+/// Sequence-level labeled data (`train` and `baseline`).
+#[derive(Debug, Args)]
+pub struct SeqDataArgs {
+    /// Sequence task: a class and its FASTA/FASTQ file, `NAME=PATH`; repeat per class.
+    #[arg(long = "class", value_name = "NAME=PATH")]
+    pub classes: Vec<String>,
+    /// Sequence task: a TSV with a header and columns `sequence` and `label`.
+    #[arg(long)]
+    pub tsv: Option<String>,
+    /// Separate validation set for `--class`: `NAME=PATH`, repeat per class.
+    #[arg(long = "val-class", value_name = "NAME=PATH")]
+    pub val_classes: Vec<String>,
+    /// Separate validation TSV for `--tsv`.
+    #[arg(long)]
+    pub val_tsv: Option<String>,
+}

@@ -5,8 +5,10 @@ use std::path::PathBuf;
 use burn::tensor::Device;
 use clap::Args;
 
-use genomamba::model::{GenoModel, HeadConfig, HeadKind, MambaConfig, ModelConfig};
+use genomamba::model::{GenoModel, HeadConfig, HeadKind, ModelConfig};
 use genomamba::{Error, Result};
+
+use super::common::ArchArgs;
 
 /// Arguments of `init`.
 #[derive(Debug, Args)]
@@ -14,24 +16,8 @@ pub struct InitArgs {
     /// Model directory to create.
     #[arg(short = 'o', long = "output")]
     pub output: PathBuf,
-    /// Width of the residual stream.
-    #[arg(long, default_value_t = 128)]
-    pub d_model: usize,
-    /// Number of Mamba blocks.
-    #[arg(long, default_value_t = 4)]
-    pub n_layer: usize,
-    /// SSM state size per channel.
-    #[arg(long, default_value_t = 16)]
-    pub d_state: usize,
-    /// d_inner = expand x d_model.
-    #[arg(long, default_value_t = 2)]
-    pub expand: usize,
-    /// Convolution width.
-    #[arg(long, default_value_t = 4)]
-    pub d_conv: usize,
-    /// Rank of the Δ projection (default ceil(d_model/16)).
-    #[arg(long)]
-    pub dt_rank: Option<usize>,
+    #[command(flatten)]
+    pub arch: ArchArgs,
     /// Head: none, sequence (classify) or position (annotate).
     #[arg(long, default_value = "none")]
     pub head: String,
@@ -47,11 +33,7 @@ pub struct InitArgs {
 }
 
 pub fn run(a: InitArgs) -> Result<()> {
-    let mut arch = MambaConfig::new(a.d_model, a.n_layer);
-    arch.d_state = a.d_state;
-    arch.expand = a.expand;
-    arch.d_conv = a.d_conv;
-    arch.dt_rank = a.dt_rank;
+    let arch = a.arch.config();
     arch.validate()
         .map_err(|e| Error::usage(format!("invalid architecture: {e}"), "change the flag"))?;
     let head = match a.head.as_str() {

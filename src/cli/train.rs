@@ -12,7 +12,7 @@ use clap::Args;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use genomamba::device::DeviceSpec;
-use genomamba::model::{GenoModel, HeadKind, MambaConfig, ModelConfig};
+use genomamba::model::{GenoModel, HeadKind, ModelConfig};
 use genomamba::train::data::{
     self, FileDigest, PositionDataset, SeqDataset, check_exists, contiguous_split,
     load_class_files, load_position, load_tsv, parse_bed_class, parse_class_spec, remap_labels,
@@ -23,6 +23,8 @@ use genomamba::train::trainer::{
 };
 use genomamba::{Error, Result};
 
+use super::common::{ArchArgs, SeqDataArgs};
+
 /// Arguments of `train`.
 #[derive(Debug, Args)]
 pub struct TrainArgs {
@@ -30,18 +32,8 @@ pub struct TrainArgs {
     #[arg(short = 'o', long = "output")]
     pub output: PathBuf,
 
-    /// Sequence task: a class and its FASTA/FASTQ file, `NAME=PATH`; repeat per class.
-    #[arg(long = "class", value_name = "NAME=PATH")]
-    pub classes: Vec<String>,
-    /// Sequence task: a TSV with a header and columns `sequence` and `label`.
-    #[arg(long)]
-    pub tsv: Option<String>,
-    /// Separate validation set for `--class`: `NAME=PATH`, repeat per class.
-    #[arg(long = "val-class", value_name = "NAME=PATH")]
-    pub val_classes: Vec<String>,
-    /// Separate validation TSV for `--tsv`.
-    #[arg(long)]
-    pub val_tsv: Option<String>,
+    #[command(flatten)]
+    pub data: SeqDataArgs,
 
     /// Position task: the reference FASTA.
     #[arg(long)]
@@ -79,21 +71,9 @@ pub struct TrainArgs {
     /// Replace the starting model's head by a new one for this task's classes.
     #[arg(long)]
     pub replace_head: bool,
-    /// New model: width of the residual stream.
-    #[arg(long, default_value_t = 128)]
-    pub d_model: usize,
-    /// New model: number of Mamba blocks.
-    #[arg(long, default_value_t = 4)]
-    pub n_layer: usize,
-    /// New model: SSM state size per channel.
-    #[arg(long, default_value_t = 16)]
-    pub d_state: usize,
-    /// New model: d_inner = expand x d_model.
-    #[arg(long, default_value_t = 2)]
-    pub expand: usize,
-    /// New model: convolution width.
-    #[arg(long, default_value_t = 4)]
-    pub d_conv: usize,
+    /// New model (without `--from`).
+    #[command(flatten)]
+    pub arch: ArchArgs,
 
     /// Epochs (passes over the sequences, or rounds of --windows-per-epoch windows).
     #[arg(long, default_value_t = 10)]
@@ -171,7 +151,7 @@ enum Loaded {
 }
 
 fn load(a: &TrainArgs) -> Result<Loaded> {
-    let seq = !a.classes.is_empty() || a.tsv.is_some();
+    let seq = !a.data.classes.is_empty() || a.data.tsv.is_some();
     let pos = a.fasta.is_some() || a.bed.is_some();
     if seq == pos {
         return Err(Error::usage(
@@ -191,10 +171,10 @@ fn load(a: &TrainArgs) -> Result<Loaded> {
     }
     if seq {
         let (train, val, split) = load_sequence_sets(&SeqSources {
-            classes: &a.classes,
-            tsv: a.tsv.as_deref(),
-            val_classes: &a.val_classes,
-            val_tsv: a.val_tsv.as_deref(),
+            classes: &a.data.classes,
+            tsv: a.data.tsv.as_deref(),
+            val_classes: &a.data.val_classes,
+            val_tsv: a.data.val_tsv.as_deref(),
             val_fraction: a.val_fraction,
             seed: a.seed,
         })?;
@@ -307,10 +287,7 @@ pub fn run(a: TrainArgs) -> Result<()> {
             serde_json::json!(dir.display().to_string()),
         ),
         None => {
-            let mut arch = MambaConfig::new(a.d_model, a.n_layer);
-            arch.d_state = a.d_state;
-            arch.expand = a.expand;
-            arch.d_conv = a.d_conv;
+            let arch = a.arch.config();
             (
                 GenoModel::init(ModelConfig::new(arch), a.seed, &device)?,
                 serde_json::Value::Null,
