@@ -11,7 +11,7 @@ use genomamba::train::trainer::{argmax, sequence_scores};
 use genomamba::{Error, Result};
 
 use super::common::SeqDataArgs;
-use super::train::{SeqSources, load_sequence_sets};
+use super::train::load_sequence_sets;
 
 /// Arguments of `baseline`.
 #[derive(Debug, Args)]
@@ -52,14 +52,7 @@ pub fn run(a: BaselineArgs) -> Result<()> {
             ),
         ));
     }
-    let (train, val, split) = load_sequence_sets(&SeqSources {
-        classes: &a.data.classes,
-        tsv: a.data.tsv.as_deref(),
-        val_classes: &a.data.val_classes,
-        val_tsv: a.data.val_tsv.as_deref(),
-        val_fraction: a.val_fraction,
-        seed: a.seed,
-    })?;
+    let (train, val, split) = load_sequence_sets(&a.data, a.val_fraction, a.seed)?;
     let n_classes = train.labels.len();
     let seqs: Vec<Vec<u8>> = train.examples.iter().map(|e| ascii(&e.tokens)).collect();
     let refs: Vec<&[u8]> = seqs.iter().map(|s| s.as_slice()).collect();

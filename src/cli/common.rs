@@ -62,18 +62,7 @@ impl InputArgs {
                 "pass a positive number, e.g. --batch-size 32",
             ));
         }
-        if let Some(n) = self.threads {
-            if n == 0 {
-                return Err(Error::usage(
-                    "--threads must be at least 1",
-                    "pass a positive number or leave it out",
-                ));
-            }
-            // Ignored if the pool was already built (only in tests running several commands).
-            let _ = rayon::ThreadPoolBuilder::new()
-                .num_threads(n)
-                .build_global();
-        }
+        set_threads(self.threads)?;
         let regions = self.parsed_regions()?;
         if !regions.is_empty() && self.inputs.iter().any(|i| i == "-") {
             return Err(Error::usage(
@@ -375,4 +364,21 @@ pub struct SeqDataArgs {
     /// Separate validation TSV for `--tsv`.
     #[arg(long)]
     pub val_tsv: Option<String>,
+}
+
+/// Sizes rayon's global pool from `--threads` (all cores when absent).
+pub fn set_threads(threads: Option<usize>) -> Result<()> {
+    if let Some(n) = threads {
+        if n == 0 {
+            return Err(Error::usage(
+                "--threads must be at least 1",
+                "pass a positive number or leave it out",
+            ));
+        }
+        // Ignored if the pool was already built (only in tests running several commands).
+        let _ = rayon::ThreadPoolBuilder::new()
+            .num_threads(n)
+            .build_global();
+    }
+    Ok(())
 }

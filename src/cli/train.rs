@@ -23,7 +23,7 @@ use genomamba::train::trainer::{
 };
 use genomamba::{Error, Result};
 
-use super::common::{ArchArgs, SeqDataArgs};
+use super::common::{ArchArgs, SeqDataArgs, set_threads};
 
 /// Arguments of `train`.
 #[derive(Debug, Args)]
@@ -170,14 +170,7 @@ fn load(a: &TrainArgs) -> Result<Loaded> {
         ));
     }
     if seq {
-        let (train, val, split) = load_sequence_sets(&SeqSources {
-            classes: &a.data.classes,
-            tsv: a.data.tsv.as_deref(),
-            val_classes: &a.data.val_classes,
-            val_tsv: a.data.val_tsv.as_deref(),
-            val_fraction: a.val_fraction,
-            seed: a.seed,
-        })?;
+        let (train, val, split) = load_sequence_sets(&a.data, a.val_fraction, a.seed)?;
         Ok(Loaded::Sequence { train, val, split })
     } else {
         let (Some(fasta), Some(bed)) = (&a.fasta, &a.bed) else {
@@ -243,17 +236,7 @@ fn check_output(a: &TrainArgs) -> Result<()> {
 }
 
 pub fn run(a: TrainArgs) -> Result<()> {
-    if let Some(n) = a.threads {
-        if n == 0 {
-            return Err(Error::usage(
-                "--threads must be at least 1",
-                "pass a positive number or leave it out",
-            ));
-        }
-        let _ = rayon::ThreadPoolBuilder::new()
-            .num_threads(n)
-            .build_global();
-    }
+    set_threads(a.threads)?;
     if a.replace_head && a.from.is_none() {
         return Err(Error::usage(
             "--replace-head needs --from MODEL",
@@ -471,21 +454,32 @@ enum TaskData {
     Pos(Vec<data::Span>, Vec<data::Span>),
 }
 
-/// Where sequence-level data comes from (shared with `baseline`).
-pub struct SeqSources<'a> {
-    pub classes: &'a [String],
-    pub tsv: Option<&'a str>,
-    pub val_classes: &'a [String],
-    pub val_tsv: Option<&'a str>,
-    pub val_fraction: f64,
-    pub seed: u64,
+/// Where sequence-level data comes from, as the loader reads it.
+struct SeqSources<'a> {
+    classes: &'a [String],
+    tsv: Option<&'a str>,
+    val_classes: &'a [String],
+    val_tsv: Option<&'a str>,
+    val_fraction: f64,
+    seed: u64,
 }
 
 /// Reads sequence-level training data and its validation set (separate files, or a
-/// stratified random split of `val_fraction` seeded with `seed`).
+/// stratified random split of `val_fraction` seeded with `seed`). Shared with `baseline`, so
+/// both see the same split.
 pub fn load_sequence_sets(
-    src: &SeqSources<'_>,
+    data: &SeqDataArgs,
+    val_fraction: f64,
+    seed: u64,
 ) -> Result<(SeqDataset, SeqDataset, serde_json::Value)> {
+    let src = SeqSources {
+        classes: &data.classes,
+        tsv: data.tsv.as_deref(),
+        val_classes: &data.val_classes,
+        val_tsv: data.val_tsv.as_deref(),
+        val_fraction,
+        seed,
+    };
     if src.classes.is_empty() && src.tsv.is_none() {
         return Err(Error::usage(
             "no training data given",

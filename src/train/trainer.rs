@@ -662,11 +662,22 @@ pub fn sequence_scores(probs: &[f32], labels: &[usize], n_classes: usize) -> Sco
     } else {
         (0..n_classes).collect()
     };
+    insert_areas(
+        &mut s,
+        classes.into_iter().map(|c| {
+            let scores: Vec<f32> = (0..n).map(|i| probs[i * n_classes + c]).collect();
+            let pos: Vec<bool> = labels.iter().map(|&l| l == c).collect();
+            (auroc(&scores, &pos), auprc(&scores, &pos))
+        }),
+    );
+    s
+}
+
+/// Inserts the mean auROC and auPRC over the classes where both are defined.
+fn insert_areas(s: &mut Scores, areas: impl Iterator<Item = (Option<f64>, Option<f64>)>) {
     let (mut roc, mut prc, mut k) = (0.0, 0.0, 0.0);
-    for c in classes {
-        let scores: Vec<f32> = (0..n).map(|i| probs[i * n_classes + c]).collect();
-        let pos: Vec<bool> = labels.iter().map(|&l| l == c).collect();
-        if let (Some(r), Some(p)) = (auroc(&scores, &pos), auprc(&scores, &pos)) {
+    for (r, p) in areas {
+        if let (Some(r), Some(p)) = (r, p) {
             roc += r;
             prc += p;
             k += 1.0;
@@ -676,7 +687,6 @@ pub fn sequence_scores(probs: &[f32], labels: &[usize], n_classes: usize) -> Sco
         s.insert("auroc".into(), roc / k);
         s.insert("auprc".into(), prc / k);
     }
-    s
 }
 
 /// Index of the largest value.
@@ -794,18 +804,7 @@ fn position_scores(
     s.insert("accuracy".into(), cm.accuracy());
     s.insert("mcc".into(), cm.mcc());
     s.insert("f1".into(), cm.macro_f1());
-    let (mut roc, mut prc, mut k) = (0.0, 0.0, 0.0);
-    for h in hists.iter().skip(1) {
-        if let (Some(r), Some(p)) = (h.auroc(), h.auprc()) {
-            roc += r;
-            prc += p;
-            k += 1.0;
-        }
-    }
-    if k > 0.0 {
-        s.insert("auroc".into(), roc / k);
-        s.insert("auprc".into(), prc / k);
-    }
+    insert_areas(&mut s, hists.iter().skip(1).map(|h| (h.auroc(), h.auprc())));
     s.insert("bases".into(), counted as f64);
     Ok(s)
 }
