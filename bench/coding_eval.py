@@ -13,7 +13,7 @@ Usage:
   # score Prodigal's gene calls the same way
   python3 bench/coding_eval.py --genome G.fa --truth G.cds.bed --pred calls.gff --pred-format gff
 
-  # annotate and score every DIR/*.fa that has a DIR/*.cds.bed next to it
+  # annotate and score every DIR/*.fa (or .fa.gz) that has a DIR/*.cds.bed next to it
   python3 bench/coding_eval.py --all DIR MODEL [--bin target/release/genomamba]
       [--annotate-args "--threads 2 --device cuda"] [--keep OUTDIR]
 
@@ -355,10 +355,10 @@ def _warn(msg):
 
 def run_all(args):
     d, model = args.all
-    fas = sorted(glob.glob(os.path.join(d, "*.fa")) + glob.glob(os.path.join(d, "*.fasta")))
+    fas = sorted(sum((glob.glob(os.path.join(d, "*." + e)) for e in ("fa", "fasta", "fa.gz", "fasta.gz")), []))
     jobs = []
     for fa in fas:
-        stem = os.path.splitext(fa)[0]
+        stem = os.path.splitext(fa[:-3] if fa.endswith(".gz") else fa)[0]
         bed = stem + ".cds.bed"
         if os.path.exists(bed):
             jobs.append((os.path.basename(stem), fa, bed))
@@ -422,7 +422,7 @@ def main(argv=None):
     ap.add_argument("--per-record", action="store_true", help="also print a line per record")
     ap.add_argument("--json", action="store_true", help="print one JSON object instead")
     ap.add_argument("--all", nargs=2, metavar=("DIR", "MODEL"),
-                    help="annotate and score every DIR/NAME.fa with a DIR/NAME.cds.bed")
+                    help="annotate and score every DIR/NAME.fa (or .fa.gz) with a DIR/NAME.cds.bed")
     ap.add_argument("--bin", default="target/release/genomamba", help="genomamba binary for --all")
     ap.add_argument("--annotate-args", default="",
                     help="extra arguments for `genomamba annotate` in --all, e.g. \"--threads 2\"")

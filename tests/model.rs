@@ -88,18 +88,31 @@ fn test_dna() -> Vec<u8> {
 
 #[test]
 fn chunked_inference_equals_one_pass() {
+    // Also with a codon-phase embedding, whose phase must be carried across chunk borders
+    // (chunk sizes not divisible by 3 catch a phase restarted at every chunk).
     let device = Device::flex();
-    let mut arch = MambaConfig::new(32, 3);
-    arch.d_state = 8;
-    let model = GenoModel::init(ModelConfig::new(arch), 7, &device).unwrap();
     let tokens = tokenize(&test_dna()).unwrap();
-    let whole = hidden_states(&model.backbone, &tokens, tokens.len(), &device).unwrap();
-    let whole64: Vec<f64> = whole.iter().map(|v| *v as f64).collect();
-    for chunk in [1usize, 3, 4, 7, 64, 1000, tokens.len() + 5] {
-        let got = hidden_states(&model.backbone, &tokens, chunk, &device).unwrap();
-        let err = rel_err(&got, &whole64);
-        assert!(err <= 1e-5, "chunk {chunk}: relative error {err:e} > 1e-5");
+    let mut wholes = Vec::new();
+    for phase in [0, 3] {
+        let mut arch = MambaConfig::new(32, 3);
+        arch.d_state = 8;
+        arch.phase_period = phase;
+        let model = GenoModel::init(ModelConfig::new(arch), 7, &device).unwrap();
+        let whole = hidden_states(&model.backbone, &tokens, tokens.len(), &device).unwrap();
+        let whole64: Vec<f64> = whole.iter().map(|v| *v as f64).collect();
+        for chunk in [1usize, 3, 4, 7, 64, 1000, tokens.len() + 5] {
+            let got = hidden_states(&model.backbone, &tokens, chunk, &device).unwrap();
+            let err = rel_err(&got, &whole64);
+            assert!(
+                err <= 1e-5,
+                "phase {phase} chunk {chunk}: relative error {err:e} > 1e-5"
+            );
+        }
+        wholes.push(whole64);
     }
+    // Same seed, same other tensors: the phase embedding alone changes the states.
+    let no_phase: Vec<f32> = wholes[0].iter().map(|v| *v as f32).collect();
+    assert!(rel_err(&no_phase, &wholes[1]) > 1e-3);
 }
 
 #[test]
@@ -111,7 +124,7 @@ fn padding_a_batch_does_not_change_a_record() {
     let alone = hidden_states(&model.backbone, &a, 5, &device).unwrap();
     let d = 16;
     let mut batched = Vec::new();
-    genomamba::infer::run_batch(&model.backbone, &[&a, &b], 5, &device, &mut |c| {
+    genomamba::infer::run_batch(&model.backbone, &[&a, &b], 5, &device, false, &mut |c| {
         for t in 0..c.len {
             if c.start + t < a.len() {
                 batched.extend_from_slice(c.at(0, t));
@@ -128,12 +141,15 @@ fn padding_a_batch_does_not_change_a_record() {
 #[test]
 fn saved_model_reloads_identically() {
     let device = Device::flex();
-    let mut cfg = ModelConfig::new(MambaConfig::new(16, 2));
+    let mut arch = MambaConfig::new(16, 2);
+    arch.phase_period = 3;
+    let mut cfg = ModelConfig::new(arch);
     cfg.head = Some(genomamba::model::HeadConfig {
         kind: genomamba::model::HeadKind::Sequence,
         labels: vec!["a".into(), "b".into()],
         rc_average: true,
         bidirectional: false,
+        orf_features: false,
     });
     let m = GenoModel::init(cfg, 11, &device).unwrap();
     let dir = tempfile::tempdir().unwrap();

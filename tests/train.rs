@@ -84,6 +84,56 @@ fn last_val(out: &Path, key: &str) -> f64 {
     v["val"][key].as_f64().unwrap()
 }
 
+fn reverse_complement(seq: &str) -> String {
+    seq.bytes()
+        .rev()
+        .map(|b| match b {
+            b'A' => 'T',
+            b'C' => 'G',
+            b'G' => 'C',
+            b'T' => 'A',
+            _ => 'N',
+        })
+        .collect()
+}
+
+/// Largest difference between `annotate`'s class-1 probabilities of `stretch` (run whole)
+/// and those of its reverse complement (run in chunks of 700, state carried), mirrored.
+fn strand_mismatch(dir: &Path, model: &Path, stretch: &str) -> f64 {
+    let fwd = dir.join("f.fa");
+    let rev = dir.join("r.fa");
+    std::fs::write(&fwd, format!(">s\n{stretch}\n")).unwrap();
+    std::fs::write(&rev, format!(">s\n{}\n", reverse_complement(stretch))).unwrap();
+    let probs = |input: &Path, chunk: &str| -> Vec<f64> {
+        let t = dir.join("p.tsv");
+        ok(&[
+            "annotate",
+            "-m",
+            s(model),
+            s(input),
+            "--tsv",
+            s(&t),
+            "--chunk-size",
+            chunk,
+            "--quiet",
+        ]);
+        std::fs::read_to_string(&t)
+            .unwrap()
+            .lines()
+            .skip(1)
+            .map(|l| l.split('\t').nth(4).unwrap().parse().unwrap())
+            .collect()
+    };
+    let pf = probs(&fwd, "8192");
+    let mut pr = probs(&rev, "700");
+    pr.reverse();
+    assert_eq!(pf.len(), stretch.len());
+    pf.iter()
+        .zip(&pr)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0, f64::max)
+}
+
 const TINY: &[&str] = &[
     "--d-model",
     "16",
@@ -331,52 +381,7 @@ fn position_training_learns_and_annotates() {
 
     // Both strands are averaged: a stretch and its reverse complement get mirrored
     // probabilities, whether the record runs whole or in chunks of 700 (state carried).
-    let stretch: String = seq[1000..4000].to_string();
-    let rc: String = stretch
-        .bytes()
-        .rev()
-        .map(|b| match b {
-            b'A' => 'T',
-            b'C' => 'G',
-            b'G' => 'C',
-            b'T' => 'A',
-            _ => 'N',
-        })
-        .collect();
-    let fwd = dir.path().join("f.fa");
-    let rev = dir.path().join("r.fa");
-    std::fs::write(&fwd, format!(">s\n{stretch}\n")).unwrap();
-    std::fs::write(&rev, format!(">s\n{rc}\n")).unwrap();
-    let probs = |model: &Path, input: &Path, chunk: &str| -> Vec<f64> {
-        let t = dir.path().join("p.tsv");
-        ok(&[
-            "annotate",
-            "-m",
-            s(model),
-            s(input),
-            "--tsv",
-            s(&t),
-            "--chunk-size",
-            chunk,
-            "--quiet",
-        ]);
-        std::fs::read_to_string(&t)
-            .unwrap()
-            .lines()
-            .skip(1)
-            .map(|l| l.split('\t').nth(4).unwrap().parse().unwrap())
-            .collect()
-    };
-    let mirrored = |model: &Path| -> f64 {
-        let pf = probs(model, &fwd, "8192");
-        let mut pr = probs(model, &rev, "700");
-        pr.reverse();
-        assert_eq!(pf.len(), 3000);
-        pf.iter()
-            .zip(&pr)
-            .map(|(a, b)| (a - b).abs())
-            .fold(0.0, f64::max)
-    };
+    let mirrored = |model: &Path| strand_mismatch(dir.path(), model, &seq[1000..4000]);
     let worst = mirrored(&out);
     assert!(worst <= 2e-4, "strand mismatch {worst}");
 
@@ -397,6 +402,104 @@ fn position_training_learns_and_annotates() {
     assert_eq!(cfg["head"]["bidirectional"], true);
     let worst = mirrored(&bi);
     assert!(worst <= 2e-4, "strand mismatch {worst}");
+}
+
+/// A random open reading frame of `codons` sense codons (no TAA, TAG, TGA) and a stop.
+fn random_orf(rng: &mut StdRng, codons: usize) -> String {
+    let mut g = String::from("ATG");
+    while g.len() < 3 * (codons + 1) {
+        let c = random_dna(rng, 3);
+        if !matches!(c.as_str(), "TAA" | "TAG" | "TGA") {
+            g.push_str(&c);
+        }
+    }
+    g.push_str("TAA");
+    g
+}
+
+#[test]
+fn orf_feature_head_finds_genes_on_both_strands() {
+    // Genes are open reading frames (either strand) with the same base composition as the
+    // random DNA between them: only gene structure tells them apart.
+    let dir = tempfile::tempdir().unwrap();
+    let mut rng = StdRng::seed_from_u64(8);
+    let mut seq = String::new();
+    let mut bed = String::new();
+    while seq.len() < 40_000 {
+        let gap = rng.random_range(60..300);
+        seq.push_str(&random_dna(&mut rng, gap));
+        let codons = rng.random_range(100..300);
+        let g = random_orf(&mut rng, codons);
+        let (g, strand) = if rng.random_bool(0.5) {
+            (g, "+")
+        } else {
+            (reverse_complement(&g), "-")
+        };
+        let start = seq.len();
+        seq.push_str(&g);
+        bed.push_str(&format!("chrG\t{start}\t{}\tCDS\t0\t{strand}\n", seq.len()));
+    }
+    let fa = dir.path().join("g.fa");
+    std::fs::write(&fa, format!(">chrG\n{seq}\n")).unwrap();
+    let bedp = dir.path().join("g.bed");
+    std::fs::write(&bedp, &bed).unwrap();
+    let out = dir.path().join("orf");
+    let mut args = vec![
+        "train",
+        "-o",
+        s(&out),
+        "--fasta",
+        s(&fa),
+        "--bed",
+        s(&bedp),
+        "--bed-class",
+        "coding=CDS",
+        "--window",
+        "512",
+        "--windows-per-epoch",
+        "32",
+        "--batch-size",
+        "8",
+        "--epochs",
+        "2",
+        "--lr",
+        "0.003",
+        "--val-fraction",
+        "0.25",
+        "--bidirectional",
+        "--orf-features",
+        "--gc-augment",
+        "0.3",
+    ];
+    args.extend_from_slice(TINY);
+    ok(&args);
+    let mcc = last_val(&out, "mcc");
+    assert!(mcc > 0.6, "per-base MCC {mcc}");
+    let cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).unwrap()).unwrap();
+    assert_eq!(cfg["head"]["orf_features"], true);
+    // The same recipe without ORF features does much worse in the same steps (the check
+    // above can fail).
+    let plain = dir.path().join("plain");
+    let args2: Vec<&str> = args
+        .iter()
+        .map(|a| if *a == s(&out) { s(&plain) } else { *a })
+        .filter(|a| *a != "--orf-features")
+        .collect();
+    ok(&args2);
+    let plain_mcc = last_val(&plain, "mcc");
+    assert!(mcc > plain_mcc + 0.2, "{mcc} vs {plain_mcc}");
+    // Strand symmetry holds with the features (whole-record features, long-record path).
+    let worst = strand_mismatch(dir.path(), &out, &seq[2000..5000]);
+    assert!(worst <= 2e-4, "strand mismatch {worst}");
+    // The flag needs a bidirectional head.
+    let no_bi: Vec<&str> = args
+        .iter()
+        .copied()
+        .filter(|a| *a != "--bidirectional")
+        .collect();
+    let o = run(&no_bi);
+    assert_eq!(o.code, 2, "{}", o.stderr);
 }
 
 #[test]

@@ -5,6 +5,7 @@ use clap::Args;
 use genomamba::io::fastx::RecordMeta;
 use genomamba::io::output::Output;
 use genomamba::io::segments::{BedGraphWriter, BedSegmenter};
+use genomamba::model::orf::{ORF_FEATURES, orf_features};
 use genomamba::model::{HeadKind, HostHead, softmax_in_place};
 use genomamba::train::trainer::Strands;
 use genomamba::{Error, Result};
@@ -108,6 +109,7 @@ pub fn run(a: AnnotateArgs) -> Result<()> {
         line: String::new(),
         rc,
         logits: strands == Strands::AverageStates,
+        orf: model.config.head.as_ref().is_some_and(|h| h.orf_features),
     };
     let skipped = a.input.drive(&model, &device, &pb, &mut sink, rc)?;
     let AnnotateSink { bed, bg, tsv, .. } = sink;
@@ -134,6 +136,8 @@ struct AnnotateSink {
     rc: bool,
     /// Buffer logits and average them (bidirectional heads), not probabilities.
     logits: bool,
+    /// The head reads ORF features (bidirectional heads only).
+    orf: bool,
 }
 
 impl AnnotateSink {
@@ -223,6 +227,20 @@ impl RecordSink for AnnotateSink {
             }
         }
         self.probs = probs;
+        Ok(())
+    }
+
+    fn whole_record(&mut self, acc: &mut Vec<f32>, tokens: &[u8]) -> Result<()> {
+        // Heads that read ORF features get them from the whole record, once both strands'
+        // logits are in (the head is affine: its feature part adds to the averaged logits).
+        if !self.orf {
+            return Ok(());
+        }
+        let n = self.labels.len();
+        let f = orf_features(tokens);
+        for (row, x) in acc.chunks_exact_mut(n).zip(f.chunks_exact(ORF_FEATURES)) {
+            self.head.add_extra(x, row);
+        }
         Ok(())
     }
 

@@ -122,16 +122,19 @@ impl InputArgs {
                 if piece.last {
                     if rc {
                         let rev = reverse_complement_tokens(&long_tokens);
-                        long_tokens = Vec::new();
                         run_batch(
                             &model.backbone,
                             &[&rev],
                             self.chunk_size,
                             device,
+                            true,
                             &mut |c| {
                                 sink.rows_rc(&mut acc, meta, c.start, &c.values[..c.len * d], d)
                             },
                         )?;
+                        drop(rev);
+                        sink.whole_record(&mut acc, &long_tokens)?;
+                        long_tokens = Vec::new();
                     }
                     sink.end(acc, meta, piece.start + piece.tokens.len())?;
                 } else {
@@ -144,27 +147,18 @@ impl InputArgs {
             for p in &group {
                 accs.push(sink.begin(&p.meta)?);
             }
-            run_batch(&model.backbone, &seqs, self.chunk_size, device, &mut |c| {
-                for (b, acc) in accs.iter_mut().enumerate() {
-                    let valid = seqs[b].len().saturating_sub(c.start).min(c.len);
-                    if valid > 0 {
-                        let o = b * c.len * d;
-                        sink.rows(acc, &group[b].meta, c.start, &c.values[o..o + valid * d], d)?;
-                    }
-                }
-                pb.inc((c.len * seqs.len()) as u64);
-                Ok(())
-            })?;
-            if rc {
-                let revs: Vec<Vec<u8>> =
-                    seqs.iter().map(|s| reverse_complement_tokens(s)).collect();
-                let revs: Vec<&[u8]> = revs.iter().map(|r| r.as_slice()).collect();
-                run_batch(&model.backbone, &revs, self.chunk_size, device, &mut |c| {
+            run_batch(
+                &model.backbone,
+                &seqs,
+                self.chunk_size,
+                device,
+                false,
+                &mut |c| {
                     for (b, acc) in accs.iter_mut().enumerate() {
-                        let valid = revs[b].len().saturating_sub(c.start).min(c.len);
+                        let valid = seqs[b].len().saturating_sub(c.start).min(c.len);
                         if valid > 0 {
                             let o = b * c.len * d;
-                            sink.rows_rc(
+                            sink.rows(
                                 acc,
                                 &group[b].meta,
                                 c.start,
@@ -173,10 +167,42 @@ impl InputArgs {
                             )?;
                         }
                     }
+                    pb.inc((c.len * seqs.len()) as u64);
                     Ok(())
-                })?;
+                },
+            )?;
+            if rc {
+                let revs: Vec<Vec<u8>> =
+                    seqs.iter().map(|s| reverse_complement_tokens(s)).collect();
+                let revs: Vec<&[u8]> = revs.iter().map(|r| r.as_slice()).collect();
+                run_batch(
+                    &model.backbone,
+                    &revs,
+                    self.chunk_size,
+                    device,
+                    true,
+                    &mut |c| {
+                        for (b, acc) in accs.iter_mut().enumerate() {
+                            let valid = revs[b].len().saturating_sub(c.start).min(c.len);
+                            if valid > 0 {
+                                let o = b * c.len * d;
+                                sink.rows_rc(
+                                    acc,
+                                    &group[b].meta,
+                                    c.start,
+                                    &c.values[o..o + valid * d],
+                                    d,
+                                )?;
+                            }
+                        }
+                        Ok(())
+                    },
+                )?;
             }
-            for (p, acc) in group.iter().zip(accs) {
+            for (p, mut acc) in group.iter().zip(accs) {
+                if rc {
+                    sink.whole_record(&mut acc, &p.tokens)?;
+                }
                 sink.end(acc, &p.meta, p.tokens.len())?;
             }
             Ok(())
@@ -279,6 +305,11 @@ pub trait RecordSink {
     ) -> Result<()> {
         Ok(())
     }
+    /// The whole record's tokens, after both strands ran and before [`Self::end`] (only when
+    /// [`InputArgs::drive`] runs with `rc`, which keeps them anyway).
+    fn whole_record(&mut self, _acc: &mut Self::Acc, _tokens: &[u8]) -> Result<()> {
+        Ok(())
+    }
     /// The record ends; `len` is its length.
     fn end(&mut self, acc: Self::Acc, meta: &RecordMeta, len: usize) -> Result<()>;
 }
@@ -335,6 +366,11 @@ pub struct ArchArgs {
     /// Rank of the Δ projection (default ceil(d_model/16)).
     #[arg(long)]
     pub dt_rank: Option<usize>,
+    /// Add a learned embedding of the position modulo this period to every token (3 = codon
+    /// phase, for gene structure; 0 = none). Mamba's real, diagonal state cannot tell
+    /// reading frames apart without it.
+    #[arg(long, default_value_t = 0)]
+    pub phase_period: usize,
 }
 
 impl ArchArgs {
@@ -345,6 +381,7 @@ impl ArchArgs {
         arch.expand = self.expand;
         arch.d_conv = self.d_conv;
         arch.dt_rank = self.dt_rank;
+        arch.phase_period = self.phase_period;
         arch
     }
 }

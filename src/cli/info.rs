@@ -31,6 +31,9 @@ pub fn run(a: InfoArgs) -> Result<()> {
     s.push_str(&format!("vocab_size\t{}\n", c.vocab_size));
     s.push_str(&format!("bias\t{}\nconv_bias\t{}\n", c.bias, c.conv_bias));
     s.push_str(&format!("norm_eps\t{}\n", c.norm_eps));
+    if c.phase_period > 0 {
+        s.push_str(&format!("phase_period\t{}\n", c.phase_period));
+    }
     s.push_str(&format!("tokenizer\t{}\n", m.config.tokenizer));
     s.push_str(&format!("parameters\t{}\n", m.num_params()));
     match &m.config.head {
@@ -38,6 +41,8 @@ pub fn run(a: InfoArgs) -> Result<()> {
             s.push_str(&format!("head\t{:?}\n", h.kind).to_lowercase());
             s.push_str(&format!("labels\t{}\n", h.labels.join(",")));
             s.push_str(&format!("rc_average\t{}\n", h.rc_average));
+            s.push_str(&format!("bidirectional\t{}\n", h.bidirectional));
+            s.push_str(&format!("orf_features\t{}\n", h.orf_features));
         }
         None => s.push_str("head\tnone\n"),
     }

@@ -71,6 +71,7 @@ pub fn run(a: InitArgs) -> Result<()> {
                 labels: a.labels.clone(),
                 rc_average: false,
                 bidirectional: false,
+                orf_features: false,
             })
         }
         other => {

@@ -19,7 +19,7 @@ use genomamba::train::data::{
     stratified_split,
 };
 use genomamba::train::trainer::{
-    Event, RunSpec, Task, TrainOptions, monitored_metric, prepare_head, train,
+    Event, RunSpec, Task, TrainOptions, fit_orf_head, monitored_metric, prepare_head, train,
 };
 use genomamba::{Error, Result};
 
@@ -113,6 +113,11 @@ pub struct TrainArgs {
     /// (trained that way; saved in the model).
     #[arg(long, conflicts_with = "rc_average")]
     pub bidirectional: bool,
+    /// Per-position bidirectional heads: also feed the head each base's open-reading-frame
+    /// lengths in all six frames (stop codon to stop codon, sorted), a gene-structure cue
+    /// that does not depend on base composition (saved in the model). Needs --bidirectional.
+    #[arg(long, requires = "bidirectional")]
+    pub orf_features: bool,
     /// Positions per chunk during validation.
     #[arg(long, default_value_t = genomamba::infer::DEFAULT_CHUNK)]
     pub chunk_size: usize,
@@ -332,7 +337,20 @@ pub fn run(a: TrainArgs) -> Result<()> {
         },
         _ => return Err(Error::Runtime("inconsistent task".into())),
     };
-    prepare_head(&mut model, &task, a.replace_head, a.seed, &device)?;
+    let new_head = prepare_head(
+        &mut model,
+        &task,
+        a.replace_head,
+        a.orf_features,
+        a.seed,
+        &device,
+    )?;
+    if new_head && a.orf_features {
+        let acc = fit_orf_head(&mut model, &task, &device)?;
+        if !a.quiet {
+            eprintln!("ORF-feature head fitted alone: training accuracy {acc:.4}");
+        }
+    }
     if a.bidirectional && !matches!(task, Task::Position { .. }) {
         return Err(Error::usage(
             "--bidirectional applies to per-position heads",

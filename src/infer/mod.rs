@@ -40,11 +40,14 @@ impl ChunkOut<'_> {
 
 /// Runs the backbone over a batch of records, chunk by chunk with carried state, handing
 /// each chunk's final hidden states to `sink` (tensor on the device, `[batch, len, d_model]`).
+/// With `reverse`, the records are reverse complements of the records the caller works on,
+/// and their phases follow the original coordinates ([`Mamba::zero_state_reverse`]).
 pub fn run_batch_tensor(
     model: &Mamba,
     records: &[&[u8]],
     chunk_size: usize,
     device: &Device,
+    reverse: bool,
     sink: &mut dyn FnMut(usize, Tensor<3>) -> Result<()>,
 ) -> Result<()> {
     if chunk_size == 0 {
@@ -58,7 +61,12 @@ pub fn run_batch_tensor(
     if batch == 0 || max_len == 0 {
         return Ok(());
     }
-    let mut state = model.zero_state(batch, device);
+    let mut state = if reverse {
+        let lengths: Vec<usize> = records.iter().map(|r| r.len()).collect();
+        model.zero_state_reverse(&lengths, device)
+    } else {
+        model.zero_state(batch, device)
+    };
     let mut start = 0;
     let mut ids: Vec<i64> = Vec::with_capacity(batch * chunk_size.min(max_len));
     while start < max_len {
@@ -86,19 +94,27 @@ pub fn run_batch(
     records: &[&[u8]],
     chunk_size: usize,
     device: &Device,
+    reverse: bool,
     sink: &mut dyn FnMut(&ChunkOut<'_>) -> Result<()>,
 ) -> Result<()> {
     let d = model.d_model();
-    run_batch_tensor(model, records, chunk_size, device, &mut |start, hidden| {
-        let [_, len, _] = hidden.dims();
-        let values = host_values(hidden);
-        sink(&ChunkOut {
-            start,
-            len,
-            d,
-            values: &values,
-        })
-    })
+    run_batch_tensor(
+        model,
+        records,
+        chunk_size,
+        device,
+        reverse,
+        &mut |start, hidden| {
+            let [_, len, _] = hidden.dims();
+            let values = host_values(hidden);
+            sink(&ChunkOut {
+                start,
+                len,
+                d,
+                values: &values,
+            })
+        },
+    )
 }
 
 /// Hidden states of one record, whole, on the host: `[len, d_model]` row-major.
@@ -110,7 +126,7 @@ pub fn hidden_states(
 ) -> Result<Vec<f32>> {
     let d = model.d_model();
     let mut out = Vec::with_capacity(tokens.len() * d);
-    run_batch(model, &[tokens], chunk_size, device, &mut |c| {
+    run_batch(model, &[tokens], chunk_size, device, false, &mut |c| {
         out.extend_from_slice(&c.values[..c.len * d]);
         Ok(())
     })?;

@@ -36,7 +36,20 @@ pub struct MambaConfig {
     /// RMSNorm epsilon.
     #[serde(default = "default_eps")]
     pub norm_eps: f64,
+    /// Period of a learned position-phase embedding added to the token embedding: position
+    /// `p` of a record gets row `p mod phase_period` (3 = codon phase). 0 = none (the Mamba
+    /// default). It lets the diagonal, real-valued SSM tell reading frames apart, which
+    /// it cannot do from the bases alone.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub phase_period: usize,
 }
+
+fn is_zero(v: &usize) -> bool {
+    *v == 0
+}
+
+/// Largest supported [`MambaConfig::phase_period`].
+pub const MAX_PHASE_PERIOD: usize = 64;
 
 fn default_d_state() -> usize {
     16
@@ -71,6 +84,7 @@ impl MambaConfig {
             conv_bias: true,
             bias: false,
             norm_eps: default_eps(),
+            phase_period: 0,
         }
     }
 
@@ -101,6 +115,10 @@ impl MambaConfig {
                 !(self.norm_eps > 0.0 && self.norm_eps.is_finite()),
                 "norm_eps must be a positive number",
             ),
+            (
+                self.phase_period > MAX_PHASE_PERIOD,
+                "phase_period must be at most 64",
+            ),
         ];
         for (bad, msg) in checks {
             if bad {
@@ -126,7 +144,7 @@ impl MambaConfig {
             + r * di + di // dt_proj
             + di * n + di // A_log, D
             + di * d + if self.bias { d } else { 0 }; // out_proj
-        self.vocab_size * d + self.n_layer * block + d
+        (self.vocab_size + self.phase_period) * d + self.n_layer * block + d
     }
 
     /// Reads a Hugging Face `MambaConfig` (`"model_type": "mamba"`), honouring every field
@@ -199,6 +217,7 @@ impl MambaConfig {
             conv_bias: get_bool("use_conv_bias", true)?,
             bias: get_bool("use_bias", false)?,
             norm_eps,
+            phase_period: 0,
         };
         cfg.validate().map_err(bad)?;
         Ok(cfg)

@@ -51,6 +51,15 @@ pub fn init_tensors(cfg: &MambaConfig, seed: u64) -> TensorMap {
         vec![cfg.vocab_size, d],
         normal(&mut rng, cfg.vocab_size * d, 0.02),
     );
+    if cfg.phase_period > 0 {
+        // Drawn from a generator of its own so that the other tensors do not change.
+        let mut prng = StdRng::seed_from_u64(seed ^ 0x7068617365);
+        m.insert(
+            super::weights::PHASE_TENSOR,
+            vec![cfg.phase_period, d],
+            normal(&mut prng, cfg.phase_period * d, 0.02),
+        );
+    }
     let lin = |rng: &mut StdRng, out: usize, inp: usize| {
         uniform(rng, out * inp, 1.0 / (inp as f64).sqrt())
     };

@@ -6,7 +6,7 @@
 
 use burn::module::{Module, Param};
 use burn::nn::Linear;
-use burn::tensor::{Device, Int, Tensor};
+use burn::tensor::{Device, Int, Tensor, TensorData};
 
 use super::config::MambaConfig;
 use super::state::{LayerState, MambaState};
@@ -125,6 +125,8 @@ impl MambaBlock {
 pub struct Mamba {
     /// Token embedding, `[vocab_size, d_model]`.
     pub embedding: Param<Tensor<2>>,
+    /// Position-phase embedding, `[phase_period, d_model]`, added to the token embedding.
+    pub phase: Option<Param<Tensor<2>>>,
     /// Residual blocks.
     pub layers: Vec<MambaBlock>,
     /// Final norm.
@@ -137,7 +139,12 @@ impl Mamba {
         self.embedding.val().dims()[1]
     }
 
-    /// A zero state for every layer.
+    /// Period of the phase embedding (0 when the model has none).
+    pub fn phase_period(&self) -> usize {
+        self.phase.as_ref().map_or(0, |p| p.val().dims()[0])
+    }
+
+    /// A zero state for every layer, at position 0 of every row.
     pub fn zero_state(&self, batch: usize, device: &Device) -> MambaState {
         MambaState {
             layers: self
@@ -145,7 +152,22 @@ impl Mamba {
                 .iter()
                 .map(|l| l.zero_state(batch, device))
                 .collect(),
+            phase: vec![0; batch],
         }
+    }
+
+    /// A zero state for running reverse complements: row `b` holds the reverse complement of
+    /// a record of `lengths[b]` bases, and its phases follow the original record's
+    /// coordinates negated (the base at original position `x` gets phase `-x mod period`), so
+    /// that the pairing of forward and reverse phases at a base does not depend on the
+    /// record's length.
+    pub fn zero_state_reverse(&self, lengths: &[usize], device: &Device) -> MambaState {
+        let mut state = self.zero_state(lengths.len(), device);
+        state.phase = lengths
+            .iter()
+            .map(|&n| reverse_start_phase(n, self.phase_period()))
+            .collect();
+        state
     }
 
     /// Embeds token ids.
@@ -166,15 +188,49 @@ impl Mamba {
     /// # Shapes
     /// - tokens: `[batch, length]` -> `[batch, length, d_model]`
     pub fn forward(&self, tokens: Tensor<2, Int>, state: MambaState) -> (Tensor<3>, MambaState) {
+        let [batch, len] = tokens.dims();
+        let device = tokens.device();
         let mut x = self.embed(tokens);
+        let mut phase = state.phase;
+        if let Some(table) = &self.phase {
+            let w = table.val();
+            let [period, d] = w.dims();
+            let ids: Vec<i64> = (0..batch)
+                .flat_map(|b| {
+                    let p0 = phase.get(b).copied().unwrap_or(0);
+                    (0..len).map(move |t| ((p0 + t) % period) as i64)
+                })
+                .collect();
+            let ids: Tensor<1, Int> =
+                Tensor::from_data(TensorData::new(ids, [batch * len]), &device);
+            x = x + w.select(0, ids).reshape([batch, len, d]);
+            phase = (0..batch)
+                .map(|b| (phase.get(b).copied().unwrap_or(0) + len) % period)
+                .collect();
+        }
         let mut next = Vec::with_capacity(self.layers.len());
         for (layer, st) in self.layers.iter().zip(state.layers) {
             let (y, s) = layer.forward(x, st);
             x = y;
             next.push(s);
         }
-        (self.norm_f.forward(x), MambaState { layers: next })
+        (
+            self.norm_f.forward(x),
+            MambaState {
+                layers: next,
+                phase,
+            },
+        )
     }
+}
+
+/// Phase of the first position of the reverse complement of an `n`-base record, when the
+/// base at original position `x` has phase `-x mod period` (see [`Mamba::zero_state_reverse`]).
+pub fn reverse_start_phase(n: usize, period: usize) -> usize {
+    if period == 0 || n == 0 {
+        return 0;
+    }
+    (period - (n - 1) % period) % period
 }
 
 /// Builds an untrained backbone from a config (parameters set by [`super::init`]).

@@ -6,6 +6,7 @@
 pub mod config;
 pub mod init;
 pub mod mamba;
+pub mod orf;
 pub mod state;
 pub mod weights;
 
@@ -17,7 +18,7 @@ use burn::tensor::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
 pub use config::MambaConfig;
-pub use mamba::{Mamba, MambaBlock};
+pub use mamba::{Mamba, MambaBlock, reverse_start_phase};
 pub use state::{LayerState, MambaState};
 use weights::TensorMap;
 
@@ -51,6 +52,22 @@ pub struct HeadConfig {
     /// backbone), so every prediction sees the sequence on both sides. Trained that way.
     #[serde(default)]
     pub bidirectional: bool,
+    /// Per-position bidirectional heads: the head also reads [`orf::ORF_FEATURES`]
+    /// open-reading-frame lengths per base (see [`orf`]), computed from the whole record,
+    /// after the hidden state: its weight is `[n_labels, d_model + 6]`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub orf_features: bool,
+}
+
+impl HeadConfig {
+    /// Inputs of the head besides the hidden state.
+    pub fn extra_inputs(&self) -> usize {
+        if self.orf_features {
+            orf::ORF_FEATURES
+        } else {
+            0
+        }
+    }
 }
 
 /// `config.json` of a genomamba model directory.
@@ -110,7 +127,12 @@ impl GenoModel {
             .map_err(|e| Error::usage(format!("invalid architecture: {e}"), "change the flags"))?;
         let mut map = init::init_tensors(&config.architecture, seed);
         if let Some(h) = &config.head {
-            init::init_head(&mut map, h.labels.len(), config.architecture.d_model, seed);
+            init::init_head(
+                &mut map,
+                h.labels.len(),
+                config.architecture.d_model + h.extra_inputs(),
+                seed,
+            );
         }
         Self::from_map(config, &mut map, device, None)
     }
@@ -122,11 +144,20 @@ impl GenoModel {
         dir: Option<PathBuf>,
     ) -> Result<Self> {
         let backbone = weights::mamba_from_tensors(&config.architecture, map, device)?;
+        if let Some(h) = &config.head
+            && h.orf_features
+            && !(h.kind == HeadKind::Position && h.bidirectional)
+        {
+            return Err(Error::usage(
+                "the model's config.json sets head.orf_features without a bidirectional per-position head",
+                "set head.bidirectional to true (and kind to position), or orf_features to false",
+            ));
+        }
         let head = match &config.head {
             Some(h) => Some(weights::head_from_tensors(
                 map,
                 h.labels.len(),
-                config.architecture.d_model,
+                config.architecture.d_model + h.extra_inputs(),
                 device,
             )?),
             None => None,
@@ -246,7 +277,7 @@ impl GenoModel {
             .config
             .head
             .as_ref()
-            .map(|h| h.labels.len() * (self.config.architecture.d_model + 1))
+            .map(|h| h.labels.len() * (self.config.architecture.d_model + h.extra_inputs() + 1))
             .unwrap_or(0);
         self.config.architecture.num_params() + head
     }
@@ -268,7 +299,8 @@ impl HostHead {
         self.b.len()
     }
 
-    /// Logits (before the softmax) of one hidden state into `out` (`n_labels` values).
+    /// Logits (before the softmax) of one hidden state into `out` (`n_labels` values). With
+    /// extra inputs (see [`Self::add_extra`]) only the hidden-state part and the bias.
     pub fn logits(&self, h: &[f32], out: &mut [f32]) {
         for (i, o) in out.iter_mut().enumerate() {
             let row = &self.w[i * self.d..(i + 1) * self.d];
@@ -286,6 +318,16 @@ impl HostHead {
             self.logits(h, out);
         } else {
             self.probs(h, out);
+        }
+    }
+
+    /// Adds the head's contribution of extra inputs `f` (the last `f.len()` columns of its
+    /// weight, e.g. ORF features) to logits in `out`.
+    pub fn add_extra(&self, f: &[f32], out: &mut [f32]) {
+        let k = f.len().min(self.d);
+        for (i, o) in out.iter_mut().enumerate() {
+            let row = &self.w[(i + 1) * self.d - k..(i + 1) * self.d];
+            *o += row.iter().zip(f).map(|(w, x)| w * x).sum::<f32>();
         }
     }
 

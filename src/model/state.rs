@@ -16,4 +16,7 @@ pub struct LayerState {
 pub struct MambaState {
     /// One entry per layer, in order.
     pub layers: Vec<LayerState>,
+    /// Per batch row, the phase (position modulo the model's phase period) of the next
+    /// position; all zero for models without a phase embedding.
+    pub phase: Vec<usize>,
 }

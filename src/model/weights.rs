@@ -174,6 +174,10 @@ fn linear(
     })
 }
 
+/// Name of the position-phase embedding tensor, `[phase_period, d_model]` (ours; Hugging
+/// Face's Mamba has none).
+pub const PHASE_TENSOR: &str = "phase_embeddings.weight";
+
 /// Builds the backbone from tensors named as Hugging Face's `MambaModel` names them.
 pub fn mamba_from_tensors(
     cfg: &MambaConfig,
@@ -193,6 +197,16 @@ pub fn mamba_from_tensors(
         "embedding.weight"
     };
     let emb = map.take(emb_name, &[cfg.vocab_size, d])?;
+    let phase = if cfg.phase_period > 0 {
+        let w = map.take(PHASE_TENSOR, &[cfg.phase_period, d])?;
+        Some(Param::from_tensor(tensor2(
+            w,
+            [cfg.phase_period, d],
+            device,
+        )))
+    } else {
+        None
+    };
     let mut layers = Vec::with_capacity(cfg.n_layer);
     for i in 0..cfg.n_layer {
         let p = format!("layers.{i}.mixer");
@@ -240,6 +254,7 @@ pub fn mamba_from_tensors(
     };
     Ok(Mamba {
         embedding: Param::from_tensor(tensor2(emb, [cfg.vocab_size, d], device)),
+        phase,
         layers,
         norm_f,
     })
@@ -271,6 +286,11 @@ pub fn mamba_to_tensors(m: &Mamba, map: &mut TensorMap) {
     let e = m.embedding.val();
     let [v, d] = e.dims();
     map.insert("embeddings.weight", vec![v, d], host_values(e));
+    if let Some(p) = &m.phase {
+        let w = p.val();
+        let dims = w.dims().to_vec();
+        map.insert(PHASE_TENSOR, dims, host_values(w));
+    }
     for (i, l) in m.layers.iter().enumerate() {
         let p = format!("layers.{i}.mixer");
         map.insert(

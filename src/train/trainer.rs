@@ -56,29 +56,41 @@ impl Net {
     }
 
     /// Per-position logits; `bidirectional` heads read the mean of the forward hidden state
-    /// and the reverse strand's hidden state at the same position.
+    /// and the reverse strand's hidden state at the same position, followed by the per-base
+    /// `extra` inputs (ORF features) when the head takes them.
     ///
     /// # Shapes
-    /// - tokens: `[batch, length]` -> `[batch, length, n_classes]`
-    pub fn position_logits(&self, tokens: Tensor<2, Int>, bidirectional: bool) -> Tensor<3> {
+    /// - tokens: `[batch, length]`, extra: `[batch, length, k]` -> `[batch, length, n_classes]`
+    pub fn position_logits(
+        &self,
+        tokens: Tensor<2, Int>,
+        bidirectional: bool,
+        extra: Option<Tensor<3>>,
+    ) -> Tensor<3> {
         let [batch, len] = tokens.dims();
         let device = tokens.device();
+        let with_extra = |h: Tensor<3>| match extra {
+            Some(f) => Tensor::cat(vec![h, f], 2),
+            None => h,
+        };
         if !bidirectional {
             let (h, _) = self
                 .backbone
                 .forward(tokens, self.backbone.zero_state(batch, &device));
-            return self.head.forward(h);
+            return self.head.forward(with_extra(h));
         }
         // Both strands in one batch: rows 0..batch forward, batch..2·batch reverse complement.
         let rc = reverse_complement_rows(tokens.clone());
         let both = Tensor::cat(vec![tokens, rc], 0);
-        let (h, _) = self
-            .backbone
-            .forward(both, self.backbone.zero_state(2 * batch, &device));
+        // Reverse rows start at the phase that keeps forward/reverse phase pairs fixed.
+        let mut state = self.backbone.zero_state(2 * batch, &device);
+        let rc_phase = crate::model::reverse_start_phase(len, self.backbone.phase_period());
+        state.phase[batch..].fill(rc_phase);
+        let (h, _) = self.backbone.forward(both, state);
         let d = h.dims()[2];
         let fwd = h.clone().slice([0..batch, 0..len, 0..d]);
         let rev = h.slice([batch..2 * batch, 0..len, 0..d]).flip([1]);
-        self.head.forward((fwd + rev) * 0.5)
+        self.head.forward(with_extra((fwd + rev) * 0.5))
     }
 }
 
@@ -443,6 +455,8 @@ struct Batch {
     rows: usize,
     len: usize,
     bases: usize,
+    /// Position task with ORF features: `[rows][len][ORF_FEATURES]`; empty otherwise.
+    extra: Vec<f32>,
 }
 
 fn seq_batch(examples: &[(&[u8], usize)], rc: &[bool]) -> Batch {
@@ -475,25 +489,37 @@ fn seq_batch(examples: &[(&[u8], usize)], rc: &[bool]) -> Batch {
         rows,
         len,
         bases,
+        extra: Vec::new(),
     }
 }
 
-fn window_batch(data: &PositionDataset, windows: &[Span], rc: &[bool]) -> Batch {
+/// A batch of windows; `features` holds every record's ORF features when the head reads them.
+fn window_batch(
+    data: &PositionDataset,
+    features: Option<&[Vec<f32>]>,
+    windows: &[Span],
+    rc: &[bool],
+) -> Batch {
+    const K: usize = crate::model::orf::ORF_FEATURES;
     let rows = windows.len();
     let len = windows.first().map(|w| w.len()).unwrap_or(0);
     let mut tokens = Vec::with_capacity(rows * len);
     let mut mask = Vec::with_capacity(rows * len);
     let mut labels = Vec::with_capacity(rows * len);
+    let mut extra = Vec::new();
     for (i, w) in windows.iter().enumerate() {
         let r = &data.records[w.record];
         for p in 0..len {
+            let q = if rc[i] { w.end - 1 - p } else { w.start + p };
             let (tok, lab) = if rc[i] {
-                let q = w.end - 1 - p;
                 (complement(r.tokens[q]), r.labels[q])
             } else {
-                let q = w.start + p;
                 (r.tokens[q], r.labels[q])
             };
+            // The features of a reverse complement are the mirrored features.
+            if let Some(f) = features {
+                extra.extend_from_slice(&f[w.record][q * K..(q + 1) * K]);
+            }
             tokens.push(tok as i64);
             if lab == IGNORE {
                 mask.push(0.0);
@@ -511,6 +537,7 @@ fn window_batch(data: &PositionDataset, windows: &[Span], rc: &[bool]) -> Batch 
         rows,
         len,
         bases: rows * len,
+        extra,
     }
 }
 
@@ -589,7 +616,11 @@ fn batch_loss(
             picked.mean().neg()
         }
         HeadKind::Position => {
-            let logits = net.position_logits(tokens, bidirectional);
+            let extra = (!b.extra.is_empty()).then(|| {
+                let k = b.extra.len() / (b.rows * b.len).max(1);
+                Tensor::from_data(TensorData::new(b.extra.clone(), [b.rows, b.len, k]), device)
+            });
+            let logits = net.position_logits(tokens, bidirectional, extra);
             let labels: Tensor<3, Int> = Tensor::from_data(
                 TensorData::new(b.labels.clone(), [b.rows, b.len, 1]),
                 device,
@@ -724,9 +755,13 @@ impl Strands {
 
 /// Per-position class probabilities of one stretch of tokens (chunked, state carried).
 /// Returns `[len][n_classes]` row-major.
+///
+/// `extra`: the head's extra inputs for these positions (`[len][k]`, ORF features of the
+/// record they come from), for heads that read them (bidirectional ones only).
 pub fn predict_positions(
     net: &Net,
     tokens: &[u8],
+    extra: Option<&[f32]>,
     chunk: usize,
     strands: Strands,
     device: &Device,
@@ -739,7 +774,7 @@ pub fn predict_positions(
     // Forward strand: logits when states are averaged (the head is affine, so the mean of
     // two logit vectors is the head of the mean state), else probabilities.
     let logits = strands == Strands::AverageStates;
-    crate::infer::run_batch(&net.backbone, &[tokens], chunk, device, &mut |c| {
+    crate::infer::run_batch(&net.backbone, &[tokens], chunk, device, false, &mut |c| {
         for t in 0..c.len {
             head.values(c.at(0, t), &mut v, logits);
             let p = c.start + t;
@@ -749,7 +784,7 @@ pub fn predict_positions(
     })?;
     if strands != Strands::Forward {
         let rev = crate::alphabet::reverse_complement_tokens(tokens);
-        crate::infer::run_batch(&net.backbone, &[&rev], chunk, device, &mut |c| {
+        crate::infer::run_batch(&net.backbone, &[&rev], chunk, device, true, &mut |c| {
             for t in 0..c.len {
                 head.values(c.at(0, t), &mut v, logits);
                 let p = len - 1 - (c.start + t);
@@ -760,10 +795,21 @@ pub fn predict_positions(
             Ok(())
         })?;
         if logits {
+            if let Some(f) = extra {
+                let k = f.len() / len.max(1);
+                for (row, x) in out.chunks_exact_mut(n).zip(f.chunks_exact(k.max(1))) {
+                    head.add_extra(x, row);
+                }
+            }
             for row in out.chunks_exact_mut(n) {
                 crate::model::softmax_in_place(row);
             }
         }
+    }
+    if extra.is_some() && !logits {
+        return Err(Error::Runtime(
+            "ORF features need a bidirectional head".into(),
+        ));
     }
     Ok(out)
 }
@@ -772,6 +818,7 @@ pub fn predict_positions(
 fn position_scores(
     net: &Net,
     data: &PositionDataset,
+    features: Option<&[Vec<f32>]>,
     spans: &[Span],
     chunk: usize,
     strands: Strands,
@@ -784,7 +831,16 @@ fn position_scores(
     let mut counted = 0usize;
     for s in spans {
         let r = &data.records[s.record];
-        let probs = predict_positions(net, &r.tokens[s.start..s.end], chunk, strands, device)?;
+        const K: usize = crate::model::orf::ORF_FEATURES;
+        let extra = features.map(|f| &f[s.record][s.start * K..s.end * K]);
+        let probs = predict_positions(
+            net,
+            &r.tokens[s.start..s.end],
+            extra,
+            chunk,
+            strands,
+            device,
+        )?;
         for (t, p) in probs.chunks_exact(n_classes).enumerate() {
             let lab = r.labels[s.start + t];
             if lab == IGNORE {
@@ -811,21 +867,29 @@ fn position_scores(
 
 /// Checks that a model's head fits the task; with `replace_head` (or no head) a new head is
 /// initialised for the task's classes.
+/// `orf_features`: the head also reads ORF features (its width grows by
+/// [`crate::model::orf::ORF_FEATURES`]). Returns whether a new head was made.
 pub fn prepare_head(
     model: &mut GenoModel,
     task: &Task<'_>,
     replace_head: bool,
+    orf_features: bool,
     seed: u64,
     device: &Device,
-) -> Result<()> {
+) -> Result<bool> {
     let labels = task.labels().to_vec();
     let kind = task.kind();
     let fits = match &model.config.head {
-        Some(h) => h.kind == kind && h.labels == labels && model.head.is_some(),
+        Some(h) => {
+            h.kind == kind
+                && h.labels == labels
+                && h.orf_features == orf_features
+                && model.head.is_some()
+        }
         None => false,
     };
     if fits && !replace_head {
-        return Ok(());
+        return Ok(false);
     }
     if let Some(h) = &model.config.head
         && !replace_head
@@ -834,6 +898,16 @@ pub fn prepare_head(
             format!(
                 "the model's head is a {:?} head; this task needs a {:?} head",
                 h.kind, kind
+            )
+        } else if h.orf_features != orf_features {
+            format!(
+                "the model's head {} ORF features; this run asks for a head that {}",
+                if h.orf_features {
+                    "reads"
+                } else {
+                    "does not read"
+                },
+                if orf_features { "does" } else { "does not" }
             )
         } else {
             format!(
@@ -847,7 +921,12 @@ pub fn prepare_head(
             "pass --replace-head to train a new head",
         ));
     }
-    let d = model.config.architecture.d_model;
+    let d = model.config.architecture.d_model
+        + if orf_features {
+            crate::model::orf::ORF_FEATURES
+        } else {
+            0
+        };
     let mut map = crate::model::weights::TensorMap::new();
     crate::model::init::init_head(&mut map, labels.len(), d, seed);
     model.head = Some(crate::model::weights::head_from_tensors(
@@ -861,8 +940,193 @@ pub fn prepare_head(
         labels,
         rc_average: false,
         bidirectional: false,
+        orf_features,
     });
-    Ok(())
+    Ok(true)
+}
+
+/// Starts a fresh ORF-feature head as a softmax regression on the ORF features alone:
+/// fitted (Newton's method, small ridge) on every 7th labeled position of the training
+/// stretches, with the hidden-state weights zero. Training then begins from a model that
+/// already knows how gene length separates the classes, and the backbone learns what the
+/// lengths miss. (Gradient steps alone would need thousands of steps to grow the feature
+/// weights to the size the lengths call for.) Returns the fitted model's training accuracy.
+pub fn fit_orf_head(model: &mut GenoModel, task: &Task<'_>, device: &Device) -> Result<f64> {
+    use crate::model::orf::{ORF_FEATURES as K, orf_features};
+    let Task::Position { data, train, .. } = task else {
+        return Err(Error::usage(
+            "ORF features apply to per-position tasks",
+            "leave out --orf-features",
+        ));
+    };
+    let head = model
+        .head
+        .as_ref()
+        .ok_or_else(|| Error::Runtime("no head to fit".into()))?;
+    let n_classes = data.labels.len();
+    let mut xs: Vec<[f64; K + 1]> = Vec::new();
+    let mut ys: Vec<usize> = Vec::new();
+    let mut cache: Option<(usize, Vec<f32>)> = None;
+    for s in train {
+        if cache.as_ref().is_none_or(|(r, _)| *r != s.record) {
+            cache = Some((s.record, orf_features(&data.records[s.record].tokens)));
+        }
+        let Some((_, f)) = &cache else { continue };
+        let labels = &data.records[s.record].labels;
+        for p in (s.start..s.end).step_by(7) {
+            if labels[p] == IGNORE {
+                continue;
+            }
+            let mut x = [1.0f64; K + 1];
+            for (j, v) in f[p * K..(p + 1) * K].iter().enumerate() {
+                x[j] = *v as f64;
+            }
+            xs.push(x);
+            ys.push(labels[p] as usize);
+        }
+    }
+    if xs.is_empty() {
+        return Err(Error::usage(
+            "no labeled training positions for the ORF features",
+            "check the BED and --val-fraction",
+        ));
+    }
+    let (theta, accuracy) = softmax_newton::<{ K + 1 }>(&xs, &ys, n_classes);
+    // Head weight layout: [d_model + K, n_classes]; hidden rows zero, feature rows fitted.
+    let [d_in, n] = head.weight.val().dims();
+    let d = d_in - K;
+    let mut w = vec![0.0f32; d_in * n];
+    let mut b = vec![0.0f32; n];
+    for c in 0..n {
+        for j in 0..K {
+            w[(d + j) * n + c] = theta[c][j] as f32;
+        }
+        b[c] = theta[c][K] as f32;
+    }
+    let head = model
+        .head
+        .as_mut()
+        .ok_or_else(|| Error::Runtime("no head to fit".into()))?;
+    head.weight = Param::from_tensor(Tensor::from_data(TensorData::new(w, [d_in, n]), device));
+    head.bias = Some(Param::from_tensor(Tensor::from_data(
+        TensorData::new(b, [n]),
+        device,
+    )));
+    Ok(accuracy)
+}
+
+/// Multinomial logistic regression by Newton's method on dense inputs whose last column is
+/// the constant 1; class 0's parameters stay zero (the reference). Returns the parameters,
+/// `[n_classes][M]`, and the training accuracy.
+fn softmax_newton<const M: usize>(
+    xs: &[[f64; M]],
+    ys: &[usize],
+    n_classes: usize,
+) -> (Vec<[f64; M]>, f64) {
+    let free = n_classes.saturating_sub(1);
+    let p = free * M;
+    let mut theta = vec![[0.0f64; M]; n_classes];
+    let ridge = 1e-6 * xs.len() as f64;
+    for _ in 0..25 {
+        let mut g = vec![0.0f64; p];
+        let mut h = vec![0.0f64; p * p];
+        let mut probs = vec![0.0f64; n_classes];
+        for (x, &y) in xs.iter().zip(ys) {
+            for (c, pc) in probs.iter_mut().enumerate() {
+                *pc = theta[c].iter().zip(x).map(|(a, b)| a * b).sum();
+            }
+            let mx = probs.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+            let mut z = 0.0;
+            for pc in probs.iter_mut() {
+                *pc = (*pc - mx).exp();
+                z += *pc;
+            }
+            for pc in probs.iter_mut() {
+                *pc /= z;
+            }
+            for a in 0..free {
+                let ca = a + 1;
+                let r = probs[ca] - f64::from(u8::from(y == ca));
+                for i in 0..M {
+                    g[a * M + i] += r * x[i];
+                }
+                for bcls in 0..free {
+                    let cb = bcls + 1;
+                    let wgt = probs[ca] * (f64::from(u8::from(ca == cb)) - probs[cb]);
+                    for i in 0..M {
+                        for j in 0..M {
+                            h[(a * M + i) * p + bcls * M + j] += wgt * x[i] * x[j];
+                        }
+                    }
+                }
+            }
+        }
+        for (a, row) in theta.iter().skip(1).enumerate() {
+            for i in 0..M {
+                g[a * M + i] += ridge * row[i];
+                h[(a * M + i) * p + a * M + i] += ridge;
+            }
+        }
+        let step = solve(h, g, p);
+        let mut biggest = 0.0f64;
+        for a in 0..free {
+            for i in 0..M {
+                theta[a + 1][i] -= step[a * M + i];
+                biggest = biggest.max(step[a * M + i].abs());
+            }
+        }
+        if biggest < 1e-8 {
+            break;
+        }
+    }
+    let correct = xs
+        .iter()
+        .zip(ys)
+        .filter(|(x, y)| {
+            let score =
+                |c: usize| -> f64 { theta[c].iter().zip(x.iter()).map(|(a, b)| a * b).sum() };
+            (0..n_classes).max_by(|&a, &b| score(a).total_cmp(&score(b))) == Some(**y)
+        })
+        .count();
+    (theta, correct as f64 / xs.len() as f64)
+}
+
+/// Solves `a x = b` (`a` is `n x n`, symmetric positive definite in practice) by Gaussian
+/// elimination with partial pivoting; singular directions get a zero step.
+fn solve(mut a: Vec<f64>, mut b: Vec<f64>, n: usize) -> Vec<f64> {
+    for col in 0..n {
+        let piv = (col..n)
+            .max_by(|&i, &j| a[i * n + col].abs().total_cmp(&a[j * n + col].abs()))
+            .unwrap_or(col);
+        if a[piv * n + col].abs() < 1e-300 {
+            continue;
+        }
+        if piv != col {
+            for k in 0..n {
+                a.swap(piv * n + k, col * n + k);
+            }
+            b.swap(piv, col);
+        }
+        for r in col + 1..n {
+            let f = a[r * n + col] / a[col * n + col];
+            if f != 0.0 {
+                for k in col..n {
+                    a[r * n + k] -= f * a[col * n + k];
+                }
+                b[r] -= f * b[col];
+            }
+        }
+    }
+    let mut x = vec![0.0f64; n];
+    for r in (0..n).rev() {
+        let d = a[r * n + r];
+        if d.abs() < 1e-300 {
+            continue;
+        }
+        let s: f64 = (r + 1..n).map(|k| a[r * n + k] * x[k]).sum();
+        x[r] = (b[r] - s) / d;
+    }
+    x
 }
 
 /// Everything a run needs besides the task.
@@ -928,6 +1192,19 @@ pub fn train(
         .ok_or_else(|| Error::Runtime("training needs a head (prepare_head first)".into()))?;
     let mut config = model.config.clone();
     let bidirectional = config.head.as_ref().is_some_and(|h| h.bidirectional);
+    // ORF features of every record, once (they survive the composition augmentation, which
+    // never creates or destroys a stop codon).
+    let orf: Option<Vec<Vec<f32>>> = match task {
+        Task::Position { data, .. } if config.head.as_ref().is_some_and(|h| h.orf_features) => {
+            Some(
+                data.records
+                    .iter()
+                    .map(|r| crate::model::orf::orf_features(&r.tokens))
+                    .collect(),
+            )
+        }
+        _ => None,
+    };
     let net = Net {
         backbone: model.backbone,
         head,
@@ -1026,7 +1303,7 @@ pub fn train(
                             .iter()
                             .map(|_| opts.rc_augment && rng.random_bool(0.5))
                             .collect();
-                        let mut b = window_batch(data, w, &rc);
+                        let mut b = window_batch(data, orf.as_deref(), w, &rc);
                         if opts.gc_augment > 0.0 {
                             for row in b.tokens.chunks_mut(b.len.max(1)) {
                                 let up = rng.random_bool(0.5);
@@ -1080,6 +1357,7 @@ pub fn train(
             Task::Position { data, val, .. } => position_scores(
                 &valid,
                 data,
+                orf.as_deref(),
                 val,
                 opts.eval_chunk,
                 Strands::of(config.head.as_ref()),
@@ -1207,13 +1485,16 @@ mod tests {
     use super::*;
     use crate::model::{HeadConfig, MambaConfig, ModelConfig};
 
-    fn tiny_net(device: &Device) -> Net {
-        let mut cfg = ModelConfig::new(MambaConfig::new(16, 2));
+    fn tiny_net_with(device: &Device, phase_period: usize, orf_features: bool) -> Net {
+        let mut arch = MambaConfig::new(16, 2);
+        arch.phase_period = phase_period;
+        let mut cfg = ModelConfig::new(arch);
         cfg.head = Some(HeadConfig {
             kind: HeadKind::Position,
             labels: vec!["bg".into(), "x".into(), "y".into()],
             rc_average: false,
             bidirectional: true,
+            orf_features,
         });
         let m = GenoModel::init(cfg, 3, device).unwrap();
         Net {
@@ -1280,34 +1561,125 @@ mod tests {
     #[test]
     fn bidirectional_training_path_equals_chunked_prediction() {
         // The batch path (both strands in one batch, flipped in tensors) and the chunked
-        // inference path (two passes with carried state, logits averaged) agree.
+        // inference path (two passes with carried state, logits averaged) agree, with and
+        // without a codon-phase embedding, for every record length modulo 3, and with ORF
+        // features.
         let device = Device::flex();
-        let net = tiny_net(&device);
-        let mut rng = StdRng::seed_from_u64(1);
-        let toks: Vec<u8> = (0..53).map(|_| 7 + rng.random_range(0..5u8)).collect();
-        let t: Tensor<2, Int> = Tensor::from_data(
-            TensorData::new(toks.iter().map(|&x| x as i64).collect(), [1, toks.len()]),
-            &device,
-        );
-        let want = host_values(softmax(net.position_logits(t, true), 2));
-        for (chunk, strands) in [(7, Strands::AverageStates), (1000, Strands::AverageStates)] {
-            let got = predict_positions(&net, &toks, chunk, strands, &device).unwrap();
-            assert_eq!(got.len(), want.len());
-            let worst = got
-                .iter()
-                .zip(&want)
-                .map(|(a, b)| (a - b).abs())
-                .fold(0.0f32, f32::max);
-            assert!(worst < 1e-5, "chunk {chunk}: {worst}");
+        for (phase, len, orf) in [
+            (0, 53, false),
+            (3, 53, false),
+            (3, 54, false),
+            (3, 55, false),
+            (0, 301, true),
+        ] {
+            let net = tiny_net_with(&device, phase, orf);
+            let mut rng = StdRng::seed_from_u64(1);
+            let toks: Vec<u8> = (0..len).map(|_| 7 + rng.random_range(0..5u8)).collect();
+            let t: Tensor<2, Int> = Tensor::from_data(
+                TensorData::new(toks.iter().map(|&x| x as i64).collect(), [1, toks.len()]),
+                &device,
+            );
+            let feats = orf.then(|| crate::model::orf::orf_features(&toks));
+            let k = crate::model::orf::ORF_FEATURES;
+            let extra = feats
+                .clone()
+                .map(|f| Tensor::from_data(TensorData::new(f, [1, len, k]), &device));
+            let want = host_values(softmax(net.position_logits(t, true, extra), 2));
+            for chunk in [7, 1000] {
+                let got = predict_positions(
+                    &net,
+                    &toks,
+                    feats.as_deref(),
+                    chunk,
+                    Strands::AverageStates,
+                    &device,
+                )
+                .unwrap();
+                assert_eq!(got.len(), want.len());
+                let worst = max_diff(&got, &want);
+                assert!(
+                    worst < 1e-5,
+                    "phase {phase} len {len} chunk {chunk}: {worst}"
+                );
+            }
+            // Forward only differs (the check above can fail).
+            if !orf {
+                let fwd =
+                    predict_positions(&net, &toks, None, 7, Strands::Forward, &device).unwrap();
+                assert!(max_diff(&fwd, &want) > 1e-4);
+            } else {
+                // Leaving the features out changes the predictions.
+                let bare = predict_positions(&net, &toks, None, 7, Strands::AverageStates, &device)
+                    .unwrap();
+                assert!(max_diff(&bare, &want) > 1e-4);
+            }
         }
-        // Forward only differs (the check above can fail).
-        let fwd = predict_positions(&net, &toks, 7, Strands::Forward, &device).unwrap();
-        let diff = fwd
-            .iter()
-            .zip(&want)
-            .map(|(a, b)| (a - b).abs())
-            .fold(0.0f32, f32::max);
-        assert!(diff > 1e-4);
+    }
+
+    fn max_diff(a: &[f32], b: &[f32]) -> f32 {
+        a.iter()
+            .zip(b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0.0f32, f32::max)
+    }
+
+    #[test]
+    fn newton_recovers_a_logistic_model() {
+        // Labels drawn from known softmax models (2 and 3 classes); the fit finds them.
+        let mut rng = StdRng::seed_from_u64(5);
+        for truth in [
+            vec![[0.0, 0.0, 0.0], [2.0, -1.0, 0.5]],
+            vec![[0.0, 0.0, 0.0], [1.5, 0.0, -0.5], [-1.0, 2.0, 0.25]],
+        ] {
+            let c = truth.len();
+            let mut xs = Vec::new();
+            let mut ys = Vec::new();
+            for _ in 0..40_000 {
+                let x = [
+                    rng.random_range(-2.0..2.0),
+                    rng.random_range(-2.0..2.0),
+                    1.0,
+                ];
+                let logits: Vec<f64> = truth
+                    .iter()
+                    .map(|w: &[f64; 3]| w.iter().zip(&x).map(|(a, b)| a * b).sum())
+                    .collect();
+                let z: f64 = logits.iter().map(|l| l.exp()).sum();
+                let mut u: f64 = rng.random::<f64>() * z;
+                let mut y = c - 1;
+                for (k, l) in logits.iter().enumerate() {
+                    u -= l.exp();
+                    if u <= 0.0 {
+                        y = k;
+                        break;
+                    }
+                }
+                xs.push(x);
+                ys.push(y);
+            }
+            let (theta, acc) = softmax_newton::<3>(&xs, &ys, c);
+            for (got, want) in theta.iter().zip(&truth) {
+                for (g, w) in got.iter().zip(want) {
+                    assert!((g - w).abs() < 0.1, "{theta:?} vs {truth:?}");
+                }
+            }
+            assert!(acc > 0.5);
+        }
+    }
+
+    #[test]
+    fn reverse_phase_pairs_do_not_depend_on_length() {
+        // The base at original position x gets phase -x mod p on the reverse strand.
+        for p in [1, 2, 3, 5] {
+            for n in 1..20 {
+                let start = crate::model::reverse_start_phase(n, p);
+                for x in 0..n {
+                    let j = n - 1 - x; // position in the reverse complement
+                    assert_eq!((start + j) % p, (p - x % p) % p, "p {p} n {n} x {x}");
+                }
+            }
+        }
+        assert_eq!(crate::model::reverse_start_phase(10, 0), 0);
     }
 
     #[test]

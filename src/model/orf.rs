@@ -1,0 +1,207 @@
+//! Open-reading-frame features: per base, the lengths of the stop-to-stop stretches that
+//! contain it in each of the six reading frames.
+//!
+//! A protein-coding gene is a long stretch without an in-frame stop codon, in every genome
+//! (bacterial code: TAA, TAG, TGA). A Mamba block, whose state decays along real, diagonal
+//! dynamics, has no way to keep three reading frames apart, so per-position heads can take
+//! these lengths as extra inputs (`HeadConfig::orf_features`): they are the one cue about
+//! gene structure that does not depend on a genome's base composition.
+//!
+//! For every strand and frame the record is cut at the stop codons of that frame; a stop
+//! codon belongs to the stretch it ends (the one before it in reading direction). Each base
+//! gets, per frame, `ln(1 + length in bases) / 10` of its stretch; the six values are sorted
+//! from longest to shortest, so the features do not depend on which frame or strand a gene
+//! is on, and the reverse complement of a record gets the mirrored features. N and other
+//! non-ACGT tokens are never part of a stop codon. Stretches cut by a record's ends are
+//! measured to the end.
+
+use crate::alphabet::{A, C, G, T};
+
+/// Number of features per base.
+pub const ORF_FEATURES: usize = 6;
+
+/// Scale of the features: `ln(1 + length) / ORF_SCALE` (a 3 kb stretch gives 0.8).
+const ORF_SCALE: f32 = 10.0;
+
+fn forward_stop(t: &[u8]) -> bool {
+    matches!((t[0], t[1], t[2]), (x, y, z) if x == T && ((y == A && (z == A || z == G)) || (y == G && z == A)))
+}
+
+fn reverse_stop(t: &[u8]) -> bool {
+    // Reverse complements of TAA, TAG, TGA read on the forward strand: TTA, CTA, TCA.
+    matches!((t[0], t[1], t[2]), (x, y, z) if z == A && ((y == T && (x == T || x == C)) || (x == T && y == C)))
+}
+
+/// Features of a record of tokens: `[len][ORF_FEATURES]`, row-major.
+pub fn orf_features(tokens: &[u8]) -> Vec<f32> {
+    let n = tokens.len();
+    let mut out = vec![0.0f32; n * ORF_FEATURES];
+    let mut slot = 0;
+    for reverse in [false, true] {
+        for frame in 0..3 {
+            // Codon starts of this frame holding a stop of this strand.
+            let stops: Vec<usize> = (frame..n.saturating_sub(2))
+                .step_by(3)
+                .filter(|&p| {
+                    let c = &tokens[p..p + 3];
+                    if reverse {
+                        reverse_stop(c)
+                    } else {
+                        forward_stop(c)
+                    }
+                })
+                .collect();
+            // Stretch borders: forward stretches end after their stop codon, reverse ones
+            // (read right to left) begin with theirs.
+            let mut borders = Vec::with_capacity(stops.len() + 2);
+            borders.push(0);
+            for &p in &stops {
+                let b = if reverse { p } else { p + 3 };
+                if b > 0 && b < n {
+                    borders.push(b);
+                }
+            }
+            borders.push(n);
+            for w in borders.windows(2) {
+                let (a, b) = (w[0], w[1]);
+                let v = (1.0 + (b - a) as f32).ln() / ORF_SCALE;
+                for i in a..b {
+                    out[i * ORF_FEATURES + slot] = v;
+                }
+            }
+            slot += 1;
+        }
+    }
+    for row in out.chunks_exact_mut(ORF_FEATURES) {
+        row.sort_by(|x, y| y.total_cmp(x));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::alphabet::{reverse_complement_tokens, tokenize};
+
+    fn len_of(v: f32) -> f32 {
+        (v * ORF_SCALE).exp() - 1.0
+    }
+
+    #[test]
+    fn a_gene_is_one_long_stretch() {
+        // ATG + 99 sense codons + TAA, flanked by stops in every frame on both strands.
+        let flank = "TAATAGTGATTATCATCTA";
+        let mut s = String::from(flank);
+        s.push_str("ATG");
+        for i in 0..99 {
+            s.push_str(["GCT", "GAA", "CGC", "AAA"][i % 4]);
+        }
+        s.push_str("TAA");
+        s.push_str(flank);
+        let t = tokenize(s.as_bytes()).unwrap();
+        let f = orf_features(&t);
+        let start = flank.len();
+        // Inside the gene the longest stretch covers at least the whole gene (303 bases with
+        // its stop codon).
+        let mid = start + 150;
+        let longest = len_of(f[mid * ORF_FEATURES]);
+        assert!(
+            (303.0..=s.len() as f32 + 0.5).contains(&longest),
+            "{longest}"
+        );
+        // Sorted, longest first.
+        for row in f.chunks_exact(ORF_FEATURES) {
+            assert!(row.windows(2).all(|w| w[0] >= w[1]));
+        }
+    }
+
+    /// Stretch length of base `i` in one strand and frame, by walking out from the base.
+    fn brute(s: &[u8], i: usize, reverse: bool, frame: usize) -> usize {
+        let n = s.len();
+        let is_stop = |p: usize| {
+            p + 3 <= n && p % 3 == frame % 3 && {
+                let w = std::str::from_utf8(&s[p..p + 3]).unwrap();
+                if reverse {
+                    ["TTA", "CTA", "TCA"].contains(&w)
+                } else {
+                    ["TAA", "TAG", "TGA"].contains(&w)
+                }
+            }
+        };
+        // A stop codon starting at p closes the stretch [.., p + 3) forward and opens
+        // [p, ..) in reverse.
+        let cut = |b: usize| -> bool {
+            if reverse {
+                is_stop(b)
+            } else {
+                b >= 3 && is_stop(b - 3)
+            }
+        };
+        let mut a = i;
+        while a > 0 && !cut(a) {
+            a -= 1;
+        }
+        let mut b = i + 1;
+        while b < n && !cut(b) {
+            b += 1;
+        }
+        b - a
+    }
+
+    #[test]
+    fn matches_a_base_by_base_walk() {
+        let mut x: u32 = 99;
+        let s: Vec<u8> = (0..400)
+            .map(|_| {
+                x = x.wrapping_mul(1_103_515_245).wrapping_add(12345);
+                b"ACGTTAAN"[(x >> 16) as usize % 8]
+            })
+            .collect();
+        let f = orf_features(&tokenize(&s).unwrap());
+        for i in 0..s.len() {
+            let mut want: Vec<f32> = [false, true]
+                .iter()
+                .flat_map(|&r| (0..3).map(move |fr| (r, fr)))
+                .map(|(r, fr)| (1.0 + brute(&s, i, r, fr) as f32).ln() / ORF_SCALE)
+                .collect();
+            want.sort_by(|a, b| b.total_cmp(a));
+            assert_eq!(
+                &f[i * ORF_FEATURES..(i + 1) * ORF_FEATURES],
+                &want[..],
+                "base {i}"
+            );
+        }
+    }
+
+    #[test]
+    fn reverse_complement_mirrors_the_features() {
+        let mut x: u32 = 7;
+        for len in [0usize, 1, 2, 3, 5, 100, 301, 1000] {
+            let s: Vec<u8> = (0..len)
+                .map(|_| {
+                    x = x.wrapping_mul(1_103_515_245).wrapping_add(12345);
+                    b"ACGTTAGN"[(x >> 16) as usize % 8]
+                })
+                .collect();
+            let t = tokenize(&s).unwrap();
+            let f = orf_features(&t);
+            let r = orf_features(&reverse_complement_tokens(&t));
+            assert_eq!(f.len(), len * ORF_FEATURES);
+            for i in 0..len {
+                let j = len - 1 - i;
+                assert_eq!(
+                    &f[i * ORF_FEATURES..(i + 1) * ORF_FEATURES],
+                    &r[j * ORF_FEATURES..(j + 1) * ORF_FEATURES],
+                    "len {len} base {i}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn no_stop_means_one_stretch_per_frame() {
+        let t = tokenize(b"GGGGGGGGGGCCCCCCCCCC").unwrap();
+        let f = orf_features(&t);
+        assert!(f.iter().all(|&v| (len_of(v) - 20.0).abs() < 1e-3));
+    }
+}
