@@ -162,3 +162,31 @@ fn saved_model_reloads_identically() {
     assert_eq!(h1, h2);
     assert!(m2.head.is_some());
 }
+
+#[test]
+fn orf_features_need_a_bidirectional_position_head() {
+    // A saved ORF-feature head reloads with its wider weight; a config that asks for the
+    // features on a forward-only head is refused with a usage error.
+    let device = Device::flex();
+    let mut cfg = ModelConfig::new(MambaConfig::new(16, 2));
+    cfg.head = Some(genomamba::model::HeadConfig {
+        kind: genomamba::model::HeadKind::Position,
+        labels: vec!["background".into(), "coding".into()],
+        rc_average: false,
+        bidirectional: true,
+        orf_features: true,
+    });
+    let m = GenoModel::init(cfg, 2, &device).unwrap();
+    assert_eq!(m.head.as_ref().unwrap().weight.val().dims(), [16 + 6, 2]);
+    let dir = tempfile::tempdir().unwrap();
+    m.save(dir.path()).unwrap();
+    let m2 = GenoModel::load(dir.path(), &device).unwrap();
+    assert_eq!(m.config, m2.config);
+    let path = dir.path().join("config.json");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let mut v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    v["head"]["bidirectional"] = serde_json::json!(false);
+    std::fs::write(&path, v.to_string()).unwrap();
+    let err = GenoModel::load(dir.path(), &device).unwrap_err();
+    assert!(err.to_string().contains("orf_features"), "{err}");
+}

@@ -774,6 +774,11 @@ pub fn predict_positions(
     // Forward strand: logits when states are averaged (the head is affine, so the mean of
     // two logit vectors is the head of the mean state), else probabilities.
     let logits = strands == Strands::AverageStates;
+    if extra.is_some() && !logits {
+        return Err(Error::Runtime(
+            "ORF features need a bidirectional head".into(),
+        ));
+    }
     crate::infer::run_batch(&net.backbone, &[tokens], chunk, device, false, &mut |c| {
         for t in 0..c.len {
             head.values(c.at(0, t), &mut v, logits);
@@ -805,11 +810,6 @@ pub fn predict_positions(
                 crate::model::softmax_in_place(row);
             }
         }
-    }
-    if extra.is_some() && !logits {
-        return Err(Error::Runtime(
-            "ORF features need a bidirectional head".into(),
-        ));
     }
     Ok(out)
 }
