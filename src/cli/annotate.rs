@@ -5,7 +5,7 @@ use clap::Args;
 use genomamba::io::fastx::RecordMeta;
 use genomamba::io::output::Output;
 use genomamba::io::segments::{BedGraphWriter, BedSegmenter};
-use genomamba::model::orf::{ORF_FEATURES, orf_features};
+use genomamba::model::orf::{ORF_FEATURES, orf_feature_blocks};
 use genomamba::model::{HeadKind, HostHead, softmax_in_place};
 use genomamba::train::trainer::Strands;
 use genomamba::{Error, Result};
@@ -236,11 +236,15 @@ impl RecordSink for AnnotateSink {
         if !self.orf {
             return Ok(());
         }
+        // Streamed in blocks: the features of a whole chromosome would take 24 bytes a base.
         let n = self.labels.len();
-        let f = orf_features(tokens);
-        for (row, x) in acc.chunks_exact_mut(n).zip(f.chunks_exact(ORF_FEATURES)) {
-            self.head.add_extra(x, row);
-        }
+        let head = &self.head;
+        orf_feature_blocks(tokens, 1 << 16, &mut |start, f| {
+            let rows = &mut acc[start * n..(start + f.len() / ORF_FEATURES) * n];
+            for (row, x) in rows.chunks_exact_mut(n).zip(f.chunks_exact(ORF_FEATURES)) {
+                head.add_extra(x, row);
+            }
+        });
         Ok(())
     }
 

@@ -32,50 +32,69 @@ fn reverse_stop(t: &[u8]) -> bool {
     matches!((t[0], t[1], t[2]), (x, y, z) if z == A && ((y == T && (x == T || x == C)) || (x == T && y == C)))
 }
 
-/// Features of a record of tokens: `[len][ORF_FEATURES]`, row-major.
+/// Features of a record of tokens: `[len][ORF_FEATURES]`, row-major (24 bytes per base; see
+/// [`orf_feature_blocks`] to stream them instead).
 pub fn orf_features(tokens: &[u8]) -> Vec<f32> {
+    let mut out = Vec::with_capacity(tokens.len() * ORF_FEATURES);
+    orf_feature_blocks(tokens, 1 << 16, &mut |_, f| out.extend_from_slice(f));
+    out
+}
+
+/// The stretch borders of one strand and frame: 0, every cut, `n` (ascending).
+fn borders(tokens: &[u8], reverse: bool, frame: usize) -> Vec<usize> {
     let n = tokens.len();
-    let mut out = vec![0.0f32; n * ORF_FEATURES];
-    let mut slot = 0;
-    for reverse in [false, true] {
-        for frame in 0..3 {
-            // Codon starts of this frame holding a stop of this strand.
-            let stops: Vec<usize> = (frame..n.saturating_sub(2))
-                .step_by(3)
-                .filter(|&p| {
-                    let c = &tokens[p..p + 3];
-                    if reverse {
-                        reverse_stop(c)
-                    } else {
-                        forward_stop(c)
-                    }
-                })
-                .collect();
-            // Stretch borders: forward stretches end after their stop codon, reverse ones
-            // (read right to left) begin with theirs.
-            let mut borders = Vec::with_capacity(stops.len() + 2);
-            borders.push(0);
-            for &p in &stops {
-                let b = if reverse { p } else { p + 3 };
-                if b > 0 && b < n {
-                    borders.push(b);
-                }
+    let mut out = vec![0];
+    for p in (frame..n.saturating_sub(2)).step_by(3) {
+        let c = &tokens[p..p + 3];
+        let stop = if reverse {
+            reverse_stop(c)
+        } else {
+            forward_stop(c)
+        };
+        if stop {
+            // Forward stretches end after their stop codon, reverse ones (read right to
+            // left) begin with theirs.
+            let b = if reverse { p } else { p + 3 };
+            if b > 0 && b < n {
+                out.push(b);
             }
-            borders.push(n);
-            for w in borders.windows(2) {
-                let (a, b) = (w[0], w[1]);
-                let v = (1.0 + (b - a) as f32).ln() / ORF_SCALE;
-                for i in a..b {
-                    out[i * ORF_FEATURES + slot] = v;
-                }
-            }
-            slot += 1;
         }
     }
-    for row in out.chunks_exact_mut(ORF_FEATURES) {
-        row.sort_by(|x, y| y.total_cmp(x));
-    }
+    out.push(n);
     out
+}
+
+/// Hands the features of `tokens` to `sink` in consecutive blocks of up to `block` positions
+/// (`sink(start, features of start..start + k)`), holding only the stretch borders (one word
+/// per stop codon) and one block.
+pub fn orf_feature_blocks(tokens: &[u8], block: usize, sink: &mut dyn FnMut(usize, &[f32])) {
+    let n = tokens.len();
+    let block = block.max(1);
+    let all: Vec<Vec<usize>> = [false, true]
+        .iter()
+        .flat_map(|&r| (0..3).map(move |f| (r, f)))
+        .map(|(r, f)| borders(tokens, r, f))
+        .collect();
+    // Per strand and frame, the index of the stretch holding the current position.
+    let mut at = vec![0usize; all.len()];
+    let mut buf = vec![0.0f32; block * ORF_FEATURES];
+    let mut start = 0;
+    while start < n {
+        let end = (start + block).min(n);
+        let rows = &mut buf[..(end - start) * ORF_FEATURES];
+        for (i, row) in rows.chunks_exact_mut(ORF_FEATURES).enumerate() {
+            let pos = start + i;
+            for ((slot, b), k) in row.iter_mut().zip(&all).zip(at.iter_mut()) {
+                while b[*k + 1] <= pos {
+                    *k += 1;
+                }
+                *slot = (1.0 + (b[*k + 1] - b[*k]) as f32).ln() / ORF_SCALE;
+            }
+            row.sort_by(|x, y| y.total_cmp(x));
+        }
+        sink(start, rows);
+        start = end;
+    }
 }
 
 #[cfg(test)]
@@ -195,6 +214,29 @@ mod tests {
                     "len {len} base {i}"
                 );
             }
+        }
+    }
+
+    #[test]
+    fn blocks_give_the_whole_record() {
+        let mut x: u32 = 3;
+        let s: Vec<u8> = (0..1000)
+            .map(|_| {
+                x = x.wrapping_mul(1_103_515_245).wrapping_add(12345);
+                b"ACGTTAGA"[(x >> 16) as usize % 8]
+            })
+            .collect();
+        let t = tokenize(&s).unwrap();
+        let whole = orf_features(&t);
+        for block in [1, 7, 64, 999, 1000, 5000] {
+            let mut got = Vec::new();
+            let mut next = 0;
+            orf_feature_blocks(&t, block, &mut |start, f| {
+                assert_eq!(start, next);
+                next += f.len() / ORF_FEATURES;
+                got.extend_from_slice(f);
+            });
+            assert_eq!(got, whole, "block {block}");
         }
     }
 
