@@ -132,7 +132,7 @@ impl InputArgs {
                                 sink.rows_rc(&mut acc, meta, c.start, &c.values[..c.len * d], d)
                             },
                         )?;
-                        drop(rev);
+                        drop(rev); // before the sink's own per-record work
                         sink.whole_record(&mut acc, &long_tokens)?;
                         long_tokens = Vec::new();
                     }
@@ -147,53 +147,40 @@ impl InputArgs {
             for p in &group {
                 accs.push(sink.begin(&p.meta)?);
             }
-            run_batch(
-                &model.backbone,
-                &seqs,
-                self.chunk_size,
-                device,
-                false,
-                &mut |c| {
-                    for (b, acc) in accs.iter_mut().enumerate() {
-                        let valid = seqs[b].len().saturating_sub(c.start).min(c.len);
-                        if valid > 0 {
-                            let o = b * c.len * d;
-                            sink.rows(
-                                acc,
-                                &group[b].meta,
-                                c.start,
-                                &c.values[o..o + valid * d],
-                                d,
-                            )?;
-                        }
-                    }
-                    pb.inc((c.len * seqs.len()) as u64);
-                    Ok(())
-                },
-            )?;
-            if rc {
-                let revs: Vec<Vec<u8>> =
-                    seqs.iter().map(|s| reverse_complement_tokens(s)).collect();
-                let revs: Vec<&[u8]> = revs.iter().map(|r| r.as_slice()).collect();
+            // Forward strand, then (with `rc`) the reverse complements, whose phases follow
+            // the original coordinates.
+            let revs: Vec<Vec<u8>> = if rc {
+                seqs.iter().map(|s| reverse_complement_tokens(s)).collect()
+            } else {
+                Vec::new()
+            };
+            let revs: Vec<&[u8]> = revs.iter().map(|r| r.as_slice()).collect();
+            for (recs, reverse) in [(&seqs, false), (&revs, true)] {
+                if reverse && !rc {
+                    break;
+                }
                 run_batch(
                     &model.backbone,
-                    &revs,
+                    recs,
                     self.chunk_size,
                     device,
-                    true,
+                    reverse,
                     &mut |c| {
                         for (b, acc) in accs.iter_mut().enumerate() {
-                            let valid = revs[b].len().saturating_sub(c.start).min(c.len);
+                            let valid = recs[b].len().saturating_sub(c.start).min(c.len);
                             if valid > 0 {
                                 let o = b * c.len * d;
-                                sink.rows_rc(
-                                    acc,
-                                    &group[b].meta,
-                                    c.start,
-                                    &c.values[o..o + valid * d],
-                                    d,
-                                )?;
+                                let rows = &c.values[o..o + valid * d];
+                                let meta = &group[b].meta;
+                                if reverse {
+                                    sink.rows_rc(acc, meta, c.start, rows, d)?;
+                                } else {
+                                    sink.rows(acc, meta, c.start, rows, d)?;
+                                }
                             }
+                        }
+                        if !reverse {
+                            pb.inc((c.len * recs.len()) as u64);
                         }
                         Ok(())
                     },
