@@ -84,6 +84,15 @@ fn last_val(out: &Path, key: &str) -> f64 {
     v["val"][key].as_f64().unwrap()
 }
 
+/// Writes one record as `CHROM.fa` and its labels as `CHROM.bed` in `dir`.
+fn write_labeled(dir: &Path, chrom: &str, seq: &str, bed: &str) -> (PathBuf, PathBuf) {
+    let fa = dir.join(format!("{chrom}.fa"));
+    std::fs::write(&fa, format!(">{chrom}\n{seq}\n")).unwrap();
+    let bedp = dir.join(format!("{chrom}.bed"));
+    std::fs::write(&bedp, bed).unwrap();
+    (fa, bedp)
+}
+
 fn reverse_complement(seq: &str) -> String {
     seq.bytes()
         .rev()
@@ -325,10 +334,7 @@ fn position_training_learns_and_annotates() {
     // N run: masked from the loss.
     seq.push_str(&"N".repeat(300));
     seq.push_str(&random_dna(&mut rng, 500));
-    let fa = dir.path().join("ref.fa");
-    std::fs::write(&fa, format!(">chrT\n{seq}\n")).unwrap();
-    let bedp = dir.path().join("labels.bed");
-    std::fs::write(&bedp, &bed).unwrap();
+    let (fa, bedp) = write_labeled(dir.path(), "chrT", &seq, &bed);
     let out = dir.path().join("pos");
     let mut args = vec![
         "train",
@@ -439,10 +445,7 @@ fn orf_feature_head_finds_genes_on_both_strands() {
         seq.push_str(&g);
         bed.push_str(&format!("chrG\t{start}\t{}\tCDS\t0\t{strand}\n", seq.len()));
     }
-    let fa = dir.path().join("g.fa");
-    std::fs::write(&fa, format!(">chrG\n{seq}\n")).unwrap();
-    let bedp = dir.path().join("g.bed");
-    std::fs::write(&bedp, &bed).unwrap();
+    let (fa, bedp) = write_labeled(dir.path(), "chrG", &seq, &bed);
     let out = dir.path().join("orf");
     let mut args = vec![
         "train",

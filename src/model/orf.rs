@@ -102,6 +102,17 @@ mod tests {
     use super::*;
     use crate::alphabet::{reverse_complement_tokens, tokenize};
 
+    /// `len` pseudo-random letters drawn from `letters` (stop-codon-rich on purpose).
+    fn dna(len: usize, seed: u32, letters: &[u8; 8]) -> Vec<u8> {
+        let mut x = seed;
+        (0..len)
+            .map(|_| {
+                x = x.wrapping_mul(1_103_515_245).wrapping_add(12345);
+                letters[(x >> 16) as usize % 8]
+            })
+            .collect()
+    }
+
     fn len_of(v: f32) -> f32 {
         (v * ORF_SCALE).exp() - 1.0
     }
@@ -169,13 +180,7 @@ mod tests {
 
     #[test]
     fn matches_a_base_by_base_walk() {
-        let mut x: u32 = 99;
-        let s: Vec<u8> = (0..400)
-            .map(|_| {
-                x = x.wrapping_mul(1_103_515_245).wrapping_add(12345);
-                b"ACGTTAAN"[(x >> 16) as usize % 8]
-            })
-            .collect();
+        let s = dna(400, 99, b"ACGTTAAN");
         let f = orf_features(&tokenize(&s).unwrap());
         for i in 0..s.len() {
             let mut want: Vec<f32> = [false, true]
@@ -194,14 +199,8 @@ mod tests {
 
     #[test]
     fn reverse_complement_mirrors_the_features() {
-        let mut x: u32 = 7;
         for len in [0usize, 1, 2, 3, 5, 100, 301, 1000] {
-            let s: Vec<u8> = (0..len)
-                .map(|_| {
-                    x = x.wrapping_mul(1_103_515_245).wrapping_add(12345);
-                    b"ACGTTAGN"[(x >> 16) as usize % 8]
-                })
-                .collect();
+            let s = dna(len, 7 + len as u32, b"ACGTTAGN");
             let t = tokenize(&s).unwrap();
             let f = orf_features(&t);
             let r = orf_features(&reverse_complement_tokens(&t));
@@ -219,13 +218,7 @@ mod tests {
 
     #[test]
     fn blocks_give_the_whole_record() {
-        let mut x: u32 = 3;
-        let s: Vec<u8> = (0..1000)
-            .map(|_| {
-                x = x.wrapping_mul(1_103_515_245).wrapping_add(12345);
-                b"ACGTTAGA"[(x >> 16) as usize % 8]
-            })
-            .collect();
+        let s = dna(1000, 3, b"ACGTTAGA");
         let t = tokenize(&s).unwrap();
         let whole = orf_features(&t);
         for block in [1, 7, 64, 999, 1000, 5000] {
