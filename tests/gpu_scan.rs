@@ -308,17 +308,7 @@ fn gpu_scan_carries_state_across_calls() {
 fn gradients(x: &Case, device: &Device, reference: bool) -> Vec<Vec<f32>> {
     let device = device.clone().autodiff();
     let a = args(x, &device);
-    let leaves = ScanArgs {
-        u: a.u.require_grad(),
-        delta: a.delta.require_grad(),
-        a: a.a.require_grad(),
-        b: a.b.require_grad(),
-        c: a.c.require_grad(),
-        d: a.d.require_grad(),
-        z: a.z.require_grad(),
-        delta_bias: a.delta_bias.require_grad(),
-        h0: a.h0.require_grad(),
-    };
+    let leaves = a.require_grad();
     let mut rng = StdRng::seed_from_u64(99);
     let (nb, nl, ni, ns) = (x.batch, x.len, x.d_inner, x.d_state);
     let w1 = tensor(&normals(&mut rng, nb * nl * ni, 1.0), [nb, nl, ni], &device);

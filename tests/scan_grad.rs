@@ -139,20 +139,6 @@ fn args(x: &Case, device: &Device) -> ScanArgs {
     }
 }
 
-fn require_grad(a: ScanArgs) -> ScanArgs {
-    ScanArgs {
-        u: a.u.require_grad(),
-        delta: a.delta.require_grad(),
-        a: a.a.require_grad(),
-        b: a.b.require_grad(),
-        c: a.c.require_grad(),
-        d: a.d.require_grad(),
-        z: a.z.require_grad(),
-        delta_bias: a.delta_bias.require_grad(),
-        h0: a.h0.require_grad(),
-    }
-}
-
 /// `‖got - want‖₂ / ‖want‖₂` (the absolute norm where `want` is all zero).
 #[track_caller]
 fn rel_err(got: &[f32], want: &[f32], what: &str) -> f64 {
@@ -252,7 +238,7 @@ fn check_case(x: &Case, loss: Loss, seed: u64) -> f64 {
 
     let (fy, fh, fg) = forward_backward(
         selective_scan,
-        require_grad(args(x, &device)),
+        args(x, &device).require_grad(),
         &w1,
         &w2,
         loss,
@@ -260,7 +246,7 @@ fn check_case(x: &Case, loss: Loss, seed: u64) -> f64 {
     );
     let (ry, rh, rg) = forward_backward(
         selective_scan_reference,
-        require_grad(args(x, &device)),
+        args(x, &device).require_grad(),
         &w1,
         &w2,
         loss,
@@ -374,7 +360,7 @@ fn fast_path_gradients_through_a_carried_state() {
     };
     let (fy, fh, fg) = forward_backward(
         in_chunks,
-        require_grad(args(&x, &device)),
+        args(&x, &device).require_grad(),
         &w1,
         &w2,
         Loss::Both,
@@ -382,7 +368,7 @@ fn fast_path_gradients_through_a_carried_state() {
     );
     let (ry, rh, rg) = forward_backward(
         selective_scan_reference,
-        require_grad(args(&x, &device)),
+        args(&x, &device).require_grad(),
         &w1,
         &w2,
         Loss::Both,
@@ -452,7 +438,7 @@ fn fast_path_gradients_from_strided_views() {
     };
     let (fy, fh, fg) = forward_backward(
         |l| selective_scan(viewed(l)),
-        require_grad(args(&x, &device)),
+        args(&x, &device).require_grad(),
         &w1,
         &w2,
         Loss::Both,
@@ -460,7 +446,7 @@ fn fast_path_gradients_from_strided_views() {
     );
     let (ry, rh, rg) = forward_backward(
         selective_scan_reference,
-        require_grad(args(&x, &device)),
+        args(&x, &device).require_grad(),
         &w1,
         &w2,
         Loss::Both,

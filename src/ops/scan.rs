@@ -212,6 +212,22 @@ pub struct ScanArgs {
 }
 
 impl ScanArgs {
+    /// The same arguments, every tensor marked as a leaf that autodiff tracks (on an
+    /// autodiff device), for taking gradients with respect to all scan inputs.
+    pub fn require_grad(self) -> Self {
+        ScanArgs {
+            u: self.u.require_grad(),
+            delta: self.delta.require_grad(),
+            a: self.a.require_grad(),
+            b: self.b.require_grad(),
+            c: self.c.require_grad(),
+            d: self.d.require_grad(),
+            z: self.z.require_grad(),
+            delta_bias: self.delta_bias.require_grad(),
+            h0: self.h0.require_grad(),
+        }
+    }
+
     fn into_dispatch(self) -> ScanInput<Dispatch> {
         ScanInput {
             u: self.u.into_dispatch(),
