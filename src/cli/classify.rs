@@ -1,5 +1,6 @@
 //! `genomamba classify`: one label per record from the sequence head (mean-pooled states).
 
+use burn::tensor::Tensor;
 use clap::Args;
 
 use genomamba::infer::pool::{Pool, Pooler};
@@ -51,6 +52,17 @@ impl RecordSink for ClassifySink {
         Ok(())
     }
 
+    fn rows_tensor(
+        &mut self,
+        acc: &mut Self::Acc,
+        _: &RecordMeta,
+        _: usize,
+        hidden: Tensor<2>,
+    ) -> Result<()> {
+        acc.0.push_tensor(hidden);
+        Ok(())
+    }
+
     fn rows_rc(
         &mut self,
         acc: &mut Self::Acc,
@@ -63,7 +75,7 @@ impl RecordSink for ClassifySink {
         Ok(())
     }
 
-    fn end(&mut self, acc: Self::Acc, meta: &RecordMeta, len: usize) -> Result<()> {
+    fn end(&mut self, mut acc: Self::Acc, meta: &RecordMeta, len: usize) -> Result<()> {
         let pooled = acc.0.finish().unwrap_or_else(|| vec![0.0; self.d]);
         let mut p = vec![0.0f32; self.labels.len()];
         self.head.probs(&pooled, &mut p);

@@ -3,18 +3,19 @@
 use std::io::IsTerminal;
 use std::path::PathBuf;
 
-use burn::tensor::Device;
+use burn::tensor::{Device, Tensor};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use genomamba::alphabet::reverse_complement_tokens;
 use genomamba::device::DeviceSpec;
 use genomamba::infer::DEFAULT_CHUNK;
-use genomamba::infer::{run_batch, run_piece};
+use genomamba::infer::{run_batch, run_piece_tensor};
 use genomamba::io::fastx::{Piece, RecordMeta, for_each_piece};
 use genomamba::io::region::{Region, read_region};
 use genomamba::model::GenoModel;
 use genomamba::model::MambaState;
+use genomamba::model::weights::host_values;
 use genomamba::{Error, Result};
 
 /// Inputs, device and chunking, shared by `embed`, `classify` and `annotate`.
@@ -34,6 +35,8 @@ pub struct InputArgs {
     #[arg(long, default_value = "cpu")]
     pub device: String,
     /// Bases per chunk; the state is carried across chunks, so results do not depend on it.
+    /// On a GPU, 65536 runs a chromosome 1.2x faster (records shorter than a chunk are
+    /// batched, so long chunks also mean large batches of long records).
     #[arg(long, default_value_t = DEFAULT_CHUNK)]
     pub chunk_size: usize,
     /// Records run together when they fit in one chunk.
@@ -113,8 +116,9 @@ impl InputArgs {
                         (None, sink.begin(meta)?)
                     }
                 };
-                let (rows, next) = run_piece(&model.backbone, &piece.tokens, state, device);
-                sink.rows(&mut acc, meta, piece.start, &rows, d)?;
+                let (hidden, next) =
+                    run_piece_tensor(&model.backbone, &piece.tokens, state, device);
+                sink.rows_tensor(&mut acc, meta, piece.start, hidden)?;
                 pb.inc(piece.tokens.len() as u64);
                 if rc {
                     long_tokens.extend_from_slice(&piece.tokens);
@@ -280,6 +284,20 @@ pub trait RecordSink {
         rows: &[f32],
         d: usize,
     ) -> Result<()>;
+    /// Like [`Self::rows`], with the hidden states (`[positions, d]`) still on the model's
+    /// device, for sinks that reduce them there; the default copies them to the host and
+    /// calls [`Self::rows`]. Long records arrive this way, piece by piece.
+    fn rows_tensor(
+        &mut self,
+        acc: &mut Self::Acc,
+        meta: &RecordMeta,
+        start: usize,
+        hidden: Tensor<2>,
+    ) -> Result<()> {
+        let d = hidden.dims()[1];
+        let rows = host_values(hidden);
+        self.rows(acc, meta, start, &rows, d)
+    }
     /// Final hidden states of the record's reverse complement, positions `start..` of it
     /// (only when [`InputArgs::drive`] runs with `rc`).
     fn rows_rc(

@@ -3,6 +3,7 @@
 use std::collections::HashSet;
 use std::path::PathBuf;
 
+use burn::tensor::Tensor;
 use clap::Args;
 
 use genomamba::infer::pool::{Pool, Pooler};
@@ -54,7 +55,18 @@ impl RecordSink for PooledSink {
         Ok(())
     }
 
-    fn end(&mut self, acc: Pooler, meta: &RecordMeta, len: usize) -> Result<()> {
+    fn rows_tensor(
+        &mut self,
+        acc: &mut Pooler,
+        _: &RecordMeta,
+        _: usize,
+        hidden: Tensor<2>,
+    ) -> Result<()> {
+        acc.push_tensor(hidden);
+        Ok(())
+    }
+
+    fn end(&mut self, mut acc: Pooler, meta: &RecordMeta, len: usize) -> Result<()> {
         let mut line = format!("{}\t{len}", meta.id);
         if let Some(v) = acc.finish() {
             for x in v {

@@ -142,9 +142,22 @@ pub fn run_piece(
     state: Option<MambaState>,
     device: &Device,
 ) -> (Vec<f32>, MambaState) {
+    let (hidden, next) = run_piece_tensor(model, tokens, state, device);
+    (host_values(hidden), next)
+}
+
+/// [`run_piece`] with the hidden states left on the device, `[len, d_model]`. Nothing here
+/// waits for the device, so the host can prepare the next piece while this one runs.
+pub fn run_piece_tensor(
+    model: &Mamba,
+    tokens: &[u8],
+    state: Option<MambaState>,
+    device: &Device,
+) -> (Tensor<2>, MambaState) {
     let state = state.unwrap_or_else(|| model.zero_state(1, device));
     let ids: Vec<i64> = tokens.iter().map(|&t| t as i64).collect();
     let t: Tensor<2, Int> = Tensor::from_data(TensorData::new(ids, [1, tokens.len()]), device);
     let (hidden, next) = model.forward(t, state);
-    (host_values(hidden), next)
+    let [_, len, d] = hidden.dims();
+    (hidden.reshape([len, d]), next)
 }
