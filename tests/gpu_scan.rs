@@ -7,6 +7,10 @@
 //! Errors are `max |gpu - ref| / max |ref|` over each output tensor. The scan does no matrix
 //! products, so TF32 is not involved and f32 accuracy is expected.
 //!
+//! The fused causal convolution + SiLU (`causal_conv_silu` on `cuda:0`, a CubeCL kernel that
+//! reads `in_proj`'s output through its strides) is checked the same way against its reference,
+//! including chunks shorter than the carried window and a window carried across two calls.
+//!
 //! Without a CUDA device every test prints "skipped: no CUDA device" and passes.
 //!
 //! Run: `cargo test --release --features cuda --test gpu_scan -- --nocapture --test-threads 1`
@@ -15,6 +19,7 @@
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
 use burn::tensor::{Device, DeviceType, Tensor, TensorData};
+use genomamba::ops::block::{Impl, causal_conv_silu_with};
 use genomamba::ops::{ScanArgs, selective_scan, selective_scan_reference};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -362,4 +367,89 @@ fn gpu_scan_gradients_match_autodiff_of_the_reference() {
         println!("{:<58} gradients ok", x.describe());
     }
     println!("worst gradient error {worst:.2e}");
+}
+
+/// One causal convolution + SiLU: `x` is `[batch, len, 2·d]` (the kernel reads the first `d`
+/// channels through the row strides, as it reads `in_proj`'s output), `window` the carried
+/// `[batch, k-1, d]`; returns host `(u, next window)`.
+fn conv(
+    which: Impl,
+    [x, window, weight, bias]: [&[f32]; 4],
+    [batch, len, d, k]: [usize; 4],
+    device: &Device,
+) -> (Vec<f32>, Vec<f32>) {
+    let (u, next) = causal_conv_silu_with(
+        which,
+        tensor(x, [batch, len, 2 * d], device),
+        tensor(window, [batch, k - 1, d], device),
+        tensor(weight, [k, d], device),
+        tensor(bias, [d], device),
+    );
+    assert_eq!(u.dims(), [batch, len, d], "u shape");
+    assert_eq!(next.dims(), [batch, k - 1, d], "window shape");
+    (host(u), host(next))
+}
+
+#[test]
+fn gpu_conv_matches_reference_and_carries_the_window() {
+    let gpu = require_cuda!();
+    // Chunks shorter than the window (len 1, 2 with k 4), d not a power of two, k 1..4.
+    let shapes = [
+        [2, 1, 5, 4],
+        [2, 2, 37, 4],
+        [1, 3, 37, 4],
+        [2, 7, 37, 4],
+        [3, 300, 64, 1],
+        [2, 50, 37, 2],
+        [1, 2049, 1536, 4],
+    ];
+    let mut rng = StdRng::seed_from_u64(5);
+    for [batch, len, d, k] in shapes {
+        let x = normals(&mut rng, batch * len * 2 * d, 1.0);
+        let window = normals(&mut rng, batch * (k - 1) * d, 1.0);
+        let weight = normals(&mut rng, k * d, 0.5);
+        let bias = normals(&mut rng, d, 0.5);
+        let parts = [&x[..], &window, &weight, &bias];
+        let (want_u, want_w) = conv(Impl::Reference, parts, [batch, len, d, k], &Device::flex());
+        let (got_u, got_w) = conv(Impl::Fastest, parts, [batch, len, d, k], &gpu);
+        let (eu, ew) = (rel_err(&got_u, &want_u), rel_err(&got_w, &want_w));
+        println!("conv batch {batch} len {len} d {d} k {k}: u {eu:9.2e}   window {ew:9.2e}");
+        assert!(
+            eu <= 1e-5 && ew == 0.0,
+            "conv {batch}x{len}x{d} k {k}: u {eu:e} window {ew:e}"
+        );
+
+        // Two chunks with the window carried give the same as one.
+        if len > 2 {
+            let cut = len / 3;
+            let rows = |t0: usize, t1: usize| -> Vec<f32> {
+                (0..batch)
+                    .flat_map(|b| x[(b * len + t0) * 2 * d..(b * len + t1) * 2 * d].to_vec())
+                    .collect()
+            };
+            let (first, second) = (rows(0, cut), rows(cut, len));
+            let (u1, w1) = conv(
+                Impl::Fastest,
+                [&first, &window, &weight, &bias],
+                [batch, cut, d, k],
+                &gpu,
+            );
+            let (u2, w2) = conv(
+                Impl::Fastest,
+                [&second, &w1, &weight, &bias],
+                [batch, len - cut, d, k],
+                &gpu,
+            );
+            let mut joined = Vec::with_capacity(want_u.len());
+            for b in 0..batch {
+                joined.extend_from_slice(&u1[b * cut * d..(b + 1) * cut * d]);
+                joined.extend_from_slice(&u2[b * (len - cut) * d..(b + 1) * (len - cut) * d]);
+            }
+            let (eu, ew) = (rel_err(&joined, &want_u), rel_err(&w2, &want_w));
+            assert!(
+                eu <= 1e-5 && ew == 0.0,
+                "split conv: u {eu:e} window {ew:e}"
+            );
+        }
+    }
 }

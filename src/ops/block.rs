@@ -53,8 +53,9 @@ pub struct ConvOutput<B: Backend> {
 
 /// Per-position block operations.
 ///
-/// On GPU devices (the `cuda` feature) the references run as ordinary tensor operations,
-/// which Burn's fusion compiles into few kernels.
+/// On GPU devices (the `cuda` feature) the convolution is a CubeCL kernel
+/// ([`block_cube`](super::block_cube)), registered with Burn's fusion as one opaque operation;
+/// RMSNorm runs as tensor operations, which fusion compiles into few kernels.
 #[backend_extension(
     Flex,
     Autodiff,
@@ -63,7 +64,11 @@ pub struct ConvOutput<B: Backend> {
 )]
 pub trait BlockOpsBackend: Backend {
     /// `SiLU(causal_depthwise_conv([window | x]) + bias)` and the next window.
-    #[fusion(default)]
+    // Under Fusion: one custom operation; `u` is `x` narrowed to the weight's channels.
+    #[fusion(meta = |input| ConvOutputMetadata {
+        u: conv_u_spec(&input.x, &input.weight),
+        window: input.window.clone(),
+    })]
     fn causal_conv_silu(#[extension_type] input: ConvInput<Self>) -> ConvOutput<Self> {
         conv_reference::<Self>(input)
     }
@@ -103,9 +108,27 @@ impl BlockOpsBackend for Flex {
 
 impl<B: Backend + BlockOpsBackend, C: CheckpointStrategy> BlockOpsBackend for Autodiff<B, C> {}
 
-// The GPU backend uses the references (tensor operations); a fused kernel can override them.
+// The GPU backend: the convolution as a CubeCL kernel, RMSNorm as tensor operations.
 #[cfg(feature = "cuda")]
-impl BlockOpsBackend for burn_cubecl::CubeBackend {}
+impl BlockOpsBackend for burn_cubecl::CubeBackend {
+    fn causal_conv_silu(input: ConvInput<Self>) -> ConvOutput<Self> {
+        super::block_cube::conv_cube(input)
+    }
+}
+
+/// Shape of the convolution's output under Fusion: `[batch, length, d_inner]`.
+#[cfg(feature = "cuda")]
+fn conv_u_spec(
+    x: &burn::backend::fusion::custom::TensorSpec,
+    weight: &burn::backend::fusion::custom::TensorSpec,
+) -> burn::backend::fusion::custom::TensorSpec {
+    let (xs, ws) = (x.shape.to_vec(), weight.shape.to_vec());
+    let dim = |s: &[usize], i: usize| s.get(i).copied().unwrap_or(0);
+    burn::backend::fusion::custom::TensorSpec::new(
+        Shape::new([dim(&xs, 0), dim(&xs, 1), dim(&ws, 1)]),
+        x.dtype,
+    )
+}
 
 fn dims<B: Backend>(t: &FloatTensor<B>) -> Vec<usize> {
     t.shape().to_vec()

@@ -1,6 +1,7 @@
 //! Custom operations, as Burn backend extensions.
 //!
-//! - [`block`]: causal convolution fused with SiLU over a carried window, and RMSNorm.
+//! - [`block`]: causal convolution fused with SiLU over a carried window, and RMSNorm (with
+//!   the `cuda` feature, the convolution is a CubeCL kernel).
 //! - [`scan`]: the selective scan of Mamba (S6), with a reference written in plain tensor
 //!   operations that every backend gets, a fused host loop for the CPU backend, and (with the
 //!   `cuda` feature) a chunked-time GPU kernel for the CubeCL backend; on autodiff devices a
@@ -8,6 +9,8 @@
 //!   the CPU backend).
 
 pub mod block;
+#[cfg(feature = "cuda")]
+mod block_cube;
 pub mod scan;
 mod scan_backward;
 mod scan_cpu;

@@ -66,6 +66,7 @@ use burn_cubecl::tensor::CubeTensor;
 use cubecl::prelude::*;
 use cubecl::{CubeCount, CubeDim, calculate_cube_count_elemwise};
 
+use super::block_cube::row_strides;
 use super::scan::{ScanInput, ScanOutput};
 use super::scan_reference::scan_reference;
 
@@ -78,6 +79,21 @@ const CUBE_THREADS: u32 = 128;
 /// Threads the chunking aims for: a few times what an H100/H200 keeps resident, so that a
 /// batch-1 scan over a long sequence fills the GPU.
 const TARGET_THREADS: usize = 1 << 19;
+
+/// [`TARGET_THREADS`], or the environment variable `GENOMAMBA_SCAN_THREADS` where it holds a
+/// positive number (for tuning runs; results do not depend on it). Measured on an H200
+/// (16 Mb of chr20, d_model 256, 16 layers, chunks of 65,536): 2^17 to 2^20 gave the same
+/// time to within 3%.
+fn target_threads() -> usize {
+    static TARGET: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *TARGET.get_or_init(|| {
+        std::env::var("GENOMAMBA_SCAN_THREADS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .filter(|&v: &usize| v > 0)
+            .unwrap_or(TARGET_THREADS)
+    })
+}
 
 /// Shortest chunk worth its own pass-1/pass-2 work.
 const MIN_CHUNK: usize = 64;
@@ -219,7 +235,8 @@ fn scan_chunk_combine_kernel(
 
 /// Pass 3: every chunk rescanned from its incoming state, writing the gated output.
 ///
-/// Threads as in pass 1; `b` and `c` are read `vec` floats at a time. With `single_chunk`,
+/// Threads as in pass 1; `b` and `c` are read `vec` floats at a time; `z` is read at
+/// `b·zs0 + t·zs1 + d` (it is usually a view of `in_proj`'s output). With `single_chunk`,
 /// `h_in` is `h0` (`[batch, d_inner, d_state]`) and the last state goes to `h_last`; otherwise
 /// `h_in` is pass 2's `[batch, chunks, d_state, d_inner]` and `h_last` is left alone.
 #[cube(launch_unchecked, address_type = "dynamic")]
@@ -241,6 +258,8 @@ fn scan_chunk_output_kernel<V: Size>(
     d_inner: usize,
     chunks: usize,
     chunk_len: usize,
+    zs0: usize,
+    zs1: usize,
     #[comptime] d_state: usize,
     #[comptime] vec: usize,
     #[comptime] single_chunk: bool,
@@ -296,7 +315,7 @@ fn scan_chunk_output_kernel<V: Size>(
             }
         }
         // + D·u, gated by SiLU(z) = z / (1 + exp(-z)).
-        let zt = z[i];
+        let zt = z[bi * zs0 + t * zs1 + ch];
         y[i] = (acc + dskip * ut) * (zt / (1.0f32 + (-zt).exp()));
     }
     if single_chunk {
@@ -307,8 +326,8 @@ fn scan_chunk_output_kernel<V: Size>(
     }
 }
 
-/// Chunks whose values pass 2 loads together.
-const COMBINE_BATCH: usize = 4;
+/// Chunks whose values pass 2 loads together (loads in flight per thread).
+const COMBINE_BATCH: usize = 16;
 
 /// How the work is laid out: time split into chunks, `B`/`C` rows read `vec` floats at a time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -327,7 +346,7 @@ impl Plan {
             .into_iter()
             .find(|v| d_state.is_multiple_of(*v))
             .unwrap_or(1);
-        let wanted = TARGET_THREADS.div_ceil(batch * d_inner);
+        let wanted = target_threads().div_ceil(batch * d_inner);
         let most = (len / MIN_CHUNK).max(1);
         let chunks = wanted.clamp(1, most);
         let chunk_len = len.div_ceil(chunks);
@@ -397,9 +416,15 @@ pub(crate) fn scan_cube(input: ScanInput<CubeBackend>) -> ScanOutput<CubeBackend
         delta_bias,
         h0,
     } = input;
-    // The kernels index row-major: make every input contiguous (a no-op for those that are).
-    let [u, delta, a, b, c, d, z, delta_bias, h0] =
-        [u, delta, a, b, c, d, z, delta_bias, h0].map(into_contiguous);
+    // The kernels index row-major: make every input contiguous (a no-op for those that are),
+    // except `z`, read through its row strides when its channels are adjacent.
+    let [u, delta, a, b, c, d, delta_bias, h0] =
+        [u, delta, a, b, c, d, delta_bias, h0].map(into_contiguous);
+    let (z, (zs0, zs1)) = match row_strides(&z) {
+        Some(st) => (z, st),
+        None => (into_contiguous(z), (len * d_inner, d_inner)),
+    };
+    let z_span = (batch - 1) * zs0 + (len - 1) * zs1 + d_inner;
 
     let client = u.client.clone();
     let device = u.device.clone();
@@ -425,18 +450,24 @@ pub(crate) fn scan_cube(input: ScanInput<CubeBackend>) -> ScanOutput<CubeBackend
     let chunk_threads = batch * chunks * d_inner;
     let state_len = batch * chunks * d_inner * d_state;
     let address = AddressType::from_len(
-        [batch * len * d_inner, batch * len * d_state, state_len]
-            .into_iter()
-            .max()
-            .unwrap_or(0),
+        [
+            batch * len * d_inner,
+            batch * len * d_state,
+            state_len,
+            z_span,
+        ]
+        .into_iter()
+        .max()
+        .unwrap_or(0),
     );
 
     let (count, dim) = cube_count(&client, chunk_threads);
     if chunks == 1 {
         // SAFETY: every index the kernel forms is below the length of the tensor it reads or
         // writes: threads past `batch · d_inner` return at once, `t < len`, `n < d_state`, and
-        // all tensors are contiguous with the shapes checked above (`B` and `C` rows are whole
-        // vectors: `vec` divides `d_state`, and their data starts on a vector boundary).
+        // all tensors but `z` are contiguous with the shapes checked above (`B` and `C` rows are
+        // whole vectors: `vec` divides `d_state`, and their data starts on a vector boundary);
+        // `z` indices are below `z_span`, the extent of its view.
         unsafe {
             scan_chunk_output_kernel::launch_unchecked(
                 &client,
@@ -460,6 +491,8 @@ pub(crate) fn scan_cube(input: ScanInput<CubeBackend>) -> ScanOutput<CubeBackend
                 d_inner,
                 1,
                 len,
+                zs0,
+                zs1,
                 d_state,
                 vec,
                 true,
@@ -472,7 +505,8 @@ pub(crate) fn scan_cube(input: ScanInput<CubeBackend>) -> ScanOutput<CubeBackend
     let dsum = empty(vec![batch, chunks, d_inner]);
     // SAFETY (all three launches): threads past their work item count return at once; every
     // other index is below the length of its tensor (`t < len`, `k < chunks`, `n < d_state`,
-    // `ch < d_inner`), all tensors being contiguous with the shapes checked or allocated above,
+    // `ch < d_inner`), all tensors but `z` being contiguous with the shapes checked or allocated
+    // above (`z` read within `z_span`, the extent of its view),
     // `B` and `C` read in whole, aligned vectors as for the single-chunk launch.
     unsafe {
         scan_chunk_state_kernel::launch_unchecked(
@@ -538,6 +572,8 @@ pub(crate) fn scan_cube(input: ScanInput<CubeBackend>) -> ScanOutput<CubeBackend
             d_inner,
             chunks,
             chunk_len,
+            zs0,
+            zs1,
             d_state,
             vec,
             false,

@@ -1,0 +1,218 @@
+//! The causal depthwise convolution fused with SiLU as CubeCL kernels, for the CubeCL backend
+//! (CUDA devices).
+//!
+//! The tensor-operation reference (see [`block`](super::block)) concatenates the carried window
+//! with the chunk, slices it once per tap, and runs bias and SiLU as further operations: a copy
+//! of the chunk's `x` branch, one copy per tap, and the element-wise passes, each reading and
+//! writing `[batch, len, d_inner]` floats. Here one thread per output element `(b, t, d)` reads
+//! its `d_conv` inputs straight from `in_proj`'s output (the `x` branch is the first `d_inner`
+//! channels of each row, read through the row strides, so the slice is never copied) or, for
+//! the first `d_conv - 1` positions, from the carried window; adds the bias; applies SiLU; and
+//! writes `u` once. Adjacent threads own adjacent channels, so every read and write is
+//! coalesced, and the taps of neighbouring positions are served by the cache. A second, small
+//! launch writes the next window (`[batch, d_conv - 1, d_inner]`).
+//!
+//! Inputs other than f32, channels that are not adjacent in memory, and empty shapes go to
+//! the reference.
+
+use burn::backend::{DType, TensorMetadata};
+use burn::tensor::Shape;
+use burn_cubecl::CubeBackend;
+use burn_cubecl::kernel::into_contiguous;
+use burn_cubecl::ops::numeric::empty_device_contiguous_dtype;
+use burn_cubecl::tensor::CubeTensor;
+use cubecl::prelude::*;
+use cubecl::{CubeDim, calculate_cube_count_elemwise};
+
+use super::block::{ConvInput, ConvOutput, conv_reference};
+
+/// Threads per cube.
+const CUBE_THREADS: u32 = 256;
+
+/// Largest `d_conv` compiled (the taps are unrolled).
+pub const MAX_D_CONV: usize = 16;
+
+/// `u[b, t, d] = SiLU(bias[d] + Σ_j weight[j, d] · input(b, t - (k-1) + j, d))`, where
+/// `input(b, p, d)` is `x[b, p, d]` for `p >= 0` and the window's row `k - 1 + p` before.
+///
+/// Thread `(b·len + t)·d_inner + d`. `x` is read at `b·xs0 + p·xs1 + d`.
+#[cube(launch_unchecked, address_type = "dynamic")]
+#[allow(clippy::too_many_arguments)]
+fn conv_silu_kernel(
+    x: &Tensor<f32>,
+    window: &Tensor<f32>,
+    weight: &Tensor<f32>,
+    bias: &Tensor<f32>,
+    u: &mut Tensor<f32>,
+    batch: usize,
+    len: usize,
+    d_inner: usize,
+    xs0: usize,
+    xs1: usize,
+    #[comptime] k: usize,
+) {
+    let pos = ABSOLUTE_POS;
+    if pos >= batch * len * d_inner {
+        terminate!();
+    }
+    let ch = pos % d_inner;
+    let bt = pos / d_inner;
+    let t = bt % len;
+    let b = bt / len;
+    let k1 = comptime!(k - 1);
+    let mut acc = bias[ch];
+    #[unroll]
+    for j in 0..k {
+        let w = weight[j * d_inner + ch];
+        // Input position t - k1 + j: in the chunk when t + j >= k1, else window row t + j.
+        if t + j >= k1 {
+            acc += w * x[b * xs0 + (t + j - k1) * xs1 + ch];
+        } else {
+            acc += w * window[(b * k1 + t + j) * d_inner + ch];
+        }
+    }
+    // SiLU(v) = v / (1 + exp(-v))
+    u[pos] = acc / (1.0f32 + (-acc).exp());
+}
+
+/// The window after the chunk: row `r` is the input at position `len - k1 + r`.
+///
+/// Thread `(b·k1 + r)·d_inner + d`.
+#[cube(launch_unchecked, address_type = "dynamic")]
+#[allow(clippy::too_many_arguments)]
+fn conv_window_kernel(
+    x: &Tensor<f32>,
+    window: &Tensor<f32>,
+    next: &mut Tensor<f32>,
+    batch: usize,
+    len: usize,
+    d_inner: usize,
+    xs0: usize,
+    xs1: usize,
+    #[comptime] k1: usize,
+) {
+    let pos = ABSOLUTE_POS;
+    if pos >= batch * k1 * d_inner {
+        terminate!();
+    }
+    let ch = pos % d_inner;
+    let br = pos / d_inner;
+    let r = br % k1;
+    let b = br / k1;
+    if len + r >= k1 {
+        next[pos] = x[b * xs0 + (len + r - k1) * xs1 + ch];
+    } else {
+        // A chunk shorter than the window: the row comes from the old window, shifted.
+        next[pos] = window[(b * k1 + len + r) * d_inner + ch];
+    }
+}
+
+/// Batch and row strides of a `[batch, len, channels]` tensor whose channels are adjacent
+/// (`None` when they are not, or the layout is tiled).
+pub(crate) fn row_strides(t: &CubeTensor) -> Option<(usize, usize)> {
+    if t.meta.is_tiled() {
+        return None;
+    }
+    match &t.meta.strides()[..] {
+        [s0, s1, 1] => Some((*s0, *s1)),
+        _ => None,
+    }
+}
+
+/// The fused convolution; falls back to the reference for non-f32 inputs, unexpected shapes
+/// or layouts, `d_conv` of 0 or above [`MAX_D_CONV`], and empty shapes.
+pub(crate) fn conv_cube(input: ConvInput<CubeBackend>) -> ConvOutput<CubeBackend> {
+    let xshape = input.x.shape().to_vec();
+    let wshape = input.weight.shape().to_vec();
+    let (batch, len, cx) = match xshape.as_slice() {
+        [b, l, c] => (*b, *l, *c),
+        _ => return conv_reference::<CubeBackend>(input),
+    };
+    let (k, d) = match wshape.as_slice() {
+        [k, d] => (*k, *d),
+        _ => return conv_reference::<CubeBackend>(input),
+    };
+    let shapes_ok = input.window.shape().to_vec() == [batch, k.saturating_sub(1), d]
+        && input.bias.shape().to_vec() == [d];
+    let f32s = [&input.x, &input.window, &input.weight, &input.bias]
+        .iter()
+        .all(|t| t.dtype == DType::F32);
+    let strides = row_strides(&input.x);
+    let (Some((xs0, xs1)), true, true) = (strides, shapes_ok, f32s) else {
+        return conv_reference::<CubeBackend>(input);
+    };
+    if batch == 0 || len == 0 || d == 0 || cx < d || k == 0 || k > MAX_D_CONV {
+        return conv_reference::<CubeBackend>(input);
+    }
+    let ConvInput {
+        x,
+        window,
+        weight,
+        bias,
+    } = input;
+    let [window, weight, bias] = [window, weight, bias].map(into_contiguous);
+    let client = x.client.clone();
+    let device = x.device.clone();
+    let empty = |shape: [usize; 3]| {
+        empty_device_contiguous_dtype(
+            client.clone(),
+            device.clone(),
+            Shape::from(shape.to_vec()),
+            DType::F32,
+        )
+    };
+    let u = empty([batch, len, d]);
+    let k1 = k - 1;
+    let next = empty([batch, k1, d]);
+    // The furthest element read from `x` is at most `(batch-1)·xs0 + (len-1)·xs1 + d - 1`.
+    let x_span = (batch - 1) * xs0 + (len - 1) * xs1 + d;
+    let address = AddressType::from_len(x_span.max(batch * len * d).max(batch * k1 * d));
+    let dim = CubeDim::new_1d(CUBE_THREADS);
+    let count = calculate_cube_count_elemwise(&client, batch * len * d, dim);
+    // SAFETY: threads past `batch·len·d` return at once; for the others `ch < d`, `t < len`,
+    // `b < batch`, so every `x` index is below `x_span` (the view's extent, `d <= cx`), every
+    // window index below `batch·k1·d` (rows `t + j < k1` only), weights below `k·d`, and `u`
+    // has `batch·len·d` elements. Window, weight and bias are contiguous with the checked shapes.
+    unsafe {
+        conv_silu_kernel::launch_unchecked(
+            &client,
+            count,
+            dim,
+            address,
+            x.clone().into_tensor_arg(),
+            window.clone().into_tensor_arg(),
+            weight.into_tensor_arg(),
+            bias.into_tensor_arg(),
+            u.clone().into_tensor_arg(),
+            batch,
+            len,
+            d,
+            xs0,
+            xs1,
+            k,
+        );
+    }
+    if k1 > 0 {
+        let count = calculate_cube_count_elemwise(&client, batch * k1 * d, dim);
+        // SAFETY: threads past `batch·k1·d` return at once; `r < k1`, so `x` rows read are
+        // `len + r - k1 < len` and window rows `len + r < k1` (only when `len + r < k1`).
+        unsafe {
+            conv_window_kernel::launch_unchecked(
+                &client,
+                count,
+                dim,
+                address,
+                x.into_tensor_arg(),
+                window.into_tensor_arg(),
+                next.clone().into_tensor_arg(),
+                batch,
+                len,
+                d,
+                xs0,
+                xs1,
+                k1,
+            );
+        }
+    }
+    ConvOutput { u, window: next }
+}
