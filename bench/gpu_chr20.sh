@@ -35,3 +35,21 @@ bases={'1':1e6,'4':4e6,'16':16e6,'63':63025520}[mb]
 print(f'{mb} Mb chunk {ch}: rc {rc} {e-s:.2f} s {bases/(e-s):,.0f} bases/s peak GPU mem {max(mem) if mem else -1} MiB')"
   done
 done
+if [ "${PROFILE:-0}" = 1 ]; then
+  echo "== GPU time per kernel, two chunks of 65,536 (ncu, clocks left alone)"
+  ncu --clock-control none --metrics gpu__time_duration.sum --csv --page raw \
+    $G embed -m /tmp/m256 $FA --region 20:30000001-30131072 -o /tmp/n.tsv -q --device cuda \
+    --chunk-size 65536 > /tmp/ncu.csv 2>/dev/null
+  python3 - <<'PY'
+import csv, collections
+rows = list(csv.reader(open('/tmp/ncu.csv')))
+h = next(i for i, r in enumerate(rows) if r and r[0] == 'ID')
+name, dur = rows[h].index('Kernel Name'), rows[h].index('gpu__time_duration.sum')
+agg = collections.defaultdict(lambda: [0, 0.0])
+for r in rows[h + 2:]:
+    a = agg[r[name].split('_lhs_')[0][:40]]; a[0] += 1; a[1] += float(r[dur].replace(',', '')) / 1e3
+total = sum(t for _, t in agg.values())
+for k, (n, t) in sorted(agg.items(), key=lambda x: -x[1][1])[:12]:
+    print(f"{t:10.1f} us {100 * t / total:5.1f}% {n:5d} launches  {k}")
+PY
+fi
