@@ -11,14 +11,14 @@
 //! reads `in_proj`'s output through its strides) is checked the same way against its reference,
 //! including chunks shorter than the carried window and a window carried across two calls.
 //!
-//! Without a CUDA device every test prints "skipped: no CUDA device" and passes.
+//! Built with `--features cube-cpu`, the same kernels run on CubeCL's CPU runtime instead
+//! (CI does this: `cargo test --features cube-cpu --test gpu_scan`). Without either, every
+//! test prints "skipped: ..." and passes.
 //!
 //! Run: `cargo test --release --features cuda --test gpu_scan -- --nocapture --test-threads 1`
-#![cfg(feature = "cuda")]
+#![cfg(feature = "cube")]
 
-use std::panic::{AssertUnwindSafe, catch_unwind};
-
-use burn::tensor::{Device, DeviceType, Tensor, TensorData};
+use burn::tensor::{Device, Tensor, TensorData};
 use genomamba::ops::block::{Impl, causal_conv_silu_with};
 use genomamba::ops::{ScanArgs, selective_scan, selective_scan_reference};
 use rand::rngs::StdRng;
@@ -28,7 +28,10 @@ use rand::{Rng, SeedableRng};
 const TOL: f64 = 1e-4;
 
 /// `cuda:0` when a CUDA device answers, detected without panicking the test.
+#[cfg(feature = "cuda")]
 fn cuda_device() -> Option<Device> {
+    use burn::tensor::DeviceType;
+    use std::panic::{AssertUnwindSafe, catch_unwind};
     let found = catch_unwind(|| Device::enumerate(DeviceType::Cuda).len()).unwrap_or(0);
     if found == 0 {
         return None;
@@ -42,12 +45,29 @@ fn cuda_device() -> Option<Device> {
     works.then_some(device)
 }
 
+/// The device the kernels run on: `cuda:0` when the build has CUDA and a GPU answers, else
+/// CubeCL's CPU runtime when the build has it (`--features cube-cpu`, which CI uses).
+fn kernel_device() -> Option<Device> {
+    #[cfg(feature = "cuda")]
+    if let Some(device) = cuda_device() {
+        println!("kernels on cuda:0");
+        return Some(device);
+    }
+    #[cfg(feature = "cube-cpu")]
+    {
+        println!("kernels on CubeCL's CPU runtime");
+        return Some(Device::cpu());
+    }
+    #[allow(unreachable_code)]
+    None
+}
+
 macro_rules! require_cuda {
     () => {
-        match cuda_device() {
+        match kernel_device() {
             Some(device) => device,
             None => {
-                println!("skipped: no CUDA device");
+                println!("skipped: no CUDA device (and no CubeCL CPU runtime in this build)");
                 return;
             }
         }

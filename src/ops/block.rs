@@ -25,7 +25,7 @@ use super::scan_cpu::{fast_exp, host};
 /// - `weight`: `[d_conv, d_inner]`; tap `k` multiplies `x[t - (d_conv - 1) + k]`
 /// - `bias`: `[d_inner]`
 #[derive(ExtensionType)]
-#[extension_type(fusion: cfg(feature = "cuda"))]
+#[extension_type(fusion: cfg(feature = "cube"))]
 pub struct ConvInput<B: Backend> {
     /// Chunk input.
     pub x: FloatTensor<B>,
@@ -43,7 +43,7 @@ pub struct ConvInput<B: Backend> {
 /// - `u`: `[batch, length, d_inner]`, `SiLU(conv(x) + bias)`
 /// - `window`: `[batch, d_conv - 1, d_inner]`, the window after this chunk
 #[derive(ExtensionType)]
-#[extension_type(fusion: cfg(feature = "cuda"))]
+#[extension_type(fusion: cfg(feature = "cube"))]
 pub struct ConvOutput<B: Backend> {
     /// Activated output.
     pub u: FloatTensor<B>,
@@ -59,8 +59,8 @@ pub struct ConvOutput<B: Backend> {
 #[backend_extension(
     Flex,
     Autodiff,
-    Cube: cfg(feature = "cuda"),
-    Fusion: cfg(feature = "cuda")
+    Cube: cfg(feature = "cube"),
+    Fusion: cfg(feature = "cube")
 )]
 pub trait BlockOpsBackend: Backend {
     /// `SiLU(causal_depthwise_conv([window | x]) + bias)` and the next window.
@@ -109,7 +109,7 @@ impl BlockOpsBackend for Flex {
 impl<B: Backend + BlockOpsBackend, C: CheckpointStrategy> BlockOpsBackend for Autodiff<B, C> {}
 
 // The GPU backend: the convolution as a CubeCL kernel, RMSNorm as tensor operations.
-#[cfg(feature = "cuda")]
+#[cfg(feature = "cube")]
 impl BlockOpsBackend for burn_cubecl::CubeBackend {
     fn causal_conv_silu(input: ConvInput<Self>) -> ConvOutput<Self> {
         super::block_cube::conv_cube(input)
@@ -117,7 +117,7 @@ impl BlockOpsBackend for burn_cubecl::CubeBackend {
 }
 
 /// Shape of the convolution's output under Fusion: `[batch, length, d_inner]`.
-#[cfg(feature = "cuda")]
+#[cfg(feature = "cube")]
 fn conv_u_spec(
     x: &burn::backend::fusion::custom::TensorSpec,
     weight: &burn::backend::fusion::custom::TensorSpec,

@@ -9,12 +9,12 @@
 //!   the CPU backend).
 
 pub mod block;
-#[cfg(feature = "cuda")]
+#[cfg(feature = "cube")]
 mod block_cube;
 pub mod scan;
 mod scan_backward;
 mod scan_cpu;
-#[cfg(feature = "cuda")]
+#[cfg(feature = "cube")]
 mod scan_cube;
 mod scan_reference;
 

@@ -46,7 +46,7 @@ use burn::tensor::Tensor;
 /// - `d`, `delta_bias`: `[d_inner]`
 /// - `h0`: `[batch, d_inner, d_state]`
 #[derive(ExtensionType)]
-#[extension_type(fusion: cfg(feature = "cuda"))]
+#[extension_type(fusion: cfg(feature = "cube"))]
 pub struct ScanInput<B: Backend> {
     /// Input sequence (after the convolution and SiLU).
     pub u: FloatTensor<B>,
@@ -74,7 +74,7 @@ pub struct ScanInput<B: Backend> {
 /// - `y`: `[batch, length, d_inner]`
 /// - `h`: `[batch, d_inner, d_state]`, the state after the last time step
 #[derive(ExtensionType)]
-#[extension_type(fusion: cfg(feature = "cuda"))]
+#[extension_type(fusion: cfg(feature = "cube"))]
 pub struct ScanOutput<B: Backend> {
     /// Gated output.
     pub y: FloatTensor<B>,
@@ -87,7 +87,7 @@ pub struct ScanOutput<B: Backend> {
 /// # Shapes
 /// Each field has the shape of the [`ScanInput`] field of the same name.
 #[derive(ExtensionType)]
-#[extension_type(fusion: cfg(feature = "cuda"))]
+#[extension_type(fusion: cfg(feature = "cube"))]
 pub struct ScanGrads<B: Backend> {
     /// `[batch, length, d_inner]`
     pub u: FloatTensor<B>,
@@ -116,8 +116,8 @@ pub struct ScanGrads<B: Backend> {
 #[backend_extension(
     Flex,
     Autodiff,
-    Cube: cfg(feature = "cuda"),
-    Fusion: cfg(feature = "cuda")
+    Cube: cfg(feature = "cube"),
+    Fusion: cfg(feature = "cube")
 )]
 pub trait SelectiveScanBackend: Backend {
     /// The selective scan; see the module documentation for the recurrence.
@@ -169,7 +169,7 @@ impl SelectiveScanBackend for Flex {
 
 // `selective_scan_backward` keeps its default body here (tensor operations; under Fusion they
 // are fused) until a backward kernel overrides it.
-#[cfg(feature = "cuda")]
+#[cfg(feature = "cube")]
 impl SelectiveScanBackend for burn_cubecl::CubeBackend {
     fn selective_scan(input: ScanInput<Self>) -> ScanOutput<Self> {
         super::scan_cube::scan_cube(input)
