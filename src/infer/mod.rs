@@ -134,20 +134,9 @@ pub fn hidden_states(
 }
 
 /// Runs one piece of a long record (one batch row), continuing from `state` (a zero state
-/// when `None`); returns the piece's final hidden states on the host (`[len, d_model]`
-/// row-major) and the state after it.
-pub fn run_piece(
-    model: &Mamba,
-    tokens: &[u8],
-    state: Option<MambaState>,
-    device: &Device,
-) -> (Vec<f32>, MambaState) {
-    let (hidden, next) = run_piece_tensor(model, tokens, state, device);
-    (host_values(hidden), next)
-}
-
-/// [`run_piece`] with the hidden states left on the device, `[len, d_model]`. Nothing here
-/// waits for the device, so the host can prepare the next piece while this one runs.
+/// when `None`); returns the piece's final hidden states, left on the device (`[len,
+/// d_model]`), and the state after it. Nothing here waits for the device, so the host can
+/// prepare the next piece while this one runs.
 pub fn run_piece_tensor(
     model: &Mamba,
     tokens: &[u8],
