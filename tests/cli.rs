@@ -472,6 +472,19 @@ fn bad_input_exits_2_with_one_line_and_leaves_no_output() {
             s(&hash),
             "-o",
             s(&out),
+            "--precision",
+            "f8",
+        ]),
+        "precision",
+    );
+    assert_bad(
+        &run(&[
+            "embed",
+            "-m",
+            s(&m),
+            s(&hash),
+            "-o",
+            s(&out),
             "--region",
             "chrI:9-3",
         ]),

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use burn::tensor::Device;
 use genomamba::alphabet::tokenize;
 use genomamba::infer::hidden_states;
-use genomamba::model::{GenoModel, MambaConfig, ModelConfig};
+use genomamba::model::{GenoModel, MambaConfig, ModelConfig, Precision};
 
 fn fixtures() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/hf")
@@ -113,6 +113,37 @@ fn chunked_inference_equals_one_pass() {
     // Same seed, same other tensors: the phase embedding alone changes the states.
     let no_phase: Vec<f32> = wholes[0].iter().map(|v| *v as f32).collect();
     assert!(rel_err(&no_phase, &wholes[1]) > 1e-3);
+}
+
+#[test]
+fn half_precision_products_stay_close_to_f32_and_chunk_exactly() {
+    // `--precision bf16|f16`: the projections multiply in the half format; the states move
+    // by about the format's rounding and no more, and chunking still changes nothing.
+    let device = Device::flex();
+    let tokens = tokenize(&test_dna()).unwrap();
+    let mut arch = MambaConfig::new(32, 3);
+    arch.d_state = 8;
+    let model = GenoModel::init(ModelConfig::new(arch.clone()), 5, &device).unwrap();
+    let f32_states = hidden_states(&model.backbone, &tokens, tokens.len(), &device).unwrap();
+    let f32_states: Vec<f64> = f32_states.iter().map(|v| *v as f64).collect();
+    for (precision, tol) in [(Precision::Bf16, 3e-2), (Precision::F16, 4e-3)] {
+        // A fresh copy each time: the weights are stored rounded to the format.
+        let mut model = GenoModel::init(ModelConfig::new(arch.clone()), 5, &device).unwrap();
+        model.backbone.set_precision(precision);
+        let whole = hidden_states(&model.backbone, &tokens, tokens.len(), &device).unwrap();
+        let err = rel_err(&whole, &f32_states);
+        assert!(
+            err <= tol && err > 1e-6,
+            "{precision:?}: relative difference to f32 {err:e} not in (1e-6, {tol:e}]"
+        );
+        eprintln!("{precision:?}: relative difference to f32 {err:.2e}");
+        let whole64: Vec<f64> = whole.iter().map(|v| *v as f64).collect();
+        for chunk in [7usize, 500] {
+            let got = hidden_states(&model.backbone, &tokens, chunk, &device).unwrap();
+            let err = rel_err(&got, &whole64);
+            assert!(err <= 1e-5, "{precision:?} chunk {chunk}: {err:e} > 1e-5");
+        }
+    }
 }
 
 #[test]

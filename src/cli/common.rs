@@ -14,8 +14,8 @@ use genomamba::infer::{run_batch, run_piece_tensor};
 use genomamba::io::fastx::{Piece, RecordMeta, for_each_piece};
 use genomamba::io::region::{Region, read_region};
 use genomamba::model::GenoModel;
-use genomamba::model::MambaState;
 use genomamba::model::weights::host_values;
+use genomamba::model::{MambaState, Precision};
 use genomamba::{Error, Result};
 
 /// Inputs, device and chunking, shared by `embed`, `classify` and `annotate`.
@@ -34,6 +34,12 @@ pub struct InputArgs {
     /// Compute device: `cpu` or `cuda[:N]`.
     #[arg(long, default_value = "cpu")]
     pub device: String,
+    /// Number format of the inputs of the blocks' matrix products: f32, bf16 or f16. The
+    /// half formats use a GPU's tensor cores at half precision (about 2x faster on an H200);
+    /// state, scan and residual stay f32. Results differ from f32 by about 1e-2 (bf16) or
+    /// 1e-3 (f16) relative (BENCHMARKS.md).
+    #[arg(long, default_value = "f32", value_name = "FORMAT")]
+    pub precision: String,
     /// Bases per chunk; the state is carried across chunks, so results do not depend on it.
     /// On a GPU, 65536 runs a chromosome 1.2x faster (records shorter than a chunk are
     /// batched, so long chunks also mean large batches of long records).
@@ -73,8 +79,10 @@ impl InputArgs {
                 "give the path of an indexed FASTA file",
             ));
         }
+        let precision = self.precision.parse::<Precision>()?;
         let device = self.device.parse::<DeviceSpec>()?.device()?;
-        let model = GenoModel::load(&self.model, &device)?;
+        let mut model = GenoModel::load(&self.model, &device)?;
+        model.backbone.set_precision(precision);
         Ok((device, model))
     }
 

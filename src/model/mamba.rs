@@ -6,11 +6,73 @@
 
 use burn::module::{Module, Param};
 use burn::nn::Linear;
-use burn::tensor::{Device, Int, Tensor, TensorData};
+use burn::tensor::{Device, FloatDType, Int, Tensor, TensorData};
 
 use super::config::MambaConfig;
 use super::state::{LayerState, MambaState};
 use crate::ops::{ScanArgs, selective_scan};
+use crate::{Error, Result};
+
+/// Number format of the inputs of the blocks' matrix products (`--precision`).
+///
+/// The four projections of every block (in, x, Δ and out) multiply in this format and
+/// their results come back as f32; the embedding, norms, convolution, selective scan, state
+/// and residual stream stay f32 whatever it is. On a GPU the half formats run the products
+/// on the tensor cores' half-precision path (f32 accumulation); on the CPU they only lose
+/// precision.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Precision {
+    /// Everything in f32 (the default).
+    #[default]
+    F32,
+    /// bfloat16 inputs to the matrix products (8 significant bits, f32's range).
+    Bf16,
+    /// IEEE half inputs to the matrix products (11 significant bits, range ±65,504).
+    F16,
+}
+
+impl Precision {
+    /// The half format of the products, or `None` for f32.
+    pub fn half(self) -> Option<FloatDType> {
+        match self {
+            Precision::F32 => None,
+            Precision::Bf16 => Some(FloatDType::BF16),
+            Precision::F16 => Some(FloatDType::F16),
+        }
+    }
+}
+
+impl std::str::FromStr for Precision {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "f32" | "fp32" => Ok(Precision::F32),
+            "bf16" => Ok(Precision::Bf16),
+            "f16" | "fp16" => Ok(Precision::F16),
+            _ => Err(Error::usage(
+                format!("unknown precision '{s}'"),
+                "use --precision f32, bf16 or f16",
+            )),
+        }
+    }
+}
+
+/// `linear` applied to `x`, with the product's inputs in `precision` (the weight is already
+/// stored in it, see [`Mamba::set_precision`]); the result is f32.
+fn project(linear: &Linear, x: Tensor<3>, precision: Precision) -> Tensor<3> {
+    let Some(half) = precision.half() else {
+        return linear.forward(x);
+    };
+    let y = x
+        .cast(half)
+        .matmul(linear.weight.val().unsqueeze::<3>())
+        .cast(FloatDType::F32);
+    match &linear.bias {
+        Some(b) => y + b.val().unsqueeze::<3>(),
+        None => y,
+    }
+}
 
 /// Root-mean-square layer norm: `x / sqrt(mean(x²) + eps) * weight`.
 #[derive(Module, Debug)]
@@ -56,6 +118,9 @@ pub struct MambaBlock {
     /// Sizes: d_inner, d_state, dt_rank, d_conv.
     #[module(skip)]
     pub sizes: [usize; 4],
+    /// Format of the projections' inputs (set through [`Mamba::set_precision`]).
+    #[module(skip)]
+    pub precision: Precision,
 }
 
 impl MambaBlock {
@@ -77,7 +142,7 @@ impl MambaBlock {
         let [d_inner, d_state, dt_rank, _] = self.sizes;
         let [batch, len, _] = x.dims();
         let residual = x.clone();
-        let xz = self.in_proj.forward(self.norm.forward(x));
+        let xz = project(&self.in_proj, self.norm.forward(x), self.precision);
         let z = xz.clone().slice([0..batch, 0..len, d_inner..2 * d_inner]);
 
         // Causal depthwise conv over [carried window | chunk], fused with SiLU; it reads the
@@ -90,13 +155,13 @@ impl MambaBlock {
             crate::ops::block::causal_conv_silu(xz, state.conv, self.conv_weight.val(), bias);
 
         // Input-dependent Δ, B, C (Algorithm 2, lines 3-5).
-        let dbc = self.x_proj.forward(u.clone());
+        let dbc = project(&self.x_proj, u.clone(), self.precision);
         let dt = dbc.clone().slice([0..batch, 0..len, 0..dt_rank]);
         let b = dbc
             .clone()
             .slice([0..batch, 0..len, dt_rank..dt_rank + d_state]);
         let c = dbc.slice([0..batch, 0..len, dt_rank + d_state..dt_rank + 2 * d_state]);
-        let delta = self.dt_proj.forward(dt);
+        let delta = project(&self.dt_proj, dt, self.precision);
         let a = self.a_log.val().exp().neg();
         let (y, ssm) = selective_scan(ScanArgs {
             u,
@@ -109,7 +174,7 @@ impl MambaBlock {
             delta_bias: self.dt_bias.val(),
             h0: state.ssm,
         });
-        let out = self.out_proj.forward(y);
+        let out = project(&self.out_proj, y, self.precision);
         (
             residual + out,
             LayerState {
@@ -134,6 +199,25 @@ pub struct Mamba {
 }
 
 impl Mamba {
+    /// Runs the blocks' matrix products with inputs in `precision` from now on: stores the
+    /// four projection weights of every block in that format (bias stays f32), so the
+    /// rounding stays: going back to f32 later does not restore the original weights. For
+    /// inference; training keeps f32.
+    pub fn set_precision(&mut self, precision: Precision) {
+        let dtype = precision.half().unwrap_or(FloatDType::F32);
+        for layer in &mut self.layers {
+            for lin in [
+                &mut layer.in_proj,
+                &mut layer.x_proj,
+                &mut layer.dt_proj,
+                &mut layer.out_proj,
+            ] {
+                lin.weight = Param::from_tensor(lin.weight.val().cast(dtype));
+            }
+            layer.precision = precision;
+        }
+    }
+
     /// Width of the hidden states.
     pub fn d_model(&self) -> usize {
         self.embedding.val().dims()[1]

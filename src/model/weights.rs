@@ -246,6 +246,7 @@ pub fn mamba_from_tensors(
             d: Param::from_tensor(dskip),
             out_proj,
             sizes: sizes_of(cfg),
+            precision: Default::default(),
         });
     }
     let norm_f = RmsNorm {
