@@ -18,7 +18,7 @@
 //! Run: `cargo test --release --features cuda --test gpu_scan -- --nocapture --test-threads 1`
 #![cfg(feature = "cube")]
 
-use burn::tensor::{Device, Tensor, TensorData};
+use burn::tensor::{DType, Device, FloatDType, Tensor, TensorData};
 use genomamba::ops::block::{Impl, causal_conv_silu_with};
 use genomamba::ops::{ScanArgs, selective_scan, selective_scan_reference};
 use rand::rngs::StdRng;
@@ -471,5 +471,94 @@ fn gpu_conv_matches_reference_and_carries_the_window() {
                 "split conv: u {eu:e} window {ew:e}"
             );
         }
+    }
+}
+
+/// The scan's activations (`u`, `delta`, `z`, `B`, `C`) in `dtype`, the rest f32, as the
+/// Mamba block passes them with `--precision bf16|f16`; `B` and `C` are views into one wider
+/// tensor (as `x_proj`'s output is sliced), at element offsets that are not vector-aligned.
+fn half_args(x: &Case, dtype: FloatDType, device: &Device) -> ScanArgs {
+    let (nb, nl, ns) = (x.batch, x.len, x.d_state);
+    let mut xbc = Vec::with_capacity(nb * nl * (3 + 2 * ns));
+    for row in 0..nb * nl {
+        xbc.extend_from_slice(&[0.5, -1.0, 2.0]);
+        xbc.extend_from_slice(&x.b[row * ns..(row + 1) * ns]);
+        xbc.extend_from_slice(&x.c[row * ns..(row + 1) * ns]);
+    }
+    let xbc = tensor(&xbc, [nb, nl, 3 + 2 * ns], device).cast(dtype);
+    let a = args(x, device);
+    ScanArgs {
+        u: a.u.cast(dtype),
+        delta: a.delta.cast(dtype),
+        z: a.z.cast(dtype),
+        b: xbc.clone().slice([0..nb, 0..nl, 3..3 + ns]),
+        c: xbc.slice([0..nb, 0..nl, 3 + ns..3 + 2 * ns]),
+        ..a
+    }
+}
+
+#[test]
+fn gpu_kernels_take_half_activations() {
+    let gpu = require_cuda!();
+    // The kernels widen half inputs to f32 and round `y` (and the conv's `u`) to the format
+    // once; the reference does the same arithmetic in tensor operations on the same half
+    // inputs. So `y` may differ by about one unit in the last place of the format (2^-8
+    // for bf16, 2^-11 for f16) and the f32 state by f32 rounding only.
+    for (dtype, tol) in [(FloatDType::F16, 2e-3), (FloatDType::BF16, 1e-2)] {
+        for (i, shape) in [[2, 7, 37, 16], [1, 2049, 1536, 16], [2, 300, 5, 4]]
+            .into_iter()
+            .enumerate()
+        {
+            let x = random_case(77 + i as u64, shape, i == 1);
+            let (want_y, want_h) = selective_scan_reference(half_args(&x, dtype, &Device::flex()));
+            let (got_y, got_h) = selective_scan(half_args(&x, dtype, &gpu));
+            assert_eq!(
+                got_y.dtype(),
+                DType::from(dtype),
+                "y keeps the activations' format"
+            );
+            assert_eq!(got_h.dtype(), DType::F32, "the state stays f32");
+            let (want_y, want_h) = outputs(&x, (want_y, want_h), "reference");
+            let (got_y, got_h) = outputs(&x, (got_y, got_h), "gpu");
+            let (ey, eh) = (rel_err(&got_y, &want_y), rel_err(&got_h, &want_h));
+            println!(
+                "{dtype:?} {:<50} y {ey:9.2e}   h_last {eh:9.2e}",
+                x.describe()
+            );
+            assert!(
+                ey <= tol && eh <= TOL,
+                "{dtype:?} {}: y {ey:e} (tol {tol:e}), h {eh:e}",
+                x.describe()
+            );
+        }
+        // The convolution in the same format, window carried in it.
+        let (batch, len, d, k) = (2, 300, 37, 4);
+        let mut rng = StdRng::seed_from_u64(9);
+        let x = normals(&mut rng, batch * len * 2 * d, 1.0);
+        let window = normals(&mut rng, batch * (k - 1) * d, 1.0);
+        let weight = normals(&mut rng, k * d, 0.5);
+        let bias = normals(&mut rng, d, 0.5);
+        let run = |which: Impl, device: &Device| {
+            let (u, next) = causal_conv_silu_with(
+                which,
+                tensor(&x, [batch, len, 2 * d], device).cast(dtype),
+                tensor(&window, [batch, k - 1, d], device).cast(dtype),
+                tensor(&weight, [k, d], device),
+                tensor(&bias, [d], device),
+            );
+            assert_eq!(u.dtype(), DType::from(dtype), "conv output format");
+            assert_eq!(next.dtype(), DType::from(dtype), "window format");
+            (host(u), host(next))
+        };
+        let (want_u, want_w) = run(Impl::Reference, &Device::flex());
+        let (got_u, got_w) = run(Impl::Fastest, &gpu);
+        let (eu, ew) = (rel_err(&got_u, &want_u), rel_err(&got_w, &want_w));
+        println!(
+            "{dtype:?} conv batch {batch} len {len} d {d} k {k}: u {eu:9.2e} window {ew:9.2e}"
+        );
+        assert!(
+            eu <= tol && ew == 0.0,
+            "{dtype:?} conv: u {eu:e} window {ew:e}"
+        );
     }
 }

@@ -116,9 +116,10 @@ fn chunked_inference_equals_one_pass() {
 }
 
 #[test]
-fn half_precision_products_stay_close_to_f32_and_chunk_exactly() {
-    // `--precision bf16|f16`: the projections multiply in the half format; the states move
-    // by about the format's rounding and no more, and chunking still changes nothing.
+fn half_precision_stays_close_to_f32_and_chunks_exactly() {
+    // `--precision bf16|f16`: the blocks' activations and projections run in the half format;
+    // the hidden states move by about the format's rounding and no more, and chunking (the
+    // conv window and scan state carried across borders) still changes nothing.
     let device = Device::flex();
     let tokens = tokenize(&test_dna()).unwrap();
     let mut arch = MambaConfig::new(32, 3);

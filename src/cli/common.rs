@@ -34,10 +34,10 @@ pub struct InputArgs {
     /// Compute device: `cpu` or `cuda[:N]`.
     #[arg(long, default_value = "cpu")]
     pub device: String,
-    /// Number format of the inputs of the blocks' matrix products: f32, bf16 or f16. The
-    /// half formats use a GPU's tensor cores at half precision (about 2x faster on an H200);
-    /// state, scan and residual stay f32. Results differ from f32 by about 1e-2 (bf16) or
-    /// 1e-3 (f16) relative (BENCHMARKS.md).
+    /// Number format of the activations inside the blocks: f32, bf16 or f16. The half
+    /// formats halve the bytes the blocks move on a GPU; state, scan arithmetic and the
+    /// residual stream stay f32. Hidden states differ from f32 by about 1e-2 (bf16) or 1e-3
+    /// (f16) relative (BENCHMARKS.md).
     #[arg(long, default_value = "f32", value_name = "FORMAT")]
     pub precision: String,
     /// Bases per chunk; the state is carried across chunks, so results do not depend on it.

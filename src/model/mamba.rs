@@ -13,13 +13,14 @@ use super::state::{LayerState, MambaState};
 use crate::ops::{ScanArgs, selective_scan};
 use crate::{Error, Result};
 
-/// Number format of the inputs of the blocks' matrix products (`--precision`).
+/// Number format of the activations inside the blocks (`--precision`).
 ///
-/// The four projections of every block (in, x, Δ and out) multiply in this format and
-/// their results come back as f32; the embedding, norms, convolution, selective scan, state
-/// and residual stream stay f32 whatever it is. On a GPU the half formats run the products
-/// on the tensor cores' half-precision path (f32 accumulation); on the CPU they only lose
-/// precision.
+/// With a half format, each block's input is rounded to it after the norm, and everything up
+/// to the block's output stays in it: the four projections (in, x, Δ and out, weights stored
+/// in the format), the convolution's input and output, and the selective scan's inputs and
+/// output. The embedding, the norms, the residual stream, the scan's state and all arithmetic
+/// inside the kernels stay f32. On a GPU that halves the bytes the blocks move and runs the
+/// products on the tensor cores' half-precision path; on the CPU it only loses precision.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Precision {
     /// Everything in f32 (the default).
@@ -58,18 +59,15 @@ impl std::str::FromStr for Precision {
     }
 }
 
-/// `linear` applied to `x`, with the product's inputs in `precision` (the weight is already
-/// stored in it, see [`Mamba::set_precision`]); the result is f32.
-fn project(linear: &Linear, x: Tensor<3>, precision: Precision) -> Tensor<3> {
-    let Some(half) = precision.half() else {
+/// `linear` applied to `x`, in `half` when given (the weight is already stored in it, see
+/// [`Mamba::set_precision`]; the result stays in it), else as the layer is.
+fn project(linear: &Linear, x: Tensor<3>, half: Option<FloatDType>) -> Tensor<3> {
+    let Some(half) = half else {
         return linear.forward(x);
     };
-    let y = x
-        .cast(half)
-        .matmul(linear.weight.val().unsqueeze::<3>())
-        .cast(FloatDType::F32);
+    let y = x.cast(half).matmul(linear.weight.val().unsqueeze::<3>());
     match &linear.bias {
-        Some(b) => y + b.val().unsqueeze::<3>(),
+        Some(b) => y + b.val().cast(half).unsqueeze::<3>(),
         None => y,
     }
 }
@@ -141,8 +139,9 @@ impl MambaBlock {
     pub fn forward(&self, x: Tensor<3>, state: LayerState) -> (Tensor<3>, LayerState) {
         let [d_inner, d_state, dt_rank, _] = self.sizes;
         let [batch, len, _] = x.dims();
+        let half = self.precision.half();
         let residual = x.clone();
-        let xz = project(&self.in_proj, self.norm.forward(x), self.precision);
+        let xz = project(&self.in_proj, self.norm.forward(x), half);
         let z = xz.clone().slice([0..batch, 0..len, d_inner..2 * d_inner]);
 
         // Causal depthwise conv over [carried window | chunk], fused with SiLU; it reads the
@@ -151,17 +150,24 @@ impl MambaBlock {
             Some(b) => b.val(),
             None => Tensor::zeros([d_inner], &xz.device()),
         };
+        // The carried window is kept in f32 between chunks and used in the activations'
+        // format (its values came from that format, so the round trip is exact).
+        let window = match half {
+            Some(h) => state.conv.cast(h),
+            None => state.conv,
+        };
         let (u, new_conv) =
-            crate::ops::block::causal_conv_silu(xz, state.conv, self.conv_weight.val(), bias);
+            crate::ops::block::causal_conv_silu(xz, window, self.conv_weight.val(), bias);
+        let new_conv = new_conv.cast(FloatDType::F32);
 
         // Input-dependent Δ, B, C (Algorithm 2, lines 3-5).
-        let dbc = project(&self.x_proj, u.clone(), self.precision);
+        let dbc = project(&self.x_proj, u.clone(), half);
         let dt = dbc.clone().slice([0..batch, 0..len, 0..dt_rank]);
         let b = dbc
             .clone()
             .slice([0..batch, 0..len, dt_rank..dt_rank + d_state]);
         let c = dbc.slice([0..batch, 0..len, dt_rank + d_state..dt_rank + 2 * d_state]);
-        let delta = project(&self.dt_proj, dt, self.precision);
+        let delta = project(&self.dt_proj, dt, half);
         let a = self.a_log.val().exp().neg();
         let (y, ssm) = selective_scan(ScanArgs {
             u,
@@ -174,7 +180,7 @@ impl MambaBlock {
             delta_bias: self.dt_bias.val(),
             h0: state.ssm,
         });
-        let out = project(&self.out_proj, y, self.precision);
+        let out = project(&self.out_proj, y, half).cast(FloatDType::F32);
         (
             residual + out,
             LayerState {
@@ -199,8 +205,8 @@ pub struct Mamba {
 }
 
 impl Mamba {
-    /// Runs the blocks' matrix products with inputs in `precision` from now on: stores the
-    /// four projection weights of every block in that format (bias stays f32), so the
+    /// Runs the blocks in `precision` from now on (see [`Precision`]): stores the four
+    /// projection weights of every block in that format (bias stays f32), so the
     /// rounding stays: going back to f32 later does not restore the original weights. For
     /// inference; training keeps f32.
     pub fn set_precision(&mut self, precision: Precision) {

@@ -15,6 +15,7 @@ use burn::tensor::{Shape, Slice, Tensor};
 use rayon::prelude::*;
 
 use super::scan_cpu::{fast_exp, host};
+use super::scan_reference::{to_dtype, to_f32};
 
 /// Inputs of the causal convolution.
 ///
@@ -135,13 +136,18 @@ fn dims<B: Backend>(t: &FloatTensor<B>) -> Vec<usize> {
 }
 
 /// The convolution in plain tensor operations.
+///
+/// Computes in f32 whatever the inputs' formats: `u` comes back in the format of `x`, the
+/// next window in that of the window.
 pub fn conv_reference<B: Backend>(input: ConvInput<B>) -> ConvOutput<B> {
+    let (act, win_dtype) = (input.x.dtype(), input.window.dtype());
     let ConvInput {
         x,
         window,
         weight,
         bias,
     } = input;
+    let [x, window, weight, bias] = [x, window, weight, bias].map(to_f32::<B>);
     let xd = dims::<B>(&x);
     let (batch, len) = (xd[0], xd[1]);
     let wd = dims::<B>(&weight);
@@ -185,7 +191,10 @@ pub fn conv_reference<B: Backend>(input: ConvInput<B>) -> ConvOutput<B> {
         ],
     );
     let _ = batch;
-    ConvOutput { u, window: next }
+    ConvOutput {
+        u: to_dtype::<B>(u, act),
+        window: to_dtype::<B>(next, win_dtype),
+    }
 }
 
 /// RMSNorm in plain tensor operations.

@@ -12,8 +12,9 @@
 //! coalesced, and the taps of neighbouring positions are served by the cache. A second, small
 //! launch writes the next window (`[batch, d_conv - 1, d_inner]`).
 //!
-//! Inputs other than f32, channels that are not adjacent in memory, and empty shapes go to
-//! the reference.
+//! `x`, the window and the outputs may be f32, f16 or bf16 (one format; the sums are f32),
+//! weight and bias f32. Other formats, channels that are not adjacent in memory, and empty
+//! shapes go to the reference.
 
 use burn::backend::{DType, TensorMetadata};
 use burn::tensor::Shape;
@@ -25,6 +26,7 @@ use cubecl::prelude::*;
 use cubecl::{CubeDim, calculate_cube_count_elemwise};
 
 use super::block::{ConvInput, ConvOutput, conv_reference};
+use super::scan_cube::activation_elem;
 
 /// Threads per cube.
 const CUBE_THREADS: u32 = 256;
@@ -38,18 +40,19 @@ pub const MAX_D_CONV: usize = 16;
 /// Thread `(b·len + t)·d_inner + d`. `x` is read at `b·xs0 + p·xs1 + d`.
 #[cube(launch_unchecked, address_type = "dynamic")]
 #[allow(clippy::too_many_arguments)]
-fn conv_silu_kernel(
-    x: &Tensor<f32>,
-    window: &Tensor<f32>,
+fn conv_silu_kernel<F: Float>(
+    x: &Tensor<F>,
+    window: &Tensor<F>,
     weight: &Tensor<f32>,
     bias: &Tensor<f32>,
-    u: &mut Tensor<f32>,
+    u: &mut Tensor<F>,
     batch: usize,
     len: usize,
     d_inner: usize,
     xs0: usize,
     xs1: usize,
     #[comptime] k: usize,
+    #[define(F)] _act: ElemType,
 ) {
     let pos = ABSOLUTE_POS;
     if pos >= batch * len * d_inner {
@@ -66,13 +69,13 @@ fn conv_silu_kernel(
         let w = weight[j * d_inner + ch];
         // Input position t - k1 + j: in the chunk when t + j >= k1, else window row t + j.
         if t + j >= k1 {
-            acc += w * x[b * xs0 + (t + j - k1) * xs1 + ch];
+            acc += w * f32::cast_from(x[b * xs0 + (t + j - k1) * xs1 + ch]);
         } else {
-            acc += w * window[(b * k1 + t + j) * d_inner + ch];
+            acc += w * f32::cast_from(window[(b * k1 + t + j) * d_inner + ch]);
         }
     }
     // SiLU(v) = v / (1 + exp(-v))
-    u[pos] = acc / (1.0f32 + (-acc).exp());
+    u[pos] = F::cast_from(acc / (1.0f32 + (-acc).exp()));
 }
 
 /// The window after the chunk: row `r` is the input at position `len - k1 + r`.
@@ -80,16 +83,17 @@ fn conv_silu_kernel(
 /// Thread `(b·k1 + r)·d_inner + d`.
 #[cube(launch_unchecked, address_type = "dynamic")]
 #[allow(clippy::too_many_arguments)]
-fn conv_window_kernel(
-    x: &Tensor<f32>,
-    window: &Tensor<f32>,
-    next: &mut Tensor<f32>,
+fn conv_window_kernel<F: Float>(
+    x: &Tensor<F>,
+    window: &Tensor<F>,
+    next: &mut Tensor<F>,
     batch: usize,
     len: usize,
     d_inner: usize,
     xs0: usize,
     xs1: usize,
     #[comptime] k1: usize,
+    #[define(F)] _act: ElemType,
 ) {
     let pos = ABSOLUTE_POS;
     if pos >= batch * k1 * d_inner {
@@ -119,7 +123,7 @@ pub(crate) fn row_strides(t: &CubeTensor) -> Option<(usize, usize)> {
     }
 }
 
-/// The fused convolution; falls back to the reference for non-f32 inputs, unexpected shapes
+/// The fused convolution; falls back to the reference for other formats, unexpected shapes
 /// or layouts, `d_conv` of 0 or above [`MAX_D_CONV`], and empty shapes.
 pub(crate) fn conv_cube(input: ConvInput<CubeBackend>) -> ConvOutput<CubeBackend> {
     let xshape = input.x.shape().to_vec();
@@ -134,11 +138,15 @@ pub(crate) fn conv_cube(input: ConvInput<CubeBackend>) -> ConvOutput<CubeBackend
     };
     let shapes_ok = input.window.shape().to_vec() == [batch, k.saturating_sub(1), d]
         && input.bias.shape().to_vec() == [d];
-    let f32s = [&input.x, &input.window, &input.weight, &input.bias]
-        .iter()
-        .all(|t| t.dtype == DType::F32);
+    let act = input.x.dtype;
+    let formats = input.window.dtype == act
+        && [&input.weight, &input.bias]
+            .iter()
+            .all(|t| t.dtype == DType::F32);
     let strides = row_strides(&input.x);
-    let (Some((xs0, xs1)), true, true) = (strides, shapes_ok, f32s) else {
+    let (Some((xs0, xs1)), Some(act_elem), true, true) =
+        (strides, activation_elem(act), shapes_ok, formats)
+    else {
         return conv_reference::<CubeBackend>(input);
     };
     if batch == 0 || len == 0 || d == 0 || cx < d || k == 0 || k > MAX_D_CONV {
@@ -158,7 +166,7 @@ pub(crate) fn conv_cube(input: ConvInput<CubeBackend>) -> ConvOutput<CubeBackend
             client.clone(),
             device.clone(),
             Shape::from(shape.to_vec()),
-            DType::F32,
+            act,
         )
     };
     let u = empty([batch, len, d]);
@@ -190,6 +198,7 @@ pub(crate) fn conv_cube(input: ConvInput<CubeBackend>) -> ConvOutput<CubeBackend
             xs0,
             xs1,
             k,
+            act_elem,
         );
     }
     if k1 > 0 {
@@ -211,6 +220,7 @@ pub(crate) fn conv_cube(input: ConvInput<CubeBackend>) -> ConvOutput<CubeBackend
                 xs0,
                 xs1,
                 k1,
+                act_elem,
             );
         }
     }

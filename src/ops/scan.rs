@@ -68,6 +68,23 @@ pub struct ScanInput<B: Backend> {
     pub h0: FloatTensor<B>,
 }
 
+impl<B: Backend> ScanInput<B> {
+    /// The same inputs, each passed through `f`.
+    pub(crate) fn map(self, f: impl Fn(FloatTensor<B>) -> FloatTensor<B>) -> Self {
+        ScanInput {
+            u: f(self.u),
+            delta: f(self.delta),
+            a: f(self.a),
+            b: f(self.b),
+            c: f(self.c),
+            d: f(self.d),
+            z: f(self.z),
+            delta_bias: f(self.delta_bias),
+            h0: f(self.h0),
+        }
+    }
+}
+
 /// Outputs of the selective scan.
 ///
 /// # Shapes

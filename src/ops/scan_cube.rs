@@ -32,7 +32,7 @@
 //! time-major reads of `u`, `delta`, `z` and the writes of `y` are coalesced, and the rows of
 //! `B` and `C` are the same for all threads of a chunk (broadcast loads, served by L1, four
 //! floats per load where `d_state` allows). Softplus, the `D` skip and the SiLU gate are fused.
-//! State and arithmetic are f32; indices use the 64-bit address type when a buffer has more
+//! State and arithmetic are f32 (whatever the activations' format); indices use the 64-bit address type when a buffer has more
 //! than `u32::MAX` elements.
 //!
 //! # Cost, as measured on an H200 (batch 1, `d_inner` 1024, `d_state` 16)
@@ -55,7 +55,10 @@
 //! index (as the official Mamba kernel does) would keep each chunk's `exp(Δ·A)` in registers
 //! instead of recomputing it.
 //!
-//! Inputs other than f32, `d_state` above [`MAX_D_STATE`], and empty shapes go to the reference.
+//! The activations (`u`, `Δ`, `z`, `B`, `C` and the output `y`) may be f32, f16 or bf16 (all
+//! in one format); they are widened to f32 as they are read, and `y` is rounded to their format
+//! as it is written. `A`, `D`, the Δ bias and the state are f32. Other formats, `d_state` above
+//! [`MAX_D_STATE`], and empty shapes go to the reference.
 
 use burn::backend::{DType, TensorMetadata};
 use burn::tensor::Shape;
@@ -111,11 +114,11 @@ fn softplus(x: f32) -> f32 {
 /// `state`: `[batch, chunks, d_state, d_inner]`; `dsum`: `[batch, chunks, d_inner]`.
 #[cube(launch_unchecked, address_type = "dynamic")]
 #[allow(clippy::too_many_arguments)]
-fn scan_chunk_state_kernel<V: Size>(
-    u: &Tensor<f32>,
-    delta: &Tensor<f32>,
+fn scan_chunk_state_kernel<F: Float, V: Size>(
+    u: &Tensor<F>,
+    delta: &Tensor<F>,
     a: &Tensor<f32>,
-    b: &Tensor<Vector<f32, V>>,
+    b: &Tensor<Vector<F, V>>,
     delta_bias: &Tensor<f32>,
     state: &mut Tensor<f32>,
     dsum: &mut Tensor<f32>,
@@ -126,6 +129,7 @@ fn scan_chunk_state_kernel<V: Size>(
     chunk_len: usize,
     #[comptime] d_state: usize,
     #[comptime] vec: usize,
+    #[define(F)] _act: ElemType,
 ) {
     let pos = ABSOLUTE_POS;
     if pos >= batch * chunks * d_inner {
@@ -156,8 +160,8 @@ fn scan_chunk_state_kernel<V: Size>(
         let row = bi * len + t;
         let i = row * d_inner + ch;
         // Δ = softplus(delta + bias)   (Algorithm 2, line 6)
-        let dt = softplus(delta[i] + bias);
-        let dtu = dt * u[i];
+        let dt = softplus(f32::cast_from(delta[i]) + bias);
+        let dtu = dt * f32::cast_from(u[i]);
         sum += dt;
         #[unroll]
         for q in 0..nvec {
@@ -166,7 +170,7 @@ fn scan_chunk_state_kernel<V: Size>(
             for e in 0..vec {
                 let n = q * vec + e;
                 // h = exp(Δ·A) ⊙ h + Δ·B·u   (eq. 2a, zero-order hold of eq. 4)
-                h[n] = (dt * av[n]).exp() * h[n] + dtu * bq.extract(e);
+                h[n] = (dt * av[n]).exp() * h[n] + dtu * f32::cast_from(bq.extract(e));
             }
         }
     }
@@ -241,17 +245,17 @@ fn scan_chunk_combine_kernel(
 /// `h_in` is pass 2's `[batch, chunks, d_state, d_inner]` and `h_last` is left alone.
 #[cube(launch_unchecked, address_type = "dynamic")]
 #[allow(clippy::too_many_arguments)]
-fn scan_chunk_output_kernel<V: Size>(
-    u: &Tensor<f32>,
-    delta: &Tensor<f32>,
+fn scan_chunk_output_kernel<F: Float, V: Size>(
+    u: &Tensor<F>,
+    delta: &Tensor<F>,
     a: &Tensor<f32>,
-    b: &Tensor<Vector<f32, V>>,
-    c: &Tensor<Vector<f32, V>>,
+    b: &Tensor<Vector<F, V>>,
+    c: &Tensor<Vector<F, V>>,
     d: &Tensor<f32>,
-    z: &Tensor<f32>,
+    z: &Tensor<F>,
     delta_bias: &Tensor<f32>,
     h_in: &Tensor<f32>,
-    y: &mut Tensor<f32>,
+    y: &mut Tensor<F>,
     h_last: &mut Tensor<f32>,
     batch: usize,
     len: usize,
@@ -263,6 +267,7 @@ fn scan_chunk_output_kernel<V: Size>(
     #[comptime] d_state: usize,
     #[comptime] vec: usize,
     #[comptime] single_chunk: bool,
+    #[define(F)] _act: ElemType,
 ) {
     let pos = ABSOLUTE_POS;
     if pos >= batch * chunks * d_inner {
@@ -296,9 +301,9 @@ fn scan_chunk_output_kernel<V: Size>(
     for t in t0..t1 {
         let row = bi * len + t;
         let i = row * d_inner + ch;
-        let ut = u[i];
+        let ut = f32::cast_from(u[i]);
         // Δ = softplus(delta + bias)   (Algorithm 2, line 6)
-        let dt = softplus(delta[i] + bias);
+        let dt = softplus(f32::cast_from(delta[i]) + bias);
         let dtu = dt * ut;
         let mut acc = 0.0f32;
         #[unroll]
@@ -309,14 +314,14 @@ fn scan_chunk_output_kernel<V: Size>(
             for e in 0..vec {
                 let n = q * vec + e;
                 // h = exp(Δ·A) ⊙ h + Δ·B·u   (eq. 2a, zero-order hold of eq. 4)
-                h[n] = (dt * av[n]).exp() * h[n] + dtu * bq.extract(e);
+                h[n] = (dt * av[n]).exp() * h[n] + dtu * f32::cast_from(bq.extract(e));
                 // y = C·h   (eq. 2b)
-                acc += cq.extract(e) * h[n];
+                acc += f32::cast_from(cq.extract(e)) * h[n];
             }
         }
         // + D·u, gated by SiLU(z) = z / (1 + exp(-z)).
-        let zt = z[bi * zs0 + t * zs1 + ch];
-        y[i] = (acc + dskip * ut) * (zt / (1.0f32 + (-zt).exp()));
+        let zt = f32::cast_from(z[bi * zs0 + t * zs1 + ch]);
+        y[i] = F::cast_from((acc + dskip * ut) * (zt / (1.0f32 + (-zt).exp())));
     }
     if single_chunk {
         #[unroll]
@@ -365,15 +370,27 @@ fn cube_count(client: &Client, threads: usize) -> (CubeCount, CubeDim) {
     (calculate_cube_count_elemwise(client, threads, dim), dim)
 }
 
-/// Whether a tensor's data starts on a `vec`-float boundary (for vector loads).
+/// Whether a tensor's data starts on a `vec`-element boundary (for vector loads).
 fn aligned(t: &CubeTensor, vec: usize) -> bool {
     t.handle
         .offset_start
         .unwrap_or(0)
-        .is_multiple_of(4 * vec as u64)
+        .is_multiple_of((t.dtype.size() * vec) as u64)
 }
 
-/// The fused GPU scan; falls back to the reference for non-f32 inputs, shapes it does not
+/// The kernels' element type for the activations' format: f32, f16 or bf16.
+pub(crate) fn activation_elem(dtype: DType) -> Option<ElemType> {
+    use cubecl::ir::FloatKind;
+    match dtype {
+        DType::F32 => Some(ElemType::Float(FloatKind::F32)),
+        DType::F16 => Some(ElemType::Float(FloatKind::F16)),
+        DType::BF16 => Some(ElemType::Float(FloatKind::BF16)),
+        _ => None,
+    }
+}
+
+/// The fused GPU scan; falls back to the reference for formats it does not take (see
+/// [`activation_elem`]; `A`, `D`, the Δ bias and the state must be f32), shapes it does not
 /// expect, `d_state > MAX_D_STATE`, and empty shapes.
 pub(crate) fn scan_cube(input: ScanInput<CubeBackend>) -> ScanOutput<CubeBackend> {
     let ushape = input.u.shape().to_vec();
@@ -398,8 +415,18 @@ pub(crate) fn scan_cube(input: ScanInput<CubeBackend>) -> ScanOutput<CubeBackend
             (&input.delta_bias, &[d_inner]),
             (&input.h0, &[batch, d_inner, d_state]),
         ];
-        want.iter()
-            .all(|(t, dims)| t.dtype == DType::F32 && t.shape().to_vec() == *dims)
+        let act = input.u.dtype;
+        let formats = [&input.delta, &input.z, &input.b, &input.c]
+            .iter()
+            .all(|t| t.dtype == act)
+            && [&input.a, &input.d, &input.delta_bias, &input.h0]
+                .iter()
+                .all(|t| t.dtype == DType::F32);
+        formats && want.iter().all(|(t, dims)| t.shape().to_vec() == *dims)
+    };
+    let act = input.u.dtype;
+    let Some(act_elem) = activation_elem(act) else {
+        return scan_reference::<CubeBackend>(input);
     };
     if !usable || batch == 0 || len == 0 || d_inner == 0 || d_state == 0 || d_state > MAX_D_STATE {
         return scan_reference::<CubeBackend>(input);
@@ -428,15 +455,11 @@ pub(crate) fn scan_cube(input: ScanInput<CubeBackend>) -> ScanOutput<CubeBackend
 
     let client = u.client.clone();
     let device = u.device.clone();
-    let empty = |shape: Vec<usize>| {
-        empty_device_contiguous_dtype(
-            client.clone(),
-            device.clone(),
-            Shape::from(shape),
-            DType::F32,
-        )
+    let empty_as = |shape: Vec<usize>, dtype: DType| {
+        empty_device_contiguous_dtype(client.clone(), device.clone(), Shape::from(shape), dtype)
     };
-    let y = empty(vec![batch, len, d_inner]);
+    let empty = |shape: Vec<usize>| empty_as(shape, DType::F32);
+    let y = empty_as(vec![batch, len, d_inner], act);
     let h_last = empty(vec![batch, d_inner, d_state]);
     let mut plan = Plan::new(batch, len, d_inner, d_state);
     if !(aligned(&b, plan.vec) && aligned(&c, plan.vec)) {
@@ -496,6 +519,7 @@ pub(crate) fn scan_cube(input: ScanInput<CubeBackend>) -> ScanOutput<CubeBackend
                 d_state,
                 vec,
                 true,
+                act_elem,
             );
         }
         return ScanOutput { y, h: h_last };
@@ -529,6 +553,7 @@ pub(crate) fn scan_cube(input: ScanInput<CubeBackend>) -> ScanOutput<CubeBackend
             chunk_len,
             d_state,
             vec,
+            act_elem,
         );
     }
     let (combine_count, combine_dim) = cube_count(&client, batch * d_state * d_inner);
@@ -577,6 +602,7 @@ pub(crate) fn scan_cube(input: ScanInput<CubeBackend>) -> ScanOutput<CubeBackend
             d_state,
             vec,
             false,
+            act_elem,
         );
     }
     ScanOutput { y, h: h_last }

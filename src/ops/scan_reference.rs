@@ -6,8 +6,8 @@
 //! block at once. Memory is therefore bounded by the block, never by the sequence length.
 
 use burn::backend::tensor::FloatTensor;
-use burn::backend::{Backend, Scalar, TensorMetadata};
-use burn::tensor::{Shape, Slice};
+use burn::backend::{Backend, DType, Scalar, TensorMetadata};
+use burn::tensor::{FloatDType, Shape, Slice};
 
 use super::scan::{ScanInput, ScanOutput};
 
@@ -23,6 +23,20 @@ fn slice_time<B: Backend>(t: &FloatTensor<B>, t0: usize, t1: usize) -> FloatTens
     B::float_slice(t.clone(), &slices)
 }
 
+/// `t` as f32 (unchanged when it already is).
+pub(crate) fn to_f32<B: Backend>(t: FloatTensor<B>) -> FloatTensor<B> {
+    to_dtype::<B>(t, DType::F32)
+}
+
+/// `t` in the float format `dtype` (unchanged when it already is).
+pub(crate) fn to_dtype<B: Backend>(t: FloatTensor<B>, dtype: DType) -> FloatTensor<B> {
+    if t.dtype() == dtype {
+        t
+    } else {
+        B::float_cast(t, FloatDType::from(dtype))
+    }
+}
+
 /// Numerically stable softplus: `max(x, 0) + log1p(exp(-|x|))`.
 pub(crate) fn softplus<B: Backend>(x: FloatTensor<B>) -> FloatTensor<B> {
     let pos = B::float_clamp_min(x.clone(), Scalar::from(0.0f32));
@@ -36,7 +50,11 @@ pub(crate) fn silu<B: Backend>(x: FloatTensor<B>) -> FloatTensor<B> {
 }
 
 /// The reference selective scan; shapes and semantics as in [`ScanInput`].
+///
+/// Computes in f32 whatever the inputs' formats: inputs in a half format are widened first,
+/// `y` is returned in the format of `u` and the last state in f32.
 pub fn scan_reference<B: Backend>(input: ScanInput<B>) -> ScanOutput<B> {
+    let act = input.u.dtype();
     let ScanInput {
         u,
         delta,
@@ -47,12 +65,15 @@ pub fn scan_reference<B: Backend>(input: ScanInput<B>) -> ScanOutput<B> {
         z,
         delta_bias,
         h0,
-    } = input;
+    } = input.map(to_f32::<B>);
     let [batch, len, d_inner] = <[usize; 3]>::try_from(dims::<B>(&u)).unwrap_or([0, 0, 0]);
     let d_state = dims::<B>(&a).get(1).copied().unwrap_or(0);
     if batch == 0 || len == 0 {
         // No time steps: the output is empty and the state is unchanged.
-        return ScanOutput { y: u, h: h0 };
+        return ScanOutput {
+            y: to_dtype::<B>(u, act),
+            h: h0,
+        };
     }
 
     // Δ = softplus(delta + bias)   (Algorithm 2, line 5-6)
@@ -114,5 +135,8 @@ pub fn scan_reference<B: Backend>(input: ScanInput<B>) -> ScanOutput<B> {
     let dskip = B::float_reshape(d, Shape::new([1, 1, d_inner]));
     let y = B::float_add(y, B::float_mul(u, dskip));
     let y = B::float_mul(y, silu::<B>(z));
-    ScanOutput { y, h }
+    ScanOutput {
+        y: to_dtype::<B>(y, act),
+        h,
+    }
 }
