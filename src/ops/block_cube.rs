@@ -4,13 +4,13 @@
 //! The tensor-operation reference (see [`block`](super::block)) concatenates the carried window
 //! with the chunk, slices it once per tap, and runs bias and SiLU as further operations: a copy
 //! of the chunk's `x` branch, one copy per tap, and the element-wise passes, each reading and
-//! writing `[batch, len, d_inner]` floats. Here one thread per output element `(b, t, d)` reads
-//! its `d_conv` inputs straight from `in_proj`'s output (the `x` branch is the first `d_inner`
-//! channels of each row, read through the row strides, so the slice is never copied) or, for
-//! the first `d_conv - 1` positions, from the carried window; adds the bias; applies SiLU; and
-//! writes `u` once. Adjacent threads own adjacent channels, so every read and write is
-//! coalesced, and the taps of neighbouring positions are served by the cache. A second, small
-//! launch writes the next window (`[batch, d_conv - 1, d_inner]`).
+//! writing `[batch, len, d_inner]` floats. Here each thread owns one channel and a run of
+//! consecutive positions: it reads its inputs straight from `in_proj`'s output (the `x` branch
+//! is the first `d_inner` channels of each row, read through the row strides, so the slice is
+//! never copied) or, before the chunk, from the carried window; keeps the last `d_conv - 1`
+//! inputs in registers, so each input is read once; adds the bias; applies SiLU; and writes
+//! `u` once. Adjacent threads own adjacent channels, so every read and write is coalesced. A
+//! second, small launch writes the next window (`[batch, d_conv - 1, d_inner]`).
 //!
 //! `x`, the window and the outputs may be f32, f16 or bf16 (one format; the sums are f32),
 //! weight and bias f32. Other formats, channels that are not adjacent in memory, and empty
@@ -34,10 +34,15 @@ const CUBE_THREADS: u32 = 256;
 /// Largest `d_conv` compiled (the taps are unrolled).
 pub const MAX_D_CONV: usize = 16;
 
+/// Consecutive positions each thread of [`conv_silu_kernel`] computes.
+const RUN: usize = 8;
+
 /// `u[b, t, d] = SiLU(bias[d] + Σ_j weight[j, d] · input(b, t - (k-1) + j, d))`, where
 /// `input(b, p, d)` is `x[b, p, d]` for `p >= 0` and the window's row `k - 1 + p` before.
 ///
-/// Thread `(b·len + t)·d_inner + d`. `x` is read at `b·xs0 + p·xs1 + d`.
+/// Thread `(b·runs + r)·d_inner + d` computes positions `r·RUN .. r·RUN + RUN` (those below
+/// `len`) of channel `d`, keeping the last `k - 1` inputs and the weights in registers, so each
+/// input is read once. `x` is read at `b·xs0 + p·xs1 + d`.
 #[cube(launch_unchecked, address_type = "dynamic")]
 #[allow(clippy::too_many_arguments)]
 fn conv_silu_kernel<F: Float>(
@@ -49,33 +54,60 @@ fn conv_silu_kernel<F: Float>(
     batch: usize,
     len: usize,
     d_inner: usize,
+    runs: usize,
     xs0: usize,
     xs1: usize,
     #[comptime] k: usize,
     #[define(F)] _act: ElemType,
 ) {
     let pos = ABSOLUTE_POS;
-    if pos >= batch * len * d_inner {
+    if pos >= batch * runs * d_inner {
         terminate!();
     }
     let ch = pos % d_inner;
-    let bt = pos / d_inner;
-    let t = bt % len;
-    let b = bt / len;
+    let br = pos / d_inner;
+    let t0 = (br % runs) * RUN;
+    let b = br / runs;
     let k1 = comptime!(k - 1);
-    let mut acc = bias[ch];
+    let mut w = Array::<f32>::new(k);
+    // hist[j]: the input at position t - k1 + j for the next output t (j < k1).
+    let mut hist = Array::<f32>::new(k);
     #[unroll]
     for j in 0..k {
-        let w = weight[j * d_inner + ch];
-        // Input position t - k1 + j: in the chunk when t + j >= k1, else window row t + j.
-        if t + j >= k1 {
-            acc += w * f32::cast_from(x[b * xs0 + (t + j - k1) * xs1 + ch]);
+        w[j] = weight[j * d_inner + ch];
+    }
+    #[unroll]
+    for j in 0..k1 {
+        // Input position t0 - k1 + j: in the chunk when t0 + j >= k1, else window row t0 + j.
+        if t0 + j >= k1 {
+            hist[j] = f32::cast_from(x[b * xs0 + (t0 + j - k1) * xs1 + ch]);
         } else {
-            acc += w * f32::cast_from(window[(b * k1 + t + j) * d_inner + ch]);
+            hist[j] = f32::cast_from(window[(b * k1 + t0 + j) * d_inner + ch]);
         }
     }
-    // SiLU(v) = v / (1 + exp(-v))
-    u[pos] = F::cast_from(acc / (1.0f32 + (-acc).exp()));
+    let bias_ch = bias[ch];
+    #[unroll]
+    for i in 0..RUN {
+        let t = t0 + i;
+        if t < len {
+            let cur = f32::cast_from(x[b * xs0 + t * xs1 + ch]);
+            let mut acc = bias_ch + w[k1] * cur;
+            #[unroll]
+            for j in 0..k1 {
+                acc += w[j] * hist[j];
+            }
+            #[unroll]
+            for j in 0..k1 {
+                if j + 1 < k1 {
+                    hist[j] = hist[j + 1];
+                } else {
+                    hist[j] = cur;
+                }
+            }
+            // SiLU(v) = v / (1 + exp(-v))
+            u[(b * len + t) * d_inner + ch] = F::cast_from(acc / (1.0f32 + (-acc).exp()));
+        }
+    }
 }
 
 /// The window after the chunk: row `r` is the input at position `len - k1 + r`.
@@ -176,11 +208,14 @@ pub(crate) fn conv_cube(input: ConvInput<CubeBackend>) -> ConvOutput<CubeBackend
     let x_span = (batch - 1) * xs0 + (len - 1) * xs1 + d;
     let address = AddressType::from_len(x_span.max(batch * len * d).max(batch * k1 * d));
     let dim = CubeDim::new_1d(CUBE_THREADS);
-    let count = calculate_cube_count_elemwise(&client, batch * len * d, dim);
-    // SAFETY: threads past `batch·len·d` return at once; for the others `ch < d`, `t < len`,
-    // `b < batch`, so every `x` index is below `x_span` (the view's extent, `d <= cx`), every
-    // window index below `batch·k1·d` (rows `t + j < k1` only), weights below `k·d`, and `u`
-    // has `batch·len·d` elements. Window, weight and bias are contiguous with the checked shapes.
+    let runs = len.div_ceil(RUN);
+    let count = calculate_cube_count_elemwise(&client, batch * runs * d, dim);
+    // SAFETY: threads past `batch·runs·d` return at once; for the others `ch < d`, `b < batch`,
+    // and positions are written and read only below `len` (`t < len`; history rows
+    // `t0 + j - k1 < t0 < len`), so every `x` index is below `x_span` (the view's extent,
+    // `d <= cx`), every window index below `batch·k1·d` (rows `t0 + j < k1` only), weights
+    // below `k·d`, and `u` has `batch·len·d` elements. Window, weight and bias are contiguous
+    // with the checked shapes.
     unsafe {
         conv_silu_kernel::launch_unchecked(
             &client,
@@ -195,6 +230,7 @@ pub(crate) fn conv_cube(input: ConvInput<CubeBackend>) -> ConvOutput<CubeBackend
             batch,
             len,
             d,
+            runs,
             xs0,
             xs1,
             k,
