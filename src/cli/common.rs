@@ -80,6 +80,7 @@ impl InputArgs {
             ));
         }
         let precision = self.precision.parse::<Precision>()?;
+        genomamba::io::fastx::check_inputs(&self.inputs)?;
         let device = self.device.parse::<DeviceSpec>()?.device()?;
         let mut model = GenoModel::load(&self.model, &device)?;
         model.backbone.set_precision(precision);

@@ -313,21 +313,36 @@ struct Ctx {
     lines_skipped: u64,
 }
 
+/// Opens a sequence file for reading, with the errors input files get (missing, unreadable,
+/// a directory).
+fn open_file(path: &str) -> Result<File> {
+    let file = File::open(path)
+        .map_err(|e| Error::input(path, format!("cannot open: {e}"), "check the path"))?;
+    if file.metadata().map(|m| m.is_dir()).unwrap_or(false) {
+        return Err(Error::input(
+            path,
+            "cannot open: is a directory",
+            "pass a FASTA or FASTQ file",
+        ));
+    }
+    Ok(file)
+}
+
+/// Checks that every input (`-` is stdin) can be opened, so that a wrong path is reported
+/// before a model is loaded onto a device.
+pub fn check_inputs(paths: &[String]) -> Result<()> {
+    for path in paths.iter().filter(|p| p.as_str() != "-") {
+        open_file(path)?;
+    }
+    Ok(())
+}
+
 impl Input {
     fn open(path: &str) -> Result<Input> {
         let raw: Box<dyn Read + Send> = if path == "-" {
             Box::new(io::stdin())
         } else {
-            let file = File::open(path)
-                .map_err(|e| Error::input(path, format!("cannot open: {e}"), "check the path"))?;
-            if file.metadata().map(|m| m.is_dir()).unwrap_or(false) {
-                return Err(Error::input(
-                    path,
-                    "cannot open: is a directory",
-                    "pass a FASTA or FASTQ file",
-                ));
-            }
-            Box::new(file)
+            Box::new(open_file(path)?)
         };
         let slot = FailureSlot::default();
         let mut raw = Tap {
