@@ -10,6 +10,8 @@
 //! The fused causal convolution + SiLU (`causal_conv_silu` on `cuda:0`, a CubeCL kernel that
 //! reads `in_proj`'s output through its strides) is checked the same way against its reference,
 //! including chunks shorter than the carried window and a window carried across two calls.
+//! Both kernels are also checked with f16 and bf16 activations (`--precision`) against their
+//! references on the same half inputs.
 //!
 //! Built with `--features cube-cpu`, the same kernels run on CubeCL's CPU runtime instead
 //! (CI does this: `cargo test --features cube-cpu --test gpu_scan`). Without either, every

@@ -32,8 +32,8 @@
 //! time-major reads of `u`, `delta`, `z` and the writes of `y` are coalesced, and the rows of
 //! `B` and `C` are the same for all threads of a chunk (broadcast loads, served by L1, four
 //! floats per load where `d_state` allows). Softplus, the `D` skip and the SiLU gate are fused.
-//! State and arithmetic are f32 (whatever the activations' format); indices use the 64-bit address type when a buffer has more
-//! than `u32::MAX` elements.
+//! State and arithmetic are f32 (whatever the activations' format); indices use the 64-bit
+//! address type when a buffer has more than `u32::MAX` elements.
 //!
 //! # Cost, as measured on an H200 (batch 1, `d_inner` 1024, `d_state` 16)
 //!
