@@ -26,14 +26,14 @@ pub enum Precision {
     /// Everything in f32 (the default).
     #[default]
     F32,
-    /// bfloat16 inputs to the matrix products (8 significant bits, f32's range).
+    /// bfloat16 activations (8 significant bits, f32's range).
     Bf16,
-    /// IEEE half inputs to the matrix products (11 significant bits, range ±65,504).
+    /// IEEE half activations (11 significant bits, range ±65,504).
     F16,
 }
 
 impl Precision {
-    /// The half format of the products, or `None` for f32.
+    /// The half format, or `None` for f32.
     pub fn half(self) -> Option<FloatDType> {
         match self {
             Precision::F32 => None,
@@ -116,7 +116,7 @@ pub struct MambaBlock {
     /// Sizes: d_inner, d_state, dt_rank, d_conv.
     #[module(skip)]
     pub sizes: [usize; 4],
-    /// Format of the projections' inputs (set through [`Mamba::set_precision`]).
+    /// Format of the block's activations (set through [`Mamba::set_precision`]).
     #[module(skip)]
     pub precision: Precision,
 }
