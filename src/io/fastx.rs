@@ -313,16 +313,19 @@ struct Ctx {
     lines_skipped: u64,
 }
 
+/// What an input must be, for errors about directories.
+const SEQUENCE_FILE: &str = "a FASTA or FASTQ file";
+
 /// Opens a sequence file for reading, with the errors input files get (missing, unreadable,
-/// a directory).
-fn open_file(path: &str) -> Result<File> {
+/// a directory; `wanted` names what to pass instead of a directory, e.g. "a FASTA file").
+pub(crate) fn open_file(path: &str, wanted: &str) -> Result<File> {
     let file = File::open(path)
         .map_err(|e| Error::input(path, format!("cannot open: {e}"), "check the path"))?;
     if file.metadata().map(|m| m.is_dir()).unwrap_or(false) {
         return Err(Error::input(
             path,
             "cannot open: is a directory",
-            "pass a FASTA or FASTQ file",
+            format!("pass {wanted}"),
         ));
     }
     Ok(file)
@@ -332,7 +335,7 @@ fn open_file(path: &str) -> Result<File> {
 /// before a model is loaded onto a device.
 pub fn check_inputs(paths: &[String]) -> Result<()> {
     for path in paths.iter().filter(|p| p.as_str() != "-") {
-        open_file(path)?;
+        open_file(path, SEQUENCE_FILE)?;
     }
     Ok(())
 }
@@ -342,7 +345,7 @@ impl Input {
         let raw: Box<dyn Read + Send> = if path == "-" {
             Box::new(io::stdin())
         } else {
-            Box::new(open_file(path)?)
+            Box::new(open_file(path, SEQUENCE_FILE)?)
         };
         let slot = FailureSlot::default();
         let mut raw = Tap {

@@ -20,7 +20,7 @@ use noodles::bgzf;
 use noodles::core::Position;
 use noodles::fasta;
 
-use super::fastx::{BAD_BASE_FIX, Record};
+use super::fastx::{BAD_BASE_FIX, Record, open_file};
 use crate::alphabet;
 use crate::{Error, Result};
 
@@ -219,15 +219,7 @@ pub fn read_region(path: &str, region: &Region) -> Result<Record> {
             "pass the FASTA path (indexed with `samtools faidx FILE`)",
         ));
     }
-    let mut file = File::open(path)
-        .map_err(|e| Error::input(path, format!("cannot open: {e}"), "check the path"))?;
-    if file.metadata().map(|m| m.is_dir()).unwrap_or(false) {
-        return Err(Error::input(
-            path,
-            "cannot open: is a directory",
-            "pass a FASTA file",
-        ));
-    }
+    let mut file = open_file(path, "a FASTA file")?;
     let layout = layout(path, &mut file)?;
     file.rewind().map_err(|e| Error::io(path, e))?;
 
