@@ -437,59 +437,16 @@ fn bad_input_exits_2_with_one_line_and_leaves_no_output() {
     let o = run(&["embed", "-m", s(&broken), s(&hash), "-o", s(&out)]);
     assert_bad(&o, "model.safetensors");
     assert!(!out.exists());
-    // Bad usage.
-    assert_bad(
-        &run(&[
-            "embed",
-            "-m",
-            s(&m),
-            s(&hash),
-            "-o",
-            s(&out),
-            "--chunk-size",
-            "0",
-        ]),
-        "chunk-size",
-    );
-    assert_bad(
-        &run(&[
-            "embed",
-            "-m",
-            s(&m),
-            s(&hash),
-            "-o",
-            s(&out),
-            "--device",
-            "tpu",
-        ]),
-        "device",
-    );
-    assert_bad(
-        &run(&[
-            "embed",
-            "-m",
-            s(&m),
-            s(&hash),
-            "-o",
-            s(&out),
-            "--precision",
-            "f8",
-        ]),
-        "precision",
-    );
-    assert_bad(
-        &run(&[
-            "embed",
-            "-m",
-            s(&m),
-            s(&hash),
-            "-o",
-            s(&out),
-            "--region",
-            "chrI:9-3",
-        ]),
-        "chrI:9-3",
-    );
+    // Bad usage: one bad flag value each, named in the error.
+    for (flag, value, needle) in [
+        ("--chunk-size", "0", "chunk-size"),
+        ("--device", "tpu", "device"),
+        ("--precision", "f8", "precision"),
+        ("--region", "chrI:9-3", "chrI:9-3"),
+    ] {
+        let o = run(&["embed", "-m", s(&m), s(&hash), "-o", s(&out), flag, value]);
+        assert_bad(&o, needle);
+    }
     assert_bad(
         &run(&["embed", "-m", s(&m), "/no/such/file.fa", "-o", s(&out)]),
         "/no/such/file.fa",
