@@ -39,21 +39,24 @@
 //!
 //! Pass 1 reads `u`, `delta`, `B`; pass 3 reads `u`, `delta`, `z`, `B`, `C` and writes `y`:
 //! about 1.5 times the byte floor (`u`, `delta`, `z`, `B`, `C` read once, `y` written once). The
-//! kernels are not memory-bound but bound by instruction issue on the FMA pipe (77% and 62% of
-//! issue slots busy in passes 1 and 3, DRAM at under 20%): `2·d_state` exponentials per
-//! `(t, d)`, each lowered by CubeCL's LLVM path to libdevice's accurate `expf`, about eight
-//! FMA-pipe instructions around one `MUFU.EX2`. L = 2^20 takes 25-27 ms (40-43 G(t,d)/s;
-//! 650-690 GB/s against the byte floor), of which pass 2 is 0.2 ms; L = 2^12 takes 0.3 ms.
-//! (Two channels per thread, sharing each load of `B` and `C`, measured slower; the thread
-//! target and the cube size barely mattered.)
+//! kernels are bound by instruction issue, not memory: `2·d_state` decays `exp(Δ·A)` per
+//! `(t, d)`. Through CubeCL's LLVM backend each was libdevice's accurate `expf` (about ten
+//! instructions) and L = 2^20 took 25-27 ms. On CUDA the decay is now one `ex2.approx` with `A`
+//! pre-scaled by log2 e (inline PTX, which needs CubeCL's C++ backend, the one the `cuda`
+//! feature selects), and softplus and the SiLU gate use `ex2`/`lg2`/`rcp.approx` too: L = 2^20
+//! took 21.9 ms with the decay alone changed (792 GB/s against the byte floor, 19% of the
+//! H200's 4.2 TB/s). `ncu` of pass 3 then: about 15 warp instructions per `(t, d, n)` per lane,
+//! 68% of issue slots busy, 45% occupancy, so the remaining cost is the per-state arithmetic
+//! (decay, two format conversions for half activations, three multiply-adds) and the
+//! per-element work spread over the state indices. The CPU runtime (CI) compiles the accurate
+//! functions (`fast` is false there).
 //!
-//! Ways forward, if the scan dominates a profile: a cheaper exponential (`ex2.approx`, one
-//! instruction, which CubeCL 0.11's LLVM path does not expose); and fewer exponentials. A
-//! single chunk needs `N` per `(t, d)` instead of `2N`: that is already the path when
-//! batch × d_inner reaches [`TARGET_THREADS`], and where that threshold should sit for
-//! training-sized batches is unmeasured. For batch 1, a block-wide scan over time per state
-//! index (as the official Mamba kernel does) would keep each chunk's `exp(Δ·A)` in registers
-//! instead of recomputing it.
+//! Ways forward: fewer exponentials. A single chunk needs `N` per `(t, d)` instead of `2N`: that
+//! is already the path when batch × d_inner reaches [`TARGET_THREADS`]. For batch 1, a
+//! block-wide scan over time per state index (as the official Mamba kernel does) would keep
+//! each chunk's `exp(Δ·A)` in registers instead of recomputing it, but with time-major inputs
+//! a block per channel reads 4 bytes per 32-byte sector, so it needs the inputs channel-major
+//! (or staged through shared memory) to pay off.
 //!
 //! The activations (`u`, `Δ`, `z`, `B`, `C` and the output `y`) may be f32, f16 or bf16 (all
 //! in one format); they are widened to f32 as they are read, and `y` is rounded to their format
@@ -101,11 +104,76 @@ fn target_threads() -> usize {
 /// Shortest chunk worth its own pass-1/pass-2 work.
 const MIN_CHUNK: usize = 64;
 
-/// `softplus(x) = max(x, 0) + log1p(exp(-|x|))`, as the reference computes it.
+/// The decay `exp(Δ·A)` of the state recurrence from `x = Δ·A·scale`, `scale` being
+/// [`a_scale`]. With `fast` (CUDA only: inline PTX, which CubeCL's CUDA C++ backend passes
+/// through) it is `2^x` on the special-function unit (`ex2.approx.ftz.f32`: one instruction,
+/// relative error about 2^-22, results below 2^-126 flushed to zero) with `A` pre-scaled by
+/// log2 e, instead of the accurate `expf` of about ten instructions; otherwise `x.exp()`. The
+/// recurrence takes `2·d_state` of these per `(t, d)`.
 #[cube]
-fn softplus(x: f32) -> f32 {
+fn decay(x: f32, #[comptime] fast: bool) -> f32 {
+    if fast { exp2_approx(x) } else { x.exp() }
+}
+
+/// What `A` is multiplied by when loaded, for [`decay`]: log2 e with `fast`, else 1.
+#[cube]
+fn a_scale(#[comptime] fast: bool) -> f32 {
+    if fast { LOG2_E } else { 1.0f32 }
+}
+
+/// `2^x` (`ex2.approx.ftz.f32`).
+#[cube]
+fn exp2_approx(x: f32) -> f32 {
+    let r: f32;
+    gpu_asm!("ex2.approx.ftz.f32 {}, {};", out(_) r, in(_) x, options(pure, nomem));
+    r
+}
+
+/// `ln(x)` for `x` in [1, 2] (`lg2.approx.ftz.f32`, absolute error about 2^-22, times ln 2).
+#[cube]
+fn ln_approx(x: f32) -> f32 {
+    let r: f32;
+    gpu_asm!("lg2.approx.ftz.f32 {}, {};", out(_) r, in(_) x, options(pure, nomem));
+    r * LN_2
+}
+
+/// `1 / x` (`rcp.approx.ftz.f32`, relative error about 2^-23; `1/inf = 0`).
+#[cube]
+fn rcp_approx(x: f32) -> f32 {
+    let r: f32;
+    gpu_asm!("rcp.approx.ftz.f32 {}, {};", out(_) r, in(_) x, options(pure, nomem));
+    r
+}
+
+const LOG2_E: f32 = std::f32::consts::LOG2_E;
+const LN_2: f32 = std::f32::consts::LN_2;
+
+/// Whether the kernels may use the inline-PTX approximations above: a CUDA device, compiled
+/// by the CUDA C++ backend (which the `cuda` feature selects).
+fn fast_math(client: &Client) -> bool {
+    cfg!(feature = "cuda") && client.name() == "cuda"
+}
+
+/// `softplus(x) = max(x, 0) + log1p(exp(-|x|))`, as the reference computes it; with `fast`,
+/// `ln(1 + 2^(-|x|·log2 e))` through the approximations above (absolute error below 1e-7).
+#[cube]
+fn softplus(x: f32, #[comptime] fast: bool) -> f32 {
     let pos = if x > 0.0f32 { x } else { 0.0f32 };
-    pos + (-x.abs()).exp().log1p()
+    if fast {
+        pos + ln_approx(1.0f32 + exp2_approx(-x.abs() * LOG2_E))
+    } else {
+        pos + (-x.abs()).exp().log1p()
+    }
+}
+
+/// `SiLU(z) = z / (1 + exp(-z))`; with `fast`, through the approximations above.
+#[cube]
+fn silu(z: f32, #[comptime] fast: bool) -> f32 {
+    if fast {
+        z * rcp_approx(1.0f32 + exp2_approx(-z * LOG2_E))
+    } else {
+        z / (1.0f32 + (-z).exp())
+    }
 }
 
 /// Pass 1: each chunk's state from zero, and the chunk's sum of `Δ`.
@@ -129,6 +197,7 @@ fn scan_chunk_state_kernel<F: Float, V: Size>(
     chunk_len: usize,
     #[comptime] d_state: usize,
     #[comptime] vec: usize,
+    #[comptime] fast: bool,
     #[define(F)] _act: ElemType,
 ) {
     let pos = ABSOLUTE_POS;
@@ -151,7 +220,7 @@ fn scan_chunk_state_kernel<F: Float, V: Size>(
     let mut h = Array::<f32>::new(d_state);
     #[unroll]
     for n in 0..d_state {
-        av[n] = a[ch * d_state + n];
+        av[n] = a[ch * d_state + n] * a_scale(fast);
         h[n] = 0.0f32;
     }
     let bias = delta_bias[ch];
@@ -160,7 +229,7 @@ fn scan_chunk_state_kernel<F: Float, V: Size>(
         let row = bi * len + t;
         let i = row * d_inner + ch;
         // Δ = softplus(delta + bias)   (Algorithm 2, line 6)
-        let dt = softplus(f32::cast_from(delta[i]) + bias);
+        let dt = softplus(f32::cast_from(delta[i]) + bias, fast);
         let dtu = dt * f32::cast_from(u[i]);
         sum += dt;
         #[unroll]
@@ -170,7 +239,7 @@ fn scan_chunk_state_kernel<F: Float, V: Size>(
             for e in 0..vec {
                 let n = q * vec + e;
                 // h = exp(Δ·A) ⊙ h + Δ·B·u   (eq. 2a, zero-order hold of eq. 4)
-                h[n] = (dt * av[n]).exp() * h[n] + dtu * f32::cast_from(bq.extract(e));
+                h[n] = decay(dt * av[n], fast) * h[n] + dtu * f32::cast_from(bq.extract(e));
             }
         }
     }
@@ -197,6 +266,7 @@ fn scan_chunk_combine_kernel(
     d_inner: usize,
     d_state: usize,
     chunks: usize,
+    #[comptime] fast: bool,
 ) {
     let pos = ABSOLUTE_POS;
     if pos >= batch * d_state * d_inner {
@@ -206,7 +276,7 @@ fn scan_chunk_combine_kernel(
     let bn = pos / d_inner;
     let n = bn % d_state;
     let bi = bn / d_state;
-    let an = a[ch * d_state + n];
+    let an = a[ch * d_state + n] * a_scale(fast);
     let hpos = (bi * d_inner + ch) * d_state + n;
     let mut h = h0[hpos];
     let full = chunks / COMBINE_BATCH;
@@ -224,7 +294,7 @@ fn scan_chunk_combine_kernel(
             let bk = bi * chunks + kb * COMBINE_BATCH + j;
             state[(bk * d_state + n) * d_inner + ch] = h;
             // Across a chunk: h_out = exp(A·ΣΔ)·h_in + S.
-            h = (an * pv[j]).exp() * h + sv[j];
+            h = decay(an * pv[j], fast) * h + sv[j];
         }
     }
     for k in full * COMBINE_BATCH..chunks {
@@ -232,7 +302,7 @@ fn scan_chunk_combine_kernel(
         let idx = (bk * d_state + n) * d_inner + ch;
         let s = state[idx];
         state[idx] = h;
-        h = (an * dsum[bk * d_inner + ch]).exp() * h + s;
+        h = decay(an * dsum[bk * d_inner + ch], fast) * h + s;
     }
     h_last[hpos] = h;
 }
@@ -267,6 +337,7 @@ fn scan_chunk_output_kernel<F: Float, V: Size>(
     #[comptime] d_state: usize,
     #[comptime] vec: usize,
     #[comptime] single_chunk: bool,
+    #[comptime] fast: bool,
     #[define(F)] _act: ElemType,
 ) {
     let pos = ABSOLUTE_POS;
@@ -289,7 +360,7 @@ fn scan_chunk_output_kernel<F: Float, V: Size>(
     let mut h = Array::<f32>::new(d_state);
     #[unroll]
     for n in 0..d_state {
-        av[n] = a[ch * d_state + n];
+        av[n] = a[ch * d_state + n] * a_scale(fast);
         if single_chunk {
             h[n] = h_in[(bi * d_inner + ch) * d_state + n];
         } else {
@@ -303,7 +374,7 @@ fn scan_chunk_output_kernel<F: Float, V: Size>(
         let i = row * d_inner + ch;
         let ut = f32::cast_from(u[i]);
         // Δ = softplus(delta + bias)   (Algorithm 2, line 6)
-        let dt = softplus(f32::cast_from(delta[i]) + bias);
+        let dt = softplus(f32::cast_from(delta[i]) + bias, fast);
         let dtu = dt * ut;
         let mut acc = 0.0f32;
         #[unroll]
@@ -314,14 +385,14 @@ fn scan_chunk_output_kernel<F: Float, V: Size>(
             for e in 0..vec {
                 let n = q * vec + e;
                 // h = exp(Δ·A) ⊙ h + Δ·B·u   (eq. 2a, zero-order hold of eq. 4)
-                h[n] = (dt * av[n]).exp() * h[n] + dtu * f32::cast_from(bq.extract(e));
+                h[n] = decay(dt * av[n], fast) * h[n] + dtu * f32::cast_from(bq.extract(e));
                 // y = C·h   (eq. 2b)
                 acc += f32::cast_from(cq.extract(e)) * h[n];
             }
         }
         // + D·u, gated by SiLU(z) = z / (1 + exp(-z)).
         let zt = f32::cast_from(z[bi * zs0 + t * zs1 + ch]);
-        y[i] = F::cast_from((acc + dskip * ut) * (zt / (1.0f32 + (-zt).exp())));
+        y[i] = F::cast_from((acc + dskip * ut) * silu(zt, fast));
     }
     if single_chunk {
         #[unroll]
@@ -484,6 +555,7 @@ pub(crate) fn scan_cube(input: ScanInput<CubeBackend>) -> ScanOutput<CubeBackend
         .unwrap_or(0),
     );
 
+    let fast = fast_math(&client);
     let (count, dim) = cube_count(&client, chunk_threads);
     if chunks == 1 {
         // SAFETY: every index the kernel forms is below the length of the tensor it reads or
@@ -519,6 +591,7 @@ pub(crate) fn scan_cube(input: ScanInput<CubeBackend>) -> ScanOutput<CubeBackend
                 d_state,
                 vec,
                 true,
+                fast,
                 act_elem,
             );
         }
@@ -553,6 +626,7 @@ pub(crate) fn scan_cube(input: ScanInput<CubeBackend>) -> ScanOutput<CubeBackend
             chunk_len,
             d_state,
             vec,
+            fast,
             act_elem,
         );
     }
@@ -572,6 +646,7 @@ pub(crate) fn scan_cube(input: ScanInput<CubeBackend>) -> ScanOutput<CubeBackend
             d_inner,
             d_state,
             chunks,
+            fast,
         );
     }
     unsafe {
@@ -602,6 +677,7 @@ pub(crate) fn scan_cube(input: ScanInput<CubeBackend>) -> ScanOutput<CubeBackend
             d_state,
             vec,
             false,
+            fast,
             act_elem,
         );
     }
