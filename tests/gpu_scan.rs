@@ -13,6 +13,10 @@
 //! Both kernels are also checked with f16 and bf16 activations (`--precision`) against their
 //! references on the same half inputs.
 //!
+//! The block's projections (`project`, a chosen cubek matrix-product kernel) are checked against
+//! the CPU's matrix product, in f32 and f16; on a CUDA device for every strategy
+//! `GENOMAMBA_MATMUL` may name.
+//!
 //! Built with `--features cube-cpu`, the same kernels run on CubeCL's CPU runtime instead
 //! (CI does this: `cargo test --features cube-cpu --test gpu_scan`). Without either, every
 //! test prints "skipped: ..." and passes.
@@ -21,7 +25,8 @@
 #![cfg(feature = "cube")]
 
 use burn::tensor::{DType, Device, FloatDType, Tensor, TensorData};
-use genomamba::ops::block::{Impl, causal_conv_silu_with};
+use genomamba::ops::block::{Impl, causal_conv_silu_with, project_with};
+use genomamba::ops::project_cube::{set_strategy, strategy_names};
 use genomamba::ops::{ScanArgs, selective_scan, selective_scan_reference};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -563,4 +568,60 @@ fn gpu_kernels_take_half_activations() {
             "{dtype:?} conv: u {eu:e} window {ew:e}"
         );
     }
+}
+
+#[test]
+fn gpu_projection_matches_the_cpu_product() {
+    let gpu = require_cuda!();
+    // Every strategy on a CUDA device. On CubeCL's CPU runtime (CI) only the default, and
+    // in_proj's shape shortened, since each strategy and shape is a separate kernel
+    // compilation there and the products run on the CPU (the full set took 465 s there).
+    #[cfg(feature = "cuda")]
+    let every = gpu == Device::cuda(0);
+    #[cfg(not(feature = "cuda"))]
+    let every = false;
+    let mut names: Vec<Option<String>> = vec![None];
+    if every {
+        names.push(Some("burn".to_string()));
+        names.extend(strategy_names().into_iter().map(Some));
+    }
+    // in_proj and out_proj of the GPU model's shape, x_proj- and dt_proj-like skinny products,
+    // and odd sizes. TF32 (f32 on tensor cores) and f16 round the inputs to 10 mantissa bits.
+    let long = if every { 2049 } else { 129 };
+    let shapes = [
+        [1, long, 256, 1024],
+        [1, 700, 512, 48],
+        [2, 7, 37, 48],
+        [1, 300, 16, 40],
+    ];
+    let mut rng = StdRng::seed_from_u64(5);
+    for [batch, len, k, n] in shapes {
+        let x = normals(&mut rng, batch * len * k, 1.0);
+        let w = normals(&mut rng, k * n, 1.0 / (k as f32).sqrt());
+        let want = host(project_with(
+            Impl::Reference,
+            tensor(&x, [batch, len, k], &Device::flex()),
+            tensor(&w, [k, n], &Device::flex()),
+        ));
+        for name in &names {
+            set_strategy(name.as_deref());
+            for (dtype, tol) in [(FloatDType::F32, 5e-3), (FloatDType::F16, 5e-3)] {
+                let got = project_with(
+                    Impl::Fastest,
+                    tensor(&x, [batch, len, k], &gpu).cast(dtype),
+                    tensor(&w, [k, n], &gpu).cast(dtype),
+                );
+                assert_eq!(got.dims(), [batch, len, n], "shape");
+                assert_eq!(got.dtype(), DType::from(dtype), "format");
+                let e = rel_err(&host(got.cast(FloatDType::F32)), &want);
+                let label = name.as_deref().unwrap_or("default");
+                println!("project {batch}x{len}x{k} -> {n} {dtype:?} {label:<40} {e:9.2e}");
+                assert!(
+                    e <= tol,
+                    "{label} {dtype:?} [{batch},{len},{k}]x[{k},{n}]: {e:e}"
+                );
+            }
+        }
+    }
+    set_strategy(None);
 }

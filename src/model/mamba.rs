@@ -60,15 +60,18 @@ impl std::str::FromStr for Precision {
 }
 
 /// `linear` applied to `x`, in `half` when given (the weight is already stored in it, see
-/// [`Mamba::set_precision`]; the result stays in it), else as the layer is.
+/// [`Mamba::set_precision`]; the result stays in it), else as the layer is. The product goes
+/// through the block operations' `project` (a chosen matrix-product kernel on GPUs).
 fn project(linear: &Linear, x: Tensor<3>, half: Option<FloatDType>) -> Tensor<3> {
-    let Some(half) = half else {
-        return linear.forward(x);
+    let x = match half {
+        Some(half) => x.cast(half),
+        None => x,
     };
-    let y = x.cast(half).matmul(linear.weight.val().unsqueeze::<3>());
-    match &linear.bias {
-        Some(b) => y + b.val().cast(half).unsqueeze::<3>(),
-        None => y,
+    let y = crate::ops::block::project(x, linear.weight.val());
+    match (&linear.bias, half) {
+        (Some(b), Some(half)) => y + b.val().cast(half).unsqueeze::<3>(),
+        (Some(b), None) => y + b.val().unsqueeze::<3>(),
+        (None, _) => y,
     }
 }
 

@@ -1,5 +1,6 @@
 //! The other per-position operations of a Mamba block, as a backend extension: the causal
-//! depthwise convolution over a carried window fused with SiLU, and RMSNorm.
+//! depthwise convolution over a carried window fused with SiLU, RMSNorm, and the projections
+//! (`x · w`, which the CubeCL backend routes to a chosen matrix-product kernel).
 //!
 //! Like the scan, each has a reference in plain tensor operations (the default body, which
 //! every backend and autodiff get) and a fused, multi-threaded host loop for the CPU backend.
@@ -80,6 +81,20 @@ pub trait BlockOpsBackend: Backend {
         rms_reference::<Self>(x, weight, eps)
     }
 
+    /// A projection without bias: `x · w` for `x: [batch, length, in]` and `w: [in, out]`, in
+    /// their (common) float format.
+    // Under Fusion: one custom operation, `[batch, length, out]` in the format of `x`.
+    #[fusion(dtype = x, shape = project_shape(x, w))]
+    fn project(x: FloatTensor<Self>, w: FloatTensor<Self>) -> FloatTensor<Self> {
+        project_reference::<Self>(x, w)
+    }
+
+    /// The projection's reference: the backend's own matrix product (never overridden).
+    #[fusion(default)]
+    fn project_reference(x: FloatTensor<Self>, w: FloatTensor<Self>) -> FloatTensor<Self> {
+        project_reference::<Self>(x, w)
+    }
+
     /// The convolution's reference (never overridden; fused versions are tested against it).
     #[fusion(default)]
     fn causal_conv_silu_reference(#[extension_type] input: ConvInput<Self>) -> ConvOutput<Self> {
@@ -115,6 +130,18 @@ impl BlockOpsBackend for burn_cubecl::CubeBackend {
     fn causal_conv_silu(input: ConvInput<Self>) -> ConvOutput<Self> {
         super::block_cube::conv_cube(input)
     }
+
+    fn project(x: FloatTensor<Self>, w: FloatTensor<Self>) -> FloatTensor<Self> {
+        super::project_cube::project_cube(x, w)
+    }
+}
+
+/// Shape of a projection's output: `[batch, length, out]` from `x: [batch, length, in]` and
+/// `w: [in, out]`.
+#[cfg(feature = "cube")]
+fn project_shape(x: &Shape, w: &Shape) -> Shape {
+    let dim = |s: &Shape, i: usize| s.to_vec().get(i).copied().unwrap_or(0);
+    Shape::new([dim(x, 0), dim(x, 1), dim(w, 1)])
 }
 
 /// Shape of the convolution's output under Fusion: `[batch, length, d_inner]`.
@@ -129,6 +156,16 @@ fn conv_u_spec(
         Shape::new([dim(&xs, 0), dim(&xs, 1), dim(&ws, 1)]),
         x.dtype,
     )
+}
+
+/// `x · w` through the backend's matrix product (`w` broadcast over the batch).
+pub fn project_reference<B: Backend>(x: FloatTensor<B>, w: FloatTensor<B>) -> FloatTensor<B> {
+    let wd = dims::<B>(&w);
+    let w3 = match wd.as_slice() {
+        [k, n] => B::float_reshape(w, Shape::new([1, *k, *n])),
+        _ => w,
+    };
+    B::float_matmul(x, w3)
 }
 
 fn dims<B: Backend>(t: &FloatTensor<B>) -> Vec<usize> {
@@ -351,6 +388,23 @@ pub fn rms_norm_with(which: Impl, x: Tensor<3>, weight: Tensor<1>, eps: f64) -> 
         Impl::Fastest => <Dispatch as BlockOpsBackend>::rms_norm(x, w, eps),
         Impl::Reference => <Dispatch as BlockOpsBackend>::rms_norm_reference(x, w, eps),
     })
+}
+
+/// [`project`] with a choice of implementation.
+pub fn project_with(which: Impl, x: Tensor<3>, w: Tensor<2>) -> Tensor<3> {
+    let (x, w) = (x.into_dispatch(), w.into_dispatch());
+    Tensor::from_dispatch(match which {
+        Impl::Fastest => <Dispatch as BlockOpsBackend>::project(x, w),
+        Impl::Reference => <Dispatch as BlockOpsBackend>::project_reference(x, w),
+    })
+}
+
+/// A projection without bias, `x · w`, on the device of `x`.
+///
+/// # Shapes
+/// - x: `[batch, length, in]`, w: `[in, out]`; returns `[batch, length, out]`
+pub fn project(x: Tensor<3>, w: Tensor<2>) -> Tensor<3> {
+    project_with(Impl::Fastest, x, w)
 }
 
 /// Causal depthwise convolution + SiLU on the device of `x`; returns `(u, next_window)`.

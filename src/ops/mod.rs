@@ -1,7 +1,8 @@
 //! Custom operations, as Burn backend extensions.
 //!
-//! - [`block`]: causal convolution fused with SiLU over a carried window, and RMSNorm (with
-//!   the `cuda` feature, the convolution is a CubeCL kernel).
+//! - [`block`]: causal convolution fused with SiLU over a carried window, RMSNorm, and the
+//!   projections `x · w` (with the `cuda` feature, the convolution is a CubeCL kernel and the
+//!   projections go through [`project_cube`], which can pick cubek's matrix-product kernel).
 //! - [`scan`]: the selective scan of Mamba (S6), with a reference written in plain tensor
 //!   operations that every backend gets, a fused host loop for the CPU backend, and (with the
 //!   `cuda` feature) a chunked-time GPU kernel for the CubeCL backend; on autodiff devices a
@@ -11,6 +12,8 @@
 pub mod block;
 #[cfg(feature = "cube")]
 mod block_cube;
+#[cfg(feature = "cube")]
+pub mod project_cube;
 pub mod scan;
 mod scan_backward;
 mod scan_cpu;

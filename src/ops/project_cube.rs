@@ -1,0 +1,191 @@
+//! The block's projections (`x · w`) on CubeCL devices, through cubek's matrix-product kernels
+//! with a strategy that can be chosen instead of Burn's default.
+//!
+//! The projections of a Mamba block are long and skinny: `[L, d_model] · [d_model, 2·d_inner]`
+//! (in_proj), `[L, d_inner] · [d_inner, dt_rank + 2·d_state]` (x_proj),
+//! `[L, dt_rank] · [dt_rank, d_inner]` (dt_proj) and `[L, d_inner] · [d_inner, d_model]`
+//! (out_proj), with `L` the chunk length (65,536 by default on a GPU). Burn's selection without
+//! autotuning runs all of them with one tiling whose accumulators spill to local memory on an
+//! H200 (ncu, in_proj in f16: 128 registers per thread, 4.7 M local-memory spill requests, 11% of
+//! issue slots busy, 348 us), and the projections are about half of the GPU time per chunk.
+//!
+//! [`STRATEGY`] (Burn's selection, `burn`) is what runs unless the environment variable
+//! `GENOMAMBA_MATMUL` names one of [`strategy_names`] (cubek's names), for tuning runs. On the
+//! H200, embedding 8 Mb of chr20 (second runs, kernels cached) took 5.30 s in f16 with
+//! `matmul_simple_cyclic_mma` against 6.52 s with `burn`, and 5.98 s against 6.51 s in f32
+//! with `matmul_simple_cyclic_cmma_multi_rows` (BENCHMARKS.md). Those strategies are not the
+//! default yet because their outputs were checked against the CPU only for in_proj's shape
+//! (tests/gpu_scan.rs checks every strategy on every projection shape when run on a GPU).
+//! A strategy that refuses a problem when asked falls back to Burn's selection; one that fails
+//! later, at launch, cannot be caught here, which is why the TMA strategies with the cmma tile
+//! (they failed at launch for x_proj's shape on the H200) are not offered.
+
+use burn::backend::TensorMetadata;
+use burn::backend::ops::FloatTensorOps;
+use burn::tensor::Shape;
+use burn_cubecl::CubeBackend;
+use burn_cubecl::kernel::into_contiguous;
+use burn_cubecl::kernel::matmul::{MatmulStrategy, init_matmul_output, matmul};
+use burn_cubecl::tensor::CubeTensor;
+use cubek::matmul::definition::{MatmulElems, MatmulGlobalElems};
+use cubek::matmul::multi_level::Strategy;
+use cubek::matmul::multi_level::components::tile::TileMatmulKind;
+use cubek::matmul::multi_level::routines::batch::{
+    double_buffering::DoubleBufferingArgs, ordered_double_buffering::OrderedSelectionArgs,
+    simple::SimpleArgs,
+};
+use cubek::matmul::routine::BlueprintStrategy;
+use cubek::std::InputBinding;
+
+use super::scan_cube::activation_elem;
+
+/// The strategy used unless `GENOMAMBA_MATMUL` says otherwise (a name from [`strategy_names`],
+/// or `burn`).
+pub const STRATEGY: &str = "burn";
+
+/// The kernel families [`set_strategy`] and `GENOMAMBA_MATMUL` may name: those Burn's autotuner
+/// tries on GPUs with tensor cores, less the two that failed at launch (module docs).
+fn candidates() -> Vec<Strategy> {
+    let mut out = Vec::new();
+    for tile_matmul in [TileMatmulKind::Cmma, TileMatmulKind::Mma] {
+        let args = |multi_rows| SimpleArgs {
+            multi_rows,
+            tile_matmul,
+        };
+        let double = |specialized| {
+            BlueprintStrategy::Inferred(DoubleBufferingArgs {
+                specialized,
+                tile_matmul,
+            })
+        };
+        let ordered = |row_count| {
+            BlueprintStrategy::Inferred(OrderedSelectionArgs {
+                partition_k: Some(2),
+                row_count: Some(row_count),
+                rows_per_plane: Some(2),
+                tile_matmul,
+            })
+        };
+        let cmma = tile_matmul == TileMatmulKind::Cmma;
+        for multi_rows in [false, true] {
+            out.push(if cmma {
+                Strategy::SimpleCyclicCmma(BlueprintStrategy::Inferred(args(multi_rows)))
+            } else {
+                Strategy::SimpleCyclicMma(BlueprintStrategy::Inferred(args(multi_rows)))
+            });
+            // TMA loading with the cmma tile failed at launch on the H200 for x_proj's shape
+            // (`Tile shape must be non-zero and <= 256`, reported asynchronously, so the
+            // fallback below cannot catch it): only the mma tile is offered with TMA.
+            if !cmma {
+                out.push(Strategy::SimpleTmaMma(BlueprintStrategy::Inferred(args(
+                    multi_rows,
+                ))));
+            }
+        }
+        for specialized in [false, true] {
+            out.push(if cmma {
+                Strategy::DoubleCyclicCmma(double(specialized))
+            } else {
+                Strategy::DoubleCyclicMma(double(specialized))
+            });
+        }
+        for row_count in [4, 8] {
+            out.push(if cmma {
+                Strategy::OrderedDoubleCmma(ordered(row_count))
+            } else {
+                Strategy::OrderedDoubleMma(ordered(row_count))
+            });
+        }
+        out.push(if cmma {
+            Strategy::SpecializedCyclicCmma(BlueprintStrategy::Inferred(().into()))
+        } else {
+            Strategy::SpecializedCyclicMma(BlueprintStrategy::Inferred(().into()))
+        });
+        if !cmma {
+            out.push(Strategy::SpecializedTmaMma(BlueprintStrategy::Inferred(
+                ().into(),
+            )));
+        }
+    }
+    out
+}
+
+/// The strategy set by [`set_strategy`], else named by `GENOMAMBA_MATMUL`, else [`STRATEGY`];
+/// `None` for Burn's selection (`burn`, or a name that matches no candidate).
+fn chosen() -> Option<Strategy> {
+    let forced = OVERRIDE.lock().ok().and_then(|g| g.clone());
+    let name = forced
+        .or_else(|| std::env::var("GENOMAMBA_MATMUL").ok())
+        .unwrap_or_else(|| STRATEGY.to_string());
+    candidates().into_iter().find(|s| s.to_string() == name)
+}
+
+static OVERRIDE: std::sync::Mutex<Option<String>> = std::sync::Mutex::new(None);
+
+/// Makes later projections use the strategy `name` (one of [`strategy_names`], or `burn`), or
+/// with `None` the usual choice again; process-wide (for tests and tuning runs).
+pub fn set_strategy(name: Option<&str>) {
+    if let Ok(mut g) = OVERRIDE.lock() {
+        *g = name.map(str::to_string);
+    }
+}
+
+/// The names [`set_strategy`] and `GENOMAMBA_MATMUL` accept besides `burn`.
+pub fn strategy_names() -> Vec<String> {
+    candidates().iter().map(|s| s.to_string()).collect()
+}
+
+/// `x · w` for `x: [batch, length, in]` and `w: [in, out]` (same float format), in that format.
+pub(crate) fn project_cube(x: CubeTensor, w: CubeTensor) -> CubeTensor {
+    let ws = w.shape().to_vec();
+    let w3 = match ws.as_slice() {
+        [k, n] => CubeBackend::float_reshape(w, Shape::new([1, *k, *n])),
+        _ => w,
+    };
+    let dtype = x.dtype;
+    let burn_matmul = |x: CubeTensor, w3: CubeTensor| {
+        matmul(x, w3, None, MatmulStrategy::default(), dtype)
+            .unwrap_or_else(|e| panic!("matrix product failed: {e:?}"))
+    };
+    let (Some(strategy), Some(elem)) = (chosen(), activation_elem(dtype)) else {
+        return burn_matmul(x, w3);
+    };
+    if w3.dtype != dtype {
+        return burn_matmul(x, w3);
+    }
+    let x = into_contiguous(x);
+    let w3 = into_contiguous(w3);
+    let out = init_matmul_output(&x, &w3, dtype);
+    let client = out.client.clone();
+    let mut dtypes = MatmulElems::from_globals(&MatmulGlobalElems {
+        lhs: elem,
+        rhs: elem,
+        out: elem,
+    });
+    let launched = cubek::matmul::launch::launch_ref(
+        &strategy.into(),
+        &client,
+        InputBinding::new(x.clone().binding(), elem),
+        InputBinding::new(w3.clone().binding(), elem),
+        out.clone().binding(),
+        &mut dtypes,
+    );
+    match launched {
+        Ok(()) => out,
+        // A strategy that does not take this problem (shape, format or device): Burn's own.
+        Err(_) => burn_matmul(x, w3),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strategy_names_are_distinct() {
+        let names = strategy_names();
+        let set: std::collections::BTreeSet<_> = names.iter().collect();
+        assert_eq!(set.len(), names.len(), "{names:?}");
+        assert!(!names.iter().any(|n| n == "burn"));
+    }
+}
