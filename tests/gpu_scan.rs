@@ -625,3 +625,15 @@ fn gpu_projection_matches_the_cpu_product() {
     }
     set_strategy(None);
 }
+
+#[test]
+fn projection_strategy_names_are_distinct() {
+    let names = strategy_names();
+    let set: std::collections::BTreeSet<_> = names.iter().collect();
+    assert_eq!(set.len(), names.len(), "{names:?}");
+    assert!(names.len() >= 10, "{names:?}");
+    assert!(
+        !names.iter().any(|n| n == "burn"),
+        "burn names Burn's own choice"
+    );
+}
