@@ -613,7 +613,7 @@ fn gpu_projection_matches_the_cpu_product() {
                 );
                 assert_eq!(got.dims(), [batch, len, n], "shape");
                 assert_eq!(got.dtype(), DType::from(dtype), "format");
-                let e = rel_err(&host(got.cast(FloatDType::F32)), &want);
+                let e = rel_err(&host(got), &want);
                 let label = name.as_deref().unwrap_or("default");
                 println!("project {batch}x{len}x{k} -> {n} {dtype:?} {label:<40} {e:9.2e}");
                 assert!(

@@ -160,12 +160,15 @@ fn conv_u_spec(
 
 /// `x · w` through the backend's matrix product (`w` broadcast over the batch).
 pub fn project_reference<B: Backend>(x: FloatTensor<B>, w: FloatTensor<B>) -> FloatTensor<B> {
-    let wd = dims::<B>(&w);
-    let w3 = match wd.as_slice() {
+    B::float_matmul(x, batched_weight::<B>(w))
+}
+
+/// A projection weight `[in, out]` as `[1, in, out]`, to multiply a batch of sequences.
+pub(crate) fn batched_weight<B: Backend>(w: FloatTensor<B>) -> FloatTensor<B> {
+    match dims::<B>(&w).as_slice() {
         [k, n] => B::float_reshape(w, Shape::new([1, *k, *n])),
         _ => w,
-    };
-    B::float_matmul(x, w3)
+    }
 }
 
 fn dims<B: Backend>(t: &FloatTensor<B>) -> Vec<usize> {

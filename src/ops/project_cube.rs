@@ -20,9 +20,6 @@
 //! later, at launch, cannot be caught here, which is why the TMA strategies with the cmma tile
 //! (they failed at launch for x_proj's shape on the H200) are not offered.
 
-use burn::backend::TensorMetadata;
-use burn::backend::ops::FloatTensorOps;
-use burn::tensor::Shape;
 use burn_cubecl::CubeBackend;
 use burn_cubecl::kernel::into_contiguous;
 use burn_cubecl::kernel::matmul::{MatmulStrategy, init_matmul_output, matmul};
@@ -115,7 +112,7 @@ fn candidates() -> Vec<Strategy> {
 fn chosen() -> Option<Strategy> {
     let forced = OVERRIDE.lock().ok().and_then(|g| g.clone());
     let name = forced
-        .or_else(|| std::env::var("GENOMAMBA_MATMUL").ok())
+        .or_else(|| env_choice().clone())
         .unwrap_or_else(|| STRATEGY.to_string());
     if name == "burn" {
         return None;
@@ -124,6 +121,12 @@ fn chosen() -> Option<Strategy> {
 }
 
 static OVERRIDE: std::sync::Mutex<Option<String>> = std::sync::Mutex::new(None);
+
+/// `GENOMAMBA_MATMUL`, read once per process (projections run four times per layer and chunk).
+fn env_choice() -> &'static Option<String> {
+    static CHOICE: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    CHOICE.get_or_init(|| std::env::var("GENOMAMBA_MATMUL").ok())
+}
 
 /// Makes later projections use the strategy `name` (one of [`strategy_names`], or `burn`), or
 /// with `None` the usual choice again; process-wide (for tests and tuning runs).
@@ -140,11 +143,7 @@ pub fn strategy_names() -> Vec<String> {
 
 /// `x · w` for `x: [batch, length, in]` and `w: [in, out]` (same float format), in that format.
 pub(crate) fn project_cube(x: CubeTensor, w: CubeTensor) -> CubeTensor {
-    let ws = w.shape().to_vec();
-    let w3 = match ws.as_slice() {
-        [k, n] => CubeBackend::float_reshape(w, Shape::new([1, *k, *n])),
-        _ => w,
-    };
+    let w3 = super::block::batched_weight::<CubeBackend>(w);
     let dtype = x.dtype;
     let burn_matmul = |x: CubeTensor, w3: CubeTensor| {
         matmul(x, w3, None, MatmulStrategy::default(), dtype)
