@@ -26,3 +26,5 @@ pub use scan::{
     selective_scan, selective_scan_backward, selective_scan_backward_reference,
     selective_scan_reference,
 };
+#[cfg(feature = "cuda")]
+pub use scan_cube::cuda_sources as scan_cuda_sources;

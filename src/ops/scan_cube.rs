@@ -51,12 +51,23 @@
 //! per-element work spread over the state indices. The CPU runtime (CI) compiles the accurate
 //! functions (`fast` is false there).
 //!
-//! Ways forward: fewer exponentials. A single chunk needs `N` per `(t, d)` instead of `2N`: that
-//! is already the path when batch × d_inner reaches [`TARGET_THREADS`]. For batch 1, a
-//! block-wide scan over time per state index (as the official Mamba kernel does) would keep
-//! each chunk's `exp(Δ·A)` in registers instead of recomputing it, but with time-major inputs
-//! a block per channel reads 4 bytes per 32-byte sector, so it needs the inputs channel-major
-//! (or staged through shared memory) to pay off.
+//! Machine code (`bench/sass.sh`: the C++ these kernels generate for sm_90, compiled by CUDA
+//! 11.8's `nvcc`, no GPU needed; BENCHMARKS.md): per time step and thread (`d_state` 16), pass 3
+//! issues 156 instructions in f32, 193 in f16, 209 in bf16, 20 of them `MUFU` (16 decays, two
+//! for softplus, two for the gate); pass 1 issues 108/130/138 with 18 `MUFU`. An H200 SM
+//! completes 16 `MUFU` results per clock (a warp's instruction holds its sub-partition's unit 8
+//! clocks), so the `2N + 6` exponentials per `(t, d)` of passes 1 and 3 alone need 9.8 ms at
+//! L = 2^20, d_inner 1024 (132 SMs at 1.98 GHz): more than the 8.2 ms that 50% of HBM
+//! bandwidth allows, and the measured 21.9 ms is 45% of that bound. Pass 3 holds 72 registers
+//! in f32 (64 in the half formats), which caps residency at 28 (32) warps per SM. Ways forward:
+//! first reach the `MUFU` bound (the loop issues about as many instructions as the `MUFU` unit
+//! needs clocks, so the missing half is most likely stalls: prefetching the next step's loads
+//! and fewer registers are the candidates to time); beyond it, fewer exponentials. A single
+//! chunk needs `N` per `(t, d)` instead of `2N`: that is already the path when batch × d_inner
+//! reaches [`TARGET_THREADS`]. For batch 1, a block-wide scan over time per state index (as
+//! the official Mamba kernel does) would keep each chunk's `exp(Δ·A)` in registers instead of
+//! recomputing it, but with time-major inputs a block per channel reads 4 bytes per 32-byte
+//! sector, so it needs the inputs channel-major (or staged through shared memory) to pay off.
 //!
 //! The activations (`u`, `Δ`, `z`, `B`, `C` and the output `y`) may be f32, f16 or bf16 (all
 //! in one format); they are widened to f32 as they are read, and `y` is rounded to their format
@@ -180,7 +191,7 @@ fn silu(z: f32, #[comptime] fast: bool) -> f32 {
 ///
 /// Thread `((b·chunks) + k)·d_inner + d`. `b` is read `vec` floats at a time.
 /// `state`: `[batch, chunks, d_state, d_inner]`; `dsum`: `[batch, chunks, d_inner]`.
-#[cube(launch_unchecked, address_type = "dynamic")]
+#[cube(launch_unchecked, create_dummy_kernel, address_type = "dynamic")]
 #[allow(clippy::too_many_arguments)]
 fn scan_chunk_state_kernel<F: Float, V: Size>(
     u: &Tensor<F>,
@@ -254,7 +265,7 @@ fn scan_chunk_state_kernel<F: Float, V: Size>(
 ///
 /// Thread `((b·d_state) + n)·d_inner + d`. `h0`, `h_last`: `[batch, d_inner, d_state]`. The
 /// chunk loop is latency-bound; it loads [`COMBINE_BATCH`] chunks' values before combining them.
-#[cube(launch_unchecked, address_type = "dynamic")]
+#[cube(launch_unchecked, create_dummy_kernel, address_type = "dynamic")]
 #[allow(clippy::too_many_arguments)]
 fn scan_chunk_combine_kernel(
     a: &Tensor<f32>,
@@ -313,7 +324,7 @@ fn scan_chunk_combine_kernel(
 /// `b·zs0 + t·zs1 + d` (it is usually a view of `in_proj`'s output). With `single_chunk`,
 /// `h_in` is `h0` (`[batch, d_inner, d_state]`) and the last state goes to `h_last`; otherwise
 /// `h_in` is pass 2's `[batch, chunks, d_state, d_inner]` and `h_last` is left alone.
-#[cube(launch_unchecked, address_type = "dynamic")]
+#[cube(launch_unchecked, create_dummy_kernel, address_type = "dynamic")]
 #[allow(clippy::too_many_arguments)]
 fn scan_chunk_output_kernel<F: Float, V: Size>(
     u: &Tensor<F>,
@@ -682,6 +693,167 @@ pub(crate) fn scan_cube(input: ScanInput<CubeBackend>) -> ScanOutput<CubeBackend
         );
     }
     ScanOutput { y, h: h_last }
+}
+
+/// The CUDA C++ that CubeCL's C++ backend writes for the three scan kernels on an sm_90 device
+/// (an H200), without a GPU: `(name, source)` for pass 1, 2 and 3 with activations `act` (f32,
+/// f16 or bf16), `d_state` states, `B`/`C` read four floats at a time where `d_state` allows,
+/// the approximate functions on, 64-bit indices. For reading the generated code and, compiled
+/// with `nvcc -cubin`, its machine code (`bench/sass.sh`).
+#[cfg(feature = "cuda")]
+pub fn cuda_sources(act: DType, d_state: usize) -> Result<Vec<(String, String)>, String> {
+    use cubecl::Compiler;
+    use cubecl::CubeKernel;
+    use cubecl::ir::{
+        DeviceIdentity, DeviceProperties, HardwareProperties, MemoryDeviceProperties,
+        TargetProperties,
+    };
+    use cubecl::prelude::{AddressType, TensorArg, VectorSize};
+    use cubecl::server::Handle;
+    use cubecl_cuda::{CudaCompilationOptions, CudaCompiler};
+    use std::sync::Arc;
+
+    let elem = activation_elem(act).ok_or_else(|| format!("no scan kernel for {act:?}"))?;
+    if d_state == 0 || d_state > MAX_D_STATE {
+        return Err(format!("d_state must be 1..={MAX_D_STATE}, not {d_state}"));
+    }
+    let mut props = DeviceProperties::new(
+        Default::default(),
+        MemoryDeviceProperties::new(1 << 36, 256),
+        HardwareProperties {
+            load_width: 128,
+            vector_register_count: None,
+            plane_size_min: 32,
+            plane_size_max: 32,
+            max_bindings: 1024,
+            max_shared_memory_size: 227 * 1024,
+            max_cube_count: (i32::MAX as u32, 65535, 65535),
+            max_units_per_cube: 1024,
+            max_cube_dim: (1024, 1024, 64),
+            num_streaming_multiprocessors: Some(132),
+            num_cpu_cores: None,
+            last_level_cache_size: None,
+            num_tensor_cores: Some(4),
+            min_tensor_cores_dim: Some(8),
+            max_vector_size: VectorSize::MAX,
+            cube_mma_reserved_shared_memory: 0,
+        },
+        cubecl::benchmark::TimingMethod::Device,
+        DeviceIdentity {
+            name: "sm_90 (no device)".into(),
+            fingerprint: "ptx_sm90".into(),
+            physical: None,
+        },
+    );
+    cubecl_cpp::register_supported_types(&mut props);
+    let props = Arc::new(props);
+    let target: Arc<TargetProperties> = Arc::new(
+        <cubecl_cuda::CudaRuntime as cubecl_runtime::runtime::Runtime>::target_properties(),
+    );
+    let service = cubecl_common::device::ServiceId::of::<()>(cubecl::device::DeviceId::new(0, 0));
+    let arg = |len: usize| {
+        let handle = Handle::new(
+            service,
+            cubecl_environment::stream::StreamId::current(),
+            (len * 4) as u64,
+        );
+        // SAFETY: the argument is only registered to describe the kernel; nothing is launched.
+        unsafe { TensorArg::from_raw_parts(handle, [1].into(), [len].into()) }
+    };
+    let vec = [4, 2, 1]
+        .into_iter()
+        .find(|v| d_state.is_multiple_of(*v))
+        .unwrap_or(1);
+    let dim = CubeDim::new_1d(CUBE_THREADS);
+    let count = CubeCount::new_1d(1);
+    let address = AddressType::U64;
+    let mut options = CudaCompilationOptions::default();
+    options.cpp.supports_features.fast_math = true;
+    options.cpp.supports_features.grid_constants = true;
+    let mut compiler = CudaCompiler::default();
+    let mut compile = |name: &str, def: cubecl::prelude::KernelDefinition| {
+        compiler
+            .compile(def, &options)
+            .map(|k| (name.to_string(), k.to_string()))
+            .map_err(|e| format!("{name}: {e}"))
+    };
+    let pass1 = scan_chunk_state_kernel::create_dummy_kernel(
+        props.clone(),
+        target.clone(),
+        count.clone(),
+        dim,
+        address,
+        vec,
+        arg(8),
+        arg(8),
+        arg(8),
+        arg(8),
+        arg(8),
+        arg(8),
+        arg(8),
+        1,
+        1,
+        1,
+        1,
+        1,
+        d_state,
+        vec,
+        true,
+        elem,
+    );
+    let pass2 = scan_chunk_combine_kernel::create_dummy_kernel(
+        props.clone(),
+        target.clone(),
+        count.clone(),
+        dim,
+        address,
+        arg(8),
+        arg(8),
+        arg(8),
+        arg(8),
+        arg(8),
+        1,
+        1,
+        1,
+        1,
+        true,
+    );
+    let pass3 = scan_chunk_output_kernel::create_dummy_kernel(
+        props,
+        target,
+        count,
+        dim,
+        address,
+        vec,
+        arg(8),
+        arg(8),
+        arg(8),
+        arg(8),
+        arg(8),
+        arg(8),
+        arg(8),
+        arg(8),
+        arg(8),
+        arg(8),
+        arg(8),
+        1,
+        1,
+        1,
+        1,
+        1,
+        1,
+        1,
+        d_state,
+        vec,
+        false,
+        true,
+        elem,
+    );
+    Ok(vec![
+        compile("scan_chunk_state", pass1.define())?,
+        compile("scan_chunk_combine", pass2.define())?,
+        compile("scan_chunk_output", pass3.define())?,
+    ])
 }
 
 #[cfg(test)]

@@ -1,0 +1,35 @@
+//! Writes the CUDA C++ that CubeCL's C++ backend generates for the selective-scan kernels on an
+//! sm_90 GPU (an H200), without needing a GPU: one `<kernel>_<format>_n<d_state>.cu` per pass.
+//! `bench/sass.sh` compiles them with `nvcc -cubin` and counts the machine instructions of
+//! each kernel's inner loop.
+//!
+//! Run: `cargo run --release --features cuda --example kernel_source -- OUT_DIR [D_STATE]`
+
+use burn::backend::DType;
+use genomamba::ops::scan_cuda_sources;
+
+fn main() -> Result<(), String> {
+    let mut args = std::env::args().skip(1);
+    let out = args
+        .next()
+        .ok_or("usage: kernel_source OUT_DIR [D_STATE]")?;
+    let d_state = match args.next() {
+        Some(s) => s
+            .parse::<usize>()
+            .map_err(|e| format!("D_STATE {s:?}: {e}"))?,
+        None => 16,
+    };
+    std::fs::create_dir_all(&out).map_err(|e| format!("{out}: {e}"))?;
+    for (dtype, tag) in [
+        (DType::F32, "f32"),
+        (DType::F16, "f16"),
+        (DType::BF16, "bf16"),
+    ] {
+        for (name, source) in scan_cuda_sources(dtype, d_state)? {
+            let path = format!("{out}/{name}_{tag}_n{d_state}.cu");
+            std::fs::write(&path, source).map_err(|e| format!("{path}: {e}"))?;
+            println!("{path}");
+        }
+    }
+    Ok(())
+}
