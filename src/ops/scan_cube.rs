@@ -429,10 +429,7 @@ impl Plan {
     /// The widest `B`/`C` loads `d_state` allows, and enough chunks that the threads fill the
     /// GPU, none shorter than [`MIN_CHUNK`] steps (unless the sequence is).
     fn new(batch: usize, len: usize, d_inner: usize, d_state: usize) -> Self {
-        let vec = [4, 2, 1]
-            .into_iter()
-            .find(|v| d_state.is_multiple_of(*v))
-            .unwrap_or(1);
+        let vec = vector_width(d_state);
         let wanted = target_threads().div_ceil(batch * d_inner);
         let most = (len / MIN_CHUNK).max(1);
         let chunks = wanted.clamp(1, most);
@@ -445,6 +442,14 @@ impl Plan {
             vec,
         }
     }
+}
+
+/// The widest loads of a `B`/`C` row (floats) that divide `d_state`.
+fn vector_width(d_state: usize) -> usize {
+    [4, 2, 1]
+        .into_iter()
+        .find(|v| d_state.is_multiple_of(*v))
+        .unwrap_or(1)
 }
 
 fn cube_count(client: &Client, threads: usize) -> (CubeCount, CubeDim) {
@@ -760,10 +765,7 @@ pub fn cuda_sources(act: DType, d_state: usize) -> Result<Vec<(String, String)>,
         // SAFETY: the argument is only registered to describe the kernel; nothing is launched.
         unsafe { TensorArg::from_raw_parts(handle, [1].into(), [len].into()) }
     };
-    let vec = [4, 2, 1]
-        .into_iter()
-        .find(|v| d_state.is_multiple_of(*v))
-        .unwrap_or(1);
+    let vec = vector_width(d_state);
     let dim = CubeDim::new_1d(CUBE_THREADS);
     let count = CubeCount::new_1d(1);
     let address = AddressType::U64;
@@ -777,6 +779,9 @@ pub fn cuda_sources(act: DType, d_state: usize) -> Result<Vec<(String, String)>,
             .map(|k| (name.to_string(), k.to_string()))
             .map_err(|e| format!("{name}: {e}"))
     };
+    // Buffers and sizes only describe the launch; the kernel's code depends on the comptime
+    // arguments and the formats.
+    let [u, delta, a, b, bias, state, dsum] = std::array::from_fn(|_| arg(8));
     let pass1 = scan_chunk_state_kernel::create_dummy_kernel(
         props.clone(),
         target.clone(),
@@ -784,69 +789,53 @@ pub fn cuda_sources(act: DType, d_state: usize) -> Result<Vec<(String, String)>,
         dim,
         address,
         vec,
-        arg(8),
-        arg(8),
-        arg(8),
-        arg(8),
-        arg(8),
-        arg(8),
-        arg(8),
-        1,
-        1,
-        1,
-        1,
-        1,
+        u,
+        delta,
+        a,
+        b,
+        bias,
+        state,
+        dsum,
+        1, // batch
+        1, // len
+        1, // d_inner
+        1, // chunks
+        1, // chunk_len
         d_state,
         vec,
-        true,
+        true, // fast
         elem,
     );
+    let [a, h0, dsum, state, h_last] = std::array::from_fn(|_| arg(8));
     let pass2 = scan_chunk_combine_kernel::create_dummy_kernel(
         props.clone(),
         target.clone(),
         count.clone(),
         dim,
         address,
-        arg(8),
-        arg(8),
-        arg(8),
-        arg(8),
-        arg(8),
-        1,
-        1,
-        1,
-        1,
-        true,
-    );
-    let pass3 = scan_chunk_output_kernel::create_dummy_kernel(
-        props,
-        target,
-        count,
-        dim,
-        address,
-        vec,
-        arg(8),
-        arg(8),
-        arg(8),
-        arg(8),
-        arg(8),
-        arg(8),
-        arg(8),
-        arg(8),
-        arg(8),
-        arg(8),
-        arg(8),
-        1,
-        1,
-        1,
-        1,
-        1,
-        1,
-        1,
+        a,
+        h0,
+        dsum,
+        state,
+        h_last,
+        1, // batch
+        1, // d_inner
         d_state,
-        vec,
-        false,
-        true,
+        1,    // chunks
+        true, // fast
+    );
+    let [u, delta, a, b, c, d, z, bias, h_in, y, h_last] = std::array::from_fn(|_| arg(8));
+    let pass3 = scan_chunk_output_kernel::create_dummy_kernel(
+        props, target, count, dim, address, vec, u, delta, a, b, c, d, z, bias, h_in, y, h_last,
+        1, // batch
+        1, // len
+        1, // d_inner
+        1, // chunks
+        1, // chunk_len
+        1, // z stride 0
+        1, // z stride 1
+        d_state, vec, false, // single_chunk
+        true,  // fast
         elem,
     );
     Ok(vec![
@@ -859,6 +848,32 @@ pub fn cuda_sources(act: DType, d_state: usize) -> Result<Vec<(String, String)>,
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[cfg(feature = "cuda")]
+    #[test]
+    fn cuda_sources_need_no_device() {
+        for dtype in [DType::F32, DType::F16, DType::BF16] {
+            let sources = cuda_sources(dtype, 16).unwrap();
+            let names: Vec<&str> = sources.iter().map(|(n, _)| n.as_str()).collect();
+            assert_eq!(
+                names,
+                [
+                    "scan_chunk_state",
+                    "scan_chunk_combine",
+                    "scan_chunk_output"
+                ]
+            );
+            for (name, source) in &sources {
+                assert!(source.contains("__global__"), "{name}: no kernel");
+                assert!(
+                    source.contains("ex2.approx.ftz.f32"),
+                    "{name}: not the approximate decay"
+                );
+            }
+        }
+        assert!(cuda_sources(DType::F32, 0).is_err());
+        assert!(cuda_sources(DType::I32, 16).is_err());
+    }
 
     #[test]
     fn plan_covers_the_sequence() {
