@@ -380,9 +380,11 @@ fn scan_chunk_output_kernel<F: Float, V: Size>(
     }
     let bias = delta_bias[ch];
     let dskip = d[ch];
-    for t in t0..t1 {
-        let row = bi * len + t;
-        let i = row * d_inner + ch;
+    // Offsets advanced by one step per iteration (not recomputed from `t`).
+    let mut i = (bi * len + t0) * d_inner + ch;
+    let mut bc = (bi * len + t0) * nvec;
+    let mut zi = bi * zs0 + t0 * zs1 + ch;
+    for _ in t0..t1 {
         let ut = f32::cast_from(u[i]);
         // Δ = softplus(delta + bias)   (Algorithm 2, line 6)
         let dt = softplus(f32::cast_from(delta[i]) + bias, fast);
@@ -390,8 +392,8 @@ fn scan_chunk_output_kernel<F: Float, V: Size>(
         let mut acc = 0.0f32;
         #[unroll]
         for q in 0..nvec {
-            let bq = b[row * nvec + q];
-            let cq = c[row * nvec + q];
+            let bq = b[bc + q];
+            let cq = c[bc + q];
             #[unroll]
             for e in 0..vec {
                 let n = q * vec + e;
@@ -402,8 +404,11 @@ fn scan_chunk_output_kernel<F: Float, V: Size>(
             }
         }
         // + D·u, gated by SiLU(z) = z / (1 + exp(-z)).
-        let zt = f32::cast_from(z[bi * zs0 + t * zs1 + ch]);
+        let zt = f32::cast_from(z[zi]);
         y[i] = F::cast_from((acc + dskip * ut) * silu(zt, fast));
+        i += d_inner;
+        bc += nvec;
+        zi += zs1;
     }
     if single_chunk {
         #[unroll]
