@@ -53,8 +53,9 @@
 //!
 //! Machine code (`bench/sass.sh`: the C++ these kernels generate for sm_90, compiled by CUDA
 //! 11.8's `nvcc`, no GPU needed; BENCHMARKS.md): per time step and thread (`d_state` 16), pass 3
-//! issues 156 instructions in f32, 193 in f16, 209 in bf16, 20 of them `MUFU` (16 decays, two
-//! for softplus, two for the gate); pass 1 issues 108/130/138 with 18 `MUFU`. An H200 SM
+//! issues 146 instructions in f32, 184 in f16, 198 in bf16 (156/193/209 before its offsets were
+//! advanced per step instead of recomputed), 20 of them `MUFU` (16 decays, two for softplus,
+//! two for the gate); pass 1 issues 108/130/138 with 18 `MUFU`. An H200 SM
 //! completes 16 `MUFU` results per clock (a warp's instruction holds its sub-partition's unit 8
 //! clocks), so the `2N + 6` exponentials per `(t, d)` of passes 1 and 3 alone need 9.8 ms at
 //! L = 2^20, d_inner 1024 (132 SMs at 1.98 GHz): more than the 8.2 ms that 50% of HBM
