@@ -15,7 +15,7 @@
 //!
 //! The block's projections (`project`, a chosen cubek matrix-product kernel) are checked against
 //! the CPU's matrix product, in f32 and f16; on a CUDA device for every strategy
-//! `GENOMAMBA_MATMUL` may name.
+//! `GENOMAMBA_MATMUL` may name (or only those listed in `GENOMAMBA_TEST_MATMUL`, comma-separated).
 //!
 //! Built with `--features cube-cpu`, the same kernels run on CubeCL's CPU runtime instead
 //! (CI does this: `cargo test --features cube-cpu --test gpu_scan`). Without either, every
@@ -26,7 +26,7 @@
 
 use burn::tensor::{DType, Device, FloatDType, Tensor, TensorData};
 use genomamba::ops::block::{Impl, causal_conv_silu_with, project_with};
-use genomamba::ops::project_cube::{set_strategy, strategy_names};
+use genomamba::ops::project_cube::{default_strategy, set_strategy, strategy_names};
 use genomamba::ops::{ScanArgs, selective_scan, selective_scan_reference};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -584,6 +584,12 @@ fn gpu_projection_matches_the_cpu_product() {
     if every {
         names.push(Some("burn".to_string()));
         names.extend(strategy_names().into_iter().map(Some));
+        // `GENOMAMBA_TEST_MATMUL=a,b` checks only those strategies (for short GPU sessions).
+        if let Ok(only) = std::env::var("GENOMAMBA_TEST_MATMUL") {
+            let only: Vec<&str> = only.split(',').collect();
+            names.retain(|n| n.as_deref().is_none_or(|n| only.contains(&n)));
+            println!("strategies checked: {names:?}");
+        }
     }
     // in_proj and out_proj of the GPU model's shape, x_proj- and dt_proj-like skinny products,
     // and odd sizes. TF32 (f32 on tensor cores) and f16 round the inputs to 10 mantissa bits.
@@ -605,7 +611,18 @@ fn gpu_projection_matches_the_cpu_product() {
         ));
         for name in &names {
             set_strategy(name.as_deref());
-            for (dtype, tol) in [(FloatDType::F32, 5e-3), (FloatDType::F16, 5e-3)] {
+            // bf16 (8 mantissa bits) on CUDA only: on CubeCL's CPU runtime each format is
+            // another set of kernel compilations.
+            let formats: &[(FloatDType, f64)] = if every {
+                &[
+                    (FloatDType::F32, 5e-3),
+                    (FloatDType::F16, 5e-3),
+                    (FloatDType::BF16, 3e-2),
+                ]
+            } else {
+                &[(FloatDType::F32, 5e-3), (FloatDType::F16, 5e-3)]
+            };
+            for &(dtype, tol) in formats {
                 let got = project_with(
                     Impl::Fastest,
                     tensor(&x, [batch, len, k], &gpu).cast(dtype),
@@ -636,4 +653,11 @@ fn projection_strategy_names_are_distinct() {
         !names.iter().any(|n| n == "burn"),
         "burn names Burn's own choice"
     );
+    // The CUDA defaults are among the candidates (a name matching none would silently fall
+    // back to Burn's selection).
+    for dtype in [DType::F32, DType::F16, DType::BF16] {
+        let name = default_strategy(dtype, "cuda");
+        assert!(names.iter().any(|n| n == name), "{dtype:?}: {name}");
+        assert_eq!(default_strategy(dtype, "cpu"), "burn");
+    }
 }

@@ -9,17 +9,19 @@
 //! H200 (ncu, in_proj in f16: 128 registers per thread, 4.7 M local-memory spill requests, 11% of
 //! issue slots busy, 348 us), and the projections are about half of the GPU time per chunk.
 //!
-//! [`STRATEGY`] (Burn's selection, `burn`) is what runs unless the environment variable
-//! `GENOMAMBA_MATMUL` names one of [`strategy_names`] (cubek's names), for tuning runs. On the
-//! H200, embedding 8 Mb of chr20 (second runs, kernels cached) took 5.30 s in f16 with
-//! `matmul_simple_cyclic_mma` against 6.52 s with `burn`, and 5.98 s against 6.51 s in f32
-//! with `matmul_simple_cyclic_cmma_multi_rows` (BENCHMARKS.md). Those strategies are not the
-//! default yet because their outputs were checked against the CPU only for in_proj's shape
-//! (tests/gpu_scan.rs checks every strategy on every projection shape when run on a GPU).
+//! [`default_strategy`] is what runs unless the environment variable `GENOMAMBA_MATMUL` names
+//! one of [`strategy_names`] (cubek's names) or `burn` (Burn's selection), for tuning runs. On
+//! CUDA it is `matmul_simple_cyclic_mma` for f16/bf16 and `matmul_simple_cyclic_cmma_multi_rows`
+//! for f32: on the H200, embedding 8 Mb of chr20 (second runs, kernels cached) took 5.62 s in
+//! f16 against 6.77 s with `burn`, and 5.85 s against 6.26 s in f32 (BENCHMARKS.md), and
+//! `tests/gpu_scan.rs` checked both, with Burn's selection, on every projection shape in f32,
+//! f16 and bf16 against the CPU's product (within 3.4e-4, 5.0e-4 and 4.5e-3). On CubeCL's CPU
+//! runtime Burn's selection stays.
 //! A strategy that refuses a problem when asked falls back to Burn's selection; one that fails
 //! later, at launch, cannot be caught here, which is why the TMA strategies with the cmma tile
 //! (they failed at launch for x_proj's shape on the H200) are not offered.
 
+use burn::backend::DType;
 use burn_cubecl::CubeBackend;
 use burn_cubecl::kernel::into_contiguous;
 use burn_cubecl::kernel::matmul::{MatmulStrategy, init_matmul_output, matmul};
@@ -37,8 +39,16 @@ use cubek::std::InputBinding;
 use super::scan_cube::activation_elem;
 
 /// The strategy used unless `GENOMAMBA_MATMUL` says otherwise (a name from [`strategy_names`],
-/// or `burn`).
-pub const STRATEGY: &str = "burn";
+/// or `burn`), for activations in `dtype` on a device whose CubeCL client is named `client`:
+/// on CUDA, the kernels measured fastest on the H200 for the projections' shapes (module
+/// docs); elsewhere (CubeCL's CPU runtime) Burn's selection.
+pub fn default_strategy(dtype: DType, client: &str) -> &'static str {
+    match (client, dtype) {
+        ("cuda", DType::F16 | DType::BF16) => "matmul_simple_cyclic_mma",
+        ("cuda", DType::F32) => "matmul_simple_cyclic_cmma_multi_rows",
+        _ => "burn",
+    }
+}
 
 /// The kernel families [`set_strategy`] and `GENOMAMBA_MATMUL` may name: those Burn's autotuner
 /// tries on GPUs with tensor cores, less the two that failed at launch (module docs).
@@ -107,13 +117,14 @@ fn candidates() -> Vec<Strategy> {
     out
 }
 
-/// The strategy set by [`set_strategy`], else named by `GENOMAMBA_MATMUL`, else [`STRATEGY`];
-/// `None` for Burn's selection (`burn`, or a name that matches no candidate).
-fn chosen() -> Option<Strategy> {
+/// The strategy set by [`set_strategy`], else named by `GENOMAMBA_MATMUL`, else
+/// [`default_strategy`]; `None` for Burn's selection (`burn`, or a name that matches no
+/// candidate).
+fn chosen(dtype: DType, client: &str) -> Option<Strategy> {
     let forced = OVERRIDE.lock().ok().and_then(|g| g.clone());
     let name = forced
         .or_else(|| env_choice().clone())
-        .unwrap_or_else(|| STRATEGY.to_string());
+        .unwrap_or_else(|| default_strategy(dtype, client).to_string());
     if name == "burn" {
         return None;
     }
@@ -149,7 +160,8 @@ pub(crate) fn project_cube(x: CubeTensor, w: CubeTensor) -> CubeTensor {
         matmul(x, w3, None, MatmulStrategy::default(), dtype)
             .unwrap_or_else(|e| panic!("matrix product failed: {e:?}"))
     };
-    let (Some(strategy), Some(elem)) = (chosen(), activation_elem(dtype)) else {
+    let client_name = x.client.name();
+    let (Some(strategy), Some(elem)) = (chosen(dtype, client_name), activation_elem(dtype)) else {
         return burn_matmul(x, w3);
     };
     if w3.dtype != dtype {
