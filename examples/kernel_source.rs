@@ -1,5 +1,6 @@
 //! Writes the CUDA C++ that CubeCL's C++ backend generates for the selective-scan kernels on an
-//! sm_90 GPU (an H200), without needing a GPU: one `<kernel>_<format>_n<d_state>.cu` per pass.
+//! sm_90 GPU (an H200), without needing a GPU: one `<kernel>[_prefetch]_<format>_n<d_state>.cu` per pass
+//! (passes 1 and 3 also with the next step's loads issued early, `GENOMAMBA_SCAN_PREFETCH`).
 //! `bench/sass.sh` compiles them with `nvcc -cubin` and counts the machine instructions of
 //! each kernel's inner loop.
 //!
@@ -25,10 +26,17 @@ fn main() -> Result<(), String> {
         (DType::F16, "f16"),
         (DType::BF16, "bf16"),
     ] {
-        for (name, source) in scan_cuda_sources(dtype, d_state)? {
-            let path = format!("{out}/{name}_{tag}_n{d_state}.cu");
-            std::fs::write(&path, source).map_err(|e| format!("{path}: {e}"))?;
-            println!("{path}");
+        for prefetch in [false, true] {
+            let sources = scan_cuda_sources(dtype, d_state, prefetch)?;
+            let variant = if prefetch { "_prefetch" } else { "" };
+            for (name, source) in sources {
+                if prefetch && name == "scan_chunk_combine" {
+                    continue; // pass 2 has no such variant
+                }
+                let path = format!("{out}/{name}{variant}_{tag}_n{d_state}.cu");
+                std::fs::write(&path, source).map_err(|e| format!("{path}: {e}"))?;
+                println!("{path}");
+            }
         }
     }
     Ok(())

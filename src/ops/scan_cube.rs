@@ -45,7 +45,8 @@
 //! pre-scaled by log2 e (inline PTX, which needs CubeCL's C++ backend, the one the `cuda`
 //! feature selects), and softplus and the SiLU gate use `ex2`/`lg2`/`rcp.approx` too: L = 2^20
 //! took 21.9 ms with the decay alone changed (792 GB/s against the byte floor, 19% of the
-//! H200's 4.2 TB/s). `ncu` of pass 3 then: about 15 warp instructions per `(t, d, n)` per lane,
+//! H200's 4.2 TB/s); with pass 3's offsets advanced per step instead of recomputed from `t`,
+//! 17.8 ms (975 GB/s, 23%). `ncu` of pass 3 before that change: about 15 warp instructions per `(t, d, n)` per lane,
 //! 68% of issue slots busy, 45% occupancy, so the remaining cost is the per-state arithmetic
 //! (decay, two format conversions for half activations, three multiply-adds) and the
 //! per-element work spread over the state indices. The CPU runtime (CI) compiles the accurate
@@ -59,11 +60,11 @@
 //! completes 16 `MUFU` results per clock (a warp's instruction holds its sub-partition's unit 8
 //! clocks), so the `2N + 6` exponentials per `(t, d)` of passes 1 and 3 alone need 9.8 ms at
 //! L = 2^20, d_inner 1024 (132 SMs at 1.98 GHz): more than the 8.2 ms that 50% of HBM
-//! bandwidth allows, and the measured 21.9 ms is 45% of that bound. Pass 3 holds 72 registers
+//! bandwidth allows, and the measured 17.8 ms is 55% of that bound. Pass 3 holds 72 registers
 //! in f32 (64 in the half formats), which caps residency at 28 (32) warps per SM. Ways forward:
 //! first reach the `MUFU` bound (the loop issues about as many instructions as the `MUFU` unit
-//! needs clocks, so the missing half is most likely stalls: prefetching the next step's loads
-//! and fewer registers are the candidates to time); beyond it, fewer exponentials. A single
+//! needs clocks, so the rest is stalls; loading the next step's inputs ahead, timed, helps
+//! only pass 3 with half activations, see [`scan_prefetch`]); beyond it, fewer exponentials. A single
 //! chunk needs `N` per `(t, d)` instead of `2N`: that is already the path when batch × d_inner
 //! reaches [`TARGET_THREADS`]. For batch 1, a block-wide scan over time per state index (as
 //! the official Mamba kernel does) would keep each chunk's `exp(Δ·A)` in registers instead of
@@ -111,6 +112,29 @@ fn target_threads() -> usize {
             .filter(|&v: &usize| v > 0)
             .unwrap_or(TARGET_THREADS)
     })
+}
+
+/// Which passes load the next time step's `u`, `delta` (and `z`) before the current step's
+/// arithmetic, `(pass 1, pass 3)`, for activations in `act`. Measured on an H200 (scan alone,
+/// `examples/scan_bench.rs`, BENCHMARKS.md): loading ahead in pass 3 sped up the half formats
+/// at the chr20 layer shape (L = 65,536, d_inner 512: f16 0.785 to 0.684 ms, bf16 0.831 to
+/// 0.786 ms) and slowed f32 (8-14%, also at L = 2^20, d_inner 1024); loading ahead in pass 1
+/// never helped. So only pass 3 with half activations does it. The environment variable
+/// `GENOMAMBA_SCAN_PREFETCH` (`none`, `pass1`, `pass3`, `both`) overrides the choice, for
+/// tuning runs; results do not depend on it.
+fn scan_prefetch(act: DType) -> (bool, bool) {
+    static PREFETCH_CHOICE: std::sync::OnceLock<Option<(bool, bool)>> = std::sync::OnceLock::new();
+    let forced =
+        PREFETCH_CHOICE.get_or_init(
+            || match std::env::var("GENOMAMBA_SCAN_PREFETCH").as_deref() {
+                Ok("none") => Some((false, false)),
+                Ok("pass1") => Some((true, false)),
+                Ok("pass3") => Some((false, true)),
+                Ok("both") => Some((true, true)),
+                _ => None,
+            },
+        );
+    forced.unwrap_or((false, matches!(act, DType::F16 | DType::BF16)))
 }
 
 /// Shortest chunk worth its own pass-1/pass-2 work.
@@ -210,6 +234,7 @@ fn scan_chunk_state_kernel<F: Float, V: Size>(
     #[comptime] d_state: usize,
     #[comptime] vec: usize,
     #[comptime] fast: bool,
+    #[comptime] prefetch: bool,
     #[define(F)] _act: ElemType,
 ) {
     let pos = ABSOLUTE_POS;
@@ -237,12 +262,31 @@ fn scan_chunk_state_kernel<F: Float, V: Size>(
     }
     let bias = delta_bias[ch];
     let mut sum = 0.0f32;
+    // With `prefetch`, `u` and `delta` of step t+1 are loaded before step t's arithmetic, so
+    // their memory latency overlaps it (the last step loads its own values again).
+    // Offsets are recomputed from `t` here: advancing them per step, as pass 3 does, made
+    // ptxas unroll the loop twice with 72 registers instead of 64, and timed no better
+    // (BENCHMARKS.md).
+    let first = (bi * len + t0) * d_inner + ch;
+    let mut u_next = u[first];
+    let mut delta_next = delta[first];
     for t in t0..t1 {
         let row = bi * len + t;
         let i = row * d_inner + ch;
+        if !prefetch {
+            u_next = u[i];
+            delta_next = delta[i];
+        }
+        let ut = f32::cast_from(u_next);
+        let delta_t = f32::cast_from(delta_next);
+        if prefetch {
+            let nxt = if t + 1 < t1 { i + d_inner } else { i };
+            u_next = u[nxt];
+            delta_next = delta[nxt];
+        }
         // Δ = softplus(delta + bias)   (Algorithm 2, line 6)
-        let dt = softplus(f32::cast_from(delta[i]) + bias, fast);
-        let dtu = dt * f32::cast_from(u[i]);
+        let dt = softplus(delta_t + bias, fast);
+        let dtu = dt * ut;
         sum += dt;
         #[unroll]
         for q in 0..nvec {
@@ -294,27 +338,36 @@ fn scan_chunk_combine_kernel(
     let full = chunks / COMBINE_BATCH;
     let mut sv = Array::<f32>::new(COMBINE_BATCH);
     let mut pv = Array::<f32>::new(COMBINE_BATCH);
-    for kb in 0..full {
+    // Chunk k's state is at `si + k·s_step`, its ΣΔ at `di + k·d_inner`: offsets advanced per
+    // chunk instead of recomputed.
+    let s_step = d_state * d_inner;
+    let mut si = (bi * chunks * d_state + n) * d_inner + ch;
+    let mut di = bi * chunks * d_inner + ch;
+    for _ in 0..full {
+        let mut sj = si;
+        let mut dj = di;
         #[unroll]
         for j in 0..COMBINE_BATCH {
-            let bk = bi * chunks + kb * COMBINE_BATCH + j;
-            sv[j] = state[(bk * d_state + n) * d_inner + ch];
-            pv[j] = dsum[bk * d_inner + ch];
+            sv[j] = state[sj];
+            pv[j] = dsum[dj];
+            sj += s_step;
+            dj += d_inner;
         }
         #[unroll]
         for j in 0..COMBINE_BATCH {
-            let bk = bi * chunks + kb * COMBINE_BATCH + j;
-            state[(bk * d_state + n) * d_inner + ch] = h;
+            state[si] = h;
             // Across a chunk: h_out = exp(A·ΣΔ)·h_in + S.
             h = decay(an * pv[j], fast) * h + sv[j];
+            si += s_step;
         }
+        di = dj;
     }
-    for k in full * COMBINE_BATCH..chunks {
-        let bk = bi * chunks + k;
-        let idx = (bk * d_state + n) * d_inner + ch;
-        let s = state[idx];
-        state[idx] = h;
-        h = decay(an * dsum[bk * d_inner + ch], fast) * h + s;
+    for _ in full * COMBINE_BATCH..chunks {
+        let s = state[si];
+        state[si] = h;
+        h = decay(an * dsum[di], fast) * h + s;
+        si += s_step;
+        di += d_inner;
     }
     h_last[hpos] = h;
 }
@@ -350,6 +403,7 @@ fn scan_chunk_output_kernel<F: Float, V: Size>(
     #[comptime] vec: usize,
     #[comptime] single_chunk: bool,
     #[comptime] fast: bool,
+    #[comptime] prefetch: bool,
     #[define(F)] _act: ElemType,
 ) {
     let pos = ABSOLUTE_POS;
@@ -385,10 +439,30 @@ fn scan_chunk_output_kernel<F: Float, V: Size>(
     let mut i = (bi * len + t0) * d_inner + ch;
     let mut bc = (bi * len + t0) * nvec;
     let mut zi = bi * zs0 + t0 * zs1 + ch;
-    for _ in t0..t1 {
-        let ut = f32::cast_from(u[i]);
+    // With `prefetch`, `u`, `delta` and `z` of step t+1 are loaded before step t's arithmetic,
+    // so their memory latency overlaps it (the last step loads its own values again).
+    let mut u_next = u[i];
+    let mut delta_next = delta[i];
+    let mut z_next = z[zi];
+    for t in t0..t1 {
+        if !prefetch {
+            u_next = u[i];
+            delta_next = delta[i];
+            z_next = z[zi];
+        }
+        let ut = f32::cast_from(u_next);
+        let delta_t = f32::cast_from(delta_next);
+        let zt = f32::cast_from(z_next);
+        if prefetch {
+            let more = t + 1 < t1;
+            let i_next = if more { i + d_inner } else { i };
+            let zi_next = if more { zi + zs1 } else { zi };
+            u_next = u[i_next];
+            delta_next = delta[i_next];
+            z_next = z[zi_next];
+        }
         // Δ = softplus(delta + bias)   (Algorithm 2, line 6)
-        let dt = softplus(f32::cast_from(delta[i]) + bias, fast);
+        let dt = softplus(delta_t + bias, fast);
         let dtu = dt * ut;
         let mut acc = 0.0f32;
         #[unroll]
@@ -405,7 +479,6 @@ fn scan_chunk_output_kernel<F: Float, V: Size>(
             }
         }
         // + D·u, gated by SiLU(z) = z / (1 + exp(-z)).
-        let zt = f32::cast_from(z[zi]);
         y[i] = F::cast_from((acc + dskip * ut) * silu(zt, fast));
         i += d_inner;
         bc += nvec;
@@ -578,6 +651,7 @@ pub(crate) fn scan_cube(input: ScanInput<CubeBackend>) -> ScanOutput<CubeBackend
     );
 
     let fast = fast_math(&client);
+    let (prefetch1, prefetch3) = scan_prefetch(act);
     let (count, dim) = cube_count(&client, chunk_threads);
     if chunks == 1 {
         // SAFETY: every index the kernel forms is below the length of the tensor it reads or
@@ -614,6 +688,7 @@ pub(crate) fn scan_cube(input: ScanInput<CubeBackend>) -> ScanOutput<CubeBackend
                 vec,
                 true,
                 fast,
+                prefetch3,
                 act_elem,
             );
         }
@@ -649,6 +724,7 @@ pub(crate) fn scan_cube(input: ScanInput<CubeBackend>) -> ScanOutput<CubeBackend
             d_state,
             vec,
             fast,
+            prefetch1,
             act_elem,
         );
     }
@@ -700,6 +776,7 @@ pub(crate) fn scan_cube(input: ScanInput<CubeBackend>) -> ScanOutput<CubeBackend
             vec,
             false,
             fast,
+            prefetch3,
             act_elem,
         );
     }
@@ -709,10 +786,15 @@ pub(crate) fn scan_cube(input: ScanInput<CubeBackend>) -> ScanOutput<CubeBackend
 /// The CUDA C++ that CubeCL's C++ backend writes for the three scan kernels on an sm_90 device
 /// (an H200), without a GPU: `(name, source)` for pass 1, 2 and 3 with activations `act` (f32,
 /// f16 or bf16), `d_state` states, `B`/`C` read four floats at a time where `d_state` allows,
-/// the approximate functions on, 64-bit indices. For reading the generated code and, compiled
+/// the approximate functions on, 64-bit indices, passes 1 and 3 with or without `prefetch`
+/// (see [`scan_prefetch`]). For reading the generated code and, compiled
 /// with `nvcc -cubin`, its machine code (`bench/sass.sh`).
 #[cfg(feature = "cuda")]
-pub fn cuda_sources(act: DType, d_state: usize) -> Result<Vec<(String, String)>, String> {
+pub fn cuda_sources(
+    act: DType,
+    d_state: usize,
+    prefetch: bool,
+) -> Result<Vec<(String, String)>, String> {
     use cubecl::Compiler;
     use cubecl::CubeKernel;
     use cubecl::ir::{
@@ -810,6 +892,7 @@ pub fn cuda_sources(act: DType, d_state: usize) -> Result<Vec<(String, String)>,
         d_state,
         vec,
         true, // fast
+        prefetch,
         elem,
     );
     let [a, h0, dsum, state, h_last] = std::array::from_fn(|_| arg(8));
@@ -842,7 +925,7 @@ pub fn cuda_sources(act: DType, d_state: usize) -> Result<Vec<(String, String)>,
         1, // z stride 1
         d_state, vec, false, // single_chunk
         true,  // fast
-        elem,
+        prefetch, elem,
     );
     Ok(vec![
         compile("scan_chunk_state", pass1.define())?,
@@ -859,7 +942,7 @@ mod tests {
     #[test]
     fn cuda_sources_need_no_device() {
         for dtype in [DType::F32, DType::F16, DType::BF16] {
-            let sources = cuda_sources(dtype, 16).unwrap();
+            let sources = cuda_sources(dtype, 16, false).unwrap();
             let names: Vec<&str> = sources.iter().map(|(n, _)| n.as_str()).collect();
             assert_eq!(
                 names,
@@ -877,8 +960,14 @@ mod tests {
                 );
             }
         }
-        assert!(cuda_sources(DType::F32, 0).is_err());
-        assert!(cuda_sources(DType::I32, 16).is_err());
+        assert!(cuda_sources(DType::F32, 0, false).is_err());
+        assert!(cuda_sources(DType::I32, 16, false).is_err());
+        // The prefetching variant is different code.
+        let plain = cuda_sources(DType::F16, 16, false).unwrap();
+        let ahead = cuda_sources(DType::F16, 16, true).unwrap();
+        assert_ne!(plain[0].1, ahead[0].1);
+        assert_eq!(plain[1].1, ahead[1].1);
+        assert_ne!(plain[2].1, ahead[2].1);
     }
 
     #[test]
