@@ -646,6 +646,7 @@ fn gpu_projection_matches_the_cpu_product() {
 #[test]
 fn projection_strategy_names_are_distinct() {
     let names = strategy_names();
+    println!("GENOMAMBA_MATMUL may name: burn {}", names.join(" "));
     let set: std::collections::BTreeSet<_> = names.iter().collect();
     assert_eq!(set.len(), names.len(), "{names:?}");
     assert!(names.len() >= 10, "{names:?}");
