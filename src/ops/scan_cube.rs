@@ -46,11 +46,11 @@
 //! feature selects), and softplus and the SiLU gate use `ex2`/`lg2`/`rcp.approx` too: L = 2^20
 //! took 21.9 ms with the decay alone changed (792 GB/s against the byte floor, 19% of the
 //! H200's 4.2 TB/s); with pass 3's offsets advanced per step instead of recomputed from `t`,
-//! 17.8 ms (975 GB/s, 23%). `ncu` of pass 3 before that change: about 15 warp instructions per `(t, d, n)` per lane,
-//! 68% of issue slots busy, 45% occupancy, so the remaining cost is the per-state arithmetic
-//! (decay, two format conversions for half activations, three multiply-adds) and the
-//! per-element work spread over the state indices. The CPU runtime (CI) compiles the accurate
-//! functions (`fast` is false there).
+//! 17.8 ms (975 GB/s, 23%). `ncu` of pass 3 before that change: about 15 warp instructions
+//! per `(t, d, n)` per lane, 68% of issue slots busy, 45% occupancy, so the remaining cost is
+//! the per-state arithmetic (decay, two format conversions for half activations, three
+//! multiply-adds) and the per-element work spread over the state indices. The CPU runtime
+//! (CI) compiles the accurate functions (`fast` is false there).
 //!
 //! Machine code (`bench/sass.sh`: the C++ these kernels generate for sm_90, compiled by CUDA
 //! 11.8's `nvcc`, no GPU needed; BENCHMARKS.md): per time step and thread (`d_state` 16), pass 3
@@ -64,8 +64,8 @@
 //! in f32 (64 in the half formats), which caps residency at 28 (32) warps per SM. Ways forward:
 //! first reach the `MUFU` bound (the loop issues about as many instructions as the `MUFU` unit
 //! needs clocks, so the rest is stalls; loading the next step's inputs ahead, timed, helps
-//! only pass 3 with half activations, see [`scan_prefetch`]); beyond it, fewer exponentials. A single
-//! chunk needs `N` per `(t, d)` instead of `2N`: that is already the path when batch × d_inner
+//! only pass 3 with half activations, see [`scan_prefetch`]); beyond it, fewer exponentials.
+//! A single chunk needs `N` per `(t, d)` instead of `2N`: that is already the path when batch × d_inner
 //! reaches [`TARGET_THREADS`]. For batch 1, a block-wide scan over time per state index (as
 //! the official Mamba kernel does) would keep each chunk's `exp(Δ·A)` in registers instead of
 //! recomputing it, but with time-major inputs a block per channel reads 4 bytes per 32-byte
