@@ -511,7 +511,21 @@ fn gpu_kernels_take_half_activations() {
     // once; the reference does the same arithmetic in tensor operations on the same half
     // inputs. So `y` may differ by about one unit in the last place of the format (2^-8
     // for bf16, 2^-11 for f16) and the f32 state by f32 rounding only.
-    for (dtype, tol) in [(FloatDType::F16, 2e-3), (FloatDType::BF16, 1e-2)] {
+    //
+    // bf16 runs on CUDA only: CubeCL's CPU runtime, JIT-compiling with Debian's LLVM 22.1.8,
+    // cannot link f32-to-bf16 conversions (`__truncsfbf2` is not found; Burn's own cast kernel
+    // fails the same way), so there only f16 is checked.
+    #[cfg(feature = "cuda")]
+    let on_cuda = gpu == Device::cuda(0);
+    #[cfg(not(feature = "cuda"))]
+    let on_cuda = false;
+    let formats: &[(FloatDType, f64)] = if on_cuda {
+        &[(FloatDType::F16, 2e-3), (FloatDType::BF16, 1e-2)]
+    } else {
+        println!("bf16 skipped: not a CUDA device (see the comment above)");
+        &[(FloatDType::F16, 2e-3)]
+    };
+    for &(dtype, tol) in formats {
         for (i, shape) in [[2, 7, 37, 16], [1, 2049, 1536, 16], [2, 300, 5, 4]]
             .into_iter()
             .enumerate()
