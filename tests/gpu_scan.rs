@@ -52,6 +52,18 @@ fn cuda_device() -> Option<Device> {
     works.then_some(device)
 }
 
+/// Whether `device` is a CUDA device (not CubeCL's CPU runtime).
+#[cfg(feature = "cuda")]
+fn is_cuda(device: &Device) -> bool {
+    *device == Device::cuda(0)
+}
+
+/// Whether `device` is a CUDA device: never, in a build without CUDA.
+#[cfg(not(feature = "cuda"))]
+fn is_cuda(_: &Device) -> bool {
+    false
+}
+
 /// The device the kernels run on: `cuda:0` when the build has CUDA and a GPU answers, else
 /// CubeCL's CPU runtime when the build has it (`--features cube-cpu`, which CI uses).
 fn kernel_device() -> Option<Device> {
@@ -515,11 +527,7 @@ fn gpu_kernels_take_half_activations() {
     // bf16 runs on CUDA only: CubeCL's CPU runtime, JIT-compiling with Debian's LLVM 22.1.8,
     // cannot link f32-to-bf16 conversions (`__truncsfbf2` is not found; Burn's own cast kernel
     // fails the same way), so there only f16 is checked.
-    #[cfg(feature = "cuda")]
-    let on_cuda = gpu == Device::cuda(0);
-    #[cfg(not(feature = "cuda"))]
-    let on_cuda = false;
-    let formats: &[(FloatDType, f64)] = if on_cuda {
+    let formats: &[(FloatDType, f64)] = if is_cuda(&gpu) {
         &[(FloatDType::F16, 2e-3), (FloatDType::BF16, 1e-2)]
     } else {
         println!("bf16 skipped: not a CUDA device (see the comment above)");
@@ -590,10 +598,7 @@ fn gpu_projection_matches_the_cpu_product() {
     // Every strategy on a CUDA device. On CubeCL's CPU runtime (CI) only the default, and
     // in_proj's shape shortened, since each strategy and shape is a separate kernel
     // compilation there and the products run on the CPU (the full set took 465 s there).
-    #[cfg(feature = "cuda")]
-    let every = gpu == Device::cuda(0);
-    #[cfg(not(feature = "cuda"))]
-    let every = false;
+    let every = is_cuda(&gpu);
     let mut names: Vec<Option<String>> = vec![None];
     if every {
         names.push(Some("burn".to_string()));
