@@ -2,6 +2,7 @@
 
 use burn::tensor::Device;
 
+use crate::infer::{DEFAULT_CHUNK, GPU_DEFAULT_CHUNK};
 use crate::{Error, Result};
 
 /// A parsed `--device` value.
@@ -39,6 +40,15 @@ impl std::str::FromStr for DeviceSpec {
 }
 
 impl DeviceSpec {
+    /// Positions per chunk when `--chunk-size` is not given: [`DEFAULT_CHUNK`] on the CPU,
+    /// [`GPU_DEFAULT_CHUNK`] on a GPU.
+    pub fn default_chunk(self) -> usize {
+        match self {
+            DeviceSpec::Cpu => DEFAULT_CHUNK,
+            DeviceSpec::Cuda(_) => GPU_DEFAULT_CHUNK,
+        }
+    }
+
     /// The Burn device for this spec; CUDA fails clearly when the binary was built without it.
     pub fn device(self) -> Result<Device> {
         match self {

@@ -9,7 +9,7 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use genomamba::alphabet::reverse_complement_tokens;
 use genomamba::device::DeviceSpec;
-use genomamba::infer::{DEFAULT_CHUNK, GPU_DEFAULT_CHUNK};
+use genomamba::infer::DEFAULT_CHUNK;
 use genomamba::infer::{run_batch, run_piece_tensor};
 use genomamba::io::fastx::{Piece, RecordMeta, for_each_piece};
 use genomamba::io::region::{Region, read_region};
@@ -88,14 +88,14 @@ impl InputArgs {
         Ok((device, model))
     }
 
-    /// `--chunk-size`, or the default for the device `--device` names (8192 on the CPU,
-    /// [`GPU_DEFAULT_CHUNK`] on a GPU).
+    /// `--chunk-size`, or the default for the device `--device` names
+    /// ([`DeviceSpec::default_chunk`]; an unparsable device fails in [`Self::setup`]).
     pub fn chunk(&self) -> usize {
-        self.chunk_size
-            .unwrap_or_else(|| match self.device.parse::<DeviceSpec>() {
-                Ok(DeviceSpec::Cuda(_)) => GPU_DEFAULT_CHUNK,
-                _ => DEFAULT_CHUNK,
-            })
+        self.chunk_size.unwrap_or_else(|| {
+            self.device
+                .parse::<DeviceSpec>()
+                .map_or(DEFAULT_CHUNK, DeviceSpec::default_chunk)
+        })
     }
 
     fn parsed_regions(&self) -> Result<Vec<Region>> {
@@ -449,6 +449,7 @@ pub fn set_threads(threads: Option<usize>) -> Result<()> {
 mod tests {
     use super::*;
     use clap::Parser;
+    use genomamba::infer::GPU_DEFAULT_CHUNK;
 
     #[derive(Parser)]
     struct Cli {
