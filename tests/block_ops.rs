@@ -1,8 +1,8 @@
 //! The fused CPU convolution+SiLU and RMSNorm against their tensor-op references and a plain
 //! f64 loop, on random inputs; and gradients through them on an autodiff device.
 
-use burn::tensor::{Device, Tensor, TensorData};
-use genomamba::ops::block::{Impl, causal_conv_silu_with, rms_norm_with};
+use burn::tensor::{Device, FloatDType, Tensor, TensorData};
+use genomamba::ops::block::{Impl, add_rms_norm_with, causal_conv_silu_with, rms_norm_with};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -132,6 +132,51 @@ fn fused_rms_norm_matches_reference_and_oracle() {
             );
             let e = max_rel(&host(got), &want);
             assert!(e < 1e-6, "{which:?}: rel err {e:e} (d {d}, eps {eps})");
+        }
+    }
+}
+
+#[test]
+fn fused_add_and_norm_match_reference_and_oracle() {
+    // `(x + y, RMSNorm(x + y))` on the CPU (fused loop) and as tensor operations, against an
+    // f64 loop; the norm in f32 and rounded to f16 (within f16's half-unit, 2^-11 relative).
+    let dev = Device::flex();
+    let mut rng = StdRng::seed_from_u64(8);
+    for &(batch, len, d, eps) in &[(1, 1, 3, 1e-5), (2, 70, 64, 1e-3), (3, 5, 37, 1e-6)] {
+        let n = batch * len * d;
+        let (x, y, w) = (
+            rand_vec(&mut rng, n),
+            rand_vec(&mut rng, n),
+            rand_vec(&mut rng, d),
+        );
+        let sum: Vec<f64> = x
+            .iter()
+            .zip(&y)
+            .map(|(a, b)| *a as f64 + *b as f64)
+            .collect();
+        let mut want = vec![0.0f64; n];
+        for (row, out) in sum.chunks(d).zip(want.chunks_mut(d)) {
+            let ms = row.iter().map(|v| v * v).sum::<f64>() / d as f64;
+            for ((o, v), wv) in out.iter_mut().zip(row).zip(&w) {
+                *o = v / (ms + eps).sqrt() * *wv as f64;
+            }
+        }
+        for which in [Impl::Fastest, Impl::Reference] {
+            for (out, tol) in [(FloatDType::F32, 1e-6), (FloatDType::F16, 6e-4)] {
+                let (s, normed) = add_rms_norm_with(
+                    which,
+                    t3(&x, [batch, len, d], &dev),
+                    t3(&y, [batch, len, d], &dev),
+                    Tensor::from_data(TensorData::new(w.clone(), [d]), &dev),
+                    eps,
+                    out,
+                );
+                assert_eq!(normed.dtype(), out.into(), "{which:?}: output format");
+                let es = max_rel(&host(s), &sum);
+                let en = max_rel(&host(normed), &want);
+                assert!(es < 1e-7, "{which:?}: sum rel err {es:e}");
+                assert!(en < tol, "{which:?} {out:?}: norm rel err {en:e} (d {d})");
+            }
         }
     }
 }

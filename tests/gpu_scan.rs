@@ -13,6 +13,10 @@
 //! Both kernels are also checked with f16 and bf16 activations (`--precision`) against their
 //! references on the same half inputs.
 //!
+//! The residual add fused with the next RMSNorm (`add_rms_norm`, one CubeCL kernel with a
+//! plane reduction per position) is checked against its reference for f32 and half inputs and
+//! outputs, widths below, at and above a plane (3, 37, 256, 1000).
+//!
 //! The block's projections (`project`, a chosen cubek matrix-product kernel) are checked against
 //! the CPU's matrix product, in f32 and f16; on a CUDA device for every strategy
 //! `GENOMAMBA_MATMUL` may name (or only those listed in `GENOMAMBA_TEST_MATMUL`, comma-separated).
@@ -25,7 +29,7 @@
 #![cfg(feature = "cube")]
 
 use burn::tensor::{DType, Device, FloatDType, Tensor, TensorData};
-use genomamba::ops::block::{Impl, causal_conv_silu_with, project_with};
+use genomamba::ops::block::{Impl, add_rms_norm_with, causal_conv_silu_with, project_with};
 use genomamba::ops::project_cube::{default_strategy, set_strategy, strategy_names};
 use genomamba::ops::{ScanArgs, selective_scan, selective_scan_reference};
 use rand::rngs::StdRng;
@@ -589,6 +593,55 @@ fn gpu_kernels_take_half_activations() {
             eu <= tol && ew == 0.0,
             "{dtype:?} conv: u {eu:e} window {ew:e}"
         );
+    }
+}
+
+#[test]
+fn gpu_add_norm_matches_reference() {
+    let gpu = require_cuda!();
+    // The sum is f32 arithmetic on the same inputs (exact up to the half input's widening);
+    // the norm differs by the reduction's order in f32, and by one rounding of the output
+    // format (2^-11 relative for f16, 2^-8 for bf16) at most. bf16 on CUDA only (see
+    // `gpu_kernels_take_half_activations`).
+    let mut formats = vec![
+        (FloatDType::F32, FloatDType::F32, 1e-5),
+        (FloatDType::F16, FloatDType::F16, 1e-3),
+        (FloatDType::F16, FloatDType::F32, 1e-5),
+    ];
+    if is_cuda(&gpu) {
+        formats.push((FloatDType::BF16, FloatDType::BF16, 8e-3));
+    }
+    let mut rng = StdRng::seed_from_u64(12);
+    for [batch, len, d] in [[1, 1, 3], [2, 7, 37], [1, 5000, 256], [3, 33, 1000]] {
+        let n = batch * len * d;
+        let x = normals(&mut rng, n, 3.0);
+        let y = normals(&mut rng, n, 1.0);
+        let w = normals(&mut rng, d, 1.0);
+        for &(y_fmt, out, tol) in &formats {
+            let run = |which: Impl, device: &Device| {
+                let (s, normed) = add_rms_norm_with(
+                    which,
+                    tensor(&x, [batch, len, d], device),
+                    tensor(&y, [batch, len, d], device).cast(y_fmt),
+                    tensor(&w, [d], device),
+                    1e-5,
+                    out,
+                );
+                assert_eq!(s.dtype(), DType::F32, "the sum stays f32");
+                assert_eq!(normed.dtype(), DType::from(out), "norm format");
+                (host(s), host(normed))
+            };
+            let (want_s, want_n) = run(Impl::Reference, &Device::flex());
+            let (got_s, got_n) = run(Impl::Fastest, &gpu);
+            let (es, en) = (rel_err(&got_s, &want_s), rel_err(&got_n, &want_n));
+            println!(
+                "add_norm {batch}x{len}x{d} y {y_fmt:?} out {out:?}: sum {es:9.2e} norm {en:9.2e}"
+            );
+            assert!(
+                es <= 1e-6 && en <= tol,
+                "add_norm {batch}x{len}x{d} y {y_fmt:?} out {out:?}: sum {es:e} norm {en:e}"
+            );
+        }
     }
 }
 

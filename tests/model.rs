@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use burn::tensor::Device;
+use burn::tensor::{Device, Int, Tensor, TensorData};
 use genomamba::alphabet::tokenize;
 use genomamba::infer::hidden_states;
 use genomamba::model::{GenoModel, MambaConfig, ModelConfig, Precision};
@@ -144,6 +144,37 @@ fn half_precision_stays_close_to_f32_and_chunks_exactly() {
             let err = rel_err(&got, &whole64);
             assert!(err <= 1e-5, "{precision:?} chunk {chunk}: {err:e} > 1e-5");
         }
+    }
+}
+
+#[test]
+fn fused_residual_add_and_norm_equal_the_blockwise_forward() {
+    // `Mamba::forward` adds each block's output to the residual stream fused with the next
+    // block's norm (`add_rms_norm`); running the blocks one by one (`MambaBlock::forward`: norm,
+    // mixer, add) and the final norm must give the same hidden states, in f32 and with f16
+    // activations (the norm rounded to f16 once either way).
+    let device = Device::flex();
+    let dna = test_dna();
+    let tokens = tokenize(&dna[..600]).unwrap();
+    let ids: Vec<i64> = tokens.iter().map(|&t| t as i64).collect();
+    for precision in [Precision::F32, Precision::F16] {
+        let mut arch = MambaConfig::new(32, 3);
+        arch.d_state = 8;
+        let mut model = GenoModel::init(ModelConfig::new(arch), 11, &device).unwrap();
+        model.backbone.set_precision(precision);
+        let m = &model.backbone;
+        let ids: Tensor<2, Int> =
+            Tensor::from_data(TensorData::new(ids.clone(), [1, tokens.len()]), &device);
+        let (fused, _) = m.forward(ids.clone(), m.zero_state(1, &device));
+        let mut x = m.embed(ids);
+        for (layer, st) in m.layers.iter().zip(m.zero_state(1, &device).layers) {
+            x = layer.forward(x, st).0;
+        }
+        let want = m.norm_f.forward(x);
+        let host = |t: Tensor<3>| t.into_data().convert::<f32>().try_to_vec::<f32>().unwrap();
+        let want: Vec<f64> = host(want).iter().map(|v| *v as f64).collect();
+        let err = rel_err(&host(fused), &want);
+        assert!(err <= 1e-6, "{precision:?}: fused vs blockwise {err:e}");
     }
 }
 

@@ -10,6 +10,7 @@ use burn::tensor::{Device, FloatDType, Int, Tensor, TensorData};
 
 use super::config::MambaConfig;
 use super::state::{LayerState, MambaState};
+use crate::ops::block::add_rms_norm;
 use crate::ops::{ScanArgs, selective_scan};
 use crate::{Error, Result};
 
@@ -64,8 +65,8 @@ impl std::str::FromStr for Precision {
 /// through the block operations' `project` (a chosen matrix-product kernel on GPUs).
 fn project(linear: &Linear, x: Tensor<3>, half: Option<FloatDType>) -> Tensor<3> {
     let x = match half {
-        Some(half) => x.cast(half),
-        None => x,
+        Some(half) if x.dtype() != burn::tensor::DType::from(half) => x.cast(half),
+        _ => x,
     };
     let y = crate::ops::block::project(x, linear.weight.val());
     match (&linear.bias, half) {
@@ -140,11 +141,26 @@ impl MambaBlock {
     /// # Shapes
     /// - x: `[batch, length, d_model]` -> `[batch, length, d_model]`
     pub fn forward(&self, x: Tensor<3>, state: LayerState) -> (Tensor<3>, LayerState) {
+        let (out, state) = self.mix(self.norm.forward(x.clone()), state);
+        (x + out.cast(FloatDType::F32), state)
+    }
+
+    /// Format of the block's activations: the format its input should be normed into.
+    pub fn activation_dtype(&self) -> FloatDType {
+        self.precision.half().unwrap_or(FloatDType::F32)
+    }
+
+    /// The mixer alone: runs over `normed` (the block's input after its norm, in f32 or the
+    /// block's activation format) continuing from `state`; returns what the block adds to
+    /// the residual stream, in the activation format, and the state after the chunk.
+    ///
+    /// # Shapes
+    /// - normed: `[batch, length, d_model]` -> `[batch, length, d_model]`
+    pub fn mix(&self, normed: Tensor<3>, state: LayerState) -> (Tensor<3>, LayerState) {
         let [d_inner, d_state, dt_rank, _] = self.sizes;
-        let [batch, len, _] = x.dims();
+        let [batch, len, _] = normed.dims();
         let half = self.precision.half();
-        let residual = x.clone();
-        let xz = project(&self.in_proj, self.norm.forward(x), half);
+        let xz = project(&self.in_proj, normed, half);
         let z = xz.clone().slice([0..batch, 0..len, d_inner..2 * d_inner]);
 
         // Causal depthwise conv over [carried window | chunk], fused with SiLU; it reads the
@@ -183,9 +199,9 @@ impl MambaBlock {
             delta_bias: self.dt_bias.val(),
             h0: state.ssm,
         });
-        let out = project(&self.out_proj, y, half).cast(FloatDType::F32);
+        let out = project(&self.out_proj, y, half);
         (
-            residual + out,
+            out,
             LayerState {
                 conv: new_conv,
                 ssm,
@@ -301,14 +317,38 @@ impl Mamba {
                 .map(|b| (phase.get(b).copied().unwrap_or(0) + len) % period)
                 .collect();
         }
+        // The residual stream `x` and the last block's output not yet added to it: each add
+        // runs fused with the next norm (one kernel on GPUs, one pass on the CPU).
         let mut next = Vec::with_capacity(self.layers.len());
+        let mut pending: Option<Tensor<3>> = None;
         for (layer, st) in self.layers.iter().zip(state.layers) {
-            let (y, s) = layer.forward(x, st);
-            x = y;
+            let normed = match pending.take() {
+                None => layer.norm.forward(x.clone()),
+                Some(out) => {
+                    let (sum, normed) = add_rms_norm(
+                        x,
+                        out,
+                        layer.norm.weight.val(),
+                        layer.norm.eps,
+                        layer.activation_dtype(),
+                    );
+                    x = sum;
+                    normed
+                }
+            };
+            let (out, s) = layer.mix(normed, st);
+            pending = Some(out);
             next.push(s);
         }
+        let hidden = match pending {
+            None => self.norm_f.forward(x),
+            Some(out) => {
+                let w = self.norm_f.weight.val();
+                add_rms_norm(x, out, w, self.norm_f.eps, FloatDType::F32).1
+            }
+        };
         (
-            self.norm_f.forward(x),
+            hidden,
             MambaState {
                 layers: next,
                 phase,

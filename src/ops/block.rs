@@ -1,6 +1,7 @@
 //! The other per-position operations of a Mamba block, as a backend extension: the causal
-//! depthwise convolution over a carried window fused with SiLU, RMSNorm, and the projections
-//! (`x · w`, which the CubeCL backend routes to a chosen matrix-product kernel).
+//! depthwise convolution over a carried window fused with SiLU, RMSNorm, the residual add
+//! between blocks fused with the next RMSNorm, and the projections (`x · w`, which the CubeCL
+//! backend routes to a chosen matrix-product kernel).
 //!
 //! Like the scan, each has a reference in plain tensor operations (the default body, which
 //! every backend and autodiff get) and a fused, multi-threaded host loop for the CPU backend.
@@ -9,10 +10,10 @@ use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
 use burn::backend::flex::FlexTensor;
 use burn::backend::tensor::FloatTensor;
 use burn::backend::{
-    Autodiff, Backend, Dispatch, ExtensionType, Flex, Scalar, TensorData, TensorMetadata,
+    Autodiff, Backend, DType, Dispatch, ExtensionType, Flex, Scalar, TensorData, TensorMetadata,
     backend_extension,
 };
-use burn::tensor::{Shape, Slice, Tensor};
+use burn::tensor::{FloatDType, Shape, Slice, Tensor};
 use rayon::prelude::*;
 
 use super::scan_cpu::{fast_exp, host};
@@ -53,11 +54,43 @@ pub struct ConvOutput<B: Backend> {
     pub window: FloatTensor<B>,
 }
 
+/// Inputs of the residual add fused with RMSNorm.
+///
+/// # Shapes
+/// - `x`: `[batch, length, d_model]`, the residual stream (f32)
+/// - `y`: `[batch, length, d_model]`, what a block adds to it (any float format)
+/// - `weight`: `[d_model]`, the norm's scale (f32)
+#[derive(ExtensionType)]
+#[extension_type(fusion: cfg(feature = "cube"))]
+pub struct AddNormInput<B: Backend> {
+    /// Residual stream.
+    pub x: FloatTensor<B>,
+    /// Block output added to it.
+    pub y: FloatTensor<B>,
+    /// Norm scale.
+    pub weight: FloatTensor<B>,
+}
+
+/// Outputs of the residual add fused with RMSNorm.
+///
+/// # Shapes
+/// - `sum`: `[batch, length, d_model]`, `x + y` in f32 (the next residual stream)
+/// - `normed`: `[batch, length, d_model]`, `RMSNorm(x + y)` in the format asked for
+#[derive(ExtensionType)]
+#[extension_type(fusion: cfg(feature = "cube"))]
+pub struct AddNormOutput<B: Backend> {
+    /// The new residual stream.
+    pub sum: FloatTensor<B>,
+    /// Its norm.
+    pub normed: FloatTensor<B>,
+}
+
 /// Per-position block operations.
 ///
-/// On GPU devices (the `cuda` feature) the convolution is a CubeCL kernel
-/// ([`block_cube`](super::block_cube)), registered with Burn's fusion as one opaque operation;
-/// RMSNorm runs as tensor operations, which fusion compiles into few kernels.
+/// On GPU devices (the `cuda` feature) the convolution and the fused residual add + RMSNorm
+/// are CubeCL kernels ([`block_cube`](super::block_cube)), each registered with Burn's fusion
+/// as one opaque operation; a lone RMSNorm (the first block's) runs as tensor operations,
+/// which fusion compiles into few kernels.
 #[backend_extension(
     Flex,
     Autodiff,
@@ -79,6 +112,32 @@ pub trait BlockOpsBackend: Backend {
     #[fusion(default)]
     fn rms_norm(x: FloatTensor<Self>, weight: FloatTensor<Self>, eps: f64) -> FloatTensor<Self> {
         rms_reference::<Self>(x, weight, eps)
+    }
+
+    /// `(x + y, RMSNorm(x + y) · weight)`: the residual add between two blocks fused with the
+    /// next block's norm. The sum is f32; the norm is computed in f32 and rounded once to `out`
+    /// (the next block's activation format).
+    // Under Fusion: one custom operation.
+    #[fusion(meta = |input, _eps, out| AddNormOutputMetadata {
+        sum: input.x.clone(),
+        normed: norm_spec(&input.x, *out),
+    })]
+    fn add_rms_norm(
+        #[extension_type] input: AddNormInput<Self>,
+        eps: f64,
+        out: FloatDType,
+    ) -> AddNormOutput<Self> {
+        add_norm_reference::<Self>(input, eps, out)
+    }
+
+    /// The fused add and norm's reference (never overridden).
+    #[fusion(default)]
+    fn add_rms_norm_reference(
+        #[extension_type] input: AddNormInput<Self>,
+        eps: f64,
+        out: FloatDType,
+    ) -> AddNormOutput<Self> {
+        add_norm_reference::<Self>(input, eps, out)
     }
 
     /// A projection without bias: `x · w` for `x: [batch, length, in]` and `w: [in, out]`, in
@@ -120,11 +179,16 @@ impl BlockOpsBackend for Flex {
     fn rms_norm(x: FloatTensor<Self>, weight: FloatTensor<Self>, eps: f64) -> FloatTensor<Self> {
         rms_flex(x, weight, eps)
     }
+
+    fn add_rms_norm(input: AddNormInput<Self>, eps: f64, out: FloatDType) -> AddNormOutput<Self> {
+        add_norm_flex(input, eps, out)
+    }
 }
 
 impl<B: Backend + BlockOpsBackend, C: CheckpointStrategy> BlockOpsBackend for Autodiff<B, C> {}
 
-// The GPU backend: the convolution as a CubeCL kernel, RMSNorm as tensor operations.
+// The GPU backend: the convolution and the residual add with the next norm as CubeCL kernels,
+// the projections through a chosen matrix-product kernel, a lone RMSNorm as tensor operations.
 #[cfg(feature = "cube")]
 impl BlockOpsBackend for burn_cubecl::CubeBackend {
     fn causal_conv_silu(input: ConvInput<Self>) -> ConvOutput<Self> {
@@ -133,6 +197,10 @@ impl BlockOpsBackend for burn_cubecl::CubeBackend {
 
     fn project(x: FloatTensor<Self>, w: FloatTensor<Self>) -> FloatTensor<Self> {
         super::project_cube::project_cube(x, w)
+    }
+
+    fn add_rms_norm(input: AddNormInput<Self>, eps: f64, out: FloatDType) -> AddNormOutput<Self> {
+        super::block_cube::add_norm_cube(input, eps, out)
     }
 }
 
@@ -156,6 +224,15 @@ fn conv_u_spec(
         Shape::new([dim(&xs, 0), dim(&xs, 1), dim(&ws, 1)]),
         x.dtype,
     )
+}
+
+/// The fused add and norm's `normed` under Fusion: the shape of `x`, in `out`.
+#[cfg(feature = "cube")]
+fn norm_spec(
+    x: &burn::backend::fusion::custom::TensorSpec,
+    out: FloatDType,
+) -> burn::backend::fusion::custom::TensorSpec {
+    burn::backend::fusion::custom::TensorSpec::new(x.shape.clone(), DType::from(out))
 }
 
 /// `x · w` through the backend's matrix product (`w` broadcast over the batch).
@@ -255,6 +332,22 @@ pub fn rms_reference<B: Backend>(
     )
 }
 
+/// The residual add and RMSNorm in plain tensor operations: the sum in f32, the norm
+/// computed in f32 and cast to `out`.
+pub fn add_norm_reference<B: Backend>(
+    input: AddNormInput<B>,
+    eps: f64,
+    out: FloatDType,
+) -> AddNormOutput<B> {
+    let AddNormInput { x, y, weight } = input;
+    let sum = B::float_add(to_f32::<B>(x), to_f32::<B>(y));
+    let normed = rms_reference::<B>(sum.clone(), to_f32::<B>(weight), eps);
+    AddNormOutput {
+        sum,
+        normed: to_dtype::<B>(normed, DType::from(out)),
+    }
+}
+
 /// Rows of positions handled per parallel task.
 const ROWS_PER_TASK: usize = 64;
 
@@ -351,6 +444,56 @@ fn rms_flex(x: FlexTensor, weight: FlexTensor, eps: f64) -> FlexTensor {
     FlexTensor::from_data(TensorData::new(out, shape))
 }
 
+fn add_norm_flex(input: AddNormInput<Flex>, eps: f64, out: FloatDType) -> AddNormOutput<Flex> {
+    // A half `y` (a block's output with `--precision`) is widened first (exactly).
+    let input = AddNormInput {
+        y: to_f32::<Flex>(input.y),
+        ..input
+    };
+    let shape = input.x.shape().to_vec();
+    let d = shape.last().copied().unwrap_or(0);
+    let same = input.y.shape().to_vec() == shape;
+    let parts = (host(&input.x), host(&input.y), host(&input.weight));
+    let (Some(xs), Some(ys), Some(w), true) = (parts.0, parts.1, parts.2, same) else {
+        return add_norm_reference::<Flex>(input, eps, out);
+    };
+    if d == 0 || w.len() != d || xs.len() != ys.len() {
+        drop((xs, ys, w));
+        return add_norm_reference::<Flex>(input, eps, out);
+    }
+    let mut sum = vec![0.0f32; xs.len()];
+    let mut normed = vec![0.0f32; xs.len()];
+    sum.par_chunks_mut(ROWS_PER_TASK * d)
+        .zip(normed.par_chunks_mut(ROWS_PER_TASK * d))
+        .zip(
+            xs.par_chunks(ROWS_PER_TASK * d)
+                .zip(ys.par_chunks(ROWS_PER_TASK * d)),
+        )
+        .for_each(|((s, n), (xc, yc))| {
+            for (((srow, nrow), xrow), yrow) in s
+                .chunks_mut(d)
+                .zip(n.chunks_mut(d))
+                .zip(xc.chunks(d))
+                .zip(yc.chunks(d))
+            {
+                let mut ms = 0.0f64;
+                for ((sv, xv), yv) in srow.iter_mut().zip(xrow).zip(yrow) {
+                    *sv = xv + yv;
+                    ms += (*sv as f64) * (*sv as f64);
+                }
+                let inv = (1.0 / (ms / d as f64 + eps).sqrt()) as f32;
+                for ((nv, sv), wv) in nrow.iter_mut().zip(srow.iter()).zip(w.iter()) {
+                    *nv = sv * inv * wv;
+                }
+            }
+        });
+    let normed = FlexTensor::from_data(TensorData::new(normed, shape.clone()));
+    AddNormOutput {
+        sum: FlexTensor::from_data(TensorData::new(sum, shape)),
+        normed: to_dtype::<Flex>(normed, DType::from(out)),
+    }
+}
+
 /// Which implementation to run: the backend's fastest, or the tensor-op reference.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Impl {
@@ -428,4 +571,43 @@ pub fn causal_conv_silu(
 /// RMSNorm over the last dimension on the device of `x`.
 pub fn rms_norm(x: Tensor<3>, weight: Tensor<1>, eps: f64) -> Tensor<3> {
     rms_norm_with(Impl::Fastest, x, weight, eps)
+}
+
+/// [`add_rms_norm`] with a choice of implementation.
+pub fn add_rms_norm_with(
+    which: Impl,
+    x: Tensor<3>,
+    y: Tensor<3>,
+    weight: Tensor<1>,
+    eps: f64,
+    out: FloatDType,
+) -> (Tensor<3>, Tensor<3>) {
+    let input = AddNormInput {
+        x: x.into_dispatch(),
+        y: y.into_dispatch(),
+        weight: weight.into_dispatch(),
+    };
+    let o = match which {
+        Impl::Fastest => <Dispatch as BlockOpsBackend>::add_rms_norm(input, eps, out),
+        Impl::Reference => <Dispatch as BlockOpsBackend>::add_rms_norm_reference(input, eps, out),
+    };
+    (
+        Tensor::from_dispatch(o.sum),
+        Tensor::from_dispatch(o.normed),
+    )
+}
+
+/// The residual add between blocks fused with the next norm, on the device of `x`: returns
+/// `(x + y, RMSNorm(x + y) · weight)`, the sum in f32 and the norm in `out`.
+///
+/// # Shapes
+/// - x, y: `[batch, length, d_model]`, weight: `[d_model]`; both results like `x`
+pub fn add_rms_norm(
+    x: Tensor<3>,
+    y: Tensor<3>,
+    weight: Tensor<1>,
+    eps: f64,
+    out: FloatDType,
+) -> (Tensor<3>, Tensor<3>) {
+    add_rms_norm_with(Impl::Fastest, x, y, weight, eps, out)
 }

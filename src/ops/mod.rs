@@ -1,7 +1,8 @@
 //! Custom operations, as Burn backend extensions.
 //!
-//! - [`block`]: causal convolution fused with SiLU over a carried window, RMSNorm, and the
-//!   projections `x · w` (with the `cuda` feature, the convolution is a CubeCL kernel and the
+//! - [`block`]: causal convolution fused with SiLU over a carried window, RMSNorm, the
+//!   residual add fused with the next RMSNorm, and the projections `x · w` (with the `cuda`
+//!   feature, the convolution and the add + norm are CubeCL kernels and the
 //!   projections go through [`project_cube`], which can pick cubek's matrix-product kernel).
 //! - [`scan`]: the selective scan of Mamba (S6), with a reference written in plain tensor
 //!   operations that every backend gets, a fused host loop for the CPU backend, and (with the
