@@ -63,3 +63,22 @@ impl DeviceSpec {
         }
     }
 }
+
+/// Keeps the GPU kernels' compiled code on disk between runs: CubeCL's compilation cache,
+/// turned on unless `GENOMAMBA_KERNEL_CACHE=0`. CubeCL puts it under `target/environment` of
+/// the outermost Cargo project above the working directory, else in the user's cache
+/// directory. Without it every process compiles each kernel's CUDA C++ again with NVRTC (on an
+/// H200, 4 Mb of chr20 took 4.06 s without and 2.10-2.26 s with it; BENCHMARKS.md). Call before any device is used; it changes nothing once CubeCL's
+/// configuration has been read or set. CubeCL's own configuration (a `cubecl.toml`, its
+/// environment variables) is read as usual; only the cache switch is set here.
+#[cfg(feature = "cuda")]
+pub fn enable_kernel_cache() {
+    use cubecl_environment::config::RuntimeConfig;
+    use cubecl_runtime::config::CubeClRuntimeConfig;
+    if std::env::var_os("GENOMAMBA_KERNEL_CACHE").is_some_and(|v| v == "0") {
+        return;
+    }
+    let mut config = CubeClRuntimeConfig::from_current_dir().override_from_env();
+    config.compilation.cache = true;
+    let _ = CubeClRuntimeConfig::try_set(config);
+}

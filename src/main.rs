@@ -6,6 +6,8 @@ use clap::Parser;
 
 fn main() {
     let cli = cli::Cli::parse();
+    #[cfg(feature = "cuda")]
+    genomamba::device::enable_kernel_cache();
     match cli::run(cli) {
         Ok(()) => {}
         Err(e) if e.is_broken_pipe() => std::process::exit(0),
