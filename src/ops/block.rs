@@ -433,15 +433,19 @@ fn rms_flex(x: FlexTensor, weight: FlexTensor, eps: f64) -> FlexTensor {
         .zip(xs.par_chunks(ROWS_PER_TASK * d))
         .for_each(|(o, src)| {
             for (orow, xrow) in o.chunks_mut(d).zip(src.chunks(d)) {
-                let ms: f64 =
-                    xrow.iter().map(|v| (*v as f64) * (*v as f64)).sum::<f64>() / d as f64;
-                let inv = (1.0 / (ms + eps).sqrt()) as f32;
-                for ((ov, xv), wv) in orow.iter_mut().zip(xrow).zip(w.iter()) {
-                    *ov = xv * inv * wv;
-                }
+                norm_row(orow, xrow, &w, eps);
             }
         });
     FlexTensor::from_data(TensorData::new(out, shape))
+}
+
+/// One row of RMSNorm: `out = x / sqrt(mean(x^2) + eps) * w`, the mean of squares in f64.
+fn norm_row(out: &mut [f32], x: &[f32], w: &[f32], eps: f64) {
+    let ms = x.iter().map(|v| (*v as f64) * (*v as f64)).sum::<f64>() / x.len().max(1) as f64;
+    let inv = (1.0 / (ms + eps).sqrt()) as f32;
+    for ((ov, xv), wv) in out.iter_mut().zip(x).zip(w) {
+        *ov = xv * inv * wv;
+    }
 }
 
 fn add_norm_flex(input: AddNormInput<Flex>, eps: f64, out: FloatDType) -> AddNormOutput<Flex> {
@@ -457,7 +461,7 @@ fn add_norm_flex(input: AddNormInput<Flex>, eps: f64, out: FloatDType) -> AddNor
     let (Some(xs), Some(ys), Some(w), true) = (parts.0, parts.1, parts.2, same) else {
         return add_norm_reference::<Flex>(input, eps, out);
     };
-    if d == 0 || w.len() != d || xs.len() != ys.len() {
+    if d == 0 || w.len() != d {
         drop((xs, ys, w));
         return add_norm_reference::<Flex>(input, eps, out);
     }
@@ -476,15 +480,10 @@ fn add_norm_flex(input: AddNormInput<Flex>, eps: f64, out: FloatDType) -> AddNor
                 .zip(xc.chunks(d))
                 .zip(yc.chunks(d))
             {
-                let mut ms = 0.0f64;
                 for ((sv, xv), yv) in srow.iter_mut().zip(xrow).zip(yrow) {
                     *sv = xv + yv;
-                    ms += (*sv as f64) * (*sv as f64);
                 }
-                let inv = (1.0 / (ms / d as f64 + eps).sqrt()) as f32;
-                for ((nv, sv), wv) in nrow.iter_mut().zip(srow.iter()).zip(w.iter()) {
-                    *nv = sv * inv * wv;
-                }
+                norm_row(nrow, srow, &w, eps);
             }
         });
     let normed = FlexTensor::from_data(TensorData::new(normed, shape.clone()));
