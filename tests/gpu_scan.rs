@@ -30,7 +30,9 @@
 
 use burn::tensor::{DType, Device, FloatDType, Tensor, TensorData};
 use genomamba::ops::block::{Impl, add_rms_norm_with, causal_conv_silu_with, project_with};
-use genomamba::ops::project_cube::{default_strategy, set_strategy, strategy_names};
+use genomamba::ops::project_cube::{
+    Tiling, default_strategy, default_tiling, refusals, set_strategy, set_tiling, strategy_names,
+};
 use genomamba::ops::{ScanArgs, selective_scan, selective_scan_reference};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -652,14 +654,24 @@ fn gpu_projection_matches_the_cpu_product() {
     // in_proj's shape shortened, since each strategy and shape is a separate kernel
     // compilation there and the products run on the CPU (the full set took 465 s there).
     let every = is_cuda(&gpu);
-    let mut names: Vec<Option<String>> = vec![None];
+    // (strategy, plane tiling); `None` for the usual choice.
+    let mut names: Vec<(Option<String>, Option<&str>)> = vec![(None, None)];
     if every {
-        names.push(Some("burn".to_string()));
-        names.extend(strategy_names().into_iter().map(Some));
+        names.push((Some("burn".to_string()), None));
+        names.extend(strategy_names().into_iter().map(|n| (Some(n), None)));
+        // The simple mma routines also with cubek's own tiling and two other plane tilings.
+        for (name, tiling) in [
+            ("matmul_simple_tma_mma", "inferred"),
+            ("matmul_simple_cyclic_mma", "inferred"),
+            ("matmul_simple_tma_mma", "p4r1k2s0d0"),
+            ("matmul_simple_cyclic_mma", "p8r2k4s1d1"),
+        ] {
+            names.push((Some(name.to_string()), Some(tiling)));
+        }
         // `GENOMAMBA_TEST_MATMUL=a,b` checks only those strategies (for short GPU sessions).
         if let Ok(only) = std::env::var("GENOMAMBA_TEST_MATMUL") {
             let only: Vec<&str> = only.split(',').collect();
-            names.retain(|n| n.as_deref().is_none_or(|n| only.contains(&n)));
+            names.retain(|(n, _)| n.as_deref().is_none_or(|n| only.contains(&n)));
             println!("strategies checked: {names:?}");
         }
     }
@@ -681,8 +693,9 @@ fn gpu_projection_matches_the_cpu_product() {
             tensor(&x, [batch, len, k], &Device::flex()),
             tensor(&w, [k, n], &Device::flex()),
         ));
-        for name in &names {
+        for (name, tiling) in &names {
             set_strategy(name.as_deref());
+            set_tiling(*tiling);
             // bf16 (8 mantissa bits) on CUDA only: on CubeCL's CPU runtime each format is
             // another set of kernel compilations.
             let formats: &[(FloatDType, f64)] = if every {
@@ -695,6 +708,7 @@ fn gpu_projection_matches_the_cpu_product() {
                 &[(FloatDType::F32, 5e-3), (FloatDType::F16, 5e-3)]
             };
             for &(dtype, tol) in formats {
+                let refused = refusals();
                 let got = project_with(
                     Impl::Fastest,
                     tensor(&x, [batch, len, k], &gpu).cast(dtype),
@@ -703,16 +717,59 @@ fn gpu_projection_matches_the_cpu_product() {
                 assert_eq!(got.dims(), [batch, len, n], "shape");
                 assert_eq!(got.dtype(), DType::from(dtype), "format");
                 let e = rel_err(&host(got), &want);
-                let label = name.as_deref().unwrap_or("default");
+                let label = format!(
+                    "{} {}",
+                    name.as_deref().unwrap_or("default"),
+                    tiling.unwrap_or("")
+                );
                 println!("project {batch}x{len}x{k} -> {n} {dtype:?} {label:<40} {e:9.2e}");
                 assert!(
                     e <= tol,
                     "{label} {dtype:?} [{batch},{len},{k}]x[{k},{n}]: {e:e}"
                 );
+                // On CUDA the default choice (TMA loads with the default plane tiling in the
+                // half formats) must run as chosen wherever rows are 16-byte aligned, as TMA
+                // needs, not fall back to another kernel.
+                if every && name.is_none() && k % 8 == 0 && n % 8 == 0 {
+                    assert_eq!(refusals(), refused, "{label} {dtype:?} refused [{k},{n}]");
+                }
             }
         }
     }
     set_strategy(None);
+    set_tiling(None);
+}
+
+#[test]
+fn projection_tilings_read_and_print() {
+    for text in ["p8r4k4s1d0", "p4r1k2s0d1", "p16r2k8s0d0"] {
+        let t: Tiling = text.parse().expect(text);
+        assert_eq!(t.to_string(), text);
+    }
+    let t: Tiling = "p8r4k4s1d0".parse().expect("tiling");
+    assert_eq!(
+        (t.planes, t.rows, t.partition_k, t.swizzled, t.double),
+        (8, 4, 4, true, false)
+    );
+    for bad in [
+        "",
+        "inferred",
+        "p8",
+        "p8r4k4s1",
+        "p8r4k4s2d0",
+        "p0r4k4s1d0",
+        "p8r4k4s1d0x",
+        "r4p8k4s1d0",
+        "p8r4k-4s1d0",
+    ] {
+        assert!(bad.parse::<Tiling>().is_err(), "{bad:?} was accepted");
+    }
+    // The CUDA default for the half formats is a tiling; f32 and other runtimes have none.
+    for dtype in [DType::F16, DType::BF16] {
+        assert_eq!(default_tiling(dtype, "cuda"), Some(t), "{dtype:?}");
+        assert_eq!(default_tiling(dtype, "cpu"), None);
+    }
+    assert_eq!(default_tiling(DType::F32, "cuda"), None);
 }
 
 #[test]

@@ -11,33 +11,43 @@
 //!
 //! [`default_strategy`] is what runs unless the environment variable `GENOMAMBA_MATMUL` names
 //! one of [`strategy_names`] (cubek's names) or `burn` (Burn's selection), for tuning runs. On
-//! CUDA it is `matmul_simple_cyclic_mma` for f16/bf16 and `matmul_simple_cyclic_cmma_multi_rows`
-//! for f32: on the H200, embedding 8 Mb of chr20 (second runs, kernels cached) took 5.62 s in
-//! f16 against 6.77 s with `burn`, and 5.85 s against 6.26 s in f32 (BENCHMARKS.md), and
-//! `tests/gpu_scan.rs` checked both, with Burn's selection, on every projection shape in f32,
-//! f16 and bf16 against the CPU's product (within 3.4e-4, 5.0e-4 and 4.5e-3). On CubeCL's CPU
-//! runtime Burn's selection stays. The TMA kernels (`matmul_simple_tma_mma`,
-//! `matmul_specialized_tma_mma`) took less GPU time per projection under `ncu` (7.0 against
-//! 10.1 ms per chunk of 65,536 in f16) but whole chr20 took longer with them (31.5 against
-//! 27.7 s), so they are not the default.
-//! A strategy that refuses a problem when asked falls back to Burn's selection; one that fails
+//! CUDA it is `matmul_simple_tma_mma` for f16/bf16 and `matmul_simple_cyclic_cmma_multi_rows`
+//! for f32; on CubeCL's CPU runtime Burn's selection stays. The simple mma routines also take a
+//! plane [`Tiling`] ([`default_tiling`], else `GENOMAMBA_MATMUL_TILING`, `inferred` for cubek's
+//! own): a sweep on the H200 (`examples/matmul_sweep.rs`, f16, chunk 65,536; BENCHMARKS.md)
+//! put in_proj at 194 us with `p8r4k4s1d0` against 254 us with the TMA routine's inferred
+//! tiling and 398 us with the cyclic routine's (the previous default), and out_proj at 109
+//! against 147 and 205 us; 16.7 Mb of chr20 end to end took 5.43 s against 5.88 s and 6.61 s
+//! (means of three, outputs identical). Before the persistent kernel cache the TMA routine lost
+//! end to end, most likely because every process compiled its kernels again; now that happens
+//! once per machine. `tests/gpu_scan.rs` checks every strategy, and four tilings, on every
+//! projection shape in f32, f16 and bf16 against the CPU's product.
+//! A choice that refuses a problem when asked falls back to the next (the routine with its
+//! inferred tiling, then Burn's selection; [`refusals`] counts these); one that fails
 //! later, at launch, cannot be caught here, which is why the TMA strategies with the cmma tile
 //! (they failed at launch for x_proj's shape on the H200) are not offered.
 
-use burn::backend::DType;
+use burn::backend::{DType, TensorMetadata};
 use burn_cubecl::CubeBackend;
 use burn_cubecl::kernel::into_contiguous;
 use burn_cubecl::kernel::matmul::{MatmulStrategy, init_matmul_output, matmul};
 use burn_cubecl::tensor::CubeTensor;
-use cubek::matmul::definition::{MatmulElems, MatmulGlobalElems};
+use cubecl::client::Client;
+use cubecl::ir::{AddressType, ElemType};
+use cubek::matmul::definition::{
+    AvailableVectorSizes, MatmulElems, MatmulGlobalElems, MatmulProblem,
+};
 use cubek::matmul::multi_level::Strategy;
+use cubek::matmul::multi_level::components::stage::PartitionBuffering;
 use cubek::matmul::multi_level::components::tile::TileMatmulKind;
+use cubek::matmul::multi_level::definition::MultiRowStrategy;
 use cubek::matmul::multi_level::routines::batch::{
     double_buffering::DoubleBufferingArgs, ordered_double_buffering::OrderedSelectionArgs,
     simple::SimpleArgs,
 };
+use cubek::matmul::multi_level::routines::{PlaneTilingBlueprintOptions, infer_blueprint_plane};
 use cubek::matmul::routine::BlueprintStrategy;
-use cubek::std::InputBinding;
+use cubek::std::{InputBinding, MatrixLayout};
 
 use super::scan_cube::activation_elem;
 
@@ -47,9 +57,28 @@ use super::scan_cube::activation_elem;
 /// docs); elsewhere (CubeCL's CPU runtime) Burn's selection.
 pub fn default_strategy(dtype: DType, client: &str) -> &'static str {
     match (client, dtype) {
-        ("cuda", DType::F16 | DType::BF16) => "matmul_simple_cyclic_mma",
+        ("cuda", DType::F16 | DType::BF16) => "matmul_simple_tma_mma",
         ("cuda", DType::F32) => "matmul_simple_cyclic_cmma_multi_rows",
         _ => "burn",
+    }
+}
+
+/// The plane tiling given to the simple mma routines unless `GENOMAMBA_MATMUL_TILING` says
+/// otherwise (a [`Tiling`], or `inferred` for cubek's own), for activations in `dtype` on a
+/// device whose CubeCL client is named `client`: on CUDA with f16/bf16, 8 planes, 4 rows of
+/// tiles per plane, partition k 4, swizzled (a cube of two planes computing 128 x 64 of the
+/// output, 64 along k per stage), the fastest of the tilings timed on the H200 for in_proj and
+/// out_proj (module docs); elsewhere none.
+pub fn default_tiling(dtype: DType, client: &str) -> Option<Tiling> {
+    match (client, dtype) {
+        ("cuda", DType::F16 | DType::BF16) => Some(Tiling {
+            planes: 8,
+            rows: 4,
+            partition_k: 4,
+            swizzled: true,
+            double: false,
+        }),
+        _ => None,
     }
 }
 
@@ -174,22 +203,232 @@ pub(crate) fn project_cube(x: CubeTensor, w: CubeTensor) -> CubeTensor {
     let w3 = into_contiguous(w3);
     let out = init_matmul_output(&x, &w3, dtype);
     let client = out.client.clone();
-    let mut dtypes = MatmulElems::from_globals(&MatmulGlobalElems {
+    // The strategy with the chosen plane tiling first (where it applies), then as cubek
+    // infers it, then Burn's selection.
+    let tiled = chosen_tiling(dtype, client_name)
+        .and_then(|tiling| with_tiling(&strategy, tiling, &client, &x, &w3, elem));
+    for strategy in tiled.into_iter().chain([strategy]) {
+        let mut dtypes = MatmulElems::from_globals(&MatmulGlobalElems {
+            lhs: elem,
+            rhs: elem,
+            out: elem,
+        });
+        let launched = cubek::matmul::launch::launch_ref(
+            &strategy.into(),
+            &client,
+            InputBinding::new(x.clone().binding(), elem),
+            InputBinding::new(w3.clone().binding(), elem),
+            out.clone().binding(),
+            &mut dtypes,
+        );
+        if launched.is_ok() {
+            return out;
+        }
+        // A strategy or tiling that does not take this problem (shape, format or device).
+        REFUSALS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+    burn_matmul(x, w3)
+}
+
+static REFUSALS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// How many times so far a chosen kernel (a strategy, or a strategy with a plane tiling) refused
+/// a projection, which then ran with the next choice (the strategy without the tiling, then
+/// Burn's selection). For tuning runs and tests: a timing of a refused choice times another.
+pub fn refusals() -> usize {
+    REFUSALS.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// A plane tiling for cubek's simple routines with the mma tile (`matmul_simple_cyclic_mma`,
+/// `matmul_simple_tma_mma`) in place of the one they infer, for f16/bf16 activations: handed to
+/// cubek's plane tiling selector as its options, which then builds the blueprint (tile size
+/// from the instruction, swizzle modes, cube placement) around them.
+///
+/// Written `p{planes}r{rows}k{partition_k}s{swizzled}d{double}`, e.g. `p16r1k2s1d0`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Tiling {
+    /// Planes per cube (cubek's `row_count`); each plane's partition is `planes / rows` tiles
+    /// wide along n before the swizzle limit.
+    pub planes: u32,
+    /// Rows of tiles along m that each plane computes.
+    pub rows: u32,
+    /// Tiles along k per partition.
+    pub partition_k: u32,
+    /// Swizzled shared memory (where the device allows it).
+    pub swizzled: bool,
+    /// Double partition buffering.
+    pub double: bool,
+}
+
+impl std::fmt::Display for Tiling {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "p{}r{}k{}s{}d{}",
+            self.planes,
+            self.rows,
+            self.partition_k,
+            u8::from(self.swizzled),
+            u8::from(self.double)
+        )
+    }
+}
+
+impl std::str::FromStr for Tiling {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let bad = || format!("tiling {s:?}: expected p<planes>r<rows>k<k>s<0|1>d<0|1>");
+        let mut fields = [0u32; 5];
+        let mut rest = s;
+        for (field, tag) in fields.iter_mut().zip(['p', 'r', 'k', 's', 'd']) {
+            rest = rest.strip_prefix(tag).ok_or_else(bad)?;
+            let end = rest
+                .find(|c: char| !c.is_ascii_digit())
+                .unwrap_or(rest.len());
+            *field = rest[..end].parse().map_err(|_| bad())?;
+            rest = &rest[end..];
+        }
+        let [planes, rows, partition_k, swizzled, double] = fields;
+        if !rest.is_empty()
+            || planes == 0
+            || rows == 0
+            || partition_k == 0
+            || swizzled > 1
+            || double > 1
+        {
+            return Err(bad());
+        }
+        Ok(Self {
+            planes,
+            rows,
+            partition_k,
+            swizzled: swizzled == 1,
+            double: double == 1,
+        })
+    }
+}
+
+static TILING_OVERRIDE: std::sync::Mutex<Option<String>> = std::sync::Mutex::new(None);
+
+/// Makes later projections with a simple mma strategy use the tiling `name` (a [`Tiling`] as
+/// written by its `Display`, or `inferred` for cubek's own), or with `None` the usual choice
+/// again; process-wide (for tests and tuning runs).
+pub fn set_tiling(name: Option<&str>) {
+    if let Ok(mut g) = TILING_OVERRIDE.lock() {
+        *g = name.map(str::to_string);
+    }
+}
+
+/// The tiling named by [`set_tiling`], else by `GENOMAMBA_MATMUL_TILING`, else
+/// [`default_tiling`]; `None` for `inferred` (cubek infers one). A name that is neither
+/// `inferred` nor a tiling counts as unset.
+fn chosen_tiling(dtype: DType, client: &str) -> Option<Tiling> {
+    static ENV: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    let forced = TILING_OVERRIDE.lock().ok().and_then(|g| g.clone());
+    let env = ENV.get_or_init(|| std::env::var("GENOMAMBA_MATMUL_TILING").ok());
+    let named = forced.or_else(|| env.clone());
+    match named.as_deref() {
+        Some("inferred") => None,
+        Some(name) => name.parse().ok().or_else(|| default_tiling(dtype, client)),
+        None => default_tiling(dtype, client),
+    }
+}
+
+/// `strategy` with its blueprint built from `tiling`, where `strategy` is one of the simple mma
+/// routines and the activations are half; `None` otherwise or where cubek refuses the tiling.
+fn with_tiling(
+    strategy: &Strategy,
+    tiling: Tiling,
+    client: &Client,
+    x: &CubeTensor,
+    w3: &CubeTensor,
+    elem: ElemType,
+) -> Option<Strategy> {
+    let tma = match strategy {
+        Strategy::SimpleCyclicMma(BlueprintStrategy::Inferred(_)) => false,
+        Strategy::SimpleTmaMma(BlueprintStrategy::Inferred(_)) => true,
+        _ => return None,
+    };
+    if elem.size() != 2 {
+        return None;
+    }
+    let (xs, ws) = (x.shape().to_vec(), w3.shape().to_vec());
+    if xs.len() != 3 || ws.len() != 3 || ws[0] != 1 || xs[2] != ws[1] {
+        return None;
+    }
+    let (batch, m, k, n) = (xs[0], xs[1], xs[2], ws[2]);
+    let largest = (batch * m * k.max(n)).max(k * n);
+    let address_type = if largest > u32::MAX as usize {
+        AddressType::U64
+    } else {
+        AddressType::U32
+    };
+    let globals = MatmulGlobalElems {
         lhs: elem,
         rhs: elem,
         out: elem,
-    });
-    let launched = cubek::matmul::launch::launch_ref(
-        &strategy.into(),
-        &client,
-        InputBinding::new(x.clone().binding(), elem),
-        InputBinding::new(w3.clone().binding(), elem),
-        out.clone().binding(),
-        &mut dtypes,
+    };
+    let problem = MatmulProblem::from_parameters(
+        m,
+        n,
+        k,
+        [batch].into(),
+        [1].into(),
+        MatrixLayout::RowMajor,
+        MatrixLayout::RowMajor,
+        MatrixLayout::RowMajor,
+        None,
+        None,
+        globals.clone(),
+        address_type,
     );
-    match launched {
-        Ok(()) => out,
-        // A strategy that does not take this problem (shape, format or device): Burn's own.
-        Err(_) => burn_matmul(x, w3),
+    let size = elem.size();
+    let sizes = if tma {
+        AvailableVectorSizes::from_type_size_tma(client, size)
+    } else {
+        AvailableVectorSizes::from_type_sizes(client, size, size, size)
+    };
+    let vector_sizes = sizes
+        .filter_lhs_with_tensor(&problem.lhs_strides, &problem.lhs_shape, problem.lhs_layout)
+        .filter_rhs_with_tensor(&problem.rhs_strides, &problem.rhs_shape, problem.rhs_layout)
+        .filter_out_with_tensor(&problem.out_strides, &problem.out_shape)
+        .pick_max()
+        .ok()?;
+    let kind = TileMatmulKind::Mma;
+    let mut dtypes = MatmulElems::from_globals(&globals);
+    if kind.can_cast_stage_element() {
+        dtypes.adjust_stage_dtypes();
     }
+    let plane_dim = match client.properties().hardware.plane_size_max {
+        0 => 32,
+        p => p,
+    };
+    let options = PlaneTilingBlueprintOptions {
+        partition_k: Some(tiling.partition_k),
+        swizzled: tiling.swizzled && kind.should_swizzle(client),
+        row_count: Some(tiling.planes),
+        multi_row_strategy: MultiRowStrategy::Always(tiling.rows),
+        partition_buffering: Some(if tiling.double {
+            PartitionBuffering::Double
+        } else {
+            PartitionBuffering::Single
+        }),
+        ..Default::default()
+    };
+    let (blueprint, _) = infer_blueprint_plane(
+        kind,
+        client,
+        &problem,
+        plane_dim,
+        dtypes,
+        &vector_sizes,
+        options,
+    )
+    .ok()?;
+    Some(if tma {
+        Strategy::SimpleTmaMma(BlueprintStrategy::Forced(blueprint))
+    } else {
+        Strategy::SimpleCyclicMma(BlueprintStrategy::Forced(blueprint))
+    })
 }
