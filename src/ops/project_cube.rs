@@ -65,9 +65,9 @@ pub fn default_strategy(dtype: DType, client: &str) -> &'static str {
 
 /// The plane tiling given to the simple mma routines unless `GENOMAMBA_MATMUL_TILING` says
 /// otherwise (a [`Tiling`], or `inferred` for cubek's own), for activations in `dtype` on a
-/// device whose CubeCL client is named `client`: on CUDA with f16/bf16, 8 planes, 4 rows of
-/// tiles per plane, partition k 4, swizzled (a cube of two planes computing 128 x 64 of the
-/// output, 64 along k per stage), the fastest of the tilings timed on the H200 for in_proj and
+/// device whose CubeCL client is named `client`: on CUDA with f16/bf16, `planes` 8, 4 rows of
+/// tiles per plane, partition k 4, swizzled (with 16 x 8 x 16 instructions, by cubek's rules: a
+/// cube of two planes computing 128 x 64 of the output, 64 along k per stage), the fastest of the tilings timed on the H200 for in_proj and
 /// out_proj (module docs); elsewhere none.
 pub fn default_tiling(dtype: DType, client: &str) -> Option<Tiling> {
     match (client, dtype) {
@@ -247,8 +247,9 @@ pub fn refusals() -> usize {
 /// Written `p{planes}r{rows}k{partition_k}s{swizzled}d{double}`, e.g. `p16r1k2s1d0`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Tiling {
-    /// Planes per cube (cubek's `row_count`); each plane's partition is `planes / rows` tiles
-    /// wide along n before the swizzle limit.
+    /// cubek's `row_count`: the cube gets `planes / rows` planes along m and each plane's
+    /// partition is `planes` tiles wide along n (both halved while a swizzled row of the
+    /// partition would pass 128 bytes).
     pub planes: u32,
     /// Rows of tiles along m that each plane computes.
     pub rows: u32,
