@@ -67,8 +67,8 @@ pub fn default_strategy(dtype: DType, client: &str) -> &'static str {
 /// otherwise (a [`Tiling`], or `inferred` for cubek's own), for activations in `dtype` on a
 /// device whose CubeCL client is named `client`: on CUDA with f16/bf16, `planes` 8, 4 rows of
 /// tiles per plane, partition k 4, swizzled (with 16 x 8 x 16 instructions, by cubek's rules: a
-/// cube of two planes computing 128 x 64 of the output, 64 along k per stage), the fastest of the tilings timed on the H200 for in_proj and
-/// out_proj (module docs); elsewhere none.
+/// cube of two planes computing 128 x 64 of the output, 64 along k per stage), the fastest of
+/// the tilings timed on the H200 for in_proj and out_proj (module docs); elsewhere none.
 pub fn default_tiling(dtype: DType, client: &str) -> Option<Tiling> {
     match (client, dtype) {
         ("cuda", DType::F16 | DType::BF16) => Some(Tiling {
@@ -153,9 +153,8 @@ fn candidates() -> Vec<Strategy> {
 /// [`default_strategy`]; `None` for Burn's selection (`burn`, or a name that matches no
 /// candidate).
 fn chosen(dtype: DType, client: &str) -> Option<Strategy> {
-    let forced = OVERRIDE.lock().ok().and_then(|g| g.clone());
-    let name = forced
-        .or_else(|| env_choice().clone())
+    let name = STRATEGY
+        .get()
         .unwrap_or_else(|| default_strategy(dtype, client).to_string());
     if name == "burn" {
         return None;
@@ -163,20 +162,47 @@ fn chosen(dtype: DType, client: &str) -> Option<Strategy> {
     candidates().into_iter().find(|s| s.to_string() == name)
 }
 
-static OVERRIDE: std::sync::Mutex<Option<String>> = std::sync::Mutex::new(None);
-
-/// `GENOMAMBA_MATMUL`, read once per process (projections run four times per layer and chunk).
-fn env_choice() -> &'static Option<String> {
-    static CHOICE: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
-    CHOICE.get_or_init(|| std::env::var("GENOMAMBA_MATMUL").ok())
+/// A process-wide choice by name: the one set through a `set_*` function (tests, tuning runs),
+/// else the environment variable `var`, read once per process (projections run four times per
+/// layer and chunk).
+struct NamedChoice {
+    forced: std::sync::Mutex<Option<String>>,
+    env: std::sync::OnceLock<Option<String>>,
+    var: &'static str,
 }
+
+impl NamedChoice {
+    const fn new(var: &'static str) -> Self {
+        Self {
+            forced: std::sync::Mutex::new(None),
+            env: std::sync::OnceLock::new(),
+            var,
+        }
+    }
+
+    fn set(&self, name: Option<&str>) {
+        if let Ok(mut g) = self.forced.lock() {
+            *g = name.map(str::to_string);
+        }
+    }
+
+    fn get(&self) -> Option<String> {
+        let forced = self.forced.lock().ok().and_then(|g| g.clone());
+        forced.or_else(|| {
+            self.env
+                .get_or_init(|| std::env::var(self.var).ok())
+                .clone()
+        })
+    }
+}
+
+static STRATEGY: NamedChoice = NamedChoice::new("GENOMAMBA_MATMUL");
+static TILING: NamedChoice = NamedChoice::new("GENOMAMBA_MATMUL_TILING");
 
 /// Makes later projections use the strategy `name` (one of [`strategy_names`], or `burn`), or
 /// with `None` the usual choice again; process-wide (for tests and tuning runs).
 pub fn set_strategy(name: Option<&str>) {
-    if let Ok(mut g) = OVERRIDE.lock() {
-        *g = name.map(str::to_string);
-    }
+    STRATEGY.set(name);
 }
 
 /// The names [`set_strategy`] and `GENOMAMBA_MATMUL` accept besides `burn`.
@@ -310,26 +336,18 @@ impl std::str::FromStr for Tiling {
     }
 }
 
-static TILING_OVERRIDE: std::sync::Mutex<Option<String>> = std::sync::Mutex::new(None);
-
 /// Makes later projections with a simple mma strategy use the tiling `name` (a [`Tiling`] as
 /// written by its `Display`, or `inferred` for cubek's own), or with `None` the usual choice
 /// again; process-wide (for tests and tuning runs).
 pub fn set_tiling(name: Option<&str>) {
-    if let Ok(mut g) = TILING_OVERRIDE.lock() {
-        *g = name.map(str::to_string);
-    }
+    TILING.set(name);
 }
 
 /// The tiling named by [`set_tiling`], else by `GENOMAMBA_MATMUL_TILING`, else
 /// [`default_tiling`]; `None` for `inferred` (cubek infers one). A name that is neither
 /// `inferred` nor a tiling counts as unset.
 fn chosen_tiling(dtype: DType, client: &str) -> Option<Tiling> {
-    static ENV: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
-    let forced = TILING_OVERRIDE.lock().ok().and_then(|g| g.clone());
-    let env = ENV.get_or_init(|| std::env::var("GENOMAMBA_MATMUL_TILING").ok());
-    let named = forced.or_else(|| env.clone());
-    match named.as_deref() {
+    match TILING.get().as_deref() {
         Some("inferred") => None,
         Some(name) => name.parse().ok().or_else(|| default_tiling(dtype, client)),
         None => default_tiling(dtype, client),
