@@ -68,8 +68,9 @@ impl DeviceSpec {
 /// turned on unless `GENOMAMBA_KERNEL_CACHE=0`. CubeCL puts it under `target/environment` of
 /// the outermost Cargo project above the working directory, else in the user's cache
 /// directory. Without it every process compiles each kernel's CUDA C++ again with NVRTC (on an
-/// H200, 4 Mb of chr20 took 4.06 s without and 2.10-2.26 s with it; BENCHMARKS.md). Call before any device is used; it changes nothing once CubeCL's
-/// configuration has been read or set. CubeCL's own configuration (a `cubecl.toml`, its
+/// H200, 4 Mb of chr20 took 4.06 s without and 2.10-2.26 s with it; BENCHMARKS.md). Call
+/// before any device is used; it changes nothing once CubeCL's configuration has been read or
+/// set. CubeCL's own configuration (a `cubecl.toml`, its
 /// environment variables) is read as usual; only the cache switch is set here.
 #[cfg(feature = "cuda")]
 pub fn enable_kernel_cache() {
