@@ -8,7 +8,8 @@
 //! consecutive positions: it reads its inputs straight from `in_proj`'s output (the `x` branch
 //! is the first `d_inner` channels of each row, read through the row strides, so the slice is
 //! never copied) or, before the chunk, from the carried window; keeps the last `d_conv - 1`
-//! inputs in registers, so each input is read once; adds the bias; applies SiLU; and writes
+//! inputs in registers, so each input is read once; adds the bias; applies SiLU (on CUDA with
+//! the scan's one-instruction `exp2` and reciprocal, see [`scan_cube`](super::scan_cube)); and writes
 //! `u` once. Adjacent threads own adjacent channels, so every read and write is coalesced. A
 //! second, small launch writes the next window (`[batch, d_conv - 1, d_inner]`).
 //!
@@ -38,7 +39,7 @@ use burn::tensor::FloatDType;
 use super::block::{
     AddNormInput, AddNormOutput, ConvInput, ConvOutput, add_norm_reference, conv_reference,
 };
-use super::scan_cube::activation_elem;
+use super::scan_cube::{activation_elem, fast_math, silu};
 
 /// Threads per cube.
 const CUBE_THREADS: u32 = 256;
@@ -70,6 +71,7 @@ fn conv_silu_kernel<F: Float>(
     xs0: usize,
     xs1: usize,
     #[comptime] k: usize,
+    #[comptime] fast: bool,
     #[define(F)] _act: ElemType,
 ) {
     let pos = ABSOLUTE_POS;
@@ -116,8 +118,7 @@ fn conv_silu_kernel<F: Float>(
                     hist[j] = cur;
                 }
             }
-            // SiLU(v) = v / (1 + exp(-v))
-            u[(b * len + t) * d_inner + ch] = F::cast_from(acc / (1.0f32 + (-acc).exp()));
+            u[(b * len + t) * d_inner + ch] = F::cast_from(silu(acc, fast));
         }
     }
 }
@@ -246,6 +247,7 @@ pub(crate) fn conv_cube(input: ConvInput<CubeBackend>) -> ConvOutput<CubeBackend
             xs0,
             xs1,
             k,
+            fast_math(&client),
             act_elem,
         );
     }

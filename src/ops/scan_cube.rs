@@ -19,7 +19,12 @@
 //!    d_inner]`) and `ΣΔ` (`[batch, chunks, d_inner]`).
 //! 2. [`scan_chunk_combine_kernel`], one thread per `(b, n, d)`: walks the chunks in order,
 //!    `h_in[k+1] = P_k·h_in[k] + S_k` from `h_in[0] = h0`, overwrites `S_k` with `h_in[k]`, and
-//!    writes the last state. Sequential over chunks only, which is cheap.
+//!    writes the last state. Sequential over chunks only; but with batch 1 and a small
+//!    `d_inner` that is few threads each waiting on a long chain of loads (81 us per layer at
+//!    chr20's shape, 1,024 chunks, on an H200), so from [`GROUP_MIN_CHUNKS`] chunks on the
+//!    walk runs in three launches over about `√chunks` groups of chunks ([`scan_group_kernel`]:
+//!    each group's state from zero; the single walk over the groups; each chunk's incoming
+//!    state within its group).
 //! 3. [`scan_chunk_output_kernel`], one thread per `(b, chunk, d)`: rescans its chunk from its
 //!    true incoming state and writes `y[t] = (Σ_n C[t,n]·h[t,n] + D·u[t]) · SiLU(z[t])`.
 //!
@@ -186,7 +191,7 @@ const LN_2: f32 = std::f32::consts::LN_2;
 
 /// Whether the kernels may use the inline-PTX approximations above: a CUDA device, compiled
 /// by the CUDA C++ backend (which the `cuda` feature selects).
-fn fast_math(client: &Client) -> bool {
+pub(crate) fn fast_math(client: &Client) -> bool {
     cfg!(feature = "cuda") && client.name() == "cuda"
 }
 
@@ -204,7 +209,7 @@ fn softplus(x: f32, #[comptime] fast: bool) -> f32 {
 
 /// `SiLU(z) = z / (1 + exp(-z))`; with `fast`, through the approximations above.
 #[cube]
-fn silu(z: f32, #[comptime] fast: bool) -> f32 {
+pub(crate) fn silu(z: f32, #[comptime] fast: bool) -> f32 {
     if fast {
         z * rcp_approx(1.0f32 + exp2_approx(-z * LOG2_E))
     } else {
@@ -308,8 +313,11 @@ fn scan_chunk_state_kernel<F: Float, V: Size>(
 
 /// Pass 2: incoming state of every chunk, in place of the chunk states, and the last state.
 ///
-/// Thread `((b·d_state) + n)·d_inner + d`. `h0`, `h_last`: `[batch, d_inner, d_state]`. The
-/// chunk loop is latency-bound; it loads [`COMBINE_BATCH`] chunks' values before combining them.
+/// Thread `((b·d_state) + n)·d_inner + d`. `h0`, `h_last`: `[batch, d_inner, d_state]`. Walks
+/// all `chunks` in order ([`walk_chunks`]). With many chunks this sequential walk is
+/// latency-bound (a few thousand threads, each waiting on its loads), so it runs over groups of
+/// chunks instead ([`scan_group_kernel`]): `state` and `dsum` are then the groups' states and
+/// sums of `Δ`, and `chunks` the number of groups.
 #[cube(launch_unchecked, create_dummy_kernel, address_type = "dynamic")]
 #[allow(clippy::too_many_arguments)]
 fn scan_chunk_combine_kernel(
@@ -334,15 +342,123 @@ fn scan_chunk_combine_kernel(
     let bi = bn / d_state;
     let an = a[ch * d_state + n] * a_scale(fast);
     let hpos = (bi * d_inner + ch) * d_state + n;
-    let mut h = h0[hpos];
-    let full = chunks / COMBINE_BATCH;
+    let si = (bi * chunks * d_state + n) * d_inner + ch;
+    let di = bi * chunks * d_inner + ch;
+    let (h, _) = walk_chunks(
+        state,
+        dsum,
+        an,
+        h0[hpos],
+        si,
+        di,
+        d_state * d_inner,
+        d_inner,
+        chunks,
+        fast,
+        true,
+    );
+    h_last[hpos] = h;
+}
+
+/// Pass 2 over groups of chunks, in two roles. Thread `((b·groups + g)·d_state + n)·d_inner + d`
+/// takes chunks `[g·group_len, (g+1)·group_len)`:
+/// - without `apply`, walks them from a zero state and writes the group's state to
+///   `group_state` (`[batch, groups, d_state, d_inner]`) and, for `n = 0`, the group's sum of
+///   `Δ` to `group_dsum` (`[batch, groups, d_inner]`); [`scan_chunk_combine_kernel`] then turns
+///   the groups' states into their incoming states;
+/// - with `apply`, walks them from the group's incoming state (in `group_state`), writing each
+///   chunk's incoming state in place of its state.
+///
+/// Every thread walks one group, so the number of threads is `groups` times that of a single
+/// walk over all chunks, and each walk `groups` times shorter.
+#[cube(launch_unchecked, create_dummy_kernel, address_type = "dynamic")]
+#[allow(clippy::too_many_arguments)]
+fn scan_group_kernel(
+    a: &Tensor<f32>,
+    dsum: &Tensor<f32>,
+    state: &mut Tensor<f32>,
+    group_state: &mut Tensor<f32>,
+    group_dsum: &mut Tensor<f32>,
+    batch: usize,
+    d_inner: usize,
+    d_state: usize,
+    chunks: usize,
+    group_len: usize,
+    groups: usize,
+    #[comptime] fast: bool,
+    #[comptime] apply: bool,
+) {
+    let pos = ABSOLUTE_POS;
+    if pos >= batch * groups * d_state * d_inner {
+        terminate!();
+    }
+    let ch = pos % d_inner;
+    let rest = pos / d_inner;
+    let n = rest % d_state;
+    let bg = rest / d_state;
+    let g = bg % groups;
+    let bi = bg / groups;
+    let k0 = g * group_len;
+    let k1 = if k0 + group_len < chunks {
+        k0 + group_len
+    } else {
+        chunks
+    };
+    let an = a[ch * d_state + n] * a_scale(fast);
+    let si = ((bi * chunks + k0) * d_state + n) * d_inner + ch;
+    let di = (bi * chunks + k0) * d_inner + ch;
+    let mut start = 0.0f32;
+    if apply {
+        start = group_state[pos];
+    }
+    let (h, sum) = walk_chunks(
+        state,
+        dsum,
+        an,
+        start,
+        si,
+        di,
+        d_state * d_inner,
+        d_inner,
+        k1 - k0,
+        fast,
+        apply,
+    );
+    if !apply {
+        group_state[pos] = h;
+        if n == 0 {
+            group_dsum[bg * d_inner + ch] = sum;
+        }
+    }
+}
+
+/// Walks `count` chunks from the state `h_start`: chunk `j`'s state (from zero) is at
+/// `si + j·s_step` in `state` and its sum of `Δ` at `di + j·d_step` in `dsum`; across a chunk,
+/// `h_out = exp(A·ΣΔ)·h_in + S`. With `write`, each chunk's state is overwritten with the state
+/// coming into it. Returns the state after the last chunk and the sum of the chunks' `ΣΔ`.
+/// The walk is latency-bound: it loads [`COMBINE_BATCH`] chunks' values before combining them.
+#[cube]
+#[allow(clippy::too_many_arguments)]
+fn walk_chunks(
+    state: &mut Tensor<f32>,
+    dsum: &Tensor<f32>,
+    an: f32,
+    h_start: f32,
+    si_start: usize,
+    di_start: usize,
+    s_step: usize,
+    d_step: usize,
+    count: usize,
+    #[comptime] fast: bool,
+    #[comptime] write: bool,
+) -> (f32, f32) {
+    let mut h = h_start;
+    let mut sum = 0.0f32;
+    let mut si = si_start;
+    let mut di = di_start;
+    let full = count / COMBINE_BATCH;
     let mut sv = Array::<f32>::new(COMBINE_BATCH);
     let mut pv = Array::<f32>::new(COMBINE_BATCH);
-    // Chunk k's state is at `si + k·s_step`, its ΣΔ at `di + k·d_inner`: offsets advanced per
-    // chunk instead of recomputed.
-    let s_step = d_state * d_inner;
-    let mut si = (bi * chunks * d_state + n) * d_inner + ch;
-    let mut di = bi * chunks * d_inner + ch;
     for _ in 0..full {
         let mut sj = si;
         let mut dj = di;
@@ -351,25 +467,31 @@ fn scan_chunk_combine_kernel(
             sv[j] = state[sj];
             pv[j] = dsum[dj];
             sj += s_step;
-            dj += d_inner;
+            dj += d_step;
         }
         #[unroll]
         for j in 0..COMBINE_BATCH {
-            state[si] = h;
-            // Across a chunk: h_out = exp(A·ΣΔ)·h_in + S.
+            if write {
+                state[si] = h;
+            }
             h = decay(an * pv[j], fast) * h + sv[j];
+            sum += pv[j];
             si += s_step;
         }
         di = dj;
     }
-    for _ in full * COMBINE_BATCH..chunks {
+    for _ in full * COMBINE_BATCH..count {
         let s = state[si];
-        state[si] = h;
-        h = decay(an * dsum[di], fast) * h + s;
+        let p = dsum[di];
+        if write {
+            state[si] = h;
+        }
+        h = decay(an * p, fast) * h + s;
+        sum += p;
         si += s_step;
-        di += d_inner;
+        di += d_step;
     }
-    h_last[hpos] = h;
+    (h, sum)
 }
 
 /// Pass 3: every chunk rescanned from its incoming state, writing the gated output.
@@ -494,6 +616,33 @@ fn scan_chunk_output_kernel<F: Float, V: Size>(
 
 /// Chunks whose values pass 2 loads together (loads in flight per thread).
 const COMBINE_BATCH: usize = 16;
+
+/// Fewest chunks for which pass 2 runs over groups of chunks ([`scan_group_kernel`]).
+const GROUP_MIN_CHUNKS: usize = 64;
+
+/// Chunks per group for pass 2 over `chunks` chunks, 0 for a single walk over all of them:
+/// about `√chunks` from [`GROUP_MIN_CHUNKS`] chunks on, so that the walk over the groups and
+/// the walks within them are about equally long. The environment variable
+/// `GENOMAMBA_SCAN_GROUP_LEN` sets it (0: never group), for tuning runs; results do not depend
+/// on it beyond rounding.
+fn group_len(chunks: usize) -> usize {
+    static FORCED: std::sync::OnceLock<Option<usize>> = std::sync::OnceLock::new();
+    let forced = *FORCED.get_or_init(|| {
+        std::env::var("GENOMAMBA_SCAN_GROUP_LEN")
+            .ok()
+            .and_then(|v| v.parse().ok())
+    });
+    let len = match forced {
+        Some(len) => len,
+        None if chunks >= GROUP_MIN_CHUNKS => {
+            let root = chunks.isqrt();
+            if root * root < chunks { root + 1 } else { root }
+        }
+        None => 0,
+    };
+    // A group of all chunks (or more) is the single walk.
+    if len >= chunks { 0 } else { len }
+}
 
 /// How the work is laid out: time split into chunks, `B`/`C` rows read `vec` floats at a time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -697,10 +846,10 @@ pub(crate) fn scan_cube(input: ScanInput<CubeBackend>) -> ScanOutput<CubeBackend
 
     let state = empty(vec![batch, chunks, d_state, d_inner]);
     let dsum = empty(vec![batch, chunks, d_inner]);
-    // SAFETY (all three launches): threads past their work item count return at once; every
-    // other index is below the length of its tensor (`t < len`, `k < chunks`, `n < d_state`,
-    // `ch < d_inner`), all tensors but `z` being contiguous with the shapes checked or allocated
-    // above (`z` read within `z_span`, the extent of its view),
+    // SAFETY (all launches): threads past their work item count return at once; every
+    // other index is below the length of its tensor (`t < len`, `k < chunks`, `g < groups`,
+    // `n < d_state`, `ch < d_inner`), all tensors but `z` being contiguous with the shapes
+    // checked or allocated above (`z` read within `z_span`, the extent of its view),
     // `B` and `C` read in whole, aligned vectors as for the single-chunk launch.
     unsafe {
         scan_chunk_state_kernel::launch_unchecked(
@@ -729,23 +878,76 @@ pub(crate) fn scan_cube(input: ScanInput<CubeBackend>) -> ScanOutput<CubeBackend
         );
     }
     let (combine_count, combine_dim) = cube_count(&client, batch * d_state * d_inner);
-    unsafe {
-        scan_chunk_combine_kernel::launch_unchecked(
-            &client,
-            combine_count,
-            combine_dim,
-            address,
-            a.clone().into_tensor_arg(),
-            h0.into_tensor_arg(),
-            dsum.into_tensor_arg(),
-            state.clone().into_tensor_arg(),
-            h_last.clone().into_tensor_arg(),
-            batch,
-            d_inner,
-            d_state,
-            chunks,
-            fast,
-        );
+    let group_len = group_len(chunks);
+    if group_len == 0 {
+        unsafe {
+            scan_chunk_combine_kernel::launch_unchecked(
+                &client,
+                combine_count,
+                combine_dim,
+                address,
+                a.clone().into_tensor_arg(),
+                h0.into_tensor_arg(),
+                dsum.into_tensor_arg(),
+                state.clone().into_tensor_arg(),
+                h_last.clone().into_tensor_arg(),
+                batch,
+                d_inner,
+                d_state,
+                chunks,
+                fast,
+            );
+        }
+    } else {
+        // Pass 2 over groups of chunks: each group's state from zero, then the groups'
+        // incoming states (the single walk, over groups), then each chunk's within its group.
+        let groups = chunks.div_ceil(group_len);
+        let group_state = empty(vec![batch, groups, d_state, d_inner]);
+        let group_dsum = empty(vec![batch, groups, d_inner]);
+        let (group_count, group_dim) = cube_count(&client, batch * groups * d_state * d_inner);
+        for apply in [false, true] {
+            if apply {
+                unsafe {
+                    scan_chunk_combine_kernel::launch_unchecked(
+                        &client,
+                        combine_count.clone(),
+                        combine_dim,
+                        address,
+                        a.clone().into_tensor_arg(),
+                        h0.clone().into_tensor_arg(),
+                        group_dsum.clone().into_tensor_arg(),
+                        group_state.clone().into_tensor_arg(),
+                        h_last.clone().into_tensor_arg(),
+                        batch,
+                        d_inner,
+                        d_state,
+                        groups,
+                        fast,
+                    );
+                }
+            }
+            unsafe {
+                scan_group_kernel::launch_unchecked(
+                    &client,
+                    group_count.clone(),
+                    group_dim,
+                    address,
+                    a.clone().into_tensor_arg(),
+                    dsum.clone().into_tensor_arg(),
+                    state.clone().into_tensor_arg(),
+                    group_state.clone().into_tensor_arg(),
+                    group_dsum.clone().into_tensor_arg(),
+                    batch,
+                    d_inner,
+                    d_state,
+                    chunks,
+                    group_len,
+                    groups,
+                    fast,
+                    apply,
+                );
+            }
+        }
     }
     unsafe {
         scan_chunk_output_kernel::launch_unchecked(
@@ -968,6 +1170,29 @@ mod tests {
         assert_ne!(plain[0].1, ahead[0].1);
         assert_eq!(plain[1].1, ahead[1].1);
         assert_ne!(plain[2].1, ahead[2].1);
+    }
+
+    #[test]
+    fn groups_cover_the_chunks() {
+        // (Unless GENOMAMBA_SCAN_GROUP_LEN is set, which tuning runs do, not tests.)
+        if std::env::var_os("GENOMAMBA_SCAN_GROUP_LEN").is_some() {
+            return;
+        }
+        for chunks in 1..5000 {
+            let len = group_len(chunks);
+            if chunks < GROUP_MIN_CHUNKS {
+                assert_eq!(len, 0, "chunks {chunks}");
+                continue;
+            }
+            assert!(len >= 2 && len < chunks, "chunks {chunks}: {len}");
+            let groups = chunks.div_ceil(len);
+            assert!((groups - 1) * len < chunks, "chunks {chunks}: {len}");
+            // About √chunks each: neither walk is more than one step longer than the other.
+            assert!(
+                len.abs_diff(groups) <= 1,
+                "chunks {chunks}: {len} x {groups}"
+            );
+        }
     }
 
     #[test]
