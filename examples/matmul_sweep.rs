@@ -1,5 +1,5 @@
 //! Times the block's projections on `cuda:0` under many plane tilings of cubek's simple mma
-//! routines (see `genomamba::ops::project_cube::Tiling`), against the kernels chosen without
+//! routines (and its double-buffered TMA one) (see `genomamba::ops::project_cube::Tiling`), against the kernels chosen without
 //! one, for the shapes of the d_model 256 x 16-layer model at chunk 65,536: in_proj
 //! (256 -> 1,024), x_proj (512 -> 48), dt_proj (16 -> 512), out_proj (512 -> 256).
 //!
@@ -8,9 +8,12 @@
 //! projection ran with another choice) is reported as such and not timed. Time: `REPS` launches between two device
 //! synchronisations, divided by `REPS`, best of three such rounds.
 //!
-//! Run: `cargo run --release --features cuda --example matmul_sweep -- [FORMAT [SHAPES [TILINGS]]]`
+//! Run: `cargo run --release --features cuda --example matmul_sweep -- [FORMAT [SHAPES [TILINGS [ROUTINES]]]]`
 //! FORMAT `f16` (default) or `bf16`; SHAPES a comma list of `in`, `x`, `dt`, `out` (default all);
-//! TILINGS a comma list of tilings (`p16r1k2s1d0`), default the grid of [`grid`].
+//! TILINGS a comma list of tilings (`p16r1k2s1d0`), default the grid of [`grid`]; ROUTINES a
+//! comma list of the routines that take a tiling (default `matmul_simple_cyclic_mma,
+//! matmul_simple_tma_mma`; `matmul_double_tma_mma` too). Each shape is first timed with the
+//! usual choice (no strategy or tiling set).
 
 use std::time::Instant;
 
@@ -95,12 +98,25 @@ fn main() {
             .collect(),
         None => grid(),
     };
+    let routines: Vec<String> = match arg(4) {
+        Some(list) => list.split(',').map(str::to_string).collect(),
+        None => vec![
+            "matmul_simple_cyclic_mma".to_string(),
+            "matmul_simple_tma_mma".to_string(),
+        ],
+    };
     let device = Device::cuda(0);
     let normal = Distribution::Normal(0.0, 1.0);
     for (name, k, n) in shapes {
         let x = Tensor::<3>::random([1, LEN, k], normal, &device).cast(act);
         let w = (Tensor::<2>::random([k, n], normal, &device) / (k as f64).sqrt()).cast(act);
-        for strategy in ["matmul_simple_cyclic_mma", "matmul_simple_tma_mma"] {
+        // The usual choice first (for dt_proj's shape, the small-k kernel).
+        set_strategy(None);
+        set_tiling(None);
+        let secs = time(&x, &w, &device);
+        println!("{name} {k}->{n} {act:?} default {:.1} us", secs * 1e6);
+        for strategy in &routines {
+            let strategy = strategy.as_str();
             set_strategy(Some(strategy));
             set_tiling(Some("inferred"));
             let reference = project(x.clone(), w.clone());

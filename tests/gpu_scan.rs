@@ -31,7 +31,8 @@
 use burn::tensor::{DType, Device, FloatDType, Tensor, TensorData};
 use genomamba::ops::block::{Impl, add_rms_norm_with, causal_conv_silu_with, project_with};
 use genomamba::ops::project_cube::{
-    Tiling, default_strategy, default_tiling, refusals, set_strategy, set_tiling, strategy_names,
+    SMALL_K_MAX, Tiling, default_strategy, default_tiling, refusals, set_strategy, set_tiling,
+    small_k_launches, strategy_names,
 };
 use genomamba::ops::{ScanArgs, selective_scan, selective_scan_reference};
 use rand::rngs::StdRng;
@@ -253,7 +254,9 @@ fn gpu_scan_matches_reference_over_shapes() {
             }
         }
     }
-    // One long sequence (many chunks, long sequential combine) for a small d_inner.
+    // Many chunks, so that the combine runs over groups of chunks: 70 chunks of 64 (groups of
+    // 9, the last one shorter) and one long sequence (16,384 chunks) for a small d_inner.
+    shapes.push([2, 4480, 37, 16]);
     shapes.push([1, 1 << 20, 5, 16]);
 
     let mut worst = (0.0f64, String::new());
@@ -683,6 +686,9 @@ fn gpu_projection_matches_the_cpu_product() {
         [1, 700, 512, 48],
         [2, 7, 37, 48],
         [1, 300, 16, 40],
+        [3, 50, 8, 12],
+        [2, 33, 32, 6],
+        [1, 33, 64, 6],
     ];
     let mut rng = StdRng::seed_from_u64(5);
     for [batch, len, k, n] in shapes {
@@ -738,6 +744,69 @@ fn gpu_projection_matches_the_cpu_product() {
     }
     set_strategy(None);
     set_tiling(None);
+}
+
+/// Projections with a short inner dimension (dt_proj's) run their own kernel by default,
+/// reading `x` through its row strides: here views of the first and of later columns of a
+/// wider tensor, as dt_proj reads x_proj's output, and a view that skips rows.
+#[test]
+fn gpu_small_k_projection_reads_views() {
+    let gpu = require_cuda!();
+    set_strategy(None);
+    let mut rng = StdRng::seed_from_u64(9);
+    let (batch, len, wide, k, n) = (2, 100, 48, 16, 512);
+    let x = normals(&mut rng, batch * len * wide, 1.0);
+    let w = normals(&mut rng, k * n, 0.25);
+    // The last view starts on an odd column: read one element at a time.
+    for (cols, rows) in [
+        (0..k, 0..len),
+        (16..16 + k, 0..len),
+        (4..4 + k, 10..len),
+        (3..3 + k, 0..len),
+    ] {
+        let rlen = rows.end - rows.start;
+        let view = |device: &Device, dtype: FloatDType| {
+            tensor(&x, [batch, len, wide], device).cast(dtype).slice([
+                0..batch,
+                rows.clone(),
+                cols.clone(),
+            ])
+        };
+        let want = host(project_with(
+            Impl::Reference,
+            view(&Device::flex(), FloatDType::F32),
+            tensor(&w, [k, n], &Device::flex()),
+        ));
+        for (dtype, tol) in [(FloatDType::F32, 1e-5), (FloatDType::F16, 3e-3)] {
+            let before = small_k_launches();
+            let got = project_with(
+                Impl::Fastest,
+                view(&gpu, dtype),
+                tensor(&w, [k, n], &gpu).cast(dtype),
+            );
+            assert_eq!(got.dims(), [batch, rlen, n], "shape");
+            let e = rel_err(&host(got), &want);
+            println!("small-k view cols {cols:?} rows {rows:?} {dtype:?}: {e:9.2e}");
+            assert_eq!(small_k_launches(), before + 1, "small-k kernel did not run");
+            assert!(e <= tol, "cols {cols:?} rows {rows:?} {dtype:?}: {e:e}");
+        }
+    }
+    // Past the largest inner dimension it takes, and with a strategy chosen, it stands aside.
+    let before = small_k_launches();
+    let big = SMALL_K_MAX + 1;
+    project_with(
+        Impl::Fastest,
+        tensor(&normals(&mut rng, 5 * big, 1.0), [1, 5, big], &gpu),
+        tensor(&normals(&mut rng, big * 3, 1.0), [big, 3], &gpu),
+    );
+    set_strategy(Some("burn"));
+    project_with(
+        Impl::Fastest,
+        tensor(&normals(&mut rng, 5 * k, 1.0), [1, 5, k], &gpu),
+        tensor(&normals(&mut rng, k * 3, 1.0), [k, 3], &gpu),
+    );
+    set_strategy(None);
+    assert_eq!(small_k_launches(), before);
 }
 
 #[test]

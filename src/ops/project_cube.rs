@@ -26,6 +26,11 @@
 //! inferred tiling, then Burn's selection; [`refusals`] counts these); one that fails
 //! later, at launch, cannot be caught here, which is why the TMA strategies with the cmma tile
 //! (they failed at launch for x_proj's shape on the H200) are not offered.
+//!
+//! Projections with an inner dimension of at most [`SMALL_K_MAX`] (dt_proj: 16 for d_model 256)
+//! run [`small_k_kernel`] instead, on every CubeCL runtime, unless a strategy was chosen or
+//! `GENOMAMBA_MATMUL_SMALL_K=off`: a tensor-core tile along such a `k` is mostly padding. On the
+//! H200 at chunk 65,536 it takes 57 us of GPU time for dt_proj (BENCHMARKS.md).
 
 use burn::backend::{DType, TensorMetadata};
 use burn_cubecl::CubeBackend;
@@ -34,6 +39,7 @@ use burn_cubecl::kernel::matmul::{MatmulStrategy, init_matmul_output, matmul};
 use burn_cubecl::tensor::CubeTensor;
 use cubecl::client::Client;
 use cubecl::ir::{AddressType, ElemType};
+use cubecl::prelude::*;
 use cubek::matmul::definition::{
     AvailableVectorSizes, MatmulElems, MatmulGlobalElems, MatmulProblem,
 };
@@ -128,6 +134,15 @@ fn candidates() -> Vec<Strategy> {
                 Strategy::DoubleCyclicMma(double(specialized))
             });
         }
+        // Double-buffered TMA loads (mma tile only, as above).
+        if !cmma {
+            out.push(Strategy::DoubleTmaMma(BlueprintStrategy::Inferred(
+                DoubleBufferingArgs {
+                    specialized: false,
+                    tile_matmul,
+                },
+            )));
+        }
         for row_count in [4, 8] {
             out.push(if cmma {
                 Strategy::OrderedDoubleCmma(ordered(row_count))
@@ -219,6 +234,10 @@ pub(crate) fn project_cube(x: CubeTensor, w: CubeTensor) -> CubeTensor {
             .unwrap_or_else(|e| panic!("matrix product failed: {e:?}"))
     };
     let client_name = x.client.name();
+    let (x, w3) = match project_small_k(x, w3) {
+        Ok(out) => return out,
+        Err(inputs) => inputs,
+    };
     let (Some(strategy), Some(elem)) = (chosen(dtype, client_name), activation_elem(dtype)) else {
         return burn_matmul(x, w3);
     };
@@ -355,7 +374,8 @@ fn chosen_tiling(dtype: DType, client: &str) -> Option<Tiling> {
 }
 
 /// `strategy` with its blueprint built from `tiling`, where `strategy` is one of the simple mma
-/// routines and the activations are half; `None` otherwise or where cubek refuses the tiling.
+/// routines or the double-buffered TMA one and the activations are half; `None` otherwise or
+/// where cubek refuses the tiling.
 fn with_tiling(
     strategy: &Strategy,
     tiling: Tiling,
@@ -364,9 +384,11 @@ fn with_tiling(
     w3: &CubeTensor,
     elem: ElemType,
 ) -> Option<Strategy> {
-    let tma = match strategy {
-        Strategy::SimpleCyclicMma(BlueprintStrategy::Inferred(_)) => false,
-        Strategy::SimpleTmaMma(BlueprintStrategy::Inferred(_)) => true,
+    // (TMA loads, stages the k loop consumes per iteration, specialized loading planes)
+    let (tma, stage_buffering, specialized) = match strategy {
+        Strategy::SimpleCyclicMma(BlueprintStrategy::Inferred(_)) => (false, 1, false),
+        Strategy::SimpleTmaMma(BlueprintStrategy::Inferred(_)) => (true, 1, false),
+        Strategy::DoubleTmaMma(BlueprintStrategy::Inferred(args)) => (true, 2, args.specialized),
         _ => return None,
     };
     if elem.size() != 2 {
@@ -433,6 +455,8 @@ fn with_tiling(
         } else {
             PartitionBuffering::Single
         }),
+        stage_buffering,
+        specialized,
         ..Default::default()
     };
     let (blueprint, _) = infer_blueprint_plane(
@@ -445,9 +469,204 @@ fn with_tiling(
         options,
     )
     .ok()?;
-    Some(if tma {
-        Strategy::SimpleTmaMma(BlueprintStrategy::Forced(blueprint))
-    } else {
-        Strategy::SimpleCyclicMma(BlueprintStrategy::Forced(blueprint))
+    Some(match (tma, stage_buffering) {
+        (true, 2) => Strategy::DoubleTmaMma(BlueprintStrategy::Forced(blueprint)),
+        (true, _) => Strategy::SimpleTmaMma(BlueprintStrategy::Forced(blueprint)),
+        _ => Strategy::SimpleCyclicMma(BlueprintStrategy::Forced(blueprint)),
     })
+}
+
+/// Largest inner dimension (`in` of `x · w`) that [`project_small_k`] takes.
+pub const SMALL_K_MAX: usize = 64;
+
+/// Rows of the output each thread of [`small_k_kernel`] computes.
+const SMALL_K_ROWS: usize = 16;
+
+/// Whether projections with a short inner dimension run [`small_k_kernel`]: unless the
+/// environment variable `GENOMAMBA_MATMUL_SMALL_K` is `off` (for tuning runs), or a strategy
+/// was chosen through [`set_strategy`] or `GENOMAMBA_MATMUL` (so that timing or testing a
+/// strategy runs that strategy on every shape).
+fn small_k_enabled() -> bool {
+    static OFF: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    let off =
+        *OFF.get_or_init(|| std::env::var("GENOMAMBA_MATMUL_SMALL_K").is_ok_and(|v| v == "off"));
+    !off && STRATEGY.get().is_none()
+}
+
+/// `x · w` by [`small_k_kernel`] where the inner dimension is at most [`SMALL_K_MAX`] (dt_proj:
+/// `dt_rank` = 16 for d_model 256), the formats are one of f32, f16 and bf16, and `x`'s rows
+/// have their elements adjacent (`x` may be a view, such as dt_proj's input, the first
+/// `dt_rank` columns of x_proj's output: it is read in place); the inputs back otherwise.
+/// Everything is read and written four or two elements at a time where the shapes, strides and
+/// start of `x` allow, else one at a time.
+///
+/// A tensor-core product of this shape spends most of its time on tiles that are mostly
+/// padding along `k`; here each thread keeps `k` rows of a few output columns of `w` in
+/// registers and computes those columns for [`SMALL_K_ROWS`] rows.
+fn project_small_k(x: CubeTensor, w3: CubeTensor) -> Result<CubeTensor, (CubeTensor, CubeTensor)> {
+    let (xs, ws) = (x.shape().to_vec(), w3.shape().to_vec());
+    let (Some(elem), true) = (activation_elem(x.dtype), small_k_enabled()) else {
+        return Err((x, w3));
+    };
+    let ([batch, len, k], [1, k2, n]) = (xs.as_slice(), ws.as_slice()) else {
+        return Err((x, w3));
+    };
+    let (batch, len, k, n) = (*batch, *len, *k, *n);
+    let Some((xs0, xs1)) = super::block_cube::row_strides(&x) else {
+        return Err((x, w3));
+    };
+    if k != *k2 || k == 0 || k > SMALL_K_MAX || n == 0 || batch * len == 0 || w3.dtype != x.dtype {
+        return Err((x, w3));
+    }
+    // Elements per load and store: the widest of 4, 2 and 1 that divides `k`, `n` and `x`'s
+    // strides and start, with `k · vec` weights (registers) at most 64.
+    let x_start = x.handle.offset_start.unwrap_or(0) as usize / x.dtype.size();
+    let vec = [4usize, 2]
+        .into_iter()
+        .find(|&v| {
+            k * v <= 64
+                && [k, n, xs0, xs1, x_start]
+                    .iter()
+                    .all(|d| d.is_multiple_of(v))
+        })
+        .unwrap_or(1);
+    let w3 = into_contiguous(w3);
+    if w3.meta.strides()[..] != [k * n, n, 1] {
+        return Err((x, w3));
+    }
+    // Row-major without padding (the allocator may pad the rows of a tensor it lays out itself,
+    // as `init_matmul_output` lets it: on CUDA it did for 40 and 48 columns).
+    let out = burn_cubecl::ops::numeric::empty_device_contiguous_dtype(
+        x.client.clone(),
+        x.device.clone(),
+        burn::tensor::Shape::new([batch, len, n]),
+        x.dtype,
+    );
+    let rows = batch * len;
+    let col_groups = n / vec;
+    let threads = rows.div_ceil(SMALL_K_ROWS) * col_groups;
+    let x_span = (batch - 1) * xs0 + (len - 1) * xs1 + k;
+    let address = AddressType::from_len(x_span.max(rows * n).max(k * n));
+    let client = out.client.clone();
+    let dim = cubecl::CubeDim::new_1d(128);
+    let count = cubecl::calculate_cube_count_elemwise(&client, threads, dim);
+    // SAFETY: threads past `threads` return at once; the others read `x` at
+    // `b·xs0 + t·xs1 + j` for `b < batch`, `t < len`, `j < k`, within `x_span`, the extent of
+    // its view, in whole vectors (`vec` divides `k`, the strides and the view's start); `w`
+    // (contiguous `[1, k, n]`) and the fresh output (`[batch, len, n]`) in whole vectors
+    // (`vec` divides `n`) below `k · n` and `rows · n`.
+    unsafe {
+        small_k_kernel::launch_unchecked(
+            &client,
+            count,
+            dim,
+            address,
+            vec,
+            x.into_tensor_arg(),
+            w3.into_tensor_arg(),
+            out.clone().into_tensor_arg(),
+            rows,
+            len,
+            xs0 / vec,
+            xs1 / vec,
+            col_groups,
+            SMALL_K_ROWS,
+            k,
+            vec,
+            elem,
+        );
+    }
+    SMALL_K_LAUNCHES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    Ok(out)
+}
+
+static SMALL_K_LAUNCHES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// How many projections so far ran [`small_k_kernel`] (for tests: which kernel ran).
+pub fn small_k_launches() -> usize {
+    SMALL_K_LAUNCHES.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// `out[r, j] = Σ_i x[r, i]·w[i, j]` for an inner dimension `k` known when compiling, every
+/// tensor read and written `vec` elements at a time.
+///
+/// Thread `rb·col_groups + g` computes output columns `[g·vec, (g+1)·vec)` of rows
+/// `[rb·rows_per_thread, (rb+1)·rows_per_thread)`, with those columns of `w` in registers (f32)
+/// and f32 sums. Row `r = b·len + t` of `x` starts at vector `b·xs0 + t·xs1` (strides in
+/// vectors). Adjacent threads write adjacent columns and read the same row of `x` (served by
+/// the cache).
+#[cube(launch_unchecked, address_type = "dynamic")]
+#[allow(clippy::too_many_arguments)]
+fn small_k_kernel<F: Float, V: Size>(
+    x: &Tensor<Vector<F, V>>,
+    w: &Tensor<Vector<F, V>>,
+    out: &mut Tensor<Vector<F, V>>,
+    rows: usize,
+    len: usize,
+    xs0: usize,
+    xs1: usize,
+    col_groups: usize,
+    rows_per_thread: usize,
+    #[comptime] k: usize,
+    #[comptime] vec: usize,
+    #[define(F)] _act: ElemType,
+) {
+    let pos = ABSOLUTE_POS;
+    let row_blocks = rows.div_ceil(rows_per_thread);
+    if pos >= row_blocks * col_groups {
+        terminate!();
+    }
+    let g = pos % col_groups;
+    let rb = pos / col_groups;
+    let kv = comptime!(k / vec);
+    let mut wv = Array::<f32>::new(k * vec);
+    #[unroll]
+    for i in 0..k {
+        let wq = w[i * col_groups + g];
+        #[unroll]
+        for e in 0..vec {
+            wv[i * vec + e] = f32::cast_from(wq.extract(e));
+        }
+    }
+    let r0 = rb * rows_per_thread;
+    let r1 = if r0 + rows_per_thread < rows {
+        r0 + rows_per_thread
+    } else {
+        rows
+    };
+    // Row r0's batch index and position, then advanced per row (no division per row).
+    let mut bi = r0 / len;
+    let mut t = r0 % len;
+    let mut acc = Array::<f32>::new(vec);
+    for r in r0..r1 {
+        let xi = bi * xs0 + t * xs1;
+        #[unroll]
+        for e in 0..vec {
+            acc[e] = 0.0f32;
+        }
+        #[unroll]
+        for q in 0..kv {
+            let xq = x[xi + q];
+            #[unroll]
+            for j in 0..vec {
+                let xv = f32::cast_from(xq.extract(j));
+                let i = q * vec + j;
+                #[unroll]
+                for e in 0..vec {
+                    acc[e] += xv * wv[i * vec + e];
+                }
+            }
+        }
+        let mut o = Vector::<F, V>::empty();
+        #[unroll]
+        for e in 0..vec {
+            o.insert(e, F::cast_from(acc[e]));
+        }
+        out[r * col_groups + g] = o;
+        t += 1;
+        if t == len {
+            t = 0;
+            bi += 1;
+        }
+    }
 }
