@@ -234,10 +234,9 @@ pub(crate) fn project_cube(x: CubeTensor, w: CubeTensor) -> CubeTensor {
             .unwrap_or_else(|e| panic!("matrix product failed: {e:?}"))
     };
     let client_name = x.client.name();
-    let (x, w3) = match project_small_k(x, w3) {
-        Ok(out) => return out,
-        Err(inputs) => inputs,
-    };
+    if let Some(out) = project_small_k(&x, &w3) {
+        return out;
+    }
     let (Some(strategy), Some(elem)) = (chosen(dtype, client_name), activation_elem(dtype)) else {
         return burn_matmul(x, w3);
     };
@@ -496,27 +495,23 @@ fn small_k_enabled() -> bool {
 /// `x · w` by [`small_k_kernel`] where the inner dimension is at most [`SMALL_K_MAX`] (dt_proj:
 /// `dt_rank` = 16 for d_model 256), the formats are one of f32, f16 and bf16, and `x`'s rows
 /// have their elements adjacent (`x` may be a view, such as dt_proj's input, the first
-/// `dt_rank` columns of x_proj's output: it is read in place); the inputs back otherwise.
+/// `dt_rank` columns of x_proj's output: it is read in place); `None` otherwise.
 /// Everything is read and written four or two elements at a time where the shapes, strides and
 /// start of `x` allow, else one at a time.
 ///
 /// A tensor-core product of this shape spends most of its time on tiles that are mostly
 /// padding along `k`; here each thread keeps `k` rows of a few output columns of `w` in
 /// registers and computes those columns for [`SMALL_K_ROWS`] rows.
-fn project_small_k(x: CubeTensor, w3: CubeTensor) -> Result<CubeTensor, (CubeTensor, CubeTensor)> {
+fn project_small_k(x: &CubeTensor, w3: &CubeTensor) -> Option<CubeTensor> {
     let (xs, ws) = (x.shape().to_vec(), w3.shape().to_vec());
-    let (Some(elem), true) = (activation_elem(x.dtype), small_k_enabled()) else {
-        return Err((x, w3));
-    };
+    let elem = activation_elem(x.dtype).filter(|_| small_k_enabled())?;
     let ([batch, len, k], [1, k2, n]) = (xs.as_slice(), ws.as_slice()) else {
-        return Err((x, w3));
+        return None;
     };
     let (batch, len, k, n) = (*batch, *len, *k, *n);
-    let Some((xs0, xs1)) = super::block_cube::row_strides(&x) else {
-        return Err((x, w3));
-    };
+    let (xs0, xs1) = super::block_cube::row_strides(x)?;
     if k != *k2 || k == 0 || k > SMALL_K_MAX || n == 0 || batch * len == 0 || w3.dtype != x.dtype {
-        return Err((x, w3));
+        return None;
     }
     // Elements per load and store: the widest of 4, 2 and 1 that divides `k`, `n` and `x`'s
     // strides and start, with `k · vec` weights (registers) at most 64.
@@ -530,9 +525,9 @@ fn project_small_k(x: CubeTensor, w3: CubeTensor) -> Result<CubeTensor, (CubeTen
                     .all(|d| d.is_multiple_of(v))
         })
         .unwrap_or(1);
-    let w3 = into_contiguous(w3);
+    let w3 = into_contiguous(w3.clone());
     if w3.meta.strides()[..] != [k * n, n, 1] {
-        return Err((x, w3));
+        return None;
     }
     // Row-major without padding (the allocator may pad the rows of a tensor it lays out itself,
     // as `init_matmul_output` lets it: on CUDA it did for 40 and 48 columns).
@@ -562,7 +557,7 @@ fn project_small_k(x: CubeTensor, w3: CubeTensor) -> Result<CubeTensor, (CubeTen
             dim,
             address,
             vec,
-            x.into_tensor_arg(),
+            x.clone().into_tensor_arg(),
             w3.into_tensor_arg(),
             out.clone().into_tensor_arg(),
             rows,
@@ -577,7 +572,7 @@ fn project_small_k(x: CubeTensor, w3: CubeTensor) -> Result<CubeTensor, (CubeTen
         );
     }
     SMALL_K_LAUNCHES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    Ok(out)
+    Some(out)
 }
 
 static SMALL_K_LAUNCHES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
