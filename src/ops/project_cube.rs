@@ -486,11 +486,10 @@ const SMALL_K_ROWS: usize = 16;
 /// was chosen through [`set_strategy`] or `GENOMAMBA_MATMUL` (so that timing or testing a
 /// strategy runs that strategy on every shape).
 fn small_k_enabled() -> bool {
-    static OFF: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    let off =
-        *OFF.get_or_init(|| std::env::var("GENOMAMBA_MATMUL_SMALL_K").is_ok_and(|v| v == "off"));
-    !off && STRATEGY.get().is_none()
+    SMALL_K.get().as_deref() != Some("off") && STRATEGY.get().is_none()
 }
+
+static SMALL_K: NamedChoice = NamedChoice::new("GENOMAMBA_MATMUL_SMALL_K");
 
 /// `x · w` by [`small_k_kernel`] where the inner dimension is at most [`SMALL_K_MAX`] (dt_proj:
 /// `dt_rank` = 16 for d_model 256), the formats are one of f32, f16 and bf16, and `x`'s rows
