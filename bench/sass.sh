@@ -17,7 +17,13 @@ NVCC=${NVCC:-nvcc}
 D_STATE=${1:-16}
 dir=$(mktemp -d)
 trap 'rm -rf "$dir"' EXIT
-cargo run -q --release --features cuda --example kernel_source -- "$dir/src" "$D_STATE" > /dev/null
+# KERNEL_SOURCE: an already built `kernel_source` example (building it alone with `cargo run`
+# can unify features differently from the other release targets and rebuild Burn).
+if [ -n "${KERNEL_SOURCE:-}" ]; then
+  "$KERNEL_SOURCE" "$dir/src" "$D_STATE" > /dev/null
+else
+  cargo run -q --release --features cuda --example kernel_source -- "$dir/src" "$D_STATE" > /dev/null
+fi
 for cu in "$dir"/src/*.cu; do
   name=$(basename "$cu" .cu)
   # NVRTC compiles without the host's headers, so CubeCL declares the fixed-width integer types

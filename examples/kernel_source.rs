@@ -1,6 +1,8 @@
 //! Writes the CUDA C++ that CubeCL's C++ backend generates for the selective-scan kernels on an
 //! sm_90 GPU (an H200), without needing a GPU: one `<kernel>[_prefetch]_<format>_n<d_state>.cu` per pass
-//! (passes 1 and 3 also with the next step's loads issued early, `GENOMAMBA_SCAN_PREFETCH`).
+//! (passes 1 and 3 also with the next step's loads issued early, `GENOMAMBA_SCAN_PREFETCH`);
+//! `<format>` is the activations' (`f32`, `f16`, `bf16`), with `_bc32` where `B` and `C` are
+//! read in f32 (as the model passes them with half activations).
 //! `bench/sass.sh` compiles them with `nvcc -cubin` and counts the machine instructions of
 //! each kernel's inner loop.
 //!
@@ -21,13 +23,15 @@ fn main() -> Result<(), String> {
         None => 16,
     };
     std::fs::create_dir_all(&out).map_err(|e| format!("{out}: {e}"))?;
-    for (dtype, tag) in [
-        (DType::F32, "f32"),
-        (DType::F16, "f16"),
-        (DType::BF16, "bf16"),
+    for (dtype, bc, tag) in [
+        (DType::F32, DType::F32, "f32"),
+        (DType::F16, DType::F16, "f16"),
+        (DType::BF16, DType::BF16, "bf16"),
+        (DType::F16, DType::F32, "f16_bc32"),
+        (DType::BF16, DType::F32, "bf16_bc32"),
     ] {
         for prefetch in [false, true] {
-            let sources = scan_cuda_sources(dtype, d_state, prefetch)?;
+            let sources = scan_cuda_sources(dtype, bc, d_state, prefetch)?;
             let variant = if prefetch { "_prefetch" } else { "" };
             for (name, source) in sources {
                 if prefetch && name == "scan_chunk_combine" {

@@ -77,9 +77,18 @@
 //! sector, so it needs the inputs channel-major (or staged through shared memory) to pay off.
 //!
 //! The activations (`u`, `Δ`, `z`, `B`, `C` and the output `y`) may be f32, f16 or bf16 (all
-//! in one format); they are widened to f32 as they are read, and `y` is rounded to their format
-//! as it is written. `A`, `D`, the Δ bias and the state are f32. Other formats, `d_state` above
-//! [`MAX_D_STATE`], and empty shapes go to the reference.
+//! in one format, except that `B` and `C` may also be f32 with half activations); they are
+//! widened to f32 as they are read, and `y` is rounded to their format as it is written. `A`,
+//! `D`, the Δ bias and the state are f32. Other formats, `d_state` above [`MAX_D_STATE`], and
+//! empty shapes go to the reference. `z`, `B` and `C` are read through their row strides when
+//! their last dimension is contiguous, so views of a projection's output need no copy (under
+//! Burn's fusion, though, a slice that does not start and end on the allocator's alignment
+//! arrives already copied, as `x_proj`'s `B` and `C` columns do).
+//!
+//! `B` and `C` in f32 with f16 activations take pass 3 from 184 to 150 instructions per step
+//! (pass 1 from 138 to 122: no conversion per value read), but pass 3 then needs 72 registers
+//! instead of 64, and on the H200 it timed 25% slower (pass 1 8% faster; plus a cast kernel
+//! per layer), so the model hands them over in the activations' format (BENCHMARKS.md).
 
 use burn::backend::{DType, TensorMetadata};
 use burn::tensor::Shape;
@@ -219,15 +228,16 @@ pub(crate) fn silu(z: f32, #[comptime] fast: bool) -> f32 {
 
 /// Pass 1: each chunk's state from zero, and the chunk's sum of `Δ`.
 ///
-/// Thread `((b·chunks) + k)·d_inner + d`. `b` is read `vec` floats at a time.
+/// Thread `((b·chunks) + k)·d_inner + d`. `b` is read `vec` floats at a time, row `t` of batch
+/// row `bi` at `bi·bs0 + t·bs1` (strides in vectors).
 /// `state`: `[batch, chunks, d_state, d_inner]`; `dsum`: `[batch, chunks, d_inner]`.
 #[cube(launch_unchecked, create_dummy_kernel, address_type = "dynamic")]
 #[allow(clippy::too_many_arguments)]
-fn scan_chunk_state_kernel<F: Float, V: Size>(
+fn scan_chunk_state_kernel<F: Float, G: Float, V: Size>(
     u: &Tensor<F>,
     delta: &Tensor<F>,
     a: &Tensor<f32>,
-    b: &Tensor<Vector<F, V>>,
+    b: &Tensor<Vector<G, V>>,
     delta_bias: &Tensor<f32>,
     state: &mut Tensor<f32>,
     dsum: &mut Tensor<f32>,
@@ -236,11 +246,13 @@ fn scan_chunk_state_kernel<F: Float, V: Size>(
     d_inner: usize,
     chunks: usize,
     chunk_len: usize,
+    bs0: usize,
+    bs1: usize,
     #[comptime] d_state: usize,
     #[comptime] vec: usize,
     #[comptime] fast: bool,
     #[comptime] prefetch: bool,
-    #[define(F)] _act: ElemType,
+    #[define(F, G)] _elems: [ElemType; 2],
 ) {
     let pos = ABSOLUTE_POS;
     if pos >= batch * chunks * d_inner {
@@ -293,9 +305,10 @@ fn scan_chunk_state_kernel<F: Float, V: Size>(
         let dt = softplus(delta_t + bias, fast);
         let dtu = dt * ut;
         sum += dt;
+        let bi_row = bi * bs0 + t * bs1;
         #[unroll]
         for q in 0..nvec {
-            let bq = b[row * nvec + q];
+            let bq = b[bi_row + q];
             #[unroll]
             for e in 0..vec {
                 let n = q * vec + e;
@@ -496,18 +509,19 @@ fn walk_chunks(
 
 /// Pass 3: every chunk rescanned from its incoming state, writing the gated output.
 ///
-/// Threads as in pass 1; `b` and `c` are read `vec` floats at a time; `z` is read at
-/// `b·zs0 + t·zs1 + d` (it is usually a view of `in_proj`'s output). With `single_chunk`,
+/// Threads as in pass 1; `b` and `c` are read `vec` floats at a time through their row strides
+/// (`bs0`, `bs1`, `cs0`, `cs1`, in vectors); `z` is read at `b·zs0 + t·zs1 + d` (it is usually
+/// a view of `in_proj`'s output). With `single_chunk`,
 /// `h_in` is `h0` (`[batch, d_inner, d_state]`) and the last state goes to `h_last`; otherwise
 /// `h_in` is pass 2's `[batch, chunks, d_state, d_inner]` and `h_last` is left alone.
 #[cube(launch_unchecked, create_dummy_kernel, address_type = "dynamic")]
 #[allow(clippy::too_many_arguments)]
-fn scan_chunk_output_kernel<F: Float, V: Size>(
+fn scan_chunk_output_kernel<F: Float, G: Float, V: Size>(
     u: &Tensor<F>,
     delta: &Tensor<F>,
     a: &Tensor<f32>,
-    b: &Tensor<Vector<F, V>>,
-    c: &Tensor<Vector<F, V>>,
+    b: &Tensor<Vector<G, V>>,
+    c: &Tensor<Vector<G, V>>,
     d: &Tensor<f32>,
     z: &Tensor<F>,
     delta_bias: &Tensor<f32>,
@@ -521,12 +535,16 @@ fn scan_chunk_output_kernel<F: Float, V: Size>(
     chunk_len: usize,
     zs0: usize,
     zs1: usize,
+    bs0: usize,
+    bs1: usize,
+    cs0: usize,
+    cs1: usize,
     #[comptime] d_state: usize,
     #[comptime] vec: usize,
     #[comptime] single_chunk: bool,
     #[comptime] fast: bool,
     #[comptime] prefetch: bool,
-    #[define(F)] _act: ElemType,
+    #[define(F, G)] _elems: [ElemType; 2],
 ) {
     let pos = ABSOLUTE_POS;
     if pos >= batch * chunks * d_inner {
@@ -559,7 +577,8 @@ fn scan_chunk_output_kernel<F: Float, V: Size>(
     let dskip = d[ch];
     // Offsets advanced by one step per iteration (not recomputed from `t`).
     let mut i = (bi * len + t0) * d_inner + ch;
-    let mut bc = (bi * len + t0) * nvec;
+    let mut bo = bi * bs0 + t0 * bs1;
+    let mut co = bi * cs0 + t0 * cs1;
     let mut zi = bi * zs0 + t0 * zs1 + ch;
     // With `prefetch`, `u`, `delta` and `z` of step t+1 are loaded before step t's arithmetic,
     // so their memory latency overlaps it (the last step loads its own values again).
@@ -589,8 +608,8 @@ fn scan_chunk_output_kernel<F: Float, V: Size>(
         let mut acc = 0.0f32;
         #[unroll]
         for q in 0..nvec {
-            let bq = b[bc + q];
-            let cq = c[bc + q];
+            let bq = b[bo + q];
+            let cq = c[co + q];
             #[unroll]
             for e in 0..vec {
                 let n = q * vec + e;
@@ -603,8 +622,9 @@ fn scan_chunk_output_kernel<F: Float, V: Size>(
         // + D·u, gated by SiLU(z) = z / (1 + exp(-z)).
         y[i] = F::cast_from((acc + dskip * ut) * silu(zt, fast));
         i += d_inner;
-        bc += nvec;
         zi += zs1;
+        bo += bs1;
+        co += cs1;
     }
     if single_chunk {
         #[unroll]
@@ -686,7 +706,7 @@ fn cube_count(client: &Client, threads: usize) -> (CubeCount, CubeDim) {
 }
 
 /// Whether a tensor's data starts on a `vec`-element boundary (for vector loads).
-fn aligned(t: &CubeTensor, vec: usize) -> bool {
+pub(crate) fn aligned(t: &CubeTensor, vec: usize) -> bool {
     t.handle
         .offset_start
         .unwrap_or(0)
@@ -731,16 +751,18 @@ pub(crate) fn scan_cube(input: ScanInput<CubeBackend>) -> ScanOutput<CubeBackend
             (&input.h0, &[batch, d_inner, d_state]),
         ];
         let act = input.u.dtype;
-        let formats = [&input.delta, &input.z, &input.b, &input.c]
-            .iter()
-            .all(|t| t.dtype == act)
+        let bc = input.b.dtype;
+        let formats = [&input.delta, &input.z].iter().all(|t| t.dtype == act)
+            && (bc == act || bc == DType::F32)
+            && input.c.dtype == bc
             && [&input.a, &input.d, &input.delta_bias, &input.h0]
                 .iter()
                 .all(|t| t.dtype == DType::F32);
         formats && want.iter().all(|(t, dims)| t.shape().to_vec() == *dims)
     };
     let act = input.u.dtype;
-    let Some(act_elem) = activation_elem(act) else {
+    let (Some(act_elem), Some(bc_elem)) = (activation_elem(act), activation_elem(input.b.dtype))
+    else {
         return scan_reference::<CubeBackend>(input);
     };
     if !usable || batch == 0 || len == 0 || d_inner == 0 || d_state == 0 || d_state > MAX_D_STATE {
@@ -759,14 +781,32 @@ pub(crate) fn scan_cube(input: ScanInput<CubeBackend>) -> ScanOutput<CubeBackend
         h0,
     } = input;
     // The kernels index row-major: make every input contiguous (a no-op for those that are),
-    // except `z`, read through its row strides when its channels are adjacent.
-    let [u, delta, a, b, c, d, delta_bias, h0] =
-        [u, delta, a, b, c, d, delta_bias, h0].map(into_contiguous);
+    // except `z`, `B` and `C`, read through their row strides when their last dimension is
+    // contiguous (they are usually views of a projection's output).
+    let [u, delta, a, d, delta_bias, h0] = [u, delta, a, d, delta_bias, h0].map(into_contiguous);
     let (z, (zs0, zs1)) = match row_strides(&z) {
         Some(st) => (z, st),
         None => (into_contiguous(z), (len * d_inner, d_inner)),
     };
     let z_span = (batch - 1) * zs0 + (len - 1) * zs1 + d_inner;
+    let mut plan = Plan::new(batch, len, d_inner, d_state);
+    // `B` and `C` rows are read `vec` floats at a time, so their strides must be multiples of
+    // `vec` (else they are copied contiguous) and their data start on a vector boundary (else
+    // they are read one float at a time).
+    let vec_rows = |t: CubeTensor| match row_strides(&t) {
+        Some((s0, s1)) if s0.is_multiple_of(plan.vec) && s1.is_multiple_of(plan.vec) => {
+            (t, (s0, s1))
+        }
+        _ => (into_contiguous(t), (len * d_state, d_state)),
+    };
+    let (b, (bs0, bs1)) = vec_rows(b);
+    let (c, (cs0, cs1)) = vec_rows(c);
+    if !(aligned(&b, plan.vec) && aligned(&c, plan.vec)) {
+        plan.vec = 1;
+    }
+    let bc_span = (batch - 1) * bs0.max(cs0) + (len - 1) * bs1.max(cs1) + d_state;
+    // Row strides of `B` and `C` in vectors.
+    let [bs0, bs1, cs0, cs1] = [bs0, bs1, cs0, cs1].map(|s| s / plan.vec);
 
     let client = u.client.clone();
     let device = u.device.clone();
@@ -776,10 +816,6 @@ pub(crate) fn scan_cube(input: ScanInput<CubeBackend>) -> ScanOutput<CubeBackend
     let empty = |shape: Vec<usize>| empty_as(shape, DType::F32);
     let y = empty_as(vec![batch, len, d_inner], act);
     let h_last = empty(vec![batch, d_inner, d_state]);
-    let mut plan = Plan::new(batch, len, d_inner, d_state);
-    if !(aligned(&b, plan.vec) && aligned(&c, plan.vec)) {
-        plan.vec = 1;
-    }
     let Plan {
         chunks,
         chunk_len,
@@ -788,15 +824,10 @@ pub(crate) fn scan_cube(input: ScanInput<CubeBackend>) -> ScanOutput<CubeBackend
     let chunk_threads = batch * chunks * d_inner;
     let state_len = batch * chunks * d_inner * d_state;
     let address = AddressType::from_len(
-        [
-            batch * len * d_inner,
-            batch * len * d_state,
-            state_len,
-            z_span,
-        ]
-        .into_iter()
-        .max()
-        .unwrap_or(0),
+        [batch * len * d_inner, bc_span, state_len, z_span]
+            .into_iter()
+            .max()
+            .unwrap_or(0),
     );
 
     let fast = fast_math(&client);
@@ -833,12 +864,16 @@ pub(crate) fn scan_cube(input: ScanInput<CubeBackend>) -> ScanOutput<CubeBackend
                 len,
                 zs0,
                 zs1,
+                bs0,
+                bs1,
+                cs0,
+                cs1,
                 d_state,
                 vec,
                 true,
                 fast,
                 prefetch3,
-                act_elem,
+                [act_elem, bc_elem],
             );
         }
         return ScanOutput { y, h: h_last };
@@ -870,11 +905,13 @@ pub(crate) fn scan_cube(input: ScanInput<CubeBackend>) -> ScanOutput<CubeBackend
             d_inner,
             chunks,
             chunk_len,
+            bs0,
+            bs1,
             d_state,
             vec,
             fast,
             prefetch1,
-            act_elem,
+            [act_elem, bc_elem],
         );
     }
     let (combine_count, combine_dim) = cube_count(&client, batch * d_state * d_inner);
@@ -974,12 +1011,16 @@ pub(crate) fn scan_cube(input: ScanInput<CubeBackend>) -> ScanOutput<CubeBackend
             chunk_len,
             zs0,
             zs1,
+            bs0,
+            bs1,
+            cs0,
+            cs1,
             d_state,
             vec,
             false,
             fast,
             prefetch3,
-            act_elem,
+            [act_elem, bc_elem],
         );
     }
     ScanOutput { y, h: h_last }
@@ -994,6 +1035,7 @@ pub(crate) fn scan_cube(input: ScanInput<CubeBackend>) -> ScanOutput<CubeBackend
 #[cfg(feature = "cuda")]
 pub fn cuda_sources(
     act: DType,
+    bc: DType,
     d_state: usize,
     prefetch: bool,
 ) -> Result<Vec<(String, String)>, String> {
@@ -1009,6 +1051,10 @@ pub fn cuda_sources(
     use std::sync::Arc;
 
     let elem = activation_elem(act).ok_or_else(|| format!("no scan kernel for {act:?}"))?;
+    let bc_elem = match activation_elem(bc) {
+        Some(e) if bc == act || bc == DType::F32 => e,
+        _ => return Err(format!("B and C in {bc:?} with activations in {act:?}")),
+    };
     if d_state == 0 || d_state > MAX_D_STATE {
         return Err(format!("d_state must be 1..={MAX_D_STATE}, not {d_state}"));
     }
@@ -1091,11 +1137,13 @@ pub fn cuda_sources(
         1, // d_inner
         1, // chunks
         1, // chunk_len
+        1, // B stride 0
+        1, // B stride 1
         d_state,
         vec,
         true, // fast
         prefetch,
-        elem,
+        [elem, bc_elem],
     );
     let [a, h0, dsum, state, h_last] = std::array::from_fn(|_| arg(8));
     let pass2 = scan_chunk_combine_kernel::create_dummy_kernel(
@@ -1117,7 +1165,23 @@ pub fn cuda_sources(
     );
     let [u, delta, a, b, c, d, z, bias, h_in, y, h_last] = std::array::from_fn(|_| arg(8));
     let pass3 = scan_chunk_output_kernel::create_dummy_kernel(
-        props, target, count, dim, address, vec, u, delta, a, b, c, d, z, bias, h_in, y, h_last,
+        props,
+        target,
+        count,
+        dim,
+        address,
+        vec,
+        u,
+        delta,
+        a,
+        b,
+        c,
+        d,
+        z,
+        bias,
+        h_in,
+        y,
+        h_last,
         1, // batch
         1, // len
         1, // d_inner
@@ -1125,9 +1189,16 @@ pub fn cuda_sources(
         1, // chunk_len
         1, // z stride 0
         1, // z stride 1
-        d_state, vec, false, // single_chunk
+        1, // B stride 0
+        1, // B stride 1
+        1, // C stride 0
+        1, // C stride 1
+        d_state,
+        vec,
+        false, // single_chunk
         true,  // fast
-        prefetch, elem,
+        prefetch,
+        [elem, bc_elem],
     );
     Ok(vec![
         compile("scan_chunk_state", pass1.define())?,
@@ -1144,7 +1215,7 @@ mod tests {
     #[test]
     fn cuda_sources_need_no_device() {
         for dtype in [DType::F32, DType::F16, DType::BF16] {
-            let sources = cuda_sources(dtype, 16, false).unwrap();
+            let sources = cuda_sources(dtype, dtype, 16, false).unwrap();
             let names: Vec<&str> = sources.iter().map(|(n, _)| n.as_str()).collect();
             assert_eq!(
                 names,
@@ -1162,14 +1233,20 @@ mod tests {
                 );
             }
         }
-        assert!(cuda_sources(DType::F32, 0, false).is_err());
-        assert!(cuda_sources(DType::I32, 16, false).is_err());
+        assert!(cuda_sources(DType::F32, DType::F32, 0, false).is_err());
+        assert!(cuda_sources(DType::I32, DType::I32, 16, false).is_err());
+        assert!(cuda_sources(DType::F32, DType::F16, 16, false).is_err());
         // The prefetching variant is different code.
-        let plain = cuda_sources(DType::F16, 16, false).unwrap();
-        let ahead = cuda_sources(DType::F16, 16, true).unwrap();
+        let plain = cuda_sources(DType::F16, DType::F16, 16, false).unwrap();
+        let ahead = cuda_sources(DType::F16, DType::F16, 16, true).unwrap();
         assert_ne!(plain[0].1, ahead[0].1);
         assert_eq!(plain[1].1, ahead[1].1);
         assert_ne!(plain[2].1, ahead[2].1);
+        // So is reading B and C in f32 with half activations (passes 1 and 3 only).
+        let wide = cuda_sources(DType::F16, DType::F32, 16, false).unwrap();
+        assert_ne!(plain[0].1, wide[0].1);
+        assert_eq!(plain[1].1, wide[1].1);
+        assert_ne!(plain[2].1, wide[2].1);
     }
 
     #[test]
