@@ -4,8 +4,8 @@
 //! The tensor-operation reference (see [`block`](super::block)) concatenates the carried window
 //! with the chunk, slices it once per tap, and runs bias and SiLU as further operations: a copy
 //! of the chunk's `x` branch, one copy per tap, and the element-wise passes, each reading and
-//! writing `[batch, len, d_inner]` floats. Here each thread owns one channel and a run of
-//! consecutive positions: it reads its inputs straight from `in_proj`'s output (the `x` branch
+//! writing `[batch, len, d_inner]` floats. Here each thread owns a few adjacent channels (up to
+//! 16 bytes of them, read and written as one vector) and a run of consecutive positions: it reads its inputs straight from `in_proj`'s output (the `x` branch
 //! is the first `d_inner` channels of each row, read through the row strides, so the slice is
 //! never copied) or, before the chunk, from the carried window; keeps the last `d_conv - 1`
 //! inputs in registers, so each input is read once; adds the bias; applies SiLU (on CUDA with
@@ -39,7 +39,7 @@ use burn::tensor::FloatDType;
 use super::block::{
     AddNormInput, AddNormOutput, ConvInput, ConvOutput, add_norm_reference, conv_reference,
 };
-use super::scan_cube::{activation_elem, fast_math, silu};
+use super::scan_cube::{activation_elem, aligned, fast_math, silu};
 
 /// Threads per cube.
 const CUBE_THREADS: u32 = 256;
@@ -53,17 +53,19 @@ const RUN: usize = 8;
 /// `u[b, t, d] = SiLU(bias[d] + Σ_j weight[j, d] · input(b, t - (k-1) + j, d))`, where
 /// `input(b, p, d)` is `x[b, p, d]` for `p >= 0` and the window's row `k - 1 + p` before.
 ///
-/// Thread `(b·runs + r)·d_inner + d` computes positions `r·RUN .. r·RUN + RUN` (those below
-/// `len`) of channel `d`, keeping the last `k - 1` inputs and the weights in registers, so each
-/// input is read once. `x` is read at `b·xs0 + p·xs1 + d`.
+/// Thread `(b·runs + r)·(d_inner / vec) + g` computes positions `r·RUN .. r·RUN + RUN` (those
+/// below `len`) of channels `g·vec .. g·vec + vec`, keeping the last `k - 1` inputs and the
+/// weights in registers, so each input is read once; every tensor is read and written `vec`
+/// values at a time. `x` is read at `b·xs0 + p·xs1 + g` (strides in vectors); `d_inner` counts
+/// vectors.
 #[cube(launch_unchecked, address_type = "dynamic")]
 #[allow(clippy::too_many_arguments)]
-fn conv_silu_kernel<F: Float>(
-    x: &Tensor<F>,
-    window: &Tensor<F>,
-    weight: &Tensor<f32>,
-    bias: &Tensor<f32>,
-    u: &mut Tensor<F>,
+fn conv_silu_kernel<F: Float, V: Size>(
+    x: &Tensor<Vector<F, V>>,
+    window: &Tensor<Vector<F, V>>,
+    weight: &Tensor<Vector<f32, V>>,
+    bias: &Tensor<Vector<f32, V>>,
+    u: &mut Tensor<Vector<F, V>>,
     batch: usize,
     len: usize,
     d_inner: usize,
@@ -71,6 +73,7 @@ fn conv_silu_kernel<F: Float>(
     xs0: usize,
     xs1: usize,
     #[comptime] k: usize,
+    #[comptime] vec: usize,
     #[comptime] fast: bool,
     #[define(F)] _act: ElemType,
 ) {
@@ -83,20 +86,29 @@ fn conv_silu_kernel<F: Float>(
     let t0 = (br % runs) * RUN;
     let b = br / runs;
     let k1 = comptime!(k - 1);
-    let mut w = Array::<f32>::new(k);
-    // hist[j]: the input at position t - k1 + j for the next output t (j < k1).
-    let mut hist = Array::<f32>::new(k);
+    // w[j·vec + e]: tap j of channel g·vec + e.
+    let mut w = Array::<f32>::new(k * vec);
+    // hist[j·vec + e]: the input at position t - k1 + j for the next output t (j < k1).
+    let mut hist = Array::<f32>::new(k * vec);
     #[unroll]
     for j in 0..k {
-        w[j] = weight[j * d_inner + ch];
+        let wq = weight[j * d_inner + ch];
+        #[unroll]
+        for e in 0..vec {
+            w[j * vec + e] = wq.extract(e);
+        }
     }
     #[unroll]
     for j in 0..k1 {
         // Input position t0 - k1 + j: in the chunk when t0 + j >= k1, else window row t0 + j.
-        if t0 + j >= k1 {
-            hist[j] = f32::cast_from(x[b * xs0 + (t0 + j - k1) * xs1 + ch]);
+        let hq = if t0 + j >= k1 {
+            x[b * xs0 + (t0 + j - k1) * xs1 + ch]
         } else {
-            hist[j] = f32::cast_from(window[(b * k1 + t0 + j) * d_inner + ch]);
+            window[(b * k1 + t0 + j) * d_inner + ch]
+        };
+        #[unroll]
+        for e in 0..vec {
+            hist[j * vec + e] = f32::cast_from(hq.extract(e));
         }
     }
     let bias_ch = bias[ch];
@@ -104,21 +116,27 @@ fn conv_silu_kernel<F: Float>(
     for i in 0..RUN {
         let t = t0 + i;
         if t < len {
-            let cur = f32::cast_from(x[b * xs0 + t * xs1 + ch]);
-            let mut acc = bias_ch + w[k1] * cur;
+            let cur = x[b * xs0 + t * xs1 + ch];
+            let mut out = Vector::<F, V>::empty();
             #[unroll]
-            for j in 0..k1 {
-                acc += w[j] * hist[j];
-            }
-            #[unroll]
-            for j in 0..k1 {
-                if j + 1 < k1 {
-                    hist[j] = hist[j + 1];
-                } else {
-                    hist[j] = cur;
+            for e in 0..vec {
+                let c = f32::cast_from(cur.extract(e));
+                let mut acc = bias_ch.extract(e) + w[k1 * vec + e] * c;
+                #[unroll]
+                for j in 0..k1 {
+                    acc += w[j * vec + e] * hist[j * vec + e];
                 }
+                #[unroll]
+                for j in 0..k1 {
+                    if j + 1 < k1 {
+                        hist[j * vec + e] = hist[(j + 1) * vec + e];
+                    } else {
+                        hist[j * vec + e] = c;
+                    }
+                }
+                out.insert(e, F::cast_from(silu(acc, fast)));
             }
-            u[(b * len + t) * d_inner + ch] = F::cast_from(silu(acc, fast));
+            u[(b * len + t) * d_inner + ch] = out;
         }
     }
 }
@@ -154,6 +172,32 @@ fn conv_window_kernel<F: Float>(
         // A chunk shorter than the window: the row comes from the old window, shifted.
         next[pos] = window[(b * k1 + len + r) * d_inner + ch];
     }
+}
+
+/// Channels each thread of [`conv_silu_kernel`] reads and writes at once: the most (16 bytes of
+/// activations, at most 8) that divide `d` and the row strides of `x`, with every tensor's data
+/// starting on a vector boundary. The environment variable `GENOMAMBA_CONV_VEC=1` keeps one
+/// (for A/B timing runs; results do not depend on it).
+fn conv_vector_width(
+    act: DType,
+    d: usize,
+    xs0: usize,
+    xs1: usize,
+    tensors: [&CubeTensor; 4],
+) -> usize {
+    static SCALAR: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    if *SCALAR.get_or_init(|| std::env::var("GENOMAMBA_CONV_VEC").as_deref() == Ok("1")) {
+        return 1;
+    }
+    let widest = (16 / act.size()).clamp(1, 8);
+    [8, 4, 2]
+        .into_iter()
+        .find(|&v| {
+            v <= widest
+                && [d, xs0, xs1].iter().all(|s| s.is_multiple_of(v))
+                && tensors.iter().all(|t| aligned(t, v))
+        })
+        .unwrap_or(1)
 }
 
 /// Batch and row strides of a `[batch, len, channels]` tensor whose channels are adjacent
@@ -222,19 +266,23 @@ pub(crate) fn conv_cube(input: ConvInput<CubeBackend>) -> ConvOutput<CubeBackend
     let address = AddressType::from_len(x_span.max(batch * len * d).max(batch * k1 * d));
     let dim = CubeDim::new_1d(CUBE_THREADS);
     let runs = len.div_ceil(RUN);
-    let count = calculate_cube_count_elemwise(&client, batch * runs * d, dim);
-    // SAFETY: threads past `batch·runs·d` return at once; for the others `ch < d`, `b < batch`,
-    // and positions are written and read only below `len` (`t < len`; history rows
-    // `t0 + j - k1 < t0 < len`), so every `x` index is below `x_span` (the view's extent,
-    // `d <= cx`), every window index below `batch·k1·d` (rows `t0 + j < k1` only), weights
-    // below `k·d`, and `u` has `batch·len·d` elements. Window, weight and bias are contiguous
-    // with the checked shapes.
+    let vec = conv_vector_width(act, d, xs0, xs1, [&x, &window, &weight, &bias]);
+    let count = calculate_cube_count_elemwise(&client, batch * runs * (d / vec), dim);
+    // SAFETY: threads past `batch·runs·d/vec` return at once; for the others the vector
+    // `ch < d/vec`, `b < batch`, and positions are written and read only below `len`
+    // (`t < len`; history rows `t0 + j - k1 < t0 < len`), so every `x` index is below
+    // `x_span` (the view's extent, `d <= cx`), every window index below `batch·k1·d`
+    // (rows `t0 + j < k1` only), weights below `k·d`, and `u` has `batch·len·d` elements
+    // (all in vectors of `vec`, which divides `d` and the strides of `x`, every tensor's data
+    // starting on a vector boundary). Window, weight and bias are contiguous with the checked
+    // shapes.
     unsafe {
         conv_silu_kernel::launch_unchecked(
             &client,
             count,
             dim,
             address,
+            vec,
             x.clone().into_tensor_arg(),
             window.clone().into_tensor_arg(),
             weight.into_tensor_arg(),
@@ -242,11 +290,12 @@ pub(crate) fn conv_cube(input: ConvInput<CubeBackend>) -> ConvOutput<CubeBackend
             u.clone().into_tensor_arg(),
             batch,
             len,
-            d,
+            d / vec,
             runs,
-            xs0,
-            xs1,
+            xs0 / vec,
+            xs1 / vec,
             k,
+            vec,
             fast_math(&client),
             act_elem,
         );
