@@ -210,6 +210,19 @@ impl MambaBlock {
     }
 }
 
+/// `w` stored row-major on its device, unless that is the CPU (whose matrix product reads
+/// either layout; its measured speeds were taken with the transposed views).
+fn row_major(w: Tensor<2>) -> Tensor<2> {
+    let device = w.device();
+    if device == Device::flex() {
+        return w;
+    }
+    let dtype = w.dtype();
+    // The host copy is in logical (row-major) order; the format is restored in case the
+    // upload widens it.
+    Tensor::<2>::from_data(w.into_data(), &device).cast(FloatDType::from(dtype))
+}
+
 /// The Mamba backbone: embedding, blocks, final norm.
 #[derive(Module, Debug)]
 pub struct Mamba {
@@ -228,6 +241,11 @@ impl Mamba {
     /// projection weights of every block in that format (bias stays f32), so the
     /// rounding stays: going back to f32 later does not restore the original weights. For
     /// inference; training keeps f32.
+    ///
+    /// On devices other than the CPU the projection and convolution weights are also stored
+    /// row-major (`[in, out]`, `[d_conv, d_inner]`): loaded from PyTorch's `[out, in]` they are
+    /// transposed views, which the GPU kernels would otherwise copy into that layout on every
+    /// call (four small copies per layer and chunk). The values do not change.
     pub fn set_precision(&mut self, precision: Precision) {
         let dtype = precision.half().unwrap_or(FloatDType::F32);
         for layer in &mut self.layers {
@@ -237,8 +255,9 @@ impl Mamba {
                 &mut layer.dt_proj,
                 &mut layer.out_proj,
             ] {
-                lin.weight = Param::from_tensor(lin.weight.val().cast(dtype));
+                lin.weight = Param::from_tensor(row_major(lin.weight.val().cast(dtype)));
             }
+            layer.conv_weight = Param::from_tensor(row_major(layer.conv_weight.val()));
             layer.precision = precision;
         }
     }
