@@ -29,6 +29,9 @@
 #![cfg(feature = "cube")]
 
 use burn::tensor::{DType, Device, FloatDType, Tensor, TensorData};
+use genomamba::alphabet::tokenize;
+use genomamba::infer::hidden_states;
+use genomamba::model::{GenoModel, MambaConfig, ModelConfig, Precision};
 use genomamba::ops::block::{Impl, add_rms_norm_with, causal_conv_silu_with, project_with};
 use genomamba::ops::project_cube::{
     SMALL_K_MAX, Tiling, default_strategy, default_tiling, refusals, set_strategy, set_tiling,
@@ -441,7 +444,8 @@ fn conv(
 #[test]
 fn gpu_conv_matches_reference_and_carries_the_window() {
     let gpu = require_cuda!();
-    // Chunks shorter than the window (len 1, 2 with k 4), d not a power of two, k 1..4.
+    // Chunks shorter than the window (len 1, 2 with k 4), d not a power of two, k 1..4;
+    // channels read one at a time (d 5, 37), two (d 38) and four (d 64, 1536).
     let shapes = [
         [2, 1, 5, 4],
         [2, 2, 37, 4],
@@ -449,6 +453,7 @@ fn gpu_conv_matches_reference_and_carries_the_window() {
         [2, 7, 37, 4],
         [3, 300, 64, 1],
         [2, 50, 37, 2],
+        [2, 50, 38, 3],
         [1, 2049, 1536, 4],
     ];
     let mut rng = StdRng::seed_from_u64(5);
@@ -504,23 +509,35 @@ fn gpu_conv_matches_reference_and_carries_the_window() {
 
 /// The scan's activations (`u`, `delta`, `z`, `B`, `C`) in `dtype`, the rest f32, as the
 /// Mamba block passes them with `--precision bf16|f16`; `B` and `C` are views into one wider
-/// tensor (as `x_proj`'s output is sliced), at element offsets that are not vector-aligned.
-fn half_args(x: &Case, dtype: FloatDType, device: &Device) -> ScanArgs {
+/// tensor (as `x_proj`'s output is sliced). With `wide_bc`, `B` and `C` are rounded to
+/// `dtype` and widened back to f32 (as the block hands them to the scan), at offsets and row
+/// strides that allow vector reads (4 columns before them); without, they stay in `dtype` at
+/// element offsets that are not vector-aligned (3 columns before them).
+fn half_args(x: &Case, dtype: FloatDType, wide_bc: bool, device: &Device) -> ScanArgs {
     let (nb, nl, ns) = (x.batch, x.len, x.d_state);
-    let mut xbc = Vec::with_capacity(nb * nl * (3 + 2 * ns));
+    let lead: &[f32] = if wide_bc {
+        &[0.5, -1.0, 2.0, 3.0]
+    } else {
+        &[0.5, -1.0, 2.0]
+    };
+    let p = lead.len();
+    let mut xbc = Vec::with_capacity(nb * nl * (p + 2 * ns));
     for row in 0..nb * nl {
-        xbc.extend_from_slice(&[0.5, -1.0, 2.0]);
+        xbc.extend_from_slice(lead);
         xbc.extend_from_slice(&x.b[row * ns..(row + 1) * ns]);
         xbc.extend_from_slice(&x.c[row * ns..(row + 1) * ns]);
     }
-    let xbc = tensor(&xbc, [nb, nl, 3 + 2 * ns], device).cast(dtype);
+    let mut xbc = tensor(&xbc, [nb, nl, p + 2 * ns], device).cast(dtype);
+    if wide_bc {
+        xbc = xbc.cast(FloatDType::F32);
+    }
     let a = args(x, device);
     ScanArgs {
         u: a.u.cast(dtype),
         delta: a.delta.cast(dtype),
         z: a.z.cast(dtype),
-        b: xbc.clone().slice([0..nb, 0..nl, 3..3 + ns]),
-        c: xbc.slice([0..nb, 0..nl, 3 + ns..3 + 2 * ns]),
+        b: xbc.clone().slice([0..nb, 0..nl, p..p + ns]),
+        c: xbc.slice([0..nb, 0..nl, p + ns..p + 2 * ns]),
         ..a
     }
 }
@@ -543,13 +560,20 @@ fn gpu_kernels_take_half_activations() {
         &[(FloatDType::F16, 2e-3)]
     };
     for &(dtype, tol) in formats {
-        for (i, shape) in [[2, 7, 37, 16], [1, 2049, 1536, 16], [2, 300, 5, 4]]
-            .into_iter()
-            .enumerate()
-        {
+        // B and C in the activations' format for every shape; widened to f32 (as the block
+        // passes them) for the two small ones, in one chunk and in four.
+        let cases = [
+            ([2, 7, 37, 16], false),
+            ([1, 2049, 1536, 16], false),
+            ([2, 300, 5, 4], false),
+            ([2, 7, 37, 16], true),
+            ([2, 300, 5, 4], true),
+        ];
+        for (i, (shape, wide_bc)) in cases.into_iter().enumerate() {
             let x = random_case(77 + i as u64, shape, i == 1);
-            let (want_y, want_h) = selective_scan_reference(half_args(&x, dtype, &Device::flex()));
-            let (got_y, got_h) = selective_scan(half_args(&x, dtype, &gpu));
+            let (want_y, want_h) =
+                selective_scan_reference(half_args(&x, dtype, wide_bc, &Device::flex()));
+            let (got_y, got_h) = selective_scan(half_args(&x, dtype, wide_bc, &gpu));
             assert_eq!(
                 got_y.dtype(),
                 DType::from(dtype),
@@ -559,45 +583,49 @@ fn gpu_kernels_take_half_activations() {
             let (want_y, want_h) = outputs(&x, (want_y, want_h), "reference");
             let (got_y, got_h) = outputs(&x, (got_y, got_h), "gpu");
             let (ey, eh) = (rel_err(&got_y, &want_y), rel_err(&got_h, &want_h));
+            let bc = if wide_bc { "B/C f32" } else { "B/C same" };
             println!(
-                "{dtype:?} {:<50} y {ey:9.2e}   h_last {eh:9.2e}",
+                "{dtype:?} {bc} {:<50} y {ey:9.2e}   h_last {eh:9.2e}",
                 x.describe()
             );
             assert!(
                 ey <= tol && eh <= TOL,
-                "{dtype:?} {}: y {ey:e} (tol {tol:e}), h {eh:e}",
+                "{dtype:?} {bc} {}: y {ey:e} (tol {tol:e}), h {eh:e}",
                 x.describe()
             );
         }
-        // The convolution in the same format, window carried in it.
-        let (batch, len, d, k) = (2, 300, 37, 4);
-        let mut rng = StdRng::seed_from_u64(9);
-        let x = normals(&mut rng, batch * len * 2 * d, 1.0);
-        let window = normals(&mut rng, batch * (k - 1) * d, 1.0);
-        let weight = normals(&mut rng, k * d, 0.5);
-        let bias = normals(&mut rng, d, 0.5);
-        let run = |which: Impl, device: &Device| {
-            let (u, next) = causal_conv_silu_with(
-                which,
-                tensor(&x, [batch, len, 2 * d], device).cast(dtype),
-                tensor(&window, [batch, k - 1, d], device).cast(dtype),
-                tensor(&weight, [k, d], device),
-                tensor(&bias, [d], device),
+        // The convolution in the same format, window carried in it: channels read one at a
+        // time (d 37) and eight (d 40).
+        for d in [37, 40] {
+            let (batch, len, k) = (2, 300, 4);
+            let mut rng = StdRng::seed_from_u64(9);
+            let x = normals(&mut rng, batch * len * 2 * d, 1.0);
+            let window = normals(&mut rng, batch * (k - 1) * d, 1.0);
+            let weight = normals(&mut rng, k * d, 0.5);
+            let bias = normals(&mut rng, d, 0.5);
+            let run = |which: Impl, device: &Device| {
+                let (u, next) = causal_conv_silu_with(
+                    which,
+                    tensor(&x, [batch, len, 2 * d], device).cast(dtype),
+                    tensor(&window, [batch, k - 1, d], device).cast(dtype),
+                    tensor(&weight, [k, d], device),
+                    tensor(&bias, [d], device),
+                );
+                assert_eq!(u.dtype(), DType::from(dtype), "conv output format");
+                assert_eq!(next.dtype(), DType::from(dtype), "window format");
+                (host(u), host(next))
+            };
+            let (want_u, want_w) = run(Impl::Reference, &Device::flex());
+            let (got_u, got_w) = run(Impl::Fastest, &gpu);
+            let (eu, ew) = (rel_err(&got_u, &want_u), rel_err(&got_w, &want_w));
+            println!(
+                "{dtype:?} conv batch {batch} len {len} d {d} k {k}: u {eu:9.2e} window {ew:9.2e}"
             );
-            assert_eq!(u.dtype(), DType::from(dtype), "conv output format");
-            assert_eq!(next.dtype(), DType::from(dtype), "window format");
-            (host(u), host(next))
-        };
-        let (want_u, want_w) = run(Impl::Reference, &Device::flex());
-        let (got_u, got_w) = run(Impl::Fastest, &gpu);
-        let (eu, ew) = (rel_err(&got_u, &want_u), rel_err(&got_w, &want_w));
-        println!(
-            "{dtype:?} conv batch {batch} len {len} d {d} k {k}: u {eu:9.2e} window {ew:9.2e}"
-        );
-        assert!(
-            eu <= tol && ew == 0.0,
-            "{dtype:?} conv: u {eu:e} window {ew:e}"
-        );
+            assert!(
+                eu <= tol && ew == 0.0,
+                "{dtype:?} conv d {d}: u {eu:e} window {ew:e}"
+            );
+        }
     }
 }
 
@@ -859,4 +887,42 @@ fn projection_strategy_names_are_distinct() {
         assert!(names.iter().any(|n| n == name), "{dtype:?}: {name}");
         assert_eq!(default_strategy(dtype, "cpu"), "burn");
     }
+}
+
+#[test]
+fn gpu_model_matches_the_cpu_model() {
+    let gpu = require_cuda!();
+    // The whole model on the kernel device (every kernel; the weights stored row-major there by
+    // `set_precision`) against the same model on the CPU, in f32, over three chunks with the
+    // state carried: the weights are the same values, the hidden states agree within 1e-4.
+    let mut arch = MambaConfig::new(32, 2);
+    arch.d_state = 8;
+    let mut rng = StdRng::seed_from_u64(21);
+    let dna: Vec<u8> = (0..700).map(|_| b"ACGT"[rng.random_range(0..4)]).collect();
+    let tokens = tokenize(&dna).unwrap();
+    let run = |device: &Device| {
+        let mut model = GenoModel::init(ModelConfig::new(arch.clone()), 5, device).unwrap();
+        model.backbone.set_precision(Precision::F32);
+        let layer = &model.backbone.layers[1];
+        let weights = [
+            host(layer.in_proj.weight.val()),
+            host(layer.dt_proj.weight.val()),
+            host(layer.conv_weight.val()),
+        ];
+        let dims = [
+            layer.in_proj.weight.val().dims(),
+            layer.conv_weight.val().dims(),
+        ];
+        let states = hidden_states(&model.backbone, &tokens, 256, device).unwrap();
+        (weights, dims, states)
+    };
+    let (want_w, want_dims, want) = run(&Device::flex());
+    let (got_w, got_dims, got) = run(&gpu);
+    assert_eq!(got_dims, want_dims, "weight shapes");
+    assert_eq!(got_w, want_w, "weights changed on the kernel device");
+    let err = rel_err(&got, &want);
+    println!(
+        "model d_model 32, 2 layers, 700 positions in chunks of 256: hidden states {err:9.2e}"
+    );
+    assert!(err <= 1e-4, "model on the kernel device vs CPU: {err:e}");
 }
