@@ -93,7 +93,7 @@
 use burn::backend::{DType, TensorMetadata};
 use burn::tensor::Shape;
 use burn_cubecl::CubeBackend;
-use burn_cubecl::kernel::into_contiguous;
+use burn_cubecl::kernel::{cast, into_contiguous};
 use burn_cubecl::ops::numeric::empty_device_contiguous_dtype;
 use burn_cubecl::tensor::CubeTensor;
 use cubecl::prelude::*;
@@ -285,6 +285,8 @@ fn scan_chunk_state_kernel<F: Float, G: Float, V: Size>(
     // ptxas unroll the loop twice with 72 registers instead of 64, and timed no better
     // (BENCHMARKS.md).
     let first = (bi * len + t0) * d_inner + ch;
+    // `B`'s row offset, advanced per step (only this one: see above).
+    let mut bo = bi * bs0 + t0 * bs1;
     let mut u_next = u[first];
     let mut delta_next = delta[first];
     for t in t0..t1 {
@@ -305,10 +307,9 @@ fn scan_chunk_state_kernel<F: Float, G: Float, V: Size>(
         let dt = softplus(delta_t + bias, fast);
         let dtu = dt * ut;
         sum += dt;
-        let bi_row = bi * bs0 + t * bs1;
         #[unroll]
         for q in 0..nvec {
-            let bq = b[bi_row + q];
+            let bq = b[bo + q];
             #[unroll]
             for e in 0..vec {
                 let n = q * vec + e;
@@ -316,6 +317,7 @@ fn scan_chunk_state_kernel<F: Float, G: Float, V: Size>(
                 h[n] = decay(dt * av[n], fast) * h[n] + dtu * f32::cast_from(bq.extract(e));
             }
         }
+        bo += bs1;
     }
     #[unroll]
     for n in 0..d_state {
@@ -634,6 +636,17 @@ fn scan_chunk_output_kernel<F: Float, G: Float, V: Size>(
     }
 }
 
+/// Whether pass 1 reads `B` widened to f32 (one cast kernel over `[batch, len, d_state]`) when
+/// it comes in a half format: without a conversion per value read, pass 1's loop issues 114
+/// instructions per step instead of 130 (f16, `d_state` 16). Pass 3 keeps reading `B` and `C`
+/// in the half format: with f32 rows it needs 72 registers instead of 64 and timed 25% slower
+/// on the H200 (BENCHMARKS.md). On unless the environment variable `GENOMAMBA_SCAN_WIDE_B` is
+/// `off` (for A/B timing runs; widening is exact, so results do not depend on it).
+fn pass1_wide_b() -> bool {
+    static WIDE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *WIDE.get_or_init(|| std::env::var("GENOMAMBA_SCAN_WIDE_B").as_deref() != Ok("off"))
+}
+
 /// Chunks whose values pass 2 loads together (loads in flight per thread).
 const COMBINE_BATCH: usize = 16;
 
@@ -804,9 +817,24 @@ pub(crate) fn scan_cube(input: ScanInput<CubeBackend>) -> ScanOutput<CubeBackend
     if !(aligned(&b, plan.vec) && aligned(&c, plan.vec)) {
         plan.vec = 1;
     }
-    let bc_span = (batch - 1) * bs0.max(cs0) + (len - 1) * bs1.max(cs1) + d_state;
+    let mut bc_span = (batch - 1) * bs0.max(cs0) + (len - 1) * bs1.max(cs1) + d_state;
     // Row strides of `B` and `C` in vectors.
     let [bs0, bs1, cs0, cs1] = [bs0, bs1, cs0, cs1].map(|s| s / plan.vec);
+    // Pass 1 reads `B` widened to f32 when it comes in a half format and several chunks run
+    // (see `pass1_wide_b`), through the widened copy's own row strides.
+    let wide_b = (b.dtype != DType::F32 && plan.chunks > 1 && pass1_wide_b())
+        .then(|| cast(b.clone(), DType::F32))
+        .and_then(|t| match (row_strides(&t), activation_elem(DType::F32)) {
+            (Some((s0, s1)), Some(elem))
+                if s0.is_multiple_of(plan.vec)
+                    && s1.is_multiple_of(plan.vec)
+                    && aligned(&t, plan.vec) =>
+            {
+                bc_span = bc_span.max((batch - 1) * s0 + (len - 1) * s1 + d_state);
+                Some((t, elem, s0 / plan.vec, s1 / plan.vec))
+            }
+            _ => None,
+        });
 
     let client = u.client.clone();
     let device = u.device.clone();
@@ -881,6 +909,7 @@ pub(crate) fn scan_cube(input: ScanInput<CubeBackend>) -> ScanOutput<CubeBackend
 
     let state = empty(vec![batch, chunks, d_state, d_inner]);
     let dsum = empty(vec![batch, chunks, d_inner]);
+    let (b1, b1_elem, bs0_1, bs1_1) = wide_b.unwrap_or((b.clone(), bc_elem, bs0, bs1));
     // SAFETY (all launches): threads past their work item count return at once; every
     // other index is below the length of its tensor (`t < len`, `k < chunks`, `g < groups`,
     // `n < d_state`, `ch < d_inner`), all tensors but `z` being contiguous with the shapes
@@ -896,7 +925,7 @@ pub(crate) fn scan_cube(input: ScanInput<CubeBackend>) -> ScanOutput<CubeBackend
             u.clone().into_tensor_arg(),
             delta.clone().into_tensor_arg(),
             a.clone().into_tensor_arg(),
-            b.clone().into_tensor_arg(),
+            b1.into_tensor_arg(),
             delta_bias.clone().into_tensor_arg(),
             state.clone().into_tensor_arg(),
             dsum.clone().into_tensor_arg(),
@@ -905,13 +934,13 @@ pub(crate) fn scan_cube(input: ScanInput<CubeBackend>) -> ScanOutput<CubeBackend
             d_inner,
             chunks,
             chunk_len,
-            bs0,
-            bs1,
+            bs0_1,
+            bs1_1,
             d_state,
             vec,
             fast,
             prefetch1,
-            [act_elem, bc_elem],
+            [act_elem, b1_elem],
         );
     }
     let (combine_count, combine_dim) = cube_count(&client, batch * d_state * d_inner);
