@@ -61,7 +61,8 @@
 //! 11.8's `nvcc`, no GPU needed; BENCHMARKS.md): per time step and thread (`d_state` 16), pass 3
 //! issues 146 instructions in f32, 184 in f16, 198 in bf16 (156/193/209 before its offsets were
 //! advanced per step instead of recomputed), 20 of them `MUFU` (16 decays, two for softplus,
-//! two for the gate); pass 1 issues 108/130/138 with 18 `MUFU`. An H200 SM
+//! two for the gate); pass 1 issues 112/130/138 with 18 `MUFU` (114 from f32 `B` with half
+//! activations, as it now runs). An H200 SM
 //! completes 16 `MUFU` results per clock (a warp's instruction holds its sub-partition's unit 8
 //! clocks), so the `2N + 6` exponentials per `(t, d)` of passes 1 and 3 alone need 9.8 ms at
 //! L = 2^20, d_inner 1024 (132 SMs at 1.98 GHz): more than the 8.2 ms that 50% of HBM
@@ -86,9 +87,11 @@
 //! arrives already copied, as `x_proj`'s `B` and `C` columns do).
 //!
 //! `B` and `C` in f32 with f16 activations take pass 3 from 184 to 150 instructions per step
-//! (pass 1 from 138 to 122: no conversion per value read), but pass 3 then needs 72 registers
-//! instead of 64, and on the H200 it timed 25% slower (pass 1 8% faster; plus a cast kernel
-//! per layer), so the model hands them over in the activations' format (BENCHMARKS.md).
+//! (no conversion per value read), but pass 3 then needs 72 registers instead of 64, and on
+//! the H200 it timed 25% slower, so the model hands them over in the activations' format.
+//! Pass 1, which reads only `B`, gains from f32 rows (130 to 114 instructions, 11% less GPU
+//! time at chr20's layer shape): with several chunks it reads a widened copy of `B` made by
+//! one cast kernel ([`pass1_wide_b`]; BENCHMARKS.md).
 
 use burn::backend::{DType, TensorMetadata};
 use burn::tensor::Shape;
