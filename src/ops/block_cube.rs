@@ -5,12 +5,13 @@
 //! with the chunk, slices it once per tap, and runs bias and SiLU as further operations: a copy
 //! of the chunk's `x` branch, one copy per tap, and the element-wise passes, each reading and
 //! writing `[batch, len, d_inner]` floats. Here each thread owns a few adjacent channels (up to
-//! 16 bytes of them, read and written as one vector) and a run of consecutive positions: it reads its inputs straight from `in_proj`'s output (the `x` branch
-//! is the first `d_inner` channels of each row, read through the row strides, so the slice is
-//! never copied) or, before the chunk, from the carried window; keeps the last `d_conv - 1`
-//! inputs in registers, so each input is read once; adds the bias; applies SiLU (on CUDA with
-//! the scan's one-instruction `exp2` and reciprocal, see [`scan_cube`](super::scan_cube)); and writes
-//! `u` once. Adjacent threads own adjacent channels, so every read and write is coalesced. A
+//! 16 bytes of them, read and written as one vector) and a run of consecutive positions: it
+//! reads its inputs straight from `in_proj`'s output (the `x` branch is the first `d_inner`
+//! channels of each row, read through the row strides, so the slice is never copied) or,
+//! before the chunk, from the carried window; keeps the last `d_conv - 1` inputs in registers,
+//! so each input is read once; adds the bias; applies SiLU (on CUDA with the scan's
+//! one-instruction `exp2` and reciprocal, see [`scan_cube`](super::scan_cube)); and writes `u`
+//! once. Adjacent threads own adjacent channels, so every read and write is coalesced. A
 //! second, small launch writes the next window (`[batch, d_conv - 1, d_inner]`).
 //!
 //! `x`, the window and the outputs may be f32, f16 or bf16 (one format; the sums are f32),

@@ -516,9 +516,9 @@ fn walk_chunks(
 ///
 /// Threads as in pass 1; `b` and `c` are read `vec` floats at a time through their row strides
 /// (`bs0`, `bs1`, `cs0`, `cs1`, in vectors); `z` is read at `b·zs0 + t·zs1 + d` (it is usually
-/// a view of `in_proj`'s output). With `single_chunk`,
-/// `h_in` is `h0` (`[batch, d_inner, d_state]`) and the last state goes to `h_last`; otherwise
-/// `h_in` is pass 2's `[batch, chunks, d_state, d_inner]` and `h_last` is left alone.
+/// a view of `in_proj`'s output). With `single_chunk`, `h_in` is `h0` (`[batch, d_inner,
+/// d_state]`) and the last state goes to `h_last`; otherwise `h_in` is pass 2's `[batch,
+/// chunks, d_state, d_inner]` and `h_last` is left alone.
 #[cube(launch_unchecked, create_dummy_kernel, address_type = "dynamic")]
 #[allow(clippy::too_many_arguments)]
 fn scan_chunk_output_kernel<F: Float, G: Float, V: Size>(
