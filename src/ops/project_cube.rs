@@ -481,6 +481,19 @@ pub const SMALL_K_MAX: usize = 64;
 /// Rows of the output each thread of [`small_k_kernel`] computes.
 const SMALL_K_ROWS: usize = 16;
 
+/// [`SMALL_K_ROWS`], or the environment variable `GENOMAMBA_SMALL_K_ROWS` where it holds a
+/// positive number (for tuning runs; results do not depend on it).
+fn small_k_rows() -> usize {
+    static ROWS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *ROWS.get_or_init(|| {
+        std::env::var("GENOMAMBA_SMALL_K_ROWS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .filter(|&v: &usize| v > 0)
+            .unwrap_or(SMALL_K_ROWS)
+    })
+}
+
 /// Whether projections with a short inner dimension run [`small_k_kernel`]: unless the
 /// environment variable `GENOMAMBA_MATMUL_SMALL_K` is `off` (for tuning runs), or a strategy
 /// was chosen through [`set_strategy`] or `GENOMAMBA_MATMUL` (so that timing or testing a
@@ -538,7 +551,8 @@ fn project_small_k(x: &CubeTensor, w3: &CubeTensor) -> Option<CubeTensor> {
     );
     let rows = batch * len;
     let col_groups = n / vec;
-    let threads = rows.div_ceil(SMALL_K_ROWS) * col_groups;
+    let rows_per_thread = small_k_rows();
+    let threads = rows.div_ceil(rows_per_thread) * col_groups;
     let x_span = (batch - 1) * xs0 + (len - 1) * xs1 + k;
     let address = AddressType::from_len(x_span.max(rows * n).max(k * n));
     let client = out.client.clone();
@@ -564,7 +578,7 @@ fn project_small_k(x: &CubeTensor, w3: &CubeTensor) -> Option<CubeTensor> {
             xs0 / vec,
             xs1 / vec,
             col_groups,
-            SMALL_K_ROWS,
+            rows_per_thread,
             k,
             vec,
             elem,
