@@ -486,11 +486,7 @@ const SMALL_K_ROWS: usize = 16;
 fn small_k_rows() -> usize {
     static ROWS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
     *ROWS.get_or_init(|| {
-        std::env::var("GENOMAMBA_SMALL_K_ROWS")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .filter(|&v: &usize| v > 0)
-            .unwrap_or(SMALL_K_ROWS)
+        super::scan_cube::positive_env("GENOMAMBA_SMALL_K_ROWS").unwrap_or(SMALL_K_ROWS)
     })
 }
 

@@ -122,13 +122,15 @@ const TARGET_THREADS: usize = 1 << 19;
 /// time to within 3%.
 fn target_threads() -> usize {
     static TARGET: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
-    *TARGET.get_or_init(|| {
-        std::env::var("GENOMAMBA_SCAN_THREADS")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .filter(|&v: &usize| v > 0)
-            .unwrap_or(TARGET_THREADS)
-    })
+    *TARGET.get_or_init(|| positive_env("GENOMAMBA_SCAN_THREADS").unwrap_or(TARGET_THREADS))
+}
+
+/// The environment variable `var` as a positive number, if it holds one (tuning knobs).
+pub(crate) fn positive_env(var: &str) -> Option<usize> {
+    std::env::var(var)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|&v: &usize| v > 0)
 }
 
 /// Which passes load the next time step's `u`, `delta` (and `z`) before the current step's
