@@ -678,9 +678,18 @@ fn gpu_add_norm_matches_reference() {
     }
 }
 
+/// Held by every test that runs projections: the strategy override and the small-k launch
+/// counter are process-wide, and tests run in parallel threads.
+static PROJECTIONS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn projections_alone() -> std::sync::MutexGuard<'static, ()> {
+    PROJECTIONS.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 #[test]
 fn gpu_projection_matches_the_cpu_product() {
     let gpu = require_cuda!();
+    let _alone = projections_alone();
     // Every strategy on a CUDA device. On CubeCL's CPU runtime (CI) only the default, and
     // in_proj's shape shortened, since each strategy and shape is a separate kernel
     // compilation there and the products run on the CPU (the full set took 465 s there).
@@ -780,6 +789,7 @@ fn gpu_projection_matches_the_cpu_product() {
 #[test]
 fn gpu_small_k_projection_reads_views() {
     let gpu = require_cuda!();
+    let _alone = projections_alone();
     set_strategy(None);
     let mut rng = StdRng::seed_from_u64(9);
     let (batch, len, wide, k, n) = (2, 100, 48, 16, 512);
@@ -892,6 +902,7 @@ fn projection_strategy_names_are_distinct() {
 #[test]
 fn gpu_model_matches_the_cpu_model() {
     let gpu = require_cuda!();
+    let _alone = projections_alone();
     // The whole model on the kernel device (every kernel; the weights stored row-major there by
     // `set_precision`) against the same model on the CPU, in f32, over three chunks with the
     // state carried: the weights are the same values, the hidden states agree within 1e-4.
