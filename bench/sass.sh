@@ -2,7 +2,8 @@
 # Machine code of the selective-scan kernels for an H200 (sm_90), without a GPU: writes the CUDA
 # C++ that CubeCL's C++ backend generates (examples/kernel_source.rs), compiles it with
 # `nvcc -cubin -arch=sm_90`, and prints per kernel the registers and spills ptxas reports and
-# the instructions of the kernel's inner loop (the largest backward branch), by opcode.
+# the instructions of the kernel's time-step loop (the shortest backward branch holding the most
+# MUFU instructions), by opcode.
 #
 # Needs a CUDA toolkit's nvcc and cuobjdump (Debian: `nvidia-cuda-toolkit`, from the non-free
 # component; CUDA 11.8 there). NVCC names the compiler (default `nvcc`). Caution: with an `nvcc`
@@ -47,13 +48,19 @@ for addr, text in ins:
 if not loops:
     print('no loop')
     sys.exit()
-lo, hi = max(loops, key=lambda r: r[1] - r[0])
-ops = collections.Counter()
-for addr, text in ins:
-    if lo <= addr <= hi:
-        words = text.split()
-        op = words[1] if words[0].startswith('@') else words[0]
-        ops[op.split('.')[0]] += 1
+def count(lo, hi):
+    ops = collections.Counter()
+    for addr, text in ins:
+        if lo <= addr <= hi:
+            words = text.split()
+            op = words[1] if words[0].startswith('@') else words[0]
+            ops[op.split('.')[0]] += 1
+    return ops
+# The time-step loop: of the loops holding the most MUFU instructions, the shortest (an outer
+# loop over staged tiles of rows holds the step loop and the staging code around it).
+counted = [(count(lo, hi), lo, hi) for lo, hi in loops]
+most = max(c['MUFU'] for c, _, _ in counted)
+ops = min((c for c in counted if c[0]['MUFU'] == most), key=lambda c: c[2] - c[1])[0]
 print('loop %d instructions (MUFU %d, LDG %d):' % (sum(ops.values()), ops['MUFU'], ops['LDG']),
       ' '.join('%s %d' % kv for kv in ops.most_common()))
 PY

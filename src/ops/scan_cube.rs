@@ -34,9 +34,12 @@
 //! Every thread owns one channel and all `d_state` states of it (`d_state` is a compile-time
 //! constant of the kernel, so the state lives in registers and the reduction over `n` for `y`
 //! needs no communication between threads). Adjacent threads handle adjacent channels, so the
-//! time-major reads of `u`, `delta`, `z` and the writes of `y` are coalesced, and the rows of
-//! `B` and `C` are the same for all threads of a chunk (broadcast loads, served by L1, four
-//! floats per load where `d_state` allows). Softplus, the `D` skip and the SiLU gate are fused.
+//! time-major reads of `u`, `delta`, `z` and the writes of `y` are coalesced. In passes 1 and 3
+//! all threads of a cube share one chunk (cubes run over `(b, chunk)` along x and over groups
+//! of channels along y, [`chunk_and_channel`]), so the rows of `B` and `C` are the same for all
+//! of them: the cube stages up to 64 rows at a time in shared memory, widened to f32 once
+//! ([`stage_rows_f32`]), and every thread reads them from there four floats at a time where
+//! `d_state` allows. Softplus, the `D` skip and the SiLU gate are fused.
 //! State and arithmetic are f32 (whatever the activations' format); indices use the 64-bit
 //! address type when a buffer has more than `u32::MAX` elements.
 //!
@@ -59,18 +62,19 @@
 //!
 //! Machine code (`bench/sass.sh`: the C++ these kernels generate for sm_90, compiled by CUDA
 //! 11.8's `nvcc`, no GPU needed; BENCHMARKS.md): per time step and thread (`d_state` 16), pass 3
-//! issues 146 instructions in f32, 184 in f16, 198 in bf16 (156/193/209 before its offsets were
-//! advanced per step instead of recomputed), 20 of them `MUFU` (16 decays, two for softplus,
-//! two for the gate); pass 1 issues 112/130/138 with 18 `MUFU` (114 from f32 `B` with half
-//! activations, as it now runs). An H200 SM
+//! issues 136 instructions in f32 and 140 in f16 and bf16 (160 in the half formats when it
+//! loads ahead, as it runs), 20 of them `MUFU` (16 decays, two for softplus, two for the gate);
+//! pass 1 issues 111 in f32, 113 in the half formats, with 18 `MUFU`. Before `B` and `C` were
+//! staged (each thread loading and converting its rows) pass 3 issued 146/184/198 and pass 1
+//! 112/130/138: in the half formats two conversions per state and step went away. An H200 SM
 //! completes 16 `MUFU` results per clock (a warp's instruction holds its sub-partition's unit 8
 //! clocks), so the `2N + 6` exponentials per `(t, d)` of passes 1 and 3 alone need 9.8 ms at
 //! L = 2^20, d_inner 1024 (132 SMs at 1.98 GHz): more than the 8.2 ms that 50% of HBM
-//! bandwidth allows, and the measured 17.8 ms is 55% of that bound. Pass 3 holds 72 registers
-//! in f32 (64 in the half formats), which caps residency at 28 (32) warps per SM. Ways forward:
-//! first reach the `MUFU` bound (the loop issues about as many instructions as the `MUFU` unit
-//! needs clocks, so the rest is stalls; loading the next step's inputs ahead, timed, helps
-//! only pass 3 with half activations, see [`scan_prefetch`]); beyond it, fewer exponentials.
+//! bandwidth allows. On the H200, pass 3 holds 64 registers and pass 1 56 (`ncu`), which
+//! caps residency at 32 and 36 warps per SM. Ways forward: first reach the `MUFU` bound (the
+//! loop issues about as many instructions as the `MUFU` unit needs clocks, so the rest is
+//! stalls; loading the next step's inputs ahead helps pass 3 with half activations, see
+//! [`scan_prefetch`]); beyond it, fewer exponentials.
 //! A single chunk needs `N` per `(t, d)` instead of `2N`: that is already the path when batch × d_inner
 //! reaches [`TARGET_THREADS`]. For batch 1, a block-wide scan over time per state index (as
 //! the official Mamba kernel does) would keep each chunk's `exp(Δ·A)` in registers instead of
@@ -86,17 +90,15 @@
 //! Burn's fusion, though, a slice that does not start and end on the allocator's alignment
 //! arrives already copied, as `x_proj`'s `B` and `C` columns do).
 //!
-//! `B` and `C` in f32 with f16 activations take pass 3 from 184 to 150 instructions per step
-//! (no conversion per value read), but pass 3 then needs 72 registers instead of 64, and on
-//! the H200 it timed 25% slower, so the model hands them over in the activations' format.
-//! Pass 1, which reads only `B`, gains from f32 rows (130 to 114 instructions, 11% less GPU
-//! time at chr20's layer shape): with several chunks it reads a widened copy of `B` made by
-//! one cast kernel ([`pass1_wide_b`]; BENCHMARKS.md).
+//! `B` and `C` may arrive in f32 with half activations (the model hands them over in the
+//! activations' format); staging widens them either way. Before staging, f32 rows read by every
+//! thread had cost pass 3 eight more registers (72) and 25% more time on the H200, and pass 1
+//! read a widened copy of `B` made by a cast kernel (BENCHMARKS.md, twelfth session).
 
 use burn::backend::{DType, TensorMetadata};
 use burn::tensor::Shape;
 use burn_cubecl::CubeBackend;
-use burn_cubecl::kernel::{cast, into_contiguous};
+use burn_cubecl::kernel::into_contiguous;
 use burn_cubecl::ops::numeric::empty_device_contiguous_dtype;
 use burn_cubecl::tensor::CubeTensor;
 use cubecl::prelude::*;
@@ -246,7 +248,6 @@ fn scan_chunk_state_kernel<F: Float, G: Float, V: Size>(
     delta_bias: &Tensor<f32>,
     state: &mut Tensor<f32>,
     dsum: &mut Tensor<f32>,
-    batch: usize,
     len: usize,
     d_inner: usize,
     chunks: usize,
@@ -259,12 +260,7 @@ fn scan_chunk_state_kernel<F: Float, G: Float, V: Size>(
     #[comptime] prefetch: bool,
     #[define(F, G)] _elems: [ElemType; 2],
 ) {
-    let pos = ABSOLUTE_POS;
-    if pos >= batch * chunks * d_inner {
-        terminate!();
-    }
-    let ch = pos % d_inner;
-    let bk = pos / d_inner;
+    let (bk, ch, active) = chunk_and_channel(d_inner);
     let k = bk % chunks;
     let bi = bk / chunks;
     let t0 = k * chunk_len;
@@ -274,6 +270,8 @@ fn scan_chunk_state_kernel<F: Float, G: Float, V: Size>(
         len
     };
     let nvec = comptime!(d_state / vec);
+    let rows = comptime!(stage_rows(d_state));
+    let mut sb = Shared::<[Vector<f32, V>]>::new_slice(comptime!(rows * nvec));
 
     let mut av = Array::<f32>::new(d_state);
     let mut h = Array::<f32>::new(d_state);
@@ -290,45 +288,100 @@ fn scan_chunk_state_kernel<F: Float, G: Float, V: Size>(
     // ptxas unroll the loop twice with 72 registers instead of 64, and timed no better
     // (BENCHMARKS.md).
     let first = (bi * len + t0) * d_inner + ch;
-    // `B`'s row offset, advanced per step (only this one: see above).
-    let mut bo = bi * bs0 + t0 * bs1;
     let mut u_next = u[first];
     let mut delta_next = delta[first];
-    for t in t0..t1 {
-        let row = bi * len + t;
-        let i = row * d_inner + ch;
-        if !prefetch {
-            u_next = u[i];
-            delta_next = delta[i];
-        }
-        let ut = f32::cast_from(u_next);
-        let delta_t = f32::cast_from(delta_next);
-        if prefetch {
-            let nxt = if t + 1 < t1 { i + d_inner } else { i };
-            u_next = u[nxt];
-            delta_next = delta[nxt];
-        }
-        // Δ = softplus(delta + bias)   (Algorithm 2, line 6)
-        let dt = softplus(delta_t + bias, fast);
-        let dtu = dt * ut;
-        sum += dt;
-        #[unroll]
-        for q in 0..nvec {
-            let bq = b[bo + q];
-            #[unroll]
-            for e in 0..vec {
-                let n = q * vec + e;
-                // h = exp(Δ·A) ⊙ h + Δ·B·u   (eq. 2a, zero-order hold of eq. 4)
-                h[n] = decay(dt * av[n], fast) * h[n] + dtu * f32::cast_from(bq.extract(e));
+    let mut ts = t0;
+    while ts < t1 {
+        let te = if ts + rows < t1 { ts + rows } else { t1 };
+        stage_rows_f32(b, &mut sb, bi * bs0 + ts * bs1, bs1, te - ts, nvec, vec);
+        let mut so = 0;
+        for t in ts..te {
+            let row = bi * len + t;
+            let i = row * d_inner + ch;
+            if !prefetch {
+                u_next = u[i];
+                delta_next = delta[i];
             }
+            let ut = f32::cast_from(u_next);
+            let delta_t = f32::cast_from(delta_next);
+            if prefetch {
+                let nxt = if t + 1 < t1 { i + d_inner } else { i };
+                u_next = u[nxt];
+                delta_next = delta[nxt];
+            }
+            // Δ = softplus(delta + bias)   (Algorithm 2, line 6)
+            let dt = softplus(delta_t + bias, fast);
+            let dtu = dt * ut;
+            sum += dt;
+            #[unroll]
+            for q in 0..nvec {
+                let bq = sb[so + q];
+                #[unroll]
+                for e in 0..vec {
+                    let n = q * vec + e;
+                    // h = exp(Δ·A) ⊙ h + Δ·B·u   (eq. 2a, zero-order hold of eq. 4)
+                    h[n] = decay(dt * av[n], fast) * h[n] + dtu * bq.extract(e);
+                }
+            }
+            so += nvec;
         }
-        bo += bs1;
+        ts = te;
     }
-    #[unroll]
-    for n in 0..d_state {
-        state[(bk * d_state + n) * d_inner + ch] = h[n];
+    if active {
+        #[unroll]
+        for n in 0..d_state {
+            state[(bk * d_state + n) * d_inner + ch] = h[n];
+        }
+        dsum[bk * d_inner + ch] = sum;
     }
-    dsum[pos] = sum;
+}
+
+/// The work item of a pass 1 or pass 3 thread: `(b·chunks + k, d, active)`. Cubes run along x
+/// over `(b, chunk)` and along y over groups of `CUBE_DIM_X` channels, so that all threads of a
+/// cube share one chunk (and its rows of `B` and `C`, staged in shared memory). Threads past
+/// `d_inner` (`active` false) take the last channel's indices for their reads, write nothing,
+/// and stay for the cube's barriers.
+#[cube]
+fn chunk_and_channel(d_inner: usize) -> (usize, usize, bool) {
+    let bk = CUBE_POS_X as usize;
+    let lane = CUBE_POS_Y as usize * CUBE_DIM_X as usize + UNIT_POS_X as usize;
+    let active = lane < d_inner;
+    let ch = if active { lane } else { d_inner - 1 };
+    (bk, ch, active)
+}
+
+/// Stages `count` rows of `src` (`[..., d_state]` in vectors of `vec`, row `r` at `start +
+/// r·stride`) in `dst`, widened to f32, row `r` at `r·nvec`: the cube's threads load them
+/// together between two barriers (the first lets every thread finish with the previous rows).
+/// Every thread then reads the rows from shared memory, converted once per cube rather than
+/// once per thread.
+#[cube]
+#[allow(clippy::too_many_arguments)]
+fn stage_rows_f32<G: Float, V: Size>(
+    src: &Tensor<Vector<G, V>>,
+    dst: &mut Shared<[Vector<f32, V>]>,
+    start: usize,
+    stride: usize,
+    count: usize,
+    #[comptime] nvec: usize,
+    #[comptime] vec: usize,
+) {
+    sync_cube();
+    let total = count * nvec;
+    let mut j = UNIT_POS_X as usize;
+    while j < total {
+        let r = j / nvec;
+        let q = j % nvec;
+        let v = src[start + r * stride + q];
+        let mut w = Vector::<f32, V>::empty();
+        #[unroll]
+        for e in 0..vec {
+            w.insert(e, f32::cast_from(v.extract(e)));
+        }
+        dst[j] = w;
+        j += CUBE_DIM_X as usize;
+    }
+    sync_cube();
 }
 
 /// Pass 2: incoming state of every chunk, in place of the chunk states, and the last state.
@@ -535,7 +588,6 @@ fn scan_chunk_output_kernel<F: Float, G: Float, V: Size>(
     h_in: &Tensor<f32>,
     y: &mut Tensor<F>,
     h_last: &mut Tensor<f32>,
-    batch: usize,
     len: usize,
     d_inner: usize,
     chunks: usize,
@@ -553,12 +605,7 @@ fn scan_chunk_output_kernel<F: Float, G: Float, V: Size>(
     #[comptime] prefetch: bool,
     #[define(F, G)] _elems: [ElemType; 2],
 ) {
-    let pos = ABSOLUTE_POS;
-    if pos >= batch * chunks * d_inner {
-        terminate!();
-    }
-    let ch = pos % d_inner;
-    let bk = pos / d_inner;
+    let (bk, ch, active) = chunk_and_channel(d_inner);
     let k = bk % chunks;
     let bi = bk / chunks;
     let t0 = k * chunk_len;
@@ -568,6 +615,9 @@ fn scan_chunk_output_kernel<F: Float, G: Float, V: Size>(
         len
     };
     let nvec = comptime!(d_state / vec);
+    let rows = comptime!(stage_rows(d_state));
+    let mut sb = Shared::<[Vector<f32, V>]>::new_slice(comptime!(rows * nvec));
+    let mut sc = Shared::<[Vector<f32, V>]>::new_slice(comptime!(rows * nvec));
 
     let mut av = Array::<f32>::new(d_state);
     let mut h = Array::<f32>::new(d_state);
@@ -584,72 +634,70 @@ fn scan_chunk_output_kernel<F: Float, G: Float, V: Size>(
     let dskip = d[ch];
     // Offsets advanced by one step per iteration (not recomputed from `t`).
     let mut i = (bi * len + t0) * d_inner + ch;
-    let mut bo = bi * bs0 + t0 * bs1;
-    let mut co = bi * cs0 + t0 * cs1;
     let mut zi = bi * zs0 + t0 * zs1 + ch;
     // With `prefetch`, `u`, `delta` and `z` of step t+1 are loaded before step t's arithmetic,
     // so their memory latency overlaps it (the last step loads its own values again).
     let mut u_next = u[i];
     let mut delta_next = delta[i];
     let mut z_next = z[zi];
-    for t in t0..t1 {
-        if !prefetch {
-            u_next = u[i];
-            delta_next = delta[i];
-            z_next = z[zi];
-        }
-        let ut = f32::cast_from(u_next);
-        let delta_t = f32::cast_from(delta_next);
-        let zt = f32::cast_from(z_next);
-        if prefetch {
-            let more = t + 1 < t1;
-            let i_next = if more { i + d_inner } else { i };
-            let zi_next = if more { zi + zs1 } else { zi };
-            u_next = u[i_next];
-            delta_next = delta[i_next];
-            z_next = z[zi_next];
-        }
-        // Δ = softplus(delta + bias)   (Algorithm 2, line 6)
-        let dt = softplus(delta_t + bias, fast);
-        let dtu = dt * ut;
-        let mut acc = 0.0f32;
-        #[unroll]
-        for q in 0..nvec {
-            let bq = b[bo + q];
-            let cq = c[co + q];
-            #[unroll]
-            for e in 0..vec {
-                let n = q * vec + e;
-                // h = exp(Δ·A) ⊙ h + Δ·B·u   (eq. 2a, zero-order hold of eq. 4)
-                h[n] = decay(dt * av[n], fast) * h[n] + dtu * f32::cast_from(bq.extract(e));
-                // y = C·h   (eq. 2b)
-                acc += f32::cast_from(cq.extract(e)) * h[n];
+    let mut ts = t0;
+    while ts < t1 {
+        let te = if ts + rows < t1 { ts + rows } else { t1 };
+        stage_rows_f32(b, &mut sb, bi * bs0 + ts * bs1, bs1, te - ts, nvec, vec);
+        stage_rows_f32(c, &mut sc, bi * cs0 + ts * cs1, cs1, te - ts, nvec, vec);
+        let mut so = 0;
+        for t in ts..te {
+            if !prefetch {
+                u_next = u[i];
+                delta_next = delta[i];
+                z_next = z[zi];
             }
+            let ut = f32::cast_from(u_next);
+            let delta_t = f32::cast_from(delta_next);
+            let zt = f32::cast_from(z_next);
+            if prefetch {
+                let more = t + 1 < t1;
+                let i_next = if more { i + d_inner } else { i };
+                let zi_next = if more { zi + zs1 } else { zi };
+                u_next = u[i_next];
+                delta_next = delta[i_next];
+                z_next = z[zi_next];
+            }
+            // Δ = softplus(delta + bias)   (Algorithm 2, line 6)
+            let dt = softplus(delta_t + bias, fast);
+            let dtu = dt * ut;
+            let mut acc = 0.0f32;
+            #[unroll]
+            for q in 0..nvec {
+                let bq = sb[so + q];
+                let cq = sc[so + q];
+                #[unroll]
+                for e in 0..vec {
+                    let n = q * vec + e;
+                    // h = exp(Δ·A) ⊙ h + Δ·B·u   (eq. 2a, zero-order hold of eq. 4)
+                    h[n] = decay(dt * av[n], fast) * h[n] + dtu * bq.extract(e);
+                    // y = C·h   (eq. 2b)
+                    acc += cq.extract(e) * h[n];
+                }
+            }
+            // + D·u, gated by SiLU(z) = z / (1 + exp(-z)).
+            if active {
+                y[i] = F::cast_from((acc + dskip * ut) * silu(zt, fast));
+            }
+            i += d_inner;
+            zi += zs1;
+            so += nvec;
         }
-        // + D·u, gated by SiLU(z) = z / (1 + exp(-z)).
-        y[i] = F::cast_from((acc + dskip * ut) * silu(zt, fast));
-        i += d_inner;
-        zi += zs1;
-        bo += bs1;
-        co += cs1;
+        ts = te;
     }
     if single_chunk {
-        #[unroll]
-        for n in 0..d_state {
-            h_last[(bi * d_inner + ch) * d_state + n] = h[n];
+        if active {
+            #[unroll]
+            for n in 0..d_state {
+                h_last[(bi * d_inner + ch) * d_state + n] = h[n];
+            }
         }
     }
-}
-
-/// Whether pass 1 reads `B` widened to f32 (one cast kernel over `[batch, len, d_state]`) when
-/// it comes in a half format: without a conversion per value read, pass 1's loop issues 114
-/// instructions per step instead of 130 (f16, `d_state` 16). Pass 3 keeps reading `B` and `C`
-/// in the half format: with f32 rows it needs 72 registers instead of 64 and timed 25% slower
-/// on the H200 (BENCHMARKS.md). On unless the environment variable `GENOMAMBA_SCAN_WIDE_B` is
-/// `off` (for A/B timing runs; widening is exact, so results do not depend on it).
-fn pass1_wide_b() -> bool {
-    static WIDE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *WIDE.get_or_init(|| std::env::var("GENOMAMBA_SCAN_WIDE_B").as_deref() != Ok("off"))
 }
 
 /// Chunks whose values pass 2 loads together (loads in flight per thread).
@@ -721,6 +769,32 @@ fn vector_width(d_state: usize) -> usize {
 fn cube_count(client: &Client, threads: usize) -> (CubeCount, CubeDim) {
     let dim = CubeDim::new_1d(CUBE_THREADS);
     (calculate_cube_count_elemwise(client, threads, dim), dim)
+}
+
+/// Floats of `B` (and of `C`) a cube of pass 1 or 3 stages in shared memory at a time.
+const STAGE_FLOATS: usize = 1024;
+
+/// Rows of `B` and `C` a cube stages at a time: [`STAGE_FLOATS`] floats, at most one
+/// [`MIN_CHUNK`] of rows (64 for `d_state` 16: 4 KiB each), at least one row.
+fn stage_rows(d_state: usize) -> usize {
+    (STAGE_FLOATS / d_state).clamp(1, MIN_CHUNK)
+}
+
+/// Cubes for pass 1 or 3 over `items` `(b, chunk)` items of `d_inner` channels (see
+/// [`chunk_and_channel`]): on CUDA up to [`CUBE_THREADS`] channels per cube, a whole number of
+/// warps; on CubeCL's CPU runtime one unit per cube, because its cube barrier spins, one
+/// worker thread per unit, and more units than cores would stall it.
+fn chunk_cubes(client: &Client, items: usize, d_inner: usize) -> (CubeCount, CubeDim) {
+    let width = if cfg!(feature = "cuda") && client.name() == "cuda" {
+        d_inner.next_multiple_of(32).min(CUBE_THREADS as usize)
+    } else {
+        1
+    };
+    let groups = d_inner.div_ceil(width);
+    (
+        CubeCount::Static(items as u32, groups as u32, 1),
+        CubeDim::new_1d(width as u32),
+    )
 }
 
 /// Whether a tensor's data starts on a `vec`-element boundary (for vector loads).
@@ -822,25 +896,9 @@ pub(crate) fn scan_cube(input: ScanInput<CubeBackend>) -> ScanOutput<CubeBackend
     if !(aligned(&b, plan.vec) && aligned(&c, plan.vec)) {
         plan.vec = 1;
     }
-    let mut bc_span = (batch - 1) * bs0.max(cs0) + (len - 1) * bs1.max(cs1) + d_state;
+    let bc_span = (batch - 1) * bs0.max(cs0) + (len - 1) * bs1.max(cs1) + d_state;
     // Row strides of `B` and `C` in vectors.
     let [bs0, bs1, cs0, cs1] = [bs0, bs1, cs0, cs1].map(|s| s / plan.vec);
-    // Pass 1 reads `B` widened to f32 when it comes in a half format and several chunks run
-    // (see `pass1_wide_b`), through the widened copy's own row strides.
-    let wide_b = (b.dtype != DType::F32 && plan.chunks > 1 && pass1_wide_b())
-        .then(|| cast(b.clone(), DType::F32))
-        .and_then(|t| match (row_strides(&t), activation_elem(DType::F32)) {
-            (Some((s0, s1)), Some(elem))
-                if s0.is_multiple_of(plan.vec)
-                    && s1.is_multiple_of(plan.vec)
-                    && aligned(&t, plan.vec) =>
-            {
-                bc_span = bc_span.max((batch - 1) * s0 + (len - 1) * s1 + d_state);
-                Some((t, elem, s0 / plan.vec, s1 / plan.vec))
-            }
-            _ => None,
-        });
-
     let client = u.client.clone();
     let device = u.device.clone();
     let empty_as = |shape: Vec<usize>, dtype: DType| {
@@ -854,7 +912,6 @@ pub(crate) fn scan_cube(input: ScanInput<CubeBackend>) -> ScanOutput<CubeBackend
         chunk_len,
         vec,
     } = plan;
-    let chunk_threads = batch * chunks * d_inner;
     let state_len = batch * chunks * d_inner * d_state;
     let address = AddressType::from_len(
         [batch * len * d_inner, bc_span, state_len, z_span]
@@ -865,7 +922,7 @@ pub(crate) fn scan_cube(input: ScanInput<CubeBackend>) -> ScanOutput<CubeBackend
 
     let fast = fast_math(&client);
     let (prefetch1, prefetch3) = scan_prefetch(act);
-    let (count, dim) = cube_count(&client, chunk_threads);
+    let (count, dim) = chunk_cubes(&client, batch * chunks, d_inner);
     if chunks == 1 {
         // SAFETY: every index the kernel forms is below the length of the tensor it reads or
         // writes: threads past `batch · d_inner` return at once, `t < len`, `n < d_state`, and
@@ -890,8 +947,7 @@ pub(crate) fn scan_cube(input: ScanInput<CubeBackend>) -> ScanOutput<CubeBackend
                 h0.into_tensor_arg(),
                 y.clone().into_tensor_arg(),
                 h_last.clone().into_tensor_arg(),
-                batch,
-                len,
+                    len,
                 d_inner,
                 1,
                 len,
@@ -914,7 +970,6 @@ pub(crate) fn scan_cube(input: ScanInput<CubeBackend>) -> ScanOutput<CubeBackend
 
     let state = empty(vec![batch, chunks, d_state, d_inner]);
     let dsum = empty(vec![batch, chunks, d_inner]);
-    let (b1, b1_elem, bs0_1, bs1_1) = wide_b.unwrap_or((b.clone(), bc_elem, bs0, bs1));
     // SAFETY (all launches): threads past their work item count return at once; every
     // other index is below the length of its tensor (`t < len`, `k < chunks`, `g < groups`,
     // `n < d_state`, `ch < d_inner`), all tensors but `z` being contiguous with the shapes
@@ -930,22 +985,21 @@ pub(crate) fn scan_cube(input: ScanInput<CubeBackend>) -> ScanOutput<CubeBackend
             u.clone().into_tensor_arg(),
             delta.clone().into_tensor_arg(),
             a.clone().into_tensor_arg(),
-            b1.into_tensor_arg(),
+            b.clone().into_tensor_arg(),
             delta_bias.clone().into_tensor_arg(),
             state.clone().into_tensor_arg(),
             dsum.clone().into_tensor_arg(),
-            batch,
             len,
             d_inner,
             chunks,
             chunk_len,
-            bs0_1,
-            bs1_1,
+            bs0,
+            bs1,
             d_state,
             vec,
             fast,
             prefetch1,
-            [act_elem, b1_elem],
+            [act_elem, bc_elem],
         );
     }
     let (combine_count, combine_dim) = cube_count(&client, batch * d_state * d_inner);
@@ -1038,7 +1092,6 @@ pub(crate) fn scan_cube(input: ScanInput<CubeBackend>) -> ScanOutput<CubeBackend
             state.into_tensor_arg(),
             y.clone().into_tensor_arg(),
             h_last.clone().into_tensor_arg(),
-            batch,
             len,
             d_inner,
             chunks,
@@ -1166,7 +1219,6 @@ pub fn cuda_sources(
         bias,
         state,
         dsum,
-        1, // batch
         1, // len
         1, // d_inner
         1, // chunks
@@ -1216,7 +1268,6 @@ pub fn cuda_sources(
         h_in,
         y,
         h_last,
-        1, // batch
         1, // len
         1, // d_inner
         1, // chunks
