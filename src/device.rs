@@ -49,6 +49,12 @@ impl DeviceSpec {
         }
     }
 
+    /// Whether kernels are compiled (and tuned) per tensor shape on this device, so that
+    /// running every chunk at one length saves work: GPUs, not the CPU.
+    pub fn compiles_per_shape(self) -> bool {
+        matches!(self, DeviceSpec::Cuda(_))
+    }
+
     /// The Burn device for this spec; CUDA fails clearly when the binary was built without it.
     pub fn device(self) -> Result<Device> {
         match self {

@@ -187,18 +187,80 @@ fn padding_a_batch_does_not_change_a_record() {
     let alone = hidden_states(&model.backbone, &a, 5, &device).unwrap();
     let d = 16;
     let mut batched = Vec::new();
-    genomamba::infer::run_batch(&model.backbone, &[&a, &b], 5, &device, false, &mut |c| {
-        for t in 0..c.len {
-            if c.start + t < a.len() {
-                batched.extend_from_slice(c.at(0, t));
+    genomamba::infer::run_batch(
+        &model.backbone,
+        &[&a, &b],
+        5,
+        &device,
+        false,
+        false,
+        &mut |c| {
+            for t in 0..c.len {
+                if c.start + t < a.len() {
+                    batched.extend_from_slice(c.at(0, t));
+                }
             }
-        }
-        Ok(())
-    })
+            Ok(())
+        },
+    )
     .unwrap();
     assert_eq!(batched.len(), a.len() * d);
     let alone64: Vec<f64> = alone.iter().map(|v| *v as f64).collect();
     assert!(rel_err(&batched, &alone64) <= 1e-5);
+}
+
+/// A GPU runs a record's last chunk padded to a whole chunk (one shape for every chunk): the
+/// hidden states handed on must be those of the unpadded run, chunk by chunk, in both
+/// directions, and for the pieces of a long record.
+#[test]
+fn padding_the_last_chunk_changes_no_hidden_state() {
+    let device = Device::flex();
+    let mut arch = MambaConfig::new(16, 2);
+    arch.phase_period = 3;
+    let model = GenoModel::init(ModelConfig::new(arch), 5, &device).unwrap();
+    let a = tokenize(&test_dna()[..23]).unwrap();
+    let b = tokenize(&test_dna()[100..117]).unwrap();
+    let chunks = |pad: bool, reverse: bool| {
+        let mut out = Vec::new();
+        genomamba::infer::run_batch(
+            &model.backbone,
+            &[&a, &b],
+            10,
+            &device,
+            reverse,
+            pad,
+            &mut |c| {
+                out.push((c.start, c.len, c.values.to_vec()));
+                Ok(())
+            },
+        )
+        .unwrap();
+        out
+    };
+    for reverse in [false, true] {
+        let (plain, padded) = (chunks(false, reverse), chunks(true, reverse));
+        // Chunks of 10, 10 and 3 positions either way.
+        let shape: Vec<(usize, usize)> = padded.iter().map(|(s, l, _)| (*s, *l)).collect();
+        assert_eq!(shape, vec![(0, 10), (10, 10), (20, 3)]);
+        for ((_, _, p), (_, _, q)) in plain.iter().zip(&padded) {
+            let p64: Vec<f64> = p.iter().map(|v| *v as f64).collect();
+            let err = rel_err(q, &p64);
+            assert!(
+                err <= 1e-6,
+                "reverse {reverse}: padded last chunk differs by {err:e}"
+            );
+        }
+    }
+    // The pieces of a long record: the last one (3 positions) padded to 10.
+    let host = |t: Tensor<2>| t.into_data().convert::<f32>().try_to_vec::<f32>().unwrap();
+    let m = &model.backbone;
+    let (_, state) = genomamba::infer::run_piece_tensor(m, &a[..20], None, &device, 0);
+    let (last, _) =
+        genomamba::infer::run_piece_tensor(m, &a[20..], Some(state.clone()), &device, 0);
+    let (padded, _) = genomamba::infer::run_piece_tensor(m, &a[20..], Some(state), &device, 10);
+    assert_eq!(padded.dims(), [3, 16]);
+    let want: Vec<f64> = host(last).iter().map(|v| *v as f64).collect();
+    assert!(rel_err(&host(padded), &want) <= 1e-6);
 }
 
 #[test]

@@ -88,6 +88,14 @@ impl InputArgs {
         Ok((device, model))
     }
 
+    /// Whether a record's last chunk runs padded to a whole chunk: on a GPU, where every new
+    /// chunk length costs kernel compilation and tuning (`run_batch_tensor`'s `pad_last`).
+    pub fn pads_last_chunk(&self) -> bool {
+        self.device
+            .parse::<DeviceSpec>()
+            .is_ok_and(DeviceSpec::compiles_per_shape)
+    }
+
     /// `--chunk-size`, or the default for the device `--device` names
     /// ([`DeviceSpec::default_chunk`]; an unparsable device fails in [`Self::setup`]).
     pub fn chunk(&self) -> usize {
@@ -136,8 +144,14 @@ impl InputArgs {
                         (None, sink.begin(meta)?)
                     }
                 };
+                // A GPU runs the last piece padded to a whole chunk (one shape for all).
+                let pad_to = if piece.last && self.pads_last_chunk() {
+                    self.chunk()
+                } else {
+                    0
+                };
                 let (hidden, next) =
-                    run_piece_tensor(&model.backbone, &piece.tokens, state, device);
+                    run_piece_tensor(&model.backbone, &piece.tokens, state, device, pad_to);
                 sink.rows_tensor(&mut acc, meta, piece.start, hidden)?;
                 pb.inc(piece.tokens.len() as u64);
                 if rc {
@@ -152,6 +166,7 @@ impl InputArgs {
                             self.chunk(),
                             device,
                             true,
+                            self.pads_last_chunk(),
                             &mut |c| {
                                 sink.rows_rc(&mut acc, meta, c.start, &c.values[..c.len * d], d)
                             },
@@ -189,6 +204,7 @@ impl InputArgs {
                     self.chunk(),
                     device,
                     reverse,
+                    self.pads_last_chunk(),
                     &mut |c| {
                         for (b, acc) in accs.iter_mut().enumerate() {
                             let valid = recs[b].len().saturating_sub(c.start).min(c.len);

@@ -47,12 +47,19 @@ impl ChunkOut<'_> {
 /// each chunk's final hidden states to `sink` (tensor on the device, `[batch, len, d_model]`).
 /// With `reverse`, the records are reverse complements of the records the caller works on,
 /// and their phases follow the original coordinates ([`Mamba::zero_state_reverse`]).
+///
+/// With `pad_last`, when the records take more than one chunk, the last (shorter) chunk runs
+/// padded with `[PAD]` to a whole chunk and its hidden states are cut back before `sink` sees
+/// them (the model is causal, so they are unchanged): every chunk then has one shape, which
+/// spares a GPU the kernels it would compile and tune for one more shape (seconds on a fresh
+/// machine). Pointless on the CPU, where it only adds work.
 pub fn run_batch_tensor(
     model: &Mamba,
     records: &[&[u8]],
     chunk_size: usize,
     device: &Device,
     reverse: bool,
+    pad_last: bool,
     sink: &mut dyn FnMut(usize, Tensor<3>) -> Result<()>,
 ) -> Result<()> {
     if chunk_size == 0 {
@@ -77,16 +84,28 @@ pub fn run_batch_tensor(
     while start < max_len {
         let end = (start + chunk_size).min(max_len);
         let len = end - start;
+        // Positions run: the chunk, or a whole chunk for a padded last one.
+        let run = if pad_last && start > 0 {
+            chunk_size
+        } else {
+            len
+        };
         ids.clear();
         for r in records {
-            for p in start..end {
+            for p in start..start + run {
                 ids.push(r.get(p).copied().unwrap_or(PAD) as i64);
             }
         }
         let tokens: Tensor<2, Int> =
-            Tensor::from_data(TensorData::new(ids.clone(), [batch, len]), device);
+            Tensor::from_data(TensorData::new(ids.clone(), [batch, run]), device);
         let (hidden, next) = model.forward(tokens, state);
         state = next;
+        let hidden = if run > len {
+            let d = hidden.dims()[2];
+            hidden.slice([0..batch, 0..len, 0..d])
+        } else {
+            hidden
+        };
         sink(start, hidden)?;
         start = end;
     }
@@ -100,6 +119,7 @@ pub fn run_batch(
     chunk_size: usize,
     device: &Device,
     reverse: bool,
+    pad_last: bool,
     sink: &mut dyn FnMut(&ChunkOut<'_>) -> Result<()>,
 ) -> Result<()> {
     let d = model.d_model();
@@ -109,6 +129,7 @@ pub fn run_batch(
         chunk_size,
         device,
         reverse,
+        pad_last,
         &mut |start, hidden| {
             let [_, len, _] = hidden.dims();
             let values = host_values(hidden);
@@ -131,10 +152,18 @@ pub fn hidden_states(
 ) -> Result<Vec<f32>> {
     let d = model.d_model();
     let mut out = Vec::with_capacity(tokens.len() * d);
-    run_batch(model, &[tokens], chunk_size, device, false, &mut |c| {
-        out.extend_from_slice(&c.values[..c.len * d]);
-        Ok(())
-    })?;
+    run_batch(
+        model,
+        &[tokens],
+        chunk_size,
+        device,
+        false,
+        false,
+        &mut |c| {
+            out.extend_from_slice(&c.values[..c.len * d]);
+            Ok(())
+        },
+    )?;
     Ok(out)
 }
 
@@ -142,16 +171,30 @@ pub fn hidden_states(
 /// when `None`); returns the piece's final hidden states, left on the device (`[len,
 /// d_model]`), and the state after it. Nothing here waits for the device, so the host can
 /// prepare the next piece while this one runs.
+///
+/// A piece shorter than `pad_to` runs padded with `[PAD]` to `pad_to` positions (as
+/// [`run_batch_tensor`]'s `pad_last`): its hidden states are cut back to the piece, but the
+/// returned state is then the state after the padding, so pad only a record's last piece.
 pub fn run_piece_tensor(
     model: &Mamba,
     tokens: &[u8],
     state: Option<MambaState>,
     device: &Device,
+    pad_to: usize,
 ) -> (Tensor<2>, MambaState) {
     let state = state.unwrap_or_else(|| model.zero_state(1, device));
-    let ids: Vec<i64> = tokens.iter().map(|&t| t as i64).collect();
-    let t: Tensor<2, Int> = Tensor::from_data(TensorData::new(ids, [1, tokens.len()]), device);
+    let run = tokens.len().max(pad_to);
+    let ids: Vec<i64> = (0..run)
+        .map(|p| tokens.get(p).copied().unwrap_or(PAD) as i64)
+        .collect();
+    let t: Tensor<2, Int> = Tensor::from_data(TensorData::new(ids, [1, run]), device);
     let (hidden, next) = model.forward(t, state);
-    let [_, len, d] = hidden.dims();
-    (hidden.reshape([len, d]), next)
+    let [_, _, d] = hidden.dims();
+    let hidden = hidden.reshape([run, d]);
+    let hidden = if run > tokens.len() {
+        hidden.slice([0..tokens.len(), 0..d])
+    } else {
+        hidden
+    };
+    (hidden, next)
 }

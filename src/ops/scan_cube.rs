@@ -947,7 +947,7 @@ pub(crate) fn scan_cube(input: ScanInput<CubeBackend>) -> ScanOutput<CubeBackend
                 h0.into_tensor_arg(),
                 y.clone().into_tensor_arg(),
                 h_last.clone().into_tensor_arg(),
-                    len,
+                len,
                 d_inner,
                 1,
                 len,

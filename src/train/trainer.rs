@@ -779,26 +779,42 @@ pub fn predict_positions(
             "ORF features need a bidirectional head".into(),
         ));
     }
-    crate::infer::run_batch(&net.backbone, &[tokens], chunk, device, false, &mut |c| {
-        for t in 0..c.len {
-            head.values(c.at(0, t), &mut v, logits);
-            let p = c.start + t;
-            out[p * n..(p + 1) * n].copy_from_slice(&v);
-        }
-        Ok(())
-    })?;
-    if strands != Strands::Forward {
-        let rev = crate::alphabet::reverse_complement_tokens(tokens);
-        crate::infer::run_batch(&net.backbone, &[&rev], chunk, device, true, &mut |c| {
+    crate::infer::run_batch(
+        &net.backbone,
+        &[tokens],
+        chunk,
+        device,
+        false,
+        false,
+        &mut |c| {
             for t in 0..c.len {
                 head.values(c.at(0, t), &mut v, logits);
-                let p = len - 1 - (c.start + t);
-                for (a, q) in out[p * n..(p + 1) * n].iter_mut().zip(&v) {
-                    *a = 0.5 * (*a + q);
-                }
+                let p = c.start + t;
+                out[p * n..(p + 1) * n].copy_from_slice(&v);
             }
             Ok(())
-        })?;
+        },
+    )?;
+    if strands != Strands::Forward {
+        let rev = crate::alphabet::reverse_complement_tokens(tokens);
+        crate::infer::run_batch(
+            &net.backbone,
+            &[&rev],
+            chunk,
+            device,
+            true,
+            false,
+            &mut |c| {
+                for t in 0..c.len {
+                    head.values(c.at(0, t), &mut v, logits);
+                    let p = len - 1 - (c.start + t);
+                    for (a, q) in out[p * n..(p + 1) * n].iter_mut().zip(&v) {
+                        *a = 0.5 * (*a + q);
+                    }
+                }
+                Ok(())
+            },
+        )?;
         if logits {
             if let Some(f) = extra {
                 let k = f.len() / len.max(1);
