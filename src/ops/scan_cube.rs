@@ -54,7 +54,9 @@
 //! feature selects), and softplus and the SiLU gate use `ex2`/`lg2`/`rcp.approx` too: L = 2^20
 //! took 21.9 ms with the decay alone changed (792 GB/s against the byte floor, 19% of the
 //! H200's 4.2 TB/s); with pass 3's offsets advanced per step instead of recomputed from `t`,
-//! 17.8 ms (975 GB/s, 23%). `ncu` of pass 3 before that change: about 15 warp instructions
+//! 17.8 ms (975 GB/s, 23%); with `B` and `C` staged in shared memory (below), 16.7 ms
+//! (1,039 GB/s, 25%; PyTorch's per-step loop, the peer, takes 3.6 s at L = 65,536 where this
+//! takes 1.3 ms: `bench/gpu_scan_vs_torch.sh`). `ncu` of pass 3 before the offset change: about 15 warp instructions
 //! per `(t, d, n)` per lane, 68% of issue slots busy, 45% occupancy, so the remaining cost is
 //! the per-state arithmetic (decay, two format conversions for half activations, three
 //! multiply-adds) and the per-element work spread over the state indices. The CPU runtime
