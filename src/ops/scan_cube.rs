@@ -692,6 +692,8 @@ fn scan_chunk_output_kernel<F: Float, G: Float, V: Size>(
         }
         ts = te;
     }
+    // `single_chunk` is resolved when the kernel is expanded, `active` when it runs.
+    #[allow(clippy::collapsible_if)]
     if single_chunk {
         if active {
             #[unroll]
