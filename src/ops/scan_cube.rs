@@ -54,9 +54,9 @@
 //! feature selects), and softplus and the SiLU gate use `ex2`/`lg2`/`rcp.approx` too: L = 2^20
 //! took 21.9 ms with the decay alone changed (792 GB/s against the byte floor, 19% of the
 //! H200's 4.2 TB/s); with pass 3's offsets advanced per step instead of recomputed from `t`,
-//! 17.8 ms (975 GB/s, 23%); with `B` and `C` staged in shared memory (below), 16.7 ms
-//! (1,039 GB/s, 25%; PyTorch's per-step loop, the peer, takes 3.6 s at L = 65,536 where this
-//! takes 1.3 ms: `bench/gpu_scan_vs_torch.sh`). `ncu` of pass 3 before the offset change: about 15 warp instructions
+//! 17.8 ms (975 GB/s, 23%); with `B` and `C` staged in shared memory (below), 16.5 ms, and
+//! with both passes then loading ahead, 13.9 ms (1,250 GB/s, 30%; PyTorch's per-step loop, the
+//! peer, takes 3.6 s at L = 65,536 where this takes 1.1 ms: `bench/gpu_scan_vs_torch.sh`). `ncu` of pass 3 before the offset change: about 15 warp instructions
 //! per `(t, d, n)` per lane, 68% of issue slots busy, 45% occupancy, so the remaining cost is
 //! the per-state arithmetic (decay, two format conversions for half activations, three
 //! multiply-adds) and the per-element work spread over the state indices. The CPU runtime
@@ -64,9 +64,10 @@
 //!
 //! Machine code (`bench/sass.sh`: the C++ these kernels generate for sm_90, compiled by CUDA
 //! 11.8's `nvcc`, no GPU needed; BENCHMARKS.md): per time step and thread (`d_state` 16), pass 3
-//! issues 136 instructions in f32 and 140 in f16 and bf16 (160 in the half formats when it
-//! loads ahead, as it runs), 20 of them `MUFU` (16 decays, two for softplus, two for the gate);
-//! pass 1 issues 111 in f32, 113 in the half formats, with 18 `MUFU`. Before `B` and `C` were
+//! issues 136 instructions in f32 and 140 in f16 and bf16 (157 and 160 loading ahead, as it
+//! runs), 20 of them `MUFU` (16 decays, two for softplus, two for the gate); pass 1 issues 111
+//! in f32 (121 loading ahead, as it runs in f32), 113 in the half formats, with 18 `MUFU`.
+//! Before `B` and `C` were
 //! staged (each thread loading and converting its rows) pass 3 issued 146/184/198 and pass 1
 //! 112/130/138: in the half formats two conversions per state and step went away. An H200 SM
 //! completes 16 `MUFU` results per clock (a warp's instruction holds its sub-partition's unit 8
@@ -75,8 +76,8 @@
 //! bandwidth allows. On the H200, pass 3 holds 64 registers and pass 1 56 (`ncu`), which
 //! caps residency at 32 and 36 warps per SM. Ways forward: first reach the `MUFU` bound (the
 //! loop issues about as many instructions as the `MUFU` unit needs clocks, so the rest is
-//! stalls; loading the next step's inputs ahead helps pass 3 with half activations, see
-//! [`scan_prefetch`]); beyond it, fewer exponentials.
+//! stalls; loading the next step's inputs ahead helps, see [`scan_prefetch`]); beyond it,
+//! fewer exponentials.
 //! A single chunk needs `N` per `(t, d)` instead of `2N`: that is already the path when batch × d_inner
 //! reaches [`TARGET_THREADS`]. For batch 1, a block-wide scan over time per state index (as
 //! the official Mamba kernel does) would keep each chunk's `exp(Δ·A)` in registers instead of
@@ -139,10 +140,12 @@ pub(crate) fn positive_env(var: &str) -> Option<usize> {
 
 /// Which passes load the next time step's `u`, `delta` (and `z`) before the current step's
 /// arithmetic, `(pass 1, pass 3)`, for activations in `act`. Measured on an H200 (scan alone,
-/// `examples/scan_bench.rs`, BENCHMARKS.md): loading ahead in pass 3 sped up the half formats
-/// at the chr20 layer shape (L = 65,536, d_inner 512: f16 0.785 to 0.684 ms, bf16 0.831 to
-/// 0.786 ms) and slowed f32 (8-14%, also at L = 2^20, d_inner 1024); loading ahead in pass 1
-/// never helped. So only pass 3 with half activations does it. The environment variable
+/// `examples/scan_bench.rs`, and whole runs; BENCHMARKS.md): with `B` and `C` staged in shared
+/// memory, loading ahead in both passes is fastest in f32 (L = 2^20, d_inner 1024: 13.8-13.9
+/// ms against 16.5 ms without and 14.0-14.2 ms in pass 3 only; 16.7 Mb end to end 1.04x); with
+/// half activations pass 3 gains (f16 at L = 2^20: 13.6 against 15.9 ms without) and pass 1
+/// as well made no difference end to end, so the half formats keep pass 1 as it is. (Before
+/// staging, loading ahead slowed f32 by 8-14% and never helped pass 1.) The environment variable
 /// `GENOMAMBA_SCAN_PREFETCH` (`none`, `pass1`, `pass3`, `both`) overrides the choice, for
 /// tuning runs; results do not depend on it.
 fn scan_prefetch(act: DType) -> (bool, bool) {
@@ -157,7 +160,10 @@ fn scan_prefetch(act: DType) -> (bool, bool) {
                 _ => None,
             },
         );
-    forced.unwrap_or((false, matches!(act, DType::F16 | DType::BF16)))
+    forced.unwrap_or(match act {
+        DType::F16 | DType::BF16 => (false, true),
+        _ => (true, true),
+    })
 }
 
 /// Shortest chunk worth its own pass-1/pass-2 work.
