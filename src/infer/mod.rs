@@ -83,29 +83,15 @@ pub fn run_batch_tensor(
     let mut ids: Vec<i64> = Vec::with_capacity(batch * chunk_size.min(max_len));
     while start < max_len {
         let end = (start + chunk_size).min(max_len);
-        let len = end - start;
         // Positions run: the chunk, or a whole chunk for a padded last one.
         let run = if pad_last && start > 0 {
             chunk_size
         } else {
-            len
+            end - start
         };
-        ids.clear();
-        for r in records {
-            for p in start..start + run {
-                ids.push(r.get(p).copied().unwrap_or(PAD) as i64);
-            }
-        }
-        let tokens: Tensor<2, Int> =
-            Tensor::from_data(TensorData::new(ids.clone(), [batch, run]), device);
-        let (hidden, next) = model.forward(tokens, state);
+        let (hidden, next) =
+            forward_padded(model, records, start..end, run, state, device, &mut ids);
         state = next;
-        let hidden = if run > len {
-            let d = hidden.dims()[2];
-            hidden.slice([0..batch, 0..len, 0..d])
-        } else {
-            hidden
-        };
         sink(start, hidden)?;
         start = end;
     }
@@ -183,16 +169,46 @@ pub fn run_piece_tensor(
     pad_to: usize,
 ) -> (Tensor<2>, MambaState) {
     let state = state.unwrap_or_else(|| model.zero_state(1, device));
-    let run = tokens.len().max(pad_to);
-    let ids: Vec<i64> = (0..run)
-        .map(|p| tokens.get(p).copied().unwrap_or(PAD) as i64)
-        .collect();
-    let t: Tensor<2, Int> = Tensor::from_data(TensorData::new(ids, [1, run]), device);
-    let (hidden, next) = model.forward(t, state);
-    let [_, _, d] = hidden.dims();
-    let hidden = hidden.reshape([run, d]);
-    let hidden = if run > tokens.len() {
-        hidden.slice([0..tokens.len(), 0..d])
+    let len = tokens.len();
+    let (hidden, next) = forward_padded(
+        model,
+        &[tokens],
+        0..len,
+        len.max(pad_to),
+        state,
+        device,
+        &mut Vec::new(),
+    );
+    let d = hidden.dims()[2];
+    (hidden.reshape([len, d]), next)
+}
+
+/// Runs positions `span` of every record (one batch row each) from `state`, as `run`
+/// positions: past a record's end (and past `span`, when `run` is longer) with `[PAD]`.
+/// Returns the hidden states of `span` alone (`[batch, span.len(), d_model]`; a view when
+/// padded past `span`) and the state after all `run` positions. `ids` is scratch space.
+fn forward_padded(
+    model: &Mamba,
+    records: &[&[u8]],
+    span: std::ops::Range<usize>,
+    run: usize,
+    state: MambaState,
+    device: &Device,
+    ids: &mut Vec<i64>,
+) -> (Tensor<3>, MambaState) {
+    let batch = records.len();
+    ids.clear();
+    for r in records {
+        for p in span.start..span.start + run {
+            ids.push(r.get(p).copied().unwrap_or(PAD) as i64);
+        }
+    }
+    let tokens: Tensor<2, Int> =
+        Tensor::from_data(TensorData::new(ids.clone(), [batch, run]), device);
+    let (hidden, next) = model.forward(tokens, state);
+    let hidden = if run > span.len() {
+        let d = hidden.dims()[2];
+        hidden.slice([0..batch, 0..span.len(), 0..d])
     } else {
         hidden
     };
