@@ -243,8 +243,9 @@ pub(crate) fn silu(z: f32, #[comptime] fast: bool) -> f32 {
 
 /// Pass 1: each chunk's state from zero, and the chunk's sum of `Δ`.
 ///
-/// Thread `((b·chunks) + k)·d_inner + d`. `b` is read `vec` floats at a time, row `t` of batch
-/// row `bi` at `bi·bs0 + t·bs1` (strides in vectors).
+/// One thread per `(b, chunk k, channel d)`, a cube per `(b, k)` and group of channels
+/// ([`chunk_and_channel`]). `b` is read `vec` floats at a time, row `t` of batch row `bi` at
+/// `bi·bs0 + t·bs1` (strides in vectors), staged in shared memory ([`stage_rows_f32`]).
 /// `state`: `[batch, chunks, d_state, d_inner]`; `dsum`: `[batch, chunks, d_inner]`.
 #[cube(launch_unchecked, create_dummy_kernel, address_type = "dynamic")]
 #[allow(clippy::too_many_arguments)]
@@ -935,10 +936,11 @@ pub(crate) fn scan_cube(input: ScanInput<CubeBackend>) -> ScanOutput<CubeBackend
     let (count, dim) = chunk_cubes(&client, batch * chunks, d_inner);
     if chunks == 1 {
         // SAFETY: every index the kernel forms is below the length of the tensor it reads or
-        // writes: threads past `batch · d_inner` return at once, `t < len`, `n < d_state`, and
-        // all tensors but `z` are contiguous with the shapes checked above (`B` and `C` rows are
-        // whole vectors: `vec` divides `d_state`, and their data starts on a vector boundary);
-        // `z` indices are below `z_span`, the extent of its view.
+        // writes: threads past `d_inner` read the last channel's values and write nothing
+        // (`chunk_and_channel`), the cubes along x are `batch · chunks`, `t < len`,
+        // `n < d_state`, and all tensors but `z` are contiguous with the shapes checked above
+        // (`B` and `C` rows are whole vectors: `vec` divides `d_state`, and their data starts
+        // on a vector boundary); `z` indices are below `z_span`, the extent of its view.
         unsafe {
             scan_chunk_output_kernel::launch_unchecked(
                 &client,
@@ -980,8 +982,9 @@ pub(crate) fn scan_cube(input: ScanInput<CubeBackend>) -> ScanOutput<CubeBackend
 
     let state = empty(vec![batch, chunks, d_state, d_inner]);
     let dsum = empty(vec![batch, chunks, d_inner]);
-    // SAFETY (all launches): threads past their work item count return at once; every
-    // other index is below the length of its tensor (`t < len`, `k < chunks`, `g < groups`,
+    // SAFETY (all launches): pass 2's threads past their work item count return at once,
+    // passes 1 and 3 clamp their channel and write nothing past `d_inner`; every other index
+    // is below the length of its tensor (`t < len`, `k < chunks`, `g < groups`,
     // `n < d_state`, `ch < d_inner`), all tensors but `z` being contiguous with the shapes
     // checked or allocated above (`z` read within `z_span`, the extent of its view),
     // `B` and `C` read in whole, aligned vectors as for the single-chunk launch.
