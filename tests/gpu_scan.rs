@@ -37,10 +37,7 @@ use genomamba::ops::project_cube::{
     SMALL_K_MAX, Tiling, default_strategy, default_tiling, refusals, set_strategy, set_tiling,
     small_k_launches, strategy_names,
 };
-use genomamba::ops::{
-    ScanArgs, ScanKernel, lookback_launches, selective_scan, selective_scan_reference,
-    set_scan_kernel,
-};
+use genomamba::ops::{ScanArgs, selective_scan, selective_scan_reference};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -248,27 +245,6 @@ fn compare(x: &Case, gpu: &Device) -> (f64, f64) {
     (ey, eh)
 }
 
-/// Held while a test runs its scans under one kernel choice (the choice is process-wide).
-static KERNEL_CHOICE: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-/// Runs `check` once with each kernel for sequences split in time (the chunked passes and the
-/// look-back kernel), the choice held for the whole call; returns how many scans ran the
-/// look-back kernel during its turn.
-fn with_each_kernel(mut check: impl FnMut(ScanKernel)) -> usize {
-    let _alone = KERNEL_CHOICE.lock().unwrap_or_else(|e| e.into_inner());
-    let mut lookbacks = 0;
-    for kernel in [ScanKernel::Chunked, ScanKernel::LookBack] {
-        set_scan_kernel(Some(kernel));
-        let before = lookback_launches();
-        check(kernel);
-        if kernel == ScanKernel::LookBack {
-            lookbacks = lookback_launches() - before;
-        }
-    }
-    set_scan_kernel(None);
-    lookbacks
-}
-
 #[test]
 fn gpu_scan_matches_reference_over_shapes() {
     let gpu = require_cuda!();
@@ -288,30 +264,20 @@ fn gpu_scan_matches_reference_over_shapes() {
 
     let mut worst = (0.0f64, String::new());
     let mut failures = Vec::new();
-    let lookbacks = with_each_kernel(|kernel| {
-        println!("{kernel:?}:");
-        for (i, shape) in shapes.iter().enumerate() {
-            for zero_h0 in [true, false] {
-                let x = random_case(1000 + 2 * i as u64 + zero_h0 as u64, *shape, zero_h0);
-                let (ey, eh) = compare(&x, &gpu);
-                let e = ey.max(eh);
-                let what = format!("{kernel:?} {}", x.describe());
-                if e > worst.0 {
-                    worst = (e, what.clone());
-                }
-                if !e.is_finite() || e > TOL {
-                    failures.push(format!("{what}: y {ey:.2e} h {eh:.2e}"));
-                }
+    for (i, shape) in shapes.iter().enumerate() {
+        for zero_h0 in [true, false] {
+            let x = random_case(1000 + 2 * i as u64 + zero_h0 as u64, *shape, zero_h0);
+            let (ey, eh) = compare(&x, &gpu);
+            let e = ey.max(eh);
+            if e > worst.0 {
+                worst = (e, x.describe());
+            }
+            if !e.is_finite() || e > TOL {
+                failures.push(format!("{}: y {ey:.2e} h {eh:.2e}", x.describe()));
             }
         }
-    });
+    }
     println!("max relative error {:.2e} ({})", worst.0, worst.1);
-    // Split in time with d_state 1 or 16: lengths 2049 (on the CPU runtime, where chunks are
-    // shorter, also 7), 4480 and 2^20.
-    assert!(
-        lookbacks >= 10,
-        "the look-back kernel ran {lookbacks} times"
-    );
     assert!(
         failures.is_empty(),
         "GPU scan off the reference by more than {TOL:e}:\n{}",
@@ -355,19 +321,13 @@ fn gpu_scan_reads_strided_views() {
         }
     }
     a.a = tensor(&a_t, [ns, ni], &gpu).transpose();
-    let lookbacks = with_each_kernel(|kernel| {
-        let (got_y, got_h) = outputs(&x, selective_scan(a.clone()), "gpu views");
-        let (ey, eh) = (rel_err(&got_y, &want_y), rel_err(&got_h, &want_h));
-        println!(
-            "{kernel:?} strided views, {:<40} y {ey:9.2e}   h_last {eh:9.2e}",
-            x.describe()
-        );
-        assert!(
-            ey <= TOL && eh <= TOL,
-            "{kernel:?} strided views: y {ey:e}, h {eh:e}"
-        );
-    });
-    assert_eq!(lookbacks, 1, "the look-back kernel read the views");
+    let (got_y, got_h) = outputs(&x, selective_scan(a), "gpu views");
+    let (ey, eh) = (rel_err(&got_y, &want_y), rel_err(&got_h, &want_h));
+    println!(
+        "strided views, {:<40} y {ey:9.2e}   h_last {eh:9.2e}",
+        x.describe()
+    );
+    assert!(ey <= TOL && eh <= TOL, "strided views: y {ey:e}, h {eh:e}");
 }
 
 #[test]
@@ -387,22 +347,16 @@ fn gpu_scan_carries_state_across_calls() {
         h0,
         ..full.clone()
     };
-    let lookbacks = with_each_kernel(|kernel| {
-        let (y1, h1) = selective_scan(part(0, split, full.h0.clone()));
-        let (y2, h2) = selective_scan(part(split, nl, h1));
-        let y = Tensor::cat(vec![y1, y2], 1);
-        let (got_y, got_h) = outputs(&x, (y, h2), "gpu split");
-        let (ey, eh) = (rel_err(&got_y, &want_y), rel_err(&got_h, &want_h));
-        println!(
-            "{kernel:?} split at {split}, {:<40} y {ey:9.2e}   h_last {eh:9.2e}",
-            x.describe()
-        );
-        assert!(
-            ey <= TOL && eh <= TOL,
-            "{kernel:?} split scan: y {ey:e}, h {eh:e}"
-        );
-    });
-    assert_eq!(lookbacks, 2, "both calls ran the look-back kernel");
+    let (y1, h1) = selective_scan(part(0, split, full.h0.clone()));
+    let (y2, h2) = selective_scan(part(split, nl, h1));
+    let y = Tensor::cat(vec![y1, y2], 1);
+    let (got_y, got_h) = outputs(&x, (y, h2), "gpu split");
+    let (ey, eh) = (rel_err(&got_y, &want_y), rel_err(&got_h, &want_h));
+    println!(
+        "split at {split}, {:<40} y {ey:9.2e}   h_last {eh:9.2e}",
+        x.describe()
+    );
+    assert!(ey <= TOL && eh <= TOL, "split scan: y {ey:e}, h {eh:e}");
 }
 
 /// Gradients of `sum(y · w1) + sum(h_last · w2)` with respect to every scan input, as host
@@ -615,37 +569,31 @@ fn gpu_kernels_take_half_activations() {
             ([2, 7, 37, 16], true),
             ([2, 300, 5, 4], true),
         ];
-        let lookbacks = with_each_kernel(|kernel| {
-            for (i, (shape, wide_bc)) in cases.iter().copied().enumerate() {
-                let x = random_case(77 + i as u64, shape, i == 1);
-                let (want_y, want_h) =
-                    selective_scan_reference(half_args(&x, dtype, wide_bc, &Device::flex()));
-                let (got_y, got_h) = selective_scan(half_args(&x, dtype, wide_bc, &gpu));
-                assert_eq!(
-                    got_y.dtype(),
-                    DType::from(dtype),
-                    "y keeps the activations' format"
-                );
-                assert_eq!(got_h.dtype(), DType::F32, "the state stays f32");
-                let (want_y, want_h) = outputs(&x, (want_y, want_h), "reference");
-                let (got_y, got_h) = outputs(&x, (got_y, got_h), "gpu");
-                let (ey, eh) = (rel_err(&got_y, &want_y), rel_err(&got_h, &want_h));
-                let bc = if wide_bc { "B/C f32" } else { "B/C same" };
-                println!(
-                    "{kernel:?} {dtype:?} {bc} {:<50} y {ey:9.2e}   h_last {eh:9.2e}",
-                    x.describe()
-                );
-                assert!(
-                    ey <= tol && eh <= TOL,
-                    "{kernel:?} {dtype:?} {bc} {}: y {ey:e} (tol {tol:e}), h {eh:e}",
-                    x.describe()
-                );
-            }
-        });
-        assert!(
-            lookbacks >= 3,
-            "{dtype:?}: the look-back kernel ran {lookbacks} times"
-        );
+        for (i, (shape, wide_bc)) in cases.into_iter().enumerate() {
+            let x = random_case(77 + i as u64, shape, i == 1);
+            let (want_y, want_h) =
+                selective_scan_reference(half_args(&x, dtype, wide_bc, &Device::flex()));
+            let (got_y, got_h) = selective_scan(half_args(&x, dtype, wide_bc, &gpu));
+            assert_eq!(
+                got_y.dtype(),
+                DType::from(dtype),
+                "y keeps the activations' format"
+            );
+            assert_eq!(got_h.dtype(), DType::F32, "the state stays f32");
+            let (want_y, want_h) = outputs(&x, (want_y, want_h), "reference");
+            let (got_y, got_h) = outputs(&x, (got_y, got_h), "gpu");
+            let (ey, eh) = (rel_err(&got_y, &want_y), rel_err(&got_h, &want_h));
+            let bc = if wide_bc { "B/C f32" } else { "B/C same" };
+            println!(
+                "{dtype:?} {bc} {:<50} y {ey:9.2e}   h_last {eh:9.2e}",
+                x.describe()
+            );
+            assert!(
+                ey <= tol && eh <= TOL,
+                "{dtype:?} {bc} {}: y {ey:e} (tol {tol:e}), h {eh:e}",
+                x.describe()
+            );
+        }
         // The convolution in the same format, window carried in it: channels read one at a
         // time (d 37) and eight (d 40).
         for d in [37, 40] {
@@ -980,17 +928,12 @@ fn gpu_model_matches_the_cpu_model() {
         (weights, dims, states)
     };
     let (want_w, want_dims, want) = run(&Device::flex());
-    with_each_kernel(|kernel| {
-        let (got_w, got_dims, got) = run(&gpu);
-        assert_eq!(got_dims, want_dims, "weight shapes");
-        assert_eq!(got_w, want_w, "weights changed on the kernel device");
-        let err = rel_err(&got, &want);
-        println!(
-            "{kernel:?} model d_model 32, 2 layers, 700 positions in chunks of 256: hidden states {err:9.2e}"
-        );
-        assert!(
-            err <= 1e-4,
-            "{kernel:?} model on the kernel device vs CPU: {err:e}"
-        );
-    });
+    let (got_w, got_dims, got) = run(&gpu);
+    assert_eq!(got_dims, want_dims, "weight shapes");
+    assert_eq!(got_w, want_w, "weights changed on the kernel device");
+    let err = rel_err(&got, &want);
+    println!(
+        "model d_model 32, 2 layers, 700 positions in chunks of 256: hidden states {err:9.2e}"
+    );
+    assert!(err <= 1e-4, "model on the kernel device vs CPU: {err:e}");
 }

@@ -29,5 +29,3 @@ pub use scan::{
 };
 #[cfg(feature = "cuda")]
 pub use scan_cube::cuda_sources as scan_cuda_sources;
-#[cfg(feature = "cube")]
-pub use scan_cube::{LOOKBACK_MAX_STATE, ScanKernel, lookback_launches, set_scan_kernel};

@@ -711,298 +711,6 @@ fn scan_chunk_output_kernel<F: Float, G: Float, V: Size>(
     }
 }
 
-/// The look-back kernel's publishing barrier: with `device`, `sync_storage` (the cube barrier
-/// plus a device-wide release and acquire; CUDA); without, the cube barrier alone, for CubeCL's
-/// CPU runtime, which has no device-wide synchronisation but runs the cubes one after another
-/// in launch order, so every cube a cube waits on has finished before it starts.
-#[cube]
-fn storage_barrier(#[comptime] device: bool) {
-    if device {
-        sync_storage();
-    } else {
-        sync_cube();
-    }
-}
-
-/// Status of a cube's slot in the look-back kernel's `status` array (zeroed before launch):
-/// its aggregate is published.
-const AGGREGATE: u32 = 1;
-/// Its inclusive state (the state after its last step) is published.
-const INCLUSIVE: u32 = 2;
-
-/// The look-back scan: one launch, each decay computed once.
-///
-/// Cubes take tickets in the order they start (`ticket`, an atomic counter) and ticket `v` is
-/// segment `v / (batch·groups)` of `lanes·items` time steps for batch row and group of
-/// `channels` channels `v mod (batch·groups)`, so a cube's predecessor in time started before
-/// it. Unit `(x, lane)` owns channel `x` of the group and `items` consecutive steps:
-///
-/// 1. It scans its steps from a zero state, keeping for every step `i` and state `n` the
-///    product `q = C[i,n]·Π exp(Δ·A)` of the decays since its first step and `y` from zero, and
-///    leaves its steps' map `h ↦ P·h + S` in shared memory.
-/// 2. The cube composes the lanes' maps in time order (each unit's incoming map, and the
-///    segment's): the block-level scan of `(a, b)` pairs.
-/// 3. Decoupled look-back over the segments before it: it publishes its segment's map, then
-///    walks back over earlier segments' published maps until one has published its inclusive
-///    state, composes those into its incoming state (or reads `h0` for the first segment), and
-///    publishes its own inclusive state. Publications go through [`storage_barrier`] (a device-wide
-///    release/acquire with the cube barrier) before the atomic status store, and the status is
-///    read before `sync_storage` on the reading side.
-/// 4. Each unit's incoming state `h_s` gives `y[i] = y_zero[i] + Σ_n q[i,n]·h_s[n]`, then
-///    `+ D·u`, gated by SiLU(z).
-///
-/// So each `exp(Δ·A)` is computed once (the chunked passes compute it twice). `items·d_state`
-/// values of `q` live in registers, which bounds `d_state` ([`LOOKBACK_MAX_STATE`]).
-/// `agg_a`, `agg_b`, `incl`: `[slots, d_state, channels]` (slot `(seg·batch + b)·groups + g`).
-#[cube(launch_unchecked, create_dummy_kernel, address_type = "dynamic")]
-#[allow(clippy::too_many_arguments)]
-fn scan_lookback_kernel<F: Float, G: Float, V: Size>(
-    u: &Tensor<F>,
-    delta: &Tensor<F>,
-    a: &Tensor<f32>,
-    b: &Tensor<Vector<G, V>>,
-    c: &Tensor<Vector<G, V>>,
-    d: &Tensor<f32>,
-    z: &Tensor<F>,
-    delta_bias: &Tensor<f32>,
-    h0: &Tensor<f32>,
-    y: &mut Tensor<F>,
-    h_last: &mut Tensor<f32>,
-    agg_a: &mut Tensor<f32>,
-    agg_b: &mut Tensor<f32>,
-    incl: &mut Tensor<f32>,
-    status: &mut Tensor<Atomic<u32>>,
-    ticket: &mut Tensor<Atomic<u32>>,
-    batch: usize,
-    len: usize,
-    d_inner: usize,
-    groups: usize,
-    segs: usize,
-    zs0: usize,
-    zs1: usize,
-    bs0: usize,
-    bs1: usize,
-    cs0: usize,
-    cs1: usize,
-    #[comptime] channels: usize,
-    #[comptime] lanes: usize,
-    #[comptime] items: usize,
-    #[comptime] d_state: usize,
-    #[comptime] vec: usize,
-    #[comptime] fast: bool,
-    #[comptime] device_sync: bool,
-    #[define(F, G)] _elems: [ElemType; 2],
-) {
-    let x = UNIT_POS_X as usize;
-    let lane = UNIT_POS_Y as usize;
-    let unit = lane * channels + x;
-    let units = comptime!(channels * lanes);
-    let pairs = comptime!(d_state * channels);
-    let nvec = comptime!(d_state / vec);
-
-    let mut shared_word = Shared::<[u32]>::new_slice(2usize);
-    if unit == 0 {
-        shared_word[0] = ticket[0].fetch_add(1u32);
-    }
-    sync_cube();
-    let v = shared_word[0] as usize;
-    let seg = v / (batch * groups);
-    let bi = (v % (batch * groups)) / groups;
-    let g = v % groups;
-    let slot = (seg * batch + bi) * groups + g;
-    let own = g * channels + x;
-    let active = own < d_inner;
-    let ch = if active { own } else { d_inner - 1 };
-    let t_first = seg * comptime!(lanes * items) + lane * items;
-
-    let mut av = Array::<f32>::new(d_state);
-    #[unroll]
-    for n in 0..d_state {
-        av[n] = a[ch * d_state + n] * a_scale(fast);
-    }
-    let bias = delta_bias[ch];
-    // Steps past the end have Δ = 0: decay 1 and no input, so they leave the state as it is.
-    let mut us = Array::<f32>::new(items);
-    let mut dts = Array::<f32>::new(items);
-    let mut yl = Array::<f32>::new(items);
-    #[unroll]
-    for i in 0..items {
-        let t = t_first + i;
-        let tc = if t < len { t } else { len - 1 };
-        let idx = (bi * len + tc) * d_inner + ch;
-        us[i] = f32::cast_from(u[idx]);
-        // Δ = softplus(delta + bias)   (Algorithm 2, line 6)
-        let dt = softplus(f32::cast_from(delta[idx]) + bias, fast);
-        dts[i] = if t < len { dt } else { 0.0f32 };
-        yl[i] = 0.0f32;
-    }
-
-    // 1. This unit's steps from a zero state; its map `h ↦ P·h + S` per state into `sa`/`sb`.
-    let mut sa = Shared::<[f32]>::new_slice(comptime!(d_state * lanes * channels));
-    let mut sb = Shared::<[f32]>::new_slice(comptime!(d_state * lanes * channels));
-    let mut q = Array::<f32>::new(comptime!(items * d_state));
-    #[unroll]
-    for qv in 0..nvec {
-        let mut hh = Array::<f32>::new(vec);
-        let mut pp = Array::<f32>::new(vec);
-        #[unroll]
-        for e in 0..vec {
-            hh[e] = 0.0f32;
-            pp[e] = 1.0f32;
-        }
-        #[unroll]
-        for i in 0..items {
-            let t = t_first + i;
-            let tc = if t < len { t } else { len - 1 };
-            let bq = b[bi * bs0 + tc * bs1 + qv];
-            let cq = c[bi * cs0 + tc * cs1 + qv];
-            let dt = dts[i];
-            let dtu = dt * us[i];
-            #[unroll]
-            for e in 0..vec {
-                let n = qv * vec + e;
-                // h = exp(Δ·A) ⊙ h + Δ·B·u   (eq. 2a, zero-order hold of eq. 4)
-                let da = decay(dt * av[n], fast);
-                hh[e] = da * hh[e] + dtu * f32::cast_from(bq.extract(e));
-                pp[e] *= da;
-                let cn = f32::cast_from(cq.extract(e));
-                q[i * d_state + n] = cn * pp[e];
-                // y = C·h   (eq. 2b), from a zero state
-                yl[i] += cn * hh[e];
-            }
-        }
-        #[unroll]
-        for e in 0..vec {
-            let s = ((qv * vec + e) * lanes + lane) * channels + x;
-            sa[s] = pp[e];
-            sb[s] = hh[e];
-        }
-    }
-    sync_cube();
-
-    // 2. The lanes' maps composed in time order: each lane's slot gets the map of the lanes
-    //    before it (its incoming map), `pa`/`pb` the whole segment's.
-    let mut pa = Shared::<[f32]>::new_slice(pairs);
-    let mut pb = Shared::<[f32]>::new_slice(pairs);
-    let mut ra = Shared::<[f32]>::new_slice(pairs);
-    let mut rb = Shared::<[f32]>::new_slice(pairs);
-    let mut h_seg = Shared::<[f32]>::new_slice(pairs);
-    let mut j = unit;
-    while j < pairs {
-        let base = (j / channels) * lanes * channels + j % channels;
-        let mut acc_a = 1.0f32;
-        let mut acc_b = 0.0f32;
-        #[unroll]
-        for l in 0..lanes {
-            let s = base + l * channels;
-            let ea = sa[s];
-            let eb = sb[s];
-            sa[s] = acc_a;
-            sb[s] = acc_b;
-            acc_b = ea * acc_b + eb;
-            acc_a *= ea;
-        }
-        pa[j] = acc_a;
-        pb[j] = acc_b;
-        j += units;
-    }
-    sync_cube();
-
-    // 3. The segment's incoming state `h_seg`: `h0` for the first segment, else by looking
-    //    back over the published maps of the segments before it.
-    if seg == 0 {
-        let mut j = unit;
-        while j < pairs {
-            let own_j = g * channels + j % channels;
-            let ch_j = if own_j < d_inner { own_j } else { d_inner - 1 };
-            h_seg[j] = h0[(bi * d_inner + ch_j) * d_state + j / channels];
-            j += units;
-        }
-    } else {
-        let mut j = unit;
-        while j < pairs {
-            agg_a[slot * pairs + j] = pa[j];
-            agg_b[slot * pairs + j] = pb[j];
-            ra[j] = 1.0f32;
-            rb[j] = 0.0f32;
-            j += units;
-        }
-        storage_barrier(device_sync);
-        if unit == 0 {
-            status[slot].store(AGGREGATE);
-        }
-        let mut back = seg - 1;
-        loop {
-            let prev = (back * batch + bi) * groups + g;
-            if unit == 0 {
-                let mut s = status[prev].load();
-                while s == 0u32 {
-                    s = status[prev].load();
-                }
-                shared_word[1] = s;
-            }
-            storage_barrier(device_sync);
-            let s = shared_word[1];
-            let mut j = unit;
-            while j < pairs {
-                // `ra`/`rb`: the map of segments `back + 1 .. seg` composed so far.
-                if s == INCLUSIVE {
-                    h_seg[j] = ra[j] * incl[prev * pairs + j] + rb[j];
-                } else {
-                    let ea = agg_a[prev * pairs + j];
-                    let eb = agg_b[prev * pairs + j];
-                    rb[j] += ra[j] * eb;
-                    ra[j] *= ea;
-                }
-                j += units;
-            }
-            sync_cube();
-            if s == INCLUSIVE {
-                break;
-            }
-            back -= 1;
-        }
-    }
-    // This segment's inclusive state, published (and the last state, from the last segment).
-    let mut j = unit;
-    while j < pairs {
-        let hv = pa[j] * h_seg[j] + pb[j];
-        incl[slot * pairs + j] = hv;
-        let own_j = g * channels + j % channels;
-        if seg + 1 == segs && own_j < d_inner {
-            h_last[(bi * d_inner + own_j) * d_state + j / channels] = hv;
-        }
-        j += units;
-    }
-    storage_barrier(device_sync);
-    if unit == 0 {
-        status[slot].store(INCLUSIVE);
-    }
-
-    // 4. Outputs from this unit's incoming state.
-    let mut hs = Array::<f32>::new(d_state);
-    #[unroll]
-    for n in 0..d_state {
-        let s = (n * lanes + lane) * channels + x;
-        hs[n] = sa[s] * h_seg[n * channels + x] + sb[s];
-    }
-    let dskip = d[ch];
-    #[unroll]
-    for i in 0..items {
-        let t = t_first + i;
-        if active && t < len {
-            let mut acc = yl[i];
-            #[unroll]
-            for n in 0..d_state {
-                acc += q[i * d_state + n] * hs[n];
-            }
-            let zt = f32::cast_from(z[bi * zs0 + t * zs1 + ch]);
-            // + D·u, gated by SiLU(z) = z / (1 + exp(-z)).
-            y[(bi * len + t) * d_inner + ch] = F::cast_from((acc + dskip * us[i]) * silu(zt, fast));
-        }
-    }
-}
-
 /// Chunks whose values pass 2 loads together (loads in flight per thread).
 const COMBINE_BATCH: usize = 16;
 
@@ -1098,68 +806,6 @@ fn chunk_cubes(client: &Client, items: usize, d_inner: usize) -> (CubeCount, Cub
         CubeCount::Static(items as u32, groups as u32, 1),
         CubeDim::new_1d(width as u32),
     )
-}
-
-/// Which kernel scans a sequence that is split in time (more than one chunk; a single chunk
-/// always runs pass 3 alone).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ScanKernel {
-    /// The three chunked passes (chunk states, their combination, the outputs).
-    Chunked,
-    /// One launch with a decoupled look-back between segments ([`scan_lookback_kernel`]),
-    /// for `d_state` up to [`LOOKBACK_MAX_STATE`] (larger ones run chunked).
-    LookBack,
-}
-
-/// Largest `d_state` the look-back kernel takes (it keeps `items·d_state` floats per thread).
-pub const LOOKBACK_MAX_STATE: usize = 16;
-
-static SCAN_KERNEL: std::sync::Mutex<Option<ScanKernel>> = std::sync::Mutex::new(None);
-
-/// Makes later scans use `kernel`, or with `None` the usual choice again; process-wide (for
-/// tests and tuning runs).
-pub fn set_scan_kernel(kernel: Option<ScanKernel>) {
-    if let Ok(mut k) = SCAN_KERNEL.lock() {
-        *k = kernel;
-    }
-}
-
-/// The kernel set by [`set_scan_kernel`], else the environment variable
-/// `GENOMAMBA_SCAN_KERNEL` (`chunked` or `lookback`), else the default.
-fn scan_kernel() -> ScanKernel {
-    static ENV: std::sync::OnceLock<Option<ScanKernel>> = std::sync::OnceLock::new();
-    let forced = SCAN_KERNEL.lock().ok().and_then(|k| *k);
-    forced
-        .or_else(|| {
-            *ENV.get_or_init(|| match std::env::var("GENOMAMBA_SCAN_KERNEL").as_deref() {
-                Ok("chunked") => Some(ScanKernel::Chunked),
-                Ok("lookback") => Some(ScanKernel::LookBack),
-                _ => None,
-            })
-        })
-        .unwrap_or(ScanKernel::Chunked)
-}
-
-static LOOKBACK_LAUNCHES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-
-/// How many scans so far ran the look-back kernel (for tests: which kernel ran).
-pub fn lookback_launches() -> usize {
-    LOOKBACK_LAUNCHES.load(std::sync::atomic::Ordering::Relaxed)
-}
-
-/// The look-back kernel's cube, `(channels, lanes, items)`: a segment is `lanes·items` steps
-/// of `channels` channels. On CUDA 8 channels (32 bytes of f32 per step and row), 32 lanes
-/// (`GENOMAMBA_SCAN_LANES` for tuning runs) and 4 steps per unit (8 for `d_state` up to 8); on
-/// CubeCL's CPU runtime 1 channel and 2 lanes (one worker thread per unit, see
-/// [`chunk_cubes`]).
-fn lookback_shape(client: &Client, d_state: usize) -> (usize, usize, usize) {
-    let items = if d_state <= 8 { 8 } else { 4 };
-    if cfg!(feature = "cuda") && client.name() == "cuda" {
-        let lanes = positive_env("GENOMAMBA_SCAN_LANES").unwrap_or(32).min(128);
-        (8, lanes, items)
-    } else {
-        (1, 2, items)
-    }
 }
 
 /// Whether a tensor's data starts on a `vec`-element boundary (for vector loads).
@@ -1278,85 +924,14 @@ pub(crate) fn scan_cube(input: ScanInput<CubeBackend>) -> ScanOutput<CubeBackend
         vec,
     } = plan;
     let state_len = batch * chunks * d_inner * d_state;
-    let biggest = [batch * len * d_inner, bc_span, state_len, z_span]
-        .into_iter()
-        .max()
-        .unwrap_or(0);
-    let address = AddressType::from_len(biggest);
+    let address = AddressType::from_len(
+        [batch * len * d_inner, bc_span, state_len, z_span]
+            .into_iter()
+            .max()
+            .unwrap_or(0),
+    );
 
     let fast = fast_math(&client);
-    if chunks > 1 && d_state <= LOOKBACK_MAX_STATE && scan_kernel() == ScanKernel::LookBack {
-        let (channels, lanes, items) = lookback_shape(&client, d_state);
-        let groups = d_inner.div_ceil(channels);
-        let segs = len.div_ceil(lanes * items);
-        let slots = segs * batch * groups;
-        let published = slots * d_state * channels;
-        let address = AddressType::from_len(biggest.max(published));
-        let [agg_a, agg_b, incl] = [(); 3].map(|_| empty(vec![published]));
-        let zeros = |n: usize| {
-            burn_cubecl::ops::numeric::zeros_client(
-                client.clone(),
-                device.clone(),
-                Shape::from(vec![n]),
-                DType::U32,
-            )
-        };
-        let status = zeros(slots);
-        let ticket = zeros(1);
-        // SAFETY: every index is below the length of its tensor: `t` is clamped below `len`
-        // for reads and checked for writes, channels past `d_inner` read the last channel's
-        // values and write nothing to `y` or `h_last`, slots are below `slots` (tickets count
-        // the cubes launched, `slots` of them), `n < d_state`, and the shapes are the ones
-        // checked or allocated above (`z`, `B` and `C` within their views, as for the
-        // chunked passes). Cubes only wait on slots with smaller tickets, taken by cubes that
-        // already run, so the waits end.
-        unsafe {
-            scan_lookback_kernel::launch_unchecked(
-                &client,
-                CubeCount::Static(slots as u32, 1, 1),
-                CubeDim::new_2d(channels as u32, lanes as u32),
-                address,
-                vec,
-                u.into_tensor_arg(),
-                delta.into_tensor_arg(),
-                a.into_tensor_arg(),
-                b.into_tensor_arg(),
-                c.into_tensor_arg(),
-                d.into_tensor_arg(),
-                z.into_tensor_arg(),
-                delta_bias.into_tensor_arg(),
-                h0.into_tensor_arg(),
-                y.clone().into_tensor_arg(),
-                h_last.clone().into_tensor_arg(),
-                agg_a.into_tensor_arg(),
-                agg_b.into_tensor_arg(),
-                incl.into_tensor_arg(),
-                status.into_tensor_arg(),
-                ticket.into_tensor_arg(),
-                batch,
-                len,
-                d_inner,
-                groups,
-                segs,
-                zs0,
-                zs1,
-                bs0,
-                bs1,
-                cs0,
-                cs1,
-                channels,
-                lanes,
-                items,
-                d_state,
-                vec,
-                fast,
-                client.name() == "cuda",
-                [act_elem, bc_elem],
-            );
-        }
-        LOOKBACK_LAUNCHES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        return ScanOutput { y, h: h_last };
-    }
     let (prefetch1, prefetch3) = scan_prefetch(act);
     let (count, dim) = chunk_cubes(&client, batch * chunks, d_inner);
     if chunks == 1 {
@@ -1689,9 +1264,9 @@ pub fn cuda_sources(
     );
     let [u, delta, a, b, c, d, z, bias, h_in, y, h_last] = std::array::from_fn(|_| arg(8));
     let pass3 = scan_chunk_output_kernel::create_dummy_kernel(
-        props.clone(),
-        target.clone(),
-        count.clone(),
+        props,
+        target,
+        count,
         dim,
         address,
         vec,
@@ -1723,63 +1298,11 @@ pub fn cuda_sources(
         prefetch,
         [elem, bc_elem],
     );
-    let [u, delta, a, b, c, d, z, bias, h0, y, h_last] = std::array::from_fn(|_| arg(8));
-    let [agg_a, agg_b, incl, status, ticket] = std::array::from_fn(|_| arg(8));
-    let (channels, lanes, items) = (8, 32, if d_state <= 8 { 8 } else { 4 });
-    let lookback = (d_state <= LOOKBACK_MAX_STATE).then(|| {
-        scan_lookback_kernel::create_dummy_kernel(
-            props.clone(),
-            target.clone(),
-            count.clone(),
-            CubeDim::new_2d(channels as u32, lanes as u32),
-            address,
-            vec,
-            u,
-            delta,
-            a,
-            b,
-            c,
-            d,
-            z,
-            bias,
-            h0,
-            y,
-            h_last,
-            agg_a,
-            agg_b,
-            incl,
-            status,
-            ticket,
-            1, // batch
-            1, // len
-            1, // d_inner
-            1, // groups
-            1, // segs
-            1, // z stride 0
-            1, // z stride 1
-            1, // B stride 0
-            1, // B stride 1
-            1, // C stride 0
-            1, // C stride 1
-            channels,
-            lanes,
-            items,
-            d_state,
-            vec,
-            true, // fast
-            true, // device_sync
-            [elem, bc_elem],
-        )
-    });
-    let mut sources = vec![
+    Ok(vec![
         compile("scan_chunk_state", pass1.define())?,
         compile("scan_chunk_combine", pass2.define())?,
         compile("scan_chunk_output", pass3.define())?,
-    ];
-    if let Some(kernel) = lookback {
-        sources.push(compile("scan_lookback", kernel.define())?);
-    }
-    Ok(sources)
+    ])
 }
 
 #[cfg(test)]
@@ -1797,8 +1320,7 @@ mod tests {
                 [
                     "scan_chunk_state",
                     "scan_chunk_combine",
-                    "scan_chunk_output",
-                    "scan_lookback"
+                    "scan_chunk_output"
                 ]
             );
             for (name, source) in &sources {
