@@ -1,6 +1,7 @@
 //! Writes the CUDA C++ that CubeCL's C++ backend generates for the selective-scan kernels on an
 //! sm_90 GPU (an H200), without needing a GPU: one `<kernel>[_prefetch]_<format>_n<d_state>.cu` per pass
-//! (passes 1 and 3 also with the next step's loads issued early, `GENOMAMBA_SCAN_PREFETCH`);
+//! (passes 1 and 3 also with later steps' loads issued early, `GENOMAMBA_SCAN_PREFETCH`; two steps
+//! ahead unless `GENOMAMBA_SCAN_DEPTH` is 1);
 //! `<format>` is the activations' (`f32`, `f16`, `bf16`), with `_bc32` where `B` and `C` are
 //! read in f32 (as the model passes them with half activations).
 //! `bench/sass.sh` compiles them with `nvcc -cubin` and counts the machine instructions of

@@ -56,7 +56,8 @@
 //! H200's 4.2 TB/s); with pass 3's offsets advanced per step instead of recomputed from `t`,
 //! 17.8 ms (975 GB/s, 23%); with `B` and `C` staged in shared memory (below), 16.5 ms, and
 //! with both passes then loading ahead, 13.9 ms (1,250 GB/s, 30%; PyTorch's per-step loop, the
-//! peer, takes 3.6 s at L = 65,536 where this takes 1.1 ms: `bench/gpu_scan_vs_torch.sh`). `ncu` of pass 3 before the offset change: about 15 warp instructions
+//! peer, takes 3.6 s at L = 65,536 where this takes 1.1 ms: `bench/gpu_scan_vs_torch.sh`);
+//! loading two steps ahead, 13.4 ms (1,290 GB/s, 31%). `ncu` of pass 3 before the offset change: about 15 warp instructions
 //! per `(t, d, n)` per lane, 68% of issue slots busy, 45% occupancy, so the remaining cost is
 //! the per-state arithmetic (decay, two format conversions for half activations, three
 //! multiply-adds) and the per-element work spread over the state indices. The CPU runtime
@@ -74,10 +75,17 @@
 //! clocks), so the `2N + 6` exponentials per `(t, d)` of passes 1 and 3 alone need 9.8 ms at
 //! L = 2^20, d_inner 1024 (132 SMs at 1.98 GHz): more than the 8.2 ms that 50% of HBM
 //! bandwidth allows. On the H200, pass 3 holds 64 registers and pass 1 56 (`ncu`), which
-//! caps residency at 32 and 36 warps per SM. Ways forward: first reach the `MUFU` bound (the
-//! loop issues about as many instructions as the `MUFU` unit needs clocks, so the rest is
-//! stalls; loading the next step's inputs ahead helps, see [`scan_prefetch`]); beyond it,
-//! fewer exponentials.
+//! caps residency at 32 and 36 warps per SM. The passes do not run at that bound: at chr20's
+//! layer shape in f16 (`ncu`, fourteenth session, one step ahead) pass 1 kept 51% and pass 3 59%
+//! of issue slots busy, and about half of their warp cycles waited on global loads (`u`,
+//! `delta`, `z`); loading two steps ahead ([`scan_deep`]) took 2-4% off. Computing two of
+//! pass 1's decays on the FMA units instead (a polynomial `2^x`, commit 0421fcc) moved the
+//! `MUFU` count below the issue count but timed no faster, and reverted. Ways forward: hide the
+//! load latency (more steps in flight, or fewer, longer chunks per thread); fewer exponentials.
+//! A single-launch kernel with a decoupled look-back between segments, computing each decay
+//! once (commit 2e202cc, reverted), was correct but 2.7x slower: its `items·d_state` products
+//! in registers (128-140 registers) left one cube per SM, and the look-back advanced one
+//! segment per round trip through global memory.
 //! A single chunk needs `N` per `(t, d)` instead of `2N`: that is already the path when batch × d_inner
 //! reaches [`TARGET_THREADS`]. For batch 1, a block-wide scan over time per state index (as
 //! the official Mamba kernel does) would keep each chunk's `exp(Δ·A)` in registers instead of
@@ -138,17 +146,18 @@ pub(crate) fn positive_env(var: &str) -> Option<usize> {
         .filter(|&v: &usize| v > 0)
 }
 
-/// Which passes load the next time step's `u`, `delta` (and `z`) before the current step's
-/// arithmetic, `(pass 1, pass 3)`, for activations in `act`. Measured on an H200 (scan alone,
-/// `examples/scan_bench.rs`, and whole runs; BENCHMARKS.md): with `B` and `C` staged in shared
-/// memory, loading ahead in both passes is fastest in f32 (L = 2^20, d_inner 1024: 13.8-13.9
-/// ms against 16.5 ms without and 14.0-14.2 ms in pass 3 only; 16.7 Mb end to end 1.04x); with
-/// half activations pass 3 gains (f16 at L = 2^20: 13.6 against 15.9 ms without) and pass 1
-/// as well made no difference end to end, so the half formats keep pass 1 as it is. (Before
-/// staging, loading ahead slowed f32 by 8-14% and never helped pass 1.) The environment variable
-/// `GENOMAMBA_SCAN_PREFETCH` (`none`, `pass1`, `pass3`, `both`) overrides the choice, for
-/// tuning runs; results do not depend on it.
-fn scan_prefetch(act: DType) -> (bool, bool) {
+/// Which passes load later time steps' `u`, `delta` (and `z`) before the current step's
+/// arithmetic, `(pass 1, pass 3)`: both, for every format (how far ahead: [`scan_deep`]).
+/// Measured on an H200 (scan alone, `examples/scan_bench.rs`, and whole runs; BENCHMARKS.md):
+/// with `B` and `C` staged in shared memory, loading one step ahead in both passes was fastest
+/// in f32 (L = 2^20, d_inner 1024: 13.8-13.9 ms against 16.5 ms without); with half
+/// activations pass 3 gained (f16 at L = 2^20: 13.6 against 15.9 ms without) and pass 1 made
+/// no difference one step ahead, but two steps ahead in both passes is the fastest in every
+/// format (fourteenth session: whole chr20 in f16 15.27-15.29 s against 15.60-15.64 s with
+/// pass 3 alone one step ahead; `ncu` had half of pass 1's warp cycles waiting on those loads).
+/// The environment variable `GENOMAMBA_SCAN_PREFETCH` (`none`, `pass1`, `pass3`, `both`)
+/// overrides the choice, for tuning runs; results do not depend on it.
+fn scan_prefetch() -> (bool, bool) {
     static PREFETCH_CHOICE: std::sync::OnceLock<Option<(bool, bool)>> = std::sync::OnceLock::new();
     let forced =
         PREFETCH_CHOICE.get_or_init(
@@ -160,10 +169,19 @@ fn scan_prefetch(act: DType) -> (bool, bool) {
                 _ => None,
             },
         );
-    forced.unwrap_or(match act {
-        DType::F16 | DType::BF16 => (false, true),
-        _ => (true, true),
-    })
+    forced.unwrap_or((true, true))
+}
+
+/// Whether the passes that load ahead ([`scan_prefetch`]) load two steps ahead (the default)
+/// rather than one: the loads then have two steps' arithmetic to arrive in. On the H200 (call
+/// 48, same build, interleaved): L = 2^20 f32 13.40-13.47 ms against 13.88-14.03 ms one step
+/// ahead, f16 13.19 against 13.51 ms; 16.7 Mb of chr20 in f16 4.59-4.60 s against 4.66-4.68 s;
+/// outputs identical. Same registers (`bench/sass.sh`: 72 in pass 3, 56 in pass 1), about ten
+/// more instructions per step. The environment variable `GENOMAMBA_SCAN_DEPTH` set to 1 loads
+/// one step ahead (tuning runs; results do not depend on it).
+fn scan_deep() -> bool {
+    static DEEP: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *DEEP.get_or_init(|| positive_env("GENOMAMBA_SCAN_DEPTH") != Some(1))
 }
 
 /// Shortest chunk worth its own pass-1/pass-2 work.
@@ -267,6 +285,7 @@ fn scan_chunk_state_kernel<F: Float, G: Float, V: Size>(
     #[comptime] vec: usize,
     #[comptime] fast: bool,
     #[comptime] prefetch: bool,
+    #[comptime] deep: bool,
     #[define(F, G)] _elems: [ElemType; 2],
 ) {
     let (bk, ch, active) = chunk_and_channel(d_inner);
@@ -299,6 +318,14 @@ fn scan_chunk_state_kernel<F: Float, G: Float, V: Size>(
     let first = (bi * len + t0) * d_inner + ch;
     let mut u_next = u[first];
     let mut delta_next = delta[first];
+    // With `deep`, step t+2's values too (the loads then have two steps' time to arrive).
+    let second = if t0 + 1 < t1 { first + d_inner } else { first };
+    let mut u_next2 = u_next;
+    let mut delta_next2 = delta_next;
+    if deep {
+        u_next2 = u[second];
+        delta_next2 = delta[second];
+    }
     let mut ts = t0;
     while ts < t1 {
         let te = if ts + rows < t1 { ts + rows } else { t1 };
@@ -314,9 +341,17 @@ fn scan_chunk_state_kernel<F: Float, G: Float, V: Size>(
             let ut = f32::cast_from(u_next);
             let delta_t = f32::cast_from(delta_next);
             if prefetch {
-                let nxt = if t + 1 < t1 { i + d_inner } else { i };
-                u_next = u[nxt];
-                delta_next = delta[nxt];
+                if deep {
+                    u_next = u_next2;
+                    delta_next = delta_next2;
+                    let nxt = if t + 2 < t1 { i + 2 * d_inner } else { i };
+                    u_next2 = u[nxt];
+                    delta_next2 = delta[nxt];
+                } else {
+                    let nxt = if t + 1 < t1 { i + d_inner } else { i };
+                    u_next = u[nxt];
+                    delta_next = delta[nxt];
+                }
             }
             // Δ = softplus(delta + bias)   (Algorithm 2, line 6)
             let dt = softplus(delta_t + bias, fast);
@@ -612,6 +647,7 @@ fn scan_chunk_output_kernel<F: Float, G: Float, V: Size>(
     #[comptime] single_chunk: bool,
     #[comptime] fast: bool,
     #[comptime] prefetch: bool,
+    #[comptime] deep: bool,
     #[define(F, G)] _elems: [ElemType; 2],
 ) {
     let (bk, ch, active) = chunk_and_channel(d_inner);
@@ -649,6 +685,18 @@ fn scan_chunk_output_kernel<F: Float, G: Float, V: Size>(
     let mut u_next = u[i];
     let mut delta_next = delta[i];
     let mut z_next = z[zi];
+    // With `deep`, step t+2's values too (the loads then have two steps' time to arrive).
+    let mut u_next2 = u_next;
+    let mut delta_next2 = delta_next;
+    let mut z_next2 = z_next;
+    if deep {
+        let more = t0 + 1 < t1;
+        let i2 = if more { i + d_inner } else { i };
+        let zi2 = if more { zi + zs1 } else { zi };
+        u_next2 = u[i2];
+        delta_next2 = delta[i2];
+        z_next2 = z[zi2];
+    }
     let mut ts = t0;
     while ts < t1 {
         let te = if ts + rows < t1 { ts + rows } else { t1 };
@@ -665,12 +713,24 @@ fn scan_chunk_output_kernel<F: Float, G: Float, V: Size>(
             let delta_t = f32::cast_from(delta_next);
             let zt = f32::cast_from(z_next);
             if prefetch {
-                let more = t + 1 < t1;
-                let i_next = if more { i + d_inner } else { i };
-                let zi_next = if more { zi + zs1 } else { zi };
-                u_next = u[i_next];
-                delta_next = delta[i_next];
-                z_next = z[zi_next];
+                if deep {
+                    u_next = u_next2;
+                    delta_next = delta_next2;
+                    z_next = z_next2;
+                    let more = t + 2 < t1;
+                    let i_next = if more { i + 2 * d_inner } else { i };
+                    let zi_next = if more { zi + 2 * zs1 } else { zi };
+                    u_next2 = u[i_next];
+                    delta_next2 = delta[i_next];
+                    z_next2 = z[zi_next];
+                } else {
+                    let more = t + 1 < t1;
+                    let i_next = if more { i + d_inner } else { i };
+                    let zi_next = if more { zi + zs1 } else { zi };
+                    u_next = u[i_next];
+                    delta_next = delta[i_next];
+                    z_next = z[zi_next];
+                }
             }
             // Δ = softplus(delta + bias)   (Algorithm 2, line 6)
             let dt = softplus(delta_t + bias, fast);
@@ -932,7 +992,8 @@ pub(crate) fn scan_cube(input: ScanInput<CubeBackend>) -> ScanOutput<CubeBackend
     );
 
     let fast = fast_math(&client);
-    let (prefetch1, prefetch3) = scan_prefetch(act);
+    let (prefetch1, prefetch3) = scan_prefetch();
+    let (deep1, deep3) = (prefetch1 && scan_deep(), prefetch3 && scan_deep());
     let (count, dim) = chunk_cubes(&client, batch * chunks, d_inner);
     if chunks == 1 {
         // SAFETY: every index the kernel forms is below the length of the tensor it reads or
@@ -974,6 +1035,7 @@ pub(crate) fn scan_cube(input: ScanInput<CubeBackend>) -> ScanOutput<CubeBackend
                 true,
                 fast,
                 prefetch3,
+                deep3,
                 [act_elem, bc_elem],
             );
         }
@@ -1012,6 +1074,7 @@ pub(crate) fn scan_cube(input: ScanInput<CubeBackend>) -> ScanOutput<CubeBackend
             vec,
             fast,
             prefetch1,
+            deep1,
             [act_elem, bc_elem],
         );
     }
@@ -1120,6 +1183,7 @@ pub(crate) fn scan_cube(input: ScanInput<CubeBackend>) -> ScanOutput<CubeBackend
             false,
             fast,
             prefetch3,
+            deep3,
             [act_elem, bc_elem],
         );
     }
@@ -1130,7 +1194,7 @@ pub(crate) fn scan_cube(input: ScanInput<CubeBackend>) -> ScanOutput<CubeBackend
 /// (an H200), without a GPU: `(name, source)` for pass 1, 2 and 3 with activations `act` (f32,
 /// f16 or bf16), `d_state` states, `B`/`C` read four floats at a time where `d_state` allows,
 /// the approximate functions on, 64-bit indices, passes 1 and 3 with or without `prefetch`
-/// (see [`scan_prefetch`]). For reading the generated code and, compiled
+/// (see [`scan_prefetch`]; loading two steps ahead unless `GENOMAMBA_SCAN_DEPTH` is 1). For reading the generated code and, compiled
 /// with `nvcc -cubin`, its machine code (`bench/sass.sh`).
 #[cfg(feature = "cuda")]
 pub fn cuda_sources(
@@ -1242,6 +1306,7 @@ pub fn cuda_sources(
         vec,
         true, // fast
         prefetch,
+        prefetch && scan_deep(),
         [elem, bc_elem],
     );
     let [a, h0, dsum, state, h_last] = std::array::from_fn(|_| arg(8));
@@ -1296,6 +1361,7 @@ pub fn cuda_sources(
         false, // single_chunk
         true,  // fast
         prefetch,
+        prefetch && scan_deep(),
         [elem, bc_elem],
     );
     Ok(vec![
