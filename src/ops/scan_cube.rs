@@ -57,7 +57,8 @@
 //! 17.8 ms (975 GB/s, 23%); with `B` and `C` staged in shared memory (below), 16.5 ms, and
 //! with both passes then loading ahead, 13.9 ms (1,250 GB/s, 30%; PyTorch's per-step loop, the
 //! peer, takes 3.6 s at L = 65,536 where this takes 1.1 ms: `bench/gpu_scan_vs_torch.sh`);
-//! loading two steps ahead, 13.4 ms (1,290 GB/s, 31%). `ncu` of pass 3 before the offset change: about 15 warp instructions
+//! loading two steps ahead, 13.4 ms (1,290 GB/s, 31%). `ncu` of pass 3 before the offset
+//! change: about 15 warp instructions
 //! per `(t, d, n)` per lane, 68% of issue slots busy, 45% occupancy, so the remaining cost is
 //! the per-state arithmetic (decay, two format conversions for half activations, three
 //! multiply-adds) and the per-element work spread over the state indices. The CPU runtime
@@ -1194,7 +1195,8 @@ pub(crate) fn scan_cube(input: ScanInput<CubeBackend>) -> ScanOutput<CubeBackend
 /// (an H200), without a GPU: `(name, source)` for pass 1, 2 and 3 with activations `act` (f32,
 /// f16 or bf16), `d_state` states, `B`/`C` read four floats at a time where `d_state` allows,
 /// the approximate functions on, 64-bit indices, passes 1 and 3 with or without `prefetch`
-/// (see [`scan_prefetch`]; loading two steps ahead unless `GENOMAMBA_SCAN_DEPTH` is 1). For reading the generated code and, compiled
+/// (see [`scan_prefetch`]; loading two steps ahead unless `GENOMAMBA_SCAN_DEPTH` is 1). For
+/// reading the generated code and, compiled
 /// with `nvcc -cubin`, its machine code (`bench/sass.sh`).
 #[cfg(feature = "cuda")]
 pub fn cuda_sources(
