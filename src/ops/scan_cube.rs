@@ -153,9 +153,10 @@ pub(crate) fn positive_env(var: &str) -> Option<usize> {
 /// with `B` and `C` staged in shared memory, loading one step ahead in both passes was fastest
 /// in f32 (L = 2^20, d_inner 1024: 13.8-13.9 ms against 16.5 ms without); with half
 /// activations pass 3 gained (f16 at L = 2^20: 13.6 against 15.9 ms without) and pass 1 made
-/// no difference one step ahead, but two steps ahead in both passes is the fastest in every
-/// format (fourteenth session: whole chr20 in f16 15.27-15.29 s against 15.60-15.64 s with
-/// pass 3 alone one step ahead; `ncu` had half of pass 1's warp cycles waiting on those loads).
+/// no difference one step ahead; two steps ahead in both passes is as fast or faster in every
+/// format (fourteenth session: the scan alone 2-4% faster; whole chr20 in f16 15.27-15.29 s
+/// against 15.60-15.64 s on one machine, equal within 1% on another; `ncu` had half of pass
+/// 1's warp cycles waiting on those loads).
 /// The environment variable `GENOMAMBA_SCAN_PREFETCH` (`none`, `pass1`, `pass3`, `both`)
 /// overrides the choice, for tuning runs; results do not depend on it.
 fn scan_prefetch() -> (bool, bool) {
