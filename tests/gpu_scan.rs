@@ -37,7 +37,9 @@ use genomamba::ops::project_cube::{
     SMALL_K_MAX, Tiling, default_strategy, default_tiling, refusals, set_strategy, set_tiling,
     small_k_launches, strategy_names,
 };
-use genomamba::ops::{ScanArgs, selective_scan, selective_scan_reference};
+use genomamba::ops::{
+    ScanArgs, ScanPath, WALK_MIN_LANES, selective_scan, selective_scan_reference, set_scan_path,
+};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -101,6 +103,15 @@ macro_rules! require_cuda {
             }
         }
     };
+}
+
+/// Holds the scan to `path` for the guard's life: the choice is process-wide and tests run in
+/// parallel, so every test that scans takes this lock first.
+fn scan_path(path: ScanPath) -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let guard = LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    set_scan_path(path);
+    guard
 }
 
 /// Host copies of one set of inputs (`f32`), with their shapes.
@@ -248,6 +259,7 @@ fn compare(x: &Case, gpu: &Device) -> (f64, f64) {
 #[test]
 fn gpu_scan_matches_reference_over_shapes() {
     let gpu = require_cuda!();
+    let _path = scan_path(ScanPath::Chunked);
     let mut shapes = Vec::new();
     for len in [1, 7, 2049] {
         for d_inner in [5, 37, 1536] {
@@ -288,6 +300,14 @@ fn gpu_scan_matches_reference_over_shapes() {
 #[test]
 fn gpu_scan_reads_strided_views() {
     let gpu = require_cuda!();
+    let _path = scan_path(ScanPath::Chunked);
+    strided_views(&gpu, "strided views");
+}
+
+/// The scan over views as the Mamba block passes them (`u|z` and `dt|B|C` side by side in wider
+/// tensors, `C` off a vector boundary, `A` transposed), against the reference.
+fn strided_views(gpu: &Device, what: &str) {
+    let gpu = gpu.clone();
     // u|z and dt|B|C side by side in wider tensors, as the Mamba block produces them.
     let x = random_case(7, [2, 300, 37, 16], false);
     let (want_y, want_h) = reference(&x);
@@ -324,19 +344,27 @@ fn gpu_scan_reads_strided_views() {
     let (got_y, got_h) = outputs(&x, selective_scan(a), "gpu views");
     let (ey, eh) = (rel_err(&got_y, &want_y), rel_err(&got_h, &want_h));
     println!(
-        "strided views, {:<40} y {ey:9.2e}   h_last {eh:9.2e}",
+        "{what}, {:<40} y {ey:9.2e}   h_last {eh:9.2e}",
         x.describe()
     );
-    assert!(ey <= TOL && eh <= TOL, "strided views: y {ey:e}, h {eh:e}");
+    assert!(ey <= TOL && eh <= TOL, "{what}: y {ey:e}, h {eh:e}");
 }
 
 #[test]
 fn gpu_scan_carries_state_across_calls() {
     let gpu = require_cuda!();
-    let x = random_case(11, [1, 5000, 64, 16], false);
+    let _path = scan_path(ScanPath::Chunked);
+    carried_state(&gpu, [1, 5000, 64, 16], "split");
+}
+
+/// The scan of `shape` in two calls, the second starting from the first's last state, against
+/// the reference in one call.
+fn carried_state(gpu: &Device, shape: [usize; 4], what: &str) {
+    let gpu = gpu.clone();
+    let x = random_case(11, shape, false);
     let (want_y, want_h) = reference(&x);
     let (nb, nl, ni) = (x.batch, x.len, x.d_inner);
-    let split = 1777;
+    let split = 1777.min(nl / 3).max(1);
     let full = args(&x, &gpu);
     let part = |t0: usize, t1: usize, h0: Tensor<3>| ScanArgs {
         u: full.u.clone().slice([0..nb, t0..t1, 0..ni]),
@@ -353,10 +381,100 @@ fn gpu_scan_carries_state_across_calls() {
     let (got_y, got_h) = outputs(&x, (y, h2), "gpu split");
     let (ey, eh) = (rel_err(&got_y, &want_y), rel_err(&got_h, &want_h));
     println!(
-        "split at {split}, {:<40} y {ey:9.2e}   h_last {eh:9.2e}",
+        "{what} at {split}, {:<40} y {ey:9.2e}   h_last {eh:9.2e}",
         x.describe()
     );
-    assert!(ey <= TOL && eh <= TOL, "split scan: y {ey:e}, h {eh:e}");
+    assert!(ey <= TOL && eh <= TOL, "{what}: y {ey:e}, h {eh:e}");
+}
+
+/// The walk kernel (one pass over time per row and channel, states spread over `lanes` threads
+/// per channel) against the reference: lanes 1, 2, 4 (and 8 on CUDA) over lengths shorter than,
+/// equal to and longer than its stages, `d_inner` not a multiple of a cube's channels,
+/// `d_state` 1, 7, 16, 64; views as the block passes them; state carried across calls; half
+/// activations. On CUDA also a shape where the usual choice walks by itself.
+#[test]
+fn gpu_scan_walk_matches_reference() {
+    let gpu = require_cuda!();
+    let cuda = is_cuda(&gpu);
+    let lane_counts: &[usize] = if cuda { &[1, 2, 4, 8] } else { &[1, 2, 4] };
+    let mut shapes = vec![
+        [2, 1, 37, 16],
+        [2, 7, 5, 16],
+        [1, 32, 37, 16],
+        [2, 300, 37, 16],
+        [3, 70, 5, 7],
+        [2, 65, 12, 1],
+        [1, 257, 5, 64],
+    ];
+    if cuda {
+        shapes.push([2, 2049, 1536, 16]);
+        shapes.push([1, 1 << 16, 37, 16]);
+    }
+    let mut ran = 0;
+    for &lanes in lane_counts {
+        let _path = scan_path(ScanPath::Walk(lanes));
+        for (i, shape) in shapes.iter().enumerate() {
+            let d_state = shape[3];
+            // The walk needs `lanes` to divide `d_state` and at most 16 states per lane;
+            // other shapes go to the chunked passes (covered by the other tests).
+            if d_state % lanes != 0 || d_state / lanes > 16 {
+                continue;
+            }
+            for zero_h0 in [true, false] {
+                let x = random_case(3000 + 10 * i as u64 + zero_h0 as u64, *shape, zero_h0);
+                print!("walk, {lanes} lanes: ");
+                let (ey, eh) = compare(&x, &gpu);
+                assert!(
+                    ey <= TOL && eh <= TOL,
+                    "walk, {lanes} lanes, {}: y {ey:e}, h {eh:e}",
+                    x.describe()
+                );
+                ran += 1;
+            }
+        }
+        strided_views(&gpu, &format!("walk, {lanes} lanes, strided views"));
+        carried_state(
+            &gpu,
+            [2, 700, 37, 16],
+            &format!("walk, {lanes} lanes, split"),
+        );
+    }
+    assert!(ran >= 30, "only {ran} walk cases ran");
+
+    // Half activations, with B and C in the format (not vector-aligned) and widened to f32.
+    let formats: &[(FloatDType, f64)] = if cuda {
+        &[(FloatDType::F16, 2e-3), (FloatDType::BF16, 1e-2)]
+    } else {
+        &[(FloatDType::F16, 2e-3)]
+    };
+    let _path = scan_path(ScanPath::Walk(4));
+    for &(dtype, tol) in formats {
+        for (i, wide_bc) in [false, true].into_iter().enumerate() {
+            let x = random_case(4000 + i as u64, [2, 300, 37, 16], false);
+            let (want_y, want_h) =
+                selective_scan_reference(half_args(&x, dtype, wide_bc, &Device::flex()));
+            let (got_y, got_h) = selective_scan(half_args(&x, dtype, wide_bc, &gpu));
+            assert_eq!(got_y.dtype(), DType::from(dtype), "y keeps the format");
+            let (want_y, want_h) = outputs(&x, (want_y, want_h), "reference");
+            let (got_y, got_h) = outputs(&x, (got_y, got_h), "walk");
+            let (ey, eh) = (rel_err(&got_y, &want_y), rel_err(&got_h, &want_h));
+            println!(
+                "walk {dtype:?} wide B/C {wide_bc} {:<40} y {ey:9.2e}   h_last {eh:9.2e}",
+                x.describe()
+            );
+            assert!(ey <= tol && eh <= TOL, "walk {dtype:?}: y {ey:e}, h {eh:e}");
+        }
+    }
+
+    // The usual choice walks once rows × channels × 4 lanes reach WALK_MIN_LANES.
+    if cuda {
+        let _path = scan_path(ScanPath::Auto);
+        let d_inner = WALK_MIN_LANES / 4 / 8;
+        let x = random_case(4100, [8, 300, d_inner, 16], false);
+        print!("auto (walks): ");
+        let (ey, eh) = compare(&x, &gpu);
+        assert!(ey <= TOL && eh <= TOL, "auto walk: y {ey:e}, h {eh:e}");
+    }
 }
 
 /// Gradients of `sum(y · w1) + sum(h_last · w2)` with respect to every scan input, as host
@@ -396,6 +514,7 @@ fn gradients(x: &Case, device: &Device, reference: bool) -> Vec<Vec<f32>> {
 #[test]
 fn gpu_scan_gradients_match_autodiff_of_the_reference() {
     let gpu = require_cuda!();
+    let _path = scan_path(ScanPath::Auto);
     let names = ["u", "delta", "a", "b", "c", "d", "z", "delta_bias", "h0"];
     let mut worst = 0.0f64;
     for (i, (shape, zero)) in [
@@ -545,6 +664,7 @@ fn half_args(x: &Case, dtype: FloatDType, wide_bc: bool, device: &Device) -> Sca
 #[test]
 fn gpu_kernels_take_half_activations() {
     let gpu = require_cuda!();
+    let _path = scan_path(ScanPath::Chunked);
     // The kernels widen half inputs to f32 and round `y` (and the conv's `u`) to the format
     // once; the reference does the same arithmetic in tensor operations on the same half
     // inputs. So `y` may differ by about one unit in the last place of the format (2^-8
@@ -903,6 +1023,7 @@ fn projection_strategy_names_are_distinct() {
 fn gpu_model_matches_the_cpu_model() {
     let gpu = require_cuda!();
     let _alone = projections_alone();
+    let _path = scan_path(ScanPath::Auto);
     // The whole model on the kernel device (every kernel; the weights stored row-major there by
     // `set_precision`) against the same model on the CPU, in f32, over three chunks with the
     // state carried: the weights are the same values, the hidden states agree within 1e-4.

@@ -21,6 +21,8 @@ mod scan_cpu;
 #[cfg(feature = "cube")]
 mod scan_cube;
 mod scan_reference;
+#[cfg(feature = "cube")]
+mod scan_walk;
 
 pub use scan::{
     ScanArgs, ScanGradTensors, ScanGrads, ScanInput, ScanOutput, SelectiveScanBackend,
@@ -29,3 +31,5 @@ pub use scan::{
 };
 #[cfg(feature = "cuda")]
 pub use scan_cube::cuda_sources as scan_cuda_sources;
+#[cfg(feature = "cube")]
+pub use scan_cube::{ScanPath, WALK_MIN_LANES, set_scan_path};

@@ -29,7 +29,8 @@
 //!    true incoming state and writes `y[t] = (Σ_n C[t,n]·h[t,n] + D·u[t]) · SiLU(z[t])`.
 //!
 //! With a single chunk (short sequences, or enough batch rows × channels to fill the GPU on their
-//! own) only pass 3 runs, reading `h0` and writing the last state itself.
+//! own) only pass 3 runs, reading `h0` and writing the last state itself. With many batch rows
+//! the walk kernel runs instead ([`ScanPath`]).
 //!
 //! Every thread owns one channel and all `d_state` states of it (`d_state` is a compile-time
 //! constant of the kernel, so the state lives in registers and the reduction over `n` for `y`
@@ -87,8 +88,12 @@
 //! once (commit 2e202cc, reverted), was correct but 2.7x slower: its `items·d_state` products
 //! in registers (128-140 registers) left one cube per SM, and the look-back advanced one
 //! segment per round trip through global memory.
-//! A single chunk needs `N` per `(t, d)` instead of `2N`: that is already the path when batch × d_inner
-//! reaches [`TARGET_THREADS`]. For batch 1, a block-wide scan over time per state index (as
+//! A single chunk needs `N` per `(t, d)` instead of `2N`: that is the path when batch × d_inner
+//! reaches [`TARGET_THREADS`], and from [`WALK_MIN_LANES`] threads on (batch 16 at `d_inner`
+//! 512) the walk kernel of [`scan_walk`](super::scan_walk) takes over, which spreads a
+//! channel's states over four threads and stages inputs through shared memory (1.05x the
+//! chunked passes' speed at batch 16 in f16, 1.4x in f32 and at batch 32-64; slower below 16
+//! rows, where it is bound by the latency of its steps). For batch 1, a block-wide scan over time per state index (as
 //! the official Mamba kernel does) would keep each chunk's `exp(Δ·A)` in registers instead of
 //! recomputing it, but with time-major inputs a block per channel reads 4 bytes per 32-byte
 //! sector, so it needs the inputs channel-major (or staged through shared memory) to pay off.
@@ -119,6 +124,7 @@ use cubecl::{CubeCount, CubeDim, calculate_cube_count_elemwise};
 use super::block_cube::row_strides;
 use super::scan::{ScanInput, ScanOutput};
 use super::scan_reference::scan_reference;
+use super::scan_walk::{MAX_STATES_PER_LANE, scan_walk_kernel};
 
 /// Largest `d_state` the kernels take (each thread keeps `2·d_state` values in registers).
 pub const MAX_D_STATE: usize = 256;
@@ -186,6 +192,79 @@ fn scan_deep() -> bool {
     *DEEP.get_or_init(|| positive_env("GENOMAMBA_SCAN_DEPTH") != Some(1))
 }
 
+/// Which kernels the GPU scan runs (for tests and tuning runs; results agree to rounding).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ScanPath {
+    /// The walk kernel (`scan_walk.rs`) where the batch rows × channels fill the GPU on their own
+    /// (at least [`WALK_MIN_LANES`] threads), else the chunked passes.
+    Auto,
+    /// Always the chunked passes.
+    Chunked,
+    /// The walk with this many lanes (threads) per channel wherever it applies: a power of two
+    /// that divides `d_state` and leaves at most [`MAX_STATES_PER_LANE`] states per lane.
+    Walk(usize),
+}
+
+/// [`ScanPath`] encoded for an atomic: 0 unset (environment, else auto), 1 auto, 2 chunked,
+/// `2 + lanes` the walk.
+static SCAN_PATH: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// Makes later scans on CubeCL devices take `path`; process-wide (tests and tuning runs).
+pub fn set_scan_path(path: ScanPath) {
+    let code = match path {
+        ScanPath::Auto => 1,
+        ScanPath::Chunked => 2,
+        ScanPath::Walk(lanes) => 2 + lanes.max(1),
+    };
+    SCAN_PATH.store(code, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// The path set by [`set_scan_path`], else by the environment variable `GENOMAMBA_SCAN_WALK`
+/// (`off`: chunked; `on`: the walk with its usual lanes; a number: the walk with that many
+/// lanes per channel), else [`ScanPath::Auto`].
+fn scan_path() -> ScanPath {
+    static FROM_ENV: std::sync::OnceLock<ScanPath> = std::sync::OnceLock::new();
+    match SCAN_PATH.load(std::sync::atomic::Ordering::Relaxed) {
+        1 => ScanPath::Auto,
+        2 => ScanPath::Chunked,
+        0 => *FROM_ENV.get_or_init(|| match std::env::var("GENOMAMBA_SCAN_WALK").as_deref() {
+            Ok("off") => ScanPath::Chunked,
+            Ok("on") => ScanPath::Walk(0),
+            Ok(v) => v.parse().map_or(ScanPath::Auto, ScanPath::Walk),
+            Err(_) => ScanPath::Auto,
+        }),
+        code => ScanPath::Walk(code - 2),
+    }
+}
+
+/// Fewest threads (batch rows × channels × lanes) for which [`ScanPath::Auto`] walks: about
+/// two warps per sub-partition of an H200's 132 SMs.
+pub const WALK_MIN_LANES: usize = 1 << 15;
+
+/// The usual lanes per channel of the walk: up to 4, a power of two dividing `d_state`.
+fn walk_lanes(d_state: usize) -> usize {
+    [4, 2, 1]
+        .into_iter()
+        .find(|l| d_state.is_multiple_of(*l))
+        .unwrap_or(1)
+}
+
+/// Lanes per channel if the walk runs for this shape, else `None` (see [`ScanPath`]).
+fn walk_choice(batch: usize, d_inner: usize, d_state: usize) -> Option<usize> {
+    let (lanes, forced) = match scan_path() {
+        ScanPath::Chunked => return None,
+        ScanPath::Auto => (walk_lanes(d_state), false),
+        ScanPath::Walk(0) => (walk_lanes(d_state), true),
+        ScanPath::Walk(lanes) => (lanes, true),
+    };
+    let fits = lanes.is_power_of_two()
+        && lanes <= 32
+        && d_state.is_multiple_of(lanes)
+        && d_state / lanes <= MAX_STATES_PER_LANE;
+    let enough = forced || batch * d_inner * lanes >= WALK_MIN_LANES;
+    (fits && enough).then_some(lanes)
+}
+
 /// Shortest chunk worth its own pass-1/pass-2 work.
 const MIN_CHUNK: usize = 64;
 
@@ -196,13 +275,13 @@ const MIN_CHUNK: usize = 64;
 /// log2 e, instead of the accurate `expf` of about ten instructions; otherwise `x.exp()`. The
 /// recurrence takes `2·d_state` of these per `(t, d)`.
 #[cube]
-fn decay(x: f32, #[comptime] fast: bool) -> f32 {
+pub(crate) fn decay(x: f32, #[comptime] fast: bool) -> f32 {
     if fast { exp2_approx(x) } else { x.exp() }
 }
 
 /// What `A` is multiplied by when loaded, for [`decay`]: log2 e with `fast`, else 1.
 #[cube]
-fn a_scale(#[comptime] fast: bool) -> f32 {
+pub(crate) fn a_scale(#[comptime] fast: bool) -> f32 {
     if fast { LOG2_E } else { 1.0f32 }
 }
 
@@ -242,7 +321,7 @@ pub(crate) fn fast_math(client: &Client) -> bool {
 /// `softplus(x) = max(x, 0) + log1p(exp(-|x|))`, as the reference computes it; with `fast`,
 /// `ln(1 + 2^(-|x|·log2 e))` through the approximations above (absolute error below 1e-7).
 #[cube]
-fn softplus(x: f32, #[comptime] fast: bool) -> f32 {
+pub(crate) fn softplus(x: f32, #[comptime] fast: bool) -> f32 {
     let pos = if x > 0.0f32 { x } else { 0.0f32 };
     if fast {
         pos + ln_approx(1.0f32 + exp2_approx(-x.abs() * LOG2_E))
@@ -955,6 +1034,11 @@ pub(crate) fn scan_cube(input: ScanInput<CubeBackend>) -> ScanOutput<CubeBackend
     };
     let z_span = (batch - 1) * zs0 + (len - 1) * zs1 + d_inner;
     let mut plan = Plan::new(batch, len, d_inner, d_state);
+    let walk = walk_choice(batch, d_inner, d_state);
+    if let Some(lanes) = walk {
+        // Each lane reads its own states' part of a row.
+        plan.vec = vector_width(d_state / lanes);
+    }
     // `B` and `C` rows are read `vec` floats at a time, so their strides must be multiples of
     // `vec` (else they are copied contiguous) and their data start on a vector boundary (else
     // they are read one float at a time).
@@ -996,6 +1080,61 @@ pub(crate) fn scan_cube(input: ScanInput<CubeBackend>) -> ScanOutput<CubeBackend
     let fast = fast_math(&client);
     let (prefetch1, prefetch3) = scan_prefetch();
     let (deep1, deep3) = (prefetch1 && scan_deep(), prefetch3 && scan_deep());
+    if let Some(lanes) = walk {
+        // On CUDA a cube of 128 threads; on CubeCL's CPU runtime one channel per cube (its
+        // barrier spins, one worker thread per unit; see `chunk_cubes`).
+        let channels = if cfg!(feature = "cuda") && client.name() == "cuda" {
+            (CUBE_THREADS as usize / lanes).max(1)
+        } else {
+            1
+        };
+        let count = CubeCount::Static(d_inner.div_ceil(channels) as u32, batch as u32, 1);
+        let dim = CubeDim::new_1d((channels * lanes) as u32);
+        // SAFETY: threads past `d_inner` read the last channel and write nothing; steps past
+        // `len` read the last step and write nothing; `n = p·(d_state/lanes) + g < d_state`;
+        // `A`, `D`, the Δ bias (shared by the rows: row strides 0), `u`, `delta`, `h0` and the
+        // outputs are contiguous with the shapes checked or allocated above; `z`, `B`, `C` are
+        // read within their views' extents, `B`/`C` in whole aligned vectors (`vec` divides
+        // the states of a lane, and the strides in vectors were checked).
+        unsafe {
+            scan_walk_kernel::launch_unchecked(
+                &client,
+                count,
+                dim,
+                address,
+                vec,
+                u.into_tensor_arg(),
+                delta.into_tensor_arg(),
+                a.into_tensor_arg(),
+                b.into_tensor_arg(),
+                c.into_tensor_arg(),
+                d.into_tensor_arg(),
+                z.into_tensor_arg(),
+                delta_bias.into_tensor_arg(),
+                h0.into_tensor_arg(),
+                y.clone().into_tensor_arg(),
+                h_last.clone().into_tensor_arg(),
+                len,
+                d_inner,
+                0,
+                0,
+                0,
+                zs0,
+                zs1,
+                bs0,
+                bs1,
+                cs0,
+                cs1,
+                d_state,
+                vec,
+                lanes,
+                channels,
+                fast,
+                [act_elem, bc_elem],
+            );
+        }
+        return ScanOutput { y, h: h_last };
+    }
     let (count, dim) = chunk_cubes(&client, batch * chunks, d_inner);
     if chunks == 1 {
         // SAFETY: every index the kernel forms is below the length of the tensor it reads or
@@ -1192,8 +1331,9 @@ pub(crate) fn scan_cube(input: ScanInput<CubeBackend>) -> ScanOutput<CubeBackend
     ScanOutput { y, h: h_last }
 }
 
-/// The CUDA C++ that CubeCL's C++ backend writes for the three scan kernels on an sm_90 device
-/// (an H200), without a GPU: `(name, source)` for pass 1, 2 and 3 with activations `act` (f32,
+/// The CUDA C++ that CubeCL's C++ backend writes for the scan kernels on an sm_90 device (an
+/// H200), without a GPU: `(name, source)` for pass 1, 2 and 3 and the walk (where `d_state`
+/// allows it, with its usual lanes) with activations `act` (f32,
 /// f16 or bf16), `d_state` states, `B`/`C` read four floats at a time where `d_state` allows,
 /// the approximate functions on, 64-bit indices, passes 1 and 3 with or without `prefetch`
 /// (see [`scan_prefetch`]; loading two steps ahead unless `GENOMAMBA_SCAN_DEPTH` is 1). For
@@ -1332,9 +1472,9 @@ pub fn cuda_sources(
     );
     let [u, delta, a, b, c, d, z, bias, h_in, y, h_last] = std::array::from_fn(|_| arg(8));
     let pass3 = scan_chunk_output_kernel::create_dummy_kernel(
-        props,
-        target,
-        count,
+        props.clone(),
+        target.clone(),
+        count.clone(),
         dim,
         address,
         vec,
@@ -1367,11 +1507,57 @@ pub fn cuda_sources(
         prefetch && scan_deep(),
         [elem, bc_elem],
     );
-    Ok(vec![
+    let lanes = walk_lanes(d_state);
+    let walk_vec = vector_width(d_state / lanes);
+    let channels = CUBE_THREADS as usize / lanes;
+    let [u, delta, a, b, c, d, z, bias, h0, y, h_last] = std::array::from_fn(|_| arg(8));
+    let walk = (d_state / lanes <= MAX_STATES_PER_LANE).then(|| {
+        scan_walk_kernel::create_dummy_kernel(
+            props,
+            target,
+            count,
+            CubeDim::new_1d(CUBE_THREADS),
+            address,
+            walk_vec,
+            u,
+            delta,
+            a,
+            b,
+            c,
+            d,
+            z,
+            bias,
+            h0,
+            y,
+            h_last,
+            1, // len
+            1, // d_inner
+            0, // A row stride
+            0, // D row stride
+            0, // bias row stride
+            1, // z stride 0
+            1, // z stride 1
+            1, // B stride 0
+            1, // B stride 1
+            1, // C stride 0
+            1, // C stride 1
+            d_state,
+            walk_vec,
+            lanes,
+            channels,
+            true, // fast
+            [elem, bc_elem],
+        )
+    });
+    let mut sources = vec![
         compile("scan_chunk_state", pass1.define())?,
         compile("scan_chunk_combine", pass2.define())?,
         compile("scan_chunk_output", pass3.define())?,
-    ])
+    ];
+    if let Some(walk) = walk {
+        sources.push(compile("scan_walk", walk.define())?);
+    }
+    Ok(sources)
 }
 
 #[cfg(test)]
@@ -1389,7 +1575,8 @@ mod tests {
                 [
                     "scan_chunk_state",
                     "scan_chunk_combine",
-                    "scan_chunk_output"
+                    "scan_chunk_output",
+                    "scan_walk"
                 ]
             );
             for (name, source) in &sources {
