@@ -447,7 +447,7 @@ fn gpu_scan_walk_matches_reference() {
     } else {
         &[(FloatDType::F16, 2e-3)]
     };
-    let _path = scan_path(ScanPath::Walk(4));
+    let walk4 = scan_path(ScanPath::Walk(4));
     for &(dtype, tol) in formats {
         for (i, wide_bc) in [false, true].into_iter().enumerate() {
             let x = random_case(4000 + i as u64, [2, 300, 37, 16], false);
@@ -465,6 +465,9 @@ fn gpu_scan_walk_matches_reference() {
             assert!(ey <= tol && eh <= TOL, "walk {dtype:?}: y {ey:e}, h {eh:e}");
         }
     }
+
+    // (The lock is not reentrant: release it before taking it again below.)
+    drop(walk4);
 
     // The usual choice walks once rows × channels × 4 lanes reach WALK_MIN_LANES.
     if cuda {
