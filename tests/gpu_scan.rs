@@ -466,6 +466,11 @@ fn gpu_scan_walk_matches_reference() {
         }
     }
 
+    // More rows than a launch's y dimension holds (65,535) go to the chunked passes.
+    let x = random_case(4200, [70_000, 3, 2, 16], false);
+    print!("walk asked for, 70,000 rows: ");
+    let (ey, eh) = compare(&x, &gpu);
+    assert!(ey <= TOL && eh <= TOL, "70,000 rows: y {ey:e}, h {eh:e}");
     // (The lock is not reentrant: release it before taking it again below.)
     drop(walk4);
 

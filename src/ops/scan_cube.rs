@@ -262,7 +262,9 @@ fn walk_choice(batch: usize, d_inner: usize, d_state: usize) -> Option<usize> {
         && d_state.is_multiple_of(lanes)
         && d_state / lanes <= MAX_STATES_PER_LANE;
     let enough = forced || batch * d_inner * lanes >= WALK_MIN_LANES;
-    (fits && enough).then_some(lanes)
+    // The walk's cubes run over the batch rows along y, which launches cap at 65,535.
+    let launchable = batch <= u16::MAX as usize;
+    (fits && enough && launchable).then_some(lanes)
 }
 
 /// Shortest chunk worth its own pass-1/pass-2 work.
