@@ -201,12 +201,13 @@ pub enum ScanPath {
     /// Always the chunked passes.
     Chunked,
     /// The walk with this many lanes (threads) per channel wherever it applies: a power of two
-    /// that divides `d_state` and leaves at most [`MAX_STATES_PER_LANE`] states per lane.
+    /// that divides `d_state` and leaves at most [`MAX_STATES_PER_LANE`] states per lane (0:
+    /// its usual lanes, up to 4).
     Walk(usize),
 }
 
 /// [`ScanPath`] encoded for an atomic: 0 unset (environment, else auto), 1 auto, 2 chunked,
-/// `2 + lanes` the walk.
+/// `3 + lanes` the walk.
 static SCAN_PATH: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
 /// Makes later scans on CubeCL devices take `path`; process-wide (tests and tuning runs).
@@ -214,7 +215,7 @@ pub fn set_scan_path(path: ScanPath) {
     let code = match path {
         ScanPath::Auto => 1,
         ScanPath::Chunked => 2,
-        ScanPath::Walk(lanes) => 2 + lanes.max(1),
+        ScanPath::Walk(lanes) => 3 + lanes,
     };
     SCAN_PATH.store(code, std::sync::atomic::Ordering::Relaxed);
 }
@@ -233,7 +234,7 @@ fn scan_path() -> ScanPath {
             Ok(v) => v.parse().map_or(ScanPath::Auto, ScanPath::Walk),
             Err(_) => ScanPath::Auto,
         }),
-        code => ScanPath::Walk(code - 2),
+        code => ScanPath::Walk(code - 3),
     }
 }
 
