@@ -2,7 +2,8 @@
 //! tensor-op reference (`selective_scan_reference` on the Flex CPU device), on random inputs of
 //! many shapes: lengths 1, 7, 2049 (one chunk and many chunks of the kernel) and 2^20 for a
 //! small `d_inner`; `d_inner` not a power of two (5, 37, 1536); `d_state` 1, 16, 64; zero and
-//! random initial state; strided and offset input views; state carried across two calls.
+//! random initial state; strided and offset input views; state carried across two calls; and,
+//! on a CUDA device, inputs of more than `u32::MAX` elements (the kernels' 64-bit offsets).
 //!
 //! Errors are `max |gpu - ref| / max |ref|` over each output tensor. The scan does no matrix
 //! products, so TF32 is not involved and f32 accuracy is expected.
@@ -28,7 +29,7 @@
 //! Run: `cargo test --release --features cuda --test gpu_scan -- --nocapture --test-threads 1`
 #![cfg(feature = "cube")]
 
-use burn::tensor::{DType, Device, FloatDType, Tensor, TensorData};
+use burn::tensor::{DType, Device, Distribution, FloatDType, Tensor, TensorData};
 use genomamba::alphabet::tokenize;
 use genomamba::infer::hidden_states;
 use genomamba::model::{GenoModel, MambaConfig, ModelConfig, Precision};
@@ -515,6 +516,138 @@ fn gradients(x: &Case, device: &Device, reference: bool) -> Vec<Vec<f32>> {
         g1(&leaves.delta_bias),
         g3(&leaves.h0),
     ]
+}
+
+/// Channels `channels` of every row and step of a `[batch, len, width]` tensor, as host f32 in
+/// `[batch, len, channels.len()]` order (one column copied back at a time).
+fn columns(t: &Tensor<3>, channels: &[usize]) -> Vec<f32> {
+    let [batch, len, _] = t.dims();
+    let k = channels.len();
+    let mut out = vec![0.0; batch * len * k];
+    for (j, &ch) in channels.iter().enumerate() {
+        let col = host(t.clone().slice([0..batch, 0..len, ch..ch + 1]));
+        for (i, v) in col.into_iter().enumerate() {
+            out[i * k + j] = v;
+        }
+    }
+    out
+}
+
+/// The rows of `[outer, width, inner]` host values at `channels` of the middle dimension.
+fn pick(v: &[f32], [outer, width, inner]: [usize; 3], channels: &[usize]) -> Vec<f32> {
+    assert_eq!(v.len(), outer * width * inner, "pick: length");
+    (0..outer)
+        .flat_map(|o| {
+            channels
+                .iter()
+                .flat_map(move |&ch| (0..inner).map(move |i| (o, ch, i)))
+        })
+        .map(|(o, ch, i)| v[(o * width + ch) * inner + i])
+        .collect()
+}
+
+/// Inputs with more elements than `u32::MAX`, which the kernels index with 64-bit offsets:
+/// two rows of 2,228,224 steps x 1,024 channels in f16 (4.56e9 elements, 9.1 GB per tensor;
+/// the second row's last 262,144 steps lie past 2^32). Scanned by the chunked passes and by
+/// the walk, and convolved; three channels of both rows checked against the references on the
+/// CPU over the whole length. CUDA only: about 60 GB of GPU memory.
+#[test]
+fn gpu_kernels_take_offsets_past_u32() {
+    let gpu = require_cuda!();
+    if !is_cuda(&gpu) {
+        println!("skipped: needs a CUDA device with about 60 GB of memory");
+        return;
+    }
+    let (batch, len, d_inner, d_state) = (2, (1usize << 21) + (1 << 17), 1024, 16);
+    assert!(batch * len * d_inner > u32::MAX as usize);
+    let channels = [0, 517, 1023];
+    let k = channels.len();
+    let cpu = Device::flex();
+    let half = FloatDType::F16;
+    let normal = Distribution::Normal(0.0, 1.0);
+    let seq = |width: usize| Tensor::<3>::random([batch, len, width], normal, &gpu).cast(half);
+    let small = random_case(77, [batch, 1, d_inner, d_state], false);
+    let gpu_args = ScanArgs {
+        u: seq(d_inner),
+        delta: seq(d_inner),
+        a: tensor(&small.a, [d_inner, d_state], &gpu),
+        b: seq(d_state),
+        c: seq(d_state),
+        d: tensor(&small.d, [d_inner], &gpu),
+        z: seq(d_inner),
+        delta_bias: tensor(&small.delta_bias, [d_inner], &gpu),
+        h0: tensor(&small.h0, [batch, d_inner, d_state], &gpu),
+    };
+    let ref_args = ScanArgs {
+        u: tensor(&columns(&gpu_args.u, &channels), [batch, len, k], &cpu),
+        delta: tensor(&columns(&gpu_args.delta, &channels), [batch, len, k], &cpu),
+        a: tensor(
+            &pick(&small.a, [1, d_inner, d_state], &channels),
+            [k, d_state],
+            &cpu,
+        ),
+        b: tensor(&host(gpu_args.b.clone()), [batch, len, d_state], &cpu),
+        c: tensor(&host(gpu_args.c.clone()), [batch, len, d_state], &cpu),
+        d: tensor(&pick(&small.d, [1, d_inner, 1], &channels), [k], &cpu),
+        z: tensor(&columns(&gpu_args.z, &channels), [batch, len, k], &cpu),
+        delta_bias: tensor(
+            &pick(&small.delta_bias, [1, d_inner, 1], &channels),
+            [k],
+            &cpu,
+        ),
+        h0: tensor(
+            &pick(&small.h0, [batch, d_inner, d_state], &channels),
+            [batch, k, d_state],
+            &cpu,
+        ),
+    };
+    let (want_y, want_h) = selective_scan_reference(ref_args);
+    let (want_y, want_h) = (host(want_y), host(want_h));
+    // `y` is rounded to f16 (2^-11 relative), the state stays f32 (as in the half-format test).
+    for (path, name) in [(ScanPath::Chunked, "chunked"), (ScanPath::Walk(0), "walk")] {
+        let _path = scan_path(path);
+        let (y, h) = selective_scan(gpu_args.clone());
+        let got_y = columns(&y, &channels);
+        drop(y);
+        let got_h = pick(&host(h), [batch, d_inner, d_state], &channels);
+        let (ey, eh) = (rel_err(&got_y, &want_y), rel_err(&got_h, &want_h));
+        println!(
+            "{name} scan past u32 offsets ({batch} x {len} x {d_inner}, f16): y {ey:9.2e}   h_last {eh:9.2e}"
+        );
+        assert!(ey <= 2e-3 && eh <= TOL, "{name}: y {ey:e} h {eh:e}");
+    }
+
+    // The convolution over the same `u` (all of its channels are the conv branch here).
+    let mut rng = StdRng::seed_from_u64(78);
+    let (window, weight, bias) = (
+        normals(&mut rng, batch * 3 * d_inner, 1.0),
+        normals(&mut rng, 4 * d_inner, 0.5),
+        normals(&mut rng, d_inner, 0.5),
+    );
+    let (got_u, got_w) = causal_conv_silu_with(
+        Impl::Fastest,
+        gpu_args.u.clone(),
+        tensor(&window, [batch, 3, d_inner], &gpu).cast(half),
+        tensor(&weight, [4, d_inner], &gpu),
+        tensor(&bias, [d_inner], &gpu),
+    );
+    let (want_u, want_w) = causal_conv_silu_with(
+        Impl::Reference,
+        tensor(&columns(&gpu_args.u, &channels), [batch, len, k], &cpu),
+        tensor(
+            &pick(&window, [batch * 3, d_inner, 1], &channels),
+            [batch, 3, k],
+            &cpu,
+        )
+        .cast(half)
+        .cast(FloatDType::F32),
+        tensor(&pick(&weight, [4, d_inner, 1], &channels), [4, k], &cpu),
+        tensor(&pick(&bias, [1, d_inner, 1], &channels), [k], &cpu),
+    );
+    let eu = rel_err(&columns(&got_u, &channels), &host(want_u));
+    let ew = rel_err(&columns(&got_w, &channels), &host(want_w));
+    println!("conv past u32 offsets: u {eu:9.2e}   window {ew:9.2e}");
+    assert!(eu <= 2e-3 && ew == 0.0, "conv: u {eu:e} window {ew:e}");
 }
 
 /// Training on the GPU: the kernel's forward with the hand-written backward (the tensor-op
