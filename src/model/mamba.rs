@@ -316,10 +316,27 @@ impl Mamba {
     /// # Shapes
     /// - tokens: `[batch, length]` -> `[batch, length, d_model]`
     pub fn forward(&self, tokens: Tensor<2, Int>, state: MambaState) -> (Tensor<3>, MambaState) {
+        let (x, phase) = self.embed_chunk(tokens, state.phase);
+        let all = 0..self.layers.len();
+        let (stream, layers) =
+            self.forward_layers(Residual { x, pending: None }, all, state.layers);
+        (self.finish(stream), MambaState { layers, phase })
+    }
+
+    /// The input of the first block for one chunk: token embedding plus, for models with one,
+    /// the phase embedding from per-row phases `phase`; returns it and the phases after the
+    /// chunk.
+    ///
+    /// # Shapes
+    /// - tokens: `[batch, length]` -> `[batch, length, d_model]`
+    pub fn embed_chunk(
+        &self,
+        tokens: Tensor<2, Int>,
+        mut phase: Vec<usize>,
+    ) -> (Tensor<3>, Vec<usize>) {
         let [batch, len] = tokens.dims();
         let device = tokens.device();
         let mut x = self.embed(tokens);
-        let mut phase = state.phase;
         if let Some(table) = &self.phase {
             let w = table.val();
             let [period, d] = w.dims();
@@ -336,11 +353,25 @@ impl Mamba {
                 .map(|b| (phase.get(b).copied().unwrap_or(0) + len) % period)
                 .collect();
         }
-        // The residual stream `x` and the last block's output not yet added to it: each add
-        // runs fused with the next norm (one kernel on GPUs, one pass on the CPU).
-        let mut next = Vec::with_capacity(self.layers.len());
-        let mut pending: Option<Tensor<3>> = None;
-        for (layer, st) in self.layers.iter().zip(state.layers) {
+        (x, phase)
+    }
+
+    /// Runs blocks `layers` (in order) over one chunk's residual stream, continuing from their
+    /// states `states` (one per block of the range); returns the stream after them and their
+    /// states after the chunk. [`Self::forward`] is this over all blocks between
+    /// [`Self::embed_chunk`] and [`Self::finish`]; a range lets the blocks be split across
+    /// threads (one chunk in the first half while the previous chunk is in the second).
+    pub fn forward_layers(
+        &self,
+        stream: Residual,
+        layers: std::ops::Range<usize>,
+        states: Vec<LayerState>,
+    ) -> (Residual, Vec<LayerState>) {
+        let Residual { mut x, mut pending } = stream;
+        let mut next = Vec::with_capacity(layers.len());
+        // Each add of a block's output to the stream runs fused with the next norm (one
+        // kernel on GPUs, one pass on the CPU).
+        for (layer, st) in self.layers[layers].iter().zip(states) {
             let normed = match pending.take() {
                 None => layer.norm.forward(x.clone()),
                 Some(out) => {
@@ -359,21 +390,29 @@ impl Mamba {
             pending = Some(out);
             next.push(s);
         }
-        let hidden = match pending {
-            None => self.norm_f.forward(x),
+        (Residual { x, pending }, next)
+    }
+
+    /// The final norm over the stream after the last block: the hidden states.
+    pub fn finish(&self, stream: Residual) -> Tensor<3> {
+        match stream.pending {
+            None => self.norm_f.forward(stream.x),
             Some(out) => {
                 let w = self.norm_f.weight.val();
-                add_rms_norm(x, out, w, self.norm_f.eps, FloatDType::F32).1
+                add_rms_norm(stream.x, out, w, self.norm_f.eps, FloatDType::F32).1
             }
-        };
-        (
-            hidden,
-            MambaState {
-                layers: next,
-                phase,
-            },
-        )
+        }
     }
+}
+
+/// The residual stream of one chunk between blocks: the sum so far (f32) and the last block's
+/// output not yet added to it (added, fused with the next norm, by whatever runs next).
+#[derive(Debug, Clone)]
+pub struct Residual {
+    /// `[batch, length, d_model]`, f32.
+    pub x: Tensor<3>,
+    /// `[batch, length, d_model]` in the blocks' activation format, or none.
+    pub pending: Option<Tensor<3>>,
 }
 
 /// Phase of the first position of the reverse complement of an `n`-base record, when the

@@ -18,7 +18,7 @@ use burn::tensor::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
 pub use config::MambaConfig;
-pub use mamba::{Mamba, MambaBlock, Precision, reverse_start_phase};
+pub use mamba::{Mamba, MambaBlock, Precision, Residual, reverse_start_phase};
 pub use state::{LayerState, MambaState};
 use weights::TensorMap;
 
