@@ -263,6 +263,70 @@ fn padding_the_last_chunk_changes_no_hidden_state() {
     assert!(rel_err(&host(padded), &want) <= 1e-6);
 }
 
+/// Records of several chunks run with the blocks in groups on several threads (the default
+/// on GPUs) give exactly what the one-thread loop gives, chunk by chunk: both directions, a
+/// padded last chunk, a phase embedding, 2 and 3 groups of 3 blocks and more groups than
+/// blocks; and an error from the sink
+/// stops the run (the worker thread does not hang).
+#[test]
+fn pipelined_chunks_equal_the_one_thread_loop() {
+    let device = Device::flex();
+    let mut arch = MambaConfig::new(16, 3);
+    arch.phase_period = 3;
+    let model = GenoModel::init(ModelConfig::new(arch), 9, &device).unwrap();
+    let a = tokenize(&test_dna()[..95]).unwrap();
+    let b = tokenize(&test_dna()[300..371]).unwrap();
+    let chunks = |stages: usize, pad: bool, reverse: bool| {
+        genomamba::infer::set_pipeline(Some(stages));
+        let mut out = Vec::new();
+        genomamba::infer::run_batch(
+            &model.backbone,
+            &[&a, &b],
+            16,
+            &device,
+            reverse,
+            pad,
+            &mut |c| {
+                out.push((c.start, c.len, c.values.to_vec()));
+                Ok(())
+            },
+        )
+        .unwrap();
+        out
+    };
+    for pad in [false, true] {
+        for reverse in [false, true] {
+            let one = chunks(1, pad, reverse);
+            assert_eq!(one.len(), 6, "chunks of 16 over 95 positions");
+            for stages in [2, 3, 5] {
+                let got = chunks(stages, pad, reverse);
+                assert_eq!(one, got, "{stages} stages, pad {pad} reverse {reverse}");
+            }
+        }
+    }
+    genomamba::infer::set_pipeline(Some(3));
+    let mut seen = 0;
+    let stopped = genomamba::infer::run_batch(
+        &model.backbone,
+        &[&a],
+        16,
+        &device,
+        false,
+        false,
+        &mut |_| {
+            seen += 1;
+            if seen == 2 {
+                Err(genomamba::Error::usage("stop here", "nothing to fix"))
+            } else {
+                Ok(())
+            }
+        },
+    );
+    genomamba::infer::set_pipeline(None);
+    assert!(stopped.is_err(), "the sink's error is returned");
+    assert_eq!(seen, 2, "no chunk is handed on after the error");
+}
+
 #[test]
 fn saved_model_reloads_identically() {
     let device = Device::flex();

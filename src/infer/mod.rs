@@ -12,7 +12,7 @@ use burn::tensor::{Device, Int, Tensor, TensorData};
 
 use crate::alphabet::PAD;
 use crate::model::weights::host_values;
-use crate::model::{Mamba, MambaState};
+use crate::model::{Mamba, MambaState, Residual};
 use crate::{Error, Result};
 
 /// Default positions per chunk (on the CPU).
@@ -79,6 +79,17 @@ pub fn run_batch_tensor(
     } else {
         model.zero_state(batch, device)
     };
+    let stages = pipeline(device);
+    if max_len > chunk_size && model.layers.len() >= 2 && stages >= 2 {
+        let chunks = Chunks {
+            records,
+            chunk_size,
+            max_len,
+            pad_last,
+            device,
+        };
+        return run_pipelined(model, chunks, state, stages, sink);
+    }
     let mut start = 0;
     let mut ids: Vec<i64> = Vec::with_capacity(batch * chunk_size.min(max_len));
     while start < max_len {
@@ -196,21 +207,203 @@ fn forward_padded(
     device: &Device,
     ids: &mut Vec<i64>,
 ) -> (Tensor<3>, MambaState) {
-    let batch = records.len();
+    let len = span.len();
+    let tokens = padded_tokens(records, span, run, device, ids);
+    let (hidden, next) = model.forward(tokens, state);
+    (first_positions(hidden, len), next)
+}
+
+/// Token ids of positions `span` of every record as `run` positions, `[PAD]` past a record's
+/// end and past `span`: `[records, run]`. `ids` is scratch space.
+fn padded_tokens(
+    records: &[&[u8]],
+    span: std::ops::Range<usize>,
+    run: usize,
+    device: &Device,
+    ids: &mut Vec<i64>,
+) -> Tensor<2, Int> {
     ids.clear();
     for r in records {
         for p in span.start..span.start + run {
             ids.push(r.get(p).copied().unwrap_or(PAD) as i64);
         }
     }
-    let tokens: Tensor<2, Int> =
-        Tensor::from_data(TensorData::new(ids.clone(), [batch, run]), device);
-    let (hidden, next) = model.forward(tokens, state);
-    let hidden = if run > span.len() {
-        let d = hidden.dims()[2];
-        hidden.slice([0..batch, 0..span.len(), 0..d])
+    Tensor::from_data(TensorData::new(ids.clone(), [records.len(), run]), device)
+}
+
+/// The first `len` positions of `[batch, run, d]` hidden states (a view when `run > len`).
+fn first_positions(hidden: Tensor<3>, len: usize) -> Tensor<3> {
+    let [batch, run, d] = hidden.dims();
+    if run > len {
+        hidden.slice([0..batch, 0..len, 0..d])
     } else {
         hidden
+    }
+}
+
+/// [`set_pipeline`]'s choice: 0 none, else the number of stages.
+static PIPELINE: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// Stages of the block pipeline on GPUs unless told otherwise ([`pipeline`]).
+pub const GPU_PIPELINE_STAGES: usize = 2;
+
+/// Makes [`run_batch_tensor`] run records of more than one chunk with the blocks in
+/// `Some(stages)` groups on as many host threads (`Some(1)`: one loop), or as the device and
+/// `GENOMAMBA_PIPELINE` decide (`None`, see [`pipeline`]); process-wide. The results are the
+/// same either way; this is for tests and timing runs.
+pub fn set_pipeline(stages: Option<usize>) {
+    PIPELINE.store(stages.unwrap_or(0), std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Stages [`run_batch_tensor`] runs the blocks in ([`run_pipelined`]; 1: one loop): as
+/// [`set_pipeline`] said, else as `GENOMAMBA_PIPELINE` says (`off`, `on`, or a number of
+/// stages), else [`GPU_PIPELINE_STAGES`] on every device but Burn's CPU backend (which already
+/// spreads each operation over all cores) and 1 there.
+fn pipeline(device: &Device) -> usize {
+    match PIPELINE.load(std::sync::atomic::Ordering::Relaxed) {
+        0 => {}
+        stages => return stages,
+    }
+    let default = if *device == Device::flex() {
+        1
+    } else {
+        GPU_PIPELINE_STAGES
     };
-    (hidden, next)
+    match std::env::var("GENOMAMBA_PIPELINE").as_deref() {
+        Ok("off") => 1,
+        Ok("on") => GPU_PIPELINE_STAGES,
+        Ok(v) => v
+            .trim()
+            .parse::<usize>()
+            .ok()
+            .filter(|&n| n > 0)
+            .unwrap_or(default),
+        Err(_) => default,
+    }
+}
+
+/// The chunks of one batch of records, as [`run_batch_tensor`] cuts them.
+#[derive(Clone, Copy)]
+struct Chunks<'a> {
+    records: &'a [&'a [u8]],
+    chunk_size: usize,
+    max_len: usize,
+    pad_last: bool,
+    device: &'a Device,
+}
+
+impl Chunks<'_> {
+    /// `(start, end, run)` of every chunk: positions `start..end`, run as `run` positions.
+    fn spans(&self) -> impl Iterator<Item = (usize, usize, usize)> + '_ {
+        (0..self.max_len)
+            .step_by(self.chunk_size)
+            .map(move |start| {
+                let end = (start + self.chunk_size).min(self.max_len);
+                let run = if self.pad_last && start > 0 {
+                    self.chunk_size
+                } else {
+                    end - start
+                };
+                (start, end, run)
+            })
+    }
+}
+
+/// [`run_batch_tensor`]'s loop with the blocks in `stages` consecutive groups, each on its own
+/// host thread: while this thread runs chunk `c` through the last group, the final norm and
+/// `sink`, workers run chunk `c + 1` through the group before it, and so on back to the first
+/// group (which also embeds the chunk). Each group carries its own blocks' states, so the
+/// results are those of the one-thread loop. On a GPU each host thread launches on its own
+/// stream (CubeCL's default), so the groups' kernels can overlap: one fills the machine where
+/// another leaves it idle (a kernel's last wave, a latency-bound pass, the gaps between
+/// launches).
+fn run_pipelined(
+    model: &Mamba,
+    chunks: Chunks<'_>,
+    state: MambaState,
+    stages: usize,
+    sink: &mut dyn FnMut(usize, Tensor<3>) -> Result<()>,
+) -> Result<()> {
+    type Msg = (usize, usize, Residual);
+    let n = model.layers.len();
+    // At least two groups (one is the plain loop), at most one block each.
+    let stages = stages.clamp(2, n.max(2));
+    let bounds: Vec<usize> = (0..=stages).map(|i| n * i / stages).collect();
+    let MambaState {
+        layers,
+        phase: mut first_phase,
+    } = state;
+    let mut groups: Vec<Vec<_>> = Vec::with_capacity(stages);
+    let mut rest = layers;
+    for i in (1..stages).rev() {
+        groups.push(rest.split_off(bounds[i]));
+    }
+    groups.push(rest);
+    groups.reverse();
+    let mut last_states = groups.pop().unwrap_or_default();
+    let last = bounds[stages - 1]..n;
+    std::thread::scope(|scope| {
+        // One chunk waits between two groups, so the first stays at most a few chunks ahead.
+        let mut workers = Vec::with_capacity(stages - 1);
+        let mut upstream: Option<std::sync::mpsc::Receiver<Msg>> = None;
+        for (i, mut states) in groups.into_iter().enumerate() {
+            let (tx, rx) = std::sync::mpsc::sync_channel::<Msg>(1);
+            let from = upstream.replace(rx);
+            let range = bounds[i]..bounds[i + 1];
+            let mut phase = std::mem::take(&mut first_phase);
+            workers.push(scope.spawn(move || {
+                let mut send = |start, len, stream| {
+                    let taken = std::mem::take(&mut states);
+                    let (stream, next) = model.forward_layers(stream, range.clone(), taken);
+                    states = next;
+                    tx.send((start, len, stream)).is_ok()
+                };
+                match from {
+                    // The first group: embeds each chunk.
+                    None => {
+                        let mut ids = Vec::new();
+                        for (start, end, run) in chunks.spans() {
+                            let tokens = padded_tokens(
+                                chunks.records,
+                                start..end,
+                                run,
+                                chunks.device,
+                                &mut ids,
+                            );
+                            let (x, next_phase) = model.embed_chunk(tokens, phase);
+                            phase = next_phase;
+                            if !send(start, end - start, Residual { x, pending: None }) {
+                                return; // a later stage stopped (an error in `sink`)
+                            }
+                        }
+                    }
+                    Some(rx) => {
+                        for (start, len, stream) in rx.iter() {
+                            if !send(start, len, stream) {
+                                return;
+                            }
+                        }
+                    }
+                }
+            }));
+        }
+        let mut result = Ok(());
+        if let Some(rx) = upstream {
+            for (start, len, stream) in rx.iter() {
+                let (stream, next) = model.forward_layers(stream, last.clone(), last_states);
+                last_states = next;
+                let hidden = first_positions(model.finish(stream), len);
+                if let Err(e) = sink(start, hidden) {
+                    result = Err(e);
+                    break;
+                }
+            }
+        }
+        for worker in workers {
+            if let Err(panic) = worker.join() {
+                std::panic::resume_unwind(panic);
+            }
+        }
+        result
+    })
 }
