@@ -306,9 +306,10 @@ impl Chunks<'_> {
 /// `sink`, workers run chunk `c + 1` through the group before it, and so on back to the first
 /// group (which also embeds the chunk). Each group carries its own blocks' states, so the
 /// results are those of the one-thread loop. The threads share the host's work per chunk
-/// (queueing and launching some 200 kernels); on a GPU each host thread also launches on its
-/// own stream (CubeCL's default). Measured on 16.7 Mb of chr20 on two H200 machines: 5% faster
-/// on the one whose host was slower, no change on the other (BENCHMARKS.md).
+/// (building and queueing some 350 kernels). The GPU still runs them one after another: under
+/// Burn's fusion backend every kernel went to one CUDA stream (`ncu`, BENCHMARKS.md). Measured
+/// on 16.7 Mb of chr20 on two H200 machines: 5% faster on the one whose host was slower, no
+/// change on the other.
 fn run_pipelined(
     model: &Mamba,
     chunks: Chunks<'_>,
