@@ -209,6 +209,31 @@ fn padding_a_batch_does_not_change_a_record() {
     assert!(rel_err(&batched, &alone64) <= 1e-5);
 }
 
+/// `(start, len, hidden states)` of every chunk `run_batch` hands on for `records`.
+fn batch_chunks(
+    model: &GenoModel,
+    records: &[&[u8]],
+    chunk: usize,
+    reverse: bool,
+    pad: bool,
+) -> Vec<(usize, usize, Vec<f32>)> {
+    let mut out = Vec::new();
+    genomamba::infer::run_batch(
+        &model.backbone,
+        records,
+        chunk,
+        &Device::flex(),
+        reverse,
+        pad,
+        &mut |c| {
+            out.push((c.start, c.len, c.values.to_vec()));
+            Ok(())
+        },
+    )
+    .unwrap();
+    out
+}
+
 /// A GPU runs a record's last chunk padded to a whole chunk (one shape for every chunk): the
 /// hidden states handed on must be those of the unpadded run, chunk by chunk, in both
 /// directions, and for the pieces of a long record.
@@ -220,23 +245,7 @@ fn padding_the_last_chunk_changes_no_hidden_state() {
     let model = GenoModel::init(ModelConfig::new(arch), 5, &device).unwrap();
     let a = tokenize(&test_dna()[..23]).unwrap();
     let b = tokenize(&test_dna()[100..117]).unwrap();
-    let chunks = |pad: bool, reverse: bool| {
-        let mut out = Vec::new();
-        genomamba::infer::run_batch(
-            &model.backbone,
-            &[&a, &b],
-            10,
-            &device,
-            reverse,
-            pad,
-            &mut |c| {
-                out.push((c.start, c.len, c.values.to_vec()));
-                Ok(())
-            },
-        )
-        .unwrap();
-        out
-    };
+    let chunks = |pad: bool, reverse: bool| batch_chunks(&model, &[&a, &b], 10, reverse, pad);
     for reverse in [false, true] {
         let (plain, padded) = (chunks(false, reverse), chunks(true, reverse));
         // Chunks of 10, 10 and 3 positions either way.
@@ -278,21 +287,7 @@ fn pipelined_chunks_equal_the_one_thread_loop() {
     let b = tokenize(&test_dna()[300..371]).unwrap();
     let chunks = |stages: usize, pad: bool, reverse: bool| {
         genomamba::infer::set_pipeline(Some(stages));
-        let mut out = Vec::new();
-        genomamba::infer::run_batch(
-            &model.backbone,
-            &[&a, &b],
-            16,
-            &device,
-            reverse,
-            pad,
-            &mut |c| {
-                out.push((c.start, c.len, c.values.to_vec()));
-                Ok(())
-            },
-        )
-        .unwrap();
-        out
+        batch_chunks(&model, &[&a, &b], 16, reverse, pad)
     };
     for pad in [false, true] {
         for reverse in [false, true] {
