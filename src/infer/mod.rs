@@ -306,10 +306,10 @@ impl Chunks<'_> {
 /// `sink`, workers run chunk `c + 1` through the group before it, and so on back to the first
 /// group (which also embeds the chunk). Each group carries its own blocks' states, so the
 /// results are those of the one-thread loop. The threads share the host's work per chunk
-/// (building and queueing some 350 kernels). The GPU still runs them one after another: under
-/// Burn's fusion backend every kernel went to one CUDA stream (`ncu`, BENCHMARKS.md). Measured
-/// on 16.7 Mb of chr20 on two H200 machines: 5% faster on the one whose host was slower, no
-/// change on the other.
+/// (building and queueing some 350 kernels). The GPU still runs them one after another: with
+/// Burn's fusion backend on CUDA every kernel went to one CUDA stream (`ncu`, BENCHMARKS.md).
+/// Measured on 16.7 Mb of chr20 on two H200 machines: 5% faster on the one whose host was
+/// slower, no change on the other.
 fn run_pipelined(
     model: &Mamba,
     chunks: Chunks<'_>,
