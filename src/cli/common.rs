@@ -9,7 +9,7 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use genomamba::alphabet::reverse_complement_tokens;
 use genomamba::device::DeviceSpec;
-use genomamba::infer::DEFAULT_CHUNK;
+use genomamba::infer::{DEFAULT_CHUNK, batch_positions};
 use genomamba::infer::{run_batch, run_piece_tensor};
 use genomamba::io::fastx::{Piece, RecordMeta, for_each_piece};
 use genomamba::io::region::{Region, read_region};
@@ -41,12 +41,13 @@ pub struct InputArgs {
     #[arg(long, default_value = "f32", value_name = "FORMAT")]
     pub precision: String,
     /// Bases per chunk; the state is carried across chunks, so results do not depend on it.
-    /// Default 8192 on the CPU and 65536 on a GPU, where long chunks run a chromosome about
-    /// twice as fast (records shorter than a chunk are batched, so long chunks also mean
-    /// large batches of long records).
+    /// Default 8192 on the CPU and 262144 on a GPU, where long chunks run a chromosome
+    /// faster (fewer kernel launches per base). Memory grows with it: a batch of short
+    /// records holds at most one chunk's worth of positions (or 32 x 8192, if more).
     #[arg(long)]
     pub chunk_size: Option<usize>,
-    /// Records run together when they fit in one chunk.
+    /// Records run together when they fit in one chunk (fewer when 32 x 8192 positions, or
+    /// one chunk if longer, would not hold that many of the longest among them).
     #[arg(long, default_value_t = 32)]
     pub batch_size: usize,
     /// CPU threads (default: all cores).
@@ -271,6 +272,9 @@ impl InputArgs {
         let regions = self.parsed_regions()?;
         let mut batch: Vec<Piece> = Vec::new();
         let max_batch = self.batch_size;
+        let max_positions = batch_positions(self.chunk());
+        // The longest record in `batch` (every record runs padded to it).
+        let mut longest = 0usize;
         let mut push = |p: Piece, batch: &mut Vec<Piece>| -> Result<()> {
             if p.is_whole() && p.tokens.is_empty() {
                 *skipped_empty += 1;
@@ -282,6 +286,16 @@ impl InputArgs {
                 }
                 return f(vec![p]);
             }
+            // A batch holds at most `max_positions` padded positions: one that would grow
+            // past them runs first.
+            let widest = longest.max(p.tokens.len());
+            if !batch.is_empty() && (batch.len() + 1) * widest > max_positions {
+                f(std::mem::take(batch))?;
+            }
+            if batch.is_empty() {
+                longest = 0;
+            }
+            longest = longest.max(p.tokens.len());
             batch.push(p);
             if batch.len() >= max_batch {
                 f(std::mem::take(batch))?;
@@ -486,5 +500,61 @@ mod tests {
         assert_eq!(chunk(&["--device", "cuda:1"]), GPU_DEFAULT_CHUNK);
         assert_eq!(chunk(&["--device", "cuda", "--chunk-size", "1000"]), 1000);
         assert_eq!(chunk(&["--chunk-size", "77"]), 77);
+    }
+
+    /// The sizes of the groups `read_groups` hands over for a FASTA of records of `lens`
+    /// bases, with `args` after the input.
+    fn groups(name: &str, lens: &[usize], args: &[&str]) -> Vec<usize> {
+        let dir = std::env::temp_dir().join(format!("genomamba-groups-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let fa = dir.join(format!("{name}.fa"));
+        let text: String = lens
+            .iter()
+            .enumerate()
+            .map(|(i, &n)| format!(">r{i}\n{}\n", "ACGT".repeat(n.div_ceil(4))[..n].to_string()))
+            .collect();
+        std::fs::write(&fa, text).unwrap();
+        let path = fa.to_str().unwrap();
+        let argv = ["genomamba", "-m", "model", path]
+            .into_iter()
+            .chain(args.iter().copied());
+        let input = Cli::parse_from(argv).input;
+        let mut sizes = Vec::new();
+        let mut skipped = 0;
+        input
+            .read_groups(&mut skipped, &mut |g| {
+                sizes.push(if g.iter().all(|p| p.is_whole()) {
+                    g.len()
+                } else {
+                    0
+                });
+                Ok(())
+            })
+            .unwrap();
+        std::fs::remove_file(&fa).unwrap();
+        sizes
+    }
+
+    #[test]
+    fn batches_hold_at_most_a_chunk_of_positions() {
+        // Chunks of 300,000: a batch may hold 300,000 padded positions, so two records of
+        // 100,000 and then one more only if the batch stays within them.
+        let big = ["--chunk-size", "300000"];
+        assert_eq!(groups("a", &[100_000; 4], &big), vec![3, 1]);
+        // The longest record sets the padded length: 60,000 + 150,000 -> 2 x 150,000.
+        assert_eq!(groups("b", &[60_000, 150_000, 10, 10], &big), vec![2, 2]);
+        // Below 32 x 8192 positions the floor holds: 20 records of 10,000 in chunks of
+        // 20,000 fit 262,144 positions 26 times, so --batch-size decides.
+        let small = ["--chunk-size", "20000", "--batch-size", "8"];
+        assert_eq!(groups("c", &[10_000; 20], &small), vec![8, 8, 4]);
+        assert_eq!(
+            groups("d", &[10_000; 30], &["--chunk-size", "20000"]),
+            vec![26, 4]
+        );
+        // A long record runs alone, piece by piece, after the batch before it.
+        assert_eq!(
+            groups("e", &[10, 10, 700_000, 10], &big),
+            vec![2, 0, 0, 0, 1]
+        );
     }
 }

@@ -18,10 +18,24 @@ use crate::{Error, Result};
 /// Default positions per chunk (on the CPU).
 pub const DEFAULT_CHUNK: usize = 8192;
 
-/// Default positions per chunk on a GPU: on an H200 (d_model 256, 16 layers, f16) whole chr20
-/// took 71.3 s with chunks of 8,192 and 32.5 s with 65,536 (BENCHMARKS.md); 262,144 was 8%
-/// faster again on 16 Mb but takes 2.6 times the GPU memory (3.3 GiB).
-pub const GPU_DEFAULT_CHUNK: usize = 65536;
+/// Default positions per chunk on a GPU. On an H200 (d_model 256, 16 layers, f16) whole chr20
+/// took 71.3 s with chunks of 8,192 and 32.5 s with 65,536 in the eighth session; with the
+/// kernels of the sixteenth session, 15.25 s with 65,536 (1,285 MiB of GPU memory), 13.66 s
+/// with 262,144 (3,397 MiB) and 13.40 s with 524,288 (6,213 MiB) (BENCHMARKS.md, call 62):
+/// every chunk costs some 350 kernel launches whatever its length.
+pub const GPU_DEFAULT_CHUNK: usize = 262_144;
+
+/// Fewest padded positions (records x the longest of them) a batch of whole records may
+/// hold, whatever the chunk: 32 records of a CPU chunk of 8,192. A batch may hold as many
+/// positions as one chunk when that is more ([`batch_positions`]).
+pub const MIN_BATCH_POSITIONS: usize = 32 * DEFAULT_CHUNK;
+
+/// Most padded positions (records x the longest of them) in one batch of whole records for
+/// chunks of `chunk_size`: one chunk's worth, or [`MIN_BATCH_POSITIONS`] if that is more. A
+/// batch then takes no more memory than a long record's chunk (or than 32 CPU chunks).
+pub fn batch_positions(chunk_size: usize) -> usize {
+    chunk_size.max(MIN_BATCH_POSITIONS)
+}
 
 /// Hidden states of one chunk of a batch, on the host.
 pub struct ChunkOut<'a> {
