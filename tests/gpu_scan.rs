@@ -33,13 +33,16 @@ use burn::tensor::{DType, Device, Distribution, FloatDType, Tensor, TensorData};
 use genomamba::alphabet::tokenize;
 use genomamba::infer::hidden_states;
 use genomamba::model::{GenoModel, MambaConfig, ModelConfig, Precision};
-use genomamba::ops::block::{Impl, add_rms_norm_with, causal_conv_silu_with, project_with};
+use genomamba::ops::block::{
+    Impl, add_rms_norm_with, causal_conv_silu_with, project_softplus_with, project_with,
+};
 use genomamba::ops::project_cube::{
     SMALL_K_MAX, Tiling, default_strategy, default_tiling, refusals, set_strategy, set_tiling,
     small_k_launches, strategy_names,
 };
 use genomamba::ops::{
-    ScanArgs, ScanPath, WALK_MIN_LANES, selective_scan, selective_scan_reference, set_scan_path,
+    ScanArgs, ScanPath, WALK_MIN_LANES, selective_scan, selective_scan_activated,
+    selective_scan_reference, set_scan_path,
 };
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -296,6 +299,105 @@ fn gpu_scan_matches_reference_over_shapes() {
         "GPU scan off the reference by more than {TOL:e}:\n{}",
         failures.join("\n")
     );
+}
+
+/// `softplus(x)` in f64, as the reference computes it.
+fn softplus64(x: f64) -> f64 {
+    x.max(0.0) + (-x.abs()).exp().ln_1p()
+}
+
+#[test]
+fn gpu_activated_scan_matches_reference() {
+    // `selective_scan_activated` takes `Δ - bias` and `bias` (no softplus); given
+    // `softplus(delta + bias) - b2` and `b2` for a random `b2` it must return what the
+    // reference returns for `delta` and `bias`: through one chunk, the chunked passes
+    // (several chunks, grouped pass 2) and the walk.
+    let gpu = require_cuda!();
+    let cases: [([usize; 4], ScanPath); 4] = [
+        ([2, 7, 37, 16], ScanPath::Chunked),
+        ([2, 2049, 37, 16], ScanPath::Chunked),
+        ([2, 4480, 5, 16], ScanPath::Chunked),
+        ([3, 300, 37, 16], ScanPath::Walk(2)),
+    ];
+    for (i, (shape, path)) in cases.into_iter().enumerate() {
+        let _path = scan_path(path);
+        let x = random_case(700 + i as u64, shape, i % 2 == 1);
+        let mut rng = StdRng::seed_from_u64(800 + i as u64);
+        let b2 = normals(&mut rng, x.d_inner, 0.5);
+        let activated: Vec<f32> = x
+            .delta
+            .iter()
+            .enumerate()
+            .map(|(j, &v)| {
+                let ch = j % x.d_inner;
+                (softplus64(v as f64 + x.delta_bias[ch] as f64) - b2[ch] as f64) as f32
+            })
+            .collect();
+        let (want_y, want_h) = reference(&x);
+        let mut a = args(&x, &gpu);
+        a.delta = tensor(&activated, [x.batch, x.len, x.d_inner], &gpu);
+        a.delta_bias = tensor(&b2, [x.d_inner], &gpu);
+        let (got_y, got_h) = outputs(&x, selective_scan_activated(a), "activated");
+        let (ey, eh) = (rel_err(&got_y, &want_y), rel_err(&got_h, &want_h));
+        println!(
+            "activated {:<48} {path:?}: y {ey:9.2e} h {eh:9.2e}",
+            x.describe()
+        );
+        assert!(
+            ey <= TOL && eh <= TOL,
+            "{}: y {ey:e} h {eh:e}",
+            x.describe()
+        );
+    }
+}
+
+#[test]
+fn gpu_project_softplus_matches_reference() {
+    // dt_proj with the Δ bias and softplus: the small-k kernel's epilogue (on a view of a
+    // wider tensor, as dt_proj reads x_proj's output) and, past its inner dimension, the
+    // reference through a matrix product; f32 and f16 against the CPU in f32.
+    let gpu = require_cuda!();
+    let _alone = projections_alone();
+    set_strategy(None);
+    let mut rng = StdRng::seed_from_u64(31);
+    let (batch, len, wide, n) = (2, 100, 48, 512);
+    for k in [16, SMALL_K_MAX + 1] {
+        let x = normals(&mut rng, batch * len * wide.max(k), 1.0);
+        let w = normals(&mut rng, k * n, 0.25);
+        let bias = normals(&mut rng, n, 2.0);
+        let wide = wide.max(k);
+        let view = |device: &Device, dtype: FloatDType| {
+            tensor(&x, [batch, len, wide], device)
+                .cast(dtype)
+                .slice([0..batch, 0..len, 0..k])
+        };
+        let want = host(project_softplus_with(
+            Impl::Reference,
+            view(&Device::flex(), FloatDType::F32),
+            tensor(&w, [k, n], &Device::flex()),
+            tensor(&bias, [n], &Device::flex()),
+        ));
+        assert!(want.iter().all(|&v| v >= 0.0), "softplus is not negative");
+        for (dtype, tol) in [(FloatDType::F32, 1e-5), (FloatDType::F16, 3e-3)] {
+            // Past the small-k kernel the product runs on tensor cores, TF32 in f32 (inputs
+            // rounded to 10 mantissa bits): the projection test's tolerance.
+            let tol = if k <= SMALL_K_MAX { tol } else { 5e-3 };
+            let before = small_k_launches();
+            let got = project_softplus_with(
+                Impl::Fastest,
+                view(&gpu, dtype),
+                tensor(&w, [k, n], &gpu).cast(dtype),
+                tensor(&bias, [n], &gpu),
+            );
+            assert_eq!(got.dims(), [batch, len, n], "shape");
+            assert_eq!(got.dtype(), DType::from(dtype), "format");
+            let e = rel_err(&host(got), &want);
+            let small = small_k_launches() - before;
+            println!("project_softplus k {k} {dtype:?}: {e:9.2e} (small-k launches {small})");
+            assert_eq!(small, usize::from(k <= SMALL_K_MAX), "which kernel ran");
+            assert!(e <= tol, "k {k} {dtype:?}: {e:e}");
+        }
+    }
 }
 
 #[test]
@@ -1176,6 +1278,13 @@ fn gpu_model_matches_the_cpu_model() {
     let run = |device: &Device| {
         let mut model = GenoModel::init(ModelConfig::new(arch.clone()), 5, device).unwrap();
         model.backbone.set_precision(Precision::F32);
+        // Off the CPU the blocks run dt_proj with the softplus and the scan without it.
+        let fused = model.backbone.layers.iter().all(|l| l.no_bias.is_some());
+        assert_eq!(
+            fused,
+            *device != Device::flex(),
+            "fused dt_proj on {device:?}"
+        );
         let layer = &model.backbone.layers[1];
         let weights = [
             host(layer.in_proj.weight.val()),

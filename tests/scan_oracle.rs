@@ -12,7 +12,9 @@
 //! Errors are measured as `max |got - want| / max |want|` (over the whole tensor).
 
 use burn::tensor::{Device, Tensor, TensorData};
-use genomamba::ops::{ScanArgs, selective_scan, selective_scan_reference};
+use genomamba::ops::{
+    ScanArgs, selective_scan, selective_scan_activated, selective_scan_reference,
+};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -320,6 +322,71 @@ fn fused_and_reference_match_the_oracle_over_random_shapes() {
     }
     for (w, name) in worst.iter().zip(names) {
         println!("max {name}: {:.3e} ({})", w.err, w.at);
+    }
+}
+
+/// `selective_scan_activated` (`Δ = delta + delta_bias`, no softplus) against the oracle:
+/// given `softplus(delta + bias) - b2` and `b2` it returns the oracle's result for `delta` and
+/// `bias`, on the CPU and on an autodiff device (where its reference body is differentiated
+/// op by op: the gradient with respect to its `delta` is that of `Δ`, so it must equal the
+/// standard scan's gradient with respect to `delta` divided by `softplus' = sigmoid`).
+#[test]
+fn activated_scan_matches_the_oracle() {
+    let mut rng = StdRng::seed_from_u64(0xAC71);
+    for (i, shape) in [[2, 9, 5, 4], [1, 130, 7, 16], [3, 1, 3, 2]]
+        .into_iter()
+        .enumerate()
+    {
+        let x = random_case(&mut rng, shape, i == 1, 1.0);
+        let b2 = normals(&mut rng, x.d_inner, 0.5);
+        let pre: Vec<f64> = (0..x.delta.len())
+            .map(|j| x.delta[j] + x.delta_bias[j % x.d_inner])
+            .collect();
+        let activated: Vec<f64> = (0..pre.len())
+            .map(|j| softplus(pre[j]) - b2[j % x.d_inner])
+            .collect();
+        let case = format!("case {i}: {}", x.describe());
+        let (want_y, want_h) = oracle(&x);
+        let (nb, nl, ni) = (x.batch, x.len, x.d_inner);
+        for device in [Device::flex(), Device::flex().autodiff()] {
+            let mut a = args(&x, &device);
+            a.delta = tensor(&activated, [nb, nl, ni], &device);
+            a.delta_bias = tensor(&b2, [ni], &device);
+            let (y, h) = selective_scan_activated(a);
+            check_shape(&y, [nb, nl, ni], "activated y");
+            assert_close(rel_err(&host(y), &want_y), TOL_F32, "activated y", &case);
+            assert_close(
+                rel_err(&host(h), &want_h),
+                TOL_F32,
+                "activated h_last",
+                &case,
+            );
+        }
+        // Gradients of sum(y) with respect to each scan's `delta`.
+        let device = Device::flex().autodiff();
+        let grad_of = |activated_path: bool| {
+            let mut a = args(&x, &device);
+            if activated_path {
+                a.delta = tensor(&activated, [nb, nl, ni], &device);
+                a.delta_bias = tensor(&b2, [ni], &device);
+            }
+            let delta = a.delta.clone().require_grad();
+            a.delta = delta.clone();
+            let (y, _) = if activated_path {
+                selective_scan_activated(a)
+            } else {
+                selective_scan(a)
+            };
+            let grads = y.sum().backward();
+            host(delta.grad(&grads).expect("gradient of delta"))
+        };
+        let (g_act, g_std) = (grad_of(true), grad_of(false));
+        let want: Vec<f64> = g_std
+            .iter()
+            .zip(&pre)
+            .map(|(g, p)| *g as f64 / (1.0 / (1.0 + (-p).exp())))
+            .collect();
+        assert_close(rel_err(&g_act, &want), 1e-4, "activated d delta", &case);
     }
 }
 

@@ -11,7 +11,7 @@ use burn::tensor::{Device, FloatDType, Int, Tensor, TensorData};
 use super::config::MambaConfig;
 use super::state::{LayerState, MambaState};
 use crate::ops::block::add_rms_norm;
-use crate::ops::{ScanArgs, selective_scan};
+use crate::ops::{ScanArgs, selective_scan, selective_scan_activated};
 use crate::{Error, Result};
 
 /// Number format of the activations inside the blocks (`--precision`).
@@ -64,15 +64,19 @@ impl std::str::FromStr for Precision {
 /// [`Mamba::set_precision`]; the result stays in it), else as the layer is. The product goes
 /// through the block operations' `project` (a chosen matrix-product kernel on GPUs).
 fn project(linear: &Linear, x: Tensor<3>, half: Option<FloatDType>) -> Tensor<3> {
-    let x = match half {
-        Some(half) if x.dtype() != burn::tensor::DType::from(half) => x.cast(half),
-        _ => x,
-    };
-    let y = crate::ops::block::project(x, linear.weight.val());
+    let y = crate::ops::block::project(in_format(x, half), linear.weight.val());
     match (&linear.bias, half) {
         (Some(b), Some(half)) => y + b.val().cast(half).unsqueeze::<3>(),
         (Some(b), None) => y + b.val().unsqueeze::<3>(),
         (None, _) => y,
+    }
+}
+
+/// `x` in the half format `half`, if one is given.
+fn in_format(x: Tensor<3>, half: Option<FloatDType>) -> Tensor<3> {
+    match half {
+        Some(half) if x.dtype() != burn::tensor::DType::from(half) => x.cast(half),
+        _ => x,
     }
 }
 
@@ -123,6 +127,12 @@ pub struct MambaBlock {
     /// Format of the block's activations (set through [`Mamba::set_precision`]).
     #[module(skip)]
     pub precision: Precision,
+    /// Zeros, `[d_inner]`, when the block runs dt_proj with the Δ bias and softplus fused
+    /// ([`project_softplus`](crate::ops::block::project_softplus)) and the scan without them
+    /// ([`selective_scan_activated`](crate::ops::selective_scan_activated)), as set by
+    /// [`Mamba::set_precision`] off the CPU; `None` runs the bias and softplus in the scan.
+    #[module(skip)]
+    pub no_bias: Option<Tensor<1>>,
 }
 
 impl MambaBlock {
@@ -186,19 +196,37 @@ impl MambaBlock {
             .clone()
             .slice([0..batch, 0..len, dt_rank..dt_rank + d_state]);
         let c = dbc.slice([0..batch, 0..len, dt_rank + d_state..dt_rank + 2 * d_state]);
-        let delta = project(&self.dt_proj, dt, half);
         let a = self.a_log.val().exp().neg();
-        let (y, ssm) = selective_scan(ScanArgs {
-            u,
-            delta,
-            a,
-            b,
-            c,
-            d: self.d.val(),
-            z,
-            delta_bias: self.dt_bias.val(),
-            h0: state.ssm,
-        });
+        let (y, ssm) = match &self.no_bias {
+            // Δ = softplus(dt · W + bias) made by dt_proj's kernel (once per element, instead
+            // of once in each of the scan's passes), the scan adding a zero bias.
+            Some(zeros) => selective_scan_activated(ScanArgs {
+                delta: crate::ops::block::project_softplus(
+                    in_format(dt, half),
+                    self.dt_proj.weight.val(),
+                    self.dt_bias.val(),
+                ),
+                u,
+                a,
+                b,
+                c,
+                d: self.d.val(),
+                z,
+                delta_bias: zeros.clone(),
+                h0: state.ssm,
+            }),
+            None => selective_scan(ScanArgs {
+                delta: project(&self.dt_proj, dt, half),
+                u,
+                a,
+                b,
+                c,
+                d: self.d.val(),
+                z,
+                delta_bias: self.dt_bias.val(),
+                h0: state.ssm,
+            }),
+        };
         let out = project(&self.out_proj, y, half);
         (
             out,
@@ -208,6 +236,13 @@ impl MambaBlock {
             },
         )
     }
+}
+
+/// Whether blocks off the CPU run dt_proj with the Δ bias and softplus fused (see
+/// [`MambaBlock::no_bias`]): yes unless the environment variable `GENOMAMBA_FUSED_DT` is
+/// `off`, for comparisons. The CPU's scan applies them in its own loop, so it keeps them.
+fn fused_dt() -> bool {
+    std::env::var("GENOMAMBA_FUSED_DT").map_or(true, |v| v != "off")
 }
 
 /// `w` stored row-major on its device, unless that is the CPU (whose matrix product reads
@@ -259,6 +294,9 @@ impl Mamba {
             }
             layer.conv_weight = Param::from_tensor(row_major(layer.conv_weight.val()));
             layer.precision = precision;
+            let device = layer.dt_bias.val().device();
+            layer.no_bias = (device != Device::flex() && fused_dt())
+                .then(|| Tensor::zeros([layer.sizes[0]], &device));
         }
     }
 

@@ -247,6 +247,7 @@ pub fn mamba_from_tensors(
             out_proj,
             sizes: sizes_of(cfg),
             precision: Default::default(),
+            no_bias: None,
         });
     }
     let norm_f = RmsNorm {

@@ -17,7 +17,7 @@ use burn::tensor::{FloatDType, Shape, Slice, Tensor};
 use rayon::prelude::*;
 
 use super::scan_cpu::{fast_exp, host};
-use super::scan_reference::{to_dtype, to_f32};
+use super::scan_reference::{softplus, to_dtype, to_f32};
 
 /// Inputs of the causal convolution.
 ///
@@ -148,6 +148,19 @@ pub trait BlockOpsBackend: Backend {
         project_reference::<Self>(x, w)
     }
 
+    /// `softplus(x · w + bias)` for `x: [batch, length, in]`, `w: [in, out]` (the format of
+    /// `x`) and `bias: [out]` (f32), in the format of `x`, computed in f32: dt_proj with the
+    /// time step's bias and softplus, whose output goes to `selective_scan_activated`.
+    // Under Fusion: one custom operation, `[batch, length, out]` in the format of `x`.
+    #[fusion(dtype = x, shape = project_shape(x, w))]
+    fn project_softplus(
+        x: FloatTensor<Self>,
+        w: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+    ) -> FloatTensor<Self> {
+        project_softplus_reference::<Self>(x, w, bias)
+    }
+
     /// The projection's reference: the backend's own matrix product (never overridden).
     #[fusion(default)]
     fn project_reference(x: FloatTensor<Self>, w: FloatTensor<Self>) -> FloatTensor<Self> {
@@ -199,6 +212,14 @@ impl BlockOpsBackend for burn_cubecl::CubeBackend {
         super::project_cube::project_cube(x, w)
     }
 
+    fn project_softplus(
+        x: FloatTensor<Self>,
+        w: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+    ) -> FloatTensor<Self> {
+        super::project_cube::project_softplus_cube(x, w, bias)
+    }
+
     fn add_rms_norm(input: AddNormInput<Self>, eps: f64, out: FloatDType) -> AddNormOutput<Self> {
         super::block_cube::add_norm_cube(input, eps, out)
     }
@@ -233,6 +254,20 @@ fn norm_spec(
     out: FloatDType,
 ) -> burn::backend::fusion::custom::TensorSpec {
     burn::backend::fusion::custom::TensorSpec::new(x.shape.clone(), DType::from(out))
+}
+
+/// `softplus(x · w + bias)` in the format of `x`: the product through the backend's matrix
+/// product (in that format), then the bias and softplus in f32, rounded once.
+pub fn project_softplus_reference<B: Backend>(
+    x: FloatTensor<B>,
+    w: FloatTensor<B>,
+    bias: FloatTensor<B>,
+) -> FloatTensor<B> {
+    let dtype = x.dtype();
+    let out = bias.shape().to_vec().first().copied().unwrap_or(0);
+    let p = to_f32::<B>(project_reference::<B>(x, w));
+    let bias = B::float_reshape(to_f32::<B>(bias), Shape::new([1, 1, out]));
+    to_dtype::<B>(softplus::<B>(B::float_add(p, bias)), dtype)
 }
 
 /// `x · w` through the backend's matrix product (`w` broadcast over the batch).
@@ -542,6 +577,30 @@ pub fn project_with(which: Impl, x: Tensor<3>, w: Tensor<2>) -> Tensor<3> {
         Impl::Fastest => <Dispatch as BlockOpsBackend>::project(x, w),
         Impl::Reference => <Dispatch as BlockOpsBackend>::project_reference(x, w),
     })
+}
+
+/// [`project_softplus`] with a choice of implementation.
+pub fn project_softplus_with(
+    which: Impl,
+    x: Tensor<3>,
+    w: Tensor<2>,
+    bias: Tensor<1>,
+) -> Tensor<3> {
+    let (x, w, bias) = (x.into_dispatch(), w.into_dispatch(), bias.into_dispatch());
+    Tensor::from_dispatch(match which {
+        Impl::Fastest => <Dispatch as BlockOpsBackend>::project_softplus(x, w, bias),
+        Impl::Reference => project_softplus_reference::<Dispatch>(x, w, bias),
+    })
+}
+
+/// `softplus(x · w + bias)` on the device of `x` (dt_proj with the time step's bias and
+/// softplus, for [`selective_scan_activated`](super::scan::selective_scan_activated)).
+///
+/// # Shapes
+/// - x: `[batch, length, in]`, w: `[in, out]`, bias: `[out]` (f32); returns
+///   `[batch, length, out]` in the format of `x`
+pub fn project_softplus(x: Tensor<3>, w: Tensor<2>, bias: Tensor<1>) -> Tensor<3> {
+    project_softplus_with(Impl::Fastest, x, w, bias)
 }
 
 /// A projection without bias, `x · w`, on the device of `x`.

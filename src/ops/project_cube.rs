@@ -55,7 +55,7 @@ use cubek::matmul::multi_level::routines::{PlaneTilingBlueprintOptions, infer_bl
 use cubek::matmul::routine::BlueprintStrategy;
 use cubek::std::{InputBinding, MatrixLayout};
 
-use super::scan_cube::activation_elem;
+use super::scan_cube::{activation_elem, fast_math, softplus};
 
 /// The strategy used unless `GENOMAMBA_MATMUL` says otherwise (a name from [`strategy_names`],
 /// or `burn`), for activations in `dtype` on a device whose CubeCL client is named `client`:
@@ -234,7 +234,7 @@ pub(crate) fn project_cube(x: CubeTensor, w: CubeTensor) -> CubeTensor {
             .unwrap_or_else(|e| panic!("matrix product failed: {e:?}"))
     };
     let client_name = x.client.name();
-    if let Some(out) = project_small_k(&x, &w3) {
+    if let Some(out) = project_small_k(&x, &w3, None) {
         return out;
     }
     let (Some(strategy), Some(elem)) = (chosen(dtype, client_name), activation_elem(dtype)) else {
@@ -272,6 +272,18 @@ pub(crate) fn project_cube(x: CubeTensor, w: CubeTensor) -> CubeTensor {
         REFUSALS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
     burn_matmul(x, w3)
+}
+
+/// `softplus(x · w + bias)` (dt_proj with the time step's bias and softplus, for
+/// `selective_scan_activated`): [`small_k_kernel`] with its softplus where it takes the
+/// problem (dt_proj's usual shapes), else the reference (a matrix product, then tensor
+/// operations).
+pub(crate) fn project_softplus_cube(x: CubeTensor, w: CubeTensor, bias: CubeTensor) -> CubeTensor {
+    let w3 = super::block::batched_weight::<CubeBackend>(w.clone());
+    match project_small_k(&x, &w3, Some(&bias)) {
+        Some(out) => out,
+        None => super::block::project_softplus_reference::<CubeBackend>(x, w, bias),
+    }
 }
 
 static REFUSALS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
@@ -510,7 +522,14 @@ static SMALL_K: NamedChoice = NamedChoice::new("GENOMAMBA_MATMUL_SMALL_K");
 /// A tensor-core product of this shape spends most of its time on tiles that are mostly
 /// padding along `k`; here each thread keeps `k` rows of a few output columns of `w` in
 /// registers and computes those columns for [`SMALL_K_ROWS`] rows.
-fn project_small_k(x: &CubeTensor, w3: &CubeTensor) -> Option<CubeTensor> {
+///
+/// With `bias` (f32, `[n]`), the output is `softplus(x · w + bias)`, computed in f32 and
+/// rounded once ([`project_softplus_cube`]).
+fn project_small_k(
+    x: &CubeTensor,
+    w3: &CubeTensor,
+    bias: Option<&CubeTensor>,
+) -> Option<CubeTensor> {
     let (xs, ws) = (x.shape().to_vec(), w3.shape().to_vec());
     let elem = activation_elem(x.dtype).filter(|_| small_k_enabled())?;
     let ([batch, len, k], [1, k2, n]) = (xs.as_slice(), ws.as_slice()) else {
@@ -537,6 +556,18 @@ fn project_small_k(x: &CubeTensor, w3: &CubeTensor) -> Option<CubeTensor> {
     if w3.meta.strides()[..] != [k * n, n, 1] {
         return None;
     }
+    let activate = bias.is_some();
+    let bias = match bias {
+        Some(b) if b.dtype == DType::F32 && b.shape().to_vec() == [n] => into_contiguous(b.clone()),
+        Some(_) => return None,
+        // Not read without the softplus; one float to bind.
+        None => burn_cubecl::ops::numeric::empty_device_contiguous_dtype(
+            x.client.clone(),
+            x.device.clone(),
+            burn::tensor::Shape::new([1]),
+            DType::F32,
+        ),
+    };
     // Row-major without padding (the allocator may pad the rows of a tensor it lays out itself,
     // as `init_matmul_output` lets it: on CUDA it did for 40 and 48 columns).
     let out = burn_cubecl::ops::numeric::empty_device_contiguous_dtype(
@@ -568,6 +599,7 @@ fn project_small_k(x: &CubeTensor, w3: &CubeTensor) -> Option<CubeTensor> {
             vec,
             x.clone().into_tensor_arg(),
             w3.into_tensor_arg(),
+            bias.into_tensor_arg(),
             out.clone().into_tensor_arg(),
             rows,
             len,
@@ -577,6 +609,8 @@ fn project_small_k(x: &CubeTensor, w3: &CubeTensor) -> Option<CubeTensor> {
             rows_per_thread,
             k,
             vec,
+            activate,
+            fast_math(&client),
             elem,
         );
     }
@@ -598,12 +632,14 @@ pub fn small_k_launches() -> usize {
 /// `[rb·rows_per_thread, (rb+1)·rows_per_thread)`, with those columns of `w` in registers (f32)
 /// and f32 sums. Row `r = b·len + t` of `x` starts at vector `b·xs0 + t·xs1` (strides in
 /// vectors). Adjacent threads write adjacent columns and read the same row of `x` (served by
-/// the cache).
+/// the cache). With `activate`, each output is `softplus(sum + bias[column])` (`bias` f32;
+/// not read otherwise), through the approximate functions with `fast`.
 #[cube(launch_unchecked, address_type = "dynamic")]
 #[allow(clippy::too_many_arguments)]
 fn small_k_kernel<F: Float, V: Size>(
     x: &Tensor<Vector<F, V>>,
     w: &Tensor<Vector<F, V>>,
+    bias: &Tensor<f32>,
     out: &mut Tensor<Vector<F, V>>,
     rows: usize,
     len: usize,
@@ -613,6 +649,8 @@ fn small_k_kernel<F: Float, V: Size>(
     rows_per_thread: usize,
     #[comptime] k: usize,
     #[comptime] vec: usize,
+    #[comptime] activate: bool,
+    #[comptime] fast: bool,
     #[define(F)] _act: ElemType,
 ) {
     let pos = ABSOLUTE_POS;
@@ -630,6 +668,14 @@ fn small_k_kernel<F: Float, V: Size>(
         #[unroll]
         for e in 0..vec {
             wv[i * vec + e] = f32::cast_from(wq.extract(e));
+        }
+    }
+    let mut bv = Array::<f32>::new(vec);
+    #[unroll]
+    for e in 0..vec {
+        bv[e] = 0.0f32;
+        if activate {
+            bv[e] = bias[g * vec + e];
         }
     }
     let r0 = rb * rows_per_thread;
@@ -664,7 +710,11 @@ fn small_k_kernel<F: Float, V: Size>(
         let mut o = Vector::<F, V>::empty();
         #[unroll]
         for e in 0..vec {
-            o.insert(e, F::cast_from(acc[e]));
+            let mut v = acc[e];
+            if activate {
+                v = softplus(v + bv[e], fast);
+            }
+            o.insert(e, F::cast_from(v));
         }
         out[r * col_groups + g] = o;
         t += 1;

@@ -144,6 +144,16 @@ pub trait SelectiveScanBackend: Backend {
         super::scan_reference::scan_reference::<Self>(input)
     }
 
+    /// The scan of a `delta` that is already activated: `Δ = delta + delta_bias`, without
+    /// the softplus, for callers that applied it where `delta` was made
+    /// ([`project_softplus`](super::block::project_softplus)); otherwise as
+    /// `selective_scan`. The default body is the reference (so autodiff differentiates it op
+    /// by op); the CubeCL backend runs the kernels without their softplus.
+    #[fusion(meta = |input| ScanOutputMetadata { y: input.u.clone(), h: input.h0.clone() })]
+    fn selective_scan_activated(#[extension_type] input: ScanInput<Self>) -> ScanOutput<Self> {
+        super::scan_reference::scan_reference_with::<Self>(input, false)
+    }
+
     /// The reference implementation in plain tensor operations (every backend, every device).
     // Under Fusion: the default body, i.e. the reference in fused tensor operations.
     #[fusion(default)]
@@ -190,6 +200,10 @@ impl SelectiveScanBackend for Flex {
 impl SelectiveScanBackend for burn_cubecl::CubeBackend {
     fn selective_scan(input: ScanInput<Self>) -> ScanOutput<Self> {
         super::scan_cube::scan_cube(input)
+    }
+
+    fn selective_scan_activated(input: ScanInput<Self>) -> ScanOutput<Self> {
+        super::scan_cube::scan_cube_with(input, false)
     }
 }
 
@@ -312,6 +326,15 @@ pub fn selective_scan(args: ScanArgs) -> (Tensor<3>, Tensor<3>) {
     from_dispatch(<Dispatch as SelectiveScanBackend>::selective_scan(
         args.into_dispatch(),
     ))
+}
+
+/// The selective scan of a `delta` that is already activated (`Δ = delta + delta_bias`, no
+/// softplus), with the backend's fastest implementation; see
+/// [`SelectiveScanBackend::selective_scan_activated`].
+pub fn selective_scan_activated(args: ScanArgs) -> (Tensor<3>, Tensor<3>) {
+    from_dispatch(
+        <Dispatch as SelectiveScanBackend>::selective_scan_activated(args.into_dispatch()),
+    )
 }
 
 /// Runs the reference implementation of the selective scan (plain tensor operations).

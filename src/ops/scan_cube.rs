@@ -123,7 +123,7 @@ use cubecl::{CubeCount, CubeDim, calculate_cube_count_elemwise};
 
 use super::block_cube::row_strides;
 use super::scan::{ScanInput, ScanOutput};
-use super::scan_reference::scan_reference;
+use super::scan_reference::scan_reference_with;
 use super::scan_walk::{MAX_STATES_PER_LANE, scan_walk_kernel};
 
 /// Largest `d_state` the kernels take (each thread keeps `2·d_state` values in registers).
@@ -333,6 +333,13 @@ pub(crate) fn softplus(x: f32, #[comptime] fast: bool) -> f32 {
     }
 }
 
+/// The time step `Δ` from `delta + bias`: its softplus with `activate`, else itself (the
+/// softplus was applied where `delta` was made: [`scan_cube_with`]).
+#[cube]
+pub(crate) fn time_step(x: f32, #[comptime] fast: bool, #[comptime] activate: bool) -> f32 {
+    if activate { softplus(x, fast) } else { x }
+}
+
 /// `SiLU(z) = z / (1 + exp(-z))`; with `fast`, through the approximations above.
 #[cube]
 pub(crate) fn silu(z: f32, #[comptime] fast: bool) -> f32 {
@@ -368,6 +375,7 @@ fn scan_chunk_state_kernel<F: Float, G: Float, V: Size>(
     #[comptime] d_state: usize,
     #[comptime] vec: usize,
     #[comptime] fast: bool,
+    #[comptime] activate: bool,
     #[comptime] prefetch: bool,
     #[comptime] deep: bool,
     #[define(F, G)] _elems: [ElemType; 2],
@@ -437,8 +445,9 @@ fn scan_chunk_state_kernel<F: Float, G: Float, V: Size>(
                     delta_next = delta[nxt];
                 }
             }
-            // Δ = softplus(delta + bias)   (Algorithm 2, line 6)
-            let dt = softplus(delta_t + bias, fast);
+            // Δ = softplus(delta + bias)   (Algorithm 2, line 6), or `delta + bias` when the
+            // softplus was applied where `delta` was made.
+            let dt = time_step(delta_t + bias, fast, activate);
             let dtu = dt * ut;
             sum += dt;
             #[unroll]
@@ -730,6 +739,7 @@ fn scan_chunk_output_kernel<F: Float, G: Float, V: Size>(
     #[comptime] vec: usize,
     #[comptime] single_chunk: bool,
     #[comptime] fast: bool,
+    #[comptime] activate: bool,
     #[comptime] prefetch: bool,
     #[comptime] deep: bool,
     #[define(F, G)] _elems: [ElemType; 2],
@@ -816,8 +826,9 @@ fn scan_chunk_output_kernel<F: Float, G: Float, V: Size>(
                     z_next = z[zi_next];
                 }
             }
-            // Δ = softplus(delta + bias)   (Algorithm 2, line 6)
-            let dt = softplus(delta_t + bias, fast);
+            // Δ = softplus(delta + bias)   (Algorithm 2, line 6), or `delta + bias` when the
+            // softplus was applied where `delta` was made.
+            let dt = time_step(delta_t + bias, fast, activate);
             let dtu = dt * ut;
             let mut acc = 0.0f32;
             #[unroll]
@@ -975,15 +986,25 @@ pub(crate) fn activation_elem(dtype: DType) -> Option<ElemType> {
 /// [`activation_elem`]; `A`, `D`, the Δ bias and the state must be f32), shapes it does not
 /// expect, `d_state > MAX_D_STATE`, and empty shapes.
 pub(crate) fn scan_cube(input: ScanInput<CubeBackend>) -> ScanOutput<CubeBackend> {
+    scan_cube_with(input, true)
+}
+
+/// [`scan_cube`], or with `activate` false the scan whose `delta` is already activated
+/// (`Δ = delta + delta_bias`, no softplus: `selective_scan_activated`).
+pub(crate) fn scan_cube_with(
+    input: ScanInput<CubeBackend>,
+    activate: bool,
+) -> ScanOutput<CubeBackend> {
+    let reference = |input| scan_reference_with::<CubeBackend>(input, activate);
     let ushape = input.u.shape().to_vec();
     let ashape = input.a.shape().to_vec();
     let (batch, len, d_inner) = match ushape.as_slice() {
         [bt, l, di] => (*bt, *l, *di),
-        _ => return scan_reference::<CubeBackend>(input),
+        _ => return reference(input),
     };
     let d_state = match ashape.as_slice() {
         [_, n] => *n,
-        _ => return scan_reference::<CubeBackend>(input),
+        _ => return reference(input),
     };
     let usable = {
         let want: [(&CubeTensor, &[usize]); 9] = [
@@ -1010,10 +1031,10 @@ pub(crate) fn scan_cube(input: ScanInput<CubeBackend>) -> ScanOutput<CubeBackend
     let act = input.u.dtype;
     let (Some(act_elem), Some(bc_elem)) = (activation_elem(act), activation_elem(input.b.dtype))
     else {
-        return scan_reference::<CubeBackend>(input);
+        return reference(input);
     };
     if !usable || batch == 0 || len == 0 || d_inner == 0 || d_state == 0 || d_state > MAX_D_STATE {
-        return scan_reference::<CubeBackend>(input);
+        return reference(input);
     }
 
     let ScanInput {
@@ -1133,6 +1154,7 @@ pub(crate) fn scan_cube(input: ScanInput<CubeBackend>) -> ScanOutput<CubeBackend
                 lanes,
                 channels,
                 fast,
+                activate,
                 [act_elem, bc_elem],
             );
         }
@@ -1178,6 +1200,7 @@ pub(crate) fn scan_cube(input: ScanInput<CubeBackend>) -> ScanOutput<CubeBackend
                 vec,
                 true,
                 fast,
+                activate,
                 prefetch3,
                 deep3,
                 [act_elem, bc_elem],
@@ -1217,6 +1240,7 @@ pub(crate) fn scan_cube(input: ScanInput<CubeBackend>) -> ScanOutput<CubeBackend
             d_state,
             vec,
             fast,
+            activate,
             prefetch1,
             deep1,
             [act_elem, bc_elem],
@@ -1326,6 +1350,7 @@ pub(crate) fn scan_cube(input: ScanInput<CubeBackend>) -> ScanOutput<CubeBackend
             vec,
             false,
             fast,
+            activate,
             prefetch3,
             deep3,
             [act_elem, bc_elem],
@@ -1451,6 +1476,7 @@ pub fn cuda_sources(
         d_state,
         vec,
         true, // fast
+        true, // activate (softplus)
         prefetch,
         prefetch && scan_deep(),
         [elem, bc_elem],
@@ -1506,6 +1532,7 @@ pub fn cuda_sources(
         vec,
         false, // single_chunk
         true,  // fast
+        true,  // activate (softplus)
         prefetch,
         prefetch && scan_deep(),
         [elem, bc_elem],
@@ -1549,6 +1576,7 @@ pub fn cuda_sources(
             lanes,
             channels,
             true, // fast
+            true, // activate (softplus)
             [elem, bc_elem],
         )
     });

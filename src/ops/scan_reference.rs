@@ -54,6 +54,12 @@ pub(crate) fn silu<B: Backend>(x: FloatTensor<B>) -> FloatTensor<B> {
 /// Computes in f32 whatever the inputs' formats: inputs in a half format are widened first,
 /// `y` is returned in the format of `u` and the last state in f32.
 pub fn scan_reference<B: Backend>(input: ScanInput<B>) -> ScanOutput<B> {
+    scan_reference_with::<B>(input, true)
+}
+
+/// [`scan_reference`], or with `activate` false the scan whose `delta` is already activated:
+/// `Δ = delta + delta_bias`, without the softplus (`selective_scan_activated`).
+pub fn scan_reference_with<B: Backend>(input: ScanInput<B>, activate: bool) -> ScanOutput<B> {
     let act = input.u.dtype();
     let ScanInput {
         u,
@@ -76,9 +82,15 @@ pub fn scan_reference<B: Backend>(input: ScanInput<B>) -> ScanOutput<B> {
         };
     }
 
-    // Δ = softplus(delta + bias)   (Algorithm 2, line 5-6)
+    // Δ = softplus(delta + bias)   (Algorithm 2, line 5-6), or `delta + bias` when `delta`
+    // is already activated.
     let bias = B::float_reshape(delta_bias, Shape::new([1, 1, d_inner]));
-    let delta = softplus::<B>(B::float_add(delta, bias));
+    let delta = B::float_add(delta, bias);
+    let delta = if activate {
+        softplus::<B>(delta)
+    } else {
+        delta
+    };
     let a4 = B::float_reshape(a, Shape::new([1, 1, d_inner, d_state]));
 
     let mut h = h0;
