@@ -511,7 +511,7 @@ mod tests {
         let text: String = lens
             .iter()
             .enumerate()
-            .map(|(i, &n)| format!(">r{i}\n{}\n", "ACGT".repeat(n.div_ceil(4))[..n].to_string()))
+            .map(|(i, &n)| format!(">r{i}\n{}\n", &"ACGT".repeat(n.div_ceil(4))[..n]))
             .collect();
         std::fs::write(&fa, text).unwrap();
         let path = fa.to_str().unwrap();
