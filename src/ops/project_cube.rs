@@ -30,7 +30,9 @@
 //! Projections with an inner dimension of at most [`SMALL_K_MAX`] (dt_proj: 16 for d_model 256)
 //! run [`small_k_kernel`] instead, on every CubeCL runtime, unless a strategy was chosen or
 //! `GENOMAMBA_MATMUL_SMALL_K=off`: a tensor-core tile along such a `k` is mostly padding. On the
-//! H200 at chunk 65,536 it takes 57 us of GPU time for dt_proj (BENCHMARKS.md).
+//! H200 at chunk 65,536 it takes 57 us of GPU time for dt_proj (BENCHMARKS.md). Its softplus
+//! epilogue ([`project_softplus_cube`]) makes dt_proj's output the scan's time step `Δ`
+//! (bias added, softplus applied before rounding), so that the scan kernels skip both.
 
 use burn::backend::{DType, TensorMetadata};
 use burn_cubecl::CubeBackend;
