@@ -322,8 +322,9 @@ impl Chunks<'_> {
 /// results are those of the one-thread loop. The threads share the host's work per chunk
 /// (building and queueing some 350 kernels). The GPU still runs them one after another: with
 /// Burn's fusion backend on CUDA every kernel went to one CUDA stream (`ncu`, BENCHMARKS.md).
-/// Measured on 16.7 Mb of chr20 on two H200 machines: 5% faster on the one whose host was
-/// slower, no change on the other.
+/// Measured on 16.7 Mb of chr20 on two H200 machines at chunks of 65,536: 5% faster on the one
+/// whose host was slower, no change on the other; at 262,144 (the GPU default since) no change
+/// (1%, and 13.17 against 13.18 s on chr20).
 fn run_pipelined(
     model: &Mamba,
     chunks: Chunks<'_>,
