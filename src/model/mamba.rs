@@ -280,7 +280,9 @@ impl Mamba {
     /// On devices other than the CPU the projection and convolution weights are also stored
     /// row-major (`[in, out]`, `[d_conv, d_inner]`): loaded from PyTorch's `[out, in]` they are
     /// transposed views, which the GPU kernels would otherwise copy into that layout on every
-    /// call (four small copies per layer and chunk). The values do not change.
+    /// call (four small copies per layer and chunk). The values do not change. Off the CPU the
+    /// blocks also run dt_proj with the Δ bias and softplus fused and the scan without them
+    /// ([`MambaBlock::no_bias`]; `GENOMAMBA_FUSED_DT=off` keeps them in the scan).
     pub fn set_precision(&mut self, precision: Precision) {
         let dtype = precision.half().unwrap_or(FloatDType::F32);
         for layer in &mut self.layers {

@@ -591,7 +591,8 @@ fn project_small_k(
     // `b·xs0 + t·xs1 + j` for `b < batch`, `t < len`, `j < k`, within `x_span`, the extent of
     // its view, in whole vectors (`vec` divides `k`, the strides and the view's start); `w`
     // (contiguous `[1, k, n]`) and the fresh output (`[batch, len, n]`) in whole vectors
-    // (`vec` divides `n`) below `k · n` and `rows · n`.
+    // (`vec` divides `n`) below `k · n` and `rows · n`; `bias` (contiguous `[n]`, read only
+    // with `activate`) at `g·vec + e < n`.
     unsafe {
         small_k_kernel::launch_unchecked(
             &client,
