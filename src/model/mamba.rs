@@ -197,36 +197,36 @@ impl MambaBlock {
             .slice([0..batch, 0..len, dt_rank..dt_rank + d_state]);
         let c = dbc.slice([0..batch, 0..len, dt_rank + d_state..dt_rank + 2 * d_state]);
         let a = self.a_log.val().exp().neg();
-        let (y, ssm) = match &self.no_bias {
-            // Δ = softplus(dt · W + bias) made by dt_proj's kernel (once per element, instead
-            // of once in each of the scan's passes), the scan adding a zero bias.
-            Some(zeros) => selective_scan_activated(ScanArgs {
-                delta: crate::ops::block::project_softplus(
+        // With `no_bias`, Δ = softplus(dt · W + bias) is made by dt_proj's kernel (once per
+        // element, instead of once in each of the scan's passes) and the scan adds a zero bias.
+        type Scan = fn(ScanArgs) -> (Tensor<3>, Tensor<3>);
+        let (delta, delta_bias, scan): (_, _, Scan) = match &self.no_bias {
+            Some(zeros) => (
+                crate::ops::block::project_softplus(
                     in_format(dt, half),
                     self.dt_proj.weight.val(),
                     self.dt_bias.val(),
                 ),
-                u,
-                a,
-                b,
-                c,
-                d: self.d.val(),
-                z,
-                delta_bias: zeros.clone(),
-                h0: state.ssm,
-            }),
-            None => selective_scan(ScanArgs {
-                delta: project(&self.dt_proj, dt, half),
-                u,
-                a,
-                b,
-                c,
-                d: self.d.val(),
-                z,
-                delta_bias: self.dt_bias.val(),
-                h0: state.ssm,
-            }),
+                zeros.clone(),
+                selective_scan_activated,
+            ),
+            None => (
+                project(&self.dt_proj, dt, half),
+                self.dt_bias.val(),
+                selective_scan,
+            ),
         };
+        let (y, ssm) = scan(ScanArgs {
+            u,
+            delta,
+            a,
+            b,
+            c,
+            d: self.d.val(),
+            z,
+            delta_bias,
+            h0: state.ssm,
+        });
         let out = project(&self.out_proj, y, half);
         (
             out,
