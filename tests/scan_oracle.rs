@@ -348,11 +348,15 @@ fn activated_scan_matches_the_oracle() {
         let case = format!("case {i}: {}", x.describe());
         let (want_y, want_h) = oracle(&x);
         let (nb, nl, ni) = (x.batch, x.len, x.d_inner);
+        // The arguments of the activated scan: `softplus(delta + bias) - b2` and `b2`.
+        let activated_args = |device: &Device| {
+            let mut a = args(&x, device);
+            a.delta = tensor(&activated, [nb, nl, ni], device);
+            a.delta_bias = tensor(&b2, [ni], device);
+            a
+        };
         for device in [Device::flex(), Device::flex().autodiff()] {
-            let mut a = args(&x, &device);
-            a.delta = tensor(&activated, [nb, nl, ni], &device);
-            a.delta_bias = tensor(&b2, [ni], &device);
-            let (y, h) = selective_scan_activated(a);
+            let (y, h) = selective_scan_activated(activated_args(&device));
             check_shape(&y, [nb, nl, ni], "activated y");
             assert_close(rel_err(&host(y), &want_y), TOL_F32, "activated y", &case);
             assert_close(
@@ -365,11 +369,11 @@ fn activated_scan_matches_the_oracle() {
         // Gradients of sum(y) with respect to each scan's `delta`.
         let device = Device::flex().autodiff();
         let grad_of = |activated_path: bool| {
-            let mut a = args(&x, &device);
-            if activated_path {
-                a.delta = tensor(&activated, [nb, nl, ni], &device);
-                a.delta_bias = tensor(&b2, [ni], &device);
-            }
+            let mut a = if activated_path {
+                activated_args(&device)
+            } else {
+                args(&x, &device)
+            };
             let delta = a.delta.clone().require_grad();
             a.delta = delta.clone();
             let (y, _) = if activated_path {
