@@ -3,13 +3,15 @@
 //! (passes 1 and 3 also with later steps' loads issued early, `GENOMAMBA_SCAN_PREFETCH`; two steps
 //! ahead unless `GENOMAMBA_SCAN_DEPTH` is 1);
 //! `<format>` is the activations' (`f32`, `f16`, `bf16`), with `_bc32` where `B` and `C` are
-//! read in f32 (as the model passes them with half activations).
+//! read in f32 (as the model passes them with half activations). Also `dbc_mma_<format>.cu`,
+//! x_proj fused with dt_proj on tensor cores (f16, bf16; `dt_rank` and `d_state` 16).
 //! `bench/sass.sh` compiles them with `nvcc -cubin` and counts the machine instructions of
 //! each kernel's inner loop.
 //!
 //! Run: `cargo run --release --features cuda --example kernel_source -- OUT_DIR [D_STATE]`
 
 use burn::backend::DType;
+use genomamba::ops::project_cube::dbc_cuda_source;
 use genomamba::ops::scan_cuda_sources;
 
 fn main() -> Result<(), String> {
@@ -43,6 +45,11 @@ fn main() -> Result<(), String> {
                 println!("{path}");
             }
         }
+    }
+    for (bf16, tag) in [(false, "f16"), (true, "bf16")] {
+        let path = format!("{out}/dbc_mma_{tag}.cu");
+        std::fs::write(&path, dbc_cuda_source(bf16)?).map_err(|e| format!("{path}: {e}"))?;
+        println!("{path}");
     }
     Ok(())
 }

@@ -34,11 +34,12 @@ use genomamba::alphabet::tokenize;
 use genomamba::infer::hidden_states;
 use genomamba::model::{GenoModel, MambaConfig, ModelConfig, Precision};
 use genomamba::ops::block::{
-    Impl, add_rms_norm_with, causal_conv_silu_with, project_softplus_with, project_with,
+    Impl, add_rms_norm_with, causal_conv_silu_with, project_dbc_with, project_softplus_with,
+    project_with,
 };
 use genomamba::ops::project_cube::{
-    SMALL_K_MAX, Tiling, default_strategy, default_tiling, refusals, set_strategy, set_tiling,
-    small_k_launches, strategy_names,
+    SMALL_K_MAX, Tiling, dbc_mma_launches, default_strategy, default_tiling, refusals,
+    set_strategy, set_tiling, small_k_launches, strategy_names,
 };
 use genomamba::ops::{
     ScanArgs, ScanPath, WALK_MIN_LANES, selective_scan, selective_scan_activated,
@@ -396,6 +397,78 @@ fn gpu_project_softplus_matches_reference() {
             println!("project_softplus k {k} {dtype:?}: {e:9.2e} (small-k launches {small})");
             assert_eq!(small, usize::from(k <= SMALL_K_MAX), "which kernel ran");
             assert!(e <= tol, "k {k} {dtype:?}: {e:e}");
+        }
+    }
+}
+
+#[test]
+fn gpu_project_dbc_matches_reference() {
+    // x_proj and dt_proj as one operation (`project_dbc`): on CUDA in f16 and bf16 the
+    // tensor-core kernel (its launches counted); otherwise x_proj's product and dt_proj's
+    // small-k kernel on a view of it. Against the reference on the CPU in f32.
+    let gpu = require_cuda!();
+    let _alone = projections_alone();
+    set_strategy(None);
+    let mut rng = StdRng::seed_from_u64(47);
+    // [batch, len, d_inner, dt_rank, d_state]: the d_model 256 block (200 rows); 37 rows (not a
+    // multiple of the kernel's 16) with two steps of dt_rank; a d_state the kernel does not take.
+    for [batch, len, d_inner, dt_rank, d_state] in [
+        [2, 100, 512, 16, 16],
+        [1, 37, 64, 32, 8],
+        [1, 20, 48, 16, 5],
+    ] {
+        let n_x = dt_rank + 2 * d_state;
+        let x = normals(&mut rng, batch * len * d_inner, 1.0);
+        let w_x = normals(&mut rng, d_inner * n_x, 1.0 / (d_inner as f32).sqrt());
+        let w_dt = normals(&mut rng, dt_rank * d_inner, 0.25);
+        let bias = normals(&mut rng, d_inner, 2.0);
+        let run = |which: Impl, device: &Device, dtype: FloatDType| {
+            let (delta, b, c) = project_dbc_with(
+                which,
+                tensor(&x, [batch, len, d_inner], device).cast(dtype),
+                tensor(&w_x, [d_inner, n_x], device).cast(dtype),
+                tensor(&w_dt, [dt_rank, d_inner], device).cast(dtype),
+                tensor(&bias, [d_inner], device),
+            );
+            assert_eq!(delta.dims(), [batch, len, d_inner], "delta shape");
+            assert_eq!(
+                [b.dims(), c.dims()],
+                [[batch, len, d_state]; 2],
+                "B, C shapes"
+            );
+            for t in [&delta, &b, &c] {
+                assert_eq!(t.dtype(), DType::from(dtype), "format");
+            }
+            [host(delta), host(b), host(c)]
+        };
+        let want = run(Impl::Reference, &Device::flex(), FloatDType::F32);
+        assert!(
+            want[0].iter().all(|&v| v >= 0.0),
+            "softplus is not negative"
+        );
+        // f32 on CUDA multiplies in TF32 (the projection test's tolerance).
+        let mut formats = vec![(FloatDType::F32, 5e-3), (FloatDType::F16, 4e-3)];
+        if is_cuda(&gpu) {
+            formats.push((FloatDType::BF16, 3e-2));
+        }
+        for (dtype, tol) in formats {
+            let before = dbc_mma_launches();
+            let got = run(Impl::Fastest, &gpu, dtype);
+            let mma = dbc_mma_launches() - before;
+            let fits = d_state % 8 == 0;
+            let expected = is_cuda(&gpu) && dtype != FloatDType::F32 && fits;
+            assert_eq!(
+                mma,
+                usize::from(expected),
+                "{d_inner}/{d_state} {dtype:?}: kernel"
+            );
+            for (name, (g, w)) in ["delta", "B", "C"].into_iter().zip(got.iter().zip(&want)) {
+                let e = rel_err(g, w);
+                println!(
+                    "project_dbc {batch}x{len}x{d_inner} {dt_rank}/{d_state} {dtype:?} {name}: {e:9.2e} (mma {mma})"
+                );
+                assert!(e <= tol, "{d_inner}/{d_state} {dtype:?} {name}: {e:e}");
+            }
         }
     }
 }

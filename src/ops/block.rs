@@ -85,6 +85,43 @@ pub struct AddNormOutput<B: Backend> {
     pub normed: FloatTensor<B>,
 }
 
+/// Inputs of x_proj followed by dt_proj ([`BlockOpsBackend::project_dbc`]).
+///
+/// # Shapes
+/// - `x`: `[batch, length, d_inner]`, the convolution's output
+/// - `w_x`: `[d_inner, dt_rank + 2·d_state]`, x_proj's weight (no bias)
+/// - `w_dt`: `[dt_rank, d_inner]`, dt_proj's weight
+/// - `bias`: `[d_inner]` (f32), the time step's bias
+#[derive(ExtensionType)]
+#[extension_type(fusion: cfg(feature = "cube"))]
+pub struct DbcInput<B: Backend> {
+    /// The convolution's output.
+    pub x: FloatTensor<B>,
+    /// x_proj's weight.
+    pub w_x: FloatTensor<B>,
+    /// dt_proj's weight.
+    pub w_dt: FloatTensor<B>,
+    /// The time step's bias.
+    pub bias: FloatTensor<B>,
+}
+
+/// Outputs of x_proj followed by dt_proj, in the format of `x`.
+///
+/// # Shapes
+/// - `delta`: `[batch, length, d_inner]`, `softplus(dt · w_dt + bias)` where `dt` is the first
+///   `dt_rank` columns of `x · w_x` (rounded to the format of `x`)
+/// - `b`, `c`: `[batch, length, d_state]`, the next `d_state` columns and the last `d_state`
+#[derive(ExtensionType)]
+#[extension_type(fusion: cfg(feature = "cube"))]
+pub struct DbcOutput<B: Backend> {
+    /// The scan's time step Δ (bias added, softplus applied).
+    pub delta: FloatTensor<B>,
+    /// The scan's `B`.
+    pub b: FloatTensor<B>,
+    /// The scan's `C`.
+    pub c: FloatTensor<B>,
+}
+
 /// Per-position block operations.
 ///
 /// On GPU devices (the `cuda` feature) the convolution and the fused residual add + RMSNorm
@@ -161,6 +198,18 @@ pub trait BlockOpsBackend: Backend {
         project_softplus_reference::<Self>(x, w, bias)
     }
 
+    /// x_proj, then dt_proj on its first `dt_rank` columns with the time step's bias and
+    /// softplus: `Δ`, `B` and `C` for `selective_scan_activated` ([`DbcOutput`]).
+    // Under Fusion: one custom operation.
+    #[fusion(meta = |input| DbcOutputMetadata {
+        delta: dbc_spec(&input.x, &input.w_x, &input.w_dt, true),
+        b: dbc_spec(&input.x, &input.w_x, &input.w_dt, false),
+        c: dbc_spec(&input.x, &input.w_x, &input.w_dt, false),
+    })]
+    fn project_dbc(#[extension_type] input: DbcInput<Self>) -> DbcOutput<Self> {
+        project_dbc_reference::<Self>(input)
+    }
+
     /// The projection's reference: the backend's own matrix product (never overridden).
     #[fusion(default)]
     fn project_reference(x: FloatTensor<Self>, w: FloatTensor<Self>) -> FloatTensor<Self> {
@@ -220,6 +269,10 @@ impl BlockOpsBackend for burn_cubecl::CubeBackend {
         super::project_cube::project_softplus_cube(x, w, bias)
     }
 
+    fn project_dbc(input: DbcInput<Self>) -> DbcOutput<Self> {
+        super::project_cube::project_dbc_cube(input)
+    }
+
     fn add_rms_norm(input: AddNormInput<Self>, eps: f64, out: FloatDType) -> AddNormOutput<Self> {
         super::block_cube::add_norm_cube(input, eps, out)
     }
@@ -256,6 +309,29 @@ fn norm_spec(
     burn::backend::fusion::custom::TensorSpec::new(x.shape.clone(), DType::from(out))
 }
 
+/// Shape of [`BlockOpsBackend::project_dbc`]'s `delta` (`delta` true: `[batch, length,
+/// d_inner]`) or of its `b` and `c` (`[batch, length, d_state]`) under Fusion, in the format of
+/// `x`.
+#[cfg(feature = "cube")]
+fn dbc_spec(
+    x: &burn::backend::fusion::custom::TensorSpec,
+    w_x: &burn::backend::fusion::custom::TensorSpec,
+    w_dt: &burn::backend::fusion::custom::TensorSpec,
+    delta: bool,
+) -> burn::backend::fusion::custom::TensorSpec {
+    let (xs, wx, wdt) = (x.shape.to_vec(), w_x.shape.to_vec(), w_dt.shape.to_vec());
+    let dim = |s: &[usize], i: usize| s.get(i).copied().unwrap_or(0);
+    let cols = if delta {
+        dim(&wdt, 1)
+    } else {
+        dim(&wx, 1).saturating_sub(dim(&wdt, 0)) / 2
+    };
+    burn::backend::fusion::custom::TensorSpec::new(
+        Shape::new([dim(&xs, 0), dim(&xs, 1), cols]),
+        x.dtype,
+    )
+}
+
 /// `softplus(x · w + bias)` in the format of `x`: the product through the backend's matrix
 /// product (in that format), then the bias and softplus in f32, rounded once.
 pub fn project_softplus_reference<B: Backend>(
@@ -268,6 +344,41 @@ pub fn project_softplus_reference<B: Backend>(
     let p = to_f32::<B>(project_reference::<B>(x, w));
     let bias = B::float_reshape(to_f32::<B>(bias), Shape::new([1, 1, out]));
     to_dtype::<B>(softplus::<B>(B::float_add(p, bias)), dtype)
+}
+
+/// [`BlockOpsBackend::project_dbc`] as x_proj through the backend's matrix product, three
+/// column slices of its output, and [`project_softplus_reference`] on the first.
+pub fn project_dbc_reference<B: Backend>(input: DbcInput<B>) -> DbcOutput<B> {
+    project_dbc_composed::<B>(
+        input,
+        project_reference::<B>,
+        project_softplus_reference::<B>,
+    )
+}
+
+/// x_proj by `project`, then `project_softplus` on its first `dt_rank` columns; `B` and `C`
+/// are views of x_proj's output.
+pub(crate) fn project_dbc_composed<B: Backend>(
+    input: DbcInput<B>,
+    project: impl Fn(FloatTensor<B>, FloatTensor<B>) -> FloatTensor<B>,
+    project_softplus: impl Fn(FloatTensor<B>, FloatTensor<B>, FloatTensor<B>) -> FloatTensor<B>,
+) -> DbcOutput<B> {
+    let DbcInput { x, w_x, w_dt, bias } = input;
+    let dt_rank = dims::<B>(&w_dt).first().copied().unwrap_or(0);
+    let n_x = dims::<B>(&w_x).get(1).copied().unwrap_or(0);
+    let d_state = n_x.saturating_sub(dt_rank) / 2;
+    let dbc = project(x, w_x);
+    let columns = |r: std::ops::Range<usize>| {
+        B::float_slice(
+            dbc.clone(),
+            &[Slice::from(..), Slice::from(..), Slice::from(r)],
+        )
+    };
+    DbcOutput {
+        delta: project_softplus(columns(0..dt_rank), w_dt, bias),
+        b: columns(dt_rank..dt_rank + d_state),
+        c: columns(dt_rank + d_state..dt_rank + 2 * d_state),
+    }
 }
 
 /// `x · w` through the backend's matrix product (`w` broadcast over the batch).
@@ -601,6 +712,48 @@ pub fn project_softplus_with(
 ///   `[batch, length, out]` in the format of `x`
 pub fn project_softplus(x: Tensor<3>, w: Tensor<2>, bias: Tensor<1>) -> Tensor<3> {
     project_softplus_with(Impl::Fastest, x, w, bias)
+}
+
+/// [`project_dbc`] with a choice of implementation.
+pub fn project_dbc_with(
+    which: Impl,
+    x: Tensor<3>,
+    w_x: Tensor<2>,
+    w_dt: Tensor<2>,
+    bias: Tensor<1>,
+) -> (Tensor<3>, Tensor<3>, Tensor<3>) {
+    let input = DbcInput {
+        x: x.into_dispatch(),
+        w_x: w_x.into_dispatch(),
+        w_dt: w_dt.into_dispatch(),
+        bias: bias.into_dispatch(),
+    };
+    let out = match which {
+        Impl::Fastest => <Dispatch as BlockOpsBackend>::project_dbc(input),
+        Impl::Reference => project_dbc_reference::<Dispatch>(input),
+    };
+    (
+        Tensor::from_dispatch(out.delta),
+        Tensor::from_dispatch(out.b),
+        Tensor::from_dispatch(out.c),
+    )
+}
+
+/// x_proj (`w_x`, no bias) followed by dt_proj (`w_dt`) with the time step's bias and softplus,
+/// on the device of `x`: returns `(Δ, B, C)` for
+/// [`selective_scan_activated`](super::scan::selective_scan_activated), in the format of `x`.
+///
+/// # Shapes
+/// - x: `[batch, length, d_inner]`, w_x: `[d_inner, dt_rank + 2·d_state]`,
+///   w_dt: `[dt_rank, d_inner]`, bias: `[d_inner]` (f32)
+/// - returns Δ `[batch, length, d_inner]`, B and C `[batch, length, d_state]`
+pub fn project_dbc(
+    x: Tensor<3>,
+    w_x: Tensor<2>,
+    w_dt: Tensor<2>,
+    bias: Tensor<1>,
+) -> (Tensor<3>, Tensor<3>, Tensor<3>) {
+    project_dbc_with(Impl::Fastest, x, w_x, w_dt, bias)
 }
 
 /// A projection without bias, `x · w`, on the device of `x`.

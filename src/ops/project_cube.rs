@@ -57,6 +57,7 @@ use cubek::matmul::multi_level::routines::{PlaneTilingBlueprintOptions, infer_bl
 use cubek::matmul::routine::BlueprintStrategy;
 use cubek::std::{InputBinding, MatrixLayout};
 
+use super::block::{DbcInput, DbcOutput};
 use super::scan_cube::{activation_elem, fast_math, softplus};
 
 /// The strategy used unless `GENOMAMBA_MATMUL` says otherwise (a name from [`strategy_names`],
@@ -724,6 +725,496 @@ fn small_k_kernel<F: Float, V: Size>(
         if t == len {
             t = 0;
             bi += 1;
+        }
+    }
+}
+
+/// x_proj followed by dt_proj with the time step's bias and softplus
+/// ([`BlockOpsBackend::project_dbc`](super::block::BlockOpsBackend::project_dbc)): one
+/// tensor-core kernel ([`dbc_mma_kernel`]) where it takes the problem, else x_proj through
+/// [`project_cube`] and dt_proj through [`project_softplus_cube`] on a view of its output.
+pub(crate) fn project_dbc_cube(input: DbcInput<CubeBackend>) -> DbcOutput<CubeBackend> {
+    if let Some(out) = project_dbc_mma(&input) {
+        return out;
+    }
+    super::block::project_dbc_composed::<CubeBackend>(input, project_cube, project_softplus_cube)
+}
+
+/// Largest `dt_rank + 2·d_state` that [`dbc_mma_kernel`] takes (its accumulators are
+/// `(dt_rank + 2·d_state) / 2` floats per thread).
+pub const DBC_MMA_MAX_COLUMNS: usize = 128;
+
+/// Whether x_proj and dt_proj may run as [`dbc_mma_kernel`]: unless the environment variable
+/// `GENOMAMBA_DBC_MMA` is `off` (for comparisons) or a strategy was chosen (as for
+/// [`small_k_enabled`]).
+fn dbc_mma_enabled() -> bool {
+    DBC_MMA.get().as_deref() != Some("off") && STRATEGY.get().is_none()
+}
+
+static DBC_MMA: NamedChoice = NamedChoice::new("GENOMAMBA_DBC_MMA");
+
+static DBC_MMA_LAUNCHES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// How many times so far x_proj and dt_proj ran as [`dbc_mma_kernel`] (for tests).
+pub fn dbc_mma_launches() -> usize {
+    DBC_MMA_LAUNCHES.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// [`dbc_mma_kernel`] on `input` if it takes it: a CUDA device (the kernel is inline PTX),
+/// f16 or bf16 activations and weights, an f32 bias, `d_inner` a multiple of 32, `dt_rank` of
+/// 16, `d_state` of 8, `dt_rank + 2·d_state` at most [`DBC_MMA_MAX_COLUMNS`], `x`'s rows
+/// contiguous from a 16-byte boundary; `None` otherwise.
+fn project_dbc_mma(input: &DbcInput<CubeBackend>) -> Option<DbcOutput<CubeBackend>> {
+    let DbcInput { x, w_x, w_dt, bias } = input;
+    let client = x.client.clone();
+    let bf16 = match x.dtype {
+        DType::F16 => false,
+        DType::BF16 => true,
+        _ => return None,
+    };
+    if !fast_math(&client) || !dbc_mma_enabled() {
+        return None;
+    }
+    let (xs, wx, wdt, bs) = (
+        x.shape().to_vec(),
+        w_x.shape().to_vec(),
+        w_dt.shape().to_vec(),
+        bias.shape().to_vec(),
+    );
+    let ([batch, len, k], [k2, n_x], [dt_rank, d_inner]) =
+        (xs.as_slice(), wx.as_slice(), wdt.as_slice())
+    else {
+        return None;
+    };
+    let (batch, len, k, n_x, dt_rank, d_inner) = (*batch, *len, *k, *n_x, *dt_rank, *d_inner);
+    let d_state = n_x.saturating_sub(dt_rank) / 2;
+    let shapes_fit = k == *k2
+        && k > 0
+        && k.is_multiple_of(32)
+        && dt_rank > 0
+        && dt_rank.is_multiple_of(16)
+        && d_state > 0
+        && d_state.is_multiple_of(8)
+        && n_x == dt_rank + 2 * d_state
+        && n_x <= DBC_MMA_MAX_COLUMNS
+        && d_inner > 0
+        && d_inner.is_multiple_of(32)
+        && bs == [d_inner]
+        && batch * len > 0;
+    let formats_fit = w_x.dtype == x.dtype && w_dt.dtype == x.dtype && bias.dtype == DType::F32;
+    if !shapes_fit || !formats_fit {
+        return None;
+    }
+    let x = into_contiguous(x.clone());
+    if x.meta.strides()[..] != [len * k, k, 1]
+        || !(x.handle.offset_start.unwrap_or(0) as usize).is_multiple_of(16)
+    {
+        return None;
+    }
+    // The weights transposed (`[out, in]`, rows contiguous), so that each thread reads the two
+    // adjacent `k` of a tensor-core operand as one 32-bit word.
+    let transposed = |w: &CubeTensor| into_contiguous(swap_first_two::<CubeBackend>(w.clone()));
+    let (wxt, wdtt) = (transposed(w_x), transposed(w_dt));
+    let bias = into_contiguous(bias.clone());
+    if wxt.meta.strides()[..] != [k, 1] || wdtt.meta.strides()[..] != [dt_rank, 1] {
+        return None;
+    }
+    let out = |cols: usize| {
+        burn_cubecl::ops::numeric::empty_device_contiguous_dtype(
+            client.clone(),
+            x.device.clone(),
+            burn::tensor::Shape::new([batch, len, cols]),
+            x.dtype,
+        )
+    };
+    let (delta, b, c) = (out(d_inner), out(d_state), out(d_state));
+    let rows = batch * len;
+    let warps_per_cube = 4u32;
+    let tiles = rows.div_ceil(16);
+    let cubes = u32::try_from(tiles.div_ceil(warps_per_cube as usize)).ok()?;
+    let address = AddressType::from_len((rows * k).max(rows * d_inner).max(n_x * k));
+    // SAFETY: every warp's tile of 16 rows starts below `rows` (warps past the end return
+    // before any access); its reads of `x` (rows clamped to `rows - 1`, columns below `k`),
+    // of the transposed weights (rows below `n_x` and `d_inner`, columns below `k` and
+    // `dt_rank`) and of `bias` (below `d_inner`) stay inside those contiguous tensors, and its
+    // writes (rows below `rows`, columns below `d_inner` and `d_state`) inside the fresh
+    // outputs. It reads and writes whole 4-byte words (pairs of 16-bit values at even
+    // offsets) and, for `x`, `wxt` and `delta`, whole 16-byte vectors (rows of `k` and
+    // `d_inner`, multiples of 32 values, from 16-byte aligned starts).
+    unsafe {
+        dbc_mma_kernel::launch_unchecked(
+            &client,
+            CubeCount::Static(cubes, 1, 1),
+            CubeDim::new_2d(32, warps_per_cube),
+            address,
+            4,
+            x.into_tensor_arg(),
+            wxt.into_tensor_arg(),
+            wdtt.into_tensor_arg(),
+            bias.into_tensor_arg(),
+            delta.clone().into_tensor_arg(),
+            b.clone().into_tensor_arg(),
+            c.clone().into_tensor_arg(),
+            rows,
+            k,
+            d_inner,
+            dt_rank,
+            d_state,
+            bf16,
+        );
+    }
+    DBC_MMA_LAUNCHES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    Some(DbcOutput { delta, b, c })
+}
+
+/// `w` with its first two dimensions swapped (a view).
+fn swap_first_two<B: burn::backend::Backend>(
+    w: burn::backend::tensor::FloatTensor<B>,
+) -> burn::backend::tensor::FloatTensor<B> {
+    B::float_swap_dims(w, 0, 1)
+}
+
+/// Four floats of a tensor-core accumulator, or its `C` operand.
+type Acc = Vector<f32, Const<4>>;
+
+/// `d = a·b + c` for a 16 x 16 tile of `a` (16-bit, row-major: four 32-bit words per thread),
+/// a 16 x 8 tile of `b` (column-major: two words) and f32 `c`, `d` (four floats), through
+/// `mma.sync.aligned.m16n8k16` (sm_80 and later). Lane `l` holds rows `l/4` and `l/4 + 8`,
+/// columns (of `b` and `d`) `2·(l%4)` and `2·(l%4) + 1`, and `k` `2·(l%4) + {0, 1, 8, 9}`.
+#[cube]
+fn mma_16x8x16(
+    a: Vector<u32, Const<4>>,
+    b: Vector<u32, Const<2>>,
+    c: Acc,
+    #[comptime] bf16: bool,
+) -> Acc {
+    if bf16 {
+        mma_bf16(a, b, c)
+    } else {
+        mma_f16(a, b, c)
+    }
+}
+
+#[cube]
+fn mma_f16(a: Vector<u32, Const<4>>, b: Vector<u32, Const<2>>, c: Acc) -> Acc {
+    // Operands as values: a vector built in place is a variable, which inline assembly would
+    // receive as its address.
+    let (av, bv, cv) = (
+        a + Vector::<u32, Const<4>>::zeroed(),
+        b + Vector::<u32, Const<2>>::zeroed(),
+        c + Acc::zeroed(),
+    );
+    let d: Acc;
+    gpu_asm!(
+        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {}, {}, {}, {};",
+        out(_) d,
+        in(_) av,
+        in(_) bv,
+        in(_) cv,
+        options(nomem)
+    );
+    d
+}
+
+#[cube]
+fn mma_bf16(a: Vector<u32, Const<4>>, b: Vector<u32, Const<2>>, c: Acc) -> Acc {
+    // Operands as values: a vector built in place is a variable, which inline assembly would
+    // receive as its address.
+    let (av, bv, cv) = (
+        a + Vector::<u32, Const<4>>::zeroed(),
+        b + Vector::<u32, Const<2>>::zeroed(),
+        c + Acc::zeroed(),
+    );
+    let d: Acc;
+    gpu_asm!(
+        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {}, {}, {}, {};",
+        out(_) d,
+        in(_) av,
+        in(_) bv,
+        in(_) cv,
+        options(nomem)
+    );
+    d
+}
+
+/// `lo` and `hi` rounded to f16 (or bf16) and packed into one word, `lo` in the low half (the
+/// lower address).
+#[cube]
+fn pack2(lo: f32, hi: f32, #[comptime] bf16: bool) -> u32 {
+    if bf16 {
+        pack_bf16(lo, hi)
+    } else {
+        pack_f16(lo, hi)
+    }
+}
+
+#[cube]
+fn pack_f16(lo: f32, hi: f32) -> u32 {
+    let r: u32;
+    gpu_asm!("cvt.rn.f16x2.f32 {}, {}, {};", out(_) r, in(_) hi, in(_) lo, options(pure, nomem));
+    r
+}
+
+#[cube]
+fn pack_bf16(lo: f32, hi: f32) -> u32 {
+    let r: u32;
+    gpu_asm!("cvt.rn.bf16x2.f32 {}, {}, {};", out(_) r, in(_) hi, in(_) lo, options(pure, nomem));
+    r
+}
+
+/// x_proj and dt_proj in one pass on tensor cores, 16 rows per warp.
+///
+/// `x` (`[rows, k]`), the transposed x_proj weight `wxt` (`[dt_rank + 2·d_state, k]`) and the
+/// output `delta` (`[rows, d_inner]`) are read and written 16 bytes (`V` = 4 words of two
+/// 16-bit values) at a time, the transposed dt_proj weight `wdtt` (`[d_inner, dt_rank]`) and
+/// the outputs `b`, `c` (`[rows, d_state]`) one word at a time. A warp (`UNIT_POS_X` its lane,
+/// `UNIT_POS_Y` its place in the cube) takes rows `[16·tile, 16·tile + 16)` and:
+/// 1. accumulates `x · w_x` for them in f32 (`n_x / 8` tiles of 16 x 8), 32 of `k` per step:
+///    each lane loads 16 bytes of each of its two rows and of one weight row, and the tensor
+///    core's `k` order is permuted to match (lane `q` of a quad holds `k` `8q..8q+8` of the 32,
+///    the first half for one `mma`, the second for the next; `x` and `w_x` are permuted alike,
+///    so the sum is the same);
+/// 2. writes columns `dt_rank..` as `B` and `C`, rounded to the activations' format;
+/// 3. rounds the first `dt_rank` columns (`dt`) to that format too, as x_proj's output would
+///    be, and uses them, still in registers (two accumulator tiles are one operand tile), as
+///    the `a` operand of dt_proj; for each 32 columns of `d_inner`, four `mma` whose eight
+///    output columns are chosen (through the rows of `wdtt` each lane loads) so that lane `q`
+///    of a quad ends with columns `8q..8q+8` of its rows: `softplus(dt · w_dt + bias)` in
+///    f32, rounded once, written 16 bytes at a time as `Δ`.
+///
+/// The `x` rows a warp reads past `rows` are clamped to the last row; those outputs are not
+/// written. The whole warp runs every `mma` (it is a warp-wide instruction).
+#[cube(launch_unchecked, create_dummy_kernel, address_type = "dynamic")]
+#[allow(clippy::too_many_arguments)]
+fn dbc_mma_kernel<V: Size>(
+    x: &Tensor<Vector<u32, V>>,
+    wxt: &Tensor<Vector<u32, V>>,
+    wdtt: &Tensor<u32>,
+    bias: &Tensor<f32>,
+    delta: &mut Tensor<Vector<u32, V>>,
+    b: &mut Tensor<u32>,
+    c: &mut Tensor<u32>,
+    rows: usize,
+    k: usize,
+    d_inner: usize,
+    #[comptime] dt_rank: usize,
+    #[comptime] d_state: usize,
+    #[comptime] bf16: bool,
+) {
+    let lane = UNIT_POS_X as usize;
+    let group = lane / 4;
+    let quad = lane % 4;
+    let tile = CUBE_POS_X as usize * CUBE_DIM_Y as usize + UNIT_POS_Y as usize;
+    let r0 = tile * 16;
+    if r0 >= rows {
+        terminate!();
+    }
+    let n_tiles = comptime!((dt_rank + 2 * d_state) / 8);
+    let dt_tiles = comptime!(dt_rank / 8);
+    let d_tiles = comptime!(d_state / 8);
+    let last = rows - 1;
+    let row_lo = r0 + group;
+    let row_hi = row_lo + 8;
+    let xlo = if row_lo < last { row_lo } else { last };
+    let xhi = if row_hi < last { row_hi } else { last };
+    // Row length in 16-byte vectors.
+    let kv = k / 8;
+
+    // 1. x · w_x, 32 of `k` per step.
+    let mut acc = Array::<f32>::new(comptime!(n_tiles * 4));
+    #[unroll]
+    for i in 0..comptime!(n_tiles * 4) {
+        acc[i] = 0.0f32;
+    }
+    // `s` is this lane's vector of the step's four (`kv` is a multiple of 4).
+    let mut s = quad;
+    while s < kv {
+        let xa = x[xlo * kv + s];
+        let xb = x[xhi * kv + s];
+        #[unroll]
+        for half in 0..2usize {
+            let mut a = Vector::<u32, Const<4>>::empty();
+            a.insert(0usize, xa.extract(2 * half));
+            a.insert(1usize, xb.extract(2 * half));
+            a.insert(2usize, xa.extract(2 * half + 1));
+            a.insert(3usize, xb.extract(2 * half + 1));
+            #[unroll]
+            for j in 0..n_tiles {
+                let wv = wxt[(j * 8 + group) * kv + s];
+                let mut bw = Vector::<u32, Const<2>>::empty();
+                bw.insert(0usize, wv.extract(2 * half));
+                bw.insert(1usize, wv.extract(2 * half + 1));
+                let mut cj = Acc::empty();
+                #[unroll]
+                for e in 0..4usize {
+                    cj.insert(e, acc[j * 4 + e]);
+                }
+                let dj = mma_16x8x16(a, bw, cj, bf16);
+                #[unroll]
+                for e in 0..4usize {
+                    acc[j * 4 + e] = dj.extract(e);
+                }
+            }
+        }
+        s += 4;
+    }
+
+    // 2. B and C.
+    let sw = comptime!(d_state / 2);
+    let lo_ok = row_lo < rows;
+    let hi_ok = row_hi < rows;
+    #[unroll]
+    for j in dt_tiles..n_tiles {
+        let lo = pack2(acc[j * 4], acc[j * 4 + 1], bf16);
+        let hi = pack2(acc[j * 4 + 2], acc[j * 4 + 3], bf16);
+        if j < dt_tiles + d_tiles {
+            let col = (j - dt_tiles) * 4 + quad;
+            if lo_ok {
+                b[row_lo * sw + col] = lo;
+            }
+            if hi_ok {
+                b[row_hi * sw + col] = hi;
+            }
+        } else {
+            let col = (j - dt_tiles - d_tiles) * 4 + quad;
+            if lo_ok {
+                c[row_lo * sw + col] = lo;
+            }
+            if hi_ok {
+                c[row_hi * sw + col] = hi;
+            }
+        }
+    }
+
+    // 3. dt_proj from the rounded `dt`, as `a` operands.
+    let dt_steps = comptime!(dt_rank / 16);
+    let mut dta = Array::<u32>::new(comptime!(dt_steps * 4));
+    #[unroll]
+    for q in 0..dt_steps {
+        let j = 2 * q;
+        dta[q * 4] = pack2(acc[j * 4], acc[j * 4 + 1], bf16);
+        dta[q * 4 + 1] = pack2(acc[j * 4 + 2], acc[j * 4 + 3], bf16);
+        dta[q * 4 + 2] = pack2(acc[j * 4 + 4], acc[j * 4 + 5], bf16);
+        dta[q * 4 + 3] = pack2(acc[j * 4 + 6], acc[j * 4 + 7], bf16);
+    }
+    let rw = comptime!(dt_rank / 2);
+    // Row length of `delta` in 16-byte vectors.
+    let dv = d_inner / 8;
+    let mut blk = 0;
+    while blk < d_inner {
+        let mut out_lo = Vector::<u32, V>::empty();
+        let mut out_hi = Vector::<u32, V>::empty();
+        #[unroll]
+        for t in 0..4usize {
+            // This `mma`'s output column `2q + w` is column `blk + 8q + 2t + w`, so its `b`
+            // column `g` is `w_dt`'s column `blk + 8·(g/2) + 2t + g%2`.
+            let n = blk + 8 * (group / 2) + 2 * t + group % 2;
+            let mut cd = Acc::empty();
+            #[unroll]
+            for e in 0..4usize {
+                cd.insert(e, 0.0f32);
+            }
+            #[unroll]
+            for q in 0..dt_steps {
+                let mut a = Vector::<u32, Const<4>>::empty();
+                #[unroll]
+                for e in 0..4usize {
+                    a.insert(e, dta[q * 4 + e]);
+                }
+                let mut bw = Vector::<u32, Const<2>>::empty();
+                bw.insert(0usize, wdtt[n * rw + q * 8 + quad]);
+                bw.insert(1usize, wdtt[n * rw + q * 8 + quad + 4]);
+                cd = mma_16x8x16(a, bw, cd, bf16);
+            }
+            let col = blk + 8 * quad + 2 * t;
+            let b0 = bias[col];
+            let b1 = bias[col + 1];
+            out_lo.insert(
+                t,
+                pack2(
+                    softplus(cd.extract(0usize) + b0, true),
+                    softplus(cd.extract(1usize) + b1, true),
+                    bf16,
+                ),
+            );
+            out_hi.insert(
+                t,
+                pack2(
+                    softplus(cd.extract(2usize) + b0, true),
+                    softplus(cd.extract(3usize) + b1, true),
+                    bf16,
+                ),
+            );
+        }
+        let word = blk / 8 + quad;
+        if lo_ok {
+            delta[row_lo * dv + word] = out_lo;
+        }
+        if hi_ok {
+            delta[row_hi * dv + word] = out_hi;
+        }
+        blk += 32;
+    }
+}
+
+/// The CUDA C++ of [`dbc_mma_kernel`] for an sm_90 device (an H200), without a GPU, with
+/// `dt_rank` and `d_state` as the d_model 256 model has them (16 each) and 16-bit activations
+/// (`bf16` or f16): for reading the generated code and its machine code (`bench/sass.sh`).
+#[cfg(feature = "cuda")]
+pub fn dbc_cuda_source(bf16: bool) -> Result<String, String> {
+    use super::scan_cube::Sm90;
+    use cubecl::CubeKernel;
+    let mut sm90 = Sm90::new();
+    let [x, wxt, wdtt, bias, delta, b, c] = std::array::from_fn(|_| Sm90::arg(8));
+    let kernel = dbc_mma_kernel::create_dummy_kernel(
+        sm90.props.clone(),
+        sm90.target.clone(),
+        CubeCount::new_1d(1),
+        CubeDim::new_2d(32, 4),
+        AddressType::U64,
+        4,
+        x,
+        wxt,
+        wdtt,
+        bias,
+        delta,
+        b,
+        c,
+        1,  // rows
+        32, // k
+        32, // d_inner
+        16, // dt_rank
+        16, // d_state
+        bf16,
+    );
+    sm90.compile("dbc_mma", kernel.define())
+        .map(|(_, source)| source)
+}
+
+#[cfg(all(test, feature = "cuda"))]
+mod tests {
+    #[test]
+    fn dbc_kernel_compiles_to_tensor_core_instructions() {
+        for (bf16, format) in [(false, ".f16.f16."), (true, ".bf16.bf16.")] {
+            let source = super::dbc_cuda_source(bf16).unwrap();
+            assert!(source.contains("__global__"), "no kernel");
+            let mma = format!("mma.sync.aligned.m16n8k16.row.col.f32{format}f32");
+            assert!(source.contains(&mma), "bf16 {bf16}: no {mma}");
+            // Operands in 32-bit registers (a variable would go in as its 64-bit address).
+            for line in source.lines().filter(|l| l.contains("mma.sync")) {
+                assert!(
+                    !line.contains("\"l\"("),
+                    "bf16 {bf16}: an address operand: {line}"
+                );
+                assert_eq!(line.matches("\"r\"(").count(), 6, "bf16 {bf16}: {line}");
+                assert_eq!(line.matches("\"f\"(").count(), 4, "bf16 {bf16}: {line}");
+            }
+            let pack = if bf16 {
+                "cvt.rn.bf16x2.f32"
+            } else {
+                "cvt.rn.f16x2.f32"
+            };
+            assert!(source.contains(pack), "bf16 {bf16}: no {pack}");
         }
     }
 }

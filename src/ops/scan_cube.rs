@@ -1379,16 +1379,8 @@ pub fn cuda_sources(
     d_state: usize,
     prefetch: bool,
 ) -> Result<Vec<(String, String)>, String> {
-    use cubecl::Compiler;
     use cubecl::CubeKernel;
-    use cubecl::ir::{
-        DeviceIdentity, DeviceProperties, HardwareProperties, MemoryDeviceProperties,
-        TargetProperties,
-    };
-    use cubecl::prelude::{AddressType, TensorArg, VectorSize};
-    use cubecl::server::Handle;
-    use cubecl_cuda::{CudaCompilationOptions, CudaCompiler};
-    use std::sync::Arc;
+    use cubecl::prelude::AddressType;
 
     let elem = activation_elem(act).ok_or_else(|| format!("no scan kernel for {act:?}"))?;
     let bc_elem = match activation_elem(bc) {
@@ -1398,63 +1390,14 @@ pub fn cuda_sources(
     if d_state == 0 || d_state > MAX_D_STATE {
         return Err(format!("d_state must be 1..={MAX_D_STATE}, not {d_state}"));
     }
-    let mut props = DeviceProperties::new(
-        Default::default(),
-        MemoryDeviceProperties::new(1 << 36, 256),
-        HardwareProperties {
-            load_width: 128,
-            vector_register_count: None,
-            plane_size_min: 32,
-            plane_size_max: 32,
-            max_bindings: 1024,
-            max_shared_memory_size: 227 * 1024,
-            max_cube_count: (i32::MAX as u32, 65535, 65535),
-            max_units_per_cube: 1024,
-            max_cube_dim: (1024, 1024, 64),
-            num_streaming_multiprocessors: Some(132),
-            num_cpu_cores: None,
-            last_level_cache_size: None,
-            num_tensor_cores: Some(4),
-            min_tensor_cores_dim: Some(8),
-            max_vector_size: VectorSize::MAX,
-            cube_mma_reserved_shared_memory: 0,
-        },
-        cubecl::benchmark::TimingMethod::Device,
-        DeviceIdentity {
-            name: "sm_90 (no device)".into(),
-            fingerprint: "ptx_sm90".into(),
-            physical: None,
-        },
-    );
-    cubecl_cpp::register_supported_types(&mut props);
-    let props = Arc::new(props);
-    let target: Arc<TargetProperties> = Arc::new(
-        <cubecl_cuda::CudaRuntime as cubecl_runtime::runtime::Runtime>::target_properties(),
-    );
-    let service = cubecl_common::device::ServiceId::of::<()>(cubecl::device::DeviceId::new(0, 0));
-    let arg = |len: usize| {
-        let handle = Handle::new(
-            service,
-            cubecl_environment::stream::StreamId::current(),
-            (len * 4) as u64,
-        );
-        // SAFETY: the argument is only registered to describe the kernel; nothing is launched.
-        unsafe { TensorArg::from_raw_parts(handle, [1].into(), [len].into()) }
-    };
+    let mut sm90 = Sm90::new();
+    let (props, target) = (sm90.props.clone(), sm90.target.clone());
+    let arg = Sm90::arg;
     let vec = vector_width(d_state);
     let dim = CubeDim::new_1d(CUBE_THREADS);
     let count = CubeCount::new_1d(1);
     let address = AddressType::U64;
-    let mut options = CudaCompilationOptions::default();
-    options.cpp.supports_features.fast_math = true;
-    options.cpp.supports_features.grid_constants = true;
-    let mut compiler = CudaCompiler::default();
-    let mut compile = |name: &str, def: cubecl::prelude::KernelDefinition| {
-        compiler
-            .compile(def, &options)
-            .map(|k| (name.to_string(), k.to_string()))
-            .map_err(|e| format!("{name}: {e}"))
-    };
+    let mut compile = |name: &str, def| sm90.compile(name, def);
     // Buffers and sizes only describe the launch; the kernel's code depends on the comptime
     // arguments and the formats.
     let [u, delta, a, b, bias, state, dsum] = std::array::from_fn(|_| arg(8));
@@ -1594,6 +1537,97 @@ pub fn cuda_sources(
         sources.push(compile("scan_walk", walk.define())?);
     }
     Ok(sources)
+}
+
+/// Compiling kernels to CUDA C++ for an sm_90 device (an H200) without a GPU: the device's
+/// properties as CubeCL's CUDA runtime would report them, and its compiler with the options the
+/// runtime uses (fast math, grid constants). For [`cuda_sources`] and
+/// [`dbc_cuda_source`](super::project_cube::dbc_cuda_source).
+#[cfg(feature = "cuda")]
+pub(crate) struct Sm90 {
+    pub props: std::sync::Arc<cubecl::ir::DeviceProperties>,
+    pub target: std::sync::Arc<cubecl::ir::TargetProperties>,
+    options: cubecl_cuda::CudaCompilationOptions,
+    compiler: cubecl_cuda::CudaCompiler,
+}
+
+#[cfg(feature = "cuda")]
+impl Sm90 {
+    pub fn new() -> Self {
+        use cubecl::ir::{
+            DeviceIdentity, DeviceProperties, HardwareProperties, MemoryDeviceProperties,
+            TargetProperties,
+        };
+        use cubecl::prelude::VectorSize;
+        use std::sync::Arc;
+        let mut props = DeviceProperties::new(
+            Default::default(),
+            MemoryDeviceProperties::new(1 << 36, 256),
+            HardwareProperties {
+                load_width: 128,
+                vector_register_count: None,
+                plane_size_min: 32,
+                plane_size_max: 32,
+                max_bindings: 1024,
+                max_shared_memory_size: 227 * 1024,
+                max_cube_count: (i32::MAX as u32, 65535, 65535),
+                max_units_per_cube: 1024,
+                max_cube_dim: (1024, 1024, 64),
+                num_streaming_multiprocessors: Some(132),
+                num_cpu_cores: None,
+                last_level_cache_size: None,
+                num_tensor_cores: Some(4),
+                min_tensor_cores_dim: Some(8),
+                max_vector_size: VectorSize::MAX,
+                cube_mma_reserved_shared_memory: 0,
+            },
+            cubecl::benchmark::TimingMethod::Device,
+            DeviceIdentity {
+                name: "sm_90 (no device)".into(),
+                fingerprint: "ptx_sm90".into(),
+                physical: None,
+            },
+        );
+        cubecl_cpp::register_supported_types(&mut props);
+        let target: Arc<TargetProperties> = Arc::new(
+            <cubecl_cuda::CudaRuntime as cubecl_runtime::runtime::Runtime>::target_properties(),
+        );
+        let mut options = cubecl_cuda::CudaCompilationOptions::default();
+        options.cpp.supports_features.fast_math = true;
+        options.cpp.supports_features.grid_constants = true;
+        Sm90 {
+            props: Arc::new(props),
+            target,
+            options,
+            compiler: cubecl_cuda::CudaCompiler::default(),
+        }
+    }
+
+    /// A buffer argument of `len` 4-byte elements, which only describes a launch.
+    pub fn arg(len: usize) -> cubecl::prelude::TensorArg {
+        let service =
+            cubecl_common::device::ServiceId::of::<()>(cubecl::device::DeviceId::new(0, 0));
+        let handle = cubecl::server::Handle::new(
+            service,
+            cubecl_environment::stream::StreamId::current(),
+            (len * 4) as u64,
+        );
+        // SAFETY: the argument is only registered to describe the kernel; nothing is launched.
+        unsafe { cubecl::prelude::TensorArg::from_raw_parts(handle, [1].into(), [len].into()) }
+    }
+
+    /// `(name, CUDA C++)` of one kernel definition.
+    pub fn compile(
+        &mut self,
+        name: &str,
+        def: cubecl::prelude::KernelDefinition,
+    ) -> Result<(String, String), String> {
+        use cubecl::Compiler;
+        self.compiler
+            .compile(def, &self.options)
+            .map(|k| (name.to_string(), k.to_string()))
+            .map_err(|e| format!("{name}: {e}"))
+    }
 }
 
 #[cfg(test)]
