@@ -190,32 +190,51 @@ impl MambaBlock {
         let new_conv = new_conv.cast(FloatDType::F32);
 
         // Input-dependent Δ, B, C (Algorithm 2, lines 3-5).
-        let dbc = project(&self.x_proj, u.clone(), half);
-        let dt = dbc.clone().slice([0..batch, 0..len, 0..dt_rank]);
-        let b = dbc
-            .clone()
-            .slice([0..batch, 0..len, dt_rank..dt_rank + d_state]);
-        let c = dbc.slice([0..batch, 0..len, dt_rank + d_state..dt_rank + 2 * d_state]);
         let a = self.a_log.val().exp().neg();
-        // With `no_bias`, Δ = softplus(dt · W + bias) is made by dt_proj's kernel (once per
-        // element, instead of once in each of the scan's passes) and the scan adds a zero bias.
+        // With `no_bias`, Δ = softplus(dt · W + bias) is made with the projections (once per
+        // element, instead of once in each of the scan's passes; x_proj and dt_proj in one
+        // operation, `project_dbc`, where x_proj has no bias) and the scan adds a zero bias.
         type Scan = fn(ScanArgs) -> (Tensor<3>, Tensor<3>);
-        let (delta, delta_bias, scan): (_, _, Scan) = match &self.no_bias {
-            Some(zeros) => (
-                crate::ops::block::project_softplus(
-                    in_format(dt, half),
-                    self.dt_proj.weight.val(),
-                    self.dt_bias.val(),
-                ),
-                zeros.clone(),
-                selective_scan_activated,
-            ),
-            None => (
-                project(&self.dt_proj, dt, half),
-                self.dt_bias.val(),
-                selective_scan,
-            ),
-        };
+        let (delta, b, c, delta_bias, scan): (_, _, _, _, Scan) =
+            match (&self.no_bias, &self.x_proj.bias) {
+                (Some(zeros), None) => {
+                    let (delta, b, c) = crate::ops::block::project_dbc(
+                        in_format(u.clone(), half),
+                        self.x_proj.weight.val(),
+                        self.dt_proj.weight.val(),
+                        self.dt_bias.val(),
+                    );
+                    (delta, b, c, zeros.clone(), selective_scan_activated)
+                }
+                (zeros, _) => {
+                    let dbc = project(&self.x_proj, u.clone(), half);
+                    let dt = dbc.clone().slice([0..batch, 0..len, 0..dt_rank]);
+                    let b = dbc
+                        .clone()
+                        .slice([0..batch, 0..len, dt_rank..dt_rank + d_state]);
+                    let c = dbc.slice([0..batch, 0..len, dt_rank + d_state..dt_rank + 2 * d_state]);
+                    match zeros {
+                        Some(zeros) => (
+                            crate::ops::block::project_softplus(
+                                in_format(dt, half),
+                                self.dt_proj.weight.val(),
+                                self.dt_bias.val(),
+                            ),
+                            b,
+                            c,
+                            zeros.clone(),
+                            selective_scan_activated,
+                        ),
+                        None => (
+                            project(&self.dt_proj, dt, half),
+                            b,
+                            c,
+                            self.dt_bias.val(),
+                            selective_scan,
+                        ),
+                    }
+                }
+            };
         let (y, ssm) = scan(ScanArgs {
             u,
             delta,
