@@ -753,6 +753,14 @@ fn dbc_mma_enabled() -> bool {
 
 static DBC_MMA: NamedChoice = NamedChoice::new("GENOMAMBA_DBC_MMA");
 
+/// Whether [`dbc_mma_kernel`] loads the next step's `x` ahead: unless the environment variable
+/// `GENOMAMBA_DBC_PREFETCH` is `off` (for comparisons).
+fn dbc_prefetch() -> bool {
+    DBC_PREFETCH.get().as_deref() != Some("off")
+}
+
+static DBC_PREFETCH: NamedChoice = NamedChoice::new("GENOMAMBA_DBC_PREFETCH");
+
 static DBC_MMA_LAUNCHES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
 /// How many times so far x_proj and dt_proj ran as [`dbc_mma_kernel`] (for tests).
@@ -861,6 +869,7 @@ fn project_dbc_mma(input: &DbcInput<CubeBackend>) -> Option<DbcOutput<CubeBacken
             dt_rank,
             d_state,
             bf16,
+            dbc_prefetch(),
         );
     }
     DBC_MMA_LAUNCHES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -1000,6 +1009,7 @@ fn dbc_mma_kernel<V: Size>(
     #[comptime] dt_rank: usize,
     #[comptime] d_state: usize,
     #[comptime] bf16: bool,
+    #[comptime] prefetch: bool,
 ) {
     let lane = UNIT_POS_X as usize;
     let group = lane / 4;
@@ -1026,11 +1036,23 @@ fn dbc_mma_kernel<V: Size>(
     for i in 0..comptime!(n_tiles * 4) {
         acc[i] = 0.0f32;
     }
-    // `s` is this lane's vector of the step's four (`kv` is a multiple of 4).
+    // `s` is this lane's vector of the step's four (`kv` is a multiple of 4). With `prefetch`,
+    // the next step's `x` is loaded before this step's products (the last step loads its own
+    // again).
     let mut s = quad;
+    let mut xa_next = x[xlo * kv + s];
+    let mut xb_next = x[xhi * kv + s];
     while s < kv {
-        let xa = x[xlo * kv + s];
-        let xb = x[xhi * kv + s];
+        let mut xa = xa_next;
+        let mut xb = xb_next;
+        if prefetch {
+            let nxt = if s + 4 < kv { s + 4 } else { s };
+            xa_next = x[xlo * kv + nxt];
+            xb_next = x[xhi * kv + nxt];
+        } else {
+            xa = x[xlo * kv + s];
+            xb = x[xhi * kv + s];
+        }
         #[unroll]
         for half in 0..2usize {
             let mut a = Vector::<u32, Const<4>>::empty();
@@ -1186,6 +1208,7 @@ pub fn dbc_cuda_source(bf16: bool) -> Result<String, String> {
         16, // dt_rank
         16, // d_state
         bf16,
+        dbc_prefetch(),
     );
     sm90.compile("dbc_mma", kernel.define())
         .map(|(_, source)| source)
