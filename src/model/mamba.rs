@@ -155,6 +155,23 @@ impl MambaBlock {
         (x + out.cast(FloatDType::F32), state)
     }
 
+    /// x_proj's output split into its `dt`, `B` and `C` columns (views).
+    fn x_proj_columns(
+        &self,
+        u: Tensor<3>,
+        half: Option<FloatDType>,
+    ) -> (Tensor<3>, Tensor<3>, Tensor<3>) {
+        let [_, d_state, dt_rank, _] = self.sizes;
+        let [batch, len, _] = u.dims();
+        let dbc = project(&self.x_proj, u, half);
+        let dt = dbc.clone().slice([0..batch, 0..len, 0..dt_rank]);
+        let b = dbc
+            .clone()
+            .slice([0..batch, 0..len, dt_rank..dt_rank + d_state]);
+        let c = dbc.slice([0..batch, 0..len, dt_rank + d_state..dt_rank + 2 * d_state]);
+        (dt, b, c)
+    }
+
     /// Format of the block's activations: the format its input should be normed into.
     pub fn activation_dtype(&self) -> FloatDType {
         self.precision.half().unwrap_or(FloatDType::F32)
@@ -167,7 +184,7 @@ impl MambaBlock {
     /// # Shapes
     /// - normed: `[batch, length, d_model]` -> `[batch, length, d_model]`
     pub fn mix(&self, normed: Tensor<3>, state: LayerState) -> (Tensor<3>, LayerState) {
-        let [d_inner, d_state, dt_rank, _] = self.sizes;
+        let [d_inner, _, _, _] = self.sizes;
         let [batch, len, _] = normed.dims();
         let half = self.precision.half();
         let xz = project(&self.in_proj, normed, half);
@@ -206,33 +223,19 @@ impl MambaBlock {
                     );
                     (delta, b, c, zeros.clone(), selective_scan_activated)
                 }
-                (zeros, _) => {
-                    let dbc = project(&self.x_proj, u.clone(), half);
-                    let dt = dbc.clone().slice([0..batch, 0..len, 0..dt_rank]);
-                    let b = dbc
-                        .clone()
-                        .slice([0..batch, 0..len, dt_rank..dt_rank + d_state]);
-                    let c = dbc.slice([0..batch, 0..len, dt_rank + d_state..dt_rank + 2 * d_state]);
-                    match zeros {
-                        Some(zeros) => (
-                            crate::ops::block::project_softplus(
-                                in_format(dt, half),
-                                self.dt_proj.weight.val(),
-                                self.dt_bias.val(),
-                            ),
-                            b,
-                            c,
-                            zeros.clone(),
-                            selective_scan_activated,
-                        ),
-                        None => (
-                            project(&self.dt_proj, dt, half),
-                            b,
-                            c,
-                            self.dt_bias.val(),
-                            selective_scan,
-                        ),
-                    }
+                (Some(zeros), Some(_)) => {
+                    let (dt, b, c) = self.x_proj_columns(u.clone(), half);
+                    let delta = crate::ops::block::project_softplus(
+                        in_format(dt, half),
+                        self.dt_proj.weight.val(),
+                        self.dt_bias.val(),
+                    );
+                    (delta, b, c, zeros.clone(), selective_scan_activated)
+                }
+                (None, _) => {
+                    let (dt, b, c) = self.x_proj_columns(u.clone(), half);
+                    let delta = project(&self.dt_proj, dt, half);
+                    (delta, b, c, self.dt_bias.val(), selective_scan)
                 }
             };
         let (y, ssm) = scan(ScanArgs {
