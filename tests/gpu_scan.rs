@@ -41,6 +41,7 @@ use genomamba::ops::project_cube::{
     SMALL_K_MAX, Tiling, dbc_mma_launches, default_strategy, default_tiling, refusals,
     set_strategy, set_tiling, small_k_launches, strategy_names,
 };
+use genomamba::ops::project_mma::{GEMM_MAX_K, gemm_mma_launches, set_gemm_band, set_gemm_rows};
 use genomamba::ops::{
     ScanArgs, ScanPath, WALK_MIN_LANES, selective_scan, selective_scan_activated,
     selective_scan_reference, set_scan_path,
@@ -399,6 +400,84 @@ fn gpu_project_softplus_matches_reference() {
             assert!(e <= tol, "k {k} {dtype:?}: {e:e}");
         }
     }
+}
+
+#[test]
+fn gpu_project_mma_matches_reference() {
+    // in_proj on CUDA in f16 and bf16: the tensor-core kernel with the weight's bands in
+    // shared memory (its launches counted), in every band width that divides the output and
+    // both warp tiles; elsewhere (f32, CubeCL's CPU runtime, shapes it does not take) cubek.
+    // Against the CPU's product in f32.
+    let gpu = require_cuda!();
+    let _alone = projections_alone();
+    set_strategy(None);
+    let mut rng = StdRng::seed_from_u64(53);
+    // [batch, len, k, n]: in_proj of the d_model 256 model (2049 rows, not a multiple of the
+    // kernel's 16 or 32); a `k` (96) whose rows need no padding, 40 rows; out_proj's shape
+    // (`k` 512), a `k` (48) and an `n` (48) the kernel does not take.
+    // On CubeCL's CPU runtime (CI), where the kernel never runs, one small shape: each shape
+    // and format is a kernel compilation there.
+    let shapes: &[[usize; 4]] = if is_cuda(&gpu) {
+        &[
+            [1, 2049, 256, 1024],
+            [1, 40, 96, 64],
+            [2, 37, 512, 256],
+            [1, 10, 48, 64],
+            [1, 10, 64, 48],
+        ]
+    } else {
+        &[[1, 40, 96, 64]]
+    };
+    for &[batch, len, k, n] in shapes {
+        let x = normals(&mut rng, batch * len * k, 1.0);
+        let w = normals(&mut rng, k * n, 1.0 / (k as f32).sqrt());
+        let want = host(project_with(
+            Impl::Reference,
+            tensor(&x, [batch, len, k], &Device::flex()),
+            tensor(&w, [k, n], &Device::flex()),
+        ));
+        let fits = k % 32 == 0 && k <= GEMM_MAX_K && n % 64 == 0;
+        let mut formats = vec![(FloatDType::F32, 5e-3), (FloatDType::F16, 4e-3)];
+        if is_cuda(&gpu) {
+            formats.push((FloatDType::BF16, 3e-2));
+        }
+        let choices = [None, Some(64), Some(128), Some(256)]
+            .into_iter()
+            .flat_map(|band| [(band, None), (band, Some(16)), (band, Some(32))]);
+        for (band, rows) in choices {
+            let usual = band.is_none() && rows.is_none();
+            if band.is_some_and(|b| n % b != 0) || (!usual && !is_cuda(&gpu)) {
+                continue;
+            }
+            set_gemm_band(band);
+            set_gemm_rows(rows);
+            for &(dtype, tol) in &formats {
+                let before = gemm_mma_launches();
+                let got = project_with(
+                    Impl::Fastest,
+                    tensor(&x, [batch, len, k], &gpu).cast(dtype),
+                    tensor(&w, [k, n], &gpu).cast(dtype),
+                );
+                assert_eq!(got.dims(), [batch, len, n], "shape");
+                assert_eq!(got.dtype(), DType::from(dtype), "format");
+                // Read back first: the product runs when its result is needed.
+                let got = host(got);
+                let mma = gemm_mma_launches() - before;
+                let expected = is_cuda(&gpu) && dtype != FloatDType::F32 && fits;
+                assert_eq!(mma, usize::from(expected), "[{k},{n}] {dtype:?}: kernel");
+                let e = rel_err(&got, &want);
+                println!(
+                    "project_mma {batch}x{len}x{k} -> {n} {dtype:?} band {band:?} rows {rows:?}: {e:9.2e} (mma {mma})"
+                );
+                assert!(
+                    e <= tol,
+                    "[{k},{n}] {dtype:?} band {band:?} rows {rows:?}: {e:e}"
+                );
+            }
+        }
+    }
+    set_gemm_band(None);
+    set_gemm_rows(None);
 }
 
 #[test]

@@ -15,6 +15,8 @@ pub mod block;
 mod block_cube;
 #[cfg(feature = "cube")]
 pub mod project_cube;
+#[cfg(feature = "cube")]
+pub mod project_mma;
 pub mod scan;
 mod scan_backward;
 mod scan_cpu;

@@ -191,14 +191,14 @@ fn chosen(dtype: DType, client: &str) -> Option<Strategy> {
 /// A process-wide choice by name: the one set through a `set_*` function (tests, tuning runs),
 /// else the environment variable `var`, read once per process (projections run four times per
 /// layer and chunk).
-struct NamedChoice {
+pub(crate) struct NamedChoice {
     forced: std::sync::Mutex<Option<String>>,
     env: std::sync::OnceLock<Option<String>>,
     var: &'static str,
 }
 
 impl NamedChoice {
-    const fn new(var: &'static str) -> Self {
+    pub(crate) const fn new(var: &'static str) -> Self {
         Self {
             forced: std::sync::Mutex::new(None),
             env: std::sync::OnceLock::new(),
@@ -206,13 +206,13 @@ impl NamedChoice {
         }
     }
 
-    fn set(&self, name: Option<&str>) {
+    pub(crate) fn set(&self, name: Option<&str>) {
         if let Ok(mut g) = self.forced.lock() {
             *g = name.map(str::to_string);
         }
     }
 
-    fn get(&self) -> Option<String> {
+    pub(crate) fn get(&self) -> Option<String> {
         let forced = self.forced.lock().ok().and_then(|g| g.clone());
         forced.or_else(|| {
             self.env
@@ -223,6 +223,12 @@ impl NamedChoice {
 }
 
 static STRATEGY: NamedChoice = NamedChoice::new("GENOMAMBA_MATMUL");
+
+/// Whether a cubek strategy was chosen (through [`set_strategy`] or `GENOMAMBA_MATMUL`): then
+/// the hand-written projection kernels stand aside, so that the strategy runs on every shape.
+pub(crate) fn strategy_chosen() -> bool {
+    STRATEGY.get().is_some()
+}
 static TILING: NamedChoice = NamedChoice::new("GENOMAMBA_MATMUL_TILING");
 
 /// Makes later projections use the strategy `name` (one of [`strategy_names`], or `burn`), or
@@ -246,6 +252,9 @@ pub(crate) fn project_cube(x: CubeTensor, w: CubeTensor) -> CubeTensor {
     };
     let client_name = x.client.name();
     if let Some(out) = project_small_k(&x, &w3, None) {
+        return out;
+    }
+    if let Some(out) = super::project_mma::project_mma(&x, &w3) {
         return out;
     }
     let (Some(strategy), Some(elem)) = (chosen(dtype, client_name), activation_elem(dtype)) else {
@@ -899,7 +908,7 @@ type Acc = Vector<f32, Const<4>>;
 /// `mma.sync.aligned.m16n8k16` (sm_80 and later). Lane `l` holds rows `l/4` and `l/4 + 8`,
 /// columns (of `b` and `d`) `2·(l%4)` and `2·(l%4) + 1`, and `k` `2·(l%4) + {0, 1, 8, 9}`.
 #[cube]
-fn mma_16x8x16(
+pub(crate) fn mma_16x8x16(
     a: Vector<u32, Const<4>>,
     b: Vector<u32, Const<2>>,
     c: Acc,
@@ -957,7 +966,7 @@ fn mma_bf16(a: Vector<u32, Const<4>>, b: Vector<u32, Const<2>>, c: Acc) -> Acc {
 /// `lo` and `hi` rounded to f16 (or bf16) and packed into one word, `lo` in the low half (the
 /// lower address).
 #[cube]
-fn pack2(lo: f32, hi: f32, #[comptime] bf16: bool) -> u32 {
+pub(crate) fn pack2(lo: f32, hi: f32, #[comptime] bf16: bool) -> u32 {
     if bf16 {
         pack_bf16(lo, hi)
     } else {
