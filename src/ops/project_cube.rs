@@ -41,6 +41,10 @@
 //! H200 it takes 296 us per layer at 262,144 rows, where x_proj, the slice copies of its
 //! output and the small-k dt_proj took about 380 us; whole chr20 in f16 13.07 s against
 //! 13.48 s (BENCHMARKS.md, eighteenth session).
+//!
+//! In f16 and bf16 on CUDA, projections with an inner dimension of at most 256 (in_proj) run
+//! [`super::project_mma`]'s tensor-core kernel before any cubek strategy (unless a strategy
+//! was chosen or `GENOMAMBA_GEMM_MMA=off`).
 
 use burn::backend::{DType, TensorMetadata};
 use burn_cubecl::CubeBackend;
