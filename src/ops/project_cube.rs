@@ -1235,24 +1235,32 @@ pub fn dbc_cuda_source(bf16: bool) -> Result<String, String> {
         .map(|(_, source)| source)
 }
 
+/// Checks that `source` (a kernel's generated CUDA C++) has the `mma.sync` of the 16-bit
+/// format (`bf16` or f16), each with six 32-bit and four f32 register operands: a variable
+/// would go in as its 64-bit address (`"l"`), which `ptxas` refuses.
+#[cfg(all(test, feature = "cuda"))]
+pub(crate) fn assert_tensor_core_mma(source: &str, bf16: bool) {
+    assert!(source.contains("__global__"), "no kernel");
+    let format = if bf16 { ".bf16.bf16." } else { ".f16.f16." };
+    let mma = format!("mma.sync.aligned.m16n8k16.row.col.f32{format}f32");
+    assert!(source.contains(&mma), "bf16 {bf16}: no {mma}");
+    for line in source.lines().filter(|l| l.contains("mma.sync")) {
+        assert!(
+            !line.contains("\"l\"("),
+            "bf16 {bf16}: an address operand: {line}"
+        );
+        assert_eq!(line.matches("\"r\"(").count(), 6, "bf16 {bf16}: {line}");
+        assert_eq!(line.matches("\"f\"(").count(), 4, "bf16 {bf16}: {line}");
+    }
+}
+
 #[cfg(all(test, feature = "cuda"))]
 mod tests {
     #[test]
     fn dbc_kernel_compiles_to_tensor_core_instructions() {
-        for (bf16, format) in [(false, ".f16.f16."), (true, ".bf16.bf16.")] {
+        for bf16 in [false, true] {
             let source = super::dbc_cuda_source(bf16).unwrap();
-            assert!(source.contains("__global__"), "no kernel");
-            let mma = format!("mma.sync.aligned.m16n8k16.row.col.f32{format}f32");
-            assert!(source.contains(&mma), "bf16 {bf16}: no {mma}");
-            // Operands in 32-bit registers (a variable would go in as its 64-bit address).
-            for line in source.lines().filter(|l| l.contains("mma.sync")) {
-                assert!(
-                    !line.contains("\"l\"("),
-                    "bf16 {bf16}: an address operand: {line}"
-                );
-                assert_eq!(line.matches("\"r\"(").count(), 6, "bf16 {bf16}: {line}");
-                assert_eq!(line.matches("\"f\"(").count(), 4, "bf16 {bf16}: {line}");
-            }
+            super::assert_tensor_core_mma(&source, bf16);
             let pack = if bf16 {
                 "cvt.rn.bf16x2.f32"
             } else {
