@@ -90,8 +90,9 @@ const fn smem_bytes(band: usize, k: usize) -> usize {
 
 /// The band width: `GENOMAMBA_GEMM_BAND` (or [`set_gemm_band`]) where it is 64, 128 or 256,
 /// divides `n` and fits `max_smem`, else the widest of those that does. On the H200, in_proj
-/// (`k` 256, `n` 1,024, 262,144 rows) took 466 us with bands of 256 (one cube per
-/// multiprocessor), 522 us with 128 (two cubes) and 591 us with 64 (BENCHMARKS.md).
+/// (`k` 256, `n` 1,024, 262,144 rows) took 466-469 us with bands of 256 (one cube per
+/// multiprocessor), 522-524 us with 128 (aiming at two cubes) and 591 us with 64 (three);
+/// BENCHMARKS.md, nineteenth session.
 fn band_for(k: usize, n: usize, max_smem: usize) -> Option<usize> {
     let fits = |b: usize| n.is_multiple_of(b) && smem_bytes(b, k) <= max_smem;
     let forced = GEMM_BAND.get().and_then(|v| v.parse::<usize>().ok());
@@ -103,8 +104,8 @@ fn band_for(k: usize, n: usize, max_smem: usize) -> Option<usize> {
 
 /// `x · w` by [`gemm_rows_kernel`] if it takes the problem: a CUDA device, `x`
 /// (`[batch, len, k]`) and `w` (`[1, k, n]`) both f16 or both bf16, `k` a multiple of 32 up to
-/// [`GEMM_MAX_K`] whose band fits shared memory, `n` a multiple of 64, both contiguous from 16-byte boundaries;
-/// `None` otherwise (and when `GENOMAMBA_GEMM_MMA=off` or a cubek strategy was chosen).
+/// [`GEMM_MAX_K`] whose band fits shared memory, `n` a multiple of 64, both contiguous from
+/// 16-byte boundaries; `None` otherwise (and when `GENOMAMBA_GEMM_MMA=off` or a cubek strategy was chosen).
 pub(crate) fn project_mma(x: &CubeTensor, w3: &CubeTensor) -> Option<CubeTensor> {
     let client = x.client.clone();
     let bf16 = match x.dtype {
