@@ -414,7 +414,8 @@ fn gpu_project_mma_matches_reference() {
     let mut rng = StdRng::seed_from_u64(53);
     // [batch, len, k, n]: in_proj of the d_model 256 model (2049 rows, not a multiple of the
     // kernel's 16 or 32); a `k` (96) whose rows need no padding, 40 rows; out_proj's shape
-    // (`k` 512), a `k` (48) and an `n` (48) the kernel does not take.
+    // (`k` 512, always 16-row tiles) with 74 rows; a `k` (48, 1,024) and an `n` (48) the
+    // kernel does not take.
     // On CubeCL's CPU runtime (CI), where the kernel never runs, one small shape: each shape
     // and format is a kernel compilation there.
     let shapes: &[[usize; 4]] = if is_cuda(&gpu) {
@@ -423,6 +424,7 @@ fn gpu_project_mma_matches_reference() {
             [1, 40, 96, 64],
             [2, 37, 512, 256],
             [1, 10, 48, 64],
+            [1, 10, 1024, 64],
             [1, 10, 64, 48],
         ]
     } else {

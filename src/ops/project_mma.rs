@@ -23,9 +23,12 @@ use cubecl::prelude::*;
 use super::project_cube::{NamedChoice, mma_16x8x16, pack2, strategy_chosen};
 use super::scan_cube::{fast_math, positive_env};
 
-/// Largest inner dimension [`project_mma`] takes: a lane holds `k / 4` words of `x` per row
-/// tile in registers.
-pub const GEMM_MAX_K: usize = 256;
+/// Largest inner dimension [`project_mma`] takes: a lane holds `k / 8` words of `x` per 8 rows
+/// of its tile in registers (128 for 32-row tiles at `k` 256, and for 16-row tiles at 512).
+pub const GEMM_MAX_K: usize = 512;
+
+/// Largest inner dimension for warp tiles of 32 rows; longer ones take 16.
+const MAX_K_32_ROWS: usize = 256;
 
 /// Warps per cube unless `GENOMAMBA_GEMM_WARPS` says otherwise.
 const WARPS: usize = 8;
@@ -72,20 +75,10 @@ pub fn set_gemm_band(columns: Option<usize>) {
     GEMM_BAND.set(columns.map(|c| c.to_string()).as_deref());
 }
 
-/// 32-bit words per row of the weight's band in shared memory: `k / 2`, padded by 16 words
-/// where it is a multiple of 32, so that the eight rows a quarter-warp reads at once fall on
-/// alternate halves of the 32 banks.
-const fn smem_row_words(k: usize) -> usize {
-    if (k / 2).is_multiple_of(32) {
-        k / 2 + 16
-    } else {
-        k / 2
-    }
-}
-
-/// Bytes of shared memory for a band of `band` columns of a weight with `k` rows.
+/// Bytes of shared memory for a band of `band` columns of a weight with `k` rows: each value
+/// once, as the operands of the `mma` that use it ([`fill_band`]).
 const fn smem_bytes(band: usize, k: usize) -> usize {
-    band * smem_row_words(k) * 4
+    band * k * 2
 }
 
 /// The band width: `GENOMAMBA_GEMM_BAND` (or [`set_gemm_band`]) where it is 64, 128 or 256,
@@ -125,6 +118,7 @@ pub(crate) fn project_mma(x: &CubeTensor, w3: &CubeTensor) -> Option<CubeTensor>
     if k != *k2
         || k == 0
         || k > GEMM_MAX_K
+        || positive_env("GENOMAMBA_GEMM_MAX_K").is_some_and(|m| k > m)
         || !k.is_multiple_of(32)
         || n == 0
         || rows == 0
@@ -150,7 +144,7 @@ pub(crate) fn project_mma(x: &CubeTensor, w3: &CubeTensor) -> Option<CubeTensor>
         burn::tensor::Shape::new([batch, len, n]),
         x.dtype,
     );
-    let row_tiles = row_tiles();
+    let row_tiles = if k > MAX_K_32_ROWS { 1 } else { row_tiles() };
     let warps = positive_env("GENOMAMBA_GEMM_WARPS")
         .filter(|&w| w <= 32)
         .unwrap_or(WARPS);
@@ -171,7 +165,8 @@ pub(crate) fn project_mma(x: &CubeTensor, w3: &CubeTensor) -> Option<CubeTensor>
     // rows below `rows` of `out`, columns inside its band. All three are contiguous, start on
     // 16-byte boundaries and have rows of a multiple of 8 16-bit values (`k` of 32, `n` of
     // 64), so every 16-byte vector read or written lies inside them. Shared memory holds
-    // `band` rows of `smem_row_words(k) / 4` vectors and is indexed below that.
+    // `band · k / 8` vectors (`band / 16` tiles x `k / 16` steps x 32 lanes) and is indexed
+    // below that.
     unsafe {
         gemm_rows_kernel::launch_unchecked(
             &client,
@@ -196,10 +191,13 @@ pub(crate) fn project_mma(x: &CubeTensor, w3: &CubeTensor) -> Option<CubeTensor>
 }
 
 /// Copies the band of columns `[n0, n0 + band)` of `w` (`[k, n]`, rows of `nv` 16-byte
-/// vectors) into `wt` transposed: row `j` holds column `n0 + j`, its `k` values in order, two
-/// per word, rows `smem_row_words(k)` words apart. The cube's threads take items of 8 columns x
-/// 8 `k` (eight 16-byte loads of rows `8kb..` at columns `n0 + 8cg..`, eight 16-byte stores);
-/// a barrier ends it.
+/// vectors) into `wt` as the `a` operands of the `mma` that use it (the product is computed
+/// transposed, `outᵀ = wᵀ · xᵀ`, so the weight is the tensor core's `a`): one 16-byte vector
+/// per lane, `mma` tile (16 band columns) and step of 16 `k`, the 32 lanes' vectors adjacent, so
+/// that a warp reads one operand as 512 contiguous bytes and `mma` takes its four registers as
+/// loaded. See [`gemm_rows_kernel`] for which columns and `k` each vector holds. The cube's
+/// threads take items of 8 columns x 8 `k` (eight 16-byte loads of rows `8kb..` at columns
+/// `n0 + 8q..`, eight 16-byte stores); a barrier ends it.
 #[cube]
 fn fill_band<V: Size>(
     w: &Tensor<Vector<u32, V>>,
@@ -211,94 +209,71 @@ fn fill_band<V: Size>(
 ) {
     let groups = comptime!(band / 8);
     let kv = comptime!(k / 8);
-    let sv = comptime!(smem_row_words(k) / 4);
+    let ksteps = comptime!(k / 16);
     let threads = CUBE_DIM_Y as usize * 32;
     let mut item = UNIT_POS_Y as usize * 32 + UNIT_POS_X as usize;
     while item < comptime!(groups * kv) {
-        let cg = item % groups;
+        let q = item % groups;
         let kb = item / groups;
         let mut words = Array::<u32>::new(32usize);
         #[unroll]
         for r in 0..8usize {
-            let v = w[(kb * 8 + r) * nv + n0 / 8 + cg];
+            let v = w[(kb * 8 + r) * nv + n0 / 8 + q];
             #[unroll]
             for e in 0..4usize {
                 words[r * 4 + e] = v.extract(e);
             }
         }
+        // Columns `8q + 2j`, `8q + 2j + 1` are rows `g` and `g + 8` of `mma` tile `4p + j`
+        // (`p = q / 8`, `g = q % 8`); `k` rows `8kb + 4sh ..+ 4` are lane `4g + kb % 4`'s
+        // operand at step `2·(kb / 4) + sh`.
+        let p = q / 8;
+        let lane = (q % 8) * 4 + kb % 4;
         #[unroll]
-        for i in 0..8usize {
-            let mut col = Vector::<u32, V>::empty();
+        for sh in 0..2usize {
+            let s = 2 * (kb / 4) + sh;
             #[unroll]
-            for m in 0..4usize {
-                // `k` 2m and 2m+1 of column i: the low or high halves of two words.
-                let lo = words[2 * m * 4 + i / 2];
-                let hi = words[(2 * m + 1) * 4 + i / 2];
-                let word = if i % 2 == 0 {
-                    (lo & 0xFFFFu32) | (hi << 16u32)
-                } else {
-                    (lo >> 16u32) | (hi & 0xFFFF0000u32)
-                };
-                col.insert(m, word);
+            for j in 0..4usize {
+                let mut quad = Vector::<u32, V>::empty();
+                #[unroll]
+                for half in 0..2usize {
+                    // Two `k` of column `8q + 2j` (low halves), then of column `8q + 2j + 1`.
+                    let lo = words[(4 * sh + 2 * half) * 4 + j];
+                    let hi = words[(4 * sh + 2 * half + 1) * 4 + j];
+                    quad.insert(2 * half, (lo & 0xFFFFu32) | (hi << 16u32));
+                    quad.insert(2 * half + 1, (lo >> 16u32) | (hi & 0xFFFF0000u32));
+                }
+                wt[((p * 4 + j) * ksteps + s) * 32 + lane] = quad;
             }
-            wt[(cg * 8 + i) * sv + kb] = col;
         }
         item += threads;
     }
     sync_cube();
 }
 
-/// Lane `quad`'s 16-byte vectors of rows `g + 8i` (`i < 2·row_tiles`) of `x`, row `i` from
-/// vector `starts[i]`, for `steps` steps of 32 `k`, stored as the `a` operands of the `mma`
-/// that use them: for step `j`, row tile `r` (rows `g + 16r`, `g + 16r + 8`) and half `h` of
-/// the 32 `k`, at `a[((j·row_tiles + r)·2 + h)·4..+4]` in the tensor core's order (row `g`
-/// word `2h`, row `g+8` word `2h`, row `g` word `2h+1`, row `g+8` word `2h+1`), so that each
-/// operand is four adjacent registers, arranged once per tile instead of once per `mma`.
-#[cube]
-fn load_rows<V: Size>(
-    x: &Tensor<Vector<u32, V>>,
-    a: &mut Array<u32>,
-    starts: &Array<usize>,
-    quad: usize,
-    #[comptime] steps: usize,
-    #[comptime] row_tiles: usize,
-) {
-    #[unroll]
-    for j in 0..steps {
-        #[unroll]
-        for r in 0..row_tiles {
-            let va = x[starts[2 * r] + 4 * j + quad];
-            let vb = x[starts[2 * r + 1] + 4 * j + quad];
-            #[unroll]
-            for h in 0..2usize {
-                let f = ((j * row_tiles + r) * 2 + h) * 4;
-                a[f] = va.extract(2 * h);
-                a[f + 1] = vb.extract(2 * h);
-                a[f + 2] = va.extract(2 * h + 1);
-                a[f + 3] = vb.extract(2 * h + 1);
-            }
-        }
-    }
-}
-
 /// `out = x · w` for 16-bit `x` (`[rows, k]`, `k` at most 256), `w` (`[k, n]`) and `out`
 /// (`[rows, n]`), with f32 accumulators; all three read and written as 16-byte vectors (`V` =
-/// 4 words).
+/// 4 words). The tensor cores compute `outᵀ = wᵀ · xᵀ` (`mma.m16n8k16`: 16 columns of the
+/// band by 8 rows of `x`), so that `x`, the `b` operand, needs two registers of one row per
+/// `mma`, which a lane's 16-byte loads of its row provide as loaded, and the weight, the `a`
+/// operand, comes from shared memory already in the operand's order ([`fill_band`]): no
+/// register moves between loading and `mma`.
 ///
 /// Cube `c` takes the band of columns `[n0, n0 + band)`, `n0 = (c % bands)·band`, and the run
 /// of tiles `[s·tiles_per_slice, (s+1)·tiles_per_slice)`, `s = c / bands`, of `16·row_tiles`
 /// rows each:
-/// 1. its threads copy the band into shared memory transposed ([`fill_band`]);
-/// 2. each warp takes every `CUBE_DIM_Y`-th tile of the run. A lane loads, for every 32 of `k`,
-///    16 bytes of each of its rows (`g + 8i`, `g` = lane / 4), all at once (`2·k/32` loads per
-///    row tile in flight together); the tensor core's `k` order is permuted to match (lane
-///    `q` = lane % 4 holds `k` `8q..8q+8` of the 32, the first half for one `mma`, the second
-///    for the next; `x` and the band alike, so the sum is the same);
-/// 3. it computes the band `64 / row_tiles` columns at a time: per 32 of `k` and 8 columns one
-///    16-byte read of a band row from shared memory feeds `2·row_tiles` `mma.m16n8k16` (two
-///    halves of `k` for each 16 rows), so two row tiles halve the shared-memory reads per
-///    `mma`. The band rows each lane reads are chosen so that lane `q` of a quad ends with
-///    output columns `8q..8q+8` of each 32: each lane rounds them and writes 16 bytes per row.
+/// 1. its threads copy the band into shared memory ([`fill_band`]);
+/// 2. each warp takes every `CUBE_DIM_Y`-th tile of the run. Lane `4g + c` loads, for every 32
+///    of `k`, 16 bytes of row `g` of each 8-row part of the tile (`k` `8c..8c+8` of the 32),
+///    all at once; the first two words are its `b` operand for the first 16 of the 32, the
+///    last two for the second (the tensor core's `k` order is permuted to match: logical
+///    pairs `c` and `c + 4` of a step are the lane's words `2h` and `2h + 1`; the weight's
+///    operands follow the same order, so the sum is the same);
+/// 3. it computes the band 64 columns at a time: per step of 16 `k`, four 16-byte reads from
+///    shared memory (one per `mma` tile of 16 columns) each feed `2·row_tiles` `mma`, one per
+///    8 rows. Tile `j`'s row `m` is band column `64p + 8·(m % 8) + 2j + m / 8`, so that lane
+///    `4g + c` ends with columns `8g..8g+8` of rows `2c` and `2c + 1` of each 8-row part, which
+///    it rounds and writes as 16 bytes per row.
 ///
 /// Rows of `x` past `rows` are read as the last row; their outputs are not written.
 #[cube(launch_unchecked, create_dummy_kernel, address_type = "dynamic")]
@@ -319,20 +294,18 @@ fn gemm_rows_kernel<V: Size>(
     let warp = UNIT_POS_Y as usize;
     let group = lane / 4;
     let quad = lane % 4;
-    let steps = comptime!(k / 32);
-    // Columns per pass, their 8-column `mma` tiles and 32-column blocks.
-    let cols = comptime!(64 / row_tiles);
-    let n_tiles = comptime!(cols / 8);
-    let blocks = comptime!(cols / 32);
+    let blocks = comptime!(k / 32);
+    let ksteps = comptime!(k / 16);
+    // 8-row parts of a warp's tile (the `n` of each `mma`).
+    let parts = comptime!(2 * row_tiles);
     let kv = comptime!(k / 8);
-    let sv = comptime!(smem_row_words(k) / 4);
     let bands = n / band;
     let cube = CUBE_POS_X as usize;
     let n0 = (cube % bands) * band;
     let slice = cube / bands;
     let nv = n / 8;
 
-    let mut wt = Shared::<[Vector<u32, V>]>::new_slice(comptime!(band * smem_row_words(k) / 4));
+    let mut wt = Shared::<[Vector<u32, V>]>::new_slice(comptime!(band * k / 8));
     fill_band(w, &mut wt, n0, nv, k, band);
 
     let tile_rows = comptime!(16 * row_tiles);
@@ -343,94 +316,96 @@ fn gemm_rows_kernel<V: Size>(
     let last = rows - 1;
     let mut tile = begin + warp;
     while tile < end {
-        let r0 = tile * tile_rows + group;
-        let mut starts = Array::<usize>::new(comptime!(2 * row_tiles));
+        let r0 = tile * tile_rows;
+        // Word `e` of the lane's vector `b` of part `t` at `(t·blocks + b)·4 + e`.
+        let mut xw = Array::<u32>::new(comptime!(parts * blocks * 4));
         #[unroll]
-        for i in 0..comptime!(2 * row_tiles) {
-            let r = r0 + 8 * i;
-            starts[i] = (if r < last { r } else { last }) * kv;
-        }
-        let mut a = Array::<u32>::new(comptime!(steps * row_tiles * 8));
-        load_rows(x, &mut a, &starts, quad, steps, row_tiles);
-        let mut cg = 0;
-        while cg < band {
-            // Accumulator of row tile `r`, `mma` tile `nt` at `(r·n_tiles + nt)·4`.
-            let mut acc = Array::<f32>::new(comptime!(row_tiles * n_tiles * 4));
+        for t in 0..parts {
+            let r = r0 + 8 * t + group;
+            let start = (if r < last { r } else { last }) * kv + quad;
             #[unroll]
-            for i in 0..comptime!(row_tiles * n_tiles * 4) {
+            for b in 0..blocks {
+                let v = x[start + 4 * b];
+                #[unroll]
+                for e in 0..4usize {
+                    xw[(t * blocks + b) * 4 + e] = v.extract(e);
+                }
+            }
+        }
+        let mut p = 0;
+        while p < comptime!(band / 64) {
+            // Accumulator of `mma` tile `j`, part `t` at `(j·parts + t)·4`.
+            let mut acc = Array::<f32>::new(comptime!(4 * parts * 4));
+            #[unroll]
+            for i in 0..comptime!(4 * parts * 4) {
                 acc[i] = 0.0f32;
             }
+            let base = p * comptime!(4 * ksteps * 32) + lane;
             #[unroll]
-            for j in 0..steps {
+            for s in 0..ksteps {
                 #[unroll]
-                for nt in 0..n_tiles {
-                    // This `mma`'s output column `2q + e` is column `cg + 32·(nt/4) + 8q +
-                    // 2·(nt%4) + e`, so its `b` column `g` is band row `cg + 32·(nt/4) +
-                    // 8·(g/2) + 2·(nt%4) + g%2`.
-                    let jrow = cg + 32 * (nt / 4) + 8 * (group / 2) + 2 * (nt % 4) + group % 2;
-                    let wv = wt[jrow * sv + 4 * j + quad];
+                for j in 0..4usize {
+                    let wq = wt[base + (j * ksteps + s) * 32];
+                    let mut af = Vector::<u32, Const<4>>::empty();
                     #[unroll]
-                    for half in 0..2usize {
+                    for e in 0..4usize {
+                        af.insert(e, wq.extract(e));
+                    }
+                    #[unroll]
+                    for t in 0..parts {
+                        let f = (t * blocks + s / 2) * 4 + 2 * (s % 2);
                         let mut bw = Vector::<u32, Const<2>>::empty();
-                        bw.insert(0usize, wv.extract(2 * half));
-                        bw.insert(1usize, wv.extract(2 * half + 1));
+                        bw.insert(0usize, xw[f]);
+                        bw.insert(1usize, xw[f + 1]);
+                        let at = (j * parts + t) * 4;
+                        let mut cv = Vector::<f32, Const<4>>::empty();
                         #[unroll]
-                        for r in 0..row_tiles {
-                            let f = ((j * row_tiles + r) * 2 + half) * 4;
-                            let mut af = Vector::<u32, Const<4>>::empty();
-                            #[unroll]
-                            for e in 0..4usize {
-                                af.insert(e, a[f + e]);
-                            }
-                            let at = (r * n_tiles + nt) * 4;
-                            let mut cv = Vector::<f32, Const<4>>::empty();
-                            #[unroll]
-                            for e in 0..4usize {
-                                cv.insert(e, acc[at + e]);
-                            }
-                            let d = mma_16x8x16(af, bw, cv, bf16);
-                            #[unroll]
-                            for e in 0..4usize {
-                                acc[at + e] = d.extract(e);
-                            }
+                        for e in 0..4usize {
+                            cv.insert(e, acc[at + e]);
+                        }
+                        let d = mma_16x8x16(af, bw, cv, bf16);
+                        #[unroll]
+                        for e in 0..4usize {
+                            acc[at + e] = d.extract(e);
                         }
                     }
                 }
             }
+            let col = (n0 + 64 * p) / 8 + group;
             #[unroll]
-            for r in 0..row_tiles {
-                let row_lo = r0 + 16 * r;
-                let row_hi = row_lo + 8;
+            for t in 0..parts {
                 #[unroll]
-                for b in 0..blocks {
-                    let mut lo = Vector::<u32, V>::empty();
-                    let mut hi = Vector::<u32, V>::empty();
+                for e in 0..2usize {
+                    // Row `2c + e` of part `t`: columns `8g + 2j` (tile row `g`, element `e`)
+                    // and `8g + 2j + 1` (tile row `g + 8`, element `2 + e`).
+                    let mut v = Vector::<u32, V>::empty();
                     #[unroll]
-                    for t in 0..4usize {
-                        let i = (r * n_tiles + b * 4 + t) * 4;
-                        lo.insert(t, pack2(acc[i], acc[i + 1], bf16));
-                        hi.insert(t, pack2(acc[i + 2], acc[i + 3], bf16));
+                    for j in 0..4usize {
+                        let i = (j * parts + t) * 4;
+                        v.insert(j, pack2(acc[i + e], acc[i + 2 + e], bf16));
                     }
-                    let col = (n0 + cg + 32 * b) / 8 + quad;
-                    if row_lo < rows {
-                        out[row_lo * nv + col] = lo;
-                    }
-                    if row_hi < rows {
-                        out[row_hi * nv + col] = hi;
+                    let row = r0 + 8 * t + 2 * quad + e;
+                    if row < rows {
+                        out[row * nv + col] = v;
                     }
                 }
             }
-            cg += cols;
+            p += 1;
         }
         tile += CUBE_DIM_Y as usize;
     }
 }
 
 /// The CUDA C++ of [`gemm_rows_kernel`] for an sm_90 device (an H200), without a GPU, for
-/// in_proj's shape at d_model 256 (`k` 256, bands of 128), `row_tiles` and 16-bit activations
-/// (`bf16` or f16): for reading the generated code.
+/// an inner dimension `k` (multiple of 32), bands of `band` columns (64, 128 or 256),
+/// `row_tiles` and 16-bit activations (`bf16` or f16): for reading the generated code.
 #[cfg(feature = "cuda")]
-pub fn gemm_cuda_source(bf16: bool, row_tiles: usize) -> Result<String, String> {
+pub fn gemm_cuda_source(
+    bf16: bool,
+    row_tiles: usize,
+    k: usize,
+    band: usize,
+) -> Result<String, String> {
     use super::scan_cube::Sm90;
     use cubecl::CubeKernel;
     let mut sm90 = Sm90::new();
@@ -445,11 +420,11 @@ pub fn gemm_cuda_source(bf16: bool, row_tiles: usize) -> Result<String, String> 
         x,
         w,
         out,
-        1,   // rows
-        128, // n
-        1,   // tiles per slice
-        256, // k
-        128, // band
+        1,    // rows
+        band, // n
+        1,    // tiles per slice
+        k,
+        band,
         row_tiles,
         bf16,
     );
@@ -459,16 +434,10 @@ pub fn gemm_cuda_source(bf16: bool, row_tiles: usize) -> Result<String, String> 
 
 #[cfg(test)]
 mod tests {
-    use super::{band_for, smem_bytes, smem_row_words};
+    use super::{band_for, smem_bytes};
 
     #[test]
-    fn shared_rows_fall_on_alternate_bank_halves() {
-        // Eight consecutive band rows, read 16 words apart (mod 32 banks) at the same column.
-        for k in [32, 64, 96, 256, 512, 1024] {
-            let words = smem_row_words(k);
-            assert!(words >= k / 2, "k {k}: row shorter than k/2 words");
-            assert_eq!(words % 32, 16, "k {k}: rows do not alternate bank halves");
-        }
+    fn bands_fit_an_h200_multiprocessor() {
         // in_proj (k 256) in one band of 256 columns per H200 multiprocessor (227 KiB), or two of
         // 128.
         assert!(smem_bytes(256, 256) <= 227 * 1024);
@@ -490,11 +459,17 @@ mod tests {
     #[cfg(feature = "cuda")]
     #[test]
     fn gemm_kernel_compiles_to_tensor_core_instructions() {
-        for (bf16, row_tiles) in [(false, 2), (true, 2), (false, 1)] {
-            let source = super::gemm_cuda_source(bf16, row_tiles).unwrap();
+        // in_proj and out_proj of the d_model 256 model.
+        for (bf16, row_tiles, k, band) in [
+            (false, 2, 256, 256),
+            (true, 2, 256, 256),
+            (false, 1, 256, 256),
+            (false, 1, 512, 128),
+        ] {
+            let source = super::gemm_cuda_source(bf16, row_tiles, k, band).unwrap();
             // For reading the generated code: `GENOMAMBA_KERNEL_SOURCE_DIR=DIR`.
             if let Ok(dir) = std::env::var("GENOMAMBA_KERNEL_SOURCE_DIR") {
-                let name = format!("{dir}/gemm_rows_{row_tiles}_bf16_{bf16}.cu");
+                let name = format!("{dir}/gemm_rows_{row_tiles}_k{k}_bf16_{bf16}.cu");
                 std::fs::write(&name, &source).unwrap();
             }
             super::super::project_cube::assert_tensor_core_mma(&source, bf16);
