@@ -782,6 +782,19 @@ fn dbc_prefetch() -> bool {
 
 static DBC_PREFETCH: NamedChoice = NamedChoice::new("GENOMAMBA_DBC_PREFETCH");
 
+/// Blocks of 32 `Δ` columns [`dbc_mma_kernel`] computes per iteration: two where `d_inner` is
+/// a multiple of 64, unless `GENOMAMBA_DBC_UNROLL` says 1 (for comparisons); else one.
+fn dbc_unroll(d_inner: usize) -> usize {
+    let one = DBC_UNROLL.get().as_deref() == Some("1");
+    if d_inner.is_multiple_of(64) && !one {
+        2
+    } else {
+        1
+    }
+}
+
+static DBC_UNROLL: NamedChoice = NamedChoice::new("GENOMAMBA_DBC_UNROLL");
+
 static DBC_MMA_LAUNCHES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
 /// How many times so far x_proj and dt_proj ran as [`dbc_mma_kernel`] (for tests).
@@ -891,6 +904,7 @@ fn project_dbc_mma(input: &DbcInput<CubeBackend>) -> Option<DbcOutput<CubeBacken
             d_state,
             bf16,
             dbc_prefetch(),
+            dbc_unroll(d_inner),
         );
     }
     DBC_MMA_LAUNCHES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -1031,6 +1045,7 @@ fn dbc_mma_kernel<V: Size>(
     #[comptime] d_state: usize,
     #[comptime] bf16: bool,
     #[comptime] prefetch: bool,
+    #[comptime] unroll: usize,
 ) {
     let lane = UNIT_POS_X as usize;
     let group = lane / 4;
@@ -1143,60 +1158,65 @@ fn dbc_mma_kernel<V: Size>(
     let rw = comptime!(dt_rank / 2);
     // Row length of `delta` in 16-byte vectors.
     let dv = d_inner / 8;
+    // `unroll` blocks of 32 columns per iteration, so that their loads and products overlap.
     let mut blk = 0;
     while blk < d_inner {
-        let mut out_lo = Vector::<u32, V>::empty();
-        let mut out_hi = Vector::<u32, V>::empty();
         #[unroll]
-        for t in 0..4usize {
-            // This `mma`'s output column `2q + w` is column `blk + 8q + 2t + w`, so its `b`
-            // column `g` is `w_dt`'s column `blk + 8·(g/2) + 2t + g%2`.
-            let n = blk + 8 * (group / 2) + 2 * t + group % 2;
-            let mut cd = Acc::empty();
+        for u in 0..unroll {
+            let bu = blk + 32 * u;
+            let mut out_lo = Vector::<u32, V>::empty();
+            let mut out_hi = Vector::<u32, V>::empty();
             #[unroll]
-            for e in 0..4usize {
-                cd.insert(e, 0.0f32);
-            }
-            #[unroll]
-            for q in 0..dt_steps {
-                let mut a = Vector::<u32, Const<4>>::empty();
+            for t in 0..4usize {
+                // This `mma`'s output column `2q + w` is column `bu + 8q + 2t + w`, so its `b`
+                // column `g` is `w_dt`'s column `bu + 8·(g/2) + 2t + g%2`.
+                let n = bu + 8 * (group / 2) + 2 * t + group % 2;
+                let mut cd = Acc::empty();
                 #[unroll]
                 for e in 0..4usize {
-                    a.insert(e, dta[q * 4 + e]);
+                    cd.insert(e, 0.0f32);
                 }
-                let mut bw = Vector::<u32, Const<2>>::empty();
-                bw.insert(0usize, wdtt[n * rw + q * 8 + quad]);
-                bw.insert(1usize, wdtt[n * rw + q * 8 + quad + 4]);
-                cd = mma_16x8x16(a, bw, cd, bf16);
+                #[unroll]
+                for q in 0..dt_steps {
+                    let mut a = Vector::<u32, Const<4>>::empty();
+                    #[unroll]
+                    for e in 0..4usize {
+                        a.insert(e, dta[q * 4 + e]);
+                    }
+                    let mut bw = Vector::<u32, Const<2>>::empty();
+                    bw.insert(0usize, wdtt[n * rw + q * 8 + quad]);
+                    bw.insert(1usize, wdtt[n * rw + q * 8 + quad + 4]);
+                    cd = mma_16x8x16(a, bw, cd, bf16);
+                }
+                let col = bu + 8 * quad + 2 * t;
+                let b0 = bias[col];
+                let b1 = bias[col + 1];
+                out_lo.insert(
+                    t,
+                    pack2(
+                        softplus(cd.extract(0usize) + b0, true),
+                        softplus(cd.extract(1usize) + b1, true),
+                        bf16,
+                    ),
+                );
+                out_hi.insert(
+                    t,
+                    pack2(
+                        softplus(cd.extract(2usize) + b0, true),
+                        softplus(cd.extract(3usize) + b1, true),
+                        bf16,
+                    ),
+                );
             }
-            let col = blk + 8 * quad + 2 * t;
-            let b0 = bias[col];
-            let b1 = bias[col + 1];
-            out_lo.insert(
-                t,
-                pack2(
-                    softplus(cd.extract(0usize) + b0, true),
-                    softplus(cd.extract(1usize) + b1, true),
-                    bf16,
-                ),
-            );
-            out_hi.insert(
-                t,
-                pack2(
-                    softplus(cd.extract(2usize) + b0, true),
-                    softplus(cd.extract(3usize) + b1, true),
-                    bf16,
-                ),
-            );
+            let word = bu / 8 + quad;
+            if lo_ok {
+                delta[row_lo * dv + word] = out_lo;
+            }
+            if hi_ok {
+                delta[row_hi * dv + word] = out_hi;
+            }
         }
-        let word = blk / 8 + quad;
-        if lo_ok {
-            delta[row_lo * dv + word] = out_lo;
-        }
-        if hi_ok {
-            delta[row_hi * dv + word] = out_hi;
-        }
-        blk += 32;
+        blk += comptime!(32 * unroll);
     }
 }
 
@@ -1223,13 +1243,14 @@ pub fn dbc_cuda_source(bf16: bool) -> Result<String, String> {
         delta,
         b,
         c,
-        1,  // rows
-        32, // k
-        32, // d_inner
-        16, // dt_rank
-        16, // d_state
+        1,   // rows
+        512, // k
+        512, // d_inner
+        16,  // dt_rank
+        16,  // d_state
         bf16,
         dbc_prefetch(),
+        dbc_unroll(512),
     );
     sm90.compile("dbc_mma", kernel.define())
         .map(|(_, source)| source)
@@ -1260,6 +1281,10 @@ mod tests {
     fn dbc_kernel_compiles_to_tensor_core_instructions() {
         for bf16 in [false, true] {
             let source = super::dbc_cuda_source(bf16).unwrap();
+            // For reading the generated code: `GENOMAMBA_KERNEL_SOURCE_DIR=DIR`.
+            if let Ok(dir) = std::env::var("GENOMAMBA_KERNEL_SOURCE_DIR") {
+                std::fs::write(format!("{dir}/dbc_bf16_{bf16}.cu"), &source).unwrap();
+            }
             super::assert_tensor_core_mma(&source, bf16);
             let pack = if bf16 {
                 "cvt.rn.bf16x2.f32"
