@@ -1,13 +1,21 @@
-//! The block's in_proj (and other projections with an inner dimension of at most
+//! The block's in_proj and out_proj (and other projections with an inner dimension of at most
 //! [`GEMM_MAX_K`]) on tensor cores through inline PTX, for f16/bf16 activations on CUDA:
 //! [`gemm_rows_kernel`].
 //!
-//! in_proj's inner dimension is short (256 at d_model 256) and its rows many (a chunk of
-//! 262,144 positions): a cube keeps one band of the weight's columns in shared memory for a
-//! whole run of rows, and each warp holds the `x` rows of its tile in registers for all of `k`,
-//! so the weight is read from memory once per cube and each row of `x` once per band. On the
-//! H200 cubek's kernel for in_proj is bound by L2 traffic (ncu: L2 throughput 90%, tensor pipe
-//! 37%; BENCHMARKS.md, nineteenth session).
+//! The projections' inner dimensions are short (256 and 512 at d_model 256) and their rows
+//! many (a chunk of 262,144 positions): a cube keeps one band of the weight's columns in shared
+//! memory for a whole run of rows, and each warp holds the `x` rows of its tile in registers for
+//! all of `k`, so the weight is read from memory once per cube and each row of `x` once per
+//! band. On the H200 cubek's kernel for in_proj is bound by L2 traffic (ncu: L2 throughput 90%,
+//! tensor pipe 37%; BENCHMARKS.md, nineteenth session).
+//!
+//! The product is computed transposed (`outᵀ = wᵀ · xᵀ`): the tensor core's `b` operand is two
+//! registers of one row of `x`, which a lane's 16-byte load of its row provides as loaded, and
+//! its `a` operand comes from shared memory, where the band was stored once in that operand's
+//! order. Computing `x · w` directly (`x` as `a`, rows `g` and `g + 8` in each operand) made
+//! `ptxas` assemble every `a` operand with register moves: `IMAD`/`MOV` were two thirds of the
+//! executed instructions and in_proj took 469 us; transposed, 337 us (BENCHMARKS.md, twentieth
+//! session).
 //!
 //! `GENOMAMBA_GEMM_MMA=off` goes back to cubek (for comparisons), as does choosing a cubek
 //! strategy. For tuning runs (results do not depend on them): `GENOMAMBA_GEMM_BAND` (64, 128
@@ -34,8 +42,9 @@ const MAX_K_32_ROWS: usize = 256;
 const WARPS: usize = 8;
 
 /// Cubes per multiprocessor the launch aims for unless `GENOMAMBA_GEMM_CUBES` says otherwise:
-/// one, since a cube of [`WARPS`] warps with 32-row tiles takes about 210 registers per thread
-/// and its band up to all of a multiprocessor's shared memory.
+/// one, since a cube of [`WARPS`] warps with 32-row tiles takes 232 registers per thread on the
+/// H200 (205 for out_proj's 16-row tiles at `k` 512) and its band up to 128 KiB of shared
+/// memory.
 const CUBES_PER_SM: usize = 1;
 
 static GEMM_MMA: NamedChoice = NamedChoice::new("GENOMAMBA_GEMM_MMA");
@@ -82,10 +91,10 @@ const fn smem_bytes(band: usize, k: usize) -> usize {
 }
 
 /// The band width: `GENOMAMBA_GEMM_BAND` (or [`set_gemm_band`]) where it is 64, 128 or 256,
-/// divides `n` and fits `max_smem`, else the widest of those that does. On the H200, in_proj
-/// (`k` 256, `n` 1,024, 262,144 rows) took 466-469 us with bands of 256 (one cube per
-/// multiprocessor), 522-524 us with 128 (aiming at two cubes) and 591 us with 64 (three);
-/// BENCHMARKS.md, nineteenth session.
+/// divides `n` and fits `max_smem`, else the widest of those that does. On the H200 (262,144
+/// rows; BENCHMARKS.md, twentieth session) in_proj (`k` 256, `n` 1,024) took 337 us with bands
+/// of 256 and 32-row tiles, 497 us with 16-row tiles, 468 us with 16-row tiles, bands of 128
+/// and two cubes per multiprocessor; out_proj (`k` 512, `n` 256, bands of 128) 227 us.
 fn band_for(k: usize, n: usize, max_smem: usize) -> Option<usize> {
     let fits = |b: usize| n.is_multiple_of(b) && smem_bytes(b, k) <= max_smem;
     let forced = GEMM_BAND.get().and_then(|v| v.parse::<usize>().ok());
@@ -98,7 +107,9 @@ fn band_for(k: usize, n: usize, max_smem: usize) -> Option<usize> {
 /// `x · w` by [`gemm_rows_kernel`] if it takes the problem: a CUDA device, `x`
 /// (`[batch, len, k]`) and `w` (`[1, k, n]`) both f16 or both bf16, `k` a multiple of 32 up to
 /// [`GEMM_MAX_K`] whose band fits shared memory, `n` a multiple of 64, both contiguous from
-/// 16-byte boundaries; `None` otherwise (and when `GENOMAMBA_GEMM_MMA=off` or a cubek strategy was chosen).
+/// 16-byte boundaries; `None` otherwise (and when `GENOMAMBA_GEMM_MMA=off`, `k` is above
+/// `GENOMAMBA_GEMM_MAX_K`, or a cubek strategy was chosen). Past `k` 256 warp tiles are 16 rows
+/// whatever `GENOMAMBA_GEMM_ROWS` says (registers).
 pub(crate) fn project_mma(x: &CubeTensor, w3: &CubeTensor) -> Option<CubeTensor> {
     let client = x.client.clone();
     let bf16 = match x.dtype {
