@@ -82,7 +82,9 @@
 //! of issue slots busy, and about half of their warp cycles waited on global loads (`u`,
 //! `delta`, `z`); loading two steps ahead ([`scan_deep`]) took 2-4% off. Computing two of
 //! pass 1's decays on the FMA units instead (a polynomial `2^x`, commit 0421fcc) moved the
-//! `MUFU` count below the issue count but timed no faster, and reverted. Ways forward: hide the
+//! `MUFU` count below the issue count but timed no faster, and reverted; tried again in the
+//! twentieth session with pass 1 at 93 instructions per step (16 `MUFU`), 1-4 of the decays
+//! there took 680-733 us against 684 us at chr20's layer shape (BENCHMARKS.md). Ways forward: hide the
 //! load latency (more steps in flight, or fewer, longer chunks per thread); fewer exponentials.
 //! A single-launch kernel with a decoupled look-back between segments, computing each decay
 //! once (commit 2e202cc, reverted), was correct but 2.7x slower: its `items·d_state` products
