@@ -492,12 +492,18 @@ fn gpu_project_dbc_matches_reference() {
     set_strategy(None);
     let mut rng = StdRng::seed_from_u64(47);
     // [batch, len, d_inner, dt_rank, d_state]: the d_model 256 block (200 rows); 37 rows (not a
-    // multiple of the kernel's 16) with two steps of dt_rank; a d_state the kernel does not take.
-    for [batch, len, d_inner, dt_rank, d_state] in [
+    // multiple of the kernel's 16) with two steps of dt_rank; a d_state the kernel does not take;
+    // on CUDA also a d_inner (96) not a multiple of 64, so that dt_proj's epilogue takes one
+    // block of 32 columns per step instead of two.
+    let mut shapes = vec![
         [2, 100, 512, 16, 16],
         [1, 37, 64, 32, 8],
         [1, 20, 48, 16, 5],
-    ] {
+    ];
+    if is_cuda(&gpu) {
+        shapes.push([1, 21, 96, 16, 16]);
+    }
+    for [batch, len, d_inner, dt_rank, d_state] in shapes {
         let n_x = dt_rank + 2 * d_state;
         let x = normals(&mut rng, batch * len * d_inner, 1.0);
         let w_x = normals(&mut rng, d_inner * n_x, 1.0 / (d_inner as f32).sqrt());
