@@ -1258,9 +1258,14 @@ pub fn dbc_cuda_source(bf16: bool) -> Result<String, String> {
 
 /// Checks that `source` (a kernel's generated CUDA C++) has the `mma.sync` of the 16-bit
 /// format (`bf16` or f16), each with six 32-bit and four f32 register operands: a variable
-/// would go in as its 64-bit address (`"l"`), which `ptxas` refuses.
+/// would go in as its 64-bit address (`"l"`), which `ptxas` refuses. For reading the generated
+/// code (`bench/nvrtc_sass.sh`), `GENOMAMBA_KERNEL_SOURCE_DIR=DIR` first writes it to
+/// `DIR/name.cu`.
 #[cfg(all(test, feature = "cuda"))]
-pub(crate) fn assert_tensor_core_mma(source: &str, bf16: bool) {
+pub(crate) fn assert_tensor_core_mma(name: &str, source: &str, bf16: bool) {
+    if let Ok(dir) = std::env::var("GENOMAMBA_KERNEL_SOURCE_DIR") {
+        std::fs::write(format!("{dir}/{name}.cu"), source).unwrap();
+    }
     assert!(source.contains("__global__"), "no kernel");
     let format = if bf16 { ".bf16.bf16." } else { ".f16.f16." };
     let mma = format!("mma.sync.aligned.m16n8k16.row.col.f32{format}f32");
@@ -1281,11 +1286,7 @@ mod tests {
     fn dbc_kernel_compiles_to_tensor_core_instructions() {
         for bf16 in [false, true] {
             let source = super::dbc_cuda_source(bf16).unwrap();
-            // For reading the generated code: `GENOMAMBA_KERNEL_SOURCE_DIR=DIR`.
-            if let Ok(dir) = std::env::var("GENOMAMBA_KERNEL_SOURCE_DIR") {
-                std::fs::write(format!("{dir}/dbc_bf16_{bf16}.cu"), &source).unwrap();
-            }
-            super::assert_tensor_core_mma(&source, bf16);
+            super::assert_tensor_core_mma(&format!("dbc_bf16_{bf16}"), &source, bf16);
             let pack = if bf16 {
                 "cvt.rn.bf16x2.f32"
             } else {

@@ -478,12 +478,8 @@ mod tests {
             (false, 1, 512, 128),
         ] {
             let source = super::gemm_cuda_source(bf16, row_tiles, k, band).unwrap();
-            // For reading the generated code: `GENOMAMBA_KERNEL_SOURCE_DIR=DIR`.
-            if let Ok(dir) = std::env::var("GENOMAMBA_KERNEL_SOURCE_DIR") {
-                let name = format!("{dir}/gemm_rows_{row_tiles}_k{k}_bf16_{bf16}.cu");
-                std::fs::write(&name, &source).unwrap();
-            }
-            super::super::project_cube::assert_tensor_core_mma(&source, bf16);
+            let name = format!("gemm_rows_{row_tiles}_k{k}_bf16_{bf16}");
+            super::super::project_cube::assert_tensor_core_mma(&name, &source, bf16);
             assert!(
                 source.contains("__shared__"),
                 "bf16 {bf16}: no shared memory"
