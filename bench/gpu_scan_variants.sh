@@ -5,8 +5,8 @@
 # and at the layer shape of the chr20 runs (L = 65,536 per chunk, d_inner 512) in f16, f32 and
 # bf16, once per choice of GENOMAMBA_SCAN_PREFETCH (which passes load later steps' inputs
 # ahead; `default` leaves the variable unset, i.e. the choice in src/ops/scan_cube.rs; how
-# far ahead is GENOMAMBA_SCAN_DEPTH, 1 or 2, two by default). Prints the rows of L = 65,536
-# and L = 2^20.
+# far ahead is GENOMAMBA_SCAN_DEPTH, 1 to 4; by default four in pass 1, two in pass 3).
+# Prints the rows of L = 65,536 and L = 2^20.
 set -u
 python3 -c "import lzma,shutil; shutil.copyfileobj(lzma.open('gpu/scan_bench.xz'), open('/tmp/sb','wb'))"
 chmod +x /tmp/sb

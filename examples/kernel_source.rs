@@ -1,7 +1,7 @@
 //! Writes the CUDA C++ that CubeCL's C++ backend generates for the selective-scan kernels on an
 //! sm_90 GPU (an H200), without needing a GPU: one `<kernel>[_prefetch]_<format>_n<d_state>.cu` per pass
 //! (passes 1 and 3 also with later steps' loads issued early, `GENOMAMBA_SCAN_PREFETCH`; two steps
-//! ahead unless `GENOMAMBA_SCAN_DEPTH` is 1);
+//! ahead in pass 3 and four in pass 1 unless `GENOMAMBA_SCAN_DEPTH` says otherwise);
 //! `<format>` is the activations' (`f32`, `f16`, `bf16`), with `_bc32` where `B` and `C` are
 //! read in f32 (as the model passes them with half activations). Also `dbc_mma_<format>.cu`,
 //! x_proj fused with dt_proj on tensor cores (f16, bf16; `dt_rank` and `d_state` 16).

@@ -80,7 +80,7 @@
 //! caps residency at 32 and 36 warps per SM. The passes do not run at that bound: at chr20's
 //! layer shape in f16 (`ncu`, fourteenth session, one step ahead) pass 1 kept 51% and pass 3 59%
 //! of issue slots busy, and about half of their warp cycles waited on global loads (`u`,
-//! `delta`, `z`); loading two steps ahead ([`scan_deep`]) took 2-4% off. Computing two of
+//! `delta`, `z`); loading two steps ahead ([`scan_depth`]) took 2-4% off. Computing two of
 //! pass 1's decays on the FMA units instead (a polynomial `2^x`, commit 0421fcc) moved the
 //! `MUFU` count below the issue count but timed no faster, and reverted; tried again in the
 //! twentieth session with pass 1 at 93 instructions per step (16 `MUFU`), 1-4 of the decays
@@ -161,7 +161,7 @@ pub(crate) fn positive_env(var: &str) -> Option<usize> {
 }
 
 /// Which passes load later time steps' `u`, `delta` (and `z`) before the current step's
-/// arithmetic, `(pass 1, pass 3)`: both, for every format (how far ahead: [`scan_deep`]).
+/// arithmetic, `(pass 1, pass 3)`: both, for every format (how far ahead: [`scan_depth`]).
 /// Measured on an H200 (scan alone, `examples/scan_bench.rs`, and whole runs; BENCHMARKS.md):
 /// with `B` and `C` staged in shared memory, loading one step ahead in both passes was fastest
 /// in f32 (L = 2^20, d_inner 1024: 13.8-13.9 ms against 16.5 ms without); with half
@@ -187,17 +187,24 @@ fn scan_prefetch() -> (bool, bool) {
     forced.unwrap_or((true, true))
 }
 
-/// Whether the passes that load ahead ([`scan_prefetch`]) load two steps ahead (the default)
-/// rather than one: the loads then have two steps' arithmetic to arrive in. On the H200 (call
-/// 48, same build, interleaved): L = 2^20 f32 13.40-13.47 ms against 13.88-14.03 ms one step
-/// ahead, f16 13.19 against 13.51 ms; 16.7 Mb of chr20 in f16 4.59-4.60 s against 4.66-4.68 s;
-/// outputs identical. Same registers (`bench/sass.sh`: 72 in pass 3, 56 in pass 1), about ten
-/// more instructions per step. The environment variable `GENOMAMBA_SCAN_DEPTH` set to 1 loads
-/// one step ahead (tuning runs; results do not depend on it).
-fn scan_deep() -> bool {
-    static DEEP: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *DEEP.get_or_init(|| positive_env("GENOMAMBA_SCAN_DEPTH") != Some(1))
+/// How many steps ahead the passes that load ahead ([`scan_prefetch`]) load, `(pass 1, pass
+/// 3)`: four in pass 1 and two in pass 3 by default. With the values in register slots
+/// ([`prefetch_slots`]), on the H200 (f16, d_inner 512, 262,144 positions; call 98,
+/// BENCHMARKS.md) one, two, three and four steps ahead took pass 1 656 / 646 / 637 / 629 us
+/// and pass 3 901 / 816 / 826 / 821 us (72 registers past two steps against 64). Earlier,
+/// with the values rotated through variables (call 48), two steps ahead had already beaten
+/// one: L = 2^20 f32 13.40-13.47 ms against 13.88-14.03 ms, 16.7 Mb of chr20 in f16 4.59-4.60 s
+/// against 4.66-4.68 s. The environment variable `GENOMAMBA_SCAN_DEPTH` (1 to 4) sets both,
+/// for tuning runs; results do not depend on it.
+fn scan_depth() -> (usize, usize) {
+    static DEPTH: std::sync::OnceLock<Option<usize>> = std::sync::OnceLock::new();
+    let forced = *DEPTH
+        .get_or_init(|| positive_env("GENOMAMBA_SCAN_DEPTH").filter(|&d| d <= MAX_SCAN_DEPTH));
+    forced.map_or((4, 2), |d| (d, d))
 }
+
+/// Most steps ahead [`scan_depth`] takes.
+const MAX_SCAN_DEPTH: usize = 4;
 
 /// Which kernels the GPU scan runs (for tests and tuning runs; results agree to rounding).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -384,7 +391,7 @@ fn scan_chunk_state_kernel<F: Float, G: Float, V: Size>(
     #[comptime] fast: bool,
     #[comptime] activate: bool,
     #[comptime] prefetch: bool,
-    #[comptime] deep: bool,
+    #[comptime] depth: usize,
     #[define(F, G)] _elems: [ElemType; 2],
 ) {
     let (bk, ch, active) = chunk_and_channel(d_inner);
@@ -397,7 +404,7 @@ fn scan_chunk_state_kernel<F: Float, G: Float, V: Size>(
         len
     };
     let nvec = comptime!(d_state / vec);
-    let rows = comptime!(stage_rows(d_state));
+    let rows = comptime!(stage_rows(d_state, prefetch_slots(prefetch, depth)));
     let mut sb = Shared::<[Vector<f32, V>]>::new_slice(comptime!(rows * nvec));
 
     let mut av = Array::<f32>::new(d_state);
@@ -409,65 +416,73 @@ fn scan_chunk_state_kernel<F: Float, G: Float, V: Size>(
     }
     let bias = delta_bias[ch];
     let mut sum = 0.0f32;
-    // With `prefetch`, `u` and `delta` of step t+1 are loaded before step t's arithmetic, so
-    // their memory latency overlaps it (the last step loads its own values again).
+    // With `prefetch`, `u` and `delta` are loaded `slots` steps ahead ([`prefetch_slots`]): slot
+    // `p` holds the values of the steps `t` with `(t - t0) % slots == p`, and the loop is
+    // unrolled `slots` times, so that a value stays in its register from its load to its use
+    // (rotating one variable into another made ptxas consume the load at once: see
+    // [`prefetch_slots`]). The last steps load their own values again.
     // Offsets are recomputed from `t` here: advancing them per step, as pass 3 does, made
     // ptxas unroll the loop twice with 72 registers instead of 64, and timed no better
     // (BENCHMARKS.md).
+    let slots = comptime!(prefetch_slots(prefetch, depth));
     let first = (bi * len + t0) * d_inner + ch;
-    let mut u_next = u[first];
-    let mut delta_next = delta[first];
-    // With `deep`, step t+2's values too (the loads then have two steps' time to arrive).
-    let second = if t0 + 1 < t1 { first + d_inner } else { first };
-    let mut u_next2 = u_next;
-    let mut delta_next2 = delta_next;
-    if deep {
-        u_next2 = u[second];
-        delta_next2 = delta[second];
+    let mut un = Array::<F>::new(slots);
+    let mut dn = Array::<F>::new(slots);
+    #[unroll]
+    for p in 0..slots {
+        let at = if t0 + p < t1 {
+            first + p * d_inner
+        } else {
+            first
+        };
+        un[p] = u[at];
+        dn[p] = delta[at];
     }
     let mut ts = t0;
     while ts < t1 {
         let te = if ts + rows < t1 { ts + rows } else { t1 };
         stage_rows_f32(b, &mut sb, bi * bs0 + ts * bs1, bs1, te - ts, nvec, vec);
         let mut so = 0;
-        for t in ts..te {
-            let row = bi * len + t;
-            let i = row * d_inner + ch;
-            if !prefetch {
-                u_next = u[i];
-                delta_next = delta[i];
-            }
-            let ut = f32::cast_from(u_next);
-            let delta_t = f32::cast_from(delta_next);
-            if prefetch {
-                if deep {
-                    u_next = u_next2;
-                    delta_next = delta_next2;
-                    let nxt = if t + 2 < t1 { i + 2 * d_inner } else { i };
-                    u_next2 = u[nxt];
-                    delta_next2 = delta[nxt];
-                } else {
-                    let nxt = if t + 1 < t1 { i + d_inner } else { i };
-                    u_next = u[nxt];
-                    delta_next = delta[nxt];
-                }
-            }
-            // Δ = softplus(delta + bias)   (Algorithm 2, line 6), or `delta + bias` when the
-            // softplus was applied where `delta` was made.
-            let dt = time_step(delta_t + bias, fast, activate);
-            let dtu = dt * ut;
-            sum += dt;
+        let mut t = ts;
+        while t < te {
             #[unroll]
-            for q in 0..nvec {
-                let bq = sb[so + q];
-                #[unroll]
-                for e in 0..vec {
-                    let n = q * vec + e;
-                    // h = exp(Δ·A) ⊙ h + Δ·B·u   (eq. 2a, zero-order hold of eq. 4)
-                    h[n] = decay(dt * av[n], fast) * h[n] + dtu * bq.extract(e);
+            for p in 0..slots {
+                if t < te {
+                    let i = (bi * len + t) * d_inner + ch;
+                    if !prefetch {
+                        un[p] = u[i];
+                        dn[p] = delta[i];
+                    }
+                    let ut = f32::cast_from(un[p]);
+                    let delta_t = f32::cast_from(dn[p]);
+                    if prefetch {
+                        let nxt = if t + slots < t1 {
+                            i + slots * d_inner
+                        } else {
+                            i
+                        };
+                        un[p] = u[nxt];
+                        dn[p] = delta[nxt];
+                    }
+                    // Δ = softplus(delta + bias)   (Algorithm 2, line 6), or `delta + bias`
+                    // when the softplus was applied where `delta` was made.
+                    let dt = time_step(delta_t + bias, fast, activate);
+                    let dtu = dt * ut;
+                    sum += dt;
+                    #[unroll]
+                    for q in 0..nvec {
+                        let bq = sb[so + q];
+                        #[unroll]
+                        for e in 0..vec {
+                            let n = q * vec + e;
+                            // h = exp(Δ·A) ⊙ h + Δ·B·u   (eq. 2a, zero-order hold of eq. 4)
+                            h[n] = decay(dt * av[n], fast) * h[n] + dtu * bq.extract(e);
+                        }
+                    }
+                    so += nvec;
+                    t += 1;
                 }
             }
-            so += nvec;
         }
         ts = te;
     }
@@ -748,7 +763,7 @@ fn scan_chunk_output_kernel<F: Float, G: Float, V: Size>(
     #[comptime] fast: bool,
     #[comptime] activate: bool,
     #[comptime] prefetch: bool,
-    #[comptime] deep: bool,
+    #[comptime] depth: usize,
     #[define(F, G)] _elems: [ElemType; 2],
 ) {
     let (bk, ch, active) = chunk_and_channel(d_inner);
@@ -761,7 +776,7 @@ fn scan_chunk_output_kernel<F: Float, G: Float, V: Size>(
         len
     };
     let nvec = comptime!(d_state / vec);
-    let rows = comptime!(stage_rows(d_state));
+    let rows = comptime!(stage_rows(d_state, prefetch_slots(prefetch, depth)));
     let mut sb = Shared::<[Vector<f32, V>]>::new_slice(comptime!(rows * nvec));
     let mut sc = Shared::<[Vector<f32, V>]>::new_slice(comptime!(rows * nvec));
 
@@ -781,22 +796,21 @@ fn scan_chunk_output_kernel<F: Float, G: Float, V: Size>(
     // Offsets advanced by one step per iteration (not recomputed from `t`).
     let mut i = (bi * len + t0) * d_inner + ch;
     let mut zi = bi * zs0 + t0 * zs1 + ch;
-    // With `prefetch`, `u`, `delta` and `z` of step t+1 are loaded before step t's arithmetic,
-    // so their memory latency overlaps it (the last step loads its own values again).
-    let mut u_next = u[i];
-    let mut delta_next = delta[i];
-    let mut z_next = z[zi];
-    // With `deep`, step t+2's values too (the loads then have two steps' time to arrive).
-    let mut u_next2 = u_next;
-    let mut delta_next2 = delta_next;
-    let mut z_next2 = z_next;
-    if deep {
-        let more = t0 + 1 < t1;
-        let i2 = if more { i + d_inner } else { i };
-        let zi2 = if more { zi + zs1 } else { zi };
-        u_next2 = u[i2];
-        delta_next2 = delta[i2];
-        z_next2 = z[zi2];
+    // With `prefetch`, `u`, `delta` and `z` are loaded `slots` steps ahead, as in pass 1: slot
+    // `p` holds step `t`'s values where `(t - t0) % slots == p`, the loop is unrolled `slots`
+    // times, and the last steps load their own values again.
+    let slots = comptime!(prefetch_slots(prefetch, depth));
+    let mut un = Array::<F>::new(slots);
+    let mut dn = Array::<F>::new(slots);
+    let mut zn = Array::<F>::new(slots);
+    #[unroll]
+    for p in 0..slots {
+        let more = t0 + p < t1;
+        let at = if more { i + p * d_inner } else { i };
+        let zat = if more { zi + p * zs1 } else { zi };
+        un[p] = u[at];
+        dn[p] = delta[at];
+        zn[p] = z[zat];
     }
     let mut ts = t0;
     while ts < t1 {
@@ -804,60 +818,55 @@ fn scan_chunk_output_kernel<F: Float, G: Float, V: Size>(
         stage_rows_f32(b, &mut sb, bi * bs0 + ts * bs1, bs1, te - ts, nvec, vec);
         stage_rows_f32(c, &mut sc, bi * cs0 + ts * cs1, cs1, te - ts, nvec, vec);
         let mut so = 0;
-        for t in ts..te {
-            if !prefetch {
-                u_next = u[i];
-                delta_next = delta[i];
-                z_next = z[zi];
-            }
-            let ut = f32::cast_from(u_next);
-            let delta_t = f32::cast_from(delta_next);
-            let zt = f32::cast_from(z_next);
-            if prefetch {
-                if deep {
-                    u_next = u_next2;
-                    delta_next = delta_next2;
-                    z_next = z_next2;
-                    let more = t + 2 < t1;
-                    let i_next = if more { i + 2 * d_inner } else { i };
-                    let zi_next = if more { zi + 2 * zs1 } else { zi };
-                    u_next2 = u[i_next];
-                    delta_next2 = delta[i_next];
-                    z_next2 = z[zi_next];
-                } else {
-                    let more = t + 1 < t1;
-                    let i_next = if more { i + d_inner } else { i };
-                    let zi_next = if more { zi + zs1 } else { zi };
-                    u_next = u[i_next];
-                    delta_next = delta[i_next];
-                    z_next = z[zi_next];
-                }
-            }
-            // Δ = softplus(delta + bias)   (Algorithm 2, line 6), or `delta + bias` when the
-            // softplus was applied where `delta` was made.
-            let dt = time_step(delta_t + bias, fast, activate);
-            let dtu = dt * ut;
-            let mut acc = 0.0f32;
+        let mut t = ts;
+        while t < te {
             #[unroll]
-            for q in 0..nvec {
-                let bq = sb[so + q];
-                let cq = sc[so + q];
-                #[unroll]
-                for e in 0..vec {
-                    let n = q * vec + e;
-                    // h = exp(Δ·A) ⊙ h + Δ·B·u   (eq. 2a, zero-order hold of eq. 4)
-                    h[n] = decay(dt * av[n], fast) * h[n] + dtu * bq.extract(e);
-                    // y = C·h   (eq. 2b)
-                    acc += cq.extract(e) * h[n];
+            for p in 0..slots {
+                if t < te {
+                    if !prefetch {
+                        un[p] = u[i];
+                        dn[p] = delta[i];
+                        zn[p] = z[zi];
+                    }
+                    let ut = f32::cast_from(un[p]);
+                    let delta_t = f32::cast_from(dn[p]);
+                    let zt = f32::cast_from(zn[p]);
+                    if prefetch {
+                        let more = t + slots < t1;
+                        let i_next = if more { i + slots * d_inner } else { i };
+                        let zi_next = if more { zi + slots * zs1 } else { zi };
+                        un[p] = u[i_next];
+                        dn[p] = delta[i_next];
+                        zn[p] = z[zi_next];
+                    }
+                    // Δ = softplus(delta + bias)   (Algorithm 2, line 6), or `delta + bias`
+                    // when the softplus was applied where `delta` was made.
+                    let dt = time_step(delta_t + bias, fast, activate);
+                    let dtu = dt * ut;
+                    let mut acc = 0.0f32;
+                    #[unroll]
+                    for q in 0..nvec {
+                        let bq = sb[so + q];
+                        let cq = sc[so + q];
+                        #[unroll]
+                        for e in 0..vec {
+                            let n = q * vec + e;
+                            // h = exp(Δ·A) ⊙ h + Δ·B·u   (eq. 2a, zero-order hold of eq. 4)
+                            h[n] = decay(dt * av[n], fast) * h[n] + dtu * bq.extract(e);
+                            // y = C·h   (eq. 2b)
+                            acc += cq.extract(e) * h[n];
+                        }
+                    }
+                    // + D·u, gated by SiLU(z) = z / (1 + exp(-z)).
+                    if active {
+                        y[i] = F::cast_from((acc + dskip * ut) * silu(zt, fast));
+                    }
+                    i += d_inner;
+                    zi += zs1;
+                    so += nvec;
+                    t += 1;
                 }
             }
-            // + D·u, gated by SiLU(z) = z / (1 + exp(-z)).
-            if active {
-                y[i] = F::cast_from((acc + dskip * ut) * silu(zt, fast));
-            }
-            i += d_inner;
-            zi += zs1;
-            so += nvec;
         }
         ts = te;
     }
@@ -948,9 +957,25 @@ fn cube_count(client: &Client, threads: usize) -> (CubeCount, CubeDim) {
 const STAGE_FLOATS: usize = 1024;
 
 /// Rows of `B` and `C` a cube stages at a time: [`STAGE_FLOATS`] floats, at most one
-/// [`MIN_CHUNK`] of rows (64 for `d_state` 16: 4 KiB each), at least one row.
-fn stage_rows(d_state: usize) -> usize {
-    (STAGE_FLOATS / d_state).clamp(1, MIN_CHUNK)
+/// [`MIN_CHUNK`] of rows (64 for `d_state` 16: 4 KiB each), a multiple of `slots` (every stage
+/// but a chunk's last then starts on slot 0 of [`prefetch_slots`]), at least `slots`.
+fn stage_rows(d_state: usize, slots: usize) -> usize {
+    let rows = (STAGE_FLOATS / d_state).clamp(1, MIN_CHUNK);
+    (rows / slots * slots).max(slots)
+}
+
+/// Register slots of the `u`, `delta` (and `z`) values that passes 1 and 3 load ahead: `depth`
+/// with `prefetch` (steps ahead; see [`scan_prefetch`], [`scan_depth`]), else 1 (each step's
+/// own values, loaded in that step). Slot `p` holds the steps `t` with `(t - t0) % slots ==
+/// p`, and the loop is unrolled `slots` times, so that a value stays in its register from its
+/// load to its use. Rotating the values through variables instead (`next = next2; next2 =
+/// load`) made ptxas pack the 16-bit copies into one register (`PRMT`) right after the loads
+/// were issued, so the thread waited for them there: a step early in pass 1, within the same
+/// step in pass 3 (sm_90a machine code, `bench/nvrtc_sass.sh`). With slots, on the H200
+/// (BENCHMARKS.md, twenty-first session): pass 1 647-650 us against 680-683, pass 3 816-819
+/// against 852-854 per layer at 262,144 positions, f16; outputs identical.
+fn prefetch_slots(prefetch: bool, depth: usize) -> usize {
+    if prefetch { depth.max(1) } else { 1 }
 }
 
 /// Cubes for pass 1 or 3 over `items` `(b, chunk)` items of `d_inner` channels (see
@@ -1110,7 +1135,7 @@ pub(crate) fn scan_cube_with(
 
     let fast = fast_math(&client);
     let (prefetch1, prefetch3) = scan_prefetch();
-    let (deep1, deep3) = (prefetch1 && scan_deep(), prefetch3 && scan_deep());
+    let (depth1, depth3) = scan_depth();
     if let Some(lanes) = walk {
         // On CUDA a cube of 128 threads; on CubeCL's CPU runtime one channel per cube (its
         // barrier spins, one worker thread per unit; see `chunk_cubes`).
@@ -1209,7 +1234,7 @@ pub(crate) fn scan_cube_with(
                 fast,
                 activate,
                 prefetch3,
-                deep3,
+                depth3,
                 [act_elem, bc_elem],
             );
         }
@@ -1249,7 +1274,7 @@ pub(crate) fn scan_cube_with(
             fast,
             activate,
             prefetch1,
-            deep1,
+            depth1,
             [act_elem, bc_elem],
         );
     }
@@ -1359,7 +1384,7 @@ pub(crate) fn scan_cube_with(
             fast,
             activate,
             prefetch3,
-            deep3,
+            depth3,
             [act_elem, bc_elem],
         );
     }
@@ -1371,9 +1396,9 @@ pub(crate) fn scan_cube_with(
 /// allows it, with its usual lanes) with activations `act` (f32,
 /// f16 or bf16), `d_state` states, `B`/`C` read four floats at a time where `d_state` allows,
 /// the approximate functions on, 64-bit indices, passes 1 and 3 with or without `prefetch`
-/// (see [`scan_prefetch`]; loading two steps ahead unless `GENOMAMBA_SCAN_DEPTH` is 1). For
-/// reading the generated code and, compiled
-/// with `nvcc -cubin`, its machine code (`bench/sass.sh`).
+/// (see [`scan_prefetch`]; as many steps ahead as [`scan_depth`] says). For reading the
+/// generated code and, compiled with `nvcc -cubin` (or `bench/nvrtc_sass.sh`), its machine
+/// code (`bench/sass.sh`).
 #[cfg(feature = "cuda")]
 pub fn cuda_sources(
     act: DType,
@@ -1428,7 +1453,7 @@ pub fn cuda_sources(
         true, // fast
         true, // activate (softplus)
         prefetch,
-        prefetch && scan_deep(),
+        scan_depth().0,
         [elem, bc_elem],
     );
     let [a, h0, dsum, state, h_last] = std::array::from_fn(|_| arg(8));
@@ -1484,7 +1509,7 @@ pub fn cuda_sources(
         true,  // fast
         true,  // activate (softplus)
         prefetch,
-        prefetch && scan_deep(),
+        scan_depth().1,
         [elem, bc_elem],
     );
     let lanes = walk_lanes(d_state);
