@@ -113,11 +113,22 @@ fn conv_silu_kernel<F: Float, V: Size>(
         }
     }
     let bias_ch = bias[ch];
+    // All of the run's inputs are loaded before any output is stored: the compiler may not
+    // move a load of `x` past a store to `u` (they could alias), so loading each position in
+    // its own iteration would leave one load in flight per thread at a time.
+    let mut run = Array::<Vector<F, V>>::new(RUN);
+    #[unroll]
+    for i in 0..RUN {
+        let t = t0 + i;
+        // Past `len` (the last run), position `len - 1` again; those are not stored.
+        let tc = if t < len { t } else { len - 1 };
+        run[i] = x[b * xs0 + tc * xs1 + ch];
+    }
     #[unroll]
     for i in 0..RUN {
         let t = t0 + i;
         if t < len {
-            let cur = x[b * xs0 + t * xs1 + ch];
+            let cur = run[i];
             let mut out = Vector::<F, V>::empty();
             #[unroll]
             for e in 0..vec {
