@@ -1,8 +1,11 @@
 //! The fused CPU convolution+SiLU and RMSNorm against their tensor-op references and a plain
-//! f64 loop, on random inputs; and gradients through them on an autodiff device.
+//! f64 loop, on random inputs; the convolution followed by x_proj/dt_proj as one operation
+//! against the two in sequence; and gradients through them on an autodiff device.
 
 use burn::tensor::{Device, FloatDType, Tensor, TensorData};
-use genomamba::ops::block::{Impl, add_rms_norm_with, causal_conv_silu_with, rms_norm_with};
+use genomamba::ops::block::{
+    Impl, add_rms_norm_with, causal_conv_silu_with, conv_dbc_with, project_dbc_with, rms_norm_with,
+};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -215,5 +218,116 @@ fn gradients_flow_through_the_block_ops_on_autodiff() {
             "w[{i}]: {} vs {fd}",
             g[i]
         );
+    }
+}
+
+#[test]
+fn conv_dbc_is_the_conv_then_the_projections_with_their_gradients() {
+    // `conv_dbc` (one operation, so that a GPU backend can fuse it) against
+    // `causal_conv_silu` then `project_dbc`: the same outputs (on the CPU it is that
+    // composition, fused convolution included), the references' within rounding, and the same
+    // gradients on an autodiff device.
+    let mut rng = StdRng::seed_from_u64(21);
+    let (batch, len, d, k, dt_rank, d_state) = (2, 9, 6, 4, 3, 2);
+    let n_x = dt_rank + 2 * d_state;
+    let x = rand_vec(&mut rng, batch * len * 2 * d);
+    let win = rand_vec(&mut rng, batch * (k - 1) * d);
+    let w = rand_vec(&mut rng, k * d);
+    let bias = rand_vec(&mut rng, d);
+    let w_x = rand_vec(&mut rng, d * n_x);
+    let w_dt = rand_vec(&mut rng, dt_rank * d);
+    let dt_bias = rand_vec(&mut rng, d);
+    let t2 = |v: &[f32], s: [usize; 2], dev: &Device| -> Tensor<2> {
+        Tensor::from_data(TensorData::new(v.to_vec(), s), dev)
+    };
+    let t1 = |v: &[f32], dev: &Device| -> Tensor<1> {
+        Tensor::from_data(TensorData::new(v.to_vec(), [v.len()]), dev)
+    };
+    let dev = Device::flex();
+    let run = |which: Impl| {
+        let out = conv_dbc_with(
+            which,
+            t3(&x, [batch, len, 2 * d], &dev),
+            t3(&win, [batch, k - 1, d], &dev),
+            t2(&w, [k, d], &dev),
+            t1(&bias, &dev),
+            t2(&w_x, [d, n_x], &dev),
+            t2(&w_dt, [dt_rank, d], &dev),
+            t1(&dt_bias, &dev),
+        );
+        [out.u, out.window, out.delta, out.b, out.c].map(host)
+    };
+    let (u, next) = causal_conv_silu_with(
+        Impl::Fastest,
+        t3(&x, [batch, len, 2 * d], &dev),
+        t3(&win, [batch, k - 1, d], &dev),
+        t2(&w, [k, d], &dev),
+        t1(&bias, &dev),
+    );
+    let (delta, b, c) = project_dbc_with(
+        Impl::Fastest,
+        u.clone(),
+        t2(&w_x, [d, n_x], &dev),
+        t2(&w_dt, [dt_rank, d], &dev),
+        t1(&dt_bias, &dev),
+    );
+    let apart = [u, next, delta, b, c].map(host);
+    let fused = run(Impl::Fastest);
+    let reference = run(Impl::Reference);
+    let names = ["u", "window", "delta", "B", "C"];
+    for (i, name) in names.iter().enumerate() {
+        assert_eq!(
+            fused[i], apart[i],
+            "{name}: conv_dbc differs from the two operations"
+        );
+        let want: Vec<f64> = reference[i].iter().map(|&v| v as f64).collect();
+        let e = max_rel(&fused[i], &want);
+        assert!(e < 1e-5, "{name}: {e:e} against the reference");
+    }
+    assert!(fused[2].iter().all(|&v| v > 0.0), "softplus is positive");
+
+    // Gradients of a loss over all outputs w.r.t. every weight and the input, both ways.
+    let ad = Device::flex().autodiff();
+    let grads_of = |together: bool| -> Vec<Vec<f32>> {
+        let xt = t3(&x, [batch, len, 2 * d], &ad).require_grad();
+        let wt = t2(&w, [k, d], &ad).require_grad();
+        let wxt = t2(&w_x, [d, n_x], &ad).require_grad();
+        let wdt = t2(&w_dt, [dt_rank, d], &ad).require_grad();
+        let (window, cb, db) = (
+            t3(&win, [batch, k - 1, d], &ad),
+            t1(&bias, &ad),
+            t1(&dt_bias, &ad),
+        );
+        let (u, delta, b, c) = if together {
+            let o = conv_dbc_with(
+                Impl::Fastest,
+                xt.clone(),
+                window,
+                wt.clone(),
+                cb,
+                wxt.clone(),
+                wdt.clone(),
+                db,
+            );
+            (o.u, o.delta, o.b, o.c)
+        } else {
+            let (u, _) = causal_conv_silu_with(Impl::Fastest, xt.clone(), window, wt.clone(), cb);
+            let (delta, b, c) =
+                project_dbc_with(Impl::Fastest, u.clone(), wxt.clone(), wdt.clone(), db);
+            (u, delta, b, c)
+        };
+        let loss = u.sum() + delta.sum() * 0.5 + (b * c).sum();
+        let g = loss.backward();
+        vec![
+            host(xt.grad(&g).expect("x gradient")),
+            host(wt.grad(&g).expect("conv weight gradient")),
+            host(wxt.grad(&g).expect("x_proj gradient")),
+            host(wdt.grad(&g).expect("dt_proj gradient")),
+        ]
+    };
+    let (g1, g2) = (grads_of(true), grads_of(false));
+    for (i, name) in ["x", "conv weight", "x_proj", "dt_proj"].iter().enumerate() {
+        assert!(g1[i].iter().any(|&v| v != 0.0), "{name}: zero gradient");
+        assert_eq!(g1[i], g2[i], "{name} gradient");
     }
 }

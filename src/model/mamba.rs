@@ -202,42 +202,54 @@ impl MambaBlock {
             Some(h) => state.conv.cast(h),
             None => state.conv,
         };
-        let (u, new_conv) =
-            crate::ops::block::causal_conv_silu(xz, window, self.conv_weight.val(), bias);
-        let new_conv = new_conv.cast(FloatDType::F32);
-
         // Input-dependent Δ, B, C (Algorithm 2, lines 3-5).
         let a = self.a_log.val().exp().neg();
         // With `no_bias`, Δ = softplus(dt · W + bias) is made with the projections (once per
-        // element, instead of once in each of the scan's passes; x_proj and dt_proj in one
-        // operation, `project_dbc`, where x_proj has no bias) and the scan adds a zero bias.
+        // element, instead of once in each of the scan's passes) and the scan adds a zero bias.
+        // Where x_proj has no bias, the convolution, x_proj and dt_proj are one operation,
+        // `conv_dbc` (one kernel on CUDA in f16/bf16, so `u` is not read back for x_proj).
         type Scan = fn(ScanArgs) -> (Tensor<3>, Tensor<3>);
-        let (delta, b, c, delta_bias, scan): (_, _, _, _, Scan) =
+        let (u, new_conv, delta, b, c, delta_bias, scan): (_, _, _, _, _, _, Scan) =
             match (&self.no_bias, &self.x_proj.bias) {
                 (Some(zeros), None) => {
-                    let (delta, b, c) = crate::ops::block::project_dbc(
-                        in_format(u.clone(), half),
+                    let out = crate::ops::block::conv_dbc(
+                        xz,
+                        window,
+                        self.conv_weight.val(),
+                        bias,
                         self.x_proj.weight.val(),
                         self.dt_proj.weight.val(),
                         self.dt_bias.val(),
                     );
-                    (delta, b, c, zeros.clone(), selective_scan_activated)
+                    let (delta, b, c) = (out.delta, out.b, out.c);
+                    let (u, w) = (out.u, out.window);
+                    (u, w, delta, b, c, zeros.clone(), selective_scan_activated)
                 }
-                (Some(zeros), Some(_)) => {
-                    let (dt, b, c) = self.x_proj_columns(u.clone(), half);
-                    let delta = crate::ops::block::project_softplus(
-                        in_format(dt, half),
-                        self.dt_proj.weight.val(),
-                        self.dt_bias.val(),
+                (no_bias, _) => {
+                    let (u, w) = crate::ops::block::causal_conv_silu(
+                        xz,
+                        window,
+                        self.conv_weight.val(),
+                        bias,
                     );
-                    (delta, b, c, zeros.clone(), selective_scan_activated)
-                }
-                (None, _) => {
                     let (dt, b, c) = self.x_proj_columns(u.clone(), half);
-                    let delta = project(&self.dt_proj, dt, half);
-                    (delta, b, c, self.dt_bias.val(), selective_scan)
+                    match no_bias {
+                        Some(zeros) => {
+                            let delta = crate::ops::block::project_softplus(
+                                in_format(dt, half),
+                                self.dt_proj.weight.val(),
+                                self.dt_bias.val(),
+                            );
+                            (u, w, delta, b, c, zeros.clone(), selective_scan_activated)
+                        }
+                        None => {
+                            let delta = project(&self.dt_proj, dt, half);
+                            (u, w, delta, b, c, self.dt_bias.val(), selective_scan)
+                        }
+                    }
                 }
             };
+        let new_conv = new_conv.cast(FloatDType::F32);
         let (y, ssm) = scan(ScanArgs {
             u,
             delta,

@@ -122,6 +122,45 @@ pub struct DbcOutput<B: Backend> {
     pub c: FloatTensor<B>,
 }
 
+/// Inputs of the convolution followed by x_proj and dt_proj
+/// ([`BlockOpsBackend::conv_dbc`]): [`ConvInput`]'s and [`DbcInput`]'s but `x` of the latter,
+/// which is the convolution's output.
+#[derive(ExtensionType)]
+#[extension_type(fusion: cfg(feature = "cube"))]
+pub struct ConvDbcInput<B: Backend> {
+    /// Chunk input (`in_proj`'s output; the convolution reads its first `d_inner` channels).
+    pub x: FloatTensor<B>,
+    /// Carried window.
+    pub window: FloatTensor<B>,
+    /// Depthwise weights.
+    pub weight: FloatTensor<B>,
+    /// Convolution bias (zeros when the model has none).
+    pub bias: FloatTensor<B>,
+    /// x_proj's weight.
+    pub w_x: FloatTensor<B>,
+    /// dt_proj's weight.
+    pub w_dt: FloatTensor<B>,
+    /// The time step's bias.
+    pub dt_bias: FloatTensor<B>,
+}
+
+/// Outputs of the convolution followed by x_proj and dt_proj: [`ConvOutput`]'s and
+/// [`DbcOutput`]'s.
+#[derive(ExtensionType)]
+#[extension_type(fusion: cfg(feature = "cube"))]
+pub struct ConvDbcOutput<B: Backend> {
+    /// Activated convolution output (the scan's `u`).
+    pub u: FloatTensor<B>,
+    /// Next window.
+    pub window: FloatTensor<B>,
+    /// The scan's time step Δ (bias added, softplus applied).
+    pub delta: FloatTensor<B>,
+    /// The scan's `B`.
+    pub b: FloatTensor<B>,
+    /// The scan's `C`.
+    pub c: FloatTensor<B>,
+}
+
 /// Per-position block operations.
 ///
 /// On GPU devices (the `cuda` feature) the convolution and the fused residual add + RMSNorm
@@ -210,6 +249,21 @@ pub trait BlockOpsBackend: Backend {
         project_dbc_reference::<Self>(input)
     }
 
+    /// [`Self::causal_conv_silu`], then [`Self::project_dbc`] on its output: `u`, the next
+    /// window, `Δ`, `B` and `C` ([`ConvDbcOutput`]). One kernel where a backend fuses them (on
+    /// CUDA in f16/bf16, so that `u` is written once and never read back for x_proj).
+    // Under Fusion: one custom operation.
+    #[fusion(meta = |input| ConvDbcOutputMetadata {
+        u: conv_u_spec(&input.x, &input.weight),
+        window: input.window.clone(),
+        delta: dbc_spec(&conv_u_spec(&input.x, &input.weight), &input.w_x, &input.w_dt, true),
+        b: dbc_spec(&conv_u_spec(&input.x, &input.weight), &input.w_x, &input.w_dt, false),
+        c: dbc_spec(&conv_u_spec(&input.x, &input.weight), &input.w_x, &input.w_dt, false),
+    })]
+    fn conv_dbc(#[extension_type] input: ConvDbcInput<Self>) -> ConvDbcOutput<Self> {
+        conv_dbc_composed::<Self>(input, Self::causal_conv_silu, Self::project_dbc)
+    }
+
     /// The projection's reference: the backend's own matrix product (never overridden).
     #[fusion(default)]
     fn project_reference(x: FloatTensor<Self>, w: FloatTensor<Self>) -> FloatTensor<Self> {
@@ -271,6 +325,10 @@ impl BlockOpsBackend for burn_cubecl::CubeBackend {
 
     fn project_dbc(input: DbcInput<Self>) -> DbcOutput<Self> {
         super::project_cube::project_dbc_cube(input)
+    }
+
+    fn conv_dbc(input: ConvDbcInput<Self>) -> ConvDbcOutput<Self> {
+        super::conv_dbc::conv_dbc_cube(input)
     }
 
     fn add_rms_norm(input: AddNormInput<Self>, eps: f64, out: FloatDType) -> AddNormOutput<Self> {
@@ -378,6 +436,42 @@ pub(crate) fn project_dbc_composed<B: Backend>(
         delta: project_softplus(columns(0..dt_rank), w_dt, bias),
         b: columns(dt_rank..dt_rank + d_state),
         c: columns(dt_rank + d_state..dt_rank + 2 * d_state),
+    }
+}
+
+/// [`BlockOpsBackend::conv_dbc`] as the convolution `conv`, then `dbc` on its output.
+pub(crate) fn conv_dbc_composed<B: Backend>(
+    input: ConvDbcInput<B>,
+    conv: impl Fn(ConvInput<B>) -> ConvOutput<B>,
+    dbc: impl Fn(DbcInput<B>) -> DbcOutput<B>,
+) -> ConvDbcOutput<B> {
+    let ConvDbcInput {
+        x,
+        window,
+        weight,
+        bias,
+        w_x,
+        w_dt,
+        dt_bias,
+    } = input;
+    let ConvOutput { u, window } = conv(ConvInput {
+        x,
+        window,
+        weight,
+        bias,
+    });
+    let DbcOutput { delta, b, c } = dbc(DbcInput {
+        x: u.clone(),
+        w_x,
+        w_dt,
+        bias: dt_bias,
+    });
+    ConvDbcOutput {
+        u,
+        window,
+        delta,
+        b,
+        c,
     }
 }
 
@@ -754,6 +848,81 @@ pub fn project_dbc(
     bias: Tensor<1>,
 ) -> (Tensor<3>, Tensor<3>, Tensor<3>) {
     project_dbc_with(Impl::Fastest, x, w_x, w_dt, bias)
+}
+
+/// [`conv_dbc`] with a choice of implementation: the backend's (fused on CUDA in f16/bf16),
+/// or the references of the convolution and of x_proj + dt_proj one after the other.
+#[allow(clippy::too_many_arguments)]
+pub fn conv_dbc_with(
+    which: Impl,
+    x: Tensor<3>,
+    window: Tensor<3>,
+    weight: Tensor<2>,
+    bias: Tensor<1>,
+    w_x: Tensor<2>,
+    w_dt: Tensor<2>,
+    dt_bias: Tensor<1>,
+) -> ConvDbc {
+    let input = ConvDbcInput {
+        x: x.into_dispatch(),
+        window: window.into_dispatch(),
+        weight: weight.into_dispatch(),
+        bias: bias.into_dispatch(),
+        w_x: w_x.into_dispatch(),
+        w_dt: w_dt.into_dispatch(),
+        dt_bias: dt_bias.into_dispatch(),
+    };
+    let out = match which {
+        Impl::Fastest => <Dispatch as BlockOpsBackend>::conv_dbc(input),
+        Impl::Reference => conv_dbc_composed::<Dispatch>(
+            input,
+            <Dispatch as BlockOpsBackend>::causal_conv_silu_reference,
+            project_dbc_reference::<Dispatch>,
+        ),
+    };
+    ConvDbc {
+        u: Tensor::from_dispatch(out.u),
+        window: Tensor::from_dispatch(out.window),
+        delta: Tensor::from_dispatch(out.delta),
+        b: Tensor::from_dispatch(out.b),
+        c: Tensor::from_dispatch(out.c),
+    }
+}
+
+/// What [`conv_dbc`] returns.
+#[derive(Debug, Clone)]
+pub struct ConvDbc {
+    /// `SiLU(conv(x) + bias)`: `[batch, length, d_inner]`, the format of `x`.
+    pub u: Tensor<3>,
+    /// The window after the chunk: `[batch, d_conv - 1, d_inner]`, the window's format.
+    pub window: Tensor<3>,
+    /// `softplus(dt · w_dt + dt_bias)`: `[batch, length, d_inner]`.
+    pub delta: Tensor<3>,
+    /// `[batch, length, d_state]`.
+    pub b: Tensor<3>,
+    /// `[batch, length, d_state]`.
+    pub c: Tensor<3>,
+}
+
+/// The causal convolution + SiLU ([`causal_conv_silu`]) followed by x_proj and dt_proj on its
+/// output ([`project_dbc`]), on the device of `x`: one operation, so that a backend may fuse
+/// them (on CUDA in f16/bf16 one kernel computes `u`, writes it once for the scan and feeds it
+/// to the tensor cores from registers).
+///
+/// # Shapes
+/// - x: `[batch, length, >= d_inner]`, window: `[batch, d_conv - 1, d_inner]`,
+///   weight: `[d_conv, d_inner]`, bias: `[d_inner]`, w_x: `[d_inner, dt_rank + 2·d_state]`,
+///   w_dt: `[dt_rank, d_inner]`, dt_bias: `[d_inner]` (f32)
+pub fn conv_dbc(
+    x: Tensor<3>,
+    window: Tensor<3>,
+    weight: Tensor<2>,
+    bias: Tensor<1>,
+    w_x: Tensor<2>,
+    w_dt: Tensor<2>,
+    dt_bias: Tensor<1>,
+) -> ConvDbc {
+    conv_dbc_with(Impl::Fastest, x, window, weight, bias, w_x, w_dt, dt_bias)
 }
 
 /// A projection without bias, `x · w`, on the device of `x`.

@@ -12,7 +12,9 @@
 //! so each input is read once; adds the bias; applies SiLU (on CUDA with the scan's
 //! one-instruction `exp2` and reciprocal, see [`scan_cube`](super::scan_cube)); and writes `u`
 //! once. Adjacent threads own adjacent channels, so every read and write is coalesced. A
-//! second, small launch writes the next window (`[batch, d_conv - 1, d_inner]`).
+//! second, small launch writes the next window (`[batch, d_conv - 1, d_inner]`). In the model
+//! on CUDA in f16/bf16 the convolution runs inside x_proj/dt_proj's tensor-core kernel instead
+//! ([`conv_dbc`](super::conv_dbc)), which reuses that window launch.
 //!
 //! `x`, the window and the outputs may be f32, f16 or bf16 (one format; the sums are f32),
 //! weight and bias f32. Other formats, channels that are not adjacent in memory, and empty
@@ -312,30 +314,55 @@ pub(crate) fn conv_cube(input: ConvInput<CubeBackend>) -> ConvOutput<CubeBackend
             act_elem,
         );
     }
-    if k1 > 0 {
-        let count = calculate_cube_count_elemwise(&client, batch * k1 * d, dim);
-        // SAFETY: threads past `batch·k1·d` return at once; `r < k1`, so `x` rows read are
-        // `len + r - k1 < len` and window rows `len + r < k1` (only when `len + r < k1`).
-        unsafe {
-            conv_window_kernel::launch_unchecked(
-                &client,
-                count,
-                dim,
-                address,
-                x.into_tensor_arg(),
-                window.into_tensor_arg(),
-                next.clone().into_tensor_arg(),
-                batch,
-                len,
-                d,
-                xs0,
-                xs1,
-                k1,
-                act_elem,
-            );
-        }
-    }
+    launch_next_window(
+        &x,
+        &window,
+        &next,
+        [batch, len, d, xs0, xs1, k1],
+        act_elem,
+        address,
+    );
     ConvOutput { u, window: next }
+}
+
+/// Launches [`conv_window_kernel`]: the window after a chunk of `x` (`[batch, len, ≥ d]`,
+/// strides `xs0`, `xs1`) into `next` (`[batch, k1, d]`, contiguous), from `x` and the window
+/// before it (`[batch, k1, d]`, contiguous); nothing when `k1` is 0. `address` must cover `x`'s
+/// extent and `batch·k1·d`.
+pub(crate) fn launch_next_window(
+    x: &CubeTensor,
+    window: &CubeTensor,
+    next: &CubeTensor,
+    [batch, len, d, xs0, xs1, k1]: [usize; 6],
+    act_elem: ElemType,
+    address: AddressType,
+) {
+    if k1 == 0 {
+        return;
+    }
+    let client = x.client.clone();
+    let dim = CubeDim::new_1d(CUBE_THREADS);
+    let count = calculate_cube_count_elemwise(&client, batch * k1 * d, dim);
+    // SAFETY: threads past `batch·k1·d` return at once; `r < k1`, so `x` rows read are
+    // `len + r - k1 < len` and window rows `len + r < k1` (only when `len + r < k1`).
+    unsafe {
+        conv_window_kernel::launch_unchecked(
+            &client,
+            count,
+            dim,
+            address,
+            x.clone().into_tensor_arg(),
+            window.clone().into_tensor_arg(),
+            next.clone().into_tensor_arg(),
+            batch,
+            len,
+            d,
+            xs0,
+            xs1,
+            k1,
+            act_elem,
+        );
+    }
 }
 
 /// `sum = x + y` (f32) and `normed = sum / sqrt(mean(sum²) + eps) · weight` (in `G`), per row

@@ -14,6 +14,8 @@ pub mod block;
 #[cfg(feature = "cube")]
 mod block_cube;
 #[cfg(feature = "cube")]
+pub mod conv_dbc;
+#[cfg(feature = "cube")]
 pub mod project_cube;
 #[cfg(feature = "cube")]
 pub mod project_mma;

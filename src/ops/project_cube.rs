@@ -40,7 +40,8 @@
 //! operand, `B` and `C` written as contiguous tensors, the same softplus epilogue. On the
 //! H200 it takes 296 us per layer at 262,144 rows, where x_proj, the slice copies of its
 //! output and the small-k dt_proj took about 380 us; whole chr20 in f16 13.07 s against
-//! 13.48 s (BENCHMARKS.md, eighteenth session).
+//! 13.48 s (BENCHMARKS.md, eighteenth session). In the model the convolution runs inside this
+//! kernel ([`super::conv_dbc`]), which computes `u` where this one loads it.
 //!
 //! In f16 and bf16 on CUDA, projections with an inner dimension of at most 256 (in_proj) run
 //! [`super::project_mma`]'s tensor-core kernel before any cubek strategy (unless a strategy
@@ -784,7 +785,7 @@ static DBC_PREFETCH: NamedChoice = NamedChoice::new("GENOMAMBA_DBC_PREFETCH");
 
 /// Blocks of 32 `Δ` columns [`dbc_mma_kernel`] computes per iteration: two where `d_inner` is
 /// a multiple of 64, unless `GENOMAMBA_DBC_UNROLL` says 1 (for comparisons); else one.
-fn dbc_unroll(d_inner: usize) -> usize {
+pub(crate) fn dbc_unroll(d_inner: usize) -> usize {
     let one = DBC_UNROLL.get().as_deref() == Some("1");
     if d_inner.is_multiple_of(64) && !one {
         2
@@ -802,55 +803,67 @@ pub fn dbc_mma_launches() -> usize {
     DBC_MMA_LAUNCHES.load(std::sync::atomic::Ordering::Relaxed)
 }
 
-/// [`dbc_mma_kernel`] on `input` if it takes it: a CUDA device (the kernel is inline PTX),
-/// f16 or bf16 activations and weights, an f32 bias, `d_inner` a multiple of 32, `dt_rank` of
-/// 16, `d_state` of 8, `dt_rank + 2·d_state` at most [`DBC_MMA_MAX_COLUMNS`], `x`'s rows
-/// contiguous from a 16-byte boundary; `None` otherwise.
-fn project_dbc_mma(input: &DbcInput<CubeBackend>) -> Option<DbcOutput<CubeBackend>> {
-    let DbcInput { x, w_x, w_dt, bias } = input;
-    let client = x.client.clone();
-    let bf16 = match x.dtype {
+/// The operands of [`dbc_mma_kernel`] (and of the convolution fused with it,
+/// [`super::conv_dbc`]) besides `x`.
+pub(crate) struct DbcOperands {
+    /// bf16 (else f16) activations.
+    pub bf16: bool,
+    pub dt_rank: usize,
+    pub d_state: usize,
+    /// x_proj's weight transposed, `[dt_rank + 2·d_state, d_inner]`, rows contiguous.
+    pub wxt: CubeTensor,
+    /// dt_proj's weight transposed, `[d_inner, dt_rank]`, rows contiguous.
+    pub wdtt: CubeTensor,
+    /// The time step's bias, contiguous.
+    pub bias: CubeTensor,
+}
+
+/// [`DbcOperands`] where the tensor-core kernel takes the problem: a CUDA device (the kernel
+/// is inline PTX), activations of `dtype` f16 or bf16 with weights in the same format, an f32
+/// bias, `d_inner` a multiple of 32, `dt_rank` of 16, `d_state` of 8, `dt_rank + 2·d_state` at
+/// most [`DBC_MMA_MAX_COLUMNS`], rows (`batch·len`) not empty; `None` otherwise (and when
+/// `GENOMAMBA_DBC_MMA=off` or a strategy was chosen).
+pub(crate) fn dbc_operands(
+    client: &Client,
+    dtype: DType,
+    d_inner: usize,
+    rows: usize,
+    w_x: &CubeTensor,
+    w_dt: &CubeTensor,
+    bias: &CubeTensor,
+) -> Option<DbcOperands> {
+    let bf16 = match dtype {
         DType::F16 => false,
         DType::BF16 => true,
         _ => return None,
     };
-    if !fast_math(&client) || !dbc_mma_enabled() {
+    if !fast_math(client) || !dbc_mma_enabled() {
         return None;
     }
-    let (xs, wx, wdt, bs) = (
-        x.shape().to_vec(),
+    let (wx, wdt, bs) = (
         w_x.shape().to_vec(),
         w_dt.shape().to_vec(),
         bias.shape().to_vec(),
     );
-    let ([batch, len, k], [k2, n_x], [dt_rank, d_inner]) =
-        (xs.as_slice(), wx.as_slice(), wdt.as_slice())
-    else {
+    let ([k2, n_x], [dt_rank, d_out]) = (wx.as_slice(), wdt.as_slice()) else {
         return None;
     };
-    let (batch, len, k, n_x, dt_rank, d_inner) = (*batch, *len, *k, *n_x, *dt_rank, *d_inner);
+    let (n_x, dt_rank) = (*n_x, *dt_rank);
     let d_state = n_x.saturating_sub(dt_rank) / 2;
-    let shapes_fit = k == *k2
-        && k > 0
-        && k.is_multiple_of(32)
+    let shapes_fit = *k2 == d_inner
+        && *d_out == d_inner
+        && d_inner > 0
+        && d_inner.is_multiple_of(32)
         && dt_rank > 0
         && dt_rank.is_multiple_of(16)
         && d_state > 0
         && d_state.is_multiple_of(8)
         && n_x == dt_rank + 2 * d_state
         && n_x <= DBC_MMA_MAX_COLUMNS
-        && d_inner > 0
-        && d_inner.is_multiple_of(32)
         && bs == [d_inner]
-        && batch * len > 0;
-    let formats_fit = w_x.dtype == x.dtype && w_dt.dtype == x.dtype && bias.dtype == DType::F32;
+        && rows > 0;
+    let formats_fit = w_x.dtype == dtype && w_dt.dtype == dtype && bias.dtype == DType::F32;
     if !shapes_fit || !formats_fit {
-        return None;
-    }
-    let x = into_contiguous(x.clone());
-    if x.meta.strides()[..] != [len * k, k, 1]
-        || !(x.handle.offset_start.unwrap_or(0) as usize).is_multiple_of(16)
-    {
         return None;
     }
     // The weights transposed (`[out, in]`, rows contiguous), so that each thread reads the two
@@ -858,22 +871,47 @@ fn project_dbc_mma(input: &DbcInput<CubeBackend>) -> Option<DbcOutput<CubeBacken
     let transposed = |w: &CubeTensor| into_contiguous(swap_first_two::<CubeBackend>(w.clone()));
     let (wxt, wdtt) = (transposed(w_x), transposed(w_dt));
     let bias = into_contiguous(bias.clone());
-    if wxt.meta.strides()[..] != [k, 1] || wdtt.meta.strides()[..] != [dt_rank, 1] {
+    if wxt.meta.strides()[..] != [d_inner, 1] || wdtt.meta.strides()[..] != [dt_rank, 1] {
         return None;
     }
-    let out = |cols: usize| {
-        burn_cubecl::ops::numeric::empty_device_contiguous_dtype(
-            client.clone(),
-            x.device.clone(),
-            burn::tensor::Shape::new([batch, len, cols]),
-            x.dtype,
-        )
+    Some(DbcOperands {
+        bf16,
+        dt_rank,
+        d_state,
+        wxt,
+        wdtt,
+        bias,
+    })
+}
+
+/// [`dbc_mma_kernel`] on `input` if it takes it ([`dbc_operands`]), `x`'s rows contiguous
+/// from a 16-byte boundary; `None` otherwise.
+fn project_dbc_mma(input: &DbcInput<CubeBackend>) -> Option<DbcOutput<CubeBackend>> {
+    let DbcInput { x, w_x, w_dt, bias } = input;
+    let client = x.client.clone();
+    let xs = x.shape().to_vec();
+    let [batch, len, k] = xs.as_slice() else {
+        return None;
     };
-    let (delta, b, c) = (out(d_inner), out(d_state), out(d_state));
+    let (batch, len, k) = (*batch, *len, *k);
     let rows = batch * len;
-    let warps_per_cube = 4u32;
-    let tiles = rows.div_ceil(16);
-    let cubes = u32::try_from(tiles.div_ceil(warps_per_cube as usize)).ok()?;
+    let DbcOperands {
+        bf16,
+        dt_rank,
+        d_state,
+        wxt,
+        wdtt,
+        bias,
+    } = dbc_operands(&client, x.dtype, k, rows, w_x, w_dt, bias)?;
+    let (d_inner, n_x) = (k, dt_rank + 2 * d_state);
+    let x = into_contiguous(x.clone());
+    if x.meta.strides()[..] != [len * k, k, 1]
+        || !(x.handle.offset_start.unwrap_or(0) as usize).is_multiple_of(16)
+    {
+        return None;
+    }
+    let (delta, b, c) = dbc_outputs(&x, batch, len, d_inner, d_state);
+    let (cubes, dim) = dbc_cubes(rows)?;
     let address = AddressType::from_len((rows * k).max(rows * d_inner).max(n_x * k));
     // SAFETY: every warp's tile of 16 rows starts below `rows` (warps past the end return
     // before any access); its reads of `x` (rows clamped to `rows - 1`, columns below `k`),
@@ -886,8 +924,8 @@ fn project_dbc_mma(input: &DbcInput<CubeBackend>) -> Option<DbcOutput<CubeBacken
     unsafe {
         dbc_mma_kernel::launch_unchecked(
             &client,
-            CubeCount::Static(cubes, 1, 1),
-            CubeDim::new_2d(32, warps_per_cube),
+            cubes,
+            dim,
             address,
             4,
             x.into_tensor_arg(),
@@ -909,6 +947,38 @@ fn project_dbc_mma(input: &DbcInput<CubeBackend>) -> Option<DbcOutput<CubeBacken
     }
     DBC_MMA_LAUNCHES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     Some(DbcOutput { delta, b, c })
+}
+
+/// Fresh `Δ` (`[batch, len, d_inner]`), `B` and `C` (`[batch, len, d_state]`) on the device of
+/// `like`, in its format.
+pub(crate) fn dbc_outputs(
+    like: &CubeTensor,
+    batch: usize,
+    len: usize,
+    d_inner: usize,
+    d_state: usize,
+) -> (CubeTensor, CubeTensor, CubeTensor) {
+    let out = |cols: usize| {
+        burn_cubecl::ops::numeric::empty_device_contiguous_dtype(
+            like.client.clone(),
+            like.device.clone(),
+            burn::tensor::Shape::new([batch, len, cols]),
+            like.dtype,
+        )
+    };
+    (out(d_inner), out(d_state), out(d_state))
+}
+
+/// Cubes of [`dbc_mma_kernel`] (and of the fused convolution's kernel) over `rows` rows: four
+/// warps per cube, one tile of 16 rows per warp.
+pub(crate) fn dbc_cubes(rows: usize) -> Option<(CubeCount, CubeDim)> {
+    let warps_per_cube = 4u32;
+    let tiles = rows.div_ceil(16);
+    let cubes = u32::try_from(tiles.div_ceil(warps_per_cube as usize)).ok()?;
+    Some((
+        CubeCount::Static(cubes, 1, 1),
+        CubeDim::new_2d(32, warps_per_cube),
+    ))
 }
 
 /// `w` with its first two dimensions swapped (a view).
@@ -1056,8 +1126,6 @@ fn dbc_mma_kernel<V: Size>(
         terminate!();
     }
     let n_tiles = comptime!((dt_rank + 2 * d_state) / 8);
-    let dt_tiles = comptime!(dt_rank / 8);
-    let d_tiles = comptime!(d_state / 8);
     let last = rows - 1;
     let row_lo = r0 + group;
     let row_hi = row_lo + 8;
@@ -1089,34 +1157,86 @@ fn dbc_mma_kernel<V: Size>(
             xa = x[xlo * kv + s];
             xb = x[xhi * kv + s];
         }
-        #[unroll]
-        for half in 0..2usize {
-            let mut a = Vector::<u32, Const<4>>::empty();
-            a.insert(0usize, xa.extract(2 * half));
-            a.insert(1usize, xb.extract(2 * half));
-            a.insert(2usize, xa.extract(2 * half + 1));
-            a.insert(3usize, xb.extract(2 * half + 1));
-            #[unroll]
-            for j in 0..n_tiles {
-                let wv = wxt[(j * 8 + group) * kv + s];
-                let mut bw = Vector::<u32, Const<2>>::empty();
-                bw.insert(0usize, wv.extract(2 * half));
-                bw.insert(1usize, wv.extract(2 * half + 1));
-                let mut cj = Acc::empty();
-                #[unroll]
-                for e in 0..4usize {
-                    cj.insert(e, acc[j * 4 + e]);
-                }
-                let dj = mma_16x8x16(a, bw, cj, bf16);
-                #[unroll]
-                for e in 0..4usize {
-                    acc[j * 4 + e] = dj.extract(e);
-                }
-            }
-        }
+        x_proj_step(xa, xb, wxt, &mut acc, s, kv, group, n_tiles, bf16);
         s += 4;
     }
+    dbc_finish(
+        &acc, wdtt, bias, delta, b, c, rows, d_inner, row_lo, row_hi, dt_rank, d_state, bf16,
+        unroll,
+    );
+}
 
+/// One step of x_proj in [`dbc_mma_kernel`]: the lane's 16-byte vectors `xa` (row `r0 + g`)
+/// and `xb` (row `r0 + g + 8`) of `x`, vector `s` of the row (`kv` per row), times the
+/// transposed weight's vector `s` of rows `8j + g` (tile `j`), accumulated in `acc` (four
+/// floats per tile of 16 x 8; `n_tiles` tiles).
+#[cube]
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn x_proj_step<V: Size>(
+    xa: Vector<u32, V>,
+    xb: Vector<u32, V>,
+    wxt: &Tensor<Vector<u32, V>>,
+    acc: &mut Array<f32>,
+    s: usize,
+    kv: usize,
+    group: usize,
+    #[comptime] n_tiles: usize,
+    #[comptime] bf16: bool,
+) {
+    #[unroll]
+    for half in 0..2usize {
+        let mut a = Vector::<u32, Const<4>>::empty();
+        a.insert(0usize, xa.extract(2 * half));
+        a.insert(1usize, xb.extract(2 * half));
+        a.insert(2usize, xa.extract(2 * half + 1));
+        a.insert(3usize, xb.extract(2 * half + 1));
+        #[unroll]
+        for j in 0..n_tiles {
+            let wv = wxt[(j * 8 + group) * kv + s];
+            let mut bw = Vector::<u32, Const<2>>::empty();
+            bw.insert(0usize, wv.extract(2 * half));
+            bw.insert(1usize, wv.extract(2 * half + 1));
+            let mut cj = Acc::empty();
+            #[unroll]
+            for e in 0..4usize {
+                cj.insert(e, acc[j * 4 + e]);
+            }
+            let dj = mma_16x8x16(a, bw, cj, bf16);
+            #[unroll]
+            for e in 0..4usize {
+                acc[j * 4 + e] = dj.extract(e);
+            }
+        }
+    }
+}
+
+/// The end of [`dbc_mma_kernel`] for a warp's rows `row_lo` (lane's `r0 + g`) and `row_hi`
+/// (`r0 + g + 8`) from x_proj's accumulators `acc`: `B` and `C` written, and dt_proj with its
+/// softplus epilogue written as `Δ` (steps 2 and 3 there).
+#[cube]
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn dbc_finish<V: Size>(
+    acc: &Array<f32>,
+    wdtt: &Tensor<u32>,
+    bias: &Tensor<f32>,
+    delta: &mut Tensor<Vector<u32, V>>,
+    b: &mut Tensor<u32>,
+    c: &mut Tensor<u32>,
+    rows: usize,
+    d_inner: usize,
+    row_lo: usize,
+    row_hi: usize,
+    #[comptime] dt_rank: usize,
+    #[comptime] d_state: usize,
+    #[comptime] bf16: bool,
+    #[comptime] unroll: usize,
+) {
+    let lane = UNIT_POS_X as usize;
+    let group = lane / 4;
+    let quad = lane % 4;
+    let n_tiles = comptime!((dt_rank + 2 * d_state) / 8);
+    let dt_tiles = comptime!(dt_rank / 8);
+    let d_tiles = comptime!(d_state / 8);
     // 2. B and C.
     let sw = comptime!(d_state / 2);
     let lo_ok = row_lo < rows;
