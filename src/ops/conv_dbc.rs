@@ -86,6 +86,10 @@ fn conv_dbc_mma(input: &ConvDbcInput<CubeBackend>) -> Option<ConvDbcOutput<CubeB
     let (batch, len, cx, k, d_inner) = (*batch, *len, *cx, *k, *d_inner);
     let rows = batch * len;
     let act = x.dtype;
+    // 16-bit activations only (the tensor cores'); checked again, with the weights, below.
+    if !matches!(act, DType::F16 | DType::BF16) {
+        return None;
+    }
     let act_elem = activation_elem(act)?;
     let k1 = k.checked_sub(1)?;
     let conv_fits = k <= MAX_D_CONV
@@ -98,14 +102,6 @@ fn conv_dbc_mma(input: &ConvDbcInput<CubeBackend>) -> Option<ConvDbcOutput<CubeB
     if !conv_fits {
         return None;
     }
-    let DbcOperands {
-        bf16,
-        dt_rank,
-        d_state,
-        wxt,
-        wdtt,
-        bias: dbias,
-    } = dbc_operands(&client, act, d_inner, rows, w_x, w_dt, dt_bias)?;
     let (xs0, xs1) = row_strides(x)?;
     let window = into_contiguous(window.clone());
     let (weight, bias) = (
@@ -122,6 +118,15 @@ fn conv_dbc_mma(input: &ConvDbcInput<CubeBackend>) -> Option<ConvDbcOutput<CubeB
     if !vectors_fit {
         return None;
     }
+    // Last, as it copies the weights transposed.
+    let DbcOperands {
+        bf16,
+        dt_rank,
+        d_state,
+        wxt,
+        wdtt,
+        bias: dbias,
+    } = dbc_operands(&client, act, d_inner, rows, w_x, w_dt, dt_bias)?;
     let device = x.device.clone();
     let empty = |shape: [usize; 3]| {
         empty_device_contiguous_dtype(client.clone(), device.clone(), Shape::new(shape), act)
