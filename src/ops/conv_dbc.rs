@@ -98,7 +98,9 @@ fn conv_dbc_mma(input: &ConvDbcInput<CubeBackend>) -> Option<ConvDbcOutput<CubeB
         && bias.shape().to_vec() == [d_inner]
         && window.dtype == act
         && weight.dtype == DType::F32
-        && bias.dtype == DType::F32;
+        && bias.dtype == DType::F32
+        // The kernel writes `u` and `Δ` with one row width: dt_proj gives `d_inner` columns.
+        && w_dt.shape().to_vec().get(1) == Some(&d_inner);
     if !conv_fits {
         return None;
     }
@@ -121,6 +123,7 @@ fn conv_dbc_mma(input: &ConvDbcInput<CubeBackend>) -> Option<ConvDbcOutput<CubeB
     // Last, as it copies the weights transposed.
     let DbcOperands {
         bf16,
+        d_inner: _,
         dt_rank,
         d_state,
         wxt,

@@ -808,9 +808,11 @@ pub fn dbc_mma_launches() -> usize {
 pub(crate) struct DbcOperands {
     /// bf16 (else f16) activations.
     pub bf16: bool,
+    /// dt_proj's outputs (the width of `Δ`).
+    pub d_inner: usize,
     pub dt_rank: usize,
     pub d_state: usize,
-    /// x_proj's weight transposed, `[dt_rank + 2·d_state, d_inner]`, rows contiguous.
+    /// x_proj's weight transposed, `[dt_rank + 2·d_state, k]`, rows contiguous.
     pub wxt: CubeTensor,
     /// dt_proj's weight transposed, `[d_inner, dt_rank]`, rows contiguous.
     pub wdtt: CubeTensor,
@@ -820,13 +822,14 @@ pub(crate) struct DbcOperands {
 
 /// [`DbcOperands`] where the tensor-core kernel takes the problem: a CUDA device (the kernel
 /// is inline PTX), activations of `dtype` f16 or bf16 with weights in the same format, an f32
-/// bias, `d_inner` a multiple of 32, `dt_rank` of 16, `d_state` of 8, `dt_rank + 2·d_state` at
-/// most [`DBC_MMA_MAX_COLUMNS`], rows (`batch·len`) not empty; `None` otherwise (and when
-/// `GENOMAMBA_DBC_MMA=off` or a strategy was chosen).
+/// bias, x_proj's inner dimension `k` and dt_proj's outputs `d_inner` multiples of 32,
+/// `dt_rank` of 16, `d_state` of 8, `dt_rank + 2·d_state` at most [`DBC_MMA_MAX_COLUMNS`],
+/// rows (`batch·len`) not empty; `None` otherwise (and when `GENOMAMBA_DBC_MMA=off` or a
+/// strategy was chosen). Call it after checking `x`: it copies the weights transposed.
 pub(crate) fn dbc_operands(
     client: &Client,
     dtype: DType,
-    d_inner: usize,
+    k: usize,
     rows: usize,
     w_x: &CubeTensor,
     w_dt: &CubeTensor,
@@ -848,10 +851,11 @@ pub(crate) fn dbc_operands(
     let ([k2, n_x], [dt_rank, d_out]) = (wx.as_slice(), wdt.as_slice()) else {
         return None;
     };
-    let (n_x, dt_rank) = (*n_x, *dt_rank);
+    let (n_x, dt_rank, d_inner) = (*n_x, *dt_rank, *d_out);
     let d_state = n_x.saturating_sub(dt_rank) / 2;
-    let shapes_fit = *k2 == d_inner
-        && *d_out == d_inner
+    let shapes_fit = *k2 == k
+        && k > 0
+        && k.is_multiple_of(32)
         && d_inner > 0
         && d_inner.is_multiple_of(32)
         && dt_rank > 0
@@ -871,11 +875,12 @@ pub(crate) fn dbc_operands(
     let transposed = |w: &CubeTensor| into_contiguous(swap_first_two::<CubeBackend>(w.clone()));
     let (wxt, wdtt) = (transposed(w_x), transposed(w_dt));
     let bias = into_contiguous(bias.clone());
-    if wxt.meta.strides()[..] != [d_inner, 1] || wdtt.meta.strides()[..] != [dt_rank, 1] {
+    if wxt.meta.strides()[..] != [k, 1] || wdtt.meta.strides()[..] != [dt_rank, 1] {
         return None;
     }
     Some(DbcOperands {
         bf16,
+        d_inner,
         dt_rank,
         d_state,
         wxt,
@@ -895,21 +900,22 @@ fn project_dbc_mma(input: &DbcInput<CubeBackend>) -> Option<DbcOutput<CubeBacken
     };
     let (batch, len, k) = (*batch, *len, *k);
     let rows = batch * len;
-    let DbcOperands {
-        bf16,
-        dt_rank,
-        d_state,
-        wxt,
-        wdtt,
-        bias,
-    } = dbc_operands(&client, x.dtype, k, rows, w_x, w_dt, bias)?;
-    let (d_inner, n_x) = (k, dt_rank + 2 * d_state);
     let x = into_contiguous(x.clone());
     if x.meta.strides()[..] != [len * k, k, 1]
         || !(x.handle.offset_start.unwrap_or(0) as usize).is_multiple_of(16)
     {
         return None;
     }
+    let DbcOperands {
+        bf16,
+        d_inner,
+        dt_rank,
+        d_state,
+        wxt,
+        wdtt,
+        bias,
+    } = dbc_operands(&client, x.dtype, k, rows, w_x, w_dt, bias)?;
+    let n_x = dt_rank + 2 * d_state;
     let (delta, b, c) = dbc_outputs(&x, batch, len, d_inner, d_state);
     let (cubes, dim) = dbc_cubes(rows)?;
     let address = AddressType::from_len((rows * k).max(rows * d_inner).max(n_x * k));
