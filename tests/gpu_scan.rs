@@ -35,17 +35,19 @@ use genomamba::infer::hidden_states;
 use genomamba::model::{GenoModel, MambaConfig, ModelConfig, Precision};
 use genomamba::ops::block::{
     ConvDbc, Impl, add_rms_norm_with, causal_conv_silu_with, conv_dbc_with, project_dbc_with,
-    project_softplus_with, project_with,
+    project_silu_from_with, project_softplus_with, project_with,
 };
 use genomamba::ops::conv_dbc::conv_dbc_launches;
 use genomamba::ops::project_cube::{
     SMALL_K_MAX, Tiling, dbc_mma_launches, default_strategy, default_tiling, refusals,
     set_strategy, set_tiling, small_k_launches, strategy_names,
 };
-use genomamba::ops::project_mma::{GEMM_MAX_K, gemm_mma_launches, set_gemm_band, set_gemm_rows};
+use genomamba::ops::project_mma::{
+    GEMM_MAX_K, gemm_gated_launches, gemm_mma_launches, set_gemm_band, set_gemm_rows,
+};
 use genomamba::ops::{
     ScanArgs, ScanPath, WALK_MIN_LANES, selective_scan, selective_scan_activated,
-    selective_scan_reference, set_scan_path,
+    selective_scan_gated, selective_scan_reference, selective_scan_reference_with, set_scan_path,
 };
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -351,6 +353,187 @@ fn gpu_activated_scan_matches_reference() {
             "{}: y {ey:e} h {eh:e}",
             x.describe()
         );
+    }
+}
+
+/// `SiLU(x)` in f64.
+fn silu64(x: f64) -> f64 {
+    x / (1.0 + (-x).exp())
+}
+
+#[test]
+fn gpu_gated_scan_matches_reference() {
+    // `selective_scan_gated` takes an activated Δ (as `selective_scan_activated`) and the gate
+    // itself in place of `z`; given `softplus(delta + bias) - b2`, `b2` and `SiLU(z)` it must
+    // return what the reference returns for `delta`, `bias` and `z`: through one chunk, the
+    // chunked passes (several chunks, grouped pass 2) and the walk, in f32 and f16.
+    let gpu = require_cuda!();
+    let cases: [([usize; 4], ScanPath); 4] = [
+        ([2, 7, 37, 16], ScanPath::Chunked),
+        ([2, 2049, 37, 16], ScanPath::Chunked),
+        ([2, 4480, 5, 16], ScanPath::Chunked),
+        ([3, 300, 37, 16], ScanPath::Walk(2)),
+    ];
+    for (i, (shape, path)) in cases.into_iter().enumerate() {
+        let _path = scan_path(path);
+        let x = random_case(900 + i as u64, shape, i % 2 == 1);
+        let mut rng = StdRng::seed_from_u64(950 + i as u64);
+        let b2 = normals(&mut rng, x.d_inner, 0.5);
+        let activated: Vec<f32> = x
+            .delta
+            .iter()
+            .enumerate()
+            .map(|(j, &v)| {
+                let ch = j % x.d_inner;
+                (softplus64(v as f64 + x.delta_bias[ch] as f64) - b2[ch] as f64) as f32
+            })
+            .collect();
+        let gate: Vec<f32> = x.z.iter().map(|&v| silu64(v as f64) as f32).collect();
+        let gated_args = |device: &Device| {
+            let mut a = args(&x, device);
+            a.delta = tensor(&activated, [x.batch, x.len, x.d_inner], device);
+            a.delta_bias = tensor(&b2, [x.d_inner], device);
+            a.z = tensor(&gate, [x.batch, x.len, x.d_inner], device);
+            a
+        };
+        let (want_y, want_h) = reference(&x);
+        // The CPU's reference of the gated form is the same scan.
+        let (ref_y, ref_h) = outputs(
+            &x,
+            selective_scan_reference_with(gated_args(&Device::flex()), false, false),
+            "gated reference",
+        );
+        let (ry, rh) = (rel_err(&ref_y, &want_y), rel_err(&ref_h, &want_h));
+        assert!(
+            ry <= 1e-5 && rh <= 1e-5,
+            "gated reference: y {ry:e} h {rh:e}"
+        );
+        let (got_y, got_h) = outputs(&x, selective_scan_gated(gated_args(&gpu)), "gated");
+        let (ey, eh) = (rel_err(&got_y, &want_y), rel_err(&got_h, &want_h));
+        println!(
+            "gated {:<48} {path:?}: y {ey:9.2e} h {eh:9.2e}",
+            x.describe()
+        );
+        assert!(
+            ey <= TOL && eh <= TOL,
+            "{}: y {ey:e} h {eh:e}",
+            x.describe()
+        );
+        // In f16 against the gated reference on the same rounded inputs.
+        let half = |a: ScanArgs| ScanArgs {
+            u: a.u.cast(FloatDType::F16),
+            delta: a.delta.cast(FloatDType::F16),
+            z: a.z.cast(FloatDType::F16),
+            b: a.b.cast(FloatDType::F16),
+            c: a.c.cast(FloatDType::F16),
+            ..a
+        };
+        let (want_y, want_h) = outputs(
+            &x,
+            selective_scan_reference_with(half(gated_args(&Device::flex())), false, false),
+            "gated f16 reference",
+        );
+        let (got_y, got_h) = outputs(
+            &x,
+            selective_scan_gated(half(gated_args(&gpu))),
+            "gated f16",
+        );
+        let (ey, eh) = (rel_err(&got_y, &want_y), rel_err(&got_h, &want_h));
+        println!(
+            "gated f16 {:<44} {path:?}: y {ey:9.2e} h {eh:9.2e}",
+            x.describe()
+        );
+        assert!(
+            ey <= 2e-3 && eh <= TOL,
+            "f16 {}: y {ey:e} h {eh:e}",
+            x.describe()
+        );
+    }
+}
+
+#[test]
+fn gpu_project_silu_from_matches_reference() {
+    // in_proj with the gate's SiLU on its `z` columns: on CUDA in f16/bf16 the tensor-core
+    // kernel's epilogue (its launches counted) where the first gated column is a multiple of
+    // 64, else the product and the SiLU as tensor operations; against the CPU in f32.
+    let gpu = require_cuda!();
+    let _alone = projections_alone();
+    set_strategy(None);
+    set_gemm_band(None);
+    set_gemm_rows(None);
+    let mut rng = StdRng::seed_from_u64(61);
+    // [batch, len, k, n, from]: in_proj of the d_model 256 model, its gate from column 512;
+    // a first gated column inside an epilogue group (100); all columns gated; none.
+    let shapes: &[[usize; 5]] = if is_cuda(&gpu) {
+        &[
+            [1, 2049, 256, 1024, 512],
+            [1, 40, 96, 192, 100],
+            [2, 37, 96, 128, 0],
+            [1, 33, 96, 128, 128],
+        ]
+    } else {
+        &[[1, 40, 96, 128, 64]]
+    };
+    for &[batch, len, k, n, from] in shapes {
+        let x = normals(&mut rng, batch * len * k, 1.0);
+        let w = normals(&mut rng, k * n, 2.0 / (k as f32).sqrt());
+        let want = host(project_silu_from_with(
+            Impl::Reference,
+            tensor(&x, [batch, len, k], &Device::flex()),
+            tensor(&w, [k, n], &Device::flex()),
+            from,
+        ));
+        // The reference is the product with SiLU on the gated columns.
+        let product = host(project_with(
+            Impl::Reference,
+            tensor(&x, [batch, len, k], &Device::flex()),
+            tensor(&w, [k, n], &Device::flex()),
+        ));
+        for (i, (&p, &v)) in product.iter().zip(&want).enumerate() {
+            let e = if i % n >= from {
+                silu64(p as f64)
+            } else {
+                p as f64
+            };
+            assert!(
+                (v as f64 - e).abs() <= 1e-5 * (1.0 + e.abs()),
+                "reference at {i}"
+            );
+        }
+        let mut formats = vec![(FloatDType::F32, 5e-3), (FloatDType::F16, 4e-3)];
+        if is_cuda(&gpu) {
+            formats.push((FloatDType::BF16, 3e-2));
+        }
+        for (dtype, tol) in formats {
+            let before = gemm_mma_launches();
+            let before_gated = gemm_gated_launches();
+            let got = project_silu_from_with(
+                Impl::Fastest,
+                tensor(&x, [batch, len, k], &gpu).cast(dtype),
+                tensor(&w, [k, n], &gpu).cast(dtype),
+                from,
+            );
+            assert_eq!(got.dims(), [batch, len, n], "shape");
+            assert_eq!(got.dtype(), DType::from(dtype), "format");
+            let got = host(got);
+            let mma = gemm_mma_launches() - before;
+            let gated = gemm_gated_launches() - before_gated;
+            // The product runs on the tensor-core kernel either way; its epilogue applies the
+            // SiLU where `from` is a multiple of 64 below `n`.
+            let half = is_cuda(&gpu) && dtype != FloatDType::F32;
+            assert_eq!(mma, usize::from(half), "[{k},{n}] {dtype:?}: kernel");
+            let fused = half && from % 64 == 0 && from < n;
+            assert_eq!(
+                gated,
+                usize::from(fused),
+                "[{k},{n}] from {from} {dtype:?}: SiLU in the epilogue"
+            );
+            let e = rel_err(&got, &want);
+            println!(
+                "project_silu_from {batch}x{len}x{k} -> {n} from {from} {dtype:?}: {e:9.2e} (mma {mma}, gated {gated})"
+            );
+            assert!(e <= tol, "[{k},{n}] from {from} {dtype:?}: {e:e}");
+        }
     }
 }
 

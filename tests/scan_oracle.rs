@@ -13,7 +13,8 @@
 
 use burn::tensor::{Device, Tensor, TensorData};
 use genomamba::ops::{
-    ScanArgs, selective_scan, selective_scan_activated, selective_scan_reference,
+    ScanArgs, selective_scan, selective_scan_activated, selective_scan_gated,
+    selective_scan_reference,
 };
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -391,6 +392,74 @@ fn activated_scan_matches_the_oracle() {
             .map(|(g, p)| *g as f64 / (1.0 / (1.0 + (-p).exp())))
             .collect();
         assert_close(rel_err(&g_act, &want), 1e-4, "activated d delta", &case);
+    }
+}
+
+/// `selective_scan_gated` (Δ activated as above, `z` the gate itself) against the oracle:
+/// given `softplus(delta + bias) - b2`, `b2` and `SiLU(z)` it returns the oracle's result for
+/// `delta`, `bias` and `z`, on the CPU and on an autodiff device; there the gradient with
+/// respect to its gate is the standard scan's gradient with respect to `z` divided by
+/// `SiLU'(z)`.
+#[test]
+fn gated_scan_matches_the_oracle() {
+    let mut rng = StdRng::seed_from_u64(0x6A7E);
+    let silu = |v: f64| v / (1.0 + (-v).exp());
+    for (i, shape) in [[2, 9, 5, 4], [1, 130, 7, 16], [3, 1, 3, 2]]
+        .into_iter()
+        .enumerate()
+    {
+        let x = random_case(&mut rng, shape, i == 1, 1.0);
+        let b2 = normals(&mut rng, x.d_inner, 0.5);
+        let activated: Vec<f64> = (0..x.delta.len())
+            .map(|j| softplus(x.delta[j] + x.delta_bias[j % x.d_inner]) - b2[j % x.d_inner])
+            .collect();
+        let gate: Vec<f64> = x.z.iter().map(|&v| silu(v)).collect();
+        let case = format!("case {i}: {}", x.describe());
+        let (want_y, want_h) = oracle(&x);
+        let (nb, nl, ni) = (x.batch, x.len, x.d_inner);
+        let gated_args = |device: &Device| {
+            let mut a = args(&x, device);
+            a.delta = tensor(&activated, [nb, nl, ni], device);
+            a.delta_bias = tensor(&b2, [ni], device);
+            a.z = tensor(&gate, [nb, nl, ni], device);
+            a
+        };
+        for device in [Device::flex(), Device::flex().autodiff()] {
+            let (y, h) = selective_scan_gated(gated_args(&device));
+            check_shape(&y, [nb, nl, ni], "gated y");
+            assert_close(rel_err(&host(y), &want_y), TOL_F32, "gated y", &case);
+            assert_close(rel_err(&host(h), &want_h), TOL_F32, "gated h_last", &case);
+        }
+        // Gradients of sum(y) with respect to each scan's `z`.
+        let device = Device::flex().autodiff();
+        let grad_of = |gated_path: bool| {
+            let mut a = if gated_path {
+                gated_args(&device)
+            } else {
+                args(&x, &device)
+            };
+            let z = a.z.clone().require_grad();
+            a.z = z.clone();
+            let (y, _) = if gated_path {
+                selective_scan_gated(a)
+            } else {
+                selective_scan(a)
+            };
+            let grads = y.sum().backward();
+            host(z.grad(&grads).expect("gradient of z"))
+        };
+        let (g_gate, g_std) = (grad_of(true), grad_of(false));
+        let got: Vec<f64> = g_gate
+            .iter()
+            .zip(&x.z)
+            .map(|(g, &v)| {
+                let s = 1.0 / (1.0 + (-v).exp());
+                *g as f64 * (s * (1.0 + v * (1.0 - s)))
+            })
+            .collect();
+        let got: Vec<f32> = got.iter().map(|&v| v as f32).collect();
+        let want: Vec<f64> = g_std.iter().map(|&v| v as f64).collect();
+        assert_close(rel_err(&got, &want), 1e-4, "gated d z", &case);
     }
 }
 

@@ -11,7 +11,7 @@ use burn::tensor::{Device, FloatDType, Int, Tensor, TensorData};
 use super::config::MambaConfig;
 use super::state::{LayerState, MambaState};
 use crate::ops::block::add_rms_norm;
-use crate::ops::{ScanArgs, selective_scan, selective_scan_activated};
+use crate::ops::{ScanArgs, selective_scan, selective_scan_activated, selective_scan_gated};
 use crate::{Error, Result};
 
 /// Number format of the activations inside the blocks (`--precision`).
@@ -187,7 +187,19 @@ impl MambaBlock {
         let [d_inner, _, _, _] = self.sizes;
         let [batch, len, _] = normed.dims();
         let half = self.precision.half();
-        let xz = project(&self.in_proj, normed, half);
+        // Where the scan takes an activated Δ (off the CPU) and in_proj has no bias, in_proj
+        // applies the gate's SiLU to its `z` columns itself (in the tensor-core kernel's
+        // epilogue on CUDA in f16/bf16), and the scan multiplies by the gate as it is.
+        let gated = self.no_bias.is_some() && self.in_proj.bias.is_none() && gate_in_proj();
+        let xz = if gated {
+            crate::ops::block::project_silu_from(
+                in_format(normed, half),
+                self.in_proj.weight.val(),
+                d_inner,
+            )
+        } else {
+            project(&self.in_proj, normed, half)
+        };
         let z = xz.clone().slice([0..batch, 0..len, d_inner..2 * d_inner]);
 
         // Causal depthwise conv over [carried window | chunk], fused with SiLU; it reads the
@@ -250,6 +262,7 @@ impl MambaBlock {
                 }
             };
         let new_conv = new_conv.cast(FloatDType::F32);
+        let scan: Scan = if gated { selective_scan_gated } else { scan };
         let (y, ssm) = scan(ScanArgs {
             u,
             delta,
@@ -277,6 +290,14 @@ impl MambaBlock {
 /// `off`, for comparisons. The CPU's scan applies them in its own loop, so it keeps them.
 fn fused_dt() -> bool {
     std::env::var("GENOMAMBA_FUSED_DT").map_or(true, |v| v != "off")
+}
+
+/// Whether blocks that run the scan with an activated Δ ([`fused_dt`]) and have no in_proj
+/// bias apply the gate's SiLU in in_proj ([`project_silu_from`](crate::ops::block::project_silu_from))
+/// and run [`selective_scan_gated`]: yes unless the environment variable
+/// `GENOMAMBA_GATE_IN_PROJ` is `off`, for comparisons.
+fn gate_in_proj() -> bool {
+    std::env::var("GENOMAMBA_GATE_IN_PROJ").map_or(true, |v| v != "off")
 }
 
 /// `w` stored row-major on its device, unless that is the CPU (whose matrix product reads

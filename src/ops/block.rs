@@ -237,6 +237,20 @@ pub trait BlockOpsBackend: Backend {
         project_softplus_reference::<Self>(x, w, bias)
     }
 
+    /// `x · w` with SiLU on the output columns from `from` on, for `x: [batch, length, in]`
+    /// and `w: [in, out]` in their (common) float format: in_proj with the gate's activation
+    /// (its first `d_inner` columns, the convolution's input, as they are; the rest, `z`, as
+    /// `SiLU(z)` for `selective_scan_gated`). The SiLU is computed in f32 and rounded once.
+    // Under Fusion: one custom operation, `[batch, length, out]` in the format of `x`.
+    #[fusion(dtype = x, shape = project_shape(x, w))]
+    fn project_silu_from(
+        x: FloatTensor<Self>,
+        w: FloatTensor<Self>,
+        from: usize,
+    ) -> FloatTensor<Self> {
+        project_silu_from_reference::<Self>(x, w, from)
+    }
+
     /// x_proj, then dt_proj on its first `dt_rank` columns with the time step's bias and
     /// softplus: `Δ`, `B` and `C` for `selective_scan_activated` ([`DbcOutput`]).
     // Under Fusion: one custom operation.
@@ -323,6 +337,14 @@ impl BlockOpsBackend for burn_cubecl::CubeBackend {
         super::project_cube::project_softplus_cube(x, w, bias)
     }
 
+    fn project_silu_from(
+        x: FloatTensor<Self>,
+        w: FloatTensor<Self>,
+        from: usize,
+    ) -> FloatTensor<Self> {
+        super::project_cube::project_silu_from_cube(x, w, from)
+    }
+
     fn project_dbc(input: DbcInput<Self>) -> DbcOutput<Self> {
         super::project_cube::project_dbc_cube(input)
     }
@@ -402,6 +424,36 @@ pub fn project_softplus_reference<B: Backend>(
     let p = to_f32::<B>(project_reference::<B>(x, w));
     let bias = B::float_reshape(to_f32::<B>(bias), Shape::new([1, 1, out]));
     to_dtype::<B>(softplus::<B>(B::float_add(p, bias)), dtype)
+}
+
+/// [`BlockOpsBackend::project_silu_from`] as the backend's matrix product (in the format of
+/// `x`), then SiLU in f32 on columns `from..`, rounded back to that format.
+pub fn project_silu_from_reference<B: Backend>(
+    x: FloatTensor<B>,
+    w: FloatTensor<B>,
+    from: usize,
+) -> FloatTensor<B> {
+    silu_from::<B>(project_reference::<B>(x, w), from)
+}
+
+/// `p` (`[batch, length, n]`) with SiLU (in f32, rounded back to the format of `p`) on its
+/// columns `from..`.
+pub(crate) fn silu_from<B: Backend>(p: FloatTensor<B>, from: usize) -> FloatTensor<B> {
+    let [batch, len, n] = <[usize; 3]>::try_from(dims::<B>(&p)).unwrap_or([0, 0, 0]);
+    if from >= n {
+        return p;
+    }
+    let dtype = p.dtype();
+    let cols = |c: std::ops::Range<usize>| -> [Slice; 3] {
+        [(0..batch).into(), (0..len).into(), c.into()]
+    };
+    let tail = B::float_slice(p.clone(), &cols(from..n));
+    let tail = to_dtype::<B>(super::scan_reference::silu::<B>(to_f32::<B>(tail)), dtype);
+    if from == 0 {
+        return tail;
+    }
+    let head = B::float_slice(p, &cols(0..from));
+    B::float_cat(vec![head, tail], 2)
 }
 
 /// [`BlockOpsBackend::project_dbc`] as x_proj through the backend's matrix product, three
@@ -782,6 +834,25 @@ pub fn project_with(which: Impl, x: Tensor<3>, w: Tensor<2>) -> Tensor<3> {
         Impl::Fastest => <Dispatch as BlockOpsBackend>::project(x, w),
         Impl::Reference => <Dispatch as BlockOpsBackend>::project_reference(x, w),
     })
+}
+
+/// [`project_silu_from`] with a choice of implementation.
+pub fn project_silu_from_with(which: Impl, x: Tensor<3>, w: Tensor<2>, from: usize) -> Tensor<3> {
+    let (x, w) = (x.into_dispatch(), w.into_dispatch());
+    Tensor::from_dispatch(match which {
+        Impl::Fastest => <Dispatch as BlockOpsBackend>::project_silu_from(x, w, from),
+        Impl::Reference => project_silu_from_reference::<Dispatch>(x, w, from),
+    })
+}
+
+/// `x · w` with SiLU on the output columns `from..`, on the device of `x`: in_proj with the
+/// gate's activation, for [`selective_scan_gated`](super::scan::selective_scan_gated) (on
+/// CUDA in f16/bf16 the SiLU runs in the tensor-core kernel's epilogue).
+///
+/// # Shapes
+/// - x: `[batch, length, in]`, w: `[in, out]`; returns `[batch, length, out]`
+pub fn project_silu_from(x: Tensor<3>, w: Tensor<2>, from: usize) -> Tensor<3> {
+    project_silu_from_with(Impl::Fastest, x, w, from)
 }
 
 /// [`project_softplus`] with a choice of implementation.

@@ -31,7 +31,8 @@ mod scan_walk;
 pub use scan::{
     ScanArgs, ScanGradTensors, ScanGrads, ScanInput, ScanOutput, SelectiveScanBackend,
     selective_scan, selective_scan_activated, selective_scan_backward,
-    selective_scan_backward_reference, selective_scan_reference,
+    selective_scan_backward_reference, selective_scan_gated, selective_scan_reference,
+    selective_scan_reference_with,
 };
 #[cfg(feature = "cuda")]
 pub use scan_cube::cuda_sources as scan_cuda_sources;

@@ -299,6 +299,17 @@ pub(crate) fn project_cube(x: CubeTensor, w: CubeTensor) -> CubeTensor {
     burn_matmul(x, w3)
 }
 
+/// `x · w` with SiLU on the output columns `from..` (in_proj with the gate's activation):
+/// [`project_mma_gated`](super::project_mma::project_mma_gated), whose epilogue applies it,
+/// where that takes the problem, else [`project_cube`] and the SiLU as tensor operations.
+pub(crate) fn project_silu_from_cube(x: CubeTensor, w: CubeTensor, from: usize) -> CubeTensor {
+    let w3 = super::block::batched_weight::<CubeBackend>(w.clone());
+    if let Some(out) = super::project_mma::project_mma_gated(&x, &w3, Some(from)) {
+        return out;
+    }
+    super::block::silu_from::<CubeBackend>(project_cube(x, w), from)
+}
+
 /// `softplus(x · w + bias)` (dt_proj with the time step's bias and softplus, for
 /// `selective_scan_activated`): [`small_k_kernel`] with its softplus where it takes the
 /// problem (dt_proj's usual shapes), else the reference (a matrix product, then tensor

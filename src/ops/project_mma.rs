@@ -29,7 +29,7 @@ use cubecl::ir::AddressType;
 use cubecl::prelude::*;
 
 use super::project_cube::{NamedChoice, mma_16x8x16, pack2, strategy_chosen};
-use super::scan_cube::{fast_math, positive_env};
+use super::scan_cube::{fast_math, positive_env, silu};
 
 /// Largest inner dimension [`project_mma`] takes: a lane holds `k / 8` words of `x` per 8 rows
 /// of its tile in registers (128 for 32-row tiles at `k` 256, and for 16-row tiles at 512).
@@ -73,6 +73,13 @@ fn row_tiles() -> usize {
 
 static GEMM_MMA_LAUNCHES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
+static GEMM_GATED_LAUNCHES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// How many of [`gemm_mma_launches`] applied the gate's SiLU in the epilogue (for tests).
+pub fn gemm_gated_launches() -> usize {
+    GEMM_GATED_LAUNCHES.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 /// How many times so far a projection ran as [`gemm_rows_kernel`] (for tests).
 pub fn gemm_mma_launches() -> usize {
     GEMM_MMA_LAUNCHES.load(std::sync::atomic::Ordering::Relaxed)
@@ -111,6 +118,20 @@ fn band_for(k: usize, n: usize, max_smem: usize) -> Option<usize> {
 /// `GENOMAMBA_GEMM_MAX_K`, or a cubek strategy was chosen). Past `k` 256 warp tiles are 16 rows
 /// whatever `GENOMAMBA_GEMM_ROWS` says (registers).
 pub(crate) fn project_mma(x: &CubeTensor, w3: &CubeTensor) -> Option<CubeTensor> {
+    project_mma_gated(x, w3, None)
+}
+
+/// [`project_mma`], with `gate_from` also SiLU on the output columns from there on (in f32,
+/// before the rounding; in_proj with the gate's activation): the kernel takes it where
+/// `gate_from` is a multiple of 64 (its epilogue's groups of columns), else `None`.
+pub(crate) fn project_mma_gated(
+    x: &CubeTensor,
+    w3: &CubeTensor,
+    gate_from: Option<usize>,
+) -> Option<CubeTensor> {
+    if gate_from.is_some_and(|f| !f.is_multiple_of(64)) {
+        return None;
+    }
     let client = x.client.clone();
     let bf16 = match x.dtype {
         DType::F16 => false,
@@ -171,9 +192,11 @@ pub(crate) fn project_mma(x: &CubeTensor, w3: &CubeTensor) -> Option<CubeTensor>
     let slices = tiles.div_ceil(tiles_per_slice);
     let cubes = u32::try_from(slices * bands).ok()?;
     let address = AddressType::from_len((rows * k).max(rows * n).max(k * n));
+    let gate = gate_from.is_some_and(|f| f < n);
     // SAFETY: a cube reads the band `[n0, n0 + band)` of `w` (`n0 + band <= n`, rows below
-    // `k`) and rows of `x` below `rows` (clamped to `rows - 1`), columns below `k`; it writes
-    // rows below `rows` of `out`, columns inside its band. All three are contiguous, start on
+    // `k`), or with the gate its groups of 64 columns `p · bands + bi < n / 64`, and rows of
+    // `x` below `rows` (clamped to `rows - 1`), columns below `k`; it writes rows below `rows`
+    // of `out`, columns inside its band (or groups). All three are contiguous, start on
     // 16-byte boundaries and have rows of a multiple of 8 16-bit values (`k` of 32, `n` of
     // 64), so every 16-byte vector read or written lies inside them. Shared memory holds
     // `band · k / 8` vectors (`band / 16` tiles x `k / 16` steps x 32 lanes) and is indexed
@@ -191,13 +214,18 @@ pub(crate) fn project_mma(x: &CubeTensor, w3: &CubeTensor) -> Option<CubeTensor>
             rows,
             n,
             tiles_per_slice,
+            gate_from.unwrap_or(n),
             k,
             band,
             row_tiles,
             bf16,
+            gate,
         );
     }
     GEMM_MMA_LAUNCHES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    if gate {
+        GEMM_GATED_LAUNCHES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
     Some(out)
 }
 
@@ -209,14 +237,21 @@ pub(crate) fn project_mma(x: &CubeTensor, w3: &CubeTensor) -> Option<CubeTensor>
 /// loaded. See [`gemm_rows_kernel`] for which columns and `k` each vector holds. The cube's
 /// threads take items of 8 columns x 8 `k` (eight 16-byte loads of rows `8kb..` at columns
 /// `n0 + 8q..`, eight 16-byte stores); a barrier ends it.
+///
+/// With `strided`, the band's columns are not one range but its `band / 64` groups of 64,
+/// group `p` being the weight's group `p · bands + bi` (see [`gemm_rows_kernel`]).
 #[cube]
+#[allow(clippy::too_many_arguments)]
 fn fill_band<V: Size>(
     w: &Tensor<Vector<u32, V>>,
     wt: &mut Shared<[Vector<u32, V>]>,
     n0: usize,
     nv: usize,
+    bi: usize,
+    bands: usize,
     #[comptime] k: usize,
     #[comptime] band: usize,
+    #[comptime] strided: bool,
 ) {
     let groups = comptime!(band / 8);
     let kv = comptime!(k / 8);
@@ -226,10 +261,16 @@ fn fill_band<V: Size>(
     while item < comptime!(groups * kv) {
         let q = item % groups;
         let kb = item / groups;
+        // The weight's vector (of 8 columns) that item column `q` holds.
+        let col8 = if strided {
+            ((q / 8) * bands + bi) * 8 + q % 8
+        } else {
+            n0 / 8 + q
+        };
         let mut words = Array::<u32>::new(32usize);
         #[unroll]
         for r in 0..8usize {
-            let v = w[(kb * 8 + r) * nv + n0 / 8 + q];
+            let v = w[(kb * 8 + r) * nv + col8];
             #[unroll]
             for e in 0..4usize {
                 words[r * 4 + e] = v.extract(e);
@@ -296,10 +337,12 @@ fn gemm_rows_kernel<V: Size>(
     rows: usize,
     n: usize,
     tiles_per_slice: usize,
+    gate_from: usize,
     #[comptime] k: usize,
     #[comptime] band: usize,
     #[comptime] row_tiles: usize,
     #[comptime] bf16: bool,
+    #[comptime] gate: bool,
 ) {
     let lane = UNIT_POS_X as usize;
     let warp = UNIT_POS_Y as usize;
@@ -312,12 +355,17 @@ fn gemm_rows_kernel<V: Size>(
     let kv = comptime!(k / 8);
     let bands = n / band;
     let cube = CUBE_POS_X as usize;
-    let n0 = (cube % bands) * band;
+    let bi = cube % bands;
+    let n0 = bi * band;
     let slice = cube / bands;
     let nv = n / 8;
 
+    // With `gate`, the band's groups of 64 columns are strided over the output (group `p` is
+    // the output's group `p · bands + bi`), so that every cube has about as many gated columns
+    // as the others: on the H200 a band of only gated columns made its cubes, and so the
+    // kernel, 66 us slower (in_proj at 262,144 rows).
     let mut wt = Shared::<[Vector<u32, V>]>::new_slice(comptime!(band * k / 8));
-    fill_band(w, &mut wt, n0, nv, k, band);
+    fill_band(w, &mut wt, n0, nv, bi, bands, k, band, gate);
 
     let tile_rows = comptime!(16 * row_tiles);
     let tiles = rows.div_ceil(tile_rows);
@@ -382,7 +430,21 @@ fn gemm_rows_kernel<V: Size>(
                     }
                 }
             }
-            let col = (n0 + 64 * p) / 8 + group;
+            // The output's group of 64 columns this `p` computes.
+            let g64 = if gate { p * bands + bi } else { n0 / 64 + p };
+            let col = g64 * 8 + group;
+            // With `gate`, columns from `gate_from` on (a multiple of 64, so whole groups of
+            // 64) leave as SiLU of their sums. (`gate` is resolved when the kernel is
+            // expanded, the column test when it runs.)
+            #[allow(clippy::collapsible_if)]
+            if gate {
+                if g64 * 64 >= gate_from {
+                    #[unroll]
+                    for i in 0..comptime!(4 * parts * 4) {
+                        acc[i] = silu(acc[i], true);
+                    }
+                }
+            }
             #[unroll]
             for t in 0..parts {
                 #[unroll]
@@ -409,13 +471,15 @@ fn gemm_rows_kernel<V: Size>(
 
 /// The CUDA C++ of [`gemm_rows_kernel`] for an sm_90 device (an H200), without a GPU, for
 /// an inner dimension `k` (multiple of 32), bands of `band` columns (64, 128 or 256),
-/// `row_tiles` and 16-bit activations (`bf16` or f16): for reading the generated code.
+/// `row_tiles` and 16-bit activations (`bf16` or f16), with `gate` the SiLU epilogue (on all
+/// columns): for reading the generated code.
 #[cfg(feature = "cuda")]
 pub fn gemm_cuda_source(
     bf16: bool,
     row_tiles: usize,
     k: usize,
     band: usize,
+    gate: bool,
 ) -> Result<String, String> {
     use super::scan_cube::Sm90;
     use cubecl::CubeKernel;
@@ -434,10 +498,12 @@ pub fn gemm_cuda_source(
         1,    // rows
         band, // n
         1,    // tiles per slice
+        0,    // SiLU from column 0 (with `gate`)
         k,
         band,
         row_tiles,
         bf16,
+        gate,
     );
     sm90.compile("gemm_rows", kernel.define())
         .map(|(_, source)| source)
@@ -471,19 +537,24 @@ mod tests {
     #[test]
     fn gemm_kernel_compiles_to_tensor_core_instructions() {
         // in_proj and out_proj of the d_model 256 model.
-        for (bf16, row_tiles, k, band) in [
-            (false, 2, 256, 256),
-            (true, 2, 256, 256),
-            (false, 1, 256, 256),
-            (false, 1, 512, 128),
+        // in_proj with the gate's SiLU too.
+        for (bf16, row_tiles, k, band, gate) in [
+            (false, 2, 256, 256, false),
+            (true, 2, 256, 256, false),
+            (false, 1, 256, 256, false),
+            (false, 1, 512, 128, false),
+            (false, 2, 256, 256, true),
+            (true, 2, 256, 256, true),
         ] {
-            let source = super::gemm_cuda_source(bf16, row_tiles, k, band).unwrap();
-            let name = format!("gemm_rows_{row_tiles}_k{k}_bf16_{bf16}");
+            let source = super::gemm_cuda_source(bf16, row_tiles, k, band, gate).unwrap();
+            let name = format!("gemm_rows_{row_tiles}_k{k}_bf16_{bf16}_gate_{gate}");
             super::super::project_cube::assert_tensor_core_mma(&name, &source, bf16);
             assert!(
                 source.contains("__shared__"),
                 "bf16 {bf16}: no shared memory"
             );
+            // The gate's SiLU is the approximate `2^x` and reciprocal, only where asked for.
+            assert_eq!(source.contains("ex2.approx"), gate, "{name}");
         }
     }
 }

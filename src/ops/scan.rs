@@ -151,7 +151,18 @@ pub trait SelectiveScanBackend: Backend {
     /// by op); the CubeCL backend runs the kernels without their softplus.
     #[fusion(meta = |input| ScanOutputMetadata { y: input.u.clone(), h: input.h0.clone() })]
     fn selective_scan_activated(#[extension_type] input: ScanInput<Self>) -> ScanOutput<Self> {
-        super::scan_reference::scan_reference_with::<Self>(input, false)
+        super::scan_reference::scan_reference_with::<Self>(input, false, true)
+    }
+
+    /// The scan of a `delta` that is already activated (as `selective_scan_activated`) whose
+    /// `z` is already the gate: `y = (C·h + D·u) ⊙ z`, for callers that applied the SiLU
+    /// where `z` was made ([`project_silu_from`](super::block::project_silu_from): in_proj
+    /// with the gate's activation). The default body is the reference (autodiff
+    /// differentiates it op by op); the CubeCL backend runs the kernels without their softplus
+    /// and SiLU.
+    #[fusion(meta = |input| ScanOutputMetadata { y: input.u.clone(), h: input.h0.clone() })]
+    fn selective_scan_gated(#[extension_type] input: ScanInput<Self>) -> ScanOutput<Self> {
+        super::scan_reference::scan_reference_with::<Self>(input, false, false)
     }
 
     /// The reference implementation in plain tensor operations (every backend, every device).
@@ -203,7 +214,11 @@ impl SelectiveScanBackend for burn_cubecl::CubeBackend {
     }
 
     fn selective_scan_activated(input: ScanInput<Self>) -> ScanOutput<Self> {
-        super::scan_cube::scan_cube_with(input, false)
+        super::scan_cube::scan_cube_with(input, false, true)
+    }
+
+    fn selective_scan_gated(input: ScanInput<Self>) -> ScanOutput<Self> {
+        super::scan_cube::scan_cube_with(input, false, false)
     }
 }
 
@@ -335,6 +350,30 @@ pub fn selective_scan_activated(args: ScanArgs) -> (Tensor<3>, Tensor<3>) {
     from_dispatch(
         <Dispatch as SelectiveScanBackend>::selective_scan_activated(args.into_dispatch()),
     )
+}
+
+/// The selective scan of a `delta` that is already activated and a `z` that is already the
+/// gate (`y = (C·h + D·u) ⊙ z`), with the backend's fastest implementation; see
+/// [`SelectiveScanBackend::selective_scan_gated`].
+pub fn selective_scan_gated(args: ScanArgs) -> (Tensor<3>, Tensor<3>) {
+    from_dispatch(<Dispatch as SelectiveScanBackend>::selective_scan_gated(
+        args.into_dispatch(),
+    ))
+}
+
+/// The reference implementation (plain tensor operations) of [`selective_scan`] (`activate`
+/// and `silu_gate` true), [`selective_scan_activated`] (`activate` false) or
+/// [`selective_scan_gated`] (both false), whatever the backend overrides them with.
+pub fn selective_scan_reference_with(
+    args: ScanArgs,
+    activate: bool,
+    silu_gate: bool,
+) -> (Tensor<3>, Tensor<3>) {
+    from_dispatch(super::scan_reference::scan_reference_with::<Dispatch>(
+        args.into_dispatch(),
+        activate,
+        silu_gate,
+    ))
 }
 
 /// Runs the reference implementation of the selective scan (plain tensor operations).

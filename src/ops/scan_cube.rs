@@ -364,6 +364,13 @@ pub(crate) fn silu(z: f32, #[comptime] fast: bool) -> f32 {
     }
 }
 
+/// The output gate from `z`: `SiLU(z)` with `silu_gate`, else `z` itself (the SiLU was applied
+/// where `z` was made: `selective_scan_gated`, [`scan_cube_with`]).
+#[cube]
+pub(crate) fn gate_of(z: f32, #[comptime] fast: bool, #[comptime] silu_gate: bool) -> f32 {
+    if silu_gate { silu(z, fast) } else { z }
+}
+
 /// Pass 1: each chunk's state from zero, and the chunk's sum of `Δ`.
 ///
 /// One thread per `(b, chunk k, channel d)`, a cube per `(b, k)` and group of channels
@@ -762,6 +769,7 @@ fn scan_chunk_output_kernel<F: Float, G: Float, V: Size>(
     #[comptime] single_chunk: bool,
     #[comptime] fast: bool,
     #[comptime] activate: bool,
+    #[comptime] silu_gate: bool,
     #[comptime] prefetch: bool,
     #[comptime] depth: usize,
     #[define(F, G)] _elems: [ElemType; 2],
@@ -859,7 +867,7 @@ fn scan_chunk_output_kernel<F: Float, G: Float, V: Size>(
                     }
                     // + D·u, gated by SiLU(z) = z / (1 + exp(-z)).
                     if active {
-                        y[i] = F::cast_from((acc + dskip * ut) * silu(zt, fast));
+                        y[i] = F::cast_from((acc + dskip * ut) * gate_of(zt, fast, silu_gate));
                     }
                     i += d_inner;
                     zi += zs1;
@@ -1018,16 +1026,18 @@ pub(crate) fn activation_elem(dtype: DType) -> Option<ElemType> {
 /// [`activation_elem`]; `A`, `D`, the Δ bias and the state must be f32), shapes it does not
 /// expect, `d_state > MAX_D_STATE`, and empty shapes.
 pub(crate) fn scan_cube(input: ScanInput<CubeBackend>) -> ScanOutput<CubeBackend> {
-    scan_cube_with(input, true)
+    scan_cube_with(input, true, true)
 }
 
 /// [`scan_cube`], or with `activate` false the scan whose `delta` is already activated
-/// (`Δ = delta + delta_bias`, no softplus: `selective_scan_activated`).
+/// (`Δ = delta + delta_bias`, no softplus: `selective_scan_activated`), and with `silu_gate`
+/// false also whose `z` is already the gate (no SiLU: `selective_scan_gated`).
 pub(crate) fn scan_cube_with(
     input: ScanInput<CubeBackend>,
     activate: bool,
+    silu_gate: bool,
 ) -> ScanOutput<CubeBackend> {
-    let reference = |input| scan_reference_with::<CubeBackend>(input, activate);
+    let reference = |input| scan_reference_with::<CubeBackend>(input, activate, silu_gate);
     let ushape = input.u.shape().to_vec();
     let ashape = input.a.shape().to_vec();
     let (batch, len, d_inner) = match ushape.as_slice() {
@@ -1187,6 +1197,7 @@ pub(crate) fn scan_cube_with(
                 channels,
                 fast,
                 activate,
+                silu_gate,
                 [act_elem, bc_elem],
             );
         }
@@ -1233,6 +1244,7 @@ pub(crate) fn scan_cube_with(
                 true,
                 fast,
                 activate,
+                silu_gate,
                 prefetch3,
                 depth3,
                 [act_elem, bc_elem],
@@ -1383,6 +1395,7 @@ pub(crate) fn scan_cube_with(
             false,
             fast,
             activate,
+            silu_gate,
             prefetch3,
             depth3,
             [act_elem, bc_elem],
@@ -1508,6 +1521,7 @@ pub fn cuda_sources(
         false, // single_chunk
         true,  // fast
         true,  // activate (softplus)
+        true,  // silu_gate
         prefetch,
         scan_depth().1,
         [elem, bc_elem],
@@ -1552,6 +1566,7 @@ pub fn cuda_sources(
             channels,
             true, // fast
             true, // activate (softplus)
+            true, // silu_gate
             [elem, bc_elem],
         )
     });

@@ -54,12 +54,18 @@ pub(crate) fn silu<B: Backend>(x: FloatTensor<B>) -> FloatTensor<B> {
 /// Computes in f32 whatever the inputs' formats: inputs in a half format are widened first,
 /// `y` is returned in the format of `u` and the last state in f32.
 pub fn scan_reference<B: Backend>(input: ScanInput<B>) -> ScanOutput<B> {
-    scan_reference_with::<B>(input, true)
+    scan_reference_with::<B>(input, true, true)
 }
 
 /// [`scan_reference`], or with `activate` false the scan whose `delta` is already activated:
-/// `Δ = delta + delta_bias`, without the softplus (`selective_scan_activated`).
-pub fn scan_reference_with<B: Backend>(input: ScanInput<B>, activate: bool) -> ScanOutput<B> {
+/// `Δ = delta + delta_bias`, without the softplus (`selective_scan_activated`); with
+/// `silu_gate` false, `z` is the gate itself (already `SiLU(z)`, `selective_scan_gated`) and
+/// multiplies the output as it is.
+pub fn scan_reference_with<B: Backend>(
+    input: ScanInput<B>,
+    activate: bool,
+    silu_gate: bool,
+) -> ScanOutput<B> {
     let act = input.u.dtype();
     let ScanInput {
         u,
@@ -143,10 +149,11 @@ pub fn scan_reference_with<B: Backend>(input: ScanInput<B>, activate: bool) -> S
         t0 = t1;
     }
     let y = B::float_cat(ys, 1);
-    // + D·u, then gate with SiLU(z).
+    // + D·u, then gate with SiLU(z) (or with `z` where it is the gate already).
     let dskip = B::float_reshape(d, Shape::new([1, 1, d_inner]));
     let y = B::float_add(y, B::float_mul(u, dskip));
-    let y = B::float_mul(y, silu::<B>(z));
+    let gate = if silu_gate { silu::<B>(z) } else { z };
+    let y = B::float_mul(y, gate);
     ScanOutput {
         y: to_dtype::<B>(y, act),
         h,

@@ -47,7 +47,7 @@
 
 use cubecl::prelude::*;
 
-use super::scan_cube::{a_scale, decay, silu, time_step};
+use super::scan_cube::{a_scale, decay, gate_of, time_step};
 
 /// Steps per stage per lane of a channel (a stage is `STAGE_PER_LANE · lanes` steps, so every
 /// thread stages `STAGE_PER_LANE` values of `u`, `Δ` and `z`).
@@ -90,6 +90,7 @@ pub(crate) fn scan_walk_kernel<F: Float, G: Float, V: Size>(
     #[comptime] channels: usize,
     #[comptime] fast: bool,
     #[comptime] activate: bool,
+    #[comptime] silu_gate: bool,
     #[define(F, G)] _elems: [ElemType; 2],
 ) {
     let threads = comptime!(channels * lanes);
@@ -186,7 +187,7 @@ pub(crate) fn scan_walk_kernel<F: Float, G: Float, V: Size>(
             let si = (stage_first + r * lanes) * channels + stage_j;
             let ut = f32::cast_from(pu[r]);
             let dt = time_step(f32::cast_from(pd[r]) + bias, fast, activate);
-            let gate = silu(f32::cast_from(pz[r]), fast);
+            let gate = gate_of(f32::cast_from(pz[r]), fast, silu_gate);
             s_dt[si] = dt;
             s_dtu[si] = dt * ut;
             s_gate[si] = gate;
