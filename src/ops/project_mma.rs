@@ -17,6 +17,10 @@
 //! executed instructions and in_proj took 469 us; transposed, 337 us (BENCHMARKS.md, twentieth
 //! session).
 //!
+//! For in_proj the epilogue can also apply the gate's SiLU to the `z` columns
+//! ([`project_mma_gated`]); each cube's band is then taken as groups of 64 columns strided
+//! over the output, so that every cube gates about as many columns as the others.
+//!
 //! `GENOMAMBA_GEMM_MMA=off` goes back to cubek (for comparisons), as does choosing a cubek
 //! strategy. For tuning runs (results do not depend on them): `GENOMAMBA_GEMM_BAND` (64, 128
 //! or 256 columns per band), `GENOMAMBA_GEMM_ROWS` (16 or 32 rows per warp tile),

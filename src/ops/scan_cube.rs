@@ -103,7 +103,12 @@
 //! Every kernel computes `Δ = softplus(delta + bias)` per element, or, for
 //! `selective_scan_activated` ([`scan_cube_with`] with `activate` false), `Δ = delta + bias`:
 //! the model then has dt_proj's kernel apply the softplus once per element instead of once in
-//! each pass (1.02-1.03x end to end on the H200, BENCHMARKS.md).
+//! each pass (1.02-1.03x end to end on the H200, BENCHMARKS.md). Likewise pass 3 and the walk
+//! gate `y` by `SiLU(z)`, or, for `selective_scan_gated` (`silu_gate` false), by `z` as given:
+//! the model then has in_proj's kernel apply the SiLU in its epilogue
+//! ([`project_silu_from`](super::block::project_silu_from)). That takes pass 3 from 18 `MUFU`
+//! per step to 16 (132.5 instructions to 124; at chr20's layer shape in f16 819 us to 762,
+//! in_proj 341 us to 386: about -1% of the block's time; BENCHMARKS.md, twenty-third session).
 //!
 //! The activations (`u`, `Δ`, `z`, `B`, `C` and the output `y`) may be f32, f16 or bf16 (all
 //! in one format, except that `B` and `C` may also be f32 with half activations); they are
