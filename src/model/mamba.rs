@@ -187,10 +187,15 @@ impl MambaBlock {
         let [d_inner, _, _, _] = self.sizes;
         let [batch, len, _] = normed.dims();
         let half = self.precision.half();
-        // Where the scan takes an activated Δ (off the CPU) and in_proj has no bias, in_proj
-        // applies the gate's SiLU to its `z` columns itself (in the tensor-core kernel's
-        // epilogue on CUDA in f16/bf16), and the scan multiplies by the gate as it is.
-        let gated = self.no_bias.is_some() && self.in_proj.bias.is_none() && gate_in_proj();
+        // In f16/bf16, where the scan takes an activated Δ (off the CPU) and in_proj has no
+        // bias, in_proj applies the gate's SiLU to its `z` columns itself (in the tensor-core
+        // kernel's epilogue on CUDA), and the scan multiplies by the gate as it is. Not in
+        // f32: no kernel of in_proj's applies it there, and as tensor operations it would cost
+        // a copy of in_proj's output.
+        let gated = half.is_some()
+            && self.no_bias.is_some()
+            && self.in_proj.bias.is_none()
+            && gate_in_proj();
         let xz = if gated {
             crate::ops::block::project_silu_from(
                 in_format(normed, half),
@@ -292,8 +297,8 @@ fn fused_dt() -> bool {
     std::env::var("GENOMAMBA_FUSED_DT").map_or(true, |v| v != "off")
 }
 
-/// Whether blocks that run the scan with an activated Δ ([`fused_dt`]) and have no in_proj
-/// bias apply the gate's SiLU in in_proj ([`project_silu_from`](crate::ops::block::project_silu_from))
+/// Whether blocks in f16/bf16 that run the scan with an activated Δ ([`fused_dt`]) and have no
+/// in_proj bias apply the gate's SiLU in in_proj ([`project_silu_from`](crate::ops::block::project_silu_from))
 /// and run [`selective_scan_gated`]: yes unless the environment variable
 /// `GENOMAMBA_GATE_IN_PROJ` is `off`, for comparisons.
 fn gate_in_proj() -> bool {
