@@ -311,6 +311,28 @@ fn softplus64(x: f64) -> f64 {
     x.max(0.0) + (-x.abs()).exp().ln_1p()
 }
 
+/// Shapes and paths of the activated and gated scans' tests: one chunk, the chunked passes
+/// (several chunks, grouped pass 2) and the walk.
+const ACTIVATED_CASES: [([usize; 4], ScanPath); 4] = [
+    ([2, 7, 37, 16], ScanPath::Chunked),
+    ([2, 2049, 37, 16], ScanPath::Chunked),
+    ([2, 4480, 5, 16], ScanPath::Chunked),
+    ([3, 300, 37, 16], ScanPath::Walk(2)),
+];
+
+/// `softplus(delta + bias) - b2` per element: the `delta` that, with `b2` as its bias, gives a
+/// scan without softplus the case's time steps.
+fn activated_delta(x: &Case, b2: &[f32]) -> Vec<f32> {
+    x.delta
+        .iter()
+        .enumerate()
+        .map(|(j, &v)| {
+            let ch = j % x.d_inner;
+            (softplus64(v as f64 + x.delta_bias[ch] as f64) - b2[ch] as f64) as f32
+        })
+        .collect()
+}
+
 #[test]
 fn gpu_activated_scan_matches_reference() {
     // `selective_scan_activated` takes `Δ - bias` and `bias` (no softplus); given
@@ -318,26 +340,12 @@ fn gpu_activated_scan_matches_reference() {
     // reference returns for `delta` and `bias`: through one chunk, the chunked passes
     // (several chunks, grouped pass 2) and the walk.
     let gpu = require_cuda!();
-    let cases: [([usize; 4], ScanPath); 4] = [
-        ([2, 7, 37, 16], ScanPath::Chunked),
-        ([2, 2049, 37, 16], ScanPath::Chunked),
-        ([2, 4480, 5, 16], ScanPath::Chunked),
-        ([3, 300, 37, 16], ScanPath::Walk(2)),
-    ];
-    for (i, (shape, path)) in cases.into_iter().enumerate() {
+    for (i, (shape, path)) in ACTIVATED_CASES.into_iter().enumerate() {
         let _path = scan_path(path);
         let x = random_case(700 + i as u64, shape, i % 2 == 1);
         let mut rng = StdRng::seed_from_u64(800 + i as u64);
         let b2 = normals(&mut rng, x.d_inner, 0.5);
-        let activated: Vec<f32> = x
-            .delta
-            .iter()
-            .enumerate()
-            .map(|(j, &v)| {
-                let ch = j % x.d_inner;
-                (softplus64(v as f64 + x.delta_bias[ch] as f64) - b2[ch] as f64) as f32
-            })
-            .collect();
+        let activated = activated_delta(&x, &b2);
         let (want_y, want_h) = reference(&x);
         let mut a = args(&x, &gpu);
         a.delta = tensor(&activated, [x.batch, x.len, x.d_inner], &gpu);
@@ -368,26 +376,12 @@ fn gpu_gated_scan_matches_reference() {
     // return what the reference returns for `delta`, `bias` and `z`: through one chunk, the
     // chunked passes (several chunks, grouped pass 2) and the walk, in f32 and f16.
     let gpu = require_cuda!();
-    let cases: [([usize; 4], ScanPath); 4] = [
-        ([2, 7, 37, 16], ScanPath::Chunked),
-        ([2, 2049, 37, 16], ScanPath::Chunked),
-        ([2, 4480, 5, 16], ScanPath::Chunked),
-        ([3, 300, 37, 16], ScanPath::Walk(2)),
-    ];
-    for (i, (shape, path)) in cases.into_iter().enumerate() {
+    for (i, (shape, path)) in ACTIVATED_CASES.into_iter().enumerate() {
         let _path = scan_path(path);
         let x = random_case(900 + i as u64, shape, i % 2 == 1);
         let mut rng = StdRng::seed_from_u64(950 + i as u64);
         let b2 = normals(&mut rng, x.d_inner, 0.5);
-        let activated: Vec<f32> = x
-            .delta
-            .iter()
-            .enumerate()
-            .map(|(j, &v)| {
-                let ch = j % x.d_inner;
-                (softplus64(v as f64 + x.delta_bias[ch] as f64) - b2[ch] as f64) as f32
-            })
-            .collect();
+        let activated = activated_delta(&x, &b2);
         let gate: Vec<f32> = x.z.iter().map(|&v| silu64(v as f64) as f32).collect();
         let gated_args = |device: &Device| {
             let mut a = args(&x, device);
