@@ -4,8 +4,8 @@
 
 use burn::tensor::{Device, FloatDType, Tensor, TensorData};
 use genomamba::ops::block::{
-    Impl, add_rms_norm_with, causal_conv_silu_with, conv_dbc_with, project_dbc_with,
-    project_silu_from_with, rms_norm_with,
+    Impl, add_rms_norm_with, causal_conv_silu_with, conv_dbc_with, project_add_with,
+    project_dbc_with, project_norm_silu_from_with, project_silu_from_with, rms_norm_with,
 };
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -365,6 +365,115 @@ fn project_silu_from_is_the_product_with_silu_on_the_gate_columns() {
     let ad = dev.autodiff();
     let xt = t3(&x, [batch, len, k], &ad).require_grad();
     let out = project_silu_from_with(Impl::Fastest, xt.clone(), wt(&ad), 5);
+    let grads = out.sum().backward();
+    let g = host(xt.grad(&grads).expect("gradient of x"));
+    assert!(g.iter().all(|v| v.is_finite()) && g.iter().any(|&v| v != 0.0));
+}
+
+#[test]
+fn project_add_is_the_stream_plus_the_product() {
+    // out_proj with the residual add (`project_add`) against a plain f64 loop, in f32 (the sum
+    // and its copy in the activation format are then equal) and with a half-precision `y`
+    // (the copy is the sum rounded to f16); gradients flow to `y` and the stream.
+    let mut rng = StdRng::seed_from_u64(37);
+    let (batch, len, k, n) = (2, 6, 9, 8);
+    let y = rand_vec(&mut rng, batch * len * k);
+    let w = rand_vec(&mut rng, k * n);
+    let x = rand_vec(&mut rng, batch * len * n);
+    let dev = Device::flex();
+    let wt =
+        |dev: &Device| -> Tensor<2> { Tensor::from_data(TensorData::new(w.clone(), [k, n]), dev) };
+    let want: Vec<f64> = (0..batch * len * n)
+        .map(|i| {
+            let (r, j) = (i / n, i % n);
+            let p: f64 = (0..k)
+                .map(|q| y[r * k + q] as f64 * w[q * n + j] as f64)
+                .sum();
+            x[i] as f64 + p
+        })
+        .collect();
+    for which in [Impl::Fastest, Impl::Reference] {
+        let (sum, half) = project_add_with(
+            which,
+            t3(&y, [batch, len, k], &dev),
+            wt(&dev),
+            t3(&x, [batch, len, n], &dev),
+        );
+        assert_eq!(sum.dims(), [batch, len, n]);
+        let e = max_rel(&host(sum.clone()), &want);
+        assert!(e < 1e-5, "sum: {e:e}");
+        assert_eq!(host(sum), host(half), "f32: the copy is the sum");
+        // In f16 the product is rounded before the add, the copy after it.
+        let (sum, half) = project_add_with(
+            which,
+            t3(&y, [batch, len, k], &dev).cast(FloatDType::F16),
+            wt(&dev).cast(FloatDType::F16),
+            t3(&x, [batch, len, n], &dev),
+        );
+        let e = max_rel(&host(sum.clone()), &want);
+        assert!(e < 2e-3, "f16 sum: {e:e}");
+        assert_eq!(
+            host(half),
+            host(sum.cast(FloatDType::F16)),
+            "f16: the copy is the sum rounded"
+        );
+    }
+    let ad = dev.autodiff();
+    let yt = t3(&y, [batch, len, k], &ad).require_grad();
+    let xt = t3(&x, [batch, len, n], &ad).require_grad();
+    let (sum, _) = project_add_with(Impl::Fastest, yt.clone(), wt(&ad), xt.clone());
+    let grads = sum.sum().backward();
+    let gy = host(yt.grad(&grads).expect("gradient of y"));
+    let gx = host(xt.grad(&grads).expect("gradient of x"));
+    assert!(gy.iter().all(|v| v.is_finite()) && gy.iter().any(|&v| v != 0.0));
+    assert!(gx.iter().all(|&v| v == 1.0), "d sum / d stream is one");
+}
+
+#[test]
+fn project_norm_silu_from_is_rms_norm_then_the_gated_product() {
+    // in_proj of the norm (`project_norm_silu_from`) against a plain f64 loop: RMSNorm of each
+    // row times the norm's scale, the product, SiLU from `from` on; gradients flow.
+    let mut rng = StdRng::seed_from_u64(41);
+    let (batch, len, k, n) = (2, 5, 8, 12);
+    let eps = 1e-5;
+    let x = rand_vec(&mut rng, batch * len * k);
+    let norm = rand_vec(&mut rng, k);
+    let w = rand_vec(&mut rng, k * n);
+    let dev = Device::flex();
+    let wt =
+        |dev: &Device| -> Tensor<2> { Tensor::from_data(TensorData::new(w.clone(), [k, n]), dev) };
+    let nt =
+        |dev: &Device| -> Tensor<1> { Tensor::from_data(TensorData::new(norm.clone(), [k]), dev) };
+    for from in [0, 4, 12] {
+        let want: Vec<f64> = (0..batch * len * n)
+            .map(|i| {
+                let (r, j) = (i / n, i % n);
+                let row = &x[r * k..(r + 1) * k];
+                let ms: f64 = row.iter().map(|&v| v as f64 * v as f64).sum::<f64>() / k as f64;
+                let s = 1.0 / (ms + eps).sqrt();
+                let p: f64 = (0..k)
+                    .map(|q| row[q] as f64 * s * norm[q] as f64 * w[q * n + j] as f64)
+                    .sum();
+                if j >= from { p / (1.0 + (-p).exp()) } else { p }
+            })
+            .collect();
+        for which in [Impl::Fastest, Impl::Reference] {
+            let got = project_norm_silu_from_with(
+                which,
+                t3(&x, [batch, len, k], &dev),
+                nt(&dev),
+                wt(&dev),
+                eps,
+                from,
+            );
+            assert_eq!(got.dims(), [batch, len, n]);
+            let e = max_rel(&host(got), &want);
+            assert!(e < 1e-5, "from {from}: {e:e}");
+        }
+    }
+    let ad = dev.autodiff();
+    let xt = t3(&x, [batch, len, k], &ad).require_grad();
+    let out = project_norm_silu_from_with(Impl::Fastest, xt.clone(), nt(&ad), wt(&ad), eps, 4);
     let grads = out.sum().backward();
     let g = host(xt.grad(&grads).expect("gradient of x"));
     assert!(g.iter().all(|v| v.is_finite()) && g.iter().any(|&v| v != 0.0));

@@ -34,8 +34,9 @@ use genomamba::alphabet::tokenize;
 use genomamba::infer::hidden_states;
 use genomamba::model::{GenoModel, MambaConfig, ModelConfig, Precision};
 use genomamba::ops::block::{
-    ConvDbc, Impl, add_rms_norm_with, causal_conv_silu_with, conv_dbc_with, project_dbc_with,
-    project_silu_from_with, project_softplus_with, project_with,
+    ConvDbc, Impl, add_rms_norm_with, causal_conv_silu_with, conv_dbc_with, project_add_with,
+    project_dbc_with, project_norm_silu_from_with, project_silu_from_with, project_softplus_with,
+    project_with,
 };
 use genomamba::ops::conv_dbc::conv_dbc_launches;
 use genomamba::ops::project_cube::{
@@ -43,7 +44,8 @@ use genomamba::ops::project_cube::{
     set_strategy, set_tiling, small_k_launches, strategy_names,
 };
 use genomamba::ops::project_mma::{
-    GEMM_MAX_K, gemm_gated_launches, gemm_mma_launches, set_gemm_band, set_gemm_rows,
+    GEMM_MAX_K, gemm_gated_launches, gemm_mma_launches, gemm_norm_launches, gemm_residual_launches,
+    set_gemm_band, set_gemm_rows,
 };
 use genomamba::ops::{
     ScanArgs, ScanPath, WALK_MIN_LANES, selective_scan, selective_scan_activated,
@@ -527,6 +529,139 @@ fn gpu_project_silu_from_matches_reference() {
                 "project_silu_from {batch}x{len}x{k} -> {n} from {from} {dtype:?}: {e:9.2e} (mma {mma}, gated {gated})"
             );
             assert!(e <= tol, "[{k},{n}] from {from} {dtype:?}: {e:e}");
+        }
+    }
+}
+
+#[test]
+fn gpu_norm_and_residual_projections_match_reference() {
+    // in_proj with the block's norm folded in (`project_norm_silu_from`) and out_proj with the
+    // residual add (`project_add`): on CUDA in f16/bf16 the tensor-core kernel (its norm and
+    // residual launches counted), else tensor operations; against the CPU in f32. The add's
+    // sum equals, bit for bit, the kernel's plain product added to the stream on the GPU, and
+    // its copy in the activation format is that sum rounded.
+    let gpu = require_cuda!();
+    let _alone = projections_alone();
+    set_strategy(None);
+    set_gemm_band(None);
+    set_gemm_rows(None);
+    let mut rng = StdRng::seed_from_u64(67);
+    let eps = 1e-5;
+    // [batch, len, k, n, from]: in_proj of the d_model 256 model (gate from 512), all columns
+    // gated, a gate from 128 of 192.
+    let shapes: &[[usize; 5]] = if is_cuda(&gpu) {
+        &[
+            [1, 2049, 256, 1024, 512],
+            [2, 37, 96, 128, 0],
+            [1, 40, 96, 192, 128],
+        ]
+    } else {
+        &[[1, 40, 96, 128, 64]]
+    };
+    for &[batch, len, k, n, from] in shapes {
+        // A stream of a few units with uneven rows, so that the norm's scale matters.
+        let x: Vec<f32> = normals(&mut rng, batch * len * k, 1.0)
+            .iter()
+            .enumerate()
+            .map(|(i, v)| v * (1.0 + 3.0 * ((i / k) % 5) as f32))
+            .collect();
+        let norm: Vec<f32> = normals(&mut rng, k, 0.2).iter().map(|v| 1.0 + v).collect();
+        let w = normals(&mut rng, k * n, 2.0 / (k as f32).sqrt());
+        let norm_on = |dev: &Device| -> Tensor<1> {
+            Tensor::from_data(TensorData::new(norm.clone(), [k]), dev)
+        };
+        let want = host(project_norm_silu_from_with(
+            Impl::Reference,
+            tensor(&x, [batch, len, k], &Device::flex()),
+            norm_on(&Device::flex()),
+            tensor(&w, [k, n], &Device::flex()),
+            eps,
+            from,
+        ));
+        let mut formats = vec![(FloatDType::F32, 5e-3), (FloatDType::F16, 5e-3)];
+        if is_cuda(&gpu) {
+            formats.push((FloatDType::BF16, 4e-2));
+        }
+        for (dtype, tol) in formats {
+            let before = gemm_norm_launches();
+            let got = project_norm_silu_from_with(
+                Impl::Fastest,
+                tensor(&x, [batch, len, k], &gpu).cast(dtype),
+                norm_on(&gpu),
+                tensor(&w, [k, n], &gpu).cast(dtype),
+                eps,
+                from,
+            );
+            assert_eq!(got.dims(), [batch, len, n], "shape");
+            assert_eq!(got.dtype(), DType::from(dtype), "format");
+            let got = host(got);
+            let launches = gemm_norm_launches() - before;
+            let fused = is_cuda(&gpu) && dtype != FloatDType::F32;
+            assert_eq!(
+                launches,
+                usize::from(fused),
+                "[{k},{n}] {dtype:?}: norm kernel"
+            );
+            let e = rel_err(&got, &want);
+            println!(
+                "project_norm_silu_from {batch}x{len}x{k} -> {n} from {from} {dtype:?}: {e:9.2e} (kernel {launches})"
+            );
+            assert!(e <= tol, "[{k},{n}] from {from} {dtype:?}: {e:e}");
+        }
+    }
+    // [batch, len, k, n]: out_proj of the d_model 256 model; a smaller one.
+    let shapes: &[[usize; 4]] = if is_cuda(&gpu) {
+        &[[1, 2049, 512, 256], [2, 37, 96, 128]]
+    } else {
+        &[[1, 40, 96, 128]]
+    };
+    for &[batch, len, k, n] in shapes {
+        let y = normals(&mut rng, batch * len * k, 1.0);
+        let w = normals(&mut rng, k * n, 1.0 / (k as f32).sqrt());
+        let x = normals(&mut rng, batch * len * n, 2.0);
+        let (want, _) = project_add_with(
+            Impl::Reference,
+            tensor(&y, [batch, len, k], &Device::flex()),
+            tensor(&w, [k, n], &Device::flex()),
+            tensor(&x, [batch, len, n], &Device::flex()),
+        );
+        let want = host(want);
+        let mut formats = vec![(FloatDType::F32, 1e-4), (FloatDType::F16, 3e-3)];
+        if is_cuda(&gpu) {
+            formats.push((FloatDType::BF16, 2e-2));
+        }
+        for (dtype, tol) in formats {
+            let before = gemm_residual_launches();
+            let (yg, wg) = (
+                tensor(&y, [batch, len, k], &gpu).cast(dtype),
+                tensor(&w, [k, n], &gpu).cast(dtype),
+            );
+            let stream = tensor(&x, [batch, len, n], &gpu);
+            let (sum, half) =
+                project_add_with(Impl::Fastest, yg.clone(), wg.clone(), stream.clone());
+            let launches = gemm_residual_launches() - before;
+            let fused = is_cuda(&gpu) && dtype != FloatDType::F32;
+            assert_eq!(
+                launches,
+                usize::from(fused),
+                "[{k},{n}] {dtype:?}: residual kernel"
+            );
+            assert_eq!(sum.dtype(), DType::F32, "the sum is f32");
+            assert_eq!(half.dtype(), DType::from(dtype), "the copy's format");
+            assert_eq!(
+                host(half),
+                host(sum.clone().cast(dtype)),
+                "[{k},{n}] {dtype:?}: the copy is the sum rounded"
+            );
+            // The same product by the kernel alone, added as tensor operations.
+            let composed = stream + project_with(Impl::Fastest, yg, wg).cast(FloatDType::F32);
+            let sum = host(sum);
+            assert_eq!(sum, host(composed), "[{k},{n}] {dtype:?}: product then add");
+            let e = rel_err(&sum, &want);
+            println!(
+                "project_add {batch}x{len}x{k} -> {n} {dtype:?}: {e:9.2e} (kernel {launches})"
+            );
+            assert!(e <= tol, "[{k},{n}] {dtype:?}: {e:e}");
         }
     }
 }

@@ -380,7 +380,15 @@ fn run_pipelined(
                             );
                             let (x, next_phase) = model.embed_chunk(tokens, phase);
                             phase = next_phase;
-                            if !send(start, end - start, Residual { x, pending: None }) {
+                            if !send(
+                                start,
+                                end - start,
+                                Residual {
+                                    x,
+                                    pending: None,
+                                    half: None,
+                                },
+                            ) {
                                 return; // a later stage stopped (an error in `sink`)
                             }
                         }

@@ -184,18 +184,58 @@ impl MambaBlock {
     /// # Shapes
     /// - normed: `[batch, length, d_model]` -> `[batch, length, d_model]`
     pub fn mix(&self, normed: Tensor<3>, state: LayerState) -> (Tensor<3>, LayerState) {
-        let [d_inner, _, _, _] = self.sizes;
-        let [batch, len, _] = normed.dims();
         let half = self.precision.half();
-        // In f16/bf16, where the scan takes an activated Δ (off the CPU) and in_proj has no
-        // bias, in_proj applies the gate's SiLU to its `z` columns itself (in the tensor-core
-        // kernel's epilogue on CUDA), and the scan multiplies by the gate as it is. Not in
-        // f32: no kernel of in_proj's applies it there, and as tensor operations it would cost
-        // a copy of in_proj's output.
-        let gated = half.is_some()
+        let (y, state) = self.mix_y(MixInput::Normed(normed), state);
+        (project(&self.out_proj, y, half), state)
+    }
+
+    /// Whether in_proj applies the gate's SiLU to its `z` columns itself: in f16/bf16, where
+    /// the scan takes an activated Δ (off the CPU) and in_proj has no bias (in the tensor-core
+    /// kernel's epilogue on CUDA), the scan then multiplying by the gate as it is. Not in f32:
+    /// no kernel of in_proj's applies it there, and as tensor operations it would cost a copy
+    /// of in_proj's output.
+    fn gated(&self) -> bool {
+        self.precision.half().is_some()
             && self.no_bias.is_some()
             && self.in_proj.bias.is_none()
-            && gate_in_proj();
+            && gate_in_proj()
+    }
+
+    /// Whether the residual stream reaches this block's in_proj not yet normed: where in_proj
+    /// is [`Self::gated`] and out_proj has no bias, out_proj adds its output to the stream
+    /// ([`project_add`](crate::ops::block::project_add)) and the next in_proj applies its
+    /// block's norm ([`project_norm_silu_from`](crate::ops::block::project_norm_silu_from)),
+    /// each in the tensor-core kernel on CUDA, so the block's output and the normed input are
+    /// never written. `GENOMAMBA_FOLD_NORM=off` keeps the separate add-and-norm kernel.
+    pub fn folds_norm(&self) -> bool {
+        self.gated() && self.out_proj.bias.is_none() && fold_norm()
+    }
+
+    /// The mixer up to the scan: runs over `input` continuing from `state`; returns the
+    /// scan's output (what out_proj projects), in the activation format, and the state after
+    /// the chunk.
+    ///
+    /// # Shapes
+    /// - input: `[batch, length, d_model]` -> `[batch, length, d_inner]`
+    pub fn mix_y(&self, input: MixInput, state: LayerState) -> (Tensor<3>, LayerState) {
+        let [d_inner, _, _, _] = self.sizes;
+        let half = self.precision.half();
+        let gated = self.gated();
+        let normed = match input {
+            MixInput::Stream(x) if gated => {
+                let x = in_format(x, half);
+                let xz = crate::ops::block::project_norm_silu_from(
+                    x,
+                    self.norm.weight.val(),
+                    self.in_proj.weight.val(),
+                    self.norm.eps,
+                    d_inner,
+                );
+                return self.mix_from(xz, gated, state);
+            }
+            MixInput::Stream(x) => self.norm.forward(x.cast(FloatDType::F32)),
+            MixInput::Normed(normed) => normed,
+        };
         let xz = if gated {
             crate::ops::block::project_silu_from(
                 in_format(normed, half),
@@ -205,6 +245,15 @@ impl MambaBlock {
         } else {
             project(&self.in_proj, normed, half)
         };
+        self.mix_from(xz, gated, state)
+    }
+
+    /// The mixer from in_proj's output `xz` (`z` already activated with `gated`) to the scan's
+    /// output.
+    fn mix_from(&self, xz: Tensor<3>, gated: bool, state: LayerState) -> (Tensor<3>, LayerState) {
+        let [d_inner, _, _, _] = self.sizes;
+        let [batch, len, _] = xz.dims();
+        let half = self.precision.half();
         let z = xz.clone().slice([0..batch, 0..len, d_inner..2 * d_inner]);
 
         // Causal depthwise conv over [carried window | chunk], fused with SiLU; it reads the
@@ -279,15 +328,30 @@ impl MambaBlock {
             delta_bias,
             h0: state.ssm,
         });
-        let out = project(&self.out_proj, y, half);
         (
-            out,
+            y,
             LayerState {
                 conv: new_conv,
                 ssm,
             },
         )
     }
+}
+
+/// What a block's mixer starts from ([`MambaBlock::mix_y`]).
+#[derive(Debug, Clone)]
+pub enum MixInput {
+    /// The block's input after its norm (f32 or the activation format).
+    Normed(Tensor<3>),
+    /// The residual stream itself, in the activation format, which in_proj normalises with the
+    /// block's norm ([`MambaBlock::folds_norm`]; otherwise the norm runs first).
+    Stream(Tensor<3>),
+}
+
+/// Whether blocks that can ([`MambaBlock::folds_norm`]) fold the residual add into out_proj and
+/// the norm into in_proj: yes unless `GENOMAMBA_FOLD_NORM` is `off`, for comparisons.
+fn fold_norm() -> bool {
+    std::env::var("GENOMAMBA_FOLD_NORM").map_or(true, |v| v != "off")
 }
 
 /// Whether blocks off the CPU run dt_proj with the Δ bias and softplus fused (see
@@ -418,8 +482,15 @@ impl Mamba {
     pub fn forward(&self, tokens: Tensor<2, Int>, state: MambaState) -> (Tensor<3>, MambaState) {
         let (x, phase) = self.embed_chunk(tokens, state.phase);
         let all = 0..self.layers.len();
-        let (stream, layers) =
-            self.forward_layers(Residual { x, pending: None }, all, state.layers);
+        let (stream, layers) = self.forward_layers(
+            Residual {
+                x,
+                pending: None,
+                half: None,
+            },
+            all,
+            state.layers,
+        );
         (self.finish(stream), MambaState { layers, phase })
     }
 
@@ -467,13 +538,17 @@ impl Mamba {
         layers: std::ops::Range<usize>,
         states: Vec<LayerState>,
     ) -> (Residual, Vec<LayerState>) {
-        let Residual { mut x, mut pending } = stream;
+        let Residual {
+            mut x,
+            mut pending,
+            mut half,
+        } = stream;
         let mut next = Vec::with_capacity(layers.len());
         // Each add of a block's output to the stream runs fused with the next norm (one
-        // kernel on GPUs, one pass on the CPU).
+        // kernel on GPUs, one pass on the CPU), or, where blocks fold them into their
+        // projections ([`MambaBlock::folds_norm`]), in out_proj, the norm in the next in_proj.
         for (layer, st) in self.layers[layers].iter().zip(states) {
-            let normed = match pending.take() {
-                None => layer.norm.forward(x.clone()),
+            let input = match pending.take() {
                 Some(out) => {
                     let (sum, normed) = add_rms_norm(
                         x,
@@ -483,14 +558,28 @@ impl Mamba {
                         layer.activation_dtype(),
                     );
                     x = sum;
-                    normed
+                    MixInput::Normed(normed)
                 }
+                None => match half.take() {
+                    Some(h) if layer.folds_norm() => MixInput::Stream(h),
+                    _ => MixInput::Normed(layer.norm.forward(x.clone())),
+                },
             };
-            let (out, s) = layer.mix(normed, st);
-            pending = Some(out);
+            let (y, s) = layer.mix_y(input, st);
+            if layer.folds_norm() {
+                let (sum, h) = crate::ops::block::project_add(
+                    in_format(y, layer.precision.half()),
+                    layer.out_proj.weight.val(),
+                    x,
+                );
+                x = sum;
+                half = Some(h);
+            } else {
+                pending = Some(project(&layer.out_proj, y, layer.precision.half()));
+            }
             next.push(s);
         }
-        (Residual { x, pending }, next)
+        (Residual { x, pending, half }, next)
     }
 
     /// The final norm over the stream after the last block: the hidden states.
@@ -513,6 +602,9 @@ pub struct Residual {
     pub x: Tensor<3>,
     /// `[batch, length, d_model]` in the blocks' activation format, or none.
     pub pending: Option<Tensor<3>>,
+    /// `x` in the blocks' activation format, where the last block added its output itself
+    /// ([`MambaBlock::folds_norm`]), for the next block's in_proj; else none.
+    pub half: Option<Tensor<3>>,
 }
 
 /// Phase of the first position of the reverse complement of an `n`-base record, when the

@@ -85,6 +85,39 @@ pub struct AddNormOutput<B: Backend> {
     pub normed: FloatTensor<B>,
 }
 
+/// Inputs of out_proj with the residual add ([`BlockOpsBackend::project_add`]).
+///
+/// # Shapes
+/// - `y`: `[batch, length, k]`, what out_proj projects (the scan's output)
+/// - `w`: `[k, d_model]`, out_proj's weight (the format of `y`)
+/// - `x`: `[batch, length, d_model]`, the residual stream (f32)
+#[derive(ExtensionType)]
+#[extension_type(fusion: cfg(feature = "cube"))]
+pub struct ProjectAddInput<B: Backend> {
+    /// Projected input.
+    pub y: FloatTensor<B>,
+    /// Projection weight.
+    pub w: FloatTensor<B>,
+    /// Residual stream.
+    pub x: FloatTensor<B>,
+}
+
+/// Outputs of out_proj with the residual add.
+///
+/// # Shapes
+/// - `sum`: `[batch, length, d_model]`, `x + (y · w)` in f32, the product rounded to the
+///   format of `y` first (as a block's output is before it is added)
+/// - `half`: `[batch, length, d_model]`, `sum` rounded to the format of `y` (the next block's
+///   input, which [`BlockOpsBackend::project_norm_silu_from`] normalises)
+#[derive(ExtensionType)]
+#[extension_type(fusion: cfg(feature = "cube"))]
+pub struct ProjectAddOutput<B: Backend> {
+    /// The new residual stream.
+    pub sum: FloatTensor<B>,
+    /// The same in the activation format.
+    pub half: FloatTensor<B>,
+}
+
 /// Inputs of x_proj followed by dt_proj ([`BlockOpsBackend::project_dbc`]).
 ///
 /// # Shapes
@@ -251,6 +284,36 @@ pub trait BlockOpsBackend: Backend {
         project_silu_from_reference::<Self>(x, w, from)
     }
 
+    /// out_proj followed by the residual add: `x + (y · w)` (f32) and the same rounded to the
+    /// format of `y` ([`ProjectAddOutput`]). One kernel where a backend fuses them (on CUDA in
+    /// f16/bf16: the tensor-core kernel's epilogue), so the block's output is never written.
+    // Under Fusion: one custom operation.
+    #[fusion(meta = |input| ProjectAddOutputMetadata {
+        sum: input.x.clone(),
+        half: half_spec(&input.x, &input.y),
+    })]
+    fn project_add(#[extension_type] input: ProjectAddInput<Self>) -> ProjectAddOutput<Self> {
+        project_add_composed::<Self>(input, project_reference::<Self>)
+    }
+
+    /// in_proj of the next block's norm: `RMSNorm(x) · weight` rounded to the format of `x`,
+    /// then `· w` with SiLU on the output columns from `from` on, as
+    /// [`Self::project_silu_from`]; `x` (`[batch, length, in]`, 16-bit or f32) is the residual
+    /// stream in the activation format ([`ProjectAddOutput::half`]), `norm` (`[in]`, f32) the
+    /// norm's scale. On CUDA in f16/bf16 one kernel: the norm's scale folded into the weight,
+    /// the per-row `1 / sqrt(mean(x²) + eps)` applied to the product's rows.
+    // Under Fusion: one custom operation, `[batch, length, out]` in the format of `x`.
+    #[fusion(dtype = x, shape = project_shape(x, w))]
+    fn project_norm_silu_from(
+        x: FloatTensor<Self>,
+        norm: FloatTensor<Self>,
+        w: FloatTensor<Self>,
+        eps: f64,
+        from: usize,
+    ) -> FloatTensor<Self> {
+        project_norm_silu_from_reference::<Self>(x, norm, w, eps, from)
+    }
+
     /// x_proj, then dt_proj on its first `dt_rank` columns with the time step's bias and
     /// softplus: `Δ`, `B` and `C` for `selective_scan_activated` ([`DbcOutput`]).
     // Under Fusion: one custom operation.
@@ -345,6 +408,20 @@ impl BlockOpsBackend for burn_cubecl::CubeBackend {
         super::project_cube::project_silu_from_cube(x, w, from)
     }
 
+    fn project_add(input: ProjectAddInput<Self>) -> ProjectAddOutput<Self> {
+        super::project_cube::project_add_cube(input)
+    }
+
+    fn project_norm_silu_from(
+        x: FloatTensor<Self>,
+        norm: FloatTensor<Self>,
+        w: FloatTensor<Self>,
+        eps: f64,
+        from: usize,
+    ) -> FloatTensor<Self> {
+        super::project_cube::project_norm_silu_from_cube(x, norm, w, eps, from)
+    }
+
     fn project_dbc(input: DbcInput<Self>) -> DbcOutput<Self> {
         super::project_cube::project_dbc_cube(input)
     }
@@ -387,6 +464,16 @@ fn norm_spec(
     out: FloatDType,
 ) -> burn::backend::fusion::custom::TensorSpec {
     burn::backend::fusion::custom::TensorSpec::new(x.shape.clone(), DType::from(out))
+}
+
+/// [`BlockOpsBackend::project_add`]'s `half` under Fusion: the shape of `x`, in the format of
+/// `y`.
+#[cfg(feature = "cube")]
+fn half_spec(
+    x: &burn::backend::fusion::custom::TensorSpec,
+    y: &burn::backend::fusion::custom::TensorSpec,
+) -> burn::backend::fusion::custom::TensorSpec {
+    burn::backend::fusion::custom::TensorSpec::new(x.shape.clone(), y.dtype)
 }
 
 /// Shape of [`BlockOpsBackend::project_dbc`]'s `delta` (`delta` true: `[batch, length,
@@ -454,6 +541,39 @@ pub(crate) fn silu_from<B: Backend>(p: FloatTensor<B>, from: usize) -> FloatTens
     }
     let head = B::float_slice(p, &cols(0..from));
     B::float_cat(vec![head, tail], 2)
+}
+
+/// [`BlockOpsBackend::project_add`] with `project` for the product: the product (in the
+/// format of `y`) widened to f32 and added to `x`, and the sum rounded back to that format.
+pub(crate) fn project_add_composed<B: Backend>(
+    input: ProjectAddInput<B>,
+    project: impl Fn(FloatTensor<B>, FloatTensor<B>) -> FloatTensor<B>,
+) -> ProjectAddOutput<B> {
+    let ProjectAddInput { y, w, x } = input;
+    let dtype = y.dtype();
+    let out = to_f32::<B>(project(y, w));
+    let sum = B::float_add(to_f32::<B>(x), out);
+    let half = to_dtype::<B>(sum.clone(), dtype);
+    ProjectAddOutput { sum, half }
+}
+
+/// [`BlockOpsBackend::project_add`] in plain tensor operations.
+pub fn project_add_reference<B: Backend>(input: ProjectAddInput<B>) -> ProjectAddOutput<B> {
+    project_add_composed::<B>(input, project_reference::<B>)
+}
+
+/// [`BlockOpsBackend::project_norm_silu_from`] as RMSNorm in f32 (rounded to the format of
+/// `x`), then [`project_silu_from_reference`].
+pub fn project_norm_silu_from_reference<B: Backend>(
+    x: FloatTensor<B>,
+    norm: FloatTensor<B>,
+    w: FloatTensor<B>,
+    eps: f64,
+    from: usize,
+) -> FloatTensor<B> {
+    let dtype = x.dtype();
+    let normed = to_dtype::<B>(rms_reference::<B>(to_f32::<B>(x), norm, eps), dtype);
+    project_silu_from_reference::<B>(normed, w, from)
 }
 
 /// [`BlockOpsBackend::project_dbc`] as x_proj through the backend's matrix product, three
@@ -853,6 +973,72 @@ pub fn project_silu_from_with(which: Impl, x: Tensor<3>, w: Tensor<2>, from: usi
 /// - x: `[batch, length, in]`, w: `[in, out]`; returns `[batch, length, out]`
 pub fn project_silu_from(x: Tensor<3>, w: Tensor<2>, from: usize) -> Tensor<3> {
     project_silu_from_with(Impl::Fastest, x, w, from)
+}
+
+/// [`project_add`] with a choice of implementation.
+pub fn project_add_with(
+    which: Impl,
+    y: Tensor<3>,
+    w: Tensor<2>,
+    x: Tensor<3>,
+) -> (Tensor<3>, Tensor<3>) {
+    let input = ProjectAddInput {
+        y: y.into_dispatch(),
+        w: w.into_dispatch(),
+        x: x.into_dispatch(),
+    };
+    let o = match which {
+        Impl::Fastest => <Dispatch as BlockOpsBackend>::project_add(input),
+        Impl::Reference => project_add_reference::<Dispatch>(input),
+    };
+    (Tensor::from_dispatch(o.sum), Tensor::from_dispatch(o.half))
+}
+
+/// out_proj with the residual add, on the device of `y`: returns `(x + y · w, the same in the
+/// format of y)`, the sum in f32 (the product rounded to the format of `y` before it is
+/// added, as [`add_rms_norm`] adds a block's output). On CUDA in f16/bf16 the add runs in the
+/// tensor-core kernel's epilogue.
+///
+/// # Shapes
+/// - y: `[batch, length, k]`, w: `[k, d_model]`, x: `[batch, length, d_model]`; both results
+///   like `x`
+pub fn project_add(y: Tensor<3>, w: Tensor<2>, x: Tensor<3>) -> (Tensor<3>, Tensor<3>) {
+    project_add_with(Impl::Fastest, y, w, x)
+}
+
+/// [`project_norm_silu_from`] with a choice of implementation.
+pub fn project_norm_silu_from_with(
+    which: Impl,
+    x: Tensor<3>,
+    norm: Tensor<1>,
+    w: Tensor<2>,
+    eps: f64,
+    from: usize,
+) -> Tensor<3> {
+    let (x, norm, w) = (x.into_dispatch(), norm.into_dispatch(), w.into_dispatch());
+    Tensor::from_dispatch(match which {
+        Impl::Fastest => {
+            <Dispatch as BlockOpsBackend>::project_norm_silu_from(x, norm, w, eps, from)
+        }
+        Impl::Reference => project_norm_silu_from_reference::<Dispatch>(x, norm, w, eps, from),
+    })
+}
+
+/// in_proj of a block's norm, on the device of `x`: `RMSNorm(x) · norm` rounded to the format
+/// of `x`, times `w`, with SiLU on the output columns `from..` (as [`project_silu_from`]). `x`
+/// is the residual stream in the activation format ([`project_add`]'s second result). On CUDA
+/// in f16/bf16 one tensor-core kernel.
+///
+/// # Shapes
+/// - x: `[batch, length, in]`, norm: `[in]`, w: `[in, out]`; returns `[batch, length, out]`
+pub fn project_norm_silu_from(
+    x: Tensor<3>,
+    norm: Tensor<1>,
+    w: Tensor<2>,
+    eps: f64,
+    from: usize,
+) -> Tensor<3> {
+    project_norm_silu_from_with(Impl::Fastest, x, norm, w, eps, from)
 }
 
 /// [`project_softplus`] with a choice of implementation.

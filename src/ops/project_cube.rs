@@ -70,8 +70,9 @@ use cubek::matmul::multi_level::routines::{PlaneTilingBlueprintOptions, infer_bl
 use cubek::matmul::routine::BlueprintStrategy;
 use cubek::std::{InputBinding, MatrixLayout};
 
-use super::block::{DbcInput, DbcOutput};
+use super::block::{DbcInput, DbcOutput, ProjectAddInput, ProjectAddOutput};
 use super::scan_cube::{activation_elem, fast_math, softplus};
+use super::scan_reference::{to_dtype, to_f32};
 
 /// The strategy used unless `GENOMAMBA_MATMUL` says otherwise (a name from [`strategy_names`],
 /// or `burn`), for activations in `dtype` on a device whose CubeCL client is named `client`:
@@ -308,6 +309,37 @@ pub(crate) fn project_silu_from_cube(x: CubeTensor, w: CubeTensor, from: usize) 
         return out;
     }
     super::block::silu_from::<CubeBackend>(project_cube(x, w), from)
+}
+
+/// out_proj with the residual add: the tensor-core kernel with the add in its epilogue where it
+/// takes the problem, else [`project_cube`] and tensor operations.
+pub(crate) fn project_add_cube(
+    input: ProjectAddInput<CubeBackend>,
+) -> ProjectAddOutput<CubeBackend> {
+    let w3 = super::block::batched_weight::<CubeBackend>(input.w.clone());
+    if let Some((half, sum)) = super::project_mma::project_mma_residual(&input.y, &w3, &input.x) {
+        return ProjectAddOutput { sum, half };
+    }
+    super::block::project_add_composed::<CubeBackend>(input, project_cube)
+}
+
+/// in_proj of a block's norm with the gate's SiLU: the tensor-core kernel with the norm folded
+/// in where it takes the problem, else the norm as tensor operations and
+/// [`project_silu_from_cube`].
+pub(crate) fn project_norm_silu_from_cube(
+    x: CubeTensor,
+    norm: CubeTensor,
+    w: CubeTensor,
+    eps: f64,
+    from: usize,
+) -> CubeTensor {
+    let w3 = super::block::batched_weight::<CubeBackend>(w.clone());
+    if let Some(out) = super::project_mma::project_mma_norm(&x, &w3, &norm, eps, Some(from)) {
+        return out;
+    }
+    let dtype = x.dtype;
+    let normed = super::block::rms_reference::<CubeBackend>(to_f32::<CubeBackend>(x), norm, eps);
+    project_silu_from_cube(to_dtype::<CubeBackend>(normed, dtype), w, from)
 }
 
 /// `softplus(x · w + bias)` (dt_proj with the time step's bias and softplus, for
@@ -1029,11 +1061,13 @@ pub(crate) fn mma_16x8x16(
 #[cube]
 fn mma_f16(a: Vector<u32, Const<4>>, b: Vector<u32, Const<2>>, c: Acc) -> Acc {
     // Operands as values: a vector built in place is a variable, which inline assembly would
-    // receive as its address.
+    // receive as its address. (The accumulators times one rather than plus zero: `x + 0` is
+    // not `x` for `x = -0`, so where CubeCL does not fold it the compiler keeps four `FADD`s
+    // per `mma`; `x · 1` is always `x`.)
     let (av, bv, cv) = (
         a + Vector::<u32, Const<4>>::zeroed(),
         b + Vector::<u32, Const<2>>::zeroed(),
-        c + Acc::zeroed(),
+        c * Acc::new(1.0f32),
     );
     let d: Acc;
     gpu_asm!(
@@ -1050,11 +1084,13 @@ fn mma_f16(a: Vector<u32, Const<4>>, b: Vector<u32, Const<2>>, c: Acc) -> Acc {
 #[cube]
 fn mma_bf16(a: Vector<u32, Const<4>>, b: Vector<u32, Const<2>>, c: Acc) -> Acc {
     // Operands as values: a vector built in place is a variable, which inline assembly would
-    // receive as its address.
+    // receive as its address. (The accumulators times one rather than plus zero: `x + 0` is
+    // not `x` for `x = -0`, so where CubeCL does not fold it the compiler keeps four `FADD`s
+    // per `mma`; `x · 1` is always `x`.)
     let (av, bv, cv) = (
         a + Vector::<u32, Const<4>>::zeroed(),
         b + Vector::<u32, Const<2>>::zeroed(),
-        c + Acc::zeroed(),
+        c * Acc::new(1.0f32),
     );
     let d: Acc;
     gpu_asm!(
@@ -1076,6 +1112,44 @@ pub(crate) fn pack2(lo: f32, hi: f32, #[comptime] bf16: bool) -> u32 {
         pack_bf16(lo, hi)
     } else {
         pack_f16(lo, hi)
+    }
+}
+
+/// The low half (the lower address) of a word of two f16 (or bf16) values, as f32 (exact).
+#[cube]
+pub(crate) fn unpack_lo(word: u32, #[comptime] bf16: bool) -> f32 {
+    if bf16 {
+        f32::reinterpret(word << 16u32)
+    } else {
+        // The operand as a value: a variable would reach the assembly as its address.
+        let wv = word + 0u32;
+        let r: f32;
+        gpu_asm!(
+            "{{ .reg .b16 ulo, uhi; mov.b32 {{ulo, uhi}}, {}; cvt.f32.f16 {}, ulo; }}",
+            in(_) wv,
+            out(_) r,
+            options(pure, nomem)
+        );
+        r
+    }
+}
+
+/// The high half of a word of two f16 (or bf16) values, as f32 (exact).
+#[cube]
+pub(crate) fn unpack_hi(word: u32, #[comptime] bf16: bool) -> f32 {
+    if bf16 {
+        f32::reinterpret(word & 0xFFFF_0000u32)
+    } else {
+        // The operand as a value: a variable would reach the assembly as its address.
+        let wv = word + 0u32;
+        let r: f32;
+        gpu_asm!(
+            "{{ .reg .b16 ulo, uhi; mov.b32 {{ulo, uhi}}, {}; cvt.f32.f16 {}, uhi; }}",
+            in(_) wv,
+            out(_) r,
+            options(pure, nomem)
+        );
+        r
     }
 }
 

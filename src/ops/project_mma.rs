@@ -32,7 +32,7 @@ use burn_cubecl::tensor::CubeTensor;
 use cubecl::ir::AddressType;
 use cubecl::prelude::*;
 
-use super::project_cube::{NamedChoice, mma_16x8x16, pack2, strategy_chosen};
+use super::project_cube::{NamedChoice, mma_16x8x16, pack2, strategy_chosen, unpack_hi, unpack_lo};
 use super::scan_cube::{fast_math, positive_env, silu};
 
 /// Largest inner dimension [`project_mma`] takes: a lane holds `k / 8` words of `x` per 8 rows
@@ -78,6 +78,21 @@ fn row_tiles() -> usize {
 static GEMM_MMA_LAUNCHES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
 static GEMM_GATED_LAUNCHES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+static GEMM_RESIDUAL_LAUNCHES: std::sync::atomic::AtomicUsize =
+    std::sync::atomic::AtomicUsize::new(0);
+
+static GEMM_NORM_LAUNCHES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// How many of [`gemm_mma_launches`] added the residual stream in the epilogue (for tests).
+pub fn gemm_residual_launches() -> usize {
+    GEMM_RESIDUAL_LAUNCHES.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// How many of [`gemm_mma_launches`] applied RMSNorm to their input (for tests).
+pub fn gemm_norm_launches() -> usize {
+    GEMM_NORM_LAUNCHES.load(std::sync::atomic::Ordering::Relaxed)
+}
 
 /// How many of [`gemm_mma_launches`] applied the gate's SiLU in the epilogue (for tests).
 pub fn gemm_gated_launches() -> usize {
@@ -133,6 +148,47 @@ pub(crate) fn project_mma_gated(
     w3: &CubeTensor,
     gate_from: Option<usize>,
 ) -> Option<CubeTensor> {
+    project_mma_with(x, w3, gate_from, None, None).map(|(out, _)| out)
+}
+
+/// out_proj with the residual add: `(round(stream + round(x · w)), stream + round(x · w))`,
+/// the second in f32 (the next residual stream), the first in the format of `x` (the input
+/// of the next block's [`project_mma_norm`]); `stream` is f32 `[batch, len, n]`. `None` where
+/// [`project_mma`] would be, or where `stream` is not f32, contiguous, of that shape and on a
+/// 16-byte boundary.
+pub(crate) fn project_mma_residual(
+    x: &CubeTensor,
+    w3: &CubeTensor,
+    stream: &CubeTensor,
+) -> Option<(CubeTensor, CubeTensor)> {
+    let (out, sum) = project_mma_with(x, w3, None, Some(stream), None)?;
+    Some((out, sum?))
+}
+
+/// in_proj of RMSNorm(`x`): `s_r · (x · diag(norm) w)` with `s_r = 1 / sqrt(mean(x_r²) + eps)`
+/// per row (the sum of squares in f32 from the 16-bit `x`, the norm's scale folded into the
+/// weight as the cube copies it to shared memory, rounded once) and SiLU from `gate_from` as
+/// [`project_mma_gated`]. `norm` is f32 `[k]`. `None` where [`project_mma_gated`] would be.
+pub(crate) fn project_mma_norm(
+    x: &CubeTensor,
+    w3: &CubeTensor,
+    norm: &CubeTensor,
+    eps: f64,
+    gate_from: Option<usize>,
+) -> Option<CubeTensor> {
+    project_mma_with(x, w3, gate_from, None, Some((norm, eps))).map(|(out, _)| out)
+}
+
+/// [`gemm_rows_kernel`] with its optional epilogues: the gate's SiLU from `gate_from`, the
+/// residual add onto `stream` (then also the f32 sum), RMSNorm of `x` with scale `norm.0` and
+/// epsilon `norm.1`.
+fn project_mma_with(
+    x: &CubeTensor,
+    w3: &CubeTensor,
+    gate_from: Option<usize>,
+    stream: Option<&CubeTensor>,
+    norm: Option<(&CubeTensor, f64)>,
+) -> Option<(CubeTensor, Option<CubeTensor>)> {
     if gate_from.is_some_and(|f| !f.is_multiple_of(64)) {
         return None;
     }
@@ -174,12 +230,52 @@ pub(crate) fn project_mma_gated(
     {
         return None;
     }
-    let out = burn_cubecl::ops::numeric::empty_device_contiguous_dtype(
-        client.clone(),
-        x.device.clone(),
-        burn::tensor::Shape::new([batch, len, n]),
-        x.dtype,
-    );
+    let empty = |dims: Vec<usize>, dtype: DType| {
+        burn_cubecl::ops::numeric::empty_device_contiguous_dtype(
+            client.clone(),
+            x.device.clone(),
+            burn::tensor::Shape::from(dims),
+            dtype,
+        )
+    };
+    let stream = match stream {
+        Some(s) => {
+            let s = into_contiguous(s.clone());
+            let ok = s.dtype == DType::F32
+                && s.shape().to_vec() == [batch, len, n]
+                && s.meta.strides()[..] == [len * n, n, 1]
+                && aligned(&s);
+            if !ok {
+                return None;
+            }
+            Some(s)
+        }
+        None => None,
+    };
+    let norm = match norm {
+        Some((w, eps)) => {
+            let w = into_contiguous(w.clone());
+            if w.dtype != DType::F32 || w.shape().to_vec() != [k] {
+                return None;
+            }
+            Some((w, eps))
+        }
+        None => None,
+    };
+    let out = empty(vec![batch, len, n], x.dtype);
+    // Tensors the kernel's unused epilogues are given and never touch.
+    let sum = stream
+        .as_ref()
+        .map(|_| empty(vec![batch, len, n], DType::F32));
+    let unused = || empty(vec![4], DType::F32);
+    let (res_arg, sum_arg) = match (&stream, &sum) {
+        (Some(s), Some(t)) => (s.clone(), t.clone()),
+        _ => (unused(), unused()),
+    };
+    let (nw_arg, eps) = match &norm {
+        Some((w, eps)) => (w.clone(), *eps as f32),
+        None => (unused(), 0.0),
+    };
     let row_tiles = if k > MAX_K_32_ROWS { 1 } else { row_tiles() };
     let warps = positive_env("GENOMAMBA_GEMM_WARPS")
         .filter(|&w| w <= 32)
@@ -202,7 +298,10 @@ pub(crate) fn project_mma_gated(
     // `x` below `rows` (clamped to `rows - 1`), columns below `k`; it writes rows below `rows`
     // of `out`, columns inside its band (or groups). All three are contiguous, start on
     // 16-byte boundaries and have rows of a multiple of 8 16-bit values (`k` of 32, `n` of
-    // 64), so every 16-byte vector read or written lies inside them. Shared memory holds
+    // 64), so every 16-byte vector read or written lies inside them. With the residual add it
+    // reads and writes the same rows and columns of `stream` and `sum` (f32 `[rows, n]`,
+    // contiguous, from 16-byte boundaries: 4-value vectors `row · n / 4 + 2 · col8 + 0..2`);
+    // with the norm it reads `norm[0..k]`. Unused epilogues' tensors are never touched. Shared memory holds
     // `band · k / 8` vectors (`band / 16` tiles x `k / 16` steps x 32 lanes) and is indexed
     // below that.
     unsafe {
@@ -215,22 +314,35 @@ pub(crate) fn project_mma_gated(
             x.into_tensor_arg(),
             w.into_tensor_arg(),
             out.clone().into_tensor_arg(),
+            res_arg.into_tensor_arg(),
+            sum_arg.into_tensor_arg(),
+            nw_arg.into_tensor_arg(),
             rows,
             n,
             tiles_per_slice,
             gate_from.unwrap_or(n),
+            eps,
+            1.0 / k as f32,
             k,
             band,
             row_tiles,
             bf16,
             gate,
+            stream.is_some(),
+            norm.is_some(),
         );
     }
     GEMM_MMA_LAUNCHES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     if gate {
         GEMM_GATED_LAUNCHES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
-    Some(out)
+    if stream.is_some() {
+        GEMM_RESIDUAL_LAUNCHES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+    if norm.is_some() {
+        GEMM_NORM_LAUNCHES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+    Some((out, sum))
 }
 
 /// Copies the band of columns `[n0, n0 + band)` of `w` (`[k, n]`, rows of `nv` 16-byte
@@ -248,6 +360,7 @@ pub(crate) fn project_mma_gated(
 #[allow(clippy::too_many_arguments)]
 fn fill_band<V: Size>(
     w: &Tensor<Vector<u32, V>>,
+    nw: &Tensor<f32>,
     wt: &mut Shared<[Vector<u32, V>]>,
     n0: usize,
     nv: usize,
@@ -256,6 +369,8 @@ fn fill_band<V: Size>(
     #[comptime] k: usize,
     #[comptime] band: usize,
     #[comptime] strided: bool,
+    #[comptime] norm: bool,
+    #[comptime] bf16: bool,
 ) {
     let groups = comptime!(band / 8);
     let kv = comptime!(k / 8);
@@ -275,9 +390,20 @@ fn fill_band<V: Size>(
         #[unroll]
         for r in 0..8usize {
             let v = w[(kb * 8 + r) * nv + col8];
+            // With `norm`, weight row `k` times the norm's scale `nw[k]` (rounded once).
             #[unroll]
             for e in 0..4usize {
-                words[r * 4 + e] = v.extract(e);
+                if norm {
+                    let scale = nw[kb * 8 + r];
+                    let word = v.extract(e);
+                    words[r * 4 + e] = pack2(
+                        unpack_lo(word, bf16) * scale,
+                        unpack_hi(word, bf16) * scale,
+                        bf16,
+                    );
+                } else {
+                    words[r * 4 + e] = v.extract(e);
+                }
             }
         }
         // Columns `8q + 2j`, `8q + 2j + 1` are rows `g` and `g + 8` of `mma` tile `4p + j`
@@ -338,15 +464,22 @@ fn gemm_rows_kernel<V: Size>(
     x: &Tensor<Vector<u32, V>>,
     w: &Tensor<Vector<u32, V>>,
     out: &mut Tensor<Vector<u32, V>>,
+    res: &Tensor<Vector<f32, V>>,
+    sum: &mut Tensor<Vector<f32, V>>,
+    nw: &Tensor<f32>,
     rows: usize,
     n: usize,
     tiles_per_slice: usize,
     gate_from: usize,
+    eps: f32,
+    inv_k: f32,
     #[comptime] k: usize,
     #[comptime] band: usize,
     #[comptime] row_tiles: usize,
     #[comptime] bf16: bool,
     #[comptime] gate: bool,
+    #[comptime] residual: bool,
+    #[comptime] norm: bool,
 ) {
     let lane = UNIT_POS_X as usize;
     let warp = UNIT_POS_Y as usize;
@@ -369,7 +502,7 @@ fn gemm_rows_kernel<V: Size>(
     // as the others: on the H200 a band of only gated columns made its cubes, and so the
     // kernel, 66 us slower (in_proj at 262,144 rows).
     let mut wt = Shared::<[Vector<u32, V>]>::new_slice(comptime!(band * k / 8));
-    fill_band(w, &mut wt, n0, nv, bi, bands, k, band, gate);
+    fill_band(w, nw, &mut wt, n0, nv, bi, bands, k, band, gate, norm, bf16);
 
     let tile_rows = comptime!(16 * row_tiles);
     let tiles = rows.div_ceil(tile_rows);
@@ -393,6 +526,29 @@ fn gemm_rows_kernel<V: Size>(
                 for e in 0..4usize {
                     xw[(t * blocks + b) * 4 + e] = v.extract(e);
                 }
+            }
+        }
+        // With `norm`, RMSNorm's `1 / sqrt(mean(x²) + eps)` of the rows whose outputs this
+        // lane ends with (rows `2c` and `2c + 1` of each part, at `2t` and `2t + 1`): row `g`
+        // of part `t` is spread over lanes `4g..4g + 4`, whose sums of squares are added across
+        // the four, and each lane then takes its two rows' scales from lanes `8c` and `8c + 4`.
+        let mut scale = Array::<f32>::new(comptime!(2 * parts));
+        if norm {
+            #[unroll]
+            for t in 0..parts {
+                let mut ss = 0.0f32;
+                #[unroll]
+                for i in 0..comptime!(blocks * 4) {
+                    let word = xw[t * comptime!(blocks * 4) + i];
+                    let lo = unpack_lo(word, bf16);
+                    let hi = unpack_hi(word, bf16);
+                    ss += lo * lo + hi * hi;
+                }
+                ss += plane_shuffle_xor(ss, 1u32);
+                ss += plane_shuffle_xor(ss, 2u32);
+                let inv = (ss * inv_k + eps).inverse_sqrt();
+                scale[2 * t] = plane_shuffle(inv, (8 * quad) as u32);
+                scale[2 * t + 1] = plane_shuffle(inv, (8 * quad + 4) as u32);
             }
         }
         let mut p = 0;
@@ -434,6 +590,17 @@ fn gemm_rows_kernel<V: Size>(
                     }
                 }
             }
+            if norm {
+                // Element `e` (and `2 + e`) of each accumulator is row `2c + e`.
+                #[unroll]
+                for jt in 0..comptime!(4 * parts) {
+                    let t = jt % parts;
+                    #[unroll]
+                    for e in 0..4usize {
+                        acc[jt * 4 + e] *= scale[2 * t + e % 2];
+                    }
+                }
+            }
             // The output's group of 64 columns this `p` computes.
             let g64 = if gate { p * bands + bi } else { n0 / 64 + p };
             let col = g64 * 8 + group;
@@ -456,14 +623,40 @@ fn gemm_rows_kernel<V: Size>(
                     // Row `2c + e` of part `t`: columns `8g + 2j` (tile row `g`, element `e`)
                     // and `8g + 2j + 1` (tile row `g + 8`, element `2 + e`).
                     let mut v = Vector::<u32, V>::empty();
-                    #[unroll]
-                    for j in 0..4usize {
-                        let i = (j * parts + t) * 4;
-                        v.insert(j, pack2(acc[i + e], acc[i + 2 + e], bf16));
-                    }
                     let row = r0 + 8 * t + 2 * quad + e;
-                    if row < rows {
-                        out[row * nv + col] = v;
+                    if residual {
+                        // The product rounded to the activation format, added in f32 to the
+                        // residual stream's 8 values (two vectors of 4); the sum is written in
+                        // f32 and, rounded again, in place of the product.
+                        if row < rows {
+                            let rb = row * (n / 4) + 2 * col;
+                            #[unroll]
+                            for hv in 0..2usize {
+                                let rv = res[rb + hv];
+                                let mut sv = Vector::<f32, V>::empty();
+                                #[unroll]
+                                for jj in 0..2usize {
+                                    let i = ((2 * hv + jj) * parts + t) * 4;
+                                    let word = pack2(acc[i + e], acc[i + 2 + e], bf16);
+                                    let a = unpack_lo(word, bf16) + rv.extract(2 * jj);
+                                    let b = unpack_hi(word, bf16) + rv.extract(2 * jj + 1);
+                                    sv.insert(2 * jj, a);
+                                    sv.insert(2 * jj + 1, b);
+                                    v.insert(2 * hv + jj, pack2(a, b, bf16));
+                                }
+                                sum[rb + hv] = sv;
+                            }
+                            out[row * nv + col] = v;
+                        }
+                    } else {
+                        #[unroll]
+                        for j in 0..4usize {
+                            let i = (j * parts + t) * 4;
+                            v.insert(j, pack2(acc[i + e], acc[i + 2 + e], bf16));
+                        }
+                        if row < rows {
+                            out[row * nv + col] = v;
+                        }
                     }
                 }
             }
@@ -484,11 +677,13 @@ pub fn gemm_cuda_source(
     k: usize,
     band: usize,
     gate: bool,
+    residual: bool,
+    norm: bool,
 ) -> Result<String, String> {
     use super::scan_cube::Sm90;
     use cubecl::CubeKernel;
     let mut sm90 = Sm90::new();
-    let [x, w, out] = std::array::from_fn(|_| Sm90::arg(8));
+    let [x, w, out, res, sum, nw] = std::array::from_fn(|_| Sm90::arg(8));
     let kernel = gemm_rows_kernel::create_dummy_kernel(
         sm90.props.clone(),
         sm90.target.clone(),
@@ -499,15 +694,22 @@ pub fn gemm_cuda_source(
         x,
         w,
         out,
+        res,
+        sum,
+        nw,
         1,    // rows
         band, // n
         1,    // tiles per slice
         0,    // SiLU from column 0 (with `gate`)
+        1e-5, // the norm's epsilon (with `norm`)
+        1.0 / k as f32,
         k,
         band,
         row_tiles,
         bf16,
         gate,
+        residual,
+        norm,
     );
     sm90.compile("gemm_rows", kernel.define())
         .map(|(_, source)| source)
@@ -540,18 +742,25 @@ mod tests {
     #[cfg(feature = "cuda")]
     #[test]
     fn gemm_kernel_compiles_to_tensor_core_instructions() {
-        // in_proj and out_proj of the d_model 256 model.
-        // in_proj with the gate's SiLU too.
-        for (bf16, row_tiles, k, band, gate) in [
-            (false, 2, 256, 256, false),
-            (true, 2, 256, 256, false),
-            (false, 1, 256, 256, false),
-            (false, 1, 512, 128, false),
-            (false, 2, 256, 256, true),
-            (true, 2, 256, 256, true),
+        // in_proj and out_proj of the d_model 256 model; in_proj with the gate's SiLU, and
+        // with the norm too; out_proj with the residual add.
+        for (bf16, row_tiles, k, band, gate, residual, norm) in [
+            (false, 2, 256, 256, false, false, false),
+            (true, 2, 256, 256, false, false, false),
+            (false, 1, 256, 256, false, false, false),
+            (false, 1, 512, 128, false, false, false),
+            (false, 2, 256, 256, true, false, false),
+            (true, 2, 256, 256, true, false, false),
+            (false, 2, 256, 256, true, false, true),
+            (true, 2, 256, 256, true, false, true),
+            (false, 1, 512, 128, false, true, false),
+            (true, 1, 512, 128, false, true, false),
         ] {
-            let source = super::gemm_cuda_source(bf16, row_tiles, k, band, gate).unwrap();
-            let name = format!("gemm_rows_{row_tiles}_k{k}_bf16_{bf16}_gate_{gate}");
+            let source =
+                super::gemm_cuda_source(bf16, row_tiles, k, band, gate, residual, norm).unwrap();
+            let name = format!(
+                "gemm_rows_{row_tiles}_k{k}_bf16_{bf16}_gate_{gate}_residual_{residual}_norm_{norm}"
+            );
             super::super::project_cube::assert_tensor_core_mma(&name, &source, bf16);
             assert!(
                 source.contains("__shared__"),
@@ -559,6 +768,13 @@ mod tests {
             );
             // The gate's SiLU is the approximate `2^x` and reciprocal, only where asked for.
             assert_eq!(source.contains("ex2.approx"), gate, "{name}");
+            // f16 values are widened by `cvt.f32.f16` only where the norm or the residual add
+            // reads them.
+            assert_eq!(
+                source.contains("cvt.f32.f16"),
+                !bf16 && (residual || norm),
+                "{name}"
+            );
         }
     }
 }
