@@ -547,7 +547,8 @@ impl Mamba {
         // Each add of a block's output to the stream runs fused with the next norm (one
         // kernel on GPUs, one pass on the CPU), or, where blocks fold them into their
         // projections ([`MambaBlock::folds_norm`]), in out_proj, the norm in the next in_proj.
-        for (layer, st) in self.layers[layers].iter().zip(states) {
+        let count = self.layers.len();
+        for ((i, layer), st) in layers.clone().zip(&self.layers[layers]).zip(states) {
             let input = match pending.take() {
                 Some(out) => {
                     let (sum, normed) = add_rms_norm(
@@ -566,7 +567,9 @@ impl Mamba {
                 },
             };
             let (y, s) = layer.mix_y(input, st);
-            if layer.folds_norm() {
+            // The last block leaves its output to `finish`, whose add and final norm are one
+            // kernel (a lone norm of the f32 stream would be tensor operations).
+            if layer.folds_norm() && i + 1 < count {
                 let (sum, h) = crate::ops::block::project_add(
                     in_format(y, layer.precision.half()),
                     layer.out_proj.weight.val(),

@@ -1117,6 +1117,7 @@ pub(crate) fn pack2(lo: f32, hi: f32, #[comptime] bf16: bool) -> u32 {
 
 /// The low half (the lower address) of a word of two f16 (or bf16) values, as f32 (exact).
 #[cube]
+#[allow(clippy::identity_op)]
 pub(crate) fn unpack_lo(word: u32, #[comptime] bf16: bool) -> f32 {
     if bf16 {
         f32::reinterpret(word << 16u32)
@@ -1136,6 +1137,7 @@ pub(crate) fn unpack_lo(word: u32, #[comptime] bf16: bool) -> f32 {
 
 /// The high half of a word of two f16 (or bf16) values, as f32 (exact).
 #[cube]
+#[allow(clippy::identity_op)]
 pub(crate) fn unpack_hi(word: u32, #[comptime] bf16: bool) -> f32 {
     if bf16 {
         f32::reinterpret(word & 0xFFFF_0000u32)

@@ -211,23 +211,6 @@ fn scan_depth() -> (usize, usize) {
 /// Most steps ahead [`scan_depth`] takes.
 const MAX_SCAN_DEPTH: usize = 4;
 
-/// How many of the `d_state` decays per step pass 1 and pass 3 compute on the FMA units
-/// ([`exp2_poly`]) instead of the special-function unit, `(pass 1, pass 3)`: the environment
-/// variable `GENOMAMBA_SCAN_POLY` (`P1,P3`, for tuning runs), else none. CUDA only; each
-/// count is capped at `d_state`. Results agree to rounding (2.2e-7 relative per decay).
-fn scan_poly() -> (usize, usize) {
-    static POLY: std::sync::OnceLock<(usize, usize)> = std::sync::OnceLock::new();
-    *POLY.get_or_init(|| {
-        std::env::var("GENOMAMBA_SCAN_POLY")
-            .ok()
-            .and_then(|v| {
-                let (p1, p3) = v.split_once(',')?;
-                Some((p1.trim().parse().ok()?, p3.trim().parse().ok()?))
-            })
-            .unwrap_or((0, 0))
-    })
-}
-
 /// Which kernels the GPU scan runs (for tests and tuning runs; results agree to rounding).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ScanPath {
@@ -348,54 +331,6 @@ fn rcp_approx(x: f32) -> f32 {
     r
 }
 
-/// `2^x` for `x <= 0` on the FMA units instead of the special-function unit: `x = r + f` with
-/// `r` an integer (rounded by adding and subtracting 1.5·2^23) and `|f| <= 1/2`, `2^f` by a
-/// degree-5 polynomial (fitted for relative error; 2.2e-7 evaluated in f32, about what
-/// `ex2.approx` gives), and `2^r` added to the exponent bits. Inputs below -125 are clamped
-/// there (the decay is then below 2^-124, where `ex2.approx.ftz` gives 0). About ten FMA-pipe
-/// instructions in place of one `MUFU`, which an SM completes at an eighth of the FMA rate: in
-/// a kernel whose `MUFU` work exceeds its other issue, moving a few decays here balances them.
-#[cube]
-fn exp2_poly(x: f32) -> f32 {
-    let xc = if x > -125.0f32 { x } else { -125.0f32 };
-    let shifted = xc + ROUND_MAGIC;
-    let f = xc - (shifted - ROUND_MAGIC);
-    let p = ((((EXP2_P5 * f + EXP2_P4) * f + EXP2_P3) * f + EXP2_P2) * f + EXP2_P1) * f + EXP2_P0;
-    f32::reinterpret(u32::reinterpret(p) + (u32::reinterpret(shifted) << 23u32))
-}
-
-/// 1.5·2^23: adding it rounds an f32 of magnitude below 2^22 to an integer, held in the low
-/// mantissa bits.
-const ROUND_MAGIC: f32 = 12_582_912.0;
-const EXP2_P0: f32 = 1.000_000_1;
-const EXP2_P1: f32 = 0.693_146_94;
-const EXP2_P2: f32 = 0.240_221_2;
-const EXP2_P3: f32 = 0.055_507_135;
-const EXP2_P4: f32 = 0.009_675_535;
-const EXP2_P5: f32 = 0.001_327_643_6;
-
-/// The decay of state `n` of `d_state`: [`decay`], except for the last `poly` states with
-/// `fast`, which use [`exp2_poly`] (`n` is a constant of the unrolled loop, so the branch
-/// folds away).
-#[cube]
-fn decay_of(
-    x: f32,
-    n: usize,
-    #[comptime] d_state: usize,
-    #[comptime] poly: usize,
-    #[comptime] fast: bool,
-) -> f32 {
-    if comptime!(fast && poly > 0) {
-        if n + poly >= d_state {
-            exp2_poly(x)
-        } else {
-            decay(x, fast)
-        }
-    } else {
-        decay(x, fast)
-    }
-}
-
 const LOG2_E: f32 = std::f32::consts::LOG2_E;
 const LN_2: f32 = std::f32::consts::LN_2;
 
@@ -469,7 +404,6 @@ fn scan_chunk_state_kernel<F: Float, G: Float, V: Size>(
     #[comptime] activate: bool,
     #[comptime] prefetch: bool,
     #[comptime] depth: usize,
-    #[comptime] poly: usize,
     #[define(F, G)] _elems: [ElemType; 2],
 ) {
     let (bk, ch, active) = chunk_and_channel(d_inner);
@@ -554,8 +488,7 @@ fn scan_chunk_state_kernel<F: Float, G: Float, V: Size>(
                         for e in 0..vec {
                             let n = q * vec + e;
                             // h = exp(Δ·A) ⊙ h + Δ·B·u   (eq. 2a, zero-order hold of eq. 4)
-                            h[n] = decay_of(dt * av[n], n, d_state, poly, fast) * h[n]
-                                + dtu * bq.extract(e);
+                            h[n] = decay(dt * av[n], fast) * h[n] + dtu * bq.extract(e);
                         }
                     }
                     so += nvec;
@@ -844,7 +777,6 @@ fn scan_chunk_output_kernel<F: Float, G: Float, V: Size>(
     #[comptime] silu_gate: bool,
     #[comptime] prefetch: bool,
     #[comptime] depth: usize,
-    #[comptime] poly: usize,
     #[define(F, G)] _elems: [ElemType; 2],
 ) {
     let (bk, ch, active) = chunk_and_channel(d_inner);
@@ -933,8 +865,7 @@ fn scan_chunk_output_kernel<F: Float, G: Float, V: Size>(
                         for e in 0..vec {
                             let n = q * vec + e;
                             // h = exp(Δ·A) ⊙ h + Δ·B·u   (eq. 2a, zero-order hold of eq. 4)
-                            h[n] = decay_of(dt * av[n], n, d_state, poly, fast) * h[n]
-                                + dtu * bq.extract(e);
+                            h[n] = decay(dt * av[n], fast) * h[n] + dtu * bq.extract(e);
                             // y = C·h   (eq. 2b)
                             acc += cq.extract(e) * h[n];
                         }
@@ -1220,8 +1151,6 @@ pub(crate) fn scan_cube_with(
     let fast = fast_math(&client);
     let (prefetch1, prefetch3) = scan_prefetch();
     let (depth1, depth3) = scan_depth();
-    let (poly1, poly3) = scan_poly();
-    let (poly1, poly3) = (poly1.min(d_state), poly3.min(d_state));
     if let Some(lanes) = walk {
         // On CUDA a cube of 128 threads; on CubeCL's CPU runtime one channel per cube (its
         // barrier spins, one worker thread per unit; see `chunk_cubes`).
@@ -1323,7 +1252,6 @@ pub(crate) fn scan_cube_with(
                 silu_gate,
                 prefetch3,
                 depth3,
-                poly3,
                 [act_elem, bc_elem],
             );
         }
@@ -1364,7 +1292,6 @@ pub(crate) fn scan_cube_with(
             activate,
             prefetch1,
             depth1,
-            poly1,
             [act_elem, bc_elem],
         );
     }
@@ -1476,7 +1403,6 @@ pub(crate) fn scan_cube_with(
             silu_gate,
             prefetch3,
             depth3,
-            poly3,
             [act_elem, bc_elem],
         );
     }
@@ -1546,7 +1472,6 @@ pub fn cuda_sources(
         true, // activate (softplus)
         prefetch,
         scan_depth().0,
-        scan_poly().0.min(d_state),
         [elem, bc_elem],
     );
     let [a, h0, dsum, state, h_last] = std::array::from_fn(|_| arg(8));
@@ -1604,7 +1529,6 @@ pub fn cuda_sources(
         true,  // silu_gate
         prefetch,
         scan_depth().1,
-        scan_poly().1.min(d_state),
         [elem, bc_elem],
     );
     let lanes = walk_lanes(d_state);
