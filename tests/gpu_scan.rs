@@ -40,8 +40,8 @@ use genomamba::ops::block::{
 };
 use genomamba::ops::conv_dbc::conv_dbc_launches;
 use genomamba::ops::project_cube::{
-    SMALL_K_MAX, Tiling, dbc_mma_launches, default_strategy, default_tiling, refusals,
-    set_strategy, set_tiling, small_k_launches, strategy_names,
+    SMALL_K_MAX, Tiling, dbc_mma_launches, default_strategy, default_tiling, force_naive_fallback,
+    naive_fallbacks, refusals, set_strategy, set_tiling, small_k_launches, strategy_names,
 };
 use genomamba::ops::project_mma::{
     GEMM_MAX_K, gemm_gated_launches, gemm_mma_launches, gemm_norm_launches, gemm_residual_launches,
@@ -225,6 +225,34 @@ fn args(x: &Case, device: &Device) -> ScanArgs {
         delta_bias: tensor(&x.delta_bias, [ni], device),
         h0: tensor(&x.h0, [nb, ni, ns], device),
     }
+}
+
+/// `x · w` (`[batch, len, k]` and `[k, n]`) by the reference on the CPU, in f32.
+fn cpu_product(x: &[f32], w: &[f32], [batch, len, k, n]: [usize; 4]) -> Vec<f32> {
+    host(project_with(
+        Impl::Reference,
+        tensor(x, [batch, len, k], &Device::flex()),
+        tensor(w, [k, n], &Device::flex()),
+    ))
+}
+
+/// `x · w` (`[batch, len, k]` and `[k, n]`, given in f32) on `gpu` in `dtype` by the fastest
+/// implementation, its shape and format checked; not yet read back (fusion runs it then).
+fn gpu_product(
+    gpu: &Device,
+    x: &[f32],
+    w: &[f32],
+    [batch, len, k, n]: [usize; 4],
+    dtype: FloatDType,
+) -> Tensor<3> {
+    let got = project_with(
+        Impl::Fastest,
+        tensor(x, [batch, len, k], gpu).cast(dtype),
+        tensor(w, [k, n], gpu).cast(dtype),
+    );
+    assert_eq!(got.dims(), [batch, len, n], "shape");
+    assert_eq!(got.dtype(), DType::from(dtype), "format");
+    got
 }
 
 /// `max |got - want| / max |want|` (the absolute error where `want` is all zero).
@@ -480,11 +508,7 @@ fn gpu_project_silu_from_matches_reference() {
             from,
         ));
         // The reference is the product with SiLU on the gated columns.
-        let product = host(project_with(
-            Impl::Reference,
-            tensor(&x, [batch, len, k], &Device::flex()),
-            tensor(&w, [k, n], &Device::flex()),
-        ));
+        let product = cpu_product(&x, &w, [batch, len, k, n]);
         for (i, (&p, &v)) in product.iter().zip(&want).enumerate() {
             let e = if i % n >= from {
                 silu64(p as f64)
@@ -747,11 +771,7 @@ fn gpu_project_mma_matches_reference() {
     for &[batch, len, k, n] in shapes {
         let x = normals(&mut rng, batch * len * k, 1.0);
         let w = normals(&mut rng, k * n, 1.0 / (k as f32).sqrt());
-        let want = host(project_with(
-            Impl::Reference,
-            tensor(&x, [batch, len, k], &Device::flex()),
-            tensor(&w, [k, n], &Device::flex()),
-        ));
+        let want = cpu_product(&x, &w, [batch, len, k, n]);
         let fits = k % 32 == 0 && k <= GEMM_MAX_K && n % 64 == 0;
         let mut formats = vec![(FloatDType::F32, 5e-3), (FloatDType::F16, 4e-3)];
         if is_cuda(&gpu) {
@@ -769,13 +789,7 @@ fn gpu_project_mma_matches_reference() {
             set_gemm_rows(rows);
             for &(dtype, tol) in &formats {
                 let before = gemm_mma_launches();
-                let got = project_with(
-                    Impl::Fastest,
-                    tensor(&x, [batch, len, k], &gpu).cast(dtype),
-                    tensor(&w, [k, n], &gpu).cast(dtype),
-                );
-                assert_eq!(got.dims(), [batch, len, n], "shape");
-                assert_eq!(got.dtype(), DType::from(dtype), "format");
+                let got = gpu_product(&gpu, &x, &w, [batch, len, k, n], dtype);
                 // Read back first: the product runs when its result is needed.
                 let got = host(got);
                 let mma = gemm_mma_launches() - before;
@@ -1711,11 +1725,7 @@ fn gpu_projection_matches_the_cpu_product() {
     for [batch, len, k, n] in shapes {
         let x = normals(&mut rng, batch * len * k, 1.0);
         let w = normals(&mut rng, k * n, 1.0 / (k as f32).sqrt());
-        let want = host(project_with(
-            Impl::Reference,
-            tensor(&x, [batch, len, k], &Device::flex()),
-            tensor(&w, [k, n], &Device::flex()),
-        ));
+        let want = cpu_product(&x, &w, [batch, len, k, n]);
         for (name, tiling) in &names {
             set_strategy(name.as_deref());
             set_tiling(*tiling);
@@ -1732,13 +1742,7 @@ fn gpu_projection_matches_the_cpu_product() {
             };
             for &(dtype, tol) in formats {
                 let refused = refusals();
-                let got = project_with(
-                    Impl::Fastest,
-                    tensor(&x, [batch, len, k], &gpu).cast(dtype),
-                    tensor(&w, [k, n], &gpu).cast(dtype),
-                );
-                assert_eq!(got.dims(), [batch, len, n], "shape");
-                assert_eq!(got.dtype(), DType::from(dtype), "format");
+                let got = gpu_product(&gpu, &x, &w, [batch, len, k, n], dtype);
                 let e = rel_err(&host(got), &want);
                 let label = format!(
                     "{} {}",
@@ -1761,6 +1765,48 @@ fn gpu_projection_matches_the_cpu_product() {
     }
     set_strategy(None);
     set_tiling(None);
+}
+
+/// Where Burn's matrix-product selection refuses a projection (on CubeCL's CPU runtime with a
+/// 32 KiB L1 data cache its tiles can outgrow the shared memory the runtime offers), cubek's naive
+/// kernel runs it: here forced, on the product's shapes, in f32 and f16, against the CPU's
+/// product, counting that the fallback ran.
+#[test]
+fn gpu_projection_falls_back_to_the_naive_kernel() {
+    let gpu = require_cuda!();
+    let _alone = projections_alone();
+    // Burn's selection is where the fallback sits (the chosen strategies have their own).
+    set_strategy(Some("burn"));
+    struct Unforce;
+    impl Drop for Unforce {
+        fn drop(&mut self) {
+            force_naive_fallback(false);
+            set_strategy(None);
+        }
+    }
+    let _unforce = Unforce;
+    force_naive_fallback(true);
+    let mut rng = StdRng::seed_from_u64(15);
+    for [batch, len, k, n] in [[1, 129, 256, 96], [2, 37, 40, 48]] {
+        let x = normals(&mut rng, batch * len * k, 1.0);
+        let w = normals(&mut rng, k * n, 1.0 / (k as f32).sqrt());
+        let want = cpu_product(&x, &w, [batch, len, k, n]);
+        for (dtype, tol) in [(FloatDType::F32, 1e-5), (FloatDType::F16, 5e-3)] {
+            let before = naive_fallbacks();
+            let got = gpu_product(&gpu, &x, &w, [batch, len, k, n], dtype);
+            let e = rel_err(&host(got), &want);
+            println!("naive project {batch}x{len}x{k} -> {n} {dtype:?} {e:9.2e}");
+            assert_eq!(
+                naive_fallbacks(),
+                before + 1,
+                "the naive kernel did not run"
+            );
+            assert!(
+                e <= tol,
+                "naive {dtype:?} [{batch},{len},{k}]x[{k},{n}]: {e:e}"
+            );
+        }
+    }
 }
 
 /// Projections with a short inner dimension (dt_proj's) run their own kernel by default,

@@ -506,9 +506,19 @@ pub fn project_softplus_reference<B: Backend>(
     w: FloatTensor<B>,
     bias: FloatTensor<B>,
 ) -> FloatTensor<B> {
+    project_softplus_composed::<B>(x, w, bias, project_reference::<B>)
+}
+
+/// [`project_softplus_reference`] with the product computed by `project`.
+pub(crate) fn project_softplus_composed<B: Backend>(
+    x: FloatTensor<B>,
+    w: FloatTensor<B>,
+    bias: FloatTensor<B>,
+    project: impl FnOnce(FloatTensor<B>, FloatTensor<B>) -> FloatTensor<B>,
+) -> FloatTensor<B> {
     let dtype = x.dtype();
     let out = bias.shape().to_vec().first().copied().unwrap_or(0);
-    let p = to_f32::<B>(project_reference::<B>(x, w));
+    let p = to_f32::<B>(project(x, w));
     let bias = B::float_reshape(to_f32::<B>(bias), Shape::new([1, 1, out]));
     to_dtype::<B>(softplus::<B>(B::float_add(p, bias)), dtype)
 }

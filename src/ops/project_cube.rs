@@ -25,7 +25,10 @@
 //! A choice that refuses a problem when asked falls back to the next (the routine with its
 //! inferred tiling, then Burn's selection; [`refusals`] counts these); one that fails
 //! later, at launch, cannot be caught here, which is why the TMA strategies with the cmma tile
-//! (they failed at launch for x_proj's shape on the H200) are not offered.
+//! (they failed at launch for x_proj's shape on the H200) are not offered. Where Burn's
+//! selection itself refuses a problem (on CubeCL's CPU runtime, whose shared memory is the L1
+//! data cache's size, its tiles can outgrow it), cubek's naive kernel runs it
+//! ([`naive_fallbacks`]).
 //!
 //! Projections with an inner dimension of at most [`SMALL_K_MAX`] (dt_proj: 16 for d_model 256)
 //! run [`small_k_kernel`] instead, on every CubeCL runtime, unless a strategy was chosen or
@@ -252,10 +255,7 @@ pub fn strategy_names() -> Vec<String> {
 pub(crate) fn project_cube(x: CubeTensor, w: CubeTensor) -> CubeTensor {
     let w3 = super::block::batched_weight::<CubeBackend>(w);
     let dtype = x.dtype;
-    let burn_matmul = |x: CubeTensor, w3: CubeTensor| {
-        matmul(x, w3, None, MatmulStrategy::default(), dtype)
-            .unwrap_or_else(|e| panic!("matrix product failed: {e:?}"))
-    };
+    let burn_matmul = |x: CubeTensor, w3: CubeTensor| matmul_or_naive(x, w3, dtype);
     let client_name = x.client.name();
     if let Some(out) = project_small_k(&x, &w3, None) {
         return out;
@@ -298,6 +298,73 @@ pub(crate) fn project_cube(x: CubeTensor, w: CubeTensor) -> CubeTensor {
         REFUSALS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
     burn_matmul(x, w3)
+}
+
+/// Burn's matrix product (its selection), else cubek's naive kernel where the selection
+/// refuses the problem on this device: CubeCL's CPU runtime offers the L1 data cache's size as
+/// shared memory, and where that is 32 KiB the selection's tiling for some projections (in_proj
+/// of 256 -> 1,024, x_proj-like 65 -> 48, ...) asked for 45,056 bytes (CI and the development
+/// VM, 2026-12-01). [`naive_fallbacks`] counts the fallbacks.
+fn matmul_or_naive(x: CubeTensor, w3: CubeTensor, dtype: DType) -> CubeTensor {
+    let selected = if FORCE_NAIVE.load(std::sync::atomic::Ordering::Relaxed) {
+        None
+    } else {
+        match matmul(
+            x.clone(),
+            w3.clone(),
+            None,
+            MatmulStrategy::default(),
+            dtype,
+        ) {
+            Ok(out) => return out,
+            Err(e) => Some(e),
+        }
+    };
+    let naive = activation_elem(dtype).ok_or(None).and_then(|elem| {
+        let x = into_contiguous(x);
+        let w3 = into_contiguous(w3);
+        let out = init_matmul_output(&x, &w3, dtype);
+        let mut dtypes = MatmulElems::from_globals(&MatmulGlobalElems {
+            lhs: elem,
+            rhs: elem,
+            out: elem,
+        });
+        cubek::matmul::launch::launch_ref(
+            &Strategy::Naive.into(),
+            &out.client.clone(),
+            InputBinding::new(x.binding(), elem),
+            InputBinding::new(w3.binding(), elem),
+            out.clone().binding(),
+            &mut dtypes,
+        )
+        .map(|()| out)
+        .map_err(Some)
+    });
+    match naive {
+        Ok(out) => {
+            NAIVE_FALLBACKS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            out
+        }
+        Err(naive) => {
+            panic!("matrix product failed: Burn's selection: {selected:?}; naive kernel: {naive:?}")
+        }
+    }
+}
+
+static NAIVE_FALLBACKS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+static FORCE_NAIVE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// How many projections so far ran cubek's naive kernel because Burn's selection refused them
+/// (or [`force_naive_fallback`] asked for it).
+pub fn naive_fallbacks() -> usize {
+    NAIVE_FALLBACKS.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// Makes projections that would take Burn's selection take the naive fallback instead, as on
+/// a device where the selection refuses them (tests: the fallback is otherwise reached only on
+/// such devices); process-wide.
+pub fn force_naive_fallback(on: bool) {
+    FORCE_NAIVE.store(on, std::sync::atomic::Ordering::Relaxed);
 }
 
 /// `x · w` with SiLU on the output columns `from..` (in_proj with the gate's activation):
@@ -350,7 +417,7 @@ pub(crate) fn project_softplus_cube(x: CubeTensor, w: CubeTensor, bias: CubeTens
     let w3 = super::block::batched_weight::<CubeBackend>(w.clone());
     match project_small_k(&x, &w3, Some(&bias)) {
         Some(out) => out,
-        None => super::block::project_softplus_reference::<CubeBackend>(x, w, bias),
+        None => super::block::project_softplus_composed::<CubeBackend>(x, w, bias, project_cube),
     }
 }
 
