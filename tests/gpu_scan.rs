@@ -1988,3 +1988,62 @@ fn gpu_model_matches_the_cpu_model() {
     );
     assert!(err <= 1e-4, "model on the kernel device vs CPU: {err:e}");
 }
+
+#[test]
+fn gpu_piece_runner_on_two_streams_matches_one() {
+    let gpu = require_cuda!();
+    let _alone = projections_alone();
+    let _path = scan_path(ScanPath::Auto);
+    // A long record's pieces with the blocks in two and three groups, each submitting its
+    // work under its own stream id (tensors handed from one stream to the next), against one
+    // group on the calling thread's stream: the same kernels on the same values, so the
+    // hidden states and the final state are equal, in f32 and f16.
+    use genomamba::infer::PieceRunner;
+    let mut arch = MambaConfig::new(32, 3);
+    arch.d_state = 8;
+    let mut rng = StdRng::seed_from_u64(23);
+    let dna: Vec<u8> = (0..700).map(|_| b"ACGT"[rng.random_range(0..4)]).collect();
+    let tokens = tokenize(&dna).unwrap();
+    for precision in [Precision::F32, Precision::F16] {
+        let mut model = GenoModel::init(ModelConfig::new(arch.clone()), 5, &gpu).unwrap();
+        model.backbone.set_precision(precision);
+        let run = |groups: usize| {
+            let mut runner = PieceRunner::with_groups(&model.backbone, None, &gpu, groups);
+            let mut out = Vec::new();
+            let pieces: Vec<&[u8]> = tokens.chunks(256).collect();
+            for (i, p) in pieces.iter().enumerate() {
+                let pad = if i + 1 == pieces.len() { 256 } else { 0 };
+                out.extend(runner.push(i * 256, p, pad));
+            }
+            let (rest, state) = runner.finish();
+            out.extend(rest);
+            let mut values: Vec<f32> = Vec::new();
+            let mut starts = Vec::new();
+            for (start, h) in out {
+                starts.push(start);
+                values.extend(host(h));
+            }
+            for l in state.layers {
+                values.extend(host(l.conv));
+                values.extend(host(l.ssm));
+            }
+            (starts, values)
+        };
+        let (want_starts, want) = run(1);
+        assert_eq!(want_starts, vec![0, 256, 512]);
+        for groups in [2, 3] {
+            let (starts, got) = run(groups);
+            assert_eq!(starts, want_starts, "{precision:?}, {groups} groups");
+            assert_eq!(got.len(), want.len());
+            let diff = got
+                .iter()
+                .zip(&want)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0.0f32, f32::max);
+            println!(
+                "{precision:?}: {groups} groups on their own streams against one: max |diff| {diff:e}"
+            );
+            assert_eq!(diff, 0.0, "{precision:?}, {groups} groups");
+        }
+    }
+}

@@ -322,6 +322,64 @@ fn pipelined_chunks_equal_the_one_thread_loop() {
     assert_eq!(seen, 2, "no chunk is handed on after the error");
 }
 
+/// A long record's pieces through [`PieceRunner`] with the blocks in 1, 2, 3 and more groups
+/// than blocks give exactly the hidden states and final state of the plain piece loop, the
+/// last piece padded, each piece's states handed back once it has left the last group.
+#[test]
+fn piece_runner_equals_the_piece_loop() {
+    use genomamba::infer::{PieceRunner, run_piece_tensor};
+    let device = Device::flex();
+    let mut arch = MambaConfig::new(16, 3);
+    arch.phase_period = 3;
+    let model = GenoModel::init(ModelConfig::new(arch), 11, &device).unwrap();
+    let m = &model.backbone;
+    let a = tokenize(&test_dna()[..95]).unwrap();
+    let pieces: Vec<(usize, &[u8])> = a.chunks(16).enumerate().map(|(i, p)| (i * 16, p)).collect();
+    let host2 = |t: Tensor<2>| t.into_data().convert::<f32>().try_to_vec::<f32>().unwrap();
+    let host3 = |t: Tensor<3>| t.into_data().convert::<f32>().try_to_vec::<f32>().unwrap();
+    let state_values = |s: genomamba::model::MambaState| {
+        let mut v: Vec<f32> = Vec::new();
+        for l in s.layers {
+            v.extend(host3(l.conv));
+            v.extend(host3(l.ssm));
+        }
+        (v, s.phase)
+    };
+    let mut want = Vec::new();
+    let mut state = None;
+    for (i, (start, p)) in pieces.iter().enumerate() {
+        let pad = if i + 1 == pieces.len() { 16 } else { 0 };
+        let (h, next) = run_piece_tensor(m, p, state.take(), &device, pad);
+        want.push((*start, host2(h)));
+        state = Some(next);
+    }
+    let want_state = state_values(state.unwrap());
+    for stages in [1, 2, 3, 5] {
+        let mut runner = PieceRunner::with_groups(m, None, &device, stages);
+        let mut got = Vec::new();
+        for (i, (start, p)) in pieces.iter().enumerate() {
+            let pad = if i + 1 == pieces.len() { 16 } else { 0 };
+            let out = runner.push(*start, p, pad);
+            // Hidden states come back `groups - 1` pieces late.
+            let late = stages.min(3) - 1;
+            assert_eq!(
+                out.len(),
+                usize::from(i >= late),
+                "{stages} groups, piece {i}"
+            );
+            got.extend(out.into_iter().map(|(s, h)| (s, host2(h))));
+        }
+        let (rest, end) = runner.finish();
+        got.extend(rest.into_iter().map(|(s, h)| (s, host2(h))));
+        assert_eq!(got, want, "{stages} groups: hidden states");
+        assert_eq!(
+            state_values(end),
+            want_state,
+            "{stages} groups: final state"
+        );
+    }
+}
+
 #[test]
 fn saved_model_reloads_identically() {
     let device = Device::flex();

@@ -10,12 +10,12 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use genomamba::alphabet::reverse_complement_tokens;
 use genomamba::device::DeviceSpec;
 use genomamba::infer::{DEFAULT_CHUNK, batch_positions};
-use genomamba::infer::{run_batch, run_piece_tensor};
+use genomamba::infer::{PieceRunner, run_batch};
 use genomamba::io::fastx::{Piece, RecordMeta, for_each_piece};
 use genomamba::io::region::{Region, read_region};
 use genomamba::model::GenoModel;
+use genomamba::model::Precision;
 use genomamba::model::weights::host_values;
-use genomamba::model::{MambaState, Precision};
 use genomamba::{Error, Result};
 
 /// Inputs, device and chunking, shared by `embed`, `classify` and `annotate`.
@@ -131,18 +131,21 @@ impl InputArgs {
         rc: bool,
     ) -> Result<usize> {
         let d = model.backbone.d_model();
-        let mut long: Option<(MambaState, S::Acc)> = None;
+        let mut long: Option<(PieceRunner<'_>, S::Acc)> = None;
         let mut long_tokens: Vec<u8> = Vec::new();
         let mut consume = |group: Vec<Piece>| -> Result<()> {
             if let [piece] = group.as_slice()
                 && !piece.is_whole()
             {
                 let meta = &*piece.meta;
-                let (state, mut acc) = match long.take() {
-                    Some((st, acc)) if piece.start > 0 => (Some(st), acc),
+                let (mut runner, mut acc) = match long.take() {
+                    Some((runner, acc)) if piece.start > 0 => (runner, acc),
                     _ => {
                         long_tokens.clear();
-                        (None, sink.begin(meta)?)
+                        (
+                            PieceRunner::new(&model.backbone, None, device),
+                            sink.begin(meta)?,
+                        )
                     }
                 };
                 // A GPU runs the last piece padded to a whole chunk (one shape for all).
@@ -151,14 +154,18 @@ impl InputArgs {
                 } else {
                     0
                 };
-                let (hidden, next) =
-                    run_piece_tensor(&model.backbone, &piece.tokens, state, device, pad_to);
-                sink.rows_tensor(&mut acc, meta, piece.start, hidden)?;
+                // On a GPU the hidden states come back a piece or so late (`PieceRunner`).
+                for (start, hidden) in runner.push(piece.start, &piece.tokens, pad_to) {
+                    sink.rows_tensor(&mut acc, meta, start, hidden)?;
+                }
                 pb.inc(piece.tokens.len() as u64);
                 if rc {
                     long_tokens.extend_from_slice(&piece.tokens);
                 }
                 if piece.last {
+                    for (start, hidden) in runner.finish().0 {
+                        sink.rows_tensor(&mut acc, meta, start, hidden)?;
+                    }
                     if rc {
                         let rev = reverse_complement_tokens(&long_tokens);
                         run_batch(
@@ -178,7 +185,7 @@ impl InputArgs {
                     }
                     sink.end(acc, meta, piece.start + piece.tokens.len())?;
                 } else {
-                    long = Some((next, acc));
+                    long = Some((runner, acc));
                 }
                 return Ok(());
             }

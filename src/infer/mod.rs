@@ -199,6 +199,208 @@ pub fn run_piece_tensor(
     (hidden.reshape([len, d]), next)
 }
 
+/// Runs one long record piece after piece, as [`run_piece_tensor`] in a loop does, optionally
+/// with the blocks split into groups that each submit their work under their own stream
+/// (CubeCL stream ids, which on CUDA are separate CUDA streams): piece `p` goes through the
+/// first group while piece `p - 1` goes through the second, so the GPU may run one stream's
+/// kernels on multiprocessors the other's leave idle. All of it is submitted from the calling
+/// thread; each group carries its own blocks' states, so the results are those of the plain
+/// loop. Hidden states come back one piece late per extra group: [`push`](Self::push) returns
+/// those of earlier pieces, [`finish`](Self::finish) the rest.
+///
+/// One group (every piece through all blocks at once, back from its own `push`) unless
+/// [`set_pipeline`] or `GENOMAMBA_PIPELINE` ask for more. On an H200 (whole chr20, d_model 256,
+/// 16 layers, f16; BENCHMARKS.md, twenty-seventh session) `ncu` saw the groups' kernels on
+/// separate CUDA streams, but the time barely moved: one group 10.95-11.03 s, two 10.88-11.10 s
+/// (5.5 GiB of GPU memory against 3.4), four 10.73-10.96 s (10 GiB). The kernels fill every
+/// multiprocessor they run on (in_proj and out_proj one cube of 232 registers per thread per
+/// multiprocessor), so little runs side by side.
+pub struct PieceRunner<'a> {
+    model: &'a Mamba,
+    device: Device,
+    /// Per group: its blocks, their states and the stream its work is submitted under.
+    groups: Vec<Group>,
+    phase: Vec<usize>,
+    /// Pieces on their way through the groups, oldest first: start, length, the residual
+    /// stream and the group it goes through next.
+    inflight: std::collections::VecDeque<(usize, usize, Residual, usize)>,
+    ids: Vec<i64>,
+}
+
+struct Group {
+    layers: std::ops::Range<usize>,
+    states: Vec<crate::model::LayerState>,
+    stream: StreamTag,
+}
+
+impl<'a> PieceRunner<'a> {
+    /// A runner continuing from `state` (a zero state for one record when `None`).
+    pub fn new(model: &'a Mamba, state: Option<MambaState>, device: &Device) -> Self {
+        Self::with_groups(model, state, device, pipeline_or(1))
+    }
+
+    /// [`new`](Self::new) with the blocks in `groups` groups (at least one, at most one block
+    /// each), whatever the device.
+    pub fn with_groups(
+        model: &'a Mamba,
+        state: Option<MambaState>,
+        device: &Device,
+        groups: usize,
+    ) -> Self {
+        let state = state.unwrap_or_else(|| model.zero_state(1, device));
+        let n = model.layers.len();
+        let stages = groups.clamp(1, n.max(1));
+        let mut rest = state.layers;
+        let mut groups = Vec::with_capacity(stages);
+        for i in (0..stages).rev() {
+            let start = n * i / stages;
+            let states = rest.split_off(start.min(rest.len()));
+            groups.push(Group {
+                layers: start..n * (i + 1) / stages,
+                states,
+                stream: StreamTag::new(stages > 1),
+            });
+        }
+        groups.reverse();
+        Self {
+            model,
+            device: device.clone(),
+            groups,
+            phase: state.phase,
+            inflight: std::collections::VecDeque::new(),
+            ids: Vec::new(),
+        }
+    }
+
+    /// Submits the next piece of the record, starting at `start` (run padded with `[PAD]` to
+    /// `pad_to` positions when shorter, as [`run_piece_tensor`] does: only for a record's last
+    /// piece). Returns the hidden states (`[len, d_model]`, on the device) of the pieces that
+    /// left the last group, with their starts, in order.
+    pub fn push(&mut self, start: usize, tokens: &[u8], pad_to: usize) -> Vec<(usize, Tensor<2>)> {
+        // Earlier pieces first, each one group on, so that every group's input was finished
+        // by the group before it before that group took the next piece.
+        let mut done = self.advance();
+        let len = tokens.len();
+        let model = self.model;
+        let first = &mut self.groups[0];
+        let tokens = padded_tokens(
+            &[tokens],
+            0..len,
+            len.max(pad_to),
+            &self.device,
+            &mut self.ids,
+        );
+        let phase = std::mem::take(&mut self.phase);
+        let states = std::mem::take(&mut first.states);
+        let layers = first.layers.clone();
+        let ((stream, next), phase) = first.stream.run(|| {
+            let (x, phase) = model.embed_chunk(tokens, phase);
+            let residual = Residual {
+                x,
+                pending: None,
+                half: None,
+            };
+            (model.forward_layers(residual, layers, states), phase)
+        });
+        first.states = next;
+        self.phase = phase;
+        self.inflight.push_back((start, len, stream, 1));
+        if self.groups.len() == 1 {
+            done.extend(self.advance());
+        }
+        done
+    }
+
+    /// Moves every piece in flight through its next group; returns those that came out.
+    fn advance(&mut self) -> Vec<(usize, Tensor<2>)> {
+        let model = self.model;
+        let mut done = Vec::new();
+        let mut kept = std::collections::VecDeque::with_capacity(self.inflight.len());
+        let count = self.groups.len();
+        while let Some((start, len, stream, g)) = self.inflight.pop_front() {
+            if g == count {
+                done.push((
+                    start,
+                    self.groups[g - 1]
+                        .stream
+                        .run(|| out_rows(model, stream, len)),
+                ));
+                continue;
+            }
+            let group = &mut self.groups[g];
+            let states = std::mem::take(&mut group.states);
+            let layers = group.layers.clone();
+            let (stream, next) = group
+                .stream
+                .run(|| model.forward_layers(stream, layers, states));
+            group.states = next;
+            if g + 1 == count {
+                done.push((start, group.stream.run(|| out_rows(model, stream, len))));
+            } else {
+                kept.push_back((start, len, stream, g + 1));
+            }
+        }
+        self.inflight = kept;
+        done
+    }
+
+    /// Runs the pieces still in flight through the remaining groups; returns their hidden
+    /// states (as [`push`](Self::push)) and the state after the last piece.
+    pub fn finish(mut self) -> (Vec<(usize, Tensor<2>)>, MambaState) {
+        let mut done = Vec::new();
+        while !self.inflight.is_empty() {
+            done.extend(self.advance());
+        }
+        let layers = self.groups.into_iter().flat_map(|g| g.states).collect();
+        (
+            done,
+            MambaState {
+                layers,
+                phase: self.phase,
+            },
+        )
+    }
+}
+
+/// The final norm over a piece's residual stream, cut to its first `len` positions: `[len,
+/// d_model]`.
+fn out_rows(model: &Mamba, stream: Residual, len: usize) -> Tensor<2> {
+    let hidden = first_positions(model.finish(stream), len);
+    let d = hidden.dims()[2];
+    hidden.reshape([len, d])
+}
+
+/// The stream a group of blocks submits its work under: its own CubeCL stream id where the
+/// build has CubeCL backends and the runner splits the blocks, else the calling thread's.
+struct StreamTag {
+    #[cfg(feature = "cube")]
+    id: Option<cubecl_environment::stream::Stream>,
+}
+
+impl StreamTag {
+    fn new(own: bool) -> Self {
+        #[cfg(feature = "cube")]
+        {
+            Self {
+                id: own.then(cubecl_environment::stream::Stream::new),
+            }
+        }
+        #[cfg(not(feature = "cube"))]
+        {
+            let _ = own;
+            Self {}
+        }
+    }
+
+    fn run<R>(&self, f: impl FnOnce() -> R) -> R {
+        #[cfg(feature = "cube")]
+        if let Some(id) = &self.id {
+            return id.enter(f);
+        }
+        f()
+    }
+}
+
 /// Runs positions `span` of every record (one batch row each) from `state`, as `run`
 /// positions: past a record's end (and past `span`, when `run` is longer) with `[PAD]`.
 /// Returns the hidden states of `span` alone (`[batch, span.len(), d_model]`; a view when
@@ -261,19 +463,24 @@ pub fn set_pipeline(stages: Option<usize>) {
 }
 
 /// Stages [`run_batch_tensor`] runs the blocks in ([`run_pipelined`]; 1: one loop): as
-/// [`set_pipeline`] said, else as `GENOMAMBA_PIPELINE` says (`off`, `on`, or a number of
-/// stages), else [`GPU_PIPELINE_STAGES`] on every device but Burn's CPU backend (which already
-/// spreads each operation over all cores) and 1 there.
+/// [`pipeline_or`] says, with [`GPU_PIPELINE_STAGES`] by default on every device but Burn's CPU
+/// backend (which already spreads each operation over all cores) and 1 there.
 fn pipeline(device: &Device) -> usize {
-    match PIPELINE.load(std::sync::atomic::Ordering::Relaxed) {
-        0 => {}
-        stages => return stages,
-    }
     let default = if *device == Device::flex() {
         1
     } else {
         GPU_PIPELINE_STAGES
     };
+    pipeline_or(default)
+}
+
+/// Stages as [`set_pipeline`] said, else as `GENOMAMBA_PIPELINE` says (`off`, `on` (that is
+/// [`GPU_PIPELINE_STAGES`]), or a number of stages), else `default`.
+fn pipeline_or(default: usize) -> usize {
+    match PIPELINE.load(std::sync::atomic::Ordering::Relaxed) {
+        0 => {}
+        stages => return stages,
+    }
     match std::env::var("GENOMAMBA_PIPELINE").as_deref() {
         Ok("off") => 1,
         Ok("on") => GPU_PIPELINE_STAGES,
@@ -320,8 +527,9 @@ impl Chunks<'_> {
 /// `sink`, workers run chunk `c + 1` through the group before it, and so on back to the first
 /// group (which also embeds the chunk). Each group carries its own blocks' states, so the
 /// results are those of the one-thread loop. The threads share the host's work per chunk
-/// (building and queueing some 350 kernels). The GPU still runs them one after another: with
-/// Burn's fusion backend on CUDA every kernel went to one CUDA stream (`ncu`, BENCHMARKS.md).
+/// (building and queueing some 350 kernels). The GPU still ran them one after another: `ncu`
+/// saw every kernel on one CUDA stream (BENCHMARKS.md, sixteenth session; [`PieceRunner`]'s
+/// groups, submitted under stream ids of their own, do reach separate streams).
 /// Measured on 16.7 Mb of chr20 on two H200 machines at chunks of 65,536: 5% faster on the one
 /// whose host was slower, no change on the other; at 262,144 (the GPU default since) no change
 /// (1%, and 13.17 against 13.18 s on chr20).
