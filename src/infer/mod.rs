@@ -277,11 +277,12 @@ impl<'a> PieceRunner<'a> {
     /// piece). Returns the hidden states (`[len, d_model]`, on the device) of the pieces that
     /// left the last group, with their starts, in order.
     pub fn push(&mut self, start: usize, tokens: &[u8], pad_to: usize) -> Vec<(usize, Tensor<2>)> {
-        // Earlier pieces first, each one group on, so that every group's input was finished
-        // by the group before it before that group took the next piece.
+        // Earlier pieces first, each one group on: a group's output is then taken by the next
+        // group before the group queues work for the next piece.
         let mut done = self.advance();
         let len = tokens.len();
         let model = self.model;
+        let single = self.groups.len() == 1;
         let first = &mut self.groups[0];
         let tokens = padded_tokens(
             &[tokens],
@@ -304,9 +305,10 @@ impl<'a> PieceRunner<'a> {
         });
         first.states = next;
         self.phase = phase;
-        self.inflight.push_back((start, len, stream, 1));
-        if self.groups.len() == 1 {
-            done.extend(self.advance());
+        if single {
+            done.push((start, first.stream.run(|| out_rows(model, stream, len))));
+        } else {
+            self.inflight.push_back((start, len, stream, 1));
         }
         done
     }
@@ -318,15 +320,6 @@ impl<'a> PieceRunner<'a> {
         let mut kept = std::collections::VecDeque::with_capacity(self.inflight.len());
         let count = self.groups.len();
         while let Some((start, len, stream, g)) = self.inflight.pop_front() {
-            if g == count {
-                done.push((
-                    start,
-                    self.groups[g - 1]
-                        .stream
-                        .run(|| out_rows(model, stream, len)),
-                ));
-                continue;
-            }
             let group = &mut self.groups[g];
             let states = std::mem::take(&mut group.states);
             let layers = group.layers.clone();
