@@ -12,6 +12,11 @@ fn fixtures() -> PathBuf {
 }
 
 /// max |a - b| / max |b|
+/// A tensor's values on the host, as f32.
+fn host<const D: usize>(t: Tensor<D>) -> Vec<f32> {
+    t.into_data().convert::<f32>().try_to_vec::<f32>().unwrap()
+}
+
 fn rel_err(a: &[f32], b: &[f64]) -> f64 {
     assert_eq!(a.len(), b.len(), "length mismatch");
     let num = a
@@ -171,7 +176,6 @@ fn fused_residual_add_and_norm_equal_the_blockwise_forward() {
             x = layer.forward(x, st).0;
         }
         let want = m.norm_f.forward(x);
-        let host = |t: Tensor<3>| t.into_data().convert::<f32>().try_to_vec::<f32>().unwrap();
         let want: Vec<f64> = host(want).iter().map(|v| *v as f64).collect();
         let err = rel_err(&host(fused), &want);
         assert!(err <= 1e-6, "{precision:?}: fused vs blockwise {err:e}");
@@ -261,7 +265,6 @@ fn padding_the_last_chunk_changes_no_hidden_state() {
         }
     }
     // The pieces of a long record: the last one (3 positions) padded to 10.
-    let host = |t: Tensor<2>| t.into_data().convert::<f32>().try_to_vec::<f32>().unwrap();
     let m = &model.backbone;
     let (_, state) = genomamba::infer::run_piece_tensor(m, &a[..20], None, &device, 0);
     let (last, _) =
@@ -335,13 +338,11 @@ fn piece_runner_equals_the_piece_loop() {
     let m = &model.backbone;
     let a = tokenize(&test_dna()[..95]).unwrap();
     let pieces: Vec<(usize, &[u8])> = a.chunks(16).enumerate().map(|(i, p)| (i * 16, p)).collect();
-    let host2 = |t: Tensor<2>| t.into_data().convert::<f32>().try_to_vec::<f32>().unwrap();
-    let host3 = |t: Tensor<3>| t.into_data().convert::<f32>().try_to_vec::<f32>().unwrap();
     let state_values = |s: genomamba::model::MambaState| {
         let mut v: Vec<f32> = Vec::new();
         for l in s.layers {
-            v.extend(host3(l.conv));
-            v.extend(host3(l.ssm));
+            v.extend(host(l.conv));
+            v.extend(host(l.ssm));
         }
         (v, s.phase)
     };
@@ -350,7 +351,7 @@ fn piece_runner_equals_the_piece_loop() {
     for (i, (start, p)) in pieces.iter().enumerate() {
         let pad = if i + 1 == pieces.len() { 16 } else { 0 };
         let (h, next) = run_piece_tensor(m, p, state.take(), &device, pad);
-        want.push((*start, host2(h)));
+        want.push((*start, host(h)));
         state = Some(next);
     }
     let want_state = state_values(state.unwrap());
@@ -367,10 +368,10 @@ fn piece_runner_equals_the_piece_loop() {
                 usize::from(i >= late),
                 "{stages} groups, piece {i}"
             );
-            got.extend(out.into_iter().map(|(s, h)| (s, host2(h))));
+            got.extend(out.into_iter().map(|(s, h)| (s, host(h))));
         }
         let (rest, end) = runner.finish();
-        got.extend(rest.into_iter().map(|(s, h)| (s, host2(h))));
+        got.extend(rest.into_iter().map(|(s, h)| (s, host(h))));
         assert_eq!(got, want, "{stages} groups: hidden states");
         assert_eq!(
             state_values(end),

@@ -13,9 +13,8 @@ use genomamba::infer::{DEFAULT_CHUNK, batch_positions};
 use genomamba::infer::{PieceRunner, run_batch};
 use genomamba::io::fastx::{Piece, RecordMeta, for_each_piece};
 use genomamba::io::region::{Region, read_region};
-use genomamba::model::GenoModel;
-use genomamba::model::Precision;
 use genomamba::model::weights::host_values;
+use genomamba::model::{GenoModel, Precision};
 use genomamba::{Error, Result};
 
 /// Inputs, device and chunking, shared by `embed`, `classify` and `annotate`.
@@ -154,7 +153,7 @@ impl InputArgs {
                 } else {
                     0
                 };
-                // On a GPU the hidden states come back a piece or so late (`PieceRunner`).
+                // With the blocks in groups, hidden states come back pieces late (`PieceRunner`).
                 for (start, hidden) in runner.push(piece.start, &piece.tokens, pad_to) {
                     sink.rows_tensor(&mut acc, meta, start, hidden)?;
                 }
