@@ -9,6 +9,15 @@
 #   python3 -m venv /tmp/cudatk && /tmp/cudatk/bin/pip install nvidia-cuda-nvrtc \
 #     nvidia-cuda-nvcc nvidia-cuda-runtime nvidia-cuda-cccl nvidia-cuda-cuobjdump
 # (CUDATK names another environment.) Keep it off PATH while building with `--features cuda`.
+# CubeCL hands NVRTC's PTX to the driver, whose own `ptxas` makes the machine code that runs: on
+# the H200 (driver 580, CUDA 13.0) pass 3's step loop ran the same 267 opcodes in the same order
+# as CUDA 13.0's `ptxas` makes here (`ncu` source page, BENCHMARKS.md, twenty-eighth session),
+# while 13.5's makes 247. So for the machine code that runs,
+# take the 13.0 wheels (`"nvidia-cuda-nvrtc==13.0.*" "nvidia-cuda-nvcc==13.0.*"
+# "nvidia-cuda-runtime==13.0.*" "nvidia-cuda-cccl==13.0.*"`), copy `cuobjdump` and `nvdisasm`
+# from a newer environment into its `bin`, and set LD_LIBRARY_PATH to its `lib` (NVRTC 13.0
+# loads its builtins from there). `examples/kernel_source.rs` writes the scan kernels as the
+# model runs them (`*_model_*.cu`).
 # Sources: `GENOMAMBA_KERNEL_SOURCE_DIR=DIR cargo test --release --features cuda --lib --
 # kernel_compiles` writes the tensor-core kernels' C++ to DIR.
 #

@@ -1,7 +1,9 @@
 //! Writes the CUDA C++ that CubeCL's C++ backend generates for the selective-scan kernels on an
-//! sm_90 GPU (an H200), without needing a GPU: one `<kernel>[_prefetch]_<format>_n<d_state>.cu` per pass
-//! (passes 1 and 3 also with later steps' loads issued early, `GENOMAMBA_SCAN_PREFETCH`; two steps
-//! ahead in pass 3 and four in pass 1 unless `GENOMAMBA_SCAN_DEPTH` says otherwise);
+//! sm_90 GPU (an H200), without needing a GPU: one `<kernel>[_prefetch|_model]_<format>_n<d_state>.cu`
+//! per pass (passes 1 and 3 also with later steps' loads issued early, `GENOMAMBA_SCAN_PREFETCH`;
+//! two steps ahead in pass 3 and four in pass 1 unless `GENOMAMBA_SCAN_DEPTH` says otherwise;
+//! `_model`: loading ahead, with 32-bit indices, Δ activated and the gate as given, as the model
+//! runs them);
 //! `<format>` is the activations' (`f32`, `f16`, `bf16`), with `_bc32` where `B` and `C` are
 //! read in f32 (as the model passes them with half activations). Also `dbc_mma_<format>.cu`,
 //! x_proj fused with dt_proj on tensor cores (f16, bf16; `dt_rank` and `d_state` 16).
@@ -33,12 +35,16 @@ fn main() -> Result<(), String> {
         (DType::F16, DType::F32, "f16_bc32"),
         (DType::BF16, DType::F32, "bf16_bc32"),
     ] {
-        for prefetch in [false, true] {
-            let sources = scan_cuda_sources(dtype, bc, d_state, prefetch)?;
-            let variant = if prefetch { "_prefetch" } else { "" };
+        for (prefetch, as_model) in [(false, false), (true, false), (true, true)] {
+            let sources = scan_cuda_sources(dtype, bc, d_state, prefetch, as_model)?;
+            let variant = match (prefetch, as_model) {
+                (_, true) => "_model",
+                (true, false) => "_prefetch",
+                (false, false) => "",
+            };
             for (name, source) in sources {
                 if prefetch && name == "scan_chunk_combine" {
-                    continue; // pass 2 has no such variant
+                    continue; // pass 2 has neither variant
                 }
                 let path = format!("{out}/{name}{variant}_{tag}_n{d_state}.cu");
                 std::fs::write(&path, source).map_err(|e| format!("{path}: {e}"))?;

@@ -432,7 +432,12 @@ fn scan_chunk_state_kernel<F: Float, G: Float, V: Size>(
     // `p` holds the values of the steps `t` with `(t - t0) % slots == p`, and the loop is
     // unrolled `slots` times, so that a value stays in its register from its load to its use
     // (rotating one variable into another made ptxas consume the load at once: see
-    // [`prefetch_slots`]). The last steps load their own values again.
+    // [`prefetch_slots`]). Past the chunk's end the loads read its last step again, the index
+    // clamped with a `min` (one instruction, where a test and a select took four; with the
+    // folded shared-memory offsets of [`smem_mask`], pass 1 went from 97.75 to 89.75
+    // instructions per step and from 631 to 621 us per layer at chr20's shape on the H200;
+    // the same two changes made pass 3 slower there, so it keeps its select: BENCHMARKS.md,
+    // twenty-eighth session).
     // Offsets are recomputed from `t` here: advancing them per step, as pass 3 does, made
     // ptxas unroll the loop twice with 72 registers instead of 64, and timed no better
     // (BENCHMARKS.md).
@@ -450,6 +455,9 @@ fn scan_chunk_state_kernel<F: Float, G: Float, V: Size>(
         un[p] = u[at];
         dn[p] = delta[at];
     }
+    let ahead = slots * d_inner;
+    let last = first + (t1 - 1 - t0) * d_inner;
+    let mask = comptime!(smem_mask(rows * nvec));
     let mut ts = t0;
     while ts < t1 {
         let te = if ts + rows < t1 { ts + rows } else { t1 };
@@ -468,11 +476,8 @@ fn scan_chunk_state_kernel<F: Float, G: Float, V: Size>(
                     let ut = f32::cast_from(un[p]);
                     let delta_t = f32::cast_from(dn[p]);
                     if prefetch {
-                        let nxt = if t + slots < t1 {
-                            i + slots * d_inner
-                        } else {
-                            i
-                        };
+                        // Past the chunk's last step, the last step's values (not used).
+                        let nxt = min(i + ahead, last);
                         un[p] = u[nxt];
                         dn[p] = delta[nxt];
                     }
@@ -481,9 +486,10 @@ fn scan_chunk_state_kernel<F: Float, G: Float, V: Size>(
                     let dt = time_step(delta_t + bias, fast, activate);
                     let dtu = dt * ut;
                     sum += dt;
+                    let sm = so & mask;
                     #[unroll]
                     for q in 0..nvec {
-                        let bq = sb[so + q];
+                        let bq = sb[sm + q];
                         #[unroll]
                         for e in 0..vec {
                             let n = q * vec + e;
@@ -977,6 +983,15 @@ fn stage_rows(d_state: usize, slots: usize) -> usize {
     (rows / slots * slots).max(slots)
 }
 
+/// A mask that keeps every index below `len` as it is. Pass 1 reads its staged rows of `B` at
+/// `(so & mask) + q`: with the index's upper bits known to be clear, the compiler folds the
+/// constant `q` into the shared-memory load's offset instead of computing each address
+/// (CUDA 13.0's `ptxas`, the one in the H200's driver that compiles CubeCL's PTX, did not
+/// otherwise: sm_90a machine code, BENCHMARKS.md, twenty-eighth session).
+fn smem_mask(len: usize) -> usize {
+    len.next_power_of_two() - 1
+}
+
 /// Register slots of the `u`, `delta` (and `z`) values that passes 1 and 3 load ahead: `depth`
 /// with `prefetch` (steps ahead; see [`scan_prefetch`], [`scan_depth`]), else 1 (each step's
 /// own values, loaded in that step). Slot `p` holds the steps `t` with `(t - t0) % slots ==
@@ -1413,16 +1428,20 @@ pub(crate) fn scan_cube_with(
 /// H200), without a GPU: `(name, source)` for pass 1, 2 and 3 and the walk (where `d_state`
 /// allows it, with its usual lanes) with activations `act` (f32,
 /// f16 or bf16), `d_state` states, `B`/`C` read four floats at a time where `d_state` allows,
-/// the approximate functions on, 64-bit indices, passes 1 and 3 with or without `prefetch`
-/// (see [`scan_prefetch`]; as many steps ahead as [`scan_depth`] says). For reading the
-/// generated code and, compiled with `nvcc -cubin` (or `bench/nvrtc_sass.sh`), its machine
-/// code (`bench/sass.sh`).
+/// the approximate functions on, passes 1 and 3 with or without `prefetch` (see
+/// [`scan_prefetch`]; as many steps ahead as [`scan_depth`] says). With `as_model` false the
+/// kernels take 64-bit indices and apply the softplus and the SiLU gate themselves
+/// (`selective_scan`'s kernels); with `as_model` true they take 32-bit indices, Δ already
+/// activated and the gate as given, as the model runs them at a chunk's size
+/// (`selective_scan_activated` and `_gated`). For reading the generated code and, compiled with
+/// `nvcc -cubin` (or `bench/nvrtc_sass.sh`), its machine code (`bench/sass.sh`).
 #[cfg(feature = "cuda")]
 pub fn cuda_sources(
     act: DType,
     bc: DType,
     d_state: usize,
     prefetch: bool,
+    as_model: bool,
 ) -> Result<Vec<(String, String)>, String> {
     use cubecl::CubeKernel;
     use cubecl::prelude::AddressType;
@@ -1441,7 +1460,12 @@ pub fn cuda_sources(
     let vec = vector_width(d_state);
     let dim = CubeDim::new_1d(CUBE_THREADS);
     let count = CubeCount::new_1d(1);
-    let address = AddressType::U64;
+    let address = if as_model {
+        AddressType::U32
+    } else {
+        AddressType::U64
+    };
+    let (activate, silu_gate) = (!as_model, !as_model);
     let mut compile = |name: &str, def| sm90.compile(name, def);
     // Buffers and sizes only describe the launch; the kernel's code depends on the comptime
     // arguments and the formats.
@@ -1469,7 +1493,7 @@ pub fn cuda_sources(
         d_state,
         vec,
         true, // fast
-        true, // activate (softplus)
+        activate,
         prefetch,
         scan_depth().0,
         [elem, bc_elem],
@@ -1525,8 +1549,8 @@ pub fn cuda_sources(
         vec,
         false, // single_chunk
         true,  // fast
-        true,  // activate (softplus)
-        true,  // silu_gate
+        activate,
+        silu_gate,
         prefetch,
         scan_depth().1,
         [elem, bc_elem],
@@ -1570,8 +1594,8 @@ pub fn cuda_sources(
             lanes,
             channels,
             true, // fast
-            true, // activate (softplus)
-            true, // silu_gate
+            activate,
+            silu_gate,
             [elem, bc_elem],
         )
     });
@@ -1685,7 +1709,7 @@ mod tests {
     #[test]
     fn cuda_sources_need_no_device() {
         for dtype in [DType::F32, DType::F16, DType::BF16] {
-            let sources = cuda_sources(dtype, dtype, 16, false).unwrap();
+            let sources = cuda_sources(dtype, dtype, 16, false, false).unwrap();
             let names: Vec<&str> = sources.iter().map(|(n, _)| n.as_str()).collect();
             assert_eq!(
                 names,
@@ -1704,20 +1728,24 @@ mod tests {
                 );
             }
         }
-        assert!(cuda_sources(DType::F32, DType::F32, 0, false).is_err());
-        assert!(cuda_sources(DType::I32, DType::I32, 16, false).is_err());
-        assert!(cuda_sources(DType::F32, DType::F16, 16, false).is_err());
+        assert!(cuda_sources(DType::F32, DType::F32, 0, false, false).is_err());
+        assert!(cuda_sources(DType::I32, DType::I32, 16, false, false).is_err());
+        assert!(cuda_sources(DType::F32, DType::F16, 16, false, false).is_err());
         // The prefetching variant is different code.
-        let plain = cuda_sources(DType::F16, DType::F16, 16, false).unwrap();
-        let ahead = cuda_sources(DType::F16, DType::F16, 16, true).unwrap();
+        let plain = cuda_sources(DType::F16, DType::F16, 16, false, false).unwrap();
+        let ahead = cuda_sources(DType::F16, DType::F16, 16, true, false).unwrap();
         assert_ne!(plain[0].1, ahead[0].1);
         assert_eq!(plain[1].1, ahead[1].1);
         assert_ne!(plain[2].1, ahead[2].1);
         // So is reading B and C in f32 with half activations (passes 1 and 3 only).
-        let wide = cuda_sources(DType::F16, DType::F32, 16, false).unwrap();
+        let wide = cuda_sources(DType::F16, DType::F32, 16, false, false).unwrap();
         assert_ne!(plain[0].1, wide[0].1);
         assert_eq!(plain[1].1, wide[1].1);
         assert_ne!(plain[2].1, wide[2].1);
+        // And the model's variant (32-bit indices, Δ activated, the gate as given).
+        let model = cuda_sources(DType::F16, DType::F16, 16, false, true).unwrap();
+        assert_ne!(plain[0].1, model[0].1);
+        assert_ne!(plain[2].1, model[2].1);
     }
 
     #[test]
