@@ -200,12 +200,30 @@ fn scan_prefetch() -> (bool, bool) {
 /// with the values rotated through variables (call 48), two steps ahead had already beaten
 /// one: L = 2^20 f32 13.40-13.47 ms against 13.88-14.03 ms, 16.7 Mb of chr20 in f16 4.59-4.60 s
 /// against 4.66-4.68 s. The environment variable `GENOMAMBA_SCAN_DEPTH` (1 to 4) sets both,
-/// for tuning runs; results do not depend on it.
+/// or `P1,P3` each, for tuning runs; results do not depend on it. With pass 1's loads ahead
+/// clamped (twenty-eighth session, call 130), pass 1 fits 64 registers two and three steps
+/// ahead (8 cubes per SM, against 7 at four with 72), yet took 649 / 643 us against 620 us at
+/// four.
 fn scan_depth() -> (usize, usize) {
-    static DEPTH: std::sync::OnceLock<Option<usize>> = std::sync::OnceLock::new();
-    let forced = *DEPTH
-        .get_or_init(|| positive_env("GENOMAMBA_SCAN_DEPTH").filter(|&d| d <= MAX_SCAN_DEPTH));
-    forced.map_or((4, 2), |d| (d, d))
+    static DEPTH: std::sync::OnceLock<(usize, usize)> = std::sync::OnceLock::new();
+    *DEPTH.get_or_init(|| {
+        parse_depths(&std::env::var("GENOMAMBA_SCAN_DEPTH").unwrap_or_default()).unwrap_or((4, 2))
+    })
+}
+
+/// `GENOMAMBA_SCAN_DEPTH`'s value: one depth for both passes, or `P1,P3`; each 1 to
+/// [`MAX_SCAN_DEPTH`].
+fn parse_depths(value: &str) -> Option<(usize, usize)> {
+    let depth = |v: &str| {
+        v.trim()
+            .parse::<usize>()
+            .ok()
+            .filter(|d| (1..=MAX_SCAN_DEPTH).contains(d))
+    };
+    match value.split_once(',') {
+        Some((p1, p3)) => Some((depth(p1)?, depth(p3)?)),
+        None => depth(value).map(|d| (d, d)),
+    }
 }
 
 /// Most steps ahead [`scan_depth`] takes.
@@ -1746,6 +1764,16 @@ mod tests {
         let model = cuda_sources(DType::F16, DType::F16, 16, false, true).unwrap();
         assert_ne!(plain[0].1, model[0].1);
         assert_ne!(plain[2].1, model[2].1);
+    }
+
+    #[test]
+    fn scan_depths_parse() {
+        assert_eq!(parse_depths("3"), Some((3, 3)));
+        assert_eq!(parse_depths("3,2"), Some((3, 2)));
+        assert_eq!(parse_depths(" 4 , 1 "), Some((4, 1)));
+        for bad in ["", "0", "5", "3,", ",2", "3,0", "x", "3,2,1"] {
+            assert_eq!(parse_depths(bad), None, "{bad:?}");
+        }
     }
 
     #[test]
