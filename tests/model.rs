@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use genomamba::alphabet::tokenize;
 use genomamba::infer::hidden_states;
+use genomamba::model::weights::host_values;
 use genomamba::model::{GenoModel, MambaConfig, ModelConfig, Precision};
 
 fn fixtures() -> PathBuf {
@@ -12,11 +13,6 @@ fn fixtures() -> PathBuf {
 }
 
 /// max |a - b| / max |b|
-/// A tensor's values on the host, as f32.
-fn host<const D: usize>(t: Tensor<D>) -> Vec<f32> {
-    t.into_data().convert::<f32>().try_to_vec::<f32>().unwrap()
-}
-
 fn rel_err(a: &[f32], b: &[f64]) -> f64 {
     assert_eq!(a.len(), b.len(), "length mismatch");
     let num = a
@@ -176,8 +172,8 @@ fn fused_residual_add_and_norm_equal_the_blockwise_forward() {
             x = layer.forward(x, st).0;
         }
         let want = m.norm_f.forward(x);
-        let want: Vec<f64> = host(want).iter().map(|v| *v as f64).collect();
-        let err = rel_err(&host(fused), &want);
+        let want: Vec<f64> = host_values(want).iter().map(|v| *v as f64).collect();
+        let err = rel_err(&host_values(fused), &want);
         assert!(err <= 1e-6, "{precision:?}: fused vs blockwise {err:e}");
     }
 }
@@ -271,8 +267,8 @@ fn padding_the_last_chunk_changes_no_hidden_state() {
         genomamba::infer::run_piece_tensor(m, &a[20..], Some(state.clone()), &device, 0);
     let (padded, _) = genomamba::infer::run_piece_tensor(m, &a[20..], Some(state), &device, 10);
     assert_eq!(padded.dims(), [3, 16]);
-    let want: Vec<f64> = host(last).iter().map(|v| *v as f64).collect();
-    assert!(rel_err(&host(padded), &want) <= 1e-6);
+    let want: Vec<f64> = host_values(last).iter().map(|v| *v as f64).collect();
+    assert!(rel_err(&host_values(padded), &want) <= 1e-6);
 }
 
 /// Records of several chunks run with the blocks in groups on several threads (the default
@@ -341,8 +337,8 @@ fn piece_runner_equals_the_piece_loop() {
     let state_values = |s: genomamba::model::MambaState| {
         let mut v: Vec<f32> = Vec::new();
         for l in s.layers {
-            v.extend(host(l.conv));
-            v.extend(host(l.ssm));
+            v.extend(host_values(l.conv));
+            v.extend(host_values(l.ssm));
         }
         (v, s.phase)
     };
@@ -351,7 +347,7 @@ fn piece_runner_equals_the_piece_loop() {
     for (i, (start, p)) in pieces.iter().enumerate() {
         let pad = if i + 1 == pieces.len() { 16 } else { 0 };
         let (h, next) = run_piece_tensor(m, p, state.take(), &device, pad);
-        want.push((*start, host(h)));
+        want.push((*start, host_values(h)));
         state = Some(next);
     }
     let want_state = state_values(state.unwrap());
@@ -368,10 +364,10 @@ fn piece_runner_equals_the_piece_loop() {
                 usize::from(i >= late),
                 "{stages} groups, piece {i}"
             );
-            got.extend(out.into_iter().map(|(s, h)| (s, host(h))));
+            got.extend(out.into_iter().map(|(s, h)| (s, host_values(h))));
         }
         let (rest, end) = runner.finish();
-        got.extend(rest.into_iter().map(|(s, h)| (s, host(h))));
+        got.extend(rest.into_iter().map(|(s, h)| (s, host_values(h))));
         assert_eq!(got, want, "{stages} groups: hidden states");
         assert_eq!(
             state_values(end),
