@@ -47,6 +47,7 @@ use genomamba::ops::project_mma::{
     GEMM_MAX_K, gemm_gated_launches, gemm_mma_launches, gemm_norm_launches, gemm_residual_launches,
     set_gemm_band, set_gemm_rows,
 };
+use genomamba::ops::project_wgmma::{gemm_wg_launches, set_gemm_wgmma};
 use genomamba::ops::{
     ScanArgs, ScanPath, WALK_MIN_LANES, selective_scan, selective_scan_activated,
     selective_scan_gated, selective_scan_reference, selective_scan_reference_with, set_scan_path,
@@ -689,6 +690,128 @@ fn gpu_norm_and_residual_projections_match_reference() {
             assert!(e <= tol, "[{k},{n}] {dtype:?}: {e:e}");
         }
     }
+}
+
+#[test]
+fn gpu_project_wgmma_matches_reference() {
+    // The `wgmma` kernel: in_proj plain and with the norm and gate, and out_proj (`k` 512, in
+    // two pieces) with the residual add, in f16 and bf16, against the CPU in f32 and against
+    // the `mma.sync` kernel (`GENOMAMBA_GEMM_WGMMA=off`), whose outputs they equal bit for bit
+    // (same f32 sums). Elsewhere (no CUDA device) it never runs, which is checked too.
+    let gpu = require_cuda!();
+    let _alone = projections_alone();
+    set_strategy(None);
+    set_gemm_band(None);
+    set_gemm_rows(None);
+    let cuda = is_cuda(&gpu);
+    let mut rng = StdRng::seed_from_u64(71);
+    let eps = 1e-5;
+    let (batch, len, k, n, from) = if cuda {
+        (1, 2049, 256, 1024, 512)
+    } else {
+        (1, 40, 256, 256, 128)
+    };
+    let x: Vec<f32> = normals(&mut rng, batch * len * k, 1.0)
+        .iter()
+        .enumerate()
+        .map(|(i, v)| v * (1.0 + 3.0 * ((i / k) % 5) as f32))
+        .collect();
+    let norm: Vec<f32> = normals(&mut rng, k, 0.2).iter().map(|v| 1.0 + v).collect();
+    let w = normals(&mut rng, k * n, 2.0 / (k as f32).sqrt());
+    let norm_on =
+        |dev: &Device| -> Tensor<1> { Tensor::from_data(TensorData::new(norm.clone(), [k]), dev) };
+    let plain_want = cpu_product(&x, &w, [batch, len, k, n]);
+    let normed_want = host(project_norm_silu_from_with(
+        Impl::Reference,
+        tensor(&x, [batch, len, k], &Device::flex()),
+        norm_on(&Device::flex()),
+        tensor(&w, [k, n], &Device::flex()),
+        eps,
+        from,
+    ));
+    // out_proj: `y` of 512 channels onto a stream of 256.
+    let (rk, rn) = (512, 256);
+    let y = normals(&mut rng, batch * len * rk, 1.0);
+    let stream = normals(&mut rng, batch * len * rn, 2.0);
+    let wr = normals(&mut rng, rk * rn, 1.0 / (rk as f32).sqrt());
+    let (residual_want, _) = project_add_with(
+        Impl::Reference,
+        tensor(&y, [batch, len, rk], &Device::flex()),
+        tensor(&wr, [rk, rn], &Device::flex()),
+        tensor(&stream, [batch, len, rn], &Device::flex()),
+    );
+    let residual_want = host(residual_want);
+    // On CubeCL's CPU runtime (CI) f16 only, with the kernel asked for (and not run).
+    let (formats, modes) = if cuda {
+        (
+            vec![(FloatDType::F16, 5e-3), (FloatDType::BF16, 4e-2)],
+            vec![false, true],
+        )
+    } else {
+        (vec![(FloatDType::F16, 5e-3)], vec![true])
+    };
+    for (dtype, tol) in formats {
+        // Each product by the `mma.sync` kernel and by `wgmma`.
+        let mut runs = Vec::new();
+        for &wg in &modes {
+            set_gemm_wgmma(Some(if wg { "on" } else { "off" }));
+            let before = gemm_wg_launches();
+            let xg = tensor(&x, [batch, len, k], &gpu).cast(dtype);
+            let plain = host(project_with(
+                Impl::Fastest,
+                xg.clone(),
+                tensor(&w, [k, n], &gpu).cast(dtype),
+            ));
+            let normed = host(project_norm_silu_from_with(
+                Impl::Fastest,
+                xg.clone(),
+                norm_on(&gpu),
+                tensor(&w, [k, n], &gpu).cast(dtype),
+                eps,
+                from,
+            ));
+            let (sum, half) = project_add_with(
+                Impl::Fastest,
+                tensor(&y, [batch, len, rk], &gpu).cast(dtype),
+                tensor(&wr, [rk, rn], &gpu).cast(dtype),
+                tensor(&stream, [batch, len, rn], &gpu),
+            );
+            let (sum, half_host) = (host(sum.clone()), host(half));
+            assert_eq!(
+                half_host,
+                host(sum_as(&sum, [batch, len, rn], &gpu, dtype)),
+                "{dtype:?} wgmma {wg}: the copy is the sum rounded"
+            );
+            let launches = gemm_wg_launches() - before;
+            assert_eq!(
+                launches,
+                if wg && cuda { 3 } else { 0 },
+                "{dtype:?} wgmma {wg}"
+            );
+            for (name, got, want) in [
+                ("plain", &plain, &plain_want),
+                ("norm+gate", &normed, &normed_want),
+                ("residual", &sum, &residual_want),
+            ] {
+                let e = rel_err(got, want);
+                println!("wgmma {wg} {name} {len} rows {dtype:?}: {e:9.2e}");
+                assert!(e <= tol, "{name} {dtype:?} wgmma {wg}: {e:e}");
+            }
+            runs.push((plain, normed, sum));
+        }
+        if cuda {
+            let (a, b) = (&runs[0], &runs[1]);
+            assert_eq!(a.0, b.0, "{dtype:?}: plain, wgmma against mma.sync");
+            assert_eq!(a.1, b.1, "{dtype:?}: norm and gate, wgmma against mma.sync");
+            assert_eq!(a.2, b.2, "{dtype:?}: residual, wgmma against mma.sync");
+        }
+    }
+    set_gemm_wgmma(None);
+}
+
+/// `sum` (host values, f32) on `gpu` rounded to `dtype`, back on the host.
+fn sum_as(sum: &[f32], dims: [usize; 3], gpu: &Device, dtype: FloatDType) -> Tensor<3> {
+    tensor(sum, dims, gpu).cast(dtype)
 }
 
 #[test]

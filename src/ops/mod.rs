@@ -19,6 +19,8 @@ pub mod conv_dbc;
 pub mod project_cube;
 #[cfg(feature = "cube")]
 pub mod project_mma;
+#[cfg(feature = "cube")]
+pub mod project_wgmma;
 pub mod scan;
 mod scan_backward;
 mod scan_cpu;

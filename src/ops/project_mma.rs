@@ -276,6 +276,23 @@ fn project_mma_with(
         Some((w, eps)) => (w.clone(), *eps as f32),
         None => (unused(), 0.0),
     };
+    let gate = gate_from.is_some_and(|f| f < n);
+    if super::project_wgmma::launch_wgmma(
+        &x,
+        &w,
+        &out,
+        &res_arg,
+        &sum_arg,
+        &nw_arg,
+        [rows, k, n],
+        gate_from.unwrap_or(n),
+        eps,
+        [bf16, gate, stream.is_some(), norm.is_some()],
+    ) {
+        GEMM_MMA_LAUNCHES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        count_epilogues(gate, stream.is_some(), norm.is_some());
+        return Some((out, sum));
+    }
     let row_tiles = if k > MAX_K_32_ROWS { 1 } else { row_tiles() };
     let warps = positive_env("GENOMAMBA_GEMM_WARPS")
         .filter(|&w| w <= 32)
@@ -292,7 +309,6 @@ fn project_mma_with(
     let slices = tiles.div_ceil(tiles_per_slice);
     let cubes = u32::try_from(slices * bands).ok()?;
     let address = AddressType::from_len((rows * k).max(rows * n).max(k * n));
-    let gate = gate_from.is_some_and(|f| f < n);
     // SAFETY: a cube reads the band `[n0, n0 + band)` of `w` (`n0 + band <= n`, rows below
     // `k`), or with the gate its groups of 64 columns `p · bands + bi < n / 64`, and rows of
     // `x` below `rows` (clamped to `rows - 1`), columns below `k`; it writes rows below `rows`
@@ -333,16 +349,21 @@ fn project_mma_with(
         );
     }
     GEMM_MMA_LAUNCHES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    count_epilogues(gate, stream.is_some(), norm.is_some());
+    Some((out, sum))
+}
+
+/// Counts a launch's epilogues (for tests).
+fn count_epilogues(gate: bool, residual: bool, norm: bool) {
     if gate {
         GEMM_GATED_LAUNCHES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
-    if stream.is_some() {
+    if residual {
         GEMM_RESIDUAL_LAUNCHES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
-    if norm.is_some() {
+    if norm {
         GEMM_NORM_LAUNCHES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
-    Some((out, sum))
 }
 
 /// Copies the band of columns `[n0, n0 + band)` of `w` (`[k, n]`, rows of `nv` 16-byte
