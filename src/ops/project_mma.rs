@@ -21,6 +21,11 @@
 //! ([`project_mma_gated`]); each cube's band is then taken as groups of 64 columns strided
 //! over the output, so that every cube gates about as many columns as the others.
 //!
+//! On a compute capability 9.0 GPU (H100, H200) the problems this kernel takes with an inner
+//! dimension up to 256 (or 512 without the norm) and outputs a multiple of 128 go to
+//! [`project_wgmma`](super::project_wgmma) instead, Hopper's warpgroup instruction with the same
+//! epilogues and the same outputs.
+//!
 //! `GENOMAMBA_GEMM_MMA=off` goes back to cubek (for comparisons), as does choosing a cubek
 //! strategy. For tuning runs (results do not depend on them): `GENOMAMBA_GEMM_BAND` (64, 128
 //! or 256 columns per band), `GENOMAMBA_GEMM_ROWS` (16 or 32 rows per warp tile),

@@ -27,6 +27,7 @@
 //! 403 -> 312 us, out_proj with the residual add 328 -> 306 us, the last block's plain out_proj
 //! 228 -> 162 us (BENCHMARKS.md, twenty-ninth session).
 //!
+//! Only on compute capability 9.0 (`sm_90a`; Blackwell has no `wgmma`).
 //! `GENOMAMBA_GEMM_WGMMA=off` goes back to `gemm_rows_kernel` (for comparisons);
 //! `GENOMAMBA_GEMM_WG_GROUPS` sets the warpgroups per cube (tuning).
 
@@ -575,6 +576,9 @@ pub(crate) fn launch_wgmma(
         return false;
     }
     let client = x.client.clone();
+    if !wgmma_target(&client.properties().identity.fingerprint) {
+        return false;
+    }
     // `k` up to KC in one piece (a multiple of 32), or two pieces of KC without the norm.
     let pieces_fit = (k <= KC && k.is_multiple_of(32)) || (k == 2 * KC && !norm);
     if !fast_math(&client) || !pieces_fit || !n.is_multiple_of(NG) {
@@ -640,6 +644,13 @@ pub(crate) fn launch_wgmma(
     true
 }
 
+/// Whether kernels compiled for the device with this CubeCL fingerprint can issue `wgmma`:
+/// compute capability 9.0 only (CubeCL compiles for `sm_90a` there; Blackwell's `sm_100a` and
+/// older GPUs have no `wgmma`, and take the `mma.sync` kernel).
+fn wgmma_target(fingerprint: &str) -> bool {
+    fingerprint == "ptx_sm90"
+}
+
 /// The CUDA C++ of [`gemm_wg_kernel`] for an sm_90a device (an H200), without a GPU: in_proj
 /// of the d_model 256 model (`k` 256, bands of 256) with the given epilogues.
 #[cfg(feature = "cuda")]
@@ -689,6 +700,28 @@ pub fn gemm_wg_cuda_source(
 #[cfg(test)]
 mod tests {
     use super::wg_block_ptx;
+
+    #[test]
+    fn wgmma_only_on_compute_capability_9_0() {
+        assert!(super::wgmma_target("ptx_sm90"));
+        for other in [
+            "ptx_sm80",
+            "ptx_sm89",
+            "ptx_sm100",
+            "ptx_sm120",
+            "hip-kernel_gfx1151",
+            "",
+        ] {
+            assert!(!super::wgmma_target(other), "{other}");
+        }
+    }
+
+    #[cfg(feature = "cuda")]
+    #[test]
+    fn the_h200_stand_in_is_a_wgmma_target() {
+        let sm90 = crate::ops::scan_cube::Sm90::new();
+        assert!(super::wgmma_target(&sm90.props.identity.fingerprint));
+    }
 
     #[test]
     fn wg_block_names_every_register_once_per_step() {
