@@ -20,6 +20,17 @@
 //! current one's products and epilogue run. `k` up to 256 is one piece; out_proj's 512 is two,
 //! the second accumulating onto the first ([`wg_block_acc`]).
 //!
+//! With bands of two groups and `k` in one piece (in_proj) both groups' products are issued
+//! at once, each committed apart ([`wg_issue_ptx`]): the norm's sums are taken while they run,
+//! group 0's epilogue runs once its products are done ([`wg_wait_ptx`]) while group 1's still
+//! run, and the next tile's `x` is loaded once group 1's are done, during its epilogue (the
+//! accumulators of both groups and one tile's `x` take the registers that loading a tile ahead
+//! took). For in_proj's gate (SiLU on the second half of the outputs) each band's first group
+//! is all ungated and its second all gated, so that is decided per group when the kernel is
+//! expanded instead of per column as it runs. On the H200 in_proj took 286 us instead of 310
+//! us (`GENOMAMBA_GEMM_WG_PIPE=off`: one group at a time, as above) and whole chr20 10.25-10.28
+//! s instead of 10.39-10.48 s (BENCHMARKS.md, thirtieth session).
+//!
 //! The epilogues are those of `gemm_rows_kernel` (RMSNorm folded into in_proj, the gate's
 //! SiLU, the residual add in out_proj), in the same f32 order, so the outputs are bit for bit
 //! the `mma.sync` kernel's (`tests/gpu_scan.rs`; whole chr20 mean-pooled, 0 difference). On the
