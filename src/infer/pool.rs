@@ -100,8 +100,8 @@ impl Pooler {
             return;
         }
         let part = match self.pool {
-            Pool::Mean => reduce_rows(h, |t, dim| t.sum_dim(dim), |a, b| a + b),
-            Pool::Max => reduce_rows(h, |t, dim| t.max_dim(dim), |a, b| a.max_pair(b)),
+            Pool::Mean => reduce_rows(h, &|t, dim| t.sum_dim(dim), &|a, b| a + b),
+            Pool::Max => reduce_rows(h, &|t, dim| t.max_dim(dim), &|a, b| a.max_pair(b)),
             Pool::Last => h.slice([len - 1..len, 0..d]),
         };
         self.pending = Some(match (self.pending.take(), self.pool) {
@@ -152,36 +152,49 @@ impl Pooler {
     }
 }
 
-/// Groups of rows reduced side by side before the groups are combined.
-const ROW_GROUPS: usize = 64;
+/// Rows per group when rows are reduced in groups side by side, unless
+/// `GENOMAMBA_POOL_GROUP_ROWS` says otherwise (2 or more; for comparisons).
+const GROUP_ROWS: usize = 64;
 
-/// Reduces the rows of `h` (`[len, d]`) to one (`[1, d]`) in two steps: `ROW_GROUPS` groups of
-/// consecutive rows reduced in parallel, then the groups; the rows left over are reduced on
-/// their own. (A single reduction over the row axis runs on a GPU as one short loop per
-/// column, a few dozen threads in all: about 1 ms for 8,192 rows of 256.)
+fn group_rows() -> usize {
+    std::env::var("GENOMAMBA_POOL_GROUP_ROWS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|&v: &usize| v >= 2)
+        .unwrap_or(GROUP_ROWS)
+}
+
+/// Reduces the rows of `h` (`[len, d]`) to one (`[1, d]`) in levels: groups of [`GROUP_ROWS`]
+/// consecutive rows reduced side by side to one row each, then those rows the same way, until
+/// one group is left; the rows after the last whole group are reduced on their own. (A
+/// reduction over the row axis runs on a GPU as one loop per column, or per column and group:
+/// 256 columns of a 262,144-row chunk reduced in 64 groups took 483 us on an H200, few threads
+/// each walking 4,096 rows; in groups of 64 rows every level has thousands of threads and short
+/// loops.)
 fn reduce_rows(
     h: Tensor<2>,
-    reduce: impl Fn(Tensor<3>, usize) -> Tensor<3>,
-    combine: impl Fn(Tensor<2>, Tensor<2>) -> Tensor<2>,
+    reduce: &impl Fn(Tensor<3>, usize) -> Tensor<3>,
+    combine: &impl Fn(Tensor<2>, Tensor<2>) -> Tensor<2>,
 ) -> Tensor<2> {
     let [len, d] = h.dims();
-    let per = len / ROW_GROUPS;
-    let whole = per * ROW_GROUPS;
+    let group_rows = group_rows();
+    let groups = len / group_rows;
+    let whole = groups * group_rows;
     let one = |t: Tensor<2>| -> Tensor<2> {
         let [n, d] = t.dims();
         reduce(t.reshape([1, n, d]), 1).reshape([1, d])
     };
-    if per < 2 {
+    if groups < 2 {
         return one(h);
     }
-    let groups = reduce(
+    let rows = reduce(
         h.clone()
             .slice([0..whole, 0..d])
-            .reshape([ROW_GROUPS, per, d]),
+            .reshape([groups, group_rows, d]),
         1,
     )
-    .reshape([ROW_GROUPS, d]);
-    let main = one(groups);
+    .reshape([groups, d]);
+    let main = reduce_rows(rows, reduce, combine);
     if whole < len {
         combine(main, one(h.slice([whole..len, 0..d])))
     } else {
@@ -211,9 +224,16 @@ mod tests {
     fn tensor_chunks_pool_like_rows() {
         let device = burn::tensor::Device::flex();
         let d = 3;
-        // Chunk lengths around the row grouping: fewer rows than groups, whole groups, and
-        // whole groups plus a remainder; more chunks than are pooled between copies to the host.
-        for lens in [vec![1, 5], vec![128, 64], vec![200, 7, 1000], vec![3; 150]] {
+        // Chunk lengths around the row grouping: fewer rows than a group, whole groups, whole
+        // groups plus a remainder, three levels of groups with remainders at two; more chunks
+        // than are pooled between copies to the host.
+        for lens in [
+            vec![1, 5],
+            vec![128, 64],
+            vec![200, 7, 1000],
+            vec![3; 150],
+            vec![64 * 64 * 3 + 64 * 5 + 9],
+        ] {
             let total: usize = lens.iter().sum();
             let rows: Vec<f32> = (0..total * d)
                 .map(|i| ((i * 37 % 101) as f32 - 50.0) / 7.0)

@@ -354,6 +354,13 @@ fn fold_norm() -> bool {
     std::env::var("GENOMAMBA_FOLD_NORM").map_or(true, |v| v != "off")
 }
 
+/// Whether the first block, in f16/bf16, folds its norm into in_proj too (from the embedding
+/// rounded to the activation format, as the later blocks fold theirs from the stream so
+/// rounded): yes unless `GENOMAMBA_FOLD_NORM` is `off` or `after-first`, for comparisons.
+fn fold_first_norm() -> bool {
+    std::env::var("GENOMAMBA_FOLD_NORM").map_or(true, |v| v != "off" && v != "after-first")
+}
+
 /// Whether blocks off the CPU run dt_proj with the Δ bias and softplus fused (see
 /// [`MambaBlock::no_bias`]): yes unless the environment variable `GENOMAMBA_FUSED_DT` is
 /// `off`, for comparisons. The CPU's scan applies them in its own loop, so it keeps them.
@@ -563,6 +570,14 @@ impl Mamba {
                 }
                 None => match half.take() {
                     Some(h) if layer.folds_norm() => MixInput::Stream(h),
+                    // The first block: one cast of the stream (in `mix_y`) instead of the
+                    // norm's own kernels, where in_proj can fold the norm.
+                    None if layer.folds_norm()
+                        && layer.precision.half().is_some()
+                        && fold_first_norm() =>
+                    {
+                        MixInput::Stream(x.clone())
+                    }
                     _ => MixInput::Normed(layer.norm.forward(x.clone())),
                 },
             };

@@ -444,7 +444,9 @@ pub fn conv_dbc_cuda_source(bf16: bool) -> Result<String, String> {
         sm90.target.clone(),
         CubeCount::new_1d(1),
         CubeDim::new_2d(32, 4),
-        AddressType::U64,
+        // As the model's chunks run it (offsets below 2^32): the machine code's registers are
+        // then those of the device's (127 on the H200), not the 64-bit offsets' (142).
+        AddressType::U32,
         8,
         4,
         x,
