@@ -70,6 +70,17 @@ impl DeviceSpec {
     }
 }
 
+/// Starts `device` by uploading one value and reading it back: on a GPU that brings up the
+/// driver, its context and CubeCL's client for the device (about 0.2 s on an H200); the
+/// command-line tool runs it on a thread of its own while it reads the model.
+pub fn warm_up(device: &Device) {
+    let t = burn::tensor::Tensor::<1>::from_data(
+        burn::tensor::TensorData::new(vec![0.0f32], [1]),
+        device,
+    );
+    let _ = t.into_data();
+}
+
 /// Keeps the GPU kernels' compiled code on disk between runs: CubeCL's compilation cache,
 /// turned on unless `GENOMAMBA_KERNEL_CACHE=0`. CubeCL puts it under `target/environment` of
 /// the outermost Cargo project above the working directory, else in the user's cache

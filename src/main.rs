@@ -5,11 +5,12 @@ mod cli;
 use clap::Parser;
 
 fn main() {
+    cli::mark("start");
     let cli = cli::Cli::parse();
     #[cfg(feature = "cuda")]
     genomamba::device::enable_kernel_cache();
     match cli::run(cli) {
-        Ok(()) => {}
+        Ok(()) => cli::mark("done, exiting"),
         Err(e) if e.is_broken_pipe() => std::process::exit(0),
         Err(e) => {
             eprintln!("genomamba: error: {e}");

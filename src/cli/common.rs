@@ -82,8 +82,22 @@ impl InputArgs {
         }
         let precision = self.precision.parse::<Precision>()?;
         genomamba::io::fastx::check_inputs(&self.inputs)?;
-        let device = self.device.parse::<DeviceSpec>()?.device()?;
-        let mut model = GenoModel::load(&self.model, &device)?;
+        let spec = self.device.parse::<DeviceSpec>()?;
+        let device = spec.device()?;
+        // A GPU is started on a thread of its own while the model is read (unless
+        // `GENOMAMBA_EARLY_START=off`, for comparisons).
+        let early = spec.compiles_per_shape()
+            && std::env::var("GENOMAMBA_EARLY_START").map_or(true, |v| v != "off");
+        let start = early.then(|| {
+            let device = device.clone();
+            std::thread::spawn(move || genomamba::device::warm_up(&device))
+        });
+        let model = GenoModel::load(&self.model, &device);
+        if let Some(start) = start {
+            let _ = start.join();
+        }
+        super::mark("device and model ready");
+        let mut model = model?;
         model.backbone.set_precision(precision);
         Ok((device, model))
     }

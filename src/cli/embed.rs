@@ -162,7 +162,9 @@ pub fn run(a: EmbedArgs) -> Result<()> {
             out.write_all(line.as_bytes())?;
             let mut sink = PooledSink { out, pool, d };
             let skipped = a.input.drive(&model, &device, &pb, &mut sink, false)?;
+            super::mark("all chunks done");
             sink.out.commit()?;
+            super::mark("output written");
             skipped
         }
         None => {

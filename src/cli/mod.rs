@@ -40,6 +40,17 @@ pub enum Command {
 }
 
 /// Runs a parsed command line.
+static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+
+/// With `GENOMAMBA_TIMING` set, prints to stderr how long after the start of `main` the process
+/// reached `what` (to see where a run's fixed time goes; the first call starts the clock).
+pub fn mark(what: &str) {
+    if std::env::var_os("GENOMAMBA_TIMING").is_some() {
+        let t = START.get_or_init(std::time::Instant::now).elapsed();
+        eprintln!("genomamba: timing: {:.3} s {what}", t.as_secs_f64());
+    }
+}
+
 pub fn run(cli: Cli) -> genomamba::Result<()> {
     match cli.command {
         Command::Embed(a) => embed::run(a),
