@@ -39,7 +39,6 @@ pub enum Command {
     Info(info::InfoArgs),
 }
 
-/// Runs a parsed command line.
 static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
 
 /// With `GENOMAMBA_TIMING` set, prints to stderr how long after the start of `main` the process
@@ -51,6 +50,7 @@ pub fn mark(what: &str) {
     }
 }
 
+/// Runs a parsed command line.
 pub fn run(cli: Cli) -> genomamba::Result<()> {
     match cli.command {
         Command::Embed(a) => embed::run(a),

@@ -572,12 +572,7 @@ impl Mamba {
                     Some(h) if layer.folds_norm() => MixInput::Stream(h),
                     // The first block: one cast of the stream (in `mix_y`) instead of the
                     // norm's own kernels, where in_proj can fold the norm.
-                    None if layer.folds_norm()
-                        && layer.precision.half().is_some()
-                        && fold_first_norm() =>
-                    {
-                        MixInput::Stream(x.clone())
-                    }
+                    None if layer.folds_norm() && fold_first_norm() => MixInput::Stream(x.clone()),
                     _ => MixInput::Normed(layer.norm.forward(x.clone())),
                 },
             };
