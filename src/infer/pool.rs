@@ -100,8 +100,10 @@ impl Pooler {
             return;
         }
         let part = match self.pool {
-            Pool::Mean => reduce_rows(h, &|t, dim| t.sum_dim(dim), &|a, b| a + b),
-            Pool::Max => reduce_rows(h, &|t, dim| t.max_dim(dim), &|a, b| a.max_pair(b)),
+            Pool::Mean => reduce_rows(h, group_rows(), &|t, dim| t.sum_dim(dim), &|a, b| a + b),
+            Pool::Max => reduce_rows(h, group_rows(), &|t, dim| t.max_dim(dim), &|a, b| {
+                a.max_pair(b)
+            }),
             Pool::Last => h.slice([len - 1..len, 0..d]),
         };
         self.pending = Some(match (self.pending.take(), self.pool) {
@@ -164,7 +166,7 @@ fn group_rows() -> usize {
         .unwrap_or(GROUP_ROWS)
 }
 
-/// Reduces the rows of `h` (`[len, d]`) to one (`[1, d]`) in levels: groups of [`GROUP_ROWS`]
+/// Reduces the rows of `h` (`[len, d]`) to one (`[1, d]`) in levels: groups of `group_rows`
 /// consecutive rows reduced side by side to one row each, then those rows the same way, until
 /// one group is left; the rows after the last whole group are reduced on their own. (A
 /// reduction over the row axis runs on a GPU as one loop per column, or per column and group:
@@ -173,11 +175,11 @@ fn group_rows() -> usize {
 /// loops.)
 fn reduce_rows(
     h: Tensor<2>,
+    group_rows: usize,
     reduce: &impl Fn(Tensor<3>, usize) -> Tensor<3>,
     combine: &impl Fn(Tensor<2>, Tensor<2>) -> Tensor<2>,
 ) -> Tensor<2> {
     let [len, d] = h.dims();
-    let group_rows = group_rows();
     let groups = len / group_rows;
     let whole = groups * group_rows;
     let one = |t: Tensor<2>| -> Tensor<2> {
@@ -194,7 +196,7 @@ fn reduce_rows(
         1,
     )
     .reshape([groups, d]);
-    let main = reduce_rows(rows, reduce, combine);
+    let main = reduce_rows(rows, group_rows, reduce, combine);
     if whole < len {
         combine(main, one(h.slice([whole..len, 0..d])))
     } else {
