@@ -4,8 +4,9 @@
 
 use burn::tensor::{Device, FloatDType, Tensor, TensorData};
 use genomamba::ops::block::{
-    Impl, add_rms_norm_with, causal_conv_silu_with, conv_dbc_with, project_add_with,
-    project_dbc_with, project_norm_silu_from_with, project_silu_from_with, rms_norm_with,
+    Impl, add_rms_norm_only, add_rms_norm_with, causal_conv_silu_with, conv_dbc_with,
+    project_add_with, project_dbc_with, project_norm_silu_from_with, project_silu_from_with,
+    rms_norm_with,
 };
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -182,6 +183,15 @@ fn fused_add_and_norm_match_reference_and_oracle() {
                 assert!(en < tol, "{which:?} {out:?}: norm rel err {en:e} (d {d})");
             }
         }
+        // The final norm (no sum) gives the f32 norm above.
+        let normed = add_rms_norm_only(
+            t3(&x, [batch, len, d], &dev),
+            t3(&y, [batch, len, d], &dev),
+            Tensor::from_data(TensorData::new(w.clone(), [d]), &dev),
+            eps,
+        );
+        let en = max_rel(&host(normed), &want);
+        assert!(en < 1e-6, "norm only: rel err {en:e} (d {d})");
     }
 }
 

@@ -34,9 +34,9 @@ use genomamba::alphabet::tokenize;
 use genomamba::infer::hidden_states;
 use genomamba::model::{GenoModel, MambaConfig, ModelConfig, Precision};
 use genomamba::ops::block::{
-    ConvDbc, Impl, add_rms_norm_with, causal_conv_silu_with, conv_dbc_with, project_add_with,
-    project_dbc_with, project_norm_silu_from_with, project_silu_from_with, project_softplus_with,
-    project_with,
+    ConvDbc, Impl, add_rms_norm_only, add_rms_norm_with, causal_conv_silu_with, conv_dbc_with,
+    project_add_with, project_dbc_with, project_norm_silu_from_with, project_silu_from_with,
+    project_softplus_with, project_with,
 };
 use genomamba::ops::conv_dbc::conv_dbc_launches;
 use genomamba::ops::project_cube::{
@@ -1808,6 +1808,16 @@ fn gpu_add_norm_matches_reference() {
                 es <= 1e-6 && en <= tol,
                 "add_norm {batch}x{len}x{d} y {y_fmt:?} out {out:?}: sum {es:e} norm {en:e}"
             );
+            // The final norm (f32, the sum not written) equals the f32 norm above.
+            if out == FloatDType::F32 {
+                let only = host(add_rms_norm_only(
+                    tensor(&x, [batch, len, d], &gpu),
+                    tensor(&y, [batch, len, d], &gpu).cast(y_fmt),
+                    tensor(&w, [d], &gpu),
+                    1e-5,
+                ));
+                assert_eq!(only, got_n, "norm only {batch}x{len}x{d} y {y_fmt:?}");
+            }
         }
     }
 }

@@ -389,6 +389,19 @@ fn row_major(w: Tensor<2>) -> Tensor<2> {
     Tensor::<2>::from_data(w.into_data(), &device).cast(FloatDType::from(dtype))
 }
 
+/// `w` (`[in, out]`) stored as `[out, in]` on its device and handed back as the transposed view,
+/// unless the device is the CPU (see [`row_major`]).
+fn out_major(w: Tensor<2>) -> Tensor<2> {
+    let device = w.device();
+    if device == Device::flex() {
+        return w;
+    }
+    let dtype = w.dtype();
+    Tensor::<2>::from_data(w.transpose().into_data(), &device)
+        .cast(FloatDType::from(dtype))
+        .transpose()
+}
+
 /// The Mamba backbone: embedding, blocks, final norm.
 #[derive(Module, Debug)]
 pub struct Mamba {
@@ -409,21 +422,29 @@ impl Mamba {
     /// inference; training keeps f32.
     ///
     /// On devices other than the CPU the projection and convolution weights are also stored
-    /// row-major (`[in, out]`, `[d_conv, d_inner]`): loaded from PyTorch's `[out, in]` they are
-    /// transposed views, which the GPU kernels would otherwise copy into that layout on every
-    /// call (four small copies per layer and chunk). The values do not change. Off the CPU the
+    /// in the layout their GPU kernels read: in_proj, out_proj and the convolution row-major
+    /// (`[in, out]`, `[d_conv, d_inner]`); x_proj and dt_proj in f16/bf16 as `[out, in]`
+    /// (transposed views), for the convolution + x_proj/dt_proj kernel. Loaded from PyTorch's
+    /// `[out, in]` they are transposed views, which the kernels would otherwise copy into their
+    /// layout on every call (small copies per layer and chunk). The values do not change. Off the CPU the
     /// blocks also run dt_proj with the Δ bias and softplus fused and the scan without them
     /// ([`MambaBlock::no_bias`]; `GENOMAMBA_FUSED_DT=off` keeps them in the scan).
     pub fn set_precision(&mut self, precision: Precision) {
         let dtype = precision.half().unwrap_or(FloatDType::F32);
         for layer in &mut self.layers {
-            for lin in [
-                &mut layer.in_proj,
-                &mut layer.x_proj,
-                &mut layer.dt_proj,
-                &mut layer.out_proj,
-            ] {
+            for lin in [&mut layer.in_proj, &mut layer.out_proj] {
                 lin.weight = Param::from_tensor(row_major(lin.weight.val().cast(dtype)));
+            }
+            // x_proj and dt_proj in f16/bf16 go to the convolution + x_proj/dt_proj kernel,
+            // which reads them as `[out, in]`: stored that way, as transposed views, they are
+            // not copied into that layout on every call.
+            let place = if precision.half().is_some() {
+                out_major
+            } else {
+                row_major
+            };
+            for lin in [&mut layer.x_proj, &mut layer.dt_proj] {
+                lin.weight = Param::from_tensor(place(lin.weight.val().cast(dtype)));
             }
             layer.conv_weight = Param::from_tensor(row_major(layer.conv_weight.val()));
             layer.precision = precision;
@@ -601,7 +622,7 @@ impl Mamba {
             None => self.norm_f.forward(stream.x),
             Some(out) => {
                 let w = self.norm_f.weight.val();
-                add_rms_norm(stream.x, out, w, self.norm_f.eps, FloatDType::F32).1
+                crate::ops::block::add_rms_norm_only(stream.x, out, w, self.norm_f.eps)
             }
         }
     }

@@ -239,6 +239,19 @@ pub trait BlockOpsBackend: Backend {
         add_norm_reference::<Self>(input, eps, out)
     }
 
+    /// `RMSNorm(x + y) · weight` in f32 without the sum: the norm after the last block,
+    /// whose sum nothing reads (so the GPU does not write it). `x` is f32.
+    // Under Fusion: one custom operation, f32 like `x`.
+    #[fusion(dtype = x, shape = same_shape(x, y))]
+    fn add_rms_norm_only(
+        x: FloatTensor<Self>,
+        y: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        eps: f64,
+    ) -> FloatTensor<Self> {
+        add_norm_reference::<Self>(AddNormInput { x, y, weight }, eps, FloatDType::F32).normed
+    }
+
     /// The fused add and norm's reference (never overridden).
     #[fusion(default)]
     fn add_rms_norm_reference(
@@ -376,6 +389,15 @@ impl BlockOpsBackend for Flex {
     fn add_rms_norm(input: AddNormInput<Self>, eps: f64, out: FloatDType) -> AddNormOutput<Self> {
         add_norm_flex(input, eps, out)
     }
+
+    fn add_rms_norm_only(
+        x: FloatTensor<Self>,
+        y: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        eps: f64,
+    ) -> FloatTensor<Self> {
+        add_norm_flex(AddNormInput { x, y, weight }, eps, FloatDType::F32).normed
+    }
 }
 
 impl<B: Backend + BlockOpsBackend, C: CheckpointStrategy> BlockOpsBackend for Autodiff<B, C> {}
@@ -433,6 +455,15 @@ impl BlockOpsBackend for burn_cubecl::CubeBackend {
     fn add_rms_norm(input: AddNormInput<Self>, eps: f64, out: FloatDType) -> AddNormOutput<Self> {
         super::block_cube::add_norm_cube(input, eps, out)
     }
+
+    fn add_rms_norm_only(
+        x: FloatTensor<Self>,
+        y: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        eps: f64,
+    ) -> FloatTensor<Self> {
+        super::block_cube::add_norm_only_cube(AddNormInput { x, y, weight }, eps)
+    }
 }
 
 /// Shape of a projection's output: `[batch, length, out]` from `x: [batch, length, in]` and
@@ -441,6 +472,12 @@ impl BlockOpsBackend for burn_cubecl::CubeBackend {
 fn project_shape(x: &Shape, w: &Shape) -> Shape {
     let dim = |s: &Shape, i: usize| s.to_vec().get(i).copied().unwrap_or(0);
     Shape::new([dim(x, 0), dim(x, 1), dim(w, 1)])
+}
+
+/// Shape of an output shaped like its first input (under Fusion).
+#[cfg(feature = "cube")]
+fn same_shape(x: &Shape, _y: &Shape) -> Shape {
+    x.clone()
 }
 
 /// Shape of the convolution's output under Fusion: `[batch, length, d_inner]`.
@@ -1218,6 +1255,20 @@ pub fn causal_conv_silu(
 /// RMSNorm over the last dimension on the device of `x`.
 pub fn rms_norm(x: Tensor<3>, weight: Tensor<1>, eps: f64) -> Tensor<3> {
     rms_norm_with(Impl::Fastest, x, weight, eps)
+}
+
+/// The norm after the last block, on the device of `x`: `RMSNorm(x + y) · weight` in f32,
+/// as [`add_rms_norm`]'s second result, without the sum.
+///
+/// # Shapes
+/// - x, y: `[batch, length, d_model]`, weight: `[d_model]`; the result like `x`
+pub fn add_rms_norm_only(x: Tensor<3>, y: Tensor<3>, weight: Tensor<1>, eps: f64) -> Tensor<3> {
+    Tensor::from_dispatch(<Dispatch as BlockOpsBackend>::add_rms_norm_only(
+        x.into_dispatch(),
+        y.into_dispatch(),
+        weight.into_dispatch(),
+        eps,
+    ))
 }
 
 /// [`add_rms_norm`] with a choice of implementation.

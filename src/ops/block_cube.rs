@@ -385,6 +385,7 @@ fn add_norm_kernel<F: Float, G: Float>(
     d: usize,
     eps: f32,
     #[comptime] plane: bool,
+    #[comptime] write_sum: bool,
     #[define(F)] _y_format: ElemType,
     #[define(G)] _out_format: ElemType,
 ) {
@@ -401,7 +402,9 @@ fn add_norm_kernel<F: Float, G: Float>(
     for i in 0..n {
         let c = base + lane + i * step;
         let v = x[c] + f32::cast_from(y[c]);
-        sum[c] = v;
+        if write_sum {
+            sum[c] = v;
+        }
         ss += v * v;
     }
     if comptime!(plane) {
@@ -411,7 +414,13 @@ fn add_norm_kernel<F: Float, G: Float>(
     for i in 0..n {
         let j = lane + i * step;
         let c = base + j;
-        normed[c] = G::cast_from(sum[c] * inv * weight[j]);
+        // The sum this unit wrote, or (not written) the same sum again from its inputs.
+        let v = if write_sum {
+            sum[c]
+        } else {
+            x[c] + f32::cast_from(y[c])
+        };
+        normed[c] = G::cast_from(v * inv * weight[j]);
     }
 }
 
@@ -421,6 +430,22 @@ pub(crate) fn add_norm_cube(
     input: AddNormInput<CubeBackend>,
     eps: f64,
     out: FloatDType,
+) -> AddNormOutput<CubeBackend> {
+    add_norm_cube_with(input, eps, out, true)
+}
+
+/// [`add_norm_cube`]'s norm alone, in f32 (the final norm): the kernel does not write the sum.
+pub(crate) fn add_norm_only_cube(input: AddNormInput<CubeBackend>, eps: f64) -> CubeTensor {
+    add_norm_cube_with(input, eps, FloatDType::F32, false).normed
+}
+
+/// [`add_norm_cube`], writing the sum only with `write_sum` (else `sum` is a one-element
+/// placeholder).
+fn add_norm_cube_with(
+    input: AddNormInput<CubeBackend>,
+    eps: f64,
+    out: FloatDType,
+    write_sum: bool,
 ) -> AddNormOutput<CubeBackend> {
     let xshape = input.x.shape().to_vec();
     let d = xshape.last().copied().unwrap_or(0);
@@ -441,8 +466,12 @@ pub(crate) fn add_norm_cube(
     let client = x.client.clone();
     let device = x.device.clone();
     let shape = Shape::from(xshape);
-    let sum =
-        empty_device_contiguous_dtype(client.clone(), device.clone(), shape.clone(), DType::F32);
+    let sum_shape = if write_sum {
+        shape.clone()
+    } else {
+        Shape::new([1])
+    };
+    let sum = empty_device_contiguous_dtype(client.clone(), device.clone(), sum_shape, DType::F32);
     let normed = empty_device_contiguous_dtype(client.clone(), device, shape, out_dtype);
     let plane = client.properties().hardware.plane_size_max.max(1);
     let dim = CubeDim::new_2d(plane, (CUBE_THREADS / plane).max(1));
@@ -450,7 +479,8 @@ pub(crate) fn add_norm_cube(
     let address = AddressType::from_len(rows * d);
     // SAFETY: units whose row is at or past `rows` return at once (a whole plane together, so
     // the plane reduction sees full planes); the others touch elements `row·d + j` with
-    // `j < d` of contiguous `[rows, d]` tensors, and `weight[j]` of the `[d]` weight.
+    // `j < d` of contiguous `[rows, d]` tensors (`sum` only with `write_sum`), and `weight[j]`
+    // of the `[d]` weight.
     unsafe {
         add_norm_kernel::launch_unchecked(
             &client,
@@ -466,6 +496,7 @@ pub(crate) fn add_norm_cube(
             d,
             eps as f32,
             plane > 1,
+            write_sum,
             y_elem,
             out_elem,
         );
