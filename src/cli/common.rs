@@ -10,7 +10,7 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use genomamba::alphabet::reverse_complement_tokens;
 use genomamba::device::DeviceSpec;
 use genomamba::infer::{DEFAULT_CHUNK, batch_positions};
-use genomamba::infer::{PieceRunner, run_batch};
+use genomamba::infer::{PieceRunner, pad_length, run_batch};
 use genomamba::io::fastx::{Piece, RecordMeta, for_each_piece};
 use genomamba::io::region::{Region, read_region};
 use genomamba::model::weights::host_values;
@@ -40,7 +40,7 @@ pub struct InputArgs {
     #[arg(long, default_value = "f32", value_name = "FORMAT")]
     pub precision: String,
     /// Bases per chunk; the state is carried across chunks, so results do not depend on it.
-    /// Default 8192 on the CPU and 262144 on a GPU, where long chunks run a chromosome
+    /// Default 8192 on the CPU and 524288 on a GPU, where long chunks run a chromosome
     /// faster (fewer kernel launches per base). Memory grows with it: a batch of short
     /// records holds at most one chunk's worth of positions (or 32 x 8192, if more).
     #[arg(long)]
@@ -102,8 +102,9 @@ impl InputArgs {
         Ok((device, model))
     }
 
-    /// Whether a record's last chunk runs padded to a whole chunk: on a GPU, where every new
-    /// chunk length costs kernel compilation and tuning (`run_batch_tensor`'s `pad_last`).
+    /// Whether a record's last chunk runs padded to a whole part of a chunk: on a GPU, where
+    /// every new chunk length costs kernel compilation and tuning (`run_batch_tensor`'s
+    /// `pad_last`, [`pad_length`]).
     pub fn pads_last_chunk(&self) -> bool {
         self.device
             .parse::<DeviceSpec>()
@@ -161,9 +162,9 @@ impl InputArgs {
                         )
                     }
                 };
-                // A GPU runs the last piece padded to a whole chunk (one shape for all).
+                // A GPU runs the last piece padded to a whole part of a chunk (few shapes).
                 let pad_to = if piece.last && self.pads_last_chunk() {
-                    self.chunk()
+                    pad_length(piece.tokens.len(), self.chunk())
                 } else {
                     0
                 };

@@ -22,8 +22,11 @@ pub const DEFAULT_CHUNK: usize = 8192;
 /// took 71.3 s with chunks of 8,192 and 32.5 s with 65,536 in the eighth session; with the
 /// kernels of the sixteenth session, 15.25 s with 65,536 (1,285 MiB of GPU memory), 13.66 s
 /// with 262,144 (3,397 MiB) and 13.40 s with 524,288 (6,213 MiB) (BENCHMARKS.md, call 62):
-/// every chunk costs some 350 kernel launches whatever its length.
-pub const GPU_DEFAULT_CHUNK: usize = 262_144;
+/// every chunk costs some 350 kernel launches whatever its length. With the kernels of the
+/// thirty-second session (call 152), 10.14-10.15 s with 262,144 (3,145 MiB), 9.82-9.85 s with
+/// 524,288 (5,705 MiB) and 9.85 s with 1,048,576 (10,831 MiB; its first run). Memory stays flat
+/// in the sequence's length at any chunk; `--chunk-size 262144` halves it.
+pub const GPU_DEFAULT_CHUNK: usize = 524_288;
 
 /// Fewest padded positions (records x the longest of them) a batch of whole records may
 /// hold, whatever the chunk: 32 records of a CPU chunk of 8,192. A batch may hold as many
@@ -35,6 +38,36 @@ pub const MIN_BATCH_POSITIONS: usize = 32 * DEFAULT_CHUNK;
 /// batch then takes no more memory than a long record's chunk (or than 32 CPU chunks).
 pub fn batch_positions(chunk_size: usize) -> usize {
     chunk_size.max(MIN_BATCH_POSITIONS)
+}
+
+/// Parts of a chunk a padded last chunk is rounded up to, unless the environment variable
+/// `GENOMAMBA_PAD_PARTS` holds another positive number (1: a whole chunk, as before the
+/// thirty-second session; for comparisons).
+const PAD_PARTS: usize = 4;
+
+/// The length a GPU runs a record's last chunk of `len` positions at, for chunks of
+/// `chunk_size`: `len` rounded up to a whole part of a chunk ([`PAD_PARTS`] parts). A few
+/// lengths keep the kernels compiled and tuned for them few, yet a short last chunk does not
+/// cost a whole chunk's work (about 40 ms on an H200 at chr20's model).
+pub fn pad_length(len: usize, chunk_size: usize) -> usize {
+    static PARTS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    let parts = *PARTS.get_or_init(|| {
+        std::env::var("GENOMAMBA_PAD_PARTS")
+            .ok()
+            .and_then(|v| v.parse::<usize>().ok())
+            .filter(|&p| p > 0)
+            .unwrap_or(PAD_PARTS)
+    });
+    pad_length_in(len, chunk_size, parts)
+}
+
+/// `len` rounded up to a multiple of `chunk_size / parts` (at least 1), at most `chunk_size`
+/// unless `len` is longer.
+fn pad_length_in(len: usize, chunk_size: usize, parts: usize) -> usize {
+    let part = (chunk_size / parts.max(1)).max(1);
+    len.div_ceil(part)
+        .saturating_mul(part)
+        .min(chunk_size.max(len))
 }
 
 /// Hidden states of one chunk of a batch, on the host.
@@ -63,10 +96,10 @@ impl ChunkOut<'_> {
 /// and their phases follow the original coordinates ([`Mamba::zero_state_reverse`]).
 ///
 /// With `pad_last`, when the records take more than one chunk, the last (shorter) chunk runs
-/// padded with `[PAD]` to a whole chunk and its hidden states are cut back before `sink` sees
-/// them (the model is causal, so they are unchanged): every chunk then has one shape, which
-/// spares a GPU the kernels it would compile and tune for one more shape (seconds on a fresh
-/// machine). Pointless on the CPU, where it only adds work.
+/// padded with `[PAD]` to a whole part of a chunk ([`pad_length`]) and its hidden states are
+/// cut back before `sink` sees them (the model is causal, so they are unchanged): chunks then
+/// come in few shapes, which spares a GPU the kernels it would compile and tune for every
+/// other length (seconds on a fresh machine). Pointless on the CPU, where it only adds work.
 pub fn run_batch_tensor(
     model: &Mamba,
     records: &[&[u8]],
@@ -506,7 +539,7 @@ impl Chunks<'_> {
             .map(move |start| {
                 let end = (start + self.chunk_size).min(self.max_len);
                 let run = if self.pad_last && start > 0 {
-                    self.chunk_size
+                    pad_length(end - start, self.chunk_size)
                 } else {
                     end - start
                 };
@@ -524,7 +557,7 @@ impl Chunks<'_> {
 /// saw every kernel on one CUDA stream (BENCHMARKS.md, sixteenth session; [`PieceRunner`]'s
 /// groups, submitted under stream ids of their own, do reach separate streams).
 /// Measured on 16.7 Mb of chr20 on two H200 machines at chunks of 65,536: 5% faster on the one
-/// whose host was slower, no change on the other; at 262,144 (the GPU default since) no change
+/// whose host was slower, no change on the other; at 262,144 (the GPU default from then to the thirty-second session) no change
 /// (1%, and 13.17 against 13.18 s on chr20).
 fn run_pipelined(
     model: &Mamba,
@@ -623,4 +656,26 @@ fn run_pipelined(
         }
         result
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::pad_length_in;
+
+    #[test]
+    fn last_chunks_pad_to_whole_parts() {
+        let chunk = 262_144;
+        // chr20's last chunk (63,025,520 = 240 chunks + 110,960) runs as two quarters.
+        assert_eq!(pad_length_in(110_960, chunk, 4), 131_072);
+        assert_eq!(pad_length_in(1, chunk, 4), 65_536);
+        assert_eq!(pad_length_in(65_536, chunk, 4), 65_536);
+        assert_eq!(pad_length_in(65_537, chunk, 4), 131_072);
+        assert_eq!(pad_length_in(chunk, chunk, 4), chunk);
+        // One part: a whole chunk, as before.
+        assert_eq!(pad_length_in(110_960, chunk, 1), chunk);
+        // Parts that do not divide the chunk never pad past it.
+        assert_eq!(pad_length_in(98, 100, 3), 99);
+        assert_eq!(pad_length_in(100, 100, 3), 100);
+        assert_eq!(pad_length_in(5, 3, 8), 5);
+    }
 }
