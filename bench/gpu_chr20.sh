@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Run on the GPU machine from the repository root, with gpu/ holding genomamba.xz (the stripped,
 # xz-compressed `--features cuda` release binary; or bins.tar.xz, a tar of it named `new`) and
-# hg19_chr20.fa.gz with its .fai and .gzi. Timings in f16 at the default chunk (262,144 on a
-# GPU) and at 65,536 (the default until the seventeenth session); PROFILE=1 adds `ncu`'s GPU
-# time per kernel over two default chunks.
+# hg19_chr20.fa.gz with its .fai and .gzi. Timings in f16 at the default chunk (524,288 on a
+# GPU) and at 262,144 (the default from the seventeenth to the thirty-first session); PROFILE=1
+# adds `ncu`'s GPU time per kernel over 524,288 positions (two chunks of 262,144).
 set -u
 if [ -e gpu/bins.tar.xz ]; then
   python3 -c "import lzma,tarfile; tarfile.open(fileobj=lzma.open('gpu/bins.tar.xz')).extractall('/tmp')"; cp /tmp/new /tmp/g
@@ -33,7 +33,7 @@ $G embed -m /tmp/m256 $FA --region $P -o /tmp/t.tsv -q --device cuda --precision
 for spec in "1 20:30000001-31000000" "4 20:30000001-34000000" "16 20:30000001-46000000" "63 whole"; do
   set -- $spec; mb=$1; reg=$2
   if [ "$reg" = whole ]; then ra=""; else ra="--region $reg"; fi
-  for chunk in default 65536; do
+  for chunk in default 262144; do
     if [ $chunk = default ]; then ca=""; else ca="--chunk-size $chunk"; fi
     nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -lms 100 > /tmp/mem.log & P=$!
     s=$(date +%s.%N)
@@ -50,7 +50,7 @@ if [ "${PROFILE:-0}" = 1 ]; then
   echo "== GPU time per kernel, two chunks of 262,144, f16 (ncu, clocks left alone)"
   ncu --clock-control none --metrics gpu__time_duration.sum --csv --page raw \
     $G embed -m /tmp/m256 $FA --region 20:30000001-30524288 -o /tmp/n.tsv -q --device cuda \
-    --precision f16 > /tmp/ncu.csv 2>/dev/null
+    --precision f16 --chunk-size 262144 > /tmp/ncu.csv 2>/dev/null
   python3 - <<'PY'
 import csv, collections
 rows = list(csv.reader(open('/tmp/ncu.csv')))
