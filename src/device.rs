@@ -49,6 +49,23 @@ impl DeviceSpec {
         }
     }
 
+    /// Total memory of the GPU this names, in bytes, as CubeCL's client for it reports it
+    /// (starting the client if it is not up yet); `None` on the CPU and without the `cuda`
+    /// feature. [`gpu_chunk`](crate::infer::gpu_chunk) keeps the default chunk within half of it.
+    pub fn total_memory(self) -> Option<u64> {
+        match self {
+            DeviceSpec::Cpu => None,
+            #[cfg(feature = "cuda")]
+            DeviceSpec::Cuda(index) => {
+                use cubecl_runtime::runtime::Runtime;
+                let client = cubecl_cuda::CudaRuntime::client(&cubecl_cuda::CudaDevice { index });
+                client.properties().memory.max_memory()
+            }
+            #[cfg(not(feature = "cuda"))]
+            DeviceSpec::Cuda(_) => None,
+        }
+    }
+
     /// Whether kernels are compiled (and tuned) per tensor shape on this device, so that
     /// running every chunk at one length saves work: GPUs, not the CPU.
     pub fn compiles_per_shape(self) -> bool {

@@ -9,7 +9,7 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use genomamba::alphabet::reverse_complement_tokens;
 use genomamba::device::DeviceSpec;
-use genomamba::infer::{DEFAULT_CHUNK, batch_positions};
+use genomamba::infer::{DEFAULT_CHUNK, batch_positions, gpu_chunk};
 use genomamba::infer::{PieceRunner, pad_length, run_batch};
 use genomamba::io::fastx::{Piece, RecordMeta, for_each_piece};
 use genomamba::io::region::{Region, read_region};
@@ -40,9 +40,11 @@ pub struct InputArgs {
     #[arg(long, default_value = "f32", value_name = "FORMAT")]
     pub precision: String,
     /// Bases per chunk; the state is carried across chunks, so results do not depend on it.
-    /// Default 8192 on the CPU and 524288 on a GPU, where long chunks run a chromosome
-    /// faster (fewer kernel launches per base). Memory grows with it: a batch of short
-    /// records holds at most one chunk's worth of positions (or 32 x 8192, if more).
+    /// Default 8192 on the CPU; on a GPU, where long chunks run a chromosome faster (fewer
+    /// kernel launches per base), the longest power of two up to 524288 whose activations
+    /// are estimated to fit in 6 GiB and in half the GPU's memory (524288 for d_model 256 in
+    /// f16/bf16, 262144 in f32). Memory grows with it: a batch of short records holds at most
+    /// one chunk's worth of positions (or 32 x 8192, if more).
     #[arg(long)]
     pub chunk_size: Option<usize>,
     /// Records run together when they fit in one chunk (fewer when 32 x 8192 positions, or
@@ -55,6 +57,9 @@ pub struct InputArgs {
     /// No progress bar.
     #[arg(short, long)]
     pub quiet: bool,
+    /// The default chunk on a GPU, set by [`Self::setup`] once the model's width is known.
+    #[arg(skip)]
+    gpu_chunk: std::sync::OnceLock<usize>,
 }
 
 impl InputArgs {
@@ -99,6 +104,12 @@ impl InputArgs {
         super::mark("device and model ready");
         let mut model = model?;
         model.backbone.set_precision(precision);
+        if self.chunk_size.is_none() && spec.compiles_per_shape() {
+            let d_inner = model.config.architecture.d_inner();
+            let chunk = gpu_chunk(d_inner, precision, spec.total_memory());
+            let _ = self.gpu_chunk.set(chunk);
+            super::mark(&format!("default GPU chunk {chunk}"));
+        }
         Ok((device, model))
     }
 
@@ -111,14 +122,18 @@ impl InputArgs {
             .is_ok_and(DeviceSpec::compiles_per_shape)
     }
 
-    /// `--chunk-size`, or the default for the device `--device` names
-    /// ([`DeviceSpec::default_chunk`]; an unparsable device fails in [`Self::setup`]).
+    /// `--chunk-size`, or on a GPU the default [`Self::setup`] chose for the model's width, the
+    /// activations' format and the GPU's memory ([`gpu_chunk`]), or else the default for the
+    /// device `--device` names ([`DeviceSpec::default_chunk`]; an unparsable device fails in
+    /// [`Self::setup`]).
     pub fn chunk(&self) -> usize {
-        self.chunk_size.unwrap_or_else(|| {
-            self.device
-                .parse::<DeviceSpec>()
-                .map_or(DEFAULT_CHUNK, DeviceSpec::default_chunk)
-        })
+        self.chunk_size
+            .or(self.gpu_chunk.get().copied())
+            .unwrap_or_else(|| {
+                self.device
+                    .parse::<DeviceSpec>()
+                    .map_or(DEFAULT_CHUNK, DeviceSpec::default_chunk)
+            })
     }
 
     fn parsed_regions(&self) -> Result<Vec<Region>> {

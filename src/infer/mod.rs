@@ -12,7 +12,7 @@ use burn::tensor::{Device, Int, Tensor, TensorData};
 
 use crate::alphabet::PAD;
 use crate::model::weights::host_values;
-use crate::model::{Mamba, MambaState, Residual};
+use crate::model::{Mamba, MambaState, Precision, Residual};
 use crate::{Error, Result};
 
 /// Default positions per chunk (on the CPU).
@@ -25,8 +25,48 @@ pub const DEFAULT_CHUNK: usize = 8192;
 /// every chunk costs some 350 kernel launches whatever its length. With the kernels of the
 /// thirty-second session (call 152), 10.14-10.15 s with 262,144 (3,145 MiB), 9.82-9.85 s with
 /// 524,288 (5,705 MiB) and 9.85 s with 1,048,576 (10,831 MiB; its first run). Memory stays flat
-/// in the sequence's length at any chunk; `--chunk-size 262144` halves it.
+/// in the sequence's length at any chunk; `--chunk-size 262144` halves it. Wider models and f32
+/// get shorter default chunks ([`gpu_chunk`]).
 pub const GPU_DEFAULT_CHUNK: usize = 524_288;
+
+/// GPU memory a chunk's activations may take by default: [`gpu_chunk`] picks the longest
+/// chunk (a power of two, at most [`GPU_DEFAULT_CHUNK`]) whose estimate stays within this, or
+/// within half the GPU's memory if that is less.
+pub const GPU_CHUNK_BUDGET: u64 = 6 << 30;
+
+/// Shortest chunk [`gpu_chunk`] picks, however wide the model or small the GPU.
+pub const MIN_GPU_CHUNK: usize = 16_384;
+
+/// GPU memory one chunk position costs per channel of `d_inner`, in bytes, by activation
+/// format: an estimate from an H200 (`embed` of 1.2 Mb, chunks of 131,072 to 524,288, peak
+/// over the idle GPU from `nvidia-smi`; BENCHMARKS.md, call 155), where d_model 256, 512 and
+/// 1,024 (d_inner twice that) added 20-26 bytes per position and channel with half
+/// activations and 36-39 in f32 as the chunk grew, and peaked at 22-29 and 39-41 bytes per
+/// position and channel in all (the allocator's pools and the fixed part included).
+fn bytes_per_position_channel(precision: Precision) -> u64 {
+    match precision {
+        Precision::F16 | Precision::Bf16 => 24,
+        Precision::F32 => 42,
+    }
+}
+
+/// The default chunk on a GPU for a model with `d_inner` channels whose blocks run in
+/// `precision`, on a GPU with `device_memory` bytes (if known): the longest power-of-two chunk
+/// up to [`GPU_DEFAULT_CHUNK`] whose activations (estimated per position and channel) fit in
+/// [`GPU_CHUNK_BUDGET`] and in half of `device_memory`, and at least [`MIN_GPU_CHUNK`]. So a
+/// wider model or f32 gets shorter chunks instead of more memory. The budget is an estimate's,
+/// not a hard limit: on an H200 the chunks it picks peaked at 5,685 MiB (d_model 256, f16,
+/// 524,288), 5,181 (256, f32, 262,144), 5,721 (512, f16, 262,144), 5,249 (512, f32, 131,072)
+/// and 7,363 MiB (1,024, f16, 131,072).
+pub fn gpu_chunk(d_inner: usize, precision: Precision, device_memory: Option<u64>) -> usize {
+    let budget = device_memory.map_or(GPU_CHUNK_BUDGET, |m| GPU_CHUNK_BUDGET.min(m / 2));
+    let per_position = (d_inner as u64).saturating_mul(bytes_per_position_channel(precision));
+    let mut chunk = GPU_DEFAULT_CHUNK;
+    while chunk > MIN_GPU_CHUNK && (chunk as u64).saturating_mul(per_position) > budget {
+        chunk /= 2;
+    }
+    chunk
+}
 
 /// Fewest padded positions (records x the longest of them) a batch of whole records may
 /// hold, whatever the chunk: 32 records of a CPU chunk of 8,192. A batch may hold as many
@@ -660,7 +700,30 @@ fn run_pipelined(
 
 #[cfg(test)]
 mod tests {
-    use super::pad_length_in;
+    use super::{GPU_DEFAULT_CHUNK, MIN_GPU_CHUNK, gpu_chunk, pad_length_in};
+    use crate::model::Precision;
+
+    #[test]
+    fn gpu_chunks_shrink_with_width_precision_and_small_gpus() {
+        let h200 = Some(143_771u64 << 20);
+        // The chunks measured in BENCHMARKS.md (call 155), d_inner = 2 x d_model.
+        assert_eq!(gpu_chunk(512, Precision::F16, h200), GPU_DEFAULT_CHUNK);
+        assert_eq!(gpu_chunk(512, Precision::Bf16, None), GPU_DEFAULT_CHUNK);
+        assert_eq!(gpu_chunk(512, Precision::F32, h200), 262_144);
+        assert_eq!(gpu_chunk(1024, Precision::F16, h200), 262_144);
+        assert_eq!(gpu_chunk(1024, Precision::F32, h200), 131_072);
+        assert_eq!(gpu_chunk(2048, Precision::F16, h200), 131_072);
+        assert_eq!(gpu_chunk(2048, Precision::F32, h200), 65_536);
+        // Narrow models never go past the longest default; half a 8 GiB GPU is the budget.
+        assert_eq!(gpu_chunk(64, Precision::F32, h200), GPU_DEFAULT_CHUNK);
+        assert_eq!(gpu_chunk(512, Precision::F16, Some(8 << 30)), 262_144);
+        // However wide, never below the floor.
+        assert_eq!(
+            gpu_chunk(1 << 20, Precision::F32, Some(1 << 30)),
+            MIN_GPU_CHUNK
+        );
+        assert_eq!(gpu_chunk(usize::MAX, Precision::F32, None), MIN_GPU_CHUNK);
+    }
 
     #[test]
     fn last_chunks_pad_to_whole_parts() {
