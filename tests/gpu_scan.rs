@@ -1359,6 +1359,85 @@ fn gpu_scan_walk_matches_reference() {
     }
 }
 
+/// The one-pass tile kernel (time split across a cube's threads, every decay computed once)
+/// against the reference: lengths shorter than, equal to and longer than a tile (on CUDA a
+/// tile is 256 steps with the default 16 planes of 4 steps per thread; on CubeCL's CPU runtime
+/// 8), `d_inner` not a multiple of a cube's 8 channels, `d_state` 1, 7, 16, 64 (B/C vectors of
+/// 1 and 4 floats), with and without `h0`; views as the block passes them; state carried
+/// across calls; half activations. On CUDA also 2^20 steps of 37 channels.
+#[test]
+fn gpu_scan_tile_matches_reference() {
+    let gpu = require_cuda!();
+    let cuda = is_cuda(&gpu);
+    for replay in [false, true] {
+        tile_matches_reference(&gpu, cuda, replay);
+    }
+}
+
+fn tile_matches_reference(gpu: &Device, cuda: bool, replay: bool) {
+    let gpu = gpu.clone();
+    let what = if replay { "tile (replay)" } else { "tile" };
+    let _path = scan_path(ScanPath::Tile(replay));
+    let mut shapes = vec![
+        [2, 1, 37, 16],
+        [2, 7, 5, 16],
+        [1, 256, 37, 16],
+        [2, 300, 37, 16],
+        [3, 70, 5, 7],
+        [2, 65, 12, 1],
+        [1, 257, 5, 64],
+        [1, 2049, 37, 16],
+    ];
+    if cuda {
+        shapes.push([1, 2049, 1536, 16]);
+        shapes.push([1, 1 << 20, 37, 16]);
+    }
+    let mut failures = Vec::new();
+    for (i, shape) in shapes.iter().enumerate() {
+        for zero_h0 in [true, false] {
+            let x = random_case(5000 + 10 * i as u64 + zero_h0 as u64, *shape, zero_h0);
+            print!("{what}: ");
+            let (ey, eh) = compare(&x, &gpu);
+            if !(ey <= TOL && eh <= TOL) {
+                failures.push(format!("{}: y {ey:.2e} h {eh:.2e}", x.describe()));
+            }
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{what} off the reference by more than {TOL:e}:\n{}",
+        failures.join("\n")
+    );
+    strided_views(&gpu, &format!("{what}, strided views"));
+    carried_state(&gpu, [2, 700, 37, 16], &format!("{what}, split"));
+
+    let formats: &[(FloatDType, f64)] = if cuda {
+        &[(FloatDType::F16, 2e-3), (FloatDType::BF16, 1e-2)]
+    } else {
+        &[(FloatDType::F16, 2e-3)]
+    };
+    for &(dtype, tol) in formats {
+        for (i, wide_bc) in [false, true].into_iter().enumerate() {
+            let x = random_case(5500 + i as u64, [2, 300, 37, 16], false);
+            let (want_y, want_h) =
+                selective_scan_reference(half_args(&x, dtype, wide_bc, &Device::flex()));
+            let (got_y, got_h) = selective_scan(half_args(&x, dtype, wide_bc, &gpu));
+            assert_eq!(got_y.dtype(), DType::from(dtype), "y keeps the format");
+            let (want_y, want_h) = outputs(&x, (want_y, want_h), "reference");
+            let (got_y, got_h) = outputs(&x, (got_y, got_h), what);
+            let (ey, eh) = (rel_err(&got_y, &want_y), rel_err(&got_h, &want_h));
+            println!(
+                "{what} {dtype:?} wide B/C {wide_bc} {:<40} y {ey:9.2e}   h_last {eh:9.2e}",
+                x.describe()
+            );
+            assert!(
+                ey <= tol && eh <= TOL,
+                "{what} {dtype:?}: y {ey:e}, h {eh:e}"
+            );
+        }
+    }
+}
+
 /// Gradients of `sum(y · w1) + sum(h_last · w2)` with respect to every scan input, as host
 /// values in the order u, delta, a, b, c, d, z, delta_bias, h0.
 fn gradients(x: &Case, device: &Device, reference: bool) -> Vec<Vec<f32>> {
