@@ -28,8 +28,6 @@ mod scan_cpu;
 mod scan_cube;
 mod scan_reference;
 #[cfg(feature = "cube")]
-mod scan_tile;
-#[cfg(feature = "cube")]
 mod scan_walk;
 
 pub use scan::{

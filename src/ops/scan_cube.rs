@@ -241,15 +241,10 @@ pub enum ScanPath {
     /// that divides `d_state` and leaves at most [`MAX_STATES_PER_LANE`] states per lane (0:
     /// its usual lanes, up to 4).
     Walk(usize),
-    /// The one-pass tile kernel (`scan_tile.rs`) wherever it applies (batch rows up to
-    /// 65,535); `true`: its variant that keeps each step's decay and input and replays the
-    /// steps from the true incoming state.
-    Tile(bool),
 }
 
 /// [`ScanPath`] encoded for an atomic: 0 unset (environment, else auto), 1 auto, 2 chunked,
-/// 3 and 4 the tile kernel (plain, replaying), `5 + lanes`
-/// the walk.
+/// `3 + lanes` the walk.
 static SCAN_PATH: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
 /// Makes later scans on CubeCL devices take `path`; process-wide (tests and tuning runs).
@@ -257,31 +252,26 @@ pub fn set_scan_path(path: ScanPath) {
     let code = match path {
         ScanPath::Auto => 1,
         ScanPath::Chunked => 2,
-        ScanPath::Tile(replay) => 3 + replay as usize,
-        ScanPath::Walk(lanes) => 5 + lanes,
+        ScanPath::Walk(lanes) => 3 + lanes,
     };
     SCAN_PATH.store(code, std::sync::atomic::Ordering::Relaxed);
 }
 
 /// The path set by [`set_scan_path`], else by the environment variable `GENOMAMBA_SCAN_WALK`
 /// (`off`: chunked; `on`: the walk with its usual lanes; a number: the walk with that many
-/// lanes per channel; `tile`, `tile-replay`: the tile kernel), else [`ScanPath::Auto`].
+/// lanes per channel), else [`ScanPath::Auto`].
 fn scan_path() -> ScanPath {
     static FROM_ENV: std::sync::OnceLock<ScanPath> = std::sync::OnceLock::new();
     match SCAN_PATH.load(std::sync::atomic::Ordering::Relaxed) {
         1 => ScanPath::Auto,
         2 => ScanPath::Chunked,
-        3 => ScanPath::Tile(false),
-        4 => ScanPath::Tile(true),
         0 => *FROM_ENV.get_or_init(|| match std::env::var("GENOMAMBA_SCAN_WALK").as_deref() {
             Ok("off") => ScanPath::Chunked,
             Ok("on") => ScanPath::Walk(0),
-            Ok("tile") => ScanPath::Tile(false),
-            Ok("tile-replay") => ScanPath::Tile(true),
             Ok(v) => v.parse().map_or(ScanPath::Auto, ScanPath::Walk),
             Err(_) => ScanPath::Auto,
         }),
-        code => ScanPath::Walk(code - 5),
+        code => ScanPath::Walk(code - 3),
     }
 }
 
@@ -300,7 +290,7 @@ fn walk_lanes(d_state: usize) -> usize {
 /// Lanes per channel if the walk runs for this shape, else `None` (see [`ScanPath`]).
 fn walk_choice(batch: usize, d_inner: usize, d_state: usize) -> Option<usize> {
     let (lanes, forced) = match scan_path() {
-        ScanPath::Chunked | ScanPath::Tile(_) => return None,
+        ScanPath::Chunked => return None,
         ScanPath::Auto => (walk_lanes(d_state), false),
         ScanPath::Walk(0) => (walk_lanes(d_state), true),
         ScanPath::Walk(lanes) => (lanes, true),
@@ -314,15 +304,6 @@ fn walk_choice(batch: usize, d_inner: usize, d_state: usize) -> Option<usize> {
     let launchable = batch <= u16::MAX as usize;
     (fits && enough && launchable).then_some(lanes)
 }
-
-/// Channels per cube of the tile kernel on CUDA (a plane holds them × `32 / TILE_CHANNELS`
-/// threads each, which must be at least the `B`/`C` vector width, 4); 2, 4 or 8
-/// (`GENOMAMBA_TILE_CHANNELS` for tuning runs).
-const TILE_CHANNELS: usize = 8;
-/// Planes per cube of the tile kernel on CUDA (`GENOMAMBA_TILE_SEGS` for tuning runs).
-const TILE_SEGS: usize = 16;
-/// Steps per thread and tile of the tile kernel (`GENOMAMBA_TILE_ITEMS` for tuning runs).
-const TILE_ITEMS: usize = 4;
 
 /// Shortest chunk worth its own pass-1/pass-2 work.
 const MIN_CHUNK: usize = 64;
@@ -1252,75 +1233,6 @@ pub(crate) fn scan_cube_with(
                 vec,
                 lanes,
                 channels,
-                fast,
-                activate,
-                silu_gate,
-                [act_elem, bc_elem],
-            );
-        }
-        return ScanOutput { y, h: h_last };
-    }
-    if let (ScanPath::Tile(replay), true) = (scan_path(), batch <= u16::MAX as usize) {
-        // On CUDA a plane of 32 units holds 8 channels × 4 threads each (`seg`), and a cube
-        // `segs` such planes; on CubeCL's CPU runtime (planes of one unit, a spinning cube
-        // barrier with one worker thread per unit) one channel × 2 threads per cube.
-        let cuda = cfg!(feature = "cuda") && client.name() == "cuda";
-        let (channels, seg, segs, plane_scan) = if cuda {
-            let segs = positive_env("GENOMAMBA_TILE_SEGS")
-                .filter(|s| s.is_power_of_two() && *s <= 32)
-                .unwrap_or(TILE_SEGS);
-            let channels = positive_env("GENOMAMBA_TILE_CHANNELS")
-                .filter(|c| [2, 4, 8].contains(c))
-                .unwrap_or(TILE_CHANNELS);
-            (channels, 32 / channels, segs, true)
-        } else {
-            (1, 1, 2, false)
-        };
-        let items = positive_env("GENOMAMBA_TILE_ITEMS")
-            .filter(|i| *i <= 16)
-            .unwrap_or(TILE_ITEMS);
-        let count = CubeCount::Static(d_inner.div_ceil(channels) as u32, batch as u32, 1);
-        let dim = CubeDim::new_1d((channels * seg * segs) as u32);
-        // SAFETY: threads past `d_inner` read the last channel and write nothing; steps past
-        // `len` read the last step and write nothing; state indices `grp·vec + e < d_state`
-        // (`vec` divides `d_state`); the shared-memory slots of step 3 are below
-        // `segs · channels · vec` because `vec ≤ seg`; `A`, `D`, the Δ bias, `u`, `delta`,
-        // `h0` and the outputs are contiguous with the shapes checked or allocated above; `z`,
-        // `B`, `C` are read within their views' extents, `B`/`C` in whole aligned vectors.
-        unsafe {
-            super::scan_tile::scan_tile_kernel::launch_unchecked(
-                &client,
-                count,
-                dim,
-                address,
-                vec,
-                u.into_tensor_arg(),
-                delta.into_tensor_arg(),
-                a.into_tensor_arg(),
-                b.into_tensor_arg(),
-                c.into_tensor_arg(),
-                d.into_tensor_arg(),
-                z.into_tensor_arg(),
-                delta_bias.into_tensor_arg(),
-                h0.into_tensor_arg(),
-                y.clone().into_tensor_arg(),
-                h_last.clone().into_tensor_arg(),
-                len,
-                d_inner,
-                zs0,
-                zs1,
-                bs0,
-                bs1,
-                cs0,
-                cs1,
-                d_state,
-                vec,
-                channels,
-                seg,
-                segs,
-                items,
-                plane_scan,
-                replay,
                 fast,
                 activate,
                 silu_gate,
