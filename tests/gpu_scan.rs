@@ -48,9 +48,11 @@ use genomamba::ops::project_mma::{
     set_gemm_band, set_gemm_rows,
 };
 use genomamba::ops::project_wgmma::{gemm_wg_launches, set_gemm_wgmma};
+use genomamba::ops::scan_backward_cube::scan_backward_launches;
 use genomamba::ops::{
     ScanArgs, ScanPath, WALK_MIN_LANES, selective_scan, selective_scan_activated,
-    selective_scan_gated, selective_scan_reference, selective_scan_reference_with, set_scan_path,
+    selective_scan_backward, selective_scan_backward_reference, selective_scan_gated,
+    selective_scan_reference, selective_scan_reference_with, set_scan_path,
 };
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -1523,8 +1525,9 @@ fn gpu_kernels_take_offsets_past_u32() {
     assert!(eu <= 2e-3 && ew == 0.0, "conv: u {eu:e} window {ew:e}");
 }
 
-/// Training on the GPU: the kernel's forward with the hand-written backward (the tensor-op
-/// body on CUDA) against autodiff of the reference on the CPU, for every input's gradient.
+/// Training on the GPU: the kernel's forward with the hand-written backward (the backward
+/// kernel, `scan_backward_cube.rs`) against autodiff of the reference on the CPU, for every
+/// input's gradient.
 #[test]
 fn gpu_scan_gradients_match_autodiff_of_the_reference() {
     let gpu = require_cuda!();
@@ -1542,7 +1545,13 @@ fn gpu_scan_gradients_match_autodiff_of_the_reference() {
     {
         let x = random_case(500 + i as u64, shape, zero);
         let want = gradients(&x, &Device::flex(), true);
+        let before = scan_backward_launches();
         let got = gradients(&x, &gpu, false);
+        assert!(
+            scan_backward_launches() > before,
+            "{}: training did not run the backward kernel",
+            x.describe()
+        );
         for ((g, w), name) in got.iter().zip(&want).zip(names) {
             let e = rel_err(g, w);
             worst = worst.max(e);
@@ -1551,6 +1560,76 @@ fn gpu_scan_gradients_match_autodiff_of_the_reference() {
         println!("{:<58} gradients ok", x.describe());
     }
     println!("worst gradient error {worst:.2e}");
+}
+
+/// The backward kernel (`selective_scan_backward` on the kernel device) against the
+/// tensor-operation backward on the CPU (`selective_scan_backward_reference` on Flex, the
+/// truth), for every input's gradient, on random inputs and output gradients: channels not a
+/// multiple of a cube's 32 (5, 37, 40), one and many checkpoint blocks (lengths 1, 7, 65, 300,
+/// 2,049), `d_state` 1, 4, 7, 16, 64, zero and random `h0`. Asserts the kernel ran for each.
+#[test]
+fn gpu_scan_backward_kernel_matches_the_tensor_backward() {
+    let gpu = require_cuda!();
+    let _path = scan_path(ScanPath::Auto);
+    let names = ["u", "delta", "a", "b", "c", "d", "z", "delta_bias", "h0"];
+    let mut worst = 0.0f64;
+    for (i, (shape, zero)) in [
+        ([1, 1, 3, 1], false),
+        ([2, 7, 37, 16], false),
+        ([1, 300, 40, 4], true),
+        ([3, 65, 5, 64], false),
+        ([2, 130, 33, 7], false),
+        ([2, 2049, 12, 1], false),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let x = random_case(700 + i as u64, shape, zero);
+        let mut rng = StdRng::seed_from_u64(800 + i as u64);
+        let (nb, nl, ni, ns) = (x.batch, x.len, x.d_inner, x.d_state);
+        let gy = normals(&mut rng, nb * nl * ni, 1.0);
+        let gh = normals(&mut rng, nb * ni * ns, 1.0);
+        let run = |device: &Device, kernel: bool| -> Vec<Vec<f32>> {
+            let gy = tensor(&gy, [nb, nl, ni], device);
+            let gh = tensor(&gh, [nb, ni, ns], device);
+            let g = if kernel {
+                selective_scan_backward(args(&x, device), gy, gh)
+            } else {
+                selective_scan_backward_reference(args(&x, device), gy, gh)
+            };
+            assert_eq!(g.a.dims(), [ni, ns], "grad a shape");
+            assert_eq!(g.b.dims(), [nb, nl, ns], "grad b shape");
+            assert_eq!(g.delta_bias.dims(), [ni], "grad bias shape");
+            vec![
+                host(g.u),
+                host(g.delta),
+                host(g.a),
+                host(g.b),
+                host(g.c),
+                host(g.d),
+                host(g.z),
+                host(g.delta_bias),
+                host(g.h0),
+            ]
+        };
+        let want = run(&Device::flex(), false);
+        let before = scan_backward_launches();
+        let got = run(&gpu, true);
+        assert!(
+            scan_backward_launches() > before,
+            "{}: the backward kernel did not run",
+            x.describe()
+        );
+        let mut line = String::new();
+        for ((g, w), name) in got.iter().zip(&want).zip(names) {
+            let e = rel_err(g, w);
+            worst = worst.max(e);
+            assert!(e <= TOL, "{}: gradient of {name}: {e:.2e}", x.describe());
+            line.push_str(&format!(" {name} {e:.1e}"));
+        }
+        println!("{:<58}{line}", x.describe());
+    }
+    println!("worst backward-kernel error {worst:.2e}");
 }
 
 /// One causal convolution + SiLU: `x` is `[batch, len, 2·d]` (the kernel reads the first `d`

@@ -8,7 +8,7 @@
 //!   operations that every backend gets, a fused host loop for the CPU backend, and (with the
 //!   `cuda` feature) a chunked-time GPU kernel for the CubeCL backend; on autodiff devices a
 //!   hand-written backward step (tensor operations for every backend, a fused host loop for
-//!   the CPU backend).
+//!   the CPU backend, a CubeCL kernel for the CubeCL backend: [`scan_backward_cube`]).
 
 pub mod block;
 #[cfg(feature = "cube")]
@@ -23,6 +23,8 @@ pub mod project_mma;
 pub mod project_wgmma;
 pub mod scan;
 mod scan_backward;
+#[cfg(feature = "cube")]
+pub mod scan_backward_cube;
 mod scan_cpu;
 #[cfg(feature = "cube")]
 mod scan_cube;

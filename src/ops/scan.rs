@@ -23,7 +23,8 @@
 //! On autodiff devices `selective_scan` runs the backend's fast forward and registers a
 //! hand-written backward step, `selective_scan_backward` (see
 //! [`scan_backward`](super::scan_backward) for the equations): a tensor-operation body every
-//! backend gets, overridden for the CPU backend by a fused host loop.
+//! backend gets, overridden for the CPU backend by a fused host loop and for the CubeCL backend
+//! by a kernel ([`scan_backward_cube`](super::scan_backward_cube)).
 //! `selective_scan_reference` is not overridden there, so autodiff differentiates through its
 //! primitive operations: that is the oracle the hand-written gradients are tested against.
 //!
@@ -180,8 +181,18 @@ pub trait SelectiveScanBackend: Backend {
     /// - `grad_y`: `[batch, length, d_inner]`, the gradient of `y`
     /// - `grad_h`: `[batch, d_inner, d_state]`, the gradient of the last state
     /// - returns one gradient per input, shaped like that input
-    // Under Fusion: the default body, i.e. the tensor-operation backward in fused operations.
-    #[fusion(default)]
+    // Under Fusion: one custom operation; every gradient is shaped like its input.
+    #[fusion(meta = |input, _grad_y, _grad_h| ScanGradsMetadata {
+        u: input.u.clone(),
+        delta: input.delta.clone(),
+        a: input.a.clone(),
+        b: input.b.clone(),
+        c: input.c.clone(),
+        d: input.d.clone(),
+        z: input.z.clone(),
+        delta_bias: input.delta_bias.clone(),
+        h0: input.h0.clone(),
+    })]
     fn selective_scan_backward(
         #[extension_type] input: ScanInput<Self>,
         grad_y: FloatTensor<Self>,
@@ -205,10 +216,18 @@ impl SelectiveScanBackend for Flex {
     }
 }
 
-// `selective_scan_backward` keeps its default body here (tensor operations; under Fusion they
-// are fused) until a backward kernel overrides it.
+// The backward step is a CubeCL kernel here (`scan_backward_cube.rs`), which falls back to the
+// tensor-operation body for what it does not take.
 #[cfg(feature = "cube")]
 impl SelectiveScanBackend for burn_cubecl::CubeBackend {
+    fn selective_scan_backward(
+        input: ScanInput<Self>,
+        grad_y: FloatTensor<Self>,
+        grad_h: FloatTensor<Self>,
+    ) -> ScanGrads<Self> {
+        super::scan_backward_cube::scan_backward_cube(input, grad_y, grad_h)
+    }
+
     fn selective_scan(input: ScanInput<Self>) -> ScanOutput<Self> {
         super::scan_cube::scan_cube(input)
     }

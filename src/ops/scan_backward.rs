@@ -38,7 +38,10 @@
 //! (`1/block` of all states) plus one block, never `[L, d_inner, d_state]`.
 //!
 //! - [`scan_backward_reference`]: plain tensor operations, for every backend (the default body of
-//!   `selective_scan_backward`; CUDA devices use it for now).
+//!   `selective_scan_backward`; the CubeCL backend's kernel falls back to it for what it does
+//!   not take).
+//! - `scan_backward_cube` (with the `cube` feature): one CubeCL kernel, the CubeCL backend's
+//!   (CUDA devices') backward step.
 //! - [`scan_backward_flex`]: a fused, multi-threaded host loop for the CPU backend.
 //! - [`scan_autodiff`]: `selective_scan` on autodiff devices, running the inner backend's fast
 //!   forward and registering a backward step that calls `selective_scan_backward`.

@@ -387,6 +387,16 @@ pub(crate) fn silu(z: f32, #[comptime] fast: bool) -> f32 {
     }
 }
 
+/// `sigmoid(x) = 1 / (1 + exp(-x))`; with `fast`, through the approximations above.
+#[cube]
+pub(crate) fn sigmoid(x: f32, #[comptime] fast: bool) -> f32 {
+    if fast {
+        rcp_approx(1.0f32 + exp2_approx(-x * LOG2_E))
+    } else {
+        1.0f32 / (1.0f32 + (-x).exp())
+    }
+}
+
 /// The output gate from `z`: `SiLU(z)` with `silu_gate`, else `z` itself (the SiLU was applied
 /// where `z` was made: `selective_scan_gated`, [`scan_cube_with`]).
 #[cube]

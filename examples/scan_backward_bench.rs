@@ -1,0 +1,155 @@
+//! Times the selective scan's backward step alone on `cuda:0`: the CubeCL kernel
+//! (`selective_scan_backward`) against the tensor-operation backward it replaced on CUDA
+//! (`selective_scan_backward_reference`, run on the same GPU), f32, d_state 16, random inputs
+//! and output gradients already on the device, at training shapes (batch × window × d_inner).
+//!
+//! For each shape: both run once (kernel compilation) and their gradients are compared (the
+//! largest `max |kernel - tensor| / max |tensor|` over the nine gradients is printed), then
+//! each is timed `REPS` times between two device synchronisations; best and median reported,
+//! with the ratio of the best times.
+//!
+//! Run: `cargo run --release --features cuda --example scan_backward_bench -- [BATCH LEN D_INNER]`
+//! (default: a list of shapes; the training runs of BENCHMARKS.md use d_inner 128).
+
+use std::time::Instant;
+
+use burn::tensor::{Device, Distribution, Tensor};
+use genomamba::ops::{
+    ScanArgs, ScanGradTensors, selective_scan_backward, selective_scan_backward_reference,
+};
+
+const D_STATE: usize = 16;
+const REPS: usize = 5;
+
+fn inputs(batch: usize, len: usize, d_inner: usize, device: &Device) -> ScanArgs {
+    let normal = Distribution::Normal(0.0, 1.0);
+    let seq = |width: usize| Tensor::<3>::random([batch, len, width], normal, device);
+    // A = -exp(U(0, log 16)), delta_bias = inverse softplus of U(0.001, 0.1).
+    let a = Tensor::<2>::random(
+        [d_inner, D_STATE],
+        Distribution::Uniform(0.0, 16f64.ln()),
+        device,
+    )
+    .exp()
+    .neg();
+    let dt = Tensor::<1>::random([d_inner], Distribution::Uniform(0.001, 0.1), device);
+    let delta_bias = (dt.exp() - 1.0).log();
+    ScanArgs {
+        u: seq(d_inner),
+        delta: seq(d_inner),
+        a,
+        b: seq(D_STATE),
+        c: seq(D_STATE),
+        d: Tensor::<1>::random([d_inner], normal, device),
+        z: seq(d_inner),
+        delta_bias,
+        h0: Tensor::<3>::random([batch, d_inner, D_STATE], normal, device),
+    }
+}
+
+fn all(g: ScanGradTensors) -> Vec<Vec<f32>> {
+    let v =
+        |t: burn::tensor::TensorData| t.convert::<f32>().try_into_vec::<f32>().expect("f32 data");
+    vec![
+        v(g.u.into_data()),
+        v(g.delta.into_data()),
+        v(g.a.into_data()),
+        v(g.b.into_data()),
+        v(g.c.into_data()),
+        v(g.d.into_data()),
+        v(g.z.into_data()),
+        v(g.delta_bias.into_data()),
+        v(g.h0.into_data()),
+    ]
+}
+
+fn rel(got: &[f32], want: &[f32]) -> f64 {
+    let num = got
+        .iter()
+        .zip(want)
+        .map(|(g, w)| (*g as f64 - *w as f64).abs())
+        .fold(0.0, f64::max);
+    let den = want.iter().map(|w| (*w as f64).abs()).fold(0.0, f64::max);
+    if got.iter().any(|v| !v.is_finite()) {
+        f64::INFINITY
+    } else if den > 0.0 {
+        num / den
+    } else {
+        num
+    }
+}
+
+fn main() {
+    let arg = |i: usize| {
+        std::env::args()
+            .nth(i)
+            .and_then(|s| s.parse::<usize>().ok())
+    };
+    let shapes: Vec<[usize; 3]> = match (arg(1), arg(2), arg(3)) {
+        (Some(b), Some(l), Some(d)) => vec![[b, l, d]],
+        _ => vec![
+            [32, 200, 128],
+            [8, 2048, 128],
+            [64, 2048, 128],
+            [8, 2048, 512],
+        ],
+    };
+    let device = Device::cuda(0);
+    println!(
+        "selective scan backward on cuda:0, f32, d_state {D_STATE}, best and median of {REPS}"
+    );
+    println!(
+        "{:>6} {:>6} {:>8} {:>14} {:>14} {:>14} {:>14} {:>8} {:>10}",
+        "batch",
+        "L",
+        "d_inner",
+        "kernel best",
+        "kernel median",
+        "tensor best",
+        "tensor median",
+        "ratio",
+        "max rel"
+    );
+    for [batch, len, d_inner] in shapes {
+        let args = inputs(batch, len, d_inner, &device);
+        let normal = Distribution::Normal(0.0, 1.0);
+        let gy = Tensor::<3>::random([batch, len, d_inner], normal, &device);
+        let gh = Tensor::<3>::random([batch, d_inner, D_STATE], normal, &device);
+        let run = |kernel: bool| {
+            if kernel {
+                selective_scan_backward(args.clone(), gy.clone(), gh.clone())
+            } else {
+                selective_scan_backward_reference(args.clone(), gy.clone(), gh.clone())
+            }
+        };
+        let got = all(run(true));
+        let want = all(run(false));
+        let worst = got
+            .iter()
+            .zip(&want)
+            .map(|(g, w)| rel(g, w))
+            .fold(0.0, f64::max);
+        let time = |kernel: bool| {
+            let mut t: Vec<f64> = (0..REPS)
+                .map(|_| {
+                    device.sync().expect("device sync");
+                    let start = Instant::now();
+                    let g = run(kernel);
+                    device.sync().expect("device sync");
+                    let secs = start.elapsed().as_secs_f64();
+                    drop(g);
+                    secs
+                })
+                .collect();
+            t.sort_by(f64::total_cmp);
+            (t[0] * 1e3, t[REPS / 2] * 1e3)
+        };
+        let (kb, km) = time(true);
+        let (tb, tm) = time(false);
+        println!(
+            "{batch:>6} {len:>6} {d_inner:>8} {kb:>11.3} ms {km:>11.3} ms {tb:>11.3} ms \
+             {tm:>11.3} ms {:>7.1}x {worst:>10.2e}",
+            tb / kb
+        );
+    }
+}
