@@ -736,9 +736,9 @@ pub fn conv_reference<B: Backend>(input: ConvInput<B>) -> ConvOutput<B> {
             xpad.clone(),
             &[Slice::from(..), Slice::from(j..j + len), Slice::from(..)],
         );
-        let w = B::float_reshape(
+        let w = per_channel::<B>(
             B::float_slice(weight.clone(), &[Slice::from(j..j + 1), Slice::from(..)]),
-            Shape::new([1, 1, d]),
+            &[batch, len, d],
         );
         let term = B::float_mul(tap, w);
         acc = Some(match acc {
@@ -756,7 +756,7 @@ pub fn conv_reference<B: Backend>(input: ConvInput<B>) -> ConvOutput<B> {
             Scalar::from(0.0f32),
         ),
     };
-    let conv = B::float_add(conv, B::float_reshape(bias, Shape::new([1, 1, d])));
+    let conv = B::float_add(conv, per_channel::<B>(bias, &[batch, len, d]));
     let u = B::float_mul(conv.clone(), B::sigmoid(conv));
     let next = B::float_slice(
         xpad,
@@ -766,7 +766,6 @@ pub fn conv_reference<B: Backend>(input: ConvInput<B>) -> ConvOutput<B> {
             Slice::from(..),
         ],
     );
-    let _ = batch;
     ConvOutput {
         u: to_dtype::<B>(u, act),
         window: to_dtype::<B>(next, win_dtype),
@@ -783,12 +782,30 @@ pub fn rms_reference<B: Backend>(
     let last = xd.len() - 1;
     let ms = B::float_mean_dim(B::float_mul(x.clone(), x.clone()), last);
     let inv = B::float_recip(B::float_sqrt(B::float_add_scalar(ms, Scalar::from(eps))));
-    let mut wshape = vec![1; xd.len()];
-    wshape[last] = xd[last];
-    B::float_mul(
-        B::float_mul(x, inv),
-        B::float_reshape(weight, Shape::from(wshape)),
-    )
+    B::float_mul(B::float_mul(x, inv), per_channel::<B>(weight, &xd))
+}
+
+/// A per-channel parameter (`d` values, any shape) ready to multiply or add to a tensor of
+/// shape `dims` (channels last): `[dims[0], 1, .., 1, d]`, expanded over the first axis, for
+/// three or more axes; `[1, d]` for two. Under autodiff the parameter's gradient then sums
+/// the middle axes per row of the first (many sums side by side) and that axis afterwards
+/// (the expansion's backward), instead of one reduction over all rows at once, which Burn's
+/// CUDA backend ran as one cube of 32 threads each walking every row: 28-29 ms per gradient
+/// of a `[128, 2048, 128]` activation on an H200, most of a training step (BENCHMARKS.md,
+/// thirty-fifth session). The values are the same; only the gradient's order of summation
+/// differs.
+fn per_channel<B: Backend>(w: FloatTensor<B>, dims: &[usize]) -> FloatTensor<B> {
+    let d = dims.last().copied().unwrap_or(1);
+    let mut shape = vec![1; dims.len().max(2)];
+    if let Some(last) = shape.last_mut() {
+        *last = d;
+    }
+    let w = B::float_reshape(w, Shape::from(shape.clone()));
+    if dims.len() < 3 {
+        return w;
+    }
+    shape[0] = dims[0];
+    B::float_expand(w, Shape::from(shape))
 }
 
 /// The residual add and RMSNorm in plain tensor operations: the sum in f32, the norm
