@@ -402,30 +402,6 @@ fn out_major(w: Tensor<2>) -> Tensor<2> {
         .transpose()
 }
 
-/// Copies of a table [`gather_rows`] reads from in training.
-const GATHER_COPIES: usize = 1024;
-
-/// Rows `ids` of `table` (`[rows, d]` -> `[ids, d]`). In training (`table` tracked for
-/// gradients) the rows are read from `GATHER_COPIES` stacked copies of the table, id `i` at
-/// position `p` from copy `p mod GATHER_COPIES`: the same values, but the gradient, which
-/// adds every position's row into the table's row of its id, spreads those additions over
-/// 1,024 times as many rows before the copies are summed. A DNA vocabulary has a handful of
-/// rows, so otherwise every position of a batch added into the same few rows of one tensor
-/// at once: 70 ms per training step of 64 windows of 2,048 on an H200 (BENCHMARKS.md,
-/// thirty-fifth session).
-fn gather_rows(table: Tensor<2>, ids: Tensor<1, Int>) -> Tensor<2> {
-    let n = ids.dims()[0];
-    let rows = table.dims()[0];
-    if !table.is_require_grad() || n < 2 * GATHER_COPIES || rows == 0 {
-        return table.select(0, ids);
-    }
-    let device = ids.device();
-    let copy = Tensor::<1, Int>::arange(0..n as i64, &device)
-        .remainder_scalar(GATHER_COPIES as i64)
-        .mul_scalar(rows as i64);
-    table.repeat_dim(0, GATHER_COPIES).select(0, ids + copy)
-}
-
 /// The Mamba backbone: embedding, blocks, final norm.
 #[derive(Module, Debug)]
 pub struct Mamba {
@@ -522,7 +498,8 @@ impl Mamba {
         let [batch, len] = tokens.dims();
         let w = self.embedding.val();
         let d = w.dims()[1];
-        gather_rows(w, tokens.reshape([batch * len])).reshape([batch, len, d])
+        w.select(0, tokens.reshape([batch * len]))
+            .reshape([batch, len, d])
     }
 
     /// Hidden states of the final layer (after the final norm) for one chunk, continuing from
@@ -570,7 +547,7 @@ impl Mamba {
                 .collect();
             let ids: Tensor<1, Int> =
                 Tensor::from_data(TensorData::new(ids, [batch * len]), &device);
-            x = x + gather_rows(w, ids).reshape([batch, len, d]);
+            x = x + w.select(0, ids).reshape([batch, len, d]);
             phase = (0..batch)
                 .map(|b| (phase.get(b).copied().unwrap_or(0) + len) % period)
                 .collect();
@@ -676,41 +653,4 @@ pub fn reverse_start_phase(n: usize, period: usize) -> usize {
 /// Builds an untrained backbone from a config (parameters set by [`super::init`]).
 pub fn sizes_of(cfg: &MambaConfig) -> [usize; 4] {
     [cfg.d_inner(), cfg.d_state, cfg.dt_rank(), cfg.d_conv]
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use burn::tensor::Distribution;
-
-    /// In training the rows come from stacked copies of the table: the same values as a plain
-    /// `select`, and the same gradient up to the order of summation.
-    #[test]
-    fn gathered_rows_equal_select_with_their_gradients() {
-        let device = Device::flex().autodiff();
-        let (rows, d, n) = (5usize, 3usize, 3 * GATHER_COPIES + 17);
-        let table = Tensor::<2>::random([rows, d], Distribution::Normal(0.0, 1.0), &device);
-        let ids: Vec<i64> = (0..n).map(|i| ((i * 7 + i / 3) % rows) as i64).collect();
-        let ids = Tensor::<1, Int>::from_data(TensorData::new(ids, [n]), &device);
-        let upstream = Tensor::<2>::random([n, d], Distribution::Normal(0.0, 1.0), &device);
-        let values = |t: Tensor<2>| t.into_data().try_into_vec::<f32>().unwrap_or_default();
-
-        let plain = table.clone().require_grad();
-        let want = plain.clone().select(0, ids.clone());
-        let want_grad = (want.clone() * upstream.clone()).sum().backward();
-        let tracked = table.require_grad();
-        assert!(tracked.is_require_grad());
-        let got = gather_rows(tracked.clone(), ids);
-        let got_grad = (got.clone() * upstream).sum().backward();
-        assert_eq!(values(got), values(want), "values");
-        let (g, w) = (
-            values(tracked.grad(&got_grad).expect("gradient")),
-            values(plain.grad(&want_grad).expect("gradient")),
-        );
-        assert_eq!(g.len(), rows * d);
-        let scale = w.iter().fold(0.0f32, |m, v| m.max(v.abs()));
-        for (a, b) in g.iter().zip(&w) {
-            assert!((a - b).abs() <= 1e-5 * scale, "gradient {a} vs {b}");
-        }
-    }
 }
