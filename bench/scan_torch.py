@@ -29,12 +29,12 @@ def inputs(length, d_inner, device):
                 d=torch.randn(d_inner, generator=g, device=device), z=seq(d_inner), bias=bias)
 
 
-def scan(u, delta, a, b, c, d, z, bias):
-    # u, delta, z: [1, d_inner, L]; b, c: [1, d_state, L]
+def scan(u, delta, a, b, c, d, z, bias, h0=None):
+    # u, delta, z: [batch, d_inner, L]; b, c: [batch, d_state, L]; h0: [batch, d_inner, d_state]
     dt = torch.nn.functional.softplus(delta + bias[None, :, None])
-    decay = torch.exp(a[None, :, None, :] * dt[..., None])                 # [1, D, L, N]
-    drive = dt[..., None] * b.transpose(1, 2)[:, None] * u[..., None]      # [1, D, L, N]
-    h = torch.zeros(u.shape[0], u.shape[1], D_STATE, device=u.device)
+    decay = torch.exp(a[None, :, None, :] * dt[..., None])                 # [B, D, L, N]
+    drive = dt[..., None] * b.transpose(1, 2)[:, None] * u[..., None]      # [B, D, L, N]
+    h = h0 if h0 is not None else torch.zeros(u.shape[0], u.shape[1], a.shape[1], device=u.device)
     ys = []
     for t in range(u.shape[2]):
         h = decay[:, :, t] * h + drive[:, :, t]

@@ -13,39 +13,15 @@
 
 use std::time::Instant;
 
-use burn::tensor::{Device, Distribution, Tensor};
-use genomamba::ops::{
-    ScanArgs, ScanGradTensors, selective_scan_backward, selective_scan_backward_reference,
-};
+use burn::tensor::{Device, Distribution, FloatDType, Tensor};
+use genomamba::ops::{ScanGradTensors, selective_scan_backward, selective_scan_backward_reference};
+
+#[path = "common/scan_inputs.rs"]
+mod scan_inputs;
+use scan_inputs::scan_inputs;
 
 const D_STATE: usize = 16;
 const REPS: usize = 5;
-
-fn inputs(batch: usize, len: usize, d_inner: usize, device: &Device) -> ScanArgs {
-    let normal = Distribution::Normal(0.0, 1.0);
-    let seq = |width: usize| Tensor::<3>::random([batch, len, width], normal, device);
-    // A = -exp(U(0, log 16)), delta_bias = inverse softplus of U(0.001, 0.1).
-    let a = Tensor::<2>::random(
-        [d_inner, D_STATE],
-        Distribution::Uniform(0.0, 16f64.ln()),
-        device,
-    )
-    .exp()
-    .neg();
-    let dt = Tensor::<1>::random([d_inner], Distribution::Uniform(0.001, 0.1), device);
-    let delta_bias = (dt.exp() - 1.0).log();
-    ScanArgs {
-        u: seq(d_inner),
-        delta: seq(d_inner),
-        a,
-        b: seq(D_STATE),
-        c: seq(D_STATE),
-        d: Tensor::<1>::random([d_inner], normal, device),
-        z: seq(d_inner),
-        delta_bias,
-        h0: Tensor::<3>::random([batch, d_inner, D_STATE], normal, device),
-    }
-}
 
 fn all(g: ScanGradTensors) -> Vec<Vec<f32>> {
     let v =
@@ -111,7 +87,12 @@ fn main() {
         "max rel"
     );
     for [batch, len, d_inner] in shapes {
-        let args = inputs(batch, len, d_inner, &device);
+        let args = scan_inputs(
+            [batch, len, d_inner, D_STATE],
+            FloatDType::F32,
+            true,
+            &device,
+        );
         let normal = Distribution::Normal(0.0, 1.0);
         let gy = Tensor::<3>::random([batch, len, d_inner], normal, &device);
         let gh = Tensor::<3>::random([batch, d_inner, D_STATE], normal, &device);

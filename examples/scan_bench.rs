@@ -14,37 +14,15 @@
 
 use std::time::Instant;
 
-use burn::tensor::{Device, Distribution, FloatDType, Tensor};
+use burn::tensor::{Device, FloatDType};
 use genomamba::ops::{ScanArgs, selective_scan};
+
+#[path = "common/scan_inputs.rs"]
+mod scan_inputs;
+use scan_inputs::scan_inputs;
 
 const D_STATE: usize = 16;
 const REPS: usize = 10;
-
-fn inputs(batch: usize, len: usize, d_inner: usize, act: FloatDType, device: &Device) -> ScanArgs {
-    let normal = Distribution::Normal(0.0, 1.0);
-    let seq = |width: usize| Tensor::<3>::random([batch, len, width], normal, device).cast(act);
-    // A = -exp(U(0, log 16)), delta_bias = inverse softplus of U(0.001, 0.1).
-    let a = Tensor::<2>::random(
-        [d_inner, D_STATE],
-        Distribution::Uniform(0.0, 16f64.ln()),
-        device,
-    )
-    .exp()
-    .neg();
-    let dt = Tensor::<1>::random([d_inner], Distribution::Uniform(0.001, 0.1), device);
-    let delta_bias = (dt.exp() - 1.0).log();
-    ScanArgs {
-        u: seq(d_inner),
-        delta: seq(d_inner),
-        a,
-        b: seq(D_STATE),
-        c: seq(D_STATE),
-        d: Tensor::<1>::random([d_inner], normal, device),
-        z: seq(d_inner),
-        delta_bias,
-        h0: Tensor::<3>::zeros([batch, d_inner, D_STATE], device),
-    }
-}
 
 /// One scan between two synchronisations; seconds.
 fn timed(args: &ScanArgs, device: &Device) -> f64 {
@@ -79,7 +57,7 @@ fn main() {
     );
     for log2 in (12..=max_log2).step_by(2) {
         let len = 1usize << log2;
-        let args = inputs(batch, len, d_inner, act, &device);
+        let args = scan_inputs([batch, len, d_inner, D_STATE], act, false, &device);
         let first = timed(&args, &device);
         let mut times: Vec<f64> = (0..REPS).map(|_| timed(&args, &device)).collect();
         times.sort_by(f64::total_cmp);
