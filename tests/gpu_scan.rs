@@ -50,7 +50,7 @@ use genomamba::ops::project_mma::{
 use genomamba::ops::project_wgmma::{gemm_wg_launches, set_gemm_wgmma};
 use genomamba::ops::scan_backward_cube::scan_backward_launches;
 use genomamba::ops::{
-    ScanArgs, ScanPath, WALK_MIN_LANES, selective_scan, selective_scan_activated,
+    ScanArgs, ScanGradTensors, ScanPath, WALK_MIN_LANES, selective_scan, selective_scan_activated,
     selective_scan_backward, selective_scan_backward_reference, selective_scan_gated,
     selective_scan_reference, selective_scan_reference_with, set_scan_path,
 };
@@ -1393,6 +1393,24 @@ fn gradients(x: &Case, device: &Device, reference: bool) -> Vec<Vec<f32>> {
     ]
 }
 
+/// The scan's inputs in the order gradients are listed here ([`gradients`], [`grads_host`]).
+const GRAD_NAMES: [&str; 9] = ["u", "delta", "a", "b", "c", "d", "z", "delta_bias", "h0"];
+
+/// Host copies of every gradient of a backward step, in [`GRAD_NAMES`] order.
+fn grads_host(g: ScanGradTensors) -> Vec<Vec<f32>> {
+    vec![
+        host(g.u),
+        host(g.delta),
+        host(g.a),
+        host(g.b),
+        host(g.c),
+        host(g.d),
+        host(g.z),
+        host(g.delta_bias),
+        host(g.h0),
+    ]
+}
+
 /// Channels `channels` of every row and step of a `[batch, len, width]` tensor, as host f32 in
 /// `[batch, len, channels.len()]` order (one column copied back at a time).
 fn columns(t: &Tensor<3>, channels: &[usize]) -> Vec<f32> {
@@ -1532,7 +1550,6 @@ fn gpu_kernels_take_offsets_past_u32() {
 fn gpu_scan_gradients_match_autodiff_of_the_reference() {
     let gpu = require_cuda!();
     let _path = scan_path(ScanPath::Auto);
-    let names = ["u", "delta", "a", "b", "c", "d", "z", "delta_bias", "h0"];
     let mut worst = 0.0f64;
     for (i, (shape, zero)) in [
         ([2, 7, 37, 16], false),
@@ -1552,7 +1569,7 @@ fn gpu_scan_gradients_match_autodiff_of_the_reference() {
             "{}: training did not run the backward kernel",
             x.describe()
         );
-        for ((g, w), name) in got.iter().zip(&want).zip(names) {
+        for ((g, w), name) in got.iter().zip(&want).zip(GRAD_NAMES) {
             let e = rel_err(g, w);
             worst = worst.max(e);
             assert!(e <= TOL, "{}: gradient of {name}: {e:.2e}", x.describe());
@@ -1571,7 +1588,6 @@ fn gpu_scan_gradients_match_autodiff_of_the_reference() {
 fn gpu_scan_backward_kernel_matches_the_tensor_backward() {
     let gpu = require_cuda!();
     let _path = scan_path(ScanPath::Auto);
-    let names = ["u", "delta", "a", "b", "c", "d", "z", "delta_bias", "h0"];
     let mut worst = 0.0f64;
     for (i, (shape, zero)) in [
         ([1, 1, 3, 1], false),
@@ -1600,17 +1616,7 @@ fn gpu_scan_backward_kernel_matches_the_tensor_backward() {
             assert_eq!(g.a.dims(), [ni, ns], "grad a shape");
             assert_eq!(g.b.dims(), [nb, nl, ns], "grad b shape");
             assert_eq!(g.delta_bias.dims(), [ni], "grad bias shape");
-            vec![
-                host(g.u),
-                host(g.delta),
-                host(g.a),
-                host(g.b),
-                host(g.c),
-                host(g.d),
-                host(g.z),
-                host(g.delta_bias),
-                host(g.h0),
-            ]
+            grads_host(g)
         };
         let want = run(&Device::flex(), false);
         let before = scan_backward_launches();
@@ -1621,7 +1627,7 @@ fn gpu_scan_backward_kernel_matches_the_tensor_backward() {
             x.describe()
         );
         let mut line = String::new();
-        for ((g, w), name) in got.iter().zip(&want).zip(names) {
+        for ((g, w), name) in got.iter().zip(&want).zip(GRAD_NAMES) {
             let e = rel_err(g, w);
             worst = worst.max(e);
             assert!(e <= TOL, "{}: gradient of {name}: {e:.2e}", x.describe());
