@@ -23,9 +23,9 @@
 //! `∂B[t,n]` and `∂C[t,n]` are sums over channels: every step, the cube's threads (its
 //! channels: 32 on CUDA, one on the CPU runtime, whose barriers spin) put their terms in
 //! shared memory, and after a barrier each thread adds up some of the `2·d_state` columns and
-//! writes the cube's partial sum (`dbc`, `[batch, groups, len, 2·d_state]`). The partial sums
-//! over groups of channels, and `∂A`, `∂D`, `∂Δbias` over batch rows, are added afterwards by
-//! tensor operations (small tensors).
+//! writes the cube's partial sum (`dbc`, `[2, batch, groups, len, d_state]`: ∂C, then ∂B).
+//! The partial sums over groups of channels, and `∂A`, `∂D`, `∂Δbias` over batch rows, are
+//! added afterwards by tensor operations (small tensors).
 //!
 //! Parallel over batch rows × channels only (time is walked in order by each thread): enough
 //! for training batches; a scan over a single long sequence would want time split as the
@@ -106,6 +106,7 @@ fn scan_backward_kernel(
     let grp = CUBE_POS_X as usize;
     let bi = CUBE_POS_Y as usize;
     let groups = CUBE_COUNT_X as usize;
+    let batch = CUBE_COUNT_Y as usize;
     let lane = UNIT_POS_X as usize;
     let col = grp * width + lane;
     let padded = groups * width;
@@ -136,13 +137,16 @@ fn scan_backward_kernel(
         }
         for t in t0..t1 {
             let i = (bi * len + t) * d_inner + ch;
-            let dt = softplus(delta[i] + bias, fast);
-            let dtu = dt * u[i];
-            let bo = (bi * len + t) * d_state;
-            #[unroll]
-            for n in 0..d_state {
-                h[n] = decay(dt * av[n], fast) * h[n] + dtu * b[bo + n];
-            }
+            advance(
+                &mut h,
+                &av,
+                b,
+                (bi * len + t) * d_state,
+                delta[i] + bias,
+                u[i],
+                d_state,
+                fast,
+            );
         }
     }
 
@@ -173,13 +177,19 @@ fn scan_backward_kernel(
         }
         for t in t0..t1 {
             let i = (bi * len + t) * d_inner + ch;
-            let dt = softplus(delta[i] + bias, fast);
-            let dtu = dt * u[i];
-            let bo = (bi * len + t) * d_state;
+            advance(
+                &mut h,
+                &av,
+                b,
+                (bi * len + t) * d_state,
+                delta[i] + bias,
+                u[i],
+                d_state,
+                fast,
+            );
             let row = (t - t0 + 1) * d_state;
             #[unroll]
             for n in 0..d_state {
-                h[n] = decay(dt * av[n], fast) * h[n] + dtu * b[bo + n];
                 hs[row + n] = h[n];
             }
         }
@@ -239,7 +249,10 @@ fn scan_backward_kernel(
                 for w in 0..width {
                     acc += red[j * width + w];
                 }
-                dbc[((bi * groups + grp) * len + t) * cols + j] = acc;
+                // Column j is ∂C[t, j] (j < d_state) or ∂B[t, j - d_state].
+                let half = j / d_state;
+                let n = j % d_state;
+                dbc[(((half * batch + bi) * groups + grp) * len + t) * d_state + n] = acc;
                 j += width;
             }
             sync_cube();
@@ -258,6 +271,29 @@ fn scan_backward_kernel(
     }
 }
 
+/// One step of a channel's states: `h = exp(Δ·A)·h + Δ·u·B[t]`, `Δ = softplus(s)` from the
+/// biased raw step `s`, `B[t]` the `d_state` values of `b` from `bo` (`av`: `A` scaled for
+/// [`decay`]). The forward walk and each block's recomputation advance the state with it.
+#[cube]
+#[allow(clippy::too_many_arguments)]
+fn advance(
+    h: &mut Array<f32>,
+    av: &Array<f32>,
+    b: &Tensor<f32>,
+    bo: usize,
+    s: f32,
+    ut: f32,
+    #[comptime] d_state: usize,
+    #[comptime] fast: bool,
+) {
+    let dt = softplus(s, fast);
+    let dtu = dt * ut;
+    #[unroll]
+    for n in 0..d_state {
+        h[n] = decay(dt * av[n], fast) * h[n] + dtu * b[bo + n];
+    }
+}
+
 fn sum_dim<B: Backend>(t: FloatTensor<B>, dim: usize) -> FloatTensor<B> {
     B::float_sum_dim(t, dim)
 }
@@ -266,10 +302,10 @@ fn reshape<B: Backend>(t: FloatTensor<B>, shape: Vec<usize>) -> FloatTensor<B> {
     B::float_reshape(t, Shape::from(shape))
 }
 
-/// Columns `from..to` of the last dimension of a 3-D tensor.
-fn columns<B: Backend>(t: FloatTensor<B>, from: usize, to: usize) -> FloatTensor<B> {
-    let slices: [Slice; 3] = [(..).into(), (..).into(), (from..to).into()];
-    B::float_slice(t, &slices)
+/// Row `k` of a 2-D tensor, as a `[1, columns]` view.
+fn row<B: Backend>(t: FloatTensor<B>, k: usize) -> FloatTensor<B> {
+    let rows: [Slice; 2] = [(k..k + 1).into(), (..).into()];
+    B::float_slice(t, &rows)
 }
 
 /// The scan's backward step on the CubeCL backend: the kernel for f32 inputs of the expected
@@ -346,7 +382,7 @@ pub(crate) fn scan_backward_cube(
     let du = empty(vec![batch, len, d_inner]);
     let ddelta = empty(vec![batch, len, d_inner]);
     let dz = empty(vec![batch, len, d_inner]);
-    let dbc = empty(vec![batch, groups, len, 2 * d_state]);
+    let dbc = empty(vec![2, batch, groups, len, d_state]);
     let da = empty(vec![batch, d_inner, d_state]);
     let dd = empty(vec![batch, d_inner]);
     let dbias = empty(vec![batch, d_inner]);
@@ -356,7 +392,7 @@ pub(crate) fn scan_backward_cube(
             batch * len * d_inner,
             batch * len * d_state,
             batch * blocks * d_state * groups * width,
-            batch * groups * len * 2 * d_state,
+            2 * batch * groups * len * d_state,
         ]
         .into_iter()
         .max()
@@ -407,10 +443,11 @@ pub(crate) fn scan_backward_cube(
     }
     LAUNCHES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     type B = CubeBackend;
-    // The groups' partial sums of ∂C (columns 0..d_state) and ∂B (the rest).
-    let dbc = reshape::<B>(sum_dim::<B>(dbc, 1), vec![batch, len, 2 * d_state]);
-    let grad_c = into_contiguous(columns::<B>(dbc.clone(), 0, d_state));
-    let grad_b = into_contiguous(columns::<B>(dbc, d_state, 2 * d_state));
+    // The groups' partial sums of ∂C (first half) and ∂B (second); each half of the sum is a
+    // contiguous block, so taking it is a view.
+    let dbc = reshape::<B>(sum_dim::<B>(dbc, 2), vec![2, batch * len * d_state]);
+    let half = |k: usize| reshape::<B>(row::<B>(dbc.clone(), k), vec![batch, len, d_state]);
+    let (grad_c, grad_b) = (half(0), half(1));
     // Per-row sums of ∂A, ∂D, ∂Δbias over the batch.
     let grad_a = reshape::<B>(sum_dim::<B>(da, 0), vec![d_inner, d_state]);
     let grad_d = reshape::<B>(sum_dim::<B>(dd, 0), vec![d_inner]);
