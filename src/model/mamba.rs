@@ -402,6 +402,57 @@ fn out_major(w: Tensor<2>) -> Tensor<2> {
         .transpose()
 }
 
+/// Positions per group of [`lookup`]'s gradient product.
+const LOOKUP_GROUP: usize = 256;
+
+/// Rows `ids` of the table `w` (`[rows, d]` -> `[ids, d]`): the token and phase embeddings.
+///
+/// The values are always `w.select(0, ids)`. When `w` takes a gradient (training), the
+/// gradient instead flows through products of one-hot matrices of `ids` with `w`, groups of
+/// [`LOOKUP_GROUP`] positions side by side, whose backward is one batched product and a sum
+/// over the groups. The backward of `select` would be Burn's `select_assign`, which on CubeCL
+/// runs one thread per column of the table, each walking every position in turn: 64 threads
+/// for 131,072 positions, about 70-78 ms of a GPU training step on an H200 (BENCHMARKS.md,
+/// thirty-fifth and thirty-sixth sessions); one product over all positions at once would
+/// likewise run in a couple of cubes. Written as `rows + (p - p)` with the second `p`
+/// detached, the added term is exactly zero, so the values do not depend on how the product
+/// rounds (Burn may run f32 products as TF32 on tensor cores).
+pub(crate) fn lookup(w: Tensor<2>, ids: Tensor<1, Int>) -> Tensor<2> {
+    if !w.is_require_grad() {
+        return w.select(0, ids);
+    }
+    let [n] = ids.dims();
+    let [rows, d] = w.dims();
+    let device = w.device();
+    // Autodiff's `detach` keeps a leaf's `require_grad` (and so a backward for the select);
+    // this makes an untracked copy.
+    let values = w.clone().set_require_grad(false).select(0, ids.clone());
+    let groups = n.div_ceil(LOOKUP_GROUP).max(1);
+    let padded = groups * LOOKUP_GROUP;
+    // Padding positions name row `rows`, which no row matches: zero rows of the one-hot.
+    let ids = if padded > n {
+        let pad = Tensor::<1, Int>::full([padded - n], rows as i64, &device);
+        Tensor::cat(vec![ids, pad], 0)
+    } else {
+        ids
+    };
+    let shape = [groups, LOOKUP_GROUP, rows];
+    let row_ids = Tensor::<1, Int>::arange(0..rows as i64, &device)
+        .reshape([1, 1, rows])
+        .expand(shape);
+    let one_hot = ids
+        .reshape([groups, LOOKUP_GROUP, 1])
+        .expand(shape)
+        .equal(row_ids)
+        .float();
+    let table = w.reshape([1, rows, d]).expand([groups, rows, d]);
+    let product = one_hot
+        .matmul(table)
+        .reshape([padded, d])
+        .slice([0..n, 0..d]);
+    values + (product.clone() - product.detach())
+}
+
 /// The Mamba backbone: embedding, blocks, final norm.
 #[derive(Module, Debug)]
 pub struct Mamba {
@@ -498,8 +549,7 @@ impl Mamba {
         let [batch, len] = tokens.dims();
         let w = self.embedding.val();
         let d = w.dims()[1];
-        w.select(0, tokens.reshape([batch * len]))
-            .reshape([batch, len, d])
+        lookup(w, tokens.reshape([batch * len])).reshape([batch, len, d])
     }
 
     /// Hidden states of the final layer (after the final norm) for one chunk, continuing from
@@ -547,7 +597,7 @@ impl Mamba {
                 .collect();
             let ids: Tensor<1, Int> =
                 Tensor::from_data(TensorData::new(ids, [batch * len]), &device);
-            x = x + w.select(0, ids).reshape([batch, len, d]);
+            x = x + lookup(w, ids).reshape([batch, len, d]);
             phase = (0..batch)
                 .map(|b| (phase.get(b).copied().unwrap_or(0) + len) % period)
                 .collect();
@@ -653,4 +703,81 @@ pub fn reverse_start_phase(n: usize, period: usize) -> usize {
 /// Builds an untrained backbone from a config (parameters set by [`super::init`]).
 pub fn sizes_of(cfg: &MambaConfig) -> [usize; 4] {
     [cfg.d_inner(), cfg.d_state, cfg.dt_rank(), cfg.d_conv]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::lookup;
+    use burn::tensor::{Device, Int, Tensor, TensorData};
+    use rand::rngs::StdRng;
+    use rand::{Rng, SeedableRng};
+
+    fn host(t: Tensor<2>) -> Vec<f32> {
+        t.into_data()
+            .convert::<f32>()
+            .try_to_vec::<f32>()
+            .expect("f32 data")
+    }
+
+    #[test]
+    fn lookup_gives_the_selected_rows_and_their_summed_gradients() {
+        check_lookup(Device::flex());
+        // The CubeCL stack (fusion over the CubeCL backend) that CUDA devices run, on the CPU.
+        #[cfg(feature = "cube-cpu")]
+        check_lookup(Device::cpu());
+    }
+
+    fn check_lookup(plain: Device) {
+        // Fewer positions than a group, exactly one group, and a padded last group.
+        for n in [1, 256, 301] {
+            check_lookup_of(&plain, n);
+        }
+    }
+
+    fn check_lookup_of(plain: &Device, n: usize) {
+        let dev = plain.clone().autodiff();
+        let mut rng = StdRng::seed_from_u64(5);
+        let (rows, d) = (12, 5);
+        let w: Vec<f32> = (0..rows * d).map(|_| rng.random_range(-1.0..1.0)).collect();
+        let ids: Vec<i64> = (0..n).map(|_| rng.random_range(0..rows as i64)).collect();
+        let r: Vec<f32> = (0..n * d).map(|_| rng.random_range(-1.0..1.0)).collect();
+        let wt: Tensor<2> =
+            Tensor::from_data(TensorData::new(w.clone(), [rows, d]), &dev).require_grad();
+        let rt: Tensor<2> =
+            Tensor::from_data(TensorData::new(r.clone(), [n, d]), &dev).require_grad();
+        let it: Tensor<1, Int> = Tensor::from_data(TensorData::new(ids.clone(), [n]), &dev);
+        let out = lookup(wt.clone(), it.clone());
+        // Values: exactly the table's rows.
+        let got = host(out.clone());
+        for (i, &id) in ids.iter().enumerate() {
+            let row = id as usize;
+            assert_eq!(
+                &got[i * d..(i + 1) * d],
+                &w[row * d..(row + 1) * d],
+                "row {i}"
+            );
+        }
+        // Gradients: each table row sums the weights of the positions that read it; the
+        // other factor of the loss gets the rows themselves.
+        let grads = (out * rt.clone()).sum().backward();
+        let gw = host(wt.grad(&grads).expect("table gradient"));
+        let gr = host(rt.grad(&grads).expect("weight gradient"));
+        let mut want = vec![0.0f64; rows * d];
+        for (i, &id) in ids.iter().enumerate() {
+            for j in 0..d {
+                want[id as usize * d + j] += r[i * d + j] as f64;
+            }
+        }
+        for (k, (&g, &e)) in gw.iter().zip(&want).enumerate() {
+            assert!(
+                (g as f64 - e).abs() < 1e-5 * (1.0 + e.abs()),
+                "table grad {k}: {g} vs {e}"
+            );
+        }
+        assert_eq!(gr, got, "the other factor's gradient is the looked-up rows");
+        // Without a gradient it is a plain select.
+        let wp: Tensor<2> = Tensor::from_data(TensorData::new(w.clone(), [rows, d]), plain);
+        let ip: Tensor<1, Int> = Tensor::from_data(TensorData::new(ids, [n]), plain);
+        assert_eq!(host(lookup(wp.clone(), ip.clone())), host(wp.select(0, ip)));
+    }
 }

@@ -77,7 +77,7 @@ impl Net {
             let (h, _) = self
                 .backbone
                 .forward(tokens, self.backbone.zero_state(batch, &device));
-            return self.head.forward(with_extra(h));
+            return position_head(&self.head, with_extra(h));
         }
         // Both strands in one batch: rows 0..batch forward, batch..2·batch reverse complement.
         let rc = reverse_complement_rows(tokens.clone());
@@ -90,7 +90,25 @@ impl Net {
         let d = h.dims()[2];
         let fwd = h.clone().slice([0..batch, 0..len, 0..d]);
         let rev = h.slice([batch..2 * batch, 0..len, 0..d]).flip([1]);
-        self.head.forward(with_extra((fwd + rev) * 0.5))
+        position_head(&self.head, with_extra((fwd + rev) * 0.5))
+    }
+}
+
+/// `head` over the last axis of `x` (`[batch, len, d]` -> `[batch, len, classes]`): the
+/// values of `Linear::forward`, with the weight and bias expanded over the batch rows first.
+/// Burn's linear op takes the weight's gradient as one product over all `batch·len` positions
+/// and the bias's as one reduction over them, which Burn's CUDA backend ran in one or two
+/// cubes (the bias alone about 10 ms of a step of 64 windows of 2,048 on an H200,
+/// BENCHMARKS.md, thirty-sixth session). Expanded, both sum each batch row's positions side
+/// by side, then the rows.
+fn position_head(head: &Linear, x: Tensor<3>) -> Tensor<3> {
+    let [batch, _, d] = x.dims();
+    let w = head.weight.val();
+    let classes = w.dims()[1];
+    let y = x.matmul(w.reshape([1, d, classes]).expand([batch, d, classes]));
+    match &head.bias {
+        Some(b) => y + b.val().reshape([1, 1, classes]).expand([batch, 1, classes]),
+        None => y,
     }
 }
 
@@ -1517,6 +1535,64 @@ mod tests {
             backbone: m.backbone,
             head: m.head.unwrap(),
         }
+    }
+
+    #[test]
+    fn position_head_matches_the_linear_op_with_its_gradients() {
+        let ad = Device::flex().autodiff();
+        let mut rng = StdRng::seed_from_u64(3);
+        let (batch, len, d, classes) = (3, 37, 8, 3);
+        let mut rand =
+            |k: usize| -> Vec<f32> { (0..k).map(|_| rng.random_range(-1.0..1.0)).collect() };
+        let (xv, wv, bv) = (rand(batch * len * d), rand(d * classes), rand(classes));
+        let head = || Linear {
+            weight: Param::from_tensor(
+                Tensor::from_data(TensorData::new(wv.clone(), [d, classes]), &ad).require_grad(),
+            ),
+            bias: Some(Param::from_tensor(
+                Tensor::from_data(TensorData::new(bv.clone(), [classes]), &ad).require_grad(),
+            )),
+        };
+        let host = |t: Tensor<3>| t.into_data().convert::<f32>().try_to_vec::<f32>().unwrap();
+        let run = |ours: bool| {
+            let h = head();
+            let x: Tensor<3> =
+                Tensor::from_data(TensorData::new(xv.clone(), [batch, len, d]), &ad).require_grad();
+            let y = if ours {
+                position_head(&h, x.clone())
+            } else {
+                h.forward(x.clone())
+            };
+            // A loss that weighs every output differently.
+            let weights: Tensor<3> = Tensor::arange(0..(batch * len * classes) as i64, &ad)
+                .float()
+                .reshape([batch, len, classes])
+                .sin();
+            let grads = (y.clone() * weights).sum().backward();
+            let gw = h.weight.val().grad(&grads).unwrap();
+            let gb = h.bias.as_ref().unwrap().val().grad(&grads).unwrap();
+            let gx = x.grad(&grads).unwrap();
+            (
+                host(y),
+                host(gw.unsqueeze()),
+                host(gb.unsqueeze()),
+                host(gx),
+            )
+        };
+        let (ours, theirs) = (run(true), run(false));
+        let close = |a: &[f32], b: &[f32], what: &str| {
+            assert_eq!(a.len(), b.len());
+            for (i, (x, y)) in a.iter().zip(b).enumerate() {
+                assert!(
+                    (x - y).abs() < 1e-5 * (1.0 + y.abs()),
+                    "{what}[{i}]: {x} vs {y}"
+                );
+            }
+        };
+        close(&ours.0, &theirs.0, "logits");
+        close(&ours.1, &theirs.1, "weight gradient");
+        close(&ours.2, &theirs.2, "bias gradient");
+        close(&ours.3, &theirs.3, "input gradient");
     }
 
     #[test]
