@@ -6,11 +6,13 @@
 # then training throughput with the backward kernel (default) and with
 # GENOMAMBA_SCAN_BACKWARD=reference (the tensor-operation backward), interleaved.
 # MODES lists the runs (default: kernel reference kernel reference); ALONE=0 skips the
-# backward step alone. TESTS=1 first runs the backward and gradient tests of tests/gpu_scan.rs (gpu/gpu_scan.xz).
+# backward step alone. BINS names the builds to run, each gpu/NAME.xz (default: genomamba);
+# with several, every mode runs each build in turn (interleaved comparisons of two builds). TESTS=1 first runs the backward and gradient tests of tests/gpu_scan.rs (gpu/gpu_scan.xz).
 set -u
 unpack() { python3 -c "import lzma,shutil; shutil.copyfileobj(lzma.open('gpu/$1.xz'), open('/tmp/$1','wb'))"; chmod +x "/tmp/$1"; }
 MODES=${MODES-kernel reference kernel reference}
-[ -n "$MODES" ] && unpack genomamba
+BINS=${BINS:-genomamba}
+if [ -n "$MODES" ]; then for bin in $BINS; do unpack "$bin"; done; fi
 [ "${ALONE:-1}" = 1 ] && unpack scan_backward_bench
 nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv,noheader
 if [ "${TESTS:-0}" = 1 ]; then
@@ -21,25 +23,25 @@ if [ "${ALONE:-1}" = 1 ]; then
   echo "== backward step alone"
   /tmp/scan_backward_bench
 fi
-G=/tmp/genomamba
 bps() { python3 -c "
 import json,sys
 rows=[json.loads(l) for l in open('$1/metrics.jsonl')]
 print(' '.join('%.0f' % r['train_bases_per_s'] for r in rows if 'train_bases_per_s' in r))"; }
-for mode in $MODES; do
+for mode in $MODES; do for bin in $BINS; do
+  G=/tmp/$bin
   if [ $mode = reference ]; then export GENOMAMBA_SCAN_BACKWARD=reference; else unset GENOMAMBA_SCAN_BACKWARD; fi
   rm -rf /tmp/t1 /tmp/t2
   s=$(date +%s.%N)
   $G train -o /tmp/t1 --class oct4=gpu/oct4_peaks.fa --class mafk=gpu/mafk_peaks.fa --epochs 2 \
     --d-model 64 --n-layer 2 --batch-size 32 --seed 1 --device cuda -q >/dev/null 2>&1 || echo "oct4 train failed"
   e=$(date +%s.%N)
-  echo "$mode oct4/mafk 2 epochs: $(python3 -c "print('%.1f s' % ($e-$s))"), train bases/s per epoch: $(bps /tmp/t1)"
+  echo "$bin $mode oct4/mafk 2 epochs: $(python3 -c "print('%.1f s' % ($e-$s))"), train bases/s per epoch: $(bps /tmp/t1)"
   s=$(date +%s.%N)
   $G train -o /tmp/t2 --fasta gpu/ecoli_k12.fa.gz --bed gpu/ecoli_k12.features.bed \
     --bed-class coding=CDS --window 2048 --windows-per-epoch 512 --batch-size 64 --epochs 2 \
     --d-model 64 --n-layer 3 --bidirectional --seed 1 --device cuda -q >/dev/null 2>&1 || echo "ecoli train failed"
   e=$(date +%s.%N)
-  echo "$mode ecoli window 2048 batch 64, 2 epochs: $(python3 -c "print('%.1f s' % ($e-$s))"), train bases/s per epoch: $(bps /tmp/t2)"
+  echo "$bin $mode ecoli window 2048 batch 64, 2 epochs: $(python3 -c "print('%.1f s' % ($e-$s))"), train bases/s per epoch: $(bps /tmp/t2)"
   tail -1 /tmp/t1/metrics.jsonl | cut -c1-200
   tail -1 /tmp/t2/metrics.jsonl | cut -c1-200
-done
+done; done
