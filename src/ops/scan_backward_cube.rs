@@ -51,9 +51,20 @@ use super::scan_cube::{a_scale, decay, fast_math, sigmoid, softplus};
 pub const MAX_BACK_D_STATE: usize = 64;
 
 /// Time steps per checkpoint for `d_state` states: the recomputed block is `(block + 1) ·
-/// d_state` floats per thread (at most about 2 KiB), between 8 and 64 steps.
+/// d_state` floats per thread, a local array (65 to 144 floats up to `d_state` 16, 9·`d_state`
+/// above), between 8 and 64 steps. Smaller blocks mean more checkpoints (`len / block` states
+/// per thread) but a local array that stays in L1: at `d_state` 16 on the H200, 8 steps took
+/// 6.18 ms where 32 took 6.91 (training shape 128 × 2,048 × 128; BENCHMARKS.md, thirty-sixth
+/// session). `GENOMAMBA_BACK_BLOCK` (1 to 64) sets it for every `d_state`, for comparisons.
 fn back_block(d_state: usize) -> usize {
-    (512 / d_state.max(1)).clamp(8, 64)
+    static FROM_ENV: std::sync::OnceLock<Option<usize>> = std::sync::OnceLock::new();
+    let forced = *FROM_ENV.get_or_init(|| {
+        std::env::var("GENOMAMBA_BACK_BLOCK")
+            .ok()
+            .and_then(|v| v.parse::<usize>().ok())
+            .filter(|b| (1..=64).contains(b))
+    });
+    forced.unwrap_or_else(|| (128 / d_state.max(1)).clamp(8, 64))
 }
 
 static LAUNCHES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
