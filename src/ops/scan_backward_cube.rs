@@ -9,21 +9,23 @@
 //!
 //! # Design
 //!
-//! One launch, one thread per `(batch row b, channel d)`, all `d_state` states of the channel
-//! in registers, time walked in order by each thread:
+//! One launch, `lanes` threads per `(batch row b, channel d)` ([`back_lanes`]: 4 on CUDA),
+//! each with `d_state / lanes` of the channel's states in registers, time walked in order by
+//! each thread:
 //!
 //! 1. Forward over the whole sequence from `h0`, writing the state at the start of every block
 //!    of [`back_block`] steps (`ckpt`, `[batch, blocks, d_state, padded d_inner]`).
 //! 2. Blocks from last to first: the block's states are recomputed from its checkpoint into a
-//!    per-thread array (`block + 1` rows of `d_state`: the state before the block, then after
-//!    each step), and the block is walked backwards with the reverse recurrence
-//!    `G[t] = Ā[t+1]·G[t+1] + C[t]·ḡ[t]`, writing `∂u`, `∂delta`, `∂z` per step and summing
-//!    `∂A`, `∂D`, `∂Δbias` per thread.
+//!    per-thread array (`block + 1` rows of the thread's states: the state before the block,
+//!    then after each step), and the block is walked backwards with the reverse recurrence
+//!    `G[t] = Ā[t+1]·G[t+1] + C[t]·ḡ[t]`, summing `∂A` per thread; the sums over a channel's
+//!    states that `∂u`, `∂delta`, `∂z` need go through shared memory each step, and the
+//!    channel's first thread writes those and sums `∂D`, `∂Δbias`.
 //!
 //! `∂B[t,n]` and `∂C[t,n]` are sums over channels: every step, the cube's threads (its
 //! channels: 32 on CUDA, one on the CPU runtime, whose barriers spin) put their terms in
-//! shared memory, and after a barrier each thread adds up some of the `2·d_state` columns and
-//! writes the cube's partial sum (`dbc`, `[2, batch, groups, len, d_state]`: ∂C, then ∂B).
+//! shared memory, and after a barrier threads add up the `2·d_state` columns and write the
+//! cube's partial sum (`dbc`, `[2, batch, groups, len, d_state]`: ∂C, then ∂B).
 //! The partial sums over groups of channels, and `∂A`, `∂D`, `∂Δbias` over batch rows, are
 //! added afterwards by tensor operations (small tensors).
 //!
@@ -67,6 +69,25 @@ fn back_block(d_state: usize) -> usize {
     forced.unwrap_or_else(|| (128 / d_state.max(1)).clamp(8, 64))
 }
 
+/// Threads per channel: 4 on CUDA (four times the warps of one thread per channel, which
+/// left one warp per scheduler at training shapes), 2 on the CPU runtime (so that its tests
+/// take the same path), each a power of two dividing `d_state` (else fewer);
+/// `GENOMAMBA_BACK_LANES` (1, 2, 4, 8, 16) sets the wish, for comparisons.
+fn back_lanes(d_state: usize, fast: bool) -> usize {
+    static FROM_ENV: std::sync::OnceLock<Option<usize>> = std::sync::OnceLock::new();
+    let forced = *FROM_ENV.get_or_init(|| {
+        std::env::var("GENOMAMBA_BACK_LANES")
+            .ok()
+            .and_then(|v| v.parse::<usize>().ok())
+            .filter(|l| l.is_power_of_two() && *l <= 16)
+    });
+    let mut lanes = forced.unwrap_or(if fast { 4 } else { 2 });
+    while lanes > 1 && !d_state.is_multiple_of(lanes) {
+        lanes /= 2;
+    }
+    lanes
+}
+
 static LAUNCHES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
 /// Launches of the backward kernel so far in this process (tests check that it ran).
@@ -80,9 +101,10 @@ fn kernel_enabled() -> bool {
     std::env::var("GENOMAMBA_SCAN_BACKWARD").map_or(true, |v| v != "reference")
 }
 
-/// See the module documentation. Cubes: `(group of channels, batch row)`; `width` threads per
-/// cube, thread `lane` of group `grp` on channel `grp·width + lane` (threads past `d_inner`
-/// follow the last channel, write nothing and add zeros to the sums).
+/// See the module documentation. Cubes: `(group of channels, batch row)`; `width · lanes`
+/// threads per cube, thread `t` on channel `grp·width + t / lanes` and its states
+/// `(t % lanes)·per ..` (`per = d_state / lanes`); threads past `d_inner` follow the last
+/// channel, write nothing and add zeros to the sums.
 #[cube(launch_unchecked, create_dummy_kernel, address_type = "dynamic")]
 #[allow(clippy::too_many_arguments)]
 fn scan_backward_kernel(
@@ -112,27 +134,34 @@ fn scan_backward_kernel(
     #[comptime] d_state: usize,
     #[comptime] block: usize,
     #[comptime] width: usize,
+    #[comptime] lanes: usize,
     #[comptime] fast: bool,
 ) {
+    let threads = comptime!(width * lanes);
+    let per = comptime!(d_state / lanes);
     let grp = CUBE_POS_X as usize;
     let bi = CUBE_POS_Y as usize;
     let groups = CUBE_COUNT_X as usize;
     let batch = CUBE_COUNT_Y as usize;
-    let lane = UNIT_POS_X as usize;
+    let tid = UNIT_POS_X as usize;
+    // This thread's channel within the cube, and the first of its states.
+    let lane = tid / lanes;
+    let n0 = (tid % lanes) * per;
+    let first_lane = n0 == 0;
     let col = grp * width + lane;
     let padded = groups * width;
     let active = col < d_inner;
     let ch = if active { col } else { d_inner - 1 };
 
-    let mut av = Array::<f32>::new(d_state);
-    let mut ar = Array::<f32>::new(d_state);
-    let mut h = Array::<f32>::new(d_state);
+    let mut av = Array::<f32>::new(per);
+    let mut ar = Array::<f32>::new(per);
+    let mut h = Array::<f32>::new(per);
     #[unroll]
-    for n in 0..d_state {
-        let an = a[ch * d_state + n];
-        ar[n] = an;
-        av[n] = an * a_scale(fast);
-        h[n] = h0[(bi * d_inner + ch) * d_state + n];
+    for q in 0..per {
+        let an = a[ch * d_state + n0 + q];
+        ar[q] = an;
+        av[q] = an * a_scale(fast);
+        h[q] = h0[(bi * d_inner + ch) * d_state + n0 + q];
     }
     let bias = delta_bias[ch];
     let dskip = d[ch];
@@ -143,8 +172,8 @@ fn scan_backward_kernel(
         let t0 = k * block;
         let t1 = if t0 + block < len { t0 + block } else { len };
         #[unroll]
-        for n in 0..d_state {
-            ckpt[((bi * blocks + k) * d_state + n) * padded + col] = h[n];
+        for q in 0..per {
+            ckpt[((bi * blocks + k) * d_state + n0 + q) * padded + col] = h[q];
         }
         for t in t0..t1 {
             let i = (bi * len + t) * d_inner + ch;
@@ -152,27 +181,29 @@ fn scan_backward_kernel(
                 &mut h,
                 &av,
                 b,
-                (bi * len + t) * d_state,
+                (bi * len + t) * d_state + n0,
                 delta[i] + bias,
                 u[i],
-                d_state,
+                per,
                 fast,
             );
         }
     }
 
     // 2. Backward over the blocks, last to first.
-    let mut g = Array::<f32>::new(d_state);
-    let mut ga = Array::<f32>::new(d_state);
+    let mut g = Array::<f32>::new(per);
+    let mut ga = Array::<f32>::new(per);
     #[unroll]
-    for n in 0..d_state {
-        g[n] = grad_h[(bi * d_inner + ch) * d_state + n];
-        ga[n] = 0.0f32;
+    for q in 0..per {
+        g[q] = grad_h[(bi * d_inner + ch) * d_state + n0 + q];
+        ga[q] = 0.0f32;
     }
     let mut gd = 0.0f32;
     let mut gbias = 0.0f32;
-    let mut hs = Array::<f32>::new(comptime!((block + 1) * d_state));
+    let mut hs = Array::<f32>::new(comptime!((block + 1) * per));
     let mut red = Shared::<[f32]>::new_slice(comptime!(2 * d_state * width));
+    // Each thread's parts of the channel's three sums over states, per step.
+    let mut part = Shared::<[f32]>::new_slice(comptime!(3 * threads));
     let cols = comptime!(2 * d_state);
     let mut k = blocks;
     while k > 0 {
@@ -181,10 +212,10 @@ fn scan_backward_kernel(
         let t1 = if t0 + block < len { t0 + block } else { len };
         // Row 0: the state before the block; row r + 1: after step t0 + r.
         #[unroll]
-        for n in 0..d_state {
-            let v = ckpt[((bi * blocks + k) * d_state + n) * padded + col];
-            h[n] = v;
-            hs[n] = v;
+        for q in 0..per {
+            let v = ckpt[((bi * blocks + k) * d_state + n0 + q) * padded + col];
+            h[q] = v;
+            hs[q] = v;
         }
         for t in t0..t1 {
             let i = (bi * len + t) * d_inner + ch;
@@ -192,16 +223,16 @@ fn scan_backward_kernel(
                 &mut h,
                 &av,
                 b,
-                (bi * len + t) * d_state,
+                (bi * len + t) * d_state + n0,
                 delta[i] + bias,
                 u[i],
-                d_state,
+                per,
                 fast,
             );
-            let row = (t - t0 + 1) * d_state;
+            let row = (t - t0 + 1) * per;
             #[unroll]
-            for n in 0..d_state {
-                hs[row + n] = h[n];
+            for q in 0..per {
+                hs[row + q] = h[q];
             }
         }
         let mut t = t1;
@@ -218,42 +249,55 @@ fn scan_backward_kernel(
             // ḡ = ȳ·SiLU(z), the gradient of the pre-gate output.
             let gbar = gy * zt * sig_z;
             let dtu = dt * ut;
-            let bo = (bi * len + t) * d_state;
-            let cur = (t - t0 + 1) * d_state;
-            let prev = (t - t0) * d_state;
+            let bo = (bi * len + t) * d_state + n0;
+            let cur = (t - t0 + 1) * per;
+            let prev = (t - t0) * per;
             let mut sy = 0.0f32;
             let mut dus = 0.0f32;
             let mut ddt = 0.0f32;
             #[unroll]
-            for n in 0..d_state {
-                let ht = hs[cur + n];
-                let hp = hs[prev + n];
-                let bn = b[bo + n];
-                let cn = c[bo + n];
+            for q in 0..per {
+                let n = n0 + q;
+                let ht = hs[cur + q];
+                let hp = hs[prev + q];
+                let bn = b[bo + q];
+                let cn = c[bo + q];
                 // G[t] = Ā[t+1]·G[t+1] (carried) + C[t]·ḡ[t]
-                let gn = g[n] + cn * gbar;
-                let abar = decay(dt * av[n], fast);
+                let gn = g[q] + cn * gbar;
+                let abar = decay(dt * av[q], fast);
                 let gah = gn * abar * hp;
                 // ∂C[t,n] and ∂B[t,n] terms of this channel.
                 red[n * width + lane] = if active { gbar * ht } else { 0.0f32 };
                 red[(d_state + n) * width + lane] = if active { gn * dtu } else { 0.0f32 };
                 dus += gn * bn;
-                ddt += gah * ar[n] + gn * bn * ut;
-                ga[n] += gah * dt;
+                ddt += gah * ar[q] + gn * bn * ut;
+                ga[q] += gah * dt;
                 sy += cn * ht;
-                g[n] = abar * gn;
+                g[q] = abar * gn;
             }
-            let gdelta = ddt * sig_s;
-            if active {
-                du[i] = gbar * dskip + dt * dus;
-                ddelta[i] = gdelta;
-                // ∂z = ȳ·s_y·SiLU'(z), SiLU'(z) = σ(z)·(1 + z·(1 − σ(z)))
-                dz[i] = gy * (sy + dskip * ut) * sig_z * (1.0f32 + zt * (1.0f32 - sig_z));
-            }
-            gbias += gdelta;
-            gd += gbar * ut;
+            part[tid] = dus;
+            part[threads + tid] = ddt;
+            part[2 * threads + tid] = sy;
             sync_cube();
-            let mut j = lane;
+            if first_lane {
+                // The channel's sums over all its states (its lanes are adjacent threads).
+                #[unroll]
+                for l in 1..lanes {
+                    dus += part[tid + l];
+                    ddt += part[threads + tid + l];
+                    sy += part[2 * threads + tid + l];
+                }
+                let gdelta = ddt * sig_s;
+                if active {
+                    du[i] = gbar * dskip + dt * dus;
+                    ddelta[i] = gdelta;
+                    // ∂z = ȳ·s_y·SiLU'(z), SiLU'(z) = σ(z)·(1 + z·(1 − σ(z)))
+                    dz[i] = gy * (sy + dskip * ut) * sig_z * (1.0f32 + zt * (1.0f32 - sig_z));
+                }
+                gbias += gdelta;
+                gd += gbar * ut;
+            }
+            let mut j = tid;
             while j < cols {
                 let mut acc = 0.0f32;
                 #[unroll]
@@ -264,26 +308,28 @@ fn scan_backward_kernel(
                 let half = j / d_state;
                 let n = j % d_state;
                 dbc[(((half * batch + bi) * groups + grp) * len + t) * d_state + n] = acc;
-                j += width;
+                j += threads;
             }
             sync_cube();
         }
     }
     if active {
         #[unroll]
-        for n in 0..d_state {
-            let o = (bi * d_inner + ch) * d_state + n;
+        for q in 0..per {
+            let o = (bi * d_inner + ch) * d_state + n0 + q;
             // ∂h0 = Ā[0]·G[0], what the recurrence carried past the first step.
-            dh0[o] = g[n];
-            da[o] = ga[n];
+            dh0[o] = g[q];
+            da[o] = ga[q];
         }
-        dd[bi * d_inner + ch] = gd;
-        dbias[bi * d_inner + ch] = gbias;
+        if first_lane {
+            dd[bi * d_inner + ch] = gd;
+            dbias[bi * d_inner + ch] = gbias;
+        }
     }
 }
 
-/// One step of a channel's states: `h = exp(Δ·A)·h + Δ·u·B[t]`, `Δ = softplus(s)` from the
-/// biased raw step `s`, `B[t]` the `d_state` values of `b` from `bo` (`av`: `A` scaled for
+/// One step of a thread's states: `h = exp(Δ·A)·h + Δ·u·B[t]`, `Δ = softplus(s)` from the
+/// biased raw step `s`, `B[t]` the `count` values of `b` from `bo` (`av`: `A` scaled for
 /// [`decay`]). The forward walk and each block's recomputation advance the state with it.
 #[cube]
 #[allow(clippy::too_many_arguments)]
@@ -294,13 +340,13 @@ fn advance(
     bo: usize,
     s: f32,
     ut: f32,
-    #[comptime] d_state: usize,
+    #[comptime] count: usize,
     #[comptime] fast: bool,
 ) {
     let dt = softplus(s, fast);
     let dtu = dt * ut;
     #[unroll]
-    for n in 0..d_state {
+    for n in 0..count {
         h[n] = decay(dt * av[n], fast) * h[n] + dtu * b[bo + n];
     }
 }
@@ -386,6 +432,7 @@ pub(crate) fn scan_backward_cube(
     let fast = fast_math(&client);
     // A cube's channels: a warp on CUDA; one on the CPU runtime (see the module documentation).
     let width = if fast { 32 } else { 1 };
+    let lanes = back_lanes(d_state, fast);
     let groups = d_inner.div_ceil(width);
     let block = back_block(d_state);
     let blocks = len.div_ceil(block);
@@ -410,13 +457,14 @@ pub(crate) fn scan_backward_cube(
         .unwrap_or(0),
     );
     let count = CubeCount::Static(groups as u32, batch as u32, 1);
-    let dim = CubeDim::new_1d(width as u32);
+    let dim = CubeDim::new_1d((width * lanes) as u32);
     // SAFETY: every tensor is contiguous with the shape checked or allocated above. Threads
     // read channel `ch < d_inner` (those past `d_inner` the last one) and write `ckpt` only in
     // their own column `col < groups·width`; per-channel outputs only when `col < d_inner`;
-    // `t < len`, `n < d_state`, `k < blocks`, `j < 2·d_state`, `w < width`, and the local
-    // array and shared memory are indexed below their comptime sizes (`(block + 1)·d_state`
-    // rows: `t - t0 + 1 <= block`; `2·d_state·width`).
+    // `t < len`, `n0 + q < d_state`, `k < blocks`, `j < 2·d_state`, `w < width`, and the
+    // local array and shared memory are indexed below their comptime sizes (`(block + 1)·per`:
+    // `t - t0 + 1 <= block`; `2·d_state·width`; `3·threads`, read at `tid + l` only by a
+    // channel's first thread, `l < lanes`).
     unsafe {
         scan_backward_kernel::launch_unchecked(
             &client,
@@ -449,6 +497,7 @@ pub(crate) fn scan_backward_cube(
             d_state,
             block,
             width,
+            lanes,
             fast,
         );
     }
