@@ -47,17 +47,17 @@ use super::scan::{ScanGrads, ScanInput};
 use super::scan_backward::scan_backward_reference;
 use super::scan_cube::{a_scale, decay, fast_math, sigmoid, softplus};
 
-/// Largest `d_state` the kernel takes (it keeps about `6·d_state` values per thread in
-/// registers, plus `(block + 1)·d_state` in its local array); larger states go to the
+/// Largest `d_state` the kernel takes (a thread keeps about `6·d_state / lanes` values in
+/// registers, plus `(block + 1)·d_state / lanes` in its local array); larger states go to the
 /// tensor-operation backward.
 pub const MAX_BACK_D_STATE: usize = 64;
 
 /// Time steps per checkpoint for `d_state` states: the recomputed block is `(block + 1) ·
-/// d_state` floats per thread, a local array (65 to 144 floats up to `d_state` 16, 9·`d_state`
-/// above), between 8 and 64 steps. Smaller blocks mean more checkpoints (`len / block` states
-/// per thread) but a local array that stays in L1: at `d_state` 16 on the H200, 8 steps took
-/// 6.18 ms where 32 took 6.91 (training shape 128 × 2,048 × 128; BENCHMARKS.md, thirty-sixth
-/// session). `GENOMAMBA_BACK_BLOCK` (1 to 64) sets it for every `d_state`, for comparisons.
+/// d_state / lanes` floats per thread, a local array (for one lane 65 to 144 floats up to
+/// `d_state` 16, 9·`d_state` above), between 8 and 64 steps. Smaller blocks mean more
+/// checkpoints (`len / block` states per channel) but a local array that stays in L1: at
+/// `d_state` 16 on the H200, with one thread per channel, 8 steps took 6.18 ms where 32 took
+/// 6.91 (training shape 128 × 2,048 × 128; BENCHMARKS.md, thirty-sixth session). `GENOMAMBA_BACK_BLOCK` (1 to 64) sets it for every `d_state`, for comparisons.
 fn back_block(d_state: usize) -> usize {
     static FROM_ENV: std::sync::OnceLock<Option<usize>> = std::sync::OnceLock::new();
     let forced = *FROM_ENV.get_or_init(|| {
