@@ -14,7 +14,7 @@
 use std::time::Instant;
 
 use burn::tensor::{Device, Distribution, FloatDType, Tensor};
-use genomamba::ops::{ScanGradTensors, selective_scan_backward, selective_scan_backward_reference};
+use genomamba::ops::{selective_scan_backward, selective_scan_backward_reference};
 
 #[path = "common/scan_inputs.rs"]
 mod scan_inputs;
@@ -22,22 +22,6 @@ use scan_inputs::scan_inputs;
 
 const D_STATE: usize = 16;
 const REPS: usize = 5;
-
-fn all(g: ScanGradTensors) -> Vec<Vec<f32>> {
-    let v =
-        |t: burn::tensor::TensorData| t.convert::<f32>().try_into_vec::<f32>().expect("f32 data");
-    vec![
-        v(g.u.into_data()),
-        v(g.delta.into_data()),
-        v(g.a.into_data()),
-        v(g.b.into_data()),
-        v(g.c.into_data()),
-        v(g.d.into_data()),
-        v(g.z.into_data()),
-        v(g.delta_bias.into_data()),
-        v(g.h0.into_data()),
-    ]
-}
 
 fn rel(got: &[f32], want: &[f32]) -> f64 {
     let num = got
@@ -103,8 +87,8 @@ fn main() {
                 selective_scan_backward_reference(args.clone(), gy.clone(), gh.clone())
             }
         };
-        let got = all(run(true));
-        let want = all(run(false));
+        let got = run(true).into_host();
+        let want = run(false).into_host();
         let worst = got
             .iter()
             .zip(&want)

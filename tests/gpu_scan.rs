@@ -1393,23 +1393,9 @@ fn gradients(x: &Case, device: &Device, reference: bool) -> Vec<Vec<f32>> {
     ]
 }
 
-/// The scan's inputs in the order gradients are listed here ([`gradients`], [`grads_host`]).
-const GRAD_NAMES: [&str; 9] = ["u", "delta", "a", "b", "c", "d", "z", "delta_bias", "h0"];
-
-/// Host copies of every gradient of a backward step, in [`GRAD_NAMES`] order.
-fn grads_host(g: ScanGradTensors) -> Vec<Vec<f32>> {
-    vec![
-        host(g.u),
-        host(g.delta),
-        host(g.a),
-        host(g.b),
-        host(g.c),
-        host(g.d),
-        host(g.z),
-        host(g.delta_bias),
-        host(g.h0),
-    ]
-}
+/// The scan's inputs in the order gradients are listed here ([`gradients`],
+/// [`ScanGradTensors::into_host`]).
+const GRAD_NAMES: [&str; 9] = ScanGradTensors::NAMES;
 
 /// Channels `channels` of every row and step of a `[batch, len, width]` tensor, as host f32 in
 /// `[batch, len, channels.len()]` order (one column copied back at a time).
@@ -1616,7 +1602,7 @@ fn gpu_scan_backward_kernel_matches_the_tensor_backward() {
             assert_eq!(g.a.dims(), [ni, ns], "grad a shape");
             assert_eq!(g.b.dims(), [nb, nl, ns], "grad b shape");
             assert_eq!(g.delta_bias.dims(), [ni], "grad bias shape");
-            grads_host(g)
+            g.into_host()
         };
         let want = run(&Device::flex(), false);
         let before = scan_backward_launches();

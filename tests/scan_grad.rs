@@ -26,7 +26,7 @@ const BATCHES: [usize; 3] = [1, 2, 3];
 const D_INNERS: [usize; 2] = [12, 40];
 const D_STATES: [usize; 3] = [1, 4, 16];
 
-const INPUTS: [&str; 9] = ["u", "delta", "a", "b", "c", "d", "z", "delta_bias", "h0"];
+const INPUTS: [&str; 9] = ScanGradTensors::NAMES;
 
 // ---------------------------------------------------------------------------------------------
 // Inputs
@@ -472,20 +472,6 @@ fn fast_path_gradients_from_strided_views() {
 // The tensor-operation backward (default body) vs the fused CPU backward
 // ---------------------------------------------------------------------------------------------
 
-fn grads_host(g: ScanGradTensors) -> Vec<Vec<f32>> {
-    vec![
-        host(g.u),
-        host(g.delta),
-        host(g.a),
-        host(g.b),
-        host(g.c),
-        host(g.d),
-        host(g.z),
-        host(g.delta_bias),
-        host(g.h0),
-    ]
-}
-
 #[test]
 fn tensor_op_backward_matches_the_fused_backward() {
     let mut rng = StdRng::seed_from_u64(0xDEF_A017);
@@ -501,13 +487,10 @@ fn tensor_op_backward_matches_the_fused_backward() {
             let gy = tensor(&normals(&mut rng, nb * nl * ni), [nb, nl, ni], &device);
             let gh = tensor(&normals(&mut rng, nb * ni * ns), [nb, ni, ns], &device);
             let case = x.describe();
-            let fused = grads_host(selective_scan_backward(
-                args(&x, &device),
-                gy.clone(),
-                gh.clone(),
-            ));
+            let fused =
+                selective_scan_backward(args(&x, &device), gy.clone(), gh.clone()).into_host();
             let tensor_ops =
-                grads_host(selective_scan_backward_reference(args(&x, &device), gy, gh));
+                selective_scan_backward_reference(args(&x, &device), gy, gh).into_host();
             let shapes = [
                 nb * nl * ni,
                 nb * nl * ni,

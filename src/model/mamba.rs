@@ -708,16 +708,10 @@ pub fn sizes_of(cfg: &MambaConfig) -> [usize; 4] {
 #[cfg(test)]
 mod tests {
     use super::lookup;
+    use crate::model::weights::host_values as host;
     use burn::tensor::{Device, Int, Tensor, TensorData};
     use rand::rngs::StdRng;
     use rand::{Rng, SeedableRng};
-
-    fn host(t: Tensor<2>) -> Vec<f32> {
-        t.into_data()
-            .convert::<f32>()
-            .try_to_vec::<f32>()
-            .expect("f32 data")
-    }
 
     #[test]
     fn lookup_gives_the_selected_rows_and_their_summed_gradients() {

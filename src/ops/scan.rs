@@ -332,6 +332,27 @@ pub struct ScanGradTensors {
 }
 
 impl ScanGradTensors {
+    /// The inputs' names, in the order of [`Self::into_host`].
+    pub const NAMES: [&'static str; 9] =
+        ["u", "delta", "a", "b", "c", "d", "z", "delta_bias", "h0"];
+
+    /// Every gradient's values on the host as f32 (waiting for the device), in
+    /// [`Self::NAMES`] order.
+    pub fn into_host(self) -> Vec<Vec<f32>> {
+        use crate::model::weights::host_values;
+        vec![
+            host_values(self.u),
+            host_values(self.delta),
+            host_values(self.a),
+            host_values(self.b),
+            host_values(self.c),
+            host_values(self.d),
+            host_values(self.z),
+            host_values(self.delta_bias),
+            host_values(self.h0),
+        ]
+    }
+
     fn from_dispatch(g: ScanGrads<Dispatch>) -> Self {
         Self {
             u: Tensor::from_dispatch(g.u),
