@@ -5,9 +5,12 @@
 # The scan's backward step alone (kernel against the tensor-operation backward, same GPU),
 # then training throughput with the backward kernel (default) and with
 # GENOMAMBA_SCAN_BACKWARD=reference (the tensor-operation backward), interleaved.
-# MODES lists the runs (default: kernel reference kernel reference); ALONE=0 skips the
+# MODES lists the runs (default: kernel reference kernel reference; `whole`: the kernel with
+# time never split into chunks, GENOMAMBA_BACK_CHUNK=0); ALONE=0 skips the
 # backward step alone. BINS names the builds to run, each gpu/NAME.xz (default: genomamba);
 # with several, every mode runs each build in turn (interleaved comparisons of two builds). TESTS=1 first runs the backward and gradient tests of tests/gpu_scan.rs (gpu/gpu_scan.xz).
+# LONG=1 adds a run on E. coli windows of 131,072 bases, one per batch (SHORT=0 leaves out the
+# two usual runs).
 set -u
 unpack() { python3 -c "import lzma,shutil; shutil.copyfileobj(lzma.open('gpu/$1.xz'), open('/tmp/$1','wb'))"; chmod +x "/tmp/$1"; }
 MODES=${MODES-kernel reference kernel reference}
@@ -30,7 +33,18 @@ print(' '.join('%.0f' % r['train_bases_per_s'] for r in rows if 'train_bases_per
 for mode in $MODES; do for bin in $BINS; do
   G=/tmp/$bin
   if [ $mode = reference ]; then export GENOMAMBA_SCAN_BACKWARD=reference; else unset GENOMAMBA_SCAN_BACKWARD; fi
-  rm -rf /tmp/t1 /tmp/t2
+  if [ $mode = whole ]; then export GENOMAMBA_BACK_CHUNK=0; else unset GENOMAMBA_BACK_CHUNK; fi
+  rm -rf /tmp/t1 /tmp/t2 /tmp/t3
+  if [ "${LONG:-0}" = 1 ]; then
+    s=$(date +%s.%N)
+    $G train -o /tmp/t3 --fasta gpu/ecoli_k12.fa.gz --bed gpu/ecoli_k12.features.bed \
+      --bed-class coding=CDS --window 131072 --windows-per-epoch 8 --batch-size 1 --epochs 2 \
+      --d-model 64 --n-layer 3 --bidirectional --seed 1 --device cuda -q >/dev/null 2>&1 || echo "ecoli long train failed"
+    e=$(date +%s.%N)
+    echo "$bin $mode ecoli window 131072 batch 1, 2 epochs: $(python3 -c "print('%.1f s' % ($e-$s))"), train bases/s per epoch: $(bps /tmp/t3)"
+    tail -1 /tmp/t3/metrics.jsonl | cut -c1-200
+  fi
+  [ "${SHORT:-1}" = 1 ] || continue
   s=$(date +%s.%N)
   $G train -o /tmp/t1 --class oct4=gpu/oct4_peaks.fa --class mafk=gpu/mafk_peaks.fa --epochs 2 \
     --d-model 64 --n-layer 2 --batch-size 32 --seed 1 --device cuda -q >/dev/null 2>&1 || echo "oct4 train failed"

@@ -8,12 +8,17 @@
 //! each is timed `REPS` times between two device synchronisations; best and median reported,
 //! with the ratio of the best times.
 //!
-//! Run: `cargo run --release --features cuda --example scan_backward_bench -- [BATCH LEN D_INNER]`
-//! (default: a list of shapes; the training runs of BENCHMARKS.md use d_inner 128).
+//! Run: `cargo run --release --features cuda --example scan_backward_bench -- [BATCH LEN D_INNER
+//! [whole]]` (default: a list of shapes; the training runs of BENCHMARKS.md use d_inner 128).
+//! With `whole` the baseline is the kernel itself with time walked in one piece by each
+//! thread (`set_backward_chunk_len(usize::MAX)`) instead of the tensor-operation backward,
+//! whose launches per step make long sequences impractical: for the kernel's time chunks at
+//! few rows and long sequences. `GENOMAMBA_BACK_CHUNK` sets the kernel's chunk length.
 
 use std::time::Instant;
 
 use burn::tensor::{Device, Distribution, FloatDType, Tensor};
+use genomamba::ops::scan_backward_cube::set_backward_chunk_len;
 use genomamba::ops::{selective_scan_backward, selective_scan_backward_reference};
 
 #[path = "common/scan_inputs.rs"]
@@ -54,6 +59,8 @@ fn main() {
             [8, 2048, 512],
         ],
     };
+    let whole = std::env::args().nth(4).as_deref() == Some("whole");
+    let baseline = if whole { "one chunk" } else { "tensor" };
     let device = Device::cuda(0);
     println!(
         "selective scan backward on cuda:0, f32, d_state {D_STATE}, best and median of {REPS}"
@@ -65,8 +72,8 @@ fn main() {
         "d_inner",
         "kernel best",
         "kernel median",
-        "tensor best",
-        "tensor median",
+        format!("{baseline} best"),
+        format!("{baseline} median"),
         "ratio",
         "max rel"
     );
@@ -81,7 +88,10 @@ fn main() {
         let gy = Tensor::<3>::random([batch, len, d_inner], normal, &device);
         let gh = Tensor::<3>::random([batch, d_inner, D_STATE], normal, &device);
         let run = |kernel: bool| {
-            if kernel {
+            // The chunk setting is read when the queued operation runs: each use below ends in
+            // a copy to the host or a device synchronisation before the setting changes.
+            set_backward_chunk_len(if kernel || !whole { 0 } else { usize::MAX });
+            if kernel || whole {
                 selective_scan_backward(args.clone(), gy.clone(), gh.clone())
             } else {
                 selective_scan_backward_reference(args.clone(), gy.clone(), gh.clone())

@@ -48,7 +48,7 @@ use genomamba::ops::project_mma::{
     set_gemm_band, set_gemm_rows,
 };
 use genomamba::ops::project_wgmma::{gemm_wg_launches, set_gemm_wgmma};
-use genomamba::ops::scan_backward_cube::scan_backward_launches;
+use genomamba::ops::scan_backward_cube::{scan_backward_launches, set_backward_chunk_len};
 use genomamba::ops::{
     ScanArgs, ScanGradTensors, ScanPath, WALK_MIN_LANES, selective_scan, selective_scan_activated,
     selective_scan_backward, selective_scan_backward_reference, selective_scan_gated,
@@ -125,6 +125,8 @@ fn scan_path(path: ScanPath) -> std::sync::MutexGuard<'static, ()> {
     static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
     let guard = LOCK.lock().unwrap_or_else(|e| e.into_inner());
     set_scan_path(path);
+    // The backward kernel's usual time chunks (a test that forces them holds this lock).
+    set_backward_chunk_len(0);
     guard
 }
 
@@ -1562,14 +1564,71 @@ fn gpu_scan_gradients_match_autodiff_of_the_reference() {
         }
         println!("{:<58} gradients ok", x.describe());
     }
+    // Training on a long sequence of one row, the backward kernel's time in chunks of 64.
+    set_backward_chunk_len(64);
+    let x = random_case(510, [1, 1000, 24, 16], false);
+    let want = gradients(&x, &Device::flex(), true);
+    let got = gradients(&x, &gpu, false);
+    set_backward_chunk_len(0);
+    for ((g, w), name) in got.iter().zip(&want).zip(GRAD_NAMES) {
+        let e = rel_err(g, w);
+        worst = worst.max(e);
+        assert!(
+            e <= TOL,
+            "{}, chunks of 64: gradient of {name}: {e:.2e}",
+            x.describe()
+        );
+    }
+    println!("{:<58} gradients ok (chunks of 64)", x.describe());
     println!("worst gradient error {worst:.2e}");
 }
 
-/// The backward kernel (`selective_scan_backward` on the kernel device) against the
-/// tensor-operation backward on the CPU (`selective_scan_backward_reference` on Flex, the
-/// truth), for every input's gradient, on random inputs and output gradients: channels not a
-/// multiple of a cube's 32 (5, 37, 40), one and many checkpoint blocks (lengths 1, 7, 65, 300,
-/// 2,049), `d_state` 1, 4, 7, 16, 64, zero and random `h0`. Asserts the kernel ran for each.
+/// The backward kernel (`selective_scan_backward` on `gpu`) against the tensor-operation
+/// backward on the CPU (`selective_scan_backward_reference` on Flex, the truth) for the inputs
+/// of `x` and random output gradients (seed `seed`): asserts that the kernel ran and that every
+/// gradient is within [`TOL`]; returns the worst relative error.
+fn backward_kernel_against_the_tensor_backward(gpu: &Device, x: &Case, seed: u64) -> f64 {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let (nb, nl, ni, ns) = (x.batch, x.len, x.d_inner, x.d_state);
+    let gy = normals(&mut rng, nb * nl * ni, 1.0);
+    let gh = normals(&mut rng, nb * ni * ns, 1.0);
+    let run = |device: &Device, kernel: bool| -> Vec<Vec<f32>> {
+        let gy = tensor(&gy, [nb, nl, ni], device);
+        let gh = tensor(&gh, [nb, ni, ns], device);
+        let g = if kernel {
+            selective_scan_backward(args(x, device), gy, gh)
+        } else {
+            selective_scan_backward_reference(args(x, device), gy, gh)
+        };
+        assert_eq!(g.a.dims(), [ni, ns], "grad a shape");
+        assert_eq!(g.b.dims(), [nb, nl, ns], "grad b shape");
+        assert_eq!(g.delta_bias.dims(), [ni], "grad bias shape");
+        g.into_host()
+    };
+    let want = run(&Device::flex(), false);
+    let before = scan_backward_launches();
+    let got = run(gpu, true);
+    assert!(
+        scan_backward_launches() > before,
+        "{}: the backward kernel did not run",
+        x.describe()
+    );
+    let mut worst = 0.0f64;
+    let mut line = String::new();
+    for ((g, w), name) in got.iter().zip(&want).zip(GRAD_NAMES) {
+        let e = rel_err(g, w);
+        worst = worst.max(e);
+        assert!(e <= TOL, "{}: gradient of {name}: {e:.2e}", x.describe());
+        line.push_str(&format!(" {name} {e:.1e}"));
+    }
+    println!("{:<58}{line}", x.describe());
+    worst
+}
+
+/// The backward kernel against the tensor-operation backward on the CPU, for every input's
+/// gradient, on random inputs and output gradients: channels not a multiple of a cube's 32
+/// (5, 37, 40), one and many checkpoint blocks (lengths 1, 7, 65, 300, 2,049), `d_state` 1, 4,
+/// 7, 16, 64, zero and random `h0`. Asserts the kernel ran for each.
 #[test]
 fn gpu_scan_backward_kernel_matches_the_tensor_backward() {
     let gpu = require_cuda!();
@@ -1587,41 +1646,45 @@ fn gpu_scan_backward_kernel_matches_the_tensor_backward() {
     .enumerate()
     {
         let x = random_case(700 + i as u64, shape, zero);
-        let mut rng = StdRng::seed_from_u64(800 + i as u64);
-        let (nb, nl, ni, ns) = (x.batch, x.len, x.d_inner, x.d_state);
-        let gy = normals(&mut rng, nb * nl * ni, 1.0);
-        let gh = normals(&mut rng, nb * ni * ns, 1.0);
-        let run = |device: &Device, kernel: bool| -> Vec<Vec<f32>> {
-            let gy = tensor(&gy, [nb, nl, ni], device);
-            let gh = tensor(&gh, [nb, ni, ns], device);
-            let g = if kernel {
-                selective_scan_backward(args(&x, device), gy, gh)
-            } else {
-                selective_scan_backward_reference(args(&x, device), gy, gh)
-            };
-            assert_eq!(g.a.dims(), [ni, ns], "grad a shape");
-            assert_eq!(g.b.dims(), [nb, nl, ns], "grad b shape");
-            assert_eq!(g.delta_bias.dims(), [ni], "grad bias shape");
-            g.into_host()
-        };
-        let want = run(&Device::flex(), false);
-        let before = scan_backward_launches();
-        let got = run(&gpu, true);
-        assert!(
-            scan_backward_launches() > before,
-            "{}: the backward kernel did not run",
-            x.describe()
-        );
-        let mut line = String::new();
-        for ((g, w), name) in got.iter().zip(&want).zip(GRAD_NAMES) {
-            let e = rel_err(g, w);
-            worst = worst.max(e);
-            assert!(e <= TOL, "{}: gradient of {name}: {e:.2e}", x.describe());
-            line.push_str(&format!(" {name} {e:.1e}"));
-        }
-        println!("{:<58}{line}", x.describe());
+        worst = worst.max(backward_kernel_against_the_tensor_backward(
+            &gpu,
+            &x,
+            800 + i as u64,
+        ));
     }
     println!("worst backward-kernel error {worst:.2e}");
+}
+
+/// The backward kernel with time split into chunks, as it splits a long sequence of few rows
+/// on a GPU (each chunk's forward state from the forward scan's passes, each chunk's adjoint
+/// from the chunks after it through a reverse pass), against the tensor-operation backward:
+/// a last chunk of one step (7 = 3 + 3 + 1), chunks not a whole number of checkpoint blocks
+/// (10, 3), 129 chunks (pass 2 over groups of chunks), zero and random `h0`.
+#[test]
+fn gpu_scan_backward_kernel_in_time_chunks_matches_the_tensor_backward() {
+    let gpu = require_cuda!();
+    let _path = scan_path(ScanPath::Auto);
+    let mut worst = 0.0f64;
+    for (i, (shape, zero, steps)) in [
+        ([1, 7, 5, 7], false, 3),
+        ([2, 300, 37, 4], true, 64),
+        ([3, 65, 5, 64], false, 10),
+        ([1, 2049, 12, 16], false, 16),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        set_backward_chunk_len(steps);
+        let x = random_case(720 + i as u64, shape, zero);
+        print!("chunks of {steps:>3}: ");
+        worst = worst.max(backward_kernel_against_the_tensor_backward(
+            &gpu,
+            &x,
+            820 + i as u64,
+        ));
+    }
+    set_backward_chunk_len(0);
+    println!("worst chunked backward-kernel error {worst:.2e}");
 }
 
 /// One causal convolution + SiLU: `x` is `[batch, len, 2·d]` (the kernel reads the first `d`

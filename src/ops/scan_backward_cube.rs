@@ -9,12 +9,13 @@
 //!
 //! # Design
 //!
-//! One launch, `lanes` threads per `(batch row b, channel d)` ([`back_lanes`]: 4 on CUDA),
-//! each with `d_state / lanes` of the channel's states in registers, time walked in order by
-//! each thread:
+//! One launch, `lanes` threads per `(batch row b, time chunk k, channel d)` ([`back_lanes`]:
+//! 4 on CUDA), each with `d_state / lanes` of the channel's states in registers, the chunk's
+//! steps walked in order by each thread:
 //!
-//! 1. Forward over the whole sequence from `h0`, writing the state at the start of every block
-//!    of [`back_block`] steps (`ckpt`, `[batch, blocks, d_state, padded d_inner]`).
+//! 1. Forward over the chunk from its incoming state, writing the state at the start of every
+//!    block of [`back_block`] steps (`ckpt`, `[batch·chunks, blocks, d_state, padded
+//!    d_inner]`).
 //! 2. Blocks from last to first: the block's states are recomputed from its checkpoint into a
 //!    per-thread array (`block + 1` rows of the thread's states: the state before the block,
 //!    then after each step), and the block is walked backwards with the reverse recurrence
@@ -29,9 +30,27 @@
 //! The partial sums over groups of channels, and `∂A`, `∂D`, `∂Δbias` over batch rows, are
 //! added afterwards by tensor operations (small tensors).
 //!
-//! Parallel over batch rows × channels only (time is walked in order by each thread): enough
-//! for training batches; a scan over a single long sequence would want time split as the
-//! forward kernels split it.
+//! # Time chunks
+//!
+//! With few rows (a long window, or a small batch), rows × channels leave most of a GPU idle
+//! and each thread walks a long time axis in order: at batch 1 × 131,072 steps × `d_inner`
+//! 512 the kernel took 262 ms on an H200. So time is split into chunks ([`back_chunk_len`]),
+//! each chunk a row of its own, given two things from outside:
+//!
+//! - the forward state coming into it: the forward scan's passes 1 and 2
+//!   ([`chunk_incoming_states`]), each chunk's state from zero and then the walk over chunks;
+//! - the adjoint coming into it from the steps after it (`Ā[t1]·G[t1]`, the gradient of its
+//!   last state that the later steps send back): [`scan_adjoint_chunk_kernel`] walks every
+//!   chunk backwards from a zero adjoint, and pass 2 of the forward scan ([`combine_chunks`])
+//!   carries the adjoints from the last chunk to the first, since across a chunk the adjoint
+//!   maps as `x_in = exp(A·ΣΔ)·x_out + L`, the forward recurrence with time reversed; it starts
+//!   from `∂L/∂h[len-1]` and its result at the first chunk is `∂L/∂h0`.
+//!
+//! Then every chunk runs the steps above on its own, `∂A`, `∂D`, `∂Δbias` are summed over
+//! rows and chunks, and `∂B`/`∂C`, per time step, need nothing more. At batch 1 × 131,072 ×
+//! 512 the kernel then takes 8-9 ms (29-32x), at 1 × 2^20 × 128 17.7 ms against 2.1 s, and at
+//! training batches (64 × 2,048 × 128) 2.6-2.7 ms against 4.7 (BENCHMARKS.md, thirty-seventh
+//! session).
 
 use burn::backend::tensor::FloatTensor;
 use burn::backend::{Backend, DType, TensorMetadata};
@@ -45,7 +64,10 @@ use cubecl::{CubeCount, CubeDim};
 
 use super::scan::{ScanGrads, ScanInput};
 use super::scan_backward::scan_backward_reference;
-use super::scan_cube::{a_scale, decay, fast_math, sigmoid, softplus};
+use super::scan_cube::{
+    a_scale, chunk_and_channel, chunk_cubes, chunk_incoming_states, combine_chunks, decay,
+    fast_math, sigmoid, softplus,
+};
 
 /// Largest `d_state` the kernel takes (a thread keeps about `6·d_state / lanes` values in
 /// registers, plus `(block + 1)·d_state / lanes` in its local array); larger states go to the
@@ -88,6 +110,64 @@ fn back_lanes(d_state: usize, fast: bool) -> usize {
     lanes
 }
 
+/// Steps per time chunk set by [`set_backward_chunk_len`] (0: unset).
+static CHUNK_LEN: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// Makes later backward kernels split time into chunks of `steps` steps (`usize::MAX`: never
+/// split; 0: the usual choice, [`back_chunk_len`]); process-wide, for tests and tuning runs.
+/// Results agree to rounding whatever the chunks.
+pub fn set_backward_chunk_len(steps: usize) {
+    CHUNK_LEN.store(steps, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Threads (batch rows × channels × lanes × time chunks) the backward kernel aims for on CUDA
+/// when it splits time: with [`BACK_MIN_CHUNK`] this makes chunks of 256 steps at every
+/// training shape measured, the fastest choice there (H200, `scan_backward_bench` against
+/// the kernel with time in one piece: batch 1 × 131,072 × `d_inner` 512 8.2 ms at 256 or
+/// 128 steps, 9.0 at 1,024, 16.5 at 4,096, 262 ms unsplit; 64 × 2,048 × 128 2.57-2.70 ms at
+/// 128-256, 2.94 at 512, 3.02 at 64, 4.7 unsplit; BENCHMARKS.md, thirty-seventh session).
+const BACK_TARGET_THREADS: usize = 1 << 20;
+
+/// Fewest steps in a time chunk the backward kernel makes on its own: each chunk costs its
+/// share of two extra passes (the forward state and the adjoint from zero at every chunk),
+/// and below 128 steps chunks timed slower.
+const BACK_MIN_CHUNK: usize = 256;
+
+/// Steps per time chunk of the backward kernel for `[batch, len, d_inner]` (`len`: one chunk,
+/// time walked in order by each thread). Set by [`set_backward_chunk_len`], else by the
+/// environment variable `GENOMAMBA_BACK_CHUNK` (steps; 0 never splits), else on CUDA enough
+/// chunks for [`BACK_TARGET_THREADS`] threads, none shorter than [`BACK_MIN_CHUNK`] steps and
+/// each a whole number of checkpoint blocks; on the CPU runtime one chunk.
+fn back_chunk_len(
+    [batch, len, d_inner]: [usize; 3],
+    lanes: usize,
+    block: usize,
+    fast: bool,
+) -> usize {
+    static FROM_ENV: std::sync::OnceLock<Option<usize>> = std::sync::OnceLock::new();
+    let forced = match CHUNK_LEN.load(std::sync::atomic::Ordering::Relaxed) {
+        0 => *FROM_ENV.get_or_init(|| {
+            std::env::var("GENOMAMBA_BACK_CHUNK")
+                .ok()
+                .and_then(|v| v.parse::<usize>().ok())
+                .map(|v| if v == 0 { usize::MAX } else { v })
+        }),
+        steps => Some(steps),
+    };
+    let steps = match forced {
+        Some(steps) => steps,
+        None if fast => {
+            let threads = (batch * d_inner * lanes).max(1);
+            let wanted = BACK_TARGET_THREADS.div_ceil(threads);
+            len.div_ceil(wanted)
+                .max(BACK_MIN_CHUNK)
+                .next_multiple_of(block.max(1))
+        }
+        None => len,
+    };
+    steps.clamp(1, len.max(1))
+}
+
 static LAUNCHES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
 /// Launches of the backward kernel so far in this process (tests check that it ran).
@@ -116,9 +196,9 @@ fn scan_backward_kernel(
     d: &Tensor<f32>,
     z: &Tensor<f32>,
     delta_bias: &Tensor<f32>,
-    h0: &Tensor<f32>,
+    h_start: &Tensor<f32>,
     grad_y: &Tensor<f32>,
-    grad_h: &Tensor<f32>,
+    g_end: &Tensor<f32>,
     ckpt: &mut Tensor<f32>,
     du: &mut Tensor<f32>,
     ddelta: &mut Tensor<f32>,
@@ -130,19 +210,31 @@ fn scan_backward_kernel(
     dh0: &mut Tensor<f32>,
     len: usize,
     d_inner: usize,
+    batch: usize,
+    chunks: usize,
+    chunk_len: usize,
     blocks: usize,
     #[comptime] d_state: usize,
     #[comptime] block: usize,
     #[comptime] width: usize,
     #[comptime] lanes: usize,
     #[comptime] fast: bool,
+    #[comptime] chunked: bool,
 ) {
     let threads = comptime!(width * lanes);
     let per = comptime!(d_state / lanes);
     let grp = CUBE_POS_X as usize;
-    let bi = CUBE_POS_Y as usize;
+    // Cubes along y: `(batch row bi, time chunk kc)`; the chunk is steps `[tb, te)`.
+    let bk = CUBE_POS_Y as usize;
+    let bi = bk / chunks;
+    let kc = bk % chunks;
+    let tb = kc * chunk_len;
+    let te = if tb + chunk_len < len {
+        tb + chunk_len
+    } else {
+        len
+    };
     let groups = CUBE_COUNT_X as usize;
-    let batch = CUBE_COUNT_Y as usize;
     let tid = UNIT_POS_X as usize;
     // This thread's channel within the cube, and the first of its states.
     let lane = tid / lanes;
@@ -161,7 +253,7 @@ fn scan_backward_kernel(
         let an = a[ch * d_state + n0 + q];
         ar[q] = an;
         av[q] = an * a_scale(fast);
-        h[q] = h0[(bi * d_inner + ch) * d_state + n0 + q];
+        h[q] = h_start[start_index(bi, kc, chunks, ch, n0 + q, d_inner, d_state, chunked)];
     }
     let bias = delta_bias[ch];
     let dskip = d[ch];
@@ -169,11 +261,11 @@ fn scan_backward_kernel(
     // 1. Forward: the state at the start of every block (each thread its own column, so the
     //    threads past `d_inner` keep theirs too).
     for k in 0..blocks {
-        let t0 = k * block;
-        let t1 = if t0 + block < len { t0 + block } else { len };
+        let t0 = min(tb + k * block, te);
+        let t1 = min(t0 + block, te);
         #[unroll]
         for q in 0..per {
-            ckpt[((bi * blocks + k) * d_state + n0 + q) * padded + col] = h[q];
+            ckpt[((bk * blocks + k) * d_state + n0 + q) * padded + col] = h[q];
         }
         for t in t0..t1 {
             let i = (bi * len + t) * d_inner + ch;
@@ -195,7 +287,9 @@ fn scan_backward_kernel(
     let mut ga = Array::<f32>::new(per);
     #[unroll]
     for q in 0..per {
-        g[q] = grad_h[(bi * d_inner + ch) * d_state + n0 + q];
+        // The adjoint coming in from after the chunk (chunks in reverse order, see
+        // `end_index`), or `∂L/∂h[len-1]`.
+        g[q] = g_end[end_index(bi, kc, chunks, ch, n0 + q, d_inner, d_state, chunked)];
         ga[q] = 0.0f32;
     }
     let mut gd = 0.0f32;
@@ -208,12 +302,12 @@ fn scan_backward_kernel(
     let mut k = blocks;
     while k > 0 {
         k -= 1;
-        let t0 = k * block;
-        let t1 = if t0 + block < len { t0 + block } else { len };
+        let t0 = min(tb + k * block, te);
+        let t1 = min(t0 + block, te);
         // Row 0: the state before the block; row r + 1: after step t0 + r.
         #[unroll]
         for q in 0..per {
-            let v = ckpt[((bi * blocks + k) * d_state + n0 + q) * padded + col];
+            let v = ckpt[((bk * blocks + k) * d_state + n0 + q) * padded + col];
             h[q] = v;
             hs[q] = v;
         }
@@ -316,14 +410,16 @@ fn scan_backward_kernel(
     if active {
         #[unroll]
         for q in 0..per {
-            let o = (bi * d_inner + ch) * d_state + n0 + q;
-            // ∂h0 = Ā[0]·G[0], what the recurrence carried past the first step.
-            dh0[o] = g[q];
+            let o = (bk * d_inner + ch) * d_state + n0 + q;
+            if kc == 0 {
+                // ∂h0 = Ā[0]·G[0], what the recurrence carried past the first step.
+                dh0[(bi * d_inner + ch) * d_state + n0 + q] = g[q];
+            }
             da[o] = ga[q];
         }
         if first_lane {
-            dd[bi * d_inner + ch] = gd;
-            dbias[bi * d_inner + ch] = gbias;
+            dd[bk * d_inner + ch] = gd;
+            dbias[bk * d_inner + ch] = gbias;
         }
     }
 }
@@ -348,6 +444,118 @@ fn advance(
     #[unroll]
     for n in 0..count {
         h[n] = decay(dt * av[n], fast) * h[n] + dtu * b[bo + n];
+    }
+}
+
+/// Where a thread's incoming state is: in `h0` (`[batch, d_inner, d_state]`), or, `chunked`,
+/// in the forward passes' chunk states (`[batch, chunks, d_state, d_inner]`, chunk `kc`).
+#[cube]
+#[allow(clippy::too_many_arguments)]
+fn start_index(
+    bi: usize,
+    kc: usize,
+    chunks: usize,
+    ch: usize,
+    n: usize,
+    d_inner: usize,
+    #[comptime] d_state: usize,
+    #[comptime] chunked: bool,
+) -> usize {
+    if chunked {
+        ((bi * chunks + kc) * d_state + n) * d_inner + ch
+    } else {
+        (bi * d_inner + ch) * d_state + n
+    }
+}
+
+/// Where the adjoint coming into a thread's chunk from later steps is: `∂L/∂h[len-1]`
+/// (`[batch, d_inner, d_state]`), or, `chunked`, what the reverse pass 2 left for chunk `kc`
+/// (`[batch, chunks, d_state, d_inner]` with the chunks in reverse order, see
+/// [`scan_adjoint_chunk_kernel`]).
+#[cube]
+#[allow(clippy::too_many_arguments)]
+fn end_index(
+    bi: usize,
+    kc: usize,
+    chunks: usize,
+    ch: usize,
+    n: usize,
+    d_inner: usize,
+    #[comptime] d_state: usize,
+    #[comptime] chunked: bool,
+) -> usize {
+    if chunked {
+        ((bi * chunks + (chunks - 1 - kc)) * d_state + n) * d_inner + ch
+    } else {
+        (bi * d_inner + ch) * d_state + n
+    }
+}
+
+/// Each time chunk's adjoint from a zero start, walking its steps last to first with the
+/// reverse recurrence `G[t] = Ā[t+1]·G[t+1] + C[t]·ḡ[t]`: writes `Ā[t0]·G[t0]` (what the chunk
+/// passes to the state before it) and the chunk's `ΣΔ`, both at chunk index `chunks - 1 - k`,
+/// so that pass 2 of the forward scan ([`combine_chunks`], walking its chunks in index order)
+/// carries the adjoint from the last chunk to the first: across a chunk the adjoint maps as
+/// `x_in = exp(A·ΣΔ)·x_out + L`, the forward recurrence in reverse time.
+///
+/// One thread per `(b, chunk k, channel d)` with all `d_state` states, cubes as pass 1's
+/// ([`chunk_and_channel`]). `state`: `[batch, chunks, d_state, d_inner]`; `dsum`: `[batch,
+/// chunks, d_inner]`.
+#[cube(launch_unchecked, create_dummy_kernel, address_type = "dynamic")]
+#[allow(clippy::too_many_arguments)]
+fn scan_adjoint_chunk_kernel(
+    delta: &Tensor<f32>,
+    a: &Tensor<f32>,
+    c: &Tensor<f32>,
+    z: &Tensor<f32>,
+    delta_bias: &Tensor<f32>,
+    grad_y: &Tensor<f32>,
+    state: &mut Tensor<f32>,
+    dsum: &mut Tensor<f32>,
+    len: usize,
+    d_inner: usize,
+    chunks: usize,
+    chunk_len: usize,
+    #[comptime] d_state: usize,
+    #[comptime] fast: bool,
+) {
+    let (bk, ch, active) = chunk_and_channel(d_inner);
+    let k = bk % chunks;
+    let bi = bk / chunks;
+    let t0 = k * chunk_len;
+    let t1 = min(t0 + chunk_len, len);
+    let mut av = Array::<f32>::new(d_state);
+    let mut g = Array::<f32>::new(d_state);
+    #[unroll]
+    for n in 0..d_state {
+        av[n] = a[ch * d_state + n] * a_scale(fast);
+        g[n] = 0.0f32;
+    }
+    let bias = delta_bias[ch];
+    let mut sum = 0.0f32;
+    let mut t = t1;
+    while t > t0 {
+        t -= 1;
+        let i = (bi * len + t) * d_inner + ch;
+        let dt = softplus(delta[i] + bias, fast);
+        let zt = z[i];
+        // ḡ = ȳ·SiLU(z)
+        let gbar = grad_y[i] * zt * sigmoid(zt, fast);
+        sum += dt;
+        let co = (bi * len + t) * d_state;
+        #[unroll]
+        for n in 0..d_state {
+            // G[t] = (carried) + C[t]·ḡ[t]; carried to t - 1: Ā[t]·G[t].
+            g[n] = decay(dt * av[n], fast) * (g[n] + c[co + n] * gbar);
+        }
+    }
+    if active {
+        let kr = chunks - 1 - k;
+        #[unroll]
+        for n in 0..d_state {
+            state[((bi * chunks + kr) * d_state + n) * d_inner + ch] = g[n];
+        }
+        dsum[(bi * chunks + kr) * d_inner + ch] = sum;
     }
 }
 
@@ -435,28 +643,95 @@ pub(crate) fn scan_backward_cube(
     let lanes = back_lanes(d_state, fast);
     let groups = d_inner.div_ceil(width);
     let block = back_block(d_state);
-    let blocks = len.div_ceil(block);
-    let ckpt = empty(vec![batch, blocks, d_state, groups * width]);
+    let chunk_len = back_chunk_len([batch, len, d_inner], lanes, block, fast);
+    let chunks = len.div_ceil(chunk_len);
+    let blocks = chunk_len.div_ceil(block);
+    let rows = batch * chunks;
+    let ckpt = empty(vec![rows, blocks, d_state, groups * width]);
     let du = empty(vec![batch, len, d_inner]);
     let ddelta = empty(vec![batch, len, d_inner]);
     let dz = empty(vec![batch, len, d_inner]);
     let dbc = empty(vec![2, batch, groups, len, d_state]);
-    let da = empty(vec![batch, d_inner, d_state]);
-    let dd = empty(vec![batch, d_inner]);
-    let dbias = empty(vec![batch, d_inner]);
+    let da = empty(vec![rows, d_inner, d_state]);
+    let dd = empty(vec![rows, d_inner]);
+    let dbias = empty(vec![rows, d_inner]);
     let dh0 = empty(vec![batch, d_inner, d_state]);
     let address = AddressType::from_len(
         [
             batch * len * d_inner,
             batch * len * d_state,
-            batch * blocks * d_state * groups * width,
+            rows * blocks * d_state * groups * width,
             2 * batch * groups * len * d_state,
+            rows * d_inner * d_state,
         ]
         .into_iter()
         .max()
         .unwrap_or(0),
     );
-    let count = CubeCount::Static(groups as u32, batch as u32, 1);
+    let chunked = chunks > 1;
+    let (h_start, g_end) = if chunked {
+        // The forward state coming into each chunk (the forward scan's passes 1 and 2), and
+        // the adjoint coming into each chunk from the steps after it: every chunk's adjoint
+        // from zero, then pass 2 over the chunks in reverse, from `∂L/∂h[len-1]`.
+        let dims = [batch, len, d_inner, d_state];
+        let h_start = chunk_incoming_states(
+            &u,
+            &delta,
+            &a,
+            &b,
+            &delta_bias,
+            &h0,
+            dims,
+            chunk_len,
+            address,
+        );
+        let g_end = empty(vec![batch, chunks, d_state, d_inner]);
+        let dsum = empty(vec![batch, chunks, d_inner]);
+        let g_first = empty(vec![batch, d_inner, d_state]);
+        let (count, dim) = chunk_cubes(&client, rows, d_inner);
+        // SAFETY: threads past `d_inner` read the last channel and write nothing; `t < len`,
+        // `k < chunks`, `n < d_state`; all tensors are contiguous with the shapes checked or
+        // allocated above.
+        unsafe {
+            scan_adjoint_chunk_kernel::launch_unchecked(
+                &client,
+                count,
+                dim,
+                address,
+                delta.clone().into_tensor_arg(),
+                a.clone().into_tensor_arg(),
+                c.clone().into_tensor_arg(),
+                z.clone().into_tensor_arg(),
+                delta_bias.clone().into_tensor_arg(),
+                grad_y.clone().into_tensor_arg(),
+                g_end.clone().into_tensor_arg(),
+                dsum.clone().into_tensor_arg(),
+                len,
+                d_inner,
+                chunks,
+                chunk_len,
+                d_state,
+                fast,
+            );
+        }
+        // `g_first` receives `∂L/∂h0` too; the kernel's chunk 0 writes the same into `dh0`.
+        combine_chunks(
+            &client,
+            address,
+            &a,
+            &grad_h,
+            &dsum,
+            &g_end,
+            &g_first,
+            [batch, d_inner, d_state],
+            chunks,
+            fast,
+        );
+        (h_start, g_end)
+    } else {
+        (h0, grad_h)
+    };
+    let count = CubeCount::Static(groups as u32, rows as u32, 1);
     let dim = CubeDim::new_1d((width * lanes) as u32);
     // SAFETY: every tensor is contiguous with the shape checked or allocated above. Threads
     // read channel `ch < d_inner` (those past `d_inner` the last one) and write `ckpt` only in
@@ -479,9 +754,9 @@ pub(crate) fn scan_backward_cube(
             d.into_tensor_arg(),
             z.into_tensor_arg(),
             delta_bias.into_tensor_arg(),
-            h0.into_tensor_arg(),
+            h_start.into_tensor_arg(),
             grad_y.into_tensor_arg(),
-            grad_h.into_tensor_arg(),
+            g_end.into_tensor_arg(),
             ckpt.into_tensor_arg(),
             du.clone().into_tensor_arg(),
             ddelta.clone().into_tensor_arg(),
@@ -493,12 +768,16 @@ pub(crate) fn scan_backward_cube(
             dh0.clone().into_tensor_arg(),
             len,
             d_inner,
+            batch,
+            chunks,
+            chunk_len,
             blocks,
             d_state,
             block,
             width,
             lanes,
             fast,
+            chunked,
         );
     }
     LAUNCHES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -508,7 +787,7 @@ pub(crate) fn scan_backward_cube(
     let dbc = reshape::<B>(sum_dim::<B>(dbc, 2), vec![2, batch * len * d_state]);
     let half = |k: usize| reshape::<B>(row::<B>(dbc.clone(), k), vec![batch, len, d_state]);
     let (grad_c, grad_b) = (half(0), half(1));
-    // Per-row sums of ∂A, ∂D, ∂Δbias over the batch.
+    // Sums of the per-(row, chunk) ∂A, ∂D, ∂Δbias.
     let grad_a = reshape::<B>(sum_dim::<B>(da, 0), vec![d_inner, d_state]);
     let grad_d = reshape::<B>(sum_dim::<B>(dd, 0), vec![d_inner]);
     let grad_bias = reshape::<B>(sum_dim::<B>(dbias, 0), vec![d_inner]);

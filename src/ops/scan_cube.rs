@@ -547,7 +547,7 @@ fn scan_chunk_state_kernel<F: Float, G: Float, V: Size>(
 /// `d_inner` (`active` false) take the last channel's indices for their reads, write nothing,
 /// and stay for the cube's barriers.
 #[cube]
-fn chunk_and_channel(d_inner: usize) -> (usize, usize, bool) {
+pub(crate) fn chunk_and_channel(d_inner: usize) -> (usize, usize, bool) {
     let bk = CUBE_POS_X as usize;
     let lane = CUBE_POS_Y as usize * CUBE_DIM_X as usize + UNIT_POS_X as usize;
     let active = lane < d_inner;
@@ -1038,7 +1038,7 @@ fn prefetch_slots(prefetch: bool, depth: usize) -> usize {
 /// [`chunk_and_channel`]): on CUDA up to [`CUBE_THREADS`] channels per cube, a whole number of
 /// warps; on CubeCL's CPU runtime one unit per cube, because its cube barrier spins, one
 /// worker thread per unit, and more units than cores would stall it.
-fn chunk_cubes(client: &Client, items: usize, d_inner: usize) -> (CubeCount, CubeDim) {
+pub(crate) fn chunk_cubes(client: &Client, items: usize, d_inner: usize) -> (CubeCount, CubeDim) {
     let width = if cfg!(feature = "cuda") && client.name() == "cuda" {
         d_inner.next_multiple_of(32).min(CUBE_THREADS as usize)
     } else {
@@ -1338,78 +1338,18 @@ pub(crate) fn scan_cube_with(
             [act_elem, bc_elem],
         );
     }
-    let (combine_count, combine_dim) = cube_count(&client, batch * d_state * d_inner);
-    let group_len = group_len(chunks);
-    if group_len == 0 {
-        unsafe {
-            scan_chunk_combine_kernel::launch_unchecked(
-                &client,
-                combine_count,
-                combine_dim,
-                address,
-                a.clone().into_tensor_arg(),
-                h0.into_tensor_arg(),
-                dsum.into_tensor_arg(),
-                state.clone().into_tensor_arg(),
-                h_last.clone().into_tensor_arg(),
-                batch,
-                d_inner,
-                d_state,
-                chunks,
-                fast,
-            );
-        }
-    } else {
-        // Pass 2 over groups of chunks: each group's state from zero, then the groups'
-        // incoming states (the single walk, over groups), then each chunk's within its group.
-        let groups = chunks.div_ceil(group_len);
-        let group_state = empty(vec![batch, groups, d_state, d_inner]);
-        let group_dsum = empty(vec![batch, groups, d_inner]);
-        let (group_count, group_dim) = cube_count(&client, batch * groups * d_state * d_inner);
-        for apply in [false, true] {
-            if apply {
-                unsafe {
-                    scan_chunk_combine_kernel::launch_unchecked(
-                        &client,
-                        combine_count.clone(),
-                        combine_dim,
-                        address,
-                        a.clone().into_tensor_arg(),
-                        h0.clone().into_tensor_arg(),
-                        group_dsum.clone().into_tensor_arg(),
-                        group_state.clone().into_tensor_arg(),
-                        h_last.clone().into_tensor_arg(),
-                        batch,
-                        d_inner,
-                        d_state,
-                        groups,
-                        fast,
-                    );
-                }
-            }
-            unsafe {
-                scan_group_kernel::launch_unchecked(
-                    &client,
-                    group_count.clone(),
-                    group_dim,
-                    address,
-                    a.clone().into_tensor_arg(),
-                    dsum.clone().into_tensor_arg(),
-                    state.clone().into_tensor_arg(),
-                    group_state.clone().into_tensor_arg(),
-                    group_dsum.clone().into_tensor_arg(),
-                    batch,
-                    d_inner,
-                    d_state,
-                    chunks,
-                    group_len,
-                    groups,
-                    fast,
-                    apply,
-                );
-            }
-        }
-    }
+    combine_chunks(
+        &client,
+        address,
+        &a,
+        &h0,
+        &dsum,
+        &state,
+        &h_last,
+        [batch, d_inner, d_state],
+        chunks,
+        fast,
+    );
     unsafe {
         scan_chunk_output_kernel::launch_unchecked(
             &client,
@@ -1450,6 +1390,199 @@ pub(crate) fn scan_cube_with(
         );
     }
     ScanOutput { y, h: h_last }
+}
+
+/// Pass 2: turns each chunk's state from zero (`state`, `[batch, chunks, d_state, d_inner]`,
+/// with the chunks' sums of `Δ` in `dsum`, `[batch, chunks, d_inner]`) into the state coming
+/// into it, in place, starting from `h0` (`[batch, d_inner, d_state]`), and writes the state
+/// after the last chunk to `h_last` (`[batch, d_inner, d_state]`): one walk over the chunks, or
+/// from [`GROUP_MIN_CHUNKS`] chunks on, walks over groups of chunks ([`scan_group_kernel`]).
+/// The forward scan's chunks run through it in time order and the backward kernel's adjoint
+/// chunks (`scan_backward_cube.rs`) in reverse: the same recurrence `x_out = exp(A·ΣΔ)·x_in +
+/// S` either way.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn combine_chunks(
+    client: &Client,
+    address: AddressType,
+    a: &CubeTensor,
+    h0: &CubeTensor,
+    dsum: &CubeTensor,
+    state: &CubeTensor,
+    h_last: &CubeTensor,
+    [batch, d_inner, d_state]: [usize; 3],
+    chunks: usize,
+    fast: bool,
+) {
+    let empty = |shape: Vec<usize>| {
+        empty_device_contiguous_dtype(
+            client.clone(),
+            state.device.clone(),
+            Shape::from(shape),
+            DType::F32,
+        )
+    };
+    // SAFETY (all launches): threads past their work item count return at once; every other
+    // index is below the length of its tensor (`k < chunks`, `g < groups`, `n < d_state`,
+    // `ch < d_inner`), all tensors being contiguous with the shapes the caller states.
+    let (combine_count, combine_dim) = cube_count(client, batch * d_state * d_inner);
+    let group_len = group_len(chunks);
+    if group_len == 0 {
+        unsafe {
+            scan_chunk_combine_kernel::launch_unchecked(
+                client,
+                combine_count,
+                combine_dim,
+                address,
+                a.clone().into_tensor_arg(),
+                h0.clone().into_tensor_arg(),
+                dsum.clone().into_tensor_arg(),
+                state.clone().into_tensor_arg(),
+                h_last.clone().into_tensor_arg(),
+                batch,
+                d_inner,
+                d_state,
+                chunks,
+                fast,
+            );
+        }
+    } else {
+        // Pass 2 over groups of chunks: each group's state from zero, then the groups'
+        // incoming states (the single walk, over groups), then each chunk's within its group.
+        let groups = chunks.div_ceil(group_len);
+        let group_state = empty(vec![batch, groups, d_state, d_inner]);
+        let group_dsum = empty(vec![batch, groups, d_inner]);
+        let (group_count, group_dim) = cube_count(client, batch * groups * d_state * d_inner);
+        for apply in [false, true] {
+            if apply {
+                unsafe {
+                    scan_chunk_combine_kernel::launch_unchecked(
+                        client,
+                        combine_count.clone(),
+                        combine_dim,
+                        address,
+                        a.clone().into_tensor_arg(),
+                        h0.clone().into_tensor_arg(),
+                        group_dsum.clone().into_tensor_arg(),
+                        group_state.clone().into_tensor_arg(),
+                        h_last.clone().into_tensor_arg(),
+                        batch,
+                        d_inner,
+                        d_state,
+                        groups,
+                        fast,
+                    );
+                }
+            }
+            unsafe {
+                scan_group_kernel::launch_unchecked(
+                    client,
+                    group_count.clone(),
+                    group_dim,
+                    address,
+                    a.clone().into_tensor_arg(),
+                    dsum.clone().into_tensor_arg(),
+                    state.clone().into_tensor_arg(),
+                    group_state.clone().into_tensor_arg(),
+                    group_dsum.clone().into_tensor_arg(),
+                    batch,
+                    d_inner,
+                    d_state,
+                    chunks,
+                    group_len,
+                    groups,
+                    fast,
+                    apply,
+                );
+            }
+        }
+    }
+}
+
+/// Passes 1 and 2 alone, for f32 contiguous inputs of the shapes [`ScanInput`] states (the
+/// backward kernel's time chunks, `scan_backward_cube.rs`): the state coming into each chunk
+/// of `chunk_len` steps, `[batch, chunks, d_state, d_inner]` (chunk `k` covers steps
+/// `[k·chunk_len, min((k+1)·chunk_len, len))`), `Δ = softplus(delta + bias)`.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn chunk_incoming_states(
+    u: &CubeTensor,
+    delta: &CubeTensor,
+    a: &CubeTensor,
+    b: &CubeTensor,
+    delta_bias: &CubeTensor,
+    h0: &CubeTensor,
+    [batch, len, d_inner, d_state]: [usize; 4],
+    chunk_len: usize,
+    address: AddressType,
+) -> CubeTensor {
+    let client = u.client.clone();
+    let empty = |shape: Vec<usize>| {
+        empty_device_contiguous_dtype(
+            client.clone(),
+            u.device.clone(),
+            Shape::from(shape),
+            DType::F32,
+        )
+    };
+    let chunks = len.div_ceil(chunk_len);
+    let vec = if aligned(b, vector_width(d_state)) {
+        vector_width(d_state)
+    } else {
+        1
+    };
+    let state = empty(vec![batch, chunks, d_state, d_inner]);
+    let dsum = empty(vec![batch, chunks, d_inner]);
+    let h_last = empty(vec![batch, d_inner, d_state]);
+    let fast = fast_math(&client);
+    let (prefetch1, _) = scan_prefetch();
+    let (depth1, _) = scan_depth();
+    let f32_elem = ElemType::Float(cubecl::ir::FloatKind::F32);
+    let (count, dim) = chunk_cubes(&client, batch * chunks, d_inner);
+    // SAFETY: as pass 1 in `scan_cube_with`: threads past `d_inner` read the last channel and
+    // write nothing, `t < len`, `k < chunks`, `n < d_state`; every tensor is contiguous f32
+    // with the shape the caller states (`B` rows whole vectors: `vec` divides `d_state` and
+    // `B` starts on a vector boundary).
+    unsafe {
+        scan_chunk_state_kernel::launch_unchecked(
+            &client,
+            count,
+            dim,
+            address,
+            vec,
+            u.clone().into_tensor_arg(),
+            delta.clone().into_tensor_arg(),
+            a.clone().into_tensor_arg(),
+            b.clone().into_tensor_arg(),
+            delta_bias.clone().into_tensor_arg(),
+            state.clone().into_tensor_arg(),
+            dsum.clone().into_tensor_arg(),
+            len,
+            d_inner,
+            chunks,
+            chunk_len,
+            len * d_state / vec,
+            d_state / vec,
+            d_state,
+            vec,
+            fast,
+            true,
+            prefetch1,
+            depth1,
+            [f32_elem, f32_elem],
+        );
+    }
+    combine_chunks(
+        &client,
+        address,
+        a,
+        h0,
+        &dsum,
+        &state,
+        &h_last,
+        [batch, d_inner, d_state],
+        chunks,
+        fast,
+    );
+    state
 }
 
 /// The CUDA C++ that CubeCL's C++ backend writes for the scan kernels on an sm_90 device (an
