@@ -36,7 +36,7 @@ use genomamba::model::{GenoModel, MambaConfig, ModelConfig, Precision};
 use genomamba::ops::block::{
     ConvDbc, Impl, add_rms_norm_only, add_rms_norm_with, causal_conv_silu_with, conv_dbc_with,
     project_add_with, project_dbc_with, project_norm_silu_from_with, project_silu_from_with,
-    project_softplus_with, project_with,
+    project_softplus_with, project_with, rms_norm_with,
 };
 use genomamba::ops::conv_dbc::conv_dbc_launches;
 use genomamba::ops::project_cube::{
@@ -1685,6 +1685,80 @@ fn gpu_scan_backward_kernel_in_time_chunks_matches_the_tensor_backward() {
     }
     set_backward_chunk_len(0);
     println!("worst chunked backward-kernel error {worst:.2e}");
+}
+
+/// Training's convolution, RMSNorm and projection (the plain tensor operations, differentiated
+/// by autodiff) on a row long enough that they take it as rows of 64 steps (`time_rows` in
+/// src/ops/block.rs: 4,160 = 65 x 64 steps), on the kernel device against the CPU: the output
+/// and the gradients of the input, the convolution's weight and bias, the norm's weight and
+/// the projection's weight.
+#[test]
+fn gpu_long_row_training_ops_match_the_cpu() {
+    let gpu = require_cuda!();
+    let (len, d, k) = (4160, 8, 4);
+    let mut rng = StdRng::seed_from_u64(41);
+    let x = normals(&mut rng, len * 2 * d, 1.0);
+    let window = normals(&mut rng, (k - 1) * d, 1.0);
+    let weight = normals(&mut rng, k * d, 0.5);
+    let bias = normals(&mut rng, d, 0.1);
+    let norm = normals(&mut rng, d, 1.0);
+    let proj = normals(&mut rng, d * 3, 0.5);
+    let run = |device: &Device| -> Vec<Vec<f32>> {
+        let dev = device.clone().autodiff();
+        let xt = tensor(&x, [1, len, 2 * d], &dev).require_grad();
+        let wt = tensor(&weight, [k, d], &dev).require_grad();
+        let bt = tensor(&bias, [d], &dev).require_grad();
+        let nt = tensor(&norm, [d], &dev).require_grad();
+        let pt = tensor(&proj, [d, 3], &dev).require_grad();
+        let win = tensor(&window, [1, k - 1, d], &dev);
+        let (u, _) =
+            causal_conv_silu_with(Impl::Reference, xt.clone(), win, wt.clone(), bt.clone());
+        let y = rms_norm_with(Impl::Reference, u, nt.clone(), 1e-5);
+        let y = project_with(Impl::Reference, y, pt.clone());
+        let weights: Tensor<3> = Tensor::arange(0..(len * 3) as i64, &dev)
+            .float()
+            .reshape([1, len, 3])
+            .sin();
+        let grads = (y.clone() * weights).sum().backward();
+        vec![
+            host(y),
+            host(xt.grad(&grads).expect("input gradient")),
+            host(
+                wt.grad(&grads)
+                    .expect("conv weight gradient")
+                    .unsqueeze::<3>(),
+            ),
+            host(
+                bt.grad(&grads)
+                    .expect("conv bias gradient")
+                    .unsqueeze::<3>(),
+            ),
+            host(
+                nt.grad(&grads)
+                    .expect("norm weight gradient")
+                    .unsqueeze::<3>(),
+            ),
+            host(
+                pt.grad(&grads)
+                    .expect("projection gradient")
+                    .unsqueeze::<3>(),
+            ),
+        ]
+    };
+    let want = run(&Device::flex());
+    let got = run(&gpu);
+    for ((g, w), name) in got.iter().zip(&want).zip([
+        "y",
+        "x",
+        "conv weight",
+        "conv bias",
+        "norm weight",
+        "projection",
+    ]) {
+        let e = rel_err(g, w);
+        println!("long row conv, norm, projection: {name} {e:.2e}");
+        assert!(e <= TOL, "{name}: {e:.2e}");
+    }
 }
 
 /// One causal convolution + SiLU: `x` is `[batch, len, 2·d]` (the kernel reads the first `d`

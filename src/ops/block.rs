@@ -694,8 +694,22 @@ pub(crate) fn conv_dbc_composed<B: Backend>(
     }
 }
 
-/// `x · w` through the backend's matrix product (`w` broadcast over the batch).
+/// `x · w` through the backend's matrix product (`w` broadcast over the batch). Rows longer
+/// than [`TIME_GROUP`] steps are multiplied as rows of [`time_rows`] steps, so that under
+/// autodiff the weight's gradient is many products side by side and a sum, not one product
+/// over the whole row: Burn's CUDA backend ran each projection's weight gradient of a window
+/// of 131,072 at batch 1 in 4 to 32 cubes, 6-7 ms each (`ncu`, BENCHMARKS.md, thirty-seventh
+/// session). Each output is the same product of a row of `x` and a column of `w`.
 pub fn project_reference<B: Backend>(x: FloatTensor<B>, w: FloatTensor<B>) -> FloatTensor<B> {
+    if let [batch, len, k] = dims::<B>(&x)[..] {
+        let (rows, steps) = time_rows(batch, len);
+        if rows != batch {
+            let x = B::float_reshape(x, Shape::new([rows, steps, k]));
+            let y = B::float_matmul(x, batched_weight::<B>(w));
+            let n = dims::<B>(&y).last().copied().unwrap_or(0);
+            return B::float_reshape(y, Shape::new([batch, len, n]));
+        }
+    }
     B::float_matmul(x, batched_weight::<B>(w))
 }
 
@@ -725,7 +739,7 @@ pub fn conv_reference<B: Backend>(input: ConvInput<B>) -> ConvOutput<B> {
     } = input;
     let [x, window, weight, bias] = [x, window, weight, bias].map(to_f32::<B>);
     let xd = dims::<B>(&x);
-    let (batch, len) = (xd[0], xd[1]);
+    let len = xd[1];
     let wd = dims::<B>(&weight);
     let (k, d) = (wd[0], wd[1]);
     let xs = B::float_slice(x, &[Slice::from(..), Slice::from(..), Slice::from(0..d)]);
@@ -736,11 +750,8 @@ pub fn conv_reference<B: Backend>(input: ConvInput<B>) -> ConvOutput<B> {
             xpad.clone(),
             &[Slice::from(..), Slice::from(j..j + len), Slice::from(..)],
         );
-        let w = per_channel::<B>(
-            B::float_slice(weight.clone(), &[Slice::from(j..j + 1), Slice::from(..)]),
-            &[batch, len, d],
-        );
-        let term = B::float_mul(tap, w);
+        let w = B::float_slice(weight.clone(), &[Slice::from(j..j + 1), Slice::from(..)]);
+        let term = per_channel_op::<B>(tap, w, ChannelOp::Mul);
         acc = Some(match acc {
             None => term,
             Some(a) => B::float_add(a, term),
@@ -756,7 +767,7 @@ pub fn conv_reference<B: Backend>(input: ConvInput<B>) -> ConvOutput<B> {
             Scalar::from(0.0f32),
         ),
     };
-    let conv = B::float_add(conv, per_channel::<B>(bias, &[batch, len, d]));
+    let conv = per_channel_op::<B>(conv, bias, ChannelOp::Add);
     let u = B::float_mul(conv.clone(), B::sigmoid(conv));
     let next = B::float_slice(
         xpad,
@@ -782,7 +793,80 @@ pub fn rms_reference<B: Backend>(
     let last = xd.len() - 1;
     let ms = B::float_mean_dim(B::float_mul(x.clone(), x.clone()), last);
     let inv = B::float_recip(B::float_sqrt(B::float_add_scalar(ms, Scalar::from(eps))));
-    B::float_mul(B::float_mul(x, inv), per_channel::<B>(weight, &xd))
+    per_channel_op::<B>(B::float_mul(x, inv), weight, ChannelOp::Mul)
+}
+
+/// How [`per_channel_op`] applies its parameter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ChannelOp {
+    Add,
+    Mul,
+}
+
+/// Most time steps [`time_group`] puts in a group.
+const TIME_GROUP: usize = 2048;
+
+/// Time steps per group for rows of `len` steps: `None` (one group per row) up to
+/// [`TIME_GROUP`] steps, else the largest power of two up to [`TIME_GROUP`] that divides `len`,
+/// if at least 64 (a length with no such divisor keeps one group per row).
+fn time_group(len: usize) -> Option<usize> {
+    if len <= TIME_GROUP {
+        return None;
+    }
+    let g = (1usize << len.trailing_zeros()).min(TIME_GROUP);
+    (g >= 64).then_some(g)
+}
+
+/// `[batch, len, d]` seen as `[rows, steps, d]` with `rows · steps = batch · len`: rows of
+/// [`time_group`] steps when `len` is longer than [`TIME_GROUP`] (and has such a divisor),
+/// else `(batch, len)`. A parameter applied to every position then takes its gradient
+/// (under autodiff, summed over positions) as `rows` sums or products side by side and one
+/// sum over rows, where one long row would be a single reduction over all its positions.
+pub(crate) fn time_rows(batch: usize, len: usize) -> (usize, usize) {
+    match time_group(len) {
+        Some(g) => (batch * (len / g), g),
+        None => (batch, len),
+    }
+}
+
+/// `x` (`[batch, len, d]`, or any shape with channels last) plus or times a per-channel
+/// parameter `w` (`d` values), through [`per_channel`]. For rows longer than [`TIME_GROUP`]
+/// steps, `x` is first seen as rows of [`time_rows`] steps, so that under autodiff the
+/// parameter's gradient sums groups of steps side by side, then the groups: with one row per batch the per-row sum is one reduction over
+/// the whole window, which Burn's CUDA backend runs in a cube or two (a training step on
+/// windows of 131,072 at batch 1 spent most of its time there; BENCHMARKS.md, thirty-seventh
+/// session). The values are the same either way; a strided `x` is copied by the reshape.
+fn per_channel_op<B: Backend>(
+    x: FloatTensor<B>,
+    w: FloatTensor<B>,
+    op: ChannelOp,
+) -> FloatTensor<B> {
+    per_channel_op_with::<B>(x, w, op, true)
+}
+
+/// [`per_channel_op`], with `group` false always one group per row (for tests).
+fn per_channel_op_with<B: Backend>(
+    x: FloatTensor<B>,
+    w: FloatTensor<B>,
+    op: ChannelOp,
+    group: bool,
+) -> FloatTensor<B> {
+    let apply = |a: FloatTensor<B>, b: FloatTensor<B>| match op {
+        ChannelOp::Add => B::float_add(a, b),
+        ChannelOp::Mul => B::float_mul(a, b),
+    };
+    let xd = dims::<B>(&x);
+    if let ([batch, len, d], true) = (xd.as_slice(), group) {
+        let (batch, len, d) = (*batch, *len, *d);
+        let (rows, steps) = time_rows(batch, len);
+        if rows != batch {
+            let x = B::float_reshape(x, Shape::new([rows, steps, d]));
+            let w = per_channel::<B>(w, &[rows, steps, d]);
+            return B::float_reshape(apply(x, w), Shape::new([batch, len, d]));
+        }
+    }
+    let w = per_channel::<B>(w, &xd);
+    apply(x, w)
 }
 
 /// A per-channel parameter (`d` values, any shape) ready to multiply or add to a tensor of
@@ -1325,4 +1409,121 @@ pub fn add_rms_norm(
     out: FloatDType,
 ) -> (Tensor<3>, Tensor<3>) {
     add_rms_norm_with(Impl::Fastest, x, y, weight, eps, out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::tensor::{Device, TensorData};
+
+    fn host<const D: usize>(t: Tensor<D>) -> Vec<f32> {
+        t.into_data()
+            .convert::<f32>()
+            .try_to_vec::<f32>()
+            .unwrap_or_default()
+    }
+
+    fn one_product<B: Backend>(x: FloatTensor<B>, w: FloatTensor<B>) -> FloatTensor<B> {
+        B::float_matmul(x, batched_weight::<B>(w))
+    }
+
+    /// The projection of a row longer than `TIME_GROUP` steps, taken as rows of 64 steps,
+    /// against one product over the row: the same values and input gradient, and the weight's
+    /// gradient to rounding; on the autodiff CPU backend.
+    #[test]
+    fn projection_of_a_long_row_keeps_values_and_gradients() {
+        let ad = Device::flex().autodiff();
+        let (len, k, n) = (4160, 6, 5);
+        let xv: Vec<f32> = (0..len * k)
+            .map(|i| ((i * 7919) % 1000) as f32 / 500.0 - 1.0)
+            .collect();
+        let wv: Vec<f32> = (0..k * n).map(|i| (i as f32 * 0.37).sin()).collect();
+        let run = |grouped: bool| {
+            let x: Tensor<3> =
+                Tensor::from_data(TensorData::new(xv.clone(), [1, len, k]), &ad).require_grad();
+            let w: Tensor<2> =
+                Tensor::from_data(TensorData::new(wv.clone(), [k, n]), &ad).require_grad();
+            let (xp, wp) = (x.clone().into_dispatch(), w.clone().into_dispatch());
+            let y = Tensor::<3>::from_dispatch(if grouped {
+                project_reference::<Dispatch>(xp, wp)
+            } else {
+                one_product::<Dispatch>(xp, wp)
+            });
+            let weights: Tensor<3> = Tensor::arange(0..(len * n) as i64, &ad)
+                .float()
+                .reshape([1, len, n])
+                .sin();
+            let grads = (y.clone() * weights).sum().backward();
+            let gx = x.grad(&grads).expect("x gradient");
+            let gw = w.grad(&grads).expect("weight gradient");
+            (host(y), host(gx), host(gw.unsqueeze::<3>()))
+        };
+        assert_eq!(time_rows(1, len), (65, 64));
+        let (grouped, one) = (run(true), run(false));
+        for (what, g, o) in [
+            ("values", &grouped.0, &one.0),
+            ("x gradient", &grouped.1, &one.1),
+            ("weight gradient", &grouped.2, &one.2),
+        ] {
+            for (a, b) in g.iter().zip(o) {
+                assert!(
+                    (a - b).abs() <= 1e-5 * b.abs().max(1.0),
+                    "{what}: {a} against {b}"
+                );
+            }
+        }
+    }
+
+    /// Per-channel parameters on rows longer than `TIME_GROUP` steps: the grouped form gives
+    /// the same values and the same gradients of `x` as one group per row, and the parameter's
+    /// gradient to rounding (summed in another order); on the autodiff CPU backend.
+    #[test]
+    fn per_channel_ops_on_long_rows_keep_values_and_gradients() {
+        assert_eq!(time_group(2048), None);
+        assert_eq!(time_group(4097), None);
+        assert_eq!(time_group(4160), Some(64));
+        assert_eq!(time_group(131_072), Some(2048));
+        let ad = Device::flex().autodiff();
+        for (shape, op) in [
+            ([1, 4160, 6], ChannelOp::Mul),
+            ([1, 4160, 6], ChannelOp::Add),
+            ([2, 4096, 3], ChannelOp::Mul),
+        ] {
+            let [batch, len, d] = shape;
+            let n = batch * len * d;
+            let xv: Vec<f32> = (0..n)
+                .map(|i| ((i * 7919) % 1000) as f32 / 500.0 - 1.0)
+                .collect();
+            let wv: Vec<f32> = (0..d).map(|i| 0.5 + i as f32 * 0.25).collect();
+            let run = |group: bool| {
+                let x: Tensor<3> =
+                    Tensor::from_data(TensorData::new(xv.clone(), shape), &ad).require_grad();
+                let w: Tensor<1> =
+                    Tensor::from_data(TensorData::new(wv.clone(), [d]), &ad).require_grad();
+                let y = Tensor::<3>::from_dispatch(per_channel_op_with::<Dispatch>(
+                    x.clone().into_dispatch(),
+                    w.clone().into_dispatch(),
+                    op,
+                    group,
+                ));
+                let weights: Tensor<3> = Tensor::arange(0..n as i64, &ad)
+                    .float()
+                    .reshape(shape)
+                    .sin();
+                let grads = (y.clone() * weights).sum().backward();
+                let gx = x.grad(&grads).expect("x gradient");
+                let gw = w.grad(&grads).expect("parameter gradient");
+                (host(y), host(gx), host(gw.unsqueeze::<3>()))
+            };
+            let (grouped, rows) = (run(true), run(false));
+            assert_eq!(grouped.0, rows.0, "{shape:?} {op:?}: values");
+            assert_eq!(grouped.1, rows.1, "{shape:?} {op:?}: x gradient");
+            for (g, r) in grouped.2.iter().zip(&rows.2) {
+                assert!(
+                    (g - r).abs() <= 1e-5 * r.abs().max(1.0),
+                    "{shape:?} {op:?}: parameter gradient {g} against {r}"
+                );
+            }
+        }
+    }
 }

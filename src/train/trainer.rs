@@ -95,21 +95,26 @@ impl Net {
 }
 
 /// `head` over the last axis of `x` (`[batch, len, d]` -> `[batch, len, classes]`): the
-/// values of `Linear::forward`, with the weight and bias expanded over the batch rows first.
-/// Burn's linear op takes the weight's gradient as one product over all `batch·len` positions
-/// and the bias's as one reduction over them, which Burn's CUDA backend ran in one or two
-/// cubes (the bias alone about 10 ms of a step of 64 windows of 2,048 on an H200,
-/// BENCHMARKS.md, thirty-sixth session). Expanded, both sum each batch row's positions side
-/// by side, then the rows.
+/// values of `Linear::forward`, with the weight and bias expanded over rows first: the batch
+/// rows, or for windows longer than 2,048 rows of up to 2,048 positions
+/// ([`time_rows`](crate::ops::block::time_rows)). Burn's linear op takes the weight's gradient
+/// as one product over all `batch·len` positions and the bias's as one reduction over them,
+/// which Burn's CUDA backend ran in one or two cubes (the bias alone about 10 ms of a step of
+/// 64 windows of 2,048 on an H200, BENCHMARKS.md, thirty-sixth session; at one window of
+/// 131,072 per batch, per-row sums were again one reduction, 8.6 ms, thirty-seventh session).
+/// Expanded, both sum each row's positions side by side, then the rows.
 fn position_head(head: &Linear, x: Tensor<3>) -> Tensor<3> {
-    let [batch, _, d] = x.dims();
+    let [batch, len, d] = x.dims();
+    let (rows, steps) = crate::ops::block::time_rows(batch, len);
+    let x = x.reshape([rows, steps, d]);
     let w = head.weight.val();
     let classes = w.dims()[1];
-    let y = x.matmul(w.reshape([1, d, classes]).expand([batch, d, classes]));
-    match &head.bias {
-        Some(b) => y + b.val().reshape([1, 1, classes]).expand([batch, 1, classes]),
+    let y = x.matmul(w.reshape([1, d, classes]).expand([rows, d, classes]));
+    let y = match &head.bias {
+        Some(b) => y + b.val().reshape([1, 1, classes]).expand([rows, 1, classes]),
         None => y,
-    }
+    };
+    y.reshape([batch, len, classes])
 }
 
 /// Reverse complement of every row of a token batch (right-padding is not expected).
@@ -1539,9 +1544,15 @@ mod tests {
 
     #[test]
     fn position_head_matches_the_linear_op_with_its_gradients() {
+        // Batch rows as they are, and one row of 4,160 = 65 x 64 positions taken as 65 rows.
+        assert_eq!(crate::ops::block::time_rows(1, 4160), (65, 64));
+        check_position_head(3, 37, 8, 3);
+        check_position_head(1, 4160, 8, 3);
+    }
+
+    fn check_position_head(batch: usize, len: usize, d: usize, classes: usize) {
         let ad = Device::flex().autodiff();
         let mut rng = StdRng::seed_from_u64(3);
-        let (batch, len, d, classes) = (3, 37, 8, 3);
         let mut rand =
             |k: usize| -> Vec<f32> { (0..k).map(|_| rng.random_range(-1.0..1.0)).collect() };
         let (xv, wv, bv) = (rand(batch * len * d), rand(d * classes), rand(classes));
