@@ -1689,9 +1689,10 @@ fn gpu_scan_backward_kernel_in_time_chunks_matches_the_tensor_backward() {
 
 /// Training's convolution, RMSNorm and projection (the plain tensor operations, differentiated
 /// by autodiff) on a row long enough that they take it as rows of 64 steps (`time_rows` in
-/// src/ops/block.rs: 4,160 = 65 x 64 steps), on the kernel device against the CPU: the output
-/// and the gradients of the input, the convolution's weight and bias, the norm's weight and
-/// the projection's weight.
+/// src/ops/block.rs: 4,160 = 65 x 64 steps), on the kernel device against the CPU: the outputs
+/// and the gradients of the inputs, the convolution's weight and bias, the norm's weight and
+/// the projection's weight. The projection is a graph of its own: on CUDA Burn multiplies f32
+/// in TF32, so it gets the projection tests' tolerance (5e-3) and the rest f32's.
 #[test]
 fn gpu_long_row_training_ops_match_the_cpu() {
     let gpu = require_cuda!();
@@ -1703,6 +1704,7 @@ fn gpu_long_row_training_ops_match_the_cpu() {
     let bias = normals(&mut rng, d, 0.1);
     let norm = normals(&mut rng, d, 1.0);
     let proj = normals(&mut rng, d * 3, 0.5);
+    let proj_in = normals(&mut rng, len * d, 1.0);
     let run = |device: &Device| -> Vec<Vec<f32>> {
         let dev = device.clone().autodiff();
         let xt = tensor(&x, [1, len, 2 * d], &dev).require_grad();
@@ -1710,16 +1712,20 @@ fn gpu_long_row_training_ops_match_the_cpu() {
         let bt = tensor(&bias, [d], &dev).require_grad();
         let nt = tensor(&norm, [d], &dev).require_grad();
         let pt = tensor(&proj, [d, 3], &dev).require_grad();
+        let pin = tensor(&proj_in, [1, len, d], &dev).require_grad();
         let win = tensor(&window, [1, k - 1, d], &dev);
         let (u, _) =
             causal_conv_silu_with(Impl::Reference, xt.clone(), win, wt.clone(), bt.clone());
         let y = rms_norm_with(Impl::Reference, u, nt.clone(), 1e-5);
-        let y = project_with(Impl::Reference, y, pt.clone());
-        let weights: Tensor<3> = Tensor::arange(0..(len * 3) as i64, &dev)
-            .float()
-            .reshape([1, len, 3])
-            .sin();
-        let grads = (y.clone() * weights).sum().backward();
+        let p = project_with(Impl::Reference, pin.clone(), pt.clone());
+        let weights = |n: usize| -> Tensor<3> {
+            Tensor::arange(0..(len * n) as i64, &dev)
+                .float()
+                .reshape([1, len, n])
+                .sin()
+        };
+        let loss = (y.clone() * weights(d)).sum() + (p.clone() * weights(3)).sum();
+        let grads = loss.backward();
         vec![
             host(y),
             host(xt.grad(&grads).expect("input gradient")),
@@ -1738,6 +1744,8 @@ fn gpu_long_row_training_ops_match_the_cpu() {
                     .expect("norm weight gradient")
                     .unsqueeze::<3>(),
             ),
+            host(p),
+            host(pin.grad(&grads).expect("projection input gradient")),
             host(
                 pt.grad(&grads)
                     .expect("projection gradient")
@@ -1747,17 +1755,20 @@ fn gpu_long_row_training_ops_match_the_cpu() {
     };
     let want = run(&Device::flex());
     let got = run(&gpu);
-    for ((g, w), name) in got.iter().zip(&want).zip([
-        "y",
-        "x",
-        "conv weight",
-        "conv bias",
-        "norm weight",
-        "projection",
+    let tf32 = if is_cuda(&gpu) { 5e-3 } else { TOL };
+    for ((g, w), (name, tol)) in got.iter().zip(&want).zip([
+        ("y", TOL),
+        ("x", TOL),
+        ("conv weight", TOL),
+        ("conv bias", TOL),
+        ("norm weight", TOL),
+        ("projection output", tf32),
+        ("projection input", tf32),
+        ("projection weight", tf32),
     ]) {
         let e = rel_err(g, w);
         println!("long row conv, norm, projection: {name} {e:.2e}");
-        assert!(e <= TOL, "{name}: {e:.2e}");
+        assert!(e <= tol, "{name}: {e:.2e}");
     }
 }
 
