@@ -1192,8 +1192,8 @@ pub(crate) fn scan_cube_with(
     );
 
     let fast = fast_math(&client);
-    let (prefetch1, prefetch3) = scan_prefetch();
-    let (depth1, depth3) = scan_depth();
+    let (_, prefetch3) = scan_prefetch();
+    let (_, depth3) = scan_depth();
     if let Some(lanes) = walk {
         // On CUDA a cube of 128 threads; on CubeCL's CPU runtime one channel per cube (its
         // barrier spins, one worker thread per unit; see `chunk_cubes`).
@@ -1301,55 +1301,24 @@ pub(crate) fn scan_cube_with(
         return ScanOutput { y, h: h_last };
     }
 
-    let state = empty(vec![batch, chunks, d_state, d_inner]);
-    let dsum = empty(vec![batch, chunks, d_inner]);
-    // SAFETY (all launches): pass 2's threads past their work item count return at once,
-    // passes 1 and 3 clamp their channel and write nothing past `d_inner`; every other index
-    // is below the length of its tensor (`t < len`, `k < chunks`, `g < groups`,
-    // `n < d_state`, `ch < d_inner`), all tensors but `z` being contiguous with the shapes
-    // checked or allocated above (`z` read within `z_span`, the extent of its view),
-    // `B` and `C` read in whole, aligned vectors as for the single-chunk launch.
-    unsafe {
-        scan_chunk_state_kernel::launch_unchecked(
-            &client,
-            count.clone(),
-            dim,
-            address,
+    let state = chunk_states(
+        ChunkRows {
+            b: &b,
+            bs: (bs0, bs1),
             vec,
-            u.clone().into_tensor_arg(),
-            delta.clone().into_tensor_arg(),
-            a.clone().into_tensor_arg(),
-            b.clone().into_tensor_arg(),
-            delta_bias.clone().into_tensor_arg(),
-            state.clone().into_tensor_arg(),
-            dsum.clone().into_tensor_arg(),
-            len,
-            d_inner,
-            chunks,
-            chunk_len,
-            bs0,
-            bs1,
-            d_state,
-            vec,
-            fast,
+            elems: [act_elem, bc_elem],
             activate,
-            prefetch1,
-            depth1,
-            [act_elem, bc_elem],
-        );
-    }
-    combine_chunks(
-        &client,
+        },
+        [&u, &delta, &a, &delta_bias, &h0, &h_last],
+        [batch, len, d_inner, d_state],
+        chunk_len,
         address,
-        &a,
-        &h0,
-        &dsum,
-        &state,
-        &h_last,
-        [batch, d_inner, d_state],
-        chunks,
-        fast,
     );
+    // SAFETY: pass 3 clamps its channel and writes nothing past `d_inner`; every other index
+    // is below the length of its tensor (`t < len`, `k < chunks`, `n < d_state`), all tensors
+    // but `z` being contiguous with the shapes checked or allocated above (`z` read within
+    // `z_span`, the extent of its view), `B` and `C` read in whole, aligned vectors as for the
+    // single-chunk launch.
     unsafe {
         scan_chunk_output_kernel::launch_unchecked(
             &client,
@@ -1498,18 +1467,25 @@ pub(crate) fn combine_chunks(
     }
 }
 
-/// Passes 1 and 2 alone, for f32 contiguous inputs of the shapes [`ScanInput`] states (the
-/// backward kernel's time chunks, `scan_backward_cube.rs`): the state coming into each chunk
-/// of `chunk_len` steps, `[batch, chunks, d_state, d_inner]` (chunk `k` covers steps
-/// `[k·chunk_len, min((k+1)·chunk_len, len))`), `Δ = softplus(delta + bias)`.
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn chunk_incoming_states(
-    u: &CubeTensor,
-    delta: &CubeTensor,
-    a: &CubeTensor,
-    b: &CubeTensor,
-    delta_bias: &CubeTensor,
-    h0: &CubeTensor,
+/// How passes 1 and 2 read `B` ([`chunk_states`]): the tensor, its row strides in vectors
+/// of `vec` floats, the element types of the activations and of `B`, and whether `Δ` is
+/// `softplus(delta + bias)` (`activate`) or `delta + bias`.
+pub(crate) struct ChunkRows<'a> {
+    pub b: &'a CubeTensor,
+    pub bs: (usize, usize),
+    pub vec: usize,
+    pub elems: [ElemType; 2],
+    pub activate: bool,
+}
+
+/// Passes 1 and 2: the state coming into each chunk of `chunk_len` steps, `[batch, chunks,
+/// d_state, d_inner]` (chunk `k` covers steps `[k·chunk_len, min((k+1)·chunk_len, len))`),
+/// from `[u, delta, A, Δ bias, h0, h_last]` (`h_last`, `[batch, d_inner, d_state]`, receives
+/// the state after the last step). The forward scan runs pass 3 on it; the backward kernel's
+/// time chunks start from it (`scan_backward_cube.rs`).
+pub(crate) fn chunk_states(
+    rows: ChunkRows<'_>,
+    [u, delta, a, delta_bias, h0, h_last]: [&CubeTensor; 6],
     [batch, len, d_inner, d_state]: [usize; 4],
     chunk_len: usize,
     address: AddressType,
@@ -1524,34 +1500,28 @@ pub(crate) fn chunk_incoming_states(
         )
     };
     let chunks = len.div_ceil(chunk_len);
-    let vec = if aligned(b, vector_width(d_state)) {
-        vector_width(d_state)
-    } else {
-        1
-    };
     let state = empty(vec![batch, chunks, d_state, d_inner]);
     let dsum = empty(vec![batch, chunks, d_inner]);
-    let h_last = empty(vec![batch, d_inner, d_state]);
     let fast = fast_math(&client);
     let (prefetch1, _) = scan_prefetch();
     let (depth1, _) = scan_depth();
-    let f32_elem = ElemType::Float(cubecl::ir::FloatKind::F32);
     let (count, dim) = chunk_cubes(&client, batch * chunks, d_inner);
-    // SAFETY: as pass 1 in `scan_cube_with`: threads past `d_inner` read the last channel and
-    // write nothing, `t < len`, `k < chunks`, `n < d_state`; every tensor is contiguous f32
-    // with the shape the caller states (`B` rows whole vectors: `vec` divides `d_state` and
-    // `B` starts on a vector boundary).
+    // SAFETY: threads past `d_inner` read the last channel and write nothing, `t < len`,
+    // `k < chunks`, `n < d_state`; `u`, `delta`, `A`, the Δ bias and the outputs are
+    // contiguous with the shapes the caller states, `B` is read through its row strides in
+    // whole, aligned vectors (the caller checks that `vec` divides `d_state` and the strides,
+    // and that `B` starts on a vector boundary).
     unsafe {
         scan_chunk_state_kernel::launch_unchecked(
             &client,
             count,
             dim,
             address,
-            vec,
+            rows.vec,
             u.clone().into_tensor_arg(),
             delta.clone().into_tensor_arg(),
             a.clone().into_tensor_arg(),
-            b.clone().into_tensor_arg(),
+            rows.b.clone().into_tensor_arg(),
             delta_bias.clone().into_tensor_arg(),
             state.clone().into_tensor_arg(),
             dsum.clone().into_tensor_arg(),
@@ -1559,15 +1529,15 @@ pub(crate) fn chunk_incoming_states(
             d_inner,
             chunks,
             chunk_len,
-            len * d_state / vec,
-            d_state / vec,
+            rows.bs.0,
+            rows.bs.1,
             d_state,
-            vec,
+            rows.vec,
             fast,
-            true,
+            rows.activate,
             prefetch1,
             depth1,
-            [f32_elem, f32_elem],
+            rows.elems,
         );
     }
     combine_chunks(
@@ -1577,12 +1547,53 @@ pub(crate) fn chunk_incoming_states(
         h0,
         &dsum,
         &state,
-        &h_last,
+        h_last,
         [batch, d_inner, d_state],
         chunks,
         fast,
     );
     state
+}
+
+/// [`chunk_states`] for f32 contiguous inputs of the shapes [`ScanInput`] states and
+/// `Δ = softplus(delta + bias)`: the backward kernel's time chunks.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn chunk_incoming_states(
+    u: &CubeTensor,
+    delta: &CubeTensor,
+    a: &CubeTensor,
+    b: &CubeTensor,
+    delta_bias: &CubeTensor,
+    h0: &CubeTensor,
+    [batch, len, d_inner, d_state]: [usize; 4],
+    chunk_len: usize,
+    address: AddressType,
+) -> CubeTensor {
+    let h_last = empty_device_contiguous_dtype(
+        u.client.clone(),
+        u.device.clone(),
+        Shape::from(vec![batch, d_inner, d_state]),
+        DType::F32,
+    );
+    let vec = if aligned(b, vector_width(d_state)) {
+        vector_width(d_state)
+    } else {
+        1
+    };
+    let f32_elem = ElemType::Float(cubecl::ir::FloatKind::F32);
+    chunk_states(
+        ChunkRows {
+            b,
+            bs: (len * d_state / vec, d_state / vec),
+            vec,
+            elems: [f32_elem, f32_elem],
+            activate: true,
+        },
+        [u, delta, a, delta_bias, h0, &h_last],
+        [batch, len, d_inner, d_state],
+        chunk_len,
+        address,
+    )
 }
 
 /// The CUDA C++ that CubeCL's C++ backend writes for the scan kernels on an sm_90 device (an
