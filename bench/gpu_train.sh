@@ -30,18 +30,23 @@ bps() { python3 -c "
 import json,sys
 rows=[json.loads(l) for l in open('$1/metrics.jsonl')]
 print(' '.join('%.0f' % r['train_bases_per_s'] for r in rows if 'train_bases_per_s' in r))"; }
+# E. coli training of build $1 into $2: windows of $3 bases, $4 per epoch, batch $5, 2 epochs;
+# prints the wall time and each epoch's train bases/s.
+ecoli() {
+  s=$(date +%s.%N)
+  /tmp/$1 train -o "$2" --fasta gpu/ecoli_k12.fa.gz --bed gpu/ecoli_k12.features.bed \
+    --bed-class coding=CDS --window "$3" --windows-per-epoch "$4" --batch-size "$5" --epochs 2 \
+    --d-model 64 --n-layer 3 --bidirectional --seed 1 --device cuda -q >/dev/null 2>&1 || echo "ecoli window $3 train failed"
+  e=$(date +%s.%N)
+  echo "$1 $mode ecoli window $3 batch $5, 2 epochs: $(python3 -c "print('%.1f s' % ($e-$s))"), train bases/s per epoch: $(bps "$2")"
+}
 for mode in $MODES; do for bin in $BINS; do
   G=/tmp/$bin
   if [ $mode = reference ]; then export GENOMAMBA_SCAN_BACKWARD=reference; else unset GENOMAMBA_SCAN_BACKWARD; fi
   if [ $mode = whole ]; then export GENOMAMBA_BACK_CHUNK=0; else unset GENOMAMBA_BACK_CHUNK; fi
   rm -rf /tmp/t1 /tmp/t2 /tmp/t3
   if [ "${LONG:-0}" = 1 ]; then
-    s=$(date +%s.%N)
-    $G train -o /tmp/t3 --fasta gpu/ecoli_k12.fa.gz --bed gpu/ecoli_k12.features.bed \
-      --bed-class coding=CDS --window 131072 --windows-per-epoch 8 --batch-size 1 --epochs 2 \
-      --d-model 64 --n-layer 3 --bidirectional --seed 1 --device cuda -q >/dev/null 2>&1 || echo "ecoli long train failed"
-    e=$(date +%s.%N)
-    echo "$bin $mode ecoli window 131072 batch 1, 2 epochs: $(python3 -c "print('%.1f s' % ($e-$s))"), train bases/s per epoch: $(bps /tmp/t3)"
+    ecoli "$bin" /tmp/t3 131072 8 1
     tail -1 /tmp/t3/metrics.jsonl | cut -c1-200
   fi
   [ "${SHORT:-1}" = 1 ] || continue
@@ -50,12 +55,7 @@ for mode in $MODES; do for bin in $BINS; do
     --d-model 64 --n-layer 2 --batch-size 32 --seed 1 --device cuda -q >/dev/null 2>&1 || echo "oct4 train failed"
   e=$(date +%s.%N)
   echo "$bin $mode oct4/mafk 2 epochs: $(python3 -c "print('%.1f s' % ($e-$s))"), train bases/s per epoch: $(bps /tmp/t1)"
-  s=$(date +%s.%N)
-  $G train -o /tmp/t2 --fasta gpu/ecoli_k12.fa.gz --bed gpu/ecoli_k12.features.bed \
-    --bed-class coding=CDS --window 2048 --windows-per-epoch 512 --batch-size 64 --epochs 2 \
-    --d-model 64 --n-layer 3 --bidirectional --seed 1 --device cuda -q >/dev/null 2>&1 || echo "ecoli train failed"
-  e=$(date +%s.%N)
-  echo "$bin $mode ecoli window 2048 batch 64, 2 epochs: $(python3 -c "print('%.1f s' % ($e-$s))"), train bases/s per epoch: $(bps /tmp/t2)"
+  ecoli "$bin" /tmp/t2 2048 512 64
   tail -1 /tmp/t1/metrics.jsonl | cut -c1-200
   tail -1 /tmp/t2/metrics.jsonl | cut -c1-200
 done; done

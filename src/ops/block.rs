@@ -832,10 +832,10 @@ pub(crate) fn time_rows(batch: usize, len: usize) -> (usize, usize) {
 /// `x` (`[batch, len, d]`, or any shape with channels last) plus or times a per-channel
 /// parameter `w` (`d` values), through [`per_channel`]. For rows longer than [`TIME_GROUP`]
 /// steps, `x` is first seen as rows of [`time_rows`] steps, so that under autodiff the
-/// parameter's gradient sums groups of steps side by side, then the groups: with one row per batch the per-row sum is one reduction over
-/// the whole window, which Burn's CUDA backend runs in a cube or two (a training step on
-/// windows of 131,072 at batch 1 spent most of its time there; BENCHMARKS.md, thirty-seventh
-/// session). The values are the same either way; a strided `x` is copied by the reshape.
+/// parameter's gradient sums groups of steps side by side, then the groups: with one row per
+/// batch the per-row sum is one reduction over the whole window, which Burn's CUDA backend
+/// runs in a cube or two (a training step on windows of 131,072 at batch 1 spent most of its
+/// time there; BENCHMARKS.md, thirty-seventh session). The values are the same either way; a strided `x` is copied by the reshape.
 fn per_channel_op<B: Backend>(
     x: FloatTensor<B>,
     w: FloatTensor<B>,
@@ -1414,14 +1414,8 @@ pub fn add_rms_norm(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::weights::host_values as host;
     use burn::tensor::{Device, TensorData};
-
-    fn host<const D: usize>(t: Tensor<D>) -> Vec<f32> {
-        t.into_data()
-            .convert::<f32>()
-            .try_to_vec::<f32>()
-            .unwrap_or_default()
-    }
 
     fn one_product<B: Backend>(x: FloatTensor<B>, w: FloatTensor<B>) -> FloatTensor<B> {
         B::float_matmul(x, batched_weight::<B>(w))
@@ -1456,7 +1450,7 @@ mod tests {
             let grads = (y.clone() * weights).sum().backward();
             let gx = x.grad(&grads).expect("x gradient");
             let gw = w.grad(&grads).expect("weight gradient");
-            (host(y), host(gx), host(gw.unsqueeze::<3>()))
+            (host(y), host(gx), host(gw))
         };
         assert_eq!(time_rows(1, len), (65, 64));
         let (grouped, one) = (run(true), run(false));
@@ -1513,7 +1507,7 @@ mod tests {
                 let grads = (y.clone() * weights).sum().backward();
                 let gx = x.grad(&grads).expect("x gradient");
                 let gw = w.grad(&grads).expect("parameter gradient");
-                (host(y), host(gx), host(gw.unsqueeze::<3>()))
+                (host(y), host(gx), host(gw))
             };
             let (grouped, rows) = (run(true), run(false));
             assert_eq!(grouped.0, rows.0, "{shape:?} {op:?}: values");

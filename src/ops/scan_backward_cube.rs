@@ -79,7 +79,8 @@ pub const MAX_BACK_D_STATE: usize = 64;
 /// `d_state` 16, 9·`d_state` above), between 8 and 64 steps. Smaller blocks mean more
 /// checkpoints (`len / block` states per channel) but a local array that stays in L1: at
 /// `d_state` 16 on the H200, with one thread per channel, 8 steps took 6.18 ms where 32 took
-/// 6.91 (training shape 128 × 2,048 × 128; BENCHMARKS.md, thirty-sixth session). `GENOMAMBA_BACK_BLOCK` (1 to 64) sets it for every `d_state`, for comparisons.
+/// 6.91 (training shape 128 × 2,048 × 128; BENCHMARKS.md, thirty-sixth session).
+/// `GENOMAMBA_BACK_BLOCK` (1 to 64) sets it for every `d_state`, for comparisons.
 fn back_block(d_state: usize) -> usize {
     static FROM_ENV: std::sync::OnceLock<Option<usize>> = std::sync::OnceLock::new();
     let forced = *FROM_ENV.get_or_init(|| {
@@ -181,7 +182,8 @@ fn kernel_enabled() -> bool {
     std::env::var("GENOMAMBA_SCAN_BACKWARD").map_or(true, |v| v != "reference")
 }
 
-/// See the module documentation. Cubes: `(group of channels, batch row)`; `width · lanes`
+/// See the module documentation. Cubes: `(group of channels, batch row · chunks + time
+/// chunk)`; `width · lanes`
 /// threads per cube, thread `t` on channel `grp·width + t / lanes` and its states
 /// `(t % lanes)·per ..` (`per = d_state / lanes`); threads past `d_inner` follow the last
 /// channel, write nothing and add zeros to the sums.
@@ -229,11 +231,7 @@ fn scan_backward_kernel(
     let bi = bk / chunks;
     let kc = bk % chunks;
     let tb = kc * chunk_len;
-    let te = if tb + chunk_len < len {
-        tb + chunk_len
-    } else {
-        len
-    };
+    let te = min(tb + chunk_len, len);
     let groups = CUBE_COUNT_X as usize;
     let tid = UNIT_POS_X as usize;
     // This thread's channel within the cube, and the first of its states.
@@ -253,7 +251,7 @@ fn scan_backward_kernel(
         let an = a[ch * d_state + n0 + q];
         ar[q] = an;
         av[q] = an * a_scale(fast);
-        h[q] = h_start[start_index(bi, kc, chunks, ch, n0 + q, d_inner, d_state, chunked)];
+        h[q] = h_start[state_index(bi, kc, chunks, ch, n0 + q, d_inner, d_state, chunked)];
     }
     let bias = delta_bias[ch];
     let dskip = d[ch];
@@ -287,9 +285,10 @@ fn scan_backward_kernel(
     let mut ga = Array::<f32>::new(per);
     #[unroll]
     for q in 0..per {
-        // The adjoint coming in from after the chunk (chunks in reverse order, see
-        // `end_index`), or `∂L/∂h[len-1]`.
-        g[q] = g_end[end_index(bi, kc, chunks, ch, n0 + q, d_inner, d_state, chunked)];
+        // The adjoint coming in from after the chunk (`g_end` holds the chunks in reverse
+        // order, see `scan_adjoint_chunk_kernel`), or `∂L/∂h[len-1]`.
+        let kr = chunks - 1 - kc;
+        g[q] = g_end[state_index(bi, kr, chunks, ch, n0 + q, d_inner, d_state, chunked)];
         ga[q] = 0.0f32;
     }
     let mut gd = 0.0f32;
@@ -447,13 +446,14 @@ fn advance(
     }
 }
 
-/// Where a thread's incoming state is: in `h0` (`[batch, d_inner, d_state]`), or, `chunked`,
-/// in the forward passes' chunk states (`[batch, chunks, d_state, d_inner]`, chunk `kc`).
+/// Where state `n` of channel `ch` of batch row `bi` is in a kernel input of states: a
+/// `[batch, d_inner, d_state]` tensor (`h0`, `∂L/∂h[len-1]`), or, `chunked`, entry `k` of
+/// `[batch, chunks, d_state, d_inner]` (pass 2's chunk states and adjoints).
 #[cube]
 #[allow(clippy::too_many_arguments)]
-fn start_index(
+fn state_index(
     bi: usize,
-    kc: usize,
+    k: usize,
     chunks: usize,
     ch: usize,
     n: usize,
@@ -462,30 +462,7 @@ fn start_index(
     #[comptime] chunked: bool,
 ) -> usize {
     if chunked {
-        ((bi * chunks + kc) * d_state + n) * d_inner + ch
-    } else {
-        (bi * d_inner + ch) * d_state + n
-    }
-}
-
-/// Where the adjoint coming into a thread's chunk from later steps is: `∂L/∂h[len-1]`
-/// (`[batch, d_inner, d_state]`), or, `chunked`, what the reverse pass 2 left for chunk `kc`
-/// (`[batch, chunks, d_state, d_inner]` with the chunks in reverse order, see
-/// [`scan_adjoint_chunk_kernel`]).
-#[cube]
-#[allow(clippy::too_many_arguments)]
-fn end_index(
-    bi: usize,
-    kc: usize,
-    chunks: usize,
-    ch: usize,
-    n: usize,
-    d_inner: usize,
-    #[comptime] d_state: usize,
-    #[comptime] chunked: bool,
-) -> usize {
-    if chunked {
-        ((bi * chunks + (chunks - 1 - kc)) * d_state + n) * d_inner + ch
+        ((bi * chunks + k) * d_state + n) * d_inner + ch
     } else {
         (bi * d_inner + ch) * d_state + n
     }
