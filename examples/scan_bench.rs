@@ -8,7 +8,8 @@
 //! read once and `y` written once, 4 bytes each (2 in a half format).
 //!
 //! Run: `cargo run --release --features cuda --example scan_bench -- [MAX_LOG2 [D_INNER [FORMAT
-//! [BATCH]]]]` (defaults 20, 1024, f32, 1). The layer shape of the chr20 runs in BENCHMARKS.md:
+//! [BATCH [MIN_LOG2]]]]]` (defaults 20, 1024, f32, 1, 12; lengths step by factors of 4 from
+//! 2^MIN_LOG2). The layer shape of the chr20 runs in BENCHMARKS.md:
 //! `16 512 f16`; its sixteen layers' scans of one chunk as batch rows: `16 512 f16 16`.
 //! `GENOMAMBA_SCAN_WALK=off` keeps the chunked kernels where the walk would run.
 
@@ -46,6 +47,7 @@ fn main() {
         Some(other) => panic!("format {other:?}: use f32, f16 or bf16"),
     };
     let batch: usize = arg(4).and_then(|s| s.parse().ok()).unwrap_or(1);
+    let min_log2: u32 = arg(5).and_then(|s| s.parse().ok()).unwrap_or(12);
     let device = Device::cuda(0);
     println!(
         "selective scan on cuda:0: batch {batch}, d_inner {d_inner}, d_state {D_STATE}, \
@@ -55,7 +57,7 @@ fn main() {
         "{:>9} {:>10} {:>10} {:>12} {:>14} {:>12}",
         "L", "best ms", "median ms", "Gelem/s", "floor GB", "GB/s (best)"
     );
-    for log2 in (12..=max_log2).step_by(2) {
+    for log2 in (min_log2..=max_log2).step_by(2) {
         let len = 1usize << log2;
         let args = scan_inputs([batch, len, d_inner, D_STATE], act, false, &device);
         let first = timed(&args, &device);

@@ -10,16 +10,16 @@
 //! # Design
 //!
 //! One launch, `lanes` threads per `(batch row b, time chunk k, channel d)` ([`back_lanes`]:
-//! 4 on CUDA), each with `d_state / lanes` of the channel's states in registers, the chunk's
-//! steps walked in order by each thread:
+//! on CUDA 4, or 1 when time is split into chunks), each with `d_state / lanes` of the
+//! channel's states in registers, the chunk's steps walked in order by each thread:
 //!
 //! 1. Forward over the chunk from its incoming state, writing the state at the start of every
 //!    block of [`back_block`] steps (`ckpt`, `[batch·chunks, blocks, d_state, padded
 //!    d_inner]`).
 //! 2. Blocks from last to first: the block's states are recomputed from its checkpoint into a
-//!    per-thread array (`block + 1` rows of the thread's states: the state before the block,
-//!    then after each step), and the block is walked backwards with the reverse recurrence
-//!    `G[t] = Ā[t+1]·G[t+1] + C[t]·ḡ[t]`, summing `∂A` per thread; the sums over a channel's
+//!    per-thread array (`block` rows of the thread's states: the state before each step; the
+//!    state after a step is made again from it when needed), and the block is walked backwards
+//!    with the reverse recurrence `G[t] = Ā[t+1]·G[t+1] + C[t]·ḡ[t]`, summing `∂A` per thread; the sums over a channel's
 //!    states that `∂u`, `∂delta`, `∂z` need go through shared memory each step, and the
 //!    channel's first thread writes those and sums `∂D`, `∂Δbias`.
 //!
@@ -70,16 +70,18 @@ use super::scan_cube::{
 };
 
 /// Largest `d_state` the kernel takes (a thread keeps about `6·d_state / lanes` values in
-/// registers, plus `(block + 1)·d_state / lanes` in its local array); larger states go to the
+/// registers, plus `block·d_state / lanes` in its local array); larger states go to the
 /// tensor-operation backward.
 pub const MAX_BACK_D_STATE: usize = 64;
 
-/// Time steps per checkpoint for `d_state` states: the recomputed block is `(block + 1) ·
-/// d_state / lanes` floats per thread, a local array (for one lane 65 to 144 floats up to
-/// `d_state` 16, 9·`d_state` above), between 8 and 64 steps. Smaller blocks mean more
-/// checkpoints (`len / block` states per channel) but a local array that stays in L1: at
-/// `d_state` 16 on the H200, with one thread per channel, 8 steps took 6.18 ms where 32 took
-/// 6.91 (training shape 128 × 2,048 × 128; BENCHMARKS.md, thirty-sixth session).
+/// Time steps per checkpoint for `d_state` states: the recomputed block is `block · d_state /
+/// lanes` floats per thread, a local array (for one lane 64 floats up to `d_state` 16,
+/// 4·`d_state` above), between 4 and 64 steps. Smaller blocks mean more checkpoints (`len /
+/// block` states per channel: at `d_state` 16 and 4 steps a transient tensor 4 times the size
+/// of `u`) but a local array that stays in L1: at `d_state` 16 on the H200, with one thread per
+/// channel, 8 steps took 6.18 ms where 32 took 6.91 (training shape 128 × 2,048 × 128;
+/// BENCHMARKS.md, thirty-sixth session), and 4 steps 3.14 ms where 8 took 3.33 (time chunks,
+/// 2 × 131,072 × 128; thirty-eighth session).
 /// `GENOMAMBA_BACK_BLOCK` (1 to 64) sets it for every `d_state`, for comparisons.
 fn back_block(d_state: usize) -> usize {
     static FROM_ENV: std::sync::OnceLock<Option<usize>> = std::sync::OnceLock::new();
@@ -89,14 +91,19 @@ fn back_block(d_state: usize) -> usize {
             .and_then(|v| v.parse::<usize>().ok())
             .filter(|b| (1..=64).contains(b))
     });
-    forced.unwrap_or_else(|| (128 / d_state.max(1)).clamp(8, 64))
+    forced.unwrap_or_else(|| (64 / d_state.max(1)).clamp(4, 64))
 }
 
-/// Threads per channel: 4 on CUDA (four times the warps of one thread per channel, which
-/// left one warp per scheduler at training shapes), 2 on the CPU runtime (so that its tests
-/// take the same path), each a power of two dividing `d_state` (else fewer);
-/// `GENOMAMBA_BACK_LANES` (1, 2, 4, 8, 16) sets the wish, for comparisons.
-fn back_lanes(d_state: usize, fast: bool) -> usize {
+/// Threads per channel. On CUDA 4 (four times the warps of one thread per channel, which left
+/// one warp per scheduler at training shapes), but 1 when time is split into chunks that
+/// already make [`ONE_LANE_THREADS`] threads of one lane (the chunks supply the threads, and
+/// one thread per channel does each step's per-channel work once instead of four times: at 2
+/// × 131,072 × 128 3.60 ms against 4.14, at 64 × 2,048 × 128 2.13 against 2.40, at 32 × 2,048 ×
+/// 128 (32,768 threads of one lane) 1.40 against 1.46 on the H200; at 16 × 2,048 × 128 1.29
+/// against 1.20; BENCHMARKS.md, thirty-eighth session). On the CPU runtime 2 (so that its tests take the path of several lanes). Each a
+/// power of two dividing `d_state` (else fewer); `GENOMAMBA_BACK_LANES` (1, 2, 4, 8, 16) sets
+/// the wish, for comparisons.
+fn back_lanes(d_state: usize, fast: bool, one_lane: bool) -> usize {
     static FROM_ENV: std::sync::OnceLock<Option<usize>> = std::sync::OnceLock::new();
     let forced = *FROM_ENV.get_or_init(|| {
         std::env::var("GENOMAMBA_BACK_LANES")
@@ -104,12 +111,20 @@ fn back_lanes(d_state: usize, fast: bool) -> usize {
             .and_then(|v| v.parse::<usize>().ok())
             .filter(|l| l.is_power_of_two() && *l <= 16)
     });
-    let mut lanes = forced.unwrap_or(if fast { 4 } else { 2 });
+    let mut lanes = forced.unwrap_or(match (fast, one_lane) {
+        (false, _) => 2,
+        (true, false) => 4,
+        (true, true) => 1,
+    });
     while lanes > 1 && !d_state.is_multiple_of(lanes) {
         lanes /= 2;
     }
     lanes
 }
+
+/// Threads of one lane per channel (batch rows × time chunks × channels) from which a kernel
+/// with time chunks runs one lane per channel ([`back_lanes`]).
+const ONE_LANE_THREADS: usize = 1 << 15;
 
 /// Steps per time chunk set by [`set_backward_chunk_len`] (0: unset).
 static CHUNK_LEN: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
@@ -293,8 +308,12 @@ fn scan_backward_kernel(
     }
     let mut gd = 0.0f32;
     let mut gbias = 0.0f32;
-    let mut hs = Array::<f32>::new(comptime!((block + 1) * per));
-    let mut red = Shared::<[f32]>::new_slice(comptime!(2 * d_state * width));
+    let mut hs = Array::<f32>::new(comptime!(block * per));
+    // ∂C/∂B terms per column (`2·d_state`) and channel, each column's row padded to `width + 1`
+    // so that the threads summing adjacent columns read different banks (a row of exactly
+    // `width` = 32 put a warp's 32 reads of one step in one bank).
+    let stride = comptime!(width + 1);
+    let mut red = Shared::<[f32]>::new_slice(comptime!(2 * d_state * (width + 1)));
     // Each thread's parts of the channel's three sums over states, per step.
     let mut part = Shared::<[f32]>::new_slice(comptime!(3 * threads));
     let cols = comptime!(2 * d_state);
@@ -303,29 +322,30 @@ fn scan_backward_kernel(
         k -= 1;
         let t0 = min(tb + k * block, te);
         let t1 = min(t0 + block, te);
-        // Row 0: the state before the block; row r + 1: after step t0 + r.
+        // Row r: the state before step t0 + r (the state after it is recomputed from it in
+        // the walk back, so a block keeps `block` rows, not `block + 1`).
         #[unroll]
         for q in 0..per {
-            let v = ckpt[((bk * blocks + k) * d_state + n0 + q) * padded + col];
-            h[q] = v;
-            hs[q] = v;
+            h[q] = ckpt[((bk * blocks + k) * d_state + n0 + q) * padded + col];
         }
         for t in t0..t1 {
-            let i = (bi * len + t) * d_inner + ch;
-            advance(
-                &mut h,
-                &av,
-                b,
-                (bi * len + t) * d_state + n0,
-                delta[i] + bias,
-                u[i],
-                per,
-                fast,
-            );
-            let row = (t - t0 + 1) * per;
+            let row = (t - t0) * per;
             #[unroll]
             for q in 0..per {
                 hs[row + q] = h[q];
+            }
+            if t + 1 < t1 {
+                let i = (bi * len + t) * d_inner + ch;
+                advance(
+                    &mut h,
+                    &av,
+                    b,
+                    (bi * len + t) * d_state + n0,
+                    delta[i] + bias,
+                    u[i],
+                    per,
+                    fast,
+                );
             }
         }
         let mut t = t1;
@@ -343,7 +363,6 @@ fn scan_backward_kernel(
             let gbar = gy * zt * sig_z;
             let dtu = dt * ut;
             let bo = (bi * len + t) * d_state + n0;
-            let cur = (t - t0 + 1) * per;
             let prev = (t - t0) * per;
             let mut sy = 0.0f32;
             let mut dus = 0.0f32;
@@ -351,26 +370,29 @@ fn scan_backward_kernel(
             #[unroll]
             for q in 0..per {
                 let n = n0 + q;
-                let ht = hs[cur + q];
                 let hp = hs[prev + q];
                 let bn = b[bo + q];
                 let cn = c[bo + q];
                 // G[t] = Ā[t+1]·G[t+1] (carried) + C[t]·ḡ[t]
                 let gn = g[q] + cn * gbar;
                 let abar = decay(dt * av[q], fast);
+                // The state after step t, as the forward step makes it.
+                let ht = abar * hp + dtu * bn;
                 let gah = gn * abar * hp;
                 // ∂C[t,n] and ∂B[t,n] terms of this channel.
-                red[n * width + lane] = if active { gbar * ht } else { 0.0f32 };
-                red[(d_state + n) * width + lane] = if active { gn * dtu } else { 0.0f32 };
+                red[n * stride + lane] = if active { gbar * ht } else { 0.0f32 };
+                red[(d_state + n) * stride + lane] = if active { gn * dtu } else { 0.0f32 };
                 dus += gn * bn;
                 ddt += gah * ar[q] + gn * bn * ut;
                 ga[q] += gah * dt;
                 sy += cn * ht;
                 g[q] = abar * gn;
             }
-            part[tid] = dus;
-            part[threads + tid] = ddt;
-            part[2 * threads + tid] = sy;
+            if comptime!(lanes > 1) {
+                part[tid] = dus;
+                part[threads + tid] = ddt;
+                part[2 * threads + tid] = sy;
+            }
             sync_cube();
             if first_lane {
                 // The channel's sums over all its states (its lanes are adjacent threads).
@@ -395,7 +417,7 @@ fn scan_backward_kernel(
                 let mut acc = 0.0f32;
                 #[unroll]
                 for w in 0..width {
-                    acc += red[j * width + w];
+                    acc += red[j * stride + w];
                 }
                 // Column j is ∂C[t, j] (j < d_state) or ∂B[t, j - d_state].
                 let half = j / d_state;
@@ -617,13 +639,20 @@ pub(crate) fn scan_backward_cube(
     let fast = fast_math(&client);
     // A cube's channels: a warp on CUDA; one on the CPU runtime (see the module documentation).
     let width = if fast { 32 } else { 1 };
-    let lanes = back_lanes(d_state, fast);
     let groups = d_inner.div_ceil(width);
     let block = back_block(d_state);
-    let chunk_len = back_chunk_len([batch, len, d_inner], lanes, block, fast);
+    // Whether time is split is decided at the lanes of one piece; split, the kernel then runs
+    // its own number of lanes.
+    let whole_lanes = back_lanes(d_state, fast, false);
+    let chunk_len = back_chunk_len([batch, len, d_inner], whole_lanes, block, fast);
     let chunks = len.div_ceil(chunk_len);
-    let blocks = chunk_len.div_ceil(block);
     let rows = batch * chunks;
+    let lanes = back_lanes(
+        d_state,
+        fast,
+        chunks > 1 && rows * d_inner >= ONE_LANE_THREADS,
+    );
+    let blocks = chunk_len.div_ceil(block);
     let ckpt = empty(vec![rows, blocks, d_state, groups * width]);
     let du = empty(vec![batch, len, d_inner]);
     let ddelta = empty(vec![batch, len, d_inner]);
@@ -714,8 +743,8 @@ pub(crate) fn scan_backward_cube(
     // read channel `ch < d_inner` (those past `d_inner` the last one) and write `ckpt` only in
     // their own column `col < groups·width`; per-channel outputs only when `col < d_inner`;
     // `t < len`, `n0 + q < d_state`, `k < blocks`, `j < 2·d_state`, `w < width`, and the
-    // local array and shared memory are indexed below their comptime sizes (`(block + 1)·per`:
-    // `t - t0 + 1 <= block`; `2·d_state·width`; `3·threads`, read at `tid + l` only by a
+    // local array and shared memory are indexed below their comptime sizes (`block·per`:
+    // `t - t0 < block`; `2·d_state·(width + 1)`; `3·threads`, read at `tid + l` only by a
     // channel's first thread, `l < lanes`).
     unsafe {
         scan_backward_kernel::launch_unchecked(
