@@ -50,9 +50,9 @@ use genomamba::ops::project_mma::{
 use genomamba::ops::project_wgmma::{gemm_wg_launches, set_gemm_wgmma};
 use genomamba::ops::scan_backward_cube::{scan_backward_launches, set_backward_chunk_len};
 use genomamba::ops::{
-    ScanArgs, ScanGradTensors, ScanPath, WALK_MIN_LANES, selective_scan, selective_scan_activated,
-    selective_scan_backward, selective_scan_backward_reference, selective_scan_gated,
-    selective_scan_reference, selective_scan_reference_with, set_scan_path,
+    ScanArgs, ScanGradTensors, ScanPath, WALK_MIN_LANES, WHOLE_ROWS_THREADS, selective_scan,
+    selective_scan_activated, selective_scan_backward, selective_scan_backward_reference,
+    selective_scan_gated, selective_scan_reference, selective_scan_reference_with, set_scan_path,
 };
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -1360,6 +1360,14 @@ fn gpu_scan_walk_matches_reference() {
         print!("auto (walks): ");
         let (ey, eh) = compare(&x, &gpu);
         assert!(ey <= TOL && eh <= TOL, "auto walk: y {ey:e}, h {eh:e}");
+        // From WHOLE_ROWS_THREADS rows × channels on, pass 3 alone over whole rows instead.
+        let x = random_case(4110, [WHOLE_ROWS_THREADS / 512, 40, 512, 16], false);
+        print!("auto (whole rows, pass 3 alone): ");
+        let (ey, eh) = compare(&x, &gpu);
+        assert!(
+            ey <= TOL && eh <= TOL,
+            "auto whole rows: y {ey:e}, h {eh:e}"
+        );
     }
 }
 

@@ -41,4 +41,4 @@ pub use scan::{
 #[cfg(feature = "cuda")]
 pub use scan_cube::cuda_sources as scan_cuda_sources;
 #[cfg(feature = "cube")]
-pub use scan_cube::{ScanPath, WALK_MIN_LANES, set_scan_path};
+pub use scan_cube::{ScanPath, WALK_MIN_LANES, WHOLE_ROWS_THREADS, set_scan_path};

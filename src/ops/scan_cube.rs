@@ -90,12 +90,17 @@
 //! once (commit 2e202cc, reverted), was correct but 2.7x slower: its `items·d_state` products
 //! in registers (128-140 registers) left one cube per SM, and the look-back advanced one
 //! segment per round trip through global memory.
-//! A single chunk needs `N` per `(t, d)` instead of `2N`: that is the path when batch × d_inner
-//! reaches [`TARGET_THREADS`], and from [`WALK_MIN_LANES`] threads on (batch 16 at `d_inner`
-//! 512) the walk kernel of [`scan_walk`](super::scan_walk) takes over, which spreads a
-//! channel's states over four threads and stages inputs through shared memory (1.05x the
-//! chunked passes' speed at batch 16 in f16, 1.4x in f32 and at batch 32-64; slower below 16
-//! rows, where it is bound by the latency of its steps). For batch 1, a block-wide scan over time per state index (as
+//! A single chunk needs `N` per `(t, d)` instead of `2N`. From [`WALK_MIN_LANES`] threads on
+//! (batch 16 at `d_inner` 512) the walk kernel of [`scan_walk`](super::scan_walk) takes over,
+//! which spreads a channel's states over four threads and stages inputs through shared memory
+//! (1.05x the chunked passes' speed at batch 16 in f16, 1.4x in f32 and at batch 32-64; slower
+//! below 16 rows, where it is bound by the latency of its steps); and from
+//! [`WHOLE_ROWS_THREADS`] rows × channels on pass 3 alone runs each row in one chunk, one
+//! thread per `(row, channel)`, faster than the walk there (H200, 2^30 elements in f32 at
+//! `d_inner` 1024: batch 256 8.02 ms against 8.75, batch 1024 7.47 against 8.65, 51-55% of
+//! HBM bandwidth against the byte floor; in f16 at `d_inner` 512, batch 256 4.02 against 4.62;
+//! but at 2^16 rows × channels, batch 64 in f32, 11.3 against the walk's 9.05; BENCHMARKS.md,
+//! thirty-eighth session). For batch 1, a block-wide scan over time per state index (as
 //! the official Mamba kernel does) would keep each chunk's `exp(Δ·A)` in registers instead of
 //! recomputing it, but with time-major inputs a block per channel reads 4 bytes per 32-byte
 //! sector, so it needs the inputs channel-major (or staged through shared memory) to pay off.
@@ -233,7 +238,8 @@ const MAX_SCAN_DEPTH: usize = 4;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ScanPath {
     /// The walk kernel (`scan_walk.rs`) where the batch rows × channels fill the GPU on their own
-    /// (at least [`WALK_MIN_LANES`] threads), else the chunked passes.
+    /// (at least [`WALK_MIN_LANES`] threads), but pass 3 alone over whole rows from
+    /// [`WHOLE_ROWS_THREADS`] rows × channels, else the chunked passes.
     Auto,
     /// Always the chunked passes.
     Chunked,
@@ -279,6 +285,11 @@ fn scan_path() -> ScanPath {
 /// two warps per sub-partition of an H200's 132 SMs.
 pub const WALK_MIN_LANES: usize = 1 << 15;
 
+/// Fewest batch rows × channels for which the scan runs pass 3 alone over whole rows (one
+/// chunk per row, one thread per `(row, channel)`) instead of the walk or the chunked passes:
+/// enough threads to fill the GPU on their own (see the module documentation).
+pub const WHOLE_ROWS_THREADS: usize = 1 << 17;
+
 /// The usual lanes per channel of the walk: up to 4, a power of two dividing `d_state`.
 fn walk_lanes(d_state: usize) -> usize {
     [4, 2, 1]
@@ -299,7 +310,8 @@ fn walk_choice(batch: usize, d_inner: usize, d_state: usize) -> Option<usize> {
         && lanes <= 32
         && d_state.is_multiple_of(lanes)
         && d_state / lanes <= MAX_STATES_PER_LANE;
-    let enough = forced || batch * d_inner * lanes >= WALK_MIN_LANES;
+    let rows = batch * d_inner;
+    let enough = forced || (rows * lanes >= WALK_MIN_LANES && rows < WHOLE_ROWS_THREADS);
     // The walk's cubes run over the batch rows along y, which launches cap at 65,535.
     let launchable = batch <= u16::MAX as usize;
     (fits && enough && launchable).then_some(lanes)
@@ -973,7 +985,12 @@ impl Plan {
     /// GPU, none shorter than [`MIN_CHUNK`] steps (unless the sequence is).
     fn new(batch: usize, len: usize, d_inner: usize, d_state: usize) -> Self {
         let vec = vector_width(d_state);
-        let wanted = target_threads().div_ceil(batch * d_inner);
+        let rows = batch * d_inner;
+        let wanted = if rows >= WHOLE_ROWS_THREADS {
+            1
+        } else {
+            target_threads().div_ceil(rows)
+        };
         let most = (len / MIN_CHUNK).max(1);
         let chunks = wanted.clamp(1, most);
         let chunk_len = len.div_ceil(chunks);
@@ -1951,6 +1968,24 @@ mod tests {
                 "chunks {chunks}: {len} x {groups}"
             );
         }
+    }
+
+    #[test]
+    fn many_rows_run_whole_rows_in_pass_3_alone() {
+        // Below WHOLE_ROWS_THREADS rows × channels the walk (or chunks); from it one chunk per
+        // row and no walk. (Unit tests leave the path at its automatic choice.)
+        if scan_path() != ScanPath::Auto {
+            return;
+        }
+        for (batch, d_inner) in [(128, 1024), (256, 512), (1024, 1024), (1 << 17, 1)] {
+            assert!(batch * d_inner >= WHOLE_ROWS_THREADS);
+            assert_eq!(walk_choice(batch, d_inner, 16), None, "{batch} x {d_inner}");
+            let p = Plan::new(batch, 4096, d_inner, 16);
+            assert_eq!((p.chunks, p.chunk_len), (1, 4096), "{batch} x {d_inner}");
+        }
+        assert_eq!(walk_choice(64, 1024, 16), Some(4));
+        assert_eq!(walk_choice(64, 1024, 7), Some(1));
+        assert!(Plan::new(1, 1 << 20, 1024, 16).chunks > 1);
     }
 
     #[test]
