@@ -281,14 +281,18 @@ fn scan_backward_kernel(
             ckpt[((bk * blocks + k) * d_state + n0 + q) * padded + col] = h[q];
         }
         for t in t0..t1 {
-            let i = (bi * len + t) * d_inner + ch;
             advance(
                 &mut h,
                 &av,
+                u,
+                delta,
                 b,
-                (bi * len + t) * d_state + n0,
-                delta[i] + bias,
-                u[i],
+                bias,
+                bi * len + t,
+                ch,
+                n0,
+                d_inner,
+                d_state,
                 per,
                 fast,
             );
@@ -335,14 +339,18 @@ fn scan_backward_kernel(
                 hs[row + q] = h[q];
             }
             if t + 1 < t1 {
-                let i = (bi * len + t) * d_inner + ch;
                 advance(
                     &mut h,
                     &av,
+                    u,
+                    delta,
                     b,
-                    (bi * len + t) * d_state + n0,
-                    delta[i] + bias,
-                    u[i],
+                    bias,
+                    bi * len + t,
+                    ch,
+                    n0,
+                    d_inner,
+                    d_state,
                     per,
                     fast,
                 );
@@ -445,23 +453,31 @@ fn scan_backward_kernel(
     }
 }
 
-/// One step of a thread's states: `h = exp(Δ·A)·h + Δ·u·B[t]`, `Δ = softplus(s)` from the
-/// biased raw step `s`, `B[t]` the `count` values of `b` from `bo` (`av`: `A` scaled for
-/// [`decay`]). The forward walk and each block's recomputation advance the state with it.
+/// One step of a thread's states at row `rt = bi·len + t` of the sequences, channel `ch`:
+/// `h = exp(Δ·A)·h + Δ·u·B[t]`, `Δ = softplus(delta + bias)`, for the `count` states from
+/// `n0` (`av`: `A` scaled for [`decay`]). The forward walk and each block's recomputation
+/// advance the state with it.
 #[cube]
 #[allow(clippy::too_many_arguments)]
 fn advance(
     h: &mut Array<f32>,
     av: &Array<f32>,
+    u: &Tensor<f32>,
+    delta: &Tensor<f32>,
     b: &Tensor<f32>,
-    bo: usize,
-    s: f32,
-    ut: f32,
+    bias: f32,
+    rt: usize,
+    ch: usize,
+    n0: usize,
+    d_inner: usize,
+    #[comptime] d_state: usize,
     #[comptime] count: usize,
     #[comptime] fast: bool,
 ) {
-    let dt = softplus(s, fast);
-    let dtu = dt * ut;
+    let i = rt * d_inner + ch;
+    let dt = softplus(delta[i] + bias, fast);
+    let dtu = dt * u[i];
+    let bo = rt * d_state + n0;
     #[unroll]
     for n in 0..count {
         h[n] = decay(dt * av[n], fast) * h[n] + dtu * b[bo + n];
