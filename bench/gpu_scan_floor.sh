@@ -14,7 +14,7 @@ echo "== batch 64 x 2^14"; /tmp/scan_bench 14 1024 f32 64 14 | tail -1
 echo "== batch 64 x 2^14 walk off"; GENOMAMBA_SCAN_WALK=off /tmp/scan_bench 14 1024 f32 64 14 | tail -1
 echo "== ncu per kernel, batch 1, 2^20"
 timeout 200 ncu --clock-control none --metrics gpu__time_duration.sum --csv /tmp/scan_bench 20 1024 f32 1 20 > $OUT/scan_ncu.csv 2>/dev/null
-python3 bench/ncu_top.py $OUT/scan_ncu.csv | head -12
+python3 bench/ncu_top.py $OUT/scan_ncu.csv > /tmp/scan_top.txt; head -12 /tmp/scan_top.txt
 echo "== backward sweep 2x131072x128"
 for l in 1 2 4; do for c in 128 256 512; do echo "lanes $l chunk $c: $(GENOMAMBA_BACK_LANES=$l GENOMAMBA_BACK_CHUNK=$c /tmp/scan_backward_bench 2 131072 128 whole 2>&1 | tail -1)"; done; done
 echo "== ncu backward"
