@@ -835,7 +835,8 @@ pub(crate) fn time_rows(batch: usize, len: usize) -> (usize, usize) {
 /// parameter's gradient sums groups of steps side by side, then the groups: with one row per
 /// batch the per-row sum is one reduction over the whole window, which Burn's CUDA backend
 /// runs in a cube or two (a training step on windows of 131,072 at batch 1 spent most of its
-/// time there; BENCHMARKS.md, thirty-seventh session). The values are the same either way; a strided `x` is copied by the reshape.
+/// time there; BENCHMARKS.md, thirty-seventh session). The values are the same either way; a
+/// strided `x` is copied by the reshape.
 fn per_channel_op<B: Backend>(
     x: FloatTensor<B>,
     w: FloatTensor<B>,

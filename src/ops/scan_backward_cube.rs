@@ -19,9 +19,10 @@
 //! 2. Blocks from last to first: the block's states are recomputed from its checkpoint into a
 //!    per-thread array (`block` rows of the thread's states: the state before each step; the
 //!    state after a step is made again from it when needed), and the block is walked backwards
-//!    with the reverse recurrence `G[t] = Ā[t+1]·G[t+1] + C[t]·ḡ[t]`, summing `∂A` per thread; the sums over a channel's
-//!    states that `∂u`, `∂delta`, `∂z` need go through shared memory each step, and the
-//!    channel's first thread writes those and sums `∂D`, `∂Δbias`.
+//!    with the reverse recurrence `G[t] = Ā[t+1]·G[t+1] + C[t]·ḡ[t]`, summing `∂A` per
+//!    thread; the sums over a channel's states that `∂u`, `∂delta`, `∂z` need go through
+//!    shared memory each step, and the channel's first thread writes those and sums `∂D`,
+//!    `∂Δbias`.
 //!
 //! `∂B[t,n]` and `∂C[t,n]` are sums over channels: every step, the cube's threads (its
 //! channels: 32 on CUDA, one on the CPU runtime, whose barriers spin) put their terms in
@@ -100,9 +101,9 @@ fn back_block(d_state: usize) -> usize {
 /// one thread per channel does each step's per-channel work once instead of four times: at 2
 /// × 131,072 × 128 3.60 ms against 4.14, at 64 × 2,048 × 128 2.13 against 2.40, at 32 × 2,048 ×
 /// 128 (32,768 threads of one lane) 1.40 against 1.46 on the H200; at 16 × 2,048 × 128 1.29
-/// against 1.20; BENCHMARKS.md, thirty-eighth session). On the CPU runtime 2 (so that its tests take the path of several lanes). Each a
-/// power of two dividing `d_state` (else fewer); `GENOMAMBA_BACK_LANES` (1, 2, 4, 8, 16) sets
-/// the wish, for comparisons.
+/// against 1.20; BENCHMARKS.md, thirty-eighth session). On the CPU runtime 2 (so that its
+/// tests take the path of several lanes). Each a power of two dividing `d_state` (else fewer);
+/// `GENOMAMBA_BACK_LANES` (1, 2, 4, 8, 16) sets the wish, for comparisons.
 fn back_lanes(d_state: usize, fast: bool, one_lane: bool) -> usize {
     static FROM_ENV: std::sync::OnceLock<Option<usize>> = std::sync::OnceLock::new();
     let forced = *FROM_ENV.get_or_init(|| {
@@ -198,8 +199,8 @@ fn kernel_enabled() -> bool {
 }
 
 /// See the module documentation. Cubes: `(group of channels, batch row · chunks + time
-/// chunk)`; `width · lanes`
-/// threads per cube, thread `t` on channel `grp·width + t / lanes` and its states
+/// chunk)`; `width · lanes` threads per cube, thread `t` on channel `grp·width + t / lanes`
+/// and its states
 /// `(t % lanes)·per ..` (`per = d_state / lanes`); threads past `d_inner` follow the last
 /// channel, write nothing and add zeros to the sums.
 #[cube(launch_unchecked, create_dummy_kernel, address_type = "dynamic")]
@@ -317,7 +318,7 @@ fn scan_backward_kernel(
     // so that the threads summing adjacent columns read different banks (a row of exactly
     // `width` = 32 put a warp's 32 reads of one step in one bank).
     let stride = comptime!(width + 1);
-    let mut red = Shared::<[f32]>::new_slice(comptime!(2 * d_state * (width + 1)));
+    let mut red = Shared::<[f32]>::new_slice(comptime!(2 * d_state * stride));
     // Each thread's parts of the channel's three sums over states, per step.
     let mut part = Shared::<[f32]>::new_slice(comptime!(3 * threads));
     let cols = comptime!(2 * d_state);

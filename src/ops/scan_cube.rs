@@ -290,6 +290,11 @@ pub const WALK_MIN_LANES: usize = 1 << 15;
 /// enough threads to fill the GPU on their own (see the module documentation).
 pub const WHOLE_ROWS_THREADS: usize = 1 << 17;
 
+/// Whether the scan runs pass 3 alone over whole rows (see [`WHOLE_ROWS_THREADS`]).
+fn whole_rows(batch: usize, d_inner: usize) -> bool {
+    batch * d_inner >= WHOLE_ROWS_THREADS
+}
+
 /// The usual lanes per channel of the walk: up to 4, a power of two dividing `d_state`.
 fn walk_lanes(d_state: usize) -> usize {
     [4, 2, 1]
@@ -310,8 +315,8 @@ fn walk_choice(batch: usize, d_inner: usize, d_state: usize) -> Option<usize> {
         && lanes <= 32
         && d_state.is_multiple_of(lanes)
         && d_state / lanes <= MAX_STATES_PER_LANE;
-    let rows = batch * d_inner;
-    let enough = forced || (rows * lanes >= WALK_MIN_LANES && rows < WHOLE_ROWS_THREADS);
+    let enough =
+        forced || (batch * d_inner * lanes >= WALK_MIN_LANES && !whole_rows(batch, d_inner));
     // The walk's cubes run over the batch rows along y, which launches cap at 65,535.
     let launchable = batch <= u16::MAX as usize;
     (fits && enough && launchable).then_some(lanes)
@@ -985,11 +990,10 @@ impl Plan {
     /// GPU, none shorter than [`MIN_CHUNK`] steps (unless the sequence is).
     fn new(batch: usize, len: usize, d_inner: usize, d_state: usize) -> Self {
         let vec = vector_width(d_state);
-        let rows = batch * d_inner;
-        let wanted = if rows >= WHOLE_ROWS_THREADS {
+        let wanted = if whole_rows(batch, d_inner) {
             1
         } else {
-            target_threads().div_ceil(rows)
+            target_threads().div_ceil(batch * d_inner)
         };
         let most = (len / MIN_CHUNK).max(1);
         let chunks = wanted.clamp(1, most);
