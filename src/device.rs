@@ -77,13 +77,140 @@ impl DeviceSpec {
         match self {
             DeviceSpec::Cpu => Ok(Device::flex()),
             #[cfg(feature = "cuda")]
-            DeviceSpec::Cuda(i) => Ok(Device::cuda(i)),
+            DeviceSpec::Cuda(i) => {
+                check_cuda(i)?;
+                Ok(Device::cuda(i))
+            }
             #[cfg(not(feature = "cuda"))]
             DeviceSpec::Cuda(_) => Err(Error::usage(
                 "this genomamba was built without GPU support",
                 "rebuild with `cargo build --release --features cuda`, or use --device cpu",
             )),
         }
+    }
+}
+
+/// What [`check_cuda`] found on this machine: the pieces Burn's CUDA backend needs before it
+/// can run a kernel, each of which it would otherwise report by panicking.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CudaProbe {
+    /// The driver library (`libcuda.so`) could be loaded.
+    pub driver: bool,
+    /// `cuInit`'s failure, as the driver names it; `None` when it succeeded.
+    pub init_error: Option<String>,
+    /// CUDA devices the driver sees.
+    pub devices: usize,
+    /// NVRTC (`libnvrtc.so`, the toolkit's run-time compiler) could be loaded.
+    pub nvrtc: bool,
+    /// The toolkit's directory as CubeCL looks it up (`CUDA_PATH`, else `/usr/local/cuda`,
+    /// `/opt/cuda`, `/usr` with `nvcc`), and whether its `include/cuda_fp16.h` exists.
+    pub toolkit: Option<(std::path::PathBuf, bool)>,
+}
+
+impl CudaProbe {
+    /// The first missing piece for running on GPU `index`, as a usage error (exit code 2) that
+    /// says what is missing and how to fix it; `Ok` when everything is there.
+    pub fn verdict(&self, index: usize) -> Result<()> {
+        let cpu = "or use --device cpu";
+        if !self.driver {
+            return Err(Error::usage(
+                "--device cuda: no NVIDIA driver on this machine (libcuda.so could not be loaded)",
+                format!("install the NVIDIA driver (`nvidia-smi` should list the GPU), {cpu}"),
+            ));
+        }
+        if let Some(e) = &self.init_error {
+            return Err(Error::usage(
+                format!("--device cuda: the NVIDIA driver did not start ({e})"),
+                format!(
+                    "check that `nvidia-smi` lists the GPU and that CUDA_VISIBLE_DEVICES does not hide it, {cpu}"
+                ),
+            ));
+        }
+        if index >= self.devices {
+            let what = match self.devices {
+                0 => "--device cuda: the NVIDIA driver sees no GPU".to_string(),
+                1 => format!("--device cuda:{index}: this machine has one CUDA GPU, cuda:0"),
+                n => format!(
+                    "--device cuda:{index}: this machine has {n} CUDA GPUs, cuda:0 to cuda:{}",
+                    n - 1
+                ),
+            };
+            return Err(Error::usage(what, format!("name a GPU that exists, {cpu}")));
+        }
+        if !self.nvrtc {
+            return Err(Error::usage(
+                "--device cuda: NVRTC, the CUDA toolkit's run-time compiler (libnvrtc.so), could not be loaded",
+                format!(
+                    "install the CUDA toolkit and put its lib64 directory on LD_LIBRARY_PATH, {cpu}"
+                ),
+            ));
+        }
+        match &self.toolkit {
+            None => Err(Error::usage(
+                "--device cuda: no CUDA toolkit found (kernels are compiled at run time against its headers)",
+                format!(
+                    "set CUDA_PATH to the toolkit's directory (the one holding include/cuda_fp16.h), {cpu}"
+                ),
+            )),
+            Some((dir, false)) => Err(Error::usage(
+                format!(
+                    "--device cuda: the CUDA toolkit at {} has no include/cuda_fp16.h",
+                    dir.display()
+                ),
+                format!("set CUDA_PATH to a complete toolkit's directory, {cpu}"),
+            )),
+            Some((_, true)) => Ok(()),
+        }
+    }
+}
+
+/// Looks for the CUDA driver, GPU `index`, NVRTC and the toolkit's headers, and fails with a
+/// one-line usage error for the first one missing ([`CudaProbe::verdict`]). Burn's CUDA
+/// backend would otherwise panic on a thread of its own the first time the device is used.
+#[cfg(feature = "cuda")]
+pub fn check_cuda(index: usize) -> Result<()> {
+    probe_cuda().verdict(index)
+}
+
+/// What [`check_cuda`] checks, found through the bindings cubecl-cuda itself uses.
+#[cfg(feature = "cuda")]
+pub fn probe_cuda() -> CudaProbe {
+    // SAFETY: each call only tries to load a shared library by name (and drops it).
+    let driver = unsafe { cudarc::driver::sys::is_culib_present() };
+    let nvrtc = unsafe { cudarc::nvrtc::sys::is_culib_present() };
+    let toolkit = cubecl_cuda::install::cuda_path().map(|dir| {
+        let headers = dir.join("include").join("cuda_fp16.h").is_file();
+        (dir, headers)
+    });
+    let (init_error, devices) = if driver {
+        match cudarc::driver::result::init() {
+            Ok(()) => (
+                None,
+                cudarc::driver::result::device::get_count().map_or(0, |n| n.max(0) as usize),
+            ),
+            Err(e) => {
+                let text = |c: std::result::Result<&std::ffi::CStr, _>| {
+                    c.map_or(String::new(), |c| c.to_string_lossy().into_owned())
+                };
+                (
+                    Some(format!(
+                        "{}: {}",
+                        text(e.error_name()),
+                        text(e.error_string())
+                    )),
+                    0,
+                )
+            }
+        }
+    } else {
+        (None, 0)
+    };
+    CudaProbe {
+        driver,
+        init_error,
+        devices,
+        nvrtc,
+        toolkit,
     }
 }
 
@@ -116,4 +243,102 @@ pub fn enable_kernel_cache() {
     let mut config = CubeClRuntimeConfig::from_current_dir().override_from_env();
     config.compilation.cache = true;
     let _ = CubeClRuntimeConfig::try_set(config);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn complete() -> CudaProbe {
+        CudaProbe {
+            driver: true,
+            init_error: None,
+            devices: 2,
+            nvrtc: true,
+            toolkit: Some(("/usr/local/cuda".into(), true)),
+        }
+    }
+
+    fn message(p: &CudaProbe, index: usize) -> String {
+        let e = p
+            .verdict(index)
+            .expect_err("a missing piece must be an error");
+        assert_eq!(e.exit_code(), 2, "{e}");
+        let m = e.to_string();
+        assert_eq!(m.lines().count(), 1, "{m}");
+        assert!(m.contains("--device cpu"), "{m}");
+        m
+    }
+
+    #[test]
+    fn a_complete_cuda_setup_passes_for_each_gpu_it_has() {
+        assert!(complete().verdict(0).is_ok());
+        assert!(complete().verdict(1).is_ok());
+    }
+
+    #[test]
+    fn each_missing_cuda_piece_is_named_in_one_line() {
+        let p = CudaProbe {
+            driver: false,
+            ..complete()
+        };
+        assert!(message(&p, 0).contains("no NVIDIA driver"));
+        let p = CudaProbe {
+            init_error: Some("CUDA_ERROR_NO_DEVICE".into()),
+            devices: 0,
+            ..complete()
+        };
+        assert!(message(&p, 0).contains("CUDA_ERROR_NO_DEVICE"));
+        let m = message(&complete(), 2);
+        assert!(
+            m.contains("cuda:2: this machine has 2 CUDA GPUs, cuda:0 to cuda:1"),
+            "{m}"
+        );
+        let p = CudaProbe {
+            devices: 1,
+            ..complete()
+        };
+        assert!(message(&p, 1).contains("cuda:1: this machine has one CUDA GPU, cuda:0;"));
+        let p = CudaProbe {
+            devices: 0,
+            ..complete()
+        };
+        assert!(message(&p, 0).contains("sees no GPU"));
+        let p = CudaProbe {
+            nvrtc: false,
+            ..complete()
+        };
+        assert!(message(&p, 0).contains("libnvrtc.so"));
+        let p = CudaProbe {
+            toolkit: None,
+            ..complete()
+        };
+        assert!(message(&p, 0).contains("CUDA_PATH"));
+        let p = CudaProbe {
+            toolkit: Some(("/opt/half".into(), false)),
+            ..complete()
+        };
+        assert!(message(&p, 0).contains("/opt/half has no include/cuda_fp16.h"));
+        // The driver is checked first: without it nothing else could have been looked at.
+        let p = CudaProbe {
+            driver: false,
+            nvrtc: false,
+            toolkit: None,
+            ..complete()
+        };
+        assert!(message(&p, 5).contains("no NVIDIA driver"));
+    }
+
+    #[test]
+    fn device_names_parse() {
+        assert_eq!("cpu".parse::<DeviceSpec>().ok(), Some(DeviceSpec::Cpu));
+        assert_eq!("cuda".parse::<DeviceSpec>().ok(), Some(DeviceSpec::Cuda(0)));
+        assert_eq!(
+            "cuda:3".parse::<DeviceSpec>().ok(),
+            Some(DeviceSpec::Cuda(3))
+        );
+        for bad in ["gpu", "cuda:", "cuda:x", "cuda3"] {
+            assert!(bad.parse::<DeviceSpec>().is_err(), "{bad}");
+        }
+    }
 }

@@ -453,6 +453,60 @@ fn bad_input_exits_2_with_one_line_and_leaves_no_output() {
     );
 }
 
+/// The error `--device cuda:99` must give on this build and machine: without the `cuda`
+/// feature, that the build has no GPU support; with it, the first piece missing here (the
+/// driver on a machine without one, the GPU's number on a machine with fewer GPUs).
+fn missing_gpu_needle() -> String {
+    #[cfg(feature = "cuda")]
+    {
+        match genomamba::device::probe_cuda().verdict(99) {
+            Err(genomamba::Error::Usage { what, .. }) => what,
+            other => panic!("cuda:99 should be missing here: {other:?}"),
+        }
+    }
+    #[cfg(not(feature = "cuda"))]
+    {
+        "built without GPU support".to_string()
+    }
+}
+
+#[test]
+fn a_gpu_that_is_not_there_is_one_line_and_exit_2() {
+    let t = tempfile::tempdir().unwrap();
+    let m = init(t.path(), "m", &[]);
+    let peaks = root().join("data/peaks.fa");
+    let out = t.path().join("out.tsv");
+    let needle = missing_gpu_needle();
+    let o = run(&[
+        "embed",
+        "-m",
+        s(&m),
+        s(&peaks),
+        "-o",
+        s(&out),
+        "--device",
+        "cuda:99",
+    ]);
+    assert_bad(&o, &needle);
+    assert!(!out.exists());
+    let trained = t.path().join("trained");
+    let a = format!("oct4={}", s(&root().join("data/peaks_oct4.fa")));
+    let b = format!("mafk={}", s(&root().join("data/peaks_mafk.fa")));
+    let o = run(&[
+        "train",
+        "-o",
+        s(&trained),
+        "--class",
+        &a,
+        "--class",
+        &b,
+        "--device",
+        "cuda:99",
+    ]);
+    assert_bad(&o, &needle);
+    assert!(!trained.exists());
+}
+
 #[test]
 fn closed_stdout_pipe_exits_quietly() {
     let t = tempfile::tempdir().unwrap();

@@ -9,7 +9,7 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use genomamba::alphabet::reverse_complement_tokens;
 use genomamba::device::DeviceSpec;
-use genomamba::infer::{DEFAULT_CHUNK, batch_positions, gpu_chunk};
+use genomamba::infer::{DEFAULT_CHUNK, batch_positions, check_gpu_chunk, gpu_chunk};
 use genomamba::infer::{PieceRunner, pad_length, run_batch};
 use genomamba::io::fastx::{Piece, RecordMeta, for_each_piece};
 use genomamba::io::region::{Region, read_region};
@@ -104,11 +104,16 @@ impl InputArgs {
         super::mark("device and model ready");
         let mut model = model?;
         model.backbone.set_precision(precision);
-        if self.chunk_size.is_none() && spec.compiles_per_shape() {
+        if spec.compiles_per_shape() {
             let d_inner = model.config.architecture.d_inner();
-            let chunk = gpu_chunk(d_inner, precision, spec.total_memory());
-            let _ = self.gpu_chunk.set(chunk);
-            super::mark(&format!("default GPU chunk {chunk}"));
+            match self.chunk_size {
+                Some(chunk) => check_gpu_chunk(chunk, d_inner, precision, spec.total_memory())?,
+                None => {
+                    let chunk = gpu_chunk(d_inner, precision, spec.total_memory());
+                    let _ = self.gpu_chunk.set(chunk);
+                    super::mark(&format!("default GPU chunk {chunk}"));
+                }
+            }
         }
         Ok((device, model))
     }

@@ -42,6 +42,15 @@ impl Precision {
             Precision::F16 => Some(FloatDType::F16),
         }
     }
+
+    /// The name `--precision` takes for it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Precision::F32 => "f32",
+            Precision::Bf16 => "bf16",
+            Precision::F16 => "f16",
+        }
+    }
 }
 
 impl std::str::FromStr for Precision {

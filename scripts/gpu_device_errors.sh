@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# On a machine with an NVIDIA GPU: what `--device cuda[:N]` and `--chunk-size` say when the GPU,
+# the driver or the toolkit is not as asked (each must be one line on stderr and exit code 2,
+# with no output file left), and that the same binary runs on the GPU that is there.
+# BIN: a genomamba built with `--features cuda` (default target/release/genomamba).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+BIN=${BIN:-target/release/genomamba}
+t=$(mktemp -d)
+"$BIN" init -o "$t/m" --d-model 256 --n-layer 2 >/dev/null || exit 1
+fails=0
+expect() { # expect CODE NEEDLE -- ARGS...: run, check exit code, one stderr line holding NEEDLE
+  local code=$1 needle=$2; shift 3
+  rm -f "$t/o.tsv"
+  "$@" >/dev/null 2>"$t/err"; local rc=$?
+  local lines; lines=$(wc -l <"$t/err")
+  if [ "$rc" = "$code" ] && { [ "$code" = 0 ] || { [ "$lines" = 1 ] && grep -qF -- "$needle" "$t/err"; }; } \
+      && { [ "$code" = 0 ] || [ ! -e "$t/o.tsv" ]; }; then
+    echo "ok   exit $rc: $(head -c 300 "$t/err")"
+  else
+    echo "FAIL exit $rc (wanted $code, '$needle'), $lines stderr lines: $(head -c 600 "$t/err")"
+    fails=$((fails + 1))
+  fi
+}
+n=$(nvidia-smi -L | wc -l)
+echo "GPUs: $n"
+has="this machine has $n CUDA GPUs"
+[ "$n" = 1 ] && has="this machine has one CUDA GPU"
+E=(embed -m "$t/m" data/peaks.fa -o "$t/o.tsv" --quiet)
+expect 0 "" -- "$BIN" "${E[@]}" --device cuda
+expect 2 "$has" -- "$BIN" "${E[@]}" --device "cuda:$n"
+expect 2 "$has" -- "$BIN" "${E[@]}" --device cuda:99
+expect 2 "$has" -- "$BIN" train -o "$t/tr" --class a=data/peaks_oct4.fa \
+  --class b=data/peaks_mafk.fa --device "cuda:$n"
+expect 2 "CUDA_ERROR_NO_DEVICE" -- env CUDA_VISIBLE_DEVICES= "$BIN" "${E[@]}" --device cuda
+expect 2 "has no include/cuda_fp16.h" -- env CUDA_PATH=/nonexistent "$BIN" "${E[@]}" --device cuda
+expect 2 "needs about 192.0 GiB" -- "$BIN" "${E[@]}" --device cuda --precision f16 --chunk-size 16777216
+expect 0 "" -- "$BIN" "${E[@]}" --device cuda --precision f16 --chunk-size 4194304
+[ -e "$t/tr" ] && { echo "FAIL: train left $t/tr"; fails=$((fails + 1)); }
+echo "failures: $fails"
+rm -rf "$t"
+[ "$fails" = 0 ]
