@@ -36,7 +36,15 @@ expect 2 "CUDA_ERROR_NO_DEVICE" -- env CUDA_VISIBLE_DEVICES= "$BIN" "${E[@]}" --
 expect 2 "has no include/cuda_fp16.h" -- env CUDA_PATH=/nonexistent "$BIN" "${E[@]}" --device cuda
 expect 2 "needs about 192.0 GiB" -- "$BIN" "${E[@]}" --device cuda --precision f16 --chunk-size 16777216
 expect 0 "" -- "$BIN" "${E[@]}" --device cuda --precision f16 --chunk-size 4194304
+# Far more than the GPU holds: a training batch of 4,096 windows of 16,384 bases through a
+# d_model 1,024 model (one of its activations alone is 4,096 x 16,384 x 2,048 x 4 bytes).
+chrom=$(head -n 1 data/yeast_chrI_20k.fa | cut -c 2- | cut -d ' ' -f 1)
+printf '%s\t1000\t5000\tgene\n' "$chrom" >"$t/genes.bed"
+expect 2 "the GPU ran out of memory" -- "$BIN" train -o "$t/tr" --fasta data/yeast_chrI_20k.fa \
+  --bed "$t/genes.bed" --window 16384 --windows-per-epoch 4096 --batch-size 4096 \
+  --d-model 1024 --n-layer 2 --epochs 1 --device cuda -q
 [ -e "$t/tr" ] && { echo "FAIL: train left $t/tr"; fails=$((fails + 1)); }
+echo "left in the scratch directory: $(ls -A "$t" | tr "\n" " ")"
 echo "failures: $fails"
 rm -rf "$t"
 [ "$fails" = 0 ]

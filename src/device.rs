@@ -214,6 +214,41 @@ pub fn probe_cuda() -> CudaProbe {
     }
 }
 
+/// The usage error for a panic whose message (`text`) is a device's failure to allocate
+/// memory, as CubeCL words it (`can't allocate buffer of size: N`, `out of device memory
+/// allocating N bytes`, or an out-of-memory launch error); `None` for any other panic. Burn's
+/// CUDA backend panics when the GPU's memory runs out, and the binary's panic hook turns that
+/// panic into this one line (exit code 2) with the flags that take less memory.
+pub fn out_of_memory(text: &str) -> Option<Error> {
+    let size_after = |marker: &str| {
+        let rest = &text[text.find(marker)? + marker.len()..];
+        let digits: String = rest
+            .trim_start()
+            .chars()
+            .take_while(char::is_ascii_digit)
+            .collect();
+        digits.parse::<u64>().ok()
+    };
+    let size = size_after("can't allocate buffer of size:")
+        .or_else(|| size_after("out of device memory allocating"));
+    let oom = size.is_some() || text.contains("out-of-memory error happened");
+    if !oom {
+        return None;
+    }
+    let what = match size {
+        Some(b) => format!(
+            "the GPU ran out of memory (an allocation of {:.1} GiB failed)",
+            b as f64 / (1u64 << 30) as f64
+        ),
+        None => "the GPU ran out of memory".to_string(),
+    };
+    Some(Error::usage(
+        what,
+        "use a smaller --chunk-size (embed, classify, annotate) or --batch-size or --window \
+         (train), or --precision f16",
+    ))
+}
+
 /// Starts `device` by uploading one value and reading it back: on a GPU that brings up the
 /// driver, its context and CubeCL's client for the device (about 0.2 s on an H200); the
 /// command-line tool runs it on a thread of its own while it reads the model.
@@ -327,6 +362,29 @@ mod tests {
             ..complete()
         };
         assert!(message(&p, 5).contains("no NVIDIA driver"));
+    }
+
+    #[test]
+    fn a_gpu_allocation_failure_reads_as_out_of_memory() {
+        // The panic of a training step on the H200 that asked for 128 GiB (abridged).
+        let panic = "Error while reading data: use `try_into_data` instead to catch the error \
+            at runtime: An error happened during execution\nCaused by:\n  Several failures at \
+            once\nCaused by:\n  An IO error happened\nCaused by:\n  can't allocate buffer of \
+            size: 137438953472\nNo backtrace available";
+        let e = out_of_memory(panic).expect("an allocation failure");
+        assert_eq!(e.exit_code(), 2);
+        let m = e.to_string();
+        assert!(m.starts_with("the GPU ran out of memory (an allocation of 128.0 GiB failed); "));
+        assert!(m.contains("--chunk-size") && m.contains("--batch-size") && m.contains("--window"));
+        assert_eq!(m.lines().count(), 1, "{m}");
+        let m = out_of_memory("out of device memory allocating 1073741824 bytes\n")
+            .unwrap()
+            .to_string();
+        assert!(m.contains("1.0 GiB"), "{m}");
+        assert!(out_of_memory("An out-of-memory error happened during launch").is_some());
+        // Other panics are left alone.
+        assert!(out_of_memory("index out of bounds: the len is 3 but the index is 7").is_none());
+        assert!(out_of_memory("called `Result::unwrap()` on an `Err` value: RecvError").is_none());
     }
 
     #[test]
