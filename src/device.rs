@@ -214,6 +214,11 @@ pub fn probe_cuda() -> CudaProbe {
     }
 }
 
+/// `bytes` in GiB, for messages.
+pub fn gib(bytes: u64) -> f64 {
+    bytes as f64 / (1u64 << 30) as f64
+}
+
 /// The usage error for a panic whose message (`text`) is a device's failure to allocate
 /// memory, as CubeCL words it (`can't allocate buffer of size: N`, `out of device memory
 /// allocating N bytes`, or an out-of-memory launch error); `None` for any other panic. Burn's
@@ -238,7 +243,7 @@ pub fn out_of_memory(text: &str) -> Option<Error> {
     let what = match size {
         Some(b) => format!(
             "the GPU ran out of memory (an allocation of {:.1} GiB failed)",
-            b as f64 / (1u64 << 30) as f64
+            gib(b)
         ),
         None => "the GPU ran out of memory".to_string(),
     };

@@ -207,32 +207,6 @@ fn load(a: &TrainArgs) -> Result<Loaded> {
     }
 }
 
-/// Removes the output directory when the run ends (returning or unwinding from a panic, such
-/// as the GPU running out of memory) with it empty and the run having made it: training makes
-/// it before the first epoch and writes into it only at the end of one.
-struct RemoveIfLeftEmpty {
-    dir: std::path::PathBuf,
-    existed: bool,
-}
-
-impl RemoveIfLeftEmpty {
-    fn new(dir: &std::path::Path) -> Self {
-        RemoveIfLeftEmpty {
-            dir: dir.to_path_buf(),
-            existed: dir.exists(),
-        }
-    }
-}
-
-impl Drop for RemoveIfLeftEmpty {
-    fn drop(&mut self) {
-        if !self.existed {
-            // Fails, leaving it, unless it is an empty directory.
-            let _ = std::fs::remove_dir(&self.dir);
-        }
-    }
-}
-
 fn check_output(a: &TrainArgs) -> Result<()> {
     let out = &a.output;
     if a.resume {
@@ -292,7 +266,6 @@ pub fn run(a: TrainArgs) -> Result<()> {
     };
     opts.validate()?;
     check_output(&a)?;
-    let _leave_no_empty_output = RemoveIfLeftEmpty::new(&a.output);
     let device = a.device.parse::<DeviceSpec>()?.device()?;
     let loaded = load(&a)?;
 

@@ -11,6 +11,7 @@ pub mod pool;
 use burn::tensor::{Device, Int, Tensor, TensorData};
 
 use crate::alphabet::PAD;
+use crate::device::gib;
 use crate::model::weights::host_values;
 use crate::model::{Mamba, MambaState, Precision, Residual};
 use crate::{Error, Result};
@@ -89,7 +90,6 @@ pub fn check_gpu_chunk(
     if need <= memory / 10 * 9 {
         return Ok(());
     }
-    let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
     Err(Error::usage(
         format!(
             "--chunk-size {chunk} needs about {:.1} GiB of GPU memory for this model ({d_inner} channels, {}), more than the GPU's {:.1} GiB",

@@ -1288,7 +1288,6 @@ pub fn train(
         Task::Position { .. } => opts.windows_per_epoch.div_ceil(opts.batch_size),
     };
     let total_steps = steps_per_epoch * opts.epochs;
-    std::fs::create_dir_all(spec.out).map_err(|e| Error::io(spec.out.display().to_string(), e))?;
     let log_path = spec.out.join("metrics.jsonl");
     if !spec.resume {
         // A fresh run starts a fresh log.
@@ -1423,6 +1422,9 @@ pub fn train(
             state.epochs_since_best += 1;
         }
         state.history.push(log.clone());
+        // Made at the first write, so a run that fails before then leaves no empty directory.
+        std::fs::create_dir_all(spec.out)
+            .map_err(|e| Error::io(spec.out.display().to_string(), e))?;
         append_line(&log_path, &log)?;
 
         // Save: the best model into `out`, the resumable checkpoint into `out/checkpoint`.
