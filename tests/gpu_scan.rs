@@ -1371,6 +1371,73 @@ fn gpu_scan_walk_matches_reference() {
     }
 }
 
+/// The lanes walk (one state per thread, `ScanPath::Lanes`) against the reference: `d_state`
+/// 4, 8, 16 (and 32 on CUDA), lengths shorter than, equal to and longer than its stages (the
+/// last stage padded with `Δ = 0`), `d_inner` not a multiple of a cube's channels, with and
+/// without `h0`; views as the block passes them; state carried across calls; half activations.
+/// Shapes it does not take (`d_state` 7) go to the chunked passes.
+#[test]
+fn gpu_scan_lanes_walk_matches_reference() {
+    let gpu = require_cuda!();
+    let cuda = is_cuda(&gpu);
+    let _path = scan_path(ScanPath::Lanes);
+    let mut shapes = vec![
+        [2, 1, 5, 4],
+        [1, 64, 37, 4],
+        [2, 130, 12, 8],
+        [2, 300, 37, 16],
+        [3, 70, 5, 7],
+    ];
+    if cuda {
+        shapes.push([1, 257, 5, 32]);
+        shapes.push([2, 2049, 1536, 16]);
+        shapes.push([1, 1 << 16, 37, 16]);
+        shapes.push([1, 1 << 20, 24, 16]);
+    }
+    let mut ran = 0;
+    for (i, shape) in shapes.iter().enumerate() {
+        for zero_h0 in [true, false] {
+            let x = random_case(5000 + 10 * i as u64 + zero_h0 as u64, *shape, zero_h0);
+            print!("lanes walk: ");
+            let (ey, eh) = compare(&x, &gpu);
+            assert!(
+                ey <= TOL && eh <= TOL,
+                "lanes walk, {}: y {ey:e}, h {eh:e}",
+                x.describe()
+            );
+            ran += 1;
+        }
+    }
+    assert_eq!(ran, 2 * shapes.len());
+    strided_views(&gpu, "lanes walk, strided views");
+    carried_state(&gpu, [2, 700, 37, 16], "lanes walk, split");
+    let formats: &[(FloatDType, f64)] = if cuda {
+        &[(FloatDType::F16, 2e-3), (FloatDType::BF16, 1e-2)]
+    } else {
+        &[(FloatDType::F16, 2e-3)]
+    };
+    for &(dtype, tol) in formats {
+        for (i, wide_bc) in [false, true].into_iter().enumerate() {
+            let x = random_case(5400 + i as u64, [2, 300, 37, 16], false);
+            let (want_y, want_h) =
+                selective_scan_reference(half_args(&x, dtype, wide_bc, &Device::flex()));
+            let (got_y, got_h) = selective_scan(half_args(&x, dtype, wide_bc, &gpu));
+            assert_eq!(got_y.dtype(), DType::from(dtype), "y keeps the format");
+            let (want_y, want_h) = outputs(&x, (want_y, want_h), "reference");
+            let (got_y, got_h) = outputs(&x, (got_y, got_h), "lanes walk");
+            let (ey, eh) = (rel_err(&got_y, &want_y), rel_err(&got_h, &want_h));
+            println!(
+                "lanes walk {dtype:?} wide B/C {wide_bc} {:<40} y {ey:9.2e}   h_last {eh:9.2e}",
+                x.describe()
+            );
+            assert!(
+                ey <= tol && eh <= TOL,
+                "lanes walk {dtype:?}: y {ey:e}, h {eh:e}"
+            );
+        }
+    }
+}
+
 /// Gradients of `sum(y · w1) + sum(h_last · w2)` with respect to every scan input, as host
 /// values in the order u, delta, a, b, c, d, z, delta_bias, h0.
 fn gradients(x: &Case, device: &Device, reference: bool) -> Vec<Vec<f32>> {
