@@ -28,8 +28,6 @@ pub mod scan_backward_cube;
 mod scan_cpu;
 #[cfg(feature = "cube")]
 mod scan_cube;
-#[cfg(feature = "cube")]
-mod scan_lanes;
 mod scan_reference;
 #[cfg(feature = "cube")]
 mod scan_walk;

@@ -140,7 +140,6 @@ use cubecl::{CubeCount, CubeDim, calculate_cube_count_elemwise};
 
 use super::block_cube::row_strides;
 use super::scan::{ScanInput, ScanOutput};
-use super::scan_lanes::{LANES_STAGE, scan_lanes_kernel};
 use super::scan_reference::scan_reference_with;
 use super::scan_walk::{MAX_STATES_PER_LANE, scan_walk_kernel};
 
@@ -248,13 +247,7 @@ pub enum ScanPath {
     /// that divides `d_state` and leaves at most [`MAX_STATES_PER_LANE`] states per lane (0:
     /// its usual lanes, up to 4).
     Walk(usize),
-    /// The lanes walk (`scan_lanes.rs`, one state per thread) wherever it applies (`d_state`
-    /// 4, 8, 16 or 32); an experiment, never chosen on its own.
-    Lanes,
 }
-
-/// [`SCAN_PATH`]'s code for [`ScanPath::Lanes`].
-const LANES_CODE: usize = usize::MAX;
 
 /// [`ScanPath`] encoded for an atomic: 0 unset (environment, else auto), 1 auto, 2 chunked,
 /// `3 + lanes` the walk.
@@ -266,7 +259,6 @@ pub fn set_scan_path(path: ScanPath) {
         ScanPath::Auto => 1,
         ScanPath::Chunked => 2,
         ScanPath::Walk(lanes) => 3 + lanes,
-        ScanPath::Lanes => LANES_CODE,
     };
     SCAN_PATH.store(code, std::sync::atomic::Ordering::Relaxed);
 }
@@ -282,11 +274,9 @@ fn scan_path() -> ScanPath {
         0 => *FROM_ENV.get_or_init(|| match std::env::var("GENOMAMBA_SCAN_WALK").as_deref() {
             Ok("off") => ScanPath::Chunked,
             Ok("on") => ScanPath::Walk(0),
-            Ok("lanes") => ScanPath::Lanes,
             Ok(v) => v.parse().map_or(ScanPath::Auto, ScanPath::Walk),
             Err(_) => ScanPath::Auto,
         }),
-        LANES_CODE => ScanPath::Lanes,
         code => ScanPath::Walk(code - 3),
     }
 }
@@ -316,7 +306,7 @@ fn walk_lanes(d_state: usize) -> usize {
 /// Lanes per channel if the walk runs for this shape, else `None` (see [`ScanPath`]).
 fn walk_choice(batch: usize, d_inner: usize, d_state: usize) -> Option<usize> {
     let (lanes, forced) = match scan_path() {
-        ScanPath::Chunked | ScanPath::Lanes => return None,
+        ScanPath::Chunked => return None,
         ScanPath::Auto => (walk_lanes(d_state), false),
         ScanPath::Walk(0) => (walk_lanes(d_state), true),
         ScanPath::Walk(lanes) => (lanes, true),
@@ -330,14 +320,6 @@ fn walk_choice(batch: usize, d_inner: usize, d_state: usize) -> Option<usize> {
     // The walk's cubes run over the batch rows along y, which launches cap at 65,535.
     let launchable = batch <= u16::MAX as usize;
     (fits && enough && launchable).then_some(lanes)
-}
-
-/// Whether the lanes walk runs for this shape: only when asked for ([`ScanPath::Lanes`]), for
-/// `d_state` 4, 8, 16 or 32 (one state per thread, the threads of a channel within a plane).
-fn lanes_choice(batch: usize, d_state: usize) -> bool {
-    scan_path() == ScanPath::Lanes
-        && [4, 8, 16, 32].contains(&d_state)
-        && batch <= u16::MAX as usize
 }
 
 /// Shortest chunk worth its own pass-1/pass-2 work.
@@ -1188,11 +1170,6 @@ pub(crate) fn scan_cube_with(
     let z_span = (batch - 1) * zs0 + (len - 1) * zs1 + d_inner;
     let mut plan = Plan::new(batch, len, d_inner, d_state);
     let walk = walk_choice(batch, d_inner, d_state);
-    let lanes_walk = lanes_choice(batch, d_state);
-    if lanes_walk {
-        // The lanes walk reads `B` and `C` one float at a time.
-        plan.vec = 1;
-    }
     if let Some(lanes) = walk {
         // Each lane reads its own states' part of a row.
         plan.vec = vector_width(d_state / lanes);
@@ -1238,66 +1215,6 @@ pub(crate) fn scan_cube_with(
     let fast = fast_math(&client);
     let (_, prefetch3) = scan_prefetch();
     let (_, depth3) = scan_depth();
-    if lanes_walk {
-        let cuda = cfg!(feature = "cuda") && client.name() == "cuda";
-        // On CUDA 128 threads per cube unless tuned; on CubeCL's CPU runtime one channel per
-        // cube (as for the walk) and the sums through shared memory (planes of one unit).
-        let channels = if cuda {
-            positive_env("GENOMAMBA_LANES_CHANNELS")
-                .unwrap_or((CUBE_THREADS as usize / d_state).max(1))
-                .min(1024 / d_state)
-        } else {
-            1
-        };
-        let step = d_state.max(4);
-        let stage = positive_env("GENOMAMBA_LANES_STAGE")
-            .unwrap_or(LANES_STAGE)
-            .next_multiple_of(step);
-        let count = CubeCount::Static(d_inner.div_ceil(channels) as u32, batch as u32, 1);
-        let dim = CubeDim::new_1d((channels * d_state) as u32);
-        // SAFETY: threads past `d_inner` read the last channel and write nothing; steps past
-        // `len` read the last step and write nothing; `n < d_state`; `A`, `D`, the Δ bias,
-        // `u`, `delta`, `h0` and the outputs are contiguous with the shapes checked or
-        // allocated above; `z`, `B`, `C` are read one float at a time within their views'
-        // extents.
-        unsafe {
-            scan_lanes_kernel::launch_unchecked(
-                &client,
-                count,
-                dim,
-                address,
-                4,
-                u.into_tensor_arg(),
-                delta.into_tensor_arg(),
-                a.into_tensor_arg(),
-                b.into_tensor_arg(),
-                c.into_tensor_arg(),
-                d.into_tensor_arg(),
-                z.into_tensor_arg(),
-                delta_bias.into_tensor_arg(),
-                h0.into_tensor_arg(),
-                y.clone().into_tensor_arg(),
-                h_last.clone().into_tensor_arg(),
-                len,
-                d_inner,
-                zs0,
-                zs1,
-                bs0,
-                bs1,
-                cs0,
-                cs1,
-                d_state,
-                channels,
-                stage,
-                cuda,
-                fast,
-                activate,
-                silu_gate,
-                [act_elem, bc_elem],
-            );
-        }
-        return ScanOutput { y, h: h_last };
-    }
     if let Some(lanes) = walk {
         // On CUDA a cube of 128 threads; on CubeCL's CPU runtime one channel per cube (its
         // barrier spins, one worker thread per unit; see `chunk_cubes`).
