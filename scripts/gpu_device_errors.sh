@@ -37,12 +37,18 @@ expect 2 "has no include/cuda_fp16.h" -- env CUDA_PATH=/nonexistent "$BIN" "${E[
 expect 2 "needs about 192.0 GiB" -- "$BIN" "${E[@]}" --device cuda --precision f16 --chunk-size 16777216
 expect 0 "" -- "$BIN" "${E[@]}" --device cuda --precision f16 --chunk-size 4194304
 # Far more than the GPU holds: a training batch of 4,096 windows of 16,384 bases through a
-# d_model 1,024 model (one of its activations alone is 4,096 x 16,384 x 2,048 x 4 bytes).
+# d_model 1,024 model (one of its activations alone is 4,096 x 16,384 x 2,048 x 4 bytes),
+# refused before training starts.
 chrom=$(head -n 1 data/yeast_chrI_20k.fa | cut -c 2- | cut -d ' ' -f 1)
 printf '%s\t1000\t5000\tgene\n' "$chrom" >"$t/genes.bed"
-expect 2 "the GPU ran out of memory" -- "$BIN" train -o "$t/tr" --fasta data/yeast_chrI_20k.fa \
-  --bed "$t/genes.bed" --window 16384 --windows-per-epoch 4096 --batch-size 4096 \
-  --d-model 1024 --n-layer 2 --epochs 1 --device cuda -q
+T=(train -o "$t/tr" --fasta data/yeast_chrI_20k.fa --bed "$t/genes.bed" --epochs 1 --device cuda -q)
+expect 2 "a training step of 4096 windows of 16384 bases needs at least" -- "$BIN" "${T[@]}" \
+  --window 16384 --windows-per-epoch 4096 --batch-size 4096 --d-model 1024 --n-layer 2
+[ -e "$t/tr" ] && { echo "FAIL: train left $t/tr"; fails=$((fails + 1)); }
+# Past what fits but under the up-front check's lower bound (40 windows of 8,192 at d_model 256,
+# 16 layers: 32 such windows peaked at 123 GiB): out of memory at the first step.
+expect 2 "the GPU ran out of memory" -- "$BIN" "${T[@]}" \
+  --window 8192 --windows-per-epoch 40 --batch-size 40 --d-model 256 --n-layer 16
 [ -e "$t/tr" ] && { echo "FAIL: train left $t/tr"; fails=$((fails + 1)); }
 echo "left in the scratch directory: $(ls -A "$t" | tr "\n" " ")"
 echo "failures: $fails"

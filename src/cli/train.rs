@@ -19,7 +19,8 @@ use genomamba::train::data::{
     stratified_split,
 };
 use genomamba::train::trainer::{
-    Event, RunSpec, Task, TrainOptions, fit_orf_head, monitored_metric, prepare_head, train,
+    Event, RunSpec, Task, TrainOptions, check_gpu_training, fit_orf_head, monitored_metric,
+    prepare_head, train,
 };
 use genomamba::{Error, Result};
 
@@ -266,7 +267,8 @@ pub fn run(a: TrainArgs) -> Result<()> {
     };
     opts.validate()?;
     check_output(&a)?;
-    let device = a.device.parse::<DeviceSpec>()?.device()?;
+    let device_spec = a.device.parse::<DeviceSpec>()?;
+    let device = device_spec.device()?;
     let loaded = load(&a)?;
 
     let (mut model, base) = match &a.from {
@@ -361,6 +363,14 @@ pub fn run(a: TrainArgs) -> Result<()> {
         h.rc_average = a.rc_average;
         h.bidirectional = a.bidirectional;
     }
+    // A step that cannot fit in the GPU stops here, not at the first step.
+    check_gpu_training(
+        &task,
+        &opts,
+        &model.config.architecture,
+        a.bidirectional,
+        device_spec.total_memory(),
+    )?;
     let labels = model
         .config
         .head

@@ -350,6 +350,104 @@ pub fn monitored_metric(kind: HeadKind, n_classes: usize) -> &'static str {
     }
 }
 
+/// GPU memory a training step takes per position, layer and inner channel, at least: the
+/// activations autodiff keeps for the backward pass. Measured on an H200 (f32 training, peak
+/// memory of one-step runs, BENCHMARKS.md, fortieth session): 44-76 bytes for windows of
+/// 2,048-32,768 at `d_model` 128-512 and 4-16 layers, 90-98 for batches of 200-base
+/// sequences. A step estimated from this figure to need more than the GPU has would not fit
+/// however the estimate errs, so [`check_gpu_training`] can refuse it before any work.
+pub const TRAIN_BYTES_PER_POSITION_CHANNEL: u64 = 40;
+
+/// The most GPU memory per position, layer and inner channel measured for a training step
+/// (see [`TRAIN_BYTES_PER_POSITION_CHANNEL`]), rounded up: what the batch size or window that
+/// [`check_gpu_training`] suggests instead is sized by, so that the suggestion fits.
+pub const TRAIN_BYTES_PER_POSITION_CHANNEL_HIGH: u64 = 100;
+
+/// Checks, before training starts, that the largest step of this task fits in a GPU of
+/// `device_memory` bytes (if known): rows of the batch (`--batch-size`, or fewer if the epoch
+/// has fewer) times their length (`--window`, doubled for bidirectional heads, which run both
+/// strands; the longest training sequence for the sequence task), times `n_layer · d_inner ·`
+/// [`TRAIN_BYTES_PER_POSITION_CHANNEL`]. A step estimated past 90% of the GPU is a usage error
+/// instead of running out of memory at the first step; it names a batch size (or, when one row
+/// is already too much, a window) that fits by the highest measured figure,
+/// [`TRAIN_BYTES_PER_POSITION_CHANNEL_HIGH`]. The refusal's estimate is a lower bound of
+/// measured peaks, so steps that pass may still run out of memory; that ends in a one-line
+/// error too.
+pub fn check_gpu_training(
+    task: &Task<'_>,
+    opts: &TrainOptions,
+    arch: &crate::model::MambaConfig,
+    bidirectional: bool,
+    device_memory: Option<u64>,
+) -> Result<()> {
+    let Some(memory) = device_memory else {
+        return Ok(());
+    };
+    let (rows, len, what) = match task {
+        Task::Sequence { train, .. } => (
+            opts.batch_size.min(train.examples.len()),
+            train
+                .examples
+                .iter()
+                .map(|e| e.tokens.len())
+                .max()
+                .unwrap_or(0),
+            "sequences",
+        ),
+        Task::Position { .. } => (
+            opts.batch_size.min(opts.windows_per_epoch),
+            opts.window * if bidirectional { 2 } else { 1 },
+            "windows",
+        ),
+    };
+    let per_row = (len as u64)
+        .saturating_mul((arch.n_layer * arch.d_inner()) as u64)
+        .saturating_mul(TRAIN_BYTES_PER_POSITION_CHANNEL);
+    let need = per_row.saturating_mul(rows as u64);
+    let allowed = memory / 10 * 9;
+    if need <= allowed {
+        return Ok(());
+    }
+    let units = (arch.n_layer * arch.d_inner()) as u64 * TRAIN_BYTES_PER_POSITION_CHANNEL_HIGH;
+    let fits = allowed / (len as u64).saturating_mul(units).max(1);
+    let how = match task {
+        Task::Sequence { .. } if fits == 0 => format!(
+            "the longest training sequence ({len} bases) alone is too long for this GPU: train on shorter sequences, a smaller model, or --device cpu"
+        ),
+        Task::Position { .. } if fits == 0 => {
+            let window = (allowed / units.max(1) / if bidirectional { 2 } else { 1 }).max(1);
+            format!("use --batch-size 1 with a --window of {window} or less")
+        }
+        Task::Position { .. } => {
+            format!("use --batch-size {fits} or less, or a shorter --window")
+        }
+        Task::Sequence { .. } => format!("use --batch-size {fits} or less"),
+    };
+    let rows_text = if let Task::Position { .. } = task {
+        format!(
+            "{rows} {what} of {}{}",
+            opts.window,
+            if bidirectional {
+                " bases (both strands)"
+            } else {
+                " bases"
+            }
+        )
+    } else {
+        format!("{rows} {what} of up to {len} bases")
+    };
+    Err(Error::usage(
+        format!(
+            "a training step of {rows_text} needs at least {:.1} GiB of GPU memory for this model ({} layers of {} channels), more than the GPU's {:.1} GiB",
+            crate::device::gib(need),
+            arch.n_layer,
+            arch.d_inner(),
+            crate::device::gib(memory)
+        ),
+        how,
+    ))
+}
+
 /// Directory of the resumable checkpoint inside the output directory.
 pub fn checkpoint_dir(out: &Path) -> PathBuf {
     out.join("checkpoint")
@@ -1542,6 +1640,110 @@ mod tests {
             backbone: m.backbone,
             head: m.head.unwrap(),
         }
+    }
+
+    /// The up-front GPU memory check against steps measured on an H200 (BENCHMARKS.md,
+    /// fortieth session): those that ran pass, the one that ran out of memory is refused with
+    /// a batch size that would pass; a GPU of unknown memory (the CPU) passes everything.
+    #[test]
+    fn gpu_training_memory_check_refuses_steps_that_cannot_fit() {
+        use crate::train::data::SeqExample;
+        let h200 = Some(150_110_011_392u64);
+        let data = PositionDataset {
+            labels: vec!["background".into(), "coding".into()],
+            records: Vec::new(),
+            files: Vec::new(),
+        };
+        let pos = Task::Position {
+            data: &data,
+            train: Vec::new(),
+            val: Vec::new(),
+        };
+        let opts = |batch_size, window| TrainOptions {
+            batch_size,
+            window,
+            windows_per_epoch: 1024,
+            ..TrainOptions::default()
+        };
+        let d256 = |layers| MambaConfig::new(256, layers);
+        // Ran (peaks 22.2, 123.3, 124.2, 65.1, 62.3 GiB).
+        check_gpu_training(&pos, &opts(32, 2048), &d256(16), false, h200).unwrap();
+        check_gpu_training(&pos, &opts(32, 8192), &d256(16), false, h200).unwrap();
+        check_gpu_training(&pos, &opts(8, 32768), &d256(16), false, h200).unwrap();
+        check_gpu_training(&pos, &opts(8, 32768), &d256(8), false, h200).unwrap();
+        check_gpu_training(&pos, &opts(16, 8192), &d256(8), true, h200).unwrap();
+        // Ran out of memory: 8 windows of 131,072 at 16 layers (320 GiB by the estimate).
+        let e = check_gpu_training(&pos, &opts(8, 131_072), &d256(16), false, h200)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("8 windows of 131072 bases needs at least 320.0 GiB")
+                && e.contains("use --batch-size 1 or less"),
+            "{e}"
+        );
+        check_gpu_training(&pos, &opts(1, 131_072), &d256(16), false, h200).unwrap();
+        // Too long for one window: a shorter window is named, and it passes.
+        let e = check_gpu_training(&pos, &opts(1, 1 << 23), &d256(16), true, h200)
+            .unwrap_err()
+            .to_string();
+        let window: usize = e
+            .split("--window of ")
+            .nth(1)
+            .and_then(|r| r.split(' ').next())
+            .and_then(|w| w.parse().ok())
+            .unwrap_or_else(|| panic!("no window named: {e}"));
+        assert!(e.contains("(both strands)") && window < 1 << 23, "{e}");
+        check_gpu_training(&pos, &opts(1, window), &d256(16), true, h200).unwrap();
+        // Fewer windows per epoch than the batch size: the step has that many rows.
+        let few = TrainOptions {
+            windows_per_epoch: 2,
+            ..opts(64, 131_072)
+        };
+        check_gpu_training(&pos, &few, &d256(16), false, h200).unwrap();
+        check_gpu_training(&pos, &opts(1 << 20, 1 << 20), &d256(64), false, None).unwrap();
+
+        // The sequence task: rows times the longest training sequence.
+        let seqs = |n: usize, len: usize| SeqDataset {
+            labels: vec!["a".into(), "b".into()],
+            examples: (0..n)
+                .map(|i| SeqExample {
+                    tokens: vec![7; if i == 0 { len } else { 10 }],
+                    label: i % 2,
+                    origin: format!("test:{i}"),
+                })
+                .collect(),
+            files: Vec::new(),
+        };
+        let ran = seqs(5000, 200);
+        let seq = Task::Sequence {
+            train: &ran,
+            val: &ran,
+        };
+        // Ran (peak 33.6 GiB).
+        check_gpu_training(&seq, &opts(256, 0), &d256(16), false, h200).unwrap();
+        let e = check_gpu_training(&seq, &opts(4096, 0), &d256(16), false, h200)
+            .unwrap_err()
+            .to_string();
+        let batch: usize = e
+            .split("--batch-size ")
+            .nth(1)
+            .and_then(|r| r.split(' ').next())
+            .and_then(|b| b.parse().ok())
+            .unwrap_or_else(|| panic!("no batch size named: {e}"));
+        assert!(
+            e.contains("4096 sequences of up to 200 bases") && (256..4096).contains(&batch),
+            "{e}"
+        );
+        check_gpu_training(&seq, &opts(batch, 0), &d256(16), false, h200).unwrap();
+        let long = seqs(4, 50_000_000);
+        let seq = Task::Sequence {
+            train: &long,
+            val: &long,
+        };
+        let e = check_gpu_training(&seq, &opts(32, 0), &d256(16), false, h200)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("alone is too long for this GPU"), "{e}");
     }
 
     #[test]
