@@ -1666,6 +1666,14 @@ mod tests {
             ..TrainOptions::default()
         };
         let d256 = |layers| MambaConfig::new(256, layers);
+        // The number the message names after `flag`.
+        let named = |e: &str, flag: &str| -> usize {
+            e.split(flag)
+                .nth(1)
+                .and_then(|r| r.split(' ').next())
+                .and_then(|n| n.parse().ok())
+                .unwrap_or_else(|| panic!("no {flag} named: {e}"))
+        };
         // Ran (peaks 22.2, 123.3, 124.2, 65.1, 62.3 GiB).
         check_gpu_training(&pos, &opts(32, 2048), &d256(16), false, h200).unwrap();
         check_gpu_training(&pos, &opts(32, 8192), &d256(16), false, h200).unwrap();
@@ -1686,12 +1694,7 @@ mod tests {
         let e = check_gpu_training(&pos, &opts(1, 1 << 23), &d256(16), true, h200)
             .unwrap_err()
             .to_string();
-        let window: usize = e
-            .split("--window of ")
-            .nth(1)
-            .and_then(|r| r.split(' ').next())
-            .and_then(|w| w.parse().ok())
-            .unwrap_or_else(|| panic!("no window named: {e}"));
+        let window = named(&e, "--window of ");
         assert!(e.contains("(both strands)") && window < 1 << 23, "{e}");
         check_gpu_training(&pos, &opts(1, window), &d256(16), true, h200).unwrap();
         // Fewer windows per epoch than the batch size: the step has that many rows.
@@ -1724,12 +1727,7 @@ mod tests {
         let e = check_gpu_training(&seq, &opts(4096, 0), &d256(16), false, h200)
             .unwrap_err()
             .to_string();
-        let batch: usize = e
-            .split("--batch-size ")
-            .nth(1)
-            .and_then(|r| r.split(' ').next())
-            .and_then(|b| b.parse().ok())
-            .unwrap_or_else(|| panic!("no batch size named: {e}"));
+        let batch = named(&e, "--batch-size ");
         assert!(
             e.contains("4096 sequences of up to 200 bases") && (256..4096).contains(&batch),
             "{e}"
