@@ -339,6 +339,14 @@ pub fn run(a: TrainArgs) -> Result<()> {
         },
         _ => return Err(Error::Runtime("inconsistent task".into())),
     };
+    // A step that cannot fit in the GPU stops here, before any work on the device.
+    check_gpu_training(
+        &task,
+        &opts,
+        &model.config.architecture,
+        a.bidirectional,
+        device_spec.total_memory(),
+    )?;
     let new_head = prepare_head(
         &mut model,
         &task,
@@ -363,14 +371,6 @@ pub fn run(a: TrainArgs) -> Result<()> {
         h.rc_average = a.rc_average;
         h.bidirectional = a.bidirectional;
     }
-    // A step that cannot fit in the GPU stops here, not at the first step.
-    check_gpu_training(
-        &task,
-        &opts,
-        &model.config.architecture,
-        a.bidirectional,
-        device_spec.total_memory(),
-    )?;
     let labels = model
         .config
         .head
