@@ -214,6 +214,12 @@ pub fn probe_cuda() -> CudaProbe {
     }
 }
 
+/// The part of a GPU's `memory` (bytes) that a run is estimated to be able to use (90%):
+/// the bound of the up-front checks of `--chunk-size` and of training steps.
+pub fn usable_memory(memory: u64) -> u64 {
+    memory / 10 * 9
+}
+
 /// `bytes` in GiB, for messages.
 pub fn gib(bytes: u64) -> f64 {
     bytes as f64 / (1u64 << 30) as f64

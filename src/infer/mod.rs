@@ -11,7 +11,7 @@ pub mod pool;
 use burn::tensor::{Device, Int, Tensor, TensorData};
 
 use crate::alphabet::PAD;
-use crate::device::gib;
+use crate::device::{gib, usable_memory};
 use crate::model::weights::host_values;
 use crate::model::{Mamba, MambaState, Precision, Residual};
 use crate::{Error, Result};
@@ -87,7 +87,7 @@ pub fn check_gpu_chunk(
     let need = (chunk as u64)
         .saturating_mul(d_inner as u64)
         .saturating_mul(bytes_per_position_channel(precision));
-    if need <= memory / 10 * 9 {
+    if need <= usable_memory(memory) {
         return Ok(());
     }
     Err(Error::usage(

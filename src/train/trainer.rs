@@ -383,58 +383,46 @@ pub fn check_gpu_training(
     let Some(memory) = device_memory else {
         return Ok(());
     };
-    let (rows, len, what) = match task {
-        Task::Sequence { train, .. } => (
-            opts.batch_size.min(train.examples.len()),
-            train
-                .examples
-                .iter()
-                .map(|e| e.tokens.len())
-                .max()
-                .unwrap_or(0),
-            "sequences",
-        ),
-        Task::Position { .. } => (
-            opts.batch_size.min(opts.windows_per_epoch),
-            opts.window * if bidirectional { 2 } else { 1 },
-            "windows",
-        ),
+    // Bidirectional heads run both strands of every window.
+    let strands = if bidirectional { 2 } else { 1 };
+    let (rows, len, rows_text) = match task {
+        Task::Sequence { train, .. } => {
+            let rows = opts.batch_size.min(train.examples.len());
+            let longest = train.examples.iter().map(|e| e.tokens.len()).max();
+            let len = longest.unwrap_or(0);
+            (rows, len, format!("{rows} sequences of up to {len} bases"))
+        }
+        Task::Position { .. } => {
+            let rows = opts.batch_size.min(opts.windows_per_epoch);
+            let both = if bidirectional { " (both strands)" } else { "" };
+            let text = format!("{rows} windows of {} bases{both}", opts.window);
+            (rows, opts.window * strands, text)
+        }
     };
-    let per_row = (len as u64)
-        .saturating_mul((arch.n_layer * arch.d_inner()) as u64)
-        .saturating_mul(TRAIN_BYTES_PER_POSITION_CHANNEL);
-    let need = per_row.saturating_mul(rows as u64);
-    let allowed = memory / 10 * 9;
+    // Bytes per position at the lowest and the highest measured figure.
+    let units = (arch.n_layer * arch.d_inner()) as u64;
+    let per_position = units.saturating_mul(TRAIN_BYTES_PER_POSITION_CHANNEL);
+    let per_position_high = units.saturating_mul(TRAIN_BYTES_PER_POSITION_CHANNEL_HIGH);
+    let need = (len as u64)
+        .saturating_mul(rows as u64)
+        .saturating_mul(per_position);
+    let allowed = crate::device::usable_memory(memory);
     if need <= allowed {
         return Ok(());
     }
-    let units = (arch.n_layer * arch.d_inner()) as u64 * TRAIN_BYTES_PER_POSITION_CHANNEL_HIGH;
-    let fits = allowed / (len as u64).saturating_mul(units).max(1);
+    let fits = allowed / (len as u64).saturating_mul(per_position_high).max(1);
     let how = match task {
         Task::Sequence { .. } if fits == 0 => format!(
             "the longest training sequence ({len} bases) alone is too long for this GPU: train on shorter sequences, a smaller model, or --device cpu"
         ),
         Task::Position { .. } if fits == 0 => {
-            let window = (allowed / units.max(1) / if bidirectional { 2 } else { 1 }).max(1);
+            let window = (allowed / per_position_high.max(1) / strands as u64).max(1);
             format!("use --batch-size 1 with a --window of {window} or less")
         }
         Task::Position { .. } => {
             format!("use --batch-size {fits} or less, or a shorter --window")
         }
         Task::Sequence { .. } => format!("use --batch-size {fits} or less"),
-    };
-    let rows_text = if let Task::Position { .. } = task {
-        format!(
-            "{rows} {what} of {}{}",
-            opts.window,
-            if bidirectional {
-                " bases (both strands)"
-            } else {
-                " bases"
-            }
-        )
-    } else {
-        format!("{rows} {what} of up to {len} bases")
     };
     Err(Error::usage(
         format!(
