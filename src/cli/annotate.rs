@@ -114,9 +114,7 @@ pub fn run(a: AnnotateArgs) -> Result<()> {
     let skipped = a.input.drive(&model, &device, &pb, &mut sink, rc)?;
     let AnnotateSink { bed, bg, tsv, .. } = sink;
     let (bed, bg) = (bed.map(|(o, _)| o), bg.map(|(o, _)| o));
-    for o in [bed, bg, tsv].into_iter().flatten() {
-        o.commit()?;
-    }
+    Output::commit_all([bed, bg, tsv].into_iter().flatten().collect())?;
     pb.finish_and_clear();
     report_skipped(skipped, a.input.quiet);
     Ok(())

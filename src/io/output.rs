@@ -1,11 +1,132 @@
 //! Output files written atomically: everything goes to a temporary file in the destination's
 //! directory, which is renamed over the destination only when the whole output is complete.
 //! An error (or a crash) never leaves a partial output behind.
+//!
+//! Every temporary output is listed while it is pending ([`PendingPath`]), so that a process
+//! that is interrupted (Ctrl-C, `kill`) can remove the unfinished ones before it ends
+//! ([`remove_pending`]; the binary does so on SIGINT, SIGTERM and SIGHUP). Listing a new
+//! temporary output, publishing finished ones ([`publish`]) and removing them all hold one
+//! lock, so an interruption finds each output either still pending (and removes it) or
+//! published whole, and outputs published together ([`Output::commit_all`]) appear together
+//! or not at all.
 
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use crate::{Error, Result};
+
+/// Temporary outputs not yet renamed into place, by id.
+#[derive(Debug, Default)]
+struct PendingList {
+    paths: Vec<(u64, PathBuf)>,
+    next: u64,
+}
+
+impl PendingList {
+    const fn new() -> Self {
+        PendingList {
+            paths: Vec::new(),
+            next: 0,
+        }
+    }
+
+    fn add(&mut self, path: PathBuf) -> u64 {
+        let id = self.next;
+        self.next += 1;
+        self.paths.push((id, path));
+        id
+    }
+
+    fn forget(&mut self, id: u64) {
+        self.paths.retain(|(i, _)| *i != id);
+    }
+
+    /// Removes every listed path (a file, or a directory with its contents) and empties the
+    /// list; returns how many existed.
+    fn remove_all(&mut self) -> usize {
+        let removed = self.paths.iter().filter(|(_, p)| remove_path(p)).count();
+        self.paths.clear();
+        removed
+    }
+}
+
+static PENDING: Mutex<PendingList> = Mutex::new(PendingList::new());
+
+fn pending_list() -> MutexGuard<'static, PendingList> {
+    // A panic while the list was held leaves it consistent (each change is one push or
+    // retain), so a poisoned lock is used as it is.
+    PENDING.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Removes a file or a directory tree; whether there was one.
+fn remove_path(path: &Path) -> bool {
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if m.is_dir() => std::fs::remove_dir_all(path).is_ok(),
+        Ok(_) => std::fs::remove_file(path).is_ok(),
+        Err(_) => false,
+    }
+}
+
+/// A temporary output (file or directory) that is removed when dropped unpublished, or when
+/// the process is interrupted ([`remove_pending`]), and kept by [`publish`].
+#[derive(Debug)]
+pub struct PendingPath {
+    id: u64,
+    path: PathBuf,
+}
+
+impl PendingPath {
+    /// Lists `path` (which need not exist yet) as a pending temporary output.
+    pub fn new(path: PathBuf) -> Self {
+        let id = pending_list().add(path.clone());
+        PendingPath { id, path }
+    }
+
+    /// Runs `make`, which creates a temporary output and returns it with its path, while
+    /// holding the list, so that an interruption cannot fall between the creation and the
+    /// listing.
+    pub fn create<T>(make: impl FnOnce() -> Result<(T, PathBuf)>) -> Result<(T, Self)> {
+        let mut list = pending_list();
+        let (made, path) = make()?;
+        let id = list.add(path.clone());
+        Ok((made, PendingPath { id, path }))
+    }
+
+    /// The temporary path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for PendingPath {
+    fn drop(&mut self) {
+        remove_path(&self.path);
+        pending_list().forget(self.id);
+    }
+}
+
+/// Runs `rename` (the renames that move finished outputs into place) and unlists `pending`,
+/// holding the list throughout: an interruption waits until all of them are in place.
+pub fn publish<T>(pending: Vec<PendingPath>, rename: impl FnOnce() -> T) -> T {
+    let mut list = pending_list();
+    let out = rename();
+    for p in pending {
+        list.forget(p.id);
+        // Unlisted above; its drop would remove the published output.
+        std::mem::forget(p);
+    }
+    out
+}
+
+/// Removes every pending temporary output, then runs `then` with their count while still
+/// holding the list, so that nothing can be published or listed after the removal: for a
+/// process ending on a signal (`then` exits).
+pub fn remove_pending<R>(then: impl FnOnce(usize) -> R) -> R {
+    let mut list = pending_list();
+    let removed = list.remove_all();
+    then(removed)
+}
 
 /// A unique temporary path next to `dest` (same directory, so the rename is atomic).
 pub fn temp_path(dest: &Path) -> PathBuf {
@@ -23,7 +144,9 @@ pub fn temp_path(dest: &Path) -> PathBuf {
 /// An output that becomes visible only on [`Output::commit`]; `-` writes to stdout.
 pub struct Output {
     inner: BufWriter<Box<dyn Write + Send>>,
-    temp: Option<tempfile::TempPath>,
+    /// The temporary file and its listing (dropped in this order: the file is removed before
+    /// it is unlisted).
+    temp: Option<(tempfile::TempPath, PendingPath)>,
     /// A second handle on the temporary file, for rewriting a header in place.
     file: Option<std::fs::File>,
     dest: String,
@@ -58,11 +181,15 @@ impl Output {
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_else(|| "out".into());
-        let tmp = tempfile::Builder::new()
-            .prefix(&format!(".{name}."))
-            .suffix(".tmp")
-            .tempfile_in(&dir)
-            .map_err(|e| Error::io(dest, e))?;
+        let (tmp, pending) = PendingPath::create(|| {
+            let tmp = tempfile::Builder::new()
+                .prefix(&format!(".{name}."))
+                .suffix(".tmp")
+                .tempfile_in(&dir)
+                .map_err(|e| Error::io(dest, e))?;
+            let path = tmp.path().to_path_buf();
+            Ok((tmp, path))
+        })?;
         // Temporary files are created private (0600); the output should get the usual
         // permissions of a new file.
         {
@@ -75,7 +202,7 @@ impl Output {
         let second = file.try_clone().map_err(|e| Error::io(dest, e))?;
         Ok(Output {
             inner: BufWriter::with_capacity(1 << 16, Box::new(file) as Box<dyn Write + Send>),
-            temp: Some(temp),
+            temp: Some((temp, pending)),
             file: Some(second),
             dest: dest.into(),
         })
@@ -87,13 +214,29 @@ impl Output {
     }
 
     /// Flushes and renames the temporary file into place.
-    pub fn commit(mut self) -> Result<()> {
-        self.inner.flush().map_err(|e| Error::io(&self.dest, e))?;
-        if let Some(temp) = self.temp.take() {
-            temp.persist(&self.dest)
-                .map_err(|e| Error::io(&self.dest, e.error))?;
+    pub fn commit(self) -> Result<()> {
+        Self::commit_all(vec![self])
+    }
+
+    /// Flushes all of `outputs`, then renames them into place together: an interruption
+    /// finds none of them or all of them in place (an error renaming one leaves those before
+    /// it in place).
+    pub fn commit_all(outputs: Vec<Output>) -> Result<()> {
+        let mut renames = Vec::new();
+        let mut pending = Vec::new();
+        for mut o in outputs {
+            o.inner.flush().map_err(|e| Error::io(&o.dest, e))?;
+            if let Some((temp, listed)) = o.temp.take() {
+                renames.push((temp, o.dest.clone()));
+                pending.push(listed);
+            }
         }
-        Ok(())
+        publish(pending, || {
+            for (temp, dest) in renames {
+                temp.persist(&dest).map_err(|e| Error::io(&dest, e.error))?;
+            }
+            Ok(())
+        })
     }
 
     /// Overwrites bytes already written at `offset` (a header whose values are known only
@@ -238,6 +381,65 @@ mod tests {
             mode, 0o644,
             "outputs are readable by others, like any new file"
         );
+    }
+
+    #[test]
+    fn pending_paths_are_removed_unless_published() {
+        let dir = tempfile::tempdir().unwrap();
+        // Dropped unpublished (an error on the way): the file is removed.
+        let gone = dir.path().join("gone");
+        std::fs::write(&gone, "x").unwrap();
+        drop(PendingPath::new(gone.clone()));
+        assert!(!gone.exists());
+        // Published: the renamed output stays, and the listing with it is gone.
+        let tmp = dir.path().join("tmp");
+        let kept = dir.path().join("kept");
+        let pending = PendingPath::new(tmp.clone());
+        std::fs::write(&tmp, "y").unwrap();
+        let id = pending.id;
+        publish(vec![pending], || std::fs::rename(&tmp, &kept)).unwrap();
+        assert_eq!(std::fs::read_to_string(&kept).unwrap(), "y");
+        assert!(pending_list().paths.iter().all(|(i, _)| *i != id));
+
+        // What an interruption removes: files and directories listed, whatever they hold.
+        let mut list = PendingList::new();
+        let file = dir.path().join("f.tmp");
+        let tree = dir.path().join("d.tmp");
+        std::fs::write(&file, "z").unwrap();
+        std::fs::create_dir_all(tree.join("sub")).unwrap();
+        std::fs::write(tree.join("sub/w"), "w").unwrap();
+        list.add(file.clone());
+        list.add(tree.clone());
+        let never = list.add(dir.path().join("never-made"));
+        list.forget(never);
+        list.add(dir.path().join("not-made-yet"));
+        assert_eq!(list.remove_all(), 2);
+        assert!(!file.exists() && !tree.exists());
+        assert!(list.paths.is_empty());
+        assert_eq!(std::fs::read_to_string(&kept).unwrap(), "y");
+    }
+
+    #[test]
+    fn outputs_committed_together_all_appear() {
+        let dir = tempfile::tempdir().unwrap();
+        let dests: Vec<_> = ["a", "b"].iter().map(|n| dir.path().join(n)).collect();
+        let mut outs = Vec::new();
+        for d in &dests {
+            let mut o = Output::create(d.to_str().unwrap()).unwrap();
+            o.write_all(b"row\n").unwrap();
+            outs.push(o);
+        }
+        let ids: Vec<u64> = outs.iter().map(|o| o.temp.as_ref().unwrap().1.id).collect();
+        let listed = |id: &u64| pending_list().paths.iter().any(|(i, _)| i == id);
+        assert!(ids.iter().all(listed), "pending while being written");
+        assert!(dests.iter().all(|d| !d.exists()));
+        Output::commit_all(outs).unwrap();
+        for d in &dests {
+            assert_eq!(std::fs::read_to_string(d).unwrap(), "row\n");
+        }
+        let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+        assert_eq!(names.len(), 2, "temporary files left behind");
+        assert!(!ids.iter().any(listed), "unlisted once in place");
     }
 
     #[test]

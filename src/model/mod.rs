@@ -22,6 +22,8 @@ pub use mamba::{Mamba, MambaBlock, Precision, Residual, reverse_start_phase};
 pub use state::{LayerState, MambaState};
 use weights::TensorMap;
 
+use crate::io::output::{PendingPath, publish, temp_path};
+
 use crate::{Error, Result};
 
 /// What a model's head predicts.
@@ -249,16 +251,29 @@ impl GenoModel {
         }
         let json = serde_json::to_string_pretty(&self.config)
             .map_err(|e| Error::Runtime(format!("cannot serialise config: {e}")))?;
-        let tmp_w = crate::io::output::temp_path(&dir.join("model.safetensors"));
-        map.write(&tmp_w)?;
-        let tmp_c = crate::io::output::temp_path(&dir.join("config.json"));
-        std::fs::write(&tmp_c, json + "\n")
-            .map_err(|e| Error::io(tmp_c.display().to_string(), e))?;
-        for (tmp, name) in [(tmp_w, "model.safetensors"), (tmp_c, "config.json")] {
-            std::fs::rename(&tmp, dir.join(name))
-                .map_err(|e| Error::io(dir.join(name).display().to_string(), e))?;
-        }
-        Ok(())
+        // Pending until both are renamed, together: an error or an interruption removes the
+        // temporary files, and never leaves new weights beside an old config.
+        let tmp_w = PendingPath::new(temp_path(&dir.join("model.safetensors")));
+        map.write(tmp_w.path())?;
+        let tmp_c = PendingPath::new(temp_path(&dir.join("config.json")));
+        std::fs::write(tmp_c.path(), json + "\n")
+            .map_err(|e| Error::io(tmp_c.path().display().to_string(), e))?;
+        let renames = [
+            (tmp_w.path().to_path_buf(), "model.safetensors"),
+            (tmp_c.path().to_path_buf(), "config.json"),
+        ];
+        publish(vec![tmp_w, tmp_c], || {
+            for (tmp, name) in &renames {
+                if let Err(e) = std::fs::rename(tmp, dir.join(name)) {
+                    // Those not renamed yet are still there.
+                    for (tmp, _) in &renames {
+                        let _ = std::fs::remove_file(tmp);
+                    }
+                    return Err(Error::io(dir.join(name).display().to_string(), e));
+                }
+            }
+            Ok(())
+        })
     }
 
     /// Class probabilities from final hidden states.

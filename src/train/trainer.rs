@@ -24,6 +24,7 @@ use serde::{Deserialize, Serialize};
 use super::data::{IGNORE, PositionDataset, SeqDataset, Span, draw_windows};
 use super::metrics::{ConfusionMatrix, ScoreHistogram, auprc, auroc};
 use crate::alphabet::{PAD, complement};
+use crate::io::output::{PendingPath, publish};
 use crate::model::weights::host_values;
 use crate::model::{GenoModel, HeadKind, Mamba};
 use crate::{Error, Result};
@@ -1586,8 +1587,13 @@ fn save_checkpoint(
     state: &TrainerState,
 ) -> Result<()> {
     let parent = dir.parent().unwrap_or(Path::new("."));
-    let tmp = parent.join(".checkpoint.tmp");
-    let old = parent.join(".checkpoint.old");
+    // The checkpoint moved aside by the swap below; removed when this is dropped, or by an
+    // interruption after the swap.
+    let aside = PendingPath::new(parent.join(".checkpoint.old"));
+    let old = aside.path();
+    // Removed on an error or an interruption before the swap below.
+    let pending = PendingPath::new(parent.join(".checkpoint.tmp"));
+    let tmp = pending.path().to_path_buf();
     let _ = std::fs::remove_dir_all(&tmp);
     std::fs::create_dir_all(&tmp).map_err(|e| Error::io(tmp.display().to_string(), e))?;
     model.save(&tmp)?;
@@ -1598,13 +1604,15 @@ fn save_checkpoint(
         .map_err(|e| Error::Runtime(format!("cannot serialise state: {e}")))?;
     std::fs::write(tmp.join("trainer.json"), json)
         .map_err(|e| Error::io(tmp.display().to_string(), e))?;
-    let _ = std::fs::remove_dir_all(&old);
-    if dir.exists() {
-        std::fs::rename(dir, &old).map_err(|e| Error::io(dir.display().to_string(), e))?;
-    }
-    std::fs::rename(&tmp, dir).map_err(|e| Error::io(dir.display().to_string(), e))?;
-    let _ = std::fs::remove_dir_all(&old);
-    Ok(())
+    let _ = std::fs::remove_dir_all(old);
+    // Both renames in one section that an interruption waits for: it never finds the old
+    // checkpoint moved aside and the new one not yet in place.
+    publish(vec![pending], || {
+        if dir.exists() {
+            std::fs::rename(dir, old).map_err(|e| Error::io(dir.display().to_string(), e))?;
+        }
+        std::fs::rename(&tmp, dir).map_err(|e| Error::io(dir.display().to_string(), e))
+    })
 }
 
 #[cfg(test)]
