@@ -10,6 +10,7 @@ fn main() {
     #[cfg(feature = "cuda")]
     genomamba::device::enable_kernel_cache();
     quiet_out_of_memory_panics();
+    remove_unfinished_outputs_on_signals();
     let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| cli::run(cli)));
     match run {
         Ok(Ok(())) => cli::mark("done, exiting"),
@@ -52,6 +53,47 @@ fn quiet_out_of_memory_panics() {
             None => default(info),
         }
     }));
+}
+
+/// On SIGINT (Ctrl-C), SIGTERM or SIGHUP, removes the temporary files of outputs not yet
+/// complete (`genomamba::io::output::remove_pending`), says so in one line and ends the process
+/// with the shell's code for that signal (128 + its number: 130 for Ctrl-C). Outputs already
+/// in place stay: they are whole. Without this, the signal's default action ended the process
+/// at once and left the temporary files (hidden, and as large as the output so far) behind.
+fn remove_unfinished_outputs_on_signals() {
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    // If the handlers cannot be installed, the signals keep their default action.
+    let Ok(mut signals) = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP]) else {
+        return;
+    };
+    std::thread::spawn(move || {
+        if let Some(signal) = signals.forever().next() {
+            let name = match signal {
+                SIGINT => "SIGINT",
+                SIGTERM => "SIGTERM",
+                _ => "SIGHUP",
+            };
+            genomamba::io::output::remove_pending(|removed| {
+                // Start on a clean line: a progress bar may be half drawn on a terminal.
+                use std::io::IsTerminal;
+                let clear = if std::io::stderr().is_terminal() {
+                    "\r\x1b[2K"
+                } else {
+                    ""
+                };
+                let what = match removed {
+                    0 => String::new(),
+                    1 => "; removed 1 unfinished output file".into(),
+                    n => format!("; removed {n} unfinished output files"),
+                };
+                let hint = cli::interrupted_hint()
+                    .map(|h| format!("; {h}"))
+                    .unwrap_or_default();
+                eprintln!("{clear}genomamba: interrupted by {name}{what}{hint}");
+                exit_now(128 + signal)
+            })
+        }
+    });
 }
 
 /// Ends the process with `code` without running exit handlers. Everything the command wrote is

@@ -1,5 +1,6 @@
 //! The command line as a user runs it: outputs, chunk invariance, regions, external
-//! validators (bedtools, samtools), and bad input (exit 2, one line, nothing left behind).
+//! validators (bedtools, samtools), bad input (exit 2, one line, nothing left behind) and
+//! interruptions (unfinished outputs removed, finished ones kept).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -620,4 +621,131 @@ fn thread_count_does_not_change_results() {
         &run(&["embed", "-m", s(&m), s(&input), "-o", "-", "--threads", "0"]),
         "threads",
     );
+}
+
+/// Files in `dir` (names), sorted; none while it does not exist.
+fn names(dir: &Path) -> Vec<String> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut v: Vec<String> = entries
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    v.sort();
+    v
+}
+
+/// Starts `genomamba args` reading stdin from a pipe that stays open (so the run cannot end on
+/// its own), writes `input` to it, waits until `ready` holds for the files of `dir`, then sends
+/// `signal`; returns the exit code and stderr.
+fn interrupt(
+    args: &[&str],
+    input: &str,
+    dir: &Path,
+    ready: impl Fn(&[String]) -> bool,
+    signal: i32,
+) -> (Option<i32>, String) {
+    use std::io::Write;
+    use std::process::Stdio;
+    let mut child = gm()
+        .args(args)
+        .stdin(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(input.as_bytes()).unwrap();
+    stdin.flush().unwrap();
+    let start = std::time::Instant::now();
+    while !ready(&names(dir)) {
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(120),
+            "never got ready: {:?}",
+            names(dir)
+        );
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!("ended before the signal: {status}");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    // SAFETY: `kill` only sends a signal to the child's process id.
+    let sent = unsafe { libc::kill(child.id() as libc::pid_t, signal) };
+    assert_eq!(sent, 0);
+    let o = child.wait_with_output().unwrap();
+    drop(stdin);
+    (
+        o.status.code(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn an_interruption_removes_unfinished_outputs_and_keeps_finished_ones() {
+    let t = tempfile::tempdir().unwrap();
+    let m = init(
+        t.path(),
+        "m",
+        &["--head", "position", "--labels", "background,feature"],
+    );
+    let is_temp = |n: &String| n.starts_with('.') && n.ends_with(".tmp");
+
+    // Ctrl-C while annotating from stdin: its three outputs are pending, and all go.
+    let out = t.path().join("annotate");
+    std::fs::create_dir(&out).unwrap();
+    let (bed, bg, tsv) = (out.join("a.bed"), out.join("a.bedgraph"), out.join("a.tsv"));
+    let args = [
+        "annotate",
+        "-m",
+        s(&m),
+        "-",
+        "--chunk-size",
+        "4",
+        "--bed",
+        s(&bed),
+        "--bedgraph",
+        s(&bg),
+        "--tsv",
+        s(&tsv),
+    ];
+    let ready = |n: &[String]| n.iter().filter(|n| is_temp(n)).count() == 3;
+    let (code, stderr) = interrupt(&args, ">r\nACGTACGT", &out, ready, libc::SIGINT);
+    assert_eq!(code, Some(130), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains("interrupted by SIGINT; removed 3 unfinished output files"),
+        "{stderr}"
+    );
+    assert!(names(&out).is_empty(), "left behind: {:?}", names(&out));
+
+    // SIGTERM while writing per-position arrays: the finished record's file stays whole, the
+    // record in progress leaves nothing.
+    let npy = t.path().join("npy");
+    let args = [
+        "embed",
+        "-m",
+        s(&m),
+        "-",
+        "--chunk-size",
+        "1000",
+        "--pool",
+        "none",
+        "--format",
+        "npy",
+        "-o",
+        s(&npy),
+    ];
+    let ready = |n: &[String]| n.contains(&"a.npy".to_string()) && n.iter().any(is_temp);
+    // The second record is long enough for its first chunks to be read before its end.
+    let input = format!(">a\nACGTACGTAC\n>b\n{}", "ACGTTGCA\n".repeat(50_000));
+    let (code, stderr) = interrupt(&args, &input, &npy, ready, libc::SIGTERM);
+    assert_eq!(code, Some(143), "{stderr}");
+    assert!(
+        stderr.contains("interrupted by SIGTERM; removed 1 unfinished output file"),
+        "{stderr}"
+    );
+    assert_eq!(names(&npy), ["a.npy"]);
+    let bytes = std::fs::read(npy.join("a.npy")).unwrap();
+    let header = String::from_utf8_lossy(&bytes[..128]);
+    assert!(header.contains("'shape': (10, 16)"), "{header}");
+    assert_eq!(bytes.len(), 128 + 10 * 16 * 4);
 }

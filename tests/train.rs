@@ -313,6 +313,81 @@ fn resume_continues_exactly() {
     );
 }
 
+#[test]
+fn an_interrupted_run_keeps_its_last_epoch_and_says_how_to_resume() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = write_classes(dir.path(), 40, 2);
+    let (ca, cb) = (format!("motif={}", s(&a)), format!("plain={}", s(&b)));
+    let out = dir.path().join("run");
+    let mut args: Vec<&str> = vec![
+        "train",
+        "-o",
+        s(&out),
+        "--class",
+        &ca,
+        "--class",
+        &cb,
+        "--epochs",
+        "100000",
+        "--batch-size",
+        "8",
+        "--seed",
+        "9",
+    ];
+    args.extend(TINY);
+    let child = Command::cargo_bin("genomamba")
+        .unwrap()
+        .args(&args)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Far from its last epoch once the first checkpoint is there.
+    let start = std::time::Instant::now();
+    while !out.join("checkpoint/trainer.json").exists() {
+        assert!(start.elapsed().as_secs() < 300, "no checkpoint");
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    // SAFETY: `kill` only sends a signal to the child's process id.
+    assert_eq!(
+        unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGINT) },
+        0
+    );
+    let o = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(130), "{stderr}");
+    let last = stderr.lines().last().unwrap_or_default();
+    assert!(
+        last.starts_with("genomamba: interrupted by SIGINT")
+            && last.contains("the last finished epoch is saved in")
+            && last.ends_with("checkpoint: run the same command with --resume to continue"),
+        "{stderr}"
+    );
+    // Nothing half-written: no temporary file or directory, a model that loads, a checkpoint
+    // that resumes.
+    let hidden: Vec<_> = std::fs::read_dir(&out)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with('.'))
+        .collect();
+    assert!(hidden.is_empty(), "left behind: {hidden:?}");
+    ok(&["info", "-m", s(&out)]);
+    let state: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(out.join("checkpoint/trainer.json")).unwrap(),
+    )
+    .unwrap();
+    let done = state["epochs_done"].as_u64().unwrap() as usize;
+    assert!(done >= 1);
+    let next = (done + 1).to_string();
+    let mut again = args.clone();
+    again.extend(["--resume", "--stop-after", &next]);
+    ok(&again);
+    let state: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(out.join("checkpoint/trainer.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(state["epochs_done"].as_u64(), Some(done as u64 + 1));
+}
+
 /// A reference with a repeated "gene" pattern labeled in a BED; a position model learns it.
 #[test]
 fn position_training_learns_and_annotates() {

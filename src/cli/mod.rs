@@ -41,6 +41,30 @@ pub enum Command {
 
 static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
 
+/// What the line printed on an interruption adds, asked when the signal comes (`train` says
+/// how to continue once a checkpoint exists).
+type Hint = Box<dyn Fn() -> Option<String> + Send>;
+
+static INTERRUPTED_HINT: std::sync::Mutex<Option<Hint>> = std::sync::Mutex::new(None);
+
+/// Sets what an interruption's line adds (see [`interrupted_hint`]).
+pub fn set_interrupted_hint(hint: Hint) {
+    let mut h = INTERRUPTED_HINT
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    *h = Some(hint);
+}
+
+/// What an interruption's line adds, if anything. Called with the pending outputs held
+/// (`genomamba::io::output::remove_pending`), so no output is being published meanwhile.
+pub fn interrupted_hint() -> Option<String> {
+    INTERRUPTED_HINT
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .as_ref()
+        .and_then(|h| h())
+}
+
 /// With `GENOMAMBA_TIMING` set, prints to stderr how long after the start of `main` the process
 /// reached `what` (to see where a run's fixed time goes; the first call starts the clock).
 pub fn mark(what: &str) {

@@ -411,6 +411,17 @@ pub fn run(a: TrainArgs) -> Result<()> {
         .unwrap_or(HeadKind::Sequence);
     let metric = monitored_metric(kind, labels.len());
 
+    // An interruption says how to continue once a checkpoint is in place (checkpoints are
+    // swapped in whole, and the question is asked with no swap under way).
+    let checkpoint = genomamba::train::trainer::checkpoint_dir(&a.output);
+    super::set_interrupted_hint(Box::new(move || {
+        checkpoint.join("trainer.json").is_file().then(|| {
+            format!(
+                "the last finished epoch is saved in {}: run the same command with --resume to continue",
+                checkpoint.display()
+            )
+        })
+    }));
     let show = !a.quiet && std::io::stderr().is_terminal();
     let mut pb: Option<ProgressBar> = None;
     let epochs = a.epochs;
