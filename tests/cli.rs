@@ -588,6 +588,25 @@ fn progress_shows_on_a_terminal_and_not_with_quiet() {
         !quiet.contains("bases"),
         "progress shown despite --quiet: {quiet:?}"
     );
+    // With the bases known from the `.fai` index (here of a region), a bar with a total.
+    let fa = shared().join("genomes/ecoli_k12.fa.gz");
+    let cmd = format!(
+        "{} embed -m {} {} --region NC_000913:1-20000 -o {}",
+        s(&bin),
+        s(&m),
+        s(&fa),
+        s(&t.path().join("r.tsv"))
+    );
+    let o = Command::new("script")
+        .args(["-qec", &cmd, "/dev/null"])
+        .output()
+        .unwrap();
+    let shown = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{shown}");
+    assert!(
+        shown.contains("% of 20,000 bases") && shown.contains("eta"),
+        "no bar with a total: {shown:?}"
+    );
 }
 
 #[test]

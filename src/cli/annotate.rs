@@ -11,7 +11,7 @@ use genomamba::train::trainer::Strands;
 use genomamba::{Error, Result};
 
 use super::classify::argmax;
-use super::common::{InputArgs, RecordSink, progress, report_skipped};
+use super::common::{InputArgs, RecordSink, report_skipped};
 
 /// Arguments of `annotate`.
 #[derive(Debug, Args)]
@@ -97,7 +97,7 @@ pub fn run(a: AnnotateArgs) -> Result<()> {
         .ok_or_else(|| Error::Runtime("the model's head has no weights".into()))?;
     let strands = Strands::of(model.config.head.as_ref());
     let rc = strands != Strands::Forward;
-    let pb = progress(a.input.quiet, "annotate");
+    let pb = a.input.progress("annotate");
     let mut sink = AnnotateSink {
         head,
         labels: labels.clone(),

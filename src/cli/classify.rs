@@ -9,7 +9,7 @@ use genomamba::io::output::Output;
 use genomamba::model::{HeadKind, HostHead};
 use genomamba::{Error, Result};
 
-use super::common::{InputArgs, RecordSink, progress, report_skipped};
+use super::common::{InputArgs, RecordSink, report_skipped};
 
 /// Arguments of `classify`.
 #[derive(Debug, Args)]
@@ -127,7 +127,7 @@ pub fn run(a: ClassifyArgs) -> Result<()> {
     }
     header.push('\n');
     out.write_all(header.as_bytes())?;
-    let pb = progress(a.input.quiet, "classify");
+    let pb = a.input.progress("classify");
     let mut sink = ClassifySink {
         out,
         head,

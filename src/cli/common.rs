@@ -5,14 +5,14 @@ use std::path::PathBuf;
 
 use burn::tensor::{Device, Tensor};
 use clap::Args;
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use indicatif::{HumanCount, ProgressBar, ProgressDrawTarget, ProgressState, ProgressStyle};
 
 use genomamba::alphabet::reverse_complement_tokens;
 use genomamba::device::DeviceSpec;
 use genomamba::infer::{DEFAULT_CHUNK, batch_positions, check_gpu_chunk, gpu_chunk};
 use genomamba::infer::{PieceRunner, pad_length, run_batch};
 use genomamba::io::fastx::{Piece, RecordMeta, for_each_piece};
-use genomamba::io::region::{Region, read_region};
+use genomamba::io::region::{Region, indexed_lengths, read_region};
 use genomamba::model::weights::host_values;
 use genomamba::model::{GenoModel, Precision};
 use genomamba::{Error, Result};
@@ -145,6 +145,35 @@ impl InputArgs {
         self.regions.iter().map(|r| r.parse::<Region>()).collect()
     }
 
+    /// The bases the run will read, when the `.fai` index of every input gives them (whole
+    /// files, or the `--region`s): the progress bar's total. `None` otherwise (stdin, FASTQ,
+    /// files without an index), and then the bar counts without a total.
+    pub fn known_bases(&self) -> Option<u64> {
+        let regions = self.parsed_regions().ok()?;
+        let mut total = 0u64;
+        for input in &self.inputs {
+            let lengths = indexed_lengths(input)?;
+            if regions.is_empty() {
+                total += lengths.iter().map(|(_, len)| len).sum::<u64>();
+            }
+            for region in &regions {
+                let (_, len) = lengths.iter().find(|(name, _)| *name == region.name)?;
+                let end = region.end.unwrap_or(*len).min(*len);
+                total += end.saturating_sub(region.start);
+            }
+        }
+        Some(total)
+    }
+
+    /// The progress display of a run over these inputs on stderr, counting bases; hidden
+    /// with `--quiet` or when stderr is not a terminal ([`progress`]).
+    pub fn progress(&self, what: &str) -> ProgressBar {
+        if self.quiet || !std::io::stderr().is_terminal() {
+            return ProgressBar::hidden();
+        }
+        progress(what, self.known_bases())
+    }
+
     /// Runs the model over every input record and hands the final hidden states to `sink`,
     /// record by record, in input order. Whole records shorter than a chunk are batched (up
     /// to `--batch-size`); longer ones arrive and run piece by piece (one chunk each) with
@@ -248,8 +277,10 @@ impl InputArgs {
                     reverse,
                     self.pads_last_chunk(),
                     &mut |c| {
+                        let mut bases = 0;
                         for (b, acc) in accs.iter_mut().enumerate() {
                             let valid = recs[b].len().saturating_sub(c.start).min(c.len);
+                            bases += valid;
                             if valid > 0 {
                                 let o = b * c.len * d;
                                 let rows = &c.values[o..o + valid * d];
@@ -261,8 +292,9 @@ impl InputArgs {
                                 }
                             }
                         }
+                        // The records' own bases, not the padding to the longest.
                         if !reverse {
-                            pb.inc((c.len * recs.len()) as u64);
+                            pb.inc(bases as u64);
                         }
                         Ok(())
                     },
@@ -410,18 +442,23 @@ pub trait RecordSink {
     fn end(&mut self, acc: Self::Acc, meta: &RecordMeta, len: usize) -> Result<()>;
 }
 
-/// A progress display on stderr counting bases; hidden with `--quiet` or when stderr is not
-/// a terminal.
-pub fn progress(quiet: bool, what: &str) -> ProgressBar {
-    if quiet || !std::io::stderr().is_terminal() {
-        return ProgressBar::hidden();
-    }
-    let pb = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
+/// A progress display on stderr counting bases: with `total`, a bar with the time left;
+/// without, a spinner.
+fn progress(what: &str, total: Option<u64>) -> ProgressBar {
+    let pb = ProgressBar::with_draw_target(total, ProgressDrawTarget::stderr());
+    let template = match total {
+        Some(_) => {
+            "{spinner} {msg} [{wide_bar}] {percent}% of {human_len} bases, {rate}, eta {eta}"
+        }
+        None => "{spinner} {msg} {human_pos} bases, {rate}, {elapsed_precise}",
+    };
+    let rate = |state: &ProgressState, w: &mut dyn std::fmt::Write| {
+        let _ = write!(w, "{} bases/s", HumanCount(state.per_sec() as u64));
+    };
     pb.set_style(
-        ProgressStyle::with_template(
-            "{spinner} {msg} {human_pos} bases, {per_sec}, {elapsed_precise}",
-        )
-        .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+        ProgressStyle::with_template(template)
+            .map(|style| style.with_key("rate", rate).progress_chars("=> "))
+            .unwrap_or_else(|_| ProgressStyle::default_spinner()),
     );
     pb.set_message(what.to_string());
     pb.enable_steady_tick(std::time::Duration::from_millis(200));
@@ -541,6 +578,46 @@ mod tests {
         assert_eq!(chunk(&["--device", "cuda:1"]), GPU_DEFAULT_CHUNK);
         assert_eq!(chunk(&["--device", "cuda", "--chunk-size", "1000"]), 1000);
         assert_eq!(chunk(&["--chunk-size", "77"]), 77);
+    }
+
+    #[test]
+    fn the_progress_total_comes_from_fresh_indexes_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let write = |name: &str, fai: Option<&str>| {
+            let fa = dir.path().join(name);
+            std::fs::write(&fa, ">a\nACGTACGTAC\n>b\nACGTA\n").unwrap();
+            if let Some(fai) = fai {
+                std::fs::write(dir.path().join(format!("{name}.fai")), fai).unwrap();
+            }
+            fa.to_str().unwrap().to_string()
+        };
+        let indexed = write("x.fa", Some("a\t10\t3\t10\t11\nb\t5\t17\t5\t6\n"));
+        let bare = write("y.fa", None);
+        let total = |inputs: &[&str], regions: &[&str]| {
+            let mut argv = vec!["genomamba", "-m", "model"];
+            argv.extend(inputs);
+            for r in regions {
+                argv.extend(["--region", r]);
+            }
+            Cli::parse_from(argv).input.known_bases()
+        };
+        assert_eq!(total(&[&indexed], &[]), Some(15));
+        assert_eq!(total(&[&indexed, &indexed], &[]), Some(30));
+        // Regions: their own lengths, an open end to the end of the sequence.
+        assert_eq!(total(&[&indexed], &["a:3-7", "b"]), Some(10));
+        assert_eq!(total(&[&indexed], &["a:4"]), Some(7));
+        // Unknown wherever any input has no index, or a region names no indexed sequence.
+        assert_eq!(total(&[&indexed, &bare], &[]), None);
+        assert_eq!(total(&["-"], &[]), None);
+        assert_eq!(total(&[&indexed], &["c:1-5"]), None);
+        // An index older than its file may describe another file.
+        let fai = std::fs::File::options()
+            .write(true)
+            .open(format!("{indexed}.fai"))
+            .unwrap();
+        let old = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
+        fai.set_modified(old).unwrap();
+        assert_eq!(total(&[&indexed], &[]), None);
     }
 
     /// The sizes of the groups `read_groups` hands over for a FASTA of records of `lens`

@@ -11,7 +11,7 @@ use genomamba::io::fastx::RecordMeta;
 use genomamba::io::output::{Output, npy_header_fixed, safe_file_name};
 use genomamba::{Error, Result};
 
-use super::common::{InputArgs, RecordSink, fmt_f32, progress, report_skipped};
+use super::common::{InputArgs, RecordSink, fmt_f32, report_skipped};
 
 /// Arguments of `embed`.
 #[derive(Debug, Args)]
@@ -150,7 +150,7 @@ pub fn run(a: EmbedArgs) -> Result<()> {
     };
     let (device, model) = a.input.setup()?;
     let d = model.backbone.d_model();
-    let pb = progress(a.input.quiet, "embed");
+    let pb = a.input.progress("embed");
     let skipped = match pool {
         Some(pool) => {
             let mut out = Output::create(&a.output)?;

@@ -207,6 +207,35 @@ fn layout(path: &str, file: &mut File) -> Result<Layout> {
     }
 }
 
+/// The sequences (name, length) that the `.fai` index next to `path` lists, when there is one
+/// that reads and is not older than `path` (an older one may describe another file; compared
+/// in whole seconds, as htslib does, so that copying a file and its index in either order
+/// keeps them); `None` otherwise, and for stdin. For a progress bar's total: reading never
+/// depends on it.
+pub fn indexed_lengths(path: &str) -> Option<Vec<(String, u64)>> {
+    if path == "-" {
+        return None;
+    }
+    let fai_path = format!("{path}.fai");
+    let modified = |p: &str| {
+        let time = std::fs::metadata(p).and_then(|m| m.modified()).ok()?;
+        time.duration_since(std::time::UNIX_EPOCH)
+            .ok()
+            .map(|d| d.as_secs())
+    };
+    if modified(&fai_path)? < modified(path)? {
+        return None;
+    }
+    let index = fasta::fai::fs::read(&fai_path).ok()?;
+    Some(
+        index
+            .as_ref()
+            .iter()
+            .map(|r| (String::from_utf8_lossy(r.name()).into_owned(), r.length()))
+            .collect(),
+    )
+}
+
 /// Reads one region of an indexed FASTA (plain with `.fai`, or bgzip with `.fai` + `.gzi`)
 /// using noodles' indexed reader; only the bytes of the region are read.
 ///
