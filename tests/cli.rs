@@ -452,6 +452,31 @@ fn bad_input_exits_2_with_one_line_and_leaves_no_output() {
         &run(&["embed", "-m", s(&m), "/no/such/file.fa", "-o", s(&out)]),
         "/no/such/file.fa",
     );
+    // Outputs of the wrong kind, refused before any work (a file path that is a directory
+    // used to fail only when the finished output was renamed over it, with exit code 1).
+    let a_dir = t.path().join("a_dir");
+    std::fs::create_dir(&a_dir).unwrap();
+    let a_file = t.path().join("a_file");
+    std::fs::write(&a_file, "keep").unwrap();
+    let o = run(&["embed", "-m", s(&m), s(&hash), "-o", s(&a_dir)]);
+    assert_bad(&o, "it is a directory");
+    let o = run(&[
+        "embed",
+        "-m",
+        s(&m),
+        s(&hash),
+        "--pool",
+        "none",
+        "-o",
+        s(&a_file),
+    ]);
+    assert_bad(&o, "exists and is not a directory");
+    assert_bad(
+        &run(&["init", "-o", s(&a_file)]),
+        "exists and is not a directory",
+    );
+    assert_eq!(std::fs::read_to_string(&a_file).unwrap(), "keep");
+    assert_eq!(std::fs::read_dir(&a_dir).unwrap().count(), 0);
 }
 
 /// The error `--device cuda:99` must give on this build and machine: without the `cuda`

@@ -169,6 +169,15 @@ pub fn run(a: EmbedArgs) -> Result<()> {
         }
         None => {
             let dir = PathBuf::from(&a.output);
+            if dir.exists() && !dir.is_dir() {
+                return Err(Error::usage(
+                    format!(
+                        "{} exists and is not a directory (--pool none writes one .npy per record into a directory)",
+                        a.output
+                    ),
+                    "choose another -o",
+                ));
+            }
             std::fs::create_dir_all(&dir).map_err(|e| Error::io(&a.output, e))?;
             let mut sink = NpySink {
                 dir,

@@ -81,6 +81,12 @@ pub fn run(a: InitArgs) -> Result<()> {
             ));
         }
     };
+    if a.output.exists() && !a.output.is_dir() {
+        return Err(Error::usage(
+            format!("{} exists and is not a directory", a.output.display()),
+            "a model is a directory: choose another -o",
+        ));
+    }
     if a.output.join("config.json").exists() && !a.force {
         return Err(Error::usage(
             format!("{} already holds a model", a.output.display()),

@@ -177,6 +177,13 @@ impl Output {
                 "create the directory first or choose another output path",
             ));
         }
+        // Checked now, not when the finished output is renamed over it (after all the work).
+        if path.is_dir() {
+            return Err(Error::usage(
+                format!("cannot write {dest}: it is a directory"),
+                "give the path of a file to write, not of a directory",
+            ));
+        }
         let name = path
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
