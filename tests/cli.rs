@@ -477,6 +477,34 @@ fn bad_input_exits_2_with_one_line_and_leaves_no_output() {
     );
     assert_eq!(std::fs::read_to_string(&a_file).unwrap(), "keep");
     assert_eq!(std::fs::read_dir(&a_dir).unwrap().count(), 0);
+    // An output that is an input (by another spelling too) would replace it when renamed
+    // into place; two outputs naming one file would overwrite each other.
+    let input = t.path().join("in.fa");
+    std::fs::write(&input, ">a\nACGT\n").unwrap();
+    let other_spelling = t.path().join("a_dir/../in.fa");
+    let o = run(&["embed", "-m", s(&m), s(&input), "-o", s(&other_spelling)]);
+    assert_bad(&o, "is the input");
+    assert_eq!(std::fs::read_to_string(&input).unwrap(), ">a\nACGT\n");
+    let pos = init(
+        t.path(),
+        "pos",
+        &["--head", "position", "--labels", "background,feature"],
+    );
+    let twice = t.path().join("twice.txt");
+    let o = run(&[
+        "annotate",
+        "-m",
+        s(&pos),
+        s(&input),
+        "--bed",
+        s(&twice),
+        "--tsv",
+        s(&twice),
+    ]);
+    assert_bad(&o, "--bed and --tsv both write");
+    assert!(!twice.exists());
+    let o = run(&["embed", "-m", s(&m), "-", "-", "-o", s(&out)]);
+    assert_bad(&o, "stdin (-) is given more than once");
 }
 
 /// The error `--device cuda:99` must give on this build and machine: without the `cuda`

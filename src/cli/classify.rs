@@ -9,7 +9,7 @@ use genomamba::io::output::Output;
 use genomamba::model::{HeadKind, HostHead};
 use genomamba::{Error, Result};
 
-use super::common::{InputArgs, RecordSink, report_skipped};
+use super::common::{InputArgs, RecordSink, check_outputs, report_skipped};
 
 /// Arguments of `classify`.
 #[derive(Debug, Args)]
@@ -120,6 +120,7 @@ pub fn run(a: ClassifyArgs) -> Result<()> {
     let head = model
         .host_head()
         .ok_or_else(|| Error::Runtime("the model's head has no weights".into()))?;
+    check_outputs(&a.input.inputs, &[("-o", &a.output)])?;
     let mut out = Output::create(&a.output)?;
     let mut header = String::from("id\tlength\tlabel");
     for l in &labels {

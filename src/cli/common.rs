@@ -392,6 +392,52 @@ impl InputArgs {
     }
 }
 
+/// Refuses, before any work, an output that is one of the `inputs` (a finished output is
+/// renamed over its destination, so the input would be lost) and two outputs naming the same
+/// file (or both stdout). `outputs` are (option, path) pairs.
+pub fn check_outputs(inputs: &[String], outputs: &[(&str, &str)]) -> Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let identity = |p: &str| std::fs::metadata(p).ok().map(|m| (m.dev(), m.ino()));
+    let mut seen: Vec<(&str, PathBuf)> = Vec::new();
+    for &(flag, out) in outputs {
+        if let Some(id) = identity(out).filter(|_| out != "-") {
+            let same = inputs.iter().find(|i| *i != "-" && identity(i) == Some(id));
+            if let Some(input) = same {
+                return Err(Error::usage(
+                    format!("{flag} {out} is the input {input}: the output would replace it"),
+                    format!("choose another {flag}"),
+                ));
+            }
+        }
+        // The same file by another spelling (`./x`, `dir/../x`): the directory resolved.
+        let path = std::path::Path::new(out);
+        let key = match (path.parent(), path.file_name()) {
+            (Some(dir), Some(name)) if out != "-" => {
+                let dir = if dir.as_os_str().is_empty() {
+                    "."
+                } else {
+                    dir.to_str().unwrap_or(".")
+                };
+                std::fs::canonicalize(dir).map_or_else(|_| path.to_path_buf(), |d| d.join(name))
+            }
+            _ => path.to_path_buf(),
+        };
+        if let Some((other, _)) = seen.iter().find(|(_, k)| *k == key) {
+            let what = if out == "-" {
+                "stdout".to_string()
+            } else {
+                out.to_string()
+            };
+            return Err(Error::usage(
+                format!("{other} and {flag} both write {what}"),
+                "give each output a file of its own",
+            ));
+        }
+        seen.push((flag, key));
+    }
+    Ok(())
+}
+
 /// What a subcommand does with the hidden states of each record.
 pub trait RecordSink {
     /// Per-record accumulator.

@@ -11,7 +11,7 @@ use genomamba::io::fastx::RecordMeta;
 use genomamba::io::output::{Output, npy_header_fixed, safe_file_name};
 use genomamba::{Error, Result};
 
-use super::common::{InputArgs, RecordSink, fmt_f32, report_skipped};
+use super::common::{InputArgs, RecordSink, check_outputs, fmt_f32, report_skipped};
 
 /// Arguments of `embed`.
 #[derive(Debug, Args)]
@@ -153,6 +153,7 @@ pub fn run(a: EmbedArgs) -> Result<()> {
     let pb = a.input.progress("embed");
     let skipped = match pool {
         Some(pool) => {
+            check_outputs(&a.input.inputs, &[("-o", &a.output)])?;
             let mut out = Output::create(&a.output)?;
             let mut line = String::from("id\tlength");
             for i in 0..d {

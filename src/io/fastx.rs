@@ -331,9 +331,15 @@ pub(crate) fn open_file(path: &str, wanted: &str) -> Result<File> {
     Ok(file)
 }
 
-/// Checks that every input (`-` is stdin) can be opened, so that a wrong path is reported
-/// before a model is loaded onto a device.
+/// Checks that every input (`-` is stdin, at most once) can be opened, so that a wrong path is
+/// reported before a model is loaded onto a device.
 pub fn check_inputs(paths: &[String]) -> Result<()> {
+    if paths.iter().filter(|p| p.as_str() == "-").count() > 1 {
+        return Err(Error::usage(
+            "stdin (-) is given more than once, but it can be read only once",
+            "give - once, or files by their paths",
+        ));
+    }
     for path in paths.iter().filter(|p| p.as_str() != "-") {
         open_file(path, SEQUENCE_FILE)?;
     }
