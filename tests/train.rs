@@ -748,6 +748,13 @@ fn bad_training_input_exits_2_and_writes_nothing() {
         &["train", "-o", s(&existing), "--class", &ca, "--class", &cb],
         "already exists",
     );
+    // The baseline's report may not replace one of its class files.
+    let before = std::fs::read(&b).unwrap();
+    bad(
+        &["baseline", "--class", &ca, "--class", &cb, "-o", s(&b)],
+        "is the input",
+    );
+    assert_eq!(std::fs::read(&b).unwrap(), before);
 }
 
 #[test]

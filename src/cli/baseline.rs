@@ -10,7 +10,7 @@ use genomamba::train::kmer::{KmerConfig, KmerModel};
 use genomamba::train::trainer::{argmax, sequence_scores};
 use genomamba::{Error, Result};
 
-use super::common::SeqDataArgs;
+use super::common::{SeqDataArgs, check_outputs};
 use super::train::load_sequence_sets;
 
 /// Arguments of `baseline`.
@@ -52,6 +52,9 @@ pub fn run(a: BaselineArgs) -> Result<()> {
             ),
         ));
     }
+    let mut outputs = vec![("-o", a.output.as_str())];
+    outputs.extend(a.predictions.as_deref().map(|p| ("--predictions", p)));
+    check_outputs(&a.data.paths(), &outputs)?;
     let (train, val, split) = load_sequence_sets(&a.data, a.val_fraction, a.seed)?;
     let n_classes = train.labels.len();
     let seqs: Vec<Vec<u8>> = train.examples.iter().map(|e| ascii(&e.tokens)).collect();

@@ -583,6 +583,18 @@ pub struct SeqDataArgs {
 }
 
 /// Sizes rayon's global pool from `--threads` (all cores when absent).
+impl SeqDataArgs {
+    /// The files the data is read from (the path after `NAME=` of each class).
+    pub fn paths(&self) -> Vec<String> {
+        let classes = self.classes.iter().chain(&self.val_classes);
+        let class_paths = classes.filter_map(|c| c.split_once('=').map(|(_, p)| p.to_string()));
+        class_paths
+            .chain(self.tsv.clone())
+            .chain(self.val_tsv.clone())
+            .collect()
+    }
+}
+
 pub fn set_threads(threads: Option<usize>) -> Result<()> {
     if let Some(n) = threads {
         if n == 0 {
