@@ -11,7 +11,7 @@ use genomamba::train::trainer::Strands;
 use genomamba::{Error, Result};
 
 use super::classify::argmax;
-use super::common::{InputArgs, RecordSink, check_outputs, report_skipped};
+use super::common::{InputArgs, RecordSink, report_skipped};
 
 /// Arguments of `annotate`.
 #[derive(Debug, Args)]
@@ -52,7 +52,16 @@ pub fn run(a: AnnotateArgs) -> Result<()> {
             "use a value between 0 and 1",
         ));
     }
-    let (device, model) = a.input.setup()?;
+    let outputs = [
+        ("--bed", &a.bed),
+        ("--bedgraph", &a.bedgraph),
+        ("--tsv", &a.tsv),
+    ];
+    let outputs: Vec<(&str, &str)> = outputs
+        .iter()
+        .filter_map(|(flag, path)| path.as_deref().map(|p| (*flag, p)))
+        .collect();
+    let (device, model) = a.input.setup(&outputs)?;
     let labels = match &model.config.head {
         Some(h) if h.kind == HeadKind::Position => h.labels.clone(),
         Some(_) => {
@@ -80,16 +89,6 @@ pub fn run(a: AnnotateArgs) -> Result<()> {
         })?,
         None => usize::from(n > 1),
     };
-    let outputs = [
-        ("--bed", &a.bed),
-        ("--bedgraph", &a.bedgraph),
-        ("--tsv", &a.tsv),
-    ];
-    let outputs: Vec<(&str, &str)> = outputs
-        .iter()
-        .filter_map(|(flag, path)| path.as_deref().map(|p| (*flag, p)))
-        .collect();
-    check_outputs(&a.input.inputs, &outputs)?;
     let bed = a.bed.as_deref().map(Output::create).transpose()?;
     let bg = a.bedgraph.as_deref().map(Output::create).transpose()?;
     let mut tsv = a.tsv.as_deref().map(Output::create).transpose()?;

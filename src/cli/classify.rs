@@ -9,7 +9,7 @@ use genomamba::io::output::Output;
 use genomamba::model::{HeadKind, HostHead};
 use genomamba::{Error, Result};
 
-use super::common::{InputArgs, RecordSink, check_outputs, report_skipped};
+use super::common::{InputArgs, RecordSink, report_skipped};
 
 /// Arguments of `classify`.
 #[derive(Debug, Args)]
@@ -98,7 +98,7 @@ impl RecordSink for ClassifySink {
 }
 
 pub fn run(a: ClassifyArgs) -> Result<()> {
-    let (device, model) = a.input.setup()?;
+    let (device, model) = a.input.setup(&[("-o", &a.output)])?;
     let labels = match &model.config.head {
         Some(h) if h.kind == HeadKind::Sequence => h.labels.clone(),
         Some(_) => {
@@ -120,7 +120,6 @@ pub fn run(a: ClassifyArgs) -> Result<()> {
     let head = model
         .host_head()
         .ok_or_else(|| Error::Runtime("the model's head has no weights".into()))?;
-    check_outputs(&a.input.inputs, &[("-o", &a.output)])?;
     let mut out = Output::create(&a.output)?;
     let mut header = String::from("id\tlength\tlabel");
     for l in &labels {

@@ -1,7 +1,7 @@
 //! Arguments and plumbing shared by the subcommands that read sequences.
 
 use std::io::IsTerminal;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use burn::tensor::{Device, Tensor};
 use clap::Args;
@@ -63,8 +63,9 @@ pub struct InputArgs {
 }
 
 impl InputArgs {
-    /// Validates numbers, sets up threads, picks the device and loads the model.
-    pub fn setup(&self) -> Result<(Device, GenoModel)> {
+    /// Validates numbers, inputs and the command's output files (`outputs`, as for
+    /// [`check_outputs`]), sets up threads, picks the device and loads the model.
+    pub fn setup(&self, outputs: &[(&str, &str)]) -> Result<(Device, GenoModel)> {
         if self.chunk_size == Some(0) {
             return Err(Error::usage(
                 "--chunk-size must be at least 1",
@@ -87,6 +88,7 @@ impl InputArgs {
         }
         let precision = self.precision.parse::<Precision>()?;
         genomamba::io::fastx::check_inputs(&self.inputs)?;
+        check_outputs(&self.inputs, outputs)?;
         let spec = self.device.parse::<DeviceSpec>()?;
         let device = spec.device()?;
         // A GPU is started on a thread of its own while the model is read (unless
@@ -392,6 +394,18 @@ impl InputArgs {
     }
 }
 
+/// Refuses an output directory (`dir`) that exists as something else: "DIR exists and is not a
+/// directory" + `why`, and `fix`.
+pub fn check_output_dir(dir: &Path, why: &str, fix: &str) -> Result<()> {
+    if dir.exists() && !dir.is_dir() {
+        return Err(Error::usage(
+            format!("{} exists and is not a directory{why}", dir.display()),
+            fix,
+        ));
+    }
+    Ok(())
+}
+
 /// Refuses, before any work, an output that is one of the `inputs` (a finished output is
 /// renamed over its destination, so the input would be lost) and two outputs naming the same
 /// file (or both stdout). `outputs` are (option, path) pairs.
@@ -410,24 +424,20 @@ pub fn check_outputs(inputs: &[String], outputs: &[(&str, &str)]) -> Result<()> 
             }
         }
         // The same file by another spelling (`./x`, `dir/../x`): the directory resolved.
-        let path = std::path::Path::new(out);
+        let path = Path::new(out);
         let key = match (path.parent(), path.file_name()) {
             (Some(dir), Some(name)) if out != "-" => {
                 let dir = if dir.as_os_str().is_empty() {
-                    "."
+                    Path::new(".")
                 } else {
-                    dir.to_str().unwrap_or(".")
+                    dir
                 };
                 std::fs::canonicalize(dir).map_or_else(|_| path.to_path_buf(), |d| d.join(name))
             }
             _ => path.to_path_buf(),
         };
         if let Some((other, _)) = seen.iter().find(|(_, k)| *k == key) {
-            let what = if out == "-" {
-                "stdout".to_string()
-            } else {
-                out.to_string()
-            };
+            let what = if out == "-" { "stdout" } else { out };
             return Err(Error::usage(
                 format!("{other} and {flag} both write {what}"),
                 "give each output a file of its own",

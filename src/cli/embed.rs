@@ -1,7 +1,7 @@
 //! `genomamba embed`: final hidden states, pooled per record (TSV) or per position (.npy).
 
 use std::collections::HashSet;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use burn::tensor::Tensor;
 use clap::Args;
@@ -11,7 +11,7 @@ use genomamba::io::fastx::RecordMeta;
 use genomamba::io::output::{Output, npy_header_fixed, safe_file_name};
 use genomamba::{Error, Result};
 
-use super::common::{InputArgs, RecordSink, check_outputs, fmt_f32, report_skipped};
+use super::common::{InputArgs, RecordSink, check_output_dir, fmt_f32, report_skipped};
 
 /// Arguments of `embed`.
 #[derive(Debug, Args)]
@@ -148,12 +148,23 @@ pub fn run(a: EmbedArgs) -> Result<()> {
     } else {
         Some(a.pool.parse::<Pool>()?)
     };
-    let (device, model) = a.input.setup()?;
+    // The pooled table is a file; per-position arrays go into a directory.
+    let file_outputs: &[(&str, &str)] = match pool {
+        Some(_) => &[("-o", &a.output)],
+        None => {
+            check_output_dir(
+                Path::new(&a.output),
+                " (--pool none writes one .npy per record into a directory)",
+                "choose another -o",
+            )?;
+            &[]
+        }
+    };
+    let (device, model) = a.input.setup(file_outputs)?;
     let d = model.backbone.d_model();
     let pb = a.input.progress("embed");
     let skipped = match pool {
         Some(pool) => {
-            check_outputs(&a.input.inputs, &[("-o", &a.output)])?;
             let mut out = Output::create(&a.output)?;
             let mut line = String::from("id\tlength");
             for i in 0..d {
@@ -170,15 +181,6 @@ pub fn run(a: EmbedArgs) -> Result<()> {
         }
         None => {
             let dir = PathBuf::from(&a.output);
-            if dir.exists() && !dir.is_dir() {
-                return Err(Error::usage(
-                    format!(
-                        "{} exists and is not a directory (--pool none writes one .npy per record into a directory)",
-                        a.output
-                    ),
-                    "choose another -o",
-                ));
-            }
             std::fs::create_dir_all(&dir).map_err(|e| Error::io(&a.output, e))?;
             let mut sink = NpySink {
                 dir,

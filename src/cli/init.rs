@@ -8,7 +8,7 @@ use clap::Args;
 use genomamba::model::{GenoModel, HeadConfig, HeadKind, ModelConfig};
 use genomamba::{Error, Result};
 
-use super::common::ArchArgs;
+use super::common::{ArchArgs, check_output_dir};
 
 /// Arguments of `init`.
 #[derive(Debug, Args)]
@@ -81,12 +81,7 @@ pub fn run(a: InitArgs) -> Result<()> {
             ));
         }
     };
-    if a.output.exists() && !a.output.is_dir() {
-        return Err(Error::usage(
-            format!("{} exists and is not a directory", a.output.display()),
-            "a model is a directory: choose another -o",
-        ));
-    }
+    check_output_dir(&a.output, "", "a model is a directory: choose another -o")?;
     if a.output.join("config.json").exists() && !a.force {
         return Err(Error::usage(
             format!("{} already holds a model", a.output.display()),

@@ -24,7 +24,7 @@ use genomamba::train::trainer::{
 };
 use genomamba::{Error, Result};
 
-use super::common::{ArchArgs, SeqDataArgs, set_threads};
+use super::common::{ArchArgs, SeqDataArgs, check_output_dir, set_threads};
 
 /// Arguments of `train`.
 #[derive(Debug, Args)]
@@ -226,12 +226,7 @@ fn check_output(a: &TrainArgs) -> Result<()> {
         && std::fs::read_dir(out)
             .map(|mut d| d.next().is_some())
             .unwrap_or(false);
-    if out.exists() && !out.is_dir() {
-        return Err(Error::usage(
-            format!("{} exists and is not a directory", out.display()),
-            "choose another --output",
-        ));
-    }
+    check_output_dir(out, "", "choose another --output")?;
     if non_empty && !a.force {
         return Err(Error::usage(
             format!("{} already exists", out.display()),

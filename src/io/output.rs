@@ -17,7 +17,7 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 use crate::{Error, Result};
 
 /// Temporary outputs not yet renamed into place, by id.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct PendingList {
     paths: Vec<(u64, PathBuf)>,
     next: u64,
@@ -106,15 +106,25 @@ impl Drop for PendingPath {
     }
 }
 
-/// Runs `rename` (the renames that move finished outputs into place) and unlists `pending`,
-/// holding the list throughout: an interruption waits until all of them are in place.
-pub fn publish<T>(pending: Vec<PendingPath>, rename: impl FnOnce() -> T) -> T {
+/// Runs `rename` (the renames that move finished outputs into place) holding the list, so
+/// that an interruption waits until all of them are in place; then unlists `pending`. If
+/// `rename` fails, `pending` is dropped instead: what was not renamed is removed.
+pub fn publish<T, E>(
+    pending: Vec<PendingPath>,
+    rename: impl FnOnce() -> std::result::Result<T, E>,
+) -> std::result::Result<T, E> {
     let mut list = pending_list();
     let out = rename();
-    for p in pending {
-        list.forget(p.id);
-        // Unlisted above; its drop would remove the published output.
-        std::mem::forget(p);
+    if out.is_ok() {
+        for p in pending {
+            list.forget(p.id);
+            // Unlisted above; its drop would remove the published output.
+            std::mem::forget(p);
+        }
+    } else {
+        // Each drop takes the list itself.
+        drop(list);
+        drop(pending);
     }
     out
 }

@@ -259,20 +259,13 @@ impl GenoModel {
         std::fs::write(tmp_c.path(), json + "\n")
             .map_err(|e| Error::io(tmp_c.path().display().to_string(), e))?;
         let renames = [
-            (tmp_w.path().to_path_buf(), "model.safetensors"),
-            (tmp_c.path().to_path_buf(), "config.json"),
+            (tmp_w.path().to_path_buf(), dir.join("model.safetensors")),
+            (tmp_c.path().to_path_buf(), dir.join("config.json")),
         ];
         publish(vec![tmp_w, tmp_c], || {
-            for (tmp, name) in &renames {
-                if let Err(e) = std::fs::rename(tmp, dir.join(name)) {
-                    // Those not renamed yet are still there.
-                    for (tmp, _) in &renames {
-                        let _ = std::fs::remove_file(tmp);
-                    }
-                    return Err(Error::io(dir.join(name).display().to_string(), e));
-                }
-            }
-            Ok(())
+            renames.iter().try_for_each(|(tmp, dest)| {
+                std::fs::rename(tmp, dest).map_err(|e| Error::io(dest.display().to_string(), e))
+            })
         })
     }
 

@@ -1611,7 +1611,11 @@ fn save_checkpoint(
         if dir.exists() {
             std::fs::rename(dir, old).map_err(|e| Error::io(dir.display().to_string(), e))?;
         }
-        std::fs::rename(&tmp, dir).map_err(|e| Error::io(dir.display().to_string(), e))
+        std::fs::rename(&tmp, dir).map_err(|e| {
+            // The previous checkpoint goes back in place.
+            let _ = std::fs::rename(old, dir);
+            Error::io(dir.display().to_string(), e)
+        })
     })
 }
 
