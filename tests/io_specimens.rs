@@ -1041,6 +1041,114 @@ fn regions_on_a_crlf_fasta_match_samtools() {
     }
 }
 
+/// Streams `text` from `path` in pieces of `piece_len` and checks them: the pieces
+/// [`Record::into_pieces`] cuts from the whole region, in order, one record's metadata, the
+/// bases of `samtools faidx`.
+fn check_region_pieces(path: &str, text: &str, piece_len: usize) {
+    let reg: Region = text.parse().unwrap();
+    let mut pieces = Vec::new();
+    region::for_each_region_piece(path, &reg, piece_len, &mut |p| {
+        pieces.push(p);
+        Ok(())
+    })
+    .unwrap_or_else(|e| panic!("{text}: {e}"));
+    let whole = region::read_region(path, &reg).unwrap();
+    let expected = samtools_tokens(path, text);
+    assert!(whole.tokens == expected, "{path} {text}: whole region");
+    let mut cut = Vec::new();
+    whole
+        .clone()
+        .into_pieces(piece_len, &mut |p| {
+            cut.push(p);
+            Ok(())
+        })
+        .unwrap();
+    assert_eq!(
+        pieces.len(),
+        cut.len(),
+        "{path} {text} / {piece_len}: pieces"
+    );
+    assert_eq!(pieces.len(), expected.len().div_ceil(piece_len));
+    for (i, (p, q)) in pieces.iter().zip(&cut).enumerate() {
+        assert_eq!(p.start, i * piece_len, "{text}: piece {i} start");
+        assert_eq!(p.last, i + 1 == pieces.len(), "{text}: piece {i} last");
+        assert!(p.tokens == q.tokens, "{text}: piece {i} bases");
+        assert_eq!(*p.meta, whole.meta(), "{text}: piece {i} record");
+    }
+}
+
+#[test]
+fn long_regions_stream_window_by_window_as_the_pieces_of_the_whole() {
+    require_samtools();
+    let chr20 = data("genomes/hg19_chr20.fa.gz");
+    let chr20 = s(&chr20);
+    // bgzip, 2.5 Mb: windows of 1.2 Mb (4 pieces of 300,000), of one piece of 1.5 Mb, and of
+    // 1,048,576 (256 pieces of 4,096).
+    check_region_pieces(chr20, "20:30,000,001-32,500,000", 300_000);
+    check_region_pieces(chr20, "20:30,000,001-32,500,000", 1_500_000);
+    check_region_pieces(chr20, "20:30,000,001-32,500,000", 4_096);
+    // Pieces that do not divide the window or the region.
+    check_region_pieces(chr20, "20:30,000,001-30,003,000", 7);
+    check_region_pieces(chr20, "20:30,000,001-31,234,567", 333_333);
+
+    // Plain text, 60 bases a line (samtools' output): a 3 Mb sequence of its own, whole and in
+    // part.
+    let dir = tempdir();
+    let out = Command::new("samtools")
+        .args([
+            "faidx",
+            s(&data("genomes/dm3_chr2R.fa.gz")),
+            "chr2R:5,000,001-8,000,000",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let body = out.stdout.splitn(2, |&b| b == b'\n').nth(1).unwrap();
+    let plain = write_file(dir.path(), "part.fa", &[b">part\n", body].concat());
+    let status = Command::new("samtools")
+        .args(["faidx", s(&plain)])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    check_region_pieces(s(&plain), "part", 65_536);
+    check_region_pieces(s(&plain), "part:1,000,000-2,100,000", 1 << 20);
+}
+
+#[test]
+fn a_bad_base_in_a_later_window_is_reported_at_its_position_after_the_earlier_pieces() {
+    let dir = tempdir();
+    // 2.5 Mb of A in lines of 50, with one '#' at base 2,400,001.
+    let mut text = b">s\n".to_vec();
+    for i in 0..50_000u64 {
+        let mut line = vec![b'A'; 50];
+        if i == 48_000 {
+            line[0] = b'#';
+        }
+        text.extend_from_slice(&line);
+        text.push(b'\n');
+    }
+    let path = write_file(dir.path(), "bad.fa", &text);
+    fs::write(dir.path().join("bad.fa.fai"), "s\t2500000\t3\t50\t51\n").unwrap();
+    let mut seen = 0u64;
+    let result =
+        region::for_each_region_piece(s(&path), &"s".parse().unwrap(), 100_000, &mut |p| {
+            seen += p.tokens.len() as u64;
+            Ok(())
+        });
+    let err = assert_input_error(
+        result,
+        s(&path),
+        &[
+            "invalid character '#'",
+            "region s",
+            "record s, position 2400001",
+        ],
+    );
+    assert_eq!(err.exit_code(), 2);
+    // The first two windows (1.1 Mb each: 11 pieces) were handed on before the third failed.
+    assert_eq!(seen, 2_200_000);
+}
+
 #[test]
 fn region_errors_say_what_and_how_to_fix() {
     let chr20 = data("genomes/hg19_chr20.fa.gz");

@@ -12,7 +12,7 @@ use genomamba::device::DeviceSpec;
 use genomamba::infer::{DEFAULT_CHUNK, batch_positions, check_gpu_chunk, gpu_chunk};
 use genomamba::infer::{PieceRunner, pad_length, run_batch};
 use genomamba::io::fastx::{Piece, RecordMeta, for_each_piece};
-use genomamba::io::region::{Region, indexed_lengths, read_region};
+use genomamba::io::region::{Region, for_each_region_piece, indexed_lengths};
 use genomamba::model::weights::host_values;
 use genomamba::model::{GenoModel, Precision};
 use genomamba::{Error, Result};
@@ -382,8 +382,9 @@ impl InputArgs {
                 for_each_piece(input, self.chunk(), &mut |p| push(p, &mut batch))?;
             } else {
                 for region in &regions {
-                    read_region(input, region)?
-                        .into_pieces(self.chunk(), &mut |p| push(p, &mut batch))?;
+                    for_each_region_piece(input, region, self.chunk(), &mut |p| {
+                        push(p, &mut batch)
+                    })?;
                 }
             }
         }

@@ -8,19 +8,21 @@
 //! [`Region::display_1based`], plus the `noodles_core::Position` (1-based) built for the query.
 //!
 //! Regions are read through the `.fai` index (and the `.gzi` index for bgzip files) with
-//! noodles' indexed reader, which seeks to the region: the rest of the file is never read.
+//! noodles' indexed reader, which seeks to the region: the rest of the file is never read,
+//! and a long region is read a window at a time ([`for_each_region_piece`]).
 
 use std::fmt;
 use std::fs::File;
 use std::io::{self, BufRead, BufReader, Read, Seek};
 use std::path::Path;
 use std::str::FromStr;
+use std::sync::Arc;
 
 use noodles::bgzf;
 use noodles::core::Position;
 use noodles::fasta;
 
-use super::fastx::{BAD_BASE_FIX, Record, open_file};
+use super::fastx::{BAD_BASE_FIX, Piece, Record, RecordMeta, open_file};
 use crate::alphabet;
 use crate::{Error, Result};
 
@@ -236,12 +238,53 @@ pub fn indexed_lengths(path: &str) -> Option<Vec<(String, u64)>> {
     )
 }
 
+/// Bases read through the index per query when a region is streamed (rounded up to a whole
+/// number of pieces): memory for a region of any length stays about this many bytes twice
+/// (the text read and its tokens) plus one piece.
+const READ_WINDOW: usize = 1 << 20;
+
 /// Reads one region of an indexed FASTA (plain with `.fai`, or bgzip with `.fai` + `.gzi`)
-/// using noodles' indexed reader; only the bytes of the region are read.
+/// whole, using noodles' indexed reader; only the bytes of the region are read. For long
+/// regions prefer [`for_each_region_piece`], which holds a bounded part at a time.
 ///
 /// The record's `id` is [`Region::display_1based`], `chrom` the sequence name, `offset` the
 /// 0-based start, `number` the 1-based number of the sequence in the index.
 pub fn read_region(path: &str, region: &Region) -> Result<Record> {
+    let mut tokens = Vec::new();
+    let mut meta = None;
+    for_each_region_piece(path, region, usize::MAX, &mut |p: Piece| {
+        if tokens.is_empty() {
+            tokens = p.tokens;
+        } else {
+            tokens.extend_from_slice(&p.tokens);
+        }
+        meta.get_or_insert(p.meta);
+        Ok(())
+    })?;
+    let meta = meta.ok_or_else(|| Error::Runtime(format!("region {region} gave no bases")))?;
+    Ok(Record {
+        id: meta.id.clone(),
+        chrom: meta.chrom.clone(),
+        offset: meta.offset,
+        source: meta.source.clone(),
+        number: meta.number,
+        tokens,
+    })
+}
+
+/// Streams one region of an indexed FASTA (plain with `.fai`, or bgzip with `.fai` + `.gzi`)
+/// as [`Piece`]s of at most `piece_len` tokens, like [`super::fastx::for_each_piece`] streams
+/// a whole record: the region is read through the index a window of about a megabase at a
+/// time (a whole number of pieces), so a region as long as a chromosome is never in memory
+/// whole. The pieces are those [`Record::into_pieces`] would cut from [`read_region`]'s
+/// record. Everything that can be checked before reading (the index, the name, the range) is
+/// checked before the first piece is handed on.
+pub fn for_each_region_piece(
+    path: &str,
+    region: &Region,
+    piece_len: usize,
+    f: &mut dyn FnMut(Piece) -> Result<()>,
+) -> Result<()> {
     if path == "-" {
         return Err(Error::usage(
             format!("--region {region} needs an indexed file, not stdin (-)"),
@@ -309,26 +352,25 @@ pub fn read_region(path: &str, region: &Region) -> Result<Record> {
             "region {region} is empty (its end is not after its start)"
         )));
     }
+    // Every position of the region must be a `usize` and a noodles `Position`.
+    to_position(region, end)?;
 
-    // 0-based half-open [start, end) -> 1-based inclusive positions for noodles.
-    let to_position = |p: u64| {
-        usize::try_from(p)
-            .ok()
-            .and_then(|p| Position::try_from(p).ok())
-            .ok_or_else(|| {
-                Error::usage(
-                    format!("region {region}: position {p} is out of range"),
-                    REGION_FORM,
-                )
-            })
+    let read = Window {
+        path,
+        region,
+        end,
+        reindex: &reindex,
+        meta: Arc::new(RecordMeta {
+            id: region.display_1based(),
+            chrom: region.name.clone(),
+            offset: region.start,
+            source: path.to_string(),
+            number,
+        }),
+        piece_len: piece_len.max(1),
     };
-    let query = noodles::core::Region::new(
-        region.name.as_str(),
-        to_position(region.start + 1)?..=to_position(end)?,
-    );
-
-    let fetched = match layout {
-        Layout::Plain => query_with(BufReader::new(file), index, &query),
+    match layout {
+        Layout::Plain => read.stream(BufReader::new(file), index, f),
         Layout::Bgzf => {
             let gzi_path = format!("{path}.gzi");
             if !Path::new(&gzi_path).exists() {
@@ -343,60 +385,129 @@ pub fn read_region(path: &str, region: &Region) -> Result<Record> {
             let gzi = bgzf::gzi::fs::read(&gzi_path).map_err(|e| {
                 Error::input(&gzi_path, format!("invalid bgzip index: {e}"), &reindex)
             })?;
-            query_with(bgzf::io::IndexedReader::new(file, gzi), index, &query)
+            read.stream(bgzf::io::IndexedReader::new(file, gzi), index, f)
         }
     }
-    .map_err(|e| {
-        Error::input(
-            path,
-            format!("cannot read region {region}: {e}"),
-            format!("the file may be damaged or its index out of date; {reindex}"),
-        )
-    })?;
-
-    let sequence: &[u8] = fetched.sequence().as_ref();
-    let id = region.display_1based();
-    let mut tokens = Vec::with_capacity(sequence.len());
-    if let Err(bad) = alphabet::tokenize_into(sequence, &mut tokens) {
-        // 1-based position in the sequence, as samtools would print it.
-        let position = region.start + bad.offset as u64 + 1;
-        return Err(Error::input(
-            path,
-            format!("invalid character {} in region {region}", bad.describe()),
-            format!("{BAD_BASE_FIX}; if the file changed since it was indexed, {reindex}"),
-        )
-        .in_record(&region.name)
-        .at(position));
-    }
-    let expected = end - region.start;
-    if tokens.len() as u64 != expected {
-        return Err(Error::input(
-            path,
-            format!(
-                "region {region}: read {} bases, expected {expected}; the index does not match the file",
-                tokens.len()
-            ),
-            reindex,
-        )
-        .in_record(&region.name));
-    }
-    Ok(Record {
-        id,
-        chrom: region.name.clone(),
-        offset: region.start,
-        source: path.to_string(),
-        number,
-        tokens,
-    })
 }
 
-/// Runs the noodles query; the record's sequence holds the bases without line breaks.
-fn query_with<R: BufRead + Seek>(
-    reader: R,
-    index: fasta::fai::Index,
-    query: &noodles::core::Region,
-) -> io::Result<fasta::Record> {
-    fasta::io::IndexedReader::new(reader, index).query(query)
+/// 1-based position `p` (of `region`) as noodles takes it.
+fn to_position(region: &Region, p: u64) -> Result<Position> {
+    usize::try_from(p)
+        .ok()
+        .and_then(|p| Position::try_from(p).ok())
+        .ok_or_else(|| {
+            Error::usage(
+                format!("region {region}: position {p} is out of range"),
+                REGION_FORM,
+            )
+        })
+}
+
+/// A checked region being read window by window.
+struct Window<'a> {
+    path: &'a str,
+    region: &'a Region,
+    /// 0-based, exclusive end.
+    end: u64,
+    reindex: &'a str,
+    meta: Arc<RecordMeta>,
+    piece_len: usize,
+}
+
+impl Window<'_> {
+    /// Queries the region a window at a time and hands on its pieces.
+    fn stream<R: BufRead + Seek>(
+        &self,
+        reader: R,
+        index: fasta::fai::Index,
+        f: &mut dyn FnMut(Piece) -> Result<()>,
+    ) -> Result<()> {
+        let Window {
+            path,
+            region,
+            end,
+            reindex,
+            piece_len,
+            ..
+        } = *self;
+        let mut reader = fasta::io::IndexedReader::new(reader, index);
+        let window = if piece_len >= READ_WINDOW {
+            piece_len
+        } else {
+            piece_len * READ_WINDOW.div_ceil(piece_len)
+        };
+        let total = end - region.start;
+        let mut done = 0u64;
+        let mut tokens = Vec::new();
+        while done < total {
+            let want = (total - done).min(window as u64);
+            // 0-based half-open [from, from + want) -> 1-based inclusive for noodles.
+            let from = region.start + done;
+            let query = noodles::core::Region::new(
+                region.name.as_str(),
+                to_position(region, from + 1)?..=to_position(region, from + want)?,
+            );
+            let fetched = reader.query(&query).map_err(|e| {
+                Error::input(
+                    path,
+                    format!("cannot read region {region}: {e}"),
+                    format!("the file may be damaged or its index out of date; {reindex}"),
+                )
+            })?;
+            let sequence: &[u8] = fetched.sequence().as_ref();
+            tokens.clear();
+            if let Err(bad) = alphabet::tokenize_into(sequence, &mut tokens) {
+                // 1-based position in the sequence, as samtools would print it.
+                let position = from + bad.offset as u64 + 1;
+                return Err(Error::input(
+                    path,
+                    format!("invalid character {} in region {region}", bad.describe()),
+                    format!("{BAD_BASE_FIX}; if the file changed since it was indexed, {reindex}"),
+                )
+                .in_record(&region.name)
+                .at(position));
+            }
+            if tokens.len() as u64 != want {
+                return Err(Error::input(
+                    path,
+                    format!(
+                        "region {region}: read {} bases, expected {want} (positions {}-{}); the index does not match the file",
+                        tokens.len(),
+                        from + 1,
+                        from + want
+                    ),
+                    reindex,
+                )
+                .in_record(&region.name));
+            }
+            // Pieces start at multiples of `piece_len` from the region's start (`window` is
+            // a multiple of it).
+            let mut at = 0;
+            while at < tokens.len() {
+                let len = piece_len.min(tokens.len() - at);
+                let piece = if at == 0 && len == tokens.len() {
+                    std::mem::take(&mut tokens)
+                } else {
+                    tokens[at..at + len].to_vec()
+                };
+                let start = done + at as u64;
+                f(Piece {
+                    meta: self.meta.clone(),
+                    start: usize::try_from(start).map_err(|_| {
+                        Error::usage(
+                            format!("region {region}: position {start} is out of range"),
+                            REGION_FORM,
+                        )
+                    })?,
+                    tokens: piece,
+                    last: start + len as u64 == total,
+                })?;
+                at += len;
+            }
+            done += want;
+        }
+        Ok(())
+    }
 }
 
 /// The error for a name that is not in the index, listing a few names it has.
