@@ -820,4 +820,26 @@ fn an_interruption_removes_unfinished_outputs_and_keeps_finished_ones() {
     let header = String::from_utf8_lossy(&bytes[..128]);
     assert!(header.contains("'shape': (10, 16)"), "{header}");
     assert_eq!(bytes.len(), 128 + 10 * 16 * 4);
+
+    // Interrupted before any record is finished: the directories made for the arrays go too;
+    // one that was there before stays.
+    let input = format!(">b\n{}", "ACGTTGCA\n".repeat(50_000));
+    for made_here in [true, false] {
+        let npy = t.path().join(if made_here { "new/npy" } else { "old" });
+        if !made_here {
+            std::fs::create_dir(&npy).unwrap();
+        }
+        let mut args = args;
+        args[11] = s(&npy);
+        let ready = |n: &[String]| n.iter().any(is_temp);
+        let (code, stderr) = interrupt(&args, &input, &npy, ready, libc::SIGINT);
+        assert_eq!(code, Some(130), "{stderr}");
+        assert!(
+            stderr.contains("interrupted by SIGINT; removed 1 unfinished output file"),
+            "{stderr}"
+        );
+        assert_eq!(npy.exists(), !made_here, "made here: {made_here}");
+        assert!(!t.path().join("new").exists());
+        assert!(names(&npy).is_empty());
+    }
 }

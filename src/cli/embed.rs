@@ -8,7 +8,7 @@ use clap::Args;
 
 use genomamba::infer::pool::{Pool, Pooler};
 use genomamba::io::fastx::RecordMeta;
-use genomamba::io::output::{Output, npy_header_fixed, safe_file_name};
+use genomamba::io::output::{Output, PendingPath, npy_header_fixed, safe_file_name};
 use genomamba::{Error, Result};
 
 use super::common::{InputArgs, RecordSink, check_output_dir, fmt_f32, report_skipped};
@@ -181,13 +181,17 @@ pub fn run(a: EmbedArgs) -> Result<()> {
         }
         None => {
             let dir = PathBuf::from(&a.output);
-            std::fs::create_dir_all(&dir).map_err(|e| Error::io(&a.output, e))?;
+            // A directory made here goes again if no record reaches it (an error, or an
+            // interruption, before the first file is finished).
+            let made = PendingPath::make_dir(&dir).map_err(|e| Error::io(&a.output, e))?;
             let mut sink = NpySink {
                 dir,
                 d,
                 seen: HashSet::new(),
             };
-            a.input.drive(&model, &device, &pb, &mut sink, false)?
+            let skipped = a.input.drive(&model, &device, &pb, &mut sink, false)?;
+            PendingPath::keep_all(made);
+            skipped
         }
     };
     pb.finish_and_clear();

@@ -16,10 +16,19 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use crate::{Error, Result};
 
+/// What an interruption does with a listed path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    /// A temporary output: removed (a directory with its contents).
+    Output,
+    /// A directory this run made to hold outputs: removed only if it is empty.
+    MadeDir,
+}
+
 /// Temporary outputs not yet renamed into place, by id.
 #[derive(Debug)]
 struct PendingList {
-    paths: Vec<(u64, PathBuf)>,
+    paths: Vec<(u64, PathBuf, Kind)>,
     next: u64,
 }
 
@@ -31,21 +40,35 @@ impl PendingList {
         }
     }
 
-    fn add(&mut self, path: PathBuf) -> u64 {
+    fn add(&mut self, path: PathBuf, kind: Kind) -> u64 {
         let id = self.next;
         self.next += 1;
-        self.paths.push((id, path));
+        self.paths.push((id, path, kind));
         id
     }
 
     fn forget(&mut self, id: u64) {
-        self.paths.retain(|(i, _)| *i != id);
+        self.paths.retain(|(i, _, _)| *i != id);
     }
 
-    /// Removes every listed path (a file, or a directory with its contents) and empties the
-    /// list; returns how many existed.
+    /// Removes every listed output (a file, or a directory with its contents), then the
+    /// directories made for outputs that are left empty (children first), and empties
+    /// the list; returns how many outputs existed.
     fn remove_all(&mut self) -> usize {
-        let removed = self.paths.iter().filter(|(_, p)| remove_path(p)).count();
+        let removed = self
+            .paths
+            .iter()
+            .filter(|(_, p, k)| *k == Kind::Output && remove_path(p))
+            .count();
+        let mut dirs: Vec<&PathBuf> = (self.paths.iter())
+            .filter(|e| e.2 == Kind::MadeDir)
+            .map(|e| &e.1)
+            .collect();
+        // Children before their parents.
+        dirs.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
+        for p in dirs {
+            let _ = std::fs::remove_dir(p);
+        }
         self.paths.clear();
         removed
     }
@@ -69,18 +92,53 @@ fn remove_path(path: &Path) -> bool {
 }
 
 /// A temporary output (file or directory) that is removed when dropped unpublished, or when
-/// the process is interrupted ([`remove_pending`]), and kept by [`publish`].
+/// the process is interrupted ([`remove_pending`]), and kept by [`publish`]. Or a directory
+/// made to hold outputs ([`PendingPath::make_dir`]), removed in the same cases if it is still
+/// empty.
 #[derive(Debug)]
 pub struct PendingPath {
     id: u64,
     path: PathBuf,
+    kind: Kind,
 }
 
 impl PendingPath {
     /// Lists `path` (which need not exist yet) as a pending temporary output.
     pub fn new(path: PathBuf) -> Self {
-        let id = pending_list().add(path.clone());
-        PendingPath { id, path }
+        let id = pending_list().add(path.clone(), Kind::Output);
+        PendingPath {
+            id,
+            path,
+            kind: Kind::Output,
+        }
+    }
+
+    /// Makes directory `dir` and any missing parents, like `create_dir_all`, listing each one
+    /// made (none if `dir` exists): each is removed, if it is empty, when the process is
+    /// interrupted or the list is dropped before [`PendingPath::keep_all`].
+    pub fn make_dir(dir: &Path) -> std::io::Result<Vec<PendingPath>> {
+        let mut missing: Vec<&Path> = dir.ancestors().take_while(|p| !p.exists()).collect();
+        missing.retain(|p| !p.as_os_str().is_empty());
+        let mut list = pending_list();
+        std::fs::create_dir_all(dir)?;
+        // Deepest first, so that dropping the list in order removes children first.
+        Ok(missing
+            .into_iter()
+            .map(|p| {
+                let path = p.to_path_buf();
+                let id = list.add(path.clone(), Kind::MadeDir);
+                PendingPath {
+                    id,
+                    path,
+                    kind: Kind::MadeDir,
+                }
+            })
+            .collect())
+    }
+
+    /// Keeps these paths whatever happens next: unlists them.
+    pub fn keep_all(pending: Vec<PendingPath>) {
+        unlist(&mut pending_list(), pending);
     }
 
     /// Runs `make`, which creates a temporary output and returns it with its path, while
@@ -89,8 +147,15 @@ impl PendingPath {
     pub fn create<T>(make: impl FnOnce() -> Result<(T, PathBuf)>) -> Result<(T, Self)> {
         let mut list = pending_list();
         let (made, path) = make()?;
-        let id = list.add(path.clone());
-        Ok((made, PendingPath { id, path }))
+        let id = list.add(path.clone(), Kind::Output);
+        Ok((
+            made,
+            PendingPath {
+                id,
+                path,
+                kind: Kind::Output,
+            },
+        ))
     }
 
     /// The temporary path.
@@ -101,8 +166,24 @@ impl PendingPath {
 
 impl Drop for PendingPath {
     fn drop(&mut self) {
-        remove_path(&self.path);
+        match self.kind {
+            Kind::Output => {
+                remove_path(&self.path);
+            }
+            Kind::MadeDir => {
+                let _ = std::fs::remove_dir(&self.path);
+            }
+        }
         pending_list().forget(self.id);
+    }
+}
+
+/// Takes `pending` off `list` without removing anything.
+fn unlist(list: &mut PendingList, pending: Vec<PendingPath>) {
+    for p in pending {
+        list.forget(p.id);
+        // Unlisted above; its drop would remove what it names.
+        std::mem::forget(p);
     }
 }
 
@@ -116,11 +197,7 @@ pub fn publish<T, E>(
     let mut list = pending_list();
     let out = rename();
     if out.is_ok() {
-        for p in pending {
-            list.forget(p.id);
-            // Unlisted above; its drop would remove the published output.
-            std::mem::forget(p);
-        }
+        unlist(&mut list, pending);
     } else {
         // Each drop takes the list itself.
         drop(list);
@@ -416,7 +493,7 @@ mod tests {
         let id = pending.id;
         publish(vec![pending], || std::fs::rename(&tmp, &kept)).unwrap();
         assert_eq!(std::fs::read_to_string(&kept).unwrap(), "y");
-        assert!(pending_list().paths.iter().all(|(i, _)| *i != id));
+        assert!(pending_list().paths.iter().all(|(i, _, _)| *i != id));
 
         // What an interruption removes: files and directories listed, whatever they hold.
         let mut list = PendingList::new();
@@ -425,15 +502,57 @@ mod tests {
         std::fs::write(&file, "z").unwrap();
         std::fs::create_dir_all(tree.join("sub")).unwrap();
         std::fs::write(tree.join("sub/w"), "w").unwrap();
-        list.add(file.clone());
-        list.add(tree.clone());
-        let never = list.add(dir.path().join("never-made"));
+        list.add(file.clone(), Kind::Output);
+        list.add(tree.clone(), Kind::Output);
+        let never = list.add(dir.path().join("never-made"), Kind::Output);
         list.forget(never);
-        list.add(dir.path().join("not-made-yet"));
+        list.add(dir.path().join("not-made-yet"), Kind::Output);
         assert_eq!(list.remove_all(), 2);
         assert!(!file.exists() && !tree.exists());
         assert!(list.paths.is_empty());
         assert_eq!(std::fs::read_to_string(&kept).unwrap(), "y");
+    }
+
+    #[test]
+    fn directories_made_for_outputs_go_only_while_empty() {
+        let dir = tempfile::tempdir().unwrap();
+        let top = dir.path().join("a");
+        let leaf = top.join("b/c");
+        // Dropped while empty (an error before any output): every directory made goes, the
+        // one that was there stays.
+        let made = PendingPath::make_dir(&leaf).unwrap();
+        assert_eq!(made.len(), 3);
+        assert!(leaf.is_dir());
+        drop(made);
+        assert!(!top.exists() && dir.path().is_dir());
+        // Dropped holding a finished output: all stay.
+        let made = PendingPath::make_dir(&leaf).unwrap();
+        std::fs::write(leaf.join("x.npy"), "x").unwrap();
+        drop(made);
+        assert!(leaf.join("x.npy").exists());
+        // Existing already: nothing is listed.
+        assert!(PendingPath::make_dir(&leaf).unwrap().is_empty());
+        // Kept (success): stays even when empty.
+        let empty = dir.path().join("e");
+        PendingPath::keep_all(PendingPath::make_dir(&empty).unwrap());
+        assert!(empty.is_dir());
+
+        // On an interruption: the outputs are removed and counted, then the directories made
+        // that are left empty; a directory made that holds a finished output stays.
+        let mut list = PendingList::new();
+        let (full, bare) = (dir.path().join("full"), dir.path().join("bare/sub"));
+        std::fs::create_dir_all(&full).unwrap();
+        std::fs::create_dir_all(&bare).unwrap();
+        std::fs::write(full.join("done.npy"), "d").unwrap();
+        list.add(full.clone(), Kind::MadeDir);
+        list.add(bare.clone(), Kind::MadeDir);
+        list.add(dir.path().join("bare"), Kind::MadeDir);
+        let tmp = bare.join(".b.npy.tmp");
+        std::fs::write(&tmp, "t").unwrap();
+        list.add(tmp.clone(), Kind::Output);
+        assert_eq!(list.remove_all(), 1);
+        assert!(!tmp.exists() && !dir.path().join("bare").exists());
+        assert!(full.join("done.npy").exists());
     }
 
     #[test]
@@ -447,7 +566,7 @@ mod tests {
             outs.push(o);
         }
         let ids: Vec<u64> = outs.iter().map(|o| o.temp.as_ref().unwrap().1.id).collect();
-        let listed = |id: &u64| pending_list().paths.iter().any(|(i, _)| i == id);
+        let listed = |id: &u64| pending_list().paths.iter().any(|(i, _, _)| i == id);
         assert!(ids.iter().all(listed), "pending while being written");
         assert!(dests.iter().all(|d| !d.exists()));
         Output::commit_all(outs).unwrap();
