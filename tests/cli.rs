@@ -431,6 +431,27 @@ fn bad_input_exits_2_with_one_line_and_leaves_no_output() {
     // A region past the chromosome end.
     let yeast = shared().join("genomes/yeast_chrI_II.fa");
     check(&[s(&yeast), "--region", "chrI:230000-240000"], "230208");
+    // A bad region after a good one, or a good region in a file that cannot be read by
+    // region after one that can: refused before any work, so nothing reaches stdout either.
+    let unindexed = t.path().join("yeast.fa");
+    std::fs::copy(&yeast, &unindexed).unwrap();
+    let late: [(&[&str], &str); 2] = [
+        (
+            &[s(&yeast), "--region", "chrI:1-100", "--region", "chrX:1-5"],
+            "chrX",
+        ),
+        (
+            &[s(&yeast), s(&unindexed), "--region", "chrI:1-100"],
+            ".fai",
+        ),
+    ];
+    for (args, needle) in late {
+        let mut full = vec!["embed", "-m", s(&m), "-o", "-"];
+        full.extend_from_slice(args);
+        let o = run(&full);
+        assert_bad(&o, needle);
+        assert_eq!(o.stdout, "", "{args:?}");
+    }
     // A model directory without weights.
     let broken = t.path().join("broken");
     std::fs::create_dir(&broken).unwrap();

@@ -1150,6 +1150,42 @@ fn a_bad_base_in_a_later_window_is_reported_at_its_position_after_the_earlier_pi
 }
 
 #[test]
+fn names_that_read_as_regions_are_taken_in_braces_like_samtools() {
+    require_samtools();
+    let dir = tempdir();
+    let path = write_file(
+        dir.path(),
+        "names.fa",
+        b">20:1-10 a part written by samtools faidx\nACGTACGTACGTAC\n>20\nGGGGCCCCAAAATTTT\n>x:5\nTTTTTTTTAC\n",
+    );
+    let path = s(&path);
+    let status = Command::new("samtools")
+        .args(["faidx", path])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    // In braces: the sequence of that name, whole or in part; equal to samtools'.
+    let rec = check_region(path, "{20:1-10}");
+    assert_eq!(rec.tokens.len(), 14);
+    check_region(path, "{20:1-10}:3-6");
+    check_region(path, "{20}:2-3");
+    // Without braces where both readings exist: refused, saying how to write each.
+    let (err, msg) = expect_err(region::read_region(path, &"20:1-10".parse().unwrap()));
+    assert_eq!(err.exit_code(), 2);
+    for part in ["ambiguous", "{20}:1-10", "{20:1-10}"] {
+        assert!(msg.contains(part), "{part}: {msg}");
+    }
+    // Where only the whole name exists: the error says to use braces.
+    assert_input_error(
+        region::read_region(path, &"x:5".parse().unwrap()),
+        path,
+        &["no sequence named 'x'", "'{x:5}'"],
+    );
+    // In braces, it reads whole.
+    assert_eq!(check_region(path, "{x:5}").tokens.len(), 10);
+}
+
+#[test]
 fn region_errors_say_what_and_how_to_fix() {
     let chr20 = data("genomes/hg19_chr20.fa.gz");
     let chr20 = s(&chr20);

@@ -12,7 +12,7 @@ use genomamba::device::DeviceSpec;
 use genomamba::infer::{DEFAULT_CHUNK, batch_positions, check_gpu_chunk, gpu_chunk};
 use genomamba::infer::{PieceRunner, pad_length, run_batch};
 use genomamba::io::fastx::{Piece, RecordMeta, for_each_piece};
-use genomamba::io::region::{Region, for_each_region_piece, indexed_lengths};
+use genomamba::io::region::{Region, check_region, for_each_region_piece, indexed_lengths};
 use genomamba::model::weights::host_values;
 use genomamba::model::{GenoModel, Precision};
 use genomamba::{Error, Result};
@@ -88,6 +88,12 @@ impl InputArgs {
         }
         let precision = self.precision.parse::<Precision>()?;
         genomamba::io::fastx::check_inputs(&self.inputs)?;
+        // Each region against each file's indexes, before any work.
+        for input in &self.inputs {
+            for region in &regions {
+                check_region(input, region)?;
+            }
+        }
         check_outputs(&self.inputs, outputs)?;
         let spec = self.device.parse::<DeviceSpec>()?;
         let device = spec.device()?;

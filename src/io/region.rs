@@ -39,15 +39,18 @@ pub struct Region {
 }
 
 /// How a region is written, for usage errors.
-const REGION_FORM: &str = "write it as NAME, NAME:START-END or NAME:START (1-based, inclusive; commas allowed), e.g. 20:1,000,001-1,010,000";
+const REGION_FORM: &str = "write it as NAME, NAME:START-END or NAME:START (1-based, inclusive; commas allowed; {NAME} in braces for a name with ':'), e.g. 20:1,000,001-1,010,000";
 
 impl FromStr for Region {
     type Err = Error;
 
-    /// Parses `name`, `name:start-end`, `name:start`, `name:start-` or `name:-end`.
+    /// Parses `name`, `name:start-end`, `name:start`, `name:start-` or `name:-end`, where
+    /// `name` may be written in braces (`{name}`, `{name}:start-end`), as samtools takes it, for
+    /// names that contain `:`.
     ///
-    /// The text after the last `:` is read as coordinates when it starts with a digit, `,` or
-    /// `-`; otherwise the whole string is a sequence name (names may contain `:`).
+    /// Without braces, the text after the last `:` is read as coordinates when it starts with a
+    /// digit, `,` or `-`; otherwise the whole string is a sequence name (names may contain
+    /// `:`).
     fn from_str(s: &str) -> Result<Region> {
         let bad = |why: String| Error::usage(format!("bad region '{s}': {why}"), REGION_FORM);
         if s.is_empty() {
@@ -56,14 +59,31 @@ impl FromStr for Region {
         if s.chars().any(char::is_whitespace) {
             return Err(bad("it contains whitespace".into()));
         }
-        let (name, coords) = match s.rsplit_once(':') {
-            Some((name, c))
-                if c.is_empty()
-                    || c.starts_with(|ch: char| ch.is_ascii_digit() || ch == ',' || ch == '-') =>
-            {
-                (name, Some(c))
+        let (name, coords) = if let Some(braced) = s.strip_prefix('{') {
+            let Some((name, rest)) = braced.split_once('}') else {
+                return Err(bad("'{' without its closing '}'".into()));
+            };
+            match rest.strip_prefix(':') {
+                None if rest.is_empty() => (name, None),
+                Some(c) => (name, Some(c)),
+                None => {
+                    return Err(bad(format!(
+                        "'{rest}' after '{{{name}}}': only ':START-END' may follow the name"
+                    )));
+                }
             }
-            _ => (s, None),
+        } else {
+            match s.rsplit_once(':') {
+                Some((name, c))
+                    if c.is_empty()
+                        || c.starts_with(|ch: char| {
+                            ch.is_ascii_digit() || ch == ',' || ch == '-'
+                        }) =>
+                {
+                    (name, Some(c))
+                }
+                _ => (s, None),
+            }
         };
         if name.is_empty() {
             return Err(bad("the sequence name is missing".into()));
@@ -120,13 +140,26 @@ impl FromStr for Region {
 
 impl Region {
     /// The region the way samtools writes it (1-based, inclusive): `20`, `20:1000001` (to the
-    /// end) or `20:1000001-1010000`.
+    /// end) or `20:1000001-1010000`; a part of a sequence whose name has a `:` in braces
+    /// (`{HLA-A*01:01}:1-100`), so that it reads back as the same region. A whole sequence is
+    /// its name.
     pub fn display_1based(&self) -> String {
+        let coords = self.coords_1based();
+        if !coords.is_empty() && self.name.contains(':') {
+            format!("{{{}}}{coords}", self.name)
+        } else {
+            format!("{}{coords}", self.name)
+        }
+    }
+
+    /// The coordinates part of [`Region::display_1based`]: `""` (the whole sequence),
+    /// `":1000001"` or `":1000001-1010000"`.
+    fn coords_1based(&self) -> String {
         // 0-based half-open [start, end) -> 1-based inclusive [start + 1, end].
         match self.end {
-            None if self.start == 0 => self.name.clone(),
-            None => format!("{}:{}", self.name, self.start + 1),
-            Some(end) => format!("{}:{}-{}", self.name, self.start + 1, end),
+            None if self.start == 0 => String::new(),
+            None => format!(":{}", self.start + 1),
+            Some(end) => format!(":{}-{}", self.start + 1, end),
         }
     }
 }
@@ -285,6 +318,35 @@ pub fn for_each_region_piece(
     piece_len: usize,
     f: &mut dyn FnMut(Piece) -> Result<()>,
 ) -> Result<()> {
+    let Opened {
+        window,
+        file,
+        index,
+        gzi,
+    } = open_region(path, region)?;
+    match gzi {
+        None => window.stream(BufReader::new(file), index, piece_len, f),
+        Some(gzi) => window.stream(bgzf::io::IndexedReader::new(file, gzi), index, piece_len, f),
+    }
+}
+
+/// Checks, without reading any bases, what [`for_each_region_piece`] checks before its first
+/// piece: the file can be read by region, its indexes, the name and the range. For refusing
+/// a bad `--region` before any work.
+pub fn check_region(path: &str, region: &Region) -> Result<()> {
+    open_region(path, region).map(drop)
+}
+
+/// A region checked against its file's indexes, ready to be read.
+struct Opened<'a> {
+    window: Window<'a>,
+    file: File,
+    index: fasta::fai::Index,
+    /// The `.gzi` index of a bgzip file; `None` for plain text.
+    gzi: Option<bgzf::gzi::Index>,
+}
+
+fn open_region<'a>(path: &'a str, region: &'a Region) -> Result<Opened<'a>> {
     if path == "-" {
         return Err(Error::usage(
             format!("--region {region} needs an indexed file, not stdin (-)"),
@@ -312,7 +374,36 @@ pub fn for_each_region_piece(
         .iter()
         .enumerate()
         .find(|(_, r)| <[u8]>::eq(r.name().as_ref(), region.name.as_bytes()));
+    // A sequence whose whole name reads as this region (`20:1-10`, say, from a file written by
+    // `samtools faidx`): without braces, which one is meant cannot be told.
+    let whole_name = index.as_ref().iter().find_map(|r| {
+        let name = String::from_utf8_lossy(r.name().as_ref()).into_owned();
+        (name != region.name && name.parse::<Region>().ok().as_ref() == Some(region))
+            .then_some(name)
+    });
+    if let (Some(_), Some(whole)) = (&found, &whole_name) {
+        return Err(Error::usage(
+            format!(
+                "region {region} is ambiguous in {path}: it has a sequence {name} and a sequence named '{whole}'",
+                name = region.name
+            ),
+            format!(
+                "write {{{name}}}{coords} for the part of {name}, or {{{whole}}} for the other",
+                name = region.name,
+                coords = region.coords_1based()
+            ),
+        ));
+    }
     let Some((i, entry)) = found else {
+        if let Some(whole) = whole_name {
+            return Err(Error::input(
+                path,
+                format!("no sequence named '{}' in the index", region.name),
+                format!(
+                    "this file has a sequence named '{whole}': write --region '{{{whole}}}' to read it"
+                ),
+            ));
+        }
         return Err(unknown_sequence(path, region, &index));
     };
     let number = i + 1;
@@ -355,22 +446,8 @@ pub fn for_each_region_piece(
     // Every position of the region must be a `usize` and a noodles `Position`.
     to_position(region, end)?;
 
-    let read = Window {
-        path,
-        region,
-        end,
-        reindex: &reindex,
-        meta: Arc::new(RecordMeta {
-            id: region.display_1based(),
-            chrom: region.name.clone(),
-            offset: region.start,
-            source: path.to_string(),
-            number,
-        }),
-        piece_len: piece_len.max(1),
-    };
-    match layout {
-        Layout::Plain => read.stream(BufReader::new(file), index, f),
+    let gzi = match layout {
+        Layout::Plain => None,
         Layout::Bgzf => {
             let gzi_path = format!("{path}.gzi");
             if !Path::new(&gzi_path).exists() {
@@ -382,12 +459,30 @@ pub fn for_each_region_piece(
                     format!("index it with `samtools faidx {path}` (writes .fai and .gzi)"),
                 ));
             }
-            let gzi = bgzf::gzi::fs::read(&gzi_path).map_err(|e| {
+            Some(bgzf::gzi::fs::read(&gzi_path).map_err(|e| {
                 Error::input(&gzi_path, format!("invalid bgzip index: {e}"), &reindex)
-            })?;
-            read.stream(bgzf::io::IndexedReader::new(file, gzi), index, f)
+            })?)
         }
-    }
+    };
+    let window = Window {
+        path,
+        region,
+        end,
+        reindex,
+        meta: Arc::new(RecordMeta {
+            id: region.display_1based(),
+            chrom: region.name.clone(),
+            offset: region.start,
+            source: path.to_string(),
+            number,
+        }),
+    };
+    Ok(Opened {
+        window,
+        file,
+        index,
+        gzi,
+    })
 }
 
 /// 1-based position `p` (of `region`) as noodles takes it.
@@ -409,9 +504,8 @@ struct Window<'a> {
     region: &'a Region,
     /// 0-based, exclusive end.
     end: u64,
-    reindex: &'a str,
+    reindex: String,
     meta: Arc<RecordMeta>,
-    piece_len: usize,
 }
 
 impl Window<'_> {
@@ -420,16 +514,17 @@ impl Window<'_> {
         &self,
         reader: R,
         index: fasta::fai::Index,
+        piece_len: usize,
         f: &mut dyn FnMut(Piece) -> Result<()>,
     ) -> Result<()> {
         let Window {
             path,
             region,
             end,
-            reindex,
-            piece_len,
+            ref reindex,
             ..
         } = *self;
+        let piece_len = piece_len.max(1);
         let mut reader = fasta::io::IndexedReader::new(reader, index);
         let window = if piece_len >= READ_WINDOW {
             piece_len
@@ -534,7 +629,7 @@ fn unknown_sequence(path: &str, region: &Region, index: &fasta::fai::Index) -> E
         .map(str::to_string)
         .unwrap_or_else(|| format!("chr{}", region.name));
     let fix = if names.contains(&alias) {
-        let coords = region.display_1based().split_off(region.name.len());
+        let coords = region.coords_1based();
         format!("this file calls it '{alias}': use --region {alias}{coords}")
     } else {
         format!("use a sequence name from {path}.fai")
@@ -584,6 +679,10 @@ mod tests {
             region("gi|1|ref|NC_1.1|", 0, None)
         );
         assert_eq!(parse("seq:v2:1-3"), region("seq:v2", 0, Some(3)));
+        // Braces, as samtools takes them, for names that read as coordinates.
+        assert_eq!(parse("{20:1-10}"), region("20:1-10", 0, None));
+        assert_eq!(parse("{20:1-10}:3-4"), region("20:1-10", 2, Some(4)));
+        assert_eq!(parse("{chr1}:5"), region("chr1", 4, None));
     }
 
     #[test]
@@ -594,6 +693,8 @@ mod tests {
             "chrII:5",
             "chrM:7-7",
             "chr1:1-1",
+            "{20:1-10}:3-4",
+            "{seq:v2}:5",
         ] {
             let r = parse(text);
             assert_eq!(r.display_1based(), text);
@@ -604,6 +705,9 @@ mod tests {
             parse("20:1,000,001-1,010,000").display_1based(),
             "20:1000001-1010000"
         );
+        // A whole sequence is its name, as the id of a record read whole.
+        assert_eq!(parse("{20:1-10}").display_1based(), "20:1-10");
+        assert_eq!(parse("seq:v2:1-3").display_1based(), "{seq:v2}:1-3");
     }
 
     #[test]
@@ -621,6 +725,11 @@ mod tests {
             "chr1:-",
             "chr1 :1-5",
             "chr1:99999999999999999999999",
+            "{chr1",
+            "{chr1}x",
+            "{chr1}:",
+            "{}",
+            "{}:1-5",
         ] {
             let err = text.parse::<Region>().unwrap_err();
             assert!(matches!(err, Error::Usage { .. }), "{text}: {err:?}");
