@@ -666,6 +666,80 @@ fn baseline_reports_on_the_same_split() {
 }
 
 #[test]
+fn separate_validation_files_are_used_as_given() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = write_classes(dir.path(), 100, 8);
+    let held = dir.path().join("held");
+    std::fs::create_dir(&held).unwrap();
+    let (va, vb) = write_classes(&held, 30, 9);
+    let spec = |name: &str, p: &Path| format!("{name}={}", s(p));
+    let (ca, cb, vca, vcb) = (
+        spec("motif", &a),
+        spec("plain", &b),
+        spec("motif", &va),
+        spec("plain", &vb),
+    );
+    // Per-class FASTA: all of the training files train, all of the validation files validate.
+    let out = ok(&[
+        "baseline",
+        "--class",
+        &ca,
+        "--class",
+        &cb,
+        "--val-class",
+        &vca,
+        "--val-class",
+        &vcb,
+        "-k",
+        "4",
+    ]);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        (v["train"].as_u64(), v["val"].as_u64()),
+        (Some(200), Some(60))
+    );
+    assert!(v["validation"]["auroc"].as_f64().unwrap() > 0.8, "{v}");
+
+    // A TSV and a validation TSV, through `train`: the split is recorded as separate files.
+    let tsv = |fa: [&Path; 2], name: &str| {
+        let mut text = String::from("sequence\tlabel\n");
+        for (p, label) in fa.iter().zip(["motif", "plain"]) {
+            for line in std::fs::read_to_string(p).unwrap().lines() {
+                if !line.starts_with('>') {
+                    text.push_str(&format!("{line}\t{label}\n"));
+                }
+            }
+        }
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        path
+    };
+    let (t, vt) = (tsv([&a, &b], "train.tsv"), tsv([&va, &vb], "val.tsv"));
+    let model = dir.path().join("m");
+    let mut args = vec![
+        "train",
+        "-o",
+        s(&model),
+        "--tsv",
+        s(&t),
+        "--val-tsv",
+        s(&vt),
+        "--epochs",
+        "1",
+    ];
+    args.extend_from_slice(TINY);
+    ok(&args);
+    let cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(model.join("config.json")).unwrap()).unwrap();
+    let split = &cfg["provenance"]["split"];
+    assert_eq!(split["kind"], "separate files", "{split}");
+    assert!(
+        split["val_files"].to_string().contains("val.tsv"),
+        "{split}"
+    );
+}
+
+#[test]
 fn bad_training_input_exits_2_and_writes_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let (a, b) = write_classes(dir.path(), 20, 7);
@@ -686,7 +760,9 @@ fn bad_training_input_exits_2_and_writes_nothing() {
     assert_eq!(o1.code, 2, "{}", o1.stderr);
     assert!(o1.stderr.contains("cut.fa.gz"), "{}", o1.stderr);
     // Unknown class in the validation files.
-    let vx = format!("other={}", s(&a));
+    let copy = dir.path().join("copy.fa");
+    std::fs::copy(&a, &copy).unwrap();
+    let vx = format!("other={}", s(&copy));
     bad(
         &[
             "train",
@@ -706,10 +782,37 @@ fn bad_training_input_exits_2_and_writes_nothing() {
         &["train", "-o", o, "--class", "justapath.fa", "--class", &cb],
         "NAME=PATH",
     );
+    // One file for two classes (here through a link), or for training and validation.
+    let link = dir.path().join("link.fa");
+    std::os::unix::fs::symlink(&a, &link).unwrap();
+    let cl = format!("plain={}", s(&link));
+    bad(
+        &["train", "-o", o, "--class", &ca, "--class", &cl],
+        "read the same file",
+    );
+    let va = format!("motif={}", s(&a));
+    bad(
+        &[
+            "train",
+            "-o",
+            o,
+            "--class",
+            &ca,
+            "--class",
+            &cb,
+            "--val-class",
+            &va,
+        ],
+        "validation would measure memorised training sequences",
+    );
     // A TSV row without a label.
     let tsv = dir.path().join("t.tsv");
     std::fs::write(&tsv, "sequence\tlabel\nACGT\ta\nACGG\tb\nACCA\t\n").unwrap();
     bad(&["train", "-o", o, "--tsv", s(&tsv)], "line 4");
+    bad(
+        &["baseline", "--tsv", s(&tsv), "--val-tsv", s(&tsv)],
+        "read the same file: validation would measure memorised",
+    );
     // Position data: BED chromosome missing from the FASTA, and an unknown BED name.
     let fa = dir.path().join("r.fa");
     std::fs::write(&fa, ">chr1\nACGTACGTACGTACGTACGT\n").unwrap();

@@ -14,9 +14,9 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use genomamba::device::DeviceSpec;
 use genomamba::model::{GenoModel, HeadKind, ModelConfig};
 use genomamba::train::data::{
-    self, FileDigest, PositionDataset, SeqDataset, check_exists, contiguous_split,
-    load_class_files, load_position, load_tsv, parse_bed_class, parse_class_spec, remap_labels,
-    stratified_split,
+    self, FileDigest, PositionDataset, SeqDataset, check_distinct_files, check_exists,
+    contiguous_split, load_class_files, load_position, load_tsv, parse_bed_class, parse_class_spec,
+    remap_labels, stratified_split,
 };
 use genomamba::train::trainer::{
     Event, RunSpec, Task, TrainOptions, check_gpu_training, fit_orf_head, monitored_metric,
@@ -532,6 +532,23 @@ pub fn load_sequence_sets(
             "use one of them",
         ));
     }
+    // Every data file once: (option as written, path, validation?).
+    let mut files: Vec<(String, String, bool)> = Vec::new();
+    for (flag, specs, val) in [
+        ("--class", src.classes, false),
+        ("--val-class", src.val_classes, true),
+    ] {
+        for spec in specs {
+            let (_, path) = parse_class_spec(spec)?;
+            files.push((format!("{flag} {spec}"), path, val));
+        }
+    }
+    for (flag, tsv, val) in [("--tsv", src.tsv, false), ("--val-tsv", src.val_tsv, true)] {
+        if let Some(t) = tsv {
+            files.push((format!("{flag} {t}"), t.to_string(), val));
+        }
+    }
+    check_distinct_files(&files)?;
     let mut train = if src.classes.is_empty() {
         let tsv = src.tsv.unwrap_or("");
         check_exists(tsv, "--tsv")?;

@@ -722,3 +722,51 @@ pub fn check_exists(path: &str, option: &str) -> Result<()> {
     }
     Ok(())
 }
+
+/// Refuses two data files that are one file (by any path or link): `files` are (option as
+/// the user wrote it, path, whether it is validation data). Two classes read from one file
+/// could not be told apart; a validation file that is also a training file measures
+/// memorisation, not generalisation.
+pub fn check_distinct_files(files: &[(String, String, bool)]) -> Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let identity = |p: &str| {
+        std::fs::metadata(p)
+            .ok()
+            .filter(|_| p != "-")
+            .map(|m| (m.dev(), m.ino()))
+    };
+    for (i, (opt_a, path_a, val_a)) in files.iter().enumerate() {
+        let Some(id) = identity(path_a) else {
+            continue;
+        };
+        for (opt_b, path_b, val_b) in &files[..i] {
+            if identity(path_b) != Some(id) {
+                continue;
+            }
+            let (what, fix) = match (val_a, val_b) {
+                (false, false) => (
+                    "two classes would hold the same sequences",
+                    "give each class a file of its own",
+                ),
+                (true, true) => (
+                    "the validation sets would hold the same sequences",
+                    "give each validation class a file of its own",
+                ),
+                _ => (
+                    "validation would measure memorised training sequences",
+                    "validate on held-out sequences, or leave out the validation files to hold out --val-fraction of the training data",
+                ),
+            };
+            let same = if path_a == path_b {
+                String::new()
+            } else {
+                format!(" ({path_b} and {path_a} are one file)")
+            };
+            return Err(Error::usage(
+                format!("{opt_b} and {opt_a} read the same file{same}: {what}"),
+                fix,
+            ));
+        }
+    }
+    Ok(())
+}
