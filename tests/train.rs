@@ -447,6 +447,29 @@ fn position_training_learns_and_annotates() {
         cfg["head"]["labels"],
         serde_json::json!(["background", "cpg"])
     );
+    // The labeled bases of each class on each side of the split are recorded: counted here
+    // from the BED, N left out, the last 20% held out.
+    let mut class = vec![0usize; seq.len()];
+    for row in bed.lines() {
+        let f: Vec<usize> = row
+            .split('\t')
+            .skip(1)
+            .take(2)
+            .map(|x| x.parse().unwrap())
+            .collect();
+        class[f[0]..f[1]].fill(1);
+    }
+    let cut = seq.len() - (seq.len() as f64 * 0.2).round() as usize;
+    let count = |range: std::ops::Range<usize>| {
+        let mut c = [0u64; 2];
+        for i in range.filter(|&i| seq.as_bytes()[i] != b'N') {
+            c[class[i]] += 1;
+        }
+        serde_json::json!(c)
+    };
+    let counts = &cfg["provenance"]["counts"];
+    assert_eq!(counts["train_class_bases"], count(0..cut), "{counts}");
+    assert_eq!(counts["val_class_bases"], count(cut..seq.len()));
     let outbed = dir.path().join("pred.bed");
     ok(&[
         "annotate",
@@ -841,6 +864,47 @@ fn bad_training_input_exits_2_and_writes_nothing() {
     bad(
         &["train", "-o", o, "--fasta", s(&fa), "--bed", s(&bedp)],
         "past the end",
+    );
+    // A class that labels no base to train on: an empty interval, or one only in the
+    // held-out last stretch (here the last 20% of the 20 bases).
+    let split = ["--val-fraction", "0.2"];
+    for (rows, needle) in [
+        ("chr1\t3\t3\tgene\n", "class 'gene' labels no base;"),
+        (
+            "chr1\t17\t19\tgene\n",
+            "labels no base of the training part of the records, only 2 held out",
+        ),
+    ] {
+        std::fs::write(&bedp, rows).unwrap();
+        let mut args = vec!["train", "-o", o, "--fasta", s(&fa), "--bed", s(&bedp)];
+        args.extend_from_slice(&split);
+        bad(&args, needle);
+    }
+    // One only in the training part trains, with a warning that its validation metrics are
+    // undefined.
+    std::fs::write(&bedp, "chr1\t2\t5\tgene\n").unwrap();
+    let trained = dir.path().join("warned");
+    let mut args = vec![
+        "train",
+        "-o",
+        s(&trained),
+        "--fasta",
+        s(&fa),
+        "--bed",
+        s(&bedp),
+    ];
+    args.extend_from_slice(&split);
+    args.extend_from_slice(&["--window", "8", "--windows-per-epoch", "4", "--epochs", "1"]);
+    // Without --quiet, which silences warnings.
+    args.extend(TINY.iter().filter(|a| **a != "--quiet"));
+    let warned = run(&args);
+    assert_eq!(warned.code, 0, "{}", warned.stderr);
+    assert!(
+        warned
+            .stderr
+            .contains("class(es) gene label no validation base"),
+        "{}",
+        warned.stderr
     );
     assert!(!out.exists(), "nothing may be written on bad input");
     // An existing output directory is not overwritten without --force.

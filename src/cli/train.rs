@@ -14,9 +14,9 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use genomamba::device::DeviceSpec;
 use genomamba::model::{GenoModel, HeadKind, ModelConfig};
 use genomamba::train::data::{
-    self, FileDigest, PositionDataset, SeqDataset, check_distinct_files, check_exists,
-    contiguous_split, load_class_files, load_position, load_tsv, parse_bed_class, parse_class_spec,
-    remap_labels, stratified_split,
+    self, FileDigest, PositionDataset, SeqDataset, check_class_bases, check_distinct_files,
+    check_exists, class_bases, contiguous_split, load_class_files, load_position, load_tsv,
+    parse_bed_class, parse_class_spec, remap_labels, stratified_split,
 };
 use genomamba::train::trainer::{
     Event, RunSpec, Task, TrainOptions, check_gpu_training, fit_orf_head, monitored_metric,
@@ -312,9 +312,19 @@ pub fn run(a: TrainArgs) -> Result<()> {
             fraction,
         } => {
             let (tr, va) = contiguous_split(data, *fraction);
+            let bed = a.bed.as_deref().unwrap_or("--bed");
+            let unseen = check_class_bases(data, &tr, &va, bed)?;
+            if !unseen.is_empty() && !a.quiet {
+                eprintln!(
+                    "genomamba: warning: class(es) {} label no validation base: their validation metrics are undefined; give a larger --val-fraction or move their intervals",
+                    unseen.join(", ")
+                );
+            }
             let counts = serde_json::json!({
                 "train_bases": tr.iter().map(|s| s.len()).sum::<usize>(),
                 "val_bases": va.iter().map(|s| s.len()).sum::<usize>(),
+                "train_class_bases": class_bases(data, &tr),
+                "val_class_bases": class_bases(data, &va),
                 "val_spans": va,
             });
             (

@@ -679,6 +679,54 @@ pub fn contiguous_split(ds: &PositionDataset, fraction: f64) -> (Vec<Span>, Vec<
     (train, val)
 }
 
+/// Labeled bases of each class of `ds` within `spans` (bases left out of the loss, such as
+/// N, are not counted), indexed like `ds.labels`.
+pub fn class_bases(ds: &PositionDataset, spans: &[Span]) -> Vec<u64> {
+    let mut counts = vec![0u64; ds.labels.len()];
+    for s in spans {
+        for &l in &ds.records[s.record].labels[s.start..s.end] {
+            if let Some(c) = counts.get_mut(l as usize) {
+                *c += 1;
+            }
+        }
+    }
+    counts
+}
+
+/// Refuses a per-position split in which a class labels no training base (the model could
+/// not learn it; an empty BED interval, say, or intervals only in the held-out stretches).
+/// Returns the classes that label no validation base, for a warning.
+pub fn check_class_bases(
+    ds: &PositionDataset,
+    train: &[Span],
+    val: &[Span],
+    bed: &str,
+) -> Result<Vec<String>> {
+    let (tr, va) = (class_bases(ds, train), class_bases(ds, val));
+    if let Some(i) = tr.iter().position(|&n| n == 0) {
+        let what = if va[i] > 0 {
+            format!(
+                "class '{}' labels no base of the training part of the records, only {} held out for validation",
+                ds.labels[i], va[i]
+            )
+        } else {
+            format!("class '{}' labels no base", ds.labels[i])
+        };
+        return Err(Error::input(
+            bed,
+            what,
+            "check its intervals (empty ones label nothing; N bases are left out), --records and --val-fraction",
+        ));
+    }
+    Ok(ds
+        .labels
+        .iter()
+        .zip(&va)
+        .filter(|(_, n)| **n == 0)
+        .map(|(l, _)| l.clone())
+        .collect())
+}
+
 /// Start positions of windows of `window` bases drawn uniformly from `spans` (weighted by
 /// length), `count` of them, seeded.
 pub fn draw_windows(spans: &[Span], window: usize, count: usize, rng: &mut StdRng) -> Vec<Span> {
