@@ -832,6 +832,31 @@ fn bad_training_input_exits_2_and_writes_nothing() {
     let tsv = dir.path().join("t.tsv");
     std::fs::write(&tsv, "sequence\tlabel\nACGT\ta\nACGG\tb\nACCA\t\n").unwrap();
     bad(&["train", "-o", o, "--tsv", s(&tsv)], "line 4");
+    // One sequence per class: nothing can be held out for validation.
+    let two = dir.path().join("two.tsv");
+    std::fs::write(&two, "sequence\tlabel\nACGTAC\ta\nACGGTT\tb\n").unwrap();
+    bad(
+        &["train", "-o", o, "--tsv", s(&two)],
+        "the validation set is empty",
+    );
+    // A class of one sequence keeps it for training, with a warning.
+    let one_a = dir.path().join("one_a.tsv");
+    std::fs::write(
+        &one_a,
+        "sequence\tlabel\nACGTAC\ta\nACGGTT\tb\nACGGTA\tb\nACGGTC\tb\n",
+    )
+    .unwrap();
+    let warned = run(&["baseline", "--tsv", s(&one_a), "-k", "2"]);
+    assert_eq!(warned.code, 0, "{}", warned.stderr);
+    assert!(
+        warned
+            .stderr
+            .contains("class(es) a have no validation sequence"),
+        "{}",
+        warned.stderr
+    );
+    let v: serde_json::Value = serde_json::from_str(&warned.stdout).unwrap();
+    assert_eq!((v["train"].as_u64(), v["val"].as_u64()), (Some(3), Some(1)));
     bad(
         &["baseline", "--tsv", s(&tsv), "--val-tsv", s(&tsv)],
         "read the same file: validation would measure memorised",

@@ -176,7 +176,7 @@ fn load(a: &TrainArgs) -> Result<Loaded> {
         ));
     }
     if seq {
-        let (train, val, split) = load_sequence_sets(&a.data, a.val_fraction, a.seed)?;
+        let (train, val, split) = load_sequence_sets(&a.data, a.val_fraction, a.seed, a.quiet)?;
         Ok(Loaded::Sequence { train, val, split })
     } else {
         let (Some(fasta), Some(bed)) = (&a.fasta, &a.bed) else {
@@ -511,7 +511,46 @@ struct SeqSources<'a> {
 /// Reads sequence-level training data and its validation set (separate files, or a
 /// stratified random split of `val_fraction` seeded with `seed`). Shared with `baseline`, so
 /// both see the same split.
+///
+/// An empty validation set is refused; a class without validation examples is warned about
+/// on stderr (unless `quiet`).
 pub fn load_sequence_sets(
+    data: &SeqDataArgs,
+    val_fraction: f64,
+    seed: u64,
+    quiet: bool,
+) -> Result<(SeqDataset, SeqDataset, serde_json::Value)> {
+    let (train, val, split) = read_sequence_sets(data, val_fraction, seed)?;
+    if val.examples.is_empty() {
+        return Err(Error::usage(
+            format!(
+                "the validation set is empty: --val-fraction {val_fraction} of {} training sequences holds out none (a class of one sequence keeps it for training)",
+                train.examples.len()
+            ),
+            "give more sequences per class, a larger --val-fraction, or separate validation files with --val-class / --val-tsv",
+        ));
+    }
+    let mut in_val = vec![false; val.labels.len()];
+    for e in &val.examples {
+        if let Some(seen) = in_val.get_mut(e.label) {
+            *seen = true;
+        }
+    }
+    let missing: Vec<&str> = (val.labels.iter())
+        .zip(&in_val)
+        .filter(|(_, seen)| !**seen)
+        .map(|(l, _)| l.as_str())
+        .collect();
+    if !missing.is_empty() && !quiet {
+        eprintln!(
+            "genomamba: warning: class(es) {} have no validation sequence: their validation metrics are undefined; give more sequences or separate validation files",
+            missing.join(", ")
+        );
+    }
+    Ok((train, val, split))
+}
+
+fn read_sequence_sets(
     data: &SeqDataArgs,
     val_fraction: f64,
     seed: u64,

@@ -325,8 +325,8 @@ pub fn remap_labels(ds: &mut SeqDataset, labels: &[String], what: &str) -> Resul
 }
 
 /// A stratified random split: within each class, `fraction` of the examples (rounded, at
-/// least one when the class has two or more) go to validation. Returns `(train, val)` indices,
-/// each sorted.
+/// least one when the class has two or more, and never all: one stays for training) go to
+/// validation. Returns `(train, val)` indices, each sorted.
 pub fn stratified_split(
     labels: &[usize],
     n_classes: usize,
@@ -343,7 +343,7 @@ pub fn stratified_split(
         if fraction > 0.0 && k == 0 && idx.len() >= 2 {
             k = 1;
         }
-        let k = k.min(idx.len());
+        let k = k.min(idx.len().saturating_sub(1));
         val.extend_from_slice(&idx[..k]);
         train.extend_from_slice(&idx[k..]);
     }
@@ -817,4 +817,45 @@ pub fn check_distinct_files(files: &[(String, String, bool)]) -> Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stratified_split_holds_out_per_class_and_keeps_one_for_training() {
+        // Classes of 1, 2, 10 and 3 examples, interleaved.
+        let sizes = [1usize, 2, 10, 3];
+        let mut labels = Vec::new();
+        for round in 0..10 {
+            for (c, &n) in sizes.iter().enumerate() {
+                if round < n {
+                    labels.push(c);
+                }
+            }
+        }
+        let per_class = |idx: &[usize]| {
+            let mut n = [0usize; 4];
+            for &i in idx {
+                n[labels[i]] += 1;
+            }
+            n
+        };
+        for (fraction, want_val) in [
+            (0.1, [0, 1, 1, 1]),
+            (0.5, [0, 1, 5, 2]),
+            (0.9, [0, 1, 9, 2]),
+        ] {
+            let (train, val) = stratified_split(&labels, 4, fraction, 7);
+            assert_eq!(per_class(&val), want_val, "fraction {fraction}");
+            let mut all: Vec<usize> = train.iter().chain(&val).copied().collect();
+            all.sort_unstable();
+            assert_eq!(all, (0..labels.len()).collect::<Vec<_>>());
+            assert!(train.windows(2).all(|w| w[0] < w[1]));
+            assert!(val.windows(2).all(|w| w[0] < w[1]));
+            // The same seed gives the same split.
+            assert_eq!(stratified_split(&labels, 4, fraction, 7), (train, val));
+        }
+    }
 }
