@@ -18,6 +18,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::alphabet::{self, N};
+use crate::io::bed::{BedUse, open_text, read_bed};
 use crate::io::fastx::for_each_record;
 use crate::{Error, Result};
 
@@ -462,7 +463,7 @@ pub fn load_position(
         s
     };
 
-    let rows = read_bed(bed)?;
+    let rows = read_bed(bed, BedUse::Labels)?;
     // Class names: explicit mapping, or every distinct BED name in order of first appearance.
     let classes: Vec<(String, Vec<String>)> = if classes.is_empty() {
         let mut seen: BTreeMap<String, usize> = BTreeMap::new();
@@ -546,88 +547,6 @@ pub fn load_position(
         records: recs,
         files,
     })
-}
-
-/// One BED interval.
-#[derive(Debug, Clone)]
-struct BedRow {
-    chrom: String,
-    start: u64,
-    end: u64,
-    name: String,
-    line: u64,
-}
-
-/// Opens a text file, gzip-compressed or plain (told apart by the gzip magic bytes).
-fn open_text(path: &str) -> Result<Box<dyn BufRead>> {
-    let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
-    let mut r = std::io::BufReader::new(file);
-    let head = r.fill_buf().map_err(|e| Error::io(path, e))?;
-    if head.starts_with(&[0x1f, 0x8b]) {
-        Ok(Box::new(std::io::BufReader::new(
-            flate2::bufread::MultiGzDecoder::new(r),
-        )))
-    } else {
-        Ok(Box::new(r))
-    }
-}
-
-fn read_bed(path: &str) -> Result<Vec<BedRow>> {
-    let reader = open_text(path)?;
-    let mut rows = Vec::new();
-    for (i, line) in reader.lines().enumerate() {
-        let ln = i as u64 + 1;
-        let line = line.map_err(|e| {
-            Error::input(
-                path,
-                format!("cannot read line: {e}"),
-                "give a plain-text BED file",
-            )
-            .at(ln)
-        })?;
-        let line = line.trim_end_matches('\r');
-        if line.trim().is_empty()
-            || line.starts_with('#')
-            || line.starts_with("track")
-            || line.starts_with("browser")
-        {
-            continue;
-        }
-        let f: Vec<&str> = line.split('\t').collect();
-        let fix = "BED rows need chrom, start, end and a name in column 4, tab-separated, 0-based half-open";
-        if f.len() < 4 {
-            return Err(Error::input(
-                path,
-                format!("{} columns; column 4 (the class name) is needed", f.len()),
-                fix,
-            )
-            .at(ln));
-        }
-        let start: u64 = f[1].trim().parse().map_err(|_| {
-            Error::input(path, format!("start '{}' is not a number", f[1]), fix).at(ln)
-        })?;
-        let end: u64 = f[2].trim().parse().map_err(|_| {
-            Error::input(path, format!("end '{}' is not a number", f[2]), fix).at(ln)
-        })?;
-        if end < start {
-            return Err(Error::input(path, format!("end {end} before start {start}"), fix).at(ln));
-        }
-        rows.push(BedRow {
-            chrom: f[0].trim().to_string(),
-            start,
-            end,
-            name: f[3].trim().to_string(),
-            line: ln,
-        });
-    }
-    if rows.is_empty() {
-        return Err(Error::input(
-            path,
-            "no intervals",
-            "give a BED file with at least one labeled interval",
-        ));
-    }
-    Ok(rows)
 }
 
 /// A stretch of a record: `[start, end)`.

@@ -1,0 +1,229 @@
+//! BED intervals (0-based, half-open): the labeled intervals `train` learns from and the
+//! regions `--regions-bed` reads.
+//!
+//! Rows are tab-separated `chrom`, `start`, `end`, then any further columns (column 4 is the
+//! name); blank lines and `#`, `track` and `browser` lines are skipped; the file may be
+//! plain or gzip/bgzip-compressed. Errors name the file and the line.
+
+use std::io::BufRead;
+
+use super::region::Region;
+use crate::{Error, Result};
+
+/// One BED row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BedRow {
+    /// Column 1.
+    pub chrom: String,
+    /// Column 2: 0-based start.
+    pub start: u64,
+    /// Column 3: exclusive end.
+    pub end: u64,
+    /// Column 4, or `""` when the row has three columns.
+    pub name: String,
+    /// 1-based line number in the file.
+    pub line: u64,
+}
+
+/// Opens a text file, gzip-compressed (bgzip included) or plain, told apart by the gzip
+/// magic bytes.
+pub fn open_text(path: &str) -> Result<Box<dyn BufRead>> {
+    let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let mut r = std::io::BufReader::new(file);
+    let head = r.fill_buf().map_err(|e| Error::io(path, e))?;
+    if head.starts_with(&[0x1f, 0x8b]) {
+        Ok(Box::new(std::io::BufReader::new(
+            flate2::bufread::MultiGzDecoder::new(r),
+        )))
+    } else {
+        Ok(Box::new(r))
+    }
+}
+
+/// What a BED file is read for: the columns it needs and the words of its errors.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BedUse {
+    /// Labeled intervals for training: column 4 (the class name) is needed.
+    Labels,
+    /// Regions to read: three columns are enough.
+    Regions,
+}
+
+impl BedUse {
+    fn columns(self) -> usize {
+        match self {
+            BedUse::Labels => 4,
+            BedUse::Regions => 3,
+        }
+    }
+
+    fn fix(self) -> &'static str {
+        match self {
+            BedUse::Labels => {
+                "BED rows need chrom, start, end and a name in column 4, tab-separated, 0-based half-open"
+            }
+            BedUse::Regions => {
+                "BED rows need chrom, start and end, tab-separated, 0-based half-open"
+            }
+        }
+    }
+}
+
+/// Reads every row of a BED file; at least one is needed.
+pub fn read_bed(path: &str, usage: BedUse) -> Result<Vec<BedRow>> {
+    let reader = open_text(path)?;
+    let fix = usage.fix();
+    let mut rows = Vec::new();
+    for (i, line) in reader.lines().enumerate() {
+        let ln = i as u64 + 1;
+        let line = line.map_err(|e| {
+            Error::input(
+                path,
+                format!("cannot read line: {e}"),
+                "give a plain-text BED file",
+            )
+            .at(ln)
+        })?;
+        let line = line.trim_end_matches('\r');
+        if line.trim().is_empty()
+            || line.starts_with('#')
+            || line.starts_with("track")
+            || line.starts_with("browser")
+        {
+            continue;
+        }
+        let f: Vec<&str> = line.split('\t').collect();
+        if f.len() < usage.columns() {
+            let what = match usage {
+                BedUse::Labels => {
+                    format!("{} columns; column 4 (the class name) is needed", f.len())
+                }
+                BedUse::Regions => format!(
+                    "{} column{}; chrom, start and end are needed",
+                    f.len(),
+                    if f.len() == 1 { "" } else { "s" }
+                ),
+            };
+            return Err(Error::input(path, what, fix).at(ln));
+        }
+        let start: u64 = f[1].trim().parse().map_err(|_| {
+            Error::input(path, format!("start '{}' is not a number", f[1]), fix).at(ln)
+        })?;
+        let end: u64 = f[2].trim().parse().map_err(|_| {
+            Error::input(path, format!("end '{}' is not a number", f[2]), fix).at(ln)
+        })?;
+        if end < start {
+            return Err(Error::input(path, format!("end {end} before start {start}"), fix).at(ln));
+        }
+        rows.push(BedRow {
+            chrom: f[0].trim().to_string(),
+            start,
+            end,
+            name: f.get(3).map_or("", |n| n.trim()).to_string(),
+            line: ln,
+        });
+    }
+    if rows.is_empty() {
+        let fix = match usage {
+            BedUse::Labels => "give a BED file with at least one labeled interval",
+            BedUse::Regions => "give a BED file with at least one interval",
+        };
+        return Err(Error::input(path, "no intervals", fix));
+    }
+    Ok(rows)
+}
+
+/// The regions a BED file lists, in its order, each with its line number: row
+/// `chrom start end` is the region `chrom:start+1-end` (BED's 0-based, half-open interval in
+/// samtools' 1-based, inclusive terms). An empty interval (`end == start`) is refused.
+pub fn read_regions_bed(path: &str) -> Result<Vec<(Region, u64)>> {
+    read_bed(path, BedUse::Regions)?
+        .into_iter()
+        .map(|r| {
+            if r.end == r.start {
+                return Err(Error::input(
+                    path,
+                    format!(
+                        "the interval {} {} {} is empty (start = end)",
+                        r.chrom, r.start, r.end
+                    ),
+                    "a region needs at least one base: its end must be after its start (BED is 0-based half-open)",
+                )
+                .at(r.line));
+            }
+            Ok((
+                Region {
+                    name: r.chrom,
+                    start: r.start,
+                    end: Some(r.end),
+                },
+                r.line,
+            ))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(text: &str) -> (tempfile::TempDir, String) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("x.bed");
+        std::fs::write(&path, text).unwrap();
+        let path = path.to_str().unwrap().to_string();
+        (dir, path)
+    }
+
+    #[test]
+    fn regions_are_bed_intervals_in_samtools_terms_with_their_lines() {
+        let (_d, path) = write(
+            "track name=x\n# comment\n\nchr1\t0\t10\tpromoter\t0\t+\nchrII\t99\t100\r\nodd:1\t5\t8\n",
+        );
+        let got = read_regions_bed(&path).unwrap();
+        let shown: Vec<(String, u64)> = got.iter().map(|(r, l)| (r.to_string(), *l)).collect();
+        assert_eq!(
+            shown,
+            [
+                ("chr1:1-10".to_string(), 4),
+                ("chrII:100-100".to_string(), 5),
+                ("{odd:1}:6-8".to_string(), 6),
+            ]
+        );
+        // Each reads back as the region it is.
+        for (r, _) in &got {
+            assert_eq!(&r.to_string().parse::<Region>().unwrap(), r);
+        }
+    }
+
+    #[test]
+    fn bad_rows_are_refused_at_their_line() {
+        for (text, line, words) in [
+            (
+                "chr1\t0\t10\nchr1\t5\n",
+                2,
+                "2 columns; chrom, start and end",
+            ),
+            ("chr1\t0\t10\nchr1\t5\t5\n", 2, "is empty"),
+            ("chr1\t10\t5\n", 1, "end 5 before start 10"),
+            ("chr1\tx\t5\n", 1, "start 'x' is not a number"),
+            ("chr1\t1\t-5\n", 1, "end '-5' is not a number"),
+            ("chr1 0 10\n", 1, "1 column;"),
+        ] {
+            let (_d, path) = write(text);
+            let err = read_regions_bed(&path).unwrap_err();
+            let msg = err.to_string();
+            assert_eq!(err.exit_code(), 2, "{msg}");
+            assert!(msg.contains(&format!("(line {line})")), "{text:?}: {msg}");
+            assert!(msg.contains(words), "{text:?}: {msg}");
+            assert!(msg.contains("0-based half-open"), "{msg}");
+        }
+        let (_d, path) = write("# nothing\n\n");
+        let msg = read_regions_bed(&path).unwrap_err().to_string();
+        assert!(msg.contains("no intervals"), "{msg}");
+        // Labels need column 4.
+        let (_d, path) = write("chr1\t0\t10\n");
+        let msg = read_bed(&path, BedUse::Labels).unwrap_err().to_string();
+        assert!(msg.contains("column 4 (the class name) is needed"), "{msg}");
+    }
+}
