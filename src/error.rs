@@ -95,6 +95,16 @@ impl Error {
         self
     }
 
+    /// Adds `note` to what an [`Error::Input`] or [`Error::Usage`] says (where the bad value
+    /// came from, say); other variants are returned unchanged.
+    pub fn note(mut self, note: impl AsRef<str>) -> Self {
+        if let Error::Input { what, .. } | Error::Usage { what, .. } = &mut self {
+            what.push(' ');
+            what.push_str(note.as_ref());
+        }
+        self
+    }
+
     /// Builds an [`Error::Usage`].
     pub fn usage(what: impl Into<String>, fix: impl Into<String>) -> Self {
         Error::Usage {

@@ -391,6 +391,118 @@ fn region_embeddings_equal_those_of_samtools_extracted_bases() {
     assert_eq!(x, y, "region read differs from samtools faidx");
 }
 
+/// The rows of an embed TSV after the header: (id, the values after it).
+fn embed_rows(path: &Path) -> Vec<(String, Vec<String>)> {
+    tsv_values(path)
+        .into_iter()
+        .skip(1)
+        .map(|mut row| {
+            let rest = row.split_off(1);
+            (row.remove(0), rest)
+        })
+        .collect()
+}
+
+#[test]
+fn regions_of_a_bed_file_are_the_bases_bedtools_and_samtools_cut() {
+    need("bedtools");
+    need("samtools");
+    let t = tempfile::tempdir().unwrap();
+    let m = init(t.path(), "m", &[]);
+    let embed = |inputs: &[&str], extra: &[&str], out: &Path| {
+        let mut args = vec!["embed", "-m", s(&m), "-o", s(out)];
+        args.extend_from_slice(inputs);
+        args.extend_from_slice(extra);
+        ok(&args);
+        embed_rows(out)
+    };
+
+    // Plain FASTA: the first 40 yeast genes (a real six-column BED) behind a header, against
+    // the bases `bedtools getfasta` cuts for the same rows.
+    let genome = shared().join("genomes/yeast_chrI_II.fa");
+    let genes = std::fs::read_to_string(shared().join("genomes/yeast_chrI_II.genes.bed")).unwrap();
+    let rows: Vec<&str> = genes.lines().take(40).collect();
+    let bed = t.path().join("genes.bed");
+    std::fs::write(
+        &bed,
+        format!("track name=genes\n# a comment\n{}\n", rows.join("\n")),
+    )
+    .unwrap();
+    let ours = embed(
+        &[s(&genome)],
+        &["--regions-bed", s(&bed)],
+        &t.path().join("a.tsv"),
+    );
+    let cut = Command::new("bedtools")
+        .args(["getfasta", "-fi", s(&genome), "-bed", s(&bed)])
+        .output()
+        .unwrap();
+    assert!(
+        cut.status.success(),
+        "{}",
+        String::from_utf8_lossy(&cut.stderr)
+    );
+    let cut_fa = t.path().join("cut.fa");
+    std::fs::write(&cut_fa, &cut.stdout).unwrap();
+    let theirs = embed(&[s(&cut_fa)], &[], &t.path().join("b.tsv"));
+    assert_eq!(ours.len(), 40);
+    assert_eq!(theirs.len(), 40);
+    for ((row, (id, values)), (_, cut_values)) in rows.iter().zip(&ours).zip(&theirs) {
+        // The id is the region in samtools' 1-based terms.
+        let f: Vec<&str> = row.split('\t').collect();
+        let start: u64 = f[1].parse().unwrap();
+        assert_eq!(id, &format!("{}:{}-{}", f[0], start + 1, f[2]));
+        assert_eq!(values, cut_values, "{row}");
+    }
+    // The same regions given one by one as --region: the same output.
+    let mut one_by_one = Vec::new();
+    for (id, _) in &ours {
+        one_by_one.extend(["--region", id.as_str()]);
+    }
+    let given = embed(&[s(&genome)], &one_by_one, &t.path().join("c.tsv"));
+    assert_eq!(given, ours);
+
+    // bgzip: all 801 CpG islands of chr20 (gzip-compressed BED, three columns), read through
+    // one opening of the file and its indexes, against `samtools faidx -r`.
+    let chr20 = shared().join("genomes/hg19_chr20.fa.gz");
+    let islands = std::fs::read(shared().join("genomes/hg19_chr20.cpg_islands.bed")).unwrap();
+    let bed_gz = t.path().join("islands.bed.gz");
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    std::io::Write::write_all(&mut gz, &islands).unwrap();
+    std::fs::write(&bed_gz, gz.finish().unwrap()).unwrap();
+    let ours = embed(
+        &[s(&chr20)],
+        &["--regions-bed", s(&bed_gz)],
+        &t.path().join("d.tsv"),
+    );
+    assert_eq!(ours.len(), 801);
+    let list = t.path().join("islands.txt");
+    let ids: Vec<&str> = ours.iter().map(|(id, _)| id.as_str()).collect();
+    std::fs::write(&list, ids.join("\n") + "\n").unwrap();
+    let cut = Command::new("samtools")
+        .args(["faidx", s(&chr20), "-r", s(&list)])
+        .output()
+        .unwrap();
+    assert!(
+        cut.status.success(),
+        "{}",
+        String::from_utf8_lossy(&cut.stderr)
+    );
+    let cut_fa = t.path().join("islands.fa");
+    std::fs::write(&cut_fa, &cut.stdout).unwrap();
+    let theirs = embed(&[s(&cut_fa)], &[], &t.path().join("e.tsv"));
+    assert_eq!(ours, theirs);
+    // `--region`s come first, then each BED file's rows in order.
+    let both = embed(
+        &[s(&genome)],
+        &["--regions-bed", s(&bed), "--region", "chrII:1-50"],
+        &t.path().join("f.tsv"),
+    );
+    assert_eq!(both.len(), 41);
+    assert_eq!(both[0].0, "chrII:1-50");
+    assert_eq!(both[1].0, "chrI:335-649");
+}
+
 #[test]
 fn bad_input_exits_2_with_one_line_and_leaves_no_output() {
     let t = tempfile::tempdir().unwrap();
@@ -445,7 +557,17 @@ fn bad_input_exits_2_with_one_line_and_leaves_no_output() {
             ".fai",
         ),
     ];
-    for (args, needle) in late {
+    // A BED of regions whose second row names no sequence of the file, or is empty: the
+    // error names the BED file and line.
+    let bad_bed = t.path().join("bad.bed");
+    std::fs::write(&bad_bed, "chrI\t0\t100\nchrX\t0\t5\n").unwrap();
+    let empty_bed = t.path().join("empty.bed");
+    std::fs::write(&empty_bed, "chrI\t0\t100\nchrI\t7\t7\n").unwrap();
+    let bad_beds: [(&[&str], &str); 2] = [
+        (&[s(&yeast), "--regions-bed", s(&bad_bed)], "bad.bed line 2"),
+        (&[s(&yeast), "--regions-bed", s(&empty_bed)], "(line 2)"),
+    ];
+    for (args, needle) in late.into_iter().chain(bad_beds) {
         let mut full = vec!["embed", "-m", s(&m), "-o", "-"];
         full.extend_from_slice(args);
         let o = run(&full);
@@ -465,10 +587,26 @@ fn bad_input_exits_2_with_one_line_and_leaves_no_output() {
         ("--device", "tpu", "device"),
         ("--precision", "f8", "precision"),
         ("--region", "chrI:9-3", "chrI:9-3"),
+        (
+            "--regions-bed",
+            "/no/such/regions.bed",
+            "/no/such/regions.bed",
+        ),
     ] {
         let o = run(&["embed", "-m", s(&m), s(&hash), "-o", s(&out), flag, value]);
         assert_bad(&o, needle);
     }
+    let o = run(&[
+        "embed",
+        "-m",
+        s(&m),
+        "-",
+        "-o",
+        s(&out),
+        "--regions-bed",
+        s(&bad_bed),
+    ]);
+    assert_bad(&o, "stdin");
     assert_bad(
         &run(&["embed", "-m", s(&m), "/no/such/file.fa", "-o", s(&out)]),
         "/no/such/file.fa",

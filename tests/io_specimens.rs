@@ -1078,6 +1078,76 @@ fn check_region_pieces(path: &str, text: &str, piece_len: usize) {
 }
 
 #[test]
+fn one_opening_reads_many_regions_in_any_order_as_separate_openings_do() {
+    // Backwards, overlapping, repeated, across sequences and across bgzip blocks: each region
+    // read through one `IndexedFasta` equals the same region read on its own, and samtools.
+    for (path, texts) in [
+        (
+            data("genomes/hg19_chr20.fa.gz"),
+            &[
+                "20:40,000,001-40,000,500",
+                "20:30,000,001-30,200,000",
+                "20:30,100,001-30,100,010",
+                "20:62,999,001",
+                "20:30,000,001-30,000,100",
+                "20:40,000,001-40,000,500",
+            ][..],
+        ),
+        (
+            data("genomes/yeast_chrI_II.fa"),
+            &[
+                "chrII:500,000-500,100",
+                "chrI:1-60",
+                "chrI:61-62",
+                "chrII",
+                "chrI:230,200",
+            ][..],
+        ),
+    ] {
+        let path = s(&path);
+        let first: Region = texts[0].parse().unwrap();
+        let mut fasta = region::IndexedFasta::open(path, &first).unwrap();
+        assert_eq!(fasta.path(), path);
+        for text in texts {
+            let reg: Region = text.parse().unwrap();
+            fasta.check_region(&reg).unwrap();
+            let mut tokens = Vec::new();
+            let mut ids = Vec::new();
+            fasta
+                .for_each_piece(&reg, 65_536, &mut |p| {
+                    ids.push(p.meta.id.clone());
+                    tokens.extend_from_slice(&p.tokens);
+                    Ok(())
+                })
+                .unwrap_or_else(|e| panic!("{text}: {e}"));
+            let alone = region::read_region(path, &reg).unwrap();
+            assert!(
+                tokens == alone.tokens,
+                "{path} {text}: differs from its own opening"
+            );
+            assert!(ids.iter().all(|id| *id == alone.id), "{text}");
+            assert!(
+                tokens == samtools_tokens(path, text),
+                "{path} {text}: samtools"
+            );
+        }
+        // A bad region is refused without spoiling the next one.
+        let bad: Region = "chrZ:1-5".parse().unwrap();
+        assert!(fasta.check_region(&bad).is_err());
+        assert!(fasta.for_each_piece(&bad, 10, &mut |_| Ok(())).is_err());
+        let again: Region = texts[1].parse().unwrap();
+        let mut n = 0;
+        fasta
+            .for_each_piece(&again, 1 << 20, &mut |p| {
+                n += p.tokens.len();
+                Ok(())
+            })
+            .unwrap();
+        assert_eq!(n, region::read_region(path, &again).unwrap().tokens.len());
+    }
+}
+
+#[test]
 fn long_regions_stream_window_by_window_as_the_pieces_of_the_whole() {
     require_samtools();
     let chr20 = data("genomes/hg19_chr20.fa.gz");

@@ -11,8 +11,9 @@ use genomamba::alphabet::reverse_complement_tokens;
 use genomamba::device::DeviceSpec;
 use genomamba::infer::{DEFAULT_CHUNK, batch_positions, check_gpu_chunk, gpu_chunk};
 use genomamba::infer::{PieceRunner, pad_length, run_batch};
+use genomamba::io::bed::read_regions_bed;
 use genomamba::io::fastx::{Piece, RecordMeta, for_each_piece};
-use genomamba::io::region::{Region, check_region, for_each_region_piece, indexed_lengths};
+use genomamba::io::region::{IndexedFasta, Region, indexed_lengths};
 use genomamba::model::weights::host_values;
 use genomamba::model::{GenoModel, Precision};
 use genomamba::{Error, Result};
@@ -30,6 +31,11 @@ pub struct InputArgs {
     /// index (and `.gzi` for bgzip) next to each input.
     #[arg(long = "region", value_name = "REGION")]
     pub regions: Vec<String>,
+    /// Only the intervals of this BED file (0-based, half-open: `chrom start end`, further
+    /// columns ignored; plain or gzip), in its order, after any `--region`s; repeatable. Each
+    /// is read like `--region chrom:start+1-end`, and that is its id.
+    #[arg(long = "regions-bed", value_name = "BED")]
+    pub regions_bed: Vec<String>,
     /// Compute device: `cpu` or `cuda[:N]`.
     #[arg(long, default_value = "cpu")]
     pub device: String,
@@ -60,6 +66,26 @@ pub struct InputArgs {
     /// The default chunk on a GPU, set by [`Self::setup`] once the model's width is known.
     #[arg(skip)]
     gpu_chunk: std::sync::OnceLock<usize>,
+    /// The regions of `--region` and `--regions-bed`, read once ([`Self::regions`]).
+    #[arg(skip)]
+    region_list: std::sync::OnceLock<Vec<RegionItem>>,
+}
+
+/// A region to read, and the BED file and line it comes from (`None` for `--region`).
+#[derive(Debug, Clone)]
+pub struct RegionItem {
+    pub region: Region,
+    pub from: Option<(String, u64)>,
+}
+
+impl RegionItem {
+    /// Says, in an error about this region, the BED line it comes from.
+    fn locate(&self, err: Error) -> Error {
+        match &self.from {
+            Some((bed, line)) => err.note(format!("(from {bed} line {line})")),
+            None => err,
+        }
+    }
 }
 
 impl InputArgs {
@@ -79,19 +105,25 @@ impl InputArgs {
             ));
         }
         set_threads(self.threads)?;
-        let regions = self.parsed_regions()?;
+        let regions = self.regions()?;
         if !regions.is_empty() && self.inputs.iter().any(|i| i == "-") {
             return Err(Error::usage(
-                "--region cannot read from stdin",
+                "--region and --regions-bed cannot read from stdin",
                 "give the path of an indexed FASTA file",
             ));
         }
         let precision = self.precision.parse::<Precision>()?;
         genomamba::io::fastx::check_inputs(&self.inputs)?;
         // Each region against each file's indexes, before any work.
-        for input in &self.inputs {
-            for region in &regions {
-                check_region(input, region)?;
+        if let Some(first) = regions.first() {
+            for input in &self.inputs {
+                let fasta =
+                    IndexedFasta::open(input, &first.region).map_err(|e| first.locate(e))?;
+                for item in regions {
+                    fasta
+                        .check_region(&item.region)
+                        .map_err(|e| item.locate(e))?;
+                }
             }
         }
         check_outputs(&self.inputs, outputs)?;
@@ -149,24 +181,51 @@ impl InputArgs {
             })
     }
 
-    fn parsed_regions(&self) -> Result<Vec<Region>> {
-        self.regions.iter().map(|r| r.parse::<Region>()).collect()
+    /// The regions to read: each `--region`, then each interval of each `--regions-bed`
+    /// file; read once and kept.
+    pub fn regions(&self) -> Result<&[RegionItem]> {
+        if let Some(list) = self.region_list.get() {
+            return Ok(list);
+        }
+        let mut list = Vec::new();
+        for text in &self.regions {
+            list.push(RegionItem {
+                region: text.parse::<Region>()?,
+                from: None,
+            });
+        }
+        for bed in &self.regions_bed {
+            for (region, line) in read_regions_bed(bed)? {
+                list.push(RegionItem {
+                    region,
+                    from: Some((bed.clone(), line)),
+                });
+            }
+        }
+        Ok(self.region_list.get_or_init(|| list))
     }
 
     /// The bases the run will read, when the `.fai` index of every input gives them (whole
     /// files, or the `--region`s): the progress bar's total. `None` otherwise (stdin, FASTQ,
     /// files without an index), and then the bar counts without a total.
     pub fn known_bases(&self) -> Option<u64> {
-        let regions = self.parsed_regions().ok()?;
+        let regions = self.regions().ok()?;
         let mut total = 0u64;
         for input in &self.inputs {
             let lengths = indexed_lengths(input)?;
             if regions.is_empty() {
                 total += lengths.iter().map(|(_, len)| len).sum::<u64>();
+                continue;
             }
-            for region in &regions {
-                let (_, len) = lengths.iter().find(|(name, _)| *name == region.name)?;
-                let end = region.end.unwrap_or(*len).min(*len);
+            // The first of repeated names, as reading finds it.
+            let mut by_name = std::collections::HashMap::with_capacity(lengths.len());
+            for (name, len) in &lengths {
+                by_name.entry(name.as_str()).or_insert(*len);
+            }
+            for item in regions {
+                let region = &item.region;
+                let len = *by_name.get(region.name.as_str())?;
+                let end = region.end.unwrap_or(len).min(len);
                 total += end.saturating_sub(region.start);
             }
         }
@@ -350,7 +409,7 @@ impl InputArgs {
         skipped_empty: &mut usize,
         f: &mut dyn FnMut(Vec<Piece>) -> Result<()>,
     ) -> Result<()> {
-        let regions = self.parsed_regions()?;
+        let regions = self.regions()?;
         let mut batch: Vec<Piece> = Vec::new();
         let max_batch = self.batch_size;
         let max_positions = batch_positions(self.chunk());
@@ -384,14 +443,17 @@ impl InputArgs {
             Ok(())
         };
         for input in &self.inputs {
-            if regions.is_empty() {
-                for_each_piece(input, self.chunk(), &mut |p| push(p, &mut batch))?;
-            } else {
-                for region in &regions {
-                    for_each_region_piece(input, region, self.chunk(), &mut |p| {
-                        push(p, &mut batch)
-                    })?;
+            if let Some(first) = regions.first() {
+                // One opening of the file and its indexes for all its regions.
+                let mut fasta =
+                    IndexedFasta::open(input, &first.region).map_err(|e| first.locate(e))?;
+                for item in regions {
+                    fasta
+                        .for_each_piece(&item.region, self.chunk(), &mut |p| push(p, &mut batch))
+                        .map_err(|e| item.locate(e))?;
                 }
+            } else {
+                for_each_piece(input, self.chunk(), &mut |p| push(p, &mut batch))?;
             }
         }
         if !batch.is_empty() {

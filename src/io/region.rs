@@ -11,6 +11,7 @@
 //! noodles' indexed reader, which seeks to the region: the rest of the file is never read,
 //! and a long region is read a window at a time ([`for_each_region_piece`]).
 
+use std::collections::HashMap;
 use std::fmt;
 use std::fs::File;
 use std::io::{self, BufRead, BufReader, Read, Seek};
@@ -28,7 +29,7 @@ use crate::{Error, Result};
 
 /// A samtools-style region: `name`, or `name:start-end` (1-based inclusive, commas allowed in
 /// numbers), or `name:start` (to the end).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Region {
     /// Sequence (chromosome) name as in the `.fai` index.
     pub name: String,
@@ -277,7 +278,7 @@ pub fn indexed_lengths(path: &str) -> Option<Vec<(String, u64)>> {
 const READ_WINDOW: usize = 1 << 20;
 
 /// Reads one region of an indexed FASTA (plain with `.fai`, or bgzip with `.fai` + `.gzi`)
-/// whole, using noodles' indexed reader; only the bytes of the region are read. For long
+/// whole, using noodles' indexed reading; only the bytes of the region are read. For long
 /// regions prefer [`for_each_region_piece`], which holds a bounded part at a time.
 ///
 /// The record's `id` is [`Region::display_1based`], `chrom` the sequence name, `offset` the
@@ -306,226 +307,239 @@ pub fn read_region(path: &str, region: &Region) -> Result<Record> {
 }
 
 /// Streams one region of an indexed FASTA (plain with `.fai`, or bgzip with `.fai` + `.gzi`)
-/// as [`Piece`]s of at most `piece_len` tokens, like [`super::fastx::for_each_piece`] streams
-/// a whole record: the region is read through the index a window of about a megabase at a
-/// time (a whole number of pieces), so a region as long as a chromosome is never in memory
-/// whole. The pieces are those [`Record::into_pieces`] would cut from [`read_region`]'s
-/// record. Everything that can be checked before reading (the index, the name, the range) is
-/// checked before the first piece is handed on.
+/// as [`Piece`]s of at most `piece_len` tokens: [`IndexedFasta::for_each_piece`] on the file
+/// opened for this region alone. To read many regions of one file, open it once with
+/// [`IndexedFasta::open`].
 pub fn for_each_region_piece(
     path: &str,
     region: &Region,
     piece_len: usize,
     f: &mut dyn FnMut(Piece) -> Result<()>,
 ) -> Result<()> {
-    let Opened {
-        window,
-        file,
-        index,
-        gzi,
-    } = open_region(path, region)?;
-    match gzi {
-        None => window.stream(BufReader::new(file), index, piece_len, f),
-        Some(gzi) => window.stream(bgzf::io::IndexedReader::new(file, gzi), index, piece_len, f),
-    }
+    IndexedFasta::open(path, region)?.for_each_piece(region, piece_len, f)
 }
 
 /// Checks, without reading any bases, what [`for_each_region_piece`] checks before its first
 /// piece: the file can be read by region, its indexes, the name and the range. For refusing
 /// a bad `--region` before any work.
 pub fn check_region(path: &str, region: &Region) -> Result<()> {
-    open_region(path, region).map(drop)
+    IndexedFasta::open(path, region)?.check(region).map(drop)
 }
 
-/// A region checked against its file's indexes, ready to be read.
-struct Opened<'a> {
-    window: Window<'a>,
-    file: File,
+/// What can be both read and sought: a plain file or a bgzip file through its `.gzi`.
+trait SeekBufRead: BufRead + Seek {}
+impl<T: BufRead + Seek> SeekBufRead for T {}
+
+/// An indexed FASTA file (plain with `.fai`, or bgzip with `.fai` + `.gzi`) opened once for
+/// reading any number of regions: the file is opened and its indexes read and looked up by
+/// name once, so that a long list of regions (a BED file of them) costs one lookup per
+/// region, not one read of the indexes.
+pub struct IndexedFasta {
+    path: String,
+    /// How to fix a damaged or out-of-date index.
+    reindex: String,
     index: fasta::fai::Index,
-    /// The `.gzi` index of a bgzip file; `None` for plain text.
-    gzi: Option<bgzf::gzi::Index>,
+    /// The position in `index` of each sequence name.
+    by_name: HashMap<Vec<u8>, usize>,
+    /// Sequences whose whole name reads as a region of another name (`20:1-10`, as
+    /// `samtools faidx` names what it writes), by that region.
+    region_like: HashMap<Region, String>,
+    reader: fasta::io::Reader<Box<dyn SeekBufRead>>,
 }
 
-fn open_region<'a>(path: &'a str, region: &'a Region) -> Result<Opened<'a>> {
-    if path == "-" {
-        return Err(Error::usage(
-            format!("--region {region} needs an indexed file, not stdin (-)"),
-            "pass the FASTA path (indexed with `samtools faidx FILE`)",
-        ));
-    }
-    let mut file = open_file(path, "a FASTA file")?;
-    let layout = layout(path, &mut file)?;
-    file.rewind().map_err(|e| Error::io(path, e))?;
+/// A region checked against the index.
+struct Checked {
+    /// 1-based number of the sequence in the index.
+    number: usize,
+    /// 0-based, exclusive end.
+    end: u64,
+    /// The sequence's index entry alone, so that each query finds it at once.
+    entry: fasta::fai::Index,
+}
 
-    let reindex = format!("re-create the index with `samtools faidx {path}`");
-    let fai_path = format!("{path}.fai");
-    if !Path::new(&fai_path).exists() {
-        return Err(Error::input(
-            path,
-            format!("no index {fai_path}, needed to read --region {region}"),
-            format!("run `samtools faidx {path}`"),
-        ));
-    }
-    let index = fasta::fai::fs::read(&fai_path)
-        .map_err(|e| Error::input(&fai_path, format!("invalid FASTA index: {e}"), &reindex))?;
+impl IndexedFasta {
+    /// Opens `path` and reads its indexes. `region` (the first to be read) is named in the
+    /// error when the file cannot be read by region (stdin, plain gzip and other
+    /// compressions) or an index is missing.
+    pub fn open(path: &str, region: &Region) -> Result<IndexedFasta> {
+        if path == "-" {
+            return Err(Error::usage(
+                format!("--region {region} needs an indexed file, not stdin (-)"),
+                "pass the FASTA path (indexed with `samtools faidx FILE`)",
+            ));
+        }
+        let mut file = open_file(path, "a FASTA file")?;
+        let layout = layout(path, &mut file)?;
+        file.rewind().map_err(|e| Error::io(path, e))?;
 
-    let found = index
-        .as_ref()
-        .iter()
-        .enumerate()
-        .find(|(_, r)| <[u8]>::eq(r.name().as_ref(), region.name.as_bytes()));
-    // A sequence whose whole name reads as this region (`20:1-10`, say, from a file written by
-    // `samtools faidx`): without braces, which one is meant cannot be told.
-    let whole_name = index.as_ref().iter().find_map(|r| {
-        let name = String::from_utf8_lossy(r.name().as_ref()).into_owned();
-        (name != region.name && name.parse::<Region>().ok().as_ref() == Some(region))
-            .then_some(name)
-    });
-    if let (Some(_), Some(whole)) = (&found, &whole_name) {
-        return Err(Error::usage(
-            format!(
-                "region {region} is ambiguous in {path}: it has a sequence {name} and a sequence named '{whole}'",
-                name = region.name
-            ),
-            format!(
-                "write {{{name}}}{coords} for the part of {name}, or {{{whole}}} for the other",
-                name = region.name,
-                coords = region.coords_1based()
-            ),
-        ));
-    }
-    let Some((i, entry)) = found else {
-        if let Some(whole) = whole_name {
+        let reindex = format!("re-create the index with `samtools faidx {path}`");
+        let fai_path = format!("{path}.fai");
+        if !Path::new(&fai_path).exists() {
             return Err(Error::input(
                 path,
-                format!("no sequence named '{}' in the index", region.name),
+                format!("no index {fai_path}, needed to read region {region}"),
+                format!("run `samtools faidx {path}`"),
+            ));
+        }
+        let index = fasta::fai::fs::read(&fai_path)
+            .map_err(|e| Error::input(&fai_path, format!("invalid FASTA index: {e}"), &reindex))?;
+        let inner: Box<dyn SeekBufRead> = match layout {
+            Layout::Plain => Box::new(BufReader::new(file)),
+            Layout::Bgzf => {
+                let gzi_path = format!("{path}.gzi");
+                if !Path::new(&gzi_path).exists() {
+                    return Err(Error::input(
+                        path,
+                        format!(
+                            "bgzip file without its {gzi_path} index, needed to read region {region}"
+                        ),
+                        format!("index it with `samtools faidx {path}` (writes .fai and .gzi)"),
+                    ));
+                }
+                let gzi = bgzf::gzi::fs::read(&gzi_path).map_err(|e| {
+                    Error::input(&gzi_path, format!("invalid bgzip index: {e}"), &reindex)
+                })?;
+                Box::new(bgzf::io::IndexedReader::new(file, gzi))
+            }
+        };
+        let mut by_name = HashMap::with_capacity(index.as_ref().len());
+        let mut region_like = HashMap::new();
+        for (i, r) in index.as_ref().iter().enumerate() {
+            let name: &[u8] = r.name().as_ref();
+            // The first of repeated names, as a linear search would find it.
+            by_name.entry(name.to_vec()).or_insert(i);
+            // Only names with ':' or braces can read as a region of another name.
+            if name.contains(&b':') || name.starts_with(b"{") {
+                let name = String::from_utf8_lossy(name).into_owned();
+                if let Ok(as_region) = name.parse::<Region>()
+                    && as_region.name != name
+                {
+                    region_like.entry(as_region).or_insert(name);
+                }
+            }
+        }
+        Ok(IndexedFasta {
+            path: path.to_string(),
+            reindex,
+            index,
+            by_name,
+            region_like,
+            reader: fasta::io::Reader::new(inner),
+        })
+    }
+
+    /// The file's path.
+    pub fn path(&self) -> &str {
+        &self.path
+    }
+
+    /// Checks `region` against the index (the name and the range) without reading any
+    /// bases.
+    fn check(&self, region: &Region) -> Result<Checked> {
+        let path = self.path.as_str();
+        let found = self.by_name.get(region.name.as_bytes()).copied();
+        // A sequence whose whole name reads as this region (`20:1-10`, say, from a file
+        // written by `samtools faidx`): without braces, which one is meant cannot be told.
+        let whole_name = self.region_like.get(region);
+        if let (Some(_), Some(whole)) = (found, whole_name) {
+            return Err(Error::usage(
                 format!(
-                    "this file has a sequence named '{whole}': write --region '{{{whole}}}' to read it"
+                    "region {region} is ambiguous in {path}: it has a sequence {name} and a sequence named '{whole}'",
+                    name = region.name
+                ),
+                format!(
+                    "write {{{name}}}{coords} for the part of {name}, or {{{whole}}} for the other",
+                    name = region.name,
+                    coords = region.coords_1based()
                 ),
             ));
         }
-        return Err(unknown_sequence(path, region, &index));
-    };
-    let number = i + 1;
-    let length = entry.length();
-
-    // Checks against the sequence length, in the user's 1-based terms.
-    let fix_range = format!(
-        "use positions 1..{length} for {name} (e.g. {name}:1-{end}), or {name}:START to read to the end",
-        name = region.name,
-        end = length.min(1000),
-    );
-    let too_far = |what: String| {
-        Error::input(
-            path,
-            format!(
-                "{what}: sequence {} is {} bp long",
-                region.name,
-                thousands(length)
-            ),
-            &fix_range,
-        )
-        .in_record(&region.name)
-    };
-    if region.start >= length {
-        return Err(too_far(format!(
-            "region {region} starts after the end of the sequence"
-        )));
-    }
-    let end = region.end.unwrap_or(length);
-    if end > length {
-        return Err(too_far(format!(
-            "region {region} ends past the end of the sequence"
-        )));
-    }
-    if end <= region.start {
-        return Err(too_far(format!(
-            "region {region} is empty (its end is not after its start)"
-        )));
-    }
-    // Every position of the region must be a `usize` and a noodles `Position`.
-    to_position(region, end)?;
-
-    let gzi = match layout {
-        Layout::Plain => None,
-        Layout::Bgzf => {
-            let gzi_path = format!("{path}.gzi");
-            if !Path::new(&gzi_path).exists() {
+        let Some(i) = found else {
+            if let Some(whole) = whole_name {
                 return Err(Error::input(
                     path,
+                    format!("no sequence named '{}' in the index", region.name),
                     format!(
-                        "bgzip file without its {gzi_path} index, needed to read --region {region}"
+                        "this file has a sequence named '{whole}': write --region '{{{whole}}}' to read it"
                     ),
-                    format!("index it with `samtools faidx {path}` (writes .fai and .gzi)"),
                 ));
             }
-            Some(bgzf::gzi::fs::read(&gzi_path).map_err(|e| {
-                Error::input(&gzi_path, format!("invalid bgzip index: {e}"), &reindex)
-            })?)
-        }
-    };
-    let window = Window {
-        path,
-        region,
-        end,
-        reindex,
-        meta: Arc::new(RecordMeta {
-            id: region.display_1based(),
-            chrom: region.name.clone(),
-            offset: region.start,
-            source: path.to_string(),
-            number,
-        }),
-    };
-    Ok(Opened {
-        window,
-        file,
-        index,
-        gzi,
-    })
-}
+            return Err(unknown_sequence(path, region, &self.index));
+        };
+        let entry = &self.index.as_ref()[i];
+        let length = entry.length();
 
-/// 1-based position `p` (of `region`) as noodles takes it.
-fn to_position(region: &Region, p: u64) -> Result<Position> {
-    usize::try_from(p)
-        .ok()
-        .and_then(|p| Position::try_from(p).ok())
-        .ok_or_else(|| {
-            Error::usage(
-                format!("region {region}: position {p} is out of range"),
-                REGION_FORM,
+        // Checks against the sequence length, in the user's 1-based terms.
+        let fix_range = format!(
+            "use positions 1..{length} for {name} (e.g. {name}:1-{end}), or {name}:START to read to the end",
+            name = region.name,
+            end = length.min(1000),
+        );
+        let too_far = |what: String| {
+            Error::input(
+                path,
+                format!(
+                    "{what}: sequence {} is {} bp long",
+                    region.name,
+                    thousands(length)
+                ),
+                &fix_range,
             )
+            .in_record(&region.name)
+        };
+        if region.start >= length {
+            return Err(too_far(format!(
+                "region {region} starts after the end of the sequence"
+            )));
+        }
+        let end = region.end.unwrap_or(length);
+        if end > length {
+            return Err(too_far(format!(
+                "region {region} ends past the end of the sequence"
+            )));
+        }
+        if end <= region.start {
+            return Err(too_far(format!(
+                "region {region} is empty (its end is not after its start)"
+            )));
+        }
+        // Every position of the region must be a `usize` and a noodles `Position`.
+        to_position(region, end)?;
+        Ok(Checked {
+            number: i + 1,
+            end,
+            entry: fasta::fai::Index::from(vec![entry.clone()]),
         })
-}
+    }
 
-/// A checked region being read window by window.
-struct Window<'a> {
-    path: &'a str,
-    region: &'a Region,
-    /// 0-based, exclusive end.
-    end: u64,
-    reindex: String,
-    meta: Arc<RecordMeta>,
-}
-
-impl Window<'_> {
-    /// Queries the region a window at a time and hands on its pieces.
-    fn stream<R: BufRead + Seek>(
-        &self,
-        reader: R,
-        index: fasta::fai::Index,
+    /// Streams `region` as [`Piece`]s of at most `piece_len` tokens, like
+    /// [`super::fastx::for_each_piece`] streams a whole record: the region is read through
+    /// the index a window of about a megabase at a time (a whole number of pieces), so a
+    /// region as long as a chromosome is never in memory whole. The pieces are those
+    /// [`Record::into_pieces`] would cut from [`read_region`]'s record. Everything that can
+    /// be checked before reading (the name and the range) is checked before the first piece
+    /// is handed on.
+    pub fn for_each_piece(
+        &mut self,
+        region: &Region,
         piece_len: usize,
         f: &mut dyn FnMut(Piece) -> Result<()>,
     ) -> Result<()> {
-        let Window {
-            path,
-            region,
-            end,
+        let Checked { number, end, entry } = self.check(region)?;
+        let meta = Arc::new(RecordMeta {
+            id: region.display_1based(),
+            chrom: region.name.clone(),
+            offset: region.start,
+            source: self.path.clone(),
+            number,
+        });
+        let IndexedFasta {
+            ref path,
             ref reindex,
+            ref mut reader,
             ..
         } = *self;
         let piece_len = piece_len.max(1);
-        let mut reader = fasta::io::IndexedReader::new(reader, index);
         let window = if piece_len >= READ_WINDOW {
             piece_len
         } else {
@@ -542,7 +556,7 @@ impl Window<'_> {
                 region.name.as_str(),
                 to_position(region, from + 1)?..=to_position(region, from + want)?,
             );
-            let fetched = reader.query(&query).map_err(|e| {
+            let fetched = reader.query(&entry, &query).map_err(|e| {
                 Error::input(
                     path,
                     format!("cannot read region {region}: {e}"),
@@ -587,7 +601,7 @@ impl Window<'_> {
                 };
                 let start = done + at as u64;
                 f(Piece {
-                    meta: self.meta.clone(),
+                    meta: meta.clone(),
                     start: usize::try_from(start).map_err(|_| {
                         Error::usage(
                             format!("region {region}: position {start} is out of range"),
@@ -603,6 +617,24 @@ impl Window<'_> {
         }
         Ok(())
     }
+
+    /// [`Self::check`] for callers outside this module: whether `region` can be read.
+    pub fn check_region(&self, region: &Region) -> Result<()> {
+        self.check(region).map(drop)
+    }
+}
+
+/// 1-based position `p` (of `region`) as noodles takes it.
+fn to_position(region: &Region, p: u64) -> Result<Position> {
+    usize::try_from(p)
+        .ok()
+        .and_then(|p| Position::try_from(p).ok())
+        .ok_or_else(|| {
+            Error::usage(
+                format!("region {region}: position {p} is out of range"),
+                REGION_FORM,
+            )
+        })
 }
 
 /// The error for a name that is not in the index, listing a few names it has.
