@@ -722,6 +722,57 @@ fn separate_validation_files_are_used_as_given() {
         (Some(200), Some(60))
     );
     assert!(v["validation"]["auroc"].as_f64().unwrap() > 0.8, "{v}");
+    assert_eq!(v["split"]["val_copies_of_train"], 0, "{v}");
+
+    // Validation sequences copied from training ones (records m3..m5 of the training motif
+    // file, the third under the other label): counted, recorded and warned about.
+    let train_text = std::fs::read_to_string(&a).unwrap();
+    let copied: Vec<&str> = train_text.lines().skip(6).take(6).collect();
+    let mixed = held.join("mixed.fa");
+    std::fs::write(
+        &mixed,
+        format!(
+            "{}\n{}",
+            copied[..4].join("\n"),
+            std::fs::read_to_string(&va).unwrap()
+        ),
+    )
+    .unwrap();
+    let mixed_plain = held.join("mixed_plain.fa");
+    std::fs::write(
+        &mixed_plain,
+        format!(
+            "{}\n{}",
+            copied[4..].join("\n"),
+            std::fs::read_to_string(&vb).unwrap()
+        ),
+    )
+    .unwrap();
+    let o = run(&[
+        "baseline",
+        "--class",
+        &ca,
+        "--class",
+        &cb,
+        "--val-class",
+        &spec("motif", &mixed),
+        "--val-class",
+        &spec("plain", &mixed_plain),
+        "-k",
+        "4",
+    ]);
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    let v: serde_json::Value = serde_json::from_str(&o.stdout).unwrap();
+    assert_eq!(v["val"].as_u64(), Some(63));
+    assert_eq!(v["split"]["val_copies_of_train"], 3, "{v}");
+    assert!(
+        o.stderr
+            .contains("3 of 63 validation sequences are exact copies of training sequences")
+            && o.stderr.contains("mixed.fa:m3 = ")
+            && o.stderr.contains("motif.fa:m3)"),
+        "{}",
+        o.stderr
+    );
 
     // A TSV and a validation TSV, through `train`: the split is recorded as separate files.
     let tsv = |fa: [&Path; 2], name: &str| {

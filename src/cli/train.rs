@@ -15,8 +15,8 @@ use genomamba::device::DeviceSpec;
 use genomamba::model::{GenoModel, HeadKind, ModelConfig};
 use genomamba::train::data::{
     self, FileDigest, PositionDataset, SeqDataset, check_class_bases, check_distinct_files,
-    check_exists, class_bases, contiguous_split, load_class_files, load_position, load_tsv,
-    parse_bed_class, parse_class_spec, remap_labels, stratified_split,
+    check_exists, class_bases, contiguous_split, copies_of_training, load_class_files,
+    load_position, load_tsv, parse_bed_class, parse_class_spec, remap_labels, stratified_split,
 };
 use genomamba::train::trainer::{
     Event, RunSpec, Task, TrainOptions, check_gpu_training, fit_orf_head, monitored_metric,
@@ -520,7 +520,7 @@ pub fn load_sequence_sets(
     seed: u64,
     quiet: bool,
 ) -> Result<(SeqDataset, SeqDataset, serde_json::Value)> {
-    let (train, val, split) = read_sequence_sets(data, val_fraction, seed)?;
+    let (train, val, mut split) = read_sequence_sets(data, val_fraction, seed)?;
     if val.examples.is_empty() {
         return Err(Error::usage(
             format!(
@@ -546,6 +546,16 @@ pub fn load_sequence_sets(
             "genomamba: warning: class(es) {} have no validation sequence: their validation metrics are undefined; give more sequences or separate validation files",
             missing.join(", ")
         );
+    }
+    let (copies, first) = copies_of_training(&train, &val);
+    if let (Some((in_val, in_train)), false) = (first, quiet) {
+        eprintln!(
+            "genomamba: warning: {copies} of {} validation sequences are exact copies of training sequences (the first: {in_val} = {in_train}): validation metrics overstate how the model does on new sequences; remove the copies from one side",
+            val.examples.len()
+        );
+    }
+    if let Some(obj) = split.as_object_mut() {
+        obj.insert("val_copies_of_train".into(), copies.into());
     }
     Ok((train, val, split))
 }

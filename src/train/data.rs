@@ -549,6 +549,29 @@ pub fn load_position(
     })
 }
 
+/// Validation examples whose bases are exactly those of a training example (a sequence in
+/// both sets, under any label): how many, and the first such pair of origins (validation,
+/// training). Such copies make validation metrics overstate how a model does on new
+/// sequences.
+pub fn copies_of_training(
+    train: &SeqDataset,
+    val: &SeqDataset,
+) -> (usize, Option<(String, String)>) {
+    let mut seen: HashMap<&[u8], &str> = HashMap::with_capacity(train.examples.len());
+    for e in &train.examples {
+        seen.entry(e.tokens.as_slice()).or_insert(e.origin.as_str());
+    }
+    let mut count = 0;
+    let mut first = None;
+    for e in &val.examples {
+        if let Some(origin) = seen.get(e.tokens.as_slice()) {
+            count += 1;
+            first.get_or_insert_with(|| (e.origin.clone(), origin.to_string()));
+        }
+    }
+    (count, first)
+}
+
 /// A stretch of a record: `[start, end)`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Span {
@@ -741,6 +764,36 @@ pub fn check_distinct_files(files: &[(String, String, bool)]) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn copies_of_training_are_exact_sequences_under_any_label() {
+        let set = |seqs: &[(&[u8], usize)]| SeqDataset {
+            labels: vec!["a".into(), "b".into()],
+            examples: seqs
+                .iter()
+                .enumerate()
+                .map(|(i, (t, l))| SeqExample {
+                    tokens: t.to_vec(),
+                    label: *l,
+                    origin: format!("f:{}", i + 1),
+                })
+                .collect(),
+            files: Vec::new(),
+        };
+        let train = set(&[(&[7, 8, 9], 0), (&[7, 8], 1), (&[7, 8], 0)]);
+        // A copy under the other label counts; a prefix, a longer sequence, a reversal do not.
+        let val = set(&[
+            (&[7, 8], 0),
+            (&[7], 0),
+            (&[7, 8, 9, 10], 1),
+            (&[9, 8, 7], 1),
+            (&[7, 8, 9], 1),
+        ]);
+        let (n, first) = copies_of_training(&train, &val);
+        assert_eq!(n, 2);
+        assert_eq!(first, Some(("f:1".to_string(), "f:2".to_string())));
+        assert_eq!(copies_of_training(&train, &set(&[(&[10], 0)])), (0, None));
+    }
 
     #[test]
     fn stratified_split_holds_out_per_class_and_keeps_one_for_training() {
