@@ -7,6 +7,7 @@
 
 use std::io::BufRead;
 
+use super::fastx::open_file;
 use super::region::Region;
 use crate::{Error, Result};
 
@@ -26,11 +27,13 @@ pub struct BedRow {
 }
 
 /// Opens a text file, gzip-compressed (bgzip included) or plain, told apart by the gzip
-/// magic bytes.
-pub fn open_text(path: &str) -> Result<Box<dyn BufRead>> {
-    let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+/// magic bytes. `wanted` ("a BED file") is what the error for a directory asks for.
+pub fn open_text(path: &str, wanted: &str) -> Result<Box<dyn BufRead>> {
+    let file = open_file(path, wanted)?;
     let mut r = std::io::BufReader::new(file);
-    let head = r.fill_buf().map_err(|e| Error::io(path, e))?;
+    let head = r
+        .fill_buf()
+        .map_err(|e| Error::input(path, format!("cannot read: {e}"), format!("pass {wanted}")))?;
     if head.starts_with(&[0x1f, 0x8b]) {
         Ok(Box::new(std::io::BufReader::new(
             flate2::bufread::MultiGzDecoder::new(r),
@@ -71,7 +74,7 @@ impl BedUse {
 
 /// Reads every row of a BED file; at least one is needed.
 pub fn read_bed(path: &str, usage: BedUse) -> Result<Vec<BedRow>> {
-    let reader = open_text(path)?;
+    let reader = open_text(path, "a BED file")?;
     let fix = usage.fix();
     let mut rows = Vec::new();
     for (i, line) in reader.lines().enumerate() {
@@ -218,6 +221,19 @@ mod tests {
             assert!(msg.contains(words), "{text:?}: {msg}");
             assert!(msg.contains("0-based half-open"), "{msg}");
         }
+        // A directory, and a missing file: input errors (exit 2) naming the path.
+        let dir = tempfile::tempdir().unwrap();
+        let dir_path = dir.path().to_str().unwrap();
+        let err = read_regions_bed(dir_path).unwrap_err();
+        assert_eq!(err.exit_code(), 2, "{err}");
+        assert!(
+            err.to_string().contains("is a directory; pass a BED file"),
+            "{err}"
+        );
+        let missing = format!("{dir_path}/none.bed");
+        let err = read_regions_bed(&missing).unwrap_err();
+        assert_eq!(err.exit_code(), 2, "{err}");
+        assert!(err.to_string().starts_with(&missing), "{err}");
         let (_d, path) = write("# nothing\n\n");
         let msg = read_regions_bed(&path).unwrap_err().to_string();
         assert!(msg.contains("no intervals"), "{msg}");

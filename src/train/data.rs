@@ -170,7 +170,7 @@ pub fn load_class_files(specs: &[(String, String)]) -> Result<SeqDataset> {
 /// ignored). Class order is `labels` when given (every label must be one of them), else the
 /// sorted distinct labels.
 pub fn load_tsv(path: &str, labels: Option<&[String]>) -> Result<SeqDataset> {
-    let mut lines = open_text(path)?.lines();
+    let mut lines = open_text(path, "a TSV file")?.lines();
     let fix = "the TSV needs a header line with columns named `sequence` and `label`";
     let mut lineno = 0u64;
     let read_err = |e: std::io::Error, ln: u64| {
