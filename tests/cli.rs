@@ -136,6 +136,53 @@ fn embed_tsv_is_one_row_per_record_and_chunk_size_does_not_matter() {
 }
 
 #[test]
+fn records_of_mixed_lengths_give_the_same_rows_however_they_are_batched() {
+    // Lengths from 1 to 3,000 in no order: the padding limit cuts batches where the
+    // count and position limits alone would not; no grouping may change a result.
+    let t = tempfile::tempdir().unwrap();
+    let m = init(t.path(), "m", &[]);
+    let fa = t.path().join("mixed.fa");
+    let mut text = String::new();
+    let mut x: u64 = 7;
+    for i in 0..60 {
+        x = x
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        let len = 1 + (x >> 33) as usize % 3000;
+        let seq: String = (0..len)
+            .map(|j| b"ACGT"[(j * 7 + i * 3 + j / 5) % 4] as char)
+            .collect();
+        text.push_str(&format!(">r{i}\n{seq}\n"));
+    }
+    std::fs::write(&fa, text).unwrap();
+    let mut tables = Vec::new();
+    for (padding, batch) in [("150", "32"), ("100000", "32"), ("100", "32"), ("150", "1")] {
+        let out = t.path().join(format!("e{padding}_{batch}.tsv"));
+        let o = gm()
+            .env("GENOMAMBA_BATCH_PADDING", padding)
+            .args([
+                "embed",
+                "-m",
+                s(&m),
+                s(&fa),
+                "-o",
+                s(&out),
+                "--batch-size",
+                batch,
+                "-q",
+            ])
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        tables.push(tsv_values(&out));
+    }
+    assert_eq!(tables[0].len(), 61, "header + 60 records");
+    for tab in &tables[1..] {
+        assert_eq!(tab, &tables[0]);
+    }
+}
+
+#[test]
 fn per_position_npy_matches_pooled_mean_and_stdin_works() {
     let t = tempfile::tempdir().unwrap();
     let m = init(t.path(), "m", &[]);

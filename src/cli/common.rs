@@ -9,7 +9,7 @@ use indicatif::{HumanCount, ProgressBar, ProgressDrawTarget, ProgressState, Prog
 
 use genomamba::alphabet::reverse_complement_tokens;
 use genomamba::device::DeviceSpec;
-use genomamba::infer::{DEFAULT_CHUNK, batch_positions, check_gpu_chunk, gpu_chunk};
+use genomamba::infer::{Batcher, DEFAULT_CHUNK, batch_positions, check_gpu_chunk, gpu_chunk};
 use genomamba::infer::{PieceRunner, pad_length, run_batch};
 use genomamba::io::bed::read_regions_bed;
 use genomamba::io::fastx::{Piece, RecordMeta, for_each_piece};
@@ -53,8 +53,9 @@ pub struct InputArgs {
     /// one chunk's worth of positions (or 32 x 8192, if more).
     #[arg(long)]
     pub chunk_size: Option<usize>,
-    /// Records run together when they fit in one chunk (fewer when 32 x 8192 positions, or
-    /// one chunk if longer, would not hold that many of the longest among them).
+    /// Records run together when they fit in one chunk. Each runs padded to the longest of
+    /// its batch, so a batch ends early where it would hold more than 32 x 8192 positions (or
+    /// one chunk, if longer) or where padding would pass half its records' own bases.
     #[arg(long, default_value_t = 32)]
     pub batch_size: usize,
     /// CPU threads (default: all cores).
@@ -411,10 +412,7 @@ impl InputArgs {
     ) -> Result<()> {
         let regions = self.regions()?;
         let mut batch: Vec<Piece> = Vec::new();
-        let max_batch = self.batch_size;
-        let max_positions = batch_positions(self.chunk());
-        // The longest record in `batch` (every record runs padded to it).
-        let mut longest = 0usize;
+        let mut batcher = Batcher::new(self.batch_size, batch_positions(self.chunk()));
         let mut push = |p: Piece, batch: &mut Vec<Piece>| -> Result<()> {
             if p.is_whole() && p.tokens.is_empty() {
                 *skipped_empty += 1;
@@ -422,22 +420,21 @@ impl InputArgs {
             }
             if !p.is_whole() {
                 if !batch.is_empty() {
+                    batcher.clear();
                     f(std::mem::take(batch))?;
                 }
                 return f(vec![p]);
             }
-            // A batch holds at most `max_positions` padded positions: one that would grow
-            // past them runs first.
-            let widest = longest.max(p.tokens.len());
-            if !batch.is_empty() && (batch.len() + 1) * widest > max_positions {
+            // Every record of a batch runs padded to the longest: one that would make the
+            // batch too large or too wasteful runs in the next.
+            if batcher.must_flush_before(p.tokens.len()) {
+                batcher.clear();
                 f(std::mem::take(batch))?;
             }
-            if batch.is_empty() {
-                longest = 0;
-            }
-            longest = longest.max(p.tokens.len());
+            let full = batcher.push(p.tokens.len());
             batch.push(p);
-            if batch.len() >= max_batch {
+            if full {
+                batcher.clear();
                 f(std::mem::take(batch))?;
             }
             Ok(())

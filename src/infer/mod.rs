@@ -116,6 +116,87 @@ pub fn batch_positions(chunk_size: usize) -> usize {
     chunk_size.max(MIN_BATCH_POSITIONS)
 }
 
+/// Padded positions a batch of whole records may hold per position of its records, as a
+/// percentage (150: at most half as many padding positions as bases), unless the environment
+/// variable `GENOMAMBA_BATCH_PADDING` holds another percentage of at least 100 (for
+/// comparisons; a large value batches by count and positions alone, as before the
+/// forty-fourth session). Records run padded to the longest of their batch, so records of
+/// mixed lengths in input order (CpG islands of 201 to 10,782 bases) ran at four times their
+/// own positions.
+const BATCH_PADDING_PERCENT: usize = 150;
+
+fn batch_padding_percent() -> usize {
+    static PERCENT: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *PERCENT.get_or_init(|| {
+        std::env::var("GENOMAMBA_BATCH_PADDING")
+            .ok()
+            .and_then(|v| v.parse::<usize>().ok())
+            .filter(|&p| p >= 100)
+            .unwrap_or(BATCH_PADDING_PERCENT)
+    })
+}
+
+/// Groups whole records, in input order, into batches: at most `max_records` of them, at
+/// most `max_positions` padded positions (records x the longest), and, beyond one record,
+/// at most [`BATCH_PADDING_PERCENT`] padded positions per hundred of the records' own. A
+/// record that would break a limit starts the next batch.
+#[derive(Debug, Clone)]
+pub struct Batcher {
+    max_records: usize,
+    max_positions: usize,
+    padding_percent: usize,
+    records: usize,
+    longest: usize,
+    positions: usize,
+}
+
+impl Batcher {
+    /// A batcher with the padding limit of [`BATCH_PADDING_PERCENT`] (or its environment
+    /// override).
+    pub fn new(max_records: usize, max_positions: usize) -> Self {
+        Self::with_padding(max_records, max_positions, batch_padding_percent())
+    }
+
+    /// A batcher allowing `padding_percent` padded positions per hundred of the records' own.
+    pub fn with_padding(max_records: usize, max_positions: usize, padding_percent: usize) -> Self {
+        Self {
+            max_records: max_records.max(1),
+            max_positions,
+            padding_percent,
+            records: 0,
+            longest: 0,
+            positions: 0,
+        }
+    }
+
+    /// Whether a record of `len` positions must start a new batch (the current one is then
+    /// to be run first). Always false for an empty batch.
+    pub fn must_flush_before(&self, len: usize) -> bool {
+        if self.records == 0 {
+            return false;
+        }
+        let padded = (self.records + 1).saturating_mul(self.longest.max(len));
+        let own = self.positions + len;
+        padded > self.max_positions
+            || padded.saturating_mul(100) > own.saturating_mul(self.padding_percent)
+    }
+
+    /// Adds a record of `len` positions; true when the batch is now full and should run.
+    pub fn push(&mut self, len: usize) -> bool {
+        self.records += 1;
+        self.longest = self.longest.max(len);
+        self.positions += len;
+        self.records >= self.max_records
+    }
+
+    /// Forgets the batch (it was run).
+    pub fn clear(&mut self) {
+        self.records = 0;
+        self.longest = 0;
+        self.positions = 0;
+    }
+}
+
 /// Parts of a chunk a padded last chunk is rounded up to, unless the environment variable
 /// `GENOMAMBA_PAD_PARTS` holds another positive number (1: a whole chunk, as before the
 /// thirty-second session; for comparisons).
@@ -736,8 +817,68 @@ fn run_pipelined(
 
 #[cfg(test)]
 mod tests {
-    use super::{GPU_DEFAULT_CHUNK, MIN_GPU_CHUNK, check_gpu_chunk, gpu_chunk, pad_length_in};
+    use super::{
+        Batcher, GPU_DEFAULT_CHUNK, MIN_GPU_CHUNK, check_gpu_chunk, gpu_chunk, pad_length_in,
+    };
     use crate::model::Precision;
+
+    /// Batches (as lists of lengths) that `batcher` makes of `lens`, in order.
+    fn batches(mut batcher: Batcher, lens: &[usize]) -> Vec<Vec<usize>> {
+        let mut out = Vec::new();
+        let mut cur = Vec::new();
+        for &len in lens {
+            if batcher.must_flush_before(len) {
+                batcher.clear();
+                out.push(std::mem::take(&mut cur));
+            }
+            cur.push(len);
+            if batcher.push(len) {
+                batcher.clear();
+                out.push(std::mem::take(&mut cur));
+            }
+        }
+        if !cur.is_empty() {
+            out.push(cur);
+        }
+        out
+    }
+
+    #[test]
+    fn batches_keep_order_and_bound_count_positions_and_padding() {
+        // Equal lengths: only the count and the positions limit.
+        let b = batches(Batcher::with_padding(4, 1000, 150), &[100; 10]);
+        assert_eq!(b, vec![vec![100; 4], vec![100; 4], vec![100; 2]]);
+        let b = batches(Batcher::with_padding(32, 250, 150), &[100; 5]);
+        assert_eq!(b, vec![vec![100; 2], vec![100; 2], vec![100]]);
+        // A long record among short ones: without the padding limit the batch runs at
+        // 4 x 1,000 positions for 1,300 bases; with it the long one runs apart.
+        let lens = [100, 100, 100, 1000, 100, 100];
+        let b = batches(Batcher::with_padding(32, 1 << 20, 100_000), &lens);
+        assert_eq!(b, vec![lens.to_vec()]);
+        let b = batches(Batcher::with_padding(32, 1 << 20, 150), &lens);
+        assert_eq!(b, vec![vec![100, 100, 100], vec![1000], vec![100, 100]]);
+        // Near lengths stay together: 3 x 120 padded for 340 own is under 150%.
+        let b = batches(Batcher::with_padding(32, 1 << 20, 150), &[100, 120, 120]);
+        assert_eq!(b, vec![vec![100, 120, 120]]);
+        // Every batch of mixed lengths stays within its limits, and order is kept.
+        let lens: Vec<usize> = (0..500).map(|i| 1 + (i * 7919) % 3000).collect();
+        for pct in [100, 125, 150, 200] {
+            let b = batches(Batcher::with_padding(32, 40_000, pct), &lens);
+            assert_eq!(b.concat(), lens, "{pct}");
+            for batch in &b {
+                let padded = batch.len() * batch.iter().max().unwrap();
+                let own: usize = batch.iter().sum();
+                assert!(batch.len() <= 32, "{pct}: {batch:?}");
+                if batch.len() > 1 {
+                    assert!(padded <= 40_000, "{pct}: {batch:?}");
+                    assert!(padded * 100 <= own * pct, "{pct}: {batch:?}");
+                }
+            }
+        }
+        // 100%: only equal lengths share a batch.
+        let b = batches(Batcher::with_padding(32, 1 << 20, 100), &[5, 5, 6, 6, 5]);
+        assert_eq!(b, vec![vec![5, 5], vec![6, 6], vec![5]]);
+    }
 
     #[test]
     fn gpu_chunks_shrink_with_width_precision_and_small_gpus() {
