@@ -17,12 +17,7 @@ peak RSS (MiB).
 import argparse, os, random, subprocess, sys, tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from timing import timed  # noqa: E402
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-BIN = os.path.join(ROOT, "target", "release", "genomamba")
-CHR20 = os.path.join(ROOT, "..", "shared", "data", "genomes", "hg19_chr20.fa.gz")
-CHR20_LEN = 63_025_520
+from timing import BIN, CHR20, CHR20_LEN, timed  # noqa: E402
 
 
 def main():

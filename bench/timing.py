@@ -1,5 +1,11 @@
 """Shared by the benchmark scripts: time a command as a whole process, with its peak RSS."""
-import subprocess, sys, tempfile, time
+import os, subprocess, sys, tempfile, time
+
+# The repository, its release binary, and the bundled chr20 with its length.
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BIN = os.path.join(ROOT, "target", "release", "genomamba")
+CHR20 = os.path.join(ROOT, "..", "shared", "data", "genomes", "hg19_chr20.fa.gz")
+CHR20_LEN = 63_025_520
 
 
 def timed(cmd):

@@ -97,6 +97,18 @@ fn need(tool: &str) {
     );
 }
 
+/// Runs an external tool (bedtools, samtools) that must succeed, and writes its stdout to
+/// `path`.
+fn cut_to(path: &Path, tool: &str, args: &[&str]) {
+    let cut = Command::new(tool).args(args).output().unwrap();
+    assert!(
+        cut.status.success(),
+        "{tool} {args:?}: {}",
+        String::from_utf8_lossy(&cut.stderr)
+    );
+    std::fs::write(path, &cut.stdout).unwrap();
+}
+
 #[test]
 fn embed_tsv_is_one_row_per_record_and_chunk_size_does_not_matter() {
     let t = tempfile::tempdir().unwrap();
@@ -480,17 +492,12 @@ fn regions_of_a_bed_file_are_the_bases_bedtools_and_samtools_cut() {
         &["--regions-bed", s(&bed)],
         &t.path().join("a.tsv"),
     );
-    let cut = Command::new("bedtools")
-        .args(["getfasta", "-fi", s(&genome), "-bed", s(&bed)])
-        .output()
-        .unwrap();
-    assert!(
-        cut.status.success(),
-        "{}",
-        String::from_utf8_lossy(&cut.stderr)
-    );
     let cut_fa = t.path().join("cut.fa");
-    std::fs::write(&cut_fa, &cut.stdout).unwrap();
+    cut_to(
+        &cut_fa,
+        "bedtools",
+        &["getfasta", "-fi", s(&genome), "-bed", s(&bed)],
+    );
     let theirs = embed(&[s(&cut_fa)], &[], &t.path().join("b.tsv"));
     assert_eq!(ours.len(), 40);
     assert_eq!(theirs.len(), 40);
@@ -526,17 +533,8 @@ fn regions_of_a_bed_file_are_the_bases_bedtools_and_samtools_cut() {
     let list = t.path().join("islands.txt");
     let ids: Vec<&str> = ours.iter().map(|(id, _)| id.as_str()).collect();
     std::fs::write(&list, ids.join("\n") + "\n").unwrap();
-    let cut = Command::new("samtools")
-        .args(["faidx", s(&chr20), "-r", s(&list)])
-        .output()
-        .unwrap();
-    assert!(
-        cut.status.success(),
-        "{}",
-        String::from_utf8_lossy(&cut.stderr)
-    );
     let cut_fa = t.path().join("islands.fa");
-    std::fs::write(&cut_fa, &cut.stdout).unwrap();
+    cut_to(&cut_fa, "samtools", &["faidx", s(&chr20), "-r", s(&list)]);
     let theirs = embed(&[s(&cut_fa)], &[], &t.path().join("e.tsv"));
     assert_eq!(ours, theirs);
     // `--region`s come first, then each BED file's rows in order.

@@ -703,20 +703,25 @@ fn separate_validation_files_are_used_as_given() {
         spec("plain", &vb),
     );
     // Per-class FASTA: all of the training files train, all of the validation files validate.
-    let out = ok(&[
-        "baseline",
-        "--class",
-        &ca,
-        "--class",
-        &cb,
-        "--val-class",
-        &vca,
-        "--val-class",
-        &vcb,
-        "-k",
-        "4",
-    ]);
-    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let baseline = |val_motif: &str, val_plain: &str| {
+        let o = run(&[
+            "baseline",
+            "--class",
+            &ca,
+            "--class",
+            &cb,
+            "--val-class",
+            val_motif,
+            "--val-class",
+            val_plain,
+            "-k",
+            "4",
+        ]);
+        assert_eq!(o.code, 0, "{}", o.stderr);
+        let v: serde_json::Value = serde_json::from_str(&o.stdout).unwrap();
+        (v, o.stderr)
+    };
+    let (v, _) = baseline(&vca, &vcb);
     assert_eq!(
         (v["train"].as_u64(), v["val"].as_u64()),
         (Some(200), Some(60))
@@ -729,49 +734,22 @@ fn separate_validation_files_are_used_as_given() {
     let train_text = std::fs::read_to_string(&a).unwrap();
     let copied: Vec<&str> = train_text.lines().skip(6).take(6).collect();
     let mixed = held.join("mixed.fa");
-    std::fs::write(
-        &mixed,
-        format!(
-            "{}\n{}",
-            copied[..4].join("\n"),
-            std::fs::read_to_string(&va).unwrap()
-        ),
-    )
-    .unwrap();
     let mixed_plain = held.join("mixed_plain.fa");
-    std::fs::write(
-        &mixed_plain,
-        format!(
-            "{}\n{}",
-            copied[4..].join("\n"),
-            std::fs::read_to_string(&vb).unwrap()
-        ),
-    )
-    .unwrap();
-    let o = run(&[
-        "baseline",
-        "--class",
-        &ca,
-        "--class",
-        &cb,
-        "--val-class",
-        &spec("motif", &mixed),
-        "--val-class",
-        &spec("plain", &mixed_plain),
-        "-k",
-        "4",
-    ]);
-    assert_eq!(o.code, 0, "{}", o.stderr);
-    let v: serde_json::Value = serde_json::from_str(&o.stdout).unwrap();
+    for (path, head, rest) in [
+        (&mixed, &copied[..4], &va),
+        (&mixed_plain, &copied[4..], &vb),
+    ] {
+        let rest = std::fs::read_to_string(rest).unwrap();
+        std::fs::write(path, format!("{}\n{rest}", head.join("\n"))).unwrap();
+    }
+    let (v, stderr) = baseline(&spec("motif", &mixed), &spec("plain", &mixed_plain));
     assert_eq!(v["val"].as_u64(), Some(63));
     assert_eq!(v["split"]["val_copies_of_train"], 3, "{v}");
     assert!(
-        o.stderr
-            .contains("3 of 63 validation sequences are exact copies of training sequences")
-            && o.stderr.contains("mixed.fa:m3 = ")
-            && o.stderr.contains("motif.fa:m3)"),
-        "{}",
-        o.stderr
+        stderr.contains("3 of 63 validation sequences are exact copies of training sequences")
+            && stderr.contains("mixed.fa:m3 = ")
+            && stderr.contains("motif.fa:m3)"),
+        "{stderr}"
     );
 
     // A TSV and a validation TSV, through `train`: the split is recorded as separate files.
