@@ -411,33 +411,19 @@ impl InputArgs {
         f: &mut dyn FnMut(Vec<Piece>) -> Result<()>,
     ) -> Result<()> {
         let regions = self.regions()?;
-        let mut batch: Vec<Piece> = Vec::new();
+        // Every record of a batch runs padded to the longest (`Batcher` bounds the waste).
         let mut batcher = Batcher::new(self.batch_size, batch_positions(self.chunk()));
-        let mut push = |p: Piece, batch: &mut Vec<Piece>| -> Result<()> {
+        let mut push = |p: Piece| -> Result<()> {
             if p.is_whole() && p.tokens.is_empty() {
                 *skipped_empty += 1;
                 return Ok(());
             }
             if !p.is_whole() {
-                if !batch.is_empty() {
-                    batcher.clear();
-                    f(std::mem::take(batch))?;
-                }
+                batcher.flush(f)?;
                 return f(vec![p]);
             }
-            // Every record of a batch runs padded to the longest: one that would make the
-            // batch too large or too wasteful runs in the next.
-            if batcher.must_flush_before(p.tokens.len()) {
-                batcher.clear();
-                f(std::mem::take(batch))?;
-            }
-            let full = batcher.push(p.tokens.len());
-            batch.push(p);
-            if full {
-                batcher.clear();
-                f(std::mem::take(batch))?;
-            }
-            Ok(())
+            let len = p.tokens.len();
+            batcher.push(p, len, f)
         };
         for input in &self.inputs {
             if let Some(first) = regions.first() {
@@ -446,17 +432,14 @@ impl InputArgs {
                     IndexedFasta::open(input, &first.region).map_err(|e| first.locate(e))?;
                 for item in regions {
                     fasta
-                        .for_each_piece(&item.region, self.chunk(), &mut |p| push(p, &mut batch))
+                        .for_each_piece(&item.region, self.chunk(), &mut push)
                         .map_err(|e| item.locate(e))?;
                 }
             } else {
-                for_each_piece(input, self.chunk(), &mut |p| push(p, &mut batch))?;
+                for_each_piece(input, self.chunk(), &mut push)?;
             }
         }
-        if !batch.is_empty() {
-            f(batch)?;
-        }
-        Ok(())
+        batcher.flush(f)
     }
 }
 

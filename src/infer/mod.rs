@@ -141,16 +141,17 @@ fn batch_padding_percent() -> usize {
 /// at most [`BATCH_PADDING_PERCENT`] padded positions per hundred of the records' own. A
 /// record that would break a limit starts the next batch.
 #[derive(Debug, Clone)]
-pub struct Batcher {
+pub struct Batcher<T> {
     max_records: usize,
     max_positions: usize,
     padding_percent: usize,
-    records: usize,
+    items: Vec<T>,
+    /// The longest record in `items`, and their positions together.
     longest: usize,
     positions: usize,
 }
 
-impl Batcher {
+impl<T> Batcher<T> {
     /// A batcher with the padding limit of [`BATCH_PADDING_PERCENT`] (or its environment
     /// override).
     pub fn new(max_records: usize, max_positions: usize) -> Self {
@@ -163,37 +164,49 @@ impl Batcher {
             max_records: max_records.max(1),
             max_positions,
             padding_percent,
-            records: 0,
+            items: Vec::new(),
             longest: 0,
             positions: 0,
         }
     }
 
-    /// Whether a record of `len` positions must start a new batch (the current one is then
-    /// to be run first). Always false for an empty batch.
-    pub fn must_flush_before(&self, len: usize) -> bool {
-        if self.records == 0 {
-            return false;
+    /// Adds a record of `len` positions, handing `run` the batch before it when the record
+    /// would break a limit, and the batch with it when that is now full.
+    pub fn push<E>(
+        &mut self,
+        item: T,
+        len: usize,
+        run: &mut dyn FnMut(Vec<T>) -> std::result::Result<(), E>,
+    ) -> std::result::Result<(), E> {
+        if !self.items.is_empty() {
+            let padded = (self.items.len() + 1).saturating_mul(self.longest.max(len));
+            let own = self.positions + len;
+            if padded > self.max_positions
+                || padded.saturating_mul(100) > own.saturating_mul(self.padding_percent)
+            {
+                self.flush(run)?;
+            }
         }
-        let padded = (self.records + 1).saturating_mul(self.longest.max(len));
-        let own = self.positions + len;
-        padded > self.max_positions
-            || padded.saturating_mul(100) > own.saturating_mul(self.padding_percent)
-    }
-
-    /// Adds a record of `len` positions; true when the batch is now full and should run.
-    pub fn push(&mut self, len: usize) -> bool {
-        self.records += 1;
+        self.items.push(item);
         self.longest = self.longest.max(len);
         self.positions += len;
-        self.records >= self.max_records
+        if self.items.len() >= self.max_records {
+            self.flush(run)?;
+        }
+        Ok(())
     }
 
-    /// Forgets the batch (it was run).
-    pub fn clear(&mut self) {
-        self.records = 0;
+    /// Hands `run` the batch so far, if any.
+    pub fn flush<E>(
+        &mut self,
+        run: &mut dyn FnMut(Vec<T>) -> std::result::Result<(), E>,
+    ) -> std::result::Result<(), E> {
         self.longest = 0;
         self.positions = 0;
+        if self.items.is_empty() {
+            return Ok(());
+        }
+        run(std::mem::take(&mut self.items))
     }
 }
 
@@ -823,23 +836,16 @@ mod tests {
     use crate::model::Precision;
 
     /// Batches (as lists of lengths) that `batcher` makes of `lens`, in order.
-    fn batches(mut batcher: Batcher, lens: &[usize]) -> Vec<Vec<usize>> {
+    fn batches(mut batcher: Batcher<usize>, lens: &[usize]) -> Vec<Vec<usize>> {
         let mut out = Vec::new();
-        let mut cur = Vec::new();
+        let mut run = |b: Vec<usize>| -> Result<(), ()> {
+            out.push(b);
+            Ok(())
+        };
         for &len in lens {
-            if batcher.must_flush_before(len) {
-                batcher.clear();
-                out.push(std::mem::take(&mut cur));
-            }
-            cur.push(len);
-            if batcher.push(len) {
-                batcher.clear();
-                out.push(std::mem::take(&mut cur));
-            }
+            batcher.push(len, len, &mut run).unwrap();
         }
-        if !cur.is_empty() {
-            out.push(cur);
-        }
+        batcher.flush(&mut run).unwrap();
         out
     }
 
