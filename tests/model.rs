@@ -234,9 +234,10 @@ fn batch_chunks(
     out
 }
 
-/// A GPU runs a record's last chunk padded to a whole chunk (one shape for every chunk): the
-/// hidden states handed on must be those of the unpadded run, chunk by chunk, in both
-/// directions, and for the pieces of a long record.
+/// A GPU runs a record's last chunk padded to a whole chunk (one shape for every chunk), and
+/// a batch of whole records padded to one of few lengths: the hidden states handed on must
+/// be those of the unpadded run, chunk by chunk, in both directions, and for the pieces of a
+/// long record.
 #[test]
 fn padding_the_last_chunk_changes_no_hidden_state() {
     let device = Device::flex();
@@ -259,6 +260,19 @@ fn padding_the_last_chunk_changes_no_hidden_state() {
                 "reverse {reverse}: padded last chunk differs by {err:e}"
             );
         }
+    }
+    // Whole records within one chunk run padded to one of few lengths (23 to 24 here).
+    for reverse in [false, true] {
+        let plain = batch_chunks(&model, &[&a, &b], 100, reverse, false);
+        let padded = batch_chunks(&model, &[&a, &b], 100, reverse, true);
+        assert_eq!(padded.len(), 1);
+        assert_eq!((padded[0].0, padded[0].1), (0, 23));
+        let p64: Vec<f64> = plain[0].2.iter().map(|v| *v as f64).collect();
+        let err = rel_err(&padded[0].2, &p64);
+        assert!(
+            err <= 1e-6,
+            "reverse {reverse}: padded batch differs by {err:e}"
+        );
     }
     // The pieces of a long record: the last one (3 positions) padded to 10.
     let m = &model.backbone;

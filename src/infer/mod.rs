@@ -231,6 +231,39 @@ pub fn pad_length(len: usize, chunk_size: usize) -> usize {
     pad_length_in(len, chunk_size, parts)
 }
 
+/// Lengths per doubling a batch of whole records shorter than a chunk is rounded up to on a
+/// GPU, unless the environment variable `GENOMAMBA_SHAPE_STEPS` holds another number (0: no
+/// rounding, as before the forty-fifth session; for comparisons).
+const SHAPE_STEPS: usize = 4;
+
+/// The length a GPU runs a batch of whole records of at most `len` positions at, for chunks
+/// of `chunk_size`: `len` rounded up to one of [`SHAPE_STEPS`] lengths per doubling (at most
+/// a quarter more), or to [`pad_length`]'s length if that is shorter. Records of mixed
+/// lengths otherwise give every batch a length of its own, and a GPU compiles and tunes
+/// kernels for each (on an H100, 801 CpG islands one per batch took 13-16 s, 200 records of
+/// one length 1.3 s).
+pub fn shape_length(len: usize, chunk_size: usize) -> usize {
+    static STEPS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    let steps = *STEPS.get_or_init(|| {
+        std::env::var("GENOMAMBA_SHAPE_STEPS")
+            .ok()
+            .and_then(|v| v.parse::<usize>().ok())
+            .unwrap_or(SHAPE_STEPS)
+    });
+    shape_length_in(len, steps).min(pad_length(len, chunk_size))
+}
+
+/// `len` rounded up to a multiple of its highest power of two divided by `steps` (at least
+/// 1); `len` itself for `steps` 0.
+fn shape_length_in(len: usize, steps: usize) -> usize {
+    if steps == 0 || len == 0 {
+        return len;
+    }
+    let top = 1usize << len.ilog2();
+    let unit = (top / steps).max(1);
+    len.div_ceil(unit).saturating_mul(unit)
+}
+
 /// `len` rounded up to a multiple of `chunk_size / parts` (at least 1), at most `chunk_size`
 /// unless `len` is longer.
 fn pad_length_in(len: usize, chunk_size: usize, parts: usize) -> usize {
@@ -710,6 +743,9 @@ impl Chunks<'_> {
                 let end = (start + self.chunk_size).min(self.max_len);
                 let run = if self.pad_last && start > 0 {
                     pad_length(end - start, self.chunk_size)
+                } else if self.pad_last && end < start + self.chunk_size {
+                    // Whole records, all shorter than a chunk.
+                    shape_length(end - start, self.chunk_size)
                 } else {
                     end - start
                 };
@@ -832,6 +868,7 @@ fn run_pipelined(
 mod tests {
     use super::{
         Batcher, GPU_DEFAULT_CHUNK, MIN_GPU_CHUNK, check_gpu_chunk, gpu_chunk, pad_length_in,
+        shape_length_in,
     };
     use crate::model::Precision;
 
@@ -943,6 +980,21 @@ mod tests {
     fn last_chunks_pad_to_whole_parts() {
         let chunk = 262_144;
         // chr20's last chunk (63,025,520 = 240 chunks + 110,960) runs as two quarters.
+        assert_eq!(shape_length_in(750, 4), 768);
+        assert_eq!(shape_length_in(768, 4), 768);
+        assert_eq!(shape_length_in(769, 4), 896);
+        assert_eq!(shape_length_in(1024, 4), 1024);
+        assert_eq!(shape_length_in(201, 4), 224);
+        assert_eq!(shape_length_in(3, 4), 3);
+        assert_eq!(shape_length_in(750, 0), 750);
+        // At most a quarter more, and few lengths: 32 from 1 to 10,000 bases.
+        let mut seen = std::collections::BTreeSet::new();
+        for len in 1..=10_000 {
+            let s = shape_length_in(len, 4);
+            assert!(s >= len && s * 4 <= len * 5, "{len} -> {s}");
+            seen.insert(s);
+        }
+        assert!(seen.len() <= 60, "{}", seen.len());
         assert_eq!(pad_length_in(110_960, chunk, 4), 131_072);
         assert_eq!(pad_length_in(1, chunk, 4), 65_536);
         assert_eq!(pad_length_in(65_536, chunk, 4), 65_536);
