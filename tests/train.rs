@@ -1003,3 +1003,75 @@ fn early_stopping_ends_the_run() {
         serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).unwrap()).unwrap();
     assert_eq!(cfg["provenance"]["best_epoch"], 1);
 }
+
+#[test]
+fn sequences_of_mixed_lengths_train_grouped_by_length_on_request() {
+    // Mostly 60 bases, every tenth 2,000: random batches of 32 run at about eight times the
+    // sequences' own bases, and `train` says so; grouped, the note goes and the run is
+    // recorded as grouped.
+    let dir = tempfile::tempdir().unwrap();
+    let mut rng = StdRng::seed_from_u64(11);
+    let mut files = Vec::new();
+    for class in ["gc", "at"] {
+        let path = dir.path().join(format!("{class}.fa"));
+        let mut f = std::fs::File::create(&path).unwrap();
+        for i in 0..80 {
+            let n = if i % 10 == 0 { 2_000 } else { 60 };
+            let mut seq = random_dna(&mut rng, n);
+            if class == "gc" {
+                seq = seq.replace('A', "G");
+            }
+            writeln!(f, ">{class}{i}\n{seq}").unwrap();
+        }
+        files.push(format!("{class}={}", s(&path)));
+    }
+    let mut notes = Vec::new();
+    for group in [false, true] {
+        let out = dir.path().join(format!("m{group}"));
+        let mut args = vec![
+            "train",
+            "-o",
+            s(&out),
+            "--class",
+            &files[0],
+            "--class",
+            &files[1],
+            "--epochs",
+            "1",
+        ];
+        // Without --quiet, which silences notes.
+        args.extend_from_slice(&TINY[..TINY.len() - 1]);
+        if group {
+            args.push("--group-by-length");
+        }
+        let o = run(&args);
+        assert_eq!(o.code, 0, "{}", o.stderr);
+        notes.push(o.stderr.lines().any(|l| l.contains("--group-by-length")));
+        let cfg: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).unwrap())
+                .unwrap();
+        assert_eq!(cfg["provenance"]["options"]["group_by_length"], group);
+        assert!(last_val(&out, "accuracy") > 0.0);
+    }
+    assert_eq!(notes, [true, false]);
+    // Per-position windows all have one length.
+    let (fa, bed) = write_labeled(
+        dir.path(),
+        "c",
+        &random_dna(&mut rng, 5_000),
+        "c\t10\t900\tx\n",
+    );
+    bad(
+        &[
+            "train",
+            "-o",
+            s(&dir.path().join("p")),
+            "--fasta",
+            s(&fa),
+            "--bed",
+            s(&bed),
+            "--group-by-length",
+        ],
+        "--group-by-length applies to sequence labels",
+    );
+}

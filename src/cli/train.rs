@@ -10,6 +10,8 @@ use std::path::PathBuf;
 
 use clap::Args;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use rand::SeedableRng;
+use rand::rngs::StdRng;
 
 use genomamba::device::DeviceSpec;
 use genomamba::model::{GenoModel, HeadKind, ModelConfig};
@@ -20,7 +22,7 @@ use genomamba::train::data::{
 };
 use genomamba::train::trainer::{
     Event, RunSpec, Task, TrainOptions, check_gpu_training, fit_orf_head, monitored_metric,
-    prepare_head, train,
+    padding_ratio, prepare_head, sequence_batches, train,
 };
 use genomamba::{Error, Result};
 
@@ -57,6 +59,11 @@ pub struct TrainArgs {
     /// codon (0 = off).
     #[arg(long, default_value_t = 0.0)]
     pub gc_augment: f64,
+    /// Sequence task: batch sequences of similar length together (each batch is padded to its
+    /// longest sequence, so with lengths that vary widely this trains several times faster;
+    /// batches then mix lengths less).
+    #[arg(long)]
+    pub group_by_length: bool,
     /// Position task: windows drawn per epoch.
     #[arg(long, default_value_t = 1024)]
     pub windows_per_epoch: usize,
@@ -169,6 +176,12 @@ fn load(a: &TrainArgs) -> Result<Loaded> {
             "give --class NAME=PATH (repeat) or --tsv FILE for sequence labels, or --fasta REF --bed LABELS.bed for per-position labels",
         ));
     }
+    if pos && a.group_by_length {
+        return Err(Error::usage(
+            "--group-by-length applies to sequence labels (--class/--tsv): per-position windows all have --window bases",
+            "leave out --group-by-length",
+        ));
+    }
     if !(0.0..1.0).contains(&a.val_fraction) {
         return Err(Error::usage(
             format!("--val-fraction {} is not in [0, 1)", a.val_fraction),
@@ -259,12 +272,19 @@ pub fn run(a: TrainArgs) -> Result<()> {
         windows_per_epoch: a.windows_per_epoch,
         eval_chunk: a.chunk_size,
         gc_augment: a.gc_augment,
+        group_by_length: a.group_by_length,
     };
     opts.validate()?;
     check_output(&a)?;
     let device_spec = a.device.parse::<DeviceSpec>()?;
     let device = device_spec.device()?;
     let loaded = load(&a)?;
+    if let Loaded::Sequence { train, .. } = &loaded
+        && !a.group_by_length
+        && !a.quiet
+    {
+        note_padding(train, a.batch_size, a.seed);
+    }
 
     let (mut model, base) = match &a.from {
         Some(dir) => (
@@ -514,6 +534,27 @@ struct SeqSources<'a> {
 ///
 /// An empty validation set is refused; a class without validation examples is warned about
 /// on stderr (unless `quiet`).
+/// Padding beyond which `train` suggests `--group-by-length`.
+const PADDING_NOTE: f64 = 1.5;
+
+/// Tells the user when random batches of these sequences would run mostly as padding.
+fn note_padding(train: &SeqDataset, batch_size: usize, seed: u64) {
+    let lengths: Vec<usize> = train.examples.iter().map(|e| e.tokens.len()).collect();
+    let mut rng = StdRng::seed_from_u64(seed);
+    let ratio = padding_ratio(
+        &lengths,
+        &sequence_batches(&lengths, batch_size, false, &mut rng),
+    );
+    if ratio > PADDING_NOTE {
+        let (lo, hi) = (lengths.iter().min(), lengths.iter().max());
+        eprintln!(
+            "genomamba: note: the training sequences ({}-{} bases) in random batches of {batch_size} run {ratio:.1}x their own bases, the rest padding; --group-by-length batches similar lengths together",
+            lo.unwrap_or(&0),
+            hi.unwrap_or(&0)
+        );
+    }
+}
+
 pub fn load_sequence_sets(
     data: &SeqDataArgs,
     val_fraction: f64,

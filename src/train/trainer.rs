@@ -203,6 +203,9 @@ pub struct TrainOptions {
     /// ([`shift_composition`]); 0 turns it off.
     #[serde(default)]
     pub gc_augment: f64,
+    /// Sequence task: batch sequences of similar length together ([`sequence_batches`]).
+    #[serde(default)]
+    pub group_by_length: bool,
 }
 
 impl Default for TrainOptions {
@@ -222,6 +225,7 @@ impl Default for TrainOptions {
             windows_per_epoch: 1024,
             eval_chunk: 8192,
             gc_augment: 0.0,
+            group_by_length: false,
         }
     }
 }
@@ -567,6 +571,50 @@ struct Batch {
     bases: usize,
     /// Position task with ORF features: `[rows][len][ORF_FEATURES]`; empty otherwise.
     extra: Vec<f32>,
+}
+
+/// Batches of a pool of this many batches are cut from one length-sorted pool when grouping.
+const LENGTH_POOL_BATCHES: usize = 64;
+
+/// One epoch's batches of the sequence task, as indices into `lengths` (every index once;
+/// `ceil(n / batch_size)` batches, all full but at most one).
+///
+/// Without `group`, batches are consecutive runs of a random order, so each is padded to the
+/// longest of a random sample. With `group`, the random order is cut into pools of
+/// [`LENGTH_POOL_BATCHES`] batches, each pool sorted by length and cut into batches, and the
+/// batches shuffled: sequences of similar length train together and padding stays small,
+/// while which sequences meet in a pool, and the order of batches, stay random.
+pub fn sequence_batches(
+    lengths: &[usize],
+    batch_size: usize,
+    group: bool,
+    rng: &mut StdRng,
+) -> Vec<Vec<usize>> {
+    let size = batch_size.max(1);
+    let mut order: Vec<usize> = (0..lengths.len()).collect();
+    order.shuffle(rng);
+    if !group {
+        return order.chunks(size).map(<[usize]>::to_vec).collect();
+    }
+    let mut batches: Vec<Vec<usize>> = Vec::with_capacity(lengths.len().div_ceil(size));
+    for pool in order.chunks_mut(size * LENGTH_POOL_BATCHES) {
+        // Stable, so ties keep their random order.
+        pool.sort_by_key(|&i| lengths[i]);
+        batches.extend(pool.chunks(size).map(<[usize]>::to_vec));
+    }
+    batches.shuffle(rng);
+    batches
+}
+
+/// Positions the batches run (each row padded to its batch's longest) per position of the
+/// sequences themselves: 1 means no padding.
+pub fn padding_ratio(lengths: &[usize], batches: &[Vec<usize>]) -> f64 {
+    let own: usize = batches.iter().flatten().map(|&i| lengths[i]).sum();
+    let padded: usize = batches
+        .iter()
+        .map(|b| b.len() * b.iter().map(|&i| lengths[i]).max().unwrap_or(0))
+        .sum();
+    padded as f64 / own.max(1) as f64
 }
 
 fn seq_batch(examples: &[(&[u8], usize)], rc: &[bool]) -> Batch {
@@ -1394,10 +1442,9 @@ pub fn train(
         // The epoch's batches, drawn up front.
         let batches: Vec<Batch> = match task {
             Task::Sequence { train, .. } => {
-                let mut order: Vec<usize> = (0..train.examples.len()).collect();
-                order.shuffle(&mut rng);
-                order
-                    .chunks(opts.batch_size)
+                let lengths: Vec<usize> = train.examples.iter().map(|e| e.tokens.len()).collect();
+                sequence_batches(&lengths, opts.batch_size, opts.group_by_length, &mut rng)
+                    .iter()
                     .map(|idx| {
                         let ex: Vec<(&[u8], usize)> = idx
                             .iter()
@@ -1985,6 +2032,51 @@ mod tests {
             }
         }
         assert_eq!(crate::model::reverse_start_phase(10, 0), 0);
+    }
+
+    #[test]
+    fn length_grouped_batches_cover_every_sequence_once_with_little_padding() {
+        // Lengths as mixed as CpG islands: mostly short, a long tail.
+        let mut rng = StdRng::seed_from_u64(7);
+        let lengths: Vec<usize> = (0..5_000)
+            .map(|_| {
+                let u: f64 = rng.random_range(0.0..1.0);
+                (200.0 / (1.0 - 0.95 * u)) as usize
+            })
+            .collect();
+        for (n, size) in [(5_000, 32), (4_999, 32), (100, 7), (1, 32), (0, 4)] {
+            let lengths = &lengths[..n];
+            let mut all = Vec::new();
+            for group in [false, true] {
+                let b = sequence_batches(lengths, size, group, &mut StdRng::seed_from_u64(1));
+                assert_eq!(b.len(), n.div_ceil(size), "{n} {size} {group}");
+                assert!(b.iter().filter(|x| x.len() != size).count() <= 1);
+                let mut seen: Vec<usize> = b.iter().flatten().copied().collect();
+                seen.sort_unstable();
+                assert_eq!(seen, (0..n).collect::<Vec<_>>());
+                all.push(b);
+            }
+            if n == 5_000 {
+                let random = padding_ratio(lengths, &all[0]);
+                let grouped = padding_ratio(lengths, &all[1]);
+                assert!(random > 3.0, "random batches {random}");
+                assert!(grouped < 1.1, "grouped batches {grouped}");
+                // Grouping keeps the order random: other seeds, other batches; and the long
+                // batches are not all at the start or the end.
+                let other = sequence_batches(lengths, size, true, &mut StdRng::seed_from_u64(2));
+                assert_ne!(all[1], other);
+                let longest = |b: &Vec<usize>| b.iter().map(|&i| lengths[i]).max().unwrap_or(0);
+                let half = all[1].len() / 2;
+                let first: usize = all[1][..half].iter().map(longest).sum();
+                let second: usize = all[1][half..].iter().map(longest).sum();
+                let (lo, hi) = (first.min(second) as f64, first.max(second) as f64);
+                assert!(lo / hi > 0.5, "{first} {second}");
+            }
+        }
+        // Equal lengths: no padding either way.
+        let same = vec![750; 100];
+        let b = sequence_batches(&same, 32, false, &mut StdRng::seed_from_u64(3));
+        assert_eq!(padding_ratio(&same, &b), 1.0);
     }
 
     #[test]
