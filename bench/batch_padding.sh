@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Batches of whole records under the padding limit (GENOMAMBA_BATCH_PADDING, percent; 100000
-# stands for "no limit", the batching before the forty-fourth session; b1 is --batch-size 1).
+# stands for "no limit", the batching before the forty-fourth session; b1 is --batch-size 1;
+# auto is the device's own limit).
 # Inputs: chr20's 801 CpG islands (201-10,782 bases, genome order) read by --regions-bed, their
 # first 200, and 200 regions of 750 bases (one length). Prints wall time and peak RSS of each
 # run (ROUNDS times, interleaved) and checks that every setting wrote the same table as the
@@ -25,8 +26,9 @@ for i in range(200):
 run() { # run SET SETTING ROUND
   local a="" e=$2
   if [ "$2" = b1 ]; then a="--batch-size 1"; e=100000; fi
+  if [ "$2" = auto ]; then e=""; fi
   local s; s=$(date +%s.%N)
-  GENOMAMBA_BATCH_PADDING=$e /usr/bin/time -f "%M" -o "$t/rss" "$BIN" embed -m "$MODEL" "$FA" \
+  env ${e:+GENOMAMBA_BATCH_PADDING=$e} /usr/bin/time -f "%M" -o "$t/rss" "$BIN" embed -m "$MODEL" "$FA" \
     --regions-bed "$t/$1.bed" -o "$t/$1_$2.tsv" -q --device "$DEVICE" --precision "$PRECISION" $a
   python3 -c "import sys; print('%-7s padding %-7s round %s: %6.2f s, peak RSS %4.0f MiB' % ('$1', '$2', '$3', $(date +%s.%N) - $s, $(cat "$t/rss") / 1024))"
 }

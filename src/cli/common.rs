@@ -55,7 +55,8 @@ pub struct InputArgs {
     pub chunk_size: Option<usize>,
     /// Records run together when they fit in one chunk. Each runs padded to the longest of
     /// its batch, so a batch ends early where it would hold more than 32 x 8192 positions (or
-    /// one chunk, if longer) or where padding would pass half its records' own bases.
+    /// one chunk, if longer) or where padding would pass half its records' own bases (on a
+    /// GPU, which pays per batch more than per position: all of them).
     #[arg(long, default_value_t = 32)]
     pub batch_size: usize,
     /// CPU threads (default: all cores).
@@ -412,7 +413,12 @@ impl InputArgs {
     ) -> Result<()> {
         let regions = self.regions()?;
         // Every record of a batch runs padded to the longest (`Batcher` bounds the waste).
-        let mut batcher = Batcher::new(self.batch_size, batch_positions(self.chunk()));
+        let mut batcher = Batcher::new(
+            self.batch_size,
+            batch_positions(self.chunk()),
+            // A GPU, which pays per batch and shape.
+            self.pads_last_chunk(),
+        );
         let mut push = |p: Piece| -> Result<()> {
             if p.is_whole() && p.tokens.is_empty() {
                 *skipped_empty += 1;
