@@ -427,6 +427,7 @@ pub fn run(a: TrainArgs) -> Result<()> {
         device: device.clone(),
         provenance,
         stop_after: a.stop_after,
+        round_lengths: device_spec.compiles_per_shape(),
     };
     let kind = model
         .config

@@ -128,17 +128,21 @@ const BATCH_PADDING_PERCENT: usize = 150;
 /// 2.5 s at 150% and 3.1 s unbounded.
 const GPU_BATCH_PADDING_PERCENT: usize = 200;
 
+/// The whole number in the environment variable `name`, if it is one and `keep` accepts it
+/// (the knobs kept for comparisons).
+fn env_count(name: &str, keep: impl Fn(usize) -> bool) -> Option<usize> {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+        .filter(|&v| keep(v))
+}
+
 /// The padding limit for a GPU (`gpu`) or the CPU, unless the environment variable
 /// `GENOMAMBA_BATCH_PADDING` holds another percentage of at least 100 (for comparisons; a
 /// large value batches by count and positions alone, as before the forty-fourth session).
 fn batch_padding_percent(gpu: bool) -> usize {
     static PERCENT: std::sync::OnceLock<Option<usize>> = std::sync::OnceLock::new();
-    let set = PERCENT.get_or_init(|| {
-        std::env::var("GENOMAMBA_BATCH_PADDING")
-            .ok()
-            .and_then(|v| v.parse::<usize>().ok())
-            .filter(|&p| p >= 100)
-    });
+    let set = PERCENT.get_or_init(|| env_count("GENOMAMBA_BATCH_PADDING", |p| p >= 100));
     set.unwrap_or(if gpu {
         GPU_BATCH_PADDING_PERCENT
     } else {
@@ -231,13 +235,8 @@ const PAD_PARTS: usize = 4;
 /// cost a whole chunk's work (about 40 ms on an H200 at chr20's model).
 pub fn pad_length(len: usize, chunk_size: usize) -> usize {
     static PARTS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
-    let parts = *PARTS.get_or_init(|| {
-        std::env::var("GENOMAMBA_PAD_PARTS")
-            .ok()
-            .and_then(|v| v.parse::<usize>().ok())
-            .filter(|&p| p > 0)
-            .unwrap_or(PAD_PARTS)
-    });
+    let parts =
+        *PARTS.get_or_init(|| env_count("GENOMAMBA_PAD_PARTS", |p| p > 0).unwrap_or(PAD_PARTS));
     pad_length_in(len, chunk_size, parts)
 }
 
@@ -253,14 +252,16 @@ const SHAPE_STEPS: usize = 4;
 /// kernels for each (on an H100, 801 CpG islands one per batch took 13-16 s, 200 records of
 /// one length 1.3 s).
 pub fn shape_length(len: usize, chunk_size: usize) -> usize {
+    round_length(len).min(pad_length(len, chunk_size))
+}
+
+/// `len` rounded up to one of [`SHAPE_STEPS`] lengths per doubling (or its environment
+/// override): the length a GPU runs a batch of sequences of at most `len` positions at.
+pub fn round_length(len: usize) -> usize {
     static STEPS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
-    let steps = *STEPS.get_or_init(|| {
-        std::env::var("GENOMAMBA_SHAPE_STEPS")
-            .ok()
-            .and_then(|v| v.parse::<usize>().ok())
-            .unwrap_or(SHAPE_STEPS)
-    });
-    shape_length_in(len, steps).min(pad_length(len, chunk_size))
+    let steps =
+        *STEPS.get_or_init(|| env_count("GENOMAMBA_SHAPE_STEPS", |_| true).unwrap_or(SHAPE_STEPS));
+    shape_length_in(len, steps)
 }
 
 /// `len` rounded up to a multiple of its highest power of two divided by `steps` (at least

@@ -617,9 +617,16 @@ pub fn padding_ratio(lengths: &[usize], batches: &[Vec<usize>]) -> f64 {
     padded as f64 / own.max(1) as f64
 }
 
-fn seq_batch(examples: &[(&[u8], usize)], rc: &[bool]) -> Batch {
+/// A right-padded batch of sequences, as long as the longest (rounded to few lengths with
+/// `round`; the mask keeps padding out of the pool either way).
+fn seq_batch(examples: &[(&[u8], usize)], rc: &[bool], round: bool) -> Batch {
     let rows = examples.len();
-    let len = examples.iter().map(|e| e.0.len()).max().unwrap_or(0);
+    let longest = examples.iter().map(|e| e.0.len()).max().unwrap_or(0);
+    let len = if round {
+        crate::infer::round_length(longest)
+    } else {
+        longest
+    };
     let mut tokens = Vec::with_capacity(rows * len);
     let mut mask = Vec::with_capacity(rows * len);
     let mut labels = Vec::with_capacity(rows);
@@ -792,12 +799,14 @@ fn batch_loss(
 }
 
 /// Class probabilities of sequences (no autodiff), optionally averaged with those of the
-/// reverse complements. Returns `[n][n_classes]` row-major.
+/// reverse complements; `round` pads each batch to one of few lengths (for GPUs). Returns
+/// `[n][n_classes]` row-major.
 pub fn predict_sequences(
     net: &Net,
     seqs: &[&[u8]],
     batch_size: usize,
     rc_average: bool,
+    round: bool,
     device: &Device,
 ) -> Vec<f32> {
     let mut out = Vec::new();
@@ -811,7 +820,7 @@ pub fn predict_sequences(
         let strands: &[bool] = if rc_average { &[false, true] } else { &[false] };
         let mut acc = vec![0.0f32; chunk.len() * n_classes];
         for &rc in strands {
-            let b = seq_batch(&ex, &vec![rc; ex.len()]);
+            let b = seq_batch(&ex, &vec![rc; ex.len()], round);
             let tokens: Tensor<2, Int> =
                 Tensor::from_data(TensorData::new(b.tokens, [b.rows, b.len]), device);
             let mask: Tensor<2> =
@@ -1315,6 +1324,9 @@ pub struct RunSpec<'a> {
     pub provenance: serde_json::Value,
     /// Stop after this many epochs in total, as if interrupted (tests of `--resume`).
     pub stop_after: Option<usize>,
+    /// Run batches of sequences padded to few lengths ([`crate::infer::round_length`]): on a
+    /// GPU, which compiles and tunes kernels for every new length.
+    pub round_lengths: bool,
 }
 
 /// Trains `model` on `task`; the best epoch's weights end up in `spec.out`. Returns the state
@@ -1456,7 +1468,7 @@ pub fn train(
                             .iter()
                             .map(|_| opts.rc_augment && rng.random_bool(0.5))
                             .collect();
-                        seq_batch(&ex, &rc)
+                        seq_batch(&ex, &rc, spec.round_lengths)
                     })
                     .collect()
             }
@@ -1522,8 +1534,14 @@ pub fn train(
             Task::Sequence { val, .. } => {
                 let seqs: Vec<&[u8]> = val.examples.iter().map(|e| e.tokens.as_slice()).collect();
                 let labels: Vec<usize> = val.examples.iter().map(|e| e.label).collect();
-                let p =
-                    predict_sequences(&valid, &seqs, opts.batch_size.max(32), rc_average, device);
+                let p = predict_sequences(
+                    &valid,
+                    &seqs,
+                    opts.batch_size.max(32),
+                    rc_average,
+                    spec.round_lengths,
+                    device,
+                );
                 sequence_scores(&p, &labels, n_classes)
             }
             Task::Position { data, val, .. } => position_scores(
@@ -2032,6 +2050,30 @@ mod tests {
             }
         }
         assert_eq!(crate::model::reverse_start_phase(10, 0), 0);
+    }
+
+    #[test]
+    fn batches_rounded_to_few_lengths_give_the_same_logits() {
+        let device = Device::flex();
+        let net = tiny_net_with(&device, 0, false);
+        let mut rng = StdRng::seed_from_u64(3);
+        let seqs: Vec<Vec<u8>> = [37, 50, 61]
+            .iter()
+            .map(|&n| (0..n).map(|_| 7 + rng.random_range(0..4u8)).collect())
+            .collect();
+        let ex: Vec<(&[u8], usize)> = seqs.iter().map(|s| (s.as_slice(), 0)).collect();
+        let logits = |round: bool| {
+            let b = seq_batch(&ex, &[false, true, false], round);
+            let tokens: Tensor<2, Int> =
+                Tensor::from_data(TensorData::new(b.tokens, [b.rows, b.len]), &device);
+            let mask: Tensor<2> =
+                Tensor::from_data(TensorData::new(b.mask, [b.rows, b.len]), &device);
+            (b.len, host_values(net.sequence_logits(tokens, mask)))
+        };
+        let (plain_len, plain) = logits(false);
+        let (round_len, rounded) = logits(true);
+        assert_eq!((plain_len, round_len), (61, 64));
+        assert!(max_diff(&plain, &rounded) < 1e-5);
     }
 
     #[test]
