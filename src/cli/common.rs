@@ -160,10 +160,11 @@ impl InputArgs {
         Ok((device, model))
     }
 
-    /// Whether a record's last chunk runs padded to a whole part of a chunk: on a GPU, where
-    /// every new chunk length costs kernel compilation and tuning (`run_batch_tensor`'s
-    /// `pad_last`, [`pad_length`]).
-    pub fn pads_last_chunk(&self) -> bool {
+    /// Whether the device compiles and tunes kernels for every new length (a GPU): a record's
+    /// last chunk then runs padded to a whole part of a chunk, a batch of whole records to
+    /// one of few lengths (`run_batch_tensor`'s `pad_last`, [`pad_length`]), and batches may
+    /// hold more padding ([`Batcher::new`]).
+    pub fn compiles_per_shape(&self) -> bool {
         self.device
             .parse::<DeviceSpec>()
             .is_ok_and(DeviceSpec::compiles_per_shape)
@@ -281,7 +282,7 @@ impl InputArgs {
                     }
                 };
                 // A GPU runs the last piece padded to a whole part of a chunk (few shapes).
-                let pad_to = if piece.last && self.pads_last_chunk() {
+                let pad_to = if piece.last && self.compiles_per_shape() {
                     pad_length(piece.tokens.len(), self.chunk())
                 } else {
                     0
@@ -306,7 +307,7 @@ impl InputArgs {
                             self.chunk(),
                             device,
                             true,
-                            self.pads_last_chunk(),
+                            self.compiles_per_shape(),
                             &mut |c| {
                                 sink.rows_rc(&mut acc, meta, c.start, &c.values[..c.len * d], d)
                             },
@@ -344,7 +345,7 @@ impl InputArgs {
                     self.chunk(),
                     device,
                     reverse,
-                    self.pads_last_chunk(),
+                    self.compiles_per_shape(),
                     &mut |c| {
                         let mut bases = 0;
                         for (b, acc) in accs.iter_mut().enumerate() {
@@ -416,8 +417,7 @@ impl InputArgs {
         let mut batcher = Batcher::new(
             self.batch_size,
             batch_positions(self.chunk()),
-            // A GPU, which pays per batch and shape.
-            self.pads_last_chunk(),
+            self.compiles_per_shape(),
         );
         let mut push = |p: Piece| -> Result<()> {
             if p.is_whole() && p.tokens.is_empty() {

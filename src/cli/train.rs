@@ -529,12 +529,6 @@ struct SeqSources<'a> {
     seed: u64,
 }
 
-/// Reads sequence-level training data and its validation set (separate files, or a
-/// stratified random split of `val_fraction` seeded with `seed`). Shared with `baseline`, so
-/// both see the same split.
-///
-/// An empty validation set is refused; a class without validation examples is warned about
-/// on stderr (unless `quiet`).
 /// Padding beyond which `train` suggests `--group-by-length`.
 const PADDING_NOTE: f64 = 1.5;
 
@@ -556,6 +550,12 @@ fn note_padding(train: &SeqDataset, batch_size: usize, seed: u64) {
     }
 }
 
+/// Reads sequence-level training data and its validation set (separate files, or a
+/// stratified random split of `val_fraction` seeded with `seed`). Shared with `baseline`, so
+/// both see the same split.
+///
+/// An empty validation set is refused; a class without validation examples is warned about
+/// on stderr (unless `quiet`).
 pub fn load_sequence_sets(
     data: &SeqDataArgs,
     val_fraction: f64,

@@ -166,8 +166,8 @@ pub struct Batcher<T> {
 }
 
 impl<T> Batcher<T> {
-    /// A batcher with the padding limit of [`BATCH_PADDING_PERCENT`], or on a GPU (`gpu`) of
-    /// [`GPU_BATCH_PADDING_PERCENT`] (or their environment override).
+    /// A batcher with the padding limit of `BATCH_PADDING_PERCENT`, or on a GPU (`gpu`) of
+    /// `GPU_BATCH_PADDING_PERCENT` (or their environment override).
     pub fn new(max_records: usize, max_positions: usize, gpu: bool) -> Self {
         Self::with_padding(max_records, max_positions, batch_padding_percent(gpu))
     }
@@ -230,7 +230,7 @@ impl<T> Batcher<T> {
 const PAD_PARTS: usize = 4;
 
 /// The length a GPU runs a record's last chunk of `len` positions at, for chunks of
-/// `chunk_size`: `len` rounded up to a whole part of a chunk ([`PAD_PARTS`] parts). A few
+/// `chunk_size`: `len` rounded up to a whole part of a chunk (`PAD_PARTS` parts). A few
 /// lengths keep the kernels compiled and tuned for them few, yet a short last chunk does not
 /// cost a whole chunk's work (about 40 ms on an H200 at chr20's model).
 pub fn pad_length(len: usize, chunk_size: usize) -> usize {
@@ -246,27 +246,27 @@ pub fn pad_length(len: usize, chunk_size: usize) -> usize {
 const SHAPE_STEPS: usize = 4;
 
 /// The length a GPU runs a batch of whole records of at most `len` positions at, for chunks
-/// of `chunk_size`: `len` rounded up to one of [`SHAPE_STEPS`] lengths per doubling (at most
+/// of `chunk_size`: `len` rounded up to one of `SHAPE_STEPS` lengths per doubling (at most
 /// a quarter more), or to [`pad_length`]'s length if that is shorter. Records of mixed
 /// lengths otherwise give every batch a length of its own, and a GPU compiles and tunes
 /// kernels for each (on an H100, 801 CpG islands one per batch took 13-16 s, 200 records of
 /// one length 1.3 s).
-pub fn shape_length(len: usize, chunk_size: usize) -> usize {
+fn shape_length(len: usize, chunk_size: usize) -> usize {
     round_length(len).min(pad_length(len, chunk_size))
 }
 
-/// `len` rounded up to one of [`SHAPE_STEPS`] lengths per doubling (or its environment
+/// `len` rounded up to one of `SHAPE_STEPS` lengths per doubling (or its environment
 /// override): the length a GPU runs a batch of sequences of at most `len` positions at.
 pub fn round_length(len: usize) -> usize {
     static STEPS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
     let steps =
         *STEPS.get_or_init(|| env_count("GENOMAMBA_SHAPE_STEPS", |_| true).unwrap_or(SHAPE_STEPS));
-    shape_length_in(len, steps)
+    round_length_in(len, steps)
 }
 
 /// `len` rounded up to a multiple of its highest power of two divided by `steps` (at least
 /// 1); `len` itself for `steps` 0.
-fn shape_length_in(len: usize, steps: usize) -> usize {
+fn round_length_in(len: usize, steps: usize) -> usize {
     if steps == 0 || len == 0 {
         return len;
     }
@@ -310,8 +310,9 @@ impl ChunkOut<'_> {
 /// and their phases follow the original coordinates ([`Mamba::zero_state_reverse`]).
 ///
 /// With `pad_last`, when the records take more than one chunk, the last (shorter) chunk runs
-/// padded with `[PAD]` to a whole part of a chunk ([`pad_length`]) and its hidden states are
-/// cut back before `sink` sees them (the model is causal, so they are unchanged): chunks then
+/// padded with `[PAD]` to a whole part of a chunk ([`pad_length`]), and records that all fit
+/// in one chunk run padded to one of few lengths ([`round_length`]); hidden states are cut
+/// back before `sink` sees them (the model is causal, so they are unchanged): chunks then
 /// come in few shapes, which spares a GPU the kernels it would compile and tune for every
 /// other length (seconds on a fresh machine). Pointless on the CPU, where it only adds work.
 pub fn run_batch_tensor(
@@ -879,7 +880,7 @@ fn run_pipelined(
 mod tests {
     use super::{
         Batcher, GPU_DEFAULT_CHUNK, MIN_GPU_CHUNK, check_gpu_chunk, gpu_chunk, pad_length_in,
-        shape_length_in,
+        round_length_in,
     };
     use crate::model::Precision;
 
@@ -996,24 +997,28 @@ mod tests {
     }
 
     #[test]
-    fn last_chunks_pad_to_whole_parts() {
-        let chunk = 262_144;
-        // chr20's last chunk (63,025,520 = 240 chunks + 110,960) runs as two quarters.
-        assert_eq!(shape_length_in(750, 4), 768);
-        assert_eq!(shape_length_in(768, 4), 768);
-        assert_eq!(shape_length_in(769, 4), 896);
-        assert_eq!(shape_length_in(1024, 4), 1024);
-        assert_eq!(shape_length_in(201, 4), 224);
-        assert_eq!(shape_length_in(3, 4), 3);
-        assert_eq!(shape_length_in(750, 0), 750);
+    fn whole_batches_round_to_few_lengths() {
+        assert_eq!(round_length_in(750, 4), 768);
+        assert_eq!(round_length_in(768, 4), 768);
+        assert_eq!(round_length_in(769, 4), 896);
+        assert_eq!(round_length_in(1024, 4), 1024);
+        assert_eq!(round_length_in(201, 4), 224);
+        assert_eq!(round_length_in(3, 4), 3);
+        assert_eq!(round_length_in(750, 0), 750);
         // At most a quarter more, and few lengths: 32 from 1 to 10,000 bases.
         let mut seen = std::collections::BTreeSet::new();
         for len in 1..=10_000 {
-            let s = shape_length_in(len, 4);
+            let s = round_length_in(len, 4);
             assert!(s >= len && s * 4 <= len * 5, "{len} -> {s}");
             seen.insert(s);
         }
         assert!(seen.len() <= 60, "{}", seen.len());
+    }
+
+    #[test]
+    fn last_chunks_pad_to_whole_parts() {
+        let chunk = 262_144;
+        // chr20's last chunk (63,025,520 = 240 chunks + 110,960) runs as two quarters.
         assert_eq!(pad_length_in(110_960, chunk, 4), 131_072);
         assert_eq!(pad_length_in(1, chunk, 4), 65_536);
         assert_eq!(pad_length_in(65_536, chunk, 4), 65_536);

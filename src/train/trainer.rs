@@ -1441,6 +1441,11 @@ pub fn train(
         let _ = std::fs::remove_file(&log_path);
     }
 
+    // Sequence task: the training sequences' lengths, which every epoch batches by.
+    let train_lengths: Vec<usize> = match task {
+        Task::Sequence { train, .. } => train.examples.iter().map(|e| e.tokens.len()).collect(),
+        Task::Position { .. } => Vec::new(),
+    };
     for epoch in state.epochs_done + 1..=opts.epochs {
         if opts.patience > 0 && state.epochs_since_best >= opts.patience {
             break;
@@ -1453,25 +1458,25 @@ pub fn train(
             StdRng::seed_from_u64(opts.seed.wrapping_mul(1_000_003).wrapping_add(epoch as u64));
         // The epoch's batches, drawn up front.
         let batches: Vec<Batch> = match task {
-            Task::Sequence { train, .. } => {
-                let lengths: Vec<usize> = train.examples.iter().map(|e| e.tokens.len()).collect();
-                sequence_batches(&lengths, opts.batch_size, opts.group_by_length, &mut rng)
+            Task::Sequence { train, .. } => sequence_batches(
+                &train_lengths,
+                opts.batch_size,
+                opts.group_by_length,
+                &mut rng,
+            )
+            .iter()
+            .map(|idx| {
+                let ex: Vec<(&[u8], usize)> = idx
                     .iter()
-                    .map(|idx| {
-                        let ex: Vec<(&[u8], usize)> = idx
-                            .iter()
-                            .map(|&i| {
-                                (train.examples[i].tokens.as_slice(), train.examples[i].label)
-                            })
-                            .collect();
-                        let rc: Vec<bool> = idx
-                            .iter()
-                            .map(|_| opts.rc_augment && rng.random_bool(0.5))
-                            .collect();
-                        seq_batch(&ex, &rc, spec.round_lengths)
-                    })
-                    .collect()
-            }
+                    .map(|&i| (train.examples[i].tokens.as_slice(), train.examples[i].label))
+                    .collect();
+                let rc: Vec<bool> = idx
+                    .iter()
+                    .map(|_| opts.rc_augment && rng.random_bool(0.5))
+                    .collect();
+                seq_batch(&ex, &rc, spec.round_lengths)
+            })
+            .collect(),
             Task::Position { data, train, .. } => {
                 let windows = draw_windows(train, opts.window, opts.windows_per_epoch, &mut rng);
                 if windows.is_empty() {
