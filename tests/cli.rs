@@ -546,6 +546,35 @@ fn regions_of_a_bed_file_are_the_bases_bedtools_and_samtools_cut() {
     assert_eq!(both.len(), 41);
     assert_eq!(both[0].0, "chrII:1-50");
     assert_eq!(both[1].0, "chrI:335-649");
+
+    // --bed-names: column 4 is the id; a row named `.`, or without a name, keeps the region.
+    // The values are those of the same regions unnamed.
+    let named = t.path().join("named.bed");
+    let mut text = String::new();
+    for (i, row) in rows.iter().enumerate() {
+        let f: Vec<&str> = row.split('\t').collect();
+        text.push_str(&match i % 3 {
+            0 => format!("{}\t{}\t{}\tgene_{i}\t0\t{}\n", f[0], f[1], f[2], f[5]),
+            1 => format!("{}\t{}\t{}\t.\n", f[0], f[1], f[2]),
+            _ => format!("{}\t{}\t{}\n", f[0], f[1], f[2]),
+        });
+    }
+    std::fs::write(&named, text).unwrap();
+    let by_name = embed(
+        &[s(&genome)],
+        &["--regions-bed", s(&named), "--bed-names"],
+        &t.path().join("g.tsv"),
+    );
+    assert_eq!(by_name.len(), given.len());
+    for (i, ((id, values), (region, region_values))) in by_name.iter().zip(&given).enumerate() {
+        let want = if i % 3 == 0 {
+            format!("gene_{i}")
+        } else {
+            region.clone()
+        };
+        assert_eq!(id, &want);
+        assert_eq!(values, region_values, "{id}");
+    }
 }
 
 #[test]
@@ -675,6 +704,39 @@ fn bad_input_exits_2_with_one_line_and_leaves_no_output() {
         s(&a_file),
     ]);
     assert_bad(&o, "exists and is not a directory");
+    // Per-position arrays of two intervals with one BED name would go to one file: refused
+    // before any work, naming both lines; nothing is made. Without --regions-bed the flag
+    // is a usage error.
+    let genes = shared().join("genomes/yeast_chrI_II.genes.bed");
+    let arrays = t.path().join("arrays");
+    let o = run(&[
+        "embed",
+        "-m",
+        s(&m),
+        s(&yeast),
+        "--pool",
+        "none",
+        "-o",
+        s(&arrays),
+        "--regions-bed",
+        s(&genes),
+        "--bed-names",
+    ]);
+    assert_bad(&o, "line 1 (gene) and ");
+    assert_bad(&o, "line 2 (gene) would both be written to gene.npy");
+    assert!(!arrays.exists());
+    assert_bad(
+        &run(&[
+            "embed",
+            "-m",
+            s(&m),
+            s(&yeast),
+            "-o",
+            s(&out),
+            "--bed-names",
+        ]),
+        "--regions-bed",
+    );
     assert_bad(
         &run(&["init", "-o", s(&a_file)]),
         "exists and is not a directory",

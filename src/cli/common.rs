@@ -33,9 +33,15 @@ pub struct InputArgs {
     pub regions: Vec<String>,
     /// Only the intervals of this BED file (0-based, half-open: `chrom start end`, further
     /// columns ignored; plain or gzip), in its order, after any `--region`s; repeatable. Each
-    /// is read like `--region chrom:start+1-end`, and that is its id.
+    /// is read like `--region chrom:start+1-end`, and that is its id (see `--bed-names`).
     #[arg(long = "regions-bed", value_name = "BED")]
     pub regions_bed: Vec<String>,
+    /// Name each `--regions-bed` interval by its BED name (column 4) instead of
+    /// `chrom:start+1-end`: the id of its output row (embed, classify) or `.npy` file.
+    /// Intervals without a name (three columns, or `.`) keep the region as their id.
+    /// (annotate writes chromosome coordinates, so ids do not appear in its outputs.)
+    #[arg(long = "bed-names")]
+    pub bed_names: bool,
     /// Compute device: `cpu` or `cuda[:N]`.
     #[arg(long, default_value = "cpu")]
     pub device: String,
@@ -78,6 +84,8 @@ pub struct InputArgs {
 pub struct RegionItem {
     pub region: Region,
     pub from: Option<(String, u64)>,
+    /// The record id to give it instead of the region's own (`--bed-names`).
+    pub id: Option<String>,
 }
 
 impl RegionItem {
@@ -88,12 +96,33 @@ impl RegionItem {
             None => err,
         }
     }
+
+    /// The id of the record read from it: its name (`--bed-names`) or the region.
+    pub fn record_id(&self) -> String {
+        self.id
+            .clone()
+            .unwrap_or_else(|| self.region.display_1based())
+    }
+
+    /// Where it was given, for errors: `BED line N` or `--region R`.
+    fn origin(&self) -> String {
+        match &self.from {
+            Some((bed, line)) => format!("{bed} line {line}"),
+            None => format!("--region {}", self.region),
+        }
+    }
 }
 
 impl InputArgs {
     /// Validates numbers, inputs and the command's output files (`outputs`, as for
     /// [`check_outputs`]), sets up threads, picks the device and loads the model.
     pub fn setup(&self, outputs: &[(&str, &str)]) -> Result<(Device, GenoModel)> {
+        if self.bed_names && self.regions_bed.is_empty() {
+            return Err(Error::usage(
+                "--bed-names names the intervals of --regions-bed, and no --regions-bed was given",
+                "add --regions-bed FILE, or drop --bed-names",
+            ));
+        }
         if self.chunk_size == Some(0) {
             return Err(Error::usage(
                 "--chunk-size must be at least 1",
@@ -195,17 +224,48 @@ impl InputArgs {
             list.push(RegionItem {
                 region: text.parse::<Region>()?,
                 from: None,
+                id: None,
             });
         }
         for bed in &self.regions_bed {
-            for (region, line) in read_regions_bed(bed)? {
+            for row in read_regions_bed(bed)? {
+                let named = self.bed_names && !row.name.is_empty() && row.name != ".";
                 list.push(RegionItem {
-                    region,
-                    from: Some((bed.clone(), line)),
+                    region: row.region,
+                    from: Some((bed.clone(), row.line)),
+                    id: named.then_some(row.name),
                 });
             }
         }
         Ok(self.region_list.get_or_init(|| list))
+    }
+
+    /// Refuses, before any work, two regions whose records would be written to the same
+    /// file (`file_of` their record id): same ids, or ids that differ only in characters a
+    /// file name cannot hold. The error names where both were given.
+    pub fn check_unique_regions(&self, file_of: impl Fn(&str) -> String) -> Result<()> {
+        let mut seen = std::collections::HashMap::new();
+        for item in self.regions()? {
+            let file = file_of(&item.record_id());
+            if let Some(first) = seen.insert(file.clone(), item) {
+                let fix = if self.bed_names {
+                    "give the intervals unique names in column 4, or list each interval once"
+                } else {
+                    "list each region once"
+                };
+                return Err(Error::usage(
+                    format!(
+                        "{} ({}) and {} ({}) would both be written to {file}",
+                        first.origin(),
+                        first.record_id(),
+                        item.origin(),
+                        item.record_id()
+                    ),
+                    fix,
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// The bases the run will read, when the `.fai` index of every input gives them (whole
@@ -438,7 +498,12 @@ impl InputArgs {
                     IndexedFasta::open(input, &first.region).map_err(|e| first.locate(e))?;
                 for item in regions {
                     fasta
-                        .for_each_piece(&item.region, self.chunk(), &mut push)
+                        .for_each_piece_as(
+                            &item.region,
+                            item.id.as_deref(),
+                            self.chunk(),
+                            &mut push,
+                        )
                         .map_err(|e| item.locate(e))?;
                 }
             } else {

@@ -157,6 +157,8 @@ pub fn run(a: EmbedArgs) -> Result<()> {
                 " (--pool none writes one .npy per record into a directory)",
                 "choose another -o",
             )?;
+            a.input
+                .check_unique_regions(|id| format!("{}.npy", safe_file_name(id)))?;
             &[]
         }
     };

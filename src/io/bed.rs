@@ -136,10 +136,21 @@ pub fn read_bed(path: &str, usage: BedUse) -> Result<Vec<BedRow>> {
     Ok(rows)
 }
 
-/// The regions a BED file lists, in its order, each with its line number: row
+/// An interval of a BED file read as a region.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BedRegion {
+    /// Row `chrom start end` as the region `chrom:start+1-end`.
+    pub region: Region,
+    /// Column 4 (BED's name), or `""` when the row has three columns.
+    pub name: String,
+    /// 1-based line number in the file.
+    pub line: u64,
+}
+
+/// The regions a BED file lists, in its order, each with its name and line number: row
 /// `chrom start end` is the region `chrom:start+1-end` (BED's 0-based, half-open interval in
 /// samtools' 1-based, inclusive terms). An empty interval (`end == start`) is refused.
-pub fn read_regions_bed(path: &str) -> Result<Vec<(Region, u64)>> {
+pub fn read_regions_bed(path: &str) -> Result<Vec<BedRegion>> {
     read_bed(path, BedUse::Regions)?
         .into_iter()
         .map(|r| {
@@ -154,14 +165,15 @@ pub fn read_regions_bed(path: &str) -> Result<Vec<(Region, u64)>> {
                 )
                 .at(r.line));
             }
-            Ok((
-                Region {
+            Ok(BedRegion {
+                region: Region {
                     name: r.chrom,
                     start: r.start,
                     end: Some(r.end),
                 },
-                r.line,
-            ))
+                name: r.name,
+                line: r.line,
+            })
         })
         .collect()
 }
@@ -184,18 +196,21 @@ mod tests {
             "track name=x\n# comment\n\nchr1\t0\t10\tpromoter\t0\t+\nchrII\t99\t100\r\nodd:1\t5\t8\n",
         );
         let got = read_regions_bed(&path).unwrap();
-        let shown: Vec<(String, u64)> = got.iter().map(|(r, l)| (r.to_string(), *l)).collect();
+        let shown: Vec<(String, &str, u64)> = got
+            .iter()
+            .map(|b| (b.region.to_string(), b.name.as_str(), b.line))
+            .collect();
         assert_eq!(
             shown,
             [
-                ("chr1:1-10".to_string(), 4),
-                ("chrII:100-100".to_string(), 5),
-                ("{odd:1}:6-8".to_string(), 6),
+                ("chr1:1-10".to_string(), "promoter", 4),
+                ("chrII:100-100".to_string(), "", 5),
+                ("{odd:1}:6-8".to_string(), "", 6),
             ]
         );
         // Each reads back as the region it is.
-        for (r, _) in &got {
-            assert_eq!(&r.to_string().parse::<Region>().unwrap(), r);
+        for b in &got {
+            assert_eq!(b.region.to_string().parse::<Region>().unwrap(), b.region);
         }
     }
 

@@ -525,9 +525,21 @@ impl IndexedFasta {
         piece_len: usize,
         f: &mut dyn FnMut(Piece) -> Result<()>,
     ) -> Result<()> {
+        self.for_each_piece_as(region, None, piece_len, f)
+    }
+
+    /// As [`Self::for_each_piece`], with the record id `id` instead of the region's own
+    /// (`chr:start-end`) when it is given; the chromosome and offset stay the region's.
+    pub fn for_each_piece_as(
+        &mut self,
+        region: &Region,
+        id: Option<&str>,
+        piece_len: usize,
+        f: &mut dyn FnMut(Piece) -> Result<()>,
+    ) -> Result<()> {
         let Checked { number, end, entry } = self.check(region)?;
         let meta = Arc::new(RecordMeta {
-            id: region.display_1based(),
+            id: id.map_or_else(|| region.display_1based(), str::to_string),
             chrom: region.name.clone(),
             offset: region.start,
             source: self.path.clone(),
