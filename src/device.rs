@@ -90,7 +90,7 @@ impl DeviceSpec {
     }
 }
 
-/// What [`check_cuda`] found on this machine: the pieces Burn's CUDA backend needs before it
+/// What `check_cuda` found on this machine: the pieces Burn's CUDA backend needs before it
 /// can run a kernel, each of which it would otherwise report by panicking.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CudaProbe {

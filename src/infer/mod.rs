@@ -692,12 +692,12 @@ fn first_positions(hidden: Tensor<3>, len: usize) -> Tensor<3> {
 /// [`set_pipeline`]'s choice: 0 none, else the number of stages.
 static PIPELINE: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
-/// Stages of the block pipeline on GPUs unless told otherwise ([`pipeline`]).
+/// Stages of the block pipeline on GPUs unless told otherwise (`pipeline`).
 pub const GPU_PIPELINE_STAGES: usize = 2;
 
 /// Makes [`run_batch_tensor`] run records of more than one chunk with the blocks in
 /// `Some(stages)` groups on as many host threads (`Some(1)`: one loop), or as the device and
-/// `GENOMAMBA_PIPELINE` decide (`None`, see [`pipeline`]); process-wide. The results are the
+/// `GENOMAMBA_PIPELINE` decide (`None`, see `pipeline`); process-wide. The results are the
 /// same either way; this is for tests and timing runs.
 pub fn set_pipeline(stages: Option<usize>) {
     PIPELINE.store(stages.unwrap_or(0), std::sync::atomic::Ordering::Relaxed);

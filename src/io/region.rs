@@ -630,7 +630,7 @@ impl IndexedFasta {
         Ok(())
     }
 
-    /// [`Self::check`] for callers outside this module: whether `region` can be read.
+    /// `Self::check` for callers outside this module: whether `region` can be read.
     pub fn check_region(&self, region: &Region) -> Result<()> {
         self.check(region).map(drop)
     }

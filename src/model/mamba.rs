@@ -138,7 +138,7 @@ pub struct MambaBlock {
     pub precision: Precision,
     /// Zeros, `[d_inner]`, when the block runs dt_proj with the Δ bias and softplus fused
     /// ([`project_softplus`](crate::ops::block::project_softplus)) and the scan without them
-    /// ([`selective_scan_activated`](crate::ops::selective_scan_activated)), as set by
+    /// ([`selective_scan_activated`]), as set by
     /// [`Mamba::set_precision`] off the CPU; `None` runs the bias and softplus in the scan.
     #[module(skip)]
     pub no_bias: Option<Tensor<1>>,
@@ -211,7 +211,7 @@ impl MambaBlock {
     }
 
     /// Whether the residual stream reaches this block's in_proj not yet normed: where in_proj
-    /// is [`Self::gated`] and out_proj has no bias, out_proj adds its output to the stream
+    /// is `Self::gated` and out_proj has no bias, out_proj adds its output to the stream
     /// ([`project_add`](crate::ops::block::project_add)) and the next in_proj applies its
     /// block's norm ([`project_norm_silu_from`](crate::ops::block::project_norm_silu_from)),
     /// each in the tensor-core kernel on CUDA, so the block's output and the normed input are

@@ -197,7 +197,7 @@ pub struct ConvDbcOutput<B: Backend> {
 /// Per-position block operations.
 ///
 /// On GPU devices (the `cuda` feature) the convolution and the fused residual add + RMSNorm
-/// are CubeCL kernels ([`block_cube`](super::block_cube)), each registered with Burn's fusion
+/// are CubeCL kernels (`block_cube`), each registered with Burn's fusion
 /// as one opaque operation; a lone RMSNorm (the first block's) runs as tensor operations,
 /// which fusion compiles into few kernels.
 #[backend_extension(
@@ -695,7 +695,7 @@ pub(crate) fn conv_dbc_composed<B: Backend>(
 }
 
 /// `x · w` through the backend's matrix product (`w` broadcast over the batch). Rows longer
-/// than [`TIME_GROUP`] steps are multiplied as rows of [`time_rows`] steps, so that under
+/// than `TIME_GROUP` steps are multiplied as rows of `time_rows` steps, so that under
 /// autodiff the weight's gradient is many products side by side and a sum, not one product
 /// over the whole row: Burn's CUDA backend ran each projection's weight gradient of a window
 /// of 131,072 at batch 1 in 4 to 32 cubes, 6-7 ms each (`ncu`, BENCHMARKS.md, thirty-seventh

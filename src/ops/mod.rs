@@ -3,12 +3,12 @@
 //! - [`block`]: causal convolution fused with SiLU over a carried window, RMSNorm, the
 //!   residual add fused with the next RMSNorm, and the projections `x · w` (with the `cuda`
 //!   feature, the convolution and the add + norm are CubeCL kernels and the
-//!   projections go through [`project_cube`], which can pick cubek's matrix-product kernel).
+//!   projections go through `project_cube`, which can pick cubek's matrix-product kernel).
 //! - [`scan`]: the selective scan of Mamba (S6), with a reference written in plain tensor
 //!   operations that every backend gets, a fused host loop for the CPU backend, and (with the
 //!   `cuda` feature) a chunked-time GPU kernel for the CubeCL backend; on autodiff devices a
 //!   hand-written backward step (tensor operations for every backend, a fused host loop for
-//!   the CPU backend, a CubeCL kernel for the CubeCL backend: [`scan_backward_cube`]).
+//!   the CPU backend, a CubeCL kernel for the CubeCL backend: `scan_backward_cube`).
 
 pub mod block;
 #[cfg(feature = "cube")]

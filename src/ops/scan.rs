@@ -13,7 +13,7 @@
 //! The operation starts from a given state `h0` and returns the last state, so a sequence can
 //! be processed in chunks with the state carried across chunk borders.
 //!
-//! Every backend gets the reference ([`scan_reference`](super::scan_reference)), written in
+//! Every backend gets the reference (`scan_reference`), written in
 //! ordinary tensor operations and processing time in blocks so that `[L, d_inner, d_state]`
 //! is never materialised for the whole sequence. Backends override it with fused kernels
 //! (the CPU backend with a host loop; the CubeCL backend, i.e. CUDA devices, with the chunked
@@ -22,9 +22,9 @@
 //!
 //! On autodiff devices `selective_scan` runs the backend's fast forward and registers a
 //! hand-written backward step, `selective_scan_backward` (see
-//! [`scan_backward`](super::scan_backward) for the equations): a tensor-operation body every
+//! `scan_backward` for the equations): a tensor-operation body every
 //! backend gets, overridden for the CPU backend by a fused host loop and for the CubeCL backend
-//! by a kernel ([`scan_backward_cube`](super::scan_backward_cube)).
+//! by a kernel (`scan_backward_cube`).
 //! `selective_scan_reference` is not overridden there, so autodiff differentiates through its
 //! primitive operations: that is the oracle the hand-written gradients are tested against.
 //!

@@ -581,7 +581,7 @@ const LENGTH_POOL_BATCHES: usize = 64;
 ///
 /// Without `group`, batches are consecutive runs of a random order, so each is padded to the
 /// longest of a random sample. With `group`, the random order is cut into pools of
-/// [`LENGTH_POOL_BATCHES`] batches, each pool sorted by length and cut into batches, and the
+/// `LENGTH_POOL_BATCHES` batches, each pool sorted by length and cut into batches, and the
 /// batches shuffled: sequences of similar length train together and padding stays small,
 /// while which sequences meet in a pool, and the order of batches, stay random.
 pub fn sequence_batches(
