@@ -407,6 +407,24 @@ fn annotate_bed_is_accepted_by_bedtools_and_region_coordinates_are_chromosomal()
         .output()
         .unwrap();
     assert!(bedtools_check.status.success());
+    // Its rows are forward-strand chromosome coordinates: --bed-strand is refused, and no
+    // output is written.
+    let regions = t.path().join("regions.bed");
+    std::fs::write(&regions, "chrI\t100\t900\tg\t0\t-\n").unwrap();
+    let minus_bed = t.path().join("minus.bed");
+    let o = run(&[
+        "annotate",
+        "-m",
+        s(&m),
+        s(&fa),
+        "--regions-bed",
+        s(&regions),
+        "--bed-strand",
+        "--bed",
+        s(&minus_bed),
+    ]);
+    assert_bad(&o, "annotate reads the forward strand");
+    assert!(!minus_bed.exists());
 }
 
 #[test]
@@ -575,6 +593,36 @@ fn regions_of_a_bed_file_are_the_bases_bedtools_and_samtools_cut() {
         assert_eq!(id, &want);
         assert_eq!(values, region_values, "{id}");
     }
+
+    // --bed-strand: a `-` gene is read as its reverse complement, the bases `bedtools getfasta
+    // -s` cuts; its id gets `(-)`. Both strands occur among the 40 genes.
+    let stranded = embed(
+        &[s(&genome)],
+        &["--regions-bed", s(&bed), "--bed-strand"],
+        &t.path().join("h.tsv"),
+    );
+    let cut_fa = t.path().join("cut_s.fa");
+    cut_to(
+        &cut_fa,
+        "bedtools",
+        &["getfasta", "-s", "-fi", s(&genome), "-bed", s(&bed)],
+    );
+    let theirs = embed(&[s(&cut_fa)], &[], &t.path().join("i.tsv"));
+    assert_eq!(stranded.len(), 40);
+    let mut minus = 0;
+    for (((row, (id, values)), (_, cut_values)), (region, _)) in
+        rows.iter().zip(&stranded).zip(&theirs).zip(&given)
+    {
+        let want = if row.split('\t').nth(5) == Some("-") {
+            minus += 1;
+            format!("{region}(-)")
+        } else {
+            region.clone()
+        };
+        assert_eq!(id, &want);
+        assert_eq!(values, cut_values, "{row}");
+    }
+    assert!(minus > 0 && minus < 40, "{minus} genes on the minus strand");
 }
 
 #[test]
@@ -725,18 +773,33 @@ fn bad_input_exits_2_with_one_line_and_leaves_no_output() {
     assert_bad(&o, "line 1 (gene) and ");
     assert_bad(&o, "line 2 (gene) would both be written to gene.npy");
     assert!(!arrays.exists());
-    assert_bad(
-        &run(&[
-            "embed",
-            "-m",
-            s(&m),
-            s(&yeast),
-            "-o",
-            s(&out),
-            "--bed-names",
-        ]),
+    for flag in ["--bed-names", "--bed-strand"] {
+        assert_bad(
+            &run(&["embed", "-m", s(&m), s(&yeast), "-o", s(&out), flag]),
+            "no --regions-bed was given",
+        );
+    }
+    // --bed-strand: a column 6 that is not a strand is refused with its line.
+    let odd_strand = t.path().join("odd_strand.bed");
+    std::fs::write(
+        &odd_strand,
+        "chrI\t0\t100\tx\t0\t+\nchrI\t5\t90\ty\t0\tminus\n",
+    )
+    .unwrap();
+    let o = run(&[
+        "embed",
+        "-m",
+        s(&m),
+        s(&yeast),
+        "-o",
+        s(&out),
         "--regions-bed",
-    );
+        s(&odd_strand),
+        "--bed-strand",
+    ]);
+    assert_bad(&o, "column 6 (strand) is 'minus'");
+    assert_bad(&o, "line 2");
+    assert!(!out.exists());
     assert_bad(
         &run(&["init", "-o", s(&a_file)]),
         "exists and is not a directory",

@@ -145,8 +145,17 @@ fn zstd(bytes: &[u8]) -> Vec<u8> {
 
 /// Runs `samtools faidx FILE REGION` and tokenises its output. Fails when samtools is missing.
 fn samtools_tokens(path: &str, region: &str) -> Vec<u8> {
+    samtools_strand_tokens(path, region, false)
+}
+
+/// As [`samtools_tokens`], with `minus` the region's reverse complement (`samtools faidx -i`).
+fn samtools_strand_tokens(path: &str, region: &str, minus: bool) -> Vec<u8> {
+    let mut args = vec!["faidx", path, region];
+    if minus {
+        args.push("-i");
+    }
     let out = Command::new("samtools")
-        .args(["faidx", path, region])
+        .args(&args)
         .output()
         .unwrap_or_else(|e| {
             panic!(
@@ -1074,6 +1083,28 @@ fn check_region_pieces(path: &str, text: &str, piece_len: usize) {
         assert_eq!(p.last, i + 1 == pieces.len(), "{text}: piece {i} last");
         assert!(p.tokens == q.tokens, "{text}: piece {i} bases");
         assert_eq!(*p.meta, whole.meta(), "{text}: piece {i} record");
+    }
+    // The minus strand: the windows read from the region's end, each reverse-complemented,
+    // cut into pieces from the record's start; the bases `samtools faidx -i` gives.
+    let mut fasta = region::IndexedFasta::open(path, &reg).unwrap();
+    let mut minus = Vec::new();
+    let mut tokens = Vec::new();
+    fasta
+        .for_each_piece_as(&reg, None, true, piece_len, &mut |p| {
+            tokens.extend_from_slice(&p.tokens);
+            minus.push(p);
+            Ok(())
+        })
+        .unwrap_or_else(|e| panic!("{text} (-): {e}"));
+    assert!(
+        tokens == samtools_strand_tokens(path, text, true),
+        "{path} {text} / {piece_len}: minus strand"
+    );
+    assert_eq!(minus.len(), pieces.len());
+    for (i, p) in minus.iter().enumerate() {
+        assert_eq!(p.start, i * piece_len, "{text} (-): piece {i} start");
+        assert_eq!(p.last, i + 1 == minus.len(), "{text} (-): piece {i} last");
+        assert_eq!(p.meta.id, format!("{}(-)", whole.id), "{text} (-)");
     }
 }
 

@@ -46,6 +46,12 @@ pub fn run(a: AnnotateArgs) -> Result<()> {
             "give at least one of --bed FILE, --bedgraph FILE, --tsv FILE",
         ));
     }
+    if a.input.bed_strand {
+        return Err(Error::usage(
+            "annotate reads the forward strand: its BED, bedGraph and TSV rows are chromosome coordinates",
+            "drop --bed-strand",
+        ));
+    }
     if !(0.0..=1.0).contains(&a.threshold) {
         return Err(Error::usage(
             format!("--threshold {} is not a probability", a.threshold),

@@ -33,7 +33,7 @@ pub struct InputArgs {
     pub regions: Vec<String>,
     /// Only the intervals of this BED file (0-based, half-open: `chrom start end`, further
     /// columns ignored; plain or gzip), in its order, after any `--region`s; repeatable. Each
-    /// is read like `--region chrom:start+1-end`, and that is its id (see `--bed-names`).
+    /// is read like `--region chrom:start+1-end`, and that is its id (see `--bed-names`, `--bed-strand`).
     #[arg(long = "regions-bed", value_name = "BED")]
     pub regions_bed: Vec<String>,
     /// Name each `--regions-bed` interval by its BED name (column 4) instead of
@@ -42,6 +42,12 @@ pub struct InputArgs {
     /// (annotate writes chromosome coordinates, so ids do not appear in its outputs.)
     #[arg(long = "bed-names")]
     pub bed_names: bool,
+    /// Read each `--regions-bed` interval on its strand (column 6), as `bedtools getfasta -s`
+    /// does: a `-` interval is read as its reverse complement, with id
+    /// `chrom:start+1-end(-)`; `+`, `.` or no column 6 read the forward strand. Not for
+    /// annotate, whose outputs are forward-strand chromosome coordinates.
+    #[arg(long = "bed-strand")]
+    pub bed_strand: bool,
     /// Compute device: `cpu` or `cuda[:N]`.
     #[arg(long, default_value = "cpu")]
     pub device: String,
@@ -86,6 +92,8 @@ pub struct RegionItem {
     pub from: Option<(String, u64)>,
     /// The record id to give it instead of the region's own (`--bed-names`).
     pub id: Option<String>,
+    /// Read as its reverse complement (a `-` interval under `--bed-strand`).
+    pub reverse: bool,
 }
 
 impl RegionItem {
@@ -97,11 +105,13 @@ impl RegionItem {
         }
     }
 
-    /// The id of the record read from it: its name (`--bed-names`) or the region.
+    /// The id of the record read from it: its name (`--bed-names`) or the region (with
+    /// `(-)` on the minus strand).
     pub fn record_id(&self) -> String {
-        self.id
-            .clone()
-            .unwrap_or_else(|| self.region.display_1based())
+        self.id.clone().unwrap_or_else(|| {
+            let id = self.region.display_1based();
+            if self.reverse { format!("{id}(-)") } else { id }
+        })
     }
 
     /// Where it was given, for errors: `BED line N` or `--region R`.
@@ -117,11 +127,18 @@ impl InputArgs {
     /// Validates numbers, inputs and the command's output files (`outputs`, as for
     /// [`check_outputs`]), sets up threads, picks the device and loads the model.
     pub fn setup(&self, outputs: &[(&str, &str)]) -> Result<(Device, GenoModel)> {
-        if self.bed_names && self.regions_bed.is_empty() {
-            return Err(Error::usage(
-                "--bed-names names the intervals of --regions-bed, and no --regions-bed was given",
-                "add --regions-bed FILE, or drop --bed-names",
-            ));
+        for (flag, on) in [
+            ("--bed-names", self.bed_names),
+            ("--bed-strand", self.bed_strand),
+        ] {
+            if on && self.regions_bed.is_empty() {
+                return Err(Error::usage(
+                    format!(
+                        "{flag} reads the intervals of --regions-bed, and no --regions-bed was given"
+                    ),
+                    format!("add --regions-bed FILE, or drop {flag}"),
+                ));
+            }
         }
         if self.chunk_size == Some(0) {
             return Err(Error::usage(
@@ -225,15 +242,30 @@ impl InputArgs {
                 region: text.parse::<Region>()?,
                 from: None,
                 id: None,
+                reverse: false,
             });
         }
         for bed in &self.regions_bed {
             for row in read_regions_bed(bed)? {
                 let named = self.bed_names && !row.name.is_empty() && row.name != ".";
+                let reverse = match row.strand.as_str() {
+                    _ if !self.bed_strand => false,
+                    "-" => true,
+                    "+" | "." | "" => false,
+                    other => {
+                        return Err(Error::input(
+                            bed,
+                            format!("column 6 (strand) is '{other}'"),
+                            "write +, - or . there (or leave out --bed-strand)",
+                        )
+                        .at(row.line));
+                    }
+                };
                 list.push(RegionItem {
                     region: row.region,
                     from: Some((bed.clone(), row.line)),
                     id: named.then_some(row.name),
+                    reverse,
                 });
             }
         }
@@ -501,6 +533,7 @@ impl InputArgs {
                         .for_each_piece_as(
                             &item.region,
                             item.id.as_deref(),
+                            item.reverse,
                             self.chunk(),
                             &mut push,
                         )

@@ -22,6 +22,8 @@ pub struct BedRow {
     pub end: u64,
     /// Column 4, or `""` when the row has three columns.
     pub name: String,
+    /// Column 6 (the strand: `+`, `-` or `.`), or `""` when the row has fewer columns.
+    pub strand: String,
     /// 1-based line number in the file.
     pub line: u64,
 }
@@ -123,6 +125,7 @@ pub fn read_bed(path: &str, usage: BedUse) -> Result<Vec<BedRow>> {
             start,
             end,
             name: f.get(3).map_or("", |n| n.trim()).to_string(),
+            strand: f.get(5).map_or("", |n| n.trim()).to_string(),
             line: ln,
         });
     }
@@ -143,6 +146,8 @@ pub struct BedRegion {
     pub region: Region,
     /// Column 4 (BED's name), or `""` when the row has three columns.
     pub name: String,
+    /// Column 6 (the strand), or `""`.
+    pub strand: String,
     /// 1-based line number in the file.
     pub line: u64,
 }
@@ -172,6 +177,7 @@ pub fn read_regions_bed(path: &str) -> Result<Vec<BedRegion>> {
                     end: Some(r.end),
                 },
                 name: r.name,
+                strand: r.strand,
                 line: r.line,
             })
         })
@@ -200,6 +206,9 @@ mod tests {
             .iter()
             .map(|b| (b.region.to_string(), b.name.as_str(), b.line))
             .collect();
+        let strands: Vec<&str> = got.iter().map(|b| b.strand.as_str()).collect();
+        assert_eq!(strands, ["+", "", ""]);
+        let shown: Vec<(String, &str, u64)> = shown.into_iter().collect();
         assert_eq!(
             shown,
             [

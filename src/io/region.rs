@@ -525,21 +525,30 @@ impl IndexedFasta {
         piece_len: usize,
         f: &mut dyn FnMut(Piece) -> Result<()>,
     ) -> Result<()> {
-        self.for_each_piece_as(region, None, piece_len, f)
+        self.for_each_piece_as(region, None, false, piece_len, f)
     }
 
     /// As [`Self::for_each_piece`], with the record id `id` instead of the region's own
-    /// (`chr:start-end`) when it is given; the chromosome and offset stay the region's.
+    /// (`chr:start-end`) when it is given, and with `reverse` the region's reverse complement
+    /// (the minus strand, read from its end a window at a time; its own id is then
+    /// `chr:start-end(-)`, as `bedtools getfasta -s` names it). The record's chromosome and
+    /// offset stay the region's; on the minus strand position `i` of the record is the
+    /// region's base `end - 1 - i`.
     pub fn for_each_piece_as(
         &mut self,
         region: &Region,
         id: Option<&str>,
+        reverse: bool,
         piece_len: usize,
         f: &mut dyn FnMut(Piece) -> Result<()>,
     ) -> Result<()> {
         let Checked { number, end, entry } = self.check(region)?;
+        let own_id = || {
+            let id = region.display_1based();
+            if reverse { format!("{id}(-)") } else { id }
+        };
         let meta = Arc::new(RecordMeta {
-            id: id.map_or_else(|| region.display_1based(), str::to_string),
+            id: id.map_or_else(own_id, str::to_string),
             chrom: region.name.clone(),
             offset: region.start,
             source: self.path.clone(),
@@ -562,8 +571,13 @@ impl IndexedFasta {
         let mut tokens = Vec::new();
         while done < total {
             let want = (total - done).min(window as u64);
-            // 0-based half-open [from, from + want) -> 1-based inclusive for noodles.
-            let from = region.start + done;
+            // 0-based half-open [from, from + want) -> 1-based inclusive for noodles. The minus
+            // strand takes the windows from the region's end.
+            let from = if reverse {
+                end - done - want
+            } else {
+                region.start + done
+            };
             let query = noodles::core::Region::new(
                 region.name.as_str(),
                 to_position(region, from + 1)?..=to_position(region, from + want)?,
@@ -601,7 +615,10 @@ impl IndexedFasta {
                 )
                 .in_record(&region.name));
             }
-            // Pieces start at multiples of `piece_len` from the region's start (`window` is
+            if reverse {
+                tokens = alphabet::reverse_complement_tokens(&tokens);
+            }
+            // Pieces start at multiples of `piece_len` from the record's start (`window` is
             // a multiple of it).
             let mut at = 0;
             while at < tokens.len() {
