@@ -33,7 +33,8 @@ pub struct InputArgs {
     pub regions: Vec<String>,
     /// Only the intervals of this BED file (0-based, half-open: `chrom start end`, further
     /// columns ignored; plain or gzip), in its order, after any `--region`s; repeatable. Each
-    /// is read like `--region chrom:start+1-end`, and that is its id (see `--bed-names`, `--bed-strand`).
+    /// is read like `--region chrom:start+1-end`, and that is its id (but see `--bed-names`
+    /// and `--bed-strand`).
     #[arg(long = "regions-bed", value_name = "BED")]
     pub regions_bed: Vec<String>,
     /// Name each `--regions-bed` interval by its BED name (column 4) instead of
@@ -532,7 +533,7 @@ impl InputArgs {
                     fasta
                         .for_each_piece_as(
                             &item.region,
-                            item.id.as_deref(),
+                            Some(&item.record_id()),
                             item.reverse,
                             self.chunk(),
                             &mut push,
