@@ -109,10 +109,9 @@ impl RegionItem {
     /// The id of the record read from it: its name (`--bed-names`) or the region (with
     /// `(-)` on the minus strand).
     pub fn record_id(&self) -> String {
-        self.id.clone().unwrap_or_else(|| {
-            let id = self.region.display_1based();
-            if self.reverse { format!("{id}(-)") } else { id }
-        })
+        self.id
+            .clone()
+            .unwrap_or_else(|| self.region.record_id(self.reverse))
     }
 
     /// Where it was given, for errors: `BED line N` or `--region R`.
@@ -249,19 +248,7 @@ impl InputArgs {
         for bed in &self.regions_bed {
             for row in read_regions_bed(bed)? {
                 let named = self.bed_names && !row.name.is_empty() && row.name != ".";
-                let reverse = match row.strand.as_str() {
-                    _ if !self.bed_strand => false,
-                    "-" => true,
-                    "+" | "." | "" => false,
-                    other => {
-                        return Err(Error::input(
-                            bed,
-                            format!("column 6 (strand) is '{other}'"),
-                            "write +, - or . there (or leave out --bed-strand)",
-                        )
-                        .at(row.line));
-                    }
-                };
+                let reverse = self.bed_strand && row.on_minus_strand(bed)?;
                 list.push(RegionItem {
                     region: row.region,
                     from: Some((bed.clone(), row.line)),

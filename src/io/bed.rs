@@ -152,6 +152,23 @@ pub struct BedRegion {
     pub line: u64,
 }
 
+impl BedRegion {
+    /// Whether column 6 puts it on the minus strand: `-` does; `+`, `.` or no column 6 do
+    /// not; any other value is an error naming `path` (its file) and the line.
+    pub fn on_minus_strand(&self, path: &str) -> Result<bool> {
+        match self.strand.as_str() {
+            "-" => Ok(true),
+            "+" | "." | "" => Ok(false),
+            other => Err(Error::input(
+                path,
+                format!("column 6 (strand) is '{other}'"),
+                "write +, - or . there (or leave out --bed-strand)",
+            )
+            .at(self.line)),
+        }
+    }
+}
+
 /// The regions a BED file lists, in its order, each with its name and line number: row
 /// `chrom start end` is the region `chrom:start+1-end` (BED's 0-based, half-open interval in
 /// samtools' 1-based, inclusive terms). An empty interval (`end == start`) is refused.
@@ -208,7 +225,6 @@ mod tests {
             .collect();
         let strands: Vec<&str> = got.iter().map(|b| b.strand.as_str()).collect();
         assert_eq!(strands, ["+", "", ""]);
-        let shown: Vec<(String, &str, u64)> = shown.into_iter().collect();
         assert_eq!(
             shown,
             [

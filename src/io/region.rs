@@ -153,6 +153,13 @@ impl Region {
         }
     }
 
+    /// The id of the record read from this region: [`Region::display_1based`], with `(-)`
+    /// after it for the minus strand (`reverse`), as `bedtools getfasta -s` names it.
+    pub fn record_id(&self, reverse: bool) -> String {
+        let id = self.display_1based();
+        if reverse { format!("{id}(-)") } else { id }
+    }
+
     /// The coordinates part of [`Region::display_1based`]: `""` (the whole sequence),
     /// `":1000001"` or `":1000001-1010000"`.
     fn coords_1based(&self) -> String {
@@ -531,7 +538,7 @@ impl IndexedFasta {
     /// As [`Self::for_each_piece`], with the record id `id` instead of the region's own
     /// (`chr:start-end`) when it is given, and with `reverse` the region's reverse complement
     /// (the minus strand, read from its end a window at a time; its own id is then
-    /// `chr:start-end(-)`, as `bedtools getfasta -s` names it). The record's chromosome and
+    /// [`Region::record_id`]'s, `chr:start-end(-)`). The record's chromosome and
     /// offset stay the region's; on the minus strand position `i` of the record is the
     /// region's base `end - 1 - i`.
     pub fn for_each_piece_as(
@@ -543,12 +550,8 @@ impl IndexedFasta {
         f: &mut dyn FnMut(Piece) -> Result<()>,
     ) -> Result<()> {
         let Checked { number, end, entry } = self.check(region)?;
-        let own_id = || {
-            let id = region.display_1based();
-            if reverse { format!("{id}(-)") } else { id }
-        };
         let meta = Arc::new(RecordMeta {
-            id: id.map_or_else(own_id, str::to_string),
+            id: id.map_or_else(|| region.record_id(reverse), str::to_string),
             chrom: region.name.clone(),
             offset: region.start,
             source: self.path.clone(),
