@@ -407,24 +407,212 @@ fn annotate_bed_is_accepted_by_bedtools_and_region_coordinates_are_chromosomal()
         .output()
         .unwrap();
     assert!(bedtools_check.status.success());
-    // Its rows are forward-strand chromosome coordinates: --bed-strand is refused, and no
-    // output is written.
+    // --bed-strand: a `-` interval is read as its reverse complement and its rows keep
+    // chromosome coordinates and order, so the row of chromosome base q is the row annotate
+    // gives base end - q + 1 of the bases `bedtools getfasta -s` cuts; BED and TSV name the
+    // strand. Checked for a forward-only head and for a bidirectional one with ORF features
+    // (which holds both strands and reads the record whole).
     let regions = t.path().join("regions.bed");
-    std::fs::write(&regions, "chrI\t100\t900\tg\t0\t-\n").unwrap();
-    let minus_bed = t.path().join("minus.bed");
-    let o = run(&[
-        "annotate",
-        "-m",
-        s(&m),
-        s(&fa),
-        "--regions-bed",
-        s(&regions),
-        "--bed-strand",
-        "--bed",
-        s(&minus_bed),
-    ]);
-    assert_bad(&o, "annotate reads the forward strand");
-    assert!(!minus_bed.exists());
+    let intervals = [
+        ("chrI", 100u64, 900u64, '-'),
+        ("chrI", 1000, 1500, '+'),
+        ("chrII", 2000, 2613, '-'),
+    ];
+    let text: String = intervals
+        .iter()
+        .map(|(c, a, b, st)| format!("{c}\t{a}\t{b}\tg\t0\t{st}\n"))
+        .collect();
+    std::fs::write(&regions, text).unwrap();
+    let cut = t.path().join("cut.fa");
+    cut_to(
+        &cut,
+        "bedtools",
+        &["getfasta", "-s", "-fi", s(&fa), "-bed", s(&regions)],
+    );
+    let bidirectional = root().join("models/coding-bacteria");
+    // Chunks of 300 stream each interval in pieces; in chunks of 1,024 all three run as one
+    // batch.
+    let runs = [&m, &bidirectional]
+        .into_iter()
+        .flat_map(|model| ["300", "1024"].map(|chunk| (model, chunk)));
+    for (i, (model, chunk)) in runs.enumerate() {
+        let (sbed, stsv, ctsv) = (
+            t.path().join(format!("s{i}.bed")),
+            t.path().join(format!("s{i}.tsv")),
+            t.path().join(format!("c{i}.tsv")),
+        );
+        ok(&[
+            "annotate",
+            "-m",
+            s(model),
+            s(&fa),
+            "--regions-bed",
+            s(&regions),
+            "--bed-strand",
+            "--bed",
+            s(&sbed),
+            "--tsv",
+            s(&stsv),
+            "--threshold",
+            "0.3",
+            "--chunk-size",
+            chunk,
+        ]);
+        ok(&[
+            "annotate",
+            "-m",
+            s(model),
+            s(&cut),
+            "--tsv",
+            s(&ctsv),
+            "--chunk-size",
+            chunk,
+        ]);
+        let (ours, theirs) = (tsv_values(&stsv), tsv_values(&ctsv));
+        assert_eq!(ours[0][..4], ["chrom", "position", "strand", "label"]);
+        assert_eq!(ours[0][3..], theirs[0][2..]);
+        let (mut at, mut cut_at) = (1, 1);
+        for &(chrom, a, b, strand) in &intervals {
+            let len = (b - a) as usize;
+            let mine = &ours[at..at + len];
+            let mut cut_rows: Vec<&Vec<String>> = theirs[cut_at..cut_at + len].iter().collect();
+            let id = format!("{chrom}:{a}-{b}({strand})");
+            assert!(cut_rows.iter().all(|r| r[0] == id), "{id}");
+            if strand == '-' {
+                cut_rows.reverse();
+            }
+            for (k, (row, cut_row)) in mine.iter().zip(cut_rows).enumerate() {
+                assert_eq!(row[0], chrom);
+                assert_eq!(row[1], (a + 1 + k as u64).to_string());
+                assert_eq!(row[2], strand.to_string());
+                assert_eq!(
+                    row[3..],
+                    cut_row[2..],
+                    "{model:?} {chunk} {chrom}:{}",
+                    row[1]
+                );
+            }
+            at += len;
+            cut_at += len;
+        }
+        assert_eq!((at, cut_at), (ours.len(), theirs.len()));
+        // BED rows lie in their interval, carry its strand, and keep chromosome order.
+        let bed_rows = tsv_values(&sbed);
+        assert!(
+            bed_rows.iter().any(|r| r[5] == "-"),
+            "{model:?}: no minus rows"
+        );
+        let mut prev: Option<(String, u64)> = None;
+        for r in &bed_rows {
+            let (start, end): (u64, u64) = (r[1].parse().unwrap(), r[2].parse().unwrap());
+            let &(_, _, _, strand) = intervals
+                .iter()
+                .find(|(c, a, b, _)| r[0] == *c && *a <= start && end <= *b)
+                .unwrap_or_else(|| panic!("{r:?} outside every interval"));
+            assert_eq!(r[5], strand.to_string(), "{r:?}");
+            if let Some((c, p)) = &prev
+                && *c == r[0]
+            {
+                assert!(*p <= start, "{r:?} out of order");
+            }
+            prev = Some((r[0].clone(), start));
+        }
+    }
+}
+
+#[test]
+fn annotate_rows_keep_their_record_when_records_run_in_batches() {
+    // Records that fit in a chunk run several to a batch: every record of the batch begins
+    // before the first one's rows arrive. Every output must still give each record's rows
+    // under its own chromosome, in order, as one record at a time would (--batch-size 1).
+    let t = tempfile::tempdir().unwrap();
+    let m = init(
+        t.path(),
+        "m",
+        &["--head", "position", "--labels", "background,coding"],
+    );
+    let fa = shared().join("genomes/yeast_chrI_II.fa");
+    let regions = [
+        ("chrI", 1000u64, 1400u64),
+        ("chrII", 2000, 2500),
+        ("chrI", 5000, 5300),
+        ("chrII", 7000, 7700),
+    ];
+    let mut outputs = Vec::new();
+    for batch in ["32", "1"] {
+        let out = |ext: &str| t.path().join(format!("b{batch}.{ext}"));
+        let mut args = vec!["annotate", "-m", s(&m), s(&fa)];
+        let given: Vec<String> = regions
+            .iter()
+            .map(|(c, a, b)| format!("{c}:{}-{b}", a + 1))
+            .collect();
+        for r in &given {
+            args.extend_from_slice(&["--region", r]);
+        }
+        let (bed, bg, tsv) = (out("bed"), out("bg"), out("tsv"));
+        args.extend_from_slice(&[
+            "--bed",
+            s(&bed),
+            "--bedgraph",
+            s(&bg),
+            "--tsv",
+            s(&tsv),
+            "--threshold",
+            "0.3",
+            "--chunk-size",
+            "1024",
+            "--batch-size",
+            batch,
+        ]);
+        ok(&args);
+        outputs.push((tsv_values(&bed), tsv_values(&bg), tsv_values(&tsv)));
+    }
+    let in_region = |row: &[String], k: usize| {
+        let (c, a, b) = regions[k];
+        let (start, end): (u64, u64) = (row[1].parse().unwrap(), row[2].parse().unwrap());
+        row[0] == c && a <= start && start < end && end <= b
+    };
+    for (bed, bg, tsv) in &outputs {
+        // TSV: every position of every region, in order, under its chromosome.
+        let want: Vec<(String, String)> = regions
+            .iter()
+            .flat_map(|&(c, a, b)| (a + 1..=b).map(move |p| (c.to_string(), p.to_string())))
+            .collect();
+        let got: Vec<(String, String)> = tsv[1..]
+            .iter()
+            .map(|r| (r[0].clone(), r[1].clone()))
+            .collect();
+        assert_eq!(got, want);
+        // bedGraph: the regions covered exactly, one after the other.
+        let mut k = 0;
+        let mut covered = vec![0u64; regions.len()];
+        for row in bg {
+            while !in_region(row, k) {
+                k += 1;
+                assert!(k < regions.len(), "bedGraph row {row:?} outside its region");
+            }
+            covered[k] += row[2].parse::<u64>().unwrap() - row[1].parse::<u64>().unwrap();
+        }
+        let sizes: Vec<u64> = regions.iter().map(|(_, a, b)| b - a).collect();
+        assert_eq!(covered, sizes);
+        // BED: rows in their regions, in region order.
+        let mut k = 0;
+        for row in bed {
+            while !in_region(row, k) {
+                k += 1;
+                assert!(k < regions.len(), "BED row {row:?} outside its region");
+            }
+        }
+        assert!(!bed.is_empty());
+    }
+    // The same values either way (batches pad records, within float tolerance).
+    let (batched, single) = (&outputs[0].2, &outputs[1].2);
+    for (x, y) in batched[1..].iter().zip(&single[1..]) {
+        for (a, b) in x[3..].iter().zip(&y[3..]) {
+            let (a, b): (f32, f32) = (a.parse().unwrap(), b.parse().unwrap());
+            assert!((a - b).abs() <= 2e-4, "{x:?} vs {y:?}");
+        }
+    }
 }
 
 #[test]

@@ -46,12 +46,6 @@ pub fn run(a: AnnotateArgs) -> Result<()> {
             "give at least one of --bed FILE, --bedgraph FILE, --tsv FILE",
         ));
     }
-    if a.input.bed_strand {
-        return Err(Error::usage(
-            "annotate reads the forward strand: its BED, bedGraph and TSV rows are chromosome coordinates",
-            "drop --bed-strand",
-        ));
-    }
     if !(0.0..=1.0).contains(&a.threshold) {
         return Err(Error::usage(
             format!("--threshold {} is not a probability", a.threshold),
@@ -95,11 +89,17 @@ pub fn run(a: AnnotateArgs) -> Result<()> {
         })?,
         None => usize::from(n > 1),
     };
+    // With --bed-strand, rows say which strand the model read (BED column 6, a TSV column).
+    let stranded = a.input.bed_strand;
     let bed = a.bed.as_deref().map(Output::create).transpose()?;
     let bg = a.bedgraph.as_deref().map(Output::create).transpose()?;
     let mut tsv = a.tsv.as_deref().map(Output::create).transpose()?;
     if let Some(t) = &mut tsv {
-        let mut h = String::from("chrom\tposition\tlabel");
+        let mut h = String::from(if stranded {
+            "chrom\tposition\tstrand\tlabel"
+        } else {
+            "chrom\tposition\tlabel"
+        });
         for l in &labels {
             h.push_str(&format!("\tp_{l}"));
         }
@@ -123,6 +123,8 @@ pub fn run(a: AnnotateArgs) -> Result<()> {
         probs: vec![0.0; n],
         line: String::new(),
         rc,
+        stranded,
+        streaming: false,
         logits: strands == Strands::AverageStates,
         orf: model.config.head.as_ref().is_some_and(|h| h.orf_features),
     };
@@ -147,13 +149,45 @@ struct AnnotateSink {
     line: String,
     /// Combine both strands (heads with `rc_average` or `bidirectional`).
     rc: bool,
+    /// Rows name the strand read (`--bed-strand`).
+    stranded: bool,
+    /// A record is writing its rows as they arrive (see [`Record`]).
+    streaming: bool,
     /// Buffer logits and average them (bidirectional heads), not probabilities.
     logits: bool,
     /// The head reads ORF features (bidirectional heads only).
     orf: bool,
 }
 
+/// A record's state while it runs.
+///
+/// Records run in batches, several at a time, with rows arriving chunk by chunk for each
+/// record of the batch in turn; the BED and bedGraph writers follow one chromosome at a time.
+/// So one record at a time (the first of a batch, or a long record) writes its rows as they
+/// arrive, and the others hold theirs until they end, when the records end in order.
+struct Record {
+    /// This record writes its rows as they arrive (forward strand, one strand only).
+    direct: bool,
+    /// The rows held until the record ends, `n_labels` per position in the order read:
+    /// probabilities (or logits, for bidirectional heads).
+    held: Vec<f32>,
+}
+
 impl AnnotateSink {
+    /// Points the BED and bedGraph writers at a record's chromosome and strand.
+    fn start_record(&mut self, meta: &RecordMeta) -> Result<()> {
+        if let Some((o, seg)) = &mut self.bed {
+            seg.start_chrom(o, &meta.chrom)?;
+            if self.stranded {
+                seg.set_strand(strand_of(meta));
+            }
+        }
+        if let Some((o, g)) = &mut self.bg {
+            g.start_chrom(o, &meta.chrom)?;
+        }
+        Ok(())
+    }
+
     /// Writes the prediction `p` of chromosome position `pos` to every output.
     fn emit(&mut self, meta: &RecordMeta, pos: u64, p: &[f32]) -> Result<()> {
         use std::fmt::Write;
@@ -165,13 +199,11 @@ impl AnnotateSink {
         }
         if let Some(o) = &mut self.tsv {
             self.line.clear();
-            let _ = write!(
-                self.line,
-                "{}\t{}\t{}",
-                meta.chrom,
-                pos + 1,
-                self.labels[argmax(p)]
-            );
+            let _ = write!(self.line, "{}\t{}", meta.chrom, pos + 1);
+            if self.stranded {
+                let _ = write!(self.line, "\t{}", strand_of(meta));
+            }
+            let _ = write!(self.line, "\t{}", self.labels[argmax(p)]);
             for v in p {
                 let _ = write!(self.line, "\t{v:.4}");
             }
@@ -183,24 +215,27 @@ impl AnnotateSink {
 }
 
 impl RecordSink for AnnotateSink {
-    /// With both strands: the forward strand's probabilities (or logits, for bidirectional
-    /// heads) of the whole record, `n_labels` per position, averaged with the reverse strand's
-    /// before they are written.
-    type Acc = Vec<f32>;
+    /// Rows are held (see [`Record`]) by records that wait for another to end, by records
+    /// whose strands are combined (the forward strand's rows averaged with the reverse
+    /// strand's), and by regions read on the minus strand (written from their last position
+    /// back, so that rows stay in chromosome order).
+    type Acc = Record;
 
-    fn begin(&mut self, meta: &RecordMeta) -> Result<Vec<f32>> {
-        if let Some((o, seg)) = &mut self.bed {
-            seg.start_chrom(o, &meta.chrom)?;
+    fn begin(&mut self, meta: &RecordMeta) -> Result<Record> {
+        let direct = !self.streaming;
+        if direct {
+            self.streaming = true;
+            self.start_record(meta)?;
         }
-        if let Some((o, g)) = &mut self.bg {
-            g.start_chrom(o, &meta.chrom)?;
-        }
-        Ok(Vec::new())
+        Ok(Record {
+            direct,
+            held: Vec::new(),
+        })
     }
 
     fn rows(
         &mut self,
-        acc: &mut Vec<f32>,
+        acc: &mut Record,
         meta: &RecordMeta,
         start: usize,
         rows: &[f32],
@@ -209,8 +244,8 @@ impl RecordSink for AnnotateSink {
         let mut probs = std::mem::take(&mut self.probs);
         for (t, h) in rows.chunks_exact(d).enumerate() {
             self.head.values(h, &mut probs, self.logits);
-            if self.rc {
-                acc.extend_from_slice(&probs);
+            if self.rc || meta.minus_strand || !acc.direct {
+                acc.held.extend_from_slice(&probs);
             } else {
                 // BED coordinates are those of the chromosome (a region's offset added).
                 self.emit(meta, meta.offset + (start + t) as u64, &probs)?;
@@ -222,7 +257,7 @@ impl RecordSink for AnnotateSink {
 
     fn rows_rc(
         &mut self,
-        acc: &mut Vec<f32>,
+        acc: &mut Record,
         _: &RecordMeta,
         start: usize,
         rows: &[f32],
@@ -230,6 +265,7 @@ impl RecordSink for AnnotateSink {
     ) -> Result<()> {
         // Position j of the reverse complement is position len - 1 - j of the record.
         let n = self.labels.len();
+        let acc = &mut acc.held;
         let len = acc.len() / n;
         let mut probs = std::mem::take(&mut self.probs);
         for (t, h) in rows.chunks_exact(d).enumerate() {
@@ -243,7 +279,7 @@ impl RecordSink for AnnotateSink {
         Ok(())
     }
 
-    fn whole_record(&mut self, acc: &mut Vec<f32>, tokens: &[u8]) -> Result<()> {
+    fn whole_record(&mut self, acc: &mut Record, tokens: &[u8]) -> Result<()> {
         // Heads that read ORF features get them from the whole record, once both strands'
         // logits are in (the head is affine: its feature part adds to the averaged logits).
         if !self.orf {
@@ -253,7 +289,7 @@ impl RecordSink for AnnotateSink {
         let n = self.labels.len();
         let head = &self.head;
         orf_feature_blocks(tokens, 1 << 16, &mut |start, f| {
-            let rows = &mut acc[start * n..(start + f.len() / ORF_FEATURES) * n];
+            let rows = &mut acc.held[start * n..(start + f.len() / ORF_FEATURES) * n];
             for (row, x) in rows.chunks_exact_mut(n).zip(f.chunks_exact(ORF_FEATURES)) {
                 head.add_extra(x, row);
             }
@@ -261,13 +297,27 @@ impl RecordSink for AnnotateSink {
         Ok(())
     }
 
-    fn end(&mut self, mut acc: Vec<f32>, meta: &RecordMeta, _: usize) -> Result<()> {
+    fn end(&mut self, acc: Record, meta: &RecordMeta, _: usize) -> Result<()> {
         let n = self.labels.len();
-        for (t, p) in acc.chunks_exact_mut(n).enumerate() {
-            if self.logits {
-                softmax_in_place(p);
+        if acc.direct {
+            self.streaming = false;
+        } else {
+            self.start_record(meta)?;
+        }
+        let mut acc = acc.held;
+        if self.logits {
+            acc.chunks_exact_mut(n).for_each(softmax_in_place);
+        }
+        if meta.minus_strand {
+            // Position i of the minus strand is the region's base len - 1 - i: read backwards,
+            // the rows come in chromosome order.
+            for (t, p) in acc.chunks_exact(n).rev().enumerate() {
+                self.emit(meta, meta.offset + t as u64, p)?;
             }
-            self.emit(meta, meta.offset + t as u64, p)?;
+        } else {
+            for (t, p) in acc.chunks_exact(n).enumerate() {
+                self.emit(meta, meta.offset + t as u64, p)?;
+            }
         }
         if let Some((o, seg)) = &mut self.bed {
             seg.finish(o)?;
@@ -277,4 +327,9 @@ impl RecordSink for AnnotateSink {
         }
         Ok(())
     }
+}
+
+/// The strand a record was read on, as BED writes it.
+fn strand_of(meta: &RecordMeta) -> char {
+    if meta.minus_strand { '-' } else { '+' }
 }

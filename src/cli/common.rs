@@ -45,8 +45,9 @@ pub struct InputArgs {
     pub bed_names: bool,
     /// Read each `--regions-bed` interval on its strand (column 6), as `bedtools getfasta -s`
     /// does: a `-` interval is read as its reverse complement, with id
-    /// `chrom:start+1-end(-)`; `+`, `.` or no column 6 read the forward strand. Not for
-    /// annotate, whose outputs are forward-strand chromosome coordinates.
+    /// `chrom:start+1-end(-)`; `+`, `.` or no column 6 read the forward strand. annotate
+    /// keeps chromosome coordinates and writes the strand read (BED column 6, a TSV column);
+    /// it holds a `-` interval's per-base outputs until the interval ends.
     #[arg(long = "bed-strand")]
     pub bed_strand: bool,
     /// Compute device: `cpu` or `cuda[:N]`.

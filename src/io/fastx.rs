@@ -52,6 +52,9 @@ pub struct RecordMeta {
     pub source: String,
     /// As [`Record::number`].
     pub number: usize,
+    /// The record is a region's reverse complement (its minus strand): its position `i` is
+    /// the chromosome's base `offset + length - 1 - i`. False for whole records.
+    pub minus_strand: bool,
 }
 
 /// A consecutive run of one record's tokens. A record arrives as one or more pieces in
@@ -85,6 +88,7 @@ impl Record {
             offset: self.offset,
             source: self.source.clone(),
             number: self.number,
+            minus_strand: false,
         }
     }
 
@@ -587,6 +591,7 @@ fn read_fasta(
             offset: 0,
             source: path.clone(),
             number,
+            minus_strand: false,
         });
         let name = label(&id, number);
         let cap = piece_len.min(1 << 20);

@@ -556,6 +556,7 @@ impl IndexedFasta {
             offset: region.start,
             source: self.path.clone(),
             number,
+            minus_strand: reverse,
         });
         let IndexedFasta {
             ref path,

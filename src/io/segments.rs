@@ -27,9 +27,11 @@ struct Open {
 }
 
 /// Merges consecutive positions whose class probability passes a threshold into BED6 rows
-/// (`chrom start end label score .`); score is the mean probability x 1000, rounded.
+/// (`chrom start end label score strand`, strand `.` unless [`BedSegmenter::set_strand`] says
+/// otherwise); score is the mean probability x 1000, rounded.
 pub struct BedSegmenter {
     labels: Vec<String>,
+    strand: char,
     emit: Vec<bool>,
     threshold: f32,
     chrom: String,
@@ -43,6 +45,7 @@ impl BedSegmenter {
         let n = labels.len();
         BedSegmenter {
             labels,
+            strand: '.',
             emit,
             threshold,
             chrom: String::new(),
@@ -56,6 +59,12 @@ impl BedSegmenter {
         self.finish(out)?;
         self.chrom = chrom.to_string();
         Ok(())
+    }
+
+    /// The strand column of the rows written from now on (`+`, `-` or `.`): call it after
+    /// [`BedSegmenter::start_chrom`], which writes what is pending.
+    pub fn set_strand(&mut self, strand: char) {
+        self.strand = strand;
     }
 
     /// Feeds one position's probabilities (`probs.len()` = number of labels).
@@ -103,8 +112,8 @@ impl BedSegmenter {
 
     fn write_row(&self, out: &mut Output, r: &Row) -> Result<()> {
         let line = format!(
-            "{}\t{}\t{}\t{}\t{}\t.\n",
-            self.chrom, r.start, r.end, self.labels[r.label], r.score
+            "{}\t{}\t{}\t{}\t{}\t{}\n",
+            self.chrom, r.start, r.end, self.labels[r.label], r.score, self.strand
         );
         out.write_all(line.as_bytes())
     }
@@ -214,6 +223,28 @@ mod tests {
         assert_eq!(
             bed,
             "c\t101\t103\ta\t700\t.\nc\t102\t104\tb\t700\t.\nc\t105\t106\ta\t1000\t.\n"
+        );
+    }
+
+    #[test]
+    fn strand_column_follows_set_strand() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("o.bed");
+        let mut out = Output::create(p.to_str().unwrap()).unwrap();
+        let labels = vec!["bg".to_string(), "a".into()];
+        let mut s = BedSegmenter::new(labels, vec![false, true], 0.5);
+        s.start_chrom(&mut out, "c").unwrap();
+        s.push(&mut out, 5, &[0.1, 0.9]).unwrap();
+        s.push(&mut out, 6, &[0.3, 0.7]).unwrap();
+        // Pending rows are written by start_chrom, before the strand changes.
+        s.start_chrom(&mut out, "c").unwrap();
+        s.set_strand('-');
+        s.push(&mut out, 9, &[0.0, 1.0]).unwrap();
+        s.finish(&mut out).unwrap();
+        out.commit().unwrap();
+        assert_eq!(
+            std::fs::read_to_string(p).unwrap(),
+            "c\t5\t7\ta\t800\t.\nc\t9\t10\ta\t1000\t-\n"
         );
     }
 
