@@ -6,7 +6,7 @@ use clap::Parser;
 
 fn main() {
     cli::mark("start");
-    let cli = cli::Cli::parse();
+    let cli = cli::Cli::try_parse().unwrap_or_else(|e| usage_error(e));
     #[cfg(feature = "cuda")]
     genomamba::device::enable_kernel_cache();
     quiet_out_of_memory_panics();
@@ -28,6 +28,46 @@ fn main() {
             None => std::panic::resume_unwind(payload),
         },
     }
+}
+
+/// Reports a command line that clap cannot parse in one line on stderr (what is wrong, then
+/// where to read about the options), exit code 2. Help and version requests print as clap
+/// prints them.
+fn usage_error(e: clap::Error) -> ! {
+    use clap::CommandFactory;
+    use clap::error::ErrorKind;
+    if matches!(
+        e.kind(),
+        ErrorKind::DisplayHelp
+            | ErrorKind::DisplayVersion
+            | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+    ) {
+        e.exit();
+    }
+    // clap's text: `error: WHAT` over one or more lines, tips, a blank line, the usage and a
+    // pointer to --help.
+    let text = e.render().to_string();
+    let what = text.split("\n\nUsage:").next().unwrap_or(&text);
+    let what = what
+        .split("\n\nFor more information")
+        .next()
+        .unwrap_or(what);
+    let mut line = String::new();
+    for l in what.lines().map(str::trim).filter(|l| !l.is_empty()) {
+        if !line.is_empty() {
+            line.push_str(if l.starts_with("tip:") { "; " } else { " " });
+        }
+        line.push_str(l);
+    }
+    let what = line.strip_prefix("error: ").unwrap_or(&line);
+    let command = cli::Cli::command();
+    let sub = std::env::args()
+        .nth(1)
+        .filter(|a| command.get_subcommands().any(|s| s.get_name() == a))
+        .map(|a| format!(" {a}"))
+        .unwrap_or_default();
+    eprintln!("genomamba: error: {what}; see `genomamba{sub} --help`");
+    std::process::exit(2);
 }
 
 /// The first panic, on any thread, that was the GPU running out of memory

@@ -906,6 +906,93 @@ fn bad_input_exits_2_with_one_line_and_leaves_no_output() {
         let o = run(&["embed", "-m", s(&m), s(&hash), "-o", s(&out), flag, value]);
         assert_bad(&o, needle);
     }
+    // What clap cannot parse is one line too, pointing at the command's help; numbers that
+    // parse but cannot be used are refused with a limit.
+    let unparsed: [(&[&str], &str); 6] = [
+        (&["embed", "-m", s(&m), s(&hash)], "--output"),
+        (&["embed", "--bogus"], "'--bogus'"),
+        (
+            &[
+                "embed",
+                "-m",
+                s(&m),
+                s(&hash),
+                "-o",
+                s(&out),
+                "--threads",
+                "x",
+            ],
+            "'x'",
+        ),
+        (&["embedd"], "'embedd'"),
+        (
+            &[
+                "embed",
+                "-m",
+                s(&m),
+                s(&hash),
+                "-o",
+                s(&out),
+                "--threads",
+                "5000",
+            ],
+            "--threads 5000 is more than 1024",
+        ),
+        (
+            &["embed", "-m", s(&m), s(&hash), "-o", ""],
+            "an output path is empty",
+        ),
+    ];
+    for (args, needle) in unparsed {
+        let o = run(args);
+        assert_bad(&o, needle);
+        if args[0] == "embed" && !needle.starts_with("--threads") && !needle.starts_with("an ") {
+            assert_bad(&o, "see `genomamba embed --help`");
+        }
+    }
+    // Outputs that cannot be: per-position arrays to stdout, a file where none can be made,
+    // a record id too long for a file name (said with its record, not with the temporary
+    // file's path).
+    assert_bad(
+        &run(&["embed", "-m", s(&m), s(&hash), "--pool", "none", "-o", "-"]),
+        "stdout (-o -) cannot be",
+    );
+    assert_bad(
+        &run(&["embed", "-m", s(&m), s(&hash), "-o", "/proc/x.tsv"]),
+        "cannot write /proc/x.tsv",
+    );
+    let long_id = t.path().join("long_id.fa");
+    std::fs::write(&long_id, format!(">{}\nACGT\n", "A".repeat(300))).unwrap();
+    let o = run(&[
+        "embed",
+        "-m",
+        s(&m),
+        s(&long_id),
+        "--pool",
+        "none",
+        "-o",
+        s(&t.path().join("long_arrays")),
+    ]);
+    assert_bad(&o, "the record id is too long for a file name (300 bytes");
+    assert!(!o.stderr.contains("at path"), "{}", o.stderr);
+    assert!(!t.path().join("long_arrays").exists());
+    // A FASTQ indexed by samtools has no bases by region: said so, not "invalid index".
+    let indexed_fq = t.path().join("indexed.fq");
+    std::fs::write(&indexed_fq, "@r1\nACGT\n+\nIIII\n").unwrap();
+    std::fs::write(t.path().join("indexed.fq.fai"), "r1\t4\t4\t4\t5\t11\n").unwrap();
+    assert_bad(
+        &run(&[
+            "embed",
+            "-m",
+            s(&m),
+            s(&indexed_fq),
+            "--region",
+            "r1:1-2",
+            "-o",
+            s(&out),
+        ]),
+        "is a FASTQ file",
+    );
     let o = run(&[
         "embed",
         "-m",
@@ -1019,6 +1106,24 @@ fn bad_input_exits_2_with_one_line_and_leaves_no_output() {
         s(&twice),
     ]);
     assert_bad(&o, "--bed and --tsv both write");
+    assert!(!twice.exists());
+    // annotate: decimals past what an f32 holds; a record with no name has no chromosome
+    // for its rows (refused, naming its number; nothing written).
+    let o = run(&[
+        "annotate",
+        "-m",
+        s(&pos),
+        s(&input),
+        "--bedgraph",
+        s(&twice),
+        "--digits",
+        "65536",
+    ]);
+    assert_bad(&o, "--digits 65536");
+    let nameless = t.path().join("nameless.fa");
+    std::fs::write(&nameless, ">\nACGT\n").unwrap();
+    let o = run(&["annotate", "-m", s(&pos), s(&nameless), "--bed", s(&twice)]);
+    assert_bad(&o, "(record #1)");
     assert!(!twice.exists());
     let o = run(&["embed", "-m", s(&m), "-", "-", "-o", s(&out)]);
     assert_bad(&o, "stdin (-) is given more than once");

@@ -13,6 +13,9 @@ use genomamba::{Error, Result};
 use super::classify::argmax;
 use super::common::{InputArgs, RecordSink, report_skipped};
 
+/// The most decimals `--digits` gives (an f32 holds about 7 significant digits).
+const MAX_DIGITS: usize = 9;
+
 /// Arguments of `annotate`.
 #[derive(Debug, Args)]
 pub struct AnnotateArgs {
@@ -29,7 +32,7 @@ pub struct AnnotateArgs {
     #[arg(long)]
     pub tsv: Option<String>,
     /// Probability a position needs to join a BED segment.
-    #[arg(long, default_value_t = 0.5)]
+    #[arg(long, allow_negative_numbers = true, default_value_t = 0.5)]
     pub threshold: f32,
     /// Class whose probability goes to the bedGraph (default: the second class, or the only one).
     #[arg(long)]
@@ -44,6 +47,15 @@ pub fn run(a: AnnotateArgs) -> Result<()> {
         return Err(Error::usage(
             "annotate has no output",
             "give at least one of --bed FILE, --bedgraph FILE, --tsv FILE",
+        ));
+    }
+    if a.digits > MAX_DIGITS {
+        return Err(Error::usage(
+            format!(
+                "--digits {} is more than an f32 probability holds",
+                a.digits
+            ),
+            format!("use at most {MAX_DIGITS}"),
         ));
     }
     if !(0.0..=1.0).contains(&a.threshold) {
@@ -176,6 +188,14 @@ struct Record {
 impl AnnotateSink {
     /// Points the BED and bedGraph writers at a record's chromosome and strand.
     fn start_record(&mut self, meta: &RecordMeta) -> Result<()> {
+        if meta.chrom.is_empty() {
+            return Err(Error::input(
+                &meta.source,
+                "the record has no name (its header is empty), and annotate's rows need one for their chromosome column",
+                "name the record after its '>' or '@'",
+            )
+            .in_record(format!("#{}", meta.number)));
+        }
         if let Some((o, seg)) = &mut self.bed {
             seg.start_chrom(o, &meta.chrom)?;
             if self.stranded {

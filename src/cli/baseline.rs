@@ -19,7 +19,7 @@ pub struct BaselineArgs {
     #[command(flatten)]
     pub data: SeqDataArgs,
     /// Fraction held out (stratified, seeded) when no validation files are given.
-    #[arg(long, default_value_t = 0.1)]
+    #[arg(long, allow_negative_numbers = true, default_value_t = 0.1)]
     pub val_fraction: f64,
     /// Seed of the split (use the one given to `train`).
     #[arg(long, default_value_t = 0)]

@@ -734,7 +734,6 @@ pub struct SeqDataArgs {
     pub val_tsv: Option<String>,
 }
 
-/// Sizes rayon's global pool from `--threads` (all cores when absent).
 impl SeqDataArgs {
     /// The files the data is read from (the path after `NAME=` of each class).
     pub fn paths(&self) -> Vec<String> {
@@ -747,12 +746,25 @@ impl SeqDataArgs {
     }
 }
 
+/// The most threads `--threads` starts.
+const MAX_THREADS: usize = 1024;
+
+/// Sizes rayon's global pool from `--threads` (all cores when absent).
 pub fn set_threads(threads: Option<usize>) -> Result<()> {
     if let Some(n) = threads {
         if n == 0 {
             return Err(Error::usage(
                 "--threads must be at least 1",
                 "pass a positive number or leave it out",
+            ));
+        }
+        if n > MAX_THREADS {
+            let cores = std::thread::available_parallelism().map_or(1, |c| c.get());
+            return Err(Error::usage(
+                format!("--threads {n} is more than {MAX_THREADS}"),
+                format!(
+                    "use at most the number of cores (this machine has {cores}), or leave it out"
+                ),
             ));
         }
         // Ignored if the pool was already built (only in tests running several commands).

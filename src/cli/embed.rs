@@ -79,6 +79,9 @@ impl RecordSink for PooledSink {
     }
 }
 
+/// The longest `.npy` file name written (`.<name>.XXXXXX.tmp` is made first, within 255).
+const MAX_NPY_NAME: usize = 240;
+
 /// One `.npy` per record; the header is rewritten with the length once the record ends.
 struct NpySink {
     dir: PathBuf,
@@ -91,13 +94,31 @@ impl RecordSink for NpySink {
 
     fn begin(&mut self, meta: &RecordMeta) -> Result<Output> {
         let name = format!("{}.npy", safe_file_name(&meta.id));
+        let record = if meta.id.is_empty() {
+            format!("#{}", meta.number)
+        } else {
+            meta.id.clone()
+        };
         if !self.seen.insert(name.clone()) {
             return Err(Error::input(
                 &meta.source,
                 format!("two records map to the same output file {name}"),
                 "give records unique ids",
             )
-            .in_record(&meta.id));
+            .in_record(&record));
+        }
+        // Most file systems take names of up to 255 bytes; the temporary file adds 12.
+        if name.len() > MAX_NPY_NAME {
+            return Err(Error::input(
+                &meta.source,
+                format!(
+                    "the record id is too long for a file name ({} bytes, at most {} fit)",
+                    meta.id.len(),
+                    MAX_NPY_NAME - 4
+                ),
+                "shorten the ids (a --regions-bed interval's name is its id under --bed-names)",
+            )
+            .in_record(&record[..record.floor_char_boundary(60)]));
         }
         let mut o = Output::create(&self.dir.join(&name).to_string_lossy())?;
         o.write_all(&npy_header_fixed(&[0, self.d]))?;
@@ -148,6 +169,12 @@ pub fn run(a: EmbedArgs) -> Result<()> {
     } else {
         Some(a.pool.parse::<Pool>()?)
     };
+    if per_position && a.output == "-" {
+        return Err(Error::usage(
+            "--pool none writes one .npy file per record into a directory, which stdout (-o -) cannot be",
+            "give a directory with -o",
+        ));
+    }
     // The pooled table is a file; per-position arrays go into a directory.
     let file_outputs: &[(&str, &str)] = match pool {
         Some(_) => &[("-o", &a.output)],

@@ -57,7 +57,7 @@ pub struct TrainArgs {
     /// Position task: composition augmentation, the largest per-base rate at which A/T bases
     /// become G/C (or the reverse) in a training window, never creating or destroying a stop
     /// codon (0 = off).
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, allow_negative_numbers = true, default_value_t = 0.0)]
     pub gc_augment: f64,
     /// Sequence task: batch sequences of similar length together (each batch is padded to its
     /// longest sequence, so with lengths that vary widely this trains several times faster;
@@ -70,7 +70,7 @@ pub struct TrainArgs {
 
     /// Fraction held out for validation when no separate validation files are given
     /// (sequence task: stratified random; position task: the last stretch of every record).
-    #[arg(long, default_value_t = 0.1)]
+    #[arg(long, allow_negative_numbers = true, default_value_t = 0.1)]
     pub val_fraction: f64,
 
     /// Start from this model (genomamba or Hugging Face Mamba checkpoint) instead of a new one.
@@ -90,19 +90,19 @@ pub struct TrainArgs {
     #[arg(long, default_value_t = 32)]
     pub batch_size: usize,
     /// Peak learning rate (AdamW).
-    #[arg(long, default_value_t = 2e-3)]
+    #[arg(long, allow_negative_numbers = true, default_value_t = 2e-3)]
     pub lr: f64,
     /// Final learning rate of the cosine decay, as a fraction of --lr.
-    #[arg(long, default_value_t = 0.05)]
+    #[arg(long, allow_negative_numbers = true, default_value_t = 0.05)]
     pub min_lr_ratio: f64,
     /// Steps of linear warm-up.
     #[arg(long, default_value_t = 100)]
     pub warmup_steps: usize,
     /// AdamW weight decay (never on A_log, D, norms, biases).
-    #[arg(long, default_value_t = 0.05)]
+    #[arg(long, allow_negative_numbers = true, default_value_t = 0.05)]
     pub weight_decay: f64,
     /// Clip the global gradient norm to this (0 = off).
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, allow_negative_numbers = true, default_value_t = 1.0)]
     pub clip_norm: f64,
     /// Stop after this many epochs without a better validation score (0 = never).
     #[arg(long, default_value_t = 0)]

@@ -242,6 +242,12 @@ pub struct Output {
 impl Output {
     /// Opens an output for `dest` (`-` for stdout).
     pub fn create(dest: &str) -> Result<Self> {
+        if dest.is_empty() {
+            return Err(Error::usage(
+                "an output path is empty",
+                "give the file to write (or - for stdout)",
+            ));
+        }
         if dest == "-" {
             return Ok(Output {
                 inner: BufWriter::with_capacity(1 << 16, Box::new(std::io::stdout())),
@@ -280,7 +286,7 @@ impl Output {
                 .prefix(&format!(".{name}."))
                 .suffix(".tmp")
                 .tempfile_in(&dir)
-                .map_err(|e| Error::io(dest, e))?;
+                .map_err(|e| cannot_write(dest, &dir, e))?;
             let path = tmp.path().to_path_buf();
             Ok((tmp, path))
         })?;
@@ -421,6 +427,19 @@ pub fn safe_file_name(id: &str) -> String {
     } else {
         s
     }
+}
+
+/// The error for an output whose file cannot be made: what the system said, for the path the
+/// user gave (not the temporary file's), and what to do.
+fn cannot_write(dest: &str, dir: &Path, e: std::io::Error) -> Error {
+    let why = std::io::Error::from(e.kind());
+    Error::usage(
+        format!(
+            "cannot write {dest}: {why} (making a file in {})",
+            dir.display()
+        ),
+        "choose a location you can write to",
+    )
 }
 
 #[cfg(test)]

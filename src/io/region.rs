@@ -388,8 +388,23 @@ impl IndexedFasta {
                 format!("run `samtools faidx {path}`"),
             ));
         }
-        let index = fasta::fai::fs::read(&fai_path)
-            .map_err(|e| Error::input(&fai_path, format!("invalid FASTA index: {e}"), &reindex))?;
+        let index = fasta::fai::fs::read(&fai_path).map_err(|e| {
+            // `samtools faidx` indexes FASTQ too, with two more columns (quality offsets).
+            let fastq = std::fs::read_to_string(&fai_path).is_ok_and(|text| {
+                text.lines()
+                    .next()
+                    .is_some_and(|l| l.split('\t').count() == 6)
+            });
+            if fastq {
+                Error::input(
+                    path,
+                    format!("is a FASTQ file (its index {fai_path} has FASTQ's 6 columns); --region {region} reads FASTA only"),
+                    format!("convert it with `samtools fasta {path} > reads.fa` and index that with `samtools faidx reads.fa`"),
+                )
+            } else {
+                Error::input(&fai_path, format!("invalid FASTA index: {e}"), &reindex)
+            }
+        })?;
         let inner: Box<dyn SeekBufRead> = match layout {
             Layout::Plain => Box::new(BufReader::new(file)),
             Layout::Bgzf => {
