@@ -386,6 +386,41 @@ fn an_interrupted_run_keeps_its_last_epoch_and_says_how_to_resume() {
     )
     .unwrap();
     assert_eq!(state["epochs_done"].as_u64(), Some(done as u64 + 1));
+
+    // --force over this run: one that fails before its first epoch ends (it diverges) leaves
+    // the previous model, log and checkpoint as they were; one that finishes replaces them.
+    let files = [
+        "model.safetensors",
+        "config.json",
+        "metrics.jsonl",
+        "checkpoint/trainer.json",
+    ];
+    let before: Vec<Vec<u8>> = files
+        .iter()
+        .map(|f| std::fs::read(out.join(f)).unwrap())
+        .collect();
+    // One epoch instead of 100,000.
+    let one_epoch: Vec<&str> = args
+        .iter()
+        .map(|a| if *a == "100000" { "1" } else { *a })
+        .collect();
+    let mut diverging = one_epoch.clone();
+    diverging.extend(["--force", "--lr", "1e30", "--warmup-steps", "0"]);
+    let o = run(&diverging);
+    assert_eq!(o.code, 1, "{}", o.stderr);
+    assert!(o.stderr.contains("diverged"), "{}", o.stderr);
+    for (f, b) in files.iter().zip(&before) {
+        assert_eq!(&std::fs::read(out.join(f)).unwrap(), b, "{f} changed");
+    }
+    let mut replacing = one_epoch.clone();
+    replacing.push("--force");
+    ok(&replacing);
+    let log = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap();
+    assert_eq!(log.lines().count(), 1, "{log}");
+    assert_ne!(
+        std::fs::read(out.join("model.safetensors")).unwrap(),
+        before[0]
+    );
 }
 
 /// A reference with a repeated "gene" pattern labeled in a BED; a position model learns it.

@@ -415,12 +415,9 @@ pub fn run(a: TrainArgs) -> Result<()> {
         "device": a.device,
         "threads": rayon::current_num_threads(),
     });
-    if a.force && !a.resume && a.output.is_dir() {
-        for name in ["config.json", "model.safetensors", "metrics.jsonl"] {
-            let _ = std::fs::remove_file(a.output.join(name));
-        }
-        let _ = std::fs::remove_dir_all(genomamba::train::trainer::checkpoint_dir(&a.output));
-    }
+    // With --force, the previous run's model, log and checkpoint stay in place until this
+    // run's first epoch replaces them (each swapped in whole), so a run that fails or is
+    // interrupted before then leaves the previous model as it was.
     let spec = RunSpec {
         out: &a.output,
         resume: a.resume,
@@ -437,11 +434,15 @@ pub fn run(a: TrainArgs) -> Result<()> {
         .unwrap_or(HeadKind::Sequence);
     let metric = monitored_metric(kind, labels.len());
 
-    // An interruption says how to continue once a checkpoint is in place (checkpoints are
-    // swapped in whole, and the question is asked with no swap under way).
+    // An interruption says how to continue once this run has a checkpoint in place
+    // (checkpoints are swapped in whole, and the question is asked with no swap under way);
+    // before that, one in the directory is the previous run's (kept under --force).
     let checkpoint = genomamba::train::trainer::checkpoint_dir(&a.output);
+    let saved = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(a.resume));
+    let saved_in_hint = saved.clone();
     super::set_interrupted_hint(Box::new(move || {
-        checkpoint.join("trainer.json").is_file().then(|| {
+        let ours = saved_in_hint.load(std::sync::atomic::Ordering::SeqCst);
+        (ours && checkpoint.join("trainer.json").is_file()).then(|| {
             format!(
                 "the last finished epoch is saved in {}: run the same command with --resume to continue",
                 checkpoint.display()
@@ -482,6 +483,8 @@ pub fn run(a: TrainArgs) -> Result<()> {
             }
         }
         Event::EpochEnd(log, best) => {
+            // The epoch's checkpoint is in place.
+            saved.store(true, std::sync::atomic::Ordering::SeqCst);
             if let Some(p) = pb.take() {
                 p.finish_and_clear();
             }

@@ -1436,10 +1436,9 @@ pub fn train(
     };
     let total_steps = steps_per_epoch * opts.epochs;
     let log_path = spec.out.join("metrics.jsonl");
-    if !spec.resume {
-        // A fresh run starts a fresh log.
-        let _ = std::fs::remove_file(&log_path);
-    }
+    // A fresh run starts a fresh log at its first epoch (a previous run's, in a directory
+    // given with --force, stays until then).
+    let mut fresh_log = !spec.resume;
 
     // Sequence task: the training sequences' lengths, which every epoch batches by.
     let train_lengths: Vec<usize> = match task {
@@ -1582,7 +1581,7 @@ pub fn train(
         // Made at the first write, so a run that fails before then leaves no empty directory.
         std::fs::create_dir_all(spec.out)
             .map_err(|e| Error::io(spec.out.display().to_string(), e))?;
-        append_line(&log_path, &log)?;
+        append_line(&log_path, &log, std::mem::take(&mut fresh_log))?;
 
         // Save: the best model into `out`, the resumable checkpoint into `out/checkpoint`.
         if improved {
@@ -1636,13 +1635,16 @@ fn provenance(
     p
 }
 
-fn append_line(path: &Path, log: &EpochLog) -> Result<()> {
+/// Appends `log` to the metrics log, or with `fresh` starts the log with it.
+fn append_line(path: &Path, log: &EpochLog, fresh: bool) -> Result<()> {
     use std::io::Write;
     let line = serde_json::to_string(log)
         .map_err(|e| Error::Runtime(format!("cannot serialise metrics: {e}")))?;
     let mut f = std::fs::OpenOptions::new()
         .create(true)
-        .append(true)
+        .append(!fresh)
+        .write(true)
+        .truncate(fresh)
         .open(path)
         .map_err(|e| Error::io(path.display().to_string(), e))?;
     writeln!(f, "{line}").map_err(|e| Error::io(path.display().to_string(), e))
