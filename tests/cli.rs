@@ -1080,6 +1080,18 @@ fn bad_input_exits_2_with_one_line_and_leaves_no_output() {
         "exists and is not a directory",
     );
     assert_eq!(std::fs::read_to_string(&a_file).unwrap(), "keep");
+    // Sizes that cannot make a model: refused before anything is allocated or written.
+    let huge = t.path().join("huge");
+    for (flags, needle) in [
+        (["--d-model", "0"], "d_model must be at least 1"),
+        (["--d-model", "100000000"], "250000046100000000 parameters"),
+        (["--n-layer", "100000000"], "parameters"),
+    ] {
+        let mut args = vec!["init", "-o", s(&huge)];
+        args.extend(flags);
+        assert_bad(&run(&args), needle);
+        assert!(!huge.exists());
+    }
     assert_eq!(std::fs::read_dir(&a_dir).unwrap().count(), 0);
     // An output that is an input (by another spelling too) would replace it when renamed
     // into place; two outputs naming one file would overwrite each other.

@@ -51,6 +51,10 @@ fn is_zero(v: &usize) -> bool {
 /// Largest supported [`MambaConfig::phase_period`].
 pub const MAX_PHASE_PERIOD: usize = 64;
 
+/// The most parameters a model may have: 2^34 (64 GiB of f32 weights), beyond any machine
+/// this runs on; larger sizes are refused by [`MambaConfig::validate`].
+pub const MAX_PARAMS: u128 = 1 << 34;
+
 fn default_d_state() -> usize {
     16
 }
@@ -125,26 +129,38 @@ impl MambaConfig {
                 return Err(msg.to_string());
             }
         }
+        // Sizes no machine holds are refused here, not met by an allocation that aborts.
+        let params = self.num_params_wide();
+        if params > MAX_PARAMS {
+            return Err(format!(
+                "these sizes make {params} parameters ({:.0} GiB in f32), more than the {MAX_PARAMS} supported",
+                params as f64 * 4.0 / (1u64 << 30) as f64
+            ));
+        }
         Ok(())
     }
 
-    /// Number of parameters of the backbone (embedding, blocks, final norm).
+    /// Number of parameters of the backbone (embedding, blocks, final norm); `usize::MAX`
+    /// for sizes past it.
     pub fn num_params(&self) -> usize {
-        let (d, di, n, r, k) = (
-            self.d_model,
-            self.d_inner(),
-            self.d_state,
-            self.dt_rank(),
-            self.d_conv,
-        );
+        usize::try_from(self.num_params_wide()).unwrap_or(usize::MAX)
+    }
+
+    /// [`Self::num_params`] in 128 bits, which no sizes given as `usize` overflow.
+    fn num_params_wide(&self) -> u128 {
+        let w = |x: usize| x as u128;
+        let (d, n, k) = (w(self.d_model), w(self.d_state), w(self.d_conv));
+        let di = d * w(self.expand);
+        let r = w(self.dt_rank());
+        let (bias, conv_bias) = (u128::from(self.bias), u128::from(self.conv_bias));
         let block = d // norm
-            + d * 2 * di + if self.bias { 2 * di } else { 0 } // in_proj
-            + di * k + if self.conv_bias { di } else { 0 } // conv
+            + d * 2 * di + bias * 2 * di // in_proj
+            + di * k + conv_bias * di // conv
             + di * (r + 2 * n) // x_proj
             + r * di + di // dt_proj
             + di * n + di // A_log, D
-            + di * d + if self.bias { d } else { 0 }; // out_proj
-        (self.vocab_size + self.phase_period) * d + self.n_layer * block + d
+            + di * d + bias * d; // out_proj
+        (w(self.vocab_size) + w(self.phase_period)) * d + w(self.n_layer) * block + d
     }
 
     /// Reads a Hugging Face `MambaConfig` (`"model_type": "mamba"`), honouring every field
