@@ -724,6 +724,73 @@ fn baseline_reports_on_the_same_split() {
 }
 
 #[test]
+fn a_class_missing_from_validation_picks_the_best_epoch_by_validation_loss() {
+    // Validation holds only `motif` sequences, so auROC is undefined every epoch: the best
+    // epoch is the one of lowest validation loss (it stayed at epoch 1 when auROC picked it).
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = write_classes(dir.path(), 100, 12);
+    let held = dir.path().join("held");
+    std::fs::create_dir(&held).unwrap();
+    let (va, _) = write_classes(&held, 30, 13);
+    let (ca, cb) = (format!("motif={}", s(&a)), format!("plain={}", s(&b)));
+    let tsv = dir.path().join("val.tsv");
+    let mut text = String::from("sequence\tlabel\n");
+    for line in std::fs::read_to_string(&va).unwrap().lines() {
+        if !line.starts_with('>') {
+            text.push_str(&format!("{line}\tmotif\n"));
+        }
+    }
+    std::fs::write(&tsv, text).unwrap();
+    let out = dir.path().join("run");
+    let mut args = vec![
+        "train",
+        "-o",
+        s(&out),
+        "--class",
+        &ca,
+        "--class",
+        &cb,
+        "--val-tsv",
+        s(&tsv),
+        "--epochs",
+        "4",
+        "--batch-size",
+        "16",
+        "--warmup-steps",
+        "5",
+        "--lr",
+        "0.01",
+    ];
+    args.extend(TINY.iter().filter(|a| **a != "--quiet"));
+    let o = run(&args);
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    assert!(o.stderr.contains("lowest validation loss"), "{}", o.stderr);
+    let losses: Vec<f64> = std::fs::read_to_string(out.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            v["val"]["loss"].as_f64().unwrap()
+        })
+        .collect();
+    assert_eq!(losses.len(), 4);
+    let lowest = (0..4)
+        .min_by(|&i, &j| losses[i].total_cmp(&losses[j]))
+        .unwrap()
+        + 1;
+    assert_ne!(lowest, 1, "the loss should fall here: {losses:?}");
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).unwrap()).unwrap();
+    let provenance = &config["provenance"];
+    assert_eq!(provenance["monitored_metric"], "loss");
+    assert_eq!(
+        provenance["best_epoch"].as_u64(),
+        Some(lowest as u64),
+        "{losses:?}"
+    );
+}
+
+#[test]
 fn separate_validation_files_are_used_as_given() {
     let dir = tempfile::tempdir().unwrap();
     let (a, b) = write_classes(dir.path(), 100, 8);

@@ -21,8 +21,8 @@ use genomamba::train::data::{
     load_position, load_tsv, parse_bed_class, parse_class_spec, remap_labels, stratified_split,
 };
 use genomamba::train::trainer::{
-    Event, RunSpec, Task, TrainOptions, check_gpu_training, fit_orf_head, monitored_metric,
-    padding_ratio, prepare_head, sequence_batches, train,
+    Event, RunSpec, Task, TrainOptions, check_gpu_training, fit_orf_head, padding_ratio,
+    prepare_head, sequence_batches, train,
 };
 use genomamba::{Error, Result};
 
@@ -336,7 +336,7 @@ pub fn run(a: TrainArgs) -> Result<()> {
             let unseen = check_class_bases(data, &tr, &va, bed)?;
             if !unseen.is_empty() && !a.quiet {
                 eprintln!(
-                    "genomamba: warning: class(es) {} label no validation base: their validation metrics are undefined; give a larger --val-fraction or move their intervals",
+                    "genomamba: warning: class(es) {} label no validation base: their validation metrics are undefined, so the best epoch is the one of lowest validation loss; give a larger --val-fraction or move their intervals",
                     unseen.join(", ")
                 );
             }
@@ -426,13 +426,7 @@ pub fn run(a: TrainArgs) -> Result<()> {
         stop_after: a.stop_after,
         round_lengths: device_spec.compiles_per_shape(),
     };
-    let kind = model
-        .config
-        .head
-        .as_ref()
-        .map(|h| h.kind)
-        .unwrap_or(HeadKind::Sequence);
-    let metric = monitored_metric(kind, labels.len());
+    let metric = task.metric();
 
     // An interruption says how to continue once this run has a checkpoint in place
     // (checkpoints are swapped in whole, and the question is asked with no swap under way);
@@ -510,7 +504,10 @@ pub fn run(a: TrainArgs) -> Result<()> {
             "genomamba: best epoch {} ({} {:.4}); model in {}",
             state.best_epoch,
             metric,
-            state.best_score.unwrap_or(f64::NAN),
+            // The loss is kept negated (higher is better).
+            state
+                .best_score
+                .map_or(f64::NAN, |s| if metric == "loss" { -s } else { s }),
             a.output.display()
         );
     }
@@ -588,7 +585,7 @@ pub fn load_sequence_sets(
         .collect();
     if !missing.is_empty() && !quiet {
         eprintln!(
-            "genomamba: warning: class(es) {} have no validation sequence: their validation metrics are undefined; give more sequences or separate validation files",
+            "genomamba: warning: class(es) {} have no validation sequence: their validation metrics are undefined, so the best epoch is the one of lowest validation loss; give more sequences or separate validation files",
             missing.join(", ")
         );
     }

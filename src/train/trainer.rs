@@ -155,6 +155,31 @@ pub enum Task<'a> {
 }
 
 impl Task<'_> {
+    /// The validation metric that picks the best epoch: [`monitored_metric`], or the
+    /// validation loss when some class has no validation example (or base), which leaves
+    /// auROC and MCC undefined; the loss is the one metric where lower is better.
+    pub fn metric(&self) -> &'static str {
+        let complete = match self {
+            Task::Sequence { val, .. } => {
+                let mut seen = vec![false; val.labels.len()];
+                for e in &val.examples {
+                    if let Some(s) = seen.get_mut(e.label) {
+                        *s = true;
+                    }
+                }
+                seen.iter().all(|&s| s)
+            }
+            Task::Position { data, val, .. } => crate::train::data::class_bases(data, val)
+                .iter()
+                .all(|&n| n > 0),
+        };
+        if complete {
+            monitored_metric(self.kind(), self.labels().len())
+        } else {
+            "loss"
+        }
+    }
+
     fn kind(&self) -> HeadKind {
         match self {
             Task::Sequence { .. } => HeadKind::Sequence,
@@ -1341,7 +1366,7 @@ pub fn train(
     opts.validate()?;
     let kind = task.kind();
     let n_classes = task.labels().len();
-    let metric = monitored_metric(kind, n_classes);
+    let metric = task.metric();
     let device = &spec.device;
     let ad = device.clone().autodiff();
     let ckpt = checkpoint_dir(spec.out);
@@ -1567,7 +1592,12 @@ pub fn train(
             val,
             seconds: t0.elapsed().as_secs_f64(),
         };
-        let score = log.val.get(metric).copied().unwrap_or(f64::NEG_INFINITY);
+        // Higher is better: the loss counts negated.
+        let score = match log.val.get(metric).copied() {
+            Some(v) if metric == "loss" => -v,
+            Some(v) => v,
+            None => f64::NEG_INFINITY,
+        };
         let improved = state.best_score.is_none_or(|b| score > b);
         state.epochs_done = epoch;
         if improved {
