@@ -891,6 +891,25 @@ fn bad_input_exits_2_with_one_line_and_leaves_no_output() {
     let o = run(&["embed", "-m", s(&broken), s(&hash), "-o", s(&out)]);
     assert_bad(&o, "model.safetensors");
     assert!(!out.exists());
+    // Weights of two layers under a config.json of one: the second layer is not dropped
+    // without a word.
+    let shallow = t.path().join("shallow");
+    std::fs::create_dir(&shallow).unwrap();
+    let config = std::fs::read_to_string(m.join("config.json")).unwrap();
+    assert!(config.contains("\"n_layer\": 2,"));
+    std::fs::write(
+        shallow.join("config.json"),
+        config.replace("\"n_layer\": 2,", "\"n_layer\": 1,"),
+    )
+    .unwrap();
+    std::fs::copy(
+        m.join("model.safetensors"),
+        shallow.join("model.safetensors"),
+    )
+    .unwrap();
+    let o = run(&["embed", "-m", s(&shallow), s(&hash), "-o", s(&out)]);
+    assert_bad(&o, "weights hold tensor 'layers.1.");
+    assert!(!out.exists());
     // Bad usage: one bad flag value each, named in the error.
     for (flag, value, needle) in [
         ("--chunk-size", "0", "chunk-size"),

@@ -250,6 +250,23 @@ pub fn mamba_from_tensors(
             no_bias: None,
         });
     }
+    // A layer tensor left over (a layer past n_layer, say) means config.json describes other
+    // weights: running without it would silently drop part of the model.
+    if let Some(extra) = map
+        .tensors
+        .keys()
+        .filter(|k| k.starts_with("layers."))
+        .min()
+    {
+        return Err(Error::model(
+            &map.dir,
+            format!(
+                "weights hold tensor '{extra}', which config.json (n_layer {}) does not describe",
+                cfg.n_layer
+            ),
+            "the weights do not match config.json; use the model's own config",
+        ));
+    }
     let norm_f = RmsNorm {
         weight: Param::from_tensor(tensor1(map.take("norm_f.weight", &[d])?, device)),
         eps: cfg.norm_eps,
