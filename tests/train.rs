@@ -783,6 +783,27 @@ fn a_class_missing_from_validation_picks_the_best_epoch_by_validation_loss() {
         serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).unwrap()).unwrap();
     let provenance = &config["provenance"];
     assert_eq!(provenance["monitored_metric"], "loss");
+    // One --val-class is taken as a validation TSV of one class is (it was refused as "needs
+    // at least two classes" although two --class were given).
+    let val_motif = format!("motif={}", s(&va));
+    let one = run(&[
+        "baseline",
+        "--class",
+        &ca,
+        "--class",
+        &cb,
+        "--val-class",
+        &val_motif,
+        "-k",
+        "2",
+    ]);
+    assert_eq!(one.code, 0, "{}", one.stderr);
+    assert!(
+        one.stderr
+            .contains("class(es) plain have no validation sequence"),
+        "{}",
+        one.stderr
+    );
     assert_eq!(
         provenance["best_epoch"].as_u64(),
         Some(lowest as u64),
@@ -950,6 +971,16 @@ fn bad_training_input_exits_2_and_writes_nothing() {
         ];
         bad(&args, needle);
     }
+    // A TSV without a header: the error quotes the first line only in part.
+    let headless = dir.path().join("headless.tsv");
+    std::fs::write(&headless, format!("{}\tmotif\n", "ACGT".repeat(5000))).unwrap();
+    let headless_run = run(&["train", "-o", o, "--tsv", s(&headless)]);
+    let stderr = &headless_run.stderr;
+    assert_eq!(headless_run.code, 2, "{stderr}");
+    assert!(
+        stderr.len() < 400 && stderr.contains("ACGTACGT..."),
+        "{stderr}"
+    );
     // A TSV row without a label.
     let tsv = dir.path().join("t.tsv");
     std::fs::write(&tsv, "sequence\tlabel\nACGT\ta\nACGG\tb\nACCA\t\n").unwrap();

@@ -18,7 +18,8 @@ use genomamba::model::{GenoModel, HeadKind, ModelConfig};
 use genomamba::train::data::{
     self, FileDigest, PositionDataset, SeqDataset, check_class_bases, check_distinct_files,
     check_exists, class_bases, contiguous_split, copies_of_training, load_class_files,
-    load_position, load_tsv, parse_bed_class, parse_class_spec, remap_labels, stratified_split,
+    load_position, load_some_class_files, load_tsv, parse_bed_class, parse_class_spec,
+    remap_labels, stratified_split,
 };
 use genomamba::train::trainer::{
     Event, RunSpec, Task, TrainOptions, check_gpu_training, fit_orf_head, padding_ratio,
@@ -688,7 +689,7 @@ fn read_sequence_sets(
                     ));
                 }
             }
-            let mut v = load_class_files(&specs)?;
+            let mut v = load_some_class_files(&specs)?;
             remap_labels(&mut v, &train.labels.clone(), "--val-class")?;
             v
         };

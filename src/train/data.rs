@@ -131,14 +131,20 @@ pub fn check_labels(labels: &[String]) -> Result<()> {
 
 /// Reads one FASTA/FASTQ file per class. Class order is the order given.
 pub fn load_class_files(specs: &[(String, String)]) -> Result<SeqDataset> {
-    let labels: Vec<String> = specs.iter().map(|(n, _)| n.clone()).collect();
-    check_labels(&labels)?;
-    if labels.len() < 2 {
+    if specs.len() < 2 {
         return Err(Error::usage(
             "sequence training needs at least two classes",
             "give --class NAME=PATH at least twice",
         ));
     }
+    load_some_class_files(specs)
+}
+
+/// As [`load_class_files`], for validation files, which may cover fewer classes than
+/// training (as a validation TSV may).
+pub fn load_some_class_files(specs: &[(String, String)]) -> Result<SeqDataset> {
+    let labels: Vec<String> = specs.iter().map(|(n, _)| n.clone()).collect();
+    check_labels(&labels)?;
     let mut ds = SeqDataset {
         labels,
         ..Default::default()
@@ -164,6 +170,16 @@ pub fn load_class_files(specs: &[(String, String)]) -> Result<SeqDataset> {
         ds.files.push(digest(path)?);
     }
     Ok(ds)
+}
+
+/// `text` cut to about `max` bytes (at a character boundary), with `...` when cut: for
+/// quoting a line of input in a one-line error.
+fn shorten(text: &str, max: usize) -> String {
+    if text.len() <= max {
+        text.to_string()
+    } else {
+        format!("{}...", &text[..text.floor_char_boundary(max)])
+    }
 }
 
 /// Reads a TSV with a header naming `sequence` and `label` columns (other columns are
@@ -198,7 +214,10 @@ pub fn load_tsv(path: &str, labels: Option<&[String]>) -> Result<SeqDataset> {
     let (Some(seq_col), Some(lab_col)) = (seq_col, lab_col) else {
         return Err(Error::input(
             path,
-            format!("header '{header}' lacks a `sequence` or `label` column"),
+            format!(
+                "header '{}' lacks a `sequence` or `label` column",
+                shorten(&header, 80)
+            ),
             fix,
         )
         .at(lineno));
