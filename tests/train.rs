@@ -274,6 +274,11 @@ fn resume_continues_exactly() {
     changed.extend(["--resume", "--lr", "0.5"].map(String::from));
     let o = run(&changed.iter().map(String::as_str).collect::<Vec<_>>());
     assert_eq!(o.code, 2, "{}", o.stderr);
+    assert!(
+        o.stderr.contains("(lr: 0.002 in the checkpoint, 0.5 now)"),
+        "the option that differs is named: {}",
+        o.stderr
+    );
     let mut p2 = base(&parts);
     p2.push("--resume".to_string());
     ok(&p2.iter().map(String::as_str).collect::<Vec<_>>());
@@ -660,11 +665,13 @@ fn fine_tunes_a_hugging_face_checkpoint() {
         "1",
         "--batch-size",
         "8",
+        "--rc-average",
         "--quiet",
     ]);
     let cfg: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).unwrap()).unwrap();
     assert_eq!(cfg["format"], "genomamba");
+    assert_eq!(cfg["head"]["rc_average"], true);
     assert!(
         cfg["provenance"]["base_model"]
             .as_str()
@@ -705,6 +712,40 @@ fn fine_tunes_a_hugging_face_checkpoint() {
         "--replace-head",
     );
     assert!(!dir.path().join("ft2").exists());
+    // Fine-tuned again on its own classes: the kept head keeps averaging both strands (it
+    // was dropped without a word), and flags of a new architecture are refused with --from
+    // (they were ignored).
+    let again = dir.path().join("ft3");
+    let mut args = vec![
+        "train",
+        "-o",
+        s(&again),
+        "--from",
+        s(&out),
+        "--class",
+        &ca,
+        "--class",
+        &cb,
+        "--epochs",
+        "1",
+        "--batch-size",
+        "8",
+    ];
+    let o = run(&args);
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    assert!(
+        o.stderr.contains("(rc_average); the new model keeps that"),
+        "{}",
+        o.stderr
+    );
+    let cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(again.join("config.json")).unwrap()).unwrap();
+    assert_eq!(cfg["head"]["rc_average"], true);
+    let wider = dir.path().join("ft4");
+    args[2] = s(&wider);
+    args.extend(["--d-model", "32"]);
+    bad(&args, "'--from <MODEL>' cannot be used with");
+    assert!(!wider.exists());
 }
 
 #[test]

@@ -31,6 +31,14 @@ use super::common::{ArchArgs, SeqDataArgs, check_output_dir, set_threads};
 
 /// Arguments of `train`.
 #[derive(Debug, Args)]
+// A model given with --from keeps its architecture: flags for a new one are refused with it,
+// not ignored (clap counts only flags given, not their defaults).
+#[command(group(
+    clap::ArgGroup::new("new_architecture")
+        .args(["d_model", "n_layer", "d_state", "expand", "d_conv", "dt_rank", "phase_period"])
+        .multiple(true)
+        .conflicts_with("from")
+))]
 pub struct TrainArgs {
     /// Output model directory (best model, `checkpoint/`, `metrics.jsonl`).
     #[arg(short = 'o', long = "output")]
@@ -373,6 +381,8 @@ pub fn run(a: TrainArgs) -> Result<()> {
         a.bidirectional,
         device_spec.total_memory(),
     )?;
+    // A kept head keeps its strand averaging at prediction time unless --rc-average is given.
+    let base_rc_average = model.config.head.as_ref().is_some_and(|h| h.rc_average);
     let new_head = prepare_head(
         &mut model,
         &task,
@@ -394,7 +404,13 @@ pub fn run(a: TrainArgs) -> Result<()> {
         ));
     }
     if let Some(h) = &mut model.config.head {
-        h.rc_average = a.rc_average;
+        let inherited = base_rc_average && !new_head && !a.rc_average && !a.bidirectional;
+        if inherited && !a.quiet {
+            eprintln!(
+                "genomamba: note: the head of --from averages both strands' predictions (rc_average); the new model keeps that"
+            );
+        }
+        h.rc_average = a.rc_average || inherited;
         h.bidirectional = a.bidirectional;
     }
     let labels = model

@@ -175,7 +175,7 @@ impl GenoModel {
     /// Loads a model directory (genomamba's or a Hugging Face Mamba checkpoint).
     pub fn load(dir: &Path, device: &Device) -> Result<Self> {
         let cfg_path = dir.join("config.json");
-        let fix_dir = "point -m at a directory holding config.json and model.safetensors";
+        let fix_dir = "give a model directory holding config.json and model.safetensors (made by init or train, or a Hugging Face Mamba checkpoint)";
         if !dir.is_dir() {
             return Err(Error::model(dir, "not a directory", fix_dir));
         }

@@ -1391,7 +1391,10 @@ pub fn train(
         })?;
         if state.options.as_ref() != Some(opts) {
             return Err(Error::usage(
-                "cannot resume: the training options differ from those of the checkpoint",
+                format!(
+                    "cannot resume: the training options differ from those of the checkpoint ({})",
+                    option_differences(state.options.as_ref(), opts)
+                ),
                 "resume with the same options as the first run (see checkpoint/trainer.json)",
             ));
         }
@@ -1625,6 +1628,29 @@ pub fn train(
         on_event(Event::EpochEnd(&log, improved));
     }
     Ok(state)
+}
+
+/// The options that differ between a checkpoint's and this run's, as `name: old -> new`
+/// (names as the options are spelled on the command line, mostly).
+fn option_differences(old: Option<&TrainOptions>, new: &TrainOptions) -> String {
+    let (Some(old), Ok(new)) = (old, serde_json::to_value(new)) else {
+        return "the checkpoint records none".into();
+    };
+    let Ok(old) = serde_json::to_value(old) else {
+        return "the checkpoint's cannot be read".into();
+    };
+    let (Some(old), Some(new)) = (old.as_object(), new.as_object()) else {
+        return String::new();
+    };
+    let diffs: Vec<String> = new
+        .iter()
+        .filter(|(k, v)| old.get(*k) != Some(*v))
+        .map(|(k, v)| {
+            let was = old.get(k).map_or("unset".to_string(), |o| o.to_string());
+            format!("{}: {was} in the checkpoint, {v} now", k.replace('_', "-"))
+        })
+        .collect();
+    diffs.join(", ")
 }
 
 fn to_model(net: &Net, config: &crate::model::ModelConfig) -> GenoModel {
