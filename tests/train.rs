@@ -1079,6 +1079,22 @@ fn bad_training_input_exits_2_and_writes_nothing() {
         ],
         "no BED row is named 'CDS'",
     );
+    // One BED name for two classes; the background's name taken by a BED row or a class.
+    let with = |extra: &[&'static str]| {
+        let mut v = vec!["train", "-o", o, "--fasta", s(&fa), "--bed", s(&bedp)];
+        v.extend_from_slice(extra);
+        v
+    };
+    bad(
+        &with(&["--bed-class", "a=gene", "--bed-class", "b=gene"]),
+        "BED name 'gene' is given to two classes, 'a' and 'b'",
+    );
+    bad(
+        &with(&["--bed-class", "background=gene"]),
+        "--bed-class names the class 'background'",
+    );
+    std::fs::write(&bedp, "chr1\t0\t5\tgene\nchr1\t8\t9\tbackground\n").unwrap();
+    bad(&with(&[]), "x.bed: line 2 names the class 'background'");
     std::fs::write(&bedp, "chr1\t0\t50\tgene\n").unwrap();
     bad(
         &["train", "-o", o, "--fasta", s(&fa), "--bed", s(&bedp)],

@@ -484,6 +484,7 @@ pub fn load_position(
 
     let rows = read_bed(bed, BedUse::Labels)?;
     // Class names: explicit mapping, or every distinct BED name in order of first appearance.
+    let classes_given = !classes.is_empty();
     let classes: Vec<(String, Vec<String>)> = if classes.is_empty() {
         let mut seen: BTreeMap<String, usize> = BTreeMap::new();
         for r in &rows {
@@ -496,6 +497,28 @@ pub fn load_position(
     } else {
         classes.to_vec()
     };
+    // The class of unlabeled bases has its own name.
+    if let Some((class, _)) = classes.iter().find(|(c, _)| c == BACKGROUND) {
+        let row = rows
+            .iter()
+            .find(|r| &r.name == class)
+            .filter(|_| !classes_given);
+        let (whose, fix) = match row {
+            Some(r) => (
+                format!("line {} names", r.line),
+                "rename those intervals in column 4, or give their class another name with --bed-class NAME=background",
+            ),
+            None => (
+                "--bed-class names".to_string(),
+                "give the class another name in --bed-class",
+            ),
+        };
+        return Err(Error::input(
+            bed,
+            format!("{whose} the class '{BACKGROUND}', the name of the bases no interval labels"),
+            fix,
+        ));
+    }
     let mut labels = vec![BACKGROUND.to_string()];
     labels.extend(classes.iter().map(|c| c.0.clone()));
     check_labels(&labels)?;
@@ -506,9 +529,19 @@ pub fn load_position(
         ));
     }
     let mut name_class: HashMap<&str, u8> = HashMap::new();
-    for (ci, (_, names)) in classes.iter().enumerate() {
+    for (ci, (class, names)) in classes.iter().enumerate() {
         for n in names {
-            name_class.insert(n.as_str(), (ci + 1) as u8);
+            if let Some(other) = name_class.insert(n.as_str(), (ci + 1) as u8)
+                && other != (ci + 1) as u8
+            {
+                return Err(Error::usage(
+                    format!(
+                        "BED name '{n}' is given to two classes, '{}' and '{class}'",
+                        classes[other as usize - 1].0
+                    ),
+                    "give each BED name to one --bed-class",
+                ));
+            }
         }
     }
     for (class, names) in &classes {
