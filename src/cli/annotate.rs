@@ -137,6 +137,7 @@ pub fn run(a: AnnotateArgs) -> Result<()> {
         rc,
         stranded,
         streaming: false,
+        spool: spool_bytes(),
         logits: strands == Strands::AverageStates,
         orf: model.config.head.as_ref().is_some_and(|h| h.orf_features),
     };
@@ -165,6 +166,8 @@ struct AnnotateSink {
     stranded: bool,
     /// A record is writing its rows as they arrive (see [`Record`]).
     streaming: bool,
+    /// [`spool_bytes`].
+    spool: usize,
     /// Buffer logits and average them (bidirectional heads), not probabilities.
     logits: bool,
     /// The head reads ORF features (bidirectional heads only).
@@ -181,8 +184,34 @@ struct Record {
     /// This record writes its rows as they arrive (forward strand, one strand only).
     direct: bool,
     /// The rows held until the record ends, `n_labels` per position in the order read:
-    /// probabilities (or logits, for bidirectional heads).
+    /// probabilities (or logits, for bidirectional heads). The latest ones, when earlier
+    /// ones went to `spill`.
     held: Vec<f32>,
+    /// The earlier rows of a region read on its minus strand, moved out of memory in blocks
+    /// (see [`spool_bytes`]): written from the last row back, they need no random access.
+    spill: Option<std::fs::File>,
+}
+
+/// Bytes of held rows past which a minus-strand region's rows go to a temporary file: 16 MiB,
+/// or `GENOMAMBA_ANNOTATE_SPOOL` bytes (for tests).
+fn spool_bytes() -> usize {
+    std::env::var("GENOMAMBA_ANNOTATE_SPOOL")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+        .filter(|&b| b > 0)
+        .unwrap_or(16 << 20)
+}
+
+/// Appends `rows` to the temporary file `spill` (made at the first call).
+fn spill_rows(spill: &mut Option<std::fs::File>, rows: &[f32]) -> Result<()> {
+    use std::io::Write;
+    let what = "a temporary file for a minus-strand region's rows";
+    let file = match spill {
+        Some(f) => f,
+        None => spill.insert(tempfile::tempfile().map_err(|e| Error::io(what, e))?),
+    };
+    let bytes: Vec<u8> = rows.iter().flat_map(|v| v.to_le_bytes()).collect();
+    file.write_all(&bytes).map_err(|e| Error::io(what, e))
 }
 
 impl AnnotateSink {
@@ -250,6 +279,7 @@ impl RecordSink for AnnotateSink {
         Ok(Record {
             direct,
             held: Vec::new(),
+            spill: None,
         })
     }
 
@@ -266,6 +296,11 @@ impl RecordSink for AnnotateSink {
             self.head.values(h, &mut probs, self.logits);
             if self.rc || meta.minus_strand || !acc.direct {
                 acc.held.extend_from_slice(&probs);
+                // Held only to be written backwards: memory stays bounded.
+                if meta.minus_strand && !self.rc && acc.held.len() * 4 >= self.spool {
+                    spill_rows(&mut acc.spill, &acc.held)?;
+                    acc.held.clear();
+                }
             } else {
                 // BED coordinates are those of the chromosome (a region's offset added).
                 self.emit(meta, meta.offset + (start + t) as u64, &probs)?;
@@ -324,15 +359,45 @@ impl RecordSink for AnnotateSink {
         } else {
             self.start_record(meta)?;
         }
-        let mut acc = acc.held;
+        let Record {
+            held: mut acc,
+            spill,
+            ..
+        } = acc;
         if self.logits {
             acc.chunks_exact_mut(n).for_each(softmax_in_place);
         }
         if meta.minus_strand {
             // Position i of the minus strand is the region's base len - 1 - i: read backwards,
-            // the rows come in chromosome order.
-            for (t, p) in acc.chunks_exact(n).rev().enumerate() {
-                self.emit(meta, meta.offset + t as u64, p)?;
+            // the rows come in chromosome order. The latest rows are in memory, the earlier
+            // ones in the spill file, read back from its end a block at a time.
+            let mut pos = meta.offset;
+            for p in acc.chunks_exact(n).rev() {
+                self.emit(meta, pos, p)?;
+                pos += 1;
+            }
+            if let Some(file) = spill {
+                use std::os::unix::fs::FileExt;
+                let what = "a temporary file for a minus-strand region's rows";
+                let row_bytes = 4 * n as u64;
+                let block = (self.spool as u64 / row_bytes).max(1) * row_bytes;
+                let mut end = file.metadata().map_err(|e| Error::io(what, e))?.len();
+                let mut bytes = Vec::new();
+                while end > 0 {
+                    let start = end.saturating_sub(block);
+                    bytes.resize((end - start) as usize, 0);
+                    file.read_exact_at(&mut bytes, start)
+                        .map_err(|e| Error::io(what, e))?;
+                    let values: Vec<f32> = bytes
+                        .chunks_exact(4)
+                        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                        .collect();
+                    for p in values.chunks_exact(n).rev() {
+                        self.emit(meta, pos, p)?;
+                        pos += 1;
+                    }
+                    end = start;
+                }
             }
         } else {
             for (t, p) in acc.chunks_exact(n).enumerate() {
