@@ -826,6 +826,21 @@ fn regions_of_a_bed_file_are_the_bases_bedtools_and_samtools_cut() {
 }
 
 #[test]
+fn warnings_show_with_quiet_which_hides_only_progress() {
+    let t = tempfile::tempdir().unwrap();
+    let m = init(t.path(), "m", &[]);
+    let fa = t.path().join("gap.fa");
+    std::fs::write(&fa, ">a\nACGT\n>empty\n>b\nGGCC\n").unwrap();
+    let o = run(&["embed", "-m", s(&m), s(&fa), "-o", "-", "--quiet"]);
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    assert_eq!(o.stdout.lines().count(), 3, "{}", o.stdout);
+    assert_eq!(
+        o.stderr.trim_end(),
+        "genomamba: warning: skipped 1 record(s) of length 0"
+    );
+}
+
+#[test]
 fn bad_input_exits_2_with_one_line_and_leaves_no_output() {
     let t = tempfile::tempdir().unwrap();
     let m = init(t.path(), "m", &[]);

@@ -146,7 +146,7 @@ pub fn run(a: AnnotateArgs) -> Result<()> {
     let (bed, bg) = (bed.map(|(o, _)| o), bg.map(|(o, _)| o));
     Output::commit_all([bed, bg, tsv].into_iter().flatten().collect())?;
     pb.finish_and_clear();
-    report_skipped(skipped, a.input.quiet);
+    report_skipped(skipped);
     Ok(())
 }
 

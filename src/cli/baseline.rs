@@ -55,7 +55,7 @@ pub fn run(a: BaselineArgs) -> Result<()> {
     let mut outputs = vec![("-o", a.output.as_str())];
     outputs.extend(a.predictions.as_deref().map(|p| ("--predictions", p)));
     check_outputs(&a.data.paths(), &outputs)?;
-    let (train, val, split) = load_sequence_sets(&a.data, a.val_fraction, a.seed, false)?;
+    let (train, val, split) = load_sequence_sets(&a.data, a.val_fraction, a.seed)?;
     let n_classes = train.labels.len();
     let seqs: Vec<Vec<u8>> = train.examples.iter().map(|e| ascii(&e.tokens)).collect();
     let refs: Vec<&[u8]> = seqs.iter().map(|s| s.as_slice()).collect();

@@ -663,9 +663,9 @@ fn progress(what: &str, total: Option<u64>) -> ProgressBar {
     pb
 }
 
-/// Warns on stderr about skipped empty records.
-pub fn report_skipped(skipped: usize, quiet: bool) {
-    if skipped > 0 && !quiet {
+/// Warns on stderr about skipped empty records (with --quiet too: it hides only progress).
+pub fn report_skipped(skipped: usize) {
+    if skipped > 0 {
         eprintln!("genomamba: warning: skipped {skipped} record(s) of length 0");
     }
 }

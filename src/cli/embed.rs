@@ -224,6 +224,6 @@ pub fn run(a: EmbedArgs) -> Result<()> {
         }
     };
     pb.finish_and_clear();
-    report_skipped(skipped, a.input.quiet);
+    report_skipped(skipped);
     Ok(())
 }

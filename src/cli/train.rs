@@ -198,7 +198,7 @@ fn load(a: &TrainArgs) -> Result<Loaded> {
         ));
     }
     if seq {
-        let (train, val, split) = load_sequence_sets(&a.data, a.val_fraction, a.seed, a.quiet)?;
+        let (train, val, split) = load_sequence_sets(&a.data, a.val_fraction, a.seed)?;
         Ok(Loaded::Sequence { train, val, split })
     } else {
         let (Some(fasta), Some(bed)) = (&a.fasta, &a.bed) else {
@@ -343,7 +343,7 @@ pub fn run(a: TrainArgs) -> Result<()> {
             let (tr, va) = contiguous_split(data, *fraction);
             let bed = a.bed.as_deref().unwrap_or("--bed");
             let unseen = check_class_bases(data, &tr, &va, bed)?;
-            if !unseen.is_empty() && !a.quiet {
+            if !unseen.is_empty() {
                 eprintln!(
                     "genomamba: warning: class(es) {} label no validation base: their validation metrics are undefined, so the best epoch is the one of lowest validation loss; give a larger --val-fraction or move their intervals",
                     unseen.join(", ")
@@ -572,12 +572,11 @@ fn note_padding(train: &SeqDataset, batch_size: usize, seed: u64) {
 /// both see the same split.
 ///
 /// An empty validation set is refused; a class without validation examples is warned about
-/// on stderr (unless `quiet`).
+/// on stderr (warnings show with --quiet too, which hides progress and notes).
 pub fn load_sequence_sets(
     data: &SeqDataArgs,
     val_fraction: f64,
     seed: u64,
-    quiet: bool,
 ) -> Result<(SeqDataset, SeqDataset, serde_json::Value)> {
     let (train, val, mut split) = read_sequence_sets(data, val_fraction, seed)?;
     if val.examples.is_empty() {
@@ -600,14 +599,14 @@ pub fn load_sequence_sets(
         .filter(|(_, seen)| !**seen)
         .map(|(l, _)| l.as_str())
         .collect();
-    if !missing.is_empty() && !quiet {
+    if !missing.is_empty() {
         eprintln!(
             "genomamba: warning: class(es) {} have no validation sequence: their validation metrics are undefined, so the best epoch is the one of lowest validation loss; give more sequences or separate validation files",
             missing.join(", ")
         );
     }
     let (copies, first) = copies_of_training(&train, &val);
-    if let (Some((in_val, in_train)), false) = (first, quiet) {
+    if let Some((in_val, in_train)) = first {
         eprintln!(
             "genomamba: warning: {copies} of {} validation sequences are exact copies of training sequences (the first: {in_val} = {in_train}): validation metrics overstate how the model does on new sequences; remove the copies from one side",
             val.examples.len()
