@@ -13,7 +13,7 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// Malformed or unsupported input data (sequence files, BED, TSV, regions).
-    #[error("{path}: {what}{}; {fix}", location(.record, .position))]
+    #[error("{}: {what}{}; {fix}", shown(.path), location(.record, .position))]
     Input {
         /// The file (or `-` for stdin) that holds the bad data.
         path: String,
@@ -56,6 +56,11 @@ pub enum Error {
     /// A failure while computing (backend error, device unavailable, ...).
     #[error("{0}")]
     Runtime(String),
+}
+
+/// An input's path as errors name it: `-` is stdin.
+fn shown(path: &str) -> &str {
+    if path == "-" { "stdin" } else { path }
 }
 
 fn location(record: &Option<String>, position: &Option<u64>) -> String {

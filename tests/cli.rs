@@ -826,7 +826,7 @@ fn regions_of_a_bed_file_are_the_bases_bedtools_and_samtools_cut() {
 }
 
 #[test]
-fn warnings_show_with_quiet_which_hides_only_progress() {
+fn warnings_show_with_quiet_and_stdin_is_named_in_errors() {
     let t = tempfile::tempdir().unwrap();
     let m = init(t.path(), "m", &[]);
     let fa = t.path().join("gap.fa");
@@ -837,6 +837,20 @@ fn warnings_show_with_quiet_which_hides_only_progress() {
     assert_eq!(
         o.stderr.trim_end(),
         "genomamba: warning: skipped 1 record(s) of length 0"
+    );
+    // Bad input on stdin is named so (it was "-: ...").
+    let bad = t.path().join("bad.fa");
+    std::fs::write(&bad, ">a\nAC#GT\n").unwrap();
+    let piped = gm()
+        .args(["embed", "-m", s(&m), "-", "-o", "-"])
+        .stdin(std::fs::File::open(&bad).unwrap())
+        .output()
+        .unwrap();
+    assert_eq!(piped.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&piped.stderr);
+    assert!(
+        stderr.starts_with("genomamba: error: stdin: invalid character '#' on line 2"),
+        "{stderr}"
     );
 }
 
