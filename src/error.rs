@@ -58,6 +58,16 @@ pub enum Error {
     Runtime(String),
 }
 
+/// `text` cut to about `max` bytes (at a character boundary), with `...` when cut: for
+/// quoting input (a line, an id) in a one-line error.
+pub fn shorten(text: &str, max: usize) -> String {
+    if text.len() <= max {
+        text.to_string()
+    } else {
+        format!("{}...", &text[..text.floor_char_boundary(max)])
+    }
+}
+
 /// An input's path as errors name it: `-` is stdin.
 fn shown(path: &str) -> &str {
     if path == "-" { "stdin" } else { path }

@@ -184,34 +184,76 @@ struct Record {
     /// This record writes its rows as they arrive (forward strand, one strand only).
     direct: bool,
     /// The rows held until the record ends, `n_labels` per position in the order read:
-    /// probabilities (or logits, for bidirectional heads). The latest ones, when earlier
-    /// ones went to `spill`.
+    /// probabilities (or logits, for bidirectional heads).
     held: Vec<f32>,
-    /// The earlier rows of a region read on its minus strand, moved out of memory in blocks
-    /// (see [`spool_bytes`]): written from the last row back, they need no random access.
-    spill: Option<std::fs::File>,
+    /// The earlier rows of a region read on its minus strand (see [`Spill`]); `held` then
+    /// has the latest.
+    spill: Option<Spill>,
 }
 
-/// Bytes of held rows past which a minus-strand region's rows go to a temporary file: 16 MiB,
-/// or `GENOMAMBA_ANNOTATE_SPOOL` bytes (for tests).
+/// Rows of a region read on its minus strand, moved out of memory past [`spool_bytes`]: they
+/// are written from the last row back, so they need no random access, and a temporary file
+/// read back from its end keeps memory bounded.
+struct Spill(std::fs::File);
+
+/// What I/O errors on a [`Spill`] name.
+const SPILL: &str = "a temporary file for a minus-strand region's rows";
+
+impl Spill {
+    /// Moves `rows` (whole rows) to the end of the file, made at the first call.
+    fn push(spill: &mut Option<Spill>, rows: &mut Vec<f32>) -> Result<()> {
+        use std::io::Write;
+        let file = match spill {
+            Some(s) => &mut s.0,
+            None => {
+                &mut spill
+                    .insert(Spill(
+                        tempfile::tempfile().map_err(|e| Error::io(SPILL, e))?,
+                    ))
+                    .0
+            }
+        };
+        let bytes: Vec<u8> = rows.iter().flat_map(|v| v.to_le_bytes()).collect();
+        rows.clear();
+        file.write_all(&bytes).map_err(|e| Error::io(SPILL, e))
+    }
+
+    /// Calls `f` on each row of `n` values, from the last back, reading about `block` bytes
+    /// at a time.
+    fn for_each_back(
+        &self,
+        n: usize,
+        block: usize,
+        f: &mut dyn FnMut(&[f32]) -> Result<()>,
+    ) -> Result<()> {
+        use std::os::unix::fs::FileExt;
+        let row_bytes = 4 * n as u64;
+        let block = (block as u64 / row_bytes).max(1) * row_bytes;
+        let mut end = self.0.metadata().map_err(|e| Error::io(SPILL, e))?.len();
+        let mut bytes = Vec::new();
+        while end > 0 {
+            let start = end.saturating_sub(block);
+            bytes.resize((end - start) as usize, 0);
+            self.0
+                .read_exact_at(&mut bytes, start)
+                .map_err(|e| Error::io(SPILL, e))?;
+            let values: Vec<f32> = bytes
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                .collect();
+            for row in values.chunks_exact(n).rev() {
+                f(row)?;
+            }
+            end = start;
+        }
+        Ok(())
+    }
+}
+
+/// Bytes of held rows past which a minus-strand region's rows go to a [`Spill`]: 16 MiB, or
+/// `GENOMAMBA_ANNOTATE_SPOOL` bytes (for tests).
 fn spool_bytes() -> usize {
-    std::env::var("GENOMAMBA_ANNOTATE_SPOOL")
-        .ok()
-        .and_then(|v| v.parse::<usize>().ok())
-        .filter(|&b| b > 0)
-        .unwrap_or(16 << 20)
-}
-
-/// Appends `rows` to the temporary file `spill` (made at the first call).
-fn spill_rows(spill: &mut Option<std::fs::File>, rows: &[f32]) -> Result<()> {
-    use std::io::Write;
-    let what = "a temporary file for a minus-strand region's rows";
-    let file = match spill {
-        Some(f) => f,
-        None => spill.insert(tempfile::tempfile().map_err(|e| Error::io(what, e))?),
-    };
-    let bytes: Vec<u8> = rows.iter().flat_map(|v| v.to_le_bytes()).collect();
-    file.write_all(&bytes).map_err(|e| Error::io(what, e))
+    genomamba::infer::env_count("GENOMAMBA_ANNOTATE_SPOOL", |b| b > 0).unwrap_or(16 << 20)
 }
 
 impl AnnotateSink {
@@ -223,7 +265,7 @@ impl AnnotateSink {
                 "the record has no name (its header is empty), and annotate's rows need one for their chromosome column",
                 "name the record after its '>' or '@'",
             )
-            .in_record(format!("#{}", meta.number)));
+            .in_record(meta.label()));
         }
         if let Some((o, seg)) = &mut self.bed {
             seg.start_chrom(o, &meta.chrom)?;
@@ -298,8 +340,7 @@ impl RecordSink for AnnotateSink {
                 acc.held.extend_from_slice(&probs);
                 // Held only to be written backwards: memory stays bounded.
                 if meta.minus_strand && !self.rc && acc.held.len() * 4 >= self.spool {
-                    spill_rows(&mut acc.spill, &acc.held)?;
-                    acc.held.clear();
+                    Spill::push(&mut acc.spill, &mut acc.held)?;
                 }
             } else {
                 // BED coordinates are those of the chromosome (a region's offset added).
@@ -376,28 +417,12 @@ impl RecordSink for AnnotateSink {
                 self.emit(meta, pos, p)?;
                 pos += 1;
             }
-            if let Some(file) = spill {
-                use std::os::unix::fs::FileExt;
-                let what = "a temporary file for a minus-strand region's rows";
-                let row_bytes = 4 * n as u64;
-                let block = (self.spool as u64 / row_bytes).max(1) * row_bytes;
-                let mut end = file.metadata().map_err(|e| Error::io(what, e))?.len();
-                let mut bytes = Vec::new();
-                while end > 0 {
-                    let start = end.saturating_sub(block);
-                    bytes.resize((end - start) as usize, 0);
-                    file.read_exact_at(&mut bytes, start)
-                        .map_err(|e| Error::io(what, e))?;
-                    let values: Vec<f32> = bytes
-                        .chunks_exact(4)
-                        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-                        .collect();
-                    for p in values.chunks_exact(n).rev() {
-                        self.emit(meta, pos, p)?;
-                        pos += 1;
-                    }
-                    end = start;
-                }
+            if let Some(spill) = spill {
+                spill.for_each_back(n, self.spool, &mut |p| {
+                    self.emit(meta, pos, p)?;
+                    pos += 1;
+                    Ok(())
+                })?;
             }
         } else {
             for (t, p) in acc.chunks_exact(n).enumerate() {

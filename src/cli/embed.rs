@@ -94,11 +94,7 @@ impl RecordSink for NpySink {
 
     fn begin(&mut self, meta: &RecordMeta) -> Result<Output> {
         let name = format!("{}.npy", safe_file_name(&meta.id));
-        let record = if meta.id.is_empty() {
-            format!("#{}", meta.number)
-        } else {
-            meta.id.clone()
-        };
+        let record = meta.label();
         if !self.seen.insert(name.clone()) {
             return Err(Error::input(
                 &meta.source,
@@ -118,7 +114,7 @@ impl RecordSink for NpySink {
                 ),
                 "shorten the ids (a --regions-bed interval's name is its id under --bed-names)",
             )
-            .in_record(&record[..record.floor_char_boundary(60)]));
+            .in_record(genomamba::error::shorten(&record, 60)));
         }
         let mut o = Output::create(&self.dir.join(&name).to_string_lossy())?;
         o.write_all(&npy_header_fixed(&[0, self.d]))?;

@@ -521,10 +521,7 @@ pub fn run(a: TrainArgs) -> Result<()> {
             "genomamba: best epoch {} ({} {:.4}); model in {}",
             state.best_epoch,
             metric,
-            // The loss is kept negated (higher is better).
-            state
-                .best_score
-                .map_or(f64::NAN, |s| if metric == "loss" { -s } else { s }),
+            state.best_score.unwrap_or(f64::NAN),
             a.output.display()
         );
     }
@@ -588,15 +585,9 @@ pub fn load_sequence_sets(
             "give more sequences per class, a larger --val-fraction, or separate validation files with --val-class / --val-tsv",
         ));
     }
-    let mut in_val = vec![false; val.labels.len()];
-    for e in &val.examples {
-        if let Some(seen) = in_val.get_mut(e.label) {
-            *seen = true;
-        }
-    }
     let missing: Vec<&str> = (val.labels.iter())
-        .zip(&in_val)
-        .filter(|(_, seen)| !**seen)
+        .zip(val.class_counts())
+        .filter(|(_, n)| *n == 0)
         .map(|(l, _)| l.as_str())
         .collect();
     if !missing.is_empty() {

@@ -130,7 +130,7 @@ const GPU_BATCH_PADDING_PERCENT: usize = 200;
 
 /// The whole number in the environment variable `name`, if it is one and `keep` accepts it
 /// (the knobs kept for comparisons).
-fn env_count(name: &str, keep: impl Fn(usize) -> bool) -> Option<usize> {
+pub fn env_count(name: &str, keep: impl Fn(usize) -> bool) -> Option<usize> {
     std::env::var(name)
         .ok()
         .and_then(|v| v.parse::<usize>().ok())

@@ -57,6 +57,13 @@ pub struct RecordMeta {
     pub minus_strand: bool,
 }
 
+impl RecordMeta {
+    /// How errors name the record: its id, or `#N` when its header is empty.
+    pub fn label(&self) -> String {
+        label(&self.id, self.number)
+    }
+}
+
 /// A consecutive run of one record's tokens. A record arrives as one or more pieces in
 /// order; the first has `start == 0`, the last has `last == true` (a record that fits in one
 /// piece has both). Only a record of length 0 has an empty piece.

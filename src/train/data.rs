@@ -172,16 +172,6 @@ pub fn load_some_class_files(specs: &[(String, String)]) -> Result<SeqDataset> {
     Ok(ds)
 }
 
-/// `text` cut to about `max` bytes (at a character boundary), with `...` when cut: for
-/// quoting a line of input in a one-line error.
-fn shorten(text: &str, max: usize) -> String {
-    if text.len() <= max {
-        text.to_string()
-    } else {
-        format!("{}...", &text[..text.floor_char_boundary(max)])
-    }
-}
-
 /// Reads a TSV with a header naming `sequence` and `label` columns (other columns are
 /// ignored). Class order is `labels` when given (every label must be one of them), else the
 /// sorted distinct labels.
@@ -216,7 +206,7 @@ pub fn load_tsv(path: &str, labels: Option<&[String]>) -> Result<SeqDataset> {
             path,
             format!(
                 "header '{}' lacks a `sequence` or `label` column",
-                shorten(&header, 80)
+                crate::error::shorten(&header, 80)
             ),
             fix,
         )

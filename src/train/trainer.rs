@@ -160,15 +160,7 @@ impl Task<'_> {
     /// auROC and MCC undefined; the loss is the one metric where lower is better.
     pub fn metric(&self) -> &'static str {
         let complete = match self {
-            Task::Sequence { val, .. } => {
-                let mut seen = vec![false; val.labels.len()];
-                for e in &val.examples {
-                    if let Some(s) = seen.get_mut(e.label) {
-                        *s = true;
-                    }
-                }
-                seen.iter().all(|&s| s)
-            }
+            Task::Sequence { val, .. } => val.class_counts().iter().all(|&n| n > 0),
             Task::Position { data, val, .. } => crate::train::data::class_bases(data, val)
                 .iter()
                 .all(|&n| n > 0),
@@ -1595,13 +1587,8 @@ pub fn train(
             val,
             seconds: t0.elapsed().as_secs_f64(),
         };
-        // Higher is better: the loss counts negated.
-        let score = match log.val.get(metric).copied() {
-            Some(v) if metric == "loss" => -v,
-            Some(v) => v,
-            None => f64::NEG_INFINITY,
-        };
-        let improved = state.best_score.is_none_or(|b| score > b);
+        let score = log.val.get(metric).copied().unwrap_or(f64::NAN);
+        let improved = state.best_score.is_none_or(|b| better(metric, score, b));
         state.epochs_done = epoch;
         if improved {
             state.best_score = Some(score);
@@ -1628,6 +1615,17 @@ pub fn train(
         on_event(Event::EpochEnd(&log, improved));
     }
     Ok(state)
+}
+
+/// Whether `score` of `metric` beats `best`: lower for the loss, higher for the others. An
+/// undefined score (NaN) beats nothing, and anything beats an undefined best.
+fn better(metric: &str, score: f64, best: f64) -> bool {
+    best.is_nan()
+        || if metric == "loss" {
+            score < best
+        } else {
+            score > best
+        }
 }
 
 /// The options that differ between a checkpoint's and this run's, as `name: old -> new`
