@@ -55,6 +55,32 @@ pub const MAX_PHASE_PERIOD: usize = 64;
 /// this runs on; larger sizes are refused by [`MambaConfig::validate`].
 pub const MAX_PARAMS: u128 = 1 << 34;
 
+/// The most layers a model may have (the largest published Mamba models have 64).
+pub const MAX_LAYERS: usize = 1024;
+
+/// Whether a class name is usable (non-empty, no whitespace, no `=` or `,`): it must fit
+/// `--class NAME=PATH`, `--labels A,B` and a TSV column name `p_NAME`.
+pub fn valid_class_name(name: &str) -> bool {
+    !name.is_empty()
+        && !name
+            .chars()
+            .any(|c| c.is_whitespace() || c == '=' || c == ',')
+}
+
+/// Checks that class names are valid and distinct.
+pub fn check_labels(labels: &[String]) -> crate::Result<()> {
+    let mut seen = std::collections::HashSet::new();
+    for l in labels {
+        if !valid_class_name(l) || !seen.insert(l) {
+            return Err(crate::Error::usage(
+                format!("bad or repeated class name '{l}'"),
+                "use distinct class names without spaces, '=' or ','",
+            ));
+        }
+    }
+    Ok(())
+}
+
 fn default_d_state() -> usize {
     16
 }
@@ -107,6 +133,7 @@ impl MambaConfig {
         let checks = [
             (self.d_model == 0, "d_model must be at least 1"),
             (self.n_layer == 0, "n_layer must be at least 1"),
+            (self.n_layer > MAX_LAYERS, "n_layer must be at most 1024"),
             (self.d_state == 0, "d_state must be at least 1"),
             (self.expand == 0, "expand must be at least 1"),
             (self.d_conv == 0, "d_conv must be at least 1"),
@@ -193,7 +220,7 @@ impl MambaConfig {
         let d_model = get_usize("hidden_size", None)?;
         let expand = get_usize("expand", Some(2))?;
         if let Some(inter) = v.get("intermediate_size").and_then(|x| x.as_u64())
-            && inter as usize != expand * d_model
+            && Some(inter) != (expand as u64).checked_mul(d_model as u64)
         {
             return Err(bad(format!(
                 "intermediate_size {inter} is not expand x hidden_size ({expand} x {d_model})"

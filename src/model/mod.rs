@@ -155,6 +155,24 @@ impl GenoModel {
                 "set head.bidirectional to true (and kind to position), or orf_features to false",
             ));
         }
+        if let Some(h) = &config.head {
+            let fix = "list two or more distinct class names without spaces, '=' or ',' in config.json's head.labels";
+            if h.labels.len() < 2 {
+                return Err(Error::usage(
+                    format!(
+                        "the model's config.json gives its head {} class name(s)",
+                        h.labels.len()
+                    ),
+                    fix,
+                ));
+            }
+            config::check_labels(&h.labels).map_err(|e| match e {
+                Error::Usage { what, .. } => {
+                    Error::usage(format!("the model's config.json head: {what}"), fix)
+                }
+                other => other,
+            })?;
+        }
         let head = match &config.head {
             Some(h) => Some(weights::head_from_tensors(
                 map,
@@ -266,6 +284,21 @@ impl GenoModel {
             renames.iter().try_for_each(|(tmp, dest)| {
                 std::fs::rename(tmp, dest).map_err(|e| Error::io(dest.display().to_string(), e))
             })
+        })
+    }
+
+    /// Rewrites `dir/config.json` alone (written to a temporary name, then renamed): for a
+    /// saved model whose provenance changes while its weights do not.
+    pub fn save_config(config: &ModelConfig, dir: &Path) -> Result<()> {
+        let json = serde_json::to_string_pretty(config)
+            .map_err(|e| Error::Runtime(format!("cannot serialise config: {e}")))?;
+        let dest = dir.join("config.json");
+        let tmp = PendingPath::new(temp_path(&dest));
+        std::fs::write(tmp.path(), json + "\n")
+            .map_err(|e| Error::io(tmp.path().display().to_string(), e))?;
+        let from = tmp.path().to_path_buf();
+        publish(vec![tmp], || {
+            std::fs::rename(&from, &dest).map_err(|e| Error::io(dest.display().to_string(), e))
         })
     }
 

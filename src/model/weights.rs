@@ -71,8 +71,25 @@ impl TensorMap {
                     "store weights as f32, f16, bf16 or f64",
                 )
             })?;
-            let name = name.strip_prefix("backbone.").unwrap_or(&name).to_string();
-            tensors.insert(name, (view.shape().to_vec(), values));
+            let short = name.strip_prefix("backbone.").unwrap_or(&name).to_string();
+            if tensors.contains_key(&short) {
+                return Err(Error::model(
+                    dir,
+                    format!(
+                        "tensor '{short}' is in {} twice (with and without the 'backbone.' prefix)",
+                        path.display()
+                    ),
+                    "keep one of the two",
+                ));
+            }
+            tensors.insert(short, (view.shape().to_vec(), values));
+        }
+        if tensors.contains_key("embeddings.weight") && tensors.contains_key("embedding.weight") {
+            return Err(Error::model(
+                dir,
+                "the weights hold both 'embeddings.weight' and 'embedding.weight'",
+                "keep one of the two",
+            ));
         }
         Ok(TensorMap {
             tensors,

@@ -107,27 +107,7 @@ pub fn parse_class_spec(spec: &str) -> Result<(String, String)> {
     }
 }
 
-/// Whether a class name is usable (non-empty, no whitespace, no `=` or `,`).
-pub fn valid_class_name(name: &str) -> bool {
-    !name.is_empty()
-        && !name
-            .chars()
-            .any(|c| c.is_whitespace() || c == '=' || c == ',')
-}
-
-/// Checks that class names are valid and distinct.
-pub fn check_labels(labels: &[String]) -> Result<()> {
-    let mut seen = std::collections::HashSet::new();
-    for l in labels {
-        if !valid_class_name(l) || !seen.insert(l) {
-            return Err(Error::usage(
-                format!("bad or repeated class name '{l}'"),
-                "use distinct class names without spaces, '=' or ','",
-            ));
-        }
-    }
-    Ok(())
-}
+pub use crate::model::config::{check_labels, valid_class_name};
 
 /// Reads one FASTA/FASTQ file per class. Class order is the order given.
 pub fn load_class_files(specs: &[(String, String)]) -> Result<SeqDataset> {
