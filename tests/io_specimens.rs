@@ -739,13 +739,35 @@ fn truncated_gzip_of_a_real_file_is_an_error_not_an_early_end() {
             assert!(seen > 0, "records before the cut are delivered first");
         }
     }
-    // A bgzip chromosome cut after 100 kB: fails inside the first (only) record, named by its id.
-    let bytes = fs::read(data("genomes/hg19_chr20.fa.gz")).unwrap();
-    let path = write_file(dir.path(), "chr20_cut.fa.gz", &bytes[..100_000]);
-    assert_input_error(
-        read_all(s(&path)),
-        s(&path),
-        &["truncated or corrupt gzip data", "(record 20)"],
+    // A bgzip chromosome cut inside a block, or at a block border (where the blocks before
+    // it decode cleanly to a shorter sequence): its missing end-of-file block tells, before
+    // any record is read.
+    let bytes = fs::read(data("genomes/ecoli_k12.fa.gz")).unwrap();
+    let gzi = fs::read(data("genomes/ecoli_k12.fa.gz.gzi")).unwrap();
+    let entry = |i: usize| -> usize {
+        let at = 8 + 16 * i;
+        u64::from_le_bytes(gzi[at..at + 8].try_into().unwrap()) as usize
+    };
+    let border = entry(35);
+    assert!(border > 100_000 && border < bytes.len() - 28, "{border}");
+    for cut in [100_000, border, bytes.len() - 28] {
+        let path = write_file(dir.path(), "ecoli_cut.fa.gz", &bytes[..cut]);
+        let mut seen = 0;
+        let result = fastx::for_each_record(s(&path), &mut |_| {
+            seen += 1;
+            Ok(())
+        });
+        assert_input_error(
+            result,
+            s(&path),
+            &["truncated bgzip file", "end-of-file block is missing"],
+        );
+        assert_eq!(seen, 0, "cut at {cut}");
+    }
+    // Whole, it reads.
+    assert_eq!(
+        read_all(s(&data("genomes/ecoli_k12.fa.gz"))).unwrap().len(),
+        1
     );
 }
 
@@ -1270,6 +1292,13 @@ fn names_that_read_as_regions_are_taken_in_braces_like_samtools() {
     assert_eq!(rec.tokens.len(), 14);
     check_region(path, "{20:1-10}:3-6");
     check_region(path, "{20}:2-3");
+    // The braced form the ambiguity error asks for reads the part of `20` (samtools' too).
+    let part = check_region(path, "{20}:1-10");
+    // A BED row names its chromosome in a column of its own: never ambiguous.
+    let bed = write_file(dir.path(), "r.bed", b"20\t0\t10\n");
+    let rows = genomamba::io::bed::read_regions_bed(s(&bed)).unwrap();
+    let from_bed = region::read_region(path, &rows[0].region).unwrap();
+    assert_eq!(from_bed.tokens, part.tokens);
     // Without braces where both readings exist: refused, saying how to write each.
     let (err, msg) = expect_err(region::read_region(path, &"20:1-10".parse().unwrap()));
     assert_eq!(err.exit_code(), 2);
@@ -1331,6 +1360,7 @@ fn region_errors_say_what_and_how_to_fix() {
         name: "chrI".into(),
         start: 10,
         end: Some(10),
+        explicit_name: false,
     };
     assert_input_error(
         region::read_region(yeast, &reversed),
@@ -1447,4 +1477,69 @@ fn pieces_stream_a_record_in_order_and_concatenate_to_it() {
         assert_eq!(lasts, 2);
         assert_eq!(rebuilt, whole, "piece length {piece_len}");
     }
+}
+
+#[test]
+fn records_on_one_long_line_stream_like_wrapped_ones() {
+    // Sequence lines are read 1 MiB at a time (`LINE_PART`): lines just under, at and well
+    // past it, CRLF with the `\r` on each side of a part's end, and a last line with no
+    // line break, must give the records the same lines wrapped at 60 give.
+    const PART: usize = 1 << 20;
+    let bases = |n: usize, seed: u64| -> Vec<u8> {
+        (0..n as u64)
+            .map(|i| b"ACGTacgtN"[((i + seed).wrapping_mul(2_654_435_761) >> 9) as usize % 9])
+            .collect()
+    };
+    let records = [
+        ("under", bases(PART - 1, 1), "\r\n"),
+        ("at", bases(PART, 2), "\r\n"),
+        ("past", bases(2 * PART + 12_345, 3), "\n"),
+        ("end", bases(777, 4), ""),
+    ];
+    let (mut one_line, mut wrapped) = (Vec::new(), Vec::new());
+    for (id, seq, eol) in &records {
+        one_line.extend_from_slice(format!(">{id} one line\n").as_bytes());
+        one_line.extend_from_slice(seq);
+        one_line.extend_from_slice(eol.as_bytes());
+        wrapped.extend_from_slice(format!(">{id}\n").as_bytes());
+        for line in seq.chunks(60) {
+            wrapped.extend_from_slice(line);
+            wrapped.push(b'\n');
+        }
+    }
+    let dir = tempdir();
+    let one = write_file(dir.path(), "one.fa", &one_line);
+    let many = write_file(dir.path(), "many.fa", &wrapped);
+    let want = read_all(s(&many)).unwrap();
+    assert_eq!(want.len(), 4);
+    let got = read_all(s(&one)).unwrap();
+    let key = |r: &[Record]| -> Vec<(String, Vec<u8>)> {
+        r.iter().map(|r| (r.id.clone(), r.tokens.clone())).collect()
+    };
+    assert_eq!(key(&got), key(&want));
+    for piece_len in [1000usize, 4096, PART, 3 * PART] {
+        let mut rebuilt: Vec<(String, Vec<u8>)> = Vec::new();
+        fastx::for_each_piece(s(&one), piece_len, &mut |p| {
+            assert!(p.tokens.len() <= piece_len && (p.last || p.tokens.len() == piece_len));
+            if p.start == 0 {
+                rebuilt.push((p.meta.id.clone(), Vec::new()));
+            }
+            let cur = &mut rebuilt.last_mut().unwrap().1;
+            assert_eq!(p.start, cur.len());
+            cur.extend_from_slice(&p.tokens);
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(rebuilt, key(&want), "piece length {piece_len}");
+    }
+    // A bad byte past the first part of a line is named at its line and position.
+    let mut bad = b">x\n".to_vec();
+    bad.extend_from_slice(&bases(PART + 10, 5));
+    bad[3 + PART + 4] = b'#';
+    bad.extend_from_slice(b"\n");
+    let bad = write_file(dir.path(), "bad.fa", &bad);
+    let (err, msg) = expect_err(fastx::for_each_piece(s(&bad), 4096, &mut |_| Ok(())));
+    assert_eq!(err.exit_code(), 2);
+    let at = format!("line 2 (record x, position {})", PART + 5);
+    assert!(msg.contains(&at), "{msg}");
 }

@@ -3,11 +3,11 @@
 //!
 //! Rows are tab-separated `chrom`, `start`, `end`, then any further columns (column 4 is the
 //! name); blank lines and `#`, `track` and `browser` lines are skipped; the file may be
-//! plain or gzip/bgzip-compressed. Errors name the file and the line.
+//! plain or compressed (gzip, bgzip, bzip2, xz, zstd). Errors name the file and the line.
 
 use std::io::BufRead;
 
-use super::fastx::open_file;
+use super::fastx::{Compression, open_file};
 use super::region::Region;
 use crate::{Error, Result};
 
@@ -28,20 +28,18 @@ pub struct BedRow {
     pub line: u64,
 }
 
-/// Opens a text file, gzip-compressed (bgzip included) or plain, told apart by the gzip
-/// magic bytes. `wanted` ("a BED file") is what the error for a directory asks for.
+/// Opens a text file, plain or compressed as sequence files may be (gzip and bgzip, bzip2,
+/// xz, zstd), told apart by its first bytes. `wanted` ("a BED file") is what the error for a
+/// directory asks for.
 pub fn open_text(path: &str, wanted: &str) -> Result<Box<dyn BufRead>> {
     let file = open_file(path, wanted)?;
     let mut r = std::io::BufReader::new(file);
     let head = r
         .fill_buf()
         .map_err(|e| Error::input(path, format!("cannot read: {e}"), format!("pass {wanted}")))?;
-    if head.starts_with(&[0x1f, 0x8b]) {
-        Ok(Box::new(std::io::BufReader::new(
-            flate2::bufread::MultiGzDecoder::new(r),
-        )))
-    } else {
-        Ok(Box::new(r))
+    match Compression::detect(head) {
+        Compression::Plain => Ok(Box::new(r)),
+        c => Ok(Box::new(std::io::BufReader::new(c.decoder(r, path)?))),
     }
 }
 
@@ -192,6 +190,7 @@ pub fn read_regions_bed(path: &str) -> Result<Vec<BedRegion>> {
                     name: r.chrom,
                     start: r.start,
                     end: Some(r.end),
+                    explicit_name: true,
                 },
                 name: r.name,
                 strand: r.strand,
@@ -211,6 +210,37 @@ mod tests {
         std::fs::write(&path, text).unwrap();
         let path = path.to_str().unwrap().to_string();
         (dir, path)
+    }
+
+    #[test]
+    fn compressed_bed_files_read_like_plain_ones() {
+        use std::io::Write;
+        let text = "# two rows\nchr1\t0\t10\tpromoter\nchr2\t5\t9\tenhancer\n";
+        let (d, plain) = write(text);
+        let want = read_bed(&plain, BedUse::Labels).unwrap();
+        assert_eq!(want.len(), 2);
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        gz.write_all(text.as_bytes()).unwrap();
+        let mut bz = bzip2::write::BzEncoder::new(Vec::new(), bzip2::Compression::default());
+        bz.write_all(text.as_bytes()).unwrap();
+        let mut xz = liblzma::write::XzEncoder::new(Vec::new(), 6);
+        xz.write_all(text.as_bytes()).unwrap();
+        for (ext, bytes) in [
+            ("gz", gz.finish().unwrap()),
+            ("bz2", bz.finish().unwrap()),
+            ("xz", xz.finish().unwrap()),
+            ("zst", zstd::stream::encode_all(text.as_bytes(), 3).unwrap()),
+        ] {
+            let path = d.path().join(format!("x.bed.{ext}"));
+            std::fs::write(&path, &bytes).unwrap();
+            let got = read_bed(path.to_str().unwrap(), BedUse::Labels).unwrap();
+            let key = |r: &Vec<BedRow>| -> Vec<(String, u64, u64, String, u64)> {
+                r.iter()
+                    .map(|b| (b.chrom.clone(), b.start, b.end, b.name.clone(), b.line))
+                    .collect()
+            };
+            assert_eq!(key(&got), key(&want), "{ext}");
+        }
     }
 
     #[test]

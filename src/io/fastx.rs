@@ -237,7 +237,7 @@ pub fn for_each_piece(
 
 /// How the bytes of a file are compressed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Compression {
+pub(crate) enum Compression {
     Plain,
     Gzip,
     Bzip2,
@@ -256,8 +256,32 @@ impl Compression {
         }
     }
 
+    /// A decoder of `rest` (every member of a multi-member stream), or `rest` itself for plain
+    /// input; `path` names the input in the error of a zstd stream that cannot start.
+    pub(crate) fn decoder<R: BufRead + Send + 'static>(
+        self,
+        rest: R,
+        path: &str,
+    ) -> Result<Box<dyn Read + Send>> {
+        Ok(match self {
+            Compression::Plain => Box::new(rest),
+            Compression::Gzip => Box::new(flate2::bufread::MultiGzDecoder::new(rest)),
+            Compression::Bzip2 => Box::new(bzip2::bufread::MultiBzDecoder::new(rest)),
+            Compression::Xz => Box::new(liblzma::bufread::XzDecoder::new_multi_decoder(rest)),
+            Compression::Zstd => {
+                Box::new(zstd::stream::read::Decoder::with_buffer(rest).map_err(|e| {
+                    Error::input(
+                        path,
+                        format!("cannot start the zstd decoder: {e}"),
+                        CORRUPT_FIX,
+                    )
+                })?)
+            }
+        })
+    }
+
     /// Detects the compression from the first bytes (magic numbers).
-    fn detect(head: &[u8]) -> Compression {
+    pub(crate) fn detect(head: &[u8]) -> Compression {
         if head.starts_with(&[0x1f, 0x8b]) {
             Compression::Gzip
         } else if head.starts_with(b"BZh") {
@@ -373,6 +397,9 @@ impl Input {
         let mut head = [0u8; 6];
         let n = read_up_to(&mut raw, &mut head).map_err(|e| Error::io(path, e))?;
         let compression = Compression::detect(&head[..n]);
+        if compression == Compression::Gzip && path != "-" {
+            check_bgzf_end(path)?;
+        }
         // The peeked bytes go back in front of the rest of the stream.
         let rest = BufReader::with_capacity(BUF_SIZE, Cursor::new(head[..n].to_vec()).chain(raw));
         let decoder: Box<dyn Read + Send> = match compression {
@@ -383,18 +410,7 @@ impl Input {
                     ctx: Ctx::new(path, compression, slot),
                 });
             }
-            Compression::Gzip => Box::new(flate2::bufread::MultiGzDecoder::new(rest)),
-            Compression::Bzip2 => Box::new(bzip2::bufread::MultiBzDecoder::new(rest)),
-            Compression::Xz => Box::new(liblzma::bufread::XzDecoder::new_multi_decoder(rest)),
-            Compression::Zstd => {
-                Box::new(zstd::stream::read::Decoder::with_buffer(rest).map_err(|e| {
-                    Error::input(
-                        path,
-                        format!("cannot start the zstd decoder: {e}"),
-                        CORRUPT_FIX,
-                    )
-                })?)
-            }
+            c => c.decoder(rest, path)?,
         };
         let decoded = Tap {
             inner: decoder,
@@ -492,6 +508,39 @@ impl Ctx {
             None => err,
         }
     }
+}
+
+/// The empty block that ends every BGZF (bgzip) file.
+const BGZF_EOF: [u8; 28] = [
+    0x1f, 0x8b, 0x08, 0x04, 0, 0, 0, 0, 0, 0xff, 0x06, 0, b'B', b'C', 0x02, 0, 0x1b, 0, 0x03, 0, 0,
+    0, 0, 0, 0, 0, 0, 0,
+];
+
+/// A bgzip file cut at a block border decodes cleanly to a shorter sequence; its missing
+/// end-of-file block tells. Plain gzip (no BGZF header) has no such mark and is not checked.
+fn check_bgzf_end(path: &str) -> Result<()> {
+    use std::io::{Seek, SeekFrom};
+    let mut file = open_file(path, SEQUENCE_FILE)?;
+    let mut head = [0u8; 16];
+    let n = read_up_to(&mut file, &mut head).map_err(|e| Error::io(path, e))?;
+    // gzip with FEXTRA, then the `BC` subfield of BGZF.
+    let bgzf = n == 16 && head[3] & 0x04 != 0 && head[12] == b'B' && head[13] == b'C';
+    let len = file.metadata().map_err(|e| Error::io(path, e))?.len();
+    if !bgzf || len < BGZF_EOF.len() as u64 {
+        return Ok(());
+    }
+    let mut tail = [0u8; 28];
+    file.seek(SeekFrom::End(-(BGZF_EOF.len() as i64)))
+        .map_err(|e| Error::io(path, e))?;
+    let n = read_up_to(&mut file, &mut tail).map_err(|e| Error::io(path, e))?;
+    if n == tail.len() && tail == BGZF_EOF {
+        return Ok(());
+    }
+    Err(Error::input(
+        path,
+        "truncated bgzip file: its end-of-file block is missing (it was cut short or not finished)",
+        CORRUPT_FIX,
+    ))
 }
 
 /// Reads until `buf` is full or the input ends; returns the number of bytes read.
@@ -604,28 +653,40 @@ fn read_fasta(
         let cap = piece_len.min(1 << 20);
         let mut tokens: Vec<u8> = Vec::with_capacity(cap);
         let mut start = 0usize;
-        while let Some(line) = lines.next(Some(&name))? {
-            if let Some(rest) = line.strip_prefix(b">") {
-                header = Some(rest.to_vec());
+        // A sequence line is read a part at a time, so that a chromosome on one line costs
+        // no more memory than one wrapped (and a piece's worth is tokenised at a time, so that
+        // handing on pieces copies each base once).
+        while let Some((part, line_start)) = lines.next_part(Some(&name), LINE_PART)? {
+            if line_start && part.first() == Some(&b'>') {
+                let mut h = part[1..].to_vec();
+                while lines.mid_line {
+                    match lines.next_part(None, LINE_PART)? {
+                        Some((more, _)) => h.extend_from_slice(more),
+                        None => break,
+                    }
+                }
+                header = Some(h);
                 break;
             }
-            if let Err(bad) = alphabet::tokenize_into(line, &mut tokens) {
-                let base = (start + tokens.len()) as u64 + 1;
-                return Err(bad_base(&path, &name, lines.line, base, bad));
-            }
-            // Hand on full pieces, keeping at least one token back so that the record's last
-            // piece is never empty (unless the record is).
-            while tokens.len() > piece_len {
-                let rest = tokens.split_off(piece_len);
-                let piece = std::mem::replace(&mut tokens, rest);
-                let n = piece.len();
-                f(Piece {
-                    meta: meta.clone(),
-                    start,
-                    tokens: piece,
-                    last: false,
-                })?;
-                start += n;
+            for seg in part.chunks(piece_len.max(1)) {
+                if let Err(bad) = alphabet::tokenize_into(seg, &mut tokens) {
+                    let base = (start + tokens.len()) as u64 + 1;
+                    return Err(bad_base(&path, &name, lines.line, base, bad));
+                }
+                // Hand on full pieces, keeping at least one token back so that the record's
+                // last piece is never empty (unless the record is).
+                while tokens.len() > piece_len {
+                    let rest = tokens.split_off(piece_len);
+                    let piece = std::mem::replace(&mut tokens, rest);
+                    let n = piece.len();
+                    f(Piece {
+                        meta: meta.clone(),
+                        start,
+                        tokens: piece,
+                        last: false,
+                    })?;
+                    start += n;
+                }
             }
         }
         f(Piece {
@@ -638,6 +699,9 @@ fn read_fasta(
     Ok(())
 }
 
+/// The most bytes of one FASTA sequence line read at a time.
+const LINE_PART: usize = 1 << 20;
+
 /// Reads lines from the decoded stream, counting them and stripping `\n` / `\r\n`.
 struct Lines<'a> {
     reader: &'a mut Box<dyn BufRead + Send>,
@@ -645,6 +709,8 @@ struct Lines<'a> {
     buf: Vec<u8>,
     /// 1-based number of the line in `buf`.
     line: u64,
+    /// The last part read ([`Lines::next_part`]) did not end its line.
+    mid_line: bool,
 }
 
 impl<'a> Lines<'a> {
@@ -654,7 +720,65 @@ impl<'a> Lines<'a> {
             ctx,
             buf: Vec::with_capacity(1024),
             line: ctx.lines_skipped,
+            mid_line: false,
         }
+    }
+
+    /// The next part of a line, at most `max` bytes, without its line break, and whether it
+    /// begins its line; `None` at the end of the input.
+    fn next_part(&mut self, record: Option<&str>, max: usize) -> Result<Option<(&[u8], bool)>> {
+        self.buf.clear();
+        let mut line_end = false;
+        loop {
+            let avail = self
+                .reader
+                .fill_buf()
+                .map_err(|e| self.ctx.io_error(e, record))?;
+            if avail.is_empty() {
+                break;
+            }
+            let take = avail.len().min(max - self.buf.len());
+            if let Some(i) = memchr::memchr(b'\n', &avail[..take]) {
+                self.buf.extend_from_slice(&avail[..i]);
+                self.reader.consume(i + 1);
+                line_end = true;
+                break;
+            }
+            self.buf.extend_from_slice(&avail[..take]);
+            self.reader.consume(take);
+            if self.buf.len() >= max {
+                break;
+            }
+        }
+        if self.buf.is_empty() && !line_end {
+            self.mid_line = false;
+            return Ok(None);
+        }
+        // A `\r` that ends a part may be the first half of a `\r\n` line break.
+        if !line_end && self.buf.last() == Some(&b'\r') {
+            let next = self
+                .reader
+                .fill_buf()
+                .map_err(|e| self.ctx.io_error(e, record))?;
+            match next.first() {
+                Some(b'\n') => {
+                    self.reader.consume(1);
+                    line_end = true;
+                }
+                None => line_end = true,
+                Some(_) => {}
+            }
+        }
+        let starts = !self.mid_line;
+        if starts {
+            self.line += 1;
+        }
+        self.mid_line = !line_end;
+        let mut part = &self.buf[..];
+        if line_end {
+            part = part.strip_suffix(b"\r").unwrap_or(part);
+        }
+        Ok(Some((part, starts)))
     }
 
     /// The next line without its line break, or `None` at the end of the input.

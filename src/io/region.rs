@@ -29,7 +29,9 @@ use crate::{Error, Result};
 
 /// A samtools-style region: `name`, or `name:start-end` (1-based inclusive, commas allowed in
 /// numbers), or `name:start` (to the end).
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+/// Two regions are equal when they cover the same bases of the same name, however the
+/// name was written.
+#[derive(Debug, Clone)]
 pub struct Region {
     /// Sequence (chromosome) name as in the `.fai` index.
     pub name: String,
@@ -37,6 +39,23 @@ pub struct Region {
     pub start: u64,
     /// 0-based, exclusive; `None` = to the end of the sequence.
     pub end: Option<u64>,
+    /// The name was marked as a name (`{NAME}` in braces, or a BED row's column 1), so the
+    /// region cannot mean a whole sequence whose name reads like a region (`20:1-10`).
+    pub explicit_name: bool,
+}
+
+impl PartialEq for Region {
+    fn eq(&self, other: &Self) -> bool {
+        (&self.name, self.start, self.end) == (&other.name, other.start, other.end)
+    }
+}
+
+impl Eq for Region {}
+
+impl std::hash::Hash for Region {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        (&self.name, self.start, self.end).hash(state);
+    }
 }
 
 /// How a region is written, for usage errors.
@@ -60,6 +79,7 @@ impl FromStr for Region {
         if s.chars().any(char::is_whitespace) {
             return Err(bad("it contains whitespace".into()));
         }
+        let explicit_name = s.starts_with('{');
         let (name, coords) = if let Some(braced) = s.strip_prefix('{') {
             let Some((name, rest)) = braced.split_once('}') else {
                 return Err(bad("'{' without its closing '}'".into()));
@@ -94,6 +114,7 @@ impl FromStr for Region {
                 name: name.to_string(),
                 start: 0,
                 end: None,
+                explicit_name,
             });
         };
         let (first, last) = match coords.split_once('-') {
@@ -135,6 +156,7 @@ impl FromStr for Region {
             name: name.to_string(),
             start: start_1based - 1,
             end: end_1based,
+            explicit_name,
         })
     }
 }
@@ -462,7 +484,11 @@ impl IndexedFasta {
         let found = self.by_name.get(region.name.as_bytes()).copied();
         // A sequence whose whole name reads as this region (`20:1-10`, say, from a file
         // written by `samtools faidx`): without braces, which one is meant cannot be told.
-        let whole_name = self.region_like.get(region);
+        let whole_name = if region.explicit_name {
+            None
+        } else {
+            self.region_like.get(region)
+        };
         if let (Some(_), Some(whole)) = (found, whole_name) {
             return Err(Error::usage(
                 format!(
@@ -732,11 +758,20 @@ mod tests {
         s.parse().unwrap()
     }
 
+    /// `r` with its name marked as a name (written in braces).
+    fn named(r: Region) -> Region {
+        Region {
+            explicit_name: true,
+            ..r
+        }
+    }
+
     fn region(name: &str, start: u64, end: Option<u64>) -> Region {
         Region {
             name: name.to_string(),
             start,
             end,
+            explicit_name: false,
         }
     }
 
@@ -760,9 +795,11 @@ mod tests {
         );
         assert_eq!(parse("seq:v2:1-3"), region("seq:v2", 0, Some(3)));
         // Braces, as samtools takes them, for names that read as coordinates.
-        assert_eq!(parse("{20:1-10}"), region("20:1-10", 0, None));
-        assert_eq!(parse("{20:1-10}:3-4"), region("20:1-10", 2, Some(4)));
-        assert_eq!(parse("{chr1}:5"), region("chr1", 4, None));
+        assert_eq!(parse("{20:1-10}"), named(region("20:1-10", 0, None)));
+        assert_eq!(parse("{20:1-10}:3-4"), named(region("20:1-10", 2, Some(4))));
+        assert_eq!(parse("{chr1}:5"), named(region("chr1", 4, None)));
+        // Braces mark the name as a name (which a region-like whole name cannot then take).
+        assert!(parse("{chr1}:5").explicit_name && !parse("chr1:5").explicit_name);
     }
 
     #[test]
