@@ -45,7 +45,7 @@ pub enum Error {
         fix: String,
     },
     /// An operating-system I/O failure on a named path.
-    #[error("{path}: {source}")]
+    #[error("{}: {source}", shown(.path))]
     Io {
         /// The path being read or written.
         path: String,
@@ -69,7 +69,7 @@ pub fn shorten(text: &str, max: usize) -> String {
 }
 
 /// An input's path as errors name it: `-` is stdin.
-fn shown(path: &str) -> &str {
+pub fn shown(path: &str) -> &str {
     if path == "-" { "stdin" } else { path }
 }
 
@@ -116,6 +116,15 @@ impl Error {
         if let Error::Input { what, .. } | Error::Usage { what, .. } = &mut self {
             what.push(' ');
             what.push_str(note.as_ref());
+        }
+        self
+    }
+
+    /// Puts `prefix` in front of what an [`Error::Input`] or [`Error::Usage`] says (the line
+    /// that gave the bad value, say), as `PREFIX: WHAT`; other variants are returned unchanged.
+    pub fn prefixed(mut self, prefix: impl AsRef<str>) -> Self {
+        if let Error::Input { what, .. } | Error::Usage { what, .. } = &mut self {
+            *what = format!("{}: {what}", prefix.as_ref());
         }
         self
     }

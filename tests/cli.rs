@@ -402,6 +402,32 @@ fn annotate_bed_is_accepted_by_bedtools_and_region_coordinates_are_chromosomal()
     assert_eq!(tsv_rows.len(), 1 + 30_000 + 1_208);
     assert_eq!(tsv_rows[1][..2], ["chrII", "100001"]);
     assert_eq!(tsv_rows.last().unwrap()[..2], ["chrI", "230208"]);
+    // Probabilities have 4 decimals, or `--digits` (which the bedGraph takes too) when given.
+    let decimals = |v: &str| v.split_once('.').map_or(0, |(_, d)| d.len());
+    assert!(tsv_rows[1][3..].iter().all(|v| decimals(v) == 4));
+    let fine = t.path().join("fine.tsv");
+    ok(&[
+        "annotate",
+        "-m",
+        s(&m),
+        s(&fa),
+        "--region",
+        "chrI:229001-230208",
+        "--tsv",
+        s(&fine),
+        "--digits",
+        "6",
+    ]);
+    let fine_rows = tsv_values(&fine);
+    assert_eq!(fine_rows.len(), 1 + 1_208);
+    for (row, coarse) in fine_rows[1..].iter().zip(&tsv_rows[1 + 30_000..]) {
+        assert_eq!(row[..3], coarse[..3]);
+        for (v, c) in row[3..].iter().zip(&coarse[3..]) {
+            assert_eq!(decimals(v), 6, "{v}");
+            let (v, c): (f64, f64) = (v.parse().unwrap(), c.parse().unwrap());
+            assert!((v - c).abs() <= 5e-5 + 1e-6, "{v} vs {c}");
+        }
+    }
     let bedtools_check = Command::new("bedtools")
         .args(["merge", "-i", s(&bg)])
         .output()
@@ -836,7 +862,22 @@ fn warnings_show_with_quiet_and_stdin_is_named_in_errors() {
     assert_eq!(o.stdout.lines().count(), 3, "{}", o.stdout);
     assert_eq!(
         o.stderr.trim_end(),
-        "genomamba: warning: skipped 1 record(s) of length 0"
+        format!(
+            "genomamba: warning: skipped a record of length 0 ({}, record empty)",
+            fa.display()
+        )
+    );
+    // Several are counted and the first is named, also from stdin.
+    std::fs::write(&fa, ">a\nACGT\n>\n>b\nGGCC\n>c\n").unwrap();
+    let piped = gm()
+        .args(["embed", "-m", s(&m), "-", "-o", "-", "--quiet"])
+        .stdin(std::fs::File::open(&fa).unwrap())
+        .output()
+        .unwrap();
+    assert_eq!(piped.status.code(), Some(0));
+    assert_eq!(
+        String::from_utf8_lossy(&piped.stderr).trim_end(),
+        "genomamba: warning: skipped 2 records of length 0 (the first: stdin, record #2)"
     );
     // Bad input on stdin is named so (it was "-: ...").
     let bad = t.path().join("bad.fa");
@@ -1145,7 +1186,8 @@ fn bad_input_exits_2_with_one_line_and_leaves_no_output() {
     for (flags, needle) in [
         (["--d-model", "0"], "d_model must be at least 1"),
         (["--d-model", "100000000"], "250000046100000000 parameters"),
-        (["--n-layer", "100000000"], "parameters"),
+        (["--n-layer", "100000000"], "n_layer must be at most 1024"),
+        (["--n-layer", "1025"], "n_layer must be at most 1024"),
     ] {
         let mut args = vec!["init", "-o", s(&huge)];
         args.extend(flags);
@@ -1192,6 +1234,17 @@ fn bad_input_exits_2_with_one_line_and_leaves_no_output() {
         "65536",
     ]);
     assert_bad(&o, "--digits 65536");
+    let o = run(&[
+        "annotate",
+        "-m",
+        s(&pos),
+        s(&input),
+        "--bed",
+        s(&twice),
+        "--track",
+        "feature",
+    ]);
+    assert_bad(&o, "no --bedgraph was given");
     let nameless = t.path().join("nameless.fa");
     std::fs::write(&nameless, ">\nACGT\n").unwrap();
     let o = run(&["annotate", "-m", s(&pos), s(&nameless), "--bed", s(&twice)]);
@@ -1199,6 +1252,250 @@ fn bad_input_exits_2_with_one_line_and_leaves_no_output() {
     assert!(!twice.exists());
     let o = run(&["embed", "-m", s(&m), "-", "-", "-o", s(&out)]);
     assert_bad(&o, "stdin (-) is given more than once");
+}
+
+#[test]
+fn outputs_follow_links_stream_into_pipes_and_spare_every_input() {
+    use std::io::{BufRead, Read};
+    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+    use std::os::unix::process::CommandExt;
+    let t = tempfile::tempdir().unwrap();
+    let m = init(t.path(), "m", &[]);
+    let pos = init(t.path(), "pos", &["--head", "position", "--labels", "bg,x"]);
+    let fa = t.path().join("in.fa");
+    std::fs::write(&fa, ">c\nACGTACGTTTGACCAGTACG\n").unwrap();
+    let faidx = std::process::Command::new("samtools")
+        .arg("faidx")
+        .arg(&fa)
+        .status();
+    assert!(faidx.unwrap().success(), "samtools faidx");
+    let want = ok(&["embed", "-m", s(&m), s(&fa), "-o", "-"]);
+    // A link to a file: the file gets the output and the link stays a link.
+    let target = t.path().join("target.tsv");
+    std::fs::write(&target, "old").unwrap();
+    std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o640)).unwrap();
+    let link = t.path().join("link.tsv");
+    std::os::unix::fs::symlink(&target, &link).unwrap();
+    ok(&["embed", "-m", s(&m), s(&fa), "-o", s(&link)]);
+    assert!(
+        std::fs::symlink_metadata(&link)
+            .unwrap()
+            .file_type()
+            .is_symlink()
+    );
+    assert_eq!(std::fs::read_to_string(&target).unwrap(), want);
+    // ... keeping the replaced file's permissions.
+    let mode = std::fs::metadata(&target).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o640);
+    // A link to a file not made yet makes it; two outputs on one file through a link clash.
+    let dangling = t.path().join("dangling.tsv");
+    std::os::unix::fs::symlink(t.path().join("later.tsv"), &dangling).unwrap();
+    ok(&["embed", "-m", s(&m), s(&fa), "-o", s(&dangling)]);
+    assert_eq!(
+        std::fs::read_to_string(t.path().join("later.tsv")).unwrap(),
+        want
+    );
+    let bed = t.path().join("a.bed");
+    let bed_link = t.path().join("a_link.bed");
+    std::os::unix::fs::symlink(&bed, &bed_link).unwrap();
+    let o = run(&[
+        "annotate",
+        "-m",
+        s(&pos),
+        s(&fa),
+        "--bed",
+        s(&bed),
+        "--tsv",
+        s(&bed_link),
+    ]);
+    assert_bad(&o, "--bed and --tsv both write");
+    // A new file gets 0666 less the umask, as any program's output does.
+    let private = t.path().join("private.tsv");
+    let mut cmd = gm();
+    cmd.args(["embed", "-m", s(&m), s(&fa), "-o", s(&private)]);
+    // SAFETY: umask is async-signal-safe and touches only the child's own state.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::umask(0o077);
+            Ok(())
+        });
+    }
+    assert!(cmd.status().unwrap().success());
+    let mode = std::fs::metadata(&private).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600);
+    // A named pipe is written into, not replaced by a file.
+    let fifo = t.path().join("fifo");
+    let c = std::ffi::CString::new(s(&fifo)).unwrap();
+    // SAFETY: a valid NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o644) }, 0);
+    let reader = {
+        let fifo = fifo.clone();
+        std::thread::spawn(move || std::fs::read_to_string(fifo).unwrap())
+    };
+    ok(&["embed", "-m", s(&m), s(&fa), "-o", s(&fifo)]);
+    assert_eq!(reader.join().unwrap(), want);
+    assert!(std::fs::metadata(&fifo).unwrap().file_type().is_fifo());
+    // Files the command reads besides the sequences are inputs too.
+    let regions = t.path().join("r.bed");
+    std::fs::write(&regions, "c\t0\t8\n").unwrap();
+    let weights = m.join("model.safetensors");
+    let fai = format!("{}.fai", s(&fa));
+    for (args, input) in [
+        (
+            vec![
+                "annotate",
+                "-m",
+                s(&pos),
+                s(&fa),
+                "--regions-bed",
+                s(&regions),
+                "--bed",
+                s(&regions),
+            ],
+            s(&regions).to_string(),
+        ),
+        (
+            vec![
+                "embed",
+                "-m",
+                s(&m),
+                s(&fa),
+                "--region",
+                "c:1-5",
+                "-o",
+                &fai,
+            ],
+            fai.clone(),
+        ),
+        (
+            vec!["embed", "-m", s(&m), s(&fa), "-o", s(&weights)],
+            s(&weights).to_string(),
+        ),
+    ] {
+        let before = std::fs::read(&input).unwrap();
+        assert_bad(&run(&args), "the output would replace it");
+        assert_eq!(std::fs::read(&input).unwrap(), before, "{input}");
+    }
+    // Outputs that cannot be made are refused before any work, with exit code 2.
+    let file = t.path().join("a_file");
+    std::fs::write(&file, "").unwrap();
+    let sub = file.join("sub");
+    let o = run(&[
+        "embed",
+        "-m",
+        s(&m),
+        s(&fa),
+        "--pool",
+        "none",
+        "-o",
+        s(&sub),
+    ]);
+    assert_bad(&o, "is not a directory");
+    let o = run(&["init", "-o", s(&sub)]);
+    assert_bad(&o, "is not a directory");
+    let slash = format!("{}/", s(&t.path().join("no_dir")));
+    assert_bad(
+        &run(&["embed", "-m", s(&m), s(&fa), "-o", &slash]),
+        "ends with '/'",
+    );
+    // A closed stdout ends what goes there, not the outputs written to files.
+    let long = t.path().join("long.fa");
+    let bases: String = (0..200_000u64)
+        .map(|i| b"ACGT"[((i * 2_654_435_761) >> 7) as usize % 4] as char)
+        .collect();
+    std::fs::write(&long, format!(">c\n{bases}\n")).unwrap();
+    let tsv = t.path().join("per_base.tsv");
+    let mut child = gm()
+        .args([
+            "annotate",
+            "-m",
+            s(&pos),
+            s(&long),
+            "--bedgraph",
+            "-",
+            "--digits",
+            "9",
+        ])
+        .args(["--tsv", s(&tsv), "--quiet"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+    out.read_line(&mut first).unwrap();
+    assert!(first.starts_with("c\t0\t"), "{first}");
+    drop(out);
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{status:?}");
+    let mut text = String::new();
+    std::fs::File::open(&tsv)
+        .unwrap()
+        .read_to_string(&mut text)
+        .unwrap();
+    assert_eq!(text.lines().count(), 200_001);
+}
+
+#[test]
+fn hand_edited_models_are_refused_on_load() {
+    let t = tempfile::tempdir().unwrap();
+    let fa = t.path().join("in.fa");
+    std::fs::write(&fa, ">a\nACGTACGT\n").unwrap();
+    let edit = |name: &str, change: &dyn Fn(&mut serde_json::Value)| -> PathBuf {
+        let m = init(t.path(), name, &["--head", "sequence", "--labels", "a,b"]);
+        let cfg = m.join("config.json");
+        let mut v: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&cfg).unwrap()).unwrap();
+        change(&mut v);
+        std::fs::write(&cfg, v.to_string()).unwrap();
+        m
+    };
+    // Class names as init and train take them: two or more, distinct, no whitespace.
+    for (name, labels, needle) in [
+        (
+            "tab",
+            serde_json::json!(["a\tb", "c"]),
+            "bad or repeated class name",
+        ),
+        (
+            "same",
+            serde_json::json!(["a", "a"]),
+            "bad or repeated class name 'a'",
+        ),
+        (
+            "none",
+            serde_json::json!([]),
+            "gives its head 0 class name(s)",
+        ),
+    ] {
+        let m = edit(name, &|v| v["head"]["labels"] = labels.clone());
+        for cmd in [
+            vec!["classify", "-m", s(&m), s(&fa), "-o", "-"],
+            vec!["info", "-m", s(&m)],
+        ] {
+            let o = run(&cmd);
+            assert_bad(&o, needle);
+            assert!(o.stdout.is_empty(), "{}", o.stdout);
+        }
+    }
+    // A layer count past the limit is refused before anything is sized from it.
+    let m = edit("deep", &|v| {
+        v["architecture"]["n_layer"] = 1_000_000_000.into()
+    });
+    assert_bad(&run(&["info", "-m", s(&m)]), "n_layer must be at most 1024");
+    // A tensor under two names (with and without `backbone.`) would make the result depend
+    // on which one a run happened to take.
+    let m = init(t.path(), "dup", &[]);
+    let path = m.join("model.safetensors");
+    let bytes = std::fs::read(&path).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let mut tensors: Vec<(String, safetensors::tensor::TensorView<'_>)> = st.tensors();
+    let norm = st.tensor("norm_f.weight").unwrap();
+    tensors.push(("backbone.norm_f.weight".into(), norm));
+    let doubled = safetensors::serialize(tensors, None).unwrap();
+    std::fs::write(&path, doubled).unwrap();
+    let o = run(&["embed", "-m", s(&m), s(&fa), "-o", "-"]);
+    assert_bad(&o, "tensor 'norm_f.weight' is in");
+    assert_bad(&o, "twice");
 }
 
 /// The error `--device cuda:99` must give on this build and machine: without the `cuda`

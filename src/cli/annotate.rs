@@ -37,9 +37,10 @@ pub struct AnnotateArgs {
     /// Class whose probability goes to the bedGraph (default: the second class, or the only one).
     #[arg(long)]
     pub track: Option<String>,
-    /// Decimals of bedGraph values (runs of equal rounded values merge).
-    #[arg(long, default_value_t = 3)]
-    pub digits: usize,
+    /// Decimals of bedGraph values (runs of equal rounded values merge; default 3) and of
+    /// the TSV's probabilities (default 4).
+    #[arg(long)]
+    pub digits: Option<usize>,
 }
 
 pub fn run(a: AnnotateArgs) -> Result<()> {
@@ -49,12 +50,17 @@ pub fn run(a: AnnotateArgs) -> Result<()> {
             "give at least one of --bed FILE, --bedgraph FILE, --tsv FILE",
         ));
     }
-    if a.digits > MAX_DIGITS {
+    if a.track.is_some() && a.bedgraph.is_none() {
         return Err(Error::usage(
-            format!(
-                "--digits {} is more than an f32 probability holds",
-                a.digits
-            ),
+            "--track chooses the class of the bedGraph, and no --bedgraph was given",
+            "add --bedgraph FILE, or drop --track",
+        ));
+    }
+    if let Some(digits) = a.digits
+        && digits > MAX_DIGITS
+    {
+        return Err(Error::usage(
+            format!("--digits {digits} is more than an f32 probability holds"),
             format!("use at most {MAX_DIGITS}"),
         ));
     }
@@ -106,6 +112,13 @@ pub fn run(a: AnnotateArgs) -> Result<()> {
     let bed = a.bed.as_deref().map(Output::create).transpose()?;
     let bg = a.bedgraph.as_deref().map(Output::create).transpose()?;
     let mut tsv = a.tsv.as_deref().map(Output::create).transpose()?;
+    // A closed stdout (`--bed - | head`) must not cost the outputs written to files.
+    let outputs: Vec<&Output> = [&bed, &bg, &tsv].into_iter().flatten().collect();
+    if outputs.iter().any(|o| !o.is_stream()) {
+        for o in outputs.iter().filter(|o| o.is_stream()) {
+            o.keep_going_when_closed();
+        }
+    }
     if let Some(t) = &mut tsv {
         let mut h = String::from(if stranded {
             "chrom\tposition\tstrand\tlabel"
@@ -130,8 +143,9 @@ pub fn run(a: AnnotateArgs) -> Result<()> {
         labels: labels.clone(),
         track,
         bed: bed.map(|o| (o, BedSegmenter::new(labels.clone(), emit, a.threshold))),
-        bg: bg.map(|o| (o, BedGraphWriter::new(a.digits))),
+        bg: bg.map(|o| (o, BedGraphWriter::new(a.digits.unwrap_or(3)))),
         tsv,
+        tsv_digits: a.digits.unwrap_or(4),
         probs: vec![0.0; n],
         line: String::new(),
         rc,
@@ -146,7 +160,7 @@ pub fn run(a: AnnotateArgs) -> Result<()> {
     let (bed, bg) = (bed.map(|(o, _)| o), bg.map(|(o, _)| o));
     Output::commit_all([bed, bg, tsv].into_iter().flatten().collect())?;
     pb.finish_and_clear();
-    report_skipped(skipped);
+    report_skipped(&skipped);
     Ok(())
 }
 
@@ -158,6 +172,8 @@ struct AnnotateSink {
     bed: Option<(Output, BedSegmenter)>,
     bg: Option<(Output, BedGraphWriter)>,
     tsv: Option<Output>,
+    /// Decimals of the TSV's probabilities.
+    tsv_digits: usize,
     probs: Vec<f32>,
     line: String,
     /// Combine both strands (heads with `rc_average` or `bidirectional`).
@@ -296,7 +312,7 @@ impl AnnotateSink {
             }
             let _ = write!(self.line, "\t{}", self.labels[argmax(p)]);
             for v in p {
-                let _ = write!(self.line, "\t{v:.4}");
+                let _ = write!(self.line, "\t{v:.*}", self.tsv_digits);
             }
             self.line.push('\n');
             o.write_all(self.line.as_bytes())?;

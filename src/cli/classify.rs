@@ -138,7 +138,7 @@ pub fn run(a: ClassifyArgs) -> Result<()> {
     let skipped = a.input.drive(&model, &device, &pb, &mut sink, rc)?;
     sink.out.commit()?;
     pb.finish_and_clear();
-    report_skipped(skipped);
+    report_skipped(&skipped);
     Ok(())
 }
 

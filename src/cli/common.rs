@@ -102,7 +102,7 @@ impl RegionItem {
     /// Says, in an error about this region, the BED line it comes from.
     fn locate(&self, err: Error) -> Error {
         match &self.from {
-            Some((bed, line)) => err.note(format!("(from {bed} line {line})")),
+            Some((bed, line)) => err.prefixed(format!("{bed} line {line}")),
             None => err,
         }
     }
@@ -125,6 +125,21 @@ impl RegionItem {
 }
 
 impl InputArgs {
+    /// Every file the command reads, for [`check_outputs`]: the inputs, their indexes, the
+    /// `--regions-bed` files and the model's own files.
+    fn read_files(&self) -> Vec<String> {
+        let mut files = self.inputs.clone();
+        for input in self.inputs.iter().filter(|i| *i != "-") {
+            files.push(format!("{input}.fai"));
+            files.push(format!("{input}.gzi"));
+        }
+        files.extend(self.regions_bed.iter().cloned());
+        for name in ["config.json", "model.safetensors"] {
+            files.push(self.model.join(name).to_string_lossy().into_owned());
+        }
+        files
+    }
+
     /// Validates numbers, inputs and the command's output files (`outputs`, as for
     /// [`check_outputs`]), sets up threads, picks the device and loads the model.
     pub fn setup(&self, outputs: &[(&str, &str)]) -> Result<(Device, GenoModel)> {
@@ -175,7 +190,7 @@ impl InputArgs {
                 }
             }
         }
-        check_outputs(&self.inputs, outputs)?;
+        check_outputs(&self.read_files(), outputs)?;
         let spec = self.device.parse::<DeviceSpec>()?;
         let device = spec.device()?;
         // A GPU is started on a thread of its own while the model is read (unless
@@ -343,7 +358,7 @@ impl InputArgs {
         pb: &ProgressBar,
         sink: &mut S,
         rc: bool,
-    ) -> Result<usize> {
+    ) -> Result<Skipped> {
         let d = model.backbone.d_model();
         let mut long: Option<(PieceRunner<'_>, S::Acc)> = None;
         let mut long_tokens: Vec<u8> = Vec::new();
@@ -462,7 +477,7 @@ impl InputArgs {
         let (tx, rx) = std::sync::mpsc::sync_channel::<Result<Vec<Piece>>>(1);
         std::thread::scope(|scope| {
             let reader = scope.spawn(move || {
-                let mut skipped = 0;
+                let mut skipped = Skipped::default();
                 let res = self.read_groups(&mut skipped, &mut |group| {
                     tx.send(Ok(group))
                         .map_err(|_| Error::Runtime("the consumer stopped".into()))
@@ -481,7 +496,7 @@ impl InputArgs {
                 }
             }
             drop(rx);
-            let skipped = reader.join().unwrap_or(0);
+            let skipped = reader.join().unwrap_or_default();
             result.map(|()| skipped)
         })
     }
@@ -490,7 +505,7 @@ impl InputArgs {
     /// of a long record.
     fn read_groups(
         &self,
-        skipped_empty: &mut usize,
+        skipped_empty: &mut Skipped,
         f: &mut dyn FnMut(Vec<Piece>) -> Result<()>,
     ) -> Result<()> {
         let regions = self.regions()?;
@@ -502,7 +517,15 @@ impl InputArgs {
         );
         let mut push = |p: Piece| -> Result<()> {
             if p.is_whole() && p.tokens.is_empty() {
-                *skipped_empty += 1;
+                skipped_empty.count += 1;
+                if skipped_empty.first.is_none() {
+                    let m = &p.meta;
+                    skipped_empty.first = Some(format!(
+                        "{}, record {}",
+                        genomamba::error::shown(&m.source),
+                        m.label()
+                    ));
+                }
                 return Ok(());
             }
             if !p.is_whole() {
@@ -545,6 +568,32 @@ pub fn check_output_dir(dir: &Path, why: &str, fix: &str) -> Result<()> {
             fix,
         ));
     }
+    // The directory, or its deepest part that exists, must take new entries: checked by
+    // making (and dropping) one, before any work.
+    let base = dir
+        .ancestors()
+        .filter(|p| !p.as_os_str().is_empty())
+        .find(|p| std::fs::symlink_metadata(p).is_ok())
+        .unwrap_or(Path::new("."));
+    let cannot = |what: String| {
+        Error::usage(
+            format!("cannot make {}: {what}", dir.display()),
+            "choose a location you can write to",
+        )
+    };
+    if !base.is_dir() {
+        return Err(cannot(format!("{} is not a directory", base.display())));
+    }
+    tempfile::Builder::new()
+        .prefix(".genomamba-probe.")
+        .tempdir_in(base)
+        .map_err(|e| {
+            cannot(format!(
+                "{} (in {})",
+                std::io::Error::from(e.kind()),
+                base.display()
+            ))
+        })?;
     Ok(())
 }
 
@@ -555,8 +604,12 @@ pub fn check_outputs(inputs: &[String], outputs: &[(&str, &str)]) -> Result<()> 
     use std::os::unix::fs::MetadataExt;
     let identity = |p: &str| std::fs::metadata(p).ok().map(|m| (m.dev(), m.ino()));
     let mut seen: Vec<(&str, PathBuf)> = Vec::new();
+    let mut existing: Vec<(&str, (u64, u64))> = Vec::new();
     for &(flag, out) in outputs {
-        if let Some(id) = identity(out).filter(|_| out != "-") {
+        // A regular file (by any path or link); a device such as /dev/null is written to
+        // as it is and may take several outputs.
+        let regular = std::fs::metadata(out).is_ok_and(|m| m.is_file());
+        if let Some(id) = identity(out).filter(|_| out != "-" && regular) {
             let same = inputs.iter().find(|i| *i != "-" && identity(i) == Some(id));
             if let Some(input) = same {
                 return Err(Error::usage(
@@ -564,9 +617,21 @@ pub fn check_outputs(inputs: &[String], outputs: &[(&str, &str)]) -> Result<()> 
                     format!("choose another {flag}"),
                 ));
             }
+            if let Some((other, _)) = existing.iter().find(|(_, i)| *i == id) {
+                return Err(Error::usage(
+                    format!("{other} and {flag} both write {out}"),
+                    "give each output a file of its own",
+                ));
+            }
+            existing.push((flag, id));
         }
-        // The same file by another spelling (`./x`, `dir/../x`): the directory resolved.
-        let path = Path::new(out);
+        if std::fs::metadata(out).is_ok_and(|m| !m.is_file() && !m.is_dir()) {
+            continue;
+        }
+        // The same file by another spelling (`./x`, `dir/../x`, a link to a file not made
+        // yet): the links followed and the directory resolved.
+        let resolved = genomamba::io::output::resolve_links(Path::new(out));
+        let path = resolved.as_path();
         let key = match (path.parent(), path.file_name()) {
             (Some(dir), Some(name)) if out != "-" => {
                 let dir = if dir.as_os_str().is_empty() {
@@ -664,9 +729,42 @@ fn progress(what: &str, total: Option<u64>) -> ProgressBar {
 }
 
 /// Warns on stderr about skipped empty records (with --quiet too: it hides only progress).
-pub fn report_skipped(skipped: usize) {
-    if skipped > 0 {
-        eprintln!("genomamba: warning: skipped {skipped} record(s) of length 0");
+pub fn report_skipped(skipped: &Skipped) {
+    match (skipped.count, &skipped.first) {
+        (0, _) | (_, None) => {}
+        (1, Some(first)) => {
+            eprintln!("genomamba: warning: skipped a record of length 0 ({first})")
+        }
+        (n, Some(first)) => {
+            eprintln!("genomamba: warning: skipped {n} records of length 0 (the first: {first})")
+        }
+    }
+}
+
+/// Records of length 0 that a run skipped: how many, and how to find the first.
+#[derive(Debug, Default)]
+pub struct Skipped {
+    /// How many were skipped.
+    pub count: usize,
+    /// The first one, as `FILE, record ID` (`#N` for an empty header).
+    pub first: Option<String>,
+}
+
+/// The command line as a shell reads it back: each argument as it is, or in single quotes
+/// when it holds anything but letters, digits and `_-./=:,+@%`.
+pub fn command_line() -> String {
+    std::env::args_os()
+        .map(|a| shell_quote(&a.to_string_lossy()))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn shell_quote(arg: &str) -> String {
+    let plain = |c: char| c.is_ascii_alphanumeric() || "_-./=:,+@%".contains(c);
+    if !arg.is_empty() && arg.chars().all(plain) {
+        arg.to_string()
+    } else {
+        format!("'{}'", arg.replace('\'', r"'\''"))
     }
 }
 
@@ -777,6 +875,15 @@ pub fn set_threads(threads: Option<usize>) -> Result<()> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn arguments_are_quoted_as_a_shell_reads_them() {
+        assert_eq!(super::shell_quote("--class"), "--class");
+        assert_eq!(super::shell_quote("a=b/c.fa"), "a=b/c.fa");
+        assert_eq!(super::shell_quote("my model"), "'my model'");
+        assert_eq!(super::shell_quote("it's"), r"'it'\''s'");
+        assert_eq!(super::shell_quote(""), "''");
+    }
+
     use super::*;
     use clap::Parser;
     use genomamba::infer::GPU_DEFAULT_CHUNK;
@@ -860,7 +967,7 @@ mod tests {
             .chain(args.iter().copied());
         let input = Cli::parse_from(argv).input;
         let mut sizes = Vec::new();
-        let mut skipped = 0;
+        let mut skipped = Skipped::default();
         input
             .read_groups(&mut skipped, &mut |g| {
                 sizes.push(if g.iter().all(|p| p.is_whole()) {

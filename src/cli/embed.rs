@@ -220,6 +220,6 @@ pub fn run(a: EmbedArgs) -> Result<()> {
         }
     };
     pb.finish_and_clear();
-    report_skipped(skipped);
+    report_skipped(&skipped);
     Ok(())
 }

@@ -53,15 +53,7 @@ pub fn run(a: InitArgs) -> Result<()> {
                     "pass --labels A,B",
                 ));
             }
-            let mut seen = std::collections::HashSet::new();
-            for l in &a.labels {
-                if l.is_empty() || l.contains(char::is_whitespace) || !seen.insert(l) {
-                    return Err(Error::usage(
-                        format!("bad or repeated class name '{l}'"),
-                        "use distinct names without spaces",
-                    ));
-                }
-            }
+            genomamba::model::config::check_labels(&a.labels)?;
             Some(HeadConfig {
                 kind: if kind == "sequence" {
                     HeadKind::Sequence
@@ -92,7 +84,7 @@ pub fn run(a: InitArgs) -> Result<()> {
     config.head = head;
     config.provenance = serde_json::json!({
         "created_by": format!("genomamba {}", env!("CARGO_PKG_VERSION")),
-        "command": std::env::args().collect::<Vec<_>>().join(" "),
+        "command": super::common::command_line(),
         "weights": "random (official Mamba initialisation)",
         "seed": a.seed,
     });

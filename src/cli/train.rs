@@ -419,10 +419,9 @@ pub fn run(a: TrainArgs) -> Result<()> {
         .as_ref()
         .map(|h| h.labels.clone())
         .unwrap_or_default();
-    let command: Vec<String> = std::env::args().collect();
     let provenance = serde_json::json!({
         "trained_by": format!("genomamba {}", env!("CARGO_PKG_VERSION")),
-        "command": command.join(" "),
+        "command": super::common::command_line(),
         "task": if matches!(task, Task::Sequence { .. }) { "sequence" } else { "position" },
         "labels": labels,
         "data": files,

@@ -215,6 +215,30 @@ pub fn remove_pending<R>(then: impl FnOnce(usize) -> R) -> R {
     then(removed)
 }
 
+/// `path` with its symbolic links followed, as far as they lead (a link to a file that does
+/// not exist yet gives that file's path); `path` itself when it is not a link.
+pub fn resolve_links(path: &Path) -> PathBuf {
+    let mut path = path.to_path_buf();
+    // A bounded walk: a loop of links ends as the system's own open would fail on it.
+    for _ in 0..40 {
+        let is_link = std::fs::symlink_metadata(&path).is_ok_and(|m| m.file_type().is_symlink());
+        if !is_link {
+            break;
+        }
+        match std::fs::read_link(&path) {
+            Ok(to) if to.is_absolute() => path = to,
+            Ok(to) => {
+                path = match path.parent() {
+                    Some(dir) => dir.join(to),
+                    None => to,
+                }
+            }
+            Err(_) => break,
+        }
+    }
+    path
+}
+
 /// A unique temporary path next to `dest` (same directory, so the rename is atomic).
 pub fn temp_path(dest: &Path) -> PathBuf {
     let name = dest
@@ -228,6 +252,49 @@ pub fn temp_path(dest: &Path) -> PathBuf {
     dest.with_file_name(format!(".{name}.{}.{nonce}.tmp", std::process::id()))
 }
 
+/// A stream output (stdout, a device, a named pipe) that, once told to
+/// ([`Output::keep_going_when_closed`]), takes what is written after its reader has gone
+/// (a closed pipe) and drops it, so that the command's other outputs can still be finished.
+struct Stream {
+    inner: Box<dyn Write + Send>,
+    keep_going: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    closed: bool,
+}
+
+impl Write for Stream {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.closed {
+            return Ok(buf.len());
+        }
+        match self.inner.write(buf) {
+            Err(e)
+                if e.kind() == std::io::ErrorKind::BrokenPipe
+                    && self.keep_going.load(std::sync::atomic::Ordering::Relaxed) =>
+            {
+                self.closed = true;
+                Ok(buf.len())
+            }
+            other => other,
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        if self.closed {
+            return Ok(());
+        }
+        match self.inner.flush() {
+            Err(e)
+                if e.kind() == std::io::ErrorKind::BrokenPipe
+                    && self.keep_going.load(std::sync::atomic::Ordering::Relaxed) =>
+            {
+                self.closed = true;
+                Ok(())
+            }
+            other => other,
+        }
+    }
+}
+
 /// An output that becomes visible only on [`Output::commit`]; `-` writes to stdout.
 pub struct Output {
     inner: BufWriter<Box<dyn Write + Send>>,
@@ -237,6 +304,10 @@ pub struct Output {
     /// A second handle on the temporary file, for rewriting a header in place.
     file: Option<std::fs::File>,
     dest: String,
+    /// Where the temporary file goes: `dest` with its links followed.
+    target: PathBuf,
+    /// For a stream: whether a closed reader lets the command go on.
+    keep_going: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Output {
@@ -249,24 +320,53 @@ impl Output {
             ));
         }
         if dest == "-" {
-            return Ok(Output {
-                inner: BufWriter::with_capacity(1 << 16, Box::new(std::io::stdout())),
-                temp: None,
-                file: None,
-                dest: dest.into(),
-            });
+            return Ok(Self::stream(dest, Box::new(std::io::stdout())));
         }
-        let path = Path::new(dest);
+        if dest.ends_with('/') {
+            return Err(Error::usage(
+                format!("cannot write {dest}: the path ends with '/', the mark of a directory"),
+                "give the path of a file to write",
+            ));
+        }
+        // A device or a named pipe (`/dev/null`, a FIFO, by a link too) is written to as it
+        // is: renaming a file over it would replace it. Like stdout, it gets the output as it
+        // is made.
+        let meta = std::fs::metadata(dest);
+        if let Ok(meta) = &meta
+            && !meta.is_file()
+            && !meta.is_dir()
+        {
+            let file = std::fs::OpenOptions::new()
+                .write(true)
+                .open(dest)
+                .map_err(|e| {
+                    Error::usage(
+                        format!("cannot write {dest}: {}", std::io::Error::from(e.kind())),
+                        "choose a location you can write to",
+                    )
+                })?;
+            return Ok(Self::stream(dest, Box::new(file)));
+        }
+        // A link is followed: the file it points to is replaced, and the link stays.
+        let target = match meta {
+            Ok(m) if m.is_file() => {
+                std::fs::canonicalize(dest).unwrap_or_else(|_| PathBuf::from(dest))
+            }
+            _ => resolve_links(Path::new(dest)),
+        };
+        let path = target.as_path();
         let dir = match path.parent() {
             Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
             _ => PathBuf::from("."),
         };
         if !dir.is_dir() {
+            let what = if dir.exists() {
+                "is not a directory"
+            } else {
+                "does not exist"
+            };
             return Err(Error::usage(
-                format!(
-                    "cannot write {dest}: directory {} does not exist",
-                    dir.display()
-                ),
+                format!("cannot write {dest}: {} {what}", dir.display()),
                 "create the directory first or choose another output path",
             ));
         }
@@ -281,21 +381,22 @@ impl Output {
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_else(|| "out".into());
+        use std::os::unix::fs::PermissionsExt;
+        // The permissions of a new file (0666 less the umask), as any program's output gets.
         let (tmp, pending) = PendingPath::create(|| {
             let tmp = tempfile::Builder::new()
                 .prefix(&format!(".{name}."))
                 .suffix(".tmp")
+                .permissions(std::fs::Permissions::from_mode(0o666))
                 .tempfile_in(&dir)
                 .map_err(|e| cannot_write(dest, &dir, e))?;
             let path = tmp.path().to_path_buf();
             Ok((tmp, path))
         })?;
-        // Temporary files are created private (0600); the output should get the usual
-        // permissions of a new file.
-        {
-            use std::os::unix::fs::PermissionsExt;
+        // A file that is replaced keeps its permissions.
+        if let Ok(old) = std::fs::metadata(path) {
             tmp.as_file()
-                .set_permissions(std::fs::Permissions::from_mode(0o644))
+                .set_permissions(old.permissions())
                 .map_err(|e| Error::io(dest, e))?;
         }
         let (file, temp) = tmp.into_parts();
@@ -305,7 +406,40 @@ impl Output {
             temp: Some((temp, pending)),
             file: Some(second),
             dest: dest.into(),
+            target,
+            keep_going: Default::default(),
         })
+    }
+
+    /// An output written as it is made (stdout, a device, a named pipe).
+    fn stream(dest: &str, inner: Box<dyn Write + Send>) -> Self {
+        let keep_going = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stream = Stream {
+            inner,
+            keep_going: keep_going.clone(),
+            closed: false,
+        };
+        Output {
+            inner: BufWriter::with_capacity(1 << 16, Box::new(stream)),
+            temp: None,
+            file: None,
+            dest: dest.into(),
+            target: PathBuf::new(),
+            keep_going,
+        }
+    }
+
+    /// Whether this output is a stream (stdout, a device, a named pipe), written as it is
+    /// made rather than renamed into place.
+    pub fn is_stream(&self) -> bool {
+        self.temp.is_none()
+    }
+
+    /// A stream whose reader goes away (`| head`) drops the rest of its output instead of
+    /// ending the command, for a command whose other outputs should still be finished.
+    pub fn keep_going_when_closed(&self) {
+        self.keep_going
+            .store(true, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// The destination as given.
@@ -327,13 +461,14 @@ impl Output {
         for mut o in outputs {
             o.inner.flush().map_err(|e| Error::io(&o.dest, e))?;
             if let Some((temp, listed)) = o.temp.take() {
-                renames.push((temp, o.dest.clone()));
+                renames.push((temp, o.target.clone(), o.dest.clone()));
                 pending.push(listed);
             }
         }
         publish(pending, || {
-            for (temp, dest) in renames {
-                temp.persist(&dest).map_err(|e| Error::io(&dest, e.error))?;
+            for (temp, target, dest) in renames {
+                temp.persist(&target)
+                    .map_err(|e| Error::io(&dest, e.error))?;
             }
             Ok(())
         })
