@@ -850,6 +850,32 @@ fn a_class_missing_from_validation_picks_the_best_epoch_by_validation_loss() {
         Some(lowest as u64),
         "{losses:?}"
     );
+    // The saved model is the best epoch's, and its provenance says how far the run went
+    // (it said how far the run had gone when that epoch was saved). With a learning rate too
+    // small to move the weights, no epoch beats the first.
+    let still = dir.path().join("still");
+    let mut args = args.clone();
+    args[2] = s(&still);
+    let at = |args: &Vec<&str>, flag: &str| args.iter().position(|a| *a == flag).unwrap() + 1;
+    let (lr, epochs) = (at(&args, "--lr"), at(&args, "--epochs"));
+    args[lr] = "1e-30";
+    args[epochs] = "3";
+    let o = run(&args);
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(still.join("config.json")).unwrap()).unwrap();
+    let last: serde_json::Value = serde_json::from_str(
+        std::fs::read_to_string(still.join("metrics.jsonl"))
+            .unwrap()
+            .lines()
+            .last()
+            .unwrap(),
+    )
+    .unwrap();
+    let provenance = &config["provenance"];
+    assert_eq!(provenance["best_epoch"].as_u64(), Some(1), "{provenance}");
+    assert_eq!(provenance["epochs_run"].as_u64(), Some(3), "{provenance}");
+    assert_eq!(provenance["steps"], last["step"], "{provenance}");
 }
 
 #[test]
@@ -1092,6 +1118,11 @@ fn bad_training_input_exits_2_and_writes_nothing() {
     bad(
         &with(&["--bed-class", "background=gene"]),
         "--bed-class names the class 'background'",
+    );
+    // An epoch's window positions are drawn up front: their number is bounded.
+    bad(
+        &with(&["--window", "4", "--windows-per-epoch", "16777217"]),
+        "--windows-per-epoch 16777217 is more than the 16777216 supported",
     );
     std::fs::write(&bedp, "chr1\t0\t5\tgene\nchr1\t8\t9\tbackground\n").unwrap();
     bad(&with(&[]), "x.bed: line 2 names the class 'background'");

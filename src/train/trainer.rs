@@ -187,6 +187,9 @@ impl Task<'_> {
     }
 }
 
+/// The most windows `--windows-per-epoch` may draw (2^24).
+pub const MAX_WINDOWS_PER_EPOCH: usize = 1 << 24;
+
 /// Hyper-parameters of a run.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TrainOptions {
@@ -282,6 +285,16 @@ impl TrainOptions {
             return bad(
                 "--window, --windows-per-epoch and --chunk-size must be at least 1",
                 "pass positive numbers",
+            );
+        }
+        // An epoch's window positions are drawn up front (24 bytes each).
+        if self.windows_per_epoch > MAX_WINDOWS_PER_EPOCH {
+            return bad(
+                &format!(
+                    "--windows-per-epoch {} is more than the {MAX_WINDOWS_PER_EPOCH} supported",
+                    self.windows_per_epoch
+                ),
+                "use fewer windows per epoch and more --epochs",
             );
         }
         Ok(())
@@ -1475,27 +1488,32 @@ pub fn train(
         let t0 = Instant::now();
         let mut rng =
             StdRng::seed_from_u64(opts.seed.wrapping_mul(1_000_003).wrapping_add(epoch as u64));
-        // The epoch's batches, drawn up front.
-        let batches: Vec<Batch> = match task {
-            Task::Sequence { train, .. } => sequence_batches(
-                &train_lengths,
-                opts.batch_size,
-                opts.group_by_length,
-                &mut rng,
-            )
-            .iter()
-            .map(|idx| {
-                let ex: Vec<(&[u8], usize)> = idx
-                    .iter()
-                    .map(|&i| (train.examples[i].tokens.as_slice(), train.examples[i].label))
-                    .collect();
-                let rc: Vec<bool> = idx
-                    .iter()
-                    .map(|_| opts.rc_augment && rng.random_bool(0.5))
-                    .collect();
-                seq_batch(&ex, &rc, spec.round_lengths)
-            })
-            .collect(),
+        // The epoch's draws (which examples or windows, in which order) are made up front;
+        // each batch's tensors are built as its step comes, so memory holds one batch, not
+        // an epoch's worth.
+        let (n_batches, batches): (usize, Box<dyn Iterator<Item = Batch> + '_>) = match task {
+            Task::Sequence { train, .. } => {
+                let groups = sequence_batches(
+                    &train_lengths,
+                    opts.batch_size,
+                    opts.group_by_length,
+                    &mut rng,
+                );
+                let rng = &mut rng;
+                let n = groups.len();
+                let batches = groups.into_iter().map(move |idx| {
+                    let ex: Vec<(&[u8], usize)> = idx
+                        .iter()
+                        .map(|&i| (train.examples[i].tokens.as_slice(), train.examples[i].label))
+                        .collect();
+                    let rc: Vec<bool> = idx
+                        .iter()
+                        .map(|_| opts.rc_augment && rng.random_bool(0.5))
+                        .collect();
+                    seq_batch(&ex, &rc, spec.round_lengths)
+                });
+                (n, Box::new(batches))
+            }
             Task::Position { data, train, .. } => {
                 let windows = draw_windows(train, opts.window, opts.windows_per_epoch, &mut rng);
                 if windows.is_empty() {
@@ -1504,35 +1522,38 @@ pub fn train(
                         "use a smaller --window or a smaller --val-fraction",
                     ));
                 }
-                windows
-                    .chunks(opts.batch_size)
-                    .map(|w| {
-                        let rc: Vec<bool> = w
-                            .iter()
-                            .map(|_| opts.rc_augment && rng.random_bool(0.5))
-                            .collect();
-                        let mut b = window_batch(data, orf.as_deref(), w, &rc);
-                        if opts.gc_augment > 0.0 {
-                            for row in b.tokens.chunks_mut(b.len.max(1)) {
-                                let up = rng.random_bool(0.5);
-                                let rate = rng.random_range(0.0..opts.gc_augment);
-                                shift_composition(row, up, rate, &mut rng);
-                            }
+                let orf = orf.as_deref();
+                let rng = &mut rng;
+                let batch_size = opts.batch_size;
+                let n = windows.len().div_ceil(batch_size);
+                let batches = (0..n).map(move |i| {
+                    let w = &windows[i * batch_size..((i + 1) * batch_size).min(windows.len())];
+                    let rc: Vec<bool> = w
+                        .iter()
+                        .map(|_| opts.rc_augment && rng.random_bool(0.5))
+                        .collect();
+                    let mut b = window_batch(data, orf, w, &rc);
+                    if opts.gc_augment > 0.0 {
+                        for row in b.tokens.chunks_mut(b.len.max(1)) {
+                            let up = rng.random_bool(0.5);
+                            let rate = rng.random_range(0.0..opts.gc_augment);
+                            shift_composition(row, up, rate, &mut *rng);
                         }
-                        b
-                    })
-                    .collect()
+                    }
+                    b
+                });
+                (n, Box::new(batches))
             }
         };
         on_event(Event::EpochStart {
             epoch,
-            steps: batches.len(),
+            steps: n_batches,
         });
         let mut loss_sum = 0.0f64;
         let mut bases = 0usize;
         let mut lr = 0.0;
-        for b in &batches {
-            let loss = batch_loss(&net, kind, bidirectional, b, &ad);
+        for b in batches {
+            let loss = batch_loss(&net, kind, bidirectional, &b, &ad);
             let loss_value = loss.clone().into_scalar::<f32>() as f64;
             if !loss_value.is_finite() {
                 return Err(Error::Runtime(format!(
@@ -1582,7 +1603,7 @@ pub fn train(
             epoch,
             step: state.step,
             lr,
-            train_loss: loss_sum / batches.len().max(1) as f64,
+            train_loss: loss_sum / n_batches.max(1) as f64,
             train_bases_per_s: bases as f64 / train_secs.max(1e-9),
             val,
             seconds: t0.elapsed().as_secs_f64(),
@@ -1604,12 +1625,13 @@ pub fn train(
         append_line(&log_path, &log, std::mem::take(&mut fresh_log))?;
 
         // Save: the best model into `out`, the resumable checkpoint into `out/checkpoint`.
-        if improved {
-            let mut best = to_model(&valid, &config);
-            best.config.provenance = provenance(&spec.provenance, &state, opts, metric);
-            best.save(spec.out)?;
-        }
         config.provenance = provenance(&spec.provenance, &state, opts, metric);
+        if improved {
+            to_model(&valid, &config).save(spec.out)?;
+        } else {
+            // The saved (best) model's weights stay; its provenance says how far the run got.
+            GenoModel::save_config(&config, spec.out)?;
+        }
         let snapshot = to_model(&valid, &config);
         save_checkpoint(&ckpt, &snapshot, &optim, &state)?;
         on_event(Event::EpochEnd(&log, improved));
