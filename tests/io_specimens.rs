@@ -716,6 +716,15 @@ fn stdin_dash_reads_compressed_input() {
 #[test]
 fn truncated_gzip_of_a_real_file_is_an_error_not_an_early_end() {
     let dir = tempdir();
+    // Reads `path` record by record: the result, and how many records came before it.
+    let count = |path: &Path| {
+        let mut seen = 0;
+        let result = fastx::for_each_record(s(path), &mut |_| {
+            seen += 1;
+            Ok(())
+        });
+        (result, seen)
+    };
     for rel in [
         "reads/illumina_150bp.fq.gz",
         "labeled/rrna16s_taxonomy/dada2_ten_16s.fa.gz",
@@ -723,11 +732,7 @@ fn truncated_gzip_of_a_real_file_is_an_error_not_an_early_end() {
         let bytes = fs::read(data(rel)).unwrap();
         for cut in [bytes.len() / 2, bytes.len() - 4] {
             let path = write_file(dir.path(), "cut.gz", &bytes[..cut]);
-            let mut seen = 0;
-            let result = fastx::for_each_record(s(&path), &mut |_| {
-                seen += 1;
-                Ok(())
-            });
+            let (result, seen) = count(&path);
             assert_input_error(
                 result,
                 s(&path),
@@ -752,11 +757,7 @@ fn truncated_gzip_of_a_real_file_is_an_error_not_an_early_end() {
     assert!(border > 100_000 && border < bytes.len() - 28, "{border}");
     for cut in [100_000, border, bytes.len() - 28] {
         let path = write_file(dir.path(), "ecoli_cut.fa.gz", &bytes[..cut]);
-        let mut seen = 0;
-        let result = fastx::for_each_record(s(&path), &mut |_| {
-            seen += 1;
-            Ok(())
-        });
+        let (result, seen) = count(&path);
         assert_input_error(
             result,
             s(&path),
