@@ -40,7 +40,8 @@ expect 0 "" -- "$BIN" "${E[@]}" --device cuda --precision f16 --chunk-size 41943
 # d_model 1,024 model (one of its activations alone is 4,096 x 16,384 x 2,048 x 4 bytes),
 # refused before training starts.
 chrom=$(head -n 1 data/yeast_chrI_20k.fa | cut -c 2- | cut -d ' ' -f 1)
-printf '%s\t1000\t5000\tgene\n' "$chrom" >"$t/genes.bed"
+# Genes in the training and the validation part (the last tenth), so no warning comes first.
+printf '%s\t1000\t5000\tgene\n%s\t17000\t19500\tgene\n' "$chrom" "$chrom" >"$t/genes.bed"
 T=(train -o "$t/tr" --fasta data/yeast_chrI_20k.fa --bed "$t/genes.bed" --epochs 1 --device cuda -q)
 expect 2 "a training step of 4096 windows of 16384 bases needs at least" -- "$BIN" "${T[@]}" \
   --window 16384 --windows-per-epoch 4096 --batch-size 4096 --d-model 1024 --n-layer 2
