@@ -1108,9 +1108,14 @@ pub fn prepare_head(
         && !replace_head
     {
         let what = if h.kind != kind {
+            let name = |k: HeadKind| match k {
+                HeadKind::Sequence => "sequence",
+                HeadKind::Position => "per-position",
+            };
             format!(
-                "the model's head is a {:?} head; this task needs a {:?} head",
-                h.kind, kind
+                "the model's head is a {} head; this task needs a {} head",
+                name(h.kind),
+                name(kind)
             )
         } else if h.orf_features != orf_features {
             format!(
@@ -1394,16 +1399,26 @@ pub fn train(
                 "start a new run without --resume",
             )
         })?;
+        let saved = GenoModel::load(&ckpt, device)?;
+        let mut diffs = Vec::new();
         if state.options.as_ref() != Some(opts) {
+            diffs.push(option_differences(state.options.as_ref(), opts));
+        }
+        diffs.extend(run_differences(
+            &saved.config,
+            &model.config,
+            &spec.provenance,
+        ));
+        if !diffs.is_empty() {
             return Err(Error::usage(
                 format!(
-                    "cannot resume: the training options differ from those of the checkpoint ({})",
-                    option_differences(state.options.as_ref(), opts)
+                    "cannot resume: this run differs from the checkpoint's ({})",
+                    diffs.join("; ")
                 ),
-                "resume with the same options as the first run (see checkpoint/trainer.json)",
+                "resume with the same command as the first run (see checkpoint/trainer.json and checkpoint/config.json), or start a new run without --resume",
             ));
         }
-        model = GenoModel::load(&ckpt, device)?;
+        model = saved;
     }
     let head = model
         .head
@@ -1556,8 +1571,13 @@ pub fn train(
             let loss = batch_loss(&net, kind, bidirectional, &b, &ad);
             let loss_value = loss.clone().into_scalar::<f32>() as f64;
             if !loss_value.is_finite() {
+                let fix = if opts.clip_norm > 0.0 {
+                    "lower --lr"
+                } else {
+                    "lower --lr, or turn gradient clipping back on (--clip-norm 1)"
+                };
                 return Err(Error::Runtime(format!(
-                    "training diverged at step {} (loss {loss_value}); lower --lr or keep --clip-norm on",
+                    "training diverged at step {} (loss {loss_value}); {fix}",
                     state.step + 1
                 )));
             }
@@ -1671,6 +1691,105 @@ fn option_differences(old: Option<&TrainOptions>, new: &TrainOptions) -> String 
         })
         .collect();
     diffs.join(", ")
+}
+
+/// What makes a resumed run a different run from the checkpoint's, besides the options:
+/// the task, the data (by SHA-256), the classes and head, the architecture, the validation
+/// split and the base model. `saved` is the checkpoint's config (with the first run's
+/// provenance), `now` this run's model config and `provenance` this run's.
+fn run_differences(
+    saved: &crate::model::ModelConfig,
+    now: &crate::model::ModelConfig,
+    provenance: &serde_json::Value,
+) -> Vec<String> {
+    let task = |prov: &serde_json::Value| prov.get("task").cloned().unwrap_or_default();
+    let (was, is) = (task(&saved.provenance), task(provenance));
+    if was != is {
+        // Everything else differs with the task.
+        return vec![format!("task: {was} in the checkpoint, {is} now")];
+    }
+    let files = |prov: &serde_json::Value| -> Vec<(String, String)> {
+        let files = prov.get("data").and_then(|d| d.as_array());
+        let field = |f: &serde_json::Value, k: &str| f[k].as_str().unwrap_or_default().to_string();
+        (files.into_iter().flatten())
+            .map(|f| (field(f, "path"), field(f, "sha256")))
+            .collect()
+    };
+    let (was, is) = (files(&saved.provenance), files(provenance));
+    let mut out = Vec::new();
+    if was.len() != is.len() {
+        out.push(format!(
+            "data: {} files in the checkpoint, {} now",
+            was.len(),
+            is.len()
+        ));
+    } else {
+        for ((old_path, old_sha), (path, sha)) in was.iter().zip(&is) {
+            if old_sha != sha {
+                out.push(format!(
+                    "data: {} is not the file {old_path} the checkpoint was trained on (SHA-256 differs)",
+                    crate::error::shown(path)
+                ));
+            }
+        }
+    }
+    let identity = |config: &crate::model::ModelConfig, prov: &serde_json::Value| {
+        let mut head = serde_json::to_value(&config.head).unwrap_or_default();
+        let classes = head
+            .as_object_mut()
+            .and_then(|h| h.remove("labels"))
+            .unwrap_or_default();
+        serde_json::json!({
+            "classes": classes,
+            "head": head,
+            "architecture": config.architecture,
+            "split": prov.get("split"),
+            "base_model": prov.get("base_model"),
+        })
+    };
+    let old = identity(saved, &saved.provenance);
+    let new = identity(now, provenance);
+    json_differences("", &old, &new, &mut out);
+    out
+}
+
+/// `key: old in the checkpoint, new now` for every leaf where `old` and `new` differ
+/// (objects are compared key by key, anything else whole).
+fn json_differences(
+    key: &str,
+    old: &serde_json::Value,
+    new: &serde_json::Value,
+    out: &mut Vec<String>,
+) {
+    if old == new {
+        return;
+    }
+    if let (Some(o), Some(n)) = (old.as_object(), new.as_object()) {
+        for (k, v) in n {
+            let path = if key.is_empty() {
+                k.clone()
+            } else {
+                format!("{key}.{k}")
+            };
+            json_differences(&path, o.get(k).unwrap_or(&serde_json::Value::Null), v, out);
+        }
+        for (k, v) in o.iter().filter(|(k, _)| !n.contains_key(*k)) {
+            json_differences(&format!("{key}.{k}"), v, &serde_json::Value::Null, out);
+        }
+        return;
+    }
+    let show = |v: &serde_json::Value| {
+        if v.is_null() {
+            "none".to_string()
+        } else {
+            crate::error::shorten(&v.to_string(), 120)
+        }
+    };
+    out.push(format!(
+        "{key}: {} in the checkpoint, {} now",
+        show(old),
+        show(new)
+    ));
 }
 
 fn to_model(net: &Net, config: &crate::model::ModelConfig) -> GenoModel {
