@@ -32,15 +32,23 @@ pub struct BedRow {
 /// xz, zstd), told apart by its first bytes. `wanted` ("a BED file") is what the error for a
 /// directory asks for.
 pub fn open_text(path: &str, wanted: &str) -> Result<Box<dyn BufRead>> {
-    let file = open_file(path, wanted)?;
+    let file = super::once::open_once(path, || open_file(path, wanted))?;
     let mut r = std::io::BufReader::new(file);
     let head = r
         .fill_buf()
         .map_err(|e| Error::input(path, format!("cannot read: {e}"), format!("pass {wanted}")))?;
-    match Compression::detect(head) {
-        Compression::Plain => Ok(Box::new(r)),
-        c => Ok(Box::new(std::io::BufReader::new(c.decoder(r, path)?))),
+    let mut text: Box<dyn BufRead> = match Compression::detect(head) {
+        Compression::Plain => Box::new(r),
+        c => Box::new(std::io::BufReader::new(c.decoder(r, path)?)),
+    };
+    // A UTF-8 byte-order mark (some editors write one) is not part of the first line.
+    let head = text
+        .fill_buf()
+        .map_err(|e| Error::input(path, format!("cannot read: {e}"), format!("pass {wanted}")))?;
+    if head.starts_with(b"\xEF\xBB\xBF") {
+        text.consume(3);
     }
+    Ok(text)
 }
 
 /// What a BED file is read for: the columns it needs and the words of its errors.

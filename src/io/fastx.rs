@@ -376,6 +376,11 @@ pub fn check_inputs(paths: &[String]) -> Result<()> {
         ));
     }
     for path in paths.iter().filter(|p| p.as_str() != "-") {
+        // A pipe or FIFO is only looked at: opening it here would wait for its writer, and
+        // closing it again could end the writer before the real read.
+        if std::fs::metadata(path).is_ok_and(|m| !m.is_file() && !m.is_dir()) {
+            continue;
+        }
         open_file(path, SEQUENCE_FILE)?;
     }
     Ok(())
@@ -383,11 +388,7 @@ pub fn check_inputs(paths: &[String]) -> Result<()> {
 
 impl Input {
     fn open(path: &str) -> Result<Input> {
-        let raw: Box<dyn Read + Send> = if path == "-" {
-            Box::new(io::stdin())
-        } else {
-            Box::new(open_file(path, SEQUENCE_FILE)?)
-        };
+        let raw = super::once::open_once(path, || open_file(path, SEQUENCE_FILE))?;
         let slot = FailureSlot::default();
         let mut raw = Tap {
             inner: raw,
@@ -520,6 +521,10 @@ const BGZF_EOF: [u8; 28] = [
 /// end-of-file block tells. Plain gzip (no BGZF header) has no such mark and is not checked.
 fn check_bgzf_end(path: &str) -> Result<()> {
     use std::io::{Seek, SeekFrom};
+    // A pipe has no end to look at, and opening it again would take bytes from the reader.
+    if !std::fs::metadata(path).is_ok_and(|m| m.is_file()) {
+        return Ok(());
+    }
     let mut file = open_file(path, SEQUENCE_FILE)?;
     let mut head = [0u8; 16];
     let n = read_up_to(&mut file, &mut head).map_err(|e| Error::io(path, e))?;
@@ -539,7 +544,7 @@ fn check_bgzf_end(path: &str) -> Result<()> {
     Err(Error::input(
         path,
         "truncated bgzip file: its end-of-file block is missing (it was cut short or not finished)",
-        CORRUPT_FIX,
+        "re-download it or re-run bgzip; if it is whole (plain gzip data appended to bgzip data), pass it decompressed on stdin: zcat FILE | genomamba ... -",
     ))
 }
 

@@ -39,8 +39,23 @@ pub struct FileDigest {
     pub bytes: u64,
 }
 
-/// SHA-256 of a file.
+/// SHA-256 of a file; of stdin (`-`) or a pipe as it was read (to its end), as they cannot be
+/// read twice.
 pub fn digest(path: &str) -> Result<FileDigest> {
+    if path == "-" || !std::fs::metadata(path).is_ok_and(|m| m.is_file()) {
+        // Stdin or a pipe, read once as it was loaded: its digest was taken on the way.
+        let (sha256, bytes) = crate::io::once::read_digest(path).ok_or_else(|| {
+            Error::Runtime(format!(
+                "{} was not read to its end before its digest was asked",
+                crate::error::shown(path)
+            ))
+        })?;
+        return Ok(FileDigest {
+            path: path.to_string(),
+            sha256,
+            bytes,
+        });
+    }
     let mut f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
     let mut h = Sha256::new();
     let mut buf = vec![0u8; 1 << 16];
@@ -179,6 +194,16 @@ pub fn load_tsv(path: &str, labels: Option<&[String]>) -> Result<SeqDataset> {
         }
     };
     let cols: Vec<&str> = header.split('\t').map(str::trim).collect();
+    for name in ["sequence", "label"] {
+        if cols.iter().filter(|c| **c == name).count() > 1 {
+            return Err(Error::input(
+                path,
+                format!("the header names the `{name}` column twice"),
+                fix,
+            )
+            .at(lineno));
+        }
+    }
     let seq_col = cols.iter().position(|c| *c == "sequence");
     let lab_col = cols.iter().position(|c| *c == "label");
     let (Some(seq_col), Some(lab_col)) = (seq_col, lab_col) else {
@@ -215,6 +240,14 @@ pub fn load_tsv(path: &str, labels: Option<&[String]>) -> Result<SeqDataset> {
                 path,
                 "empty label",
                 "give every row a class name in the `label` column",
+            )
+            .at(lineno));
+        }
+        if !valid_class_name(lab) {
+            return Err(Error::input(
+                path,
+                format!("bad class name '{}'", crate::error::shorten(lab, 40)),
+                "use class names without spaces, '=' or ','",
             )
             .at(lineno));
         }
