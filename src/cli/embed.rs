@@ -1,6 +1,6 @@
 //! `genomamba embed`: final hidden states, pooled per record (TSV) or per position (.npy).
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use burn::tensor::Tensor;
@@ -11,7 +11,9 @@ use genomamba::io::fastx::RecordMeta;
 use genomamba::io::output::{Output, PendingPath, npy_header_fixed, safe_file_name};
 use genomamba::{Error, Result};
 
-use super::common::{InputArgs, RecordSink, check_output_dir, fmt_f32, report_skipped};
+use super::common::{
+    InputArgs, RecordSink, check_output_dir, check_outputs, fmt_f32, report_skipped,
+};
 
 /// Arguments of `embed`.
 #[derive(Debug, Args)]
@@ -21,7 +23,7 @@ pub struct EmbedArgs {
     /// Output: a TSV file (`-` for stdout) for pooled embeddings; a directory for `--pool none`.
     #[arg(short = 'o', long = "output")]
     pub output: String,
-    /// Pooling over positions: mean, max, last, or none (per-position, needs --format npy).
+    /// Pooling over positions: mean, max, last, or none (per-position arrays, written as npy).
     #[arg(long, default_value = "mean")]
     pub pool: String,
     /// Output format: tsv (pooled) or npy (per-position, one OUT/<id>.npy per record).
@@ -86,7 +88,10 @@ const MAX_NPY_NAME: usize = 240;
 struct NpySink {
     dir: PathBuf,
     d: usize,
-    seen: HashSet<String>,
+    /// Each file name given so far, with the record that took it.
+    seen: HashMap<String, String>,
+    /// Every file the run reads, which no `.npy` may replace.
+    reads: Vec<String>,
 }
 
 impl RecordSink for NpySink {
@@ -95,14 +100,18 @@ impl RecordSink for NpySink {
     fn begin(&mut self, meta: &RecordMeta) -> Result<Output> {
         let name = format!("{}.npy", safe_file_name(&meta.id));
         let record = meta.label();
-        if !self.seen.insert(name.clone()) {
+        if let Some(first) = self.seen.get(&name) {
             return Err(Error::input(
                 &meta.source,
-                format!("two records map to the same output file {name}"),
+                format!(
+                    "records {} and {} both map to the output file {name}",
+                    genomamba::error::shorten(first, 60),
+                    genomamba::error::shorten(&record, 60)
+                ),
                 "give records unique ids",
-            )
-            .in_record(&record));
+            ));
         }
+        self.seen.insert(name.clone(), record.clone());
         // Most file systems take names of up to 255 bytes; the temporary file adds 12.
         if name.len() > MAX_NPY_NAME {
             return Err(Error::input(
@@ -116,7 +125,9 @@ impl RecordSink for NpySink {
             )
             .in_record(genomamba::error::shorten(&record, 60)));
         }
-        let mut o = Output::create(&self.dir.join(&name).to_string_lossy())?;
+        let path = self.dir.join(&name).to_string_lossy().into_owned();
+        check_outputs(&self.reads, &[("-o", &path)])?;
+        let mut o = Output::create(&path)?;
         o.write_all(&npy_header_fixed(&[0, self.d]))?;
         Ok(o)
     }
@@ -212,7 +223,8 @@ pub fn run(a: EmbedArgs) -> Result<()> {
             let mut sink = NpySink {
                 dir,
                 d,
-                seen: HashSet::new(),
+                seen: HashMap::new(),
+                reads: a.input.read_files(),
             };
             let skipped = a.input.drive(&model, &device, &pb, &mut sink, false)?;
             PendingPath::keep_all(made);

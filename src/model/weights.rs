@@ -71,6 +71,17 @@ impl TensorMap {
                     "store weights as f32, f16, bf16 or f64",
                 )
             })?;
+            if let Some(i) = values.iter().position(|v| !v.is_finite()) {
+                return Err(Error::model(
+                    dir,
+                    format!(
+                        "tensor '{name}' of {} holds {} at element {i}",
+                        path.display(),
+                        values[i]
+                    ),
+                    "use weights from a run that did not diverge (a model is never saved with such values)",
+                ));
+            }
             let short = name.strip_prefix("backbone.").unwrap_or(&name).to_string();
             if tensors.contains_key(&short) {
                 return Err(Error::model(
