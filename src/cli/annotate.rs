@@ -31,9 +31,9 @@ pub struct AnnotateArgs {
     /// Per-position rows: chrom, 1-based position, label, p_<label> per class.
     #[arg(long)]
     pub tsv: Option<String>,
-    /// Probability a position needs to join a BED segment.
-    #[arg(long, allow_negative_numbers = true, default_value_t = 0.5)]
-    pub threshold: f32,
+    /// Probability a position needs to join a BED segment (default 0.5).
+    #[arg(long, allow_negative_numbers = true)]
+    pub threshold: Option<f32>,
     /// Class whose probability goes to the bedGraph (default: the second class, or the only one).
     #[arg(long)]
     pub track: Option<String>,
@@ -56,6 +56,19 @@ pub fn run(a: AnnotateArgs) -> Result<()> {
             "add --bedgraph FILE, or drop --track",
         ));
     }
+    if a.threshold.is_some() && a.bed.is_none() {
+        return Err(Error::usage(
+            "--threshold chooses the segments of the BED, and no --bed was given",
+            "add --bed FILE, or drop --threshold",
+        ));
+    }
+    if a.digits.is_some() && a.bedgraph.is_none() && a.tsv.is_none() {
+        return Err(Error::usage(
+            "--digits sets the decimals of the bedGraph and the TSV, and neither was given",
+            "add --bedgraph FILE or --tsv FILE, or drop --digits",
+        ));
+    }
+    let threshold = a.threshold.unwrap_or(0.5);
     if let Some(digits) = a.digits
         && digits > MAX_DIGITS
     {
@@ -64,9 +77,9 @@ pub fn run(a: AnnotateArgs) -> Result<()> {
             format!("use at most {MAX_DIGITS}"),
         ));
     }
-    if !(0.0..=1.0).contains(&a.threshold) {
+    if !(0.0..=1.0).contains(&threshold) {
         return Err(Error::usage(
-            format!("--threshold {} is not a probability", a.threshold),
+            format!("--threshold {threshold} is not a probability"),
             "use a value between 0 and 1",
         ));
     }
@@ -142,7 +155,7 @@ pub fn run(a: AnnotateArgs) -> Result<()> {
         head,
         labels: labels.clone(),
         track,
-        bed: bed.map(|o| (o, BedSegmenter::new(labels.clone(), emit, a.threshold))),
+        bed: bed.map(|o| (o, BedSegmenter::new(labels.clone(), emit, threshold))),
         bg: bg.map(|o| (o, BedGraphWriter::new(a.digits.unwrap_or(3)))),
         tsv,
         tsv_digits: a.digits.unwrap_or(4),

@@ -127,7 +127,7 @@ impl RegionItem {
 impl InputArgs {
     /// Every file the command reads, for [`check_outputs`]: the inputs, their indexes, the
     /// `--regions-bed` files and the model's own files.
-    fn read_files(&self) -> Vec<String> {
+    pub fn read_files(&self) -> Vec<String> {
         let mut files = self.inputs.clone();
         for input in self.inputs.iter().filter(|i| *i != "-") {
             files.push(format!("{input}.fai"));
@@ -594,7 +594,27 @@ pub fn check_output_dir(dir: &Path, why: &str, fix: &str) -> Result<()> {
                 base.display()
             ))
         })?;
-    Ok(())
+    // The missing parts themselves (a name too long, say) are made and removed again.
+    let missing: Vec<&Path> = dir
+        .ancestors()
+        .filter(|p| !p.as_os_str().is_empty())
+        .take_while(|p| *p != base)
+        .collect();
+    let mut made = Vec::new();
+    let mut failed = None;
+    for part in missing.iter().rev() {
+        match std::fs::create_dir(part) {
+            Ok(()) => made.push(*part),
+            Err(e) => {
+                failed = Some(cannot(std::io::Error::from(e.kind()).to_string()));
+                break;
+            }
+        }
+    }
+    for part in made.iter().rev() {
+        let _ = std::fs::remove_dir(part);
+    }
+    failed.map_or(Ok(()), Err)
 }
 
 /// Refuses, before any work, an output that is one of the `inputs` (a finished output is

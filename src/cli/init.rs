@@ -90,6 +90,28 @@ pub fn run(a: InitArgs) -> Result<()> {
     });
     let model = GenoModel::init(config, a.seed, &Device::flex())?;
     model.save(&a.output)?;
+    if a.force {
+        // A replaced trained model's log and checkpoint describe a model that is gone; left
+        // in place, `train --resume` would go on with the old run.
+        let checkpoint = genomamba::train::trainer::checkpoint_dir(&a.output);
+        let log = a.output.join("metrics.jsonl");
+        let mut removed = Vec::new();
+        if checkpoint.is_dir() {
+            std::fs::remove_dir_all(&checkpoint)
+                .map_err(|e| Error::io(checkpoint.display().to_string(), e))?;
+            removed.push("checkpoint/");
+        }
+        if log.is_file() {
+            std::fs::remove_file(&log).map_err(|e| Error::io(log.display().to_string(), e))?;
+            removed.push("metrics.jsonl");
+        }
+        if !removed.is_empty() {
+            eprintln!(
+                "genomamba: note: removed the replaced model's {}",
+                removed.join(" and ")
+            );
+        }
+    }
     eprintln!(
         "genomamba: wrote {} ({} parameters)",
         a.output.display(),

@@ -39,6 +39,19 @@ use super::common::{ArchArgs, SeqDataArgs, check_output_dir, set_threads};
         .multiple(true)
         .conflicts_with("from")
 ))]
+// Flags of one task are refused with the other's data, not ignored.
+#[command(group(
+    clap::ArgGroup::new("position_task_flags")
+        .args(["bed_classes", "records", "window", "gc_augment", "windows_per_epoch"])
+        .multiple(true)
+        .conflicts_with_all(["classes", "tsv"])
+))]
+#[command(group(
+    clap::ArgGroup::new("validation_files")
+        .args(["val_classes", "val_tsv"])
+        .multiple(true)
+        .conflicts_with_all(["fasta", "bed"])
+))]
 pub struct TrainArgs {
     /// Output model directory (best model, `checkpoint/`, `metrics.jsonl`).
     #[arg(short = 'o', long = "output")]
@@ -197,6 +210,14 @@ fn load(a: &TrainArgs) -> Result<Loaded> {
             "pass e.g. --val-fraction 0.1",
         ));
     }
+    let mut reads = a.data.paths();
+    reads.extend(a.fasta.iter().chain(&a.bed).cloned());
+    if reads.iter().filter(|p| p.as_str() == "-").count() > 1 {
+        return Err(Error::usage(
+            "stdin (-) is given for more than one training file, but it can be read only once",
+            "give - once, or files by their paths",
+        ));
+    }
     if seq {
         let (train, val, split) = load_sequence_sets(&a.data, a.val_fraction, a.seed)?;
         Ok(Loaded::Sequence { train, val, split })
@@ -341,6 +362,24 @@ pub fn run(a: TrainArgs) -> Result<()> {
             fraction,
         } => {
             let (tr, va) = contiguous_split(data, *fraction);
+            let bases = |spans: &[genomamba::train::data::Span]| -> usize {
+                spans.iter().map(|s| s.len()).sum()
+            };
+            let total: usize = data.records.iter().map(|r| r.tokens.len()).sum();
+            for (spans, part, fix) in [
+                (&va, "validation", "pass a larger --val-fraction"),
+                (&tr, "training", "pass a smaller --val-fraction"),
+            ] {
+                if bases(spans) == 0 {
+                    return Err(Error::usage(
+                        format!(
+                            "--val-fraction {fraction} leaves the {part} part empty: the last {fraction} of every record of {} ({total} bases) is held out",
+                            a.fasta.as_deref().unwrap_or("--fasta")
+                        ),
+                        fix,
+                    ));
+                }
+            }
             let bed = a.bed.as_deref().unwrap_or("--bed");
             let unseen = check_class_bases(data, &tr, &va, bed)?;
             if !unseen.is_empty() {
@@ -515,6 +554,16 @@ pub fn run(a: TrainArgs) -> Result<()> {
             }
         }
     })?;
+    let stopped_early = a.patience > 0
+        && state.epochs_done < a.epochs
+        && state.epochs_since_best >= a.patience
+        && a.stop_after.is_none_or(|n| state.epochs_done < n);
+    if stopped_early && !a.quiet {
+        eprintln!(
+            "genomamba: stopped early after epoch {}: no better validation {metric} for {} epochs (--patience)",
+            state.epochs_done, a.patience
+        );
+    }
     if !a.quiet {
         eprintln!(
             "genomamba: best epoch {} ({} {:.4}); model in {}",

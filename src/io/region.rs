@@ -519,7 +519,7 @@ impl IndexedFasta {
 
         // Checks against the sequence length, in the user's 1-based terms.
         let fix_range = format!(
-            "use positions 1..{length} for {name} (e.g. {name}:1-{end}), or {name}:START to read to the end",
+            "use positions 1..{length} for {name}: as a region e.g. {name}:1-{end}, or {name}:START to read to the end; in a BED row an end of at most {length}",
             name = region.name,
             end = length.min(1000),
         );
