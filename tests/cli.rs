@@ -1436,6 +1436,148 @@ fn outputs_follow_links_stream_into_pipes_and_spare_every_input() {
 }
 
 #[test]
+fn pipes_are_read_once_and_npy_files_spare_inputs() {
+    let t = tempfile::tempdir().unwrap();
+    let m = init(t.path(), "m", &[]);
+    let fa = t.path().join("in.fa");
+    std::fs::write(&fa, ">a\nACGTACGTTTGACCAG\n>b\nGGGTACCAGT\n").unwrap();
+    let want = ok(&["embed", "-m", s(&m), s(&fa), "-o", "-"]);
+    // gzip and bgzip data through a named pipe: read once (a second open would wait for a
+    // writer that is gone, or take bytes from the reader).
+    let gz = t.path().join("in.fa.gz");
+    let bgz = t.path().join("in.fa.bgz");
+    let gzip = Command::new("gzip").arg("-kc").arg(&fa).output().unwrap();
+    std::fs::write(&gz, gzip.stdout).unwrap();
+    let bgzip = Command::new("bgzip").arg("-c").arg(&fa).output().unwrap();
+    assert!(bgzip.status.success(), "bgzip (CI installs tabix)");
+    std::fs::write(&bgz, bgzip.stdout).unwrap();
+    for (i, source) in [&gz, &bgz].into_iter().enumerate() {
+        let fifo = t.path().join(format!("fifo{i}"));
+        let c = std::ffi::CString::new(s(&fifo)).unwrap();
+        // SAFETY: a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o644) }, 0);
+        let writer = {
+            let (fifo, bytes) = (fifo.clone(), std::fs::read(source).unwrap());
+            std::thread::spawn(move || std::fs::write(fifo, bytes))
+        };
+        assert_eq!(ok(&["embed", "-m", s(&m), s(&fifo), "-o", "-"]), want);
+        writer.join().unwrap().unwrap();
+    }
+    // A per-position array never replaces an input, by its name or through a link.
+    let dir = t.path().join("arrays");
+    std::fs::create_dir(&dir).unwrap();
+    let named = dir.join("a.npy");
+    std::fs::write(&named, ">a\nACGT\n").unwrap();
+    let o = run(&[
+        "embed",
+        "-m",
+        s(&m),
+        s(&named),
+        "--pool",
+        "none",
+        "-o",
+        s(&dir),
+    ]);
+    assert_bad(&o, "the output would replace it");
+    assert_eq!(std::fs::read_to_string(&named).unwrap(), ">a\nACGT\n");
+    let copy = t.path().join("copy.fa");
+    std::fs::copy(&fa, &copy).unwrap();
+    let linked = t.path().join("linked");
+    std::fs::create_dir(&linked).unwrap();
+    std::os::unix::fs::symlink(&copy, linked.join("b.npy")).unwrap();
+    let o = run(&[
+        "embed",
+        "-m",
+        s(&m),
+        s(&copy),
+        "--pool",
+        "none",
+        "-o",
+        s(&linked),
+    ]);
+    assert_bad(&o, "is the input");
+    assert_eq!(std::fs::read(&copy).unwrap(), std::fs::read(&fa).unwrap());
+    // Two records for one file name: both are named.
+    let clash = t.path().join("clash.fa");
+    std::fs::write(&clash, ">x/y\nACGT\n>x_y\nACGA\n").unwrap();
+    let o = run(&[
+        "embed",
+        "-m",
+        s(&m),
+        s(&clash),
+        "--pool",
+        "none",
+        "-o",
+        s(&t.path().join("c")),
+    ]);
+    assert_bad(
+        &o,
+        "records x/y and x_y both map to the output file x_y.npy",
+    );
+    // A directory name too long is refused before any work.
+    let long = t.path().join("d".repeat(300));
+    let o = run(&[
+        "embed",
+        "-m",
+        s(&m),
+        s(&fa),
+        "--pool",
+        "none",
+        "-o",
+        s(&long),
+    ]);
+    assert_bad(&o, "cannot make");
+    // A BED with a byte-order mark reads as without one.
+    let bed = t.path().join("bom.bed");
+    std::fs::write(&bed, "\u{feff}a\t2\t10\n").unwrap();
+    let plain = t.path().join("plain.bed");
+    std::fs::write(&plain, "a\t2\t10\n").unwrap();
+    Command::new("samtools")
+        .arg("faidx")
+        .arg(&fa)
+        .status()
+        .unwrap();
+    let region = |b: &Path| {
+        ok(&[
+            "embed",
+            "-m",
+            s(&m),
+            s(&fa),
+            "--regions-bed",
+            s(b),
+            "-o",
+            "-",
+        ])
+    };
+    assert_eq!(region(&bed), region(&plain));
+    // Annotate's options of one output are refused without that output.
+    let pos = init(t.path(), "pos", &["--head", "position", "--labels", "bg,x"]);
+    let out = t.path().join("o.bg");
+    let o = run(&[
+        "annotate",
+        "-m",
+        s(&pos),
+        s(&fa),
+        "--bedgraph",
+        s(&out),
+        "--threshold",
+        "0.7",
+    ]);
+    assert_bad(&o, "no --bed was given");
+    let o = run(&[
+        "annotate",
+        "-m",
+        s(&pos),
+        s(&fa),
+        "--bed",
+        s(&out),
+        "--digits",
+        "2",
+    ]);
+    assert_bad(&o, "--digits sets the decimals of the bedGraph and the TSV");
+}
+
+#[test]
 fn hand_edited_models_are_refused_on_load() {
     let t = tempfile::tempdir().unwrap();
     let fa = t.path().join("in.fa");
@@ -1496,6 +1638,29 @@ fn hand_edited_models_are_refused_on_load() {
     let o = run(&["embed", "-m", s(&m), s(&fa), "-o", "-"]);
     assert_bad(&o, "tensor 'norm_f.weight' is in");
     assert_bad(&o, "twice");
+    // A NaN or an infinity in the weights would give NaN for every output, with exit 0.
+    for (bad, shown) in [(f32::NAN, "NaN"), (f32::INFINITY, "inf")] {
+        let m = init(t.path(), &format!("nan_{shown}"), &[]);
+        let path = m.join("model.safetensors");
+        let bytes = std::fs::read(&path).unwrap();
+        let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+        let norm = st.tensor("norm_f.weight").unwrap();
+        let mut values: Vec<u8> = norm.data().to_vec();
+        values[4 * 3..4 * 4].copy_from_slice(&bad.to_le_bytes());
+        let edited =
+            safetensors::tensor::TensorView::new(norm.dtype(), norm.shape().to_vec(), &values)
+                .unwrap();
+        let mut tensors: Vec<(String, safetensors::tensor::TensorView<'_>)> = st
+            .tensors()
+            .into_iter()
+            .filter(|(n, _)| n != "norm_f.weight")
+            .collect();
+        tensors.push(("norm_f.weight".into(), edited));
+        std::fs::write(&path, safetensors::serialize(tensors, None).unwrap()).unwrap();
+        let o = run(&["embed", "-m", s(&m), s(&fa), "-o", "-"]);
+        assert_bad(&o, "tensor 'norm_f.weight' of");
+        assert_bad(&o, &format!("holds {shown} at element 3"));
+    }
 }
 
 /// The error `--device cuda:99` must give on this build and machine: without the `cuda`

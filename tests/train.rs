@@ -279,6 +279,45 @@ fn resume_continues_exactly() {
         "the option that differs is named: {}",
         o.stderr
     );
+    // ... and so is resuming on other data, classes or architecture (with an extra class the
+    // checkpoint's head had no row for it: an out-of-bounds panic before).
+    let swapped = |v: Vec<String>| -> Vec<String> {
+        v.into_iter()
+            .map(|x| {
+                if x == ca {
+                    format!("motif={}", s(&b))
+                } else if x == cb {
+                    format!("plain={}", s(&a))
+                } else {
+                    x
+                }
+            })
+            .collect()
+    };
+    let extra_file = dir.path().join("extra.fa");
+    std::fs::write(&extra_file, ">e\nACGTACGTAAAC\n>f\nTTTTGGGGCCCA\n").unwrap();
+    let extra = format!("extra={}", s(&extra_file));
+    for (mut args, needle) in [
+        (
+            swapped(base(&parts)),
+            format!("is not the file {} the checkpoint was trained on", s(&a)),
+        ),
+        (
+            [base(&parts), vec!["--class".into(), extra.clone()]].concat(),
+            "data: 2 files in the checkpoint, 3 now".to_string(),
+        ),
+        (
+            [base(&parts), vec!["--rc-average".into()]].concat(),
+            "head.rc_average: false in the checkpoint, true now".to_string(),
+        ),
+    ] {
+        args.push("--resume".to_string());
+        let o = run(&args.iter().map(String::as_str).collect::<Vec<_>>());
+        assert_eq!(o.code, 2, "{}", o.stderr);
+        assert!(o.stderr.contains("cannot resume"), "{}", o.stderr);
+        assert!(o.stderr.contains(&needle), "{needle}: {}", o.stderr);
+        assert_eq!(o.stderr.lines().count(), 1, "{}", o.stderr);
+    }
     let mut p2 = base(&parts);
     p2.push("--resume".to_string());
     ok(&p2.iter().map(String::as_str).collect::<Vec<_>>());
@@ -316,6 +355,17 @@ fn resume_continues_exactly() {
         std::fs::read(parts.join("checkpoint/model.safetensors")).unwrap(),
         "resumed weights differ from an uninterrupted run"
     );
+    // `init --force` over the run takes its log and checkpoint along: a later --resume would
+    // go on with a model that is gone.
+    let o = run(&["init", "-o", s(&parts), "--force", "--d-model", "16"]);
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    assert!(
+        o.stderr
+            .contains("removed the replaced model's checkpoint/ and metrics.jsonl"),
+        "{}",
+        o.stderr
+    );
+    assert!(!parts.join("checkpoint").exists() && !parts.join("metrics.jsonl").exists());
 }
 
 #[test]
@@ -1146,6 +1196,65 @@ fn bad_training_input_exits_2_and_writes_nothing() {
         args.extend_from_slice(&split);
         bad(&args, needle);
     }
+    // A TSV: a class name that cannot be one, named with its line; a header naming a column
+    // twice.
+    let tsv = dir.path().join("t.tsv");
+    std::fs::write(&tsv, "sequence\tlabel\nACGTAC\tx\nACGTTT\ta b\n").unwrap();
+    bad(
+        &["train", "-o", o, "--tsv", s(&tsv)],
+        "bad class name 'a b' (line 3)",
+    );
+    std::fs::write(&tsv, "sequence\tlabel\tsequence\nACGTAC\tx\tAAAA\n").unwrap();
+    bad(
+        &["train", "-o", o, "--tsv", s(&tsv)],
+        "the header names the `sequence` column twice",
+    );
+    // A split that leaves no base to validate on (or to train on) is refused.
+    std::fs::write(&bedp, "chr1\t2\t5\tgene\n").unwrap();
+    for (fraction, needle) in [
+        ("0.001", "leaves the validation part empty"),
+        ("0.999", "leaves the training part empty"),
+    ] {
+        bad(
+            &[
+                "train",
+                "-o",
+                o,
+                "--fasta",
+                s(&fa),
+                "--bed",
+                s(&bedp),
+                "--val-fraction",
+                fraction,
+            ],
+            needle,
+        );
+    }
+    // Flags of the other task are refused, not ignored.
+    bad(
+        &[
+            "train", "-o", o, "--class", &ca, "--class", &cb, "--window", "100",
+        ],
+        "cannot be used with",
+    );
+    bad(
+        &[
+            "train",
+            "-o",
+            o,
+            "--fasta",
+            s(&fa),
+            "--bed",
+            s(&bedp),
+            "--val-class",
+            &ca,
+        ],
+        "cannot be used with",
+    );
+    bad(
+        &["train", "-o", o, "--class", "a=-", "--class", "b=-"],
+        "stdin (-) is given for more than one training file",
+    );
     // One only in the training part trains, with a warning that its validation metrics are
     // undefined.
     std::fs::write(&bedp, "chr1\t2\t5\tgene\n").unwrap();
@@ -1191,6 +1300,52 @@ fn bad_training_input_exits_2_and_writes_nothing() {
 }
 
 #[test]
+fn training_data_from_stdin_or_a_pipe_is_hashed_as_it_is_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = write_classes(dir.path(), 20, 4);
+    let cb = format!("plain={}", s(&b));
+    let train = |out: &Path, class_a: &str, stdin: Option<&Path>| {
+        let mut c = Command::cargo_bin("genomamba").unwrap();
+        c.args(["train", "-o", s(out), "--class", class_a, "--class", &cb])
+            .args(["--epochs", "1", "--batch-size", "8", "--seed", "2"])
+            .args(TINY);
+        if let Some(p) = stdin {
+            c.stdin(std::fs::File::open(p).unwrap());
+        }
+        let o = c.output().unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let cfg: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).unwrap())
+                .unwrap();
+        let data = cfg["provenance"]["data"][0].clone();
+        (data, std::fs::read(out.join("model.safetensors")).unwrap())
+    };
+    let (file, weights) = train(&dir.path().join("f"), &format!("motif={}", s(&a)), None);
+    let (piped, piped_weights) = train(&dir.path().join("s"), "motif=-", Some(&a));
+    assert_eq!(piped["path"], "-");
+    assert_eq!(piped["sha256"], file["sha256"]);
+    assert_eq!(piped["bytes"], file["bytes"]);
+    assert_eq!(
+        piped_weights, weights,
+        "the same data trains the same model"
+    );
+    // A named pipe likewise: its bytes are hashed as they pass, not read a second time.
+    let fifo = dir.path().join("fifo");
+    let c = std::ffi::CString::new(s(&fifo)).unwrap();
+    // SAFETY: a valid NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o644) }, 0);
+    let writer = {
+        let (fifo, bytes) = (fifo.clone(), std::fs::read(&a).unwrap());
+        std::thread::spawn(move || std::fs::write(fifo, bytes))
+    };
+    let (fifo_data, fifo_weights) =
+        train(&dir.path().join("p"), &format!("motif={}", s(&fifo)), None);
+    writer.join().unwrap().unwrap();
+    assert_eq!(fifo_data["sha256"], file["sha256"]);
+    assert_eq!(fifo_weights, weights);
+}
+
+#[test]
 fn early_stopping_ends_the_run() {
     // With a learning rate too small to change any f32 weight, the validation score never
     // improves after the first epoch: patience 1 stops the run after epoch 2 of 6.
@@ -1216,8 +1371,16 @@ fn early_stopping_ends_the_run() {
         "--batch-size",
         "8",
     ];
-    args.extend_from_slice(TINY);
-    ok(&args);
+    // Without --quiet, to see the line that says the run stopped early.
+    args.extend(TINY.iter().filter(|a| **a != "--quiet"));
+    let o = run(&args);
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    assert!(
+        o.stderr
+            .contains("stopped early after epoch 2: no better validation auroc for 1 epochs"),
+        "{}",
+        o.stderr
+    );
     let log = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap();
     assert_eq!(log.lines().count(), 2, "{log}");
     let cfg: serde_json::Value =
