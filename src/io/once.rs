@@ -8,11 +8,14 @@ use std::collections::HashMap;
 use std::io::{self, Read};
 use std::sync::Mutex;
 
-/// Per path: the hash and byte count of what was read since it was opened, and whether its
-/// end came.
-static READS: Mutex<Option<HashMap<String, (Sha256, u64, bool)>>> = Mutex::new(None);
+/// Of one read: the hash and byte count of what passed since the input was opened, and
+/// whether its end came.
+type Passed = (Sha256, u64, bool);
 
-fn with_reads<T>(f: impl FnOnce(&mut HashMap<String, (Sha256, u64, bool)>) -> T) -> T {
+/// Per path, its latest read.
+static READS: Mutex<Option<HashMap<String, Passed>>> = Mutex::new(None);
+
+fn with_reads<T>(f: impl FnOnce(&mut HashMap<String, Passed>) -> T) -> T {
     let mut reads = READS.lock().unwrap_or_else(|e| e.into_inner());
     f(reads.get_or_insert_with(HashMap::new))
 }
