@@ -522,7 +522,7 @@ const BGZF_EOF: [u8; 28] = [
 fn check_bgzf_end(path: &str) -> Result<()> {
     use std::io::{Seek, SeekFrom};
     // A pipe has no end to look at, and opening it again would take bytes from the reader.
-    if !std::fs::metadata(path).is_ok_and(|m| m.is_file()) {
+    if super::once::read_once(path) {
         return Ok(());
     }
     let mut file = open_file(path, SEQUENCE_FILE)?;

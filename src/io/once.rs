@@ -61,11 +61,17 @@ pub(crate) fn open_once<F: Read + Send + 'static>(
         return Ok(Box::new(Hashed::new(io::stdin(), path)));
     }
     let file = open()?;
-    if std::fs::metadata(path).is_ok_and(|m| m.is_file()) {
-        Ok(Box::new(file))
-    } else {
+    if read_once(path) {
         Ok(Box::new(Hashed::new(file, path)))
+    } else {
+        Ok(Box::new(file))
     }
+}
+
+/// Whether `path` can be read only once: stdin (`-`), or an existing file that is not a
+/// regular file (a pipe, a FIFO).
+pub fn read_once(path: &str) -> bool {
+    path == "-" || !std::fs::metadata(path).is_ok_and(|m| m.is_file())
 }
 
 /// The hex SHA-256 and size of what was read from `path` (stdin or a file that is not a

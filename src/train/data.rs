@@ -42,7 +42,7 @@ pub struct FileDigest {
 /// SHA-256 of a file; of stdin (`-`) or a pipe as it was read (to its end), as they cannot be
 /// read twice.
 pub fn digest(path: &str) -> Result<FileDigest> {
-    if path == "-" || !std::fs::metadata(path).is_ok_and(|m| m.is_file()) {
+    if crate::io::once::read_once(path) {
         // Stdin or a pipe, read once as it was loaded: its digest was taken on the way.
         let (sha256, bytes) = crate::io::once::read_digest(path).ok_or_else(|| {
             Error::Runtime(format!(

@@ -1679,17 +1679,17 @@ fn option_differences(old: Option<&TrainOptions>, new: &TrainOptions) -> String 
     let Ok(old) = serde_json::to_value(old) else {
         return "the checkpoint's cannot be read".into();
     };
-    let (Some(old), Some(new)) = (old.as_object(), new.as_object()) else {
-        return String::new();
+    // Keys as the options are spelled on the command line.
+    let dashed = |v: serde_json::Value| -> serde_json::Value {
+        match v {
+            serde_json::Value::Object(o) => (o.into_iter())
+                .map(|(k, v)| (k.replace('_', "-"), v))
+                .collect(),
+            other => other,
+        }
     };
-    let diffs: Vec<String> = new
-        .iter()
-        .filter(|(k, v)| old.get(*k) != Some(*v))
-        .map(|(k, v)| {
-            let was = old.get(k).map_or("unset".to_string(), |o| o.to_string());
-            format!("{}: {was} in the checkpoint, {v} now", k.replace('_', "-"))
-        })
-        .collect();
+    let mut diffs = Vec::new();
+    json_differences("", &dashed(old), &dashed(new), &mut diffs);
     diffs.join(", ")
 }
 
