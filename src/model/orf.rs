@@ -33,10 +33,11 @@ fn reverse_stop(t: &[u8]) -> bool {
 }
 
 /// Features of a record of tokens: `[len][ORF_FEATURES]`, row-major (24 bytes per base; see
-/// [`orf_feature_blocks`] to stream them instead).
+/// [`OrfIndex`] to compute them for a stretch at a time instead).
 pub fn orf_features(tokens: &[u8]) -> Vec<f32> {
+    let index = OrfIndex::new(tokens);
     let mut out = Vec::with_capacity(tokens.len() * ORF_FEATURES);
-    orf_feature_blocks(tokens, 1 << 16, &mut |_, f| out.extend_from_slice(f));
+    index.extend(0, tokens.len(), &mut out);
     out
 }
 
@@ -61,38 +62,88 @@ fn borders(tokens: &[u8], reverse: bool, frame: usize) -> Vec<usize> {
         }
     }
     out.push(n);
+    out.shrink_to_fit();
     out
 }
 
-/// Hands the features of `tokens` to `sink` in consecutive blocks of up to `block` positions
-/// (`sink(start, features of start..start + k)`), holding only the stretch borders (one word
-/// per stop codon) and one block.
-pub fn orf_feature_blocks(tokens: &[u8], block: usize, sink: &mut dyn FnMut(usize, &[f32])) {
-    let n = tokens.len();
-    let block = block.max(1);
-    let all: Vec<Vec<usize>> = [false, true]
-        .iter()
-        .flat_map(|&r| (0..3).map(move |f| (r, f)))
-        .map(|(r, f)| borders(tokens, r, f))
-        .collect();
-    // Per strand and frame, the index of the stretch holding the current position.
-    let mut at = vec![0usize; all.len()];
-    let mut buf = vec![0.0f32; block * ORF_FEATURES];
-    let mut start = 0;
-    while start < n {
-        let end = (start + block).min(n);
-        let rows = &mut buf[..(end - start) * ORF_FEATURES];
-        for (i, row) in rows.chunks_exact_mut(ORF_FEATURES).enumerate() {
-            let pos = start + i;
-            for ((slot, b), k) in row.iter_mut().zip(&all).zip(at.iter_mut()) {
+/// A record's stretch borders in each strand and frame: one word per stop codon (a stop
+/// codon comes about every 64 bases of random sequence in each of six frames, so about
+/// 0.8 bytes per base), from which the features of any stretch of positions are computed
+/// when needed. Training keeps one per record instead of the 24 bytes per base of
+/// [`orf_features`].
+#[derive(Debug, Clone)]
+pub struct OrfIndex {
+    borders: [Vec<usize>; ORF_FEATURES],
+    len: usize,
+}
+
+impl OrfIndex {
+    /// Finds the stop codons of `tokens` in all six frames.
+    pub fn new(tokens: &[u8]) -> Self {
+        let borders = std::array::from_fn(|i| borders(tokens, i >= 3, i % 3));
+        OrfIndex {
+            borders,
+            len: tokens.len(),
+        }
+    }
+
+    /// The record's length in bases.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether the record is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The features of positions `start..end` (clamped to the record), in order, one row of
+    /// [`ORF_FEATURES`] values per position.
+    pub fn rows(&self, start: usize, end: usize) -> impl Iterator<Item = [f32; ORF_FEATURES]> + '_ {
+        let end = end.min(self.len);
+        let start = start.min(end);
+        // Per strand and frame, the index of the stretch holding `start`: the last border at
+        // or before it.
+        let mut at: [usize; ORF_FEATURES] = std::array::from_fn(|i| {
+            self.borders[i]
+                .partition_point(|&b| b <= start)
+                .saturating_sub(1)
+        });
+        (start..end).map(move |pos| {
+            let mut row = [0.0f32; ORF_FEATURES];
+            for ((slot, b), k) in row.iter_mut().zip(&self.borders).zip(at.iter_mut()) {
                 while b[*k + 1] <= pos {
                     *k += 1;
                 }
                 *slot = (1.0 + (b[*k + 1] - b[*k]) as f32).ln() / ORF_SCALE;
             }
             row.sort_by(|x, y| y.total_cmp(x));
+            row
+        })
+    }
+
+    /// Appends the features of positions `start..end` to `out` (row-major).
+    pub fn extend(&self, start: usize, end: usize, out: &mut Vec<f32>) {
+        out.reserve(end.min(self.len).saturating_sub(start) * ORF_FEATURES);
+        for row in self.rows(start, end) {
+            out.extend_from_slice(&row);
         }
-        sink(start, rows);
+    }
+}
+
+/// Hands the features of `tokens` to `sink` in consecutive blocks of up to `block` positions
+/// (`sink(start, features of start..start + k)`), holding only the stretch borders (one word
+/// per stop codon) and one block.
+pub fn orf_feature_blocks(tokens: &[u8], block: usize, sink: &mut dyn FnMut(usize, &[f32])) {
+    let index = OrfIndex::new(tokens);
+    let block = block.max(1);
+    let mut buf = Vec::with_capacity(block.min(tokens.len()) * ORF_FEATURES);
+    let mut start = 0;
+    while start < tokens.len() {
+        let end = (start + block).min(tokens.len());
+        buf.clear();
+        index.extend(start, end, &mut buf);
+        sink(start, &buf);
         start = end;
     }
 }
@@ -230,6 +281,43 @@ mod tests {
                 got.extend_from_slice(f);
             });
             assert_eq!(got, whole, "block {block}");
+        }
+    }
+
+    #[test]
+    fn any_stretch_of_the_index_matches_the_whole_record() {
+        for (len, seed) in [(0usize, 1u32), (1, 2), (4, 3), (999, 4), (2000, 5)] {
+            let s = dna(len, seed, b"ACGTTAGA");
+            let t = tokenize(&s).unwrap();
+            let whole = orf_features(&t);
+            let index = OrfIndex::new(&t);
+            assert_eq!(index.len(), len);
+            let cuts = [
+                0,
+                1,
+                2,
+                3,
+                63,
+                64,
+                500,
+                len / 2,
+                len.saturating_sub(1),
+                len,
+                len + 5,
+            ];
+            for &a in &cuts {
+                for &b in &cuts {
+                    let mut got = Vec::new();
+                    index.extend(a, b, &mut got);
+                    let (a, b) = (a.min(len), b.min(len));
+                    let want = if a < b {
+                        &whole[a * ORF_FEATURES..b * ORF_FEATURES]
+                    } else {
+                        &[][..]
+                    };
+                    assert_eq!(got, want, "len {len} stretch {a}..{b}");
+                }
+            }
         }
     }
 

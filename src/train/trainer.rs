@@ -25,6 +25,7 @@ use super::data::{IGNORE, PositionDataset, SeqDataset, Span, draw_windows};
 use super::metrics::{ConfusionMatrix, ScoreHistogram, auprc, auroc};
 use crate::alphabet::{PAD, complement};
 use crate::io::output::{PendingPath, publish};
+use crate::model::orf::OrfIndex;
 use crate::model::weights::host_values;
 use crate::model::{GenoModel, HeadKind, Mamba};
 use crate::{Error, Result};
@@ -688,22 +689,27 @@ fn seq_batch(examples: &[(&[u8], usize)], rc: &[bool], round: bool) -> Batch {
     }
 }
 
-/// A batch of windows; `features` holds every record's ORF features when the head reads them.
+/// A batch of windows; `features` holds every record's ORF index when the head reads ORF
+/// features.
 fn window_batch(
     data: &PositionDataset,
-    features: Option<&[Vec<f32>]>,
+    features: Option<&[OrfIndex]>,
     windows: &[Span],
     rc: &[bool],
 ) -> Batch {
-    const K: usize = crate::model::orf::ORF_FEATURES;
     let rows = windows.len();
     let len = windows.first().map(|w| w.len()).unwrap_or(0);
     let mut tokens = Vec::with_capacity(rows * len);
     let mut mask = Vec::with_capacity(rows * len);
     let mut labels = Vec::with_capacity(rows * len);
     let mut extra = Vec::new();
+    let mut rows_of_window = Vec::new();
     for (i, w) in windows.iter().enumerate() {
         let r = &data.records[w.record];
+        if let Some(f) = features {
+            rows_of_window.clear();
+            rows_of_window.extend(f[w.record].rows(w.start, w.end));
+        }
         for p in 0..len {
             let q = if rc[i] { w.end - 1 - p } else { w.start + p };
             let (tok, lab) = if rc[i] {
@@ -712,8 +718,8 @@ fn window_batch(
                 (r.tokens[q], r.labels[q])
             };
             // The features of a reverse complement are the mirrored features.
-            if let Some(f) = features {
-                extra.extend_from_slice(&f[w.record][q * K..(q + 1) * K]);
+            if features.is_some() {
+                extra.extend_from_slice(&rows_of_window[q - w.start]);
             }
             tokens.push(tok as i64);
             if lab == IGNORE {
@@ -1031,7 +1037,7 @@ pub fn predict_positions(
 fn position_scores(
     net: &Net,
     data: &PositionDataset,
-    features: Option<&[Vec<f32>]>,
+    features: Option<&[OrfIndex]>,
     spans: &[Span],
     chunk: usize,
     strands: Strands,
@@ -1044,12 +1050,15 @@ fn position_scores(
     let mut counted = 0usize;
     for s in spans {
         let r = &data.records[s.record];
-        const K: usize = crate::model::orf::ORF_FEATURES;
-        let extra = features.map(|f| &f[s.record][s.start * K..s.end * K]);
+        let extra = features.map(|f| {
+            let mut v = Vec::new();
+            f[s.record].extend(s.start, s.end, &mut v);
+            v
+        });
         let probs = predict_positions(
             net,
             &r.tokens[s.start..s.end],
-            extra,
+            extra.as_deref(),
             chunk,
             strands,
             device,
@@ -1163,14 +1172,24 @@ pub fn prepare_head(
     Ok(true)
 }
 
+/// The most positions [`fit_orf_head`] fits on (about 64 MiB of samples).
+pub const ORF_FIT_POSITIONS: usize = 1 << 20;
+
+/// Every how many training positions [`fit_orf_head`] takes one: 7, or more when that would
+/// give more than [`ORF_FIT_POSITIONS`].
+fn orf_fit_stride(total: usize) -> usize {
+    total.div_ceil(ORF_FIT_POSITIONS).max(7)
+}
+
 /// Starts a fresh ORF-feature head as a softmax regression on the ORF features alone:
 /// fitted (Newton's method, small ridge) on every 7th labeled position of the training
-/// stretches, with the hidden-state weights zero. Training then begins from a model that
+/// stretches (every `k`th, `k` larger, past [`ORF_FIT_POSITIONS`] positions, so that a whole
+/// genome needs no more memory than a bacterial one), with the hidden-state weights zero. Training then begins from a model that
 /// already knows how gene length separates the classes, and the backbone learns what the
 /// lengths miss. (Gradient steps alone would need thousands of steps to grow the feature
 /// weights to the size the lengths call for.) Returns the fitted model's training accuracy.
 pub fn fit_orf_head(model: &mut GenoModel, task: &Task<'_>, device: &Device) -> Result<f64> {
-    use crate::model::orf::{ORF_FEATURES as K, orf_features};
+    use crate::model::orf::ORF_FEATURES as K;
     let Task::Position { data, train, .. } = task else {
         return Err(Error::usage(
             "ORF features apply to per-position tasks",
@@ -1184,19 +1203,24 @@ pub fn fit_orf_head(model: &mut GenoModel, task: &Task<'_>, device: &Device) -> 
     let n_classes = data.labels.len();
     let mut xs: Vec<[f64; K + 1]> = Vec::new();
     let mut ys: Vec<usize> = Vec::new();
-    let mut cache: Option<(usize, Vec<f32>)> = None;
+    let total: usize = train.iter().map(|s| s.end - s.start).sum();
+    let stride = orf_fit_stride(total);
+    let mut cache: Option<(usize, OrfIndex)> = None;
     for s in train {
         if cache.as_ref().is_none_or(|(r, _)| *r != s.record) {
-            cache = Some((s.record, orf_features(&data.records[s.record].tokens)));
+            cache = Some((s.record, OrfIndex::new(&data.records[s.record].tokens)));
         }
-        let Some((_, f)) = &cache else { continue };
+        let Some((_, index)) = &cache else { continue };
         let labels = &data.records[s.record].labels;
-        for p in (s.start..s.end).step_by(7) {
+        for (p, f) in (s.start..s.end)
+            .zip(index.rows(s.start, s.end))
+            .step_by(stride)
+        {
             if labels[p] == IGNORE {
                 continue;
             }
             let mut x = [1.0f64; K + 1];
-            for (j, v) in f[p * K..(p + 1) * K].iter().enumerate() {
+            for (j, v) in f.iter().enumerate() {
                 x[j] = *v as f64;
             }
             xs.push(x);
@@ -1426,14 +1450,15 @@ pub fn train(
         .ok_or_else(|| Error::Runtime("training needs a head (prepare_head first)".into()))?;
     let mut config = model.config.clone();
     let bidirectional = config.head.as_ref().is_some_and(|h| h.bidirectional);
-    // ORF features of every record, once (they survive the composition augmentation, which
-    // never creates or destroys a stop codon).
-    let orf: Option<Vec<Vec<f32>>> = match task {
+    // The stop codons of every record, once (they survive the composition augmentation,
+    // which never creates or destroys a stop codon); each batch computes its windows'
+    // features from them.
+    let orf: Option<Vec<OrfIndex>> = match task {
         Task::Position { data, .. } if config.head.as_ref().is_some_and(|h| h.orf_features) => {
             Some(
                 data.records
                     .iter()
-                    .map(|r| crate::model::orf::orf_features(&r.tokens))
+                    .map(|r| OrfIndex::new(&r.tokens))
                     .collect(),
             )
         }
@@ -1890,6 +1915,26 @@ fn save_checkpoint(
 mod tests {
     use super::*;
     use crate::model::{HeadConfig, MambaConfig, ModelConfig};
+
+    #[test]
+    fn the_orf_fit_takes_at_most_its_cap_of_positions() {
+        assert_eq!(orf_fit_stride(0), 7);
+        assert_eq!(orf_fit_stride(1000), 7);
+        for total in [
+            1usize,
+            7 << 20,
+            (7 << 20) + 1,
+            3_000_000_000,
+            usize::MAX / 2,
+        ] {
+            let stride = orf_fit_stride(total);
+            assert!(stride >= 7);
+            assert!(total.div_ceil(stride) <= ORF_FIT_POSITIONS.max(total.div_ceil(7)));
+            if total > 7 * ORF_FIT_POSITIONS {
+                assert!(total.div_ceil(stride) <= ORF_FIT_POSITIONS, "{total}");
+            }
+        }
+    }
 
     fn tiny_net_with(device: &Device, phase_period: usize, orf_features: bool) -> Net {
         let mut arch = MambaConfig::new(16, 2);
