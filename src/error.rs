@@ -68,6 +68,21 @@ pub fn shorten(text: &str, max: usize) -> String {
     }
 }
 
+/// `text` with its control characters (line breaks, carriage returns, escapes, tabs) written
+/// as escapes (`\n`, `\u{1b}`), so that a message quoting user text (a record id, a class
+/// name, a path) stays one line on a terminal and in a log.
+pub fn one_line(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 /// An input's path as errors name it: `-` is stdin.
 pub fn shown(path: &str) -> &str {
     if path == "-" { "stdin" } else { path }

@@ -16,7 +16,10 @@ fn main() {
         Ok(Ok(())) => cli::mark("done, exiting"),
         Ok(Err(e)) if e.is_broken_pipe() => std::process::exit(0),
         Ok(Err(e)) => {
-            eprintln!("genomamba: error: {e}");
+            eprintln!(
+                "genomamba: error: {}",
+                genomamba::error::one_line(&e.to_string())
+            );
             exit_now(e.exit_code());
         }
         Err(payload) => match OUT_OF_MEMORY.get() {
@@ -134,6 +137,127 @@ fn remove_unfinished_outputs_on_signals() {
             })
         }
     });
+}
+
+/// The system's allocator, except that an allocation the machine cannot satisfy ends the
+/// process like any other error: one line on stderr, the temporary outputs removed, exit
+/// code 2 (as for a GPU out of memory). Rust's own handling aborts with a backtrace and
+/// leaves the temporary files behind.
+struct ReportingAllocator;
+
+// SAFETY: every call is passed to `System` unchanged; only a null result is acted on, and
+// the pointer handed back is the one `System` gave.
+unsafe impl std::alloc::GlobalAlloc for ReportingAllocator {
+    unsafe fn alloc(&self, layout: std::alloc::Layout) -> *mut u8 {
+        // SAFETY: the caller's contract for `alloc` is passed on.
+        let p = unsafe { std::alloc::System.alloc(layout) };
+        if p.is_null() {
+            out_of_host_memory(layout.size());
+        }
+        p
+    }
+
+    unsafe fn alloc_zeroed(&self, layout: std::alloc::Layout) -> *mut u8 {
+        // SAFETY: as for `alloc`.
+        let p = unsafe { std::alloc::System.alloc_zeroed(layout) };
+        if p.is_null() {
+            out_of_host_memory(layout.size());
+        }
+        p
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: std::alloc::Layout, size: usize) -> *mut u8 {
+        // SAFETY: as for `alloc`.
+        let p = unsafe { std::alloc::System.realloc(ptr, layout, size) };
+        if p.is_null() {
+            out_of_host_memory(size);
+        }
+        p
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: std::alloc::Layout) {
+        // SAFETY: as for `alloc`.
+        unsafe { std::alloc::System.dealloc(ptr, layout) }
+    }
+}
+
+#[global_allocator]
+static ALLOCATOR: ReportingAllocator = ReportingAllocator;
+
+/// Ends the process after an allocation of `size` bytes failed: removes the temporary outputs,
+/// prints one line and exits with code 2. Formats on the stack, since the heap just failed.
+/// Returns only when called again while doing so (an allocation inside the removal failed
+/// too); Rust's own handling then aborts.
+fn out_of_host_memory(size: usize) {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    static REPORTING: AtomicBool = AtomicBool::new(false);
+    if REPORTING.swap(true, Ordering::SeqCst) {
+        return;
+    }
+    let removed = genomamba::io::output::try_remove_pending(|n| n);
+    let mut line = StackText::<512>::new();
+    use std::fmt::Write as _;
+    use std::io::IsTerminal;
+    if std::io::stderr().is_terminal() {
+        // A progress bar may be half drawn.
+        line.push("\r\x1b[2K");
+    }
+    let _ = write!(
+        line,
+        "genomamba: error: the machine ran out of memory (an allocation of "
+    );
+    let _ = match size {
+        s if s >= 1 << 30 => write!(line, "{:.1} GiB", s as f64 / (1u64 << 30) as f64),
+        s if s >= 1 << 20 => write!(line, "{:.1} MiB", s as f64 / (1u64 << 20) as f64),
+        s => write!(line, "{s} bytes"),
+    };
+    let _ = writeln!(
+        line,
+        " failed){}; use a smaller --chunk-size (embed, classify, annotate) or --batch-size or \
+         --window (train), or a smaller model",
+        match removed {
+            Some(0) | None => "",
+            Some(1) => "; removed 1 unfinished output file",
+            Some(_) => "; removed the unfinished output files",
+        }
+    );
+    // SAFETY: writes the bytes of a live buffer to the standard error descriptor.
+    unsafe {
+        libc::write(2, line.bytes().as_ptr().cast(), line.bytes().len());
+    }
+    exit_now(2)
+}
+
+/// Text formatted into a fixed buffer, cut at its capacity.
+struct StackText<const N: usize> {
+    buf: [u8; N],
+    len: usize,
+}
+
+impl<const N: usize> StackText<N> {
+    fn new() -> Self {
+        StackText {
+            buf: [0; N],
+            len: 0,
+        }
+    }
+
+    fn push(&mut self, s: &str) {
+        let n = s.len().min(N - self.len);
+        self.buf[self.len..self.len + n].copy_from_slice(&s.as_bytes()[..n]);
+        self.len += n;
+    }
+
+    fn bytes(&self) -> &[u8] {
+        &self.buf[..self.len]
+    }
+}
+
+impl<const N: usize> std::fmt::Write for StackText<N> {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        self.push(s);
+        Ok(())
+    }
 }
 
 /// Ends the process with `code` without running exit handlers. Everything the command wrote is

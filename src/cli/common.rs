@@ -752,12 +752,10 @@ fn progress(what: &str, total: Option<u64>) -> ProgressBar {
 pub fn report_skipped(skipped: &Skipped) {
     match (skipped.count, &skipped.first) {
         (0, _) | (_, None) => {}
-        (1, Some(first)) => {
-            eprintln!("genomamba: warning: skipped a record of length 0 ({first})")
-        }
-        (n, Some(first)) => {
-            eprintln!("genomamba: warning: skipped {n} records of length 0 (the first: {first})")
-        }
+        (1, Some(first)) => super::warn(&format!("skipped a record of length 0 ({first})")),
+        (n, Some(first)) => super::warn(&format!(
+            "skipped {n} records of length 0 (the first: {first})"
+        )),
     }
 }
 

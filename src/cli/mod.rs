@@ -41,6 +41,11 @@ pub enum Command {
 
 static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
 
+/// Prints a warning on stderr, as one line (control characters in quoted user text escaped).
+pub fn warn(text: &str) {
+    eprintln!("genomamba: warning: {}", genomamba::error::one_line(text));
+}
+
 /// What the line printed on an interruption adds, asked when the signal comes (`train` says
 /// how to continue once a checkpoint exists).
 type Hint = Box<dyn Fn() -> Option<String> + Send>;

@@ -383,10 +383,10 @@ pub fn run(a: TrainArgs) -> Result<()> {
             let bed = a.bed.as_deref().unwrap_or("--bed");
             let unseen = check_class_bases(data, &tr, &va, bed)?;
             if !unseen.is_empty() {
-                eprintln!(
-                    "genomamba: warning: class(es) {} label no validation base: their validation metrics are undefined, so the best epoch is the one of lowest validation loss; give a larger --val-fraction or move their intervals",
+                super::warn(&format!(
+                    "class(es) {} label no validation base: their validation metrics are undefined, so the best epoch is the one of lowest validation loss; give a larger --val-fraction or move their intervals",
                     unseen.join(", ")
-                );
+                ));
             }
             let counts = serde_json::json!({
                 "train_bases": tr.iter().map(|s| s.len()).sum::<usize>(),
@@ -639,17 +639,17 @@ pub fn load_sequence_sets(
         .map(|(l, _)| l.as_str())
         .collect();
     if !missing.is_empty() {
-        eprintln!(
-            "genomamba: warning: class(es) {} have no validation sequence: their validation metrics are undefined, so the best epoch is the one of lowest validation loss; give more sequences or separate validation files",
+        super::warn(&format!(
+            "class(es) {} have no validation sequence: their validation metrics are undefined (train then picks its best epoch by validation loss alone); give more sequences or separate validation files",
             missing.join(", ")
-        );
+        ));
     }
     let (copies, first) = copies_of_training(&train, &val);
     if let Some((in_val, in_train)) = first {
-        eprintln!(
-            "genomamba: warning: {copies} of {} validation sequences are exact copies of training sequences (the first: {in_val} = {in_train}): validation metrics overstate how the model does on new sequences; remove the copies from one side",
+        super::warn(&format!(
+            "{copies} of {} validation sequences are exact copies of training sequences (the first: {in_val} = {in_train}): validation metrics overstate how the model does on new sequences; remove the copies from one side",
             val.examples.len()
-        );
+        ));
     }
     if let Some(obj) = split.as_object_mut() {
         obj.insert("val_copies_of_train".into(), copies.into());

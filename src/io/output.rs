@@ -215,6 +215,24 @@ pub fn remove_pending<R>(then: impl FnOnce(usize) -> R) -> R {
     then(removed)
 }
 
+/// Like [`remove_pending`], for a process that must end now and cannot wait for the list:
+/// when another thread holds it (or this one does, having failed inside a change to it) for
+/// about 100 ms, nothing is removed and `then` gets `None`.
+pub fn try_remove_pending<R>(then: impl FnOnce(Option<usize>) -> R) -> R {
+    for _ in 0..100 {
+        match PENDING.try_lock() {
+            Ok(mut list) => return then(Some(list.remove_all())),
+            Err(std::sync::TryLockError::Poisoned(p)) => {
+                return then(Some(p.into_inner().remove_all()));
+            }
+            Err(std::sync::TryLockError::WouldBlock) => {
+                std::thread::sleep(std::time::Duration::from_millis(1))
+            }
+        }
+    }
+    then(None)
+}
+
 /// `path` with its symbolic links followed, as far as they lead (a link to a file that does
 /// not exist yet gives that file's path); `path` itself when it is not a link.
 pub fn resolve_links(path: &Path) -> PathBuf {

@@ -58,13 +58,13 @@ pub const MAX_PARAMS: u128 = 1 << 34;
 /// The most layers a model may have (the largest published Mamba models have 64).
 pub const MAX_LAYERS: usize = 1024;
 
-/// Whether a class name is usable (non-empty, no whitespace, no `=` or `,`): it must fit
-/// `--class NAME=PATH`, `--labels A,B` and a TSV column name `p_NAME`.
+/// Whether a class name is usable (non-empty, no whitespace or control characters, no `=`
+/// or `,`): it must fit `--class NAME=PATH`, `--labels A,B` and a TSV column name `p_NAME`.
 pub fn valid_class_name(name: &str) -> bool {
     !name.is_empty()
         && !name
             .chars()
-            .any(|c| c.is_whitespace() || c == '=' || c == ',')
+            .any(|c| c.is_whitespace() || c.is_control() || c == '=' || c == ',')
 }
 
 /// Checks that class names are valid and distinct.
