@@ -30,7 +30,8 @@ pub struct BaselineArgs {
     /// L2 penalty of the logistic regression.
     #[arg(long, default_value_t = 1e-3)]
     pub l2: f64,
-    /// Validation predictions as TSV (id, label, p_<class>...).
+    /// Validation predictions as TSV: id (FILE:ID for per-class FASTA files), true label,
+    /// predicted label, then p_<class> per class.
     #[arg(long)]
     pub predictions: Option<String>,
     /// Metrics as JSON (`-` for stdout, the default).

@@ -155,8 +155,17 @@ impl GenoModel {
                 "set head.bidirectional to true (and kind to position), or orf_features to false",
             ));
         }
+        if let Some(h) = &config.head
+            && h.bidirectional
+            && h.kind != HeadKind::Position
+        {
+            return Err(Error::usage(
+                "the model's config.json sets head.bidirectional on a sequence head (it applies to per-position heads)",
+                "set head.bidirectional to false (head.rc_average gives a sequence head both strands)",
+            ));
+        }
         if let Some(h) = &config.head {
-            let fix = "list two or more distinct class names without spaces, '=' or ',' in config.json's head.labels";
+            let fix = "list two or more distinct class names without spaces, control characters, '=' or ',' in config.json's head.labels";
             if h.labels.len() < 2 {
                 return Err(Error::usage(
                     format!(
@@ -182,6 +191,21 @@ impl GenoModel {
             )?),
             None => None,
         };
+        // A tensor left over would be part of a model that config.json does not describe
+        // (a bias of the final norm, a head the config lacks): running without it would give
+        // other outputs than the model's own, without a word.
+        if let Some(extra) = map.untaken() {
+            let why = if extra.starts_with("head.") && config.head.is_none() {
+                " (it gives no head)"
+            } else {
+                ""
+            };
+            return Err(Error::model(
+                map.dir(),
+                format!("weights hold tensor '{extra}', which config.json does not describe{why}"),
+                "the weights do not match config.json; use the model's own config",
+            ));
+        }
         Ok(GenoModel {
             config,
             backbone,
@@ -199,7 +223,9 @@ impl GenoModel {
         }
         let text = std::fs::read_to_string(&cfg_path)
             .map_err(|e| Error::model(dir, format!("cannot read config.json: {e}"), fix_dir))?;
-        let value: serde_json::Value = serde_json::from_str(&text).map_err(|e| {
+        // A byte-order mark (some Windows editors write one) is not part of the JSON.
+        let text = text.strip_prefix('\u{feff}').unwrap_or(&text);
+        let value: serde_json::Value = serde_json::from_str(text).map_err(|e| {
             Error::model(
                 dir,
                 format!("config.json is not valid JSON: {e}"),
@@ -247,6 +273,13 @@ impl GenoModel {
             c
         };
         let weights = dir.join("model.safetensors");
+        if weights.exists() && !weights.is_file() {
+            return Err(Error::model(
+                dir,
+                "model.safetensors is not a regular file (a pipe or a directory?)",
+                "put the weights file itself next to config.json",
+            ));
+        }
         if !weights.is_file() {
             return Err(Error::model(
                 dir,
@@ -259,9 +292,11 @@ impl GenoModel {
     }
 
     /// Writes `config.json` and `model.safetensors` into `dir` (created if needed). Both files
-    /// are written to temporary names first and renamed into place.
+    /// are written to temporary names first and renamed into place; the parts of `dir` made
+    /// here are removed again if that fails or the process is interrupted before.
     pub fn save(&self, dir: &Path) -> Result<()> {
-        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir.display().to_string(), e))?;
+        let made =
+            PendingPath::make_dir(dir).map_err(|e| Error::io(dir.display().to_string(), e))?;
         let mut map = TensorMap::new();
         weights::mamba_to_tensors(&self.backbone, &mut map);
         if let Some(h) = &self.head {
@@ -280,7 +315,10 @@ impl GenoModel {
             (tmp_w.path().to_path_buf(), dir.join("model.safetensors")),
             (tmp_c.path().to_path_buf(), dir.join("config.json")),
         ];
-        publish(vec![tmp_w, tmp_c], || {
+        // Dropped in order on failure: the files, then the directories made, deepest first.
+        let mut pending = vec![tmp_w, tmp_c];
+        pending.extend(made);
+        publish(pending, || {
             renames.iter().try_for_each(|(tmp, dest)| {
                 std::fs::rename(tmp, dest).map_err(|e| Error::io(dest.display().to_string(), e))
             })

@@ -63,7 +63,10 @@ impl TensorMap {
             )
         })?;
         let mut tensors = HashMap::new();
-        for (name, view) in st.tensors() {
+        // By name, so that an error names the same tensor every run.
+        let mut views = st.tensors();
+        views.sort_by(|a, b| a.0.cmp(&b.0));
+        for (name, view) in views {
             let values = to_f32(view.dtype(), view.data()).ok_or_else(|| {
                 Error::model(
                     dir,
@@ -116,6 +119,22 @@ impl TensorMap {
     /// Adds a tensor.
     pub fn insert(&mut self, name: impl Into<String>, shape: Vec<usize>, values: Vec<f32>) {
         self.tensors.insert(name.into(), (shape, values));
+    }
+
+    /// The first tensor (by name) that nothing has taken, other than a language-model head
+    /// (`lm_head.*`, which Hugging Face causal-LM checkpoints may carry and no genomamba
+    /// command uses).
+    pub fn untaken(&self) -> Option<&str> {
+        self.tensors
+            .keys()
+            .filter(|k| !k.starts_with("lm_head."))
+            .min()
+            .map(String::as_str)
+    }
+
+    /// The directory the weights came from.
+    pub fn dir(&self) -> &std::path::Path {
+        &self.dir
     }
 
     /// Whether a tensor of that name exists.
