@@ -375,6 +375,7 @@ pub fn check_inputs(paths: &[String]) -> Result<()> {
             "give - once, or files by their paths",
         ));
     }
+    check_streams_once(paths)?;
     for path in paths.iter().filter(|p| p.as_str() != "-") {
         // A pipe or FIFO is only looked at: opening it here would wait for its writer, and
         // closing it again could end the writer before the real read.
@@ -383,6 +384,48 @@ pub fn check_inputs(paths: &[String]) -> Result<()> {
         }
         open_file(path, SEQUENCE_FILE)?;
     }
+    Ok(())
+}
+
+/// The device and inode of a path (links followed), or of stdin for `-`.
+#[cfg(unix)]
+fn identity(path: &str) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = if path == "-" {
+        use std::os::fd::AsFd;
+        let fd = std::io::stdin().as_fd().try_clone_to_owned().ok()?;
+        std::fs::File::from(fd).metadata().ok()?
+    } else {
+        std::fs::metadata(path).ok()?
+    };
+    Some((meta.dev(), meta.ino()))
+}
+
+/// Refuses stdin given again under another name (`- /dev/stdin`) and a pipe, FIFO or device
+/// given twice under two names: the second read would find it empty (or, for stdin redirected
+/// from a file, read the file twice).
+#[cfg(unix)]
+fn check_streams_once(paths: &[String]) -> Result<()> {
+    let mut seen: Vec<(&str, (u64, u64))> = Vec::new();
+    for path in paths {
+        let Some(id) = identity(path) else { continue };
+        let stream = path == "-" || std::fs::metadata(path).is_ok_and(|m| !m.is_file());
+        if let Some((first, _)) = seen.iter().find(|(_, other)| *other == id) {
+            let (a, b) = (crate::error::shown(first), crate::error::shown(path));
+            return Err(Error::usage(
+                format!("{a} and {b} are the same input, which can be read only once"),
+                "give it once",
+            ));
+        }
+        if stream {
+            seen.push((path, id));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(not(unix))]
+fn check_streams_once(_: &[String]) -> Result<()> {
     Ok(())
 }
 
@@ -645,6 +688,21 @@ fn read_fasta(
     let mut number = 0usize;
     while let Some(h) = header.take() {
         number += 1;
+        // Line ends of CR alone (classic Mac OS) would make the whole file one header line
+        // (a CR before a line's LF is already gone).
+        if h.contains(&b'\r') {
+            return Err(Error::input(
+                &path,
+                format!(
+                    "the header on line {} holds a carriage return (CR): the file's lines seem to end in CR alone",
+                    lines.line
+                ),
+                format!(
+                    "convert its line endings, e.g. `tr '\\r' '\\n' < {} > fixed.fa`",
+                    crate::error::shown(&path)
+                ),
+            ));
+        }
         let id = first_word(&h);
         let meta = std::sync::Arc::new(RecordMeta {
             chrom: id.clone(),

@@ -397,6 +397,16 @@ impl IndexedFasta {
                 "pass the FASTA path (indexed with `samtools faidx FILE`)",
             ));
         }
+        // A pipe (`<(...)`, a FIFO) or a device cannot be read at an offset.
+        if std::fs::metadata(path).is_ok_and(|m| !m.is_file()) {
+            return Err(Error::input(
+                path,
+                format!(
+                    "is not a regular file (a pipe or a device?); --region {region} reads at offsets, which needs one"
+                ),
+                "write the sequence to a file and index it with `samtools faidx FILE`",
+            ));
+        }
         let mut file = open_file(path, "a FASTA file")?;
         let layout = layout(path, &mut file)?;
         file.rewind().map_err(|e| Error::io(path, e))?;
