@@ -297,6 +297,14 @@ fn resume_continues_exactly() {
     let extra_file = dir.path().join("extra.fa");
     std::fs::write(&extra_file, ">e\nACGTACGTAAAC\n>f\nTTTTGGGGCCCA\n").unwrap();
     let extra = format!("extra={}", s(&extra_file));
+    // A resume refused with one line that says `cannot resume` and `needle`.
+    let refused = |args: &[String], needle: &str| {
+        let o = run(&args.iter().map(String::as_str).collect::<Vec<_>>());
+        assert_eq!(o.code, 2, "{}", o.stderr);
+        assert!(o.stderr.contains("cannot resume"), "{}", o.stderr);
+        assert!(o.stderr.contains(needle), "{needle}: {}", o.stderr);
+        assert_eq!(o.stderr.lines().count(), 1, "{}", o.stderr);
+    };
     for (mut args, needle) in [
         (
             swapped(base(&parts)),
@@ -312,14 +320,40 @@ fn resume_continues_exactly() {
         ),
     ] {
         args.push("--resume".to_string());
-        let o = run(&args.iter().map(String::as_str).collect::<Vec<_>>());
-        assert_eq!(o.code, 2, "{}", o.stderr);
-        assert!(o.stderr.contains("cannot resume"), "{}", o.stderr);
-        assert!(o.stderr.contains(&needle), "{needle}: {}", o.stderr);
-        assert_eq!(o.stderr.lines().count(), 1, "{}", o.stderr);
+        refused(&args, &needle);
     }
     let mut p2 = base(&parts);
     p2.push("--resume".to_string());
+    // A hand-edited or damaged checkpoint is refused: a step count past the last epoch's (it
+    // wrapped around and restarted the warm-up), more epochs done than logged; so is a run
+    // directory whose best model is gone (a run that then found no better epoch would leave
+    // a directory that cannot be loaded).
+    let state_path = parts.join("checkpoint/trainer.json");
+    let state = std::fs::read_to_string(&state_path).unwrap();
+    let value: serde_json::Value = serde_json::from_str(&state).unwrap();
+    for (key, bad, needle) in [
+        (
+            "step",
+            serde_json::json!(u64::MAX),
+            "step 18446744073709551615 but the last epoch ended at step",
+        ),
+        (
+            "epochs_done",
+            serde_json::json!(2),
+            "2 epochs done but 1 logged",
+        ),
+    ] {
+        let mut edited = value.clone();
+        edited[key] = bad;
+        std::fs::write(&state_path, edited.to_string()).unwrap();
+        refused(&p2, &format!("is damaged ({needle}"));
+    }
+    std::fs::write(&state_path, &state).unwrap();
+    let best = parts.join("model.safetensors");
+    let kept = std::fs::read(&best).unwrap();
+    std::fs::remove_file(&best).unwrap();
+    refused(&p2, "(the best model so far, of epoch 1) is missing");
+    std::fs::write(&best, kept).unwrap();
     ok(&p2.iter().map(String::as_str).collect::<Vec<_>>());
     let strip = |p: &Path| -> Vec<serde_json::Value> {
         std::fs::read_to_string(p.join("metrics.jsonl"))
@@ -855,7 +889,12 @@ fn a_class_missing_from_validation_picks_the_best_epoch_by_validation_loss() {
     args.extend(TINY.iter().filter(|a| **a != "--quiet"));
     let o = run(&args);
     assert_eq!(o.code, 0, "{}", o.stderr);
-    assert!(o.stderr.contains("lowest validation loss"), "{}", o.stderr);
+    assert!(
+        o.stderr
+            .contains("train then picks its best epoch by validation loss alone"),
+        "{}",
+        o.stderr
+    );
     let losses: Vec<f64> = std::fs::read_to_string(out.join("metrics.jsonl"))
         .unwrap()
         .lines()

@@ -356,6 +356,47 @@ pub struct TrainerState {
     pub options: Option<TrainOptions>,
 }
 
+impl TrainerState {
+    /// Whether the state is one that a run of `epochs` epochs could have saved: one log per
+    /// finished epoch, in order, the step count of the last, and the best epoch among them.
+    fn check(&self, epochs: usize) -> std::result::Result<(), String> {
+        if self.epochs_done > epochs {
+            return Err(format!("{} epochs done, of {epochs}", self.epochs_done));
+        }
+        if self.history.len() != self.epochs_done {
+            return Err(format!(
+                "{} epochs done but {} logged",
+                self.epochs_done,
+                self.history.len()
+            ));
+        }
+        if let Some((i, _)) = (self.history.iter().enumerate()).find(|(i, log)| log.epoch != i + 1)
+        {
+            return Err(format!("log {} is not of epoch {}", i + 1, i + 1));
+        }
+        if self.history.windows(2).any(|w| w[1].step < w[0].step) {
+            return Err("step counts that go back".into());
+        }
+        let last = self.history.last().map_or(0, |log| log.step);
+        if self.step != last {
+            return Err(format!(
+                "step {} but the last epoch ended at step {last}",
+                self.step
+            ));
+        }
+        if self.best_epoch > self.epochs_done
+            || self.epochs_since_best > self.epochs_done
+            || (self.epochs_done > 0) != (self.best_epoch > 0)
+        {
+            return Err(format!(
+                "best epoch {} ({} since) of {} done",
+                self.best_epoch, self.epochs_since_best, self.epochs_done
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// What the loop reports while it runs.
 pub enum Event<'a> {
     /// An epoch starts with this many steps.
@@ -1423,6 +1464,23 @@ pub fn train(
                 "start a new run without --resume",
             )
         })?;
+        if let Err(why) = state.check(opts.epochs) {
+            return Err(Error::usage(
+                format!("cannot resume: {} is damaged ({why})", st_path.display()),
+                "start a new run without --resume",
+            ));
+        }
+        let best = spec.out.join("model.safetensors");
+        if state.best_epoch > 0 && !best.is_file() {
+            return Err(Error::usage(
+                format!(
+                    "cannot resume: {} (the best model so far, of epoch {}) is missing",
+                    best.display(),
+                    state.best_epoch
+                ),
+                "put it back, or start a new run without --resume",
+            ));
+        }
         let saved = GenoModel::load(&ckpt, device)?;
         let mut diffs = Vec::new();
         if state.options.as_ref() != Some(opts) {
