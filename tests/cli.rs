@@ -27,13 +27,18 @@ struct Out {
     stderr: String,
 }
 
-fn run(args: &[&str]) -> Out {
-    let o = gm().args(args).output().unwrap();
-    Out {
-        code: o.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+impl From<std::process::Output> for Out {
+    fn from(o: std::process::Output) -> Out {
+        Out {
+            code: o.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+        }
     }
+}
+
+fn run(args: &[&str]) -> Out {
+    gm().args(args).output().unwrap().into()
 }
 
 fn ok(args: &[&str]) -> String {
@@ -1664,6 +1669,202 @@ fn hand_edited_models_are_refused_on_load() {
         assert_bad(&o, "tensor 'norm_f.weight' of");
         assert_bad(&o, &format!("holds {shown} at element 3"));
     }
+    // A tensor the architecture does not describe (a bias of the final norm, a head the
+    // config lacks) is refused; a causal-LM checkpoint's `lm_head.*` is ignored.
+    let plain = init(t.path(), "plain", &[]);
+    let want = ok(&["embed", "-m", s(&plain), s(&fa), "-o", "-"]);
+    for (name, extra, refused) in [
+        ("bias", "norm_f.bias", true),
+        ("headless", "head.weight", true),
+        ("lm", "lm_head.weight", false),
+    ] {
+        let m = init(t.path(), name, &[]);
+        let path = m.join("model.safetensors");
+        let bytes = std::fs::read(&path).unwrap();
+        let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+        let mut tensors: Vec<(String, safetensors::tensor::TensorView<'_>)> = st.tensors();
+        tensors.push((extra.into(), st.tensor("norm_f.weight").unwrap()));
+        std::fs::write(&path, safetensors::serialize(tensors, None).unwrap()).unwrap();
+        let o = run(&["embed", "-m", s(&m), s(&fa), "-o", "-"]);
+        if refused {
+            assert_bad(
+                &o,
+                &format!("weights hold tensor '{extra}', which config.json does not describe"),
+            );
+        } else {
+            assert_eq!(o.code, 0, "{}", o.stderr);
+            assert_eq!(o.stdout, want);
+        }
+    }
+    // `bidirectional` applies to per-position heads only; a byte-order mark is not JSON.
+    let m = edit("bi", &|v| v["head"]["bidirectional"] = true.into());
+    assert_bad(
+        &run(&["info", "-m", s(&m)]),
+        "head.bidirectional on a sequence head",
+    );
+    let m = init(t.path(), "bom", &[]);
+    let cfg = m.join("config.json");
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    std::fs::write(&cfg, format!("\u{feff}{text}")).unwrap();
+    assert_eq!(ok(&["embed", "-m", s(&m), s(&fa), "-o", "-"]), want);
+    // Class names with control characters are refused like those with whitespace.
+    let o = run(&[
+        "init",
+        "-o",
+        s(&t.path().join("ctl")),
+        "--head",
+        "sequence",
+        "--labels",
+        "a\u{1}b,c",
+    ]);
+    assert_bad(&o, "bad or repeated class name");
+}
+
+#[test]
+fn quoted_text_stays_one_line_and_streams_are_refused_where_they_cannot_work() {
+    let t = tempfile::tempdir().unwrap();
+    let m = init(t.path(), "m", &["--head", "sequence", "--labels", "a,b"]);
+    let fa = t.path().join("in.fa");
+    std::fs::write(&fa, ">c\nACGTACGT\n").unwrap();
+    // A line break or an escape in a quoted name is printed escaped.
+    let o = run(&["classify", "-m", s(&m), "-o", "-", "no\nsuch\u{1b}.fa"]);
+    assert_bad(&o, "no\\nsuch\\u{1b}.fa");
+    // Lines ending in CR alone would read as one header and no sequence.
+    let mac = t.path().join("mac.fa");
+    std::fs::write(&mac, ">a\rACGTACGT\r>b\rGGCC\r").unwrap();
+    let out = t.path().join("o.tsv");
+    let o = run(&["classify", "-m", s(&m), "-o", s(&out), s(&mac)]);
+    assert_bad(&o, "holds a carriage return (CR)");
+    assert!(!out.exists());
+    // CR before LF is fine.
+    std::fs::write(&mac, ">c\r\nACGT\r\nACGT\r\n").unwrap();
+    assert_eq!(
+        ok(&["classify", "-m", s(&m), "-o", "-", s(&mac)]),
+        ok(&["classify", "-m", s(&m), "-o", "-", s(&fa)])
+    );
+    // Stdin under a second name is refused before anything is written.
+    let piped = |args: &[&str]| {
+        let mut c = gm()
+            .args(args)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        use std::io::Write;
+        let mut stdin = c.stdin.take().unwrap();
+        let _ = stdin.write_all(b">c\nACGTACGT\n");
+        drop(stdin);
+        Out::from(c.wait_with_output().unwrap())
+    };
+    let o = piped(&["classify", "-m", s(&m), "-o", "-", "-", "/dev/stdin"]);
+    assert_bad(&o, "stdin and /dev/stdin are the same input");
+    assert!(o.stdout.is_empty(), "{}", o.stdout);
+    // A region cannot be read from a pipe, which has no offsets.
+    Command::new("samtools")
+        .arg("faidx")
+        .arg(&fa)
+        .status()
+        .unwrap();
+    let o = piped(&[
+        "classify",
+        "-m",
+        s(&m),
+        "-o",
+        "-",
+        "--region",
+        "c:1-4",
+        "/dev/stdin",
+    ]);
+    assert_bad(
+        &o,
+        "is not a regular file (a pipe or a device?); --region c:1-4",
+    );
+    assert_eq!(o.code, 2);
+}
+
+/// Runs `genomamba ARGS` in `dir` under an address-space limit of `kib` (`ulimit -v`).
+fn run_limited(dir: &Path, kib: u64, args: &[&str]) -> Out {
+    let bin = assert_cmd::cargo::cargo_bin("genomamba");
+    Command::new("sh")
+        .current_dir(dir)
+        .arg("-c")
+        .arg(format!("ulimit -v {kib} && exec \"$0\" \"$@\""))
+        .arg(&bin)
+        .args(args)
+        .env_remove("RUST_LOG")
+        .output()
+        .unwrap()
+        .into()
+}
+
+#[test]
+fn running_out_of_memory_is_one_line_and_leaves_nothing_behind() {
+    // Under an 8 GiB address-space limit, the allocations of a chunk of 3 M bases at d_model
+    // 1,024 (12 GiB for the embeddings alone) and of a d_model of 45,000 (32 GiB for one
+    // projection) fail at once, without touching memory.
+    const LIMIT: u64 = 8 << 20;
+    let t = tempfile::tempdir().unwrap();
+    let m = t.path().join("m");
+    let o = run_limited(
+        t.path(),
+        LIMIT,
+        &[
+            "init",
+            "-o",
+            "m",
+            "--d-model",
+            "1024",
+            "--n-layer",
+            "1",
+            "--head",
+            "position",
+            "--labels",
+            "bg,x",
+        ],
+    );
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    let small = t.path().join("small.fa");
+    std::fs::write(&small, ">a\nACGTACGTAC\n").unwrap();
+    let big = t.path().join("big.fa");
+    let mut seq = String::from(">big\n");
+    seq.push_str(&"ACGTTGCA".repeat(3_000_000 / 8));
+    seq.push('\n');
+    std::fs::write(&big, seq).unwrap();
+    // The same limit runs a small record.
+    let annotate = |outputs: &[&str], more: &[&str]| {
+        let mut args = vec!["annotate", "-m", "m", "--threads", "1", "-q"];
+        args.extend_from_slice(outputs);
+        args.extend_from_slice(more);
+        run_limited(t.path(), LIMIT, &args)
+    };
+    let o = annotate(&["--bed", "ok.bed"], &["small.fa"]);
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    let before = names(t.path());
+    let o = annotate(
+        &["--bed", "o.bed", "--tsv", "o.tsv"],
+        &["--chunk-size", "3000000", "big.fa"],
+    );
+    assert_bad(&o, "the machine ran out of memory (an allocation of");
+    assert_bad(&o, "use a smaller --chunk-size");
+    assert_eq!(names(t.path()), before, "temporary outputs left behind");
+    // A model too large for memory: no directory is left either.
+    let o = run_limited(
+        t.path(),
+        LIMIT,
+        &[
+            "init",
+            "-o",
+            "a/b/huge",
+            "--d-model",
+            "45000",
+            "--n-layer",
+            "1",
+        ],
+    );
+    assert_bad(&o, "the machine ran out of memory");
+    assert!(!t.path().join("a").exists());
+    assert!(m.join("config.json").is_file());
 }
 
 /// The error `--device cuda:99` must give on this build and machine: without the `cuda`
