@@ -64,13 +64,13 @@ pub struct InputArgs {
     /// kernel launches per base), the longest power of two up to 524288 whose activations
     /// are estimated to fit in 6 GiB and in half the GPU's memory (524288 for d_model 256 in
     /// f16/bf16, 262144 in f32). Memory grows with it: a batch of short records holds at most
-    /// one chunk's worth of positions (or 32 x 8192, if more).
+    /// one chunk's worth of positions (on a GPU, at least 32 x 8192).
     #[arg(long)]
     pub chunk_size: Option<usize>,
     /// Records run together when they fit in one chunk. Each runs padded to the longest of
-    /// its batch, so a batch ends early where it would hold more than 32 x 8192 positions (or
-    /// one chunk, if longer) or where padding would pass half its records' own bases (on a
-    /// GPU, which pays per batch more than per position: all of them).
+    /// its batch, so a batch ends early where it would hold more than one chunk of positions
+    /// (on a GPU, at least 32 x 8192) or where padding would pass half its records' own bases
+    /// (on a GPU, which pays per batch more than per position: all of them).
     #[arg(long, default_value_t = 32)]
     pub batch_size: usize,
     /// CPU threads (default: all cores).
@@ -512,7 +512,7 @@ impl InputArgs {
         // Every record of a batch runs padded to the longest (`Batcher` bounds the waste).
         let mut batcher = Batcher::new(
             self.batch_size,
-            batch_positions(self.chunk()),
+            batch_positions(self.chunk(), self.compiles_per_shape()),
             self.compiles_per_shape(),
         );
         let mut push = |p: Piece| -> Result<()> {
@@ -1008,14 +1008,18 @@ mod tests {
         assert_eq!(groups("a", &[100_000; 4], &big), vec![3, 1]);
         // The longest record sets the padded length: 60,000 + 150,000 -> 2 x 150,000.
         assert_eq!(groups("b", &[60_000, 150_000, 10, 10], &big), vec![2, 2]);
-        // Below 32 x 8192 positions the floor holds: 20 records of 10,000 in chunks of
-        // 20,000 fit 262,144 positions 26 times, so --batch-size decides.
+        // On the CPU a batch holds one chunk's positions however small the chunk: 20 records
+        // of 10,000 in chunks of 20,000 run two at a time, whatever --batch-size allows.
         let small = ["--chunk-size", "20000", "--batch-size", "8"];
-        assert_eq!(groups("c", &[10_000; 20], &small), vec![8, 8, 4]);
+        assert_eq!(groups("c", &[10_000; 20], &small), vec![2; 10]);
         assert_eq!(
             groups("d", &[10_000; 30], &["--chunk-size", "20000"]),
-            vec![26, 4]
+            vec![2; 15]
         );
+        // On a GPU the floor of 32 x 8192 holds: 262,144 positions take 26 such records.
+        assert_eq!(batch_positions(20_000, true), 262_144);
+        assert_eq!(batch_positions(20_000, false), 20_000);
+        assert_eq!(batch_positions(524_288, true), 524_288);
         // A long record runs alone, piece by piece, after the batch before it.
         assert_eq!(
             groups("e", &[10, 10, 700_000, 10], &big),

@@ -105,15 +105,22 @@ pub fn check_gpu_chunk(
 }
 
 /// Fewest padded positions (records x the longest of them) a batch of whole records may
-/// hold, whatever the chunk: 32 records of a CPU chunk of 8,192. A batch may hold as many
-/// positions as one chunk when that is more ([`batch_positions`]).
-pub const MIN_BATCH_POSITIONS: usize = 32 * DEFAULT_CHUNK;
+/// hold on a GPU, whatever the chunk: 32 records of 8,192. A batch may hold as many positions
+/// as one chunk when that is more ([`batch_positions`]).
+pub const MIN_GPU_BATCH_POSITIONS: usize = 32 * DEFAULT_CHUNK;
 
 /// Most padded positions (records x the longest of them) in one batch of whole records for
-/// chunks of `chunk_size`: one chunk's worth, or [`MIN_BATCH_POSITIONS`] if that is more. A
-/// batch then takes no more memory than a long record's chunk (or than 32 CPU chunks).
-pub fn batch_positions(chunk_size: usize) -> usize {
-    chunk_size.max(MIN_BATCH_POSITIONS)
+/// chunks of `chunk_size`: one chunk's worth, so that a batch takes no more memory than a
+/// long record's chunk. On a GPU (`gpu`), where each batch costs a launch of every kernel of
+/// every layer, at least [`MIN_GPU_BATCH_POSITIONS`] (more than a chunk only where
+/// `--chunk-size` is set below it). On two CPU cores that floor made 32 records of 8,000
+/// bases take 1.4 GiB instead of 66 MiB, and more time than one record at a time.
+pub fn batch_positions(chunk_size: usize, gpu: bool) -> usize {
+    if gpu {
+        chunk_size.max(MIN_GPU_BATCH_POSITIONS)
+    } else {
+        chunk_size
+    }
 }
 
 /// Padded positions a batch of whole records may hold per position of its records, as a
