@@ -225,6 +225,12 @@ struct Record {
 /// read back from its end keeps memory bounded.
 struct Spill(std::fs::File);
 
+/// Values converted and written at a time by [`Spill::push`] (256 KiB).
+const SPILL_PIECE: usize = 1 << 16;
+
+/// Bytes read back at a time by [`Spill::for_each_back`], at most.
+const SPILL_READ: usize = 1 << 20;
+
 /// What I/O errors on a [`Spill`] name.
 const SPILL: &str = "a temporary file for a minus-strand region's rows";
 
@@ -236,15 +242,27 @@ impl Spill {
             Some(s) => &mut s.0,
             None => {
                 &mut spill
-                    .insert(Spill(
-                        tempfile::tempfile().map_err(|e| Error::io(SPILL, e))?,
-                    ))
+                    .insert(Spill(tempfile::tempfile().map_err(|e| {
+                        Error::usage(
+                            format!(
+                                "cannot make {SPILL} in {}: {e}",
+                                std::env::temp_dir().display()
+                            ),
+                            "set TMPDIR to a directory you can write to",
+                        )
+                    })?))
                     .0
             }
         };
-        let bytes: Vec<u8> = rows.iter().flat_map(|v| v.to_le_bytes()).collect();
+        // A piece at a time: a copy of all the rows would double what they hold.
+        let mut bytes = Vec::with_capacity(SPILL_PIECE * 4);
+        for piece in rows.chunks(SPILL_PIECE) {
+            bytes.clear();
+            bytes.extend(piece.iter().flat_map(|v| v.to_le_bytes()));
+            file.write_all(&bytes).map_err(|e| Error::io(SPILL, e))?;
+        }
         rows.clear();
-        file.write_all(&bytes).map_err(|e| Error::io(SPILL, e))
+        Ok(())
     }
 
     /// Calls `f` on each row of `n` values, from the last back, reading about `block` bytes
@@ -259,17 +277,17 @@ impl Spill {
         let row_bytes = 4 * n as u64;
         let block = (block as u64 / row_bytes).max(1) * row_bytes;
         let mut end = self.0.metadata().map_err(|e| Error::io(SPILL, e))?.len();
-        let mut bytes = Vec::new();
+        let (mut bytes, mut values) = (Vec::new(), Vec::new());
         while end > 0 {
             let start = end.saturating_sub(block);
             bytes.resize((end - start) as usize, 0);
             self.0
                 .read_exact_at(&mut bytes, start)
                 .map_err(|e| Error::io(SPILL, e))?;
-            let values: Vec<f32> = bytes
-                .chunks_exact(4)
-                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-                .collect();
+            values.clear();
+            values.extend(
+                (bytes.chunks_exact(4)).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])),
+            );
             for row in values.chunks_exact(n).rev() {
                 f(row)?;
             }
@@ -446,8 +464,10 @@ impl RecordSink for AnnotateSink {
                 self.emit(meta, pos, p)?;
                 pos += 1;
             }
+            // Done with: the spill is read back in blocks of its own.
+            drop(acc);
             if let Some(spill) = spill {
-                spill.for_each_back(n, self.spool, &mut |p| {
+                spill.for_each_back(n, self.spool.min(SPILL_READ), &mut |p| {
                     self.emit(meta, pos, p)?;
                     pos += 1;
                     Ok(())
