@@ -146,12 +146,17 @@ impl GenoModel {
         dir: Option<PathBuf>,
     ) -> Result<Self> {
         let backbone = weights::mamba_from_tensors(&config.architecture, map, device)?;
+        // How errors name the configuration: by its path when it was read from one.
+        let cfg = dir.as_ref().map_or_else(
+            || "the model's config.json".to_string(),
+            |d| d.join("config.json").display().to_string(),
+        );
         if let Some(h) = &config.head
             && h.orf_features
             && !(h.kind == HeadKind::Position && h.bidirectional)
         {
             return Err(Error::usage(
-                "the model's config.json sets head.orf_features without a bidirectional per-position head",
+                format!("{cfg} sets head.orf_features without a bidirectional per-position head"),
                 "set head.bidirectional to true (and kind to position), or orf_features to false",
             ));
         }
@@ -160,7 +165,9 @@ impl GenoModel {
             && h.kind != HeadKind::Position
         {
             return Err(Error::usage(
-                "the model's config.json sets head.bidirectional on a sequence head (it applies to per-position heads)",
+                format!(
+                    "{cfg} sets head.bidirectional on a sequence head (it applies to per-position heads)"
+                ),
                 "set head.bidirectional to false (head.rc_average gives a sequence head both strands)",
             ));
         }
@@ -168,17 +175,12 @@ impl GenoModel {
             let fix = "list two or more distinct class names without spaces, control characters, '=' or ',' in config.json's head.labels";
             if h.labels.len() < 2 {
                 return Err(Error::usage(
-                    format!(
-                        "the model's config.json gives its head {} class name(s)",
-                        h.labels.len()
-                    ),
+                    format!("{cfg} gives its head {} class name(s)", h.labels.len()),
                     fix,
                 ));
             }
             config::check_labels(&h.labels).map_err(|e| match e {
-                Error::Usage { what, .. } => {
-                    Error::usage(format!("the model's config.json head: {what}"), fix)
-                }
+                Error::Usage { what, .. } => Error::usage(format!("{cfg} head: {what}"), fix),
                 other => other,
             })?;
         }
