@@ -846,6 +846,23 @@ fn baseline_reports_on_the_same_split() {
     assert_eq!(v["train"], 360);
     let auroc = v["validation"]["auroc"].as_f64().unwrap();
     assert!(auroc > 0.8, "k-mer baseline auROC {auroc}");
+    // The thread count changes nothing (as for the other commands).
+    for threads in ["1", "2"] {
+        let other = ok(&[
+            "baseline",
+            "--class",
+            &ca,
+            "--class",
+            &cb,
+            "-k",
+            "4",
+            "--seed",
+            "1",
+            "--threads",
+            threads,
+        ]);
+        assert_eq!(other, out, "--threads {threads}");
+    }
 }
 
 #[test]

@@ -37,6 +37,9 @@ pub struct BaselineArgs {
     /// Metrics as JSON (`-` for stdout, the default).
     #[arg(short = 'o', long = "output", default_value = "-")]
     pub output: String,
+    /// CPU threads for counting k-mers and fitting (default: all cores).
+    #[arg(long)]
+    pub threads: Option<usize>,
 }
 
 fn ascii(tokens: &[u8]) -> Vec<u8> {
@@ -53,6 +56,7 @@ pub fn run(a: BaselineArgs) -> Result<()> {
             ),
         ));
     }
+    super::common::set_threads(a.threads)?;
     let mut outputs = vec![("-o", a.output.as_str())];
     outputs.extend(a.predictions.as_deref().map(|p| ("--predictions", p)));
     check_outputs(&a.data.paths(), &outputs)?;
