@@ -150,29 +150,23 @@ struct ReportingAllocator;
 unsafe impl std::alloc::GlobalAlloc for ReportingAllocator {
     unsafe fn alloc(&self, layout: std::alloc::Layout) -> *mut u8 {
         // SAFETY: the caller's contract for `alloc` is passed on.
-        let p = unsafe { std::alloc::System.alloc(layout) };
-        if p.is_null() {
-            out_of_host_memory(layout.size());
-        }
-        p
+        reported(unsafe { std::alloc::System.alloc(layout) }, layout.size())
     }
 
     unsafe fn alloc_zeroed(&self, layout: std::alloc::Layout) -> *mut u8 {
         // SAFETY: as for `alloc`.
-        let p = unsafe { std::alloc::System.alloc_zeroed(layout) };
-        if p.is_null() {
-            out_of_host_memory(layout.size());
-        }
-        p
+        reported(
+            unsafe { std::alloc::System.alloc_zeroed(layout) },
+            layout.size(),
+        )
     }
 
     unsafe fn realloc(&self, ptr: *mut u8, layout: std::alloc::Layout, size: usize) -> *mut u8 {
         // SAFETY: as for `alloc`.
-        let p = unsafe { std::alloc::System.realloc(ptr, layout, size) };
-        if p.is_null() {
-            out_of_host_memory(size);
-        }
-        p
+        reported(
+            unsafe { std::alloc::System.realloc(ptr, layout, size) },
+            size,
+        )
     }
 
     unsafe fn dealloc(&self, ptr: *mut u8, layout: std::alloc::Layout) {
@@ -184,17 +178,30 @@ unsafe impl std::alloc::GlobalAlloc for ReportingAllocator {
 #[global_allocator]
 static ALLOCATOR: ReportingAllocator = ReportingAllocator;
 
+/// `p`, the result of an allocation of `size` bytes; ends the process if it failed (null).
+fn reported(p: *mut u8, size: usize) -> *mut u8 {
+    if p.is_null() {
+        out_of_host_memory(size);
+    }
+    p
+}
+
 /// Ends the process after an allocation of `size` bytes failed: removes the temporary outputs,
-/// prints one line and exits with code 2. Formats on the stack, since the heap just failed.
-/// Returns only when called again while doing so (an allocation inside the removal failed
-/// too); Rust's own handling then aborts.
+/// prints one line and exits with code 2, still holding the list of outputs (as on a signal:
+/// nothing can be published after the removal). Formats on the stack, since the heap just
+/// failed. Returns only when called again while doing so (an allocation inside the removal
+/// failed too); Rust's own handling then aborts.
 fn out_of_host_memory(size: usize) {
     use std::sync::atomic::{AtomicBool, Ordering};
     static REPORTING: AtomicBool = AtomicBool::new(false);
     if REPORTING.swap(true, Ordering::SeqCst) {
         return;
     }
-    let removed = genomamba::io::output::try_remove_pending(|n| n);
+    genomamba::io::output::try_remove_pending(|removed| report_out_of_memory(size, removed))
+}
+
+/// Prints the one line of [`out_of_host_memory`] and exits with code 2.
+fn report_out_of_memory(size: usize, removed: Option<usize>) -> ! {
     let mut line = StackText::<512>::new();
     use std::fmt::Write as _;
     use std::io::IsTerminal;

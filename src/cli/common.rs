@@ -510,11 +510,8 @@ impl InputArgs {
     ) -> Result<()> {
         let regions = self.regions()?;
         // Every record of a batch runs padded to the longest (`Batcher` bounds the waste).
-        let mut batcher = Batcher::new(
-            self.batch_size,
-            batch_positions(self.chunk(), self.compiles_per_shape()),
-            self.compiles_per_shape(),
-        );
+        let gpu = self.compiles_per_shape();
+        let mut batcher = Batcher::new(self.batch_size, batch_positions(self.chunk(), gpu), gpu);
         let mut push = |p: Piece| -> Result<()> {
             if p.is_whole() && p.tokens.is_empty() {
                 skipped_empty.count += 1;

@@ -387,9 +387,10 @@ pub fn check_inputs(paths: &[String]) -> Result<()> {
     Ok(())
 }
 
-/// The device and inode of a path (links followed), or of stdin for `-`.
+/// The device and inode of a path (links followed), or of stdin for `-`, and whether it can be
+/// read only once (stdin, or not a regular file: [`super::once::read_once`]).
 #[cfg(unix)]
-fn identity(path: &str) -> Option<(u64, u64)> {
+fn identity(path: &str) -> Option<((u64, u64), bool)> {
     use std::os::unix::fs::MetadataExt;
     let meta = if path == "-" {
         use std::os::fd::AsFd;
@@ -398,7 +399,7 @@ fn identity(path: &str) -> Option<(u64, u64)> {
     } else {
         std::fs::metadata(path).ok()?
     };
-    Some((meta.dev(), meta.ino()))
+    Some(((meta.dev(), meta.ino()), path == "-" || !meta.is_file()))
 }
 
 /// Refuses stdin given again under another name (`- /dev/stdin`) and a pipe, FIFO or device
@@ -408,8 +409,9 @@ fn identity(path: &str) -> Option<(u64, u64)> {
 fn check_streams_once(paths: &[String]) -> Result<()> {
     let mut seen: Vec<(&str, (u64, u64))> = Vec::new();
     for path in paths {
-        let Some(id) = identity(path) else { continue };
-        let stream = path == "-" || std::fs::metadata(path).is_ok_and(|m| !m.is_file());
+        let Some((id, stream)) = identity(path) else {
+            continue;
+        };
         if let Some((first, _)) = seen.iter().find(|(_, other)| *other == id) {
             let (a, b) = (crate::error::shown(first), crate::error::shown(path));
             return Err(Error::usage(

@@ -275,19 +275,22 @@ impl GenoModel {
             c
         };
         let weights = dir.join("model.safetensors");
-        if weights.exists() && !weights.is_file() {
-            return Err(Error::model(
-                dir,
-                "model.safetensors is not a regular file (a pipe or a directory?)",
-                "put the weights file itself next to config.json",
-            ));
-        }
-        if !weights.is_file() {
-            return Err(Error::model(
-                dir,
-                "model.safetensors is missing",
-                "copy the weights next to config.json, or create a model with `genomamba init`",
-            ));
+        match std::fs::metadata(&weights) {
+            Ok(m) if m.is_file() => {}
+            Ok(_) => {
+                return Err(Error::model(
+                    dir,
+                    "model.safetensors is not a regular file (a pipe or a directory?)",
+                    "put the weights file itself next to config.json",
+                ));
+            }
+            Err(_) => {
+                return Err(Error::model(
+                    dir,
+                    "model.safetensors is missing",
+                    "copy the weights next to config.json, or create a model with `genomamba init`",
+                ));
+            }
         }
         let mut map = TensorMap::read(&weights, dir)?;
         Self::from_map(config, &mut map, device, Some(dir.to_path_buf()))
