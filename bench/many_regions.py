@@ -9,7 +9,7 @@ arguments and, when the binary has it, as `--regions-bed`. A tiny model, so that
 regions is what is measured. Usage (from the repository root, after `cargo build --release`):
 
     python3 bench/many_regions.py --bin OLD --bin NEW [--n 10000] [--width 1000]
-        [--contigs 100000 --contig-len 400]
+        [--contigs 100000 --contig-len 400] [--bed-only]
 
 Prints one line per run: binary, how the regions were given, regions, seconds, regions/s,
 peak RSS (MiB).
@@ -30,6 +30,8 @@ def main():
     ap.add_argument("--contigs", type=int, default=0,
                     help="a synthetic assembly of this many contigs instead of chr20")
     ap.add_argument("--contig-len", type=int, default=400)
+    ap.add_argument("--bed-only", action="store_true",
+                    help="give the regions only as --regions-bed (past the argument-list limit)")
     a = ap.parse_args()
     bins = a.bin or [BIN]
     with tempfile.TemporaryDirectory() as tmp:
@@ -70,7 +72,7 @@ def main():
             for b in bins:
                 has_bed = subprocess.run([b, "embed", "--help"], capture_output=True,
                                          text=True).stdout.count("--regions-bed") > 0
-                ways = [("--region x N", as_args)]
+                ways = [] if a.bed_only else [("--region x N", as_args)]
                 if has_bed:
                     ways.append(("--regions-bed", ["--regions-bed", bed]))
                 for how, extra in ways:

@@ -1133,7 +1133,7 @@ fn check_region_pieces(path: &str, text: &str, piece_len: usize) {
 
 #[test]
 fn one_opening_reads_many_regions_in_any_order_as_separate_openings_do() {
-    // Backwards, overlapping, repeated, across sequences and across bgzip blocks: each region
+    // Backwards, overlapping, repeated, close ahead, across sequences and across bgzip blocks: each region
     // read through one `IndexedFasta` equals the same region read on its own, and samtools.
     for (path, texts) in [
         (
@@ -1145,6 +1145,12 @@ fn one_opening_reads_many_regions_in_any_order_as_separate_openings_do() {
                 "20:62,999,001",
                 "20:30,000,001-30,000,100",
                 "20:40,000,001-40,000,500",
+                // Close ahead (the same bgzip block, then into the next ones): read on.
+                "20:40,000,551-40,000,560",
+                "20:40,000,561-40,000,561",
+                "20:40,050,001-40,050,010",
+                "20:40,110,001-40,110,020",
+                "20:40,110,001-40,110,020",
             ][..],
         ),
         (
@@ -1155,6 +1161,10 @@ fn one_opening_reads_many_regions_in_any_order_as_separate_openings_do() {
                 "chrI:61-62",
                 "chrII",
                 "chrI:230,200",
+                "chrI:100-110",
+                "chrI:112-130",
+                "chrI:5,000-5,010",
+                "chrI:60,000-60,010",
             ][..],
         ),
     ] {

@@ -359,6 +359,78 @@ pub fn check_region(path: &str, region: &Region) -> Result<()> {
 trait SeekBufRead: BufRead + Seek {}
 impl<T: BufRead + Seek> SeekBufRead for T {}
 
+/// How far ahead of the read position a seek is made by reading on instead: a bgzip block
+/// holds at most 64 KiB, so this reaches into the next block at most.
+const READ_ON: u64 = 1 << 16;
+
+/// A reader that turns a seek a little ahead of its position into reading on. Sorted
+/// regions close together (a BED file of peaks, say) then reuse the bgzip block already
+/// decompressed instead of decompressing it again for every region (a seek in noodles'
+/// indexed bgzip reader always reads its block anew), and a plain file's buffer is kept.
+/// Seeks backwards or further ahead are passed on.
+struct ReadOn<R> {
+    inner: R,
+    /// The position in the uncompressed stream; `None` before the first seek.
+    at: Option<u64>,
+}
+
+impl<R: BufRead + Seek> ReadOn<R> {
+    fn new(inner: R) -> Self {
+        ReadOn { inner, at: None }
+    }
+}
+
+impl<R: BufRead> Read for ReadOn<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let available = self.fill_buf()?;
+        let n = available.len().min(buf.len());
+        buf[..n].copy_from_slice(&available[..n]);
+        self.consume(n);
+        Ok(n)
+    }
+}
+
+impl<R: BufRead> BufRead for ReadOn<R> {
+    fn fill_buf(&mut self) -> io::Result<&[u8]> {
+        self.inner.fill_buf()
+    }
+
+    fn consume(&mut self, amt: usize) {
+        self.inner.consume(amt);
+        if let Some(at) = self.at.as_mut() {
+            *at += amt as u64;
+        }
+    }
+}
+
+impl<R: BufRead + Seek> Seek for ReadOn<R> {
+    fn seek(&mut self, pos: io::SeekFrom) -> io::Result<u64> {
+        if let (io::SeekFrom::Start(target), Some(at)) = (pos, self.at)
+            && target >= at
+            && target - at <= READ_ON
+        {
+            let mut left = target - at;
+            while left > 0 {
+                let available = self.inner.fill_buf()?.len() as u64;
+                if available == 0 {
+                    break;
+                }
+                let step = available.min(left);
+                self.consume(step as usize);
+                left -= step;
+            }
+            if left == 0 {
+                return Ok(target);
+            }
+        }
+        // Unknown until the seek succeeds.
+        self.at = None;
+        let position = self.inner.seek(pos)?;
+        self.at = Some(position);
+        Ok(position)
+    }
+}
+
 /// An indexed FASTA file (plain with `.fai`, or bgzip with `.fai` + `.gzi`) opened once for
 /// reading any number of regions: the file is opened and its indexes read and looked up by
 /// name once, so that a long list of regions (a BED file of them) costs one lookup per
@@ -438,7 +510,7 @@ impl IndexedFasta {
             }
         })?;
         let inner: Box<dyn SeekBufRead> = match layout {
-            Layout::Plain => Box::new(BufReader::new(file)),
+            Layout::Plain => Box::new(ReadOn::new(BufReader::new(file))),
             Layout::Bgzf => {
                 let gzi_path = format!("{path}.gzi");
                 if !Path::new(&gzi_path).exists() {
@@ -453,7 +525,7 @@ impl IndexedFasta {
                 let gzi = bgzf::gzi::fs::read(&gzi_path).map_err(|e| {
                     Error::input(&gzi_path, format!("invalid bgzip index: {e}"), &reindex)
                 })?;
-                Box::new(bgzf::io::IndexedReader::new(file, gzi))
+                Box::new(ReadOn::new(bgzf::io::IndexedReader::new(file, gzi)))
             }
         };
         let mut by_name = HashMap::with_capacity(index.as_ref().len());
@@ -763,6 +835,80 @@ fn unknown_sequence(path: &str, region: &Region, index: &fasta::fai::Index) -> E
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A reader that counts its seeks.
+    struct CountSeeks<R> {
+        inner: R,
+        seeks: usize,
+    }
+
+    impl<R: Read> Read for CountSeeks<R> {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            self.inner.read(buf)
+        }
+    }
+
+    impl<R: BufRead> BufRead for CountSeeks<R> {
+        fn fill_buf(&mut self) -> io::Result<&[u8]> {
+            self.inner.fill_buf()
+        }
+        fn consume(&mut self, amt: usize) {
+            self.inner.consume(amt)
+        }
+    }
+
+    impl<R: Seek> Seek for CountSeeks<R> {
+        fn seek(&mut self, pos: io::SeekFrom) -> io::Result<u64> {
+            self.seeks += 1;
+            self.inner.seek(pos)
+        }
+    }
+
+    #[test]
+    fn reading_on_gives_what_seeking_gives_and_seeks_only_back_or_far() {
+        let data: Vec<u8> = (0..300_000u32).map(|i| (i * 7 % 251) as u8).collect();
+        let mut plain = io::Cursor::new(data.clone());
+        let counted = CountSeeks {
+            inner: BufReader::with_capacity(1000, io::Cursor::new(data.clone())),
+            seeks: 0,
+        };
+        let mut on = ReadOn::new(counted);
+        // (target, bytes to read): ahead within the buffer, ahead past it but within
+        // READ_ON, right at READ_ON, past it, backwards, repeated, to and past the end.
+        let steps = [
+            (10u64, 5usize),
+            (20, 3),
+            (23, 0),
+            (900, 200),
+            (5_000, 10),
+            (5_010 + READ_ON, 4),
+            (5_015 + READ_ON, 1),
+            (200_000, 100),
+            (100, 50),
+            (100, 50),
+            (299_990, 20),
+            (299_995, 3),
+            (300_010, 3),
+        ];
+        let mut expected_seeks = 0;
+        let mut at: Option<u64> = None;
+        for (target, len) in steps {
+            // Past the end there is nothing to read on through: the seek is passed on.
+            let far =
+                at.is_none_or(|a| target < a || target - a > READ_ON) || target > data.len() as u64;
+            expected_seeks += usize::from(far);
+            assert_eq!(plain.seek(io::SeekFrom::Start(target)).unwrap(), target);
+            assert_eq!(on.seek(io::SeekFrom::Start(target)).unwrap(), target);
+            let (mut a, mut b) = (Vec::new(), Vec::new());
+            (&mut plain).take(len as u64).read_to_end(&mut a).unwrap();
+            (&mut on).take(len as u64).read_to_end(&mut b).unwrap();
+            assert_eq!(a, b, "after a seek to {target}");
+            at = Some(target + a.len() as u64);
+            assert_eq!(on.inner.seeks, expected_seeks, "after a seek to {target}");
+        }
+        // Six of the thirteen seeks were served by reading on.
+        assert_eq!(expected_seeks, 7);
+    }
 
     fn parse(s: &str) -> Region {
         s.parse().unwrap()
