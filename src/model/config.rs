@@ -118,9 +118,10 @@ impl MambaConfig {
         }
     }
 
-    /// `expand * d_model`.
+    /// `expand * d_model` (saturating: [`Self::validate`] refuses sizes where it would
+    /// not fit).
     pub fn d_inner(&self) -> usize {
-        self.expand * self.d_model
+        self.expand.saturating_mul(self.d_model)
     }
 
     /// Rank of the Δ projection.
@@ -143,8 +144,8 @@ impl MambaConfig {
                 "vocab_size must cover the DNA tokens (at least 12)",
             ),
             (
-                !(self.norm_eps > 0.0 && self.norm_eps.is_finite()),
-                "norm_eps must be a positive number",
+                !(self.norm_eps > 0.0 && self.norm_eps <= 1.0),
+                "norm_eps must be a positive number of at most 1 (usually 1e-5)",
             ),
             (
                 self.phase_period > MAX_PHASE_PERIOD,
@@ -154,6 +155,22 @@ impl MambaConfig {
         for (bad, msg) in checks {
             if bad {
                 return Err(msg.to_string());
+            }
+        }
+        // Each size alone within the parameter limit keeps the 128-bit count below from
+        // overflowing (a product of three such sizes, times the layers, is below 2^113).
+        for (name, value) in [
+            ("d_model", self.d_model),
+            ("d_state", self.d_state),
+            ("expand", self.expand),
+            ("d_conv", self.d_conv),
+            ("dt_rank", self.dt_rank()),
+            ("vocab_size", self.vocab_size),
+        ] {
+            if value as u128 > MAX_PARAMS {
+                return Err(format!(
+                    "{name} {value} is larger than the {MAX_PARAMS} parameters supported"
+                ));
             }
         }
         // Sizes no machine holds are refused here, not met by an allocation that aborts.
@@ -173,21 +190,39 @@ impl MambaConfig {
         usize::try_from(self.num_params_wide()).unwrap_or(usize::MAX)
     }
 
-    /// [`Self::num_params`] in 128 bits, which no sizes given as `usize` overflow.
+    /// [`Self::num_params`] in 128 bits, saturating (sizes that [`Self::validate`] accepts
+    /// never come near).
     fn num_params_wide(&self) -> u128 {
         let w = |x: usize| x as u128;
+        // Saturating arithmetic in the formula below: `Sat(a) * b` and so on.
+        #[derive(Clone, Copy)]
+        struct Sat(u128);
+        impl std::ops::Mul for Sat {
+            type Output = Sat;
+            fn mul(self, o: Sat) -> Sat {
+                Sat(self.0.saturating_mul(o.0))
+            }
+        }
+        impl std::ops::Add for Sat {
+            type Output = Sat;
+            fn add(self, o: Sat) -> Sat {
+                Sat(self.0.saturating_add(o.0))
+            }
+        }
+        let w = |x: usize| Sat(w(x));
         let (d, n, k) = (w(self.d_model), w(self.d_state), w(self.d_conv));
         let di = d * w(self.expand);
         let r = w(self.dt_rank());
-        let (bias, conv_bias) = (u128::from(self.bias), u128::from(self.conv_bias));
+        let two = Sat(2);
+        let (bias, conv_bias) = (Sat(self.bias.into()), Sat(self.conv_bias.into()));
         let block = d // norm
-            + d * 2 * di + bias * 2 * di // in_proj
+            + d * two * di + bias * two * di // in_proj
             + di * k + conv_bias * di // conv
-            + di * (r + 2 * n) // x_proj
+            + di * (r + two * n) // x_proj
             + r * di + di // dt_proj
             + di * n + di // A_log, D
             + di * d + bias * d; // out_proj
-        (w(self.vocab_size) + w(self.phase_period)) * d + w(self.n_layer) * block + d
+        ((w(self.vocab_size) + w(self.phase_period)) * d + w(self.n_layer) * block + d).0
     }
 
     /// Reads a Hugging Face `MambaConfig` (`"model_type": "mamba"`), honouring every field
@@ -262,7 +297,21 @@ impl MambaConfig {
             norm_eps,
             phase_period: 0,
         };
-        cfg.validate().map_err(bad)?;
+        // The message in this file's own field names.
+        cfg.validate().map_err(|msg| {
+            let mut msg = msg;
+            for (ours, theirs) in [
+                ("d_model", "hidden_size"),
+                ("n_layer", "num_hidden_layers"),
+                ("d_state", "state_size"),
+                ("d_conv", "conv_kernel"),
+                ("dt_rank", "time_step_rank"),
+                ("norm_eps", "layer_norm_epsilon"),
+            ] {
+                msg = msg.replace(ours, theirs);
+            }
+            bad(msg)
+        })?;
         Ok(cfg)
     }
 }
