@@ -13,8 +13,11 @@ fn main() {
     remove_unfinished_outputs_on_signals();
     let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| cli::run(cli)));
     match run {
-        Ok(Ok(())) => cli::mark("done, exiting"),
-        Ok(Err(e)) if e.is_broken_pipe() => std::process::exit(0),
+        Ok(Ok(())) => {
+            cli::mark("done, exiting");
+            exit_holding_outputs(0)
+        }
+        Ok(Err(e)) if e.is_broken_pipe() => exit_holding_outputs(0),
         Ok(Err(e)) => {
             eprintln!(
                 "genomamba: error: {}",
@@ -265,6 +268,13 @@ impl<const N: usize> std::fmt::Write for StackText<N> {
         self.push(s);
         Ok(())
     }
+}
+
+/// Ends a run that has finished (or whose reader has gone) with `code`, holding the list of
+/// pending outputs (anything still on it removed), so that a signal arriving now waits for
+/// the end instead of printing "interrupted" as the process exits 0.
+fn exit_holding_outputs(code: i32) -> ! {
+    genomamba::io::output::remove_pending(|_| exit_now(code))
 }
 
 /// Ends the process with `code` without running exit handlers. Everything the command wrote is

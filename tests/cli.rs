@@ -1189,10 +1189,29 @@ fn bad_input_exits_2_with_one_line_and_leaves_no_output() {
     // Sizes that cannot make a model: refused before anything is allocated or written.
     let huge = t.path().join("huge");
     for (flags, needle) in [
-        (["--d-model", "0"], "d_model must be at least 1"),
-        (["--d-model", "100000000"], "250000046100000000 parameters"),
-        (["--n-layer", "100000000"], "n_layer must be at most 1024"),
-        (["--n-layer", "1025"], "n_layer must be at most 1024"),
+        (&["--d-model", "0"][..], "d_model must be at least 1"),
+        (&["--d-model", "100000000"], "250000046100000000 parameters"),
+        (&["--n-layer", "100000000"], "n_layer must be at most 1024"),
+        (&["--n-layer", "1025"], "n_layer must be at most 1024"),
+        // Sizes whose products overflow 64 (and 128) bits: once counted as a few dozen
+        // parameters, a model with no channels that panicked when run.
+        (
+            &[
+                "--d-model",
+                "2",
+                "--expand",
+                "9223372036854775808",
+                "--d-conv",
+                "18446744073709551602",
+                "--dt-rank",
+                "1",
+            ],
+            "expand 9223372036854775808 is larger than the 17179869184 parameters supported",
+        ),
+        (
+            &["--d-state", "9223372036854775808", "--dt-rank", "1"],
+            "d_state 9223372036854775808 is larger than",
+        ),
     ] {
         let mut args = vec!["init", "-o", s(&huge)];
         args.extend(flags);
@@ -1632,6 +1651,20 @@ fn hand_edited_models_are_refused_on_load() {
         v["architecture"]["n_layer"] = 1_000_000_000.into()
     });
     assert_bad(&run(&["info", "-m", s(&m)]), "n_layer must be at most 1024");
+    let m = edit("wide", &|v| {
+        v["architecture"]["expand"] = 9_223_372_036_854_775_808u64.into();
+        v["architecture"]["d_conv"] = 18_446_744_073_709_551_602u64.into();
+    });
+    assert_bad(
+        &run(&["info", "-m", s(&m)]),
+        "expand 9223372036854775808 is larger",
+    );
+    // A normalisation epsilon past 1 makes every output the same.
+    let m = edit("eps", &|v| v["architecture"]["norm_eps"] = 1e30.into());
+    assert_bad(
+        &run(&["info", "-m", s(&m)]),
+        "norm_eps must be a positive number of at most 1",
+    );
     // A tensor under two names (with and without `backbone.`) would make the result depend
     // on which one a run happened to take.
     let m = init(t.path(), "dup", &[]);
@@ -1961,6 +1994,21 @@ fn info_describes_the_model() {
         text.contains("d_model\t24") && text.contains("bias\ttrue"),
         "{text}"
     );
+    // An error in a Hugging Face config names the field as that file spells it.
+    let edited = t.path().join("hf");
+    std::fs::create_dir(&edited).unwrap();
+    for name in ["config.json", "model.safetensors"] {
+        std::fs::copy(hf.join(name), edited.join(name)).unwrap();
+    }
+    let cfg = edited.join("config.json");
+    let mut v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&cfg).unwrap()).unwrap();
+    v["layer_norm_epsilon"] = 0.into();
+    std::fs::write(&cfg, v.to_string()).unwrap();
+    assert_bad(
+        &run(&["info", "-m", s(&edited)]),
+        "layer_norm_epsilon must be a positive number",
+    );
 }
 
 #[test]
@@ -2201,5 +2249,224 @@ fn an_interruption_removes_unfinished_outputs_and_keeps_finished_ones() {
         assert_eq!(npy.exists(), !made_here, "made here: {made_here}");
         assert!(!t.path().join("new").exists());
         assert!(names(&npy).is_empty());
+    }
+}
+
+/// `m` with every value of tensor `name` replaced by `value`.
+fn set_tensor(m: &Path, name: &str, value: f32) {
+    let path = m.join("model.safetensors");
+    let bytes = std::fs::read(&path).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let w = st.tensor(name).unwrap();
+    let values: Vec<u8> = (0..w.data().len() / 4)
+        .flat_map(|_| value.to_le_bytes())
+        .collect();
+    let edited =
+        safetensors::tensor::TensorView::new(w.dtype(), w.shape().to_vec(), &values).unwrap();
+    let mut tensors: Vec<(String, safetensors::tensor::TensorView<'_>)> = st
+        .tensors()
+        .into_iter()
+        .filter(|(n, _)| n != name)
+        .collect();
+    tensors.push((name.into(), edited));
+    std::fs::write(&path, safetensors::serialize(tensors, None).unwrap()).unwrap();
+}
+
+#[test]
+fn outputs_that_are_not_numbers_are_refused_not_written() {
+    // Finite weights far out of range make NaN at run time; every output format wrote it
+    // (max pooling as -inf, classify with a made-up label) with exit 0.
+    let t = tempfile::tempdir().unwrap();
+    let fa = t.path().join("in.fa");
+    std::fs::write(
+        &fa,
+        ">s1\nACGTACGTACGTAAACCCGGGTTT\n>s2\nGGGGCCCCAAAATTTT\n",
+    )
+    .unwrap();
+    let seq = init(t.path(), "seq", &["--head", "sequence", "--labels", "a,b"]);
+    let pos = init(t.path(), "pos", &["--head", "position", "--labels", "bg,f"]);
+    for m in [&seq, &pos] {
+        set_tensor(m, "layers.0.mixer.in_proj.weight", 1e30);
+    }
+    let out = t.path().join("out");
+    let npy = t.path().join("npy");
+    let (o, f) = (s(&out), s(&fa));
+    for args in [
+        vec!["classify", "-m", s(&seq), f, "-o", o],
+        vec!["embed", "-m", s(&seq), f, "-o", o],
+        vec!["embed", "-m", s(&seq), f, "-o", o, "--pool", "max"],
+        vec!["embed", "-m", s(&seq), f, "-o", s(&npy), "--pool", "none"],
+        vec!["annotate", "-m", s(&pos), f, "--bed", o],
+        vec!["annotate", "-m", s(&pos), f, "--tsv", o],
+    ] {
+        let r = run(&args);
+        assert_bad(&r, "the model gives NaN for record s1");
+        assert_bad(&r, "are out of range for these inputs");
+        assert!(!out.exists() && !npy.exists(), "{args:?} wrote its output");
+    }
+    // On stdout, not even the header goes out before the error.
+    let r = run(&["classify", "-m", s(&seq), f, "-o", "-"]);
+    assert_bad(&r, "the model gives NaN");
+    assert_eq!(r.stdout, "");
+    // Per position, the position is named.
+    assert_bad(
+        &run(&["annotate", "-m", s(&pos), f, "--tsv", o]),
+        "for record s1 at position 1",
+    );
+    // Half precision overflowing where f32 does not: the fix is the precision.
+    let half = init(t.path(), "half", &["--head", "sequence", "--labels", "a,b"]);
+    set_tensor(&half, "layers.0.mixer.in_proj.weight", 300.0);
+    ok(&["classify", "-m", s(&half), f, "-o", "-"]);
+    assert_bad(
+        &run(&["classify", "-m", s(&half), f, "-o", o, "--precision", "f16"]),
+        "run with --precision f32",
+    );
+    assert!(!out.exists());
+}
+
+#[test]
+fn inputs_of_only_empty_records_and_failing_outputs_are_errors() {
+    let t = tempfile::tempdir().unwrap();
+    let m = init(t.path(), "m", &["--head", "position", "--labels", "bg,f"]);
+    let headers = t.path().join("headers.fa");
+    std::fs::write(&headers, ">a\n>b\n").unwrap();
+    let out = t.path().join("out");
+    for args in [
+        vec!["embed", "-m", s(&m), s(&headers), "-o", s(&out)],
+        vec![
+            "embed",
+            "-m",
+            s(&m),
+            s(&headers),
+            "-o",
+            s(&out),
+            "--pool",
+            "none",
+        ],
+        vec!["annotate", "-m", s(&m), s(&headers), "--bed", s(&out)],
+    ] {
+        let r = run(&args);
+        assert_bad(&r, "every record of the input is empty (2 of length 0");
+        assert!(!out.exists(), "{args:?} wrote its output");
+    }
+    // One empty record among others is skipped with a warning.
+    let some = t.path().join("some.fa");
+    std::fs::write(&some, ">a\n>b\nACGT\n").unwrap();
+    ok(&["embed", "-m", s(&m), s(&some), "-o", s(&out)]);
+    // A full device is named as the output it is; stdout is not stdin.
+    let input = root().join("data/yeast_chrI_20k.fa");
+    let r = run(&[
+        "embed",
+        "-m",
+        s(&m),
+        s(&input),
+        "-o",
+        "/dev/full",
+        "--chunk-size",
+        "64",
+    ]);
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert!(r.stderr.contains("/dev/full"), "{}", r.stderr);
+    let r: Out = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "{} annotate -m {} {} --tsv - > /dev/full",
+            s(&assert_cmd::cargo::cargo_bin("genomamba")),
+            s(&m),
+            s(&input)
+        ))
+        .output()
+        .unwrap()
+        .into();
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert!(r.stderr.contains("error: stdout: "), "{}", r.stderr);
+    // A closed stdout (`| head`) does not hide another output's failure: the run goes on
+    // for it and reports it.
+    let r: Out = std::process::Command::new("bash")
+        .arg("-c")
+        .arg(format!(
+            "set -o pipefail; {} annotate -m {} {} --bed /dev/full --tsv - | head -c 1 > /dev/null",
+            s(&assert_cmd::cargo::cargo_bin("genomamba")),
+            s(&m),
+            s(&input)
+        ))
+        .output()
+        .unwrap()
+        .into();
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert!(r.stderr.contains("/dev/full"), "{}", r.stderr);
+}
+
+#[test]
+fn outputs_named_gz_are_bgzip_compressed_and_tabix_indexes_them() {
+    need("tabix");
+    let t = tempfile::tempdir().unwrap();
+    let seq = init(t.path(), "seq", &["--head", "sequence", "--labels", "a,b"]);
+    let pos = init(t.path(), "pos", &["--head", "position", "--labels", "bg,f"]);
+    let input = root().join("data/yeast_chrI_20k.fa");
+    let gunzip = |p: &Path| -> String {
+        let mut text = String::new();
+        std::io::Read::read_to_string(
+            &mut flate2::read::MultiGzDecoder::new(std::fs::File::open(p).unwrap()),
+            &mut text,
+        )
+        .unwrap();
+        text
+    };
+    // The same table as the plain file, compressed.
+    let plain = t.path().join("c.tsv");
+    let packed = t.path().join("c.tsv.gz");
+    ok(&["classify", "-m", s(&seq), s(&input), "-o", s(&plain)]);
+    ok(&["classify", "-m", s(&seq), s(&input), "-o", s(&packed)]);
+    assert_eq!(gunzip(&packed), std::fs::read_to_string(&plain).unwrap());
+    // annotate's BED and bedGraph, as BGZF: tabix indexes them and gives back what a
+    // region of the plain files holds.
+    let (bed, bg) = (t.path().join("a.bed"), t.path().join("a.bg"));
+    let (bed_gz, bg_gz) = (t.path().join("a.bed.gz"), t.path().join("a.bg.bgz"));
+    ok(&[
+        "annotate",
+        "-m",
+        s(&pos),
+        s(&input),
+        "--bed",
+        s(&bed),
+        "--bedgraph",
+        s(&bg),
+    ]);
+    ok(&[
+        "annotate",
+        "-m",
+        s(&pos),
+        s(&input),
+        "--bed",
+        s(&bed_gz),
+        "--bedgraph",
+        s(&bg_gz),
+    ]);
+    for (plain, packed) in [(&bed, &bed_gz), (&bg, &bg_gz)] {
+        let text = std::fs::read_to_string(plain).unwrap();
+        assert_eq!(gunzip(packed), text);
+        let index = Command::new("tabix")
+            .args(["-f", "-p", "bed", s(packed)])
+            .output()
+            .unwrap();
+        assert!(index.status.success(), "{index:?}");
+        let chrom = text.split('\t').next().unwrap();
+        let got = Command::new("tabix")
+            .args([s(packed), &format!("{chrom}:1001-1200")])
+            .output()
+            .unwrap();
+        assert!(got.status.success(), "{got:?}");
+        let want: String = text
+            .lines()
+            .filter(|l| {
+                let f: Vec<&str> = l.split('\t').collect();
+                let (a, b): (u64, u64) = (f[1].parse().unwrap(), f[2].parse().unwrap());
+                a < 1200 && b > 1000
+            })
+            .map(|l| format!("{l}\n"))
+            .collect();
+        assert!(!want.is_empty());
+        assert_eq!(String::from_utf8(got.stdout).unwrap(), want);
     }
 }

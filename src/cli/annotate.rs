@@ -11,7 +11,7 @@ use genomamba::train::trainer::Strands;
 use genomamba::{Error, Result};
 
 use super::classify::argmax;
-use super::common::{InputArgs, RecordSink, report_skipped};
+use super::common::{InputArgs, RecordSink, check_finite, check_some_records, report_skipped};
 
 /// The most decimals `--digits` gives (an f32 holds about 7 significant digits).
 const MAX_DIGITS: usize = 9;
@@ -125,9 +125,10 @@ pub fn run(a: AnnotateArgs) -> Result<()> {
     let bed = a.bed.as_deref().map(Output::create).transpose()?;
     let bg = a.bedgraph.as_deref().map(Output::create).transpose()?;
     let mut tsv = a.tsv.as_deref().map(Output::create).transpose()?;
-    // A closed stdout (`--bed - | head`) must not cost the outputs written to files.
+    // A closed stdout (`--bed - | head`) must not cost the other outputs (files, or a
+    // device whose errors must still be seen).
     let outputs: Vec<&Output> = [&bed, &bg, &tsv].into_iter().flatten().collect();
-    if outputs.iter().any(|o| !o.is_stream()) {
+    if outputs.len() > 1 {
         for o in outputs.iter().filter(|o| o.is_stream()) {
             o.keep_going_when_closed();
         }
@@ -169,6 +170,7 @@ pub fn run(a: AnnotateArgs) -> Result<()> {
         orf: model.config.head.as_ref().is_some_and(|h| h.orf_features),
     };
     let skipped = a.input.drive(&model, &device, &pb, &mut sink, rc)?;
+    check_some_records(&skipped)?;
     let AnnotateSink { bed, bg, tsv, .. } = sink;
     let (bed, bg) = (bed.map(|(o, _)| o), bg.map(|(o, _)| o));
     Output::commit_all([bed, bg, tsv].into_iter().flatten().collect())?;
@@ -383,6 +385,7 @@ impl RecordSink for AnnotateSink {
         let mut probs = std::mem::take(&mut self.probs);
         for (t, h) in rows.chunks_exact(d).enumerate() {
             self.head.values(h, &mut probs, self.logits);
+            check_finite(&probs, meta, start + t, probs.len())?;
             if self.rc || meta.minus_strand || !acc.direct {
                 acc.held.extend_from_slice(&probs);
                 // Held only to be written backwards: memory stays bounded.
@@ -401,7 +404,7 @@ impl RecordSink for AnnotateSink {
     fn rows_rc(
         &mut self,
         acc: &mut Record,
-        _: &RecordMeta,
+        meta: &RecordMeta,
         start: usize,
         rows: &[f32],
         d: usize,
@@ -414,6 +417,7 @@ impl RecordSink for AnnotateSink {
         for (t, h) in rows.chunks_exact(d).enumerate() {
             self.head.values(h, &mut probs, self.logits);
             let p = len - 1 - (start + t);
+            check_finite(&probs, meta, p, probs.len())?;
             for (a, q) in acc[p * n..(p + 1) * n].iter_mut().zip(&probs) {
                 *a = 0.5 * (*a + q);
             }

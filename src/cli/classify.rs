@@ -9,7 +9,7 @@ use genomamba::io::output::Output;
 use genomamba::model::{HeadKind, HostHead};
 use genomamba::{Error, Result};
 
-use super::common::{InputArgs, RecordSink, report_skipped};
+use super::common::{InputArgs, RecordSink, check_finite, check_some_records, report_skipped};
 
 /// Arguments of `classify`.
 #[derive(Debug, Args)]
@@ -88,6 +88,7 @@ impl RecordSink for ClassifySink {
                 *a = 0.5 * (*a + b);
             }
         }
+        check_finite(&p, meta, 0, 0)?;
         let mut line = format!("{}\t{len}\t{}", meta.id, self.labels[argmax(&p)]);
         for v in &p {
             line.push_str(&format!("\t{v:.6}"));
@@ -136,6 +137,7 @@ pub fn run(a: ClassifyArgs) -> Result<()> {
         rc,
     };
     let skipped = a.input.drive(&model, &device, &pb, &mut sink, rc)?;
+    check_some_records(&skipped)?;
     sink.out.commit()?;
     pb.finish_and_clear();
     report_skipped(&skipped);

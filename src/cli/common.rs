@@ -208,6 +208,15 @@ impl InputArgs {
         super::mark("device and model ready");
         let mut model = model?;
         model.backbone.set_precision(precision);
+        let _ = NON_FINITE_FIX.set(if precision == Precision::F16 {
+            "the activations overflow f16's range (65,504): run with --precision f32 (or bf16)"
+                .to_string()
+        } else {
+            format!(
+                "the weights of {} are out of range for these inputs: use a model from a run that did not diverge",
+                self.model.display()
+            )
+        });
         if spec.compiles_per_shape() {
             let d_inner = model.config.architecture.d_inner();
             match self.chunk_size {
@@ -525,6 +534,9 @@ impl InputArgs {
                 }
                 return Ok(());
             }
+            if p.start == 0 {
+                skipped_empty.records += 1;
+            }
             if !p.is_whole() {
                 batcher.flush(f)?;
                 return f(vec![p]);
@@ -672,6 +684,29 @@ pub fn check_outputs(inputs: &[String], outputs: &[(&str, &str)]) -> Result<()> 
     Ok(())
 }
 
+/// How to fix a model's non-finite outputs, set with the precision in [`InputArgs::setup`].
+static NON_FINITE_FIX: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// Refuses `values` (outputs of record `meta` from its position `start` on, `width` per
+/// position; `width` 0 for one value of the whole record) if any is a NaN or an infinity:
+/// such a number would be written as an answer. The error names the record, the position
+/// and the fix for this run's precision.
+pub fn check_finite(values: &[f32], meta: &RecordMeta, start: usize, width: usize) -> Result<()> {
+    let Some(i) = values.iter().position(|v| !v.is_finite()) else {
+        return Ok(());
+    };
+    let fix = NON_FINITE_FIX
+        .get()
+        .map_or("use a model whose weights are in range", String::as_str);
+    let what = format!("the model gives {} for record {}", values[i], meta.label());
+    // 1-based, on the record (`meta.offset` places a region on its chromosome).
+    let what = match i.checked_div(width) {
+        None => what,
+        Some(row) => format!("{what} at position {}", start + row + 1),
+    };
+    Err(Error::usage(what, fix))
+}
+
 /// What a subcommand does with the hidden states of each record.
 pub trait RecordSink {
     /// Per-record accumulator.
@@ -756,9 +791,27 @@ pub fn report_skipped(skipped: &Skipped) {
     }
 }
 
+/// Refuses a run whose inputs held records but only empty ones (as an empty input is
+/// refused): it would write nothing but a header and succeed. Called before the outputs are
+/// committed.
+pub fn check_some_records(skipped: &Skipped) -> Result<()> {
+    match (&skipped.first, skipped.records) {
+        (Some(first), 0) => Err(Error::usage(
+            format!(
+                "every record of the input is empty ({} of length 0; the first: {first})",
+                skipped.count
+            ),
+            "check the input: its headers have no sequence lines",
+        )),
+        _ => Ok(()),
+    }
+}
+
 /// Records of length 0 that a run skipped: how many, and how to find the first.
 #[derive(Debug, Default)]
 pub struct Skipped {
+    /// Records run (of length 1 or more).
+    pub records: usize,
     /// How many were skipped.
     pub count: usize,
     /// The first one, as `FILE, record ID` (`#N` for an empty header).

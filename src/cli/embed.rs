@@ -12,7 +12,8 @@ use genomamba::io::output::{Output, PendingPath, npy_header_fixed, safe_file_nam
 use genomamba::{Error, Result};
 
 use super::common::{
-    InputArgs, RecordSink, check_output_dir, check_outputs, fmt_f32, report_skipped,
+    InputArgs, RecordSink, check_finite, check_output_dir, check_outputs, check_some_records,
+    fmt_f32, report_skipped,
 };
 
 /// Arguments of `embed`.
@@ -71,6 +72,7 @@ impl RecordSink for PooledSink {
     fn end(&mut self, mut acc: Pooler, meta: &RecordMeta, len: usize) -> Result<()> {
         let mut line = format!("{}\t{len}", meta.id);
         if let Some(v) = acc.finish() {
+            check_finite(&v, meta, 0, 0)?;
             for x in v {
                 line.push('\t');
                 fmt_f32(x, &mut line);
@@ -135,11 +137,12 @@ impl RecordSink for NpySink {
     fn rows(
         &mut self,
         out: &mut Output,
-        _: &RecordMeta,
-        _: usize,
+        meta: &RecordMeta,
+        start: usize,
         rows: &[f32],
-        _: usize,
+        d: usize,
     ) -> Result<()> {
+        check_finite(rows, meta, start, d)?;
         let bytes: Vec<u8> = rows.iter().flat_map(|x| x.to_le_bytes()).collect();
         out.write_all(&bytes)
     }
@@ -210,6 +213,7 @@ pub fn run(a: EmbedArgs) -> Result<()> {
             out.write_all(line.as_bytes())?;
             let mut sink = PooledSink { out, pool, d };
             let skipped = a.input.drive(&model, &device, &pb, &mut sink, false)?;
+            check_some_records(&skipped)?;
             super::mark("all chunks done");
             sink.out.commit()?;
             super::mark("output written");
@@ -227,6 +231,7 @@ pub fn run(a: EmbedArgs) -> Result<()> {
                 reads: a.input.read_files(),
             };
             let skipped = a.input.drive(&model, &device, &pb, &mut sink, false)?;
+            check_some_records(&skipped)?;
             PendingPath::keep_all(made);
             skipped
         }

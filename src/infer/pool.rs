@@ -86,7 +86,14 @@ impl Pooler {
                 .acc
                 .iter_mut()
                 .zip(h)
-                .for_each(|(a, &x)| *a = a.max(x as f64)),
+                // A NaN stays (f64::max would drop it and hide a broken model).
+                .for_each(|(a, &x)| {
+                    *a = if x.is_nan() || a.is_nan() {
+                        f64::NAN
+                    } else {
+                        a.max(x as f64)
+                    }
+                }),
             Pool::Last => self.acc.iter_mut().zip(h).for_each(|(a, &x)| *a = x as f64),
         }
     }

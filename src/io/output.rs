@@ -9,6 +9,9 @@
 //! lock, so an interruption finds each output either still pending (and removes it) or
 //! published whole, and outputs published together ([`Output::commit_all`]) appear together
 //! or not at all.
+//!
+//! A file output named `*.gz` or `*.bgz` is written compressed as BGZF (bgzip's format):
+//! gzip readers take it, and `tabix` can index a sorted BED or bedGraph so written.
 
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
@@ -206,10 +209,25 @@ pub fn publish<T, E>(
     out
 }
 
+/// Held while a group of outputs is saved that must be complete or absent as a whole
+/// ([`uninterrupted`]); [`remove_pending`] waits for it.
+static SAVING: Mutex<()> = Mutex::new(());
+
+/// Runs `save` (which writes, lists and publishes outputs as usual) so that an interruption
+/// arriving meanwhile waits until it has finished: for a group of files written one after
+/// another that only make sense together (a training epoch's model, log and checkpoint).
+/// Not to be nested.
+pub fn uninterrupted<T>(save: impl FnOnce() -> T) -> T {
+    let _saving = SAVING.lock().unwrap_or_else(PoisonError::into_inner);
+    save()
+}
+
 /// Removes every pending temporary output, then runs `then` with their count while still
 /// holding the list, so that nothing can be published or listed after the removal: for a
-/// process ending on a signal (`then` exits).
+/// process ending on a signal (`then` exits). Waits for a save under way in
+/// [`uninterrupted`].
 pub fn remove_pending<R>(then: impl FnOnce(usize) -> R) -> R {
+    let _saving = SAVING.lock().unwrap_or_else(PoisonError::into_inner);
     let mut list = pending_list();
     let removed = list.remove_all();
     then(removed)
@@ -270,6 +288,64 @@ pub fn temp_path(dest: &Path) -> PathBuf {
     dest.with_file_name(format!(".{name}.{}.{nonce}.tmp", std::process::id()))
 }
 
+/// Where an [`Output`]'s bytes go: a file, a stream, or a compressor over a file, finished
+/// (a compressor's last block and end-of-file marker written) on commit.
+trait Sink: Write + Send {
+    fn finish(&mut self) -> std::io::Result<()> {
+        self.flush()
+    }
+}
+
+impl Sink for std::fs::File {}
+impl Sink for Stream {}
+
+/// BGZF compression (bgzip's format) over a file, on `rayon`'s number of threads.
+struct Bgzf(Option<noodles::bgzf::io::MultithreadedWriter<std::fs::File>>);
+
+impl Bgzf {
+    fn new(file: std::fs::File) -> Self {
+        let workers = std::num::NonZeroUsize::new(rayon::current_num_threads().clamp(1, 16))
+            .unwrap_or(std::num::NonZeroUsize::MIN);
+        Bgzf(Some(
+            noodles::bgzf::io::MultithreadedWriter::with_worker_count(workers, file),
+        ))
+    }
+
+    fn writer(
+        &mut self,
+    ) -> std::io::Result<&mut noodles::bgzf::io::MultithreadedWriter<std::fs::File>> {
+        self.0
+            .as_mut()
+            .ok_or_else(|| std::io::Error::other("write after the end of a compressed output"))
+    }
+}
+
+impl Write for Bgzf {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.writer()?.write(buf)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.writer()?.flush()
+    }
+}
+
+impl Sink for Bgzf {
+    fn finish(&mut self) -> std::io::Result<()> {
+        match self.0.take() {
+            Some(mut w) => w.finish().map(drop),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Whether output `dest` is written compressed (BGZF): its name ends in `.gz` or `.bgz`.
+fn compressed_name(dest: &Path) -> bool {
+    dest.extension()
+        .and_then(|e| e.to_str())
+        .is_some_and(|e| e.eq_ignore_ascii_case("gz") || e.eq_ignore_ascii_case("bgz"))
+}
+
 /// A stream output (stdout, a device, a named pipe) that, once told to
 /// ([`Output::keep_going_when_closed`]), takes what is written after its reader has gone
 /// (a closed pipe) and drops it, so that the command's other outputs can still be finished.
@@ -315,12 +391,13 @@ impl Write for Stream {
 
 /// An output that becomes visible only on [`Output::commit`]; `-` writes to stdout.
 pub struct Output {
-    inner: BufWriter<Box<dyn Write + Send>>,
+    inner: BufWriter<Box<dyn Sink>>,
     /// The temporary file and its listing (dropped in this order: the file is removed before
     /// it is unlisted).
     temp: Option<(tempfile::TempPath, PendingPath)>,
     /// A second handle on the temporary file, for rewriting a header in place.
     file: Option<std::fs::File>,
+    /// The destination as given, `stdout` for `-`.
     dest: String,
     /// Where the temporary file goes: `dest` with its links followed.
     target: PathBuf,
@@ -338,7 +415,7 @@ impl Output {
             ));
         }
         if dest == "-" {
-            return Ok(Self::stream(dest, Box::new(std::io::stdout())));
+            return Ok(Self::stream("stdout", Box::new(std::io::stdout())));
         }
         if dest.ends_with('/') {
             return Err(Error::usage(
@@ -418,11 +495,17 @@ impl Output {
                 .map_err(|e| Error::io(dest, e))?;
         }
         let (file, temp) = tmp.into_parts();
-        let second = file.try_clone().map_err(|e| Error::io(dest, e))?;
+        // A compressed output has no bytes to rewrite in place.
+        let (sink, second): (Box<dyn Sink>, _) = if compressed_name(path) {
+            (Box::new(Bgzf::new(file)), None)
+        } else {
+            let second = file.try_clone().map_err(|e| Error::io(dest, e))?;
+            (Box::new(file), Some(second))
+        };
         Ok(Output {
-            inner: BufWriter::with_capacity(1 << 16, Box::new(file) as Box<dyn Write + Send>),
+            inner: BufWriter::with_capacity(1 << 16, sink),
             temp: Some((temp, pending)),
-            file: Some(second),
+            file: second,
             dest: dest.into(),
             target,
             keep_going: Default::default(),
@@ -438,7 +521,7 @@ impl Output {
             closed: false,
         };
         Output {
-            inner: BufWriter::with_capacity(1 << 16, Box::new(stream)),
+            inner: BufWriter::with_capacity(1 << 16, Box::new(stream) as Box<dyn Sink>),
             temp: None,
             file: None,
             dest: dest.into(),
@@ -460,7 +543,7 @@ impl Output {
             .store(true, std::sync::atomic::Ordering::Relaxed);
     }
 
-    /// The destination as given.
+    /// The destination as given (`stdout` for `-`), as errors name it.
     pub fn dest(&self) -> &str {
         &self.dest
     }
@@ -478,6 +561,10 @@ impl Output {
         let mut pending = Vec::new();
         for mut o in outputs {
             o.inner.flush().map_err(|e| Error::io(&o.dest, e))?;
+            o.inner
+                .get_mut()
+                .finish()
+                .map_err(|e| Error::io(&o.dest, e))?;
             if let Some((temp, listed)) = o.temp.take() {
                 renames.push((temp, o.target.clone(), o.dest.clone()));
                 pending.push(listed);
@@ -502,8 +589,11 @@ impl Output {
                 .write_all_at(bytes, offset)
                 .map_err(|e| Error::io(&self.dest, e)),
             None => Err(Error::usage(
-                format!("{}: cannot rewrite a header on a stream", self.dest),
-                "write to a file",
+                format!(
+                    "{}: cannot rewrite a header on a stream or in a compressed file",
+                    self.dest
+                ),
+                "write to a plain file",
             )),
         }
     }
@@ -513,6 +603,33 @@ impl Output {
         self.inner
             .write_all(bytes)
             .map_err(|e| Error::io(&self.dest, e))
+    }
+}
+
+/// What an [`Output`] holds once dropped.
+struct Discard;
+
+impl Write for Discard {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Sink for Discard {}
+
+impl Drop for Output {
+    /// Reached without [`Output::commit`] only on an error: what is still buffered is not
+    /// written (stdout would otherwise get a table's header, or its first rows, before the
+    /// error line).
+    fn drop(&mut self) {
+        let unwritten = std::mem::replace(
+            &mut self.inner,
+            BufWriter::with_capacity(0, Box::new(Discard)),
+        );
+        drop(unwritten.into_parts());
     }
 }
 
