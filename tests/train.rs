@@ -436,6 +436,13 @@ fn an_interrupted_run_keeps_its_last_epoch_and_says_how_to_resume() {
         assert!(start.elapsed().as_secs() < 300, "no checkpoint");
         std::thread::sleep(std::time::Duration::from_millis(5));
     }
+    // A second run into the same directory, while this one writes it, is refused (its
+    // files would mix with this run's), with --force or --resume too.
+    for extra in ["--force", "--resume"] {
+        let mut second = args.clone();
+        second.push(extra);
+        bad(&second, "is being written by another genomamba train run");
+    }
     // SAFETY: `kill` only sends a signal to the child's process id.
     assert_eq!(
         unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGINT) },
@@ -466,15 +473,64 @@ fn an_interrupted_run_keeps_its_last_epoch_and_says_how_to_resume() {
     .unwrap();
     let done = state["epochs_done"].as_u64().unwrap() as usize;
     assert!(done >= 1);
+    // What a run killed outright can leave: a log one epoch ahead of its checkpoint, the
+    // temporary files of a save, and a checkpoint swap cut between its two renames (on a
+    // file system without an atomic exchange: the new one complete under its temporary
+    // name, the old one moved aside). The resumed run puts it all right.
+    let log = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap();
+    let last = log.lines().last().unwrap().to_string();
+    std::fs::write(out.join("metrics.jsonl"), format!("{log}{last}\n")).unwrap();
+    std::fs::write(out.join(".config.json.1.2.tmp"), "{").unwrap();
+    std::fs::write(out.join(".model.safetensors.1.3.tmp"), "").unwrap();
+    std::fs::rename(out.join("checkpoint"), out.join(".checkpoint.tmp")).unwrap();
+    std::fs::create_dir(out.join(".checkpoint.old")).unwrap();
     let next = (done + 1).to_string();
     let mut again = args.clone();
     again.extend(["--resume", "--stop-after", &next]);
-    ok(&again);
+    let o = run(&again);
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    assert!(
+        o.stderr.contains("recovered the checkpoint of"),
+        "{}",
+        o.stderr
+    );
     let state: serde_json::Value = serde_json::from_str(
         &std::fs::read_to_string(out.join("checkpoint/trainer.json")).unwrap(),
     )
     .unwrap();
     assert_eq!(state["epochs_done"].as_u64(), Some(done as u64 + 1));
+    let epochs: Vec<u64> = std::fs::read_to_string(out.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["epoch"]
+                .as_u64()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(epochs, (1..=done as u64 + 1).collect::<Vec<_>>());
+    let hidden: Vec<_> = std::fs::read_dir(&out)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with('.'))
+        .collect();
+    assert!(hidden.is_empty(), "left behind: {hidden:?}");
+    // A run may not write over the model it starts from.
+    bad(
+        &[
+            "train",
+            "-o",
+            s(&out),
+            "--from",
+            s(&out),
+            "--class",
+            &ca,
+            "--class",
+            &cb,
+            "--force",
+        ],
+        "is the --from model",
+    );
 
     // --force over this run: one that fails before its first epoch ends (it diverges) leaves
     // the previous model, log and checkpoint as they were; one that finishes replaces them.
@@ -510,6 +566,117 @@ fn an_interrupted_run_keeps_its_last_epoch_and_says_how_to_resume() {
         std::fs::read(out.join("model.safetensors")).unwrap(),
         before[0]
     );
+}
+
+#[test]
+fn runs_that_cannot_give_a_usable_model_stop_with_one_line_and_save_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = write_classes(dir.path(), 24, 5);
+    let (ca, cb) = (format!("motif={}", s(&a)), format!("plain={}", s(&b)));
+    let out = dir.path().join("run");
+    let base = |extra: &[&'static str]| -> Vec<String> {
+        let mut v: Vec<String> = ["train", "-o", s(&out), "--class", &ca, "--class", &cb]
+            .iter()
+            .map(|x| x.to_string())
+            .collect();
+        v.extend(TINY.iter().chain(extra).map(|x| x.to_string()));
+        v
+    };
+    fn args(v: &[String]) -> Vec<&str> {
+        v.iter().map(String::as_str).collect()
+    }
+    // Values the optimiser (f32) cannot hold.
+    bad(
+        &args(&base(&["--lr", "1e39"])),
+        "--lr must be a positive number",
+    );
+    bad(
+        &args(&base(&["--weight-decay", "1e39"])),
+        "--weight-decay must be within f32's range",
+    );
+    assert!(!out.exists());
+    // A step so large that the model's predictions become NaN: validation used to floor
+    // them into a finite loss, and the run saved an unusable model with exit 0.
+    let o = run(&args(&base(&[
+        "--lr",
+        "1e30",
+        "--clip-norm",
+        "0",
+        "--warmup-steps",
+        "0",
+        "--batch-size",
+        "64",
+        "--epochs",
+        "1",
+    ])));
+    assert_eq!(o.code, 1, "{}", o.stderr);
+    assert_eq!(o.stderr.lines().count(), 1, "{}", o.stderr);
+    assert!(o.stderr.contains("training diverged"), "{}", o.stderr);
+    assert!(
+        !out.exists(),
+        "a diverged first epoch left {}",
+        out.display()
+    );
+    // A starting model whose outputs are already NaN: its fault, not the learning rate's.
+    let m = dir.path().join("m");
+    ok(&["init", "-o", s(&m), "--d-model", "16", "--n-layer", "1"]);
+    let path = m.join("model.safetensors");
+    let bytes = std::fs::read(&path).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let name = "layers.0.mixer.in_proj.weight";
+    let w = st.tensor(name).unwrap();
+    let huge: Vec<u8> = (0..w.data().len() / 4)
+        .flat_map(|_| 1e30f32.to_le_bytes())
+        .collect();
+    let edited =
+        safetensors::tensor::TensorView::new(w.dtype(), w.shape().to_vec(), &huge).unwrap();
+    let mut tensors: Vec<(String, safetensors::tensor::TensorView<'_>)> = st
+        .tensors()
+        .into_iter()
+        .filter(|(n, _)| n != name)
+        .collect();
+    tensors.push((name.into(), edited));
+    std::fs::write(&path, safetensors::serialize(tensors, None).unwrap()).unwrap();
+    bad(
+        &[
+            "train",
+            "-o",
+            s(&out),
+            "--from",
+            s(&m),
+            "--class",
+            &ca,
+            "--class",
+            &cb,
+        ],
+        "before any training step: the starting model gives non-finite outputs",
+    );
+    assert!(!out.exists());
+    // A per-position split whose held-out stretch is all N would score nothing (a loss of 0
+    // every epoch).
+    let seq = format!("{}{}", "ACGT".repeat(675), "N".repeat(300));
+    let (fa, bedp) = write_labeled(dir.path(), "chrN", &seq, "chrN\t100\t400\tgene\n");
+    bad(
+        &[
+            "train",
+            "-o",
+            s(&out),
+            "--fasta",
+            s(&fa),
+            "--bed",
+            s(&bedp),
+            "--window",
+            "256",
+            "--windows-per-epoch",
+            "4",
+            "--d-model",
+            "8",
+            "--n-layer",
+            "1",
+        ],
+        "the held-out (validation) part of the records has no base to score",
+    );
+    assert!(!out.exists());
 }
 
 /// A reference with a repeated "gene" pattern labeled in a BED; a position model learns it.

@@ -6,7 +6,7 @@
 //! read and checked before anything is written.
 
 use std::io::IsTerminal;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use clap::Args;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -14,6 +14,7 @@ use rand::SeedableRng;
 use rand::rngs::StdRng;
 
 use genomamba::device::DeviceSpec;
+use genomamba::io::output::PendingPath;
 use genomamba::model::{GenoModel, HeadKind, ModelConfig};
 use genomamba::train::data::{
     self, FileDigest, PositionDataset, SeqDataset, check_class_bases, check_distinct_files,
@@ -253,14 +254,34 @@ fn load(a: &TrainArgs) -> Result<Loaded> {
 
 fn check_output(a: &TrainArgs) -> Result<()> {
     let out = &a.output;
+    // Writing the run's model over the model it starts from would lose it on a failure.
+    if let Some(from) = &a.from
+        && let (Ok(f), Ok(o)) = (std::fs::canonicalize(from), std::fs::canonicalize(out))
+        && f == o
+    {
+        return Err(Error::usage(
+            format!(
+                "--output {} is the --from model: the run would write over the model it starts from",
+                out.display()
+            ),
+            "choose another --output",
+        ));
+    }
     if a.resume {
+        // (A swap cut short by a crash is completed once the directory is locked.)
         if !genomamba::train::trainer::checkpoint_dir(out)
             .join("trainer.json")
             .is_file()
+            && !genomamba::train::trainer::interrupted_swap(out)
         {
+            let fix = if out.is_dir() {
+                "its run ended before its first epoch was saved: leave out --resume and pass --force to start it again"
+            } else {
+                "resume into the output directory of an earlier run, or leave out --resume"
+            };
             return Err(Error::usage(
                 format!("--resume: no checkpoint in {}", out.display()),
-                "resume into the output directory of an earlier run, or leave out --resume",
+                fix,
             ));
         }
         return Ok(());
@@ -271,9 +292,18 @@ fn check_output(a: &TrainArgs) -> Result<()> {
             .unwrap_or(false);
     check_output_dir(out, "", "choose another --output")?;
     if non_empty && !a.force {
+        let resumable = genomamba::train::trainer::checkpoint_dir(out)
+            .join("trainer.json")
+            .is_file()
+            || genomamba::train::trainer::interrupted_swap(out);
+        let fix = if resumable {
+            "pass --force to overwrite it, --resume to continue its run, or choose another --output"
+        } else {
+            "pass --force to overwrite it (it holds no checkpoint to resume), or choose another --output"
+        };
         return Err(Error::usage(
             format!("{} already exists", out.display()),
-            "pass --force to overwrite it, --resume to continue its run, or choose another --output",
+            fix,
         ));
     }
     Ok(())
@@ -306,6 +336,20 @@ pub fn run(a: TrainArgs) -> Result<()> {
     };
     opts.validate()?;
     check_output(&a)?;
+    // The output directory, made now (removed again if it is still empty after an error or
+    // an interruption) and locked for the whole run: a second run into it is refused
+    // instead of mixing its files into this one's.
+    let made = PendingPath::make_dir(&a.output)
+        .map_err(|e| Error::io(a.output.display().to_string(), e))?;
+    let _lock = lock_run_dir(&a.output)?;
+    if a.resume && genomamba::train::trainer::recover_checkpoint(&a.output)? {
+        eprintln!(
+            "genomamba: note: recovered the checkpoint of {}, left under a temporary name by a crash",
+            a.output.display()
+        );
+    }
+    // Temporary files of a run killed outright (nothing else writes here while it is locked).
+    genomamba::train::trainer::remove_stale_temporaries(&a.output);
     let device_spec = a.device.parse::<DeviceSpec>()?;
     let device = device_spec.device()?;
     let loaded = load(&a)?;
@@ -573,7 +617,25 @@ pub fn run(a: TrainArgs) -> Result<()> {
             a.output.display()
         );
     }
+    PendingPath::keep_all(made);
     Ok(())
+}
+
+/// Locks directory `dir` (an advisory lock, released when the process ends however it
+/// ends) for this run alone.
+fn lock_run_dir(dir: &Path) -> Result<std::fs::File> {
+    let handle = std::fs::File::open(dir).map_err(|e| Error::io(dir.display().to_string(), e))?;
+    match handle.try_lock() {
+        Ok(()) => Ok(handle),
+        Err(std::fs::TryLockError::WouldBlock) => Err(Error::usage(
+            format!(
+                "{} is being written by another genomamba train run",
+                dir.display()
+            ),
+            "wait for that run to finish, or choose another --output",
+        )),
+        Err(std::fs::TryLockError::Error(e)) => Err(Error::io(dir.display().to_string(), e)),
+    }
 }
 
 enum TaskData {

@@ -330,6 +330,16 @@ impl GenoModel {
         })
     }
 
+    /// `Err` naming the first tensor (by name) that holds a NaN or an infinity, and where.
+    pub fn check_finite(&self) -> std::result::Result<(), String> {
+        let mut map = TensorMap::new();
+        weights::mamba_to_tensors(&self.backbone, &mut map);
+        if let Some(h) = &self.head {
+            weights::head_to_tensors(h, &mut map);
+        }
+        map.check_finite()
+    }
+
     /// Rewrites `dir/config.json` alone (written to a temporary name, then renamed): for a
     /// saved model whose provenance changes while its weights do not.
     pub fn save_config(config: &ModelConfig, dir: &Path) -> Result<()> {

@@ -161,8 +161,31 @@ impl TensorMap {
         Ok(v)
     }
 
-    /// Writes all tensors (f32) to `path`.
+    /// `Err` naming the first tensor (by name) that holds a NaN or an infinity, and where.
+    pub fn check_finite(&self) -> std::result::Result<(), String> {
+        let mut names: Vec<&String> = self.tensors.keys().collect();
+        names.sort();
+        for name in names {
+            let values = &self.tensors[name].1;
+            if let Some(i) = values.iter().position(|v| !v.is_finite()) {
+                return Err(format!(
+                    "tensor '{name}' holds {} at element {i}",
+                    values[i]
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes all tensors (f32) to `path`; refuses weights holding a NaN or an infinity.
     pub fn write(&self, path: &Path) -> Result<()> {
+        // Such weights would be refused on load.
+        self.check_finite().map_err(|what| {
+            Error::Runtime(format!(
+                "cannot save {}: {what} (the weights are out of range)",
+                path.display()
+            ))
+        })?;
         let mut names: Vec<&String> = self.tensors.keys().collect();
         names.sort();
         let bytes: Vec<(String, Vec<usize>, Vec<u8>)> = names

@@ -691,7 +691,8 @@ pub fn class_bases(ds: &PositionDataset, spans: &[Span]) -> Vec<u64> {
 }
 
 /// Refuses a per-position split in which a class labels no training base (the model could
-/// not learn it; an empty BED interval, say, or intervals only in the held-out stretches).
+/// not learn it; an empty BED interval, say, or intervals only in the held-out stretches),
+/// or in which no validation base is scored at all.
 /// Returns the classes that label no validation base, for a warning.
 pub fn check_class_bases(
     ds: &PositionDataset,
@@ -713,6 +714,14 @@ pub fn check_class_bases(
             bed,
             what,
             "check its intervals (empty ones label nothing; N bases are left out), --records and --val-fraction",
+        ));
+    }
+    // Validation would score nothing, and its loss of 0 would pick the first epoch.
+    if va.iter().all(|&n| n == 0) {
+        return Err(Error::input(
+            bed,
+            "the held-out (validation) part of the records has no base to score (it is all N)",
+            "give a larger --val-fraction, or records with sequence (not N) at their ends",
         ));
     }
     Ok(ds

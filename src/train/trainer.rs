@@ -264,8 +264,13 @@ impl TrainOptions {
                 "pass e.g. --batch-size 32",
             );
         }
-        if !(self.lr > 0.0 && self.lr.is_finite()) {
-            return bad("--lr must be a positive number", "pass e.g. --lr 0.002");
+        // The optimiser works in f32: a larger value would become infinite there.
+        let f32_max = f64::from(f32::MAX);
+        if !(self.lr > 0.0 && self.lr <= f32_max) {
+            return bad(
+                "--lr must be a positive number (within f32's range)",
+                "pass e.g. --lr 0.002",
+            );
         }
         if !(0.0..=1.0).contains(&self.min_lr_ratio) {
             return bad("--min-lr-ratio must be between 0 and 1", "pass e.g. 0.05");
@@ -274,6 +279,12 @@ impl TrainOptions {
             return bad(
                 "--weight-decay and --clip-norm must not be negative",
                 "pass 0 to switch them off",
+            );
+        }
+        if self.weight_decay > f32_max {
+            return bad(
+                "--weight-decay must be within f32's range",
+                "pass e.g. --weight-decay 0.01, or 0 to switch it off",
             );
         }
         if !(0.0..1.0).contains(&self.gc_augment) {
@@ -473,11 +484,11 @@ pub fn check_gpu_training(
             let rows = opts.batch_size.min(opts.windows_per_epoch);
             let both = if bidirectional { " (both strands)" } else { "" };
             let text = format!("{rows} windows of {} bases{both}", opts.window);
-            (rows, opts.window * strands, text)
+            (rows, opts.window.saturating_mul(strands), text)
         }
     };
     // Bytes per position at the lowest and the highest measured figure.
-    let units = (arch.n_layer * arch.d_inner()) as u64;
+    let units = (arch.n_layer as u64).saturating_mul(arch.d_inner() as u64);
     let per_position = units.saturating_mul(TRAIN_BYTES_PER_POSITION_CHANNEL);
     let per_position_high = units.saturating_mul(TRAIN_BYTES_PER_POSITION_CHANNEL_HIGH);
     let need = (len as u64)
@@ -669,7 +680,7 @@ pub fn sequence_batches(
         return order.chunks(size).map(<[usize]>::to_vec).collect();
     }
     let mut batches: Vec<Vec<usize>> = Vec::with_capacity(lengths.len().div_ceil(size));
-    for pool in order.chunks_mut(size * LENGTH_POOL_BATCHES) {
+    for pool in order.chunks_mut(size.saturating_mul(LENGTH_POOL_BATCHES)) {
         // Stable, so ties keep their random order.
         pool.sort_by_key(|&i| lengths[i]);
         batches.extend(pool.chunks(size).map(<[usize]>::to_vec));
@@ -915,6 +926,16 @@ pub fn predict_sequences(
     out
 }
 
+/// The negative log-likelihood of probability `p` of the true class (floored at 1e-12); NaN
+/// for a NaN, which a floor taken with `max` would turn into a finite loss.
+fn nll(p: f32) -> f64 {
+    if p.is_nan() {
+        f64::NAN
+    } else {
+        -(p.max(1e-12) as f64).ln()
+    }
+}
+
 /// Validation scores of sequence predictions (`probs`: `[n][n_classes]` row-major).
 pub fn sequence_scores(probs: &[f32], labels: &[usize], n_classes: usize) -> Scores {
     let n = labels.len();
@@ -925,7 +946,7 @@ pub fn sequence_scores(probs: &[f32], labels: &[usize], n_classes: usize) -> Sco
         let p = &probs[i * n_classes..(i + 1) * n_classes];
         let pred = argmax(p);
         cm.add(pred, labels[i]);
-        loss -= (p[labels[i]].max(1e-12) as f64).ln();
+        loss += nll(p[labels[i]]);
     }
     s.insert("loss".into(), loss / n.max(1) as f64);
     s.insert("accuracy".into(), cm.accuracy());
@@ -1111,7 +1132,7 @@ fn position_scores(
             }
             let lab = lab as usize;
             cm.add(argmax(p), lab);
-            loss -= (p[lab].max(1e-12) as f64).ln();
+            loss += nll(p[lab]);
             counted += 1;
             for (k, h) in hists.iter_mut().enumerate() {
                 h.add(p[k], lab == k);
@@ -1565,11 +1586,10 @@ pub fn train(
         Task::Sequence { train, .. } => train.examples.len().div_ceil(opts.batch_size),
         Task::Position { .. } => opts.windows_per_epoch.div_ceil(opts.batch_size),
     };
-    let total_steps = steps_per_epoch * opts.epochs;
+    let total_steps = steps_per_epoch.saturating_mul(opts.epochs);
+    // Rewritten whole at every epoch (a previous run's, in a directory given with --force,
+    // stays until this run's first epoch).
     let log_path = spec.out.join("metrics.jsonl");
-    // A fresh run starts a fresh log at its first epoch (a previous run's, in a directory
-    // given with --force, stays until then).
-    let mut fresh_log = !spec.resume;
 
     // Sequence task: the training sequences' lengths, which every epoch batches by.
     let train_lengths: Vec<usize> = match task {
@@ -1654,22 +1674,28 @@ pub fn train(
             let loss = batch_loss(&net, kind, bidirectional, &b, &ad);
             let loss_value = loss.clone().into_scalar::<f32>() as f64;
             if !loss_value.is_finite() {
-                let fix = if opts.clip_norm > 0.0 {
-                    "lower --lr"
-                } else {
-                    "lower --lr, or turn gradient clipping back on (--clip-norm 1)"
-                };
-                return Err(Error::Runtime(format!(
-                    "training diverged at step {} (loss {loss_value}); {fix}",
-                    state.step + 1
-                )));
+                if state.step == 0 {
+                    // Before any update: the starting model (or the data) is the cause.
+                    return Err(Error::usage(
+                        format!(
+                            "the loss of the first batch is {loss_value}, before any training step: the starting model gives non-finite outputs"
+                        ),
+                        "check the model given with --from (weights far out of range, or half precision overflowing), or start from a new model",
+                    ));
+                }
+                return Err(diverged(
+                    format!("at step {} (loss {loss_value})", state.step + 1),
+                    opts,
+                    &state,
+                    spec.out,
+                ));
             }
             let grads = loss.backward();
             let mut grads = GradientsParams::from_grads(grads, &net);
             clip_global_norm(&mut grads, &params, opts.clip_norm);
             lr = opts.lr_at(state.step, total_steps);
             net = optim.step(lr, net, grads);
-            state.step += 1;
+            state.step = state.step.saturating_add(1);
             loss_sum += loss_value;
             bases += b.bases;
             on_event(Event::Step { loss: loss_value });
@@ -1677,6 +1703,16 @@ pub fn train(
         let train_secs = t0.elapsed().as_secs_f64();
         on_event(Event::Validating);
         let valid = net.valid();
+        // The last step's update is not seen by any loss: weights that overflowed there are
+        // caught here, before they are validated or saved.
+        if let Err(what) = to_model(&valid, &config).check_finite() {
+            return Err(diverged(
+                format!("in epoch {epoch} ({what} after step {})", state.step),
+                opts,
+                &state,
+                spec.out,
+            ));
+        }
         let rc_average = config.head.as_ref().is_some_and(|h| h.rc_average);
         let val = match task {
             Task::Sequence { val, .. } => {
@@ -1702,6 +1738,14 @@ pub fn train(
                 device,
             )?,
         };
+        if val.get("loss").is_some_and(|l| l.is_nan()) {
+            return Err(diverged(
+                format!("in epoch {epoch} (the validation predictions are NaN)"),
+                opts,
+                &state,
+                spec.out,
+            ));
+        }
         let log = EpochLog {
             epoch,
             step: state.step,
@@ -1722,22 +1766,32 @@ pub fn train(
             state.epochs_since_best += 1;
         }
         state.history.push(log.clone());
-        // Made at the first write, so a run that fails before then leaves no empty directory.
-        std::fs::create_dir_all(spec.out)
-            .map_err(|e| Error::io(spec.out.display().to_string(), e))?;
-        append_line(&log_path, &log, std::mem::take(&mut fresh_log))?;
-
-        // Save: the best model into `out`, the resumable checkpoint into `out/checkpoint`.
         config.provenance = provenance(&spec.provenance, &state, opts, metric);
-        if improved {
-            to_model(&valid, &config).save(spec.out)?;
-        } else {
-            // The saved (best) model's weights stay; its provenance says how far the run got.
-            GenoModel::save_config(&config, spec.out)?;
-        }
-        let snapshot = to_model(&valid, &config);
-        save_checkpoint(&ckpt, &snapshot, &optim, &state)?;
-        on_event(Event::EpochEnd(&log, improved));
+        // Save: the log, the best model into `out`, the resumable checkpoint into
+        // `out/checkpoint`; an interruption waits for all of them, so that it never leaves a
+        // model without its checkpoint or a log ahead of it.
+        crate::io::output::uninterrupted(|| -> Result<()> {
+            // Made at the first write, so a run that fails before then leaves no empty
+            // directory.
+            std::fs::create_dir_all(spec.out)
+                .map_err(|e| Error::io(spec.out.display().to_string(), e))?;
+            // The whole log from the state that the checkpoint keeps: a run resumed from a
+            // checkpoint older than the log (a crash between the two) rewrites it.
+            write_log(&log_path, &state.history)?;
+            if improved {
+                to_model(&valid, &config).save(spec.out)?;
+            } else {
+                // The saved (best) model's weights stay; its provenance says how far the run
+                // got.
+                GenoModel::save_config(&config, spec.out)?;
+            }
+            let snapshot = to_model(&valid, &config);
+            save_checkpoint(&ckpt, &snapshot, &optim, &state)?;
+            // Told before an interruption waiting for this save is handled, so that its line
+            // can say how to resume.
+            on_event(Event::EpochEnd(&log, improved));
+            Ok(())
+        })?;
     }
     Ok(state)
 }
@@ -1913,19 +1967,41 @@ fn provenance(
     p
 }
 
-/// Appends `log` to the metrics log, or with `fresh` starts the log with it.
-fn append_line(path: &Path, log: &EpochLog, fresh: bool) -> Result<()> {
-    use std::io::Write;
-    let line = serde_json::to_string(log)
-        .map_err(|e| Error::Runtime(format!("cannot serialise metrics: {e}")))?;
-    let mut f = std::fs::OpenOptions::new()
-        .create(true)
-        .append(!fresh)
-        .write(true)
-        .truncate(fresh)
-        .open(path)
-        .map_err(|e| Error::io(path.display().to_string(), e))?;
-    writeln!(f, "{line}").map_err(|e| Error::io(path.display().to_string(), e))
+/// Writes the metrics log, one JSON line per epoch of `history`, to a temporary file that
+/// replaces `path`.
+fn write_log(path: &Path, history: &[EpochLog]) -> Result<()> {
+    let mut text = String::new();
+    for log in history {
+        let line = serde_json::to_string(log)
+            .map_err(|e| Error::Runtime(format!("cannot serialise metrics: {e}")))?;
+        text.push_str(&line);
+        text.push('\n');
+    }
+    let tmp = PendingPath::new(crate::io::output::temp_path(path));
+    std::fs::write(tmp.path(), text).map_err(|e| Error::io(tmp.path().display().to_string(), e))?;
+    let from = tmp.path().to_path_buf();
+    publish(vec![tmp], || {
+        std::fs::rename(&from, path).map_err(|e| Error::io(path.display().to_string(), e))
+    })
+}
+
+/// The error for a run whose loss or weights stopped being finite: what to change, and
+/// where the epochs before are kept.
+fn diverged(what: String, opts: &TrainOptions, state: &TrainerState, out: &Path) -> Error {
+    let mut fix = if opts.clip_norm > 0.0 {
+        "lower --lr".to_string()
+    } else {
+        "lower --lr, or turn gradient clipping back on (--clip-norm 1)".to_string()
+    };
+    if state.epochs_done > 0 {
+        fix.push_str(&format!(
+            "; the best model of its {} finished epoch(s) stays in {}: a new run with --from {} (and another --output) goes on from it",
+            state.epochs_done,
+            out.display(),
+            out.display()
+        ));
+    }
+    Error::Runtime(format!("training diverged {what}; {fix}"))
 }
 
 /// Writes the checkpoint into a temporary directory and swaps it in, so a crash never leaves
@@ -1955,8 +2031,18 @@ fn save_checkpoint(
     std::fs::write(tmp.join("trainer.json"), json)
         .map_err(|e| Error::io(tmp.display().to_string(), e))?;
     let _ = std::fs::remove_dir_all(old);
-    // Both renames in one section that an interruption waits for: it never finds the old
-    // checkpoint moved aside and the new one not yet in place.
+    // Swapped in one step where the file system can: a crash at any moment leaves a whole
+    // checkpoint in place. The old one, now at the temporary path, goes with `pending`.
+    if dir.exists() {
+        match exchange(&tmp, dir) {
+            Ok(()) => return Ok(()),
+            Err(e) if exchange_unsupported(&e) => {}
+            Err(e) => return Err(Error::io(dir.display().to_string(), e)),
+        }
+    }
+    // Otherwise two renames, in one section that an interruption waits for: it never finds
+    // the old checkpoint moved aside and the new one not yet in place (after a crash between
+    // them, `recover_checkpoint` puts the new one in place).
     publish(vec![pending], || {
         if dir.exists() {
             std::fs::rename(dir, old).map_err(|e| Error::io(dir.display().to_string(), e))?;
@@ -1969,10 +2055,135 @@ fn save_checkpoint(
     })
 }
 
+/// Swaps the names of `a` and `b` atomically (Linux `renameat2` with `RENAME_EXCHANGE`).
+#[cfg(target_os = "linux")]
+fn exchange(a: &Path, b: &Path) -> std::io::Result<()> {
+    use std::ffi::CString;
+    use std::os::unix::ffi::OsStrExt;
+    let c = |p: &Path| {
+        CString::new(p.as_os_str().as_bytes())
+            .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))
+    };
+    let (a, b) = (c(a)?, c(b)?);
+    // SAFETY: two valid NUL-terminated paths, relative to the working directory.
+    let rc = unsafe {
+        libc::renameat2(
+            libc::AT_FDCWD,
+            a.as_ptr(),
+            libc::AT_FDCWD,
+            b.as_ptr(),
+            libc::RENAME_EXCHANGE,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn exchange(_: &Path, _: &Path) -> std::io::Result<()> {
+    Err(std::io::Error::from(std::io::ErrorKind::Unsupported))
+}
+
+/// Whether [`exchange`] failed because the system or the file system lacks it.
+fn exchange_unsupported(e: &std::io::Error) -> bool {
+    e.kind() == std::io::ErrorKind::Unsupported
+        || matches!(
+            e.raw_os_error(),
+            Some(libc::EINVAL) | Some(libc::ENOSYS) | Some(libc::EOPNOTSUPP)
+        )
+}
+
+/// Whether `out` holds a checkpoint swap that a crash cut short (see
+/// [`recover_checkpoint`]).
+pub fn interrupted_swap(out: &Path) -> bool {
+    let (tmp, old) = (out.join(".checkpoint.tmp"), out.join(".checkpoint.old"));
+    // The old one is moved aside only once the new one is complete.
+    !checkpoint_dir(out).exists() && old.is_dir() && tmp.join("trainer.json").is_file()
+}
+
+/// Removes what a run killed outright (SIGKILL, a crash) leaves in its output directory
+/// `out`: the temporary files of its model, config and log, and a checkpoint being written
+/// or moved aside (once a checkpoint is in place, or none can be recovered). For a caller
+/// holding the directory's lock.
+pub fn remove_stale_temporaries(out: &Path) {
+    let Ok(entries) = std::fs::read_dir(out) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let ours = [".config.json.", ".model.safetensors.", ".metrics.jsonl."]
+            .iter()
+            .any(|p| name.starts_with(p))
+            && name.ends_with(".tmp");
+        if ours {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
+    if !interrupted_swap(out) {
+        for name in [".checkpoint.tmp", ".checkpoint.old"] {
+            let _ = std::fs::remove_dir_all(out.join(name));
+        }
+    }
+}
+
+/// After a crash between the two renames of a checkpoint swap (on a file system without an
+/// atomic exchange), `out` has no `checkpoint/` but the new one, complete, under its
+/// temporary name beside the old one moved aside: puts the new one in place. Whether it
+/// did.
+pub fn recover_checkpoint(out: &Path) -> Result<bool> {
+    if !interrupted_swap(out) {
+        return Ok(false);
+    }
+    let dir = checkpoint_dir(out);
+    let (tmp, old) = (out.join(".checkpoint.tmp"), out.join(".checkpoint.old"));
+    std::fs::rename(&tmp, &dir).map_err(|e| Error::io(dir.display().to_string(), e))?;
+    let _ = std::fs::remove_dir_all(&old);
+    Ok(true)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::model::{HeadConfig, MambaConfig, ModelConfig};
+
+    #[test]
+    fn checkpoints_are_swapped_whole_and_an_interrupted_swap_is_recovered() {
+        let t = tempfile::tempdir().unwrap();
+        let (a, b) = (t.path().join("a"), t.path().join("b"));
+        std::fs::create_dir(&a).unwrap();
+        std::fs::write(a.join("f"), "new").unwrap();
+        std::fs::create_dir(&b).unwrap();
+        std::fs::write(b.join("f"), "old").unwrap();
+        exchange(&a, &b).unwrap();
+        assert_eq!(std::fs::read_to_string(b.join("f")).unwrap(), "new");
+        assert_eq!(std::fs::read_to_string(a.join("f")).unwrap(), "old");
+        // A crash between the fallback's two renames: no checkpoint/, the complete new one
+        // under its temporary name, the old one aside.
+        let out = t.path().join("run");
+        let (tmp, old) = (out.join(".checkpoint.tmp"), out.join(".checkpoint.old"));
+        std::fs::create_dir_all(&tmp).unwrap();
+        std::fs::create_dir_all(&old).unwrap();
+        std::fs::write(tmp.join("trainer.json"), "2").unwrap();
+        std::fs::write(old.join("trainer.json"), "1").unwrap();
+        assert!(recover_checkpoint(&out).unwrap());
+        let ckpt = checkpoint_dir(&out);
+        assert_eq!(
+            std::fs::read_to_string(ckpt.join("trainer.json")).unwrap(),
+            "2"
+        );
+        assert!(!tmp.exists() && !old.exists());
+        // With a checkpoint in place, or a temporary one that may be unfinished (nothing
+        // moved aside), nothing is touched.
+        assert!(!recover_checkpoint(&out).unwrap());
+        std::fs::remove_dir_all(&ckpt).unwrap();
+        std::fs::create_dir_all(&tmp).unwrap();
+        std::fs::write(tmp.join("trainer.json"), "3").unwrap();
+        assert!(!recover_checkpoint(&out).unwrap());
+        assert!(tmp.exists() && !ckpt.exists());
+    }
 
     #[test]
     fn the_orf_fit_takes_at_most_its_cap_of_positions() {
