@@ -1358,6 +1358,29 @@ fn region_errors_say_what_and_how_to_fix() {
         yeast,
         &["starts after the end", "230,208 bp", "record chrI"],
     );
+    // An index whose sequences do not fit in the file (of another or an older file, or
+    // with an offset near 2^64 that wrapped around to other bytes) is refused when opened;
+    // a last line without its newline fits.
+    let dir = tempdir();
+    for (fai, fits) in [
+        ("a\t8\t3\t4\t5\n", true),
+        ("a\t9\t3\t4\t5\n", false),
+        ("a\t8\t18446744073709551615\t4\t5\n", false),
+        ("a\t4\t3\t4\t5\nb\t1\t100\t1\t2\n", false),
+    ] {
+        let fa = write_file(dir.path(), "short.fa", b">a\nACGT\nACGT");
+        std::fs::write(dir.path().join("short.fa.fai"), fai).unwrap();
+        let got = read(s(&fa), "a:1-2");
+        if fits {
+            assert_eq!(got.unwrap().tokens.len(), 2, "{fai}");
+        } else {
+            assert_input_error(
+                got,
+                s(&fa),
+                &["past the end of the file (12 bytes)", "samtools faidx"],
+            );
+        }
+    }
     // Start 0 and reversed ranges are caught when the region is parsed.
     for text in ["20:0-10", "20:20-10"] {
         let (err, msg) = expect_err(text.parse::<Region>());

@@ -509,6 +509,10 @@ impl IndexedFasta {
                 Error::input(&fai_path, format!("invalid FASTA index: {e}"), &reindex)
             }
         })?;
+        if layout == Layout::Plain {
+            let size = file.metadata().map_err(|e| Error::io(path, e))?.len();
+            check_index_fits(path, &index, size, &reindex)?;
+        }
         let inner: Box<dyn SeekBufRead> = match layout {
             Layout::Plain => Box::new(ReadOn::new(BufReader::new(file))),
             Layout::Bgzf => {
@@ -778,6 +782,35 @@ impl IndexedFasta {
     pub fn check_region(&self, region: &Region) -> Result<()> {
         self.check(region).map(drop)
     }
+}
+
+/// Refuses an index (`.fai`) whose sequences do not all lie within the `size` bytes of the
+/// plain file it indexes: an index of another or an older file, or a damaged one (offsets
+/// near 2^64 wrapped around in the reader's arithmetic and read other bytes).
+fn check_index_fits(path: &str, index: &fasta::fai::Index, size: u64, reindex: &str) -> Result<()> {
+    for r in index.as_ref() {
+        let (bases, width) = (r.line_base_count().get(), r.line_width().get());
+        // Byte just past the last base (a last line need not end in a newline).
+        let end = match r.length().checked_sub(1) {
+            None => Some(r.position()),
+            Some(last) => (last / bases)
+                .checked_mul(width)
+                .and_then(|b| b.checked_add(last % bases + 1))
+                .and_then(|b| b.checked_add(r.position())),
+        };
+        if end.is_none_or(|end| end > size) {
+            return Err(Error::input(
+                path,
+                format!(
+                    "its index {path}.fai places sequence {} past the end of the file ({} bytes): the index is out of date or damaged",
+                    String::from_utf8_lossy(r.name()),
+                    thousands(size)
+                ),
+                reindex,
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// 1-based position `p` (of `region`) as noodles takes it.
