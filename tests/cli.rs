@@ -2308,10 +2308,28 @@ fn outputs_that_are_not_numbers_are_refused_not_written() {
     let r = run(&["classify", "-m", s(&seq), f, "-o", "-"]);
     assert_bad(&r, "the model gives NaN");
     assert_eq!(r.stdout, "");
+    // Both strands' logits, each finite, can overflow when combined (or in the softmax):
+    // checked as written.
+    let both = init(
+        t.path(),
+        "both",
+        &["--head", "position", "--labels", "bg,f"],
+    );
+    set_tensor(&both, "head.weight", 3e38);
+    let cfg = both.join("config.json");
+    let mut v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&cfg).unwrap()).unwrap();
+    v["head"]["bidirectional"] = true.into();
+    std::fs::write(&cfg, v.to_string()).unwrap();
+    assert_bad(
+        &run(&["annotate", "-m", s(&both), f, "--bedgraph", o]),
+        "the model gives NaN for record s1 at s1:1",
+    );
+    assert!(!out.exists());
     // Per position, the position is named.
     assert_bad(
         &run(&["annotate", "-m", s(&pos), f, "--tsv", o]),
-        "for record s1 at position 1",
+        "for record s1 at s1:1",
     );
     // Half precision overflowing where f32 does not: the fix is the precision.
     let half = init(t.path(), "half", &["--head", "sequence", "--labels", "a,b"]);
@@ -2443,6 +2461,32 @@ fn outputs_named_gz_are_bgzip_compressed_and_tabix_indexes_them() {
         "--bedgraph",
         s(&bg_gz),
     ]);
+    // Compressed or not by the name given, not by where a link leads.
+    let (link, target) = (t.path().join("link.tsv.gz"), t.path().join("target.tsv"));
+    std::os::unix::fs::symlink(&target, &link).unwrap();
+    ok(&["classify", "-m", s(&seq), s(&input), "-o", s(&link)]);
+    assert_eq!(gunzip(&target), std::fs::read_to_string(&plain).unwrap());
+    // /dev/stdout is standard output, written in place: a file it was redirected to (here
+    // appended to) keeps what it held, and gets no compression from its own name.
+    let appended = t.path().join("appended.gz");
+    std::fs::write(&appended, "kept\n").unwrap();
+    let r: Out = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "{} classify -m {} {} -o /dev/stdout >> {}",
+            s(&assert_cmd::cargo::cargo_bin("genomamba")),
+            s(&seq),
+            s(&input),
+            s(&appended)
+        ))
+        .output()
+        .unwrap()
+        .into();
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(
+        std::fs::read_to_string(&appended).unwrap(),
+        format!("kept\n{}", std::fs::read_to_string(&plain).unwrap())
+    );
     for (plain, packed) in [(&bed, &bed_gz), (&bg, &bg_gz)] {
         let text = std::fs::read_to_string(plain).unwrap();
         assert_eq!(gunzip(packed), text);

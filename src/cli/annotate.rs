@@ -11,7 +11,7 @@ use genomamba::train::trainer::Strands;
 use genomamba::{Error, Result};
 
 use super::classify::argmax;
-use super::common::{InputArgs, RecordSink, check_finite, check_some_records, report_skipped};
+use super::common::{InputArgs, RecordSink, check_finite_at, check_some_records, report_skipped};
 
 /// The most decimals `--digits` gives (an f32 holds about 7 significant digits).
 const MAX_DIGITS: usize = 9;
@@ -331,6 +331,9 @@ impl AnnotateSink {
     /// Writes the prediction `p` of chromosome position `pos` to every output.
     fn emit(&mut self, meta: &RecordMeta, pos: u64, p: &[f32]) -> Result<()> {
         use std::fmt::Write;
+        // Checked as written: after both strands are combined, ORF features added and the
+        // softmax taken, any of which can overflow.
+        check_finite_at(p, meta, pos)?;
         if let Some((o, seg)) = &mut self.bed {
             seg.push(o, pos, p)?;
         }
@@ -385,7 +388,6 @@ impl RecordSink for AnnotateSink {
         let mut probs = std::mem::take(&mut self.probs);
         for (t, h) in rows.chunks_exact(d).enumerate() {
             self.head.values(h, &mut probs, self.logits);
-            check_finite(&probs, meta, start + t, probs.len())?;
             if self.rc || meta.minus_strand || !acc.direct {
                 acc.held.extend_from_slice(&probs);
                 // Held only to be written backwards: memory stays bounded.
@@ -404,7 +406,7 @@ impl RecordSink for AnnotateSink {
     fn rows_rc(
         &mut self,
         acc: &mut Record,
-        meta: &RecordMeta,
+        _: &RecordMeta,
         start: usize,
         rows: &[f32],
         d: usize,
@@ -417,9 +419,9 @@ impl RecordSink for AnnotateSink {
         for (t, h) in rows.chunks_exact(d).enumerate() {
             self.head.values(h, &mut probs, self.logits);
             let p = len - 1 - (start + t);
-            check_finite(&probs, meta, p, probs.len())?;
+            // Halves first: the sum of two large finite values could overflow.
             for (a, q) in acc[p * n..(p + 1) * n].iter_mut().zip(&probs) {
-                *a = 0.5 * (*a + q);
+                *a = 0.5 * *a + 0.5 * q;
             }
         }
         self.probs = probs;

@@ -695,16 +695,36 @@ pub fn check_finite(values: &[f32], meta: &RecordMeta, start: usize, width: usiz
     let Some(i) = values.iter().position(|v| !v.is_finite()) else {
         return Ok(());
     };
-    let fix = NON_FINITE_FIX
-        .get()
-        .map_or("use a model whose weights are in range", String::as_str);
     let what = format!("the model gives {} for record {}", values[i], meta.label());
     // 1-based, on the record (`meta.offset` places a region on its chromosome).
     let what = match i.checked_div(width) {
         None => what,
         Some(row) => format!("{what} at position {}", start + row + 1),
     };
-    Err(Error::usage(what, fix))
+    Err(Error::usage(what, non_finite_fix()))
+}
+
+/// [`check_finite`] for the values of one position given on its chromosome (`pos`,
+/// 0-based), as annotate writes them.
+pub fn check_finite_at(values: &[f32], meta: &RecordMeta, pos: u64) -> Result<()> {
+    match values.iter().find(|v| !v.is_finite()) {
+        None => Ok(()),
+        Some(v) => Err(Error::usage(
+            format!(
+                "the model gives {v} for record {} at {}:{}",
+                meta.label(),
+                meta.chrom,
+                pos + 1
+            ),
+            non_finite_fix(),
+        )),
+    }
+}
+
+fn non_finite_fix() -> &'static str {
+    NON_FINITE_FIX
+        .get()
+        .map_or("use a model whose weights are in range", String::as_str)
 }
 
 /// What a subcommand does with the hidden states of each record.

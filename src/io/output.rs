@@ -414,7 +414,9 @@ impl Output {
                 "give the file to write (or - for stdout)",
             ));
         }
-        if dest == "-" {
+        // Standard output by a name (which, followed, could lead to a file that stdout was
+        // redirected to: renaming over it would lose what the shell wrote there before).
+        if matches!(dest, "-" | "/dev/stdout" | "/dev/fd/1" | "/proc/self/fd/1") {
             return Ok(Self::stream("stdout", Box::new(std::io::stdout())));
         }
         if dest.ends_with('/') {
@@ -496,7 +498,8 @@ impl Output {
         }
         let (file, temp) = tmp.into_parts();
         // A compressed output has no bytes to rewrite in place.
-        let (sink, second): (Box<dyn Sink>, _) = if compressed_name(path) {
+        // By the name given (a link's target may be named otherwise).
+        let (sink, second): (Box<dyn Sink>, _) = if compressed_name(Path::new(dest)) {
             (Box::new(Bgzf::new(file)), None)
         } else {
             let second = file.try_clone().map_err(|e| Error::io(dest, e))?;
@@ -557,7 +560,7 @@ impl Output {
     /// finds none of them or all of them in place (an error renaming one leaves those before
     /// it in place).
     pub fn commit_all(outputs: Vec<Output>) -> Result<()> {
-        let mut renames = Vec::new();
+        let mut renames: Vec<(tempfile::TempPath, PathBuf, String)> = Vec::new();
         let mut pending = Vec::new();
         for mut o in outputs {
             o.inner.flush().map_err(|e| Error::io(&o.dest, e))?;
@@ -569,6 +572,14 @@ impl Output {
                 renames.push((temp, o.target.clone(), o.dest.clone()));
                 pending.push(listed);
             }
+        }
+        // What can be seen to fail a rename (a directory made at a destination during the
+        // run) is checked for all of them before the first: none is then published.
+        if let Some((_, _, dest)) = renames.iter().find(|(_, target, _)| target.is_dir()) {
+            return Err(Error::usage(
+                format!("cannot write {dest}: it has become a directory during the run"),
+                "remove or rename that directory, then run again",
+            ));
         }
         publish(pending, || {
             for (temp, target, dest) in renames {
@@ -865,6 +876,28 @@ mod tests {
         let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
         assert_eq!(names.len(), 2, "temporary files left behind");
         assert!(!ids.iter().any(listed), "unlisted once in place");
+    }
+
+    #[test]
+    fn a_destination_that_became_a_directory_stops_every_output_of_the_group() {
+        let dir = tempfile::tempdir().unwrap();
+        let dests: Vec<_> = ["a", "b", "c"].iter().map(|n| dir.path().join(n)).collect();
+        let mut outs = Vec::new();
+        for d in &dests {
+            let mut o = Output::create(d.to_str().unwrap()).unwrap();
+            o.write_all(b"row\n").unwrap();
+            outs.push(o);
+        }
+        // Made while the outputs were written: its rename would fail after the first.
+        std::fs::create_dir(&dests[1]).unwrap();
+        let err = Output::commit_all(outs).unwrap_err().to_string();
+        assert!(err.contains("has become a directory"), "{err}");
+        assert!(
+            !dests[0].exists() && !dests[2].exists(),
+            "published in part"
+        );
+        let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+        assert_eq!(names.len(), 1, "temporary files left behind");
     }
 
     #[test]
