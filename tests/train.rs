@@ -652,6 +652,13 @@ fn runs_that_cannot_give_a_usable_model_stop_with_one_line_and_save_nothing() {
         "before any training step: the starting model gives non-finite outputs",
     );
     assert!(!out.exists());
+    // A directory holding only what a run killed outright leaves (a temporary log) is not
+    // "already there": the next run goes ahead and removes it.
+    std::fs::create_dir(&out).unwrap();
+    std::fs::write(out.join(".metrics.jsonl.1.2.tmp"), "{").unwrap();
+    ok(&args(&base(&["--epochs", "1"])));
+    assert!(!out.join(".metrics.jsonl.1.2.tmp").exists());
+    std::fs::remove_dir_all(&out).unwrap();
     // A per-position split whose held-out stretch is all N would score nothing (a loss of 0
     // every epoch).
     let seq = format!("{}{}", "ACGT".repeat(675), "N".repeat(300));

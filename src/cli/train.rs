@@ -252,7 +252,9 @@ fn load(a: &TrainArgs) -> Result<Loaded> {
     }
 }
 
-fn check_output(a: &TrainArgs) -> Result<()> {
+/// Checks `--output` against `--resume`, `--force` and `--from`; `existed`: whether the
+/// directory was there before this run made it.
+fn check_output(a: &TrainArgs, existed: bool) -> Result<()> {
     let out = &a.output;
     // Writing the run's model over the model it starts from would lose it on a failure.
     if let Some(from) = &a.from
@@ -274,7 +276,7 @@ fn check_output(a: &TrainArgs) -> Result<()> {
             .is_file()
             && !genomamba::train::trainer::interrupted_swap(out)
         {
-            let fix = if out.is_dir() {
+            let fix = if existed {
                 "its run ended before its first epoch was saved: leave out --resume and pass --force to start it again"
             } else {
                 "resume into the output directory of an earlier run, or leave out --resume"
@@ -286,10 +288,15 @@ fn check_output(a: &TrainArgs) -> Result<()> {
         }
         return Ok(());
     }
+    // A run's own leftovers (the temporary files of one killed outright) do not count.
     let non_empty = out.is_dir()
-        && std::fs::read_dir(out)
-            .map(|mut d| d.next().is_some())
-            .unwrap_or(false);
+        && std::fs::read_dir(out).is_ok_and(|mut d| {
+            d.any(|e| {
+                e.is_ok_and(|e| {
+                    !genomamba::train::trainer::is_stale_temporary(&e.file_name().to_string_lossy())
+                })
+            })
+        });
     check_output_dir(out, "", "choose another --output")?;
     if non_empty && !a.force {
         let resumable = genomamba::train::trainer::checkpoint_dir(out)
@@ -335,13 +342,14 @@ pub fn run(a: TrainArgs) -> Result<()> {
         group_by_length: a.group_by_length,
     };
     opts.validate()?;
-    check_output(&a)?;
     // The output directory, made now (removed again if it is still empty after an error or
-    // an interruption) and locked for the whole run: a second run into it is refused
-    // instead of mixing its files into this one's.
+    // an interruption) and locked for the whole run, before it is looked into: a second run
+    // into it is refused instead of mixing its files into this one's.
+    check_output_dir(&a.output, "", "choose another --output")?;
     let made = PendingPath::make_dir(&a.output)
         .map_err(|e| Error::io(a.output.display().to_string(), e))?;
     let _lock = lock_run_dir(&a.output)?;
+    check_output(&a, made.is_empty())?;
     if a.resume && genomamba::train::trainer::recover_checkpoint(&a.output)? {
         eprintln!(
             "genomamba: note: recovered the checkpoint of {}, left under a temporary name by a crash",

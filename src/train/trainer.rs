@@ -265,8 +265,7 @@ impl TrainOptions {
             );
         }
         // The optimiser works in f32: a larger value would become infinite there.
-        let f32_max = f64::from(f32::MAX);
-        if !(self.lr > 0.0 && self.lr <= f32_max) {
+        if !(self.lr > 0.0 && (self.lr as f32).is_finite()) {
             return bad(
                 "--lr must be a positive number (within f32's range)",
                 "pass e.g. --lr 0.002",
@@ -277,11 +276,11 @@ impl TrainOptions {
         }
         if !(self.weight_decay >= 0.0 && self.clip_norm >= 0.0) {
             return bad(
-                "--weight-decay and --clip-norm must not be negative",
+                "--weight-decay and --clip-norm must be numbers, not negative",
                 "pass 0 to switch them off",
             );
         }
-        if self.weight_decay > f32_max {
+        if !(self.weight_decay as f32).is_finite() {
             return bad(
                 "--weight-decay must be within f32's range",
                 "pass e.g. --weight-decay 0.01, or 0 to switch it off",
@@ -2104,6 +2103,17 @@ pub fn interrupted_swap(out: &Path) -> bool {
     !checkpoint_dir(out).exists() && old.is_dir() && tmp.join("trainer.json").is_file()
 }
 
+/// Whether `name`, in a run's output directory, is a temporary file or directory that a
+/// save makes (a run killed outright leaves them).
+pub fn is_stale_temporary(name: &str) -> bool {
+    name == ".checkpoint.tmp"
+        || name == ".checkpoint.old"
+        || ([".config.json.", ".model.safetensors.", ".metrics.jsonl."]
+            .iter()
+            .any(|p| name.starts_with(p))
+            && name.ends_with(".tmp"))
+}
+
 /// Removes what a run killed outright (SIGKILL, a crash) leaves in its output directory
 /// `out`: the temporary files of its model, config and log, and a checkpoint being written
 /// or moved aside (once a checkpoint is in place, or none can be recovered). For a caller
@@ -2114,11 +2124,7 @@ pub fn remove_stale_temporaries(out: &Path) {
     };
     for entry in entries.flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
-        let ours = [".config.json.", ".model.safetensors.", ".metrics.jsonl."]
-            .iter()
-            .any(|p| name.starts_with(p))
-            && name.ends_with(".tmp");
-        if ours {
+        if is_stale_temporary(&name) && entry.path().is_file() {
             let _ = std::fs::remove_file(entry.path());
         }
     }
