@@ -7,6 +7,9 @@ use std::process::Command;
 
 use assert_cmd::cargo::CommandCargoExt;
 
+mod common;
+use common::set_tensor;
+
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
@@ -78,6 +81,15 @@ fn tsv_values(path: &Path) -> Vec<Vec<String>> {
 }
 
 /// Asserts a failed run: exit 2, one line on stderr mentioning `needle`.
+/// Runs `script` with bash.
+fn shell(script: &str) -> Out {
+    std::process::Command::new("bash")
+        .args(["-c", script])
+        .output()
+        .unwrap()
+        .into()
+}
+
 fn assert_bad(o: &Out, needle: &str) {
     assert_eq!(o.code, 2, "expected exit 2, got {}: {}", o.code, o.stderr);
     let lines: Vec<&str> = o.stderr.lines().collect();
@@ -2252,26 +2264,6 @@ fn an_interruption_removes_unfinished_outputs_and_keeps_finished_ones() {
     }
 }
 
-/// `m` with every value of tensor `name` replaced by `value`.
-fn set_tensor(m: &Path, name: &str, value: f32) {
-    let path = m.join("model.safetensors");
-    let bytes = std::fs::read(&path).unwrap();
-    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-    let w = st.tensor(name).unwrap();
-    let values: Vec<u8> = (0..w.data().len() / 4)
-        .flat_map(|_| value.to_le_bytes())
-        .collect();
-    let edited =
-        safetensors::tensor::TensorView::new(w.dtype(), w.shape().to_vec(), &values).unwrap();
-    let mut tensors: Vec<(String, safetensors::tensor::TensorView<'_>)> = st
-        .tensors()
-        .into_iter()
-        .filter(|(n, _)| n != name)
-        .collect();
-    tensors.push((name.into(), edited));
-    std::fs::write(&path, safetensors::serialize(tensors, None).unwrap()).unwrap();
-}
-
 #[test]
 fn outputs_that_are_not_numbers_are_refused_not_written() {
     // Finite weights far out of range make NaN at run time; every output format wrote it
@@ -2385,32 +2377,16 @@ fn inputs_of_only_empty_records_and_failing_outputs_are_errors() {
     ]);
     assert_eq!(r.code, 1, "{}", r.stderr);
     assert!(r.stderr.contains("/dev/full"), "{}", r.stderr);
-    let r: Out = std::process::Command::new("sh")
-        .arg("-c")
-        .arg(format!(
-            "{} annotate -m {} {} --tsv - > /dev/full",
-            s(&assert_cmd::cargo::cargo_bin("genomamba")),
-            s(&m),
-            s(&input)
-        ))
-        .output()
-        .unwrap()
-        .into();
+    let bin = assert_cmd::cargo::cargo_bin("genomamba");
+    let (g, m, input) = (s(&bin), s(&m), s(&input));
+    let r = shell(&format!("{g} annotate -m {m} {input} --tsv - > /dev/full"));
     assert_eq!(r.code, 1, "{}", r.stderr);
     assert!(r.stderr.contains("error: stdout: "), "{}", r.stderr);
     // A closed stdout (`| head`) does not hide another output's failure: the run goes on
     // for it and reports it.
-    let r: Out = std::process::Command::new("bash")
-        .arg("-c")
-        .arg(format!(
-            "set -o pipefail; {} annotate -m {} {} --bed /dev/full --tsv - | head -c 1 > /dev/null",
-            s(&assert_cmd::cargo::cargo_bin("genomamba")),
-            s(&m),
-            s(&input)
-        ))
-        .output()
-        .unwrap()
-        .into();
+    let r = shell(&format!(
+        "set -o pipefail; {g} annotate -m {m} {input} --bed /dev/full --tsv - | head -c 1 > /dev/null"
+    ));
     assert_eq!(r.code, 1, "{}", r.stderr);
     assert!(r.stderr.contains("/dev/full"), "{}", r.stderr);
 }
@@ -2470,18 +2446,13 @@ fn outputs_named_gz_are_bgzip_compressed_and_tabix_indexes_them() {
     // appended to) keeps what it held, and gets no compression from its own name.
     let appended = t.path().join("appended.gz");
     std::fs::write(&appended, "kept\n").unwrap();
-    let r: Out = std::process::Command::new("sh")
-        .arg("-c")
-        .arg(format!(
-            "{} classify -m {} {} -o /dev/stdout >> {}",
-            s(&assert_cmd::cargo::cargo_bin("genomamba")),
-            s(&seq),
-            s(&input),
-            s(&appended)
-        ))
-        .output()
-        .unwrap()
-        .into();
+    let r = shell(&format!(
+        "{} classify -m {} {} -o /dev/stdout >> {}",
+        s(&assert_cmd::cargo::cargo_bin("genomamba")),
+        s(&seq),
+        s(&input),
+        s(&appended)
+    ));
     assert_eq!(r.code, 0, "{}", r.stderr);
     assert_eq!(
         std::fs::read_to_string(&appended).unwrap(),

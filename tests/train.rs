@@ -11,6 +11,8 @@ use assert_cmd::cargo::CommandCargoExt;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
+mod common;
+
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
@@ -620,23 +622,7 @@ fn runs_that_cannot_give_a_usable_model_stop_with_one_line_and_save_nothing() {
     // A starting model whose outputs are already NaN: its fault, not the learning rate's.
     let m = dir.path().join("m");
     ok(&["init", "-o", s(&m), "--d-model", "16", "--n-layer", "1"]);
-    let path = m.join("model.safetensors");
-    let bytes = std::fs::read(&path).unwrap();
-    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-    let name = "layers.0.mixer.in_proj.weight";
-    let w = st.tensor(name).unwrap();
-    let huge: Vec<u8> = (0..w.data().len() / 4)
-        .flat_map(|_| 1e30f32.to_le_bytes())
-        .collect();
-    let edited =
-        safetensors::tensor::TensorView::new(w.dtype(), w.shape().to_vec(), &huge).unwrap();
-    let mut tensors: Vec<(String, safetensors::tensor::TensorView<'_>)> = st
-        .tensors()
-        .into_iter()
-        .filter(|(n, _)| n != name)
-        .collect();
-    tensors.push((name.into(), edited));
-    std::fs::write(&path, safetensors::serialize(tensors, None).unwrap()).unwrap();
+    common::set_tensor(&m, "layers.0.mixer.in_proj.weight", 1e30);
     bad(
         &[
             "train",
