@@ -11,7 +11,7 @@ use genomamba::train::trainer::Strands;
 use genomamba::{Error, Result};
 
 use super::classify::argmax;
-use super::common::{InputArgs, RecordSink, check_finite_at, check_some_records, report_skipped};
+use super::common::{InputArgs, RecordSink, check_finite, check_some_records, report_skipped};
 
 /// The most decimals `--digits` gives (an f32 holds about 7 significant digits).
 const MAX_DIGITS: usize = 9;
@@ -333,7 +333,7 @@ impl AnnotateSink {
         use std::fmt::Write;
         // Checked as written: after both strands are combined, ORF features added and the
         // softmax taken, any of which can overflow.
-        check_finite_at(p, meta, pos)?;
+        check_finite(p, meta, |_| Some(format!("{}:{}", meta.chrom, pos + 1)))?;
         if let Some((o, seg)) = &mut self.bed {
             seg.push(o, pos, p)?;
         }

@@ -88,7 +88,7 @@ impl RecordSink for ClassifySink {
                 *a = 0.5 * (*a + b);
             }
         }
-        check_finite(&p, meta, 0, 0)?;
+        check_finite(&p, meta, |_| None)?;
         let mut line = format!("{}\t{len}\t{}", meta.id, self.labels[argmax(&p)]);
         for v in &p {
             line.push_str(&format!("\t{v:.6}"));

@@ -687,44 +687,26 @@ pub fn check_outputs(inputs: &[String], outputs: &[(&str, &str)]) -> Result<()> 
 /// How to fix a model's non-finite outputs, set with the precision in [`InputArgs::setup`].
 static NON_FINITE_FIX: std::sync::OnceLock<String> = std::sync::OnceLock::new();
 
-/// Refuses `values` (outputs of record `meta` from its position `start` on, `width` per
-/// position; `width` 0 for one value of the whole record) if any is a NaN or an infinity:
-/// such a number would be written as an answer. The error names the record, the position
-/// and the fix for this run's precision.
-pub fn check_finite(values: &[f32], meta: &RecordMeta, start: usize, width: usize) -> Result<()> {
+/// Refuses `values` (outputs of record `meta`) if any is a NaN or an infinity: such a number
+/// would be written as an answer. The error names the record, the place that `place` gives
+/// for the index of the first bad value (`None` for a value of the whole record), and the
+/// fix for this run's precision.
+pub fn check_finite(
+    values: &[f32],
+    meta: &RecordMeta,
+    place: impl FnOnce(usize) -> Option<String>,
+) -> Result<()> {
     let Some(i) = values.iter().position(|v| !v.is_finite()) else {
         return Ok(());
     };
-    let what = format!("the model gives {} for record {}", values[i], meta.label());
-    // 1-based, on the record (`meta.offset` places a region on its chromosome).
-    let what = match i.checked_div(width) {
-        None => what,
-        Some(row) => format!("{what} at position {}", start + row + 1),
-    };
-    Err(Error::usage(what, non_finite_fix()))
-}
-
-/// [`check_finite`] for the values of one position given on its chromosome (`pos`,
-/// 0-based), as annotate writes them.
-pub fn check_finite_at(values: &[f32], meta: &RecordMeta, pos: u64) -> Result<()> {
-    match values.iter().find(|v| !v.is_finite()) {
-        None => Ok(()),
-        Some(v) => Err(Error::usage(
-            format!(
-                "the model gives {v} for record {} at {}:{}",
-                meta.label(),
-                meta.chrom,
-                pos + 1
-            ),
-            non_finite_fix(),
-        )),
+    let mut what = format!("the model gives {} for record {}", values[i], meta.label());
+    if let Some(place) = place(i) {
+        what = format!("{what} at {place}");
     }
-}
-
-fn non_finite_fix() -> &'static str {
-    NON_FINITE_FIX
+    let fix = NON_FINITE_FIX
         .get()
-        .map_or("use a model whose weights are in range", String::as_str)
+        .map_or("use a model whose weights are in range", String::as_str);
+    Err(Error::usage(what, fix))
 }
 
 /// What a subcommand does with the hidden states of each record.

@@ -72,7 +72,7 @@ impl RecordSink for PooledSink {
     fn end(&mut self, mut acc: Pooler, meta: &RecordMeta, len: usize) -> Result<()> {
         let mut line = format!("{}\t{len}", meta.id);
         if let Some(v) = acc.finish() {
-            check_finite(&v, meta, 0, 0)?;
+            check_finite(&v, meta, |_| None)?;
             for x in v {
                 line.push('\t');
                 fmt_f32(x, &mut line);
@@ -142,7 +142,10 @@ impl RecordSink for NpySink {
         rows: &[f32],
         d: usize,
     ) -> Result<()> {
-        check_finite(rows, meta, start, d)?;
+        // 1-based, on the record.
+        check_finite(rows, meta, |i| {
+            Some(format!("position {}", start + i / d + 1))
+        })?;
         let bytes: Vec<u8> = rows.iter().flat_map(|x| x.to_le_bytes()).collect();
         out.write_all(&bytes)
     }

@@ -275,6 +275,18 @@ pub fn resolve_links(path: &Path) -> PathBuf {
     path
 }
 
+/// Writes `bytes` to a temporary file next to `path` and renames it over `path`: readers see
+/// the old file or the new one whole, and an interruption leaves no temporary file.
+pub fn write_replacing(path: &Path, bytes: &[u8]) -> Result<()> {
+    let tmp = PendingPath::new(temp_path(path));
+    std::fs::write(tmp.path(), bytes)
+        .map_err(|e| Error::io(tmp.path().display().to_string(), e))?;
+    let from = tmp.path().to_path_buf();
+    publish(vec![tmp], || {
+        std::fs::rename(&from, path).map_err(|e| Error::io(path.display().to_string(), e))
+    })
+}
+
 /// A unique temporary path next to `dest` (same directory, so the rename is atomic).
 pub fn temp_path(dest: &Path) -> PathBuf {
     let name = dest
@@ -298,45 +310,23 @@ trait Sink: Write + Send {
 
 impl Sink for std::fs::File {}
 impl Sink for Stream {}
+/// What an [`Output`] holds once dropped.
+impl Sink for std::io::Sink {}
 
-/// BGZF compression (bgzip's format) over a file, on `rayon`'s number of threads.
-struct Bgzf(Option<noodles::bgzf::io::MultithreadedWriter<std::fs::File>>);
-
-impl Bgzf {
-    fn new(file: std::fs::File) -> Self {
-        let workers = std::num::NonZeroUsize::new(rayon::current_num_threads().clamp(1, 16))
-            .unwrap_or(std::num::NonZeroUsize::MIN);
-        Bgzf(Some(
-            noodles::bgzf::io::MultithreadedWriter::with_worker_count(workers, file),
-        ))
-    }
-
-    fn writer(
-        &mut self,
-    ) -> std::io::Result<&mut noodles::bgzf::io::MultithreadedWriter<std::fs::File>> {
-        self.0
-            .as_mut()
-            .ok_or_else(|| std::io::Error::other("write after the end of a compressed output"))
-    }
-}
-
-impl Write for Bgzf {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.writer()?.write(buf)
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        self.writer()?.flush()
-    }
-}
+/// BGZF compression (bgzip's format) over a file.
+type Bgzf = noodles::bgzf::io::MultithreadedWriter<std::fs::File>;
 
 impl Sink for Bgzf {
     fn finish(&mut self) -> std::io::Result<()> {
-        match self.0.take() {
-            Some(mut w) => w.finish().map(drop),
-            None => Ok(()),
-        }
+        Bgzf::finish(self).map(drop)
     }
+}
+
+/// A BGZF compressor over `file` on `rayon`'s number of threads.
+fn bgzf(file: std::fs::File) -> Bgzf {
+    let workers = std::num::NonZeroUsize::new(rayon::current_num_threads().clamp(1, 16))
+        .unwrap_or(std::num::NonZeroUsize::MIN);
+    Bgzf::with_worker_count(workers, file)
 }
 
 /// Whether output `dest` is written compressed (BGZF): its name ends in `.gz` or `.bgz`.
@@ -497,10 +487,10 @@ impl Output {
                 .map_err(|e| Error::io(dest, e))?;
         }
         let (file, temp) = tmp.into_parts();
-        // A compressed output has no bytes to rewrite in place.
-        // By the name given (a link's target may be named otherwise).
+        // Compressed by the name given (a link's target may be named otherwise), with no
+        // bytes to rewrite in place.
         let (sink, second): (Box<dyn Sink>, _) = if compressed_name(Path::new(dest)) {
-            (Box::new(Bgzf::new(file)), None)
+            (Box::new(bgzf(file)), None)
         } else {
             let second = file.try_clone().map_err(|e| Error::io(dest, e))?;
             (Box::new(file), Some(second))
@@ -617,20 +607,6 @@ impl Output {
     }
 }
 
-/// What an [`Output`] holds once dropped.
-struct Discard;
-
-impl Write for Discard {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl Sink for Discard {}
-
 impl Drop for Output {
     /// Reached without [`Output::commit`] only on an error: what is still buffered is not
     /// written (stdout would otherwise get a table's header, or its first rows, before the
@@ -638,7 +614,7 @@ impl Drop for Output {
     fn drop(&mut self) {
         let unwritten = std::mem::replace(
             &mut self.inner,
-            BufWriter::with_capacity(0, Box::new(Discard)),
+            BufWriter::with_capacity(0, Box::new(std::io::sink())),
         );
         drop(unwritten.into_parts());
     }

@@ -22,7 +22,7 @@ pub use mamba::{Mamba, MambaBlock, Precision, Residual, reverse_start_phase};
 pub use state::{LayerState, MambaState};
 use weights::TensorMap;
 
-use crate::io::output::{PendingPath, publish, temp_path};
+use crate::io::output::{PendingPath, publish, temp_path, write_replacing};
 
 use crate::{Error, Result};
 
@@ -345,14 +345,7 @@ impl GenoModel {
     pub fn save_config(config: &ModelConfig, dir: &Path) -> Result<()> {
         let json = serde_json::to_string_pretty(config)
             .map_err(|e| Error::Runtime(format!("cannot serialise config: {e}")))?;
-        let dest = dir.join("config.json");
-        let tmp = PendingPath::new(temp_path(&dest));
-        std::fs::write(tmp.path(), json + "\n")
-            .map_err(|e| Error::io(tmp.path().display().to_string(), e))?;
-        let from = tmp.path().to_path_buf();
-        publish(vec![tmp], || {
-            std::fs::rename(&from, &dest).map_err(|e| Error::io(dest.display().to_string(), e))
-        })
+        write_replacing(&dir.join("config.json"), (json + "\n").as_bytes())
     }
 
     /// Class probabilities from final hidden states.

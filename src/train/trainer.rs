@@ -523,6 +523,11 @@ pub fn check_gpu_training(
     ))
 }
 
+/// Where a checkpoint is written before it is swapped in, in the run directory.
+const CHECKPOINT_TMP: &str = ".checkpoint.tmp";
+/// Where the previous checkpoint is moved aside when the swap takes two renames.
+const CHECKPOINT_OLD: &str = ".checkpoint.old";
+
 /// Directory of the resumable checkpoint inside the output directory.
 pub fn checkpoint_dir(out: &Path) -> PathBuf {
     out.join("checkpoint")
@@ -1976,12 +1981,7 @@ fn write_log(path: &Path, history: &[EpochLog]) -> Result<()> {
         text.push_str(&line);
         text.push('\n');
     }
-    let tmp = PendingPath::new(crate::io::output::temp_path(path));
-    std::fs::write(tmp.path(), text).map_err(|e| Error::io(tmp.path().display().to_string(), e))?;
-    let from = tmp.path().to_path_buf();
-    publish(vec![tmp], || {
-        std::fs::rename(&from, path).map_err(|e| Error::io(path.display().to_string(), e))
-    })
+    crate::io::output::write_replacing(path, text.as_bytes())
 }
 
 /// The error for a run whose loss or weights stopped being finite: what to change, and
@@ -2014,10 +2014,10 @@ fn save_checkpoint(
     let parent = dir.parent().unwrap_or(Path::new("."));
     // The checkpoint moved aside by the swap below; removed when this is dropped, or by an
     // interruption after the swap.
-    let aside = PendingPath::new(parent.join(".checkpoint.old"));
+    let aside = PendingPath::new(parent.join(CHECKPOINT_OLD));
     let old = aside.path();
     // Removed on an error or an interruption before the swap below.
-    let pending = PendingPath::new(parent.join(".checkpoint.tmp"));
+    let pending = PendingPath::new(parent.join(CHECKPOINT_TMP));
     let tmp = pending.path().to_path_buf();
     let _ = std::fs::remove_dir_all(&tmp);
     std::fs::create_dir_all(&tmp).map_err(|e| Error::io(tmp.display().to_string(), e))?;
@@ -2098,7 +2098,7 @@ fn exchange_unsupported(e: &std::io::Error) -> bool {
 /// Whether `out` holds a checkpoint swap that a crash cut short (see
 /// [`recover_checkpoint`]).
 pub fn interrupted_swap(out: &Path) -> bool {
-    let (tmp, old) = (out.join(".checkpoint.tmp"), out.join(".checkpoint.old"));
+    let (tmp, old) = (out.join(CHECKPOINT_TMP), out.join(CHECKPOINT_OLD));
     // The old one is moved aside only once the new one is complete.
     !checkpoint_dir(out).exists() && old.is_dir() && tmp.join("trainer.json").is_file()
 }
@@ -2106,8 +2106,8 @@ pub fn interrupted_swap(out: &Path) -> bool {
 /// Whether `name`, in a run's output directory, is a temporary file or directory that a
 /// save makes (a run killed outright leaves them).
 pub fn is_stale_temporary(name: &str) -> bool {
-    name == ".checkpoint.tmp"
-        || name == ".checkpoint.old"
+    name == CHECKPOINT_TMP
+        || name == CHECKPOINT_OLD
         || ([".config.json.", ".model.safetensors.", ".metrics.jsonl."]
             .iter()
             .any(|p| name.starts_with(p))
@@ -2129,7 +2129,7 @@ pub fn remove_stale_temporaries(out: &Path) {
         }
     }
     if !interrupted_swap(out) {
-        for name in [".checkpoint.tmp", ".checkpoint.old"] {
+        for name in [CHECKPOINT_TMP, CHECKPOINT_OLD] {
             let _ = std::fs::remove_dir_all(out.join(name));
         }
     }
@@ -2144,7 +2144,7 @@ pub fn recover_checkpoint(out: &Path) -> Result<bool> {
         return Ok(false);
     }
     let dir = checkpoint_dir(out);
-    let (tmp, old) = (out.join(".checkpoint.tmp"), out.join(".checkpoint.old"));
+    let (tmp, old) = (out.join(CHECKPOINT_TMP), out.join(CHECKPOINT_OLD));
     std::fs::rename(&tmp, &dir).map_err(|e| Error::io(dir.display().to_string(), e))?;
     let _ = std::fs::remove_dir_all(&old);
     Ok(true)
@@ -2169,7 +2169,7 @@ mod tests {
         // A crash between the fallback's two renames: no checkpoint/, the complete new one
         // under its temporary name, the old one aside.
         let out = t.path().join("run");
-        let (tmp, old) = (out.join(".checkpoint.tmp"), out.join(".checkpoint.old"));
+        let (tmp, old) = (out.join(CHECKPOINT_TMP), out.join(CHECKPOINT_OLD));
         std::fs::create_dir_all(&tmp).unwrap();
         std::fs::create_dir_all(&old).unwrap();
         std::fs::write(tmp.join("trainer.json"), "2").unwrap();
