@@ -1052,6 +1052,93 @@ fn regions_on_plain_yeast_and_other_genomes_match_samtools() {
     check_region(s(&dm3), "chr2R:21,146,650");
 }
 
+/// A file edited after `samtools faidx` indexed it, read through the old index: every edit
+/// that moves bases is refused as an out-of-date index (samtools would read the wrong bases);
+/// a same-length substitution, which leaves the index right, reads the new bases, as samtools
+/// does; and sequences appended after the indexed ones leave it right too.
+#[test]
+fn a_file_edited_after_indexing_is_refused_where_its_bases_moved() {
+    require_samtools();
+    let dir = tempdir();
+    let path = dir.path().join("edited.fa");
+    let p = s(&path);
+    // a: 35 bases (lines of 10), b: 25 bases, c: 12 bases.
+    let original = ">a first\nACGTACGTAC\nGGGGGCCCCC\nTTTTTAAAAA\nACGTA\n>b\nCCCCCGGGGG\nAAAAATTTTT\nACGTA\n>c desc\nGATTACAGATTA\n";
+    fs::write(&path, original).unwrap();
+    let status = Command::new("samtools")
+        .args(["faidx", p])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let index = fs::read(format!("{p}.fai")).unwrap();
+    let read = |text: &str| region::read_region(p, &text.parse::<Region>().unwrap());
+    // The untouched file reads as samtools reads it, every sequence and a middle part.
+    for text in ["a", "b", "c", "a:8-23", "b:10-11", "c:12"] {
+        check_region(p, text);
+    }
+
+    let edit = |from: &str, to: &str| {
+        assert!(original.contains(from));
+        fs::write(&path, original.replacen(from, to, 1)).unwrap();
+        // The index stays the original file's.
+        fs::write(format!("{p}.fai"), &index).unwrap();
+    };
+    let refused = |result: Result<Record, Error>, parts: &[&str]| {
+        let mut all = vec![
+            "does not match the file",
+            "changed after it was indexed",
+            "samtools faidx",
+        ];
+        all.extend_from_slice(parts);
+        assert_input_error(result, p, &all);
+    };
+    // A whole line added to a: its end moves, and b's and c's starts. A part in the middle
+    // of a, whose own lines still break where the index says, is refused too.
+    edit("GGGGGCCCCC\n", "GGGGGCCCCC\nAAAAAAAAAA\n");
+    refused(read("a:11-20"), &["sequence a does not end"]);
+    refused(read("c:1-5"), &["c does not start where the index says"]);
+    // A line of b removed: b ends early (a sequence appended, so that the file does not
+    // shrink below the index's end, which is refused before any reading).
+    edit("AAAAATTTTT\n", "");
+    assert_input_error(
+        read("c:1-3"),
+        p,
+        &["places sequence c past the end", "out of date"],
+    );
+    let shorter = original.replacen("AAAAATTTTT\n", "", 1);
+    fs::write(&path, format!("{shorter}>pad\nACGTACGTACGTACGT\n")).unwrap();
+    refused(read("b:1-3"), &["sequence b does not end"]);
+    // One base added inside a line of b: b's end and c's start move.
+    edit("AAAAATTTTT\n", "AAAAATTTTTT\n");
+    refused(read("c"), &["b does not end or c does not start"]);
+    // A base moved from b's second line to its first: the gaps stay, the lines break
+    // elsewhere. A read across the break is refused; one before it reads what is there.
+    edit("CCCCCGGGGG\nAAAAATTTTT\n", "CCCCCGGGGGA\nAAAATTTTT\n");
+    refused(
+        read("b:5-25"),
+        &["the lines of sequence b do not break where the index says"],
+    );
+    check_region(p, "b:1-10");
+    // A longer header: c's bases start later.
+    edit(">c desc", ">c a longer description");
+    refused(read("c:2-3"), &["c does not start"]);
+    // b renamed: its header no longer names it.
+    edit(">b\n", ">x\n");
+    refused(read("b:1-2"), &["b does not start"]);
+    // The same length, other bases: the index is still right; the new bases are read.
+    edit("GATTACAGATTA", "GATTACCGATTA");
+    let record = check_region(p, "c");
+    assert_eq!(record.tokens[6], C);
+    // Sequences appended after the indexed ones leave the index right for those.
+    fs::write(&path, format!("{original}>d\nACGT\n")).unwrap();
+    fs::write(format!("{p}.fai"), &index).unwrap();
+    check_region(p, "c:3-12");
+    // Anything else after the last indexed sequence means it grew or the file changed.
+    fs::write(&path, format!("{original}ACGT\n")).unwrap();
+    fs::write(format!("{p}.fai"), &index).unwrap();
+    refused(read("c"), &["sequence c does not end where the index says"]);
+}
+
 #[test]
 fn regions_on_a_crlf_fasta_match_samtools() {
     require_samtools();
@@ -1455,8 +1542,8 @@ fn region_errors_say_what_and_how_to_fix() {
         read(s(&stale), "chrI:1-10"),
         s(&stale),
         &[
-            "read 0 bases, expected 10",
             "does not match the file",
+            "sequence chrI does not start where the index says",
             "samtools faidx",
         ],
     );

@@ -5,11 +5,15 @@
 //! take them: 1-based, both ends inclusive (`20:1-10` is the first ten bases of `20`).
 //! [`Region`] stores them 0-based and half-open, like BED (`start = 0`, `end = Some(10)`). The
 //! conversion in both directions happens in this module only: in [`Region::from_str`] and in
-//! [`Region::display_1based`], plus the `noodles_core::Position` (1-based) built for the query.
+//! [`Region::display_1based`].
 //!
-//! Regions are read through the `.fai` index (and the `.gzi` index for bgzip files) with
-//! noodles' indexed reader, which seeks to the region: the rest of the file is never read,
-//! and a long region is read a window at a time ([`for_each_region_piece`]).
+//! Regions are read through the `.fai` index (noodles reads it) by seeking to the region's
+//! bytes (through noodles' indexed bgzip reader and the `.gzi` index for bgzip files): the
+//! rest of the file is never read, and a long region is read a window at a time
+//! ([`for_each_region_piece`]). The index is checked against the file where it is used: each
+//! window's line ends, and the gaps around each sequence read (its header line before it, a
+//! line end or the next header after it), so a file edited after it was indexed is refused
+//! instead of read at the wrong place.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -20,7 +24,6 @@ use std::str::FromStr;
 use std::sync::Arc;
 
 use noodles::bgzf;
-use noodles::core::Position;
 use noodles::fasta;
 
 use super::fastx::{BAD_BASE_FIX, Piece, Record, RecordMeta, open_file};
@@ -307,7 +310,7 @@ pub fn indexed_lengths(path: &str) -> Option<Vec<(String, u64)>> {
 const READ_WINDOW: usize = 1 << 20;
 
 /// Reads one region of an indexed FASTA (plain with `.fai`, or bgzip with `.fai` + `.gzi`)
-/// whole, using noodles' indexed reading; only the bytes of the region are read. For long
+/// whole, reading through the index only the bytes of the region. For long
 /// regions prefer [`for_each_region_piece`], which holds a bounded part at a time.
 ///
 /// The record's `id` is [`Region::display_1based`], `chrom` the sequence name, `offset` the
@@ -445,7 +448,20 @@ pub struct IndexedFasta {
     /// Sequences whose whole name reads as a region of another name (`20:1-10`, as
     /// `samtools faidx` names what it writes), by that region.
     region_like: HashMap<Region, String>,
-    reader: fasta::io::Reader<Box<dyn SeekBufRead>>,
+    /// Byte just past each sequence's last base (its bases' start for an empty one).
+    ends: Vec<u64>,
+    /// The index's sequences in the order they lie in the file.
+    order: Vec<usize>,
+    /// Each sequence's place in `order`.
+    rank: Vec<usize>,
+    /// The gaps between sequences (numbered by the `order` rank of the sequence after them;
+    /// `order.len()` for the file's tail) checked against the index so far.
+    gaps_checked: std::collections::HashSet<usize>,
+    reader: Box<dyn SeekBufRead>,
+    /// The bytes of the last window read, line ends included.
+    raw: Vec<u8>,
+    /// Its bases.
+    bases: Vec<u8>,
 }
 
 /// A region checked against the index.
@@ -454,8 +470,8 @@ struct Checked {
     number: usize,
     /// 0-based, exclusive end.
     end: u64,
-    /// The sequence's index entry alone, so that each query finds it at once.
-    entry: fasta::fai::Index,
+    /// Its entry's position in the index.
+    entry: usize,
 }
 
 impl IndexedFasta {
@@ -509,10 +525,11 @@ impl IndexedFasta {
                 Error::input(&fai_path, format!("invalid FASTA index: {e}"), &reindex)
             }
         })?;
-        if layout == Layout::Plain {
-            let size = file.metadata().map_err(|e| Error::io(path, e))?.len();
-            check_index_fits(path, &index, size, &reindex)?;
-        }
+        let size = match layout {
+            Layout::Plain => Some(file.metadata().map_err(|e| Error::io(path, e))?.len()),
+            Layout::Bgzf => None,
+        };
+        let ends = bases_ends(path, &index, size, &reindex)?;
         let inner: Box<dyn SeekBufRead> = match layout {
             Layout::Plain => Box::new(ReadOn::new(BufReader::new(file))),
             Layout::Bgzf => {
@@ -548,13 +565,25 @@ impl IndexedFasta {
                 }
             }
         }
+        let mut order: Vec<usize> = (0..index.as_ref().len()).collect();
+        order.sort_by_key(|&i| index.as_ref()[i].position());
+        let mut rank = vec![0; order.len()];
+        for (k, &i) in order.iter().enumerate() {
+            rank[i] = k;
+        }
         Ok(IndexedFasta {
             path: path.to_string(),
             reindex,
             index,
             by_name,
             region_like,
-            reader: fasta::io::Reader::new(inner),
+            ends,
+            order,
+            rank,
+            gaps_checked: std::collections::HashSet::new(),
+            reader: inner,
+            raw: Vec::new(),
+            bases: Vec::new(),
         })
     }
 
@@ -637,12 +666,10 @@ impl IndexedFasta {
                 "region {region} is empty (its end is not after its start)"
             )));
         }
-        // Every position of the region must be a `usize` and a noodles `Position`.
-        to_position(region, end)?;
         Ok(Checked {
             number: i + 1,
             end,
-            entry: fasta::fai::Index::from(vec![entry.clone()]),
+            entry: i,
         })
     }
 
@@ -685,12 +712,10 @@ impl IndexedFasta {
             number,
             minus_strand: reverse,
         });
-        let IndexedFasta {
-            ref path,
-            ref reindex,
-            ref mut reader,
-            ..
-        } = *self;
+        // The index must still describe the file where this sequence starts and ends.
+        let rank = self.rank[entry];
+        self.check_gap(rank)?;
+        self.check_gap(rank + 1)?;
         let piece_len = piece_len.max(1);
         let window = if piece_len >= READ_WINDOW {
             piece_len
@@ -702,27 +727,19 @@ impl IndexedFasta {
         let mut tokens = Vec::new();
         while done < total {
             let want = (total - done).min(window as u64);
-            // 0-based half-open [from, from + want) -> 1-based inclusive for noodles. The minus
+            // 0-based half-open [from, from + want). The minus
             // strand takes the windows from the region's end.
             let from = if reverse {
                 end - done - want
             } else {
                 region.start + done
             };
-            let query = noodles::core::Region::new(
-                region.name.as_str(),
-                to_position(region, from + 1)?..=to_position(region, from + want)?,
-            );
-            let fetched = reader.query(&entry, &query).map_err(|e| {
-                Error::input(
-                    path,
-                    format!("cannot read region {region}: {e}"),
-                    format!("the file may be damaged or its index out of date; {reindex}"),
-                )
-            })?;
-            let sequence: &[u8] = fetched.sequence().as_ref();
+            self.read_bases(entry, from, want)
+                .map_err(|e| e.in_record(&region.name))?;
+            let path = self.path.as_str();
+            let reindex = self.reindex.as_str();
             tokens.clear();
-            if let Err(bad) = alphabet::tokenize_into(sequence, &mut tokens) {
+            if let Err(bad) = alphabet::tokenize_into(&self.bases, &mut tokens) {
                 // 1-based position in the sequence, as samtools would print it.
                 let position = from + bad.offset as u64 + 1;
                 return Err(Error::input(
@@ -784,46 +801,230 @@ impl IndexedFasta {
     }
 }
 
-/// Refuses an index (`.fai`) whose sequences do not all lie within the `size` bytes of the
-/// plain file it indexes: an index of another or an older file, or a damaged one (offsets
-/// near 2^64 wrapped around in the reader's arithmetic and read other bytes).
-fn check_index_fits(path: &str, index: &fasta::fai::Index, size: u64, reindex: &str) -> Result<()> {
-    for r in index.as_ref() {
-        let (bases, width) = (r.line_base_count().get(), r.line_width().get());
-        // Byte just past the last base (a last line need not end in a newline).
-        let end = match r.length().checked_sub(1) {
-            None => Some(r.position()),
-            Some(last) => (last / bases)
-                .checked_mul(width)
-                .and_then(|b| b.checked_add(last % bases + 1))
-                .and_then(|b| b.checked_add(r.position())),
-        };
-        if end.is_none_or(|end| end > size) {
-            return Err(Error::input(
-                path,
-                format!(
-                    "its index {path}.fai places sequence {} past the end of the file ({} bytes): the index is out of date or damaged",
-                    String::from_utf8_lossy(r.name()),
-                    thousands(size)
-                ),
-                reindex,
-            ));
-        }
-    }
-    Ok(())
+/// Byte just past the last base of each sequence of `index` (where its bases start, for an
+/// empty one). Refuses an index whose arithmetic overflows, or, given the plain file's `size`,
+/// one that places a sequence past the file's end: an index of another or an older file, or
+/// a damaged one (offsets near 2^64 wrapped around and read other bytes).
+fn bases_ends(
+    path: &str,
+    index: &fasta::fai::Index,
+    size: Option<u64>,
+    reindex: &str,
+) -> Result<Vec<u64>> {
+    index
+        .as_ref()
+        .iter()
+        .map(|r| {
+            let end = match r.length().checked_sub(1) {
+                None => Some(r.position()),
+                Some(last) => byte_offset(r, last).and_then(|b| b.checked_add(1)),
+            };
+            match end {
+                Some(end) if size.is_none_or(|size| end <= size) => Ok(end),
+                _ => Err(Error::input(
+                    path,
+                    format!(
+                        "its index {path}.fai places sequence {} past the end of the file{}: the index is out of date or damaged",
+                        String::from_utf8_lossy(r.name()),
+                        size.map(|s| format!(" ({} bytes)", thousands(s)))
+                            .unwrap_or_default()
+                    ),
+                    reindex,
+                )),
+            }
+        })
+        .collect()
 }
 
-/// 1-based position `p` (of `region`) as noodles takes it.
-fn to_position(region: &Region, p: u64) -> Result<Position> {
-    usize::try_from(p)
-        .ok()
-        .and_then(|p| Position::try_from(p).ok())
-        .ok_or_else(|| {
-            Error::usage(
-                format!("region {region}: position {p} is out of range"),
-                REGION_FORM,
+/// Where 0-based base `p` of sequence `r` lies in the (uncompressed) file, as the index says.
+fn byte_offset(r: &fasta::fai::Record, p: u64) -> Option<u64> {
+    let (bases, width) = (r.line_base_count().get(), r.line_width().get());
+    (p / bases)
+        .checked_mul(width)?
+        .checked_add(p % bases)?
+        .checked_add(r.position())
+}
+
+/// Most bytes of a gap between sequences (the line end, blank lines and the next header
+/// line) read to check it.
+const GAP_READ: u64 = 1 << 16;
+
+/// Bytes that may stand between a sequence's last base and the next header.
+fn is_gap_space(b: u8) -> bool {
+    matches!(b, b'\n' | b'\r' | b' ' | b'\t')
+}
+
+impl IndexedFasta {
+    /// The error for a file that no longer matches its index.
+    fn out_of_date(&self, what: String) -> Error {
+        Error::input(
+            &self.path,
+            format!(
+                "its index {}.fai does not match the file: {what}; the file changed after it was indexed",
+                self.path
+            ),
+            &self.reindex,
+        )
+    }
+
+    /// Reads `len` bytes (fewer at the end of the file) from `offset` into `self.raw`.
+    fn read_raw(&mut self, offset: u64, len: u64) -> Result<()> {
+        self.raw.clear();
+        let read = self
+            .reader
+            .seek(io::SeekFrom::Start(offset))
+            .and_then(|_| (&mut self.reader).take(len).read_to_end(&mut self.raw));
+        read.map(drop).map_err(|e| {
+            Error::input(
+                &self.path,
+                format!("cannot read at byte {offset}: {e}"),
+                format!(
+                    "the file may be damaged or its index out of date; {}",
+                    self.reindex
+                ),
             )
         })
+    }
+
+    /// Checks, once per file, the gap before the sequence of `order` rank `rank` (or the tail
+    /// after the last one, `rank == order.len()`): from the previous sequence's last base,
+    /// only line ends and blank lines, then the sequence's header line `>NAME...`, ending
+    /// exactly where the index says its bases start (the tail: nothing but blank lines, or
+    /// another header). With every read window's line ends checked too
+    /// ([`Self::read_bases`]), bases are never taken from a place an out-of-date index points
+    /// to: an edit that moves a sequence's start or end shows in these gaps.
+    fn check_gap(&mut self, rank: usize) -> Result<()> {
+        if self.gaps_checked.contains(&rank) {
+            return Ok(());
+        }
+        let from = match rank.checked_sub(1) {
+            None => 0,
+            Some(prev) => self.ends[self.order[prev]],
+        };
+        let next = self.order.get(rank).copied();
+        let to = next.map(|i| self.index.as_ref()[i].position());
+        let gap = match to {
+            Some(to) if to < from => {
+                let name =
+                    String::from_utf8_lossy(self.index.as_ref()[self.order[rank - 1]].name())
+                        .into_owned();
+                return Err(self.out_of_date(format!("sequence {name} runs into the next one")));
+            }
+            Some(to) => to - from,
+            None => GAP_READ,
+        };
+        self.read_raw(from, gap.min(GAP_READ))?;
+        let spaces = self
+            .raw
+            .iter()
+            .position(|&b| !is_gap_space(b))
+            .unwrap_or(self.raw.len());
+        let rest = &self.raw[spaces..];
+        // After a sequence's last base, its line must end.
+        let line_ended = rank == 0 || self.raw[..spaces].contains(&b'\n') || rest.is_empty();
+        let fine = match next {
+            // Sequences after the indexed ones keep the index right for these.
+            None => line_ended && (rest.is_empty() || rest[0] == b'>'),
+            Some(i) => {
+                let name: &[u8] = self.index.as_ref()[i].name().as_ref();
+                let header = rest.strip_prefix(b">").and_then(|r| r.strip_prefix(name));
+                match header {
+                    None => false,
+                    // The rest of the header line: nothing, or a description after
+                    // whitespace; one line end, the gap's last byte.
+                    Some(tail) if gap <= GAP_READ => {
+                        line_ended
+                            && tail.first().is_some_and(|&b| is_gap_space(b))
+                            && memchr::memchr(b'\n', tail) == Some(tail.len() - 1)
+                    }
+                    Some(tail) => line_ended && tail.first().is_none_or(|&b| is_gap_space(b)),
+                }
+            }
+        };
+        if !fine {
+            let name = |i: usize| String::from_utf8_lossy(self.index.as_ref()[i].name());
+            let prev = rank.checked_sub(1).map(|r| self.order[r]);
+            let what = match (prev, next) {
+                (None, Some(i)) => format!(
+                    "sequence {} does not start where the index says (byte {})",
+                    name(i),
+                    thousands(self.index.as_ref()[i].position())
+                ),
+                (Some(p), Some(i)) => format!(
+                    "sequence {} does not end or {} does not start where the index says (bytes {}-{})",
+                    name(p),
+                    name(i),
+                    thousands(from),
+                    thousands(self.index.as_ref()[i].position())
+                ),
+                (Some(p), None) => format!(
+                    "sequence {} does not end where the index says (byte {})",
+                    name(p),
+                    thousands(from)
+                ),
+                (None, None) => "the index lists no sequences".to_string(),
+            };
+            return Err(self.out_of_date(what));
+        }
+        self.gaps_checked.insert(rank);
+        Ok(())
+    }
+
+    /// Reads bases `from .. from + want` (0-based) of index entry `entry` into `self.bases`,
+    /// checking that the file's line ends lie where the index places them.
+    fn read_bases(&mut self, entry: usize, from: u64, want: u64) -> Result<()> {
+        let record = &self.index.as_ref()[entry];
+        let (bases, width) = (record.line_base_count().get(), record.line_width().get());
+        let overflow = || Error::Runtime(format!("position {from} + {want} overflows"));
+        let start = byte_offset(record, from).ok_or_else(overflow)?;
+        let last = from.checked_add(want - 1).ok_or_else(overflow)?;
+        let stop = byte_offset(record, last)
+            .and_then(|b| b.checked_add(1))
+            .ok_or_else(overflow)?;
+        self.read_raw(start, stop - start)?;
+        let mut at = 0usize;
+        let mut column = from % bases;
+        let mut left = want;
+        let mut bad = None;
+        self.bases.clear();
+        while left > 0 {
+            let take = (bases - column).min(left) as usize;
+            let Some(line) = self.raw.get(at..at + take) else {
+                bad = Some(at);
+                break;
+            };
+            if let Some(k) = memchr::memchr3(b'\n', b'\r', b'>', line) {
+                bad = Some(at + k);
+                break;
+            }
+            self.bases.extend_from_slice(line);
+            at += take;
+            left -= take as u64;
+            column = 0;
+            if left > 0 {
+                // The line end: `width - bases` bytes, the last a newline ("\n" or "\r\n").
+                let end = (width - bases) as usize;
+                let ok = self.raw.get(at..at + end).is_some_and(|e| {
+                    e.last() == Some(&b'\n') && e.iter().all(|&b| b == b'\n' || b == b'\r')
+                });
+                if !ok {
+                    bad = Some(at);
+                    break;
+                }
+                at += end;
+            }
+        }
+        match bad {
+            None => Ok(()),
+            Some(k) => {
+                let name = String::from_utf8_lossy(self.index.as_ref()[entry].name()).into_owned();
+                Err(self.out_of_date(format!(
+                    "the lines of sequence {name} do not break where the index says (near byte {})",
+                    thousands(start + k as u64)
+                )))
+            }
+        }
+    }
 }
 
 /// The error for a name that is not in the index, listing a few names it has.
