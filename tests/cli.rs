@@ -131,34 +131,46 @@ fn embed_tsv_is_one_row_per_record_and_chunk_size_does_not_matter() {
     let t = tempfile::tempdir().unwrap();
     let m = init(t.path(), "m", &[]);
     let input = root().join("data/peaks.fa");
-    let mut tables = Vec::new();
-    for chunk in ["1", "7", "64", "1000", "100000"] {
-        let out = t.path().join(format!("e{chunk}.tsv"));
-        ok(&[
-            "embed",
-            "-m",
-            s(&m),
-            s(&input),
-            "-o",
-            s(&out),
-            "--chunk-size",
-            chunk,
-            "--batch-size",
-            "3",
-        ]);
-        tables.push(tsv_values(&out));
-    }
-    let base = &tables[0];
-    assert_eq!(base.len(), 41, "header + 40 records");
-    assert_eq!(base[0][..3], ["id", "length", "dim_0"]);
-    assert_eq!(base[0].len(), 2 + 16);
-    assert_eq!(base[1][1], "200");
-    for tab in &tables[1..] {
-        for (r1, r2) in base.iter().zip(tab).skip(1) {
-            assert_eq!(r1[0], r2[0]);
-            for (a, b) in r1[2..].iter().zip(&r2[2..]) {
-                let (a, b): (f64, f64) = (a.parse().unwrap(), b.parse().unwrap());
-                assert!((a - b).abs() <= 1e-5 * (1.0 + a.abs()), "{a} vs {b}");
+    // In f16 too: chunks of one position once took a product that rounded every term's
+    // sum to f16 (1.1e-3 off the others here).
+    for (precision, chunks) in [
+        ("f32", &["1", "7", "64", "1000", "100000"][..]),
+        ("f16", &["1", "100000"][..]),
+    ] {
+        let mut tables = Vec::new();
+        for chunk in chunks {
+            let out = t.path().join(format!("e{precision}_{chunk}.tsv"));
+            ok(&[
+                "embed",
+                "-m",
+                s(&m),
+                s(&input),
+                "-o",
+                s(&out),
+                "--chunk-size",
+                chunk,
+                "--batch-size",
+                "3",
+                "--precision",
+                precision,
+            ]);
+            tables.push(tsv_values(&out));
+        }
+        let base = &tables[0];
+        assert_eq!(base.len(), 41, "header + 40 records");
+        assert_eq!(base[0][..3], ["id", "length", "dim_0"]);
+        assert_eq!(base[0].len(), 2 + 16);
+        assert_eq!(base[1][1], "200");
+        for tab in &tables[1..] {
+            for (r1, r2) in base.iter().zip(tab).skip(1) {
+                assert_eq!(r1[0], r2[0]);
+                for (a, b) in r1[2..].iter().zip(&r2[2..]) {
+                    let (a, b): (f64, f64) = (a.parse().unwrap(), b.parse().unwrap());
+                    assert!(
+                        (a - b).abs() <= 1e-5 * (1.0 + a.abs()),
+                        "{precision}: {a} vs {b}"
+                    );
+                }
             }
         }
     }

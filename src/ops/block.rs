@@ -700,7 +700,21 @@ pub(crate) fn conv_dbc_composed<B: Backend>(
 /// over the whole row: Burn's CUDA backend ran each projection's weight gradient of a window
 /// of 131,072 at batch 1 in 4 to 32 cubes, 6-7 ms each (`ncu`, BENCHMARKS.md, thirty-seventh
 /// session). Each output is the same product of a row of `x` and a column of `w`.
+///
+/// In f16 the sums are taken in f32 and rounded once, as the GPU's kernels take them: the CPU
+/// backend's f16 product (the `gemm` crate's) rounds its running sum to f16 at every term when
+/// a side has one row or column (a chunk or record of one position), so results depended on
+/// how the input was cut.
 pub fn project_reference<B: Backend>(x: FloatTensor<B>, w: FloatTensor<B>) -> FloatTensor<B> {
+    if x.dtype() == DType::F16 {
+        let y = project_rows::<B>(to_f32::<B>(x), to_f32::<B>(w));
+        return to_dtype::<B>(y, DType::F16);
+    }
+    project_rows::<B>(x, w)
+}
+
+/// [`project_reference`] in the format of its inputs.
+fn project_rows<B: Backend>(x: FloatTensor<B>, w: FloatTensor<B>) -> FloatTensor<B> {
     if let [batch, len, k] = dims::<B>(&x)[..] {
         let (rows, steps) = time_rows(batch, len);
         if rows != batch {
@@ -1420,6 +1434,26 @@ mod tests {
 
     fn one_product<B: Backend>(x: FloatTensor<B>, w: FloatTensor<B>) -> FloatTensor<B> {
         B::float_matmul(x, batched_weight::<B>(w))
+    }
+
+    /// f16 products sum in f32 for one row as for many: 4,096 ones times ones is 4,096 (a
+    /// running f16 sum stops at 2,048, where adding 1 rounds back), so a chunk or record of
+    /// one position gets the values the same position gets inside a longer one.
+    #[test]
+    fn f16_projection_sums_in_f32_for_one_row_as_for_many() {
+        let device = Device::flex();
+        let k = 4096;
+        for rows in [1, 4] {
+            let x = Tensor::<3>::ones([1, rows, k], &device).cast(FloatDType::F16);
+            let w = Tensor::<2>::ones([k, 3], &device).cast(FloatDType::F16);
+            let y = Tensor::<3>::from_dispatch(project_reference::<Dispatch>(
+                x.into_dispatch(),
+                w.into_dispatch(),
+            ));
+            assert_eq!(y.dtype(), burn::tensor::DType::F16);
+            let y = host(y.cast(FloatDType::F32));
+            assert!(y.iter().all(|&v| v == 4096.0), "{rows} row(s): {y:?}");
+        }
     }
 
     /// The projection of a row longer than `TIME_GROUP` steps, taken as rows of 64 steps,
