@@ -1021,9 +1021,30 @@ fn bad_input_exits_2_with_one_line_and_leaves_no_output() {
     let o = run(&["embed", "-m", s(&shallow), s(&hash), "-o", s(&out)]);
     assert_bad(&o, "weights hold tensor 'layers.1.");
     assert!(!out.exists());
+    // A config.json of another format: the one field that is wrong is named, and the fix
+    // keeps the weights (regenerating with `init` would replace them).
+    let other = t.path().join("other_format");
+    std::fs::create_dir(&other).unwrap();
+    assert!(config.contains("\"format\": \"genomamba\""));
+    std::fs::write(
+        other.join("config.json"),
+        config.replace("\"format\": \"genomamba\"", "\"format\": \"other\""),
+    )
+    .unwrap();
+    std::fs::copy(m.join("model.safetensors"), other.join("model.safetensors")).unwrap();
+    let o = run(&["embed", "-m", s(&other), s(&hash), "-o", s(&out)]);
+    assert_bad(&o, "config.json has unknown format 'other'");
+    assert!(
+        !o.stderr.contains("tokenizer") && !o.stderr.contains("init"),
+        "{}",
+        o.stderr
+    );
     // Bad usage: one bad flag value each, named in the error.
     for (flag, value, needle) in [
         ("--chunk-size", "0", "chunk-size"),
+        // A negative number is the option's bad value, not an unknown flag (clap's tip to
+        // write `-- -5` led nowhere).
+        ("--chunk-size", "-5", "invalid value '-5' for '--chunk-size"),
         ("--device", "tpu", "device"),
         ("--precision", "f8", "precision"),
         ("--region", "chrI:9-3", "chrI:9-3"),
@@ -1035,6 +1056,11 @@ fn bad_input_exits_2_with_one_line_and_leaves_no_output() {
     ] {
         let o = run(&["embed", "-m", s(&m), s(&hash), "-o", s(&out), flag, value]);
         assert_bad(&o, needle);
+    }
+    // Every subcommand knows --version (clap offered '--region' for it).
+    for sub in ["embed", "train", "info"] {
+        let v = ok(&[sub, "--version"]);
+        assert!(v.contains(env!("CARGO_PKG_VERSION")), "{sub}: {v}");
     }
     // What clap cannot parse is one line too, pointing at the command's help; numbers that
     // parse but cannot be used are refused with a limit.
@@ -1123,6 +1149,28 @@ fn bad_input_exits_2_with_one_line_and_leaves_no_output() {
         ]),
         "is a FASTQ file",
     );
+    // Without an index, or gzip-compressed, it is named a FASTQ at once: the hints to index
+    // or recompress it would only lead to this message.
+    let bare_fq = t.path().join("bare.fq");
+    std::fs::write(&bare_fq, "@r1\nACGT\n+\nIIII\n").unwrap();
+    let gz_fq = t.path().join("reads.fq.gz");
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    std::io::Write::write_all(&mut gz, b"@r1\nACGT\n+\nIIII\n").unwrap();
+    std::fs::write(&gz_fq, gz.finish().unwrap()).unwrap();
+    for fq in [&bare_fq, &gz_fq] {
+        let o = run(&[
+            "embed",
+            "-m",
+            s(&m),
+            s(fq),
+            "--region",
+            "r1:1-2",
+            "-o",
+            s(&out),
+        ]);
+        assert_bad(&o, "is a FASTQ file; --region r1:1-2 reads FASTA only");
+        assert!(o.stderr.contains("samtools fasta"), "{}", o.stderr);
+    }
     let o = run(&[
         "embed",
         "-m",
@@ -2344,6 +2392,29 @@ fn outputs_that_are_not_numbers_are_refused_not_written() {
         "run with --precision f32",
     );
     assert!(!out.exists());
+    // Weights that fail in f32 too: the f16 fix also names them, so following it is not a
+    // dead end.
+    let broken = init(
+        t.path(),
+        "broken",
+        &["--head", "sequence", "--labels", "a,b"],
+    );
+    set_tensor(&broken, "head.weight", 3e38);
+    let res = run(&[
+        "classify",
+        "-m",
+        s(&broken),
+        f,
+        "-o",
+        o,
+        "--precision",
+        "f16",
+    ]);
+    assert_bad(&res, "if that fails too, the weights of");
+    assert_bad(
+        &run(&["classify", "-m", s(&broken), f, "-o", o]),
+        "are out of range for these inputs",
+    );
 }
 
 #[test]

@@ -570,6 +570,86 @@ fn an_interrupted_run_keeps_its_last_epoch_and_says_how_to_resume() {
     );
 }
 
+/// A kept head must get training data for every class it has: a class without any was kept
+/// silently and only trained away (the per-position task already refused it), and the hint
+/// for a validation label the training data lacks named a model and `--replace-head` where
+/// there was neither.
+#[test]
+fn kept_heads_need_every_class_and_validation_labels_are_the_training_data_s() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = write_classes(dir.path(), 12, 9);
+    let (ca, cb) = (format!("motif={}", s(&a)), format!("plain={}", s(&b)));
+    let three = dir.path().join("three");
+    ok(&[
+        "init",
+        "-o",
+        s(&three),
+        "--d-model",
+        "8",
+        "--n-layer",
+        "1",
+        "--head",
+        "sequence",
+        "--labels",
+        "motif,plain,other",
+    ]);
+    let out = dir.path().join("ft");
+    let mut args = vec![
+        "train",
+        "-o",
+        s(&out),
+        "--from",
+        s(&three),
+        "--class",
+        &ca,
+        "--class",
+        &cb,
+    ];
+    args.extend([
+        "--epochs",
+        "1",
+        "--batch-size",
+        "8",
+        "--threads",
+        "2",
+        "--quiet",
+    ]);
+    bad(
+        &args,
+        "the model's classes are motif, plain, other; the training data's are motif, plain",
+    );
+    assert!(!out.exists());
+    args.push("--replace-head");
+    ok(&args);
+
+    let tsv = dir.path().join("val.tsv");
+    std::fs::write(&tsv, "sequence\tlabel\nACGTACGT\tmotif\nACGTTTGT\toct4\n").unwrap();
+    let out2 = dir.path().join("new");
+    let mut args = vec![
+        "train",
+        "-o",
+        s(&out2),
+        "--class",
+        &ca,
+        "--class",
+        &cb,
+        "--val-tsv",
+        s(&tsv),
+    ];
+    args.extend(TINY);
+    let o = run(&args);
+    assert_eq!(o.code, 2, "{}", o.stderr);
+    assert!(
+        o.stderr
+            .contains("unknown class 'oct4' (the training data's classes: motif, plain)")
+            && o.stderr
+                .contains("give validation rows only classes the training data has")
+            && !o.stderr.contains("--replace-head"),
+        "{}",
+        o.stderr
+    );
+}
+
 #[test]
 fn runs_that_cannot_give_a_usable_model_stop_with_one_line_and_save_nothing() {
     let dir = tempfile::tempdir().unwrap();
@@ -595,6 +675,15 @@ fn runs_that_cannot_give_a_usable_model_stop_with_one_line_and_save_nothing() {
     bad(
         &args(&base(&["--weight-decay", "1e39"])),
         "--weight-decay must be within f32's range",
+    );
+    // A negative value is named with its own flag (a negative number is a value, not a flag).
+    bad(
+        &args(&base(&["--clip-norm", "-1"])),
+        "--clip-norm must be a number, not negative (got -1)",
+    );
+    bad(
+        &args(&base(&["--weight-decay=-0.5"])),
+        "--weight-decay must be a number, not negative (got -0.5)",
     );
     assert!(!out.exists());
     // A step so large that the model's predictions become NaN: validation used to floor
@@ -1400,8 +1489,17 @@ fn bad_training_input_exits_2_and_writes_nothing() {
     std::fs::write(&bedp, "chr1\t0\t50\tgene\n").unwrap();
     bad(
         &["train", "-o", o, "--fasta", s(&fa), "--bed", s(&bedp)],
-        "past the end",
+        "interval chr1 0 50 (BED, 0-based) ends past the end of 'chr1' (20 bases)",
     );
+    // An unnamed interval ('.') is no class of its own; chosen names still train.
+    std::fs::write(&bedp, "chr1\t0\t5\tgene\nchr1\t8\t9\t.\n").unwrap();
+    bad(
+        &with(&[]),
+        "x.bed: the interval has no name ('.' in column 4)",
+    );
+    // A record that is not there: the hint lists those that are.
+    bad(&with(&["--records", "chrQ"]), "record 'chrQ' is not in");
+    bad(&with(&["--records", "chrQ"]), "(1: chr1)");
     // A class that labels no base to train on: an empty interval, or one only in the
     // held-out last stretch (here the last 20% of the 20 bases).
     let split = ["--val-fraction", "0.2"];
@@ -1429,6 +1527,12 @@ fn bad_training_input_exits_2_and_writes_nothing() {
     bad(
         &["train", "-o", o, "--tsv", s(&tsv)],
         "the header names the `sequence` column twice",
+    );
+    // A row with more columns than the header (trailing tabs aside).
+    std::fs::write(&tsv, "sequence\tlabel\nACGTAC\tx\t\nACGTTT\ty\tz\n").unwrap();
+    bad(
+        &["train", "-o", o, "--tsv", s(&tsv)],
+        "3 columns where the header has 2 (line 3)",
     );
     // A split that leaves no base to validate on (or to train on) is refused.
     std::fs::write(&bedp, "chr1\t2\t5\tgene\n").unwrap();

@@ -34,7 +34,8 @@ pub struct AnnotateArgs {
     /// Probability a position needs to join a BED segment (default 0.5).
     #[arg(long, allow_negative_numbers = true)]
     pub threshold: Option<f32>,
-    /// Class whose probability goes to the bedGraph (default: the second class, or the only one).
+    /// Class whose probability goes to the bedGraph (default: the second class, which follows
+    /// `background` in heads that `train` makes).
     #[arg(long)]
     pub track: Option<String>,
     /// Decimals of bedGraph values (runs of equal rounded values merge; default 3) and of
@@ -106,7 +107,7 @@ pub fn run(a: AnnotateArgs) -> Result<()> {
             return Err(Error::model(
                 &a.input.model,
                 "this model has no per-position head",
-                "train one with `genomamba train`, or create one with `genomamba init --head position --labels background,X`",
+                "train one with `genomamba train`, or create one with `genomamba init -o DIR --head position --labels background,X`",
             ));
         }
     };

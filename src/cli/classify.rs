@@ -113,7 +113,7 @@ pub fn run(a: ClassifyArgs) -> Result<()> {
             return Err(Error::model(
                 &a.input.model,
                 "this model has no classification head",
-                "train one with `genomamba train`, or create one with `genomamba init --head sequence --labels A,B`",
+                "train one with `genomamba train`, or create one with `genomamba init -o DIR --head sequence --labels A,B`",
             ));
         }
     };

@@ -32,7 +32,8 @@ pub struct InputArgs {
     #[arg(long = "region", value_name = "REGION")]
     pub regions: Vec<String>,
     /// Only the intervals of this BED file (0-based, half-open: `chrom start end`, further
-    /// columns ignored; plain or gzip), in its order, after any `--region`s; repeatable. Each
+    /// columns ignored; plain or compressed like the inputs), in its order, after any
+    /// `--region`s; repeatable. Each
     /// is read like `--region chrom:start+1-end`, and that is its id (but see `--bed-names`
     /// and `--bed-strand`).
     #[arg(long = "regions-bed", value_name = "BED")]
@@ -208,14 +209,16 @@ impl InputArgs {
         super::mark("device and model ready");
         let mut model = model?;
         model.backbone.set_precision(precision);
+        let weights = format!(
+            "the weights of {} are out of range for these inputs: use a model from a run that did not diverge",
+            self.model.display()
+        );
         let _ = NON_FINITE_FIX.set(if precision == Precision::F16 {
-            "the activations overflow f16's range (65,504): run with --precision f32 (or bf16)"
-                .to_string()
-        } else {
             format!(
-                "the weights of {} are out of range for these inputs: use a model from a run that did not diverge",
-                self.model.display()
+                "the activations may overflow f16's range (65,504): run with --precision f32 (or bf16); if that fails too, {weights}"
             )
+        } else {
+            weights
         });
         if spec.compiles_per_shape() {
             let d_inner = model.config.architecture.d_inner();

@@ -13,29 +13,37 @@ use clap::{Parser, Subcommand};
 
 /// Mamba state-space models over DNA at single-nucleotide resolution.
 #[derive(Debug, Parser)]
-#[command(name = "genomamba", version, about, long_about = None)]
+#[command(name = "genomamba", version, about, long_about = None, propagate_version = true)]
 pub struct Cli {
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
 }
 
-/// The subcommands.
+/// The subcommands. A negative number after an option is taken as its value (and refused
+/// by that option's own check), not as an unknown flag.
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Hidden states of the final layer (after the final norm), pooled per record or per position.
+    #[command(allow_negative_numbers = true)]
     Embed(embed::EmbedArgs),
     /// Sequence-level prediction with the model's classification head.
+    #[command(allow_negative_numbers = true)]
     Classify(classify::ClassifyArgs),
     /// Per-position prediction with the model's per-position head: BED6, bedGraph, TSV.
+    #[command(allow_negative_numbers = true)]
     Annotate(annotate::AnnotateArgs),
     /// Train or fine-tune a model on labeled data (per-class FASTA, TSV, or FASTA + BED).
+    #[command(allow_negative_numbers = true)]
     Train(Box<train::TrainArgs>),
     /// The k-mer logistic-regression baseline on the same data and split as `train`.
+    #[command(allow_negative_numbers = true)]
     Baseline(baseline::BaselineArgs),
     /// Create a randomly initialised model directory of a given architecture.
+    #[command(allow_negative_numbers = true)]
     Init(init::InitArgs),
     /// Describe a model: architecture, parameter count, head, labels, provenance.
+    #[command(allow_negative_numbers = true)]
     Info(info::InfoArgs),
 }
 

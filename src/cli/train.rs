@@ -386,7 +386,22 @@ pub fn run(a: TrainArgs) -> Result<()> {
             if let (Some(h), false) = (&model.config.head, a.replace_head)
                 && h.kind == HeadKind::Sequence
             {
-                // Fine-tuning a head: the data's classes must be the head's.
+                // Fine-tuning a head: the data's classes must be the head's, all of them (a
+                // class with no training data would only be trained away).
+                let mut have: Vec<&String> = train.labels.iter().collect();
+                let mut want: Vec<&String> = h.labels.iter().collect();
+                have.sort();
+                want.sort();
+                if have != want {
+                    return Err(Error::usage(
+                        format!(
+                            "the model's classes are {}; the training data's are {}",
+                            h.labels.join(", "),
+                            train.labels.join(", ")
+                        ),
+                        "give training data for every class of the model, or pass --replace-head to train a new head",
+                    ));
+                }
                 let mut t = train.clone();
                 let mut v = val.clone();
                 remap_labels(&mut t, &h.labels, "the training data")?;
@@ -809,7 +824,7 @@ fn read_sequence_sets(
                             "--val-class names unknown class '{name}' (training classes: {})",
                             train.labels.join(", ")
                         ),
-                        "use the class names given with --class",
+                        "give --val-class only classes the training data has",
                     ));
                 }
             }

@@ -495,6 +495,30 @@ impl IndexedFasta {
                 "write the sequence to a file and index it with `samtools faidx FILE`",
             ));
         }
+        // A FASTQ file, plain or compressed, is named as one before any hint about indexes
+        // or compression, whose fixes would not make it readable by region.
+        let first = super::bed::open_text(path, "a FASTA file").and_then(|mut text| {
+            loop {
+                let buf = text.fill_buf().map_err(|e| Error::io(path, e))?;
+                match buf.iter().position(|b| !b.is_ascii_whitespace()) {
+                    Some(k) => return Ok(Some(buf[k])),
+                    None if buf.is_empty() => return Ok(None),
+                    None => {
+                        let n = buf.len();
+                        text.consume(n);
+                    }
+                }
+            }
+        });
+        if let Ok(Some(b'@')) = first {
+            return Err(Error::input(
+                path,
+                format!("is a FASTQ file; --region {region} reads FASTA only"),
+                format!(
+                    "convert it with `samtools fasta {path} > reads.fa` and index that with `samtools faidx reads.fa`"
+                ),
+            ));
+        }
         let mut file = open_file(path, "a FASTA file")?;
         let layout = layout(path, &mut file)?;
         file.rewind().map_err(|e| Error::io(path, e))?;

@@ -259,15 +259,19 @@ impl GenoModel {
                     "regenerate it with `genomamba init`",
                 )
             })?;
-            if c.format != FORMAT || c.tokenizer != TOKENIZER {
-                return Err(Error::model(
-                    dir,
-                    format!(
-                        "unknown format '{}' / tokenizer '{}'",
-                        c.format, c.tokenizer
-                    ),
-                    "regenerate it with `genomamba init`",
-                ));
+            for (field, found, known) in [
+                ("format", &c.format, FORMAT),
+                ("tokenizer", &c.tokenizer, TOKENIZER),
+            ] {
+                if found.as_str() != known {
+                    return Err(Error::model(
+                        dir,
+                        format!("config.json has unknown {field} '{found}'"),
+                        format!(
+                            "set \"{field}\": \"{known}\" in config.json if the model was made for genomamba"
+                        ),
+                    ));
+                }
             }
             c.architecture
                 .validate()

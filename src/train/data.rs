@@ -226,6 +226,19 @@ pub fn load_tsv(path: &str, labels: Option<&[String]>) -> Result<SeqDataset> {
             continue;
         }
         let f: Vec<&str> = s.split('\t').collect();
+        // More columns than the header names: a tab inside a field, or columns shifted.
+        // (Empty fields after the last, from trailing tabs, are harmless.)
+        if f[cols.len().min(f.len())..]
+            .iter()
+            .any(|x| !x.trim().is_empty())
+        {
+            return Err(Error::input(
+                path,
+                format!("{} columns where the header has {}", f.len(), cols.len()),
+                "give every row the header's columns, separated by single tabs",
+            )
+            .at(lineno));
+        }
         let (Some(seq), Some(lab)) = (f.get(seq_col), f.get(lab_col)) else {
             return Err(Error::input(
                 path,
@@ -300,10 +313,10 @@ pub fn load_tsv(path: &str, labels: Option<&[String]>) -> Result<SeqDataset> {
             return Err(Error::input(
                 path,
                 format!(
-                    "unknown class '{lab}' (the model's classes: {})",
+                    "unknown class '{lab}' (the training data's classes: {})",
                     labels.join(", ")
                 ),
-                "fix the label, or train a new head with --replace-head",
+                "give validation rows only classes the training data has",
             )
             .at(ln));
         };
@@ -452,9 +465,22 @@ pub fn load_position(
     })?;
     for want in records {
         if !recs.iter().any(|r| &r.name == want) {
+            let mut names = Vec::new();
+            let mut count = 0usize;
+            for_each_record(fasta, &mut |r| {
+                if names.len() < 5 {
+                    names.push(r.id);
+                }
+                count += 1;
+                Ok(())
+            })?;
+            let more = if count > names.len() { ", ..." } else { "" };
             return Err(Error::usage(
                 format!("record '{want}' is not in {fasta}"),
-                "name records that the FASTA holds",
+                format!(
+                    "name records that the FASTA holds ({count}: {}{more})",
+                    names.join(", ")
+                ),
             ));
         }
     }
@@ -489,6 +515,15 @@ pub fn load_position(
     // Class names: explicit mapping, or every distinct BED name in order of first appearance.
     let classes_given = !classes.is_empty();
     let classes: Vec<(String, Vec<String>)> = if classes.is_empty() {
+        // BED writes `.` for "no name": such an interval has no class to give.
+        if let Some(r) = rows.iter().find(|r| r.name == ".") {
+            return Err(Error::input(
+                bed,
+                "the interval has no name ('.' in column 4), and without --bed-class each name is a class",
+                "name every interval's class in column 4, or choose the named ones with --bed-class CLASS=NAME",
+            )
+            .at(r.line));
+        }
         let mut seen: BTreeMap<String, usize> = BTreeMap::new();
         for r in &rows {
             let k = seen.len();
@@ -578,7 +613,7 @@ pub fn load_position(
             return Err(Error::input(
                 bed,
                 format!(
-                    "interval {}:{}-{} ends past the end of '{}' ({} bases)",
+                    "interval {} {} {} (BED, 0-based) ends past the end of '{}' ({} bases)",
                     r.chrom,
                     r.start,
                     r.end,

@@ -274,11 +274,16 @@ impl TrainOptions {
         if !(0.0..=1.0).contains(&self.min_lr_ratio) {
             return bad("--min-lr-ratio must be between 0 and 1", "pass e.g. 0.05");
         }
-        if !(self.weight_decay >= 0.0 && self.clip_norm >= 0.0) {
-            return bad(
-                "--weight-decay and --clip-norm must be numbers, not negative",
-                "pass 0 to switch them off",
-            );
+        for (flag, value) in [
+            ("--weight-decay", self.weight_decay),
+            ("--clip-norm", self.clip_norm),
+        ] {
+            if !(value >= 0.0) {
+                return bad(
+                    &format!("{flag} must be a number, not negative (got {value})"),
+                    &format!("pass {flag} 0 to switch it off"),
+                );
+            }
         }
         if !(self.weight_decay as f32).is_finite() {
             return bad(
