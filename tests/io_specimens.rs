@@ -1076,6 +1076,28 @@ fn a_file_edited_after_indexing_is_refused_where_its_bases_moved() {
     for text in ["a", "b", "c", "a:8-23", "b:10-11", "c:12"] {
         check_region(p, text);
     }
+    // Layouts samtools indexes that the checks must take: blanks at line ends (counted into
+    // the line's width), headers of sequences without bases (left out of the index) and blank
+    // lines between sequences, CRLF with a description.
+    for (name, text) in [
+        ("blanks.fa", ">a\nACGT  \nAC  \n>c\nGGGG\n"),
+        ("empty.fa", ">a\nACGTAC\nGG\n>b\n>e desc\n\n>c\nGG\n"),
+        (
+            "crlf.fa",
+            "\n>a desc\tmore\r\nACGT\r\nAC\r\n\r\n>c\r\nGG\r\n",
+        ),
+    ] {
+        let path = dir.path().join(name);
+        fs::write(&path, text).unwrap();
+        let status = Command::new("samtools")
+            .args(["faidx", s(&path)])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        for region in ["a", "a:3-6", "c:1-2"] {
+            check_region(s(&path), region);
+        }
+    }
 
     let edit = |from: &str, to: &str| {
         assert!(original.contains(from));

@@ -938,31 +938,44 @@ impl IndexedFasta {
             None => GAP_READ,
         };
         self.read_raw(from, gap.min(GAP_READ))?;
-        let spaces = self
-            .raw
-            .iter()
-            .position(|&b| !is_gap_space(b))
-            .unwrap_or(self.raw.len());
-        let rest = &self.raw[spaces..];
-        // After a sequence's last base, its line must end.
-        let line_ended = rank == 0 || self.raw[..spaces].contains(&b'\n') || rest.is_empty();
+        let whole = gap <= GAP_READ;
+        // The gap's lines: the rest of the previous sequence's last line, then blank lines
+        // and header lines, the last of them this sequence's. (`samtools faidx` leaves
+        // sequences without bases out of the index, so their headers may stand between.)
+        let mut lines: Vec<&[u8]> = self.raw.split(|&b| b == b'\n').collect();
+        // Past the last newline: nothing (the gap ends a line) or a partial line.
+        let partial = lines.pop().unwrap_or_default();
+        let blank = |l: &[u8]| l.iter().all(|&b| is_gap_space(b));
         let fine = match next {
             // Sequences after the indexed ones keep the index right for these.
-            None => line_ended && (rest.is_empty() || rest[0] == b'>'),
+            None => {
+                let rest: Vec<&[u8]> = lines.iter().chain([&partial]).copied().collect();
+                let first = rest.iter().position(|l| !blank(l));
+                match first {
+                    None => true,
+                    Some(k) => (k > 0 || rank == 0) && rest[k].starts_with(b">"),
+                }
+            }
             Some(i) => {
                 let name: &[u8] = self.index.as_ref()[i].name().as_ref();
-                let header = rest.strip_prefix(b">").and_then(|r| r.strip_prefix(name));
-                match header {
-                    None => false,
-                    // The rest of the header line: nothing, or a description after
-                    // whitespace; one line end, the gap's last byte.
-                    Some(tail) if gap <= GAP_READ => {
-                        line_ended
-                            && tail.first().is_some_and(|&b| is_gap_space(b))
-                            && memchr::memchr(b'\n', tail) == Some(tail.len() - 1)
-                    }
-                    Some(tail) => line_ended && tail.first().is_none_or(|&b| is_gap_space(b)),
-                }
+                // After a sequence's last base, its line ends (trailing blanks allowed).
+                let line_ended = rank == 0 || lines.first().is_some_and(|l| blank(l));
+                let others_fine = lines
+                    .iter()
+                    .skip(usize::from(rank > 0))
+                    .all(|l| blank(l) || l.starts_with(b">"));
+                let header = if whole {
+                    partial.is_empty().then(|| lines.last()).flatten()
+                } else {
+                    None
+                };
+                let own = header.is_some_and(|h| {
+                    h.strip_prefix(b">")
+                        .and_then(|r| r.strip_prefix(name))
+                        .is_some_and(|tail| tail.first().is_none_or(|&b| is_gap_space(b)))
+                });
+                // A gap longer than was read: its start checked, its end taken on trust.
+                line_ended && others_fine && (own || !whole)
             }
         };
         if !fine {
@@ -1026,10 +1039,13 @@ impl IndexedFasta {
             left -= take as u64;
             column = 0;
             if left > 0 {
-                // The line end: `width - bases` bytes, the last a newline ("\n" or "\r\n").
+                // The line end: `width - bases` bytes, the last a newline ("\n" or "\r\n",
+                // after any blanks `samtools faidx` counted into the line's width).
                 let end = (width - bases) as usize;
                 let ok = self.raw.get(at..at + end).is_some_and(|e| {
-                    e.last() == Some(&b'\n') && e.iter().all(|&b| b == b'\n' || b == b'\r')
+                    e.split_last().is_some_and(|(&last, blanks)| {
+                        last == b'\n' && blanks.iter().all(|&b| is_gap_space(b) && b != b'\n')
+                    })
                 });
                 if !ok {
                     bad = Some(at);
