@@ -278,7 +278,7 @@ impl TrainOptions {
             ("--weight-decay", self.weight_decay),
             ("--clip-norm", self.clip_norm),
         ] {
-            if !(value >= 0.0) {
+            if value.is_nan() || value < 0.0 {
                 return bad(
                     &format!("{flag} must be a number, not negative (got {value})"),
                     &format!("pass {flag} 0 to switch it off"),
