@@ -1147,7 +1147,7 @@ fn bad_input_exits_2_with_one_line_and_leaves_no_output() {
             "-o",
             s(&out),
         ]),
-        "is a FASTQ file",
+        "as FASTQ (or SAM) does",
     );
     // Without an index, or gzip-compressed, it is named a FASTQ at once: the hints to index
     // or recompress it would only lead to this message.
@@ -1168,7 +1168,10 @@ fn bad_input_exits_2_with_one_line_and_leaves_no_output() {
             "-o",
             s(&out),
         ]);
-        assert_bad(&o, "is a FASTQ file; --region r1:1-2 reads FASTA only");
+        assert_bad(
+            &o,
+            "starts with '@' as FASTQ (or SAM) does; regions (here r1:1-2) are read from FASTA only",
+        );
         assert!(o.stderr.contains("samtools fasta"), "{}", o.stderr);
     }
     let o = run(&[

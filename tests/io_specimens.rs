@@ -1052,6 +1052,58 @@ fn regions_on_plain_yeast_and_other_genomes_match_samtools() {
     check_region(s(&dm3), "chr2R:21,146,650");
 }
 
+/// Every named sequence of htslib's own faidx test file reads by region as samtools reads it
+/// (names after blanks, `> bar description`, CRLF, blank lines at sequence ends), and so
+/// does a file opened by a UTF-8 byte-order mark, through an index that counts it.
+#[test]
+fn htslib_faidx_edge_cases_read_by_region_as_samtools_reads_them() {
+    require_samtools();
+    let dir = tempdir();
+    let path = dir.path().join("edge.fa");
+    fs::copy(data("specimens/htslib_faidx_edge_cases.fa"), &path).unwrap();
+    let p = s(&path);
+    let status = Command::new("samtools")
+        .args(["faidx", p])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let index = fs::read_to_string(format!("{p}.fai")).unwrap();
+    let names: Vec<&str> = index.lines().filter_map(|l| l.split('\t').next()).collect();
+    assert!(
+        names.contains(&"foo") && names.contains(&"bar"),
+        "{names:?}"
+    );
+    for name in names.iter().filter(|n| !n.is_empty()) {
+        check_region(p, name);
+        check_region(p, &format!("{name}:2-3"));
+    }
+    // With a byte-order mark: the same index, each offset 3 bytes later.
+    let bom = dir.path().join("bom.fa");
+    let mut bytes = b"\xEF\xBB\xBF".to_vec();
+    bytes.extend(fs::read(&path).unwrap());
+    fs::write(&bom, bytes).unwrap();
+    let shifted: String = index
+        .lines()
+        .map(|l| {
+            let mut f: Vec<String> = l.split('\t').map(str::to_string).collect();
+            f[2] = (f[2].parse::<u64>().unwrap() + 3).to_string();
+            f.join("\t") + "\n"
+        })
+        .collect();
+    fs::write(dir.path().join("bom.fa.fai"), shifted).unwrap();
+    for name in ["trailingblank1", "foo", "bar"] {
+        let from_bom = read_region_tokens(s(&bom), name);
+        assert_eq!(from_bom, read_region_tokens(p, name), "{name}");
+    }
+}
+
+fn read_region_tokens(path: &str, text: &str) -> Vec<u8> {
+    let reg: Region = text.parse().unwrap();
+    region::read_region(path, &reg)
+        .unwrap_or_else(|e| panic!("{path} {text}: {e}"))
+        .tokens
+}
+
 /// A file edited after `samtools faidx` indexed it, read through the old index: every edit
 /// that moves bases is refused as an out-of-date index (samtools would read the wrong bases);
 /// a same-length substitution, which leaves the index right, reads the new bases, as samtools

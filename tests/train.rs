@@ -616,9 +616,24 @@ fn kept_heads_need_every_class_and_validation_labels_are_the_training_data_s() {
     ]);
     bad(
         &args,
-        "the model's classes are motif, plain, other; the training data's are motif, plain",
+        "the model's class(es) other have no training data (the model's classes are motif, plain, other; the training data's are motif, plain)",
     );
     assert!(!out.exists());
+    // A class the head lacks: the class is named.
+    let odd = format!("Motif={}", s(&a));
+    let mut wrong = vec![
+        "train",
+        "-o",
+        s(&out),
+        "--from",
+        s(&three),
+        "--class",
+        &odd,
+        "--class",
+        &cb,
+    ];
+    wrong.extend(["--epochs", "1", "--threads", "2", "--quiet"]);
+    bad(&wrong, "unknown class 'Motif' in the training data");
     args.push("--replace-head");
     ok(&args);
 
@@ -1500,6 +1515,28 @@ fn bad_training_input_exits_2_and_writes_nothing() {
     // A record that is not there: the hint lists those that are.
     bad(&with(&["--records", "chrQ"]), "record 'chrQ' is not in");
     bad(&with(&["--records", "chrQ"]), "(1: chr1)");
+    // From stdin too: the FASTA is read once (a second read, for the names, found it empty).
+    let piped = Command::cargo_bin("genomamba")
+        .unwrap()
+        .args([
+            "train",
+            "-o",
+            o,
+            "--fasta",
+            "-",
+            "--bed",
+            s(&bedp),
+            "--records",
+            "chrQ",
+        ])
+        .stdin(std::fs::File::open(&fa).unwrap())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&piped.stderr);
+    assert!(
+        err.contains("record 'chrQ' is not in -") && err.contains("(1: chr1)"),
+        "{err}"
+    );
     // A class that labels no base to train on: an empty interval, or one only in the
     // held-out last stretch (here the last 20% of the 20 bases).
     let split = ["--val-fraction", "0.2"];
@@ -1528,12 +1565,19 @@ fn bad_training_input_exits_2_and_writes_nothing() {
         &["train", "-o", o, "--tsv", s(&tsv)],
         "the header names the `sequence` column twice",
     );
-    // A row with more columns than the header (trailing tabs aside).
+    // A row with more columns than the header (trailing tabs aside; a header's trailing tab
+    // is a nameless column, whose values are taken).
     std::fs::write(&tsv, "sequence\tlabel\nACGTAC\tx\t\nACGTTT\ty\tz\n").unwrap();
     bad(
         &["train", "-o", o, "--tsv", s(&tsv)],
         "3 columns where the header has 2 (line 3)",
     );
+    std::fs::write(
+        &tsv,
+        "sequence\tlabel\t\nACGTAC\tx\tnote\nACGTTT\ty\tz\nACGTAA\tx\tn\nACGGTT\ty\tm\n",
+    )
+    .unwrap();
+    ok(&["baseline", "--tsv", s(&tsv), "--val-fraction", "0.5"]);
     // A split that leaves no base to validate on (or to train on) is refused.
     std::fs::write(&bedp, "chr1\t2\t5\tgene\n").unwrap();
     for (fraction, needle) in [

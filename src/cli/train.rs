@@ -388,24 +388,27 @@ pub fn run(a: TrainArgs) -> Result<()> {
             {
                 // Fine-tuning a head: the data's classes must be the head's, all of them (a
                 // class with no training data would only be trained away).
-                let mut have: Vec<&String> = train.labels.iter().collect();
-                let mut want: Vec<&String> = h.labels.iter().collect();
-                have.sort();
-                want.sort();
-                if have != want {
+                let mut t = train.clone();
+                let mut v = val.clone();
+                remap_labels(&mut t, &h.labels, "the training data")?;
+                remap_labels(&mut v, &h.labels, "the validation data")?;
+                let missing: Vec<&str> = h
+                    .labels
+                    .iter()
+                    .filter(|l| !train.labels.contains(l))
+                    .map(String::as_str)
+                    .collect();
+                if !missing.is_empty() {
                     return Err(Error::usage(
                         format!(
-                            "the model's classes are {}; the training data's are {}",
+                            "the model's class(es) {} have no training data (the model's classes are {}; the training data's are {})",
+                            missing.join(", "),
                             h.labels.join(", "),
                             train.labels.join(", ")
                         ),
                         "give training data for every class of the model, or pass --replace-head to train a new head",
                     ));
                 }
-                let mut t = train.clone();
-                let mut v = val.clone();
-                remap_labels(&mut t, &h.labels, "the training data")?;
-                remap_labels(&mut v, &h.labels, "the validation data")?;
                 let counts =
                     serde_json::json!({"train": t.class_counts(), "val": v.class_counts()});
                 let files: Vec<FileDigest> = t.files.iter().chain(&v.files).cloned().collect();

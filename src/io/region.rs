@@ -495,8 +495,8 @@ impl IndexedFasta {
                 "write the sequence to a file and index it with `samtools faidx FILE`",
             ));
         }
-        // A FASTQ file, plain or compressed, is named as one before any hint about indexes
-        // or compression, whose fixes would not make it readable by region.
+        // A FASTQ (or SAM) file, plain or compressed, is named as one before any hint about
+        // indexes or compression, whose fixes would not make it readable by region.
         let first = super::bed::open_text(path, "a FASTA file").and_then(|mut text| {
             loop {
                 let buf = text.fill_buf().map_err(|e| Error::io(path, e))?;
@@ -513,7 +513,9 @@ impl IndexedFasta {
         if let Ok(Some(b'@')) = first {
             return Err(Error::input(
                 path,
-                format!("is a FASTQ file; --region {region} reads FASTA only"),
+                format!(
+                    "starts with '@' as FASTQ (or SAM) does; regions (here {region}) are read from FASTA only"
+                ),
                 format!(
                     "convert it with `samtools fasta {path} > reads.fa` and index that with `samtools faidx reads.fa`"
                 ),
@@ -942,7 +944,12 @@ impl IndexedFasta {
         // The gap's lines: the rest of the previous sequence's last line, then blank lines
         // and header lines, the last of them this sequence's. (`samtools faidx` leaves
         // sequences without bases out of the index, so their headers may stand between.)
-        let mut lines: Vec<&[u8]> = self.raw.split(|&b| b == b'\n').collect();
+        // A UTF-8 byte-order mark may open the file.
+        let text = match (rank, self.raw.strip_prefix(b"\xEF\xBB\xBF")) {
+            (0, Some(rest)) => rest,
+            _ => &self.raw[..],
+        };
+        let mut lines: Vec<&[u8]> = text.split(|&b| b == b'\n').collect();
         // Past the last newline: nothing (the gap ends a line) or a partial line.
         let partial = lines.pop().unwrap_or_default();
         let blank = |l: &[u8]| l.iter().all(|&b| is_gap_space(b));
@@ -969,8 +976,13 @@ impl IndexedFasta {
                 } else {
                     None
                 };
+                // `>`, blanks (samtools skips them), the name, then whitespace or the end.
                 let own = header.is_some_and(|h| {
                     h.strip_prefix(b">")
+                        .map(|r| {
+                            let skip = r.iter().take_while(|&&b| b == b' ' || b == b'\t').count();
+                            &r[skip..]
+                        })
                         .and_then(|r| r.strip_prefix(name))
                         .is_some_and(|tail| tail.first().is_none_or(|&b| is_gap_space(b)))
                 });

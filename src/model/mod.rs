@@ -259,19 +259,24 @@ impl GenoModel {
                     "regenerate it with `genomamba init`",
                 )
             })?;
-            for (field, found, known) in [
-                ("format", &c.format, FORMAT),
-                ("tokenizer", &c.tokenizer, TOKENIZER),
-            ] {
-                if found.as_str() != known {
-                    return Err(Error::model(
-                        dir,
-                        format!("config.json has unknown {field} '{found}'"),
-                        format!(
-                            "set \"{field}\": \"{known}\" in config.json if the model was made for genomamba"
-                        ),
-                    ));
-                }
+            if c.format != FORMAT {
+                return Err(Error::model(
+                    dir,
+                    format!("config.json has unknown format '{}'", c.format),
+                    format!(
+                        "set \"format\": \"{FORMAT}\" in config.json if the model was made for genomamba"
+                    ),
+                ));
+            }
+            if c.tokenizer != TOKENIZER {
+                return Err(Error::model(
+                    dir,
+                    format!(
+                        "config.json has tokenizer '{}'; genomamba reads one token per base ('{TOKENIZER}')",
+                        c.tokenizer
+                    ),
+                    "use a model trained on single-base tokens; this one cannot be run here",
+                ));
             }
             c.architecture
                 .validate()

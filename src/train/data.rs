@@ -188,8 +188,9 @@ pub fn load_tsv(path: &str, labels: Option<&[String]>) -> Result<SeqDataset> {
         };
         lineno += 1;
         let s = l.map_err(|e| read_err(e, lineno))?;
-        let s = s.trim_end().to_string();
-        if !s.is_empty() && !s.starts_with('#') {
+        // Only the line end goes: a trailing tab still makes a (nameless) column.
+        let s = s.trim_end_matches(['\r', '\n']).to_string();
+        if !s.trim().is_empty() && !s.starts_with('#') {
             break s;
         }
     };
@@ -446,7 +447,10 @@ pub fn load_position(
     records: &[String],
 ) -> Result<PositionDataset> {
     let mut recs: Vec<LabeledRecord> = Vec::new();
+    // Every record's name, kept or not: the FASTA is read once (it may be stdin).
+    let mut all_names: Vec<String> = Vec::new();
     for_each_record(fasta, &mut |r| {
+        all_names.push(r.id.clone());
         if records.is_empty() || records.contains(&r.id) {
             let n = r.tokens.len();
             let labels = r
@@ -465,21 +469,14 @@ pub fn load_position(
     })?;
     for want in records {
         if !recs.iter().any(|r| &r.name == want) {
-            let mut names = Vec::new();
-            let mut count = 0usize;
-            for_each_record(fasta, &mut |r| {
-                if names.len() < 5 {
-                    names.push(r.id);
-                }
-                count += 1;
-                Ok(())
-            })?;
-            let more = if count > names.len() { ", ..." } else { "" };
+            let count = all_names.len();
+            let shown = &all_names[..count.min(5)];
+            let more = if count > shown.len() { ", ..." } else { "" };
             return Err(Error::usage(
                 format!("record '{want}' is not in {fasta}"),
                 format!(
                     "name records that the FASTA holds ({count}: {}{more})",
-                    names.join(", ")
+                    shown.join(", ")
                 ),
             ));
         }
@@ -496,20 +493,9 @@ pub fn load_position(
         .enumerate()
         .map(|(i, r)| (r.name.clone(), i))
         .collect();
-    let known: std::collections::HashSet<String> = {
-        // All record names in the FASTA (even those not kept), to tell a wrong BED from a
-        // filtered record.
-        let mut s = std::collections::HashSet::new();
-        if records.is_empty() {
-            s.extend(by_name.keys().cloned());
-        } else {
-            for_each_record(fasta, &mut |r| {
-                s.insert(r.id);
-                Ok(())
-            })?;
-        }
-        s
-    };
+    // All record names in the FASTA (even those not kept), to tell a wrong BED from a
+    // filtered record.
+    let known: std::collections::HashSet<String> = all_names.into_iter().collect();
 
     let rows = read_bed(bed, BedUse::Labels)?;
     // Class names: explicit mapping, or every distinct BED name in order of first appearance.

@@ -1644,9 +1644,21 @@ pub fn train(
             Task::Position { data, train, .. } => {
                 let windows = draw_windows(train, opts.window, opts.windows_per_epoch, &mut rng);
                 if windows.is_empty() {
+                    let longest = train.iter().map(|s| s.len()).max().unwrap_or(0);
+                    // Holding out less lengthens the stretches only where a record is longer
+                    // than the window.
+                    let records_long_enough =
+                        data.records.iter().any(|r| r.tokens.len() >= opts.window);
                     return Err(Error::usage(
-                        format!("no training stretch is as long as --window {}", opts.window),
-                        "use a smaller --window or a smaller --val-fraction",
+                        format!(
+                            "no training stretch is as long as --window {} (the longest is {longest} bases)",
+                            opts.window
+                        ),
+                        if records_long_enough {
+                            format!("use --window {longest} or less, or a smaller --val-fraction")
+                        } else {
+                            format!("use --window {longest} or less")
+                        },
                     ));
                 }
                 let orf = orf.as_deref();
