@@ -1515,6 +1515,22 @@ fn bad_training_input_exits_2_and_writes_nothing() {
     // A record that is not there: the hint lists those that are.
     bad(&with(&["--records", "chrQ"]), "record 'chrQ' is not in");
     bad(&with(&["--records", "chrQ"]), "(1: chr1)");
+    // A window no stretch holds: the hint gives the longest, and offers a smaller
+    // --val-fraction only where a record is long enough.
+    std::fs::write(&bedp, "chr1\t0\t5\tgene\n").unwrap();
+    for (window, fix) in [
+        ("100", "use --window 18 or less"),
+        ("19", "use --window 18 or less, or a smaller --val-fraction"),
+    ] {
+        let o = run(&with(&["--window", window]));
+        assert_eq!(o.code, 2, "{}", o.stderr);
+        assert!(o.stderr.trim_end().ends_with(fix), "{}", o.stderr);
+        assert!(
+            o.stderr.contains("(the longest is 18 bases)"),
+            "{}",
+            o.stderr
+        );
+    }
     // From stdin too: the FASTA is read once (a second read, for the names, found it empty).
     let piped = Command::cargo_bin("genomamba")
         .unwrap()
