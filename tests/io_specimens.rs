@@ -1131,6 +1131,9 @@ fn a_file_edited_after_indexing_is_refused_where_its_bases_moved() {
     // Layouts samtools indexes that the checks must take: blanks at line ends (counted into
     // the line's width), headers of sequences without bases (left out of the index) and blank
     // lines between sequences, CRLF with a description.
+    // Names ended by \v or \f, and \v before a line end (htslib's `isspace`); a repeated
+    // name (samtools indexes the first); a blank CRLF line after a header (an index entry of
+    // 0 bases per line, which noodles alone refuses).
     for (name, text) in [
         ("blanks.fa", ">a\nACGT  \nAC  \n>c\nGGGG\n"),
         ("empty.fa", ">a\nACGTAC\nGG\n>b\n>e desc\n\n>c\nGG\n"),
@@ -1138,17 +1141,43 @@ fn a_file_edited_after_indexing_is_refused_where_its_bases_moved() {
             "crlf.fa",
             "\n>a desc\tmore\r\nACGT\r\nAC\r\n\r\n>c\r\nGG\r\n",
         ),
+        (
+            "vt.fa",
+            ">a\x0bdesc\nACGT\x0b\nACGT\n>c\x0cdesc\nTTTTGGGG\n",
+        ),
+        ("dup.fa", ">a\nACGTAC\n>a\nGGGG\n>c\nTTTT\n"),
+        ("zero.fa", ">a\r\nACGTAC\r\n>e\r\n\r\n>c\r\nTTTT\r\n"),
     ] {
         let path = dir.path().join(name);
         fs::write(&path, text).unwrap();
         let status = Command::new("samtools")
             .args(["faidx", s(&path)])
+            .stderr(Stdio::null())
             .status()
             .unwrap();
         assert!(status.success());
         for region in ["a", "a:3-6", "c:1-2"] {
             check_region(s(&path), region);
         }
+    }
+    // An index listing only some sequences, or one twice: the others read as samtools reads
+    // them.
+    let few = dir.path().join("few.fa");
+    fs::write(&few, ">a\nACGT\n>b\nGGGG\n>c\nTTTT\n").unwrap();
+    let status = Command::new("samtools")
+        .args(["faidx", s(&few)])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let full = fs::read_to_string(format!("{}.fai", s(&few))).unwrap();
+    let lines: Vec<&str> = full.lines().collect();
+    for kept in [
+        vec![lines[0], lines[2]],
+        vec![lines[0], lines[1], lines[2], lines[0]],
+    ] {
+        fs::write(format!("{}.fai", s(&few)), kept.join("\n") + "\n").unwrap();
+        check_region(s(&few), "a:1-2");
+        check_region(s(&few), "c:2-3");
     }
 
     let edit = |from: &str, to: &str| {
@@ -1186,13 +1215,17 @@ fn a_file_edited_after_indexing_is_refused_where_its_bases_moved() {
     edit("AAAAATTTTT\n", "AAAAATTTTTT\n");
     refused(read("c"), &["b does not end or c does not start"]);
     // A base moved from b's second line to its first: the gaps stay, the lines break
-    // elsewhere. A read across the break is refused; one before it reads what is there.
+    // elsewhere. A read across the break is refused, and so is one within the first line
+    // (its end is checked).
     edit("CCCCCGGGGG\nAAAAATTTTT\n", "CCCCCGGGGGA\nAAAATTTTT\n");
     refused(
         read("b:5-25"),
         &["the lines of sequence b do not break where the index says"],
     );
-    check_region(p, "b:1-10");
+    refused(
+        read("b:1-3"),
+        &["the lines of sequence b do not break where the index says"],
+    );
     // A longer header: c's bases start later.
     edit(">c desc", ">c a longer description");
     refused(read("c:2-3"), &["c does not start"]);
@@ -1203,6 +1236,46 @@ fn a_file_edited_after_indexing_is_refused_where_its_bases_moved() {
     edit("GATTACAGATTA", "GATTACCGATTA");
     let record = check_region(p, "c");
     assert_eq!(record.tokens[6], C);
+    // Lines joined, rewrapped or shifted within a sequence whose start and end stay: a read
+    // within one line is refused too (its line's ends are checked).
+    let stays = ">a\nAAAAACCCCC\nGATTACAGAT\nCCGGAATTCC\n>b\nACGTACGTAC\nGATTACAGAT\nCCGGA\n";
+    for (edited, region) in [
+        // The last record's last two lines joined.
+        (
+            ">a\nAAAAACCCCC\nGATTACAGAT\nCCGGAATTCC\n>b\nACGTACGTAC\nGATTACAGATCCGGA\n",
+            "b:21-22",
+        ),
+        // Lines 1 and 2 joined, a base added to line 3: the record keeps its bytes.
+        (
+            ">a\nAAAAACCCCCGATTACAGAT\nCCGGAGATTCC\n>b\nACGTACGTAC\nGATTACAGAT\nCCGGA\n",
+            "a:13-16",
+        ),
+    ] {
+        fs::write(&path, stays).unwrap();
+        let status = Command::new("samtools")
+            .args(["faidx", p])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        fs::write(&path, edited).unwrap();
+        refused(read(region), &["do not break where the index says"]);
+    }
+    // A header longer than is read at once, shortened by a byte: the gap's end is checked.
+    let long_header = |n: usize| format!(">a {}\nACGTACGTAC\nGATTACAGAT\n", "x".repeat(n));
+    fs::write(&path, long_header(70_000)).unwrap();
+    let status = Command::new("samtools")
+        .args(["faidx", p])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    check_region(p, "a:1-5");
+    fs::write(&path, long_header(69_999)).unwrap();
+    refused(
+        read("a:1-5"),
+        &["sequence a does not start where the index says"],
+    );
+    fs::write(&path, original).unwrap();
+    fs::write(format!("{p}.fai"), &index).unwrap();
     // Sequences appended after the indexed ones leave the index right for those.
     fs::write(&path, format!("{original}>d\nACGT\n")).unwrap();
     fs::write(format!("{p}.fai"), &index).unwrap();
