@@ -3,13 +3,13 @@
 
 Writes a BED of N intervals of W bases spread evenly over hg19 chr20 (bgzip, with .fai and
 .gzi), or with `--contigs K` over a synthetic draft assembly of K contigs (random bases,
-seeded; plain FASTA indexed with `samtools faidx`), one interval per contig spread evenly
-over them, then runs, for each binary given, `embed` with the regions as N `--region`
-arguments and, when the binary has it, as `--regions-bed`. A tiny model, so that reading the
-regions is what is measured. Usage (from the repository root, after `cargo build --release`):
+seeded; plain FASTA, or bgzip with `--bgzip`, indexed with `samtools faidx`), one interval
+(or `--per-contig` intervals, in order) per contig spread evenly over them, then runs, for
+each binary given, `embed` with the regions as N `--region` arguments and, when the binary
+has it, as `--regions-bed`. A tiny model, so that reading the regions is what is measured. Usage (from the repository root, after `cargo build --release`):
 
     python3 bench/many_regions.py --bin OLD --bin NEW [--n 10000] [--width 1000]
-        [--contigs 100000 --contig-len 400] [--bed-only]
+        [--contigs 100000 --contig-len 400 [--per-contig K] [--bgzip]] [--bed-only]
 
 Prints one line per run: binary, how the regions were given, regions, seconds, regions/s,
 peak RSS (MiB).
@@ -30,6 +30,10 @@ def main():
     ap.add_argument("--contigs", type=int, default=0,
                     help="a synthetic assembly of this many contigs instead of chr20")
     ap.add_argument("--contig-len", type=int, default=400)
+    ap.add_argument("--per-contig", type=int, default=1,
+                    help="intervals per chosen contig, in order within it")
+    ap.add_argument("--bgzip", action="store_true",
+                    help="the synthetic assembly bgzip-compressed (indexed with .fai and .gzi)")
     ap.add_argument("--bed-only", action="store_true",
                     help="give the regions only as --regions-bed (past the argument-list limit)")
     a = ap.parse_args()
@@ -45,10 +49,17 @@ def main():
                     f.write(f">contig_{i}\n")
                     for j in range(0, len(seq), 60):
                         f.write(seq[j:j + 60] + "\n")
+            if a.bgzip:
+                subprocess.run(["bgzip", genome], check=True)
+                genome += ".gz"
             subprocess.run(["samtools", "faidx", genome], check=True)
-            step = a.contigs // a.n
-            places = [(f"contig_{i * step}", 0) for i in range(a.n)]
-            what = f"a synthetic assembly of {a.contigs} contigs of {a.contig_len} bases (plain)"
+            k = a.per_contig
+            assert a.n % k == 0 and a.n // k <= a.contigs
+            step = a.contigs // (a.n // k)
+            gap = (a.contig_len - a.width) // k
+            places = [(f"contig_{i * step}", j * gap) for i in range(a.n // k) for j in range(k)]
+            what = (f"a synthetic assembly of {a.contigs} contigs of {a.contig_len} bases "
+                    f"({'bgzip' if a.bgzip else 'plain'}), {k} per contig")
         else:
             genome = CHR20
             # Skip chr20's leading Ns: regions from 1 Mb on.
