@@ -181,6 +181,16 @@ fn samtools_strand_tokens(path: &str, region: &str, minus: bool) -> Vec<u8> {
     tokens
 }
 
+/// Indexes `path` with `samtools faidx` (its warnings, e.g. for a repeated name, hidden).
+fn faidx(path: &str) {
+    let status = Command::new("samtools")
+        .args(["faidx", path])
+        .stderr(Stdio::null())
+        .status()
+        .expect("samtools is needed for the region tests (apt-get install -y samtools)");
+    assert!(status.success(), "samtools faidx {path}");
+}
+
 fn require_samtools() {
     let ok = Command::new("samtools")
         .arg("--version")
@@ -1062,11 +1072,7 @@ fn htslib_faidx_edge_cases_read_by_region_as_samtools_reads_them() {
     let path = dir.path().join("edge.fa");
     fs::copy(data("specimens/htslib_faidx_edge_cases.fa"), &path).unwrap();
     let p = s(&path);
-    let status = Command::new("samtools")
-        .args(["faidx", p])
-        .status()
-        .unwrap();
-    assert!(status.success());
+    faidx(p);
     let index = fs::read_to_string(format!("{p}.fai")).unwrap();
     let names: Vec<&str> = index.lines().filter_map(|l| l.split('\t').next()).collect();
     assert!(
@@ -1117,11 +1123,7 @@ fn a_file_edited_after_indexing_is_refused_where_its_bases_moved() {
     // a: 35 bases (lines of 10), b: 25 bases, c: 12 bases.
     let original = ">a first\nACGTACGTAC\nGGGGGCCCCC\nTTTTTAAAAA\nACGTA\n>b\nCCCCCGGGGG\nAAAAATTTTT\nACGTA\n>c desc\nGATTACAGATTA\n";
     fs::write(&path, original).unwrap();
-    let status = Command::new("samtools")
-        .args(["faidx", p])
-        .status()
-        .unwrap();
-    assert!(status.success());
+    faidx(p);
     let index = fs::read(format!("{p}.fai")).unwrap();
     let read = |text: &str| region::read_region(p, &text.parse::<Region>().unwrap());
     // The untouched file reads as samtools reads it, every sequence and a middle part.
@@ -1150,12 +1152,7 @@ fn a_file_edited_after_indexing_is_refused_where_its_bases_moved() {
     ] {
         let path = dir.path().join(name);
         fs::write(&path, text).unwrap();
-        let status = Command::new("samtools")
-            .args(["faidx", s(&path)])
-            .stderr(Stdio::null())
-            .status()
-            .unwrap();
-        assert!(status.success());
+        faidx(s(&path));
         for region in ["a", "a:3-6", "c:1-2"] {
             check_region(s(&path), region);
         }
@@ -1164,11 +1161,7 @@ fn a_file_edited_after_indexing_is_refused_where_its_bases_moved() {
     // them.
     let few = dir.path().join("few.fa");
     fs::write(&few, ">a\nACGT\n>b\nGGGG\n>c\nTTTT\n").unwrap();
-    let status = Command::new("samtools")
-        .args(["faidx", s(&few)])
-        .status()
-        .unwrap();
-    assert!(status.success());
+    faidx(s(&few));
     let full = fs::read_to_string(format!("{}.fai", s(&few))).unwrap();
     let lines: Vec<&str> = full.lines().collect();
     for kept in [
@@ -1252,22 +1245,14 @@ fn a_file_edited_after_indexing_is_refused_where_its_bases_moved() {
         ),
     ] {
         fs::write(&path, stays).unwrap();
-        let status = Command::new("samtools")
-            .args(["faidx", p])
-            .status()
-            .unwrap();
-        assert!(status.success());
+        faidx(p);
         fs::write(&path, edited).unwrap();
         refused(read(region), &["do not break where the index says"]);
     }
     // A header longer than is read at once, shortened by a byte: the gap's end is checked.
     let long_header = |n: usize| format!(">a {}\nACGTACGTAC\nGATTACAGAT\n", "x".repeat(n));
     fs::write(&path, long_header(70_000)).unwrap();
-    let status = Command::new("samtools")
-        .args(["faidx", p])
-        .status()
-        .unwrap();
-    assert!(status.success());
+    faidx(p);
     check_region(p, "a:1-5");
     fs::write(&path, long_header(69_999)).unwrap();
     refused(
@@ -1292,11 +1277,7 @@ fn regions_on_a_crlf_fasta_match_samtools() {
     let dir = tempdir();
     let path = dir.path().join("crlf.fasta");
     fs::copy(data("specimens/crlf_line_endings.fasta"), &path).unwrap();
-    let status = Command::new("samtools")
-        .args(["faidx", s(&path)])
-        .status()
-        .unwrap();
-    assert!(status.success());
+    faidx(s(&path));
     for text in [
         "gi|557361099|gb|KF435150.1|:65-80",
         "gi|557361099|gb|KF435150.1|:481-481",
@@ -1473,11 +1454,7 @@ fn long_regions_stream_window_by_window_as_the_pieces_of_the_whole() {
     assert!(out.status.success());
     let body = out.stdout.splitn(2, |&b| b == b'\n').nth(1).unwrap();
     let plain = write_file(dir.path(), "part.fa", &[b">part\n", body].concat());
-    let status = Command::new("samtools")
-        .args(["faidx", s(&plain)])
-        .status()
-        .unwrap();
-    assert!(status.success());
+    faidx(s(&plain));
     check_region_pieces(s(&plain), "part", 65_536);
     check_region_pieces(s(&plain), "part:1,000,000-2,100,000", 1 << 20);
 }
@@ -1527,11 +1504,7 @@ fn names_that_read_as_regions_are_taken_in_braces_like_samtools() {
         b">20:1-10 a part written by samtools faidx\nACGTACGTACGTAC\n>20\nGGGGCCCCAAAATTTT\n>x:5\nTTTTTTTTAC\n",
     );
     let path = s(&path);
-    let status = Command::new("samtools")
-        .args(["faidx", path])
-        .status()
-        .unwrap();
-    assert!(status.success());
+    faidx(path);
     // In braces: the sequence of that name, whole or in part; equal to samtools'.
     let rec = check_region(path, "{20:1-10}");
     assert_eq!(rec.tokens.len(), 14);
