@@ -40,7 +40,7 @@ def main():
     bins = a.bin or [BIN]
     with tempfile.TemporaryDirectory() as tmp:
         if a.contigs:
-            assert a.n <= a.contigs and a.width <= a.contig_len
+            assert a.width <= a.contig_len
             genome = os.path.join(tmp, "assembly.fa")
             rng = random.Random(7)
             with open(genome, "w") as f:
