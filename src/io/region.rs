@@ -1027,18 +1027,12 @@ impl IndexedFasta {
                 let blank = |l: &[u8]| l.iter().all(|&b| is_blank(b));
                 // After a sequence's last base its line ends (blanks allowed), and only blank
                 // lines stand before the first header.
-                let mut first_header = false;
-                let mut start_fine = rank == 0 || lines.first().is_some_and(|l| blank(l));
-                for l in lines.iter().skip(usize::from(rank > 0)) {
-                    if first_header {
-                        break;
-                    }
-                    if l.starts_with(b">") {
-                        first_header = true;
-                    } else if !blank(l) {
-                        start_fine = false;
-                    }
-                }
+                let start_fine = (rank == 0 || lines.first().is_some_and(|l| blank(l)))
+                    && lines
+                        .iter()
+                        .skip(usize::from(rank > 0))
+                        .take_while(|l| !l.starts_with(b">"))
+                        .all(|l| blank(l));
                 let name: Vec<u8> = self.index.as_ref()[i].name().to_vec();
                 let end_fine = if whole {
                     partial.is_empty() && lines.last().is_some_and(|h| names(h, &name))
@@ -1101,10 +1095,8 @@ impl IndexedFasta {
         let last = from.checked_add(want - 1).ok_or_else(overflow)?;
         let (first_line, last_line) = (from / bases, last / bases);
         let final_line = (length - 1) / bases;
-        let line_start = |l: u64| {
-            l.checked_mul(width)
-                .and_then(|b| b.checked_add(record.position()))
-        };
+        // Where line `l` starts: its first base's place.
+        let line_start = |l: u64| l.checked_mul(bases).and_then(|p| byte_offset(record, p));
         let start = line_start(first_line)
             .and_then(|b| b.checked_sub(u64::from(first_line > 0)))
             .ok_or_else(overflow)?;
