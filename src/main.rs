@@ -6,7 +6,8 @@ use clap::Parser;
 
 fn main() {
     cli::mark("start");
-    let cli = cli::Cli::try_parse().unwrap_or_else(|e| usage_error(e));
+    let cli = cli::Cli::try_parse_from(negative_values_joined(std::env::args_os()))
+        .unwrap_or_else(|e| usage_error(e));
     #[cfg(feature = "cuda")]
     genomamba::device::enable_kernel_cache();
     quiet_out_of_memory_panics();
@@ -36,19 +37,58 @@ fn main() {
     }
 }
 
+/// Joins a negative number to the long option before it (`--lr -1e-3` becomes `--lr=-1e-3`).
+/// clap takes a number with a signed exponent for a cluster of short flags (`-1`, `-e`, ...)
+/// even where negative numbers are allowed, and reported "unexpected argument '-1'"; joined,
+/// the value reaches its option, whose own check says what the option takes. Arguments after
+/// a bare `--` are left as they are.
+fn negative_values_joined(
+    args: impl Iterator<Item = std::ffi::OsString>,
+) -> Vec<std::ffi::OsString> {
+    let mut out: Vec<std::ffi::OsString> = Vec::new();
+    let mut options_end = false;
+    for a in args {
+        let number = a
+            .to_str()
+            .is_some_and(|s| s.starts_with('-') && s.parse::<f64>().is_ok());
+        if let Some(prev) = out.last_mut().filter(|_| number && !options_end) {
+            let long_option = prev
+                .to_str()
+                .is_some_and(|p| p.len() > 2 && p.starts_with("--") && !p.contains('='));
+            if long_option {
+                prev.push("=");
+                prev.push(&a);
+                continue;
+            }
+        }
+        options_end |= a == "--";
+        out.push(a);
+    }
+    out
+}
+
 /// Reports a command line that clap cannot parse in one line on stderr (what is wrong, then
 /// where to read about the options), exit code 2. Help and version requests print as clap
 /// prints them.
 fn usage_error(e: clap::Error) -> ! {
     use clap::CommandFactory;
     use clap::error::ErrorKind;
-    if matches!(
-        e.kind(),
-        ErrorKind::DisplayHelp
-            | ErrorKind::DisplayVersion
-            | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
-    ) {
+    if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) {
         e.exit();
+    }
+    let command = cli::Cli::command();
+    if e.kind() == ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand {
+        // `genomamba` alone: one line naming the subcommands, not the whole help.
+        let names: Vec<&str> = command
+            .get_subcommands()
+            .map(|s| s.get_name())
+            .filter(|n| *n != "help")
+            .collect();
+        eprintln!(
+            "genomamba: error: no subcommand given; give one of {}; see `genomamba --help`",
+            names.join(", ")
+        );
+        std::process::exit(2);
     }
     // clap's text: `error: WHAT` over one or more lines, tips, a blank line, the usage and a
     // pointer to --help.
@@ -66,7 +106,6 @@ fn usage_error(e: clap::Error) -> ! {
         line.push_str(l);
     }
     let what = line.strip_prefix("error: ").unwrap_or(&line);
-    let command = cli::Cli::command();
     let sub = std::env::args()
         .nth(1)
         .filter(|a| command.get_subcommands().any(|s| s.get_name() == a))

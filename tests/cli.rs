@@ -1106,6 +1106,26 @@ fn bad_input_exits_2_with_one_line_and_leaves_no_output() {
             assert_bad(&o, "see `genomamba embed --help`");
         }
     }
+    // No subcommand: one line naming them (clap printed its whole help, 17 lines).
+    assert_bad(
+        &run(&[]),
+        "no subcommand given; give one of embed, classify, annotate, train",
+    );
+    // A negative number with a signed exponent reaches its option (clap took `-1e-3` for
+    // short flags and said "unexpected argument '-1'").
+    assert_bad(
+        &run(&[
+            "embed",
+            "-m",
+            s(&m),
+            s(&hash),
+            "-o",
+            s(&out),
+            "--chunk-size",
+            "-1e-3",
+        ]),
+        "invalid value '-1e-3' for '--chunk-size",
+    );
     // Outputs that cannot be: per-position arrays to stdout, a file where none can be made,
     // a record id too long for a file name (said with its record, not with the temporary
     // file's path).
@@ -1292,6 +1312,31 @@ fn bad_input_exits_2_with_one_line_and_leaves_no_output() {
         args.extend(flags);
         assert_bad(&run(&args), needle);
         assert!(!huge.exists());
+    }
+    // Sizes within the limit that no memory here holds (about 250 GiB to create) are refused
+    // before allocating: the OOM killer ended such a run without a message.
+    let available_gib = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .find_map(|l| l.strip_prefix("MemAvailable:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        })
+        .map(|kb| kb >> 20);
+    if available_gib.is_some_and(|g| g < 200) {
+        let o = run(&[
+            "init",
+            "-o",
+            s(&huge),
+            "--d-model",
+            "16384",
+            "--n-layer",
+            "10",
+        ]);
+        assert_bad(&o, "parameters) needs about 250.");
+        assert!(!huge.exists());
+    } else {
+        eprintln!("skipped the memory check of init: {available_gib:?} GiB available");
     }
     assert_eq!(std::fs::read_dir(&a_dir).unwrap().count(), 0);
     // An output that is an input (by another spelling too) would replace it when renamed
@@ -1956,7 +2001,8 @@ fn running_out_of_memory_is_one_line_and_leaves_nothing_behind() {
     assert_bad(&o, "the machine ran out of memory (an allocation of");
     assert_bad(&o, "use a smaller --chunk-size");
     assert_eq!(names(t.path()), before, "temporary outputs left behind");
-    // A model too large for memory: no directory is left either.
+    // A model too large for memory is refused before anything is allocated (the limit is
+    // what is available); no directory is left either.
     let o = run_limited(
         t.path(),
         LIMIT,
@@ -1970,7 +2016,10 @@ fn running_out_of_memory_is_one_line_and_leaves_nothing_behind() {
             "1",
         ],
     );
-    assert_bad(&o, "the machine ran out of memory");
+    assert_bad(
+        &o,
+        "a model of these sizes (12662100000 parameters) needs about 188.7 GiB of memory to create, and 8.0 GiB are available",
+    );
     assert!(!t.path().join("a").exists());
     assert!(m.join("config.json").is_file());
 }

@@ -1594,6 +1594,17 @@ fn bad_training_input_exits_2_and_writes_nothing() {
     )
     .unwrap();
     ok(&["baseline", "--tsv", s(&tsv), "--val-fraction", "0.5"]);
+    // A header without rows, and rows of one label, each said as what they are.
+    for (text, needle) in [
+        ("sequence\tlabel\n\n", "has a header but no rows"),
+        (
+            "sequence\tlabel\nACGTAC\tx\nACGTTT\tx\n",
+            "has only one distinct label ('x')",
+        ),
+    ] {
+        std::fs::write(&tsv, text).unwrap();
+        bad(&["train", "-o", o, "--tsv", s(&tsv)], needle);
+    }
     // A split that leaves no base to validate on (or to train on) is refused.
     std::fs::write(&bedp, "chr1\t2\t5\tgene\n").unwrap();
     for (fraction, needle) in [

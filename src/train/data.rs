@@ -293,10 +293,20 @@ pub fn load_tsv(path: &str, labels: Option<&[String]>) -> Result<SeqDataset> {
         }
     };
     check_labels(&labels)?;
+    if rows.is_empty() {
+        return Err(Error::input(
+            path,
+            "has a header but no rows",
+            "add one row per sequence: its sequence and its label, tab-separated",
+        ));
+    }
     if labels.len() < 2 {
         return Err(Error::input(
             path,
-            format!("only {} distinct label(s)", labels.len()),
+            format!(
+                "has only one distinct label ('{}')",
+                labels.first().map(String::as_str).unwrap_or_default()
+            ),
             "sequence training needs at least two classes in the `label` column",
         ));
     }
