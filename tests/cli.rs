@@ -1822,6 +1822,33 @@ fn hand_edited_models_are_refused_on_load() {
         assert_bad(&o, "tensor 'norm_f.weight' of");
         assert_bad(&o, &format!("holds {shown} at element 3"));
     }
+    // An f64 weight past f32's range is named as itself, not as the infinity it becomes.
+    let m = init(t.path(), "f64_range", &[]);
+    let path = m.join("model.safetensors");
+    let bytes = std::fs::read(&path).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let norm = st.tensor("norm_f.weight").unwrap();
+    let mut wide: Vec<u8> = norm
+        .data()
+        .chunks_exact(4)
+        .flat_map(|b| (f32::from_le_bytes(b.try_into().unwrap()) as f64).to_le_bytes())
+        .collect();
+    wide[8 * 3..8 * 4].copy_from_slice(&1e300f64.to_le_bytes());
+    let edited =
+        safetensors::tensor::TensorView::new(safetensors::Dtype::F64, norm.shape().to_vec(), &wide)
+            .unwrap();
+    let mut tensors: Vec<(String, safetensors::tensor::TensorView<'_>)> = st
+        .tensors()
+        .into_iter()
+        .filter(|(n, _)| n != "norm_f.weight")
+        .collect();
+    tensors.push(("norm_f.weight".into(), edited));
+    std::fs::write(&path, safetensors::serialize(tensors, None).unwrap()).unwrap();
+    let o = run(&["embed", "-m", s(&m), s(&fa), "-o", "-"]);
+    assert_bad(
+        &o,
+        "holds 1e300 at element 3, outside the range of f32 in which the model computes",
+    );
     // A tensor the architecture does not describe (a bias of the final norm, a head the
     // config lacks) is refused; a causal-LM checkpoint's `lm_head.*` is ignored.
     let plain = init(t.path(), "plain", &[]);

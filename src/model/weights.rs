@@ -75,15 +75,33 @@ impl TensorMap {
                 )
             })?;
             if let Some(i) = values.iter().position(|v| !v.is_finite()) {
-                return Err(Error::model(
-                    dir,
-                    format!(
-                        "tensor '{name}' of {} holds {} at element {i}",
-                        path.display(),
-                        values[i]
+                // An f64 that is finite but past f32's range is said as itself, not as the
+                // infinity it became.
+                let wide = (view.dtype() == Dtype::F64)
+                    .then(|| view.data().get(i * 8..i * 8 + 8))
+                    .flatten()
+                    .and_then(|b| b.try_into().ok())
+                    .map(f64::from_le_bytes)
+                    .filter(|v| v.is_finite());
+                return Err(match wide {
+                    Some(v) => Error::model(
+                        dir,
+                        format!(
+                            "tensor '{name}' of {} holds {v:e} at element {i}, outside the range of f32 in which the model computes",
+                            path.display()
+                        ),
+                        "use weights within f32's range (about ±3.4e38)",
                     ),
-                    "use weights from a run that did not diverge (a model is never saved with such values)",
-                ));
+                    None => Error::model(
+                        dir,
+                        format!(
+                            "tensor '{name}' of {} holds {} at element {i}",
+                            path.display(),
+                            values[i]
+                        ),
+                        "use weights from a run that did not diverge (a model is never saved with such values)",
+                    ),
+                });
             }
             let short = name.strip_prefix("backbone.").unwrap_or(&name).to_string();
             if tensors.contains_key(&short) {
