@@ -1916,6 +1916,25 @@ fn quoted_text_stays_one_line_and_streams_are_refused_where_they_cannot_work() {
     let o = run(&["classify", "-m", s(&m), "-o", s(&out), s(&mac)]);
     assert_bad(&o, "holds a carriage return (CR)");
     assert!(!out.exists());
+    // An id that is not UTF-8 is refused (written with U+FFFD, it named no record of the
+    // FASTA); a description that is not UTF-8 is no one's business.
+    for (bytes, ext) in [
+        (&b">ok\nACGT\n>ab\xffc d\nACGT\n"[..], "fa"),
+        (&b"@ab\xffc\nACGT\n+\nIIII\n"[..], "fq"),
+    ] {
+        let p = t.path().join(format!("latin.{ext}"));
+        std::fs::write(&p, bytes).unwrap();
+        let o = run(&["classify", "-m", s(&m), "-o", s(&out), s(&p)]);
+        assert_bad(&o, "the id of record ");
+        assert_bad(&o, " is not UTF-8 text (byte 0xff after 'ab')");
+        assert!(!out.exists());
+    }
+    let p = t.path().join("desc.fa");
+    std::fs::write(&p, b">c caf\xe9\nACGTACGT\n").unwrap();
+    assert_eq!(
+        ok(&["classify", "-m", s(&m), "-o", "-", s(&p)]),
+        ok(&["classify", "-m", s(&m), "-o", "-", s(&fa)])
+    );
     // CR before LF is fine.
     std::fs::write(&mac, ">c\r\nACGT\r\nACGT\r\n").unwrap();
     assert_eq!(

@@ -645,13 +645,27 @@ fn not_fastx(path: &str, first: u8, head: &[u8]) -> Error {
 // ---------------------------------------------------------------------------------------------
 // Records
 
-/// The first whitespace-separated word of a header (empty for an empty header).
-fn first_word(header: &[u8]) -> String {
+/// The first whitespace-separated word of a header (empty for an empty header). An id that
+/// is not UTF-8 text is refused, naming record `number` of `path`: outputs name records by
+/// it, and with U+FFFD in place of its bytes a BED's chromosome would no longer match the
+/// FASTA's record.
+fn first_word(header: &[u8], number: usize, path: &str) -> Result<String> {
     let word = header
         .split(|b| b.is_ascii_whitespace())
         .find(|w| !w.is_empty())
         .unwrap_or(&[]);
-    String::from_utf8_lossy(word).into_owned()
+    std::str::from_utf8(word).map(str::to_string).map_err(|e| {
+        let at = e.valid_up_to();
+        Error::input(
+            path,
+            format!(
+                "the id of record {number} is not UTF-8 text (byte 0x{:02x} after '{}')",
+                word[at],
+                String::from_utf8_lossy(&word[..at])
+            ),
+            "outputs name records by id: rename the record with UTF-8 (or ASCII) text",
+        )
+    })
 }
 
 /// How a record is named in errors: its id, or `#N` when the header is empty.
@@ -705,7 +719,7 @@ fn read_fasta(
                 ),
             ));
         }
-        let id = first_word(&h);
+        let id = first_word(&h, number, &path)?;
         let meta = std::sync::Arc::new(RecordMeta {
             chrom: id.clone(),
             id: id.clone(),
@@ -898,7 +912,7 @@ fn read_fastq(
                 &format!("#{number}"),
             ));
         }
-        let id = first_word(&header[1..]);
+        let id = first_word(&header[1..], number, &path)?;
         let name = label(&id, number);
 
         // Sequence lines up to the '+' line.
