@@ -90,6 +90,13 @@ fn usage_error(e: clap::Error) -> ! {
         );
         std::process::exit(2);
     }
+    if let Some(line) = conflict_with_given(&e) {
+        eprintln!(
+            "genomamba: error: {line}; see `genomamba{} --help`",
+            sub_named(&command)
+        );
+        std::process::exit(2);
+    }
     // clap's text: `error: WHAT` over one or more lines, tips, a blank line, the usage and a
     // pointer to --help.
     let text = e.render().to_string();
@@ -106,13 +113,60 @@ fn usage_error(e: clap::Error) -> ! {
         line.push_str(l);
     }
     let what = line.strip_prefix("error: ").unwrap_or(&line);
-    let sub = std::env::args()
+    eprintln!(
+        "genomamba: error: {what}; see `genomamba{} --help`",
+        sub_named(&command)
+    );
+    std::process::exit(2);
+}
+
+/// ` NAME` for the subcommand the command line names, or nothing.
+fn sub_named(command: &clap::Command) -> String {
+    std::env::args()
         .nth(1)
         .filter(|a| command.get_subcommands().any(|s| s.get_name() == a))
         .map(|a| format!(" {a}"))
-        .unwrap_or_default();
-    eprintln!("genomamba: error: {what}; see `genomamba{sub} --help`");
-    std::process::exit(2);
+        .unwrap_or_default()
+}
+
+/// clap's conflict error lists every member of a conflicting group, given or not
+/// ("'--class' cannot be used with: --window --bed-class --records ..."). This names only
+/// the options the command line gave; `None` for other errors, or where none is found.
+fn conflict_with_given(e: &clap::Error) -> Option<String> {
+    use clap::error::{ContextKind, ContextValue, ErrorKind};
+    if e.kind() != ErrorKind::ArgumentConflict {
+        return None;
+    }
+    let Some(ContextValue::String(invalid)) = e.get(ContextKind::InvalidArg) else {
+        return None;
+    };
+    let prior: Vec<&String> = match e.get(ContextKind::PriorArg)? {
+        ContextValue::Strings(v) => v.iter().collect(),
+        ContextValue::String(s) => vec![s],
+        _ => return None,
+    };
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let given = |shown: &str| {
+        let long = shown.split(' ').next().unwrap_or(shown);
+        long.starts_with("--")
+            && args
+                .iter()
+                .take_while(|a| *a != "--")
+                .any(|a| a == long || a.starts_with(&format!("{long}=")))
+    };
+    let named: Vec<&str> = prior
+        .into_iter()
+        .filter(|p| given(p))
+        .map(|p| p.split(' ').next().unwrap_or(p))
+        .collect();
+    if named.is_empty() {
+        return None;
+    }
+    let invalid = invalid.split(' ').next().unwrap_or(invalid);
+    Some(format!(
+        "{invalid} cannot be used with {}; leave out one or the other",
+        named.join(", ")
+    ))
 }
 
 /// The first panic, on any thread, that was the GPU running out of memory

@@ -1092,7 +1092,10 @@ fn fine_tunes_a_hugging_face_checkpoint() {
     let wider = dir.path().join("ft4");
     args[2] = s(&wider);
     args.extend(["--d-model", "32"]);
-    bad(&args, "'--from <MODEL>' cannot be used with");
+    bad(
+        &args,
+        "--from cannot be used with --d-model; leave out one or the other",
+    );
     assert!(!wider.exists());
 }
 
@@ -1626,12 +1629,27 @@ fn bad_training_input_exits_2_and_writes_nothing() {
             needle,
         );
     }
-    // Flags of the other task are refused, not ignored.
+    // Flags of the other task are refused, not ignored, naming only the flags given (clap
+    // listed the whole group).
     bad(
         &[
             "train", "-o", o, "--class", &ca, "--class", &cb, "--window", "100",
         ],
-        "cannot be used with",
+        "--class cannot be used with --window; leave out one or the other",
+    );
+    // --orf-features is of the per-position task: said so, not "--bidirectional required".
+    bad(
+        &[
+            "train",
+            "-o",
+            o,
+            "--class",
+            &ca,
+            "--class",
+            &cb,
+            "--orf-features",
+        ],
+        "--class cannot be used with --orf-features;",
     );
     bad(
         &[
@@ -1645,7 +1663,7 @@ fn bad_training_input_exits_2_and_writes_nothing() {
             "--val-class",
             &ca,
         ],
-        "cannot be used with",
+        "--fasta cannot be used with --val-class;",
     );
     bad(
         &["train", "-o", o, "--class", "a=-", "--class", "b=-"],

@@ -43,7 +43,15 @@ use super::common::{ArchArgs, SeqDataArgs, check_output_dir, set_threads};
 // Flags of one task are refused with the other's data, not ignored.
 #[command(group(
     clap::ArgGroup::new("position_task_flags")
-        .args(["bed_classes", "records", "window", "gc_augment", "windows_per_epoch"])
+        .args([
+            "bed_classes",
+            "records",
+            "window",
+            "gc_augment",
+            "windows_per_epoch",
+            "bidirectional",
+            "orf_features",
+        ])
         .multiple(true)
         .conflicts_with_all(["classes", "tsv"])
 ))]
