@@ -881,7 +881,22 @@ fn stray_character_names_file_record_position_and_fix() {
 #[test]
 fn fastq_structure_errors() {
     let dir = tempdir();
-    let cases: [(&str, &[u8], &[&str]); 5] = [
+    let cases: [(&str, &[u8], &[&str]); 7] = [
+        // A separator other than '+' is said to be one, not an invalid base; a gap sign
+        // inside a sequence line is still an invalid base.
+        (
+            "dash_separator.fq",
+            b"@r1\nACGT\n-\nIIII\n",
+            &[
+                "expected the '+' line after the sequence, found a line starting with '-' on line 3",
+                "record r1",
+            ],
+        ),
+        (
+            "gap_in_sequence.fq",
+            b"@r1\nAC-GT\n+\nIIIII\n",
+            &["invalid character '-' on line 2", "position 3"],
+        ),
         (
             "longer_quality.fq",
             b"@r1\nACGT\n+\nIIIII\n",

@@ -937,8 +937,20 @@ fn read_fastq(
                 }
                 _ => {}
             }
+            let before = tokens.len();
             if let Err(bad) = alphabet::tokenize_into(l, &mut tokens) {
-                let base = tokens.len() as u64 + 1;
+                // A line after the sequence that opens with a sign that is no base: most
+                // likely a separator line written with something other than '+'.
+                if bad.offset == 0 && before > 0 && !bad.byte.is_ascii_alphabetic() {
+                    return Err(fastq_err(
+                        format!(
+                            "expected the '+' line after the sequence, found a line starting with {} on line {at}",
+                            bad.describe()
+                        ),
+                        &name,
+                    ));
+                }
+                let base = before as u64 + bad.offset as u64 + 1;
                 return Err(bad_base(&path, &name, at, base, bad));
             }
         }
