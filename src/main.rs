@@ -106,7 +106,12 @@ fn usage_error(e: clap::Error) -> ! {
         .next()
         .unwrap_or(what);
     let mut line = String::new();
-    for l in what.lines().map(str::trim).filter(|l| !l.is_empty()) {
+    // clap's tip to pass an unknown flag "as a value" with `--` would make it an input path.
+    let lines = what
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with("tip: to pass"));
+    for l in lines {
         if !line.is_empty() {
             line.push_str(if l.starts_with("tip:") { "; " } else { " " });
         }

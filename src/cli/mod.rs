@@ -21,29 +21,30 @@ pub struct Cli {
 }
 
 /// The subcommands. A negative number after an option is taken as its value (and refused
-/// by that option's own check), not as an unknown flag.
+/// by that option's own check), not as an unknown flag. `--version` prints the program's
+/// name (clap's own would be `genomamba-embed`).
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Hidden states of the final layer (after the final norm), pooled per record or per position.
-    #[command(allow_negative_numbers = true)]
+    #[command(allow_negative_numbers = true, display_name = "genomamba")]
     Embed(embed::EmbedArgs),
     /// Sequence-level prediction with the model's classification head.
-    #[command(allow_negative_numbers = true)]
+    #[command(allow_negative_numbers = true, display_name = "genomamba")]
     Classify(classify::ClassifyArgs),
     /// Per-position prediction with the model's per-position head: BED6, bedGraph, TSV.
-    #[command(allow_negative_numbers = true)]
+    #[command(allow_negative_numbers = true, display_name = "genomamba")]
     Annotate(annotate::AnnotateArgs),
     /// Train or fine-tune a model on labeled data (per-class FASTA, TSV, or FASTA + BED).
-    #[command(allow_negative_numbers = true)]
+    #[command(allow_negative_numbers = true, display_name = "genomamba")]
     Train(Box<train::TrainArgs>),
     /// The k-mer logistic-regression baseline on the same data and split as `train`.
-    #[command(allow_negative_numbers = true)]
+    #[command(allow_negative_numbers = true, display_name = "genomamba")]
     Baseline(baseline::BaselineArgs),
     /// Create a randomly initialised model directory of a given architecture.
-    #[command(allow_negative_numbers = true)]
+    #[command(allow_negative_numbers = true, display_name = "genomamba")]
     Init(init::InitArgs),
     /// Describe a model: architecture, parameter count, head, labels, provenance.
-    #[command(allow_negative_numbers = true)]
+    #[command(allow_negative_numbers = true, display_name = "genomamba")]
     Info(info::InfoArgs),
 }
 
