@@ -103,3 +103,4 @@ check "no temporary files left in the run directory" \
   test -z "$(ls -A "$t/run" | grep '^\.' || true)"
 echo "failures: $fails"
 rm -rf "$t"
+exit $((fails > 0))

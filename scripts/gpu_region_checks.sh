@@ -81,7 +81,9 @@ PY
 code=$?
 check "an edited file's old index is refused on $DEV (exit 2, one line, no output)" \
   test "$code" = 2 -a "$(wc -l < "$t/edited.err")" = 1 -a ! -e "$t/edited.tsv"
-grep -q "does not match the file" "$t/edited.err" || { echo "     $(cat "$t/edited.err")"; }
+check "the refusal says the index does not match the file" \
+  grep -q "does not match the file" "$t/edited.err"
+grep -q "does not match the file" "$t/edited.err" || echo "     $(cat "$t/edited.err")"
 
 # f16: chunks of one position against the default chunk, 2,000 positions.
 for chunk in 1 default; do

@@ -29,5 +29,5 @@ done
 python3 -c "
 import json
 for d in (0,1):
-  l=[json.loads(x) for x in open('/tmp/t%d/metrics.jsonl'%d)]; print('cuda:%d'%d, {k:v for k,v in l[-1].items() if 'loss' in k or 'auroc' in k})"
+  l=[json.loads(x) for x in open('/tmp/t%d/metrics.jsonl'%d)]; print('cuda:%d'%d, {'train_loss': l[-1]['train_loss'], 'val_loss': l[-1]['val']['loss'], 'val_auroc': l[-1]['val'].get('auroc')})"
 BIN=$G bash scripts/gpu_device_errors.sh 2>&1 | grep -E "cuda:2|cuda:99|failures"
