@@ -8,6 +8,7 @@ fn main() {
     cli::mark("start");
     let cli = cli::Cli::try_parse_from(negative_values_joined(std::env::args_os()))
         .unwrap_or_else(|e| usage_error(e));
+    cli::default_device_for_cpu_training(&cli);
     #[cfg(feature = "cuda")]
     genomamba::device::enable_kernel_cache();
     quiet_out_of_memory_panics();

@@ -1060,7 +1060,11 @@ fn bad_input_exits_2_with_one_line_and_leaves_no_output() {
     // Every subcommand knows --version (clap offered '--region' for it).
     for sub in ["embed", "train", "info"] {
         let v = ok(&[sub, "--version"]);
-        assert_eq!(v, format!("genomamba {}\n", env!("CARGO_PKG_VERSION")), "{sub}");
+        assert_eq!(
+            v,
+            format!("genomamba {}\n", env!("CARGO_PKG_VERSION")),
+            "{sub}"
+        );
     }
     // What clap cannot parse is one line too, pointing at the command's help; numbers that
     // parse but cannot be used are refused with a limit.

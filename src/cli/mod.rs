@@ -89,6 +89,23 @@ pub fn mark(what: &str) {
 }
 
 /// Runs a parsed command line.
+/// Points Burn's default device at the CPU backend for a `train` run on the CPU, unless
+/// `BURN_DEVICE` is set. Burn makes a resumed optimizer's state on its default device (its
+/// first step moves it), and in a build with GPU support that default is the GPU: a CPU run
+/// then needed a CUDA driver, and panicked on a machine without one. Must be called before
+/// any other thread starts (it sets an environment variable).
+pub fn default_device_for_cpu_training(cli: &Cli) {
+    let Command::Train(a) = &cli.command else {
+        return;
+    };
+    let cpu = a.device.parse::<genomamba::device::DeviceSpec>().ok()
+        == Some(genomamba::device::DeviceSpec::Cpu);
+    if cpu && std::env::var_os("BURN_DEVICE").is_none() {
+        // SAFETY: no other thread runs yet (see above), so none reads the environment now.
+        unsafe { std::env::set_var("BURN_DEVICE", "flex") };
+    }
+}
+
 pub fn run(cli: Cli) -> genomamba::Result<()> {
     match cli.command {
         Command::Embed(a) => embed::run(a),
