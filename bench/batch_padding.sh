@@ -17,6 +17,7 @@ BED=${BED:-../shared/data/genomes/hg19_chr20.cpg_islands.bed}
 DEVICE=${DEVICE:-cpu}; PRECISION=${PRECISION:-f32}; ROUNDS=${ROUNDS:-2}
 SETTINGS=${SETTINGS:-100000 200 150 125 b1}
 t=$(mktemp -d)
+trap 'rm -rf "$t"' EXIT
 MODEL=${MODEL:-$t/m}
 [ -e "$MODEL" ] || "$BIN" init -o "$MODEL" --d-model "${D_MODEL:-64}" --n-layer "${N_LAYER:-4}" --seed 1 >/dev/null
 cp "$BED" "$t/cpg801.bed"; head -200 "$BED" > "$t/cpg200.bed"
@@ -42,7 +43,7 @@ done
 python3 - "$t" "$DEVICE" $SETTINGS <<'PY'
 import sys
 t, device, settings = sys.argv[1], sys.argv[2], sys.argv[3:]
-tol = 0.0 if device == 'cpu' else 1e-3
+tol = 0.0 if device.lower() == 'cpu' else 1e-3
 def rows(p):
     return [l.rstrip('\n').split('\t') for l in open(p)][1:]
 bad = 0
@@ -58,4 +59,3 @@ for name in ['cpg200', 'cpg801', 'u200']:
         print(f'{name} padding {x} against {settings[0]}: {len(base)} rows, max |diff| / max |value| = {diff / big:.2e}{"" if ok else " FAIL"}')
 sys.exit(1 if bad else 0)
 PY
-rm -rf "$t"

@@ -8,7 +8,7 @@ fn main() {
     cli::mark("start");
     let cli = cli::Cli::try_parse_from(negative_values_joined(std::env::args_os()))
         .unwrap_or_else(|e| usage_error(e));
-    cli::default_device_for_cpu_training(&cli);
+    cli::set_default_device(&cli);
     #[cfg(feature = "cuda")]
     genomamba::device::enable_kernel_cache();
     quiet_out_of_memory_panics();
@@ -38,14 +38,17 @@ fn main() {
     }
 }
 
-/// Joins a negative number to the long option before it (`--lr -1e-3` becomes `--lr=-1e-3`).
-/// clap takes a number with a signed exponent for a cluster of short flags (`-1`, `-e`, ...)
-/// even where negative numbers are allowed, and reported "unexpected argument '-1'"; joined,
-/// the value reaches its option, whose own check says what the option takes. Arguments after
-/// a bare `--` are left as they are.
+/// Joins a negative number to the long option before it where that option takes a value
+/// (`--lr -1e-3` becomes `--lr=-1e-3`). clap takes a number with a signed exponent for a
+/// cluster of short flags (`-1`, `-e`, ...) even where negative numbers are allowed, and
+/// reported "unexpected argument '-1'"; joined, the value reaches its option, whose own check
+/// says what the option takes. After an on/off flag, or after a bare `--`, a number stays an
+/// argument of its own (an input file may be named `-7`).
 fn negative_values_joined(
     args: impl Iterator<Item = std::ffi::OsString>,
 ) -> Vec<std::ffi::OsString> {
+    use clap::CommandFactory;
+    let command = cli::Cli::command();
     let mut out: Vec<std::ffi::OsString> = Vec::new();
     let mut options_end = false;
     for a in args {
@@ -53,10 +56,23 @@ fn negative_values_joined(
             .to_str()
             .is_some_and(|s| s.starts_with('-') && s.parse::<f64>().is_ok());
         if let Some(prev) = out.last_mut().filter(|_| number && !options_end) {
-            let long_option = prev
+            let takes_value = prev
                 .to_str()
-                .is_some_and(|p| p.len() > 2 && p.starts_with("--") && !p.contains('='));
-            if long_option {
+                .and_then(|p| p.strip_prefix("--"))
+                .filter(|name| !name.is_empty() && !name.contains('='))
+                .is_some_and(|name| {
+                    // The subcommand is the first argument after the program's name.
+                    let sub = std::env::args_os()
+                        .nth(1)
+                        .and_then(|s| s.into_string().ok())
+                        .and_then(|s| command.find_subcommand(&s).cloned());
+                    sub.is_some_and(|sub| {
+                        sub.get_arguments().any(|arg| {
+                            arg.get_long() == Some(name) && arg.get_action().takes_values()
+                        })
+                    })
+                });
+            if takes_value {
                 prev.push("=");
                 prev.push(&a);
                 continue;
@@ -107,11 +123,17 @@ fn usage_error(e: clap::Error) -> ! {
         .next()
         .unwrap_or(what);
     let mut line = String::new();
-    // clap's tip to pass an unknown flag "as a value" with `--` would make it an input path.
+    // clap's tip to pass an unknown flag "as a value" after `--` is kept where that names an
+    // existing file (an input named `-x.fa`); elsewhere it would make the flag an input path.
+    let tip_names_a_file = |l: &str| {
+        l.strip_prefix("tip: to pass '")
+            .and_then(|rest| rest.split('\'').next())
+            .is_some_and(|v| std::path::Path::new(v).exists())
+    };
     let lines = what
         .lines()
         .map(str::trim)
-        .filter(|l| !l.is_empty() && !l.starts_with("tip: to pass"));
+        .filter(|l| !l.is_empty() && (!l.starts_with("tip: to pass") || tip_names_a_file(l)));
     for l in lines {
         if !line.is_empty() {
             line.push_str(if l.starts_with("tip:") { "; " } else { " " });
@@ -128,8 +150,9 @@ fn usage_error(e: clap::Error) -> ! {
 
 /// ` NAME` for the subcommand the command line names, or nothing.
 fn sub_named(command: &clap::Command) -> String {
-    std::env::args()
+    std::env::args_os()
         .nth(1)
+        .map(|a| a.to_string_lossy().into_owned())
         .filter(|a| command.get_subcommands().any(|s| s.get_name() == a))
         .map(|a| format!(" {a}"))
         .unwrap_or_default()
@@ -137,7 +160,8 @@ fn sub_named(command: &clap::Command) -> String {
 
 /// clap's conflict error lists every member of a conflicting group, given or not
 /// ("'--class' cannot be used with: --window --bed-class --records ..."). This names only
-/// the options the command line gave; `None` for other errors, or where none is found.
+/// the options the command line gave; `None` for other errors, for an option given twice
+/// (which clap reports as a conflict with itself), or where none is found.
 fn conflict_with_given(e: &clap::Error) -> Option<String> {
     use clap::error::{ContextKind, ContextValue, ErrorKind};
     if e.kind() != ErrorKind::ArgumentConflict {
@@ -151,27 +175,34 @@ fn conflict_with_given(e: &clap::Error) -> Option<String> {
         ContextValue::String(s) => vec![s],
         _ => return None,
     };
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let given = |shown: &str| {
-        let long = shown.split(' ').next().unwrap_or(shown);
+    let flag = |shown: &str| shown.split(' ').next().unwrap_or(shown).to_string();
+    let invalid = flag(invalid);
+    if prior.iter().any(|p| flag(p) == invalid) {
+        return None;
+    }
+    let args: Vec<String> = std::env::args_os()
+        .skip(1)
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect();
+    let given = |long: &str| {
         long.starts_with("--")
             && args
                 .iter()
                 .take_while(|a| *a != "--")
                 .any(|a| a == long || a.starts_with(&format!("{long}=")))
     };
-    let named: Vec<&str> = prior
+    let named: Vec<String> = prior
         .into_iter()
+        .map(|p| flag(p))
         .filter(|p| given(p))
-        .map(|p| p.split(' ').next().unwrap_or(p))
         .collect();
     if named.is_empty() {
         return None;
     }
-    let invalid = invalid.split(' ').next().unwrap_or(invalid);
     Some(format!(
-        "{invalid} cannot be used with {}; leave out one or the other",
-        named.join(", ")
+        "{invalid} cannot be used with {}; leave out {invalid}, or {}",
+        named.join(", "),
+        named.join(" and ")
     ))
 }
 

@@ -1132,6 +1132,32 @@ fn bad_input_exits_2_with_one_line_and_leaves_no_output() {
         ]),
         "invalid value '-1e-3' for '--chunk-size",
     );
+    // ... but after an on/off flag a number stays an argument: here an input named `-7`.
+    let numbered = t.path().join("-7");
+    std::fs::write(&numbered, ">n\nACGT\n").unwrap();
+    let o: Out = gm()
+        .current_dir(t.path())
+        .args(["embed", "-m", s(&m), "-o", "-", "--quiet", "-7"])
+        .output()
+        .unwrap()
+        .into();
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    // An option given twice is said to be, not to conflict with itself.
+    assert_bad(
+        &run(&[
+            "embed",
+            "-m",
+            s(&m),
+            s(&hash),
+            "-o",
+            s(&out),
+            "--pool",
+            "mean",
+            "--pool",
+            "max",
+        ]),
+        "'--pool <POOL>' cannot be used multiple times",
+    );
     // Outputs that cannot be: per-position arrays to stdout, a file where none can be made,
     // a record id too long for a file name (said with its record, not with the temporary
     // file's path).
@@ -1319,7 +1345,7 @@ fn bad_input_exits_2_with_one_line_and_leaves_no_output() {
         assert_bad(&run(&args), needle);
         assert!(!huge.exists());
     }
-    // Sizes within the limit that no memory here holds (about 250 GiB to create) are refused
+    // Sizes within the limit that no memory here holds (about 280 GiB to create) are refused
     // before allocating: the OOM killer ended such a run without a message.
     let available_gib = std::fs::read_to_string("/proc/meminfo")
         .ok()
@@ -1339,7 +1365,7 @@ fn bad_input_exits_2_with_one_line_and_leaves_no_output() {
             "--n-layer",
             "10",
         ]);
-        assert_bad(&o, "parameters) needs about 250.");
+        assert_bad(&o, "parameters) needs about 281.6 GiB of memory to create");
         assert!(!huge.exists());
     } else {
         eprintln!("skipped the memory check of init: {available_gib:?} GiB available");
@@ -1935,6 +1961,21 @@ fn quoted_text_stays_one_line_and_streams_are_refused_where_they_cannot_work() {
         assert_bad(&o, " is not UTF-8 text (byte 0xff after 'ab')");
         assert!(!out.exists());
     }
+    // At its start, and after a long id (shortened to its last 40 characters).
+    let mut bytes = b">".to_vec();
+    bytes.extend("a".repeat(3000).as_bytes());
+    bytes.extend(b"\xff\nACGT\n");
+    let shortened = format!("(byte 0xff after '...{}')", "a".repeat(40));
+    for (bytes, needle) in [
+        (b">\xffab\nACGT\n".to_vec(), "(byte 0xff at its start)"),
+        (bytes, shortened.as_str()),
+    ] {
+        let p = t.path().join("latin_more.fa");
+        std::fs::write(&p, bytes).unwrap();
+        let o = run(&["classify", "-m", s(&m), "-o", s(&out), s(&p)]);
+        assert_bad(&o, needle);
+        assert!(o.stderr.len() < 300, "{}", o.stderr);
+    }
     let p = t.path().join("desc.fa");
     std::fs::write(&p, b">c caf\xe9\nACGTACGT\n").unwrap();
     assert_eq!(
@@ -2070,7 +2111,7 @@ fn running_out_of_memory_is_one_line_and_leaves_nothing_behind() {
     );
     assert_bad(
         &o,
-        "a model of these sizes (12662100000 parameters) needs about 188.7 GiB of memory to create, and 8.0 GiB are available",
+        "a model of these sizes (12662100000 parameters) needs about 212.3 GiB of memory to create, and ",
     );
     assert!(!t.path().join("a").exists());
     assert!(m.join("config.json").is_file());

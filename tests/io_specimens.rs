@@ -881,7 +881,7 @@ fn stray_character_names_file_record_position_and_fix() {
 #[test]
 fn fastq_structure_errors() {
     let dir = tempdir();
-    let cases: [(&str, &[u8], &[&str]); 7] = [
+    let cases: [(&str, &[u8], &[&str]); 9] = [
         // A separator other than '+' is said to be one, not an invalid base; a gap sign
         // inside a sequence line is still an invalid base.
         (
@@ -896,6 +896,18 @@ fn fastq_structure_errors() {
             "gap_in_sequence.fq",
             b"@r1\nAC-GT\n+\nIIIII\n",
             &["invalid character '-' on line 2", "position 3"],
+        ),
+        // The separator with the id after it; a continuation line opening with a gap sign
+        // is a sequence line.
+        (
+            "dash_id_separator.fq",
+            b"@r1\nACGT\n-r1\nIIII\n",
+            &["expected the '+' line after the sequence, found a line starting with '-' on line 3"],
+        ),
+        (
+            "gap_line_start.fq",
+            b"@r1\nACGT\n-CGTA\n+\nIIIIIIIII\n",
+            &["invalid character '-' on line 3", "position 5"],
         ),
         (
             "longer_quality.fq",

@@ -1094,7 +1094,7 @@ fn fine_tunes_a_hugging_face_checkpoint() {
     args.extend(["--d-model", "32"]);
     bad(
         &args,
-        "--from cannot be used with --d-model; leave out one or the other",
+        "--from cannot be used with --d-model; leave out --from, or --d-model",
     );
     assert!(!wider.exists());
 }
@@ -1635,7 +1635,7 @@ fn bad_training_input_exits_2_and_writes_nothing() {
         &[
             "train", "-o", o, "--class", &ca, "--class", &cb, "--window", "100",
         ],
-        "--class cannot be used with --window; leave out one or the other",
+        "--class cannot be used with --window; leave out --class, or --window",
     );
     // --orf-features is of the per-position task: said so, not "--bidirectional required".
     bad(

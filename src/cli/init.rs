@@ -122,8 +122,10 @@ pub fn run(a: InitArgs) -> Result<()> {
 }
 
 /// Bytes of memory that creating a model takes, per parameter: about four f32 copies of the
-/// weights at the peak (measured: 2.39 GiB for 160 M parameters, `--d-model 1024 --n-layer 24`).
-const INIT_BYTES_PER_PARAM: u64 = 16;
+/// weights at the peak, and a little more (measured peak resident memory: 2.39 GiB for 160 M
+/// parameters, `--d-model 1024 --n-layer 24`; 16-18 bytes per parameter for usual shapes, up
+/// to 24 for deep and narrow ones, whose totals are small).
+const INIT_BYTES_PER_PARAM: u64 = 18;
 
 /// Refuses sizes whose creation would not fit the memory this machine (or its cgroup) has
 /// available, which the kernel's OOM killer would otherwise end without a message.
@@ -135,12 +137,18 @@ fn check_memory(params: usize, output: &std::path::Path) -> Result<()> {
     if need <= available {
         return Ok(());
     }
-    let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
+    let amount = |b: u64| {
+        if b >= 10 << 30 {
+            format!("{:.1} GiB", b as f64 / (1u64 << 30) as f64)
+        } else {
+            format!("{} MiB", b >> 20)
+        }
+    };
     Err(Error::usage(
         format!(
-            "a model of these sizes ({params} parameters) needs about {:.1} GiB of memory to create, and {:.1} GiB are available; {} was not written",
-            gib(need),
-            gib(available),
+            "a model of these sizes ({params} parameters) needs about {} of memory to create, and {} are available; {} was not written",
+            amount(need),
+            amount(available),
             output.display()
         ),
         "choose smaller sizes (--d-model, --n-layer, --expand, --d-state) or run where more memory is free",
@@ -161,15 +169,28 @@ fn available_memory() -> Option<u64> {
             .map(|kb| kb.saturating_mul(1024))
     };
     let mut available = field("MemAvailable")?.saturating_add(field("SwapFree").unwrap_or(0));
-    let cgroup = |name: &str| {
-        std::fs::read_to_string(format!("/sys/fs/cgroup/{name}"))
-            .ok()
-            .and_then(|v| v.trim().parse::<u64>().ok())
-    };
-    if let (Some(max), Some(current)) = (cgroup("memory.max"), cgroup("memory.current")) {
-        available = available.min(max.saturating_sub(current));
+    // The process's own cgroup (v2: the `0::` line of /proc/self/cgroup) and the root of
+    // the hierarchy this process sees (a container's own).
+    let own = std::fs::read_to_string("/proc/self/cgroup")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find_map(|l| l.strip_prefix("0::"))
+                .map(str::to_string)
+        })
+        .unwrap_or_default();
+    for dir in [own.trim().trim_start_matches('/'), ""] {
+        let cgroup = |name: &str| {
+            let path = std::path::Path::new("/sys/fs/cgroup").join(dir).join(name);
+            std::fs::read_to_string(path)
+                .ok()
+                .and_then(|v| v.trim().parse::<u64>().ok())
+        };
+        if let (Some(max), Some(current)) = (cgroup("memory.max"), cgroup("memory.current")) {
+            available = available.min(max.saturating_sub(current));
+        }
     }
-    // An address-space limit (`ulimit -v`) bounds it too.
+    // An address-space limit (`ulimit -v`) bounds it too, less the address space in use.
     let mut limit = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
@@ -178,7 +199,17 @@ fn available_memory() -> Option<u64> {
     if unsafe { libc::getrlimit(libc::RLIMIT_AS, &mut limit) } == 0
         && limit.rlim_cur != libc::RLIM_INFINITY
     {
-        available = available.min(limit.rlim_cur);
+        let in_use = std::fs::read_to_string("/proc/self/status")
+            .ok()
+            .and_then(|status| {
+                status
+                    .lines()
+                    .find_map(|l| l.strip_prefix("VmSize:"))
+                    .and_then(|v| v.trim().strip_suffix("kB"))
+                    .and_then(|v| v.trim().parse::<u64>().ok())
+            })
+            .map_or(0, |kb| kb.saturating_mul(1024));
+        available = available.min(limit.rlim_cur.saturating_sub(in_use));
     }
     Some(available)
 }

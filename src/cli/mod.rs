@@ -88,24 +88,34 @@ pub fn mark(what: &str) {
     }
 }
 
-/// Runs a parsed command line.
-/// Points Burn's default device at the CPU backend for a `train` run on the CPU, unless
-/// `BURN_DEVICE` is set. Burn makes a resumed optimizer's state on its default device (its
+/// Sets Burn's default device from the command's `--device`: the CPU backend (`BURN_DEVICE=
+/// flex`) for a CPU run, Burn's own choice (`BURN_DEVICE` removed) for a GPU run, whatever
+/// the environment held. Burn makes a resumed optimizer's state on its default device (its
 /// first step moves it), and in a build with GPU support that default is the GPU: a CPU run
-/// then needed a CUDA driver, and panicked on a machine without one. Must be called before
-/// any other thread starts (it sets an environment variable).
-pub fn default_device_for_cpu_training(cli: &Cli) {
-    let Command::Train(a) = &cli.command else {
-        return;
+/// then needed a CUDA driver, and panicked on a machine without one; a `BURN_DEVICE` naming a
+/// backend this build lacks panicked too. Must be called before any other thread starts (it
+/// changes the environment).
+pub fn set_default_device(cli: &Cli) {
+    let device = match &cli.command {
+        Command::Embed(a) => a.input.device.as_str(),
+        Command::Classify(a) => a.input.device.as_str(),
+        Command::Annotate(a) => a.input.device.as_str(),
+        Command::Train(a) => a.device.as_str(),
+        Command::Baseline(_) | Command::Init(_) | Command::Info(_) => "cpu",
     };
-    let cpu = a.device.parse::<genomamba::device::DeviceSpec>().ok()
+    let cpu = device.parse::<genomamba::device::DeviceSpec>().ok()
         == Some(genomamba::device::DeviceSpec::Cpu);
-    if cpu && std::env::var_os("BURN_DEVICE").is_none() {
-        // SAFETY: no other thread runs yet (see above), so none reads the environment now.
-        unsafe { std::env::set_var("BURN_DEVICE", "flex") };
+    // SAFETY: no other thread runs yet (see above), so none reads the environment now.
+    unsafe {
+        if cpu {
+            std::env::set_var("BURN_DEVICE", "flex");
+        } else {
+            std::env::remove_var("BURN_DEVICE");
+        }
     }
 }
 
+/// Runs a parsed command line.
 pub fn run(cli: Cli) -> genomamba::Result<()> {
     match cli.command {
         Command::Embed(a) => embed::run(a),

@@ -656,14 +656,22 @@ fn first_word(header: &[u8], number: usize, path: &str) -> Result<String> {
         .unwrap_or(&[]);
     std::str::from_utf8(word).map(str::to_string).map_err(|e| {
         let at = e.valid_up_to();
+        let place = if at == 0 {
+            "at its start".to_string()
+        } else {
+            // The text before it, at most its last 40 characters.
+            let before = String::from_utf8_lossy(&word[..at]);
+            let skip = before.chars().count().saturating_sub(40);
+            let tail: String = before.chars().skip(skip).collect();
+            format!("after '{}{tail}'", if skip > 0 { "..." } else { "" })
+        };
         Error::input(
             path,
             format!(
-                "the id of record {number} is not UTF-8 text (byte 0x{:02x} after '{}')",
-                word[at],
-                String::from_utf8_lossy(&word[..at])
+                "the id of record {number} is not UTF-8 text (byte 0x{:02x} {place})",
+                word[at]
             ),
-            "outputs name records by id: rename the record with UTF-8 (or ASCII) text",
+            "record ids must be UTF-8 (or ASCII) text: rename the record",
         )
     })
 }
@@ -939,9 +947,10 @@ fn read_fastq(
             }
             let before = tokens.len();
             if let Err(bad) = alphabet::tokenize_into(l, &mut tokens) {
-                // A line after the sequence that opens with a sign that is no base: most
-                // likely a separator line written with something other than '+'.
-                if bad.offset == 0 && before > 0 && !bad.byte.is_ascii_alphabetic() {
+                // A line of one sign that is no base, or of such a sign and the record's
+                // id: a separator line written with something other than '+'.
+                let separator_like = l.len() == 1 || &l[1..] == id.as_bytes();
+                if bad.offset == 0 && !bad.byte.is_ascii_alphabetic() && separator_like {
                     return Err(fastq_err(
                         format!(
                             "expected the '+' line after the sequence, found a line starting with {} on line {at}",
