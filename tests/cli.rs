@@ -90,6 +90,24 @@ fn shell(script: &str) -> Out {
         .into()
 }
 
+/// Rewrites the final norm's weight in the model directory `m` as `edit` makes it from the
+/// stored f32 bytes, stored as `dtype` (same shape).
+fn replace_final_norm(m: &Path, dtype: safetensors::Dtype, edit: impl FnOnce(&[u8]) -> Vec<u8>) {
+    let path = m.join("model.safetensors");
+    let bytes = std::fs::read(&path).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let norm = st.tensor("norm_f.weight").unwrap();
+    let data = edit(norm.data());
+    let edited = safetensors::tensor::TensorView::new(dtype, norm.shape().to_vec(), &data).unwrap();
+    let mut tensors: Vec<(String, safetensors::tensor::TensorView<'_>)> = st
+        .tensors()
+        .into_iter()
+        .filter(|(n, _)| n != "norm_f.weight")
+        .collect();
+    tensors.push(("norm_f.weight".into(), edited));
+    std::fs::write(&path, safetensors::serialize(tensors, None).unwrap()).unwrap();
+}
+
 fn assert_bad(o: &Out, needle: &str) {
     assert_eq!(o.code, 2, "expected exit 2, got {}: {}", o.code, o.stderr);
     let lines: Vec<&str> = o.stderr.lines().collect();
@@ -1118,20 +1136,22 @@ fn bad_input_exits_2_with_one_line_and_leaves_no_output() {
         "no subcommand given; give one of embed, classify, annotate, train",
     );
     // A negative number with a signed exponent reaches its option (clap took `-1e-3` for
-    // short flags and said "unexpected argument '-1'").
-    assert_bad(
-        &run(&[
-            "embed",
-            "-m",
-            s(&m),
-            s(&hash),
-            "-o",
-            s(&out),
-            "--chunk-size",
-            "-1e-3",
-        ]),
-        "invalid value '-1e-3' for '--chunk-size",
-    );
+    // short flags and said "unexpected argument '-1'"); an option given twice is said to be,
+    // not to conflict with itself.
+    for (extra, needle) in [
+        (
+            ["--chunk-size", "-1e-3"].as_slice(),
+            "invalid value '-1e-3' for '--chunk-size",
+        ),
+        (
+            ["--pool", "mean", "--pool", "max"].as_slice(),
+            "'--pool <POOL>' cannot be used multiple times",
+        ),
+    ] {
+        let mut args = vec!["embed", "-m", s(&m), s(&hash), "-o", s(&out)];
+        args.extend_from_slice(extra);
+        assert_bad(&run(&args), needle);
+    }
     // ... but after an on/off flag a number stays an argument: here an input named `-7`.
     let numbered = t.path().join("-7");
     std::fs::write(&numbered, ">n\nACGT\n").unwrap();
@@ -1142,22 +1162,6 @@ fn bad_input_exits_2_with_one_line_and_leaves_no_output() {
         .unwrap()
         .into();
     assert_eq!(o.code, 0, "{}", o.stderr);
-    // An option given twice is said to be, not to conflict with itself.
-    assert_bad(
-        &run(&[
-            "embed",
-            "-m",
-            s(&m),
-            s(&hash),
-            "-o",
-            s(&out),
-            "--pool",
-            "mean",
-            "--pool",
-            "max",
-        ]),
-        "'--pool <POOL>' cannot be used multiple times",
-    );
     // Outputs that cannot be: per-position arrays to stdout, a file where none can be made,
     // a record id too long for a file name (said with its record, not with the temporary
     // file's path).
@@ -1834,48 +1838,25 @@ fn hand_edited_models_are_refused_on_load() {
     // A NaN or an infinity in the weights would give NaN for every output, with exit 0.
     for (bad, shown) in [(f32::NAN, "NaN"), (f32::INFINITY, "inf")] {
         let m = init(t.path(), &format!("nan_{shown}"), &[]);
-        let path = m.join("model.safetensors");
-        let bytes = std::fs::read(&path).unwrap();
-        let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-        let norm = st.tensor("norm_f.weight").unwrap();
-        let mut values: Vec<u8> = norm.data().to_vec();
-        values[4 * 3..4 * 4].copy_from_slice(&bad.to_le_bytes());
-        let edited =
-            safetensors::tensor::TensorView::new(norm.dtype(), norm.shape().to_vec(), &values)
-                .unwrap();
-        let mut tensors: Vec<(String, safetensors::tensor::TensorView<'_>)> = st
-            .tensors()
-            .into_iter()
-            .filter(|(n, _)| n != "norm_f.weight")
-            .collect();
-        tensors.push(("norm_f.weight".into(), edited));
-        std::fs::write(&path, safetensors::serialize(tensors, None).unwrap()).unwrap();
+        replace_final_norm(&m, safetensors::Dtype::F32, |data| {
+            let mut values = data.to_vec();
+            values[4 * 3..4 * 4].copy_from_slice(&bad.to_le_bytes());
+            values
+        });
         let o = run(&["embed", "-m", s(&m), s(&fa), "-o", "-"]);
         assert_bad(&o, "tensor 'norm_f.weight' of");
         assert_bad(&o, &format!("holds {shown} at element 3"));
     }
     // An f64 weight past f32's range is named as itself, not as the infinity it becomes.
     let m = init(t.path(), "f64_range", &[]);
-    let path = m.join("model.safetensors");
-    let bytes = std::fs::read(&path).unwrap();
-    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-    let norm = st.tensor("norm_f.weight").unwrap();
-    let mut wide: Vec<u8> = norm
-        .data()
-        .chunks_exact(4)
-        .flat_map(|b| (f32::from_le_bytes(b.try_into().unwrap()) as f64).to_le_bytes())
-        .collect();
-    wide[8 * 3..8 * 4].copy_from_slice(&1e300f64.to_le_bytes());
-    let edited =
-        safetensors::tensor::TensorView::new(safetensors::Dtype::F64, norm.shape().to_vec(), &wide)
-            .unwrap();
-    let mut tensors: Vec<(String, safetensors::tensor::TensorView<'_>)> = st
-        .tensors()
-        .into_iter()
-        .filter(|(n, _)| n != "norm_f.weight")
-        .collect();
-    tensors.push(("norm_f.weight".into(), edited));
-    std::fs::write(&path, safetensors::serialize(tensors, None).unwrap()).unwrap();
+    replace_final_norm(&m, safetensors::Dtype::F64, |data| {
+        let mut wide: Vec<u8> = data
+            .chunks_exact(4)
+            .flat_map(|b| (f32::from_le_bytes(b.try_into().unwrap()) as f64).to_le_bytes())
+            .collect();
+        wide[8 * 3..8 * 4].copy_from_slice(&1e300f64.to_le_bytes());
+        wide
+    });
     let o = run(&["embed", "-m", s(&m), s(&fa), "-o", "-"]);
     assert_bad(
         &o,
