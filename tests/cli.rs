@@ -1957,6 +1957,28 @@ fn quoted_text_stays_one_line_and_streams_are_refused_where_they_cannot_work() {
         assert_bad(&o, needle);
         assert!(o.stderr.len() < 300, "{}", o.stderr);
     }
+    // ... and where regions are read through an index that lists such a name, the index is
+    // not said to be out of date (re-indexing would keep the name).
+    let p = t.path().join("indexed.fa");
+    std::fs::write(&p, b">ok1\nACGTACGTAC\n>b\xffd\nACGTACGT\n").unwrap();
+    let mut fai = p.as_os_str().to_owned();
+    fai.push(".fai");
+    std::fs::write(&fai, b"ok1\t10\t5\t10\t11\nb\xffd\t8\t21\t8\t9\n").unwrap();
+    let o = run(&[
+        "classify",
+        "-m",
+        s(&m),
+        "-o",
+        s(&out),
+        s(&p),
+        "--region",
+        "ok1:1-5",
+    ]);
+    assert_bad(
+        &o,
+        "indexed.fa.fai: the sequence name on line 2 is not UTF-8 text",
+    );
+    assert!(!out.exists());
     let p = t.path().join("desc.fa");
     std::fs::write(&p, b">c caf\xe9\nACGTACGT\n").unwrap();
     assert_eq!(

@@ -578,11 +578,23 @@ impl IndexedFasta {
                     .next()
                     .is_some_and(|l| l.split('\t').count() == 6)
             });
+            // A name that is not UTF-8 (which every record id must be) is said as such:
+            // re-indexing would not help.
+            let not_utf8 = std::fs::read(&fai_path).ok().and_then(|text| {
+                text.split(|&b| b == b'\n')
+                    .position(|l| std::str::from_utf8(l.split(|&b| b == b'\t').next().unwrap_or(&[])).is_err())
+            });
             if fastq {
                 Error::input(
                     path,
                     format!("is a FASTQ file (its index {fai_path} has FASTQ's 6 columns); --region {region} reads FASTA only"),
                     format!("convert it with `samtools fasta {path} > reads.fa` and index that with `samtools faidx reads.fa`"),
+                )
+            } else if let Some(line) = not_utf8 {
+                Error::input(
+                    &fai_path,
+                    format!("the sequence name on line {} is not UTF-8 text", line + 1),
+                    format!("record ids must be UTF-8 (or ASCII) text: rename the record in {path}, then re-create the index with `samtools faidx {path}`"),
                 )
             } else {
                 Error::input(&fai_path, format!("invalid FASTA index: {e}"), &reindex)
