@@ -48,35 +48,33 @@ fn negative_values_joined(
     args: impl Iterator<Item = std::ffi::OsString>,
 ) -> Vec<std::ffi::OsString> {
     use clap::CommandFactory;
+    let args: Vec<std::ffi::OsString> = args.collect();
+    // The long options of the named subcommand (the first argument after the program's
+    // name) that take a value.
     let command = cli::Cli::command();
-    let mut out: Vec<std::ffi::OsString> = Vec::new();
+    let valued: Vec<String> = args
+        .get(1)
+        .and_then(|s| s.to_str())
+        .and_then(|s| command.find_subcommand(s))
+        .map(|sub| {
+            sub.get_arguments()
+                .filter(|arg| arg.get_action().takes_values())
+                .filter_map(|arg| arg.get_long().map(|l| format!("--{l}")))
+                .collect()
+        })
+        .unwrap_or_default();
+    let mut out: Vec<std::ffi::OsString> = Vec::with_capacity(args.len());
     let mut options_end = false;
     for a in args {
         let number = a
             .to_str()
             .is_some_and(|s| s.starts_with('-') && s.parse::<f64>().is_ok());
-        if let Some(prev) = out.last_mut().filter(|_| number && !options_end) {
-            let takes_value = prev
-                .to_str()
-                .and_then(|p| p.strip_prefix("--"))
-                .filter(|name| !name.is_empty() && !name.contains('='))
-                .is_some_and(|name| {
-                    // The subcommand is the first argument after the program's name.
-                    let sub = std::env::args_os()
-                        .nth(1)
-                        .and_then(|s| s.into_string().ok())
-                        .and_then(|s| command.find_subcommand(&s).cloned());
-                    sub.is_some_and(|sub| {
-                        sub.get_arguments().any(|arg| {
-                            arg.get_long() == Some(name) && arg.get_action().takes_values()
-                        })
-                    })
-                });
-            if takes_value {
-                prev.push("=");
-                prev.push(&a);
-                continue;
-            }
+        if let Some(prev) = out.last_mut().filter(|_| number && !options_end)
+            && prev.to_str().is_some_and(|p| valued.iter().any(|v| v == p))
+        {
+            prev.push("=");
+            prev.push(&a);
+            continue;
         }
         options_end |= a == "--";
         out.push(a);

@@ -160,14 +160,7 @@ fn check_memory(params: usize, output: &std::path::Path) -> Result<()> {
 /// set; `None` where not known.
 fn available_memory() -> Option<u64> {
     let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
-    let field = |name: &str| {
-        meminfo
-            .lines()
-            .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
-            .and_then(|v| v.trim().strip_suffix("kB"))
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .map(|kb| kb.saturating_mul(1024))
-    };
+    let field = |name: &str| kb_field(&meminfo, name);
     let mut available = field("MemAvailable")?.saturating_add(field("SwapFree").unwrap_or(0));
     // The process's own cgroup (v2: the `0::` line of /proc/self/cgroup) and the root of
     // the hierarchy this process sees (a container's own).
@@ -201,15 +194,18 @@ fn available_memory() -> Option<u64> {
     {
         let in_use = std::fs::read_to_string("/proc/self/status")
             .ok()
-            .and_then(|status| {
-                status
-                    .lines()
-                    .find_map(|l| l.strip_prefix("VmSize:"))
-                    .and_then(|v| v.trim().strip_suffix("kB"))
-                    .and_then(|v| v.trim().parse::<u64>().ok())
-            })
-            .map_or(0, |kb| kb.saturating_mul(1024));
+            .and_then(|status| kb_field(&status, "VmSize"))
+            .unwrap_or(0);
         available = available.min(limit.rlim_cur.saturating_sub(in_use));
     }
     Some(available)
+}
+
+/// The bytes of a `NAME:   N kB` line of a /proc file's text.
+fn kb_field(text: &str, name: &str) -> Option<u64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
+        .and_then(|v| v.trim().strip_suffix("kB"))
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map(|kb| kb.saturating_mul(1024))
 }

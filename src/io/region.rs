@@ -572,17 +572,16 @@ impl IndexedFasta {
             ));
         }
         let index = read_fai(&fai_path).map_err(|e| {
+            let text = std::fs::read(&fai_path).unwrap_or_default();
+            let lines = || text.split(|&b| b == b'\n');
             // `samtools faidx` indexes FASTQ too, with two more columns (quality offsets).
-            let fastq = std::fs::read_to_string(&fai_path).is_ok_and(|text| {
-                text.lines()
-                    .next()
-                    .is_some_and(|l| l.split('\t').count() == 6)
-            });
+            let fastq = lines()
+                .next()
+                .is_some_and(|l| l.split(|&b| b == b'\t').count() == 6);
             // A name that is not UTF-8 (which every record id must be) is said as such:
             // re-indexing would not help.
-            let not_utf8 = std::fs::read(&fai_path).ok().and_then(|text| {
-                text.split(|&b| b == b'\n')
-                    .position(|l| std::str::from_utf8(l.split(|&b| b == b'\t').next().unwrap_or(&[])).is_err())
+            let not_utf8 = lines().position(|l| {
+                std::str::from_utf8(l.split(|&b| b == b'\t').next().unwrap_or(&[])).is_err()
             });
             if fastq {
                 Error::input(
