@@ -664,10 +664,18 @@ fn every_compression_gives_the_same_records() {
         let name = Path::new(specimen).file_name().unwrap().to_str().unwrap();
         let mut two_members = gzip(&plain[..plain.len() / 2]);
         two_members.extend(gzip(&plain[plain.len() / 2..]));
-        let variants: [(&str, Vec<u8>); 6] = [
+        // Zero padding after the last member (as tape and block tools leave it) is skipped,
+        // as `gzip -d` skips it.
+        let padded = |mut bytes: Vec<u8>| {
+            bytes.extend([0u8; 700]);
+            bytes
+        };
+        let variants: [(&str, Vec<u8>); 8] = [
             ("gz", gzip(&plain)),
             ("bgz", bgzip(&plain)),
             ("two_members.gz", two_members),
+            ("padded.gz", padded(gzip(&plain))),
+            ("padded.bgz", padded(bgzip(&plain))),
             ("bz2", bzip2(&plain)),
             ("xz", xz(&plain)),
             ("zst", zstd(&plain)),
@@ -780,6 +788,23 @@ fn truncated_gzip_of_a_real_file_is_an_error_not_an_early_end() {
         read_all(s(&data("genomes/ecoli_k12.fa.gz"))).unwrap().len(),
         1
     );
+}
+
+#[test]
+fn data_after_the_last_gzip_member_is_an_error() {
+    let dir = tempdir();
+    let plain = fs::read(data("labeled/oct4_vs_mafk/mafk_peaks.fa")).unwrap();
+    for tail in [b"more text\n".to_vec(), [&[0u8; 100][..], b"x"].concat()] {
+        // Plain gzip is decoded up to the appended data; a bgzip file then lacks its end
+        // block where the end should be.
+        for (bytes, expected) in [
+            (gzip(&plain), "data after the end of the last gzip member"),
+            (bgzip(&plain), "truncated bgzip file"),
+        ] {
+            let path = write_file(dir.path(), "appended.gz", &[bytes, tail.clone()].concat());
+            assert_input_error(read_all(s(&path)), s(&path), &[expected]);
+        }
+    }
 }
 
 #[test]

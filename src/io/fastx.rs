@@ -265,7 +265,7 @@ impl Compression {
     ) -> Result<Box<dyn Read + Send>> {
         Ok(match self {
             Compression::Plain => Box::new(rest),
-            Compression::Gzip => Box::new(flate2::bufread::MultiGzDecoder::new(rest)),
+            Compression::Gzip => Box::new(GzMembers::new(rest)),
             Compression::Bzip2 => Box::new(bzip2::bufread::MultiBzDecoder::new(rest)),
             Compression::Xz => Box::new(liblzma::bufread::XzDecoder::new_multi_decoder(rest)),
             Compression::Zstd => {
@@ -292,6 +292,63 @@ impl Compression {
             Compression::Zstd
         } else {
             Compression::Plain
+        }
+    }
+}
+
+/// Every member of a gzip stream, like `gzip -d`: zero bytes after the last member (padding
+/// that tape and block-device tools add) are skipped, and anything else after it is an error,
+/// so that a file with other data appended is not silently cut short.
+struct GzMembers<R: BufRead> {
+    /// The current member's decoder; `None` once the stream has ended.
+    member: Option<flate2::bufread::GzDecoder<R>>,
+}
+
+impl<R: BufRead> GzMembers<R> {
+    fn new(rest: R) -> GzMembers<R> {
+        GzMembers {
+            member: Some(flate2::bufread::GzDecoder::new(rest)),
+        }
+    }
+}
+
+impl<R: BufRead> Read for GzMembers<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        loop {
+            let Some(member) = self.member.as_mut() else {
+                return Ok(0);
+            };
+            let n = member.read(buf)?;
+            if n > 0 || buf.is_empty() {
+                return Ok(n);
+            }
+            // The member ended: another one, zero padding to the end, or the end itself.
+            let Some(member) = self.member.take() else {
+                return Ok(0);
+            };
+            let mut rest = member.into_inner();
+            let head = rest.fill_buf()?;
+            if head.is_empty() {
+                return Ok(0);
+            }
+            if head[0] == 0x1f {
+                self.member = Some(flate2::bufread::GzDecoder::new(rest));
+                continue;
+            }
+            loop {
+                let head = rest.fill_buf()?;
+                if head.is_empty() {
+                    return Ok(0);
+                }
+                let zeros = head.iter().take_while(|&&b| b == 0).count();
+                if zeros < head.len() {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        "data after the end of the last gzip member",
+                    ));
+                }
+                rest.consume(zeros);
+            }
         }
     }
 }
@@ -562,6 +619,9 @@ const BGZF_EOF: [u8; 28] = [
     0, 0, 0, 0, 0, 0, 0,
 ];
 
+/// How much of a bgzip file's end is read to find its end block behind zero padding.
+const BGZF_TAIL: u64 = 64 * 1024;
+
 /// A bgzip file cut at a block border decodes cleanly to a shorter sequence; its missing
 /// end-of-file block tells. Plain gzip (no BGZF header) has no such mark and is not checked.
 fn check_bgzf_end(path: &str) -> Result<()> {
@@ -579,11 +639,17 @@ fn check_bgzf_end(path: &str) -> Result<()> {
     if !bgzf || len < BGZF_EOF.len() as u64 {
         return Ok(());
     }
-    let mut tail = [0u8; 28];
-    file.seek(SeekFrom::End(-(BGZF_EOF.len() as i64)))
+    // The end block may be followed by zero padding, which the decoder skips.
+    let mut tail = vec![0u8; len.min(BGZF_TAIL) as usize];
+    file.seek(SeekFrom::End(-(tail.len() as i64)))
         .map_err(|e| Error::io(path, e))?;
     let n = read_up_to(&mut file, &mut tail).map_err(|e| Error::io(path, e))?;
-    if n == tail.len() && tail == BGZF_EOF {
+    // The end block itself ends in zeros: its last non-zero byte must be the end block's.
+    let tail = &tail[..n];
+    let zeros = tail.iter().rev().take_while(|&&b| b == 0).count();
+    let eof_zeros = BGZF_EOF.iter().rev().take_while(|&&b| b == 0).count();
+    let eof_core = &BGZF_EOF[..BGZF_EOF.len() - eof_zeros];
+    if zeros >= eof_zeros && tail[..tail.len() - zeros].ends_with(eof_core) {
         return Ok(());
     }
     Err(Error::input(
