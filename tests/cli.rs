@@ -1467,6 +1467,14 @@ fn outputs_follow_links_stream_into_pipes_and_spare_every_input() {
     // ... keeping the replaced file's permissions.
     let mode = std::fs::metadata(&target).unwrap().permissions().mode();
     assert_eq!(mode & 0o777, 0o640);
+    // A read-only file is refused before any work, through the link too, and stays as it was.
+    std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o444)).unwrap();
+    for dest in [&target, &link] {
+        let o = run(&["embed", "-m", s(&m), s(&fa), "-o", s(dest), "--pool", "max"]);
+        assert_bad(&o, "it exists and is read-only");
+        assert_eq!(std::fs::read_to_string(&target).unwrap(), want);
+    }
+    std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o640)).unwrap();
     // A link to a file not made yet makes it; two outputs on one file through a link clash.
     let dangling = t.path().join("dangling.tsv");
     std::os::unix::fs::symlink(t.path().join("later.tsv"), &dangling).unwrap();

@@ -464,6 +464,16 @@ impl Output {
                 "give the path of a file to write, not of a directory",
             ));
         }
+        // A file without write permission is kept, as the shell's `>` keeps it (renaming over
+        // it would not ask; root, whom permissions do not stop, is refused too).
+        if let Ok(old) = std::fs::metadata(path)
+            && old.permissions().readonly()
+        {
+            return Err(Error::usage(
+                format!("cannot write {dest}: it exists and is read-only"),
+                "make it writable (chmod u+w) to replace it, or choose another output path",
+            ));
+        }
         let name = path
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
