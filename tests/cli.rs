@@ -603,6 +603,30 @@ fn annotate_bed_is_accepted_by_bedtools_and_region_coordinates_are_chromosomal()
             prev = Some((r[0].clone(), start));
         }
     }
+    // A minus-strand interval that will spill needs a writable TMPDIR: one that is not is
+    // refused before any work, not when the interval is reached after a forward one whose
+    // rows (more than the 64 KiB output buffer) already went to stdout.
+    let late = t.path().join("late.bed");
+    std::fs::write(
+        &late,
+        "chrI\t1000\t9000\tf\t0\t+\nchrII\t2000\t2613\tr\t0\t-\n",
+    )
+    .unwrap();
+    let refused = gm()
+        .env("GENOMAMBA_ANNOTATE_SPOOL", "1000")
+        .env("TMPDIR", t.path().join("missing"))
+        .args(["annotate", "-m", s(&m), s(&fa), "--regions-bed", s(&late)])
+        .args(["--bed-strand", "--tsv", "-"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("set TMPDIR to a directory"), "{stderr}");
+    let stdout = String::from_utf8_lossy(&refused.stdout);
+    assert!(
+        !stdout.contains("chrI\t"),
+        "rows were written first: {stdout:.200}"
+    );
 }
 
 #[test]

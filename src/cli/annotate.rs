@@ -11,7 +11,9 @@ use genomamba::train::trainer::Strands;
 use genomamba::{Error, Result};
 
 use super::classify::argmax;
-use super::common::{InputArgs, RecordSink, check_finite, check_some_records, report_skipped};
+use super::common::{
+    InputArgs, RecordSink, RegionItem, check_finite, check_some_records, report_skipped,
+};
 
 /// The most decimals `--digits` gives (an f32 holds about 7 significant digits).
 const MAX_DIGITS: usize = 9;
@@ -152,6 +154,10 @@ pub fn run(a: AnnotateArgs) -> Result<()> {
         .ok_or_else(|| Error::Runtime("the model's head has no weights".into()))?;
     let strands = Strands::of(model.config.head.as_ref());
     let rc = strands != Strands::Forward;
+    let spool = spool_bytes();
+    if !rc {
+        check_spill_dir(a.input.regions()?, n, spool)?;
+    }
     let pb = a.input.progress("annotate");
     let mut sink = AnnotateSink {
         head,
@@ -166,7 +172,7 @@ pub fn run(a: AnnotateArgs) -> Result<()> {
         rc,
         stranded,
         streaming: false,
-        spool: spool_bytes(),
+        spool,
         logits: strands == Strands::AverageStates,
         orf: model.config.head.as_ref().is_some_and(|h| h.orf_features),
     };
@@ -237,6 +243,34 @@ const SPILL_READ: usize = 1 << 20;
 /// What I/O errors on a [`Spill`] name.
 const SPILL: &str = "a temporary file for a minus-strand region's rows";
 
+/// The error for a [`Spill`] that cannot be made.
+fn no_spill(e: std::io::Error) -> Error {
+    Error::usage(
+        format!(
+            "cannot make {SPILL} in {}: {e}",
+            std::env::temp_dir().display()
+        ),
+        "set TMPDIR to a directory you can write to",
+    )
+}
+
+/// Makes, before any work, the temporary file that a minus-strand region long enough to
+/// spill will need, so that an unwritable `TMPDIR` is refused at once rather than when that
+/// region is reached (`n` values per position, `spool` bytes held in memory).
+fn check_spill_dir(regions: &[RegionItem], n: usize, spool: usize) -> Result<()> {
+    let spills = regions.iter().any(|item| {
+        let len = item
+            .region
+            .end
+            .map_or(0, |end| end.saturating_sub(item.region.start));
+        item.reverse && len.saturating_mul(4 * n as u64) >= spool as u64
+    });
+    if spills {
+        tempfile::tempfile().map_err(no_spill)?;
+    }
+    Ok(())
+}
+
 impl Spill {
     /// Moves `rows` (whole rows) to the end of the file, made at the first call.
     fn push(spill: &mut Option<Spill>, rows: &mut Vec<f32>) -> Result<()> {
@@ -245,15 +279,7 @@ impl Spill {
             Some(s) => &mut s.0,
             None => {
                 &mut spill
-                    .insert(Spill(tempfile::tempfile().map_err(|e| {
-                        Error::usage(
-                            format!(
-                                "cannot make {SPILL} in {}: {e}",
-                                std::env::temp_dir().display()
-                            ),
-                            "set TMPDIR to a directory you can write to",
-                        )
-                    })?))
+                    .insert(Spill(tempfile::tempfile().map_err(no_spill)?))
                     .0
             }
         };
