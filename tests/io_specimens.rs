@@ -1836,3 +1836,118 @@ fn records_on_one_long_line_stream_like_wrapped_ones() {
     let at = format!("line 2 (record x, position {})", PART + 5);
     assert!(msg.contains(&at), "{msg}");
 }
+
+// ---------------------------------------------------------------------------------------------
+// GFF labels for per-position training
+
+/// The rows of `gff` whose feature type is `ty`, as bedtools reads GFF: sorted, merged and
+/// written as BED (0-based, half-open), named `ty` in column 4.
+fn bedtools_intervals(dir: &Path, gff: &Path, ty: &str) -> String {
+    let rows: String = fs::read_to_string(gff)
+        .unwrap()
+        .lines()
+        .filter(|l| l.split('\t').nth(2) == Some(ty))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let only = write_file(dir, &format!("{ty}.gff"), rows.as_bytes());
+    let run = |args: &[&str]| {
+        let out = Command::new("bedtools")
+            .args(args)
+            .output()
+            .expect("bedtools is needed for the GFF test (apt-get install -y bedtools)");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out.stdout
+    };
+    let sorted = write_file(
+        dir,
+        &format!("{ty}.sorted.gff"),
+        &run(&["sort", "-i", s(&only)]),
+    );
+    String::from_utf8(run(&["merge", "-i", s(&sorted)]))
+        .unwrap()
+        .lines()
+        .map(|l| format!("{l}\t{ty}\n"))
+        .collect()
+}
+
+#[test]
+fn gff_labels_are_the_intervals_bedtools_reads_from_the_gff() {
+    use genomamba::train::data::load_position;
+    let dir = tempdir();
+    let fa = data("genomes/yeast_chrI_II.fa");
+    let gff = data("genomes/yeast_chrI_II.sgd.gff3");
+    let classes = [
+        ("coding".to_string(), vec!["CDS".to_string()]),
+        ("trna".to_string(), vec!["tRNA".to_string()]),
+    ];
+    let labels_of = |path: &Path| {
+        let set = load_position(s(&fa), s(path), &classes, &[]).unwrap();
+        assert_eq!(set.labels, ["background", "coding", "trna"]);
+        set.records
+            .into_iter()
+            .map(|r| (r.name, r.labels))
+            .collect::<Vec<_>>()
+    };
+    let bed_text =
+        bedtools_intervals(dir.path(), &gff, "CDS") + &bedtools_intervals(dir.path(), &gff, "tRNA");
+    let bed = write_file(dir.path(), "labels.bed", bed_text.as_bytes());
+    let want = labels_of(&bed);
+    for class in [1u8, 2] {
+        assert!(
+            want.iter().any(|(_, l)| l.contains(&class)),
+            "class {class}"
+        );
+    }
+    assert_eq!(labels_of(&gff), want);
+    // GTF-like text with no `##gff-version` line is told by its columns; rows end at an
+    // embedded `##FASTA` section.
+    let text = fs::read_to_string(&gff).unwrap();
+    let bare: String = text
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let bare = write_file(dir.path(), "bare.gtf", bare.as_bytes());
+    assert_eq!(labels_of(&bare), want);
+    let with_fasta = write_file(
+        dir.path(),
+        "with_fasta.gff3",
+        format!("{text}##FASTA\n>chrI\nACGT\n").as_bytes(),
+    );
+    assert_eq!(labels_of(&with_fasta), want);
+
+    // Without --bed-class a GFF's types are not all classes: the message lists them.
+    let err = load_position(s(&fa), s(&gff), &[], &[]).unwrap_err();
+    let msg = err.to_string();
+    assert_eq!(err.exit_code(), 2, "{msg}");
+    for part in [
+        "feature types (chromosome, repeat_region",
+        "--bed-class coding=CDS",
+    ] {
+        assert!(msg.contains(part), "{part:?}: {msg}");
+    }
+    // A type the file lacks is named with the column it was looked for in.
+    let none = [("x".to_string(), vec!["exon".to_string()])];
+    let msg = load_position(s(&fa), s(&gff), &none, &[])
+        .unwrap_err()
+        .to_string();
+    assert!(
+        msg.contains("no GFF feature is named 'exon' (column 3"),
+        "{msg}"
+    );
+    // A damaged row is named by its line.
+    let damaged = text.replacen("\t335\t649\t", "\tx\t649\t", 1);
+    let line = 1 + text[..text.find("\t335\t649\t").unwrap()]
+        .matches('\n')
+        .count();
+    let damaged = write_file(dir.path(), "damaged.gff3", damaged.as_bytes());
+    assert_input_error(
+        load_position(s(&fa), s(&damaged), &classes, &[]),
+        s(&damaged),
+        &[&format!("line {line}"), "seqid, source, type"],
+    );
+}

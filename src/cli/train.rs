@@ -72,11 +72,13 @@ pub struct TrainArgs {
     /// Position task: the reference FASTA.
     #[arg(long)]
     pub fasta: Option<String>,
-    /// Position task: BED of labeled intervals (column 4 = name; other bases are background).
-    #[arg(long)]
+    /// Position task: BED of labeled intervals (column 4 = name; other bases are background),
+    /// or GFF3/GTF (told by content; column 3, the feature type, is the name)
+    #[arg(long, visible_alias = "gff")]
     pub bed: Option<String>,
-    /// Position task: which BED names form a class, `CLASS=NAME[,NAME...]`; repeatable
-    /// (default: every distinct name is a class).
+    /// Position task: which BED names (GFF feature types) form a class,
+    /// `CLASS=NAME[,NAME...]`; repeatable (default for a BED: every distinct name is a class;
+    /// a GFF needs it).
     #[arg(long = "bed-class", value_name = "CLASS=NAMES")]
     pub bed_classes: Vec<String>,
     /// Position task: only these FASTA records (comma-separated; default all).

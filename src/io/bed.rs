@@ -1,5 +1,5 @@
-//! BED intervals (0-based, half-open): the labeled intervals `train` learns from and the
-//! regions `--regions-bed` reads.
+//! BED intervals (0-based, half-open): the labeled intervals `train` learns from (also read
+//! from GFF3 or GTF) and the regions `--regions-bed` reads.
 //!
 //! Rows are tab-separated `chrom`, `start`, `end`, then any further columns (column 4 is the
 //! name); blank lines and `#`, `track` and `browser` lines are skipped; the file may be
@@ -82,9 +82,67 @@ impl BedUse {
 
 /// Reads every row of a BED file; at least one is needed.
 pub fn read_bed(path: &str, usage: BedUse) -> Result<Vec<BedRow>> {
+    read_rows(path, usage, false).map(|(rows, _)| rows)
+}
+
+/// Reads labeled intervals for training: a BED file (column 4 names the class), or a GFF3 or
+/// GTF file (column 3, the feature type, names it; 1-based inclusive coordinates become BED's
+/// 0-based half-open ones). GFF is told by its `##gff-version` line, or by a first row of
+/// nine tab-separated columns whose fourth and fifth are numbers and whose second is not;
+/// rows end at a `##FASTA` line. Returns the rows and whether the file was GFF.
+pub fn read_labels(path: &str) -> Result<(Vec<BedRow>, bool)> {
+    read_rows(path, BedUse::Labels, true)
+}
+
+/// What GFF errors say to do.
+const GFF_FIX: &str = "GFF rows need nine tab-separated columns: seqid, source, type, start, end, score, strand, phase, attributes (1-based, inclusive)";
+
+/// Whether a first data row reads as GFF or GTF rather than BED.
+fn gff_row(f: &[&str]) -> bool {
+    let number = |s: &str| s.trim().parse::<u64>().is_ok();
+    f.len() == 9 && number(f[3]) && number(f[4]) && !number(f[1])
+}
+
+/// One GFF feature line as a row, parsed by noodles.
+fn gff_feature(path: &str, line: &str, ln: u64) -> Result<BedRow> {
+    let bad = |what: String| Error::input(path, what, GFF_FIX).at(ln);
+    let mut reader = noodles::gff::io::Reader::new(line.as_bytes());
+    let mut parsed = noodles::gff::Line::default();
+    reader
+        .read_line(&mut parsed)
+        .map_err(|e| bad(format!("cannot read the GFF line: {e}")))?;
+    let record = match parsed.as_record() {
+        Some(Ok(record)) => record,
+        Some(Err(e)) => return Err(bad(format!("not a GFF feature line: {e}"))),
+        None => return Err(bad("not a GFF feature line".into())),
+    };
+    let start = record
+        .start()
+        .map_err(|e| bad(format!("start (column 4) is not a position: {e}")))?;
+    let end = record
+        .end()
+        .map_err(|e| bad(format!("end (column 5) is not a position: {e}")))?;
+    let (start, end) = (start.get() as u64, end.get() as u64);
+    if end < start {
+        return Err(bad(format!("end {end} before start {start}")));
+    }
+    let strand = line.split('\t').nth(6).unwrap_or("").trim().to_string();
+    Ok(BedRow {
+        chrom: record.reference_sequence_name().to_string(),
+        start: start - 1,
+        end,
+        name: record.ty().to_string(),
+        strand,
+        line: ln,
+    })
+}
+
+fn read_rows(path: &str, usage: BedUse, gff_allowed: bool) -> Result<(Vec<BedRow>, bool)> {
     let reader = open_text(path, "a BED file")?;
     let fix = usage.fix();
     let mut rows = Vec::new();
+    // Told at the first line that tells (a `##gff-version` line or the first data row).
+    let mut gff: Option<bool> = None;
     for (i, line) in reader.lines().enumerate() {
         let ln = i as u64 + 1;
         let line = line.map_err(|e| {
@@ -96,6 +154,20 @@ pub fn read_bed(path: &str, usage: BedUse) -> Result<Vec<BedRow>> {
             .at(ln)
         })?;
         let line = line.trim_end_matches('\r');
+        if gff_allowed && gff.is_none() && line.starts_with("##gff-version") {
+            gff = Some(true);
+        }
+        if gff == Some(true) {
+            // Embedded sequences end the features.
+            if line.starts_with("##FASTA") || line.starts_with('>') {
+                break;
+            }
+            if line.trim().is_empty() || line.starts_with('#') {
+                continue;
+            }
+            rows.push(gff_feature(path, line, ln)?);
+            continue;
+        }
         if line.trim().is_empty()
             || line.starts_with('#')
             || line.starts_with("track")
@@ -104,6 +176,14 @@ pub fn read_bed(path: &str, usage: BedUse) -> Result<Vec<BedRow>> {
             continue;
         }
         let f: Vec<&str> = line.split('\t').collect();
+        if gff.is_none() {
+            let is_gff = gff_allowed && gff_row(&f);
+            gff = Some(is_gff);
+            if is_gff {
+                rows.push(gff_feature(path, line, ln)?);
+                continue;
+            }
+        }
         if f.len() < usage.columns() {
             let what = match usage {
                 BedUse::Labels => {
@@ -140,9 +220,14 @@ pub fn read_bed(path: &str, usage: BedUse) -> Result<Vec<BedRow>> {
             BedUse::Labels => "give a BED file with at least one labeled interval",
             BedUse::Regions => "give a BED file with at least one interval",
         };
+        let fix = if gff == Some(true) {
+            "give a GFF file with at least one feature line"
+        } else {
+            fix
+        };
         return Err(Error::input(path, "no intervals", fix));
     }
-    Ok(rows)
+    Ok((rows, gff == Some(true)))
 }
 
 /// An interval of a BED file read as a region.

@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::alphabet::{self, N};
-use crate::io::bed::{BedUse, open_text, read_bed};
+use crate::io::bed::{open_text, read_labels};
 use crate::io::fastx::for_each_record;
 use crate::{Error, Result};
 
@@ -445,7 +445,8 @@ pub fn parse_bed_class(spec: &str) -> Result<(String, Vec<String>)> {
     Ok((class.to_string(), names))
 }
 
-/// Reads a reference FASTA and a BED of labeled intervals (column 4 = name). `classes` maps
+/// Reads a reference FASTA and a BED of labeled intervals (column 4 = name), or a GFF3/GTF
+/// file (the feature type is the name; `classes` must then be given). `classes` maps
 /// class names to the BED names they cover (see [`parse_bed_class`]); bases covered by no
 /// chosen interval are background; where intervals of different classes overlap, the class
 /// given later wins. N bases are [`IGNORE`]d. When `records` is non-empty only those FASTA
@@ -507,9 +508,35 @@ pub fn load_position(
     // filtered record.
     let known: std::collections::HashSet<String> = all_names.into_iter().collect();
 
-    let rows = read_bed(bed, BedUse::Labels)?;
+    let (rows, gff) = read_labels(bed)?;
+    // What names a class in the file, for messages.
+    let (name_col, row_word) = if gff {
+        ("column 3, the feature type", "GFF feature")
+    } else {
+        ("column 4", "BED row")
+    };
     // Class names: explicit mapping, or every distinct BED name in order of first appearance.
     let classes_given = !classes.is_empty();
+    // A GFF's types include the chromosome and the genes around the parts one would learn:
+    // its classes are chosen, not every type.
+    if gff && !classes_given {
+        let mut types: Vec<&str> = Vec::new();
+        for r in &rows {
+            if !types.contains(&r.name.as_str()) {
+                types.push(&r.name);
+            }
+        }
+        let shown = types.len().min(8);
+        let more = if types.len() > shown { ", ..." } else { "" };
+        return Err(Error::usage(
+            format!(
+                "{bed} is GFF, whose {} feature types ({}{more}) would each be a class",
+                types.len(),
+                types[..shown].join(", ")
+            ),
+            "choose the classes with --bed-class CLASS=TYPE[,TYPE...], e.g. --bed-class coding=CDS",
+        ));
+    }
     let classes: Vec<(String, Vec<String>)> = if classes.is_empty() {
         // BED writes `.` for "no name": such an interval has no class to give.
         if let Some(r) = rows.iter().find(|r| r.name == ".") {
@@ -583,8 +610,8 @@ pub fn load_position(
             if !rows.iter().any(|r| &r.name == n) {
                 return Err(Error::input(
                     bed,
-                    format!("class '{class}': no BED row is named '{n}' (column 4)"),
-                    "use --bed-class CLASS=NAME with names that occur in column 4 of the BED",
+                    format!("class '{class}': no {row_word} is named '{n}' ({name_col})"),
+                    format!("use --bed-class CLASS=NAME with names that occur in {name_col}"),
                 ));
             }
         }
