@@ -619,13 +619,48 @@ const BGZF_EOF: [u8; 28] = [
     0, 0, 0, 0, 0, 0, 0,
 ];
 
-/// How much of a bgzip file's end is read to find its end block behind zero padding.
-const BGZF_TAIL: u64 = 64 * 1024;
+/// Bytes read at a time while looking back through a file's trailing zeros.
+const ZEROS_STEP: u64 = 64 * 1024;
+
+/// Where the run of zero bytes that ends `file` (of `len` bytes) begins: `len` when its last
+/// byte is not zero.
+fn trailing_zeros_start(file: &mut File, len: u64) -> io::Result<u64> {
+    use std::os::unix::fs::FileExt;
+    let mut end = len;
+    let mut buf = Vec::new();
+    while end > 0 {
+        let start = end.saturating_sub(ZEROS_STEP);
+        buf.resize((end - start) as usize, 0);
+        file.read_exact_at(&mut buf, start)?;
+        if let Some(i) = buf.iter().rposition(|&b| b != 0) {
+            return Ok(start + i as u64 + 1);
+        }
+        end = start;
+    }
+    Ok(0)
+}
+
+/// Where a bgzip file's data ends: just after its end-of-file block, which zero padding of
+/// any length may follow. `None` when the file does not end with that block (cut short, not
+/// finished, or not bgzip).
+pub(crate) fn bgzf_data_end(file: &mut File, len: u64) -> io::Result<Option<u64>> {
+    use std::os::unix::fs::FileExt;
+    // The end block itself ends in zeros: its last non-zero byte must be the end block's.
+    let eof_zeros = BGZF_EOF.iter().rev().take_while(|&&b| b == 0).count() as u64;
+    let eof_core = &BGZF_EOF[..BGZF_EOF.len() - eof_zeros as usize];
+    let nonzero_end = trailing_zeros_start(file, len)?;
+    if len - nonzero_end < eof_zeros || nonzero_end < eof_core.len() as u64 {
+        return Ok(None);
+    }
+    let mut core = vec![0u8; eof_core.len()];
+    let at = nonzero_end - core.len() as u64;
+    file.read_exact_at(&mut core, at)?;
+    Ok((core == eof_core).then_some(nonzero_end + eof_zeros))
+}
 
 /// A bgzip file cut at a block border decodes cleanly to a shorter sequence; its missing
 /// end-of-file block tells. Plain gzip (no BGZF header) has no such mark and is not checked.
 fn check_bgzf_end(path: &str) -> Result<()> {
-    use std::io::{Seek, SeekFrom};
     // A pipe has no end to look at, and opening it again would take bytes from the reader.
     if super::once::read_once(path) {
         return Ok(());
@@ -639,17 +674,10 @@ fn check_bgzf_end(path: &str) -> Result<()> {
     if !bgzf || len < BGZF_EOF.len() as u64 {
         return Ok(());
     }
-    // The end block may be followed by zero padding, which the decoder skips.
-    let mut tail = vec![0u8; len.min(BGZF_TAIL) as usize];
-    file.seek(SeekFrom::End(-(tail.len() as i64)))
-        .map_err(|e| Error::io(path, e))?;
-    let n = read_up_to(&mut file, &mut tail).map_err(|e| Error::io(path, e))?;
-    // The end block itself ends in zeros: its last non-zero byte must be the end block's.
-    let tail = &tail[..n];
-    let zeros = tail.iter().rev().take_while(|&&b| b == 0).count();
-    let eof_zeros = BGZF_EOF.iter().rev().take_while(|&&b| b == 0).count();
-    let eof_core = &BGZF_EOF[..BGZF_EOF.len() - eof_zeros];
-    if zeros >= eof_zeros && tail[..tail.len() - zeros].ends_with(eof_core) {
+    if bgzf_data_end(&mut file, len)
+        .map_err(|e| Error::io(path, e))?
+        .is_some()
+    {
         return Ok(());
     }
     Err(Error::input(

@@ -375,6 +375,39 @@ const KEEP_BACK: usize = 1 << 17;
 /// next region, then reuse the bgzip block already decompressed instead of decompressing it
 /// again for every seek (a seek in noodles' indexed bgzip reader always reads its block
 /// anew), and a plain file's buffer is kept. Other seeks are passed on.
+/// A file read as if it ended at `end`.
+struct Bounded {
+    file: File,
+    end: u64,
+    /// The position in the file.
+    at: u64,
+}
+
+impl Read for Bounded {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let left = self.end.saturating_sub(self.at);
+        let want = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
+        let n = self.file.read(&mut buf[..want])?;
+        self.at += n as u64;
+        Ok(n)
+    }
+}
+
+impl Seek for Bounded {
+    fn seek(&mut self, pos: io::SeekFrom) -> io::Result<u64> {
+        let pos = match pos {
+            io::SeekFrom::End(k) => io::SeekFrom::Start(
+                self.end
+                    .checked_add_signed(k)
+                    .ok_or_else(|| io::Error::from(io::ErrorKind::InvalidInput))?,
+            ),
+            other => other,
+        };
+        self.at = self.file.seek(pos)?;
+        Ok(self.at)
+    }
+}
+
 struct ReadOn<R> {
     inner: R,
     /// The position of `inner` in the uncompressed stream; `None` before the first seek.
@@ -620,7 +653,13 @@ impl IndexedFasta {
                 let gzi = bgzf::gzi::fs::read(&gzi_path).map_err(|e| {
                     Error::input(&gzi_path, format!("invalid bgzip index: {e}"), &reindex)
                 })?;
-                Box::new(ReadOn::new(bgzf::io::IndexedReader::new(file, gzi)))
+                // Zero padding after the end block is not read as a block.
+                let len = file.metadata().map_err(|e| Error::io(path, e))?.len();
+                let end = super::fastx::bgzf_data_end(&mut file, len)
+                    .map_err(|e| Error::io(path, e))?
+                    .unwrap_or(len);
+                let data = Bounded { file, end, at: 0 };
+                Box::new(ReadOn::new(bgzf::io::IndexedReader::new(data, gzi)))
             }
         };
         let mut by_name = HashMap::with_capacity(index.as_ref().len());
