@@ -8,7 +8,7 @@ use clap::Args;
 
 use genomamba::infer::pool::{Pool, Pooler};
 use genomamba::io::fastx::RecordMeta;
-use genomamba::io::output::{Output, PendingPath, npy_header_fixed, safe_file_name};
+use genomamba::io::output::{Output, PendingPath, npy_header_fixed, safe_file_name, unwritable};
 use genomamba::{Error, Result};
 
 use super::common::{
@@ -85,6 +85,30 @@ impl RecordSink for PooledSink {
 
 /// The longest `.npy` file name written (`.<name>.XXXXXX.tmp` is made first, within 255).
 const MAX_NPY_NAME: usize = 240;
+
+/// Refuses, before any work, an output directory holding a `.npy` file that may not be
+/// replaced: found only when its record came, it would stop the run after the files before
+/// it had been replaced, leaving two runs' arrays side by side.
+fn check_npy_files(dir: &str) -> Result<()> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Ok(());
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if path.extension().is_some_and(|e| e == "npy")
+            && let Some(why) = unwritable(&path)
+        {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            return Err(Error::usage(
+                format!(
+                    "cannot write into {dir}: it holds {name}, which {why}; the record of that id could not be written, after the arrays before it had been replaced"
+                ),
+                format!("make {name} writable to you (chmod), move it away, or choose another -o"),
+            ));
+        }
+    }
+    Ok(())
+}
 
 /// One `.npy` per record; the header is rewritten with the length once the record ends.
 struct NpySink {
@@ -199,6 +223,7 @@ pub fn run(a: EmbedArgs) -> Result<()> {
             )?;
             a.input
                 .check_unique_regions(|id| format!("{}.npy", safe_file_name(id)))?;
+            check_npy_files(&a.output)?;
             &[]
         }
     };

@@ -464,16 +464,7 @@ impl Output {
                 "give the path of a file to write, not of a directory",
             ));
         }
-        // A file without write permission is kept, as the shell's `>` keeps it (renaming over
-        // it would not ask; root, whom permissions do not stop, is refused too).
-        if let Ok(old) = std::fs::metadata(path)
-            && old.permissions().readonly()
-        {
-            return Err(Error::usage(
-                format!("cannot write {dest}: it exists and is read-only"),
-                "make it writable (chmod u+w) to replace it, or choose another output path",
-            ));
-        }
+        check_replaceable(dest, path)?;
         let name = path
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
@@ -694,6 +685,35 @@ pub fn safe_file_name(id: &str) -> String {
     } else {
         s
     }
+}
+
+/// Refuses to replace an existing file (`path`, named `dest` to the user) that the user may
+/// not write, as the shell's `>` refuses it: renaming a new file over it would not ask.
+pub fn check_replaceable(dest: &str, path: &Path) -> Result<()> {
+    match unwritable(path) {
+        None => Ok(()),
+        Some(what) => Err(Error::usage(
+            format!("cannot write {dest}: it exists and {what}"),
+            "make it writable to you (chmod) to replace it, or choose another output path",
+        )),
+    }
+}
+
+/// Why an existing file may not be replaced ("is read-only", ...), or `None` when it may (or
+/// does not exist). A file with no write permission for anyone is kept from root too, whom
+/// permissions do not stop.
+pub fn unwritable(path: &Path) -> Option<&'static str> {
+    use std::os::unix::ffi::OsStrExt;
+    let old = std::fs::metadata(path).ok().filter(|m| m.is_file())?;
+    if old.permissions().readonly() {
+        return Some("is read-only");
+    }
+    let c_path = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
+    // SAFETY: `c_path` is a valid NUL-terminated string that outlives the call.
+    if unsafe { libc::access(c_path.as_ptr(), libc::W_OK) } == 0 {
+        return None;
+    }
+    Some("you have no permission to write it")
 }
 
 /// The error for an output whose file cannot be made: what the system said, for the path the
