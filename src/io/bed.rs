@@ -97,15 +97,40 @@ pub fn read_labels(path: &str) -> Result<(Vec<BedRow>, bool)> {
 /// What GFF errors say to do.
 const GFF_FIX: &str = "GFF rows need nine tab-separated columns: seqid, source, type, start, end, score, strand, phase, attributes (1-based, inclusive)";
 
-/// Whether a first data row reads as GFF or GTF rather than BED.
+/// Whether a first data row reads as GFF or GTF rather than BED: eight or nine columns (empty
+/// ones after them allowed), numbers in the fourth and fifth, a strand in the seventh and a
+/// phase in the eighth (where BED9 has a number), and a type in the third.
 fn gff_row(f: &[&str]) -> bool {
     let number = |s: &str| s.trim().parse::<u64>().is_ok();
-    f.len() == 9 && number(f[3]) && number(f[4]) && !number(f[1])
+    let used = f.len() - f.iter().rev().take_while(|c| c.trim().is_empty()).count();
+    (8..=9).contains(&used)
+        && number(f[3])
+        && number(f[4])
+        && !number(f[2])
+        && matches!(f[6].trim(), "+" | "-" | "." | "?")
+        && matches!(f[7].trim(), "0" | "1" | "2" | ".")
 }
 
 /// One GFF feature line as a row, parsed by noodles.
 fn gff_feature(path: &str, line: &str, ln: u64) -> Result<BedRow> {
     let bad = |what: String| Error::input(path, what, GFF_FIX).at(ln);
+    let columns: Vec<&str> = line.split('\t').collect();
+    // Positions are 1-based: said as such, not as a failed conversion.
+    for (i, name) in [(3, "start"), (4, "end")] {
+        if columns.get(i).is_some_and(|c| c.trim() == "0") {
+            return Err(bad(format!(
+                "{name} (column {}) is 0, and GFF positions start at 1",
+                i + 1
+            )));
+        }
+    }
+    // A GFF2 row of eight columns has no attributes, and some writers end rows with a tab.
+    let used = columns.len() - columns.iter().rev().take_while(|c| c.is_empty()).count();
+    let line = if used == 8 {
+        format!("{}\t.", columns[..8].join("\t"))
+    } else {
+        columns[..used].join("\t")
+    };
     let mut reader = noodles::gff::io::Reader::new(line.as_bytes());
     let mut parsed = noodles::gff::Line::default();
     reader
@@ -143,16 +168,47 @@ fn read_rows(path: &str, usage: BedUse, gff_allowed: bool) -> Result<(Vec<BedRow
     let mut rows = Vec::new();
     // Told at the first line that tells (a `##gff-version` line or the first data row).
     let mut gff: Option<bool> = None;
-    for (i, line) in reader.lines().enumerate() {
+    for (i, bytes) in reader.split(b'\n').enumerate() {
         let ln = i as u64 + 1;
-        let line = line.map_err(|e| {
-            Error::input(
-                path,
-                format!("cannot read line: {e}"),
-                "give a plain-text BED file",
-            )
-            .at(ln)
+        let bytes = bytes.map_err(|e| {
+            let fix = if e.kind() == std::io::ErrorKind::InvalidData {
+                "the compressed data is damaged: re-download or re-compress the file"
+            } else {
+                "check that the file can be read"
+            };
+            Error::input(path, format!("cannot read line: {e}"), fix).at(ln)
         })?;
+        // A GFF's attributes (column 9, not used) may hold any bytes; what BED and GFF columns
+        // are used must be text.
+        let line = match String::from_utf8(bytes) {
+            Ok(line) => line,
+            Err(e) => {
+                let bytes = e.into_bytes();
+                let eighth_tab = bytes
+                    .iter()
+                    .enumerate()
+                    .filter(|&(_, &b)| b == b'\t')
+                    .nth(7)
+                    .map(|(i, _)| i);
+                match eighth_tab {
+                    Some(t)
+                        if gff_allowed
+                            && gff != Some(false)
+                            && std::str::from_utf8(&bytes[..t]).is_ok() =>
+                    {
+                        String::from_utf8_lossy(&bytes).into_owned()
+                    }
+                    _ => {
+                        return Err(Error::input(
+                            path,
+                            "the line is not UTF-8 text",
+                            "give a text file (UTF-8 or ASCII)",
+                        )
+                        .at(ln));
+                    }
+                }
+            }
+        };
         let line = line.trim_end_matches('\r');
         if gff_allowed && gff.is_none() && line.starts_with("##gff-version") {
             gff = Some(true);

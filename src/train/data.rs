@@ -621,7 +621,10 @@ pub fn load_position(
             return Err(Error::input(
                 bed,
                 format!("chromosome '{}' is not in {fasta}", r.chrom),
-                "use a BED whose column 1 names records of the FASTA (same spelling, e.g. `chr1` vs `1`)",
+                format!(
+                    "use {} whose column 1 names records of the FASTA (same spelling, e.g. `chr1` vs `1`)",
+                    if gff { "a GFF" } else { "a BED" }
+                ),
             )
             .at(r.line));
         }
@@ -633,17 +636,30 @@ pub fn load_position(
         };
         let rec = &mut recs[ri];
         if r.end as usize > rec.tokens.len() {
+            let (what, fix) = if gff {
+                (
+                    format!(
+                        "feature {} {} {} (GFF, 1-based)",
+                        r.chrom,
+                        r.start + 1,
+                        r.end
+                    ),
+                    "use a GFF made for this FASTA (1-based, inclusive coordinates)",
+                )
+            } else {
+                (
+                    format!("interval {} {} {} (BED, 0-based)", r.chrom, r.start, r.end),
+                    "use a BED made for this FASTA (0-based, half-open coordinates)",
+                )
+            };
             return Err(Error::input(
                 bed,
                 format!(
-                    "interval {} {} {} (BED, 0-based) ends past the end of '{}' ({} bases)",
-                    r.chrom,
-                    r.start,
-                    r.end,
+                    "{what} ends past the end of '{}' ({} bases)",
                     r.chrom,
                     rec.tokens.len()
                 ),
-                "use a BED made for this FASTA (0-based, half-open coordinates)",
+                fix,
             )
             .at(r.line));
         }
