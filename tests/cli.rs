@@ -630,6 +630,38 @@ fn annotate_bed_is_accepted_by_bedtools_and_region_coordinates_are_chromosomal()
 }
 
 #[test]
+fn an_output_file_the_user_may_not_write_is_kept() {
+    use std::os::unix::fs::PermissionsExt;
+    let t = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(t.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    let m = init(t.path(), "m", &[]);
+    let fa = t.path().join("in.fa");
+    std::fs::write(&fa, ">c\nACGTACGTTTGACCAGTACG\n").unwrap();
+    let theirs = t.path().join("theirs.tsv");
+    std::fs::write(&theirs, "kept").unwrap();
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    let o: Out = if root {
+        // Root's file, writable by its owner only, for another user: the shell's `>` is
+        // refused, and so is the output (renaming over it would replace root's file).
+        std::fs::set_permissions(&theirs, std::fs::Permissions::from_mode(0o644)).unwrap();
+        std::process::Command::new("runuser")
+            .args(["-u", "nobody", "--"])
+            .arg(assert_cmd::cargo::cargo_bin("genomamba"))
+            .args(["embed", "-m", s(&m), s(&fa), "-o", s(&theirs)])
+            .output()
+            .expect("runuser (util-linux) runs the binary as another user")
+            .into()
+    } else {
+        // One's own file whose owner has no write bit (others do).
+        std::fs::set_permissions(&theirs, std::fs::Permissions::from_mode(0o466)).unwrap();
+        run(&["embed", "-m", s(&m), s(&fa), "-o", s(&theirs)])
+    };
+    assert_bad(&o, "it exists and you have no permission to write it");
+    assert_eq!(std::fs::read_to_string(&theirs).unwrap(), "kept");
+}
+
+#[test]
 fn annotate_rows_keep_their_record_when_records_run_in_batches() {
     // Records that fit in a chunk run several to a batch: every record of the batch begins
     // before the first one's rows arrive. Every output must still give each record's rows
@@ -1499,6 +1531,37 @@ fn outputs_follow_links_stream_into_pipes_and_spare_every_input() {
         assert_eq!(std::fs::read_to_string(&target).unwrap(), want);
     }
     std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o640)).unwrap();
+    // In a directory of per-record arrays, a read-only one is found before any file is
+    // replaced (found when its record came, the files before it would already be new).
+    let npy = t.path().join("arrays");
+    ok(&[
+        "embed",
+        "-m",
+        s(&m),
+        s(&fa),
+        "--pool",
+        "none",
+        "-o",
+        s(&npy),
+    ]);
+    let c_npy = npy.join("c.npy");
+    let before = std::fs::read(&c_npy).unwrap();
+    let locked = npy.join("other.npy");
+    std::fs::write(&locked, b"kept").unwrap();
+    std::fs::set_permissions(&locked, std::fs::Permissions::from_mode(0o444)).unwrap();
+    let other = init(t.path(), "other", &["--dt-rank", "2"]);
+    let o = run(&[
+        "embed",
+        "-m",
+        s(&other),
+        s(&fa),
+        "--pool",
+        "none",
+        "-o",
+        s(&npy),
+    ]);
+    assert_bad(&o, "it holds other.npy, which is read-only;");
+    assert_eq!(std::fs::read(&c_npy).unwrap(), before);
     // A link to a file not made yet makes it; two outputs on one file through a link clash.
     let dangling = t.path().join("dangling.tsv");
     std::os::unix::fs::symlink(t.path().join("later.tsv"), &dangling).unwrap();

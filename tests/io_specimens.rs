@@ -667,7 +667,8 @@ fn every_compression_gives_the_same_records() {
         // Zero padding after the last member (as tape and block tools leave it) is skipped,
         // as `gzip -d` skips it.
         let padded = |mut bytes: Vec<u8>| {
-            bytes.extend([0u8; 700]);
+            // More than the 64 KiB read back at a time to find a bgzip file's end block.
+            bytes.extend(vec![0u8; 70_000]);
             bytes
         };
         let variants: [(&str, Vec<u8>); 8] = [
@@ -1058,6 +1059,41 @@ fn a_250_mb_record_streams() {
 
 // ---------------------------------------------------------------------------------------------
 // Regions
+
+#[test]
+fn regions_on_a_bgzip_file_with_zero_padding_read_as_without_it() {
+    // Padding after the end block (short of a block header, or longer than the 64 KiB read
+    // back at a time) is not read as a block, with the index of the file without it.
+    let dir = tempdir();
+    let bytes = fs::read(data("genomes/ecoli_k12.fa.gz")).unwrap();
+    let whole = data("genomes/ecoli_k12.fa.gz");
+    let regions = [
+        "NC_000913:1-100",
+        "NC_000913:4639600-4639675",
+        "NC_000913:4639000",
+    ];
+    for pad in [17usize, 18, 1_000, 70_000] {
+        let path = write_file(
+            dir.path(),
+            "padded.fa.gz",
+            &[bytes.clone(), vec![0; pad]].concat(),
+        );
+        for ext in ["fai", "gzi"] {
+            fs::copy(
+                data(&format!("genomes/ecoli_k12.fa.gz.{ext}")),
+                format!("{}.{ext}", s(&path)),
+            )
+            .unwrap();
+        }
+        for text in regions {
+            let region: Region = text.parse().unwrap();
+            let want = region::read_region(s(&whole), &region).unwrap();
+            let got = region::read_region(s(&path), &region)
+                .unwrap_or_else(|e| panic!("{pad} zeros, {text}: {e}"));
+            assert_eq!(got.tokens, want.tokens, "{pad} zeros, {text}");
+        }
+    }
+}
 
 #[test]
 fn regions_on_bgzip_chr20_match_samtools() {
@@ -1938,6 +1974,75 @@ fn gff_labels_are_the_intervals_bedtools_reads_from_the_gff() {
     assert!(
         msg.contains("no GFF feature is named 'exon' (column 3"),
         "{msg}"
+    );
+    // GFF2-style rows of eight columns, rows ending in a tab, and attributes that are not
+    // UTF-8 (column 9 is not used) read the same.
+    let loose: String = text
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .enumerate()
+        .map(|(i, l)| {
+            let cols: Vec<&str> = l.split('\t').collect();
+            match i % 3 {
+                0 => format!("{}\n", cols[..8].join("\t")),
+                1 => format!("{l}\t\n"),
+                _ => format!("{l};Note=caf\u{e9}\n"),
+            }
+        })
+        .collect();
+    let mut loose = loose.into_bytes();
+    // One Latin-1 byte in an attribute.
+    let utf8 = "caf\u{e9}".as_bytes();
+    let at = loose.windows(utf8.len()).position(|w| w == utf8).unwrap();
+    loose.splice(at + 3..at + utf8.len(), [0xe9]);
+    let loose = write_file(dir.path(), "loose.gff", &loose);
+    assert_eq!(labels_of(&loose), want);
+    // GFF messages speak GFF: a feature past the end in 1-based coordinates, start 0.
+    let past = write_file(
+        dir.path(),
+        "past.gff3",
+        b"##gff-version 3\nchrI\tx\tCDS\t230200\t230300\t.\t+\t0\tID=a\n",
+    );
+    let msg = load_position(s(&fa), s(&past), &classes[..1], &[])
+        .unwrap_err()
+        .to_string();
+    assert!(
+        msg.contains("feature chrI 230200 230300 (GFF, 1-based) ends past the end"),
+        "{msg}"
+    );
+    let zero = write_file(
+        dir.path(),
+        "zero.gff3",
+        b"##gff-version 3\nchrI\tx\tCDS\t0\t300\t.\t+\t0\tID=a\n",
+    );
+    assert_input_error(
+        load_position(s(&fa), s(&zero), &classes[..1], &[]),
+        s(&zero),
+        &[
+            "line 2",
+            "start (column 4) is 0, and GFF positions start at 1",
+        ],
+    );
+    // A nine-column BED (BED9: a number where GFF has its phase) is BED, even with a name
+    // that is a number; a BED row with a word for its start is said to be one.
+    let bed9 = write_file(
+        dir.path(),
+        "nine.bed",
+        b"chrI\t334\t792\t5\t0\t+\t334\t792\t0\n",
+    );
+    let nine = [("x".to_string(), vec!["5".to_string()])];
+    let set = load_position(s(&fa), s(&bed9), &nine, &[]).unwrap();
+    let chr_i = &set.records[0].labels;
+    assert_eq!(chr_i.iter().filter(|&&l| l == 1).count(), 792 - 334);
+    let word = write_file(
+        dir.path(),
+        "word.bed",
+        b"chrI\tx\t100\t5\t6\t+\t0\t100\t0\n",
+    );
+    assert_input_error(
+        load_position(s(&fa), s(&word), &nine, &[]),
+        s(&word),
+        &["start 'x' is not a number"],
     );
     // A damaged row is named by its line.
     let damaged = text.replacen("\t335\t649\t", "\tx\t649\t", 1);
