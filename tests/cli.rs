@@ -72,6 +72,11 @@ fn init(dir: &Path, name: &str, extra: &[&str]) -> PathBuf {
     m
 }
 
+/// `embed --pool none` of `fa` with the model `m` into the directory `out`.
+fn embed_npy(m: &Path, fa: &Path, out: &Path) -> Out {
+    run(&["embed", "-m", s(m), s(fa), "--pool", "none", "-o", s(out)])
+}
+
 fn tsv_values(path: &Path) -> Vec<Vec<String>> {
     std::fs::read_to_string(path)
         .unwrap()
@@ -1309,16 +1314,7 @@ fn bad_input_exits_2_with_one_line_and_leaves_no_output() {
     std::fs::write(&a_file, "keep").unwrap();
     let o = run(&["embed", "-m", s(&m), s(&hash), "-o", s(&a_dir)]);
     assert_bad(&o, "it is a directory");
-    let o = run(&[
-        "embed",
-        "-m",
-        s(&m),
-        s(&hash),
-        "--pool",
-        "none",
-        "-o",
-        s(&a_file),
-    ]);
+    let o = embed_npy(&m, &hash, &a_file);
     assert_bad(&o, "exists and is not a directory");
     // Per-position arrays of two intervals with one BED name would go to one file: refused
     // before any work, naming both lines; nothing is made. Without --regions-bed the flag
@@ -1534,32 +1530,15 @@ fn outputs_follow_links_stream_into_pipes_and_spare_every_input() {
     // In a directory of per-record arrays, a read-only one is found before any file is
     // replaced (found when its record came, the files before it would already be new).
     let npy = t.path().join("arrays");
-    ok(&[
-        "embed",
-        "-m",
-        s(&m),
-        s(&fa),
-        "--pool",
-        "none",
-        "-o",
-        s(&npy),
-    ]);
+    let o = embed_npy(&m, &fa, &npy);
+    assert_eq!(o.code, 0, "{}", o.stderr);
     let c_npy = npy.join("c.npy");
     let before = std::fs::read(&c_npy).unwrap();
     let locked = npy.join("other.npy");
     std::fs::write(&locked, b"kept").unwrap();
     std::fs::set_permissions(&locked, std::fs::Permissions::from_mode(0o444)).unwrap();
     let other = init(t.path(), "other", &["--dt-rank", "2"]);
-    let o = run(&[
-        "embed",
-        "-m",
-        s(&other),
-        s(&fa),
-        "--pool",
-        "none",
-        "-o",
-        s(&npy),
-    ]);
+    let o = embed_npy(&other, &fa, &npy);
     assert_bad(&o, "it holds other.npy, which is read-only;");
     assert_eq!(std::fs::read(&c_npy).unwrap(), before);
     // A link to a file not made yet makes it; two outputs on one file through a link clash.
@@ -1655,16 +1634,7 @@ fn outputs_follow_links_stream_into_pipes_and_spare_every_input() {
     let file = t.path().join("a_file");
     std::fs::write(&file, "").unwrap();
     let sub = file.join("sub");
-    let o = run(&[
-        "embed",
-        "-m",
-        s(&m),
-        s(&fa),
-        "--pool",
-        "none",
-        "-o",
-        s(&sub),
-    ]);
+    let o = embed_npy(&m, &fa, &sub);
     assert_bad(&o, "is not a directory");
     let o = run(&["init", "-o", s(&sub)]);
     assert_bad(&o, "is not a directory");
@@ -1746,16 +1716,7 @@ fn pipes_are_read_once_and_npy_files_spare_inputs() {
     std::fs::create_dir(&dir).unwrap();
     let named = dir.join("a.npy");
     std::fs::write(&named, ">a\nACGT\n").unwrap();
-    let o = run(&[
-        "embed",
-        "-m",
-        s(&m),
-        s(&named),
-        "--pool",
-        "none",
-        "-o",
-        s(&dir),
-    ]);
+    let o = embed_npy(&m, &named, &dir);
     assert_bad(&o, "the output would replace it");
     assert_eq!(std::fs::read_to_string(&named).unwrap(), ">a\nACGT\n");
     let copy = t.path().join("copy.fa");
@@ -1763,16 +1724,7 @@ fn pipes_are_read_once_and_npy_files_spare_inputs() {
     let linked = t.path().join("linked");
     std::fs::create_dir(&linked).unwrap();
     std::os::unix::fs::symlink(&copy, linked.join("b.npy")).unwrap();
-    let o = run(&[
-        "embed",
-        "-m",
-        s(&m),
-        s(&copy),
-        "--pool",
-        "none",
-        "-o",
-        s(&linked),
-    ]);
+    let o = embed_npy(&m, &copy, &linked);
     assert_bad(&o, "is the input");
     assert_eq!(std::fs::read(&copy).unwrap(), std::fs::read(&fa).unwrap());
     // Two records for one file name: both are named.
@@ -1794,16 +1746,7 @@ fn pipes_are_read_once_and_npy_files_spare_inputs() {
     );
     // A directory name too long is refused before any work.
     let long = t.path().join("d".repeat(300));
-    let o = run(&[
-        "embed",
-        "-m",
-        s(&m),
-        s(&fa),
-        "--pool",
-        "none",
-        "-o",
-        s(&long),
-    ]);
+    let o = embed_npy(&m, &fa, &long);
     assert_bad(&o, "cannot make");
     // A BED with a byte-order mark reads as without one.
     let bed = t.path().join("bom.bed");
