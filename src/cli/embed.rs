@@ -87,23 +87,38 @@ impl RecordSink for PooledSink {
 const MAX_NPY_NAME: usize = 240;
 
 /// Refuses, before any work, an output directory holding a `.npy` file that may not be
-/// replaced: found only when its record came, it would stop the run after the files before
-/// it had been replaced, leaving two runs' arrays side by side.
-fn check_npy_files(dir: &str) -> Result<()> {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return Ok(());
+/// replaced: found only when its record came, it would stop the run after the arrays before
+/// it had been replaced, leaving two runs' arrays side by side. With regions the records'
+/// files are known and only they are checked; otherwise every `.npy` in the directory is.
+fn check_npy_files(dir: &str, input: &InputArgs) -> Result<()> {
+    let regions = input.regions()?;
+    let names: Vec<String> = if regions.is_empty() {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return Ok(());
+        };
+        entries
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|name| name.ends_with(".npy"))
+            .collect()
+    } else {
+        regions
+            .iter()
+            .map(|item| format!("{}.npy", safe_file_name(&item.record_id())))
+            .collect()
     };
-    for entry in entries.flatten() {
-        let path = entry.path();
-        if path.extension().is_some_and(|e| e == "npy")
-            && let Some(why) = unwritable(&path)
-        {
-            let name = entry.file_name().to_string_lossy().into_owned();
+    for name in names {
+        if let Some(why) = unwritable(&Path::new(dir).join(&name)) {
+            let whose = if regions.is_empty() {
+                "a record with that id"
+            } else {
+                "its record"
+            };
             return Err(Error::usage(
                 format!(
-                    "cannot write into {dir}: it holds {name}, which {why}; the record of that id could not be written, after the arrays before it had been replaced"
+                    "cannot write into {dir}: it holds {name}, which {why}; {whose} would stop the run after the arrays before it had been replaced"
                 ),
-                format!("make {name} writable to you (chmod), move it away, or choose another -o"),
+                format!("move {name} away, make it one you may replace, or choose another -o"),
             ));
         }
     }
@@ -223,7 +238,7 @@ pub fn run(a: EmbedArgs) -> Result<()> {
             )?;
             a.input
                 .check_unique_regions(|id| format!("{}.npy", safe_file_name(id)))?;
-            check_npy_files(&a.output)?;
+            check_npy_files(&a.output, &a.input)?;
             &[]
         }
     };

@@ -688,32 +688,77 @@ pub fn safe_file_name(id: &str) -> String {
 }
 
 /// Refuses to replace an existing file (`path`, named `dest` to the user) that the user may
-/// not write, as the shell's `>` refuses it: renaming a new file over it would not ask.
+/// not replace, as the shell's `>` would refuse to write it: renaming a new file over it
+/// would not ask, or would fail only after all the work.
 pub fn check_replaceable(dest: &str, path: &Path) -> Result<()> {
     match unwritable(path) {
         None => Ok(()),
         Some(what) => Err(Error::usage(
             format!("cannot write {dest}: it exists and {what}"),
-            "make it writable to you (chmod) to replace it, or choose another output path",
+            "choose another output path, or make it one you may replace (chmod, or its owner)",
         )),
     }
 }
 
-/// Why an existing file may not be replaced ("is read-only", ...), or `None` when it may (or
-/// does not exist). A file with no write permission for anyone is kept from root too, whom
-/// permissions do not stop.
-pub fn unwritable(path: &Path) -> Option<&'static str> {
-    use std::os::unix::ffi::OsStrExt;
-    let old = std::fs::metadata(path).ok().filter(|m| m.is_file())?;
-    if old.permissions().readonly() {
-        return Some("is read-only");
+/// Why an existing file (links followed) may not be replaced by renaming a new file over it
+/// ("is read-only", ...), or `None` when it may, or does not exist. A file with no write
+/// permission for anyone is kept from root too, whom permissions do not stop.
+pub fn unwritable(path: &Path) -> Option<String> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let old = std::fs::metadata(path).ok()?;
+    if old.is_dir() {
+        return Some("is a directory".into());
     }
-    let c_path = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
-    // SAFETY: `c_path` is a valid NUL-terminated string that outlives the call.
-    if unsafe { libc::access(c_path.as_ptr(), libc::W_OK) } == 0 {
+    if !old.is_file() {
         return None;
     }
-    Some("you have no permission to write it")
+    if old.permissions().readonly() {
+        return Some("is read-only".into());
+    }
+    let target = std::fs::canonicalize(path).ok()?;
+    if let Err(e) = access_w(&target) {
+        return Some(if e.raw_os_error() == Some(libc::EROFS) {
+            "is on a read-only file system".into()
+        } else {
+            "you have no permission to write it".into()
+        });
+    }
+    // The new file is made beside it and renamed over it.
+    let dir = target.parent()?;
+    if access_w(dir).is_err() {
+        return Some(format!(
+            "its directory {} is not writable to you",
+            dir.display()
+        ));
+    }
+    // In a sticky directory (/tmp) only a file's owner (or the directory's) may replace it.
+    let dir_meta = std::fs::metadata(dir).ok()?;
+    // SAFETY: geteuid has no preconditions.
+    let me = unsafe { libc::geteuid() };
+    if dir_meta.permissions().mode() & 0o1000 != 0
+        && me != 0
+        && old.uid() != me
+        && dir_meta.uid() != me
+    {
+        return Some(format!(
+            "belongs to another user, in {}, a directory where only a file's owner may replace it (sticky bit)",
+            dir.display()
+        ));
+    }
+    None
+}
+
+/// `access(path, W_OK)`: whether this process may write `path`.
+fn access_w(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let c_path = std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
+    // SAFETY: `c_path` is a valid NUL-terminated string that outlives the call.
+    if unsafe { libc::access(c_path.as_ptr(), libc::W_OK) } == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
 }
 
 /// The error for an output whose file cannot be made: what the system said, for the path the
