@@ -658,6 +658,19 @@ pub(crate) fn bgzf_data_end(file: &mut File, len: u64) -> io::Result<Option<u64>
     Ok((core == eof_core).then_some(nonzero_end + eof_zeros))
 }
 
+/// Where the last end-of-file block within the last [`ZEROS_STEP`] bytes of a bgzip file ends,
+/// when data other than zero padding follows it.
+fn end_block_before_the_end(file: &mut File, len: u64) -> io::Result<Option<u64>> {
+    use std::os::unix::fs::FileExt;
+    let start = len.saturating_sub(ZEROS_STEP);
+    let mut tail = vec![0u8; (len - start) as usize];
+    file.read_exact_at(&mut tail, start)?;
+    Ok(tail
+        .windows(BGZF_EOF.len())
+        .rposition(|w| w == BGZF_EOF)
+        .map(|i| start + (i + BGZF_EOF.len()) as u64))
+}
+
 /// A bgzip file cut at a block border decodes cleanly to a shorter sequence; its missing
 /// end-of-file block tells. Plain gzip (no BGZF header) has no such mark and is not checked.
 fn check_bgzf_end(path: &str) -> Result<()> {
@@ -679,6 +692,13 @@ fn check_bgzf_end(path: &str) -> Result<()> {
         .is_some()
     {
         return Ok(());
+    }
+    if let Some(at) = end_block_before_the_end(&mut file, len).map_err(|e| Error::io(path, e))? {
+        return Err(Error::input(
+            path,
+            format!("data after the bgzip end-of-file block (which ends at byte {at} of {len})"),
+            "remove what was appended (e.g. `head -c BYTES`), or pass it decompressed on stdin: zcat FILE | genomamba ... -",
+        ));
     }
     Err(Error::input(
         path,

@@ -369,12 +369,6 @@ const READ_ON: u64 = 1 << 16;
 /// How many of the last bytes read are kept for seeks back (at least; up to twice as many).
 const KEEP_BACK: usize = 1 << 17;
 
-/// A reader that turns a seek a little ahead of its position into reading on, and a seek back
-/// into the bytes it last read into reading those again. Sorted regions close together (a
-/// BED file of peaks, say), and the index checks that look just past a sequence before its
-/// next region, then reuse the bgzip block already decompressed instead of decompressing it
-/// again for every seek (a seek in noodles' indexed bgzip reader always reads its block
-/// anew), and a plain file's buffer is kept. Other seeks are passed on.
 /// A file read as if it ended at `end`.
 struct Bounded {
     file: File,
@@ -408,6 +402,12 @@ impl Seek for Bounded {
     }
 }
 
+/// A reader that turns a seek a little ahead of its position into reading on, and a seek back
+/// into the bytes it last read into reading those again. Sorted regions close together (a
+/// BED file of peaks, say), and the index checks that look just past a sequence before its
+/// next region, then reuse the bgzip block already decompressed instead of decompressing it
+/// again for every seek (a seek in noodles' indexed bgzip reader always reads its block
+/// anew), and a plain file's buffer is kept. Other seeks are passed on.
 struct ReadOn<R> {
     inner: R,
     /// The position of `inner` in the uncompressed stream; `None` before the first seek.
