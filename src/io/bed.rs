@@ -87,9 +87,9 @@ pub fn read_bed(path: &str, usage: BedUse) -> Result<Vec<BedRow>> {
 
 /// Reads labeled intervals for training: a BED file (column 4 names the class), or a GFF3 or
 /// GTF file (column 3, the feature type, names it; 1-based inclusive coordinates become BED's
-/// 0-based half-open ones). GFF is told by its `##gff-version` line, or by a first row of
-/// nine tab-separated columns whose fourth and fifth are numbers and whose second is not;
-/// rows end at a `##FASTA` line. Returns the rows and whether the file was GFF.
+/// 0-based half-open ones). GFF is told by its `##gff-version` line, or by a first row that
+/// reads as GFF (see [`gff_row`]); rows end at a `##FASTA` line. Returns the rows and whether
+/// the file was GFF.
 pub fn read_labels(path: &str) -> Result<(Vec<BedRow>, bool)> {
     read_rows(path, BedUse::Labels, true)
 }
@@ -117,7 +117,7 @@ fn gff_feature(path: &str, line: &str, ln: u64) -> Result<BedRow> {
     let columns: Vec<&str> = line.split('\t').collect();
     // Positions are 1-based: said as such, not as a failed conversion.
     for (i, name) in [(3, "start"), (4, "end")] {
-        if columns.get(i).is_some_and(|c| c.trim() == "0") {
+        if columns.get(i).and_then(|c| c.trim().parse::<u64>().ok()) == Some(0) {
             return Err(bad(format!(
                 "{name} (column {}) is 0, and GFF positions start at 1",
                 i + 1
@@ -125,12 +125,22 @@ fn gff_feature(path: &str, line: &str, ln: u64) -> Result<BedRow> {
         }
     }
     // A GFF2 row of eight columns has no attributes, and some writers end rows with a tab.
-    let used = columns.len() - columns.iter().rev().take_while(|c| c.is_empty()).count();
-    let line = if used == 8 {
-        format!("{}\t.", columns[..8].join("\t"))
-    } else {
-        columns[..used].join("\t")
-    };
+    // Blanks around the used columns' values are not part of them (column 9 is kept whole).
+    let used = columns.len()
+        - columns
+            .iter()
+            .rev()
+            .take_while(|c| c.trim().is_empty())
+            .count();
+    let mut fields: Vec<&str> = columns[..used]
+        .iter()
+        .enumerate()
+        .map(|(i, c)| if i < 8 { c.trim() } else { c })
+        .collect();
+    if used == 8 {
+        fields.push(".");
+    }
+    let line = fields.join("\t");
     let mut reader = noodles::gff::io::Reader::new(line.as_bytes());
     let mut parsed = noodles::gff::Line::default();
     reader
@@ -178,8 +188,11 @@ fn read_rows(path: &str, usage: BedUse, gff_allowed: bool) -> Result<(Vec<BedRow
             };
             Error::input(path, format!("cannot read line: {e}"), fix).at(ln)
         })?;
-        // A GFF's attributes (column 9, not used) may hold any bytes; what BED and GFF columns
-        // are used must be text.
+        // Comment lines, and a GFF's attributes (column 9, not used), may hold any bytes;
+        // what BED and GFF columns are used must be text.
+        if bytes.first() == Some(&b'#') && std::str::from_utf8(&bytes).is_err() {
+            continue;
+        }
         let line = match String::from_utf8(bytes) {
             Ok(line) => line,
             Err(e) => {
@@ -243,7 +256,11 @@ fn read_rows(path: &str, usage: BedUse, gff_allowed: bool) -> Result<(Vec<BedRow
         if f.len() < usage.columns() {
             let what = match usage {
                 BedUse::Labels => {
-                    format!("{} columns; column 4 (the class name) is needed", f.len())
+                    format!(
+                        "{} column{}; column 4 (the class name) is needed",
+                        f.len(),
+                        if f.len() == 1 { "" } else { "s" }
+                    )
                 }
                 BedUse::Regions => format!(
                     "{} column{}; chrom, start and end are needed",

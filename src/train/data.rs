@@ -617,6 +617,11 @@ pub fn load_position(
         }
     }
     for r in &rows {
+        // Rows of no chosen class are not read (a whole genome's annotation may name
+        // sequences that the FASTA leaves out).
+        let Some(&cls) = name_class.get(r.name.as_str()) else {
+            continue;
+        };
         if !known.contains(&r.chrom) {
             return Err(Error::input(
                 bed,
@@ -629,9 +634,6 @@ pub fn load_position(
             .at(r.line));
         }
         let Some(&ri) = by_name.get(&r.chrom) else {
-            continue;
-        };
-        let Some(&cls) = name_class.get(r.name.as_str()) else {
             continue;
         };
         let rec = &mut recs[ri];
