@@ -73,8 +73,10 @@ fn init(dir: &Path, name: &str, extra: &[&str]) -> PathBuf {
 }
 
 /// `embed --pool none` of `fa` with the model `m` into the directory `out`.
-fn embed_npy(m: &Path, fa: &Path, out: &Path) -> Out {
-    run(&["embed", "-m", s(m), s(fa), "--pool", "none", "-o", s(out)])
+fn embed_npy(m: &Path, fa: &Path, out: &Path, extra: &[&str]) -> Out {
+    let mut args = vec!["embed", "-m", s(m), s(fa), "--pool", "none", "-o", s(out)];
+    args.extend_from_slice(extra);
+    run(&args)
 }
 
 fn tsv_values(path: &Path) -> Vec<Vec<String>> {
@@ -664,6 +666,25 @@ fn an_output_file_the_user_may_not_write_is_kept() {
     };
     assert_bad(&o, "it exists and you have no permission to write it");
     assert_eq!(std::fs::read_to_string(&theirs).unwrap(), "kept");
+    if root {
+        // A file anyone may write, in a sticky directory (as /tmp is): only its owner may
+        // replace it, so another user is refused before any work, not after it at the rename.
+        let sticky = t.path().join("sticky");
+        std::fs::create_dir(&sticky).unwrap();
+        std::fs::set_permissions(&sticky, std::fs::Permissions::from_mode(0o1777)).unwrap();
+        let shared = sticky.join("shared.tsv");
+        std::fs::write(&shared, "kept").unwrap();
+        std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o666)).unwrap();
+        let o: Out = std::process::Command::new("runuser")
+            .args(["-u", "nobody", "--"])
+            .arg(assert_cmd::cargo::cargo_bin("genomamba"))
+            .args(["embed", "-m", s(&m), s(&fa), "-o", s(&shared)])
+            .output()
+            .unwrap()
+            .into();
+        assert_bad(&o, "where only a file's owner may replace it (sticky bit)");
+        assert_eq!(std::fs::read_to_string(&shared).unwrap(), "kept");
+    }
 }
 
 #[test]
@@ -1314,7 +1335,7 @@ fn bad_input_exits_2_with_one_line_and_leaves_no_output() {
     std::fs::write(&a_file, "keep").unwrap();
     let o = run(&["embed", "-m", s(&m), s(&hash), "-o", s(&a_dir)]);
     assert_bad(&o, "it is a directory");
-    let o = embed_npy(&m, &hash, &a_file);
+    let o = embed_npy(&m, &hash, &a_file, &[]);
     assert_bad(&o, "exists and is not a directory");
     // Per-position arrays of two intervals with one BED name would go to one file: refused
     // before any work, naming both lines; nothing is made. Without --regions-bed the flag
@@ -1530,7 +1551,7 @@ fn outputs_follow_links_stream_into_pipes_and_spare_every_input() {
     // In a directory of per-record arrays, a read-only one is found before any file is
     // replaced (found when its record came, the files before it would already be new).
     let npy = t.path().join("arrays");
-    let o = embed_npy(&m, &fa, &npy);
+    let o = embed_npy(&m, &fa, &npy, &[]);
     assert_eq!(o.code, 0, "{}", o.stderr);
     let c_npy = npy.join("c.npy");
     let before = std::fs::read(&c_npy).unwrap();
@@ -1538,9 +1559,23 @@ fn outputs_follow_links_stream_into_pipes_and_spare_every_input() {
     std::fs::write(&locked, b"kept").unwrap();
     std::fs::set_permissions(&locked, std::fs::Permissions::from_mode(0o444)).unwrap();
     let other = init(t.path(), "other", &["--dt-rank", "2"]);
-    let o = embed_npy(&other, &fa, &npy);
+    let o = embed_npy(&other, &fa, &npy, &[]);
     assert_bad(&o, "it holds other.npy, which is read-only;");
     assert_eq!(std::fs::read(&c_npy).unwrap(), before);
+    // With regions, the files their records write are known: only those are checked.
+    let region = ["--region", "c:2-9"];
+    let o = embed_npy(&other, &fa, &npy, &region);
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    let region_npy: Vec<_> = std::fs::read_dir(&npy)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p != &c_npy && p != &locked)
+        .collect();
+    assert_eq!(region_npy.len(), 1, "{region_npy:?}");
+    std::fs::set_permissions(&region_npy[0], std::fs::Permissions::from_mode(0o444)).unwrap();
+    let o = embed_npy(&m, &fa, &npy, &region);
+    assert_bad(&o, "which is read-only; its record would stop the run");
     // A link to a file not made yet makes it; two outputs on one file through a link clash.
     let dangling = t.path().join("dangling.tsv");
     std::os::unix::fs::symlink(t.path().join("later.tsv"), &dangling).unwrap();
@@ -1634,7 +1669,7 @@ fn outputs_follow_links_stream_into_pipes_and_spare_every_input() {
     let file = t.path().join("a_file");
     std::fs::write(&file, "").unwrap();
     let sub = file.join("sub");
-    let o = embed_npy(&m, &fa, &sub);
+    let o = embed_npy(&m, &fa, &sub, &[]);
     assert_bad(&o, "is not a directory");
     let o = run(&["init", "-o", s(&sub)]);
     assert_bad(&o, "is not a directory");
@@ -1716,7 +1751,7 @@ fn pipes_are_read_once_and_npy_files_spare_inputs() {
     std::fs::create_dir(&dir).unwrap();
     let named = dir.join("a.npy");
     std::fs::write(&named, ">a\nACGT\n").unwrap();
-    let o = embed_npy(&m, &named, &dir);
+    let o = embed_npy(&m, &named, &dir, &[]);
     assert_bad(&o, "the output would replace it");
     assert_eq!(std::fs::read_to_string(&named).unwrap(), ">a\nACGT\n");
     let copy = t.path().join("copy.fa");
@@ -1724,7 +1759,7 @@ fn pipes_are_read_once_and_npy_files_spare_inputs() {
     let linked = t.path().join("linked");
     std::fs::create_dir(&linked).unwrap();
     std::os::unix::fs::symlink(&copy, linked.join("b.npy")).unwrap();
-    let o = embed_npy(&m, &copy, &linked);
+    let o = embed_npy(&m, &copy, &linked, &[]);
     assert_bad(&o, "is the input");
     assert_eq!(std::fs::read(&copy).unwrap(), std::fs::read(&fa).unwrap());
     // Two records for one file name: both are named.
@@ -1746,7 +1781,7 @@ fn pipes_are_read_once_and_npy_files_spare_inputs() {
     );
     // A directory name too long is refused before any work.
     let long = t.path().join("d".repeat(300));
-    let o = embed_npy(&m, &fa, &long);
+    let o = embed_npy(&m, &fa, &long, &[]);
     assert_bad(&o, "cannot make");
     // A BED with a byte-order mark reads as without one.
     let bed = t.path().join("bom.bed");

@@ -796,11 +796,11 @@ fn data_after_the_last_gzip_member_is_an_error() {
     let dir = tempdir();
     let plain = fs::read(data("labeled/oct4_vs_mafk/mafk_peaks.fa")).unwrap();
     for tail in [b"more text\n".to_vec(), [&[0u8; 100][..], b"x"].concat()] {
-        // Plain gzip is decoded up to the appended data; a bgzip file then lacks its end
-        // block where the end should be.
+        // Plain gzip is decoded up to the appended data; a bgzip file's end block is found
+        // before the end.
         for (bytes, expected) in [
             (gzip(&plain), "data after the end of the last gzip member"),
-            (bgzip(&plain), "truncated bgzip file"),
+            (bgzip(&plain), "data after the bgzip end-of-file block"),
         ] {
             let path = write_file(dir.path(), "appended.gz", &[bytes, tail.clone()].concat());
             assert_input_error(read_all(s(&path)), s(&path), &[expected]);
@@ -1997,6 +1997,26 @@ fn gff_labels_are_the_intervals_bedtools_reads_from_the_gff() {
     loose.splice(at + 3..at + utf8.len(), [0xe9]);
     let loose = write_file(dir.path(), "loose.gff", &loose);
     assert_eq!(labels_of(&loose), want);
+    // Rows of types no class takes are not read, even on sequences the FASTA lacks; a
+    // comment may hold any bytes; blanks around a used column's value are not part of it.
+    let mut extra = fs::read(&gff).unwrap();
+    extra.extend(b"# caf\xe9\nchrM\tx\tgene\t1\t100\t.\t+\t.\tID=m\n");
+    extra.extend(b"chrI\tx\ttRNA\t 5 \t9 \t.\t+\t.\tID=t\n");
+    let extra = write_file(dir.path(), "extra.gff3", &extra);
+    let got = labels_of(&extra);
+    assert_eq!(got[1], want[1]);
+    assert_eq!(&got[0].1[..4], &want[0].1[..4]);
+    assert_eq!(&got[0].1[9..], &want[0].1[9..]);
+    assert!(
+        got[0].1[4..9].iter().all(|&l| l == 2),
+        "{:?}",
+        &got[0].1[..10]
+    );
+    let mito = [("m".to_string(), vec!["gene".to_string()])];
+    let msg = load_position(s(&fa), s(&extra), &mito, &[])
+        .unwrap_err()
+        .to_string();
+    assert!(msg.contains("chromosome 'chrM' is not in"), "{msg}");
     // GFF messages speak GFF: a feature past the end in 1-based coordinates, start 0.
     let past = write_file(
         dir.path(),
@@ -2013,7 +2033,7 @@ fn gff_labels_are_the_intervals_bedtools_reads_from_the_gff() {
     let zero = write_file(
         dir.path(),
         "zero.gff3",
-        b"##gff-version 3\nchrI\tx\tCDS\t0\t300\t.\t+\t0\tID=a\n",
+        b"##gff-version 3\nchrI\tx\tCDS\t00\t300\t.\t+\t0\tID=a\n",
     );
     assert_input_error(
         load_position(s(&fa), s(&zero), &classes[..1], &[]),
