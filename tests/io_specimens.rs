@@ -1096,6 +1096,37 @@ fn regions_on_a_bgzip_file_with_zero_padding_read_as_without_it() {
 }
 
 #[test]
+fn regions_on_a_bgzip_file_without_its_end_block_are_refused() {
+    // Cut at a block border (then padded or not), the file still reads up to the cut; its
+    // regions are refused as they are streaming, not failed at a block that is not there.
+    let dir = tempdir();
+    let bytes = fs::read(data("genomes/ecoli_k12.fa.gz")).unwrap();
+    let cut = bytes.len() - 28;
+    for pad in [0usize, 1_000] {
+        let path = write_file(
+            dir.path(),
+            "cut.fa.gz",
+            &[&bytes[..cut], &vec![0; pad][..]].concat(),
+        );
+        for ext in ["fai", "gzi"] {
+            fs::copy(
+                data(&format!("genomes/ecoli_k12.fa.gz.{ext}")),
+                format!("{}.{ext}", s(&path)),
+            )
+            .unwrap();
+        }
+        for text in ["NC_000913:1-100", "NC_000913:4639600-4639675"] {
+            let region: Region = text.parse().unwrap();
+            assert_input_error(
+                region::read_region(s(&path), &region),
+                s(&path),
+                &["truncated bgzip file", "end-of-file block is missing"],
+            );
+        }
+    }
+}
+
+#[test]
 fn regions_on_bgzip_chr20_match_samtools() {
     require_samtools();
     let path = data("genomes/hg19_chr20.fa.gz");

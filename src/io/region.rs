@@ -655,9 +655,17 @@ impl IndexedFasta {
                 })?;
                 // Zero padding after the end block is not read as a block.
                 let len = file.metadata().map_err(|e| Error::io(path, e))?.len();
+                // Without its end block the file was cut short (or not finished): regions
+                // past the cut would fail at a block that is not there, or one of zeros.
                 let end = super::fastx::bgzf_data_end(&mut file, len)
                     .map_err(|e| Error::io(path, e))?
-                    .unwrap_or(len);
+                    .ok_or_else(|| {
+                        Error::input(
+                            path,
+                            "truncated bgzip file: its end-of-file block is missing (it was cut short or not finished)",
+                            format!("re-download it or re-run bgzip, then re-create the index with `samtools faidx {path}`"),
+                        )
+                    })?;
                 let data = Bounded { file, end, at: 0 };
                 Box::new(ReadOn::new(bgzf::io::IndexedReader::new(data, gzi)))
             }
