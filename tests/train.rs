@@ -79,6 +79,13 @@ fn write_classes(dir: &Path, n: usize, seed: u64) -> (PathBuf, PathBuf) {
     (a, b)
 }
 
+/// `train -o OUT --class A --class B` and `extra`.
+fn two_classes<'a>(out: &'a str, a: &'a str, b: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec!["train", "-o", out, "--class", a, "--class", b];
+    args.extend_from_slice(extra);
+    args
+}
+
 fn last_val(out: &Path, key: &str) -> f64 {
     let text = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap();
     let last = text.lines().last().unwrap();
@@ -1403,18 +1410,7 @@ fn bad_training_input_exits_2_and_writes_nothing() {
             "validation would measure memorised training sequences",
         ),
     ] {
-        let args = [
-            "train",
-            "-o",
-            o,
-            "--class",
-            &ca,
-            "--class",
-            &cb,
-            "--val-class",
-            &val,
-        ];
-        bad(&args, needle);
+        bad(&two_classes(o, &ca, &cb, &["--val-class", &val]), needle);
     }
     // A TSV without a header: the error quotes the first line only in part.
     let headless = dir.path().join("headless.tsv");
@@ -1632,23 +1628,12 @@ fn bad_training_input_exits_2_and_writes_nothing() {
     // Flags of the other task are refused, not ignored, naming only the flags given (clap
     // listed the whole group).
     bad(
-        &[
-            "train", "-o", o, "--class", &ca, "--class", &cb, "--window", "100",
-        ],
+        &two_classes(o, &ca, &cb, &["--window", "100"]),
         "--class cannot be used with --window; leave out --class, or --window",
     );
     // --orf-features is of the per-position task: said so, not "--bidirectional required".
     bad(
-        &[
-            "train",
-            "-o",
-            o,
-            "--class",
-            &ca,
-            "--class",
-            &cb,
-            "--orf-features",
-        ],
+        &two_classes(o, &ca, &cb, &["--orf-features"]),
         "--class cannot be used with --orf-features;",
     );
     bad(

@@ -86,6 +86,11 @@ impl RecordSink for PooledSink {
 /// The longest `.npy` file name written (`.<name>.XXXXXX.tmp` is made first, within 255).
 const MAX_NPY_NAME: usize = 240;
 
+/// The file a record's per-position array is written to, in the output directory.
+fn npy_name(id: &str) -> String {
+    format!("{}.npy", safe_file_name(id))
+}
+
 /// Refuses, before any work, an output directory holding a `.npy` file that may not be
 /// replaced: found only when its record came, it would stop the run after the arrays before
 /// it had been replaced, leaving two runs' arrays side by side. With regions the records'
@@ -104,7 +109,7 @@ fn check_npy_files(dir: &str, input: &InputArgs) -> Result<()> {
     } else {
         regions
             .iter()
-            .map(|item| format!("{}.npy", safe_file_name(&item.record_id())))
+            .map(|item| npy_name(&item.record_id()))
             .collect()
     };
     for name in names {
@@ -139,7 +144,7 @@ impl RecordSink for NpySink {
     type Acc = Output;
 
     fn begin(&mut self, meta: &RecordMeta) -> Result<Output> {
-        let name = format!("{}.npy", safe_file_name(&meta.id));
+        let name = npy_name(&meta.id);
         let record = meta.label();
         if let Some(first) = self.seen.get(&name) {
             return Err(Error::input(
@@ -236,8 +241,7 @@ pub fn run(a: EmbedArgs) -> Result<()> {
                 " (--pool none writes one .npy per record into a directory)",
                 "choose another -o",
             )?;
-            a.input
-                .check_unique_regions(|id| format!("{}.npy", safe_file_name(id)))?;
+            a.input.check_unique_regions(npy_name)?;
             check_npy_files(&a.output, &a.input)?;
             &[]
         }

@@ -102,13 +102,23 @@ const GFF_FIX: &str = "GFF rows need nine tab-separated columns: seqid, source, 
 /// phase in the eighth (where BED9 has a number), and a type in the third.
 fn gff_row(f: &[&str]) -> bool {
     let number = |s: &str| s.trim().parse::<u64>().is_ok();
-    let used = f.len() - f.iter().rev().take_while(|c| c.trim().is_empty()).count();
+    let used = used_columns(f);
     (8..=9).contains(&used)
         && number(f[3])
         && number(f[4])
         && !number(f[2])
         && matches!(f[6].trim(), "+" | "-" | "." | "?")
         && matches!(f[7].trim(), "0" | "1" | "2" | ".")
+}
+
+/// How many columns a row has before its trailing empty (or blank) ones.
+fn used_columns(columns: &[&str]) -> usize {
+    columns.len()
+        - columns
+            .iter()
+            .rev()
+            .take_while(|c| c.trim().is_empty())
+            .count()
 }
 
 /// One GFF feature line as a row, parsed by noodles.
@@ -126,12 +136,7 @@ fn gff_feature(path: &str, line: &str, ln: u64) -> Result<BedRow> {
     }
     // A GFF2 row of eight columns has no attributes, and some writers end rows with a tab.
     // Blanks around the used columns' values are not part of them (column 9 is kept whole).
-    let used = columns.len()
-        - columns
-            .iter()
-            .rev()
-            .take_while(|c| c.trim().is_empty())
-            .count();
+    let used = used_columns(&columns);
     let mut fields: Vec<&str> = columns[..used]
         .iter()
         .enumerate()
@@ -172,6 +177,23 @@ fn gff_feature(path: &str, line: &str, ln: u64) -> Result<BedRow> {
     })
 }
 
+/// A line's text: UTF-8, or where the line may be GFF, any bytes after its eighth tab (in the
+/// attributes, which are not used) as long as the columns before it are UTF-8.
+fn line_text(bytes: Vec<u8>, gff_possible: bool) -> Option<String> {
+    let bytes = match String::from_utf8(bytes) {
+        Ok(line) => return Some(line),
+        Err(e) => e.into_bytes(),
+    };
+    let eighth_tab = bytes
+        .iter()
+        .enumerate()
+        .filter(|&(_, &b)| b == b'\t')
+        .nth(7)
+        .map(|(i, _)| i)?;
+    (gff_possible && std::str::from_utf8(&bytes[..eighth_tab]).is_ok())
+        .then(|| String::from_utf8_lossy(&bytes).into_owned())
+}
+
 fn read_rows(path: &str, usage: BedUse, gff_allowed: bool) -> Result<(Vec<BedRow>, bool)> {
     let reader = open_text(path, "a BED file")?;
     let fix = usage.fix();
@@ -188,39 +210,17 @@ fn read_rows(path: &str, usage: BedUse, gff_allowed: bool) -> Result<(Vec<BedRow
             };
             Error::input(path, format!("cannot read line: {e}"), fix).at(ln)
         })?;
-        // Comment lines, and a GFF's attributes (column 9, not used), may hold any bytes;
-        // what BED and GFF columns are used must be text.
+        // Comment lines may hold any bytes.
         if bytes.first() == Some(&b'#') && std::str::from_utf8(&bytes).is_err() {
             continue;
         }
-        let line = match String::from_utf8(bytes) {
-            Ok(line) => line,
-            Err(e) => {
-                let bytes = e.into_bytes();
-                let eighth_tab = bytes
-                    .iter()
-                    .enumerate()
-                    .filter(|&(_, &b)| b == b'\t')
-                    .nth(7)
-                    .map(|(i, _)| i);
-                match eighth_tab {
-                    Some(t)
-                        if gff_allowed
-                            && gff != Some(false)
-                            && std::str::from_utf8(&bytes[..t]).is_ok() =>
-                    {
-                        String::from_utf8_lossy(&bytes).into_owned()
-                    }
-                    _ => {
-                        return Err(Error::input(
-                            path,
-                            "the line is not UTF-8 text",
-                            "give a text file (UTF-8 or ASCII)",
-                        )
-                        .at(ln));
-                    }
-                }
-            }
+        let Some(line) = line_text(bytes, gff_allowed && gff != Some(false)) else {
+            return Err(Error::input(
+                path,
+                "the line is not UTF-8 text",
+                "give a text file (UTF-8 or ASCII)",
+            )
+            .at(ln));
         };
         let line = line.trim_end_matches('\r');
         if gff_allowed && gff.is_none() && line.starts_with("##gff-version") {
@@ -254,20 +254,12 @@ fn read_rows(path: &str, usage: BedUse, gff_allowed: bool) -> Result<(Vec<BedRow
             }
         }
         if f.len() < usage.columns() {
-            let what = match usage {
-                BedUse::Labels => {
-                    format!(
-                        "{} column{}; column 4 (the class name) is needed",
-                        f.len(),
-                        if f.len() == 1 { "" } else { "s" }
-                    )
-                }
-                BedUse::Regions => format!(
-                    "{} column{}; chrom, start and end are needed",
-                    f.len(),
-                    if f.len() == 1 { "" } else { "s" }
-                ),
+            let plural = if f.len() == 1 { "" } else { "s" };
+            let needed = match usage {
+                BedUse::Labels => "column 4 (the class name) is needed",
+                BedUse::Regions => "chrom, start and end are needed",
             };
+            let what = format!("{} column{plural}; {needed}", f.len());
             return Err(Error::input(path, what, fix).at(ln));
         }
         let start: u64 = f[1].trim().parse().map_err(|_| {

@@ -322,34 +322,35 @@ impl<R: BufRead> Read for GzMembers<R> {
             if n > 0 || buf.is_empty() {
                 return Ok(n);
             }
-            // The member ended: another one, zero padding to the end, or the end itself.
-            let Some(member) = self.member.take() else {
+            // The member ended: another one follows, or zero padding to the end, or the end.
+            let Some(mut rest) = self.member.take().map(|m| m.into_inner()) else {
                 return Ok(0);
             };
-            let mut rest = member.into_inner();
-            let head = rest.fill_buf()?;
-            if head.is_empty() {
-                return Ok(0);
-            }
-            if head[0] == 0x1f {
+            if rest.fill_buf()?.first() == Some(&0x1f) {
                 self.member = Some(flate2::bufread::GzDecoder::new(rest));
                 continue;
             }
-            loop {
-                let head = rest.fill_buf()?;
-                if head.is_empty() {
-                    return Ok(0);
-                }
-                let zeros = head.iter().take_while(|&&b| b == 0).count();
-                if zeros < head.len() {
-                    return Err(io::Error::new(
-                        io::ErrorKind::InvalidData,
-                        "data after the end of the last gzip member",
-                    ));
-                }
-                rest.consume(zeros);
-            }
+            skip_zeros_to_the_end(&mut rest)?;
+            return Ok(0);
         }
+    }
+}
+
+/// Reads `rest` to its end, which must hold only zero bytes.
+fn skip_zeros_to_the_end(rest: &mut impl BufRead) -> io::Result<()> {
+    loop {
+        let head = rest.fill_buf()?;
+        if head.is_empty() {
+            return Ok(());
+        }
+        if head.iter().any(|&b| b != 0) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "data after the end of the last gzip member",
+            ));
+        }
+        let n = head.len();
+        rest.consume(n);
     }
 }
 
@@ -619,12 +620,16 @@ const BGZF_EOF: [u8; 28] = [
     0, 0, 0, 0, 0, 0, 0,
 ];
 
+/// What a bgzip file without its end-of-file block is said to be.
+pub(crate) const TRUNCATED_BGZF: &str =
+    "truncated bgzip file: its end-of-file block is missing (it was cut short or not finished)";
+
 /// Bytes read at a time while looking back through a file's trailing zeros.
 const ZEROS_STEP: u64 = 64 * 1024;
 
 /// Where the run of zero bytes that ends `file` (of `len` bytes) begins: `len` when its last
 /// byte is not zero.
-fn trailing_zeros_start(file: &mut File, len: u64) -> io::Result<u64> {
+fn trailing_zeros_start(file: &File, len: u64) -> io::Result<u64> {
     use std::os::unix::fs::FileExt;
     let mut end = len;
     let mut buf = Vec::new();
@@ -643,7 +648,7 @@ fn trailing_zeros_start(file: &mut File, len: u64) -> io::Result<u64> {
 /// Where a bgzip file's data ends: just after its end-of-file block, which zero padding of
 /// any length may follow. `None` when the file does not end with that block (cut short, not
 /// finished, or not bgzip).
-pub(crate) fn bgzf_data_end(file: &mut File, len: u64) -> io::Result<Option<u64>> {
+pub(crate) fn bgzf_data_end(file: &File, len: u64) -> io::Result<Option<u64>> {
     use std::os::unix::fs::FileExt;
     // The end block itself ends in zeros: its last non-zero byte must be the end block's.
     let eof_zeros = BGZF_EOF.iter().rev().take_while(|&&b| b == 0).count() as u64;
@@ -660,7 +665,7 @@ pub(crate) fn bgzf_data_end(file: &mut File, len: u64) -> io::Result<Option<u64>
 
 /// Where the last end-of-file block within the last [`ZEROS_STEP`] bytes of a bgzip file ends,
 /// when data other than zero padding follows it.
-fn end_block_before_the_end(file: &mut File, len: u64) -> io::Result<Option<u64>> {
+fn end_block_before_the_end(file: &File, len: u64) -> io::Result<Option<u64>> {
     use std::os::unix::fs::FileExt;
     let start = len.saturating_sub(ZEROS_STEP);
     let mut tail = vec![0u8; (len - start) as usize];
@@ -687,13 +692,13 @@ fn check_bgzf_end(path: &str) -> Result<()> {
     if !bgzf || len < BGZF_EOF.len() as u64 {
         return Ok(());
     }
-    if bgzf_data_end(&mut file, len)
+    if bgzf_data_end(&file, len)
         .map_err(|e| Error::io(path, e))?
         .is_some()
     {
         return Ok(());
     }
-    if let Some(at) = end_block_before_the_end(&mut file, len).map_err(|e| Error::io(path, e))? {
+    if let Some(at) = end_block_before_the_end(&file, len).map_err(|e| Error::io(path, e))? {
         return Err(Error::input(
             path,
             format!("data after the bgzip end-of-file block (which ends at byte {at} of {len})"),
@@ -702,7 +707,7 @@ fn check_bgzf_end(path: &str) -> Result<()> {
     }
     Err(Error::input(
         path,
-        "truncated bgzip file: its end-of-file block is missing (it was cut short or not finished)",
+        TRUNCATED_BGZF,
         "re-download it or re-run bgzip; if it is whole (plain gzip data appended to bgzip data), pass it decompressed on stdin: zcat FILE | genomamba ... -",
     ))
 }

@@ -657,12 +657,12 @@ impl IndexedFasta {
                 let len = file.metadata().map_err(|e| Error::io(path, e))?.len();
                 // Without its end block the file was cut short (or not finished): regions
                 // past the cut would fail at a block that is not there, or one of zeros.
-                let end = super::fastx::bgzf_data_end(&mut file, len)
+                let end = super::fastx::bgzf_data_end(&file, len)
                     .map_err(|e| Error::io(path, e))?
                     .ok_or_else(|| {
                         Error::input(
                             path,
-                            "truncated bgzip file: its end-of-file block is missing (it was cut short or not finished)",
+                            super::fastx::TRUNCATED_BGZF,
                             format!("re-download it or re-run bgzip, then re-create the index with `samtools faidx {path}`"),
                         )
                     })?;

@@ -7,7 +7,7 @@
 //! lacks or running past their ends, malformed rows, and the reader's own errors (truncated
 //! compression, stray characters) all become [`Error`]s naming the file and line.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{HashMap, HashSet};
 use std::io::{BufRead, Read};
 use std::path::Path;
 
@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::alphabet::{self, N};
-use crate::io::bed::{open_text, read_labels};
+use crate::io::bed::{BedRow, open_text, read_labels};
 use crate::io::fastx::for_each_record;
 use crate::{Error, Result};
 
@@ -445,6 +445,15 @@ pub fn parse_bed_class(spec: &str) -> Result<(String, Vec<String>)> {
     Ok((class.to_string(), names))
 }
 
+/// The rows' distinct names, in the order they first appear.
+fn distinct_names(rows: &[BedRow]) -> Vec<&str> {
+    let mut seen = HashSet::new();
+    rows.iter()
+        .map(|r| r.name.as_str())
+        .filter(|n| seen.insert(*n))
+        .collect()
+}
+
 /// Reads a reference FASTA and a BED of labeled intervals (column 4 = name), or a GFF3/GTF
 /// file (the feature type is the name; `classes` must then be given). `classes` maps
 /// class names to the BED names they cover (see [`parse_bed_class`]); bases covered by no
@@ -520,12 +529,7 @@ pub fn load_position(
     // A GFF's types include the chromosome and the genes around the parts one would learn:
     // its classes are chosen, not every type.
     if gff && !classes_given {
-        let mut types: Vec<&str> = Vec::new();
-        for r in &rows {
-            if !types.contains(&r.name.as_str()) {
-                types.push(&r.name);
-            }
-        }
+        let types = distinct_names(&rows);
         let shown = types.len().min(8);
         let more = if types.len() > shown { ", ..." } else { "" };
         return Err(Error::usage(
@@ -547,14 +551,10 @@ pub fn load_position(
             )
             .at(r.line));
         }
-        let mut seen: BTreeMap<String, usize> = BTreeMap::new();
-        for r in &rows {
-            let k = seen.len();
-            seen.entry(r.name.clone()).or_insert(k);
-        }
-        let mut v: Vec<(String, usize)> = seen.into_iter().collect();
-        v.sort_by_key(|x| x.1);
-        v.into_iter().map(|(n, _)| (n.clone(), vec![n])).collect()
+        distinct_names(&rows)
+            .into_iter()
+            .map(|n| (n.to_string(), vec![n.to_string()]))
+            .collect()
     } else {
         classes.to_vec()
     };
