@@ -1513,6 +1513,33 @@ fn bad_input_exits_2_with_one_line_and_leaves_no_output() {
     let o = run(&["annotate", "-m", s(&pos), s(&nameless), "--bed", s(&twice)]);
     assert_bad(&o, "(record #1)");
     assert!(!twice.exists());
+    // Records named like BED header lines are written, with one warning for the run.
+    let hashed = t.path().join("hashed.fa");
+    std::fs::write(&hashed, ">#c\nACGT\n>track\nACGT\n>c\nACGT\n").unwrap();
+    let o = run(&[
+        "annotate",
+        "-m",
+        s(&pos),
+        s(&hashed),
+        "--bedgraph",
+        s(&twice),
+    ]);
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    assert_eq!(o.stderr.lines().count(), 1, "{}", o.stderr);
+    assert!(
+        o.stderr
+            .contains("record '#c' starts like a BED header line"),
+        "{}",
+        o.stderr
+    );
+    let chroms: Vec<String> = std::fs::read_to_string(&twice)
+        .unwrap()
+        .lines()
+        .map(|l| l.split('\t').next().unwrap().to_string())
+        .collect();
+    assert_eq!(chroms.first().map(String::as_str), Some("#c"));
+    assert!(chroms.iter().any(|c| c == "track") && chroms.iter().any(|c| c == "c"));
+    std::fs::remove_file(&twice).unwrap();
     let o = run(&["embed", "-m", s(&m), "-", "-", "-o", s(&out)]);
     assert_bad(&o, "stdin (-) is given more than once");
 }
@@ -1550,11 +1577,17 @@ fn outputs_follow_links_stream_into_pipes_and_spare_every_input() {
     // ... keeping the replaced file's permissions.
     let mode = std::fs::metadata(&target).unwrap().permissions().mode();
     assert_eq!(mode & 0o777, 0o640);
-    // A read-only file is refused before any work, through the link too, and stays as it was.
+    // A read-only file is refused before any work, through the link too (named with the
+    // file it leads to), and stays as it was.
     std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o444)).unwrap();
-    for dest in [&target, &link] {
+    let through = format!(
+        "cannot write {} (a link to {}): it exists and is read-only",
+        s(&link),
+        std::fs::canonicalize(&target).unwrap().display()
+    );
+    for (dest, said) in [(&target, "it exists and is read-only"), (&link, &through)] {
         let o = run(&["embed", "-m", s(&m), s(&fa), "-o", s(dest), "--pool", "max"]);
-        assert_bad(&o, "it exists and is read-only");
+        assert_bad(&o, said);
         assert_eq!(std::fs::read_to_string(&target).unwrap(), want);
     }
     std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o640)).unwrap();
@@ -1772,23 +1805,48 @@ fn pipes_are_read_once_and_npy_files_spare_inputs() {
     let o = embed_npy(&m, &copy, &linked, &[]);
     assert_bad(&o, "is the input");
     assert_eq!(std::fs::read(&copy).unwrap(), std::fs::read(&fa).unwrap());
-    // Two records for one file name: both are named.
+    // Two records for one file name: both are named, with their numbers (and files).
     let clash = t.path().join("clash.fa");
     std::fs::write(&clash, ">x/y\nACGT\n>x_y\nACGA\n").unwrap();
+    let said = "records x/y (#1) and x_y (#2) both map to the output file x_y.npy";
+    let o = embed_npy(&m, &clash, &t.path().join("c"), &[]);
+    assert_bad(&o, said);
+    // Indexed, they are found before any array is written.
+    let faidx = Command::new("samtools").arg("faidx").arg(&clash).status();
+    assert!(faidx.unwrap().success());
+    let early = t.path().join("early");
+    let o = embed_npy(&m, &clash, &early, &[]);
+    assert_bad(&o, said);
+    assert!(!early.exists());
+    // Across files, the files are named.
+    let one = t.path().join("one.fa");
+    let two = t.path().join("two.fa");
+    std::fs::write(&one, ">a\nACGT\n").unwrap();
+    std::fs::write(&two, ">b\nACGT\n>a\nACGA\n").unwrap();
+    for file in [&one, &two] {
+        let faidx = Command::new("samtools").arg("faidx").arg(file).status();
+        assert!(faidx.unwrap().success());
+    }
     let o = run(&[
         "embed",
         "-m",
         s(&m),
-        s(&clash),
+        s(&one),
+        s(&two),
         "--pool",
         "none",
         "-o",
-        s(&t.path().join("c")),
+        s(&early),
     ]);
     assert_bad(
         &o,
-        "records x/y and x_y both map to the output file x_y.npy",
+        &format!(
+            "{}: records a (#1 of {}) and a (#2) both map to the output file a.npy",
+            s(&two),
+            s(&one)
+        ),
     );
+    assert!(!early.exists());
     // A directory name too long is refused before any work.
     let long = t.path().join("d".repeat(300));
     let o = embed_npy(&m, &fa, &long, &[]);

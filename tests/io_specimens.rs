@@ -13,6 +13,7 @@ use std::time::Instant;
 
 use genomamba::Error;
 use genomamba::alphabet::{self, A, C, G, N, T};
+use genomamba::io::bed::LabelFormat;
 use genomamba::io::fastx::{self, Record};
 use genomamba::io::region::{self, Region};
 
@@ -795,15 +796,27 @@ fn truncated_gzip_of_a_real_file_is_an_error_not_an_early_end() {
 fn data_after_the_last_gzip_member_is_an_error() {
     let dir = tempdir();
     let plain = fs::read(data("labeled/oct4_vs_mafk/mafk_peaks.fa")).unwrap();
+    let text = String::from_utf8_lossy(&plain);
+    let last = text.lines().rfind(|l| l.starts_with('>')).unwrap()[1..]
+        .split_whitespace()
+        .next()
+        .unwrap();
+    // Plain gzip is decoded up to the appended data, found once the last record is read:
+    // said as after it (not as truncation in it).
+    let after_last =
+        format!("data after the end of the last gzip member, after its last record {last};");
     for tail in [b"more text\n".to_vec(), [&[0u8; 100][..], b"x"].concat()] {
-        // Plain gzip is decoded up to the appended data; a bgzip file's end block is found
-        // before the end.
+        // A bgzip file's end block is found before the end.
         for (bytes, expected) in [
-            (gzip(&plain), "data after the end of the last gzip member"),
+            (gzip(&plain), after_last.as_str()),
             (bgzip(&plain), "data after the bgzip end-of-file block"),
         ] {
             let path = write_file(dir.path(), "appended.gz", &[bytes, tail.clone()].concat());
-            assert_input_error(read_all(s(&path)), s(&path), &[expected]);
+            let msg = assert_input_error(read_all(s(&path)), s(&path), &[expected]).to_string();
+            assert!(
+                !msg.contains("truncated") && !msg.contains("(record"),
+                "{msg}"
+            );
         }
     }
 }
@@ -1952,7 +1965,7 @@ fn gff_labels_are_the_intervals_bedtools_reads_from_the_gff() {
         ("trna".to_string(), vec!["tRNA".to_string()]),
     ];
     let labels_of = |path: &Path| {
-        let set = load_position(s(&fa), s(path), &classes, &[]).unwrap();
+        let set = load_position(s(&fa), s(path), LabelFormat::Detect, &classes, &[]).unwrap();
         assert_eq!(set.labels, ["background", "coding", "trna"]);
         set.records
             .into_iter()
@@ -1988,7 +2001,7 @@ fn gff_labels_are_the_intervals_bedtools_reads_from_the_gff() {
     assert_eq!(labels_of(&with_fasta), want);
 
     // Without --bed-class a GFF's types are not all classes: the message lists them.
-    let err = load_position(s(&fa), s(&gff), &[], &[]).unwrap_err();
+    let err = load_position(s(&fa), s(&gff), LabelFormat::Detect, &[], &[]).unwrap_err();
     let msg = err.to_string();
     assert_eq!(err.exit_code(), 2, "{msg}");
     for part in [
@@ -1999,7 +2012,7 @@ fn gff_labels_are_the_intervals_bedtools_reads_from_the_gff() {
     }
     // A type the file lacks is named with the column it was looked for in.
     let none = [("x".to_string(), vec!["exon".to_string()])];
-    let msg = load_position(s(&fa), s(&gff), &none, &[])
+    let msg = load_position(s(&fa), s(&gff), LabelFormat::Detect, &none, &[])
         .unwrap_err()
         .to_string();
     assert!(
@@ -2044,7 +2057,7 @@ fn gff_labels_are_the_intervals_bedtools_reads_from_the_gff() {
         &got[0].1[..10]
     );
     let mito = [("m".to_string(), vec!["gene".to_string()])];
-    let msg = load_position(s(&fa), s(&extra), &mito, &[])
+    let msg = load_position(s(&fa), s(&extra), LabelFormat::Detect, &mito, &[])
         .unwrap_err()
         .to_string();
     assert!(msg.contains("chromosome 'chrM' is not in"), "{msg}");
@@ -2054,7 +2067,7 @@ fn gff_labels_are_the_intervals_bedtools_reads_from_the_gff() {
         "past.gff3",
         b"##gff-version 3\nchrI\tx\tCDS\t230200\t230300\t.\t+\t0\tID=a\n",
     );
-    let msg = load_position(s(&fa), s(&past), &classes[..1], &[])
+    let msg = load_position(s(&fa), s(&past), LabelFormat::Detect, &classes[..1], &[])
         .unwrap_err()
         .to_string();
     assert!(
@@ -2067,7 +2080,7 @@ fn gff_labels_are_the_intervals_bedtools_reads_from_the_gff() {
         b"##gff-version 3\nchrI\tx\tCDS\t00\t300\t.\t+\t0\tID=a\n",
     );
     assert_input_error(
-        load_position(s(&fa), s(&zero), &classes[..1], &[]),
+        load_position(s(&fa), s(&zero), LabelFormat::Detect, &classes[..1], &[]),
         s(&zero),
         &[
             "line 2",
@@ -2082,7 +2095,7 @@ fn gff_labels_are_the_intervals_bedtools_reads_from_the_gff() {
         b"chrI\t334\t792\t5\t0\t+\t334\t792\t0\n",
     );
     let nine = [("x".to_string(), vec!["5".to_string()])];
-    let set = load_position(s(&fa), s(&bed9), &nine, &[]).unwrap();
+    let set = load_position(s(&fa), s(&bed9), LabelFormat::Detect, &nine, &[]).unwrap();
     let chr_i = &set.records[0].labels;
     assert_eq!(chr_i.iter().filter(|&&l| l == 1).count(), 792 - 334);
     let word = write_file(
@@ -2091,7 +2104,7 @@ fn gff_labels_are_the_intervals_bedtools_reads_from_the_gff() {
         b"chrI\tx\t100\t5\t6\t+\t0\t100\t0\n",
     );
     assert_input_error(
-        load_position(s(&fa), s(&word), &nine, &[]),
+        load_position(s(&fa), s(&word), LabelFormat::Detect, &nine, &[]),
         s(&word),
         &["start 'x' is not a number"],
     );
@@ -2102,8 +2115,75 @@ fn gff_labels_are_the_intervals_bedtools_reads_from_the_gff() {
         .count();
     let damaged = write_file(dir.path(), "damaged.gff3", damaged.as_bytes());
     assert_input_error(
-        load_position(s(&fa), s(&damaged), &classes, &[]),
+        load_position(s(&fa), s(&damaged), LabelFormat::Detect, &classes, &[]),
         s(&damaged),
         &[&format!("line {line}"), "seqid, source, type"],
+    );
+    // Given as GFF (`--gff`), a file whose first row does not look like GFF is still read
+    // as GFF, and its errors speak GFF: a strand of `x`, a phase of 3 or spaces for tabs on
+    // the first row, or a BED given by mistake. Strand and phase are checked though not
+    // used: other values are a sign of damage.
+    for (name, first, gff_says, as_bed) in [
+        (
+            "strand",
+            "chrI\tx\tCDS\t335\t649\t.\tx\t0\tID=a\n",
+            "strand (column 7) 'x' is not +, -, . or ?",
+            "start 'x' is not a number",
+        ),
+        (
+            "phase",
+            "chrI\tx\tCDS\t335\t649\t.\t+\t3\tID=a\n",
+            "phase (column 8) '3' is not 0, 1, 2 or .",
+            "start 'x' is not a number",
+        ),
+        (
+            "spaces",
+            "chrI x CDS 335 649 . + 0 ID=a\n",
+            "1 tab-separated column, where a GFF feature line has nine",
+            "1 column; column 4 (the class name) is needed",
+        ),
+        (
+            "bed",
+            "chrI\t334\t649\tCDS\n",
+            "4 tab-separated columns, where a GFF feature line has nine",
+            "",
+        ),
+    ] {
+        let path = write_file(dir.path(), &format!("{name}.gff"), first.as_bytes());
+        let msg = assert_input_error(
+            load_position(s(&fa), s(&path), LabelFormat::Gff, &classes[..1], &[]),
+            s(&path),
+            &["line 1", gff_says, "seqid, source, type"],
+        )
+        .to_string();
+        assert!(!msg.contains("BED"), "{msg}");
+        if !as_bed.is_empty() {
+            // Told by content, the same row reads as a BED row that is not one.
+            let msg = load_position(s(&fa), s(&path), LabelFormat::Detect, &classes[..1], &[])
+                .unwrap_err()
+                .to_string();
+            assert!(msg.contains(as_bed), "{msg}");
+        }
+    }
+    // With its header, a bad phase is found at its line too.
+    let phase = write_file(
+        dir.path(),
+        "phase.gff3",
+        b"##gff-version 3\nchrI\tx\tCDS\t335\t649\t.\t+\t0\tID=a\nchrI\tx\tCDS\t700\t900\t.\t-\t5\tID=b\n",
+    );
+    assert_input_error(
+        load_position(s(&fa), s(&phase), LabelFormat::Detect, &classes[..1], &[]),
+        s(&phase),
+        &["line 3", "phase (column 8) '5'"],
+    );
+    // A GFF given as such reads as it does when told by content.
+    assert_eq!(
+        load_position(s(&fa), s(&bare), LabelFormat::Gff, &classes, &[])
+            .unwrap()
+            .records
+            .into_iter()
+            .map(|r| (r.name, r.labels))
+            .collect::<Vec<_>>(),
+        want
     );
 }

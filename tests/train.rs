@@ -783,6 +783,100 @@ fn runs_that_cannot_give_a_usable_model_stop_with_one_line_and_save_nothing() {
     assert!(!out.exists());
 }
 
+/// `--gff` reads its file as GFF3/GTF: feature types name the classes, 1-based inclusive
+/// coordinates; a first row that does not look like GFF is refused in GFF's terms.
+#[test]
+fn gff_flag_reads_labels_as_gff() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut rng = StdRng::seed_from_u64(5);
+    let seq = random_dna(&mut rng, 4000);
+    // No header; a gene around the parts, which no class takes.
+    let gff = "chrT\tsrc\tCDS\t101\t400\t.\t+\t0\tID=a\n\
+               chrT\tsrc\tgene\t50\t3000\t.\t+\t.\tID=g\n\
+               chrT\tsrc\tCDS\t3401\t3700\t.\t-\t0\tID=b\n";
+    let (fa, gffp) = write_labeled(dir.path(), "chrT", &seq, gff);
+    // A second record, of background only.
+    let second = random_dna(&mut rng, 1000);
+    std::fs::write(&fa, format!(">chrT\n{seq}\n>chrU\n{second}\n")).unwrap();
+    let out = dir.path().join("m");
+    let mut args = vec![
+        "train",
+        "-o",
+        s(&out),
+        "--fasta",
+        s(&fa),
+        "--gff",
+        s(&gffp),
+        "--bed-class",
+        "coding=CDS",
+        "--window",
+        "256",
+        "--windows-per-epoch",
+        "8",
+        "--batch-size",
+        "4",
+        "--epochs",
+        "1",
+        "--val-fraction",
+        "0.2",
+    ];
+    args.extend_from_slice(TINY);
+    ok(&args);
+    let cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).unwrap()).unwrap();
+    assert_eq!(
+        cfg["head"]["labels"],
+        serde_json::json!(["background", "coding"])
+    );
+    // 101-400 (300 bases) before chrT's held-out last 800 bases, 3401-3700 in them; chrU
+    // adds 800 and 200 bases of background.
+    let counts = &cfg["provenance"]["counts"];
+    assert_eq!(counts["train_class_bases"], serde_json::json!([3700, 300]));
+    assert_eq!(counts["val_class_bases"], serde_json::json!([700, 300]));
+    // The records are part of the split: resuming (even a finished run) with other
+    // `--records` is refused, since its validation bases would differ.
+    let o = run(&[&args[..], &["--resume", "--records", "chrT"]].concat());
+    assert_eq!(o.code, 2, "{}", o.stderr);
+    assert!(
+        o.stderr
+            .contains("cannot resume: this run differs from the checkpoint's (split.records: none in the checkpoint, [\"chrT\"] now)"),
+        "{}",
+        o.stderr
+    );
+    // A BED given as GFF is refused as a GFF line, not read by its looks.
+    let bed = dir.path().join("labels.bed");
+    std::fs::write(&bed, "chrT\t100\t400\tCDS\n").unwrap();
+    let o = dir.path().join("never");
+    let gff_args = |labels: &Path| {
+        vec![
+            "train".to_string(),
+            "-o".into(),
+            s(&o).into(),
+            "--fasta".into(),
+            s(&fa).into(),
+            "--gff".into(),
+            s(labels).into(),
+            "--bed-class".into(),
+            "coding=CDS".into(),
+        ]
+    };
+    let args = gff_args(&bed);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    bad(
+        &args,
+        "4 tab-separated columns, where a GFF feature line has nine (line 1)",
+    );
+    bad(
+        &[&args[..], &["--bed", s(&bed)]].concat(),
+        "--gff cannot be used with --bed; leave out --gff, or --bed",
+    );
+    bad(
+        &["train", "-o", s(&o), "--gff", s(&gffp)],
+        "--fasta and --bed (or --gff) go together",
+    );
+    assert!(!o.exists());
+}
+
 /// A reference with a repeated "gene" pattern labeled in a BED; a position model learns it.
 #[test]
 fn position_training_learns_and_annotates() {
@@ -1303,6 +1397,37 @@ fn separate_validation_files_are_used_as_given() {
     );
     assert!(v["validation"]["auroc"].as_f64().unwrap() > 0.8, "{v}");
     assert_eq!(v["split"]["val_copies_of_train"], 0, "{v}");
+    // Records of length 0 are left out of training and validation, with a warning each.
+    let with_empty = |from: &Path, name: &str| {
+        let path = held.join(name);
+        let text = std::fs::read_to_string(from).unwrap();
+        std::fs::write(&path, format!(">e1\n\n{text}>e2\n")).unwrap();
+        path
+    };
+    let (empty_a, empty_va) = (with_empty(&a, "empty_a.fa"), with_empty(&va, "empty_va.fa"));
+    let o = run(&[
+        "baseline",
+        "--class",
+        &spec("motif", &empty_a),
+        "--class",
+        &cb,
+        "--val-class",
+        &spec("motif", &empty_va),
+        "--val-class",
+        &vcb,
+        "-k",
+        "4",
+    ]);
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    let v: serde_json::Value = serde_json::from_str(&o.stdout).unwrap();
+    assert_eq!(
+        (v["train"].as_u64(), v["val"].as_u64()),
+        (Some(200), Some(60))
+    );
+    for file in [&empty_a, &empty_va] {
+        let said = format!("{}: 2 empty record(s) (length 0) skipped", s(file));
+        assert!(o.stderr.contains(&said), "{said}: {}", o.stderr);
+    }
 
     // Validation sequences copied from training ones (records m3..m5 of the training motif
     // file, the third under the other label): counted, recorded and warned about.
@@ -1505,6 +1630,12 @@ fn bad_training_input_exits_2_and_writes_nothing() {
         &["train", "-o", o, "--fasta", s(&fa), "--bed", s(&bedp)],
         "interval chr1 0 50 (BED, 0-based) ends past the end of 'chr1' (20 bases)",
     );
+    // A name that cannot be a class name is named with its line, and how to group it.
+    std::fs::write(&bedp, "chr1\t0\t5\tgene\nchr1\t8\t9\tA B\n").unwrap();
+    bad(
+        &with(&[]),
+        "x.bed: the name 'A B' (column 4) cannot be a class name, which holds no blanks, '=' or ',' (line 2); give its intervals a class with --bed-class CLASS='A B'",
+    );
     // An unnamed interval ('.') is no class of its own; chosen names still train.
     std::fs::write(&bedp, "chr1\t0\t5\tgene\nchr1\t8\t9\t.\n").unwrap();
     bad(
@@ -1513,6 +1644,10 @@ fn bad_training_input_exits_2_and_writes_nothing() {
     );
     // A record that is not there: the hint lists those that are.
     bad(&with(&["--records", "chrQ"]), "record 'chrQ' is not in");
+    bad(
+        &with(&["--records", "chr1,chr1"]),
+        "--records names 'chr1' twice",
+    );
     bad(&with(&["--records", "chrQ"]), "(1: chr1)");
     // A window no stretch holds: the hint gives the longest, and offers a smaller
     // --val-fraction only where a record is long enough.
@@ -1631,6 +1766,11 @@ fn bad_training_input_exits_2_and_writes_nothing() {
         &two_classes(o, &ca, &cb, &["--window", "100"]),
         "--class cannot be used with --window; leave out --class, or --window",
     );
+    // A zero is named by its own flag, not with the window flags --class refuses.
+    bad(
+        &two_classes(o, &ca, &cb, &["--chunk-size", "0"]),
+        "--chunk-size must be at least 1;",
+    );
     // --orf-features is of the per-position task: said so, not "--bidirectional required".
     bad(
         &two_classes(o, &ca, &cb, &["--orf-features"]),
@@ -1653,6 +1793,24 @@ fn bad_training_input_exits_2_and_writes_nothing() {
     bad(
         &["train", "-o", o, "--class", "a=-", "--class", "b=-"],
         "stdin (-) is given for more than one training file",
+    );
+    // A missing class file is named with its class, as given.
+    bad(
+        &["train", "-o", o, "--class", &ca, "--class", "y=nonexist.fa"],
+        "--class y=nonexist.fa: no such file",
+    );
+    // ... and under another name: it would be read once for each class.
+    bad(
+        &[
+            "train",
+            "-o",
+            o,
+            "--class",
+            "a=-",
+            "--class",
+            "b=/dev/stdin",
+        ],
+        "stdin and /dev/stdin are the same input, which can be read only once",
     );
     // One only in the training part trains, with a warning that its validation metrics are
     // undefined.

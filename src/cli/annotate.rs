@@ -175,6 +175,7 @@ pub fn run(a: AnnotateArgs) -> Result<()> {
         spool,
         logits: strands == Strands::AverageStates,
         orf: model.config.head.as_ref().is_some_and(|h| h.orf_features),
+        header_warned: false,
     };
     let skipped = a.input.drive(&model, &device, &pb, &mut sink, rc)?;
     check_some_records(&skipped)?;
@@ -210,6 +211,8 @@ struct AnnotateSink {
     logits: bool,
     /// The head reads ORF features (bidirectional heads only).
     orf: bool,
+    /// A record named like a BED header line was warned about (once a run).
+    header_warned: bool,
 }
 
 /// A record's state while it runs.
@@ -342,6 +345,17 @@ impl AnnotateSink {
                 "name the record after its '>' or '@'",
             )
             .in_record(meta.label()));
+        }
+        if (self.bed.is_some() || self.bg.is_some())
+            && !self.header_warned
+            && genomamba::io::bed::skipped_by_bed_readers(&meta.chrom)
+        {
+            self.header_warned = true;
+            super::warn(&format!(
+                "{}: record '{}' starts like a BED header line ('#', 'track' or 'browser'), so bedtools and tabix skip its rows in the BED and bedGraph; rename the record to keep them",
+                meta.source,
+                genomamba::error::shorten(&meta.chrom, 60)
+            ));
         }
         if let Some((o, seg)) = &mut self.bed {
             seg.start_chrom(o, &meta.chrom)?;

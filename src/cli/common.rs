@@ -120,7 +120,7 @@ impl RegionItem {
     fn origin(&self) -> String {
         match &self.from {
             Some((bed, line)) => format!("{bed} line {line}"),
-            None => format!("--region {}", self.region),
+            None => format!("--region {}", self.region.spec()),
         }
     }
 }
@@ -897,10 +897,11 @@ pub struct SeqDataArgs {
     /// Sequence task: a TSV with a header and columns `sequence` and `label`.
     #[arg(long)]
     pub tsv: Option<String>,
-    /// Separate validation set for `--class`: `NAME=PATH`, repeat per class.
+    /// Separate validation set, one FASTA/FASTQ per class: `NAME=PATH`, repeat per class
+    /// (with `--class` or `--tsv` training data alike).
     #[arg(long = "val-class", value_name = "NAME=PATH")]
     pub val_classes: Vec<String>,
-    /// Separate validation TSV for `--tsv`.
+    /// Separate validation TSV (with `--tsv` or `--class` training data alike).
     #[arg(long)]
     pub val_tsv: Option<String>,
 }

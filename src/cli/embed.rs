@@ -91,6 +91,65 @@ fn npy_name(id: &str) -> String {
     format!("{}.npy", safe_file_name(id))
 }
 
+/// The record that a `.npy` file is written for, for the error when two records would
+/// write one file.
+struct NpyOwner {
+    /// The record's id (or `#N` without one).
+    label: String,
+    /// Its number in its file (1-based).
+    number: usize,
+    /// Its file.
+    source: String,
+}
+
+impl NpyOwner {
+    /// The error for `later`, which would write `file` after `self` did.
+    fn clash(&self, later: &NpyOwner, file: &str) -> Error {
+        let named = |o: &NpyOwner| {
+            let label = genomamba::error::shorten(&o.label, 60);
+            if o.source == later.source {
+                format!("{label} (#{})", o.number)
+            } else {
+                format!("{label} (#{} of {})", o.number, o.source)
+            }
+        };
+        Error::input(
+            &later.source,
+            format!(
+                "records {} and {} both map to the output file {file}",
+                named(self),
+                named(later)
+            ),
+            "give records unique ids",
+        )
+    }
+}
+
+/// Refuses, before any work, two records of indexed inputs (a current `.fai`) that would
+/// write one `.npy` file: found when the second came, the first's array would already be
+/// written.
+fn check_npy_clashes(input: &InputArgs) -> Result<()> {
+    let mut seen: HashMap<String, NpyOwner> = HashMap::new();
+    for path in &input.inputs {
+        let Some(names) = genomamba::io::region::indexed_lengths(path) else {
+            continue;
+        };
+        for (i, (id, _)) in names.into_iter().enumerate() {
+            let name = npy_name(&id);
+            let owner = NpyOwner {
+                label: id,
+                number: i + 1,
+                source: path.clone(),
+            };
+            if let Some(first) = seen.get(&name) {
+                return Err(first.clash(&owner, &name));
+            }
+            seen.insert(name, owner);
+        }
+    }
+    Ok(())
+}
+
 /// Refuses, before any work, an output directory holding a `.npy` file that may not be
 /// replaced: found only when its record came, it would stop the run after the arrays before
 /// it had been replaced, leaving two runs' arrays side by side. With regions the records'
@@ -135,7 +194,7 @@ struct NpySink {
     dir: PathBuf,
     d: usize,
     /// Each file name given so far, with the record that took it.
-    seen: HashMap<String, String>,
+    seen: HashMap<String, NpyOwner>,
     /// Every file the run reads, which no `.npy` may replace.
     reads: Vec<String>,
 }
@@ -146,18 +205,15 @@ impl RecordSink for NpySink {
     fn begin(&mut self, meta: &RecordMeta) -> Result<Output> {
         let name = npy_name(&meta.id);
         let record = meta.label();
+        let owner = NpyOwner {
+            label: record.clone(),
+            number: meta.number,
+            source: meta.source.clone(),
+        };
         if let Some(first) = self.seen.get(&name) {
-            return Err(Error::input(
-                &meta.source,
-                format!(
-                    "records {} and {} both map to the output file {name}",
-                    genomamba::error::shorten(first, 60),
-                    genomamba::error::shorten(&record, 60)
-                ),
-                "give records unique ids",
-            ));
+            return Err(first.clash(&owner, &name));
         }
-        self.seen.insert(name.clone(), record.clone());
+        self.seen.insert(name.clone(), owner);
         // Most file systems take names of up to 255 bytes; the temporary file adds 12.
         if name.len() > MAX_NPY_NAME {
             return Err(Error::input(
@@ -242,6 +298,9 @@ pub fn run(a: EmbedArgs) -> Result<()> {
                 "choose another -o",
             )?;
             a.input.check_unique_regions(npy_name)?;
+            if a.input.regions()?.is_empty() {
+                check_npy_clashes(&a.input)?;
+            }
             check_npy_files(&a.output, &a.input)?;
             &[]
         }

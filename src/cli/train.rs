@@ -14,6 +14,7 @@ use rand::SeedableRng;
 use rand::rngs::StdRng;
 
 use genomamba::device::DeviceSpec;
+use genomamba::io::bed::LabelFormat;
 use genomamba::io::output::PendingPath;
 use genomamba::model::{GenoModel, HeadKind, ModelConfig};
 use genomamba::train::data::{
@@ -59,7 +60,7 @@ use super::common::{ArchArgs, SeqDataArgs, check_output_dir, set_threads};
     clap::ArgGroup::new("validation_files")
         .args(["val_classes", "val_tsv"])
         .multiple(true)
-        .conflicts_with_all(["fasta", "bed"])
+        .conflicts_with_all(["fasta", "bed", "gff"])
 ))]
 pub struct TrainArgs {
     /// Output model directory (best model, `checkpoint/`, `metrics.jsonl`).
@@ -74,8 +75,12 @@ pub struct TrainArgs {
     pub fasta: Option<String>,
     /// Position task: BED of labeled intervals (column 4 = name; other bases are background),
     /// or GFF3/GTF (told by content; column 3, the feature type, is the name)
-    #[arg(long, visible_alias = "gff")]
+    #[arg(long)]
     pub bed: Option<String>,
+    /// Position task: GFF3/GTF of labeled features, read as GFF whatever its first rows look
+    /// like (column 3, the feature type, is the name; choose classes with --bed-class)
+    #[arg(long, conflicts_with = "bed")]
+    pub gff: Option<String>,
     /// Position task: which BED names (GFF feature types) form a class,
     /// `CLASS=NAME[,NAME...]`; repeatable (default for a BED: every distinct name is a class;
     /// a GFF needs it).
@@ -196,13 +201,24 @@ enum Loaded {
     },
 }
 
+impl TrainArgs {
+    /// The per-position labels file, how it is read, and the flag that gave it.
+    fn labels(&self) -> Option<(&str, LabelFormat, &'static str)> {
+        match (&self.bed, &self.gff) {
+            (Some(bed), _) => Some((bed, LabelFormat::Detect, "--bed")),
+            (None, Some(gff)) => Some((gff, LabelFormat::Gff, "--gff")),
+            (None, None) => None,
+        }
+    }
+}
+
 fn load(a: &TrainArgs) -> Result<Loaded> {
     let seq = !a.data.classes.is_empty() || a.data.tsv.is_some();
-    let pos = a.fasta.is_some() || a.bed.is_some();
+    let pos = a.fasta.is_some() || a.labels().is_some();
     if seq == pos {
         return Err(Error::usage(
             if seq {
-                "both sequence (--class/--tsv) and position (--fasta/--bed) data given"
+                "both sequence (--class/--tsv) and position (--fasta/--bed/--gff) data given"
             } else {
                 "no training data given"
             },
@@ -222,25 +238,27 @@ fn load(a: &TrainArgs) -> Result<Loaded> {
         ));
     }
     let mut reads = a.data.paths();
-    reads.extend(a.fasta.iter().chain(&a.bed).cloned());
+    reads.extend(a.fasta.iter().chain(&a.bed).chain(&a.gff).cloned());
     if reads.iter().filter(|p| p.as_str() == "-").count() > 1 {
         return Err(Error::usage(
             "stdin (-) is given for more than one training file, but it can be read only once",
             "give - once, or files by their paths",
         ));
     }
+    // Stdin under another name (`/dev/stdin`), or one pipe under two.
+    genomamba::io::fastx::check_streams_once(&reads)?;
     if seq {
         let (train, val, split) = load_sequence_sets(&a.data, a.val_fraction, a.seed)?;
         Ok(Loaded::Sequence { train, val, split })
     } else {
-        let (Some(fasta), Some(bed)) = (&a.fasta, &a.bed) else {
+        let (Some(fasta), Some((bed, format, flag))) = (&a.fasta, a.labels()) else {
             return Err(Error::usage(
-                "--fasta and --bed go together",
-                "give both the reference FASTA and the BED of labeled intervals",
+                "--fasta and --bed (or --gff) go together",
+                "give both the reference FASTA and the BED (or GFF) of labeled intervals",
             ));
         };
         check_exists(fasta, "--fasta")?;
-        check_exists(bed, "--bed")?;
+        check_exists(bed, flag)?;
         if a.val_fraction <= 0.0 {
             return Err(Error::usage(
                 "validation is always reported: per-position training needs --val-fraction > 0",
@@ -252,8 +270,13 @@ fn load(a: &TrainArgs) -> Result<Loaded> {
             .iter()
             .map(|s| parse_bed_class(s))
             .collect::<Result<Vec<_>>>()?;
-        let data = load_position(fasta, bed, &classes, &a.records)?;
-        let split = serde_json::json!({"kind": "contiguous hold-out: the last stretch of every record", "val_fraction": a.val_fraction});
+        let data = load_position(fasta, bed, format, &classes, &a.records)?;
+        let mut split = serde_json::json!({"kind": "contiguous hold-out: the last stretch of every record", "val_fraction": a.val_fraction});
+        // The records trained on (and held out) are part of the split: a resumed run with
+        // other `--records` would validate on other bases. Absent when all are used.
+        if !a.records.is_empty() {
+            split["records"] = serde_json::json!(a.records);
+        }
         Ok(Loaded::Position {
             data,
             split,
@@ -460,7 +483,7 @@ pub fn run(a: TrainArgs) -> Result<()> {
                     ));
                 }
             }
-            let bed = a.bed.as_deref().unwrap_or("--bed");
+            let bed = a.labels().map_or("--bed", |(path, ..)| path);
             let unseen = check_class_bases(data, &tr, &va, bed)?;
             if !unseen.is_empty() {
                 super::warn(&format!(
@@ -710,6 +733,16 @@ fn note_padding(train: &SeqDataset, batch_size: usize, seed: u64) {
     }
 }
 
+/// Warns of the records of length 0 that a set's files held, which were left out.
+fn warn_skipped_empty(set: &SeqDataset) {
+    for (path, n) in &set.skipped_empty {
+        super::warn(&format!(
+            "{}: {n} empty record(s) (length 0) skipped",
+            genomamba::error::shown(path)
+        ));
+    }
+}
+
 /// Reads sequence-level training data and its validation set (separate files, or a
 /// stratified random split of `val_fraction` seeded with `seed`). Shared with `baseline`, so
 /// both see the same split.
@@ -813,11 +846,12 @@ fn read_sequence_sets(
             .iter()
             .map(|s| parse_class_spec(s))
             .collect::<Result<Vec<_>>>()?;
-        for (_, p) in &specs {
-            check_exists(p, "--class")?;
+        for (name, p) in &specs {
+            check_exists(p, &format!("--class {name}="))?;
         }
         load_class_files(&specs)?
     };
+    warn_skipped_empty(&train);
     let separate = !src.val_classes.is_empty() || src.val_tsv.is_some();
     if separate {
         let mut val = if let Some(t) = src.val_tsv {
@@ -830,7 +864,7 @@ fn read_sequence_sets(
                 .map(|s| parse_class_spec(s))
                 .collect::<Result<Vec<_>>>()?;
             for (name, p) in &specs {
-                check_exists(p, "--val-class")?;
+                check_exists(p, &format!("--val-class {name}="))?;
                 if !train.labels.contains(name) {
                     return Err(Error::usage(
                         format!(
@@ -842,6 +876,7 @@ fn read_sequence_sets(
                 }
             }
             let mut v = load_some_class_files(&specs)?;
+            warn_skipped_empty(&v);
             remap_labels(&mut v, &train.labels.clone(), "--val-class")?;
             v
         };
@@ -859,8 +894,7 @@ fn read_sequence_sets(
     let (tr, va) = stratified_split(&labels, train.labels.len(), src.val_fraction, src.seed);
     let mut val = SeqDataset {
         labels: train.labels.clone(),
-        examples: Vec::new(),
-        files: Vec::new(),
+        ..Default::default()
     };
     let all = std::mem::take(&mut train.examples);
     let mut keep = vec![false; all.len()];

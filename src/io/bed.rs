@@ -9,6 +9,7 @@ use std::io::BufRead;
 
 use super::fastx::{Compression, open_file};
 use super::region::Region;
+use crate::error::{one_line, shorten};
 use crate::{Error, Result};
 
 /// One BED row.
@@ -82,16 +83,25 @@ impl BedUse {
 
 /// Reads every row of a BED file; at least one is needed.
 pub fn read_bed(path: &str, usage: BedUse) -> Result<Vec<BedRow>> {
-    read_rows(path, usage, false).map(|(rows, _)| rows)
+    read_rows(path, usage, None).map(|(rows, _)| rows)
+}
+
+/// How a labels file is read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LabelFormat {
+    /// BED, or GFF where the content says so (`--bed`).
+    Detect,
+    /// GFF3 or GTF, whatever the first rows look like (`--gff`).
+    Gff,
 }
 
 /// Reads labeled intervals for training: a BED file (column 4 names the class), or a GFF3 or
 /// GTF file (column 3, the feature type, names it; 1-based inclusive coordinates become BED's
-/// 0-based half-open ones). GFF is told by its `##gff-version` line, or by a first row that
-/// reads as GFF (see [`gff_row`]); rows end at a `##FASTA` line. Returns the rows and whether
-/// the file was GFF.
-pub fn read_labels(path: &str) -> Result<(Vec<BedRow>, bool)> {
-    read_rows(path, BedUse::Labels, true)
+/// 0-based half-open ones). Under [`LabelFormat::Detect`], GFF is told by its `##gff-version`
+/// line, or by a first row that reads as GFF (see [`gff_row`]); rows end at a `##FASTA` line.
+/// Returns the rows and whether the file was GFF.
+pub fn read_labels(path: &str, format: LabelFormat) -> Result<(Vec<BedRow>, bool)> {
+    read_rows(path, BedUse::Labels, Some(format))
 }
 
 /// What GFF errors say to do.
@@ -137,6 +147,12 @@ fn gff_feature(path: &str, line: &str, ln: u64) -> Result<BedRow> {
     // A GFF2 row of eight columns has no attributes, and some writers end rows with a tab.
     // Blanks around the used columns' values are not part of them (column 9 is kept whole).
     let used = used_columns(&columns);
+    if used < 8 {
+        let plural = if used == 1 { "" } else { "s" };
+        return Err(bad(format!(
+            "{used} tab-separated column{plural}, where a GFF feature line has nine"
+        )));
+    }
     let mut fields: Vec<&str> = columns[..used]
         .iter()
         .enumerate()
@@ -166,7 +182,21 @@ fn gff_feature(path: &str, line: &str, ln: u64) -> Result<BedRow> {
     if end < start {
         return Err(bad(format!("end {end} before start {start}")));
     }
-    let strand = line.split('\t').nth(6).unwrap_or("").trim().to_string();
+    // Not used, but a value GFF does not allow is a sign of a damaged or misaligned row.
+    let column = |i: usize| line.split('\t').nth(i).unwrap_or("").to_string();
+    let strand = column(6);
+    if record.strand().is_err() {
+        return Err(bad(format!(
+            "strand (column 7) '{}' is not +, -, . or ?",
+            one_line(&shorten(&strand, 20))
+        )));
+    }
+    if let Some(Err(_)) = record.phase() {
+        return Err(bad(format!(
+            "phase (column 8) '{}' is not 0, 1, 2 or .",
+            one_line(&shorten(&column(7), 20))
+        )));
+    }
     Ok(BedRow {
         chrom: record.reference_sequence_name().to_string(),
         start: start - 1,
@@ -194,12 +224,26 @@ fn line_text(bytes: Vec<u8>, gff_possible: bool) -> Option<String> {
         .then(|| String::from_utf8_lossy(&bytes).into_owned())
 }
 
-fn read_rows(path: &str, usage: BedUse, gff_allowed: bool) -> Result<(Vec<BedRow>, bool)> {
-    let reader = open_text(path, "a BED file")?;
+/// Rows of a BED file, or with `labels` given, of a labels file (BED or GFF).
+fn read_rows(
+    path: &str,
+    usage: BedUse,
+    labels: Option<LabelFormat>,
+) -> Result<(Vec<BedRow>, bool)> {
+    let gff_allowed = labels.is_some();
+    let reader = open_text(
+        path,
+        if labels == Some(LabelFormat::Gff) {
+            "a GFF file"
+        } else {
+            "a BED file"
+        },
+    )?;
     let fix = usage.fix();
     let mut rows = Vec::new();
-    // Told at the first line that tells (a `##gff-version` line or the first data row).
-    let mut gff: Option<bool> = None;
+    // Told at the first line that tells (a `##gff-version` line or the first data row),
+    // unless the file was given as GFF.
+    let mut gff: Option<bool> = (labels == Some(LabelFormat::Gff)).then_some(true);
     for (i, bytes) in reader.split(b'\n').enumerate() {
         let ln = i as u64 + 1;
         let bytes = bytes.map_err(|e| {
@@ -237,11 +281,7 @@ fn read_rows(path: &str, usage: BedUse, gff_allowed: bool) -> Result<(Vec<BedRow
             rows.push(gff_feature(path, line, ln)?);
             continue;
         }
-        if line.trim().is_empty()
-            || line.starts_with('#')
-            || line.starts_with("track")
-            || line.starts_with("browser")
-        {
+        if line.trim().is_empty() || header_line(line) {
             continue;
         }
         let f: Vec<&str> = line.split('\t').collect();
@@ -293,6 +333,22 @@ fn read_rows(path: &str, usage: BedUse, gff_allowed: bool) -> Result<(Vec<BedRow
         return Err(Error::input(path, "no intervals", fix));
     }
     Ok((rows, gff == Some(true)))
+}
+
+/// Whether a BED line is a comment or a `track`/`browser` line (the word, then blanks or
+/// nothing), not a row: a sequence named `trackA` is a row's chromosome.
+fn header_line(line: &str) -> bool {
+    let word = |w: &str| {
+        line.strip_prefix(w)
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with([' ', '\t']))
+    };
+    line.starts_with('#') || word("track") || word("browser")
+}
+
+/// Whether rows on a chromosome of this name may be taken for header lines by BED readers
+/// that skip lines starting with `#`, `track` or `browser` (bedtools, tabix).
+pub fn skipped_by_bed_readers(chrom: &str) -> bool {
+    chrom.starts_with('#') || chrom.starts_with("track") || chrom.starts_with("browser")
 }
 
 /// An interval of a BED file read as a region.
@@ -404,7 +460,7 @@ mod tests {
     #[test]
     fn regions_are_bed_intervals_in_samtools_terms_with_their_lines() {
         let (_d, path) = write(
-            "track name=x\n# comment\n\nchr1\t0\t10\tpromoter\t0\t+\nchrII\t99\t100\r\nodd:1\t5\t8\n",
+            "track name=x\n# comment\nbrowser position chr1:1-10\ntrack\n\nchr1\t0\t10\tpromoter\t0\t+\nchrII\t99\t100\r\nodd:1\t5\t8\ntrackA\t2\t4\nbrowser2\t0\t1\n",
         );
         let got = read_regions_bed(&path).unwrap();
         let shown: Vec<(String, &str, u64)> = got
@@ -412,15 +468,21 @@ mod tests {
             .map(|b| (b.region.to_string(), b.name.as_str(), b.line))
             .collect();
         let strands: Vec<&str> = got.iter().map(|b| b.strand.as_str()).collect();
-        assert_eq!(strands, ["+", "", ""]);
+        assert_eq!(strands, ["+", "", "", "", ""]);
+        // `track` and `browser` lines are the words; sequences named `trackA` or
+        // `browser2` are rows.
         assert_eq!(
             shown,
             [
-                ("chr1:1-10".to_string(), "promoter", 4),
-                ("chrII:100-100".to_string(), "", 5),
-                ("{odd:1}:6-8".to_string(), "", 6),
+                ("chr1:1-10".to_string(), "promoter", 6),
+                ("chrII:100-100".to_string(), "", 7),
+                ("{odd:1}:6-8".to_string(), "", 8),
+                ("trackA:3-4".to_string(), "", 9),
+                ("browser2:1-1".to_string(), "", 10),
             ]
         );
+        assert!(skipped_by_bed_readers("trackA") && skipped_by_bed_readers("#c"));
+        assert!(!skipped_by_bed_readers("chr1") && !skipped_by_bed_readers("c#"));
         // Each reads back as the region it is.
         for b in &got {
             assert_eq!(b.region.to_string().parse::<Region>().unwrap(), b.region);

@@ -344,10 +344,7 @@ fn skip_zeros_to_the_end(rest: &mut impl BufRead) -> io::Result<()> {
             return Ok(());
         }
         if head.iter().any(|&b| b != 0) {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                "data after the end of the last gzip member",
-            ));
+            return Err(io::Error::new(io::ErrorKind::InvalidData, TRAILING_GZIP));
         }
         let n = head.len();
         rest.consume(n);
@@ -464,7 +461,7 @@ fn identity(path: &str) -> Option<((u64, u64), bool)> {
 /// given twice under two names: the second read would find it empty (or, for stdin redirected
 /// from a file, read the file twice).
 #[cfg(unix)]
-fn check_streams_once(paths: &[String]) -> Result<()> {
+pub fn check_streams_once(paths: &[String]) -> Result<()> {
     let mut seen: Vec<(&str, (u64, u64))> = Vec::new();
     for path in paths {
         let Some((id, stream)) = identity(path) else {
@@ -485,7 +482,7 @@ fn check_streams_once(paths: &[String]) -> Result<()> {
 }
 
 #[cfg(not(unix))]
-fn check_streams_once(_: &[String]) -> Result<()> {
+pub fn check_streams_once(_: &[String]) -> Result<()> {
     Ok(())
 }
 
@@ -599,6 +596,16 @@ impl Ctx {
     fn io_error(&self, e: io::Error, record: Option<&str>) -> Error {
         let failure = self.slot.lock().ok().and_then(|slot| slot.clone());
         let err = match failure {
+            // Found once the last record's data has all been read: said as after it, not in.
+            Some(Failure::Decode(_, msg)) if msg == TRAILING_GZIP => {
+                let after =
+                    record.map_or(String::new(), |r| format!(", after its last record {r}"));
+                return Error::input(
+                    &self.path,
+                    format!("{TRAILING_GZIP}{after}"),
+                    "remove what was appended after the gzip data, or re-compress the file: zcat FILE | gzip > NEW.gz",
+                );
+            }
             Some(Failure::Decode(c, msg)) => Error::input(
                 &self.path,
                 format!("truncated or corrupt {} data ({msg})", c.name()),
@@ -613,6 +620,9 @@ impl Ctx {
         }
     }
 }
+
+/// What bytes other than zeros after a gzip file's last member are said to be.
+const TRAILING_GZIP: &str = "data after the end of the last gzip member";
 
 /// The empty block that ends every BGZF (bgzip) file.
 const BGZF_EOF: [u8; 28] = [

@@ -668,7 +668,8 @@ pub fn npy_header(shape: &[usize]) -> Vec<u8> {
     out
 }
 
-/// File name for a record id: characters other than letters, digits, `.`, `_`, `-` become `_`.
+/// File name for a record id: characters other than ASCII letters and digits, `.`, `_`, `-`
+/// become `_`, and `_` goes in front of a name that would be empty or start with `.`.
 pub fn safe_file_name(id: &str) -> String {
     let s: String = id
         .chars()
@@ -687,16 +688,29 @@ pub fn safe_file_name(id: &str) -> String {
     }
 }
 
-/// Refuses to replace an existing file (`path`, named `dest` to the user) that the user may
-/// not replace, as the shell's `>` would refuse to write it: renaming a new file over it
-/// would not ask, or would fail only after all the work.
+/// Refuses to replace an existing file (`path`, links followed, named `dest` to the user)
+/// that the user may not replace, as the shell's `>` would refuse to write it: renaming a
+/// new file over it would not ask, or would fail only after all the work.
 pub fn check_replaceable(dest: &str, path: &Path) -> Result<()> {
     match unwritable(path) {
         None => Ok(()),
         Some(what) => Err(Error::usage(
-            format!("cannot write {dest}: it exists and {what}"),
+            format!(
+                "cannot write {}: it exists and {what}",
+                through_link(dest, path)
+            ),
             "choose another output path, or make it one you may replace (chmod, or its owner)",
         )),
+    }
+}
+
+/// `dest`, and where it is a symbolic link, the file `target` that it leads to (which is the
+/// one written).
+fn through_link(dest: &str, target: &Path) -> String {
+    if std::fs::symlink_metadata(dest).is_ok_and(|m| m.file_type().is_symlink()) {
+        format!("{dest} (a link to {})", target.display())
+    } else {
+        dest.to_string()
     }
 }
 
@@ -955,5 +969,10 @@ mod tests {
     fn file_names_are_sanitised() {
         assert_eq!(safe_file_name("chr1:1-10"), "chr1_1-10");
         assert_eq!(safe_file_name("../x"), "_.._x");
+        // As the README says: ASCII letters only; no hidden or empty names.
+        assert_eq!(safe_file_name("\u{e9}t\u{e9}"), "_t_");
+        assert_eq!(safe_file_name("."), "_.");
+        assert_eq!(safe_file_name(".."), "_..");
+        assert_eq!(safe_file_name(""), "_");
     }
 }

@@ -178,6 +178,17 @@ impl Region {
         }
     }
 
+    /// The region as it is given on the command line, so that it reads back as the same
+    /// region: [`Region::display_1based`], with a whole sequence whose name has a `:` in
+    /// braces too (`{20:1-10}`, told apart from `20:1-10`, a part of `20`).
+    pub fn spec(&self) -> String {
+        if self.name.contains(':') {
+            format!("{{{}}}{}", self.name, self.coords_1based())
+        } else {
+            self.display_1based()
+        }
+    }
+
     /// The id of the record read from this region: [`Region::display_1based`], with `(-)`
     /// after it for the minus strand (`reverse`), as `bedtools getfasta -s` names it.
     pub fn record_id(&self, reverse: bool) -> String {
@@ -1438,8 +1449,14 @@ mod tests {
             parse("20:1,000,001-1,010,000").display_1based(),
             "20:1000001-1010000"
         );
-        // A whole sequence is its name, as the id of a record read whole.
+        // A whole sequence is its name, as the id of a record read whole; as given on the
+        // command line it keeps its braces, to be told from a part of `20`.
         assert_eq!(parse("{20:1-10}").display_1based(), "20:1-10");
+        assert_eq!(parse("{20:1-10}").spec(), "{20:1-10}");
+        assert_eq!(parse("{20}:1-10").spec(), "20:1-10");
+        for text in ["{20:1-10}", "{20}:1-10", "{seq:v2}:5", "chrII:5", "20"] {
+            assert_eq!(parse(&parse(text).spec()), parse(text), "{text}");
+        }
         assert_eq!(parse("seq:v2:1-3").display_1based(), "{seq:v2}:1-3");
     }
 

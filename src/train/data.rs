@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::alphabet::{self, N};
-use crate::io::bed::{BedRow, open_text, read_labels};
+use crate::io::bed::{BedRow, LabelFormat, open_text, read_labels};
 use crate::io::fastx::for_each_record;
 use crate::{Error, Result};
 
@@ -96,6 +96,8 @@ pub struct SeqDataset {
     pub examples: Vec<SeqExample>,
     /// The files read, with checksums.
     pub files: Vec<FileDigest>,
+    /// Files whose records of length 0 were left out, with how many (for a warning).
+    pub skipped_empty: Vec<(String, usize)>,
 }
 
 impl SeqDataset {
@@ -146,7 +148,14 @@ pub fn load_some_class_files(specs: &[(String, String)]) -> Result<SeqDataset> {
     };
     for (i, (name, path)) in specs.iter().enumerate() {
         let before = ds.examples.len();
+        // Records of length 0 are left out, as inference skips them: nothing to learn from
+        // or to score.
+        let mut empty = 0;
         for_each_record(path, &mut |r| {
+            if r.tokens.is_empty() {
+                empty += 1;
+                return Ok(());
+            }
             ds.examples.push(SeqExample {
                 origin: format!("{path}:{}", r.id),
                 tokens: r.tokens,
@@ -154,13 +163,15 @@ pub fn load_some_class_files(specs: &[(String, String)]) -> Result<SeqDataset> {
             });
             Ok(())
         })?;
-        let n = ds.examples.len() - before;
-        if ds.examples[before..].iter().all(|e| e.tokens.is_empty()) {
+        if ds.examples.len() == before {
             return Err(Error::input(
                 path.as_str(),
-                format!("class '{name}' has no sequences ({n} empty records)"),
+                format!("class '{name}' has no sequences ({empty} empty records)"),
                 "give a FASTA/FASTQ file with at least one non-empty record for each class",
             ));
+        }
+        if empty > 0 {
+            ds.skipped_empty.push((path.clone(), empty));
         }
         ds.files.push(digest(path)?);
     }
@@ -455,7 +466,7 @@ fn distinct_names(rows: &[BedRow]) -> Vec<&str> {
 }
 
 /// Reads a reference FASTA and a BED of labeled intervals (column 4 = name), or a GFF3/GTF
-/// file (the feature type is the name; `classes` must then be given). `classes` maps
+/// file (the feature type is the name; `classes` must then be given), as `format` says. `classes` maps
 /// class names to the BED names they cover (see [`parse_bed_class`]); bases covered by no
 /// chosen interval are background; where intervals of different classes overlap, the class
 /// given later wins. N bases are [`IGNORE`]d. When `records` is non-empty only those FASTA
@@ -463,6 +474,7 @@ fn distinct_names(rows: &[BedRow]) -> Vec<&str> {
 pub fn load_position(
     fasta: &str,
     bed: &str,
+    format: LabelFormat,
     classes: &[(String, Vec<String>)],
     records: &[String],
 ) -> Result<PositionDataset> {
@@ -487,6 +499,16 @@ pub fn load_position(
         }
         Ok(())
     })?;
+    if let Some(twice) = records
+        .iter()
+        .enumerate()
+        .find_map(|(i, r)| records[..i].contains(r).then_some(r))
+    {
+        return Err(Error::usage(
+            format!("--records names '{twice}' twice"),
+            "name each record once",
+        ));
+    }
     for want in records {
         if !recs.iter().any(|r| &r.name == want) {
             let count = all_names.len();
@@ -517,7 +539,7 @@ pub fn load_position(
     // filtered record.
     let known: std::collections::HashSet<String> = all_names.into_iter().collect();
 
-    let (rows, gff) = read_labels(bed)?;
+    let (rows, gff) = read_labels(bed, format)?;
     // What names a class in the file, for messages.
     let (name_col, row_word) = if gff {
         ("column 3, the feature type", "GFF feature")
@@ -548,6 +570,18 @@ pub fn load_position(
                 bed,
                 "the interval has no name ('.' in column 4), and without --bed-class each name is a class",
                 "name every interval's class in column 4, or choose the named ones with --bed-class CLASS=NAME",
+            )
+            .at(r.line));
+        }
+        // A name that cannot be a class name can still be grouped under one.
+        if let Some(r) = rows.iter().find(|r| !valid_class_name(&r.name)) {
+            let name = crate::error::one_line(&crate::error::shorten(&r.name, 40));
+            return Err(Error::input(
+                bed,
+                format!(
+                    "the name '{name}' (column 4) cannot be a class name, which holds no blanks, '=' or ','"
+                ),
+                format!("give its intervals a class with --bed-class CLASS='{name}'"),
             )
             .at(r.line));
         }
@@ -845,8 +879,10 @@ pub fn draw_windows(spans: &[Span], window: usize, count: usize, rng: &mut StdRn
 /// Checks that a path exists before reading, with a message that says which option named it.
 pub fn check_exists(path: &str, option: &str) -> Result<()> {
     if path != "-" && !Path::new(path).exists() {
+        // `--class NAME=` is followed by the path as the user wrote it.
+        let sep = if option.ends_with('=') { "" } else { " " };
         return Err(Error::usage(
-            format!("{option} {path}: no such file"),
+            format!("{option}{sep}{path}: no such file"),
             "check the path",
         ));
     }
@@ -918,7 +954,7 @@ mod tests {
                     origin: format!("f:{}", i + 1),
                 })
                 .collect(),
-            files: Vec::new(),
+            ..Default::default()
         };
         let train = set(&[(&[7, 8, 9], 0), (&[7, 8], 1), (&[7, 8], 0)]);
         // A copy under the other label counts; a prefix, a longer sequence, a reversal do not.

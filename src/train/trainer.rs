@@ -297,11 +297,18 @@ impl TrainOptions {
                 "pass e.g. --gc-augment 0.3, or 0 to turn it off",
             );
         }
-        if self.window == 0 || self.windows_per_epoch == 0 || self.eval_chunk == 0 {
-            return bad(
-                "--window, --windows-per-epoch and --chunk-size must be at least 1",
-                "pass positive numbers",
-            );
+        // Each named by itself: the window options are refused with sequence data.
+        for (flag, value) in [
+            ("--window", self.window),
+            ("--windows-per-epoch", self.windows_per_epoch),
+            ("--chunk-size", self.eval_chunk),
+        ] {
+            if value == 0 {
+                return bad(
+                    &format!("{flag} must be at least 1"),
+                    "pass a positive number",
+                );
+            }
         }
         // An epoch's window positions are drawn up front (24 bytes each).
         if self.windows_per_epoch > MAX_WINDOWS_PER_EPOCH {
@@ -2319,7 +2326,7 @@ mod tests {
                     origin: format!("test:{i}"),
                 })
                 .collect(),
-            files: Vec::new(),
+            ..Default::default()
         };
         let ran = seqs(5000, 200);
         let seq = Task::Sequence {
