@@ -1808,15 +1808,45 @@ fn pipes_are_read_once_and_npy_files_spare_inputs() {
     // Two records for one file name: both are named, with their numbers (and files).
     let clash = t.path().join("clash.fa");
     std::fs::write(&clash, ">x/y\nACGT\n>x_y\nACGA\n").unwrap();
-    let said = "records x/y (#1) and x_y (#2) both map to the output file x_y.npy";
     let o = embed_npy(&m, &clash, &t.path().join("c"), &[]);
-    assert_bad(&o, said);
+    assert_bad(
+        &o,
+        "records x/y (#1) and x_y (#2) both map to the output file x_y.npy",
+    );
     // Indexed, they are found before any array is written.
     let faidx = Command::new("samtools").arg("faidx").arg(&clash).status();
     assert!(faidx.unwrap().success());
     let early = t.path().join("early");
     let o = embed_npy(&m, &clash, &early, &[]);
-    assert_bad(&o, said);
+    assert_bad(
+        &o,
+        "records x/y and x_y both map to the output file x_y.npy",
+    );
+    assert!(!early.exists());
+    // An index that no longer fits the file refuses nothing: the file is read as it is.
+    std::fs::write(&clash, ">x/y\nACGT\n>z\nACGA\n").unwrap();
+    // (Dated before its index, as a copy that keeps times can leave it.)
+    let touched = Command::new("touch")
+        .args(["-d", "2020-01-01"])
+        .arg(&clash)
+        .status();
+    assert!(touched.unwrap().success());
+    let o = embed_npy(&m, &clash, &early, &[]);
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    std::fs::remove_dir_all(&early).unwrap();
+    // An input given twice would write each of its files twice.
+    let o = run(&[
+        "embed",
+        "-m",
+        s(&m),
+        s(&clash),
+        s(&clash),
+        "--pool",
+        "none",
+        "-o",
+        s(&early),
+    ]);
+    assert_bad(&o, &format!("{} is given twice", s(&clash)));
     assert!(!early.exists());
     // Across files, the files are named.
     let one = t.path().join("one.fa");
@@ -1841,9 +1871,10 @@ fn pipes_are_read_once_and_npy_files_spare_inputs() {
     assert_bad(
         &o,
         &format!(
-            "{}: records a (#1 of {}) and a (#2) both map to the output file a.npy",
+            "{}: records a of {} and a of {} both map to the output file a.npy",
             s(&two),
-            s(&one)
+            s(&one),
+            s(&two)
         ),
     );
     assert!(!early.exists());
@@ -2150,6 +2181,34 @@ fn quoted_text_stays_one_line_and_streams_are_refused_where_they_cannot_work() {
     let o = piped(&["classify", "-m", s(&m), "-o", "-", "-", "/dev/stdin"]);
     assert_bad(&o, "stdin and /dev/stdin are the same input");
     assert!(o.stdout.is_empty(), "{}", o.stdout);
+    // Stdin redirected from a file: in either order, with the file's own path or another
+    // name of stdin.
+    let redirected = |args: &[&str]| {
+        Out::from(
+            gm().args(args)
+                .stdin(std::fs::File::open(&fa).unwrap())
+                .output()
+                .unwrap(),
+        )
+    };
+    for (inputs, said) in [
+        (
+            [s(&fa), "-"],
+            format!("{} is also stdin (-), which is redirected from it", s(&fa)),
+        ),
+        (
+            ["-", s(&fa)],
+            format!("{} is also stdin (-), which is redirected from it", s(&fa)),
+        ),
+        (
+            ["/dev/stdin", "-"],
+            "/dev/stdin and stdin are the same input".to_string(),
+        ),
+    ] {
+        let o = redirected(&[&["classify", "-m", s(&m), "-o", "-"], &inputs[..]].concat());
+        assert_bad(&o, &said);
+        assert!(o.stdout.is_empty(), "{}", o.stdout);
+    }
     // A region cannot be read from a pipe, which has no offsets.
     Command::new("samtools")
         .arg("faidx")

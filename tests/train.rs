@@ -833,16 +833,20 @@ fn gff_flag_reads_labels_as_gff() {
     let counts = &cfg["provenance"]["counts"];
     assert_eq!(counts["train_class_bases"], serde_json::json!([3700, 300]));
     assert_eq!(counts["val_class_bases"], serde_json::json!([700, 300]));
-    // The records are part of the split: resuming (even a finished run) with other
-    // `--records` is refused, since its validation bases would differ.
+    // Resuming (even a finished run) with other `--records` is refused, since it would
+    // train and validate on other bases; the same records in another order are the same
+    // data.
     let o = run(&[&args[..], &["--resume", "--records", "chrT"]].concat());
     assert_eq!(o.code, 2, "{}", o.stderr);
     assert!(
         o.stderr
-            .contains("cannot resume: this run differs from the checkpoint's (split.records: none in the checkpoint, [\"chrT\"] now)"),
+            .contains("cannot resume: this run differs from the checkpoint's (")
+            && o.stderr
+                .contains("counts.val_bases: 1000 in the checkpoint, 800 now"),
         "{}",
         o.stderr
     );
+    ok(&[&args[..], &["--resume", "--records", "chrU,chrT"]].concat());
     // A BED given as GFF is refused as a GFF line, not read by its looks.
     let bed = dir.path().join("labels.bed");
     std::fs::write(&bed, "chrT\t100\t400\tCDS\n").unwrap();
@@ -1634,8 +1638,34 @@ fn bad_training_input_exits_2_and_writes_nothing() {
     std::fs::write(&bedp, "chr1\t0\t5\tgene\nchr1\t8\t9\tA B\n").unwrap();
     bad(
         &with(&[]),
-        "x.bed: the name 'A B' (column 4) cannot be a class name, which holds no blanks, '=' or ',' (line 2); give its intervals a class with --bed-class CLASS='A B'",
+        "x.bed: the name 'A B' (column 4) cannot be a class name, which holds no blanks, '=' or ',' (line 2); choose the classes with --bed-class, one for each class to train (names it does not list become background): this one as --bed-class CLASS='A B'",
     );
+    // ... and the hint works.
+    let hinted = dir.path().join("hinted");
+    let mut args = vec![
+        "train",
+        "-o",
+        s(&hinted),
+        "--fasta",
+        s(&fa),
+        "--bed",
+        s(&bedp),
+    ];
+    args.extend_from_slice(&["--bed-class", "gene=gene", "--bed-class", "ab=A B"]);
+    args.extend_from_slice(&["--val-fraction", "0.2", "--window", "8"]);
+    args.extend_from_slice(&["--windows-per-epoch", "4", "--epochs", "1"]);
+    args.extend(TINY);
+    let o2 = run(&args);
+    assert_eq!(o2.code, 0, "{}", o2.stderr);
+    // A name holding the comma that --bed-class splits at can only be renamed; a quote is
+    // quoted for the shell.
+    std::fs::write(&bedp, "chr1\t0\t5\tgene\nchr1\t8\t9\ta,b\n").unwrap();
+    bad(
+        &with(&[]),
+        "rename those intervals in column 4: a name with ','",
+    );
+    std::fs::write(&bedp, "chr1\t0\t5\tgene\nchr1\t8\t9\tit's x\n").unwrap();
+    bad(&with(&[]), "--bed-class CLASS='it'\\''s x'");
     // An unnamed interval ('.') is no class of its own; chosen names still train.
     std::fs::write(&bedp, "chr1\t0\t5\tgene\nchr1\t8\t9\t.\n").unwrap();
     bad(
@@ -1794,11 +1824,6 @@ fn bad_training_input_exits_2_and_writes_nothing() {
         &["train", "-o", o, "--class", "a=-", "--class", "b=-"],
         "stdin (-) is given for more than one training file",
     );
-    // A missing class file is named with its class, as given.
-    bad(
-        &["train", "-o", o, "--class", &ca, "--class", "y=nonexist.fa"],
-        "--class y=nonexist.fa: no such file",
-    );
     // ... and under another name: it would be read once for each class.
     bad(
         &[
@@ -1811,6 +1836,26 @@ fn bad_training_input_exits_2_and_writes_nothing() {
             "b=/dev/stdin",
         ],
         "stdin and /dev/stdin are the same input, which can be read only once",
+    );
+    // ... or redirected from a file given by its path too, before or after it.
+    for (first, second) in [(ca.as_str(), "plain=-"), ("plain=-", ca.as_str())] {
+        let out = Command::cargo_bin("genomamba")
+            .unwrap()
+            .args(["train", "-o", o, "--class", first, "--class", second])
+            .stdin(std::fs::File::open(&a).unwrap())
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{stderr}");
+        assert!(
+            stderr.contains(&format!("{} is also stdin (-)", s(&a))),
+            "{stderr}"
+        );
+    }
+    // A missing class file is named with its class, as given.
+    bad(
+        &["train", "-o", o, "--class", &ca, "--class", "y=nonexist.fa"],
+        "--class y=nonexist.fa: no such file",
     );
     // One only in the training part trains, with a warning that its validation metrics are
     // undefined.

@@ -125,26 +125,77 @@ impl NpyOwner {
     }
 }
 
-/// Refuses, before any work, two records of indexed inputs (a current `.fai`) that would
-/// write one `.npy` file: found when the second came, the first's array would already be
-/// written.
+/// Refuses, before any work, inputs whose records would write one `.npy` file: an input
+/// given twice, or two records that the inputs' indexes name (a current `.fai`), each found
+/// in its file where the index places it. Found only when the second record came, the
+/// first's array would already be written. Repeated names within one file are left to the
+/// run, which finds them as they come.
 fn check_npy_clashes(input: &InputArgs) -> Result<()> {
-    let mut seen: HashMap<String, NpyOwner> = HashMap::new();
+    use std::os::unix::fs::MetadataExt;
+    let mut files: Vec<(&str, (u64, u64))> = Vec::new();
+    for path in input.inputs.iter().filter(|p| p.as_str() != "-") {
+        let Ok(meta) = std::fs::metadata(path) else {
+            continue;
+        };
+        let id = (meta.dev(), meta.ino());
+        if let Some((first, _)) = files.iter().find(|(_, other)| *other == id) {
+            let what = if first == path {
+                format!("{path} is given twice")
+            } else {
+                format!("{first} and {path} are one file, given twice")
+            };
+            return Err(Error::usage(
+                format!("{what}: each of its records would be written to the same .npy file twice"),
+                "give each input once",
+            ));
+        }
+        files.push((path, id));
+    }
+    // Each file name, with the file and the id of the record that takes it.
+    let mut seen: HashMap<String, (&str, String)> = HashMap::new();
     for path in &input.inputs {
         let Some(names) = genomamba::io::region::indexed_lengths(path) else {
             continue;
         };
-        for (i, (id, _)) in names.into_iter().enumerate() {
-            let name = npy_name(&id);
-            let owner = NpyOwner {
-                label: id,
-                number: i + 1,
-                source: path.clone(),
-            };
-            if let Some(first) = seen.get(&name) {
-                return Err(first.clash(&owner, &name));
+        let mut own = std::collections::HashSet::new();
+        for (id, _) in names {
+            if !own.insert(id.clone()) {
+                continue;
             }
-            seen.insert(name, owner);
+            let name = npy_name(&id);
+            let Some((first_path, first_id)) = seen.get(&name) else {
+                seen.insert(name, (path.as_str(), id));
+                continue;
+            };
+            // Only a clash that both files confirm: an index may describe an older file.
+            let holds = |file: &str, id: &str| {
+                let region = genomamba::io::region::Region {
+                    name: id.to_string(),
+                    start: 0,
+                    end: None,
+                    explicit_name: true,
+                };
+                genomamba::io::region::IndexedFasta::open(file, &region)
+                    .is_ok_and(|mut f| f.holds(id))
+            };
+            if !holds(first_path, first_id) || !holds(path, &id) {
+                return Ok(());
+            }
+            let shorten = |id: &str| genomamba::error::shorten(id, 60);
+            let records = if *first_path == path.as_str() {
+                format!("records {} and {}", shorten(first_id), shorten(&id))
+            } else {
+                format!(
+                    "records {} of {first_path} and {} of {path}",
+                    shorten(first_id),
+                    shorten(&id)
+                )
+            };
+            return Err(Error::input(
+                path,
+                format!("{records} both map to the output file {name}"),
+                "give records unique ids",
+            ));
         }
     }
     Ok(())

@@ -271,12 +271,7 @@ fn load(a: &TrainArgs) -> Result<Loaded> {
             .map(|s| parse_bed_class(s))
             .collect::<Result<Vec<_>>>()?;
         let data = load_position(fasta, bed, format, &classes, &a.records)?;
-        let mut split = serde_json::json!({"kind": "contiguous hold-out: the last stretch of every record", "val_fraction": a.val_fraction});
-        // The records trained on (and held out) are part of the split: a resumed run with
-        // other `--records` would validate on other bases. Absent when all are used.
-        if !a.records.is_empty() {
-            split["records"] = serde_json::json!(a.records);
-        }
+        let split = serde_json::json!({"kind": "contiguous hold-out: the last stretch of every record", "val_fraction": a.val_fraction});
         Ok(Loaded::Position {
             data,
             split,

@@ -135,6 +135,13 @@ fn used_columns(columns: &[&str]) -> usize {
 fn gff_feature(path: &str, line: &str, ln: u64) -> Result<BedRow> {
     let bad = |what: String| Error::input(path, what, GFF_FIX).at(ln);
     let columns: Vec<&str> = line.split('\t').collect();
+    let used = used_columns(&columns);
+    if used < 8 {
+        let plural = if used == 1 { "" } else { "s" };
+        return Err(bad(format!(
+            "{used} tab-separated column{plural}, where a GFF feature line has nine"
+        )));
+    }
     // Positions are 1-based: said as such, not as a failed conversion.
     for (i, name) in [(3, "start"), (4, "end")] {
         if columns.get(i).and_then(|c| c.trim().parse::<u64>().ok()) == Some(0) {
@@ -146,13 +153,6 @@ fn gff_feature(path: &str, line: &str, ln: u64) -> Result<BedRow> {
     }
     // A GFF2 row of eight columns has no attributes, and some writers end rows with a tab.
     // Blanks around the used columns' values are not part of them (column 9 is kept whole).
-    let used = used_columns(&columns);
-    if used < 8 {
-        let plural = if used == 1 { "" } else { "s" };
-        return Err(bad(format!(
-            "{used} tab-separated column{plural}, where a GFF feature line has nine"
-        )));
-    }
     let mut fields: Vec<&str> = columns[..used]
         .iter()
         .enumerate()
@@ -247,6 +247,14 @@ fn read_rows(
     for (i, bytes) in reader.split(b'\n').enumerate() {
         let ln = i as u64 + 1;
         let bytes = bytes.map_err(|e| {
+            // Found once the last line has been read.
+            if e.to_string() == super::fastx::TRAILING_GZIP {
+                return Error::input(
+                    path,
+                    format!("{} (after line {})", super::fastx::TRAILING_GZIP, ln - 1),
+                    "remove what was appended after the gzip data, or re-compress the file: zcat FILE | gzip > NEW.gz",
+                );
+            }
             let fix = if e.kind() == std::io::ErrorKind::InvalidData {
                 "the compressed data is damaged: re-download or re-compress the file"
             } else {
@@ -275,7 +283,8 @@ fn read_rows(
             if line.starts_with("##FASTA") || line.starts_with('>') {
                 break;
             }
-            if line.trim().is_empty() || line.starts_with('#') {
+            // UCSC writes `track` and `browser` lines before GTF too.
+            if line.trim().is_empty() || header_line(line) {
                 continue;
             }
             rows.push(gff_feature(path, line, ln)?);
@@ -335,12 +344,13 @@ fn read_rows(
     Ok((rows, gff == Some(true)))
 }
 
-/// Whether a BED line is a comment or a `track`/`browser` line (the word, then blanks or
-/// nothing), not a row: a sequence named `trackA` is a row's chromosome.
+/// Whether a BED (or GTF) line is a comment or a `track`/`browser` line (the word, then a
+/// space or nothing, as UCSC writes them), not a row: sequences named `trackA`, or `track`
+/// followed by a tab, are a row's chromosome.
 fn header_line(line: &str) -> bool {
     let word = |w: &str| {
         line.strip_prefix(w)
-            .is_some_and(|rest| rest.is_empty() || rest.starts_with([' ', '\t']))
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with(' '))
     };
     line.starts_with('#') || word("track") || word("browser")
 }
@@ -460,7 +470,7 @@ mod tests {
     #[test]
     fn regions_are_bed_intervals_in_samtools_terms_with_their_lines() {
         let (_d, path) = write(
-            "track name=x\n# comment\nbrowser position chr1:1-10\ntrack\n\nchr1\t0\t10\tpromoter\t0\t+\nchrII\t99\t100\r\nodd:1\t5\t8\ntrackA\t2\t4\nbrowser2\t0\t1\n",
+            "track name=x\n# comment\nbrowser position chr1:1-10\ntrack\n\nchr1\t0\t10\tpromoter\t0\t+\nchrII\t99\t100\r\nodd:1\t5\t8\ntrackA\t2\t4\nbrowser2\t0\t1\ntrack\t0\t5\n",
         );
         let got = read_regions_bed(&path).unwrap();
         let shown: Vec<(String, &str, u64)> = got
@@ -468,9 +478,9 @@ mod tests {
             .map(|b| (b.region.to_string(), b.name.as_str(), b.line))
             .collect();
         let strands: Vec<&str> = got.iter().map(|b| b.strand.as_str()).collect();
-        assert_eq!(strands, ["+", "", "", "", ""]);
-        // `track` and `browser` lines are the words; sequences named `trackA` or
-        // `browser2` are rows.
+        assert_eq!(strands, ["+", "", "", "", "", ""]);
+        // `track` and `browser` lines are the words then a space; sequences named `trackA`,
+        // `browser2` or `track` (then a tab) are rows.
         assert_eq!(
             shown,
             [
@@ -479,6 +489,7 @@ mod tests {
                 ("{odd:1}:6-8".to_string(), "", 8),
                 ("trackA:3-4".to_string(), "", 9),
                 ("browser2:1-1".to_string(), "", 10),
+                ("track:1-5".to_string(), "", 11),
             ]
         );
         assert!(skipped_by_bed_readers("trackA") && skipped_by_bed_readers("#c"));

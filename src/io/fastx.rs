@@ -460,23 +460,40 @@ fn identity(path: &str) -> Option<((u64, u64), bool)> {
 /// Refuses stdin given again under another name (`- /dev/stdin`) and a pipe, FIFO or device
 /// given twice under two names: the second read would find it empty (or, for stdin redirected
 /// from a file, read the file twice).
+/// Two regular files given by their paths are left to the callers (reading a file twice
+/// works, and may be what was meant).
 #[cfg(unix)]
 pub fn check_streams_once(paths: &[String]) -> Result<()> {
-    let mut seen: Vec<(&str, (u64, u64))> = Vec::new();
+    let mut seen: Vec<(&str, (u64, u64), bool)> = Vec::new();
     for path in paths {
         let Some((id, stream)) = identity(path) else {
             continue;
         };
-        if let Some((first, _)) = seen.iter().find(|(_, other)| *other == id) {
+        let same = seen
+            .iter()
+            .find(|(_, other, was_stream)| *other == id && (stream || *was_stream));
+        if let Some(&(first, _, first_stream)) = same {
             let (a, b) = (crate::error::shown(first), crate::error::shown(path));
-            return Err(Error::usage(
-                format!("{a} and {b} are the same input, which can be read only once"),
-                "give it once",
-            ));
+            // Stdin redirected from a file that is also given by its path (not by a name of
+            // stdin, such as /dev/stdin).
+            let file = |p: &str, p_stream: bool| {
+                (!p_stream && !p.starts_with("/dev/") && !p.starts_with("/proc/")).then(|| {
+                    format!(
+                        "{p} is also stdin (-), which is redirected from it: it would be read twice"
+                    )
+                })
+            };
+            let redirected = match (first == "-", path == "-") {
+                (true, false) => file(path, stream),
+                (false, true) => file(first, first_stream),
+                _ => None,
+            };
+            let what = redirected.unwrap_or_else(|| {
+                format!("{a} and {b} are the same input, which can be read only once")
+            });
+            return Err(Error::usage(what, "give it once"));
         }
-        if stream {
-            seen.push((path, id));
-        }
+        seen.push((path, id, stream));
     }
     Ok(())
 }
@@ -594,12 +611,18 @@ impl Ctx {
     /// Turns an I/O error from the decoded stream into the right [`Error`]: damaged or
     /// truncated compressed data is bad input (exit 2), a failing read is a runtime error.
     fn io_error(&self, e: io::Error, record: Option<&str>) -> Error {
+        self.io_error_after(e, record, None)
+    }
+
+    /// As [`Ctx::io_error`], between records: `previous` is the record read last.
+    fn io_error_after(&self, e: io::Error, record: Option<&str>, previous: Option<&str>) -> Error {
         let failure = self.slot.lock().ok().and_then(|slot| slot.clone());
         let err = match failure {
             // Found once the last record's data has all been read: said as after it, not in.
             Some(Failure::Decode(_, msg)) if msg == TRAILING_GZIP => {
-                let after =
-                    record.map_or(String::new(), |r| format!(", after its last record {r}"));
+                let after = record
+                    .or(previous)
+                    .map_or(String::new(), |r| format!(", after its last record {r}"));
                 return Error::input(
                     &self.path,
                     format!("{TRAILING_GZIP}{after}"),
@@ -622,7 +645,7 @@ impl Ctx {
 }
 
 /// What bytes other than zeros after a gzip file's last member are said to be.
-const TRAILING_GZIP: &str = "data after the end of the last gzip member";
+pub(crate) const TRAILING_GZIP: &str = "data after the end of the last gzip member";
 
 /// The empty block that ends every BGZF (bgzip) file.
 const BGZF_EOF: [u8; 28] = [
@@ -927,6 +950,8 @@ struct Lines<'a> {
     line: u64,
     /// The last part read ([`Lines::next_part`]) did not end its line.
     mid_line: bool,
+    /// The id of the last whole record read, for errors found after it.
+    previous: Option<String>,
 }
 
 impl<'a> Lines<'a> {
@@ -937,6 +962,7 @@ impl<'a> Lines<'a> {
             buf: Vec::with_capacity(1024),
             line: ctx.lines_skipped,
             mid_line: false,
+            previous: None,
         }
     }
 
@@ -1003,7 +1029,7 @@ impl<'a> Lines<'a> {
         let n = self
             .reader
             .read_until(b'\n', &mut self.buf)
-            .map_err(|e| self.ctx.io_error(e, record))?;
+            .map_err(|e| self.ctx.io_error_after(e, record, self.previous.as_deref()))?;
         if n == 0 {
             return Ok(None);
         }
@@ -1119,6 +1145,7 @@ fn read_fastq(
             ));
         }
 
+        lines.previous = Some(id.clone());
         f(Record {
             chrom: id.clone(),
             id,

@@ -929,6 +929,16 @@ impl IndexedFasta {
         self.check_gap(rank + 1)
     }
 
+    /// Whether the file still holds the sequence `name` where its index places it: its
+    /// header line just before its bases (an index may be out of date). `false` for a name
+    /// the index lacks.
+    pub fn holds(&mut self, name: &str) -> bool {
+        match self.by_name.get(name.as_bytes()) {
+            Some(&i) => self.check_gap(self.rank[i]).is_ok(),
+            None => false,
+        }
+    }
+
     /// `Self::check` for callers outside this module: whether `region` can be read.
     pub fn check_region(&self, region: &Region) -> Result<()> {
         self.check(region).map(drop)

@@ -573,15 +573,25 @@ pub fn load_position(
             )
             .at(r.line));
         }
-        // A name that cannot be a class name can still be grouped under one.
+        // A name that cannot be a class name can still be grouped under one (unless it
+        // holds the comma that separates --bed-class names).
         if let Some(r) = rows.iter().find(|r| !valid_class_name(&r.name)) {
             let name = crate::error::one_line(&crate::error::shorten(&r.name, 40));
+            let fix = if r.name.contains(',') {
+                "rename those intervals in column 4: a name with ',' cannot be chosen with --bed-class".to_string()
+            } else {
+                // Quoted for the shell: `'` closes, is escaped, and reopens.
+                let quoted = format!("'{}'", r.name.replace('\'', "'\\''"));
+                format!(
+                    "choose the classes with --bed-class, one for each class to train (names it does not list become background): this one as --bed-class CLASS={quoted}"
+                )
+            };
             return Err(Error::input(
                 bed,
                 format!(
                     "the name '{name}' (column 4) cannot be a class name, which holds no blanks, '=' or ','"
                 ),
-                format!("give its intervals a class with --bed-class CLASS='{name}'"),
+                fix,
             )
             .at(r.line));
         }

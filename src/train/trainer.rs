@@ -1860,7 +1860,9 @@ fn option_differences(old: Option<&TrainOptions>, new: &TrainOptions) -> String 
 
 /// What makes a resumed run a different run from the checkpoint's, besides the options:
 /// the task, the data (by SHA-256), the classes and head, the architecture, the validation
-/// split and the base model. `saved` is the checkpoint's config (with the first run's
+/// split, the examples or bases of each class on each side of it (which differ with other
+/// per-position `--records`, say, and would mix two validation sets in one log) and the
+/// base model. `saved` is the checkpoint's config (with the first run's
 /// provenance), `now` this run's model config and `provenance` this run's.
 fn run_differences(
     saved: &crate::model::ModelConfig,
@@ -1898,22 +1900,38 @@ fn run_differences(
             }
         }
     }
-    let identity = |config: &crate::model::ModelConfig, prov: &serde_json::Value| {
+    // Counted the same way in both: the keys both have (an older checkpoint may lack some),
+    // less the held-out spans, which number records by their place in the data (the same
+    // records in another order are the same data).
+    let counts = |prov: &serde_json::Value, other: &serde_json::Value| {
+        let mut counts = prov.get("counts").cloned().unwrap_or_default();
+        if let Some(c) = counts.as_object_mut() {
+            c.retain(|k, _| {
+                k != "val_spans" && other.get("counts").is_some_and(|o| o.get(k).is_some())
+            });
+        }
+        counts
+    };
+    let identity = |config: &crate::model::ModelConfig,
+                    prov: &serde_json::Value,
+                    other: &serde_json::Value| {
         let mut head = serde_json::to_value(&config.head).unwrap_or_default();
         let classes = head
             .as_object_mut()
             .and_then(|h| h.remove("labels"))
             .unwrap_or_default();
+        let counts = counts(prov, other);
         serde_json::json!({
             "classes": classes,
             "head": head,
             "architecture": config.architecture,
             "split": prov.get("split"),
+            "counts": counts,
             "base_model": prov.get("base_model"),
         })
     };
-    let old = identity(saved, &saved.provenance);
-    let new = identity(now, provenance);
+    let old = identity(saved, &saved.provenance, provenance);
+    let new = identity(now, provenance, &saved.provenance);
     json_differences("", &old, &new, &mut out);
     out
 }
@@ -2178,6 +2196,37 @@ pub fn recover_checkpoint(out: &Path) -> Result<bool> {
 mod tests {
     use super::*;
     use crate::model::{HeadConfig, MambaConfig, ModelConfig};
+
+    #[test]
+    fn resumed_runs_compare_the_counts_both_have_records_in_any_order() {
+        let config = ModelConfig::new(MambaConfig::new(16, 2));
+        let prov = |counts: serde_json::Value| {
+            let mut config = config.clone();
+            config.provenance = serde_json::json!({"task": "position", "counts": counts});
+            config
+        };
+        let saved = prov(serde_json::json!({
+            "train_bases": 10, "val_bases": 4, "val_spans": [{"record": 0}],
+        }));
+        // The same bases from records in another order; a count the checkpoint lacks.
+        let now = prov(serde_json::json!({
+            "train_bases": 10, "val_bases": 4, "val_spans": [{"record": 1}],
+            "train_class_bases": [8, 2],
+        }));
+        assert_eq!(
+            run_differences(&saved, &now, &now.provenance),
+            Vec::<String>::new()
+        );
+        // Other records: other bases.
+        let other = prov(serde_json::json!({"train_bases": 8, "val_bases": 2}));
+        assert_eq!(
+            run_differences(&saved, &other, &other.provenance),
+            [
+                "counts.train_bases: 10 in the checkpoint, 8 now",
+                "counts.val_bases: 4 in the checkpoint, 2 now"
+            ]
+        );
+    }
 
     #[test]
     fn checkpoints_are_swapped_whole_and_an_interrupted_swap_is_recovered() {
