@@ -1848,6 +1848,9 @@ fn pipes_are_read_once_and_npy_files_spare_inputs() {
     ]);
     assert_bad(&o, &format!("{} is given twice", s(&clash)));
     assert!(!early.exists());
+    let o = embed_npy(&m, &clash, &early, &["--region", "z", s(&clash)]);
+    assert_bad(&o, &format!("{} is given twice", s(&clash)));
+    assert!(!early.exists());
     // Across files, the files are named.
     let one = t.path().join("one.fa");
     let two = t.path().join("two.fa");
@@ -1857,6 +1860,38 @@ fn pipes_are_read_once_and_npy_files_spare_inputs() {
         let faidx = Command::new("samtools").arg("faidx").arg(file).status();
         assert!(faidx.unwrap().success());
     }
+    let o = run(&[
+        "embed",
+        "-m",
+        s(&m),
+        s(&one),
+        s(&two),
+        "--pool",
+        "none",
+        "-o",
+        s(&early),
+    ]);
+    assert_bad(
+        &o,
+        &format!(
+            "{}: records a of {} and a of {} both map to the output file a.npy",
+            s(&two),
+            s(&one),
+            s(&two)
+        ),
+    );
+    assert!(!early.exists());
+    // A pair that a file no longer holds where its index says is left to the run; a later
+    // pair that both hold is still refused up front.
+    std::fs::write(&one, ">b\nACGT\n>a\nACGT\n").unwrap();
+    let faidx = Command::new("samtools").arg("faidx").arg(&one).status();
+    assert!(faidx.unwrap().success());
+    std::fs::write(&one, ">B\nACGT\n>a\nACGT\n").unwrap();
+    let touched = Command::new("touch")
+        .args(["-d", "2020-01-01"])
+        .arg(&one)
+        .status();
+    assert!(touched.unwrap().success());
     let o = run(&[
         "embed",
         "-m",

@@ -1664,6 +1664,9 @@ fn bad_training_input_exits_2_and_writes_nothing() {
         &with(&[]),
         "rename those intervals in column 4: a name with ','",
     );
+    // ... as can one with a control character, which no shell quoting here would carry.
+    std::fs::write(&bedp, "chr1\t0\t5\tgene\nchr1\t8\t9\tmy\rgene x\n").unwrap();
+    bad(&with(&[]), "rename those intervals in column 4");
     std::fs::write(&bedp, "chr1\t0\t5\tgene\nchr1\t8\t9\tit's x\n").unwrap();
     bad(&with(&[]), "--bed-class CLASS='it'\\''s x'");
     // An unnamed interval ('.') is no class of its own; chosen names still train.

@@ -125,12 +125,9 @@ impl NpyOwner {
     }
 }
 
-/// Refuses, before any work, inputs whose records would write one `.npy` file: an input
-/// given twice, or two records that the inputs' indexes name (a current `.fai`), each found
-/// in its file where the index places it. Found only when the second record came, the
-/// first's array would already be written. Repeated names within one file are left to the
-/// run, which finds them as they come.
-fn check_npy_clashes(input: &InputArgs) -> Result<()> {
+/// Refuses, before any work, an input given twice (by its path or another name of the
+/// file): each of its records would write its `.npy` file twice.
+fn check_inputs_once(input: &InputArgs) -> Result<()> {
     use std::os::unix::fs::MetadataExt;
     let mut files: Vec<(&str, (u64, u64))> = Vec::new();
     for path in input.inputs.iter().filter(|p| p.as_str() != "-") {
@@ -151,6 +148,14 @@ fn check_npy_clashes(input: &InputArgs) -> Result<()> {
         }
         files.push((path, id));
     }
+    Ok(())
+}
+
+/// Refuses, before any work, two records that the inputs' indexes name (a current `.fai`)
+/// and that would write one `.npy` file, each found in its file where the index places it.
+/// Found only when the second record came, the first's array would already be written.
+/// Repeated names within one file are left to the run, which finds them as they come.
+fn check_npy_clashes(input: &InputArgs) -> Result<()> {
     // Each file name, with the file and the id of the record that takes it.
     let mut seen: HashMap<String, (&str, String)> = HashMap::new();
     for path in &input.inputs {
@@ -178,8 +183,9 @@ fn check_npy_clashes(input: &InputArgs) -> Result<()> {
                 genomamba::io::region::IndexedFasta::open(file, &region)
                     .is_ok_and(|mut f| f.holds(id))
             };
+            // Not confirmed: this pair is left to the run, the others are still checked.
             if !holds(first_path, first_id) || !holds(path, &id) {
-                return Ok(());
+                continue;
             }
             let shorten = |id: &str| genomamba::error::shorten(id, 60);
             let records = if *first_path == path.as_str() {
@@ -348,6 +354,7 @@ pub fn run(a: EmbedArgs) -> Result<()> {
                 " (--pool none writes one .npy per record into a directory)",
                 "choose another -o",
             )?;
+            check_inputs_once(&a.input)?;
             a.input.check_unique_regions(npy_name)?;
             if a.input.regions()?.is_empty() {
                 check_npy_clashes(&a.input)?;

@@ -486,12 +486,18 @@ pub fn run(a: TrainArgs) -> Result<()> {
                     unseen.join(", ")
                 ));
             }
+            let mut record_names: Vec<&str> =
+                data.records.iter().map(|r| r.name.as_str()).collect();
+            record_names.sort_unstable();
             let counts = serde_json::json!({
                 "train_bases": tr.iter().map(|s| s.len()).sum::<usize>(),
                 "val_bases": va.iter().map(|s| s.len()).sum::<usize>(),
                 "train_class_bases": class_bases(data, &tr),
                 "val_class_bases": class_bases(data, &va),
                 "val_spans": va,
+                // Which records, in any order: other records of the same counts are other
+                // data to a resumed run.
+                "records": record_names,
             });
             (
                 TaskData::Pos(tr, va),

@@ -251,7 +251,7 @@ fn read_rows(
             if e.to_string() == super::fastx::TRAILING_GZIP {
                 return Error::input(
                     path,
-                    format!("{} (after line {})", super::fastx::TRAILING_GZIP, ln - 1),
+                    format!("{} (after its last line)", super::fastx::TRAILING_GZIP),
                     "remove what was appended after the gzip data, or re-compress the file: zcat FILE | gzip > NEW.gz",
                 );
             }

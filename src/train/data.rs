@@ -577,8 +577,8 @@ pub fn load_position(
         // holds the comma that separates --bed-class names).
         if let Some(r) = rows.iter().find(|r| !valid_class_name(&r.name)) {
             let name = crate::error::one_line(&crate::error::shorten(&r.name, 40));
-            let fix = if r.name.contains(',') {
-                "rename those intervals in column 4: a name with ',' cannot be chosen with --bed-class".to_string()
+            let fix = if r.name.contains(',') || r.name.chars().any(char::is_control) {
+                "rename those intervals in column 4: a name with ',' or a control character cannot be chosen with --bed-class".to_string()
             } else {
                 // Quoted for the shell: `'` closes, is escaped, and reopens.
                 let quoted = format!("'{}'", r.name.replace('\'', "'\\''"));

@@ -2217,6 +2217,16 @@ mod tests {
             run_differences(&saved, &now, &now.provenance),
             Vec::<String>::new()
         );
+        // Other records of the same counts: told by their names, where both have them.
+        let named = |names: &[&str]| {
+            prov(serde_json::json!({"train_bases": 10, "val_bases": 4, "records": names}))
+        };
+        let (ab, ac) = (named(&["a", "b"]), named(&["a", "c"]));
+        assert_eq!(
+            run_differences(&ab, &ac, &ac.provenance),
+            [r#"counts.records: ["a","b"] in the checkpoint, ["a","c"] now"#]
+        );
+        assert!(run_differences(&saved, &ac, &ac.provenance).is_empty());
         // Other records: other bases.
         let other = prov(serde_json::json!({"train_bases": 8, "val_bases": 2}));
         assert_eq!(
