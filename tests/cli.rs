@@ -1860,27 +1860,30 @@ fn pipes_are_read_once_and_npy_files_spare_inputs() {
         let faidx = Command::new("samtools").arg("faidx").arg(file).status();
         assert!(faidx.unwrap().success());
     }
-    let o = run(&[
-        "embed",
-        "-m",
-        s(&m),
-        s(&one),
-        s(&two),
-        "--pool",
-        "none",
-        "-o",
-        s(&early),
-    ]);
-    assert_bad(
-        &o,
-        &format!(
-            "{}: records a of {} and a of {} both map to the output file a.npy",
-            s(&two),
+    let both_a_refused = || {
+        let o = run(&[
+            "embed",
+            "-m",
+            s(&m),
             s(&one),
-            s(&two)
-        ),
-    );
-    assert!(!early.exists());
+            s(&two),
+            "--pool",
+            "none",
+            "-o",
+            s(&early),
+        ]);
+        assert_bad(
+            &o,
+            &format!(
+                "{}: records a of {} and a of {} both map to the output file a.npy",
+                s(&two),
+                s(&one),
+                s(&two)
+            ),
+        );
+        assert!(!early.exists());
+    };
+    both_a_refused();
     // A pair that a file no longer holds where its index says is left to the run; a later
     // pair that both hold is still refused up front.
     std::fs::write(&one, ">b\nACGT\n>a\nACGT\n").unwrap();
@@ -1892,27 +1895,7 @@ fn pipes_are_read_once_and_npy_files_spare_inputs() {
         .arg(&one)
         .status();
     assert!(touched.unwrap().success());
-    let o = run(&[
-        "embed",
-        "-m",
-        s(&m),
-        s(&one),
-        s(&two),
-        "--pool",
-        "none",
-        "-o",
-        s(&early),
-    ]);
-    assert_bad(
-        &o,
-        &format!(
-            "{}: records a of {} and a of {} both map to the output file a.npy",
-            s(&two),
-            s(&one),
-            s(&two)
-        ),
-    );
-    assert!(!early.exists());
+    both_a_refused();
     // A directory name too long is refused before any work.
     let long = t.path().join("d".repeat(300));
     let o = embed_npy(&m, &fa, &long, &[]);

@@ -86,6 +86,11 @@ fn two_classes<'a>(out: &'a str, a: &'a str, b: &'a str, extra: &[&'a str]) -> V
     args
 }
 
+/// A model directory's `config.json`.
+fn config_of(dir: &Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap()
+}
+
 fn last_val(out: &Path, key: &str) -> f64 {
     let text = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap();
     let last = text.lines().last().unwrap();
@@ -196,8 +201,7 @@ fn sequence_training_learns_and_classifies() {
     // A log line per epoch with validation metrics; the easy motif is learned.
     let log = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap();
     assert_eq!(log.lines().count(), 6);
-    let cfg: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).unwrap()).unwrap();
+    let cfg = config_of(&out);
     assert_eq!(cfg["head"]["kind"], "sequence");
     assert_eq!(cfg["head"]["labels"], serde_json::json!(["motif", "plain"]));
     assert_eq!(cfg["head"]["rc_average"], true);
@@ -799,31 +803,13 @@ fn gff_flag_reads_labels_as_gff() {
     let second = random_dna(&mut rng, 1000);
     std::fs::write(&fa, format!(">chrT\n{seq}\n>chrU\n{second}\n")).unwrap();
     let out = dir.path().join("m");
-    let mut args = vec![
-        "train",
-        "-o",
-        s(&out),
-        "--fasta",
-        s(&fa),
-        "--gff",
-        s(&gffp),
-        "--bed-class",
-        "coding=CDS",
-        "--window",
-        "256",
-        "--windows-per-epoch",
-        "8",
-        "--batch-size",
-        "4",
-        "--epochs",
-        "1",
-        "--val-fraction",
-        "0.2",
-    ];
+    let mut args = vec!["train", "-o", s(&out), "--fasta", s(&fa), "--gff", s(&gffp)];
+    args.extend_from_slice(&["--bed-class", "coding=CDS", "--val-fraction", "0.2"]);
+    args.extend_from_slice(&["--window", "256", "--windows-per-epoch", "8"]);
+    args.extend_from_slice(&["--batch-size", "4", "--epochs", "1"]);
     args.extend_from_slice(TINY);
     ok(&args);
-    let cfg: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).unwrap()).unwrap();
+    let cfg = config_of(&out);
     assert_eq!(
         cfg["head"]["labels"],
         serde_json::json!(["background", "coding"])
@@ -934,8 +920,7 @@ fn position_training_learns_and_annotates() {
     ok(&args);
     let mcc = last_val(&out, "mcc");
     assert!(mcc > 0.5, "per-base MCC {mcc}");
-    let cfg: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).unwrap()).unwrap();
+    let cfg = config_of(&out);
     assert_eq!(
         cfg["head"]["labels"],
         serde_json::json!(["background", "cpg"])
@@ -994,8 +979,7 @@ fn position_training_learns_and_annotates() {
     ok(&args2);
     let mcc = last_val(&bi, "mcc");
     assert!(mcc > 0.5, "bidirectional per-base MCC {mcc}");
-    let cfg: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(bi.join("config.json")).unwrap()).unwrap();
+    let cfg = config_of(&bi);
     assert_eq!(cfg["head"]["bidirectional"], true);
     let worst = mirrored(&bi);
     assert!(worst <= 2e-4, "strand mismatch {worst}");
@@ -1069,8 +1053,7 @@ fn orf_feature_head_finds_genes_on_both_strands() {
     ok(&args);
     let mcc = last_val(&out, "mcc");
     assert!(mcc > 0.6, "per-base MCC {mcc}");
-    let cfg: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).unwrap()).unwrap();
+    let cfg = config_of(&out);
     assert_eq!(cfg["head"]["orf_features"], true);
     // The same recipe without ORF features does much worse in the same steps (the check
     // above can fail).
@@ -1121,8 +1104,7 @@ fn fine_tunes_a_hugging_face_checkpoint() {
         "--rc-average",
         "--quiet",
     ]);
-    let cfg: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).unwrap()).unwrap();
+    let cfg = config_of(&out);
     assert_eq!(cfg["format"], "genomamba");
     assert_eq!(cfg["head"]["rc_average"], true);
     assert!(
@@ -1191,8 +1173,7 @@ fn fine_tunes_a_hugging_face_checkpoint() {
         "{}",
         o.stderr
     );
-    let cfg: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(again.join("config.json")).unwrap()).unwrap();
+    let cfg = config_of(&again);
     assert_eq!(cfg["head"]["rc_average"], true);
     let wider = dir.path().join("ft4");
     args[2] = s(&wider);
@@ -1303,8 +1284,7 @@ fn a_class_missing_from_validation_picks_the_best_epoch_by_validation_loss() {
         .unwrap()
         + 1;
     assert_ne!(lowest, 1, "the loss should fall here: {losses:?}");
-    let config: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).unwrap()).unwrap();
+    let config = config_of(&out);
     let provenance = &config["provenance"];
     assert_eq!(provenance["monitored_metric"], "loss");
     // One --val-class is taken as a validation TSV of one class is (it was refused as "needs
@@ -1345,8 +1325,7 @@ fn a_class_missing_from_validation_picks_the_best_epoch_by_validation_loss() {
     args[epochs] = "3";
     let o = run(&args);
     assert_eq!(o.code, 0, "{}", o.stderr);
-    let config: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(still.join("config.json")).unwrap()).unwrap();
+    let config = config_of(&still);
     let last: serde_json::Value = serde_json::from_str(
         std::fs::read_to_string(still.join("metrics.jsonl"))
             .unwrap()
@@ -1485,8 +1464,7 @@ fn separate_validation_files_are_used_as_given() {
     ];
     args.extend_from_slice(TINY);
     ok(&args);
-    let cfg: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(model.join("config.json")).unwrap()).unwrap();
+    let cfg = config_of(&model);
     let split = &cfg["provenance"]["split"];
     assert_eq!(split["kind"], "separate files", "{split}");
     assert!(
@@ -1642,16 +1620,9 @@ fn bad_training_input_exits_2_and_writes_nothing() {
     );
     // ... and the hint works.
     let hinted = dir.path().join("hinted");
-    let mut args = vec![
-        "train",
-        "-o",
-        s(&hinted),
-        "--fasta",
-        s(&fa),
-        "--bed",
-        s(&bedp),
-    ];
-    args.extend_from_slice(&["--bed-class", "gene=gene", "--bed-class", "ab=A B"]);
+    let mut args = with(&["--bed-class", "gene=gene", "--bed-class", "ab=A B"]);
+    // Into a directory of its own (`with` writes to the one that must stay unmade).
+    args[2] = s(&hinted);
     args.extend_from_slice(&["--val-fraction", "0.2", "--window", "8"]);
     args.extend_from_slice(&["--windows-per-epoch", "4", "--epochs", "1"]);
     args.extend(TINY);
@@ -1919,9 +1890,7 @@ fn training_data_from_stdin_or_a_pipe_is_hashed_as_it_is_read() {
         }
         let o = c.output().unwrap();
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-        let cfg: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).unwrap())
-                .unwrap();
+        let cfg = config_of(out);
         let data = cfg["provenance"]["data"][0].clone();
         (data, std::fs::read(out.join("model.safetensors")).unwrap())
     };
@@ -1988,8 +1957,7 @@ fn early_stopping_ends_the_run() {
     );
     let log = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap();
     assert_eq!(log.lines().count(), 2, "{log}");
-    let cfg: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).unwrap()).unwrap();
+    let cfg = config_of(&out);
     assert_eq!(cfg["provenance"]["best_epoch"], 1);
 }
 
@@ -2036,9 +2004,7 @@ fn sequences_of_mixed_lengths_train_grouped_by_length_on_request() {
         let o = run(&args);
         assert_eq!(o.code, 0, "{}", o.stderr);
         notes.push(o.stderr.lines().any(|l| l.contains("--group-by-length")));
-        let cfg: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).unwrap())
-                .unwrap();
+        let cfg = config_of(&out);
         assert_eq!(cfg["provenance"]["options"]["group_by_length"], group);
         assert!(last_val(&out, "accuracy") > 0.0);
     }
