@@ -9,6 +9,7 @@ use clap::Args;
 use genomamba::infer::pool::{Pool, Pooler};
 use genomamba::io::fastx::RecordMeta;
 use genomamba::io::output::{Output, PendingPath, npy_header_fixed, safe_file_name, unwritable};
+use genomamba::io::region::{IndexedFasta, Region, indexed_lengths};
 use genomamba::{Error, Result};
 
 use super::common::{
@@ -96,21 +97,25 @@ fn npy_name(id: &str) -> String {
 struct NpyOwner {
     /// The record's id (or `#N` without one).
     label: String,
-    /// Its number in its file (1-based).
-    number: usize,
+    /// Its number in its file (1-based), where known: an index skips empty records.
+    number: Option<usize>,
     /// Its file.
     source: String,
 }
 
 impl NpyOwner {
-    /// The error for `later`, which would write `file` after `self` did.
+    /// The error for `later`, which would write `file` after `self` did. Numbered records
+    /// name only another file than the error's; unnumbered ones name both files when they
+    /// differ.
     fn clash(&self, later: &NpyOwner, file: &str) -> Error {
+        let two_files = self.source != later.source;
         let named = |o: &NpyOwner| {
             let label = genomamba::error::shorten(&o.label, 60);
-            if o.source == later.source {
-                format!("{label} (#{})", o.number)
-            } else {
-                format!("{label} (#{} of {})", o.number, o.source)
+            match o.number {
+                Some(n) if o.source == later.source => format!("{label} (#{n})"),
+                Some(n) => format!("{label} (#{n} of {})", o.source),
+                None if two_files => format!("{label} of {}", o.source),
+                None => label,
             }
         };
         Error::input(
@@ -128,13 +133,11 @@ impl NpyOwner {
 /// Refuses, before any work, an input given twice (by its path or another name of the
 /// file): each of its records would write its `.npy` file twice.
 fn check_inputs_once(input: &InputArgs) -> Result<()> {
-    use std::os::unix::fs::MetadataExt;
     let mut files: Vec<(&str, (u64, u64))> = Vec::new();
     for path in input.inputs.iter().filter(|p| p.as_str() != "-") {
-        let Ok(meta) = std::fs::metadata(path) else {
+        let Some((id, _)) = genomamba::io::fastx::identity(path) else {
             continue;
         };
-        let id = (meta.dev(), meta.ino());
         if let Some((first, _)) = files.iter().find(|(_, other)| *other == id) {
             let what = if first == path {
                 format!("{path} is given twice")
@@ -151,15 +154,31 @@ fn check_inputs_once(input: &InputArgs) -> Result<()> {
     Ok(())
 }
 
+/// Whether `file` still holds the record `id` where its index places it, each file opened
+/// once (`None` where it cannot be read by its index).
+fn held(opened: &mut HashMap<String, Option<IndexedFasta>>, file: &str, id: &str) -> bool {
+    let indexed = opened.entry(file.to_string()).or_insert_with(|| {
+        let region = Region {
+            name: id.to_string(),
+            start: 0,
+            end: None,
+            explicit_name: true,
+        };
+        IndexedFasta::open(file, &region).ok()
+    });
+    indexed.as_mut().is_some_and(|f| f.holds(id))
+}
+
 /// Refuses, before any work, two records that the inputs' indexes name (a current `.fai`)
 /// and that would write one `.npy` file, each found in its file where the index places it.
 /// Found only when the second record came, the first's array would already be written.
 /// Repeated names within one file are left to the run, which finds them as they come.
 fn check_npy_clashes(input: &InputArgs) -> Result<()> {
-    // Each file name, with the file and the id of the record that takes it.
-    let mut seen: HashMap<String, (&str, String)> = HashMap::new();
+    // Each file name, with the record that takes it.
+    let mut seen: HashMap<String, NpyOwner> = HashMap::new();
+    let mut opened = HashMap::new();
     for path in &input.inputs {
-        let Some(names) = genomamba::io::region::indexed_lengths(path) else {
+        let Some(names) = indexed_lengths(path) else {
             continue;
         };
         let mut own = std::collections::HashSet::new();
@@ -168,40 +187,22 @@ fn check_npy_clashes(input: &InputArgs) -> Result<()> {
                 continue;
             }
             let name = npy_name(&id);
-            let Some((first_path, first_id)) = seen.get(&name) else {
-                seen.insert(name, (path.as_str(), id));
+            let owner = NpyOwner {
+                label: id,
+                number: None,
+                source: path.clone(),
+            };
+            let Some(first) = seen.get(&name) else {
+                seen.insert(name, owner);
                 continue;
             };
-            // Only a clash that both files confirm: an index may describe an older file.
-            let holds = |file: &str, id: &str| {
-                let region = genomamba::io::region::Region {
-                    name: id.to_string(),
-                    start: 0,
-                    end: None,
-                    explicit_name: true,
-                };
-                genomamba::io::region::IndexedFasta::open(file, &region)
-                    .is_ok_and(|mut f| f.holds(id))
-            };
-            // Not confirmed: this pair is left to the run, the others are still checked.
-            if !holds(first_path, first_id) || !holds(path, &id) {
-                continue;
+            // Only a clash that both files confirm (an index may describe an older file);
+            // a pair not confirmed is left to the run, and the others are still checked.
+            if held(&mut opened, &first.source, &first.label)
+                && held(&mut opened, path, &owner.label)
+            {
+                return Err(first.clash(&owner, &name));
             }
-            let shorten = |id: &str| genomamba::error::shorten(id, 60);
-            let records = if *first_path == path.as_str() {
-                format!("records {} and {}", shorten(first_id), shorten(&id))
-            } else {
-                format!(
-                    "records {} of {first_path} and {} of {path}",
-                    shorten(first_id),
-                    shorten(&id)
-                )
-            };
-            return Err(Error::input(
-                path,
-                format!("{records} both map to the output file {name}"),
-                "give records unique ids",
-            ));
         }
     }
     Ok(())
@@ -264,7 +265,7 @@ impl RecordSink for NpySink {
         let record = meta.label();
         let owner = NpyOwner {
             label: record.clone(),
-            number: meta.number,
+            number: Some(meta.number),
             source: meta.source.clone(),
         };
         if let Some(first) = self.seen.get(&name) {

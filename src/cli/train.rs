@@ -257,8 +257,8 @@ fn load(a: &TrainArgs) -> Result<Loaded> {
                 "give both the reference FASTA and the BED (or GFF) of labeled intervals",
             ));
         };
-        check_exists(fasta, "--fasta")?;
-        check_exists(bed, flag)?;
+        check_exists(fasta, &format!("--fasta {fasta}"))?;
+        check_exists(bed, &format!("{flag} {bed}"))?;
         if a.val_fraction <= 0.0 {
             return Err(Error::usage(
                 "validation is always reported: per-position training needs --val-fraction > 0",
@@ -836,27 +836,24 @@ fn read_sequence_sets(
             files.push((format!("{flag} {t}"), t.to_string(), val));
         }
     }
+    for (given, path, _) in &files {
+        check_exists(path, given)?;
+    }
     check_distinct_files(&files)?;
     let mut train = if src.classes.is_empty() {
-        let tsv = src.tsv.unwrap_or("");
-        check_exists(tsv, "--tsv")?;
-        load_tsv(tsv, None)?
+        load_tsv(src.tsv.unwrap_or(""), None)?
     } else {
         let specs = src
             .classes
             .iter()
             .map(|s| parse_class_spec(s))
             .collect::<Result<Vec<_>>>()?;
-        for (name, p) in &specs {
-            check_exists(p, &format!("--class {name}="))?;
-        }
         load_class_files(&specs)?
     };
     warn_skipped_empty(&train);
     let separate = !src.val_classes.is_empty() || src.val_tsv.is_some();
     if separate {
         let mut val = if let Some(t) = src.val_tsv {
-            check_exists(t, "--val-tsv")?;
             load_tsv(t, Some(&train.labels))?
         } else {
             let specs = src
@@ -864,8 +861,7 @@ fn read_sequence_sets(
                 .iter()
                 .map(|s| parse_class_spec(s))
                 .collect::<Result<Vec<_>>>()?;
-            for (name, p) in &specs {
-                check_exists(p, &format!("--val-class {name}="))?;
+            for (name, _) in &specs {
                 if !train.labels.contains(name) {
                     return Err(Error::usage(
                         format!(

@@ -183,18 +183,17 @@ fn gff_feature(path: &str, line: &str, ln: u64) -> Result<BedRow> {
         return Err(bad(format!("end {end} before start {start}")));
     }
     // Not used, but a value GFF does not allow is a sign of a damaged or misaligned row.
-    let column = |i: usize| line.split('\t').nth(i).unwrap_or("").to_string();
-    let strand = column(6);
+    let (strand, phase) = (fields[6], fields[7]);
     if record.strand().is_err() {
         return Err(bad(format!(
             "strand (column 7) '{}' is not +, -, . or ?",
-            one_line(&shorten(&strand, 20))
+            one_line(&shorten(strand, 20))
         )));
     }
     if let Some(Err(_)) = record.phase() {
         return Err(bad(format!(
             "phase (column 8) '{}' is not 0, 1, 2 or .",
-            one_line(&shorten(&column(7), 20))
+            one_line(&shorten(phase, 20))
         )));
     }
     Ok(BedRow {
@@ -202,7 +201,7 @@ fn gff_feature(path: &str, line: &str, ln: u64) -> Result<BedRow> {
         start: start - 1,
         end,
         name: record.ty().to_string(),
-        strand,
+        strand: strand.to_string(),
         line: ln,
     })
 }
@@ -252,7 +251,7 @@ fn read_rows(
                 return Error::input(
                     path,
                     format!("{} (after its last line)", super::fastx::TRAILING_GZIP),
-                    "remove what was appended after the gzip data, or re-compress the file: zcat FILE | gzip > NEW.gz",
+                    super::fastx::TRAILING_GZIP_FIX,
                 );
             }
             let fix = if e.kind() == std::io::ErrorKind::InvalidData {

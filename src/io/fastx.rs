@@ -445,7 +445,7 @@ pub fn check_inputs(paths: &[String]) -> Result<()> {
 /// The device and inode of a path (links followed), or of stdin for `-`, and whether it can be
 /// read only once (stdin, or not a regular file: [`super::once::read_once`]).
 #[cfg(unix)]
-fn identity(path: &str) -> Option<((u64, u64), bool)> {
+pub fn identity(path: &str) -> Option<((u64, u64), bool)> {
     use std::os::unix::fs::MetadataExt;
     let meta = if path == "-" {
         use std::os::fd::AsFd;
@@ -626,7 +626,7 @@ impl Ctx {
                 return Error::input(
                     &self.path,
                     format!("{TRAILING_GZIP}{after}"),
-                    "remove what was appended after the gzip data, or re-compress the file: zcat FILE | gzip > NEW.gz",
+                    TRAILING_GZIP_FIX,
                 );
             }
             Some(Failure::Decode(c, msg)) => Error::input(
@@ -646,6 +646,9 @@ impl Ctx {
 
 /// What bytes other than zeros after a gzip file's last member are said to be.
 pub(crate) const TRAILING_GZIP: &str = "data after the end of the last gzip member";
+
+/// What to do about it.
+pub(crate) const TRAILING_GZIP_FIX: &str = "remove what was appended after the gzip data, or re-compress the file: zcat FILE | gzip > NEW.gz";
 
 /// The empty block that ends every BGZF (bgzip) file.
 const BGZF_EOF: [u8; 28] = [
@@ -950,8 +953,9 @@ struct Lines<'a> {
     line: u64,
     /// The last part read ([`Lines::next_part`]) did not end its line.
     mid_line: bool,
-    /// The id of the last whole record read, for errors found after it.
-    previous: Option<String>,
+    /// The id of the last whole record read, for errors found after it (empty before the
+    /// first; its buffer is reused, so records cost no allocation for it).
+    previous: String,
 }
 
 impl<'a> Lines<'a> {
@@ -962,7 +966,7 @@ impl<'a> Lines<'a> {
             buf: Vec::with_capacity(1024),
             line: ctx.lines_skipped,
             mid_line: false,
-            previous: None,
+            previous: String::new(),
         }
     }
 
@@ -1026,10 +1030,10 @@ impl<'a> Lines<'a> {
     /// The next line without its line break, or `None` at the end of the input.
     fn next(&mut self, record: Option<&str>) -> Result<Option<&[u8]>> {
         self.buf.clear();
-        let n = self
-            .reader
-            .read_until(b'\n', &mut self.buf)
-            .map_err(|e| self.ctx.io_error_after(e, record, self.previous.as_deref()))?;
+        let n = self.reader.read_until(b'\n', &mut self.buf).map_err(|e| {
+            let previous = (!self.previous.is_empty()).then_some(self.previous.as_str());
+            self.ctx.io_error_after(e, record, previous)
+        })?;
         if n == 0 {
             return Ok(None);
         }
@@ -1145,7 +1149,8 @@ fn read_fastq(
             ));
         }
 
-        lines.previous = Some(id.clone());
+        lines.previous.clear();
+        lines.previous.push_str(&id);
         f(Record {
             chrom: id.clone(),
             id,

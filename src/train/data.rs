@@ -886,13 +886,12 @@ pub fn draw_windows(spans: &[Span], window: usize, count: usize, rng: &mut StdRn
         .collect()
 }
 
-/// Checks that a path exists before reading, with a message that says which option named it.
-pub fn check_exists(path: &str, option: &str) -> Result<()> {
+/// Checks that a path exists before reading; `given` is the option that named it as the user
+/// wrote it (`--bed x.bed`, `--class y=x.fa`).
+pub fn check_exists(path: &str, given: &str) -> Result<()> {
     if path != "-" && !Path::new(path).exists() {
-        // `--class NAME=` is followed by the path as the user wrote it.
-        let sep = if option.ends_with('=') { "" } else { " " };
         return Err(Error::usage(
-            format!("{option}{sep}{path}: no such file"),
+            format!("{given}: no such file"),
             "check the path",
         ));
     }
@@ -904,12 +903,12 @@ pub fn check_exists(path: &str, option: &str) -> Result<()> {
 /// could not be told apart; a validation file that is also a training file measures
 /// memorisation, not generalisation.
 pub fn check_distinct_files(files: &[(String, String, bool)]) -> Result<()> {
-    use std::os::unix::fs::MetadataExt;
+    // Stdin is left to the check of streams given twice.
     let identity = |p: &str| {
-        std::fs::metadata(p)
-            .ok()
-            .filter(|_| p != "-")
-            .map(|m| (m.dev(), m.ino()))
+        (p != "-")
+            .then(|| crate::io::fastx::identity(p))
+            .flatten()
+            .map(|(id, _)| id)
     };
     for (i, (opt_a, path_a, val_a)) in files.iter().enumerate() {
         let Some(id) = identity(path_a) else {
