@@ -819,6 +819,25 @@ fn data_after_the_last_gzip_member_is_an_error() {
             );
         }
     }
+    // FASTQ names its last record too; a BED file, what it read.
+    let fastq = b"@r1\nACGT\n+\nIIII\n@r2\nGGCC\n+\nIIII\n";
+    let path = write_file(
+        dir.path(),
+        "reads.fq.gz",
+        &[gzip(fastq), b"junk".to_vec()].concat(),
+    );
+    assert_input_error(
+        read_all(s(&path)),
+        s(&path),
+        &["data after the end of the last gzip member, after its last record r2;"],
+    );
+    let bed = [gzip(b"chr1\t10\t20\nchr1\t30\t40"), b"junk".to_vec()].concat();
+    let path = write_file(dir.path(), "regions.bed.gz", &bed);
+    assert_input_error(
+        genomamba::io::bed::read_bed(s(&path), genomamba::io::bed::BedUse::Regions),
+        s(&path),
+        &["data after the end of the last gzip member (after its last line);"],
+    );
 }
 
 #[test]
@@ -2175,6 +2194,30 @@ fn gff_labels_are_the_intervals_bedtools_reads_from_the_gff() {
         load_position(s(&fa), s(&phase), LabelFormat::Detect, &classes[..1], &[]),
         s(&phase),
         &["line 3", "phase (column 8) '5'"],
+    );
+    // Given as GFF, a BED6 with a zero score is said to have too few columns; UCSC's
+    // `track` and `browser` lines before a GTF are skipped.
+    let bed6 = write_file(dir.path(), "six.gff", b"chrI\t334\t649\tCDS\t0\t+\n");
+    assert_input_error(
+        load_position(s(&fa), s(&bed6), LabelFormat::Gff, &classes[..1], &[]),
+        s(&bed6),
+        &["6 tab-separated columns, where a GFF feature line has nine"],
+    );
+    let ucsc = fs::read(&bare).unwrap();
+    let ucsc = [
+        &b"track name=g description=\"x\"\nbrowser position chrI:1-1000\n"[..],
+        &ucsc,
+    ]
+    .concat();
+    let ucsc = write_file(dir.path(), "ucsc.gtf", &ucsc);
+    assert_eq!(
+        load_position(s(&fa), s(&ucsc), LabelFormat::Gff, &classes, &[])
+            .unwrap()
+            .records
+            .into_iter()
+            .map(|r| (r.name, r.labels))
+            .collect::<Vec<_>>(),
+        want
     );
     // A GFF given as such reads as it does when told by content.
     assert_eq!(
