@@ -1983,14 +1983,15 @@ fn gff_labels_are_the_intervals_bedtools_reads_from_the_gff() {
         ("coding".to_string(), vec!["CDS".to_string()]),
         ("trna".to_string(), vec!["tRNA".to_string()]),
     ];
-    let labels_of = |path: &Path| {
-        let set = load_position(s(&fa), s(path), LabelFormat::Detect, &classes, &[]).unwrap();
+    let labels_as = |path: &Path, format: LabelFormat| {
+        let set = load_position(s(&fa), s(path), format, &classes, &[]).unwrap();
         assert_eq!(set.labels, ["background", "coding", "trna"]);
         set.records
             .into_iter()
             .map(|r| (r.name, r.labels))
             .collect::<Vec<_>>()
     };
+    let labels_of = |path: &Path| labels_as(path, LabelFormat::Detect);
     let bed_text =
         bedtools_intervals(dir.path(), &gff, "CDS") + &bedtools_intervals(dir.path(), &gff, "tRNA");
     let bed = write_file(dir.path(), "labels.bed", bed_text.as_bytes());
@@ -2210,23 +2211,7 @@ fn gff_labels_are_the_intervals_bedtools_reads_from_the_gff() {
     ]
     .concat();
     let ucsc = write_file(dir.path(), "ucsc.gtf", &ucsc);
-    assert_eq!(
-        load_position(s(&fa), s(&ucsc), LabelFormat::Gff, &classes, &[])
-            .unwrap()
-            .records
-            .into_iter()
-            .map(|r| (r.name, r.labels))
-            .collect::<Vec<_>>(),
-        want
-    );
+    assert_eq!(labels_as(&ucsc, LabelFormat::Gff), want);
     // A GFF given as such reads as it does when told by content.
-    assert_eq!(
-        load_position(s(&fa), s(&bare), LabelFormat::Gff, &classes, &[])
-            .unwrap()
-            .records
-            .into_iter()
-            .map(|r| (r.name, r.labels))
-            .collect::<Vec<_>>(),
-        want
-    );
+    assert_eq!(labels_as(&bare, LabelFormat::Gff), want);
 }
